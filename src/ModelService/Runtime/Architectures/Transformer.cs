@@ -1,0 +1,365 @@
+using InterpMesh.Runtime.Hooks;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace InterpMesh.Runtime.Architectures;
+
+/// <summary>Which logits a forward returns.</summary>
+public enum LogitsMode
+{
+    /// <summary>No logits: the forward stops after the deepest captured hook.</summary>
+    None,
+    /// <summary>Logits at each row's last real token: <c>[batch, 1, vocab]</c>.</summary>
+    Last,
+    /// <summary>Logits at every position: <c>[batch, pos, vocab]</c>.</summary>
+    All,
+}
+
+/// <summary>
+/// The one forward for every supported architecture (GPT-2, Llama, Qwen2, Mistral, llama2.c),
+/// driven by a <see cref="ModelConfig"/>, with TransformerLens hook points evaluated against a
+/// request-scoped <see cref="HookPlan"/>.
+/// </summary>
+/// <remarks>
+/// Call on a torch worker thread inside a dispose scope and inference mode (see
+/// <see cref="Execution.TorchWorker"/>): every tensor it returns or hands to a capture sink belongs
+/// to the caller's scope. Not thread-safe per call site only in the sense that a
+/// <see cref="KvCache"/> belongs to one request; the model itself is read-only and shared.
+/// </remarks>
+public sealed class Transformer : IDisposable
+{
+    private readonly LayerHookNames[] names;
+    private readonly Tensor? ropeCos;
+    private readonly Tensor? ropeSin;
+
+    public Transformer(ModelConfig config, TransformerWeights weights, string source)
+    {
+        config.Validate(source);
+        weights.Validate(config, source);
+        Config = config;
+        Weights = weights;
+        Hooks = new HookCatalogue(config);
+        names = Enumerable.Range(0, config.NLayers).Select(l => new LayerHookNames(l)).ToArray();
+        if (config.Positional == PositionalKind.Rotary)
+        {
+            // rotate_half layout: angle i is used by dims i and i + rot/2. Computed in float64, like
+            // the references up to float32 rounding of the final cos/sin.
+            int half = config.RotaryDim / 2;
+            using var scope = NewDisposeScope();
+            var inv = pow(config.RopeTheta, -arange(0, half, dtype: ScalarType.Float64) * 2.0 / config.RotaryDim);
+            var angles = arange(0, config.ContextLength, dtype: ScalarType.Float64).unsqueeze(1) * inv.unsqueeze(0);
+            var both = cat([angles, angles], 1);
+            ropeCos = both.cos().to(weights.Embed.dtype).MoveToOuterDisposeScope();
+            ropeSin = both.sin().to(weights.Embed.dtype).MoveToOuterDisposeScope();
+            ropeCos.DetachFromDisposeScope();
+            ropeSin.DetachFromDisposeScope();
+        }
+    }
+
+    public ModelConfig Config { get; }
+    public TransformerWeights Weights { get; }
+    public HookCatalogue Hooks { get; }
+    public ScalarType DType => Weights.Embed.dtype;
+    public Device Device => Weights.Embed.device;
+
+    /// <summary>Allocates a KV cache for <paramref name="batch"/> rows of up to <paramref name="maxLength"/> tokens.</summary>
+    public KvCache NewCache(int batch, int maxLength)
+    {
+        if (maxLength > Config.ContextLength)
+            throw new ArgumentException($"{maxLength} tokens exceed the model's context length of {Config.ContextLength}");
+        return new KvCache(Config, batch, maxLength, DType, Device);
+    }
+
+    /// <summary>
+    /// Runs the model on <paramref name="tokens"/> <c>[batch, pos]</c> (int64).
+    /// </summary>
+    /// <param name="tokens">Token ids; with a cache, only the new tokens.</param>
+    /// <param name="mask">Which of these positions are real tokens (bool <c>[batch, pos]</c>); null means all.
+    /// Padding may be on either side; padded positions never influence real ones.</param>
+    /// <param name="plan">Captures and interventions for this request.</param>
+    /// <param name="sink">Receives captures as they are computed (may be null when nothing is captured).</param>
+    /// <param name="logits">Which logits to compute.</param>
+    /// <param name="cache">KV cache for incremental decoding, or null.</param>
+    /// <returns>The logits, or null for <see cref="LogitsMode.None"/>.</returns>
+    public Tensor? Forward(Tensor tokens, Tensor? mask, HookPlan plan, CaptureSink? sink, LogitsMode logits, KvCache? cache = null)
+    {
+        if (tokens.dim() != 2)
+            throw new ArgumentException($"token ids must be [batch, pos], got [{string.Join(", ", tokens.shape)}]");
+        int b = (int)tokens.shape[0], t = (int)tokens.shape[1];
+        if (t == 0)
+            throw new ArgumentException("the input has no tokens");
+        int past = cache?.Length ?? 0;
+        if (cache is not null && cache.Batch != b)
+            throw new ArgumentException($"the KV cache holds {cache.Batch} rows but the input has {b}");
+        if (past + t > (cache?.Capacity ?? Config.ContextLength))
+            throw new ArgumentException($"{past + t} tokens exceed the {(cache is null ? "model's context length" : "KV cache's capacity")} of {cache?.Capacity ?? Config.ContextLength}");
+        long minId = tokens.min().item<long>(), maxId = tokens.max().item<long>();
+        if (minId < 0 || maxId >= Config.VocabSize)
+            throw new ArgumentException($"token id {(minId < 0 ? minId : maxId)} is outside the vocabulary (0..{Config.VocabSize - 1})");
+        if (sink is null && plan.CapturedHooks.Any())
+            throw new ArgumentException("the plan captures hooks but no capture sink was given");
+        sink ??= static (_, v) => v.Dispose();
+
+        var newMask = mask is null ? ones(b, t, ScalarType.Bool, Device) : mask.to(ScalarType.Bool);
+        if (!newMask.shape.SequenceEqual(tokens.shape))
+            throw new ArgumentException($"attention mask shape [{string.Join(", ", newMask.shape)}] differs from the token shape [{string.Join(", ", tokens.shape)}]");
+        Tensor keyMask;
+        if (cache is not null)
+        {
+            cache.Mask.narrow(1, past, t).copy_(newMask);
+            keyMask = cache.Mask.narrow(1, 0, past + t);
+        }
+        else
+        {
+            keyMask = newMask;
+        }
+        bool padded = !keyMask.all().item<bool>();
+        var positions = (keyMask.to(ScalarType.Int64).cumsum(1) - 1).clamp_min(0).narrow(1, past, t);
+        var lastReal = (newMask.to(ScalarType.Int64) * arange(t, dtype: ScalarType.Int64, device: Device)).amax([1]) + past;
+
+        // Attention mask: causal, and keys must be real tokens. A padding query may see itself so
+        // that its softmax row is never empty (its output is discarded anyway).
+        Tensor? allowed = null;
+        bool causalFlag = false;
+        if (padded || (past > 0 && t > 1) || (past == 0 && t > 1 && AnyPatternWanted(plan)))
+        {
+            var qi = arange(past, past + t, dtype: ScalarType.Int64, device: Device).view(t, 1);
+            var kj = arange(0, past + t, dtype: ScalarType.Int64, device: Device).view(1, past + t);
+            var causal = kj.le(qi);
+            var diagonal = kj.eq(qi);
+            allowed = causal.unsqueeze(0).logical_and(keyMask.unsqueeze(1).logical_or(diagonal.unsqueeze(0))).unsqueeze(1);
+        }
+        else if (past == 0 && t > 1)
+        {
+            causalFlag = true;
+        }
+
+        var ctx = new HookContext(Hooks, plan, sink, lastReal, past);
+        int lastLayer = LastLayerNeeded(plan, logits);
+
+        Tensor resid;
+        using (var scope = NewDisposeScope())
+        {
+            var embed = Weights.Embed.index_select(0, tokens.reshape(-1)).view(b, t, Config.DModel);
+            embed = ctx.Run("hook_embed", embed);
+            if (Config.Positional == PositionalKind.Learned)
+            {
+                var pos = Weights.PosEmbed!.index_select(0, positions.reshape(-1)).view(b, t, Config.DModel);
+                pos = ctx.Run("hook_pos_embed", pos);
+                resid = embed + pos;
+            }
+            else
+            {
+                resid = embed;
+            }
+            resid.MoveToOuterDisposeScope();
+        }
+
+        Tensor? cos = null, sin = null;
+        if (ropeCos is not null)
+        {
+            cos = ropeCos.index_select(0, positions.reshape(-1)).view(b, t, 1, Config.RotaryDim);
+            sin = ropeSin!.index_select(0, positions.reshape(-1)).view(b, t, 1, Config.RotaryDim);
+        }
+
+        for (int l = 0; l <= Math.Min(lastLayer, Config.NLayers - 1); l++)
+        {
+            using var scope = NewDisposeScope();
+            resid = Block(l, resid, ctx, allowed, causalFlag, cos, sin, cache, past);
+            resid.MoveToOuterDisposeScope();
+        }
+        if (cache is not null && lastLayer >= Config.NLayers - 1)
+            cache.Length = past + t;
+        if (lastLayer < Config.NLayers)
+            return null;
+
+        using (var scope = NewDisposeScope())
+        {
+            bool allPositions = logits == LogitsMode.All || ctx.Wants("ln_final.hook_normalized") || ctx.Wants("logits");
+            var x = allPositions ? resid : GatherPositions(resid, lastReal - past);
+            x = Norm(x, Weights.LnFinalWeight, Weights.LnFinalBias);
+            x = ctx.Run("ln_final.hook_normalized", x);
+            if (logits == LogitsMode.None && !ctx.Wants("logits"))
+                return null;
+            if (allPositions && logits == LogitsMode.Last && !ctx.Wants("logits"))
+                x = GatherPositions(x, lastReal - past);
+            var result = F.linear(x, Weights.Unembed);
+            result = ctx.Run("logits", result);
+            if (logits == LogitsMode.Last && result.shape[1] != 1)
+                result = GatherPositions(result, lastReal - past);
+            return logits == LogitsMode.None ? null : result.MoveToOuterDisposeScope();
+        }
+    }
+
+    private bool AnyPatternWanted(HookPlan plan) =>
+        plan.Active.Count != 0 && names.Any(n => plan.Active.Contains(n.Pattern) || plan.Active.Contains(n.AttnScores));
+
+    /// <summary>The deepest block the request needs: all of them when logits are wanted.</summary>
+    private int LastLayerNeeded(HookPlan plan, LogitsMode logits)
+    {
+        if (logits != LogitsMode.None)
+            return Config.NLayers;
+        return plan.DeepestCaptureOrder < 0 ? -1 : Hooks.All[plan.DeepestCaptureOrder].Layer;
+    }
+
+    private static Tensor GatherPositions(Tensor x, Tensor localIndex)
+    {
+        var index = localIndex.view(-1, 1, 1).expand(x.shape[0], 1, x.shape[2]);
+        return x.gather(1, index);
+    }
+
+    private Tensor Norm(Tensor x, Tensor weight, Tensor? bias)
+    {
+        if (Config.Norm == NormKind.LayerNorm)
+            return F.layer_norm(x, [x.shape[^1]], weight, bias, Config.NormEps);
+        var xf = x.dtype == ScalarType.Float32 ? x : x.to(ScalarType.Float32);
+        var normed = xf * (xf.pow(2).mean([-1], keepdim: true) + Config.NormEps).rsqrt();
+        return weight * (x.dtype == ScalarType.Float32 ? normed : normed.to(x.dtype));
+    }
+
+    private Tensor Rope(Tensor x, Tensor cos, Tensor sin)
+    {
+        int rot = Config.RotaryDim;
+        var xr = rot == Config.DHead ? x : x.narrow(-1, 0, rot);
+        var halves = xr.chunk(2, -1);
+        var rotated = cat([-halves[1], halves[0]], -1);
+        var y = xr * cos + rotated * sin;
+        return rot == Config.DHead ? y : cat([y, x.narrow(-1, rot, Config.DHead - rot)], -1);
+    }
+
+    private Tensor Block(int l, Tensor resid, HookContext ctx, Tensor? allowed, bool causalFlag, Tensor? cos, Tensor? sin, KvCache? cache, int past)
+    {
+        var n = names[l];
+        var w = Weights.Blocks[l];
+        var c = Config;
+        long b = resid.shape[0], t = resid.shape[1];
+
+        resid = ctx.Run(n.ResidPre, resid);
+        var ln1 = ctx.Run(n.Ln1Normalized, Norm(resid, w.Ln1Weight, w.Ln1Bias));
+
+        var qkv = F.linear(ln1, w.Qkv, w.QkvBias);
+        var parts = qkv.split([(long)c.NHeads * c.DHead, (long)c.NKvHeads * c.DHead, (long)c.NKvHeads * c.DHead], -1);
+        var q = ctx.Run(n.Q, parts[0].view(b, t, c.NHeads, c.DHead));
+        var k = ctx.Run(n.K, parts[1].view(b, t, c.NKvHeads, c.DHead));
+        var v = ctx.Run(n.V, parts[2].view(b, t, c.NKvHeads, c.DHead));
+        if (cos is not null)
+        {
+            q = ctx.Run(n.RotQ, Rope(q, cos, sin!));
+            k = ctx.Run(n.RotK, Rope(k, cos, sin!));
+        }
+
+        var qh = q.transpose(1, 2);
+        var kh = k.transpose(1, 2);
+        var vh = v.transpose(1, 2);
+        if (cache is not null)
+        {
+            cache.Keys[l].narrow(2, past, t).copy_(kh);
+            cache.Values[l].narrow(2, past, t).copy_(vh);
+            kh = cache.Keys[l].narrow(2, 0, past + t);
+            vh = cache.Values[l].narrow(2, 0, past + t);
+        }
+        if (c.GroupSize > 1)
+        {
+            kh = kh.repeat_interleave(c.GroupSize, 1);
+            vh = vh.repeat_interleave(c.GroupSize, 1);
+        }
+
+        Tensor z;
+        if (ctx.Wants(n.AttnScores) || ctx.Wants(n.Pattern))
+        {
+            var scores = qh.matmul(kh.transpose(-2, -1)) * (1.0 / Math.Sqrt(c.DHead));
+            if (allowed is not null)
+                scores = scores.masked_fill(allowed.logical_not(), double.NegativeInfinity);
+            scores = ctx.Run(n.AttnScores, scores);
+            var pattern = scores.softmax(-1);
+            pattern = pattern.nan_to_num(0.0);
+            pattern = ctx.Run(n.Pattern, pattern);
+            z = pattern.matmul(vh);
+        }
+        else
+        {
+            z = F.scaled_dot_product_attention(qh, kh, vh, allowed, 0.0, causalFlag);
+        }
+        z = ctx.Run(n.Z, z.transpose(1, 2));
+
+        Tensor attnOut;
+        if (ctx.Wants(n.Result))
+        {
+            var result = einsum("bthd,mhd->bthm", z, w.Out.view(c.DModel, c.NHeads, c.DHead));
+            result = ctx.Run(n.Result, result);
+            attnOut = result.sum(2);
+            if (w.OutBias is not null)
+                attnOut = attnOut + w.OutBias;
+        }
+        else
+        {
+            attnOut = F.linear(z.reshape(b, t, (long)c.NHeads * c.DHead), w.Out, w.OutBias);
+        }
+        attnOut = ctx.Run(n.AttnOut, attnOut);
+
+        var residMid = ctx.Run(n.ResidMid, resid + attnOut);
+        var ln2 = ctx.Run(n.Ln2Normalized, Norm(residMid, w.Ln2Weight, w.Ln2Bias));
+
+        Tensor post;
+        if (c.Mlp == MlpKind.GeluTanh)
+        {
+            var pre = ctx.Run(n.MlpPre, F.linear(ln2, w.MlpIn, w.MlpInBias));
+            post = F.gelu(pre, TorchSharp.Modules.GELU.Approximate.tanh, false);
+        }
+        else
+        {
+            var gateUp = F.linear(ln2, w.MlpIn, w.MlpInBias).chunk(2, -1);
+            var gate = ctx.Run(n.MlpPre, gateUp[0]);
+            var up = ctx.Run(n.MlpPreLinear, gateUp[1]);
+            post = F.silu(gate) * up;
+        }
+        post = ctx.Run(n.MlpPost, post);
+        var mlpOut = ctx.Run(n.MlpOut, F.linear(post, w.MlpOut, w.MlpOutBias));
+        return ctx.Run(n.ResidPost, residMid + mlpOut);
+    }
+
+    public void Dispose()
+    {
+        Weights.Dispose();
+        ropeCos?.Dispose();
+        ropeSin?.Dispose();
+    }
+}
+
+/// <summary>Keys and values of past positions for incremental decoding; one per request.</summary>
+public sealed class KvCache : IDisposable
+{
+    internal KvCache(ModelConfig c, int batch, int capacity, ScalarType dtype, Device device)
+    {
+        Batch = batch;
+        Capacity = capacity;
+        Keys = new Tensor[c.NLayers];
+        Values = new Tensor[c.NLayers];
+        for (int l = 0; l < c.NLayers; l++)
+        {
+            Keys[l] = zeros([batch, c.NKvHeads, capacity, c.DHead], dtype, device);
+            Values[l] = zeros([batch, c.NKvHeads, capacity, c.DHead], dtype, device);
+            Keys[l].DetachFromDisposeScope();
+            Values[l].DetachFromDisposeScope();
+        }
+        Mask = zeros([batch, capacity], ScalarType.Bool, device);
+        Mask.DetachFromDisposeScope();
+    }
+
+    public int Batch { get; }
+    public int Capacity { get; }
+    /// <summary>Positions filled so far (prompt + generated, including padding).</summary>
+    public int Length { get; internal set; }
+    internal Tensor[] Keys { get; }
+    internal Tensor[] Values { get; }
+    /// <summary><c>[batch, capacity]</c>: which filled positions are real tokens.</summary>
+    internal Tensor Mask { get; }
+
+    public void Dispose()
+    {
+        foreach (var t in Keys.Concat(Values))
+            t.Dispose();
+        Mask.Dispose();
+    }
+}

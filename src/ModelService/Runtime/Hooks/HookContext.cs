@@ -1,0 +1,78 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace InterpMesh.Runtime.Hooks;
+
+/// <summary>Receives each captured activation as soon as the forward has computed it.</summary>
+/// <param name="hook">The hook point.</param>
+/// <param name="value">The selected positions in the requested dtype. The sink owns it: it must be
+/// disposed, moved out of the dispose scope, or copied before the request's scope ends.</param>
+public delegate void CaptureSink(HookInfo hook, Tensor value);
+
+/// <summary>
+/// Applies one request's <see cref="HookPlan"/> inside one forward: runs interventions, then hands
+/// captures to the sink. Knows the batch's padding so "last position" means the last real token.
+/// </summary>
+internal sealed class HookContext(HookCatalogue catalogue, HookPlan plan, CaptureSink sink, Tensor lastRealIndex, int positionOffset)
+{
+    public HookPlan Plan => plan;
+
+    /// <summary>Whether a hook needs to be materialised at all (expensive hooks are skipped otherwise).</summary>
+    public bool Wants(string name) => plan.IsActive(name);
+
+    /// <summary>Runs the plan at one hook point and returns the (possibly changed) activation.</summary>
+    public Tensor Run(string name, Tensor x)
+    {
+        if (!plan.IsActive(name))
+            return x;
+        catalogue.TryGet(name, out var hook);
+        if (plan.TryGetInterventions(name, out var list))
+        {
+            foreach (var iv in list)
+                x = iv.Apply(hook, x, positionOffset);
+        }
+        if (plan.TryGetCapture(name, out var spec))
+            sink(hook, Select(hook, x, spec.Positions, spec.DType));
+        return x;
+    }
+
+    private Tensor Select(HookInfo hook, Tensor x, PositionSelection positions, ScalarType dtype)
+    {
+        int posDim = hook.Layout == HookLayout.AttentionMap ? 2 : 1;
+        Tensor selected;
+        switch (positions.Kind)
+        {
+            case "last":
+                {
+                    // One index per row: gather along the position dim.
+                    var shape = x.shape;
+                    var indexShape = (long[])shape.Clone();
+                    indexShape[posDim] = 1;
+                    var viewShape = Enumerable.Repeat(1L, shape.Length).ToArray();
+                    viewShape[0] = shape[0];
+                    var local = (lastRealIndex - positionOffset).clamp_min(0);
+                    selected = x.gather(posDim, local.view(viewShape).expand(indexShape));
+                    break;
+                }
+            case "indices":
+                {
+                    long n = x.shape[posDim];
+                    var idx = positions.Indices!.Select(i => (long)(i < 0 ? n + i : i - positionOffset)).ToArray();
+                    foreach (var i in idx)
+                    {
+                        if (i < 0 || i >= n)
+                            throw new ArgumentException($"capture position out of range for '{hook.Name}': the sequence has {n + positionOffset} positions");
+                    }
+                    selected = x.index_select(posDim, tensor(idx, device: x.device));
+                    break;
+                }
+            default:
+                selected = x;
+                break;
+        }
+        // A capture must not alias the live activation: later in-place work would change it.
+        return ReferenceEquals(selected, x)
+            ? (x.dtype == dtype ? x.clone() : x.to(dtype))
+            : (selected.dtype == dtype ? selected : selected.to(dtype));
+    }
+}

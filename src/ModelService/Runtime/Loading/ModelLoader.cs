@@ -1,0 +1,95 @@
+using InterpMesh.Runtime.Architectures;
+using InterpMesh.Runtime.Tokenization;
+using static TorchSharp.torch;
+
+namespace InterpMesh.Runtime.Loading;
+
+/// <summary>A loaded model: the transformer, its tokenizer (if any) and where it came from.</summary>
+public sealed class LoadedModel(Transformer transformer, ITextTokenizer? tokenizer, string source) : IDisposable
+{
+    public Transformer Transformer { get; } = transformer;
+    public ModelConfig Config => Transformer.Config;
+
+    /// <summary>The tokenizer, or null when the checkpoint has none and none was given.</summary>
+    public ITextTokenizer? Tokenizer { get; } = tokenizer;
+
+    public string Source { get; } = source;
+
+    /// <summary>The tokenizer, or an error that says how to supply one.</summary>
+    public ITextTokenizer RequireTokenizer() => Tokenizer
+        ?? throw new InvalidOperationException($"{Source} has no tokenizer; pass one with --tokenizer (tokenizer.json, vocab.json+merges.txt, tokenizer.model or a llama2.c tok*.bin), or give token ids instead of text");
+
+    public void Dispose() => Transformer.Dispose();
+}
+
+/// <summary>Loads a model from a path: a Hugging Face folder or a llama2.c <c>.bin</c>.</summary>
+public static class ModelLoader
+{
+    /// <param name="path">A folder with config.json (Hugging Face) or a llama2.c <c>.bin</c> file.</param>
+    /// <param name="tokenizerPath">Tokenizer file or folder; by default the model folder (HF), or a
+    /// <c>tokenizer.bin</c>/single <c>tok*.bin</c> beside a llama2.c checkpoint.</param>
+    /// <param name="dtype">Weight and activation dtype (float32 by default; bfloat16 halves memory).</param>
+    public static LoadedModel Load(string path, string? tokenizerPath = null, ScalarType dtype = ScalarType.Float32)
+    {
+        if (dtype is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
+            throw new ArgumentException($"model dtype {dtype} is not supported; use float32, bfloat16 or float16");
+        string full = Path.GetFullPath(path);
+        ModelConfig config;
+        TransformerWeights weights;
+        string? defaultTokenizer;
+        if (Directory.Exists(full))
+        {
+            if (!HuggingFaceCheckpoint.IsCheckpointFolder(full))
+                throw new ModelFormatException(full, "not a model folder: no config.json (expected a Hugging Face checkpoint folder or a llama2.c .bin file)");
+            (config, weights) = HuggingFaceCheckpoint.Load(full, dtype);
+            defaultTokenizer = TokenizerLoader.HasTokenizer(full) ? full : null;
+        }
+        else if (File.Exists(full))
+        {
+            if (Path.GetFileName(full) == "config.json")
+                return Load(Path.GetDirectoryName(full)!, tokenizerPath, dtype);
+            (config, weights) = Llama2cCheckpoint.Load(full, dtype);
+            defaultTokenizer = FindLlama2cTokenizer(full);
+        }
+        else
+        {
+            throw new ModelFormatException(full, "no such file or folder");
+        }
+
+        Transformer transformer;
+        try
+        {
+            transformer = new Transformer(config, weights, full);
+        }
+        catch
+        {
+            weights.Dispose();
+            throw;
+        }
+        ITextTokenizer? tokenizer = null;
+        try
+        {
+            string? tok = tokenizerPath ?? defaultTokenizer;
+            if (tok is not null)
+                tokenizer = TokenizerLoader.Load(Path.GetFullPath(tok));
+            if (tokenizer is not null && tokenizer.VocabSize > config.VocabSize)
+                throw new ModelFormatException(tok!, $"the tokenizer has {tokenizer.VocabSize} tokens but the model's vocabulary has only {config.VocabSize}");
+        }
+        catch
+        {
+            transformer.Dispose();
+            throw;
+        }
+        return new LoadedModel(transformer, tokenizer, full);
+    }
+
+    private static string? FindLlama2cTokenizer(string checkpoint)
+    {
+        string dir = Path.GetDirectoryName(checkpoint)!;
+        string named = Path.Combine(dir, "tokenizer.bin");
+        if (File.Exists(named))
+            return named;
+        var candidates = Directory.GetFiles(dir, "tok*.bin");
+        return candidates.Length == 1 ? candidates[0] : null;
+    }
+}
