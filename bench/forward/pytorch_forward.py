@@ -163,6 +163,28 @@ class GPT2(nn.Module):
         return F.linear(x, self.wte.weight)  # tied unembedding, no bias
 
 
+def loaded_blas() -> str:
+    """Path of the BLAS shared object actually mapped into this process.
+
+    Debian's torch links libblas.so.3, which resolves through the
+    alternatives system (reference Netlib BLAS by default, far slower than
+    OpenBLAS/MKL) or through LD_LIBRARY_PATH.  Reported so results can be
+    interpreted; see README.md.
+    """
+    import os
+    libs = set()
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1] if len(line.split()) >= 6 else ""
+                name = os.path.basename(path)
+                if name.startswith(("libblas", "libopenblas", "libmkl")):
+                    libs.add(os.path.realpath(path))
+    except OSError:
+        return "unknown"
+    return ";".join(sorted(libs)) or "none"
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="GPT-2-small-shaped PyTorch eager forward benchmark")
     p.add_argument("--batch", type=int, default=1)
@@ -229,6 +251,7 @@ def main(argv=None):
         # Extra context (not required by the comparison harness).
         "warmup": args.warmup,
         "capture_resid": args.capture_resid,
+        "blas": loaded_blas(),
         "gelu": "F.gelu(approximate='tanh')" if HAS_GELU_TANH else "formula",
         "seconds_min": min(times),
         "seconds_mean": statistics.fmean(times),

@@ -37,6 +37,9 @@ public sealed class Transformer : IDisposable
     {
         config.Validate(source);
         weights.Validate(config, source);
+        // Weights live as long as the model, not as long as the dispose scope that loaded them.
+        foreach (var t in weights.AllTensors())
+            t.DetachFromDisposeScope();
         Config = config;
         Weights = weights;
         Hooks = new HookCatalogue(config);

@@ -48,6 +48,21 @@ public sealed class TransformerWeights : IDisposable
     /// <summary><c>[vocab, d_model]</c>; the same tensor as <see cref="Embed"/> when tied.</summary>
     public required Tensor Unembed { get; init; }
 
+    /// <summary>Every distinct tensor (a tied unembedding is listed once).</summary>
+    public IEnumerable<Tensor> AllTensors()
+    {
+        yield return Embed;
+        if (PosEmbed is not null)
+            yield return PosEmbed;
+        foreach (var t in Blocks.SelectMany(b => b.All()))
+            yield return t;
+        yield return LnFinalWeight;
+        if (LnFinalBias is not null)
+            yield return LnFinalBias;
+        if (!ReferenceEquals(Unembed, Embed))
+            yield return Unembed;
+    }
+
     public long ParameterCount =>
         Embed.numel() + (PosEmbed?.numel() ?? 0) + Blocks.Sum(b => b.All().Sum(t => t.numel()))
         + LnFinalWeight.numel() + (LnFinalBias?.numel() ?? 0) + (ReferenceEquals(Unembed, Embed) ? 0 : Unembed.numel());

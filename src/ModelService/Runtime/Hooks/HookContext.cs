@@ -32,7 +32,13 @@ internal sealed class HookContext(HookCatalogue catalogue, HookPlan plan, Captur
                 x = iv.Apply(hook, x, positionOffset);
         }
         if (plan.TryGetCapture(name, out var spec))
-            sink(hook, Select(hook, x, spec.Positions, spec.DType));
+        {
+            // Hooks run one dispose scope below the forward's caller (per block, or the embedding
+            // or final stage): hand the capture to the caller's scope.
+            var captured = Select(hook, x, spec.Positions, spec.DType);
+            captured.MoveToOuterDisposeScope();
+            sink(hook, captured);
+        }
         return x;
     }
 

@@ -96,14 +96,26 @@ public static class Llama2cCheckpoint
         var blocks = new List<BlockWeights>();
         for (int l = 0; l < layers; l++)
         {
+            // Dispose the per-layer views at once: a live view keeps the stacked tensor's memory.
+            using var q = wq[l];
+            using var k = wk[l];
+            using var v = wv[l];
+            using var qr = ToRotateHalf(q, heads, headSize);
+            using var kr = ToRotateHalf(k, kvHeads, headSize);
+            using var o = wo[l];
+            using var a1 = rmsAtt[l];
+            using var a2 = rmsFfn[l];
+            using var gate = w1[l];
+            using var up = w3[l];
+            using var down = w2[l];
             blocks.Add(new BlockWeights
             {
-                Ln1Weight = rmsAtt[l].clone(),
-                Qkv = cat([ToRotateHalf(wq[l], heads, headSize), ToRotateHalf(wk[l], kvHeads, headSize), wv[l]], 0),
-                Out = wo[l].clone(),
-                Ln2Weight = rmsFfn[l].clone(),
-                MlpIn = cat([w1[l], w3[l]], 0),
-                MlpOut = w2[l].clone(),
+                Ln1Weight = a1.clone(),
+                Qkv = cat([qr, kr, v], 0),
+                Out = o.clone(),
+                Ln2Weight = a2.clone(),
+                MlpIn = cat([gate, up], 0),
+                MlpOut = down.clone(),
             });
         }
         foreach (var t in new[] { rmsAtt, wq, wk, wv, wo, rmsFfn, w1, w2, w3 })

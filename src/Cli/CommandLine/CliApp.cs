@@ -1,0 +1,67 @@
+using System.Text.Json;
+using InterpMesh.Cli.Bench;
+using InterpMesh.Cli.Local;
+using InterpMesh.Runtime;
+
+namespace InterpMesh.Cli.CommandLine;
+
+/// <summary>Dispatches <c>interpmesh &lt;command&gt;</c> and turns every failure into one clear line.</summary>
+public static class CliApp
+{
+    public const string Usage = """
+        interpmesh — serve and inspect transformer internals
+
+        Local mode (the model is loaded in this process):
+          interpmesh info      --model PATH [--tokenizer PATH] [--json]
+          interpmesh tokenize  (--model PATH | --tokenizer PATH) [--text "..."] [--json]
+                               without --text: one JSON string per line on stdin, one {"ids": [...]} per line out
+          interpmesh generate  --model PATH (--prompt "..." | --prompt-ids 1,2,3) --max-new-tokens N
+                               [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop-ids 1,2 | --stop-ids none] [--json]
+          interpmesh forward   --model PATH --ids 1,2,3 [--logits all|last] [--json]
+          interpmesh bench forward --preset gpt2-small --batch B --seq T [--threads N]
+                               [--capture GLOB] [--logits none|last|all] [--warmup W] [--iters I] [--json]
+
+        PATH is a Hugging Face folder (config.json + model.safetensors) or a llama2.c .bin (tokenizer:
+        --tokenizer, or tokenizer.bin / a single tok*.bin beside it). Common options: --threads N,
+        --dtype float32|bfloat16. Output is human-readable unless --json is given.
+        """;
+
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin)
+    {
+        bool json = args.Contains("--json");
+        try
+        {
+            if (args.Length == 0 || args[0] is "help" or "--help" or "-h")
+            {
+                stdout.WriteLine(Usage);
+                return args.Length == 0 ? 2 : 0;
+            }
+            string command = args[0];
+            string[] rest = args[1..];
+            if (command == "bench")
+            {
+                if (rest.Length == 0 || rest[0] != "forward")
+                    throw new UsageException("bench needs a benchmark name: `interpmesh bench forward ...`");
+                return ForwardBenchmark.Run(Parse(rest[1..]), stdout);
+            }
+            var parsed = Parse(rest);
+            return command switch
+            {
+                "info" => InfoCommand.Run(parsed, stdout),
+                "tokenize" => TokenizeCommand.Run(parsed, stdout, stdin),
+                "generate" => GenerateCommand.Run(parsed, stdout),
+                "forward" => ForwardCommand.Run(parsed, stdout),
+                _ => throw new UsageException($"unknown command '{command}'; commands: info, tokenize, generate, forward, bench forward (see `interpmesh help`)"),
+            };
+        }
+        catch (Exception e) when (e is UsageException or ModelFormatException or ArgumentException or InvalidOperationException or FileNotFoundException or DirectoryNotFoundException)
+        {
+            stderr.WriteLine($"error: {e.Message}");
+            if (json)
+                stdout.WriteLine(JsonSerializer.Serialize(new Dictionary<string, string> { ["error"] = e.Message }));
+            return e is UsageException ? 2 : 1;
+        }
+    }
+
+    private static CliArgs Parse(string[] rest) => new(rest, new HashSet<string> { "json" });
+}

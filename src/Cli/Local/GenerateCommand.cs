@@ -1,0 +1,61 @@
+using InterpMesh.Cli.CommandLine;
+using InterpMesh.Runtime.Generation;
+
+namespace InterpMesh.Cli.Local;
+
+/// <summary><c>interpmesh generate</c>: greedy or sampled continuation of one prompt.</summary>
+internal static class GenerateCommand
+{
+    public static int Run(CliArgs args, TextWriter stdout)
+    {
+        bool json = args.Flag("json");
+        string? prompt = args.Text("prompt");
+        int[]? promptIds = args.IntList("prompt-ids");
+        if ((prompt is null) == (promptIds is null))
+            throw new UsageException("give exactly one of --prompt \"text\" or --prompt-ids 1,2,3");
+        int maxNew = args.Int("max-new-tokens", min: 0) ?? throw new UsageException("--max-new-tokens is required");
+        var sampling = new SamplingOptions(
+            Temperature: args.Real("temperature") ?? 0,
+            TopK: args.Int("top-k", min: 0) ?? 0,
+            TopP: args.Real("top-p") ?? 1.0,
+            Seed: args.Int("seed") ?? 0);
+        string? stopText = args.Text("stop-ids");
+        using var session = LocalSession.Open(args);
+        args.RejectUnknown("generate");
+        var model = session.Model;
+
+        int[] ids = promptIds ?? model.RequireTokenizer().Encode(prompt!);
+        if (ids.Length == 0)
+            throw new UsageException("the prompt encodes to no tokens; give a non-empty prompt");
+        IReadOnlyCollection<int> stopIds = stopText switch
+        {
+            null => (model.Tokenizer?.EosId ?? model.Config.EosTokenId) is int eos ? [eos] : [],
+            "none" => [],
+            _ => ParseIds(stopText),
+        };
+
+        var generated = session.Worker.Run(() =>
+            TextGenerator.Generate(model.Transformer, [ids], new GenerationOptions(maxNew, sampling, stopIds))[0]);
+        string? text = model.Tokenizer?.Decode(generated);
+        if (json)
+        {
+            JsonOutput.Write(stdout, new Dictionary<string, object?>
+            {
+                ["prompt_ids"] = ids,
+                ["generated_ids"] = generated,
+                ["text"] = text,
+            });
+        }
+        else
+        {
+            stdout.WriteLine(text is null ? string.Join(' ', generated) : (prompt ?? "") + text);
+        }
+        return 0;
+    }
+
+    private static int[] ParseIds(string text)
+    {
+        var parts = text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+        return parts.Select(p => int.TryParse(p, out int v) ? v : throw new UsageException($"--stop-ids must be comma-separated integers or 'none'; '{p}' is not an integer")).ToArray();
+    }
+}

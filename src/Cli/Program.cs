@@ -1,0 +1,3 @@
+using InterpMesh.Cli.CommandLine;
+
+return CliApp.Run(args, Console.Out, Console.Error, Console.In);
