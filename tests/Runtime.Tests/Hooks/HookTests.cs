@@ -112,14 +112,14 @@ public sealed class HookTests(ShippedModels models) : TorchTest, IClassFixture<S
             .Select(h => new Intervention(h.Name, InterventionOp.Add, zeros(1))).ToList();
         var patched = Run(m, PromptA, ["blocks.*.hook_resid_post"], ivs);
         foreach (var (key, value) in clean)
-            Assert.True(MaxAbsDiff(value, patched[key]) < 1e-6, $"{key} changed by {MaxAbsDiff(value, patched[key]):E2}");
+            Assert.True(MaxAbsDiff(value, patched[key]) == 0, $"{key} changed by {MaxAbsDiff(value, patched[key]):E2}");
         // ... and only float rounding where the hook forces per-head results (heads summed in another order)
         // or an explicit attention pattern (softmax instead of the fused kernel).
         var perHead = m.Hooks.All.Where(h => h.Layout == HookLayout.AttentionMap || h.Name.EndsWith("attn.hook_result", StringComparison.Ordinal))
             .Select(h => new Intervention(h.Name, InterventionOp.Add, zeros(1))).ToList();
         var rounded = Run(m, PromptA, ["blocks.*.hook_resid_post"], perHead);
         foreach (var (key, value) in clean)
-            Assert.True(MaxAbsDiff(value, rounded[key]) < 1e-5, $"{key} changed by {MaxAbsDiff(value, rounded[key]):E2}");
+            Assert.True(MaxAbsDiff(value, rounded[key]) < 1e-4, $"{key} changed by {MaxAbsDiff(value, rounded[key]):E2}");
     }
 
     [Theory]

@@ -243,9 +243,11 @@ public sealed class Transformer : IDisposable
 
         var qkv = F.linear(ln1, w.Qkv, w.QkvBias);
         var parts = qkv.split([(long)c.NHeads * c.DHead, (long)c.NKvHeads * c.DHead, (long)c.NKvHeads * c.DHead], -1);
-        var q = ctx.Run(n.Q, parts[0].view(b, t, c.NHeads, c.DHead));
-        var k = ctx.Run(n.K, parts[1].view(b, t, c.NKvHeads, c.DHead));
-        var v = ctx.Run(n.V, parts[2].view(b, t, c.NKvHeads, c.DHead));
+        // Contiguous q/k/v: kernels then see the same memory layout whether or not a hook replaced
+        // the tensor, so a no-op intervention is bit-for-bit a no-op.
+        var q = ctx.Run(n.Q, parts[0].contiguous().view(b, t, c.NHeads, c.DHead));
+        var k = ctx.Run(n.K, parts[1].contiguous().view(b, t, c.NKvHeads, c.DHead));
+        var v = ctx.Run(n.V, parts[2].contiguous().view(b, t, c.NKvHeads, c.DHead));
         if (cos is not null)
         {
             q = ctx.Run(n.RotQ, Rope(q, cos, sin!));
@@ -313,8 +315,9 @@ public sealed class Transformer : IDisposable
         else
         {
             var gateUp = F.linear(ln2, w.MlpIn, w.MlpInBias).chunk(2, -1);
-            var gate = ctx.Run(n.MlpPre, gateUp[0]);
-            var up = ctx.Run(n.MlpPreLinear, gateUp[1]);
+            // Contiguous halves: vectorised and strided silu differ in the last bit (see q/k/v).
+            var gate = ctx.Run(n.MlpPre, gateUp[0].contiguous());
+            var up = ctx.Run(n.MlpPreLinear, gateUp[1].contiguous());
             post = F.silu(gate) * up;
         }
         post = ctx.Run(n.MlpPost, post);
