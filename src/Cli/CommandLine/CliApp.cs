@@ -23,7 +23,7 @@ public static class CliApp
 
         PATH is a Hugging Face folder (config.json + model.safetensors) or a llama2.c .bin (tokenizer:
         --tokenizer, or tokenizer.bin / a single tok*.bin beside it). Common options: --threads N,
-        --dtype float32|bfloat16. Output is human-readable unless --json is given.
+        --dtype float32|bfloat16, --device cpu|cuda[:N] (CUDA build only). Output is human-readable unless --json is given.
         """;
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin)

@@ -23,11 +23,12 @@ internal sealed class LocalSession : IDisposable
         string model = args.RequireText("model", "a Hugging Face folder or a llama2.c .bin");
         string? tokenizer = args.Text("tokenizer");
         var dtype = ParseDType(args.Text("dtype"));
+        string device = args.Text("device") ?? "cpu";
         TorchRuntime.Initialize(args.Int("threads", min: 1));
         var worker = new TorchWorker();
         try
         {
-            var loaded = worker.Run(() => ModelLoader.Load(model, tokenizer, dtype));
+            var loaded = worker.Run(() => ModelLoader.Load(model, tokenizer, dtype, device));
             return new LocalSession(worker, loaded);
         }
         catch

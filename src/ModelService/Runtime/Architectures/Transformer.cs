@@ -53,8 +53,8 @@ public sealed class Transformer : IDisposable
             var inv = pow(config.RopeTheta, -arange(0, half, dtype: ScalarType.Float64) * 2.0 / config.RotaryDim);
             var angles = arange(0, config.ContextLength, dtype: ScalarType.Float64).unsqueeze(1) * inv.unsqueeze(0);
             var both = cat([angles, angles], 1);
-            ropeCos = both.cos().to(weights.Embed.dtype).MoveToOuterDisposeScope();
-            ropeSin = both.sin().to(weights.Embed.dtype).MoveToOuterDisposeScope();
+            ropeCos = both.cos().to(weights.Embed.dtype).to(weights.Embed.device).MoveToOuterDisposeScope();
+            ropeSin = both.sin().to(weights.Embed.dtype).to(weights.Embed.device).MoveToOuterDisposeScope();
             ropeCos.DetachFromDisposeScope();
             ropeSin.DetachFromDisposeScope();
         }
@@ -90,6 +90,8 @@ public sealed class Transformer : IDisposable
         if (tokens.dim() != 2)
             throw new ArgumentException($"token ids must be [batch, pos], got [{string.Join(", ", tokens.shape)}]");
         int b = (int)tokens.shape[0], t = (int)tokens.shape[1];
+        tokens = tokens.to(ScalarType.Int64).to(Device);
+        mask = mask?.to(Device);
         if (t == 0)
             throw new ArgumentException("the input has no tokens");
         int past = cache?.Length ?? 0;

@@ -63,6 +63,27 @@ public sealed class TransformerWeights : IDisposable
             yield return Unembed;
     }
 
+    /// <summary>A copy on another device (this object keeps its own tensors).</summary>
+    public TransformerWeights To(Device device)
+    {
+        Tensor? Move(Tensor? t) => t?.to(device);
+        var embed = Embed.to(device);
+        return new TransformerWeights
+        {
+            Embed = embed,
+            PosEmbed = Move(PosEmbed),
+            Blocks = Blocks.Select(b => new BlockWeights
+            {
+                Ln1Weight = b.Ln1Weight.to(device), Ln1Bias = Move(b.Ln1Bias), Qkv = b.Qkv.to(device), QkvBias = Move(b.QkvBias),
+                Out = b.Out.to(device), OutBias = Move(b.OutBias), Ln2Weight = b.Ln2Weight.to(device), Ln2Bias = Move(b.Ln2Bias),
+                MlpIn = b.MlpIn.to(device), MlpInBias = Move(b.MlpInBias), MlpOut = b.MlpOut.to(device), MlpOutBias = Move(b.MlpOutBias),
+            }).ToList(),
+            LnFinalWeight = LnFinalWeight.to(device),
+            LnFinalBias = Move(LnFinalBias),
+            Unembed = ReferenceEquals(Unembed, Embed) ? embed : Unembed.to(device),
+        };
+    }
+
     public long ParameterCount =>
         Embed.numel() + (PosEmbed?.numel() ?? 0) + Blocks.Sum(b => b.All().Sum(t => t.numel()))
         + LnFinalWeight.numel() + (LnFinalBias?.numel() ?? 0) + (ReferenceEquals(Unembed, Embed) ? 0 : Unembed.numel());

@@ -1,5 +1,6 @@
 using InterpMesh.Runtime.Architectures;
 using InterpMesh.Runtime.Tokenization;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace InterpMesh.Runtime.Loading;
@@ -29,8 +30,10 @@ public static class ModelLoader
     /// <param name="tokenizerPath">Tokenizer file or folder; by default the model folder (HF), or a
     /// <c>tokenizer.bin</c>/single <c>tok*.bin</c> beside a llama2.c checkpoint.</param>
     /// <param name="dtype">Weight and activation dtype (float32 by default; bfloat16 halves memory).</param>
-    public static LoadedModel Load(string path, string? tokenizerPath = null, ScalarType dtype = ScalarType.Float32)
+    /// <param name="device"><c>cpu</c> or <c>cuda</c>/<c>cuda:N</c> (needs the CUDA build, see docs/devices.md).</param>
+    public static LoadedModel Load(string path, string? tokenizerPath = null, ScalarType dtype = ScalarType.Float32, string device = "cpu")
     {
+        var target = ParseDevice(device);
         if (dtype is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
             throw new ArgumentException($"model dtype {dtype} is not supported; use float32, bfloat16 or float16");
         string full = Path.GetFullPath(path);
@@ -56,6 +59,12 @@ public static class ModelLoader
             throw new ModelFormatException(full, "no such file or folder");
         }
 
+        if (target.type != DeviceType.CPU)
+        {
+            var moved = weights.To(target);
+            weights.Dispose();
+            weights = moved;
+        }
         Transformer transformer;
         try
         {
@@ -81,6 +90,24 @@ public static class ModelLoader
             throw;
         }
         return new LoadedModel(transformer, tokenizer, full);
+    }
+
+    /// <summary>Parses and checks a device name before any weight is read.</summary>
+    public static Device ParseDevice(string device)
+    {
+        if (device == "cpu")
+            return CPU;
+        if (device == "cuda" || device.StartsWith("cuda:", StringComparison.Ordinal))
+        {
+            if (!cuda.is_available())
+                throw new ArgumentException($"device '{device}' was requested but CUDA is not available in this process: build with -p:InterpMeshDevice=cuda on a machine with an NVIDIA driver (docs/devices.md), or use --device cpu");
+            int index = device == "cuda" ? 0 : int.TryParse(device[5..], out int i) && i >= 0 ? i
+                : throw new ArgumentException($"device '{device}' is not valid; use cpu, cuda or cuda:N");
+            if (index >= cuda.device_count())
+                throw new ArgumentException($"device '{device}' does not exist: this machine has {cuda.device_count()} CUDA device(s)");
+            return torch.device(DeviceType.CUDA, index);
+        }
+        throw new ArgumentException($"device '{device}' is not valid; use cpu, cuda or cuda:N");
     }
 
     private static string? FindLlama2cTokenizer(string checkpoint)
