@@ -69,7 +69,6 @@ public sealed class TokenizerLoaderErrorTests
     [Theory]
     [InlineData("Unigram")]
     [InlineData("WordPiece")]
-    [InlineData("WordLevel")]
     public void Tokenizer_json_with_a_non_BPE_model(string type)
     {
         using var dir = new TempDirectory();

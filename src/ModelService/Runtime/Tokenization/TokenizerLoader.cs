@@ -4,7 +4,7 @@ namespace InterpMesh.Runtime.Tokenization;
 public static class TokenizerLoader
 {
     private const string Supported =
-        "tokenizer.json (byte-level BPE), vocab.json + merges.txt, encoder.json + vocab.bpe, " +
+        "tokenizer.json (byte-level BPE or WordLevel), vocab.json + merges.txt, encoder.json + vocab.bpe, " +
         "tokenizer.model / *.model (SentencePiece) or tok*.bin (llama2.c)";
 
     /// <summary>
@@ -47,11 +47,20 @@ public static class TokenizerLoader
 
         return ext switch
         {
-            ".json" => ByteLevelBpeTokenizer.FromTokenizerJson(path),
+            ".json" => FromTokenizerJson(path),
             ".model" => SentencePieceModelTokenizer.FromFile(path),
             ".bin" => Llama2CTokenizer.FromFile(path),
             _ => throw new ModelFormatException(path, $"is not a recognised tokenizer file; expected {Supported}."),
         };
+    }
+
+    /// <summary>A tokenizer.json: WordLevel (symbolic vocabularies) or byte-level BPE.</summary>
+    private static ITextTokenizer FromTokenizerJson(string path)
+    {
+        bool wordLevel;
+        using (var doc = TokenizerFiles.ParseJson(path))
+            wordLevel = WordLevelTokenizer.IsWordLevel(doc.RootElement);
+        return wordLevel ? WordLevelTokenizer.FromTokenizerJson(path) : ByteLevelBpeTokenizer.FromTokenizerJson(path);
     }
 
     private static ByteLevelBpeTokenizer FromPair(string vocabPath, string mergesPath)
@@ -73,7 +82,7 @@ public static class TokenizerLoader
         {
             try
             {
-                return ByteLevelBpeTokenizer.FromTokenizerJson(In("tokenizer.json"));
+                return FromTokenizerJson(In("tokenizer.json"));
             }
             catch (ModelFormatException) when (File.Exists(In("tokenizer.model")))
             {

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Side-by-side forward benchmark: InterpMesh (TorchSharp) vs PyTorch eager, same model shape
+# (GPT-2 small, random weights), same thread count, same machine, one run. Each configuration
+# alternates the two implementations ROUNDS times and reports medians and the ratio.
+#
+#   bash bench/forward/run.sh [THREADS] [ROUNDS]       (defaults: 2 threads, 3 rounds)
+#
+# Needs Debian's python3-torch (apt-get install python3-torch) for /usr/bin/python3.
+# Results and the exact command go to docs/benchmarks.md by hand.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+threads="${1:-2}"
+rounds="${2:-3}"
+iters=5
+warmup=2
+
+/usr/bin/python3 -c "import torch" 2>/dev/null || { echo "error: /usr/bin/python3 has no torch; apt-get install python3-torch" >&2; exit 1; }
+# Debian's torch calls whatever libblas.so.3 is selected; the reference (Netlib) BLAS is ~70×
+# slower than OpenBLAS and would make the comparison meaningless.
+blas="$(/usr/bin/python3 bench/forward/pytorch_forward.py --batch 1 --seq 8 --threads 1 --logits last --warmup 0 --iters 1 \
+  | /usr/bin/python3 -c "import json,sys; print(json.loads(sys.stdin.readline()).get('blas',''))")"
+case "$blas" in
+  *openblas-openmp*) ;;
+  *) echo "error: PyTorch is using '$blas', not the OpenMP build of OpenBLAS (the pthread build oversubscribes the cores and halves its speed); apt-get install libopenblas0-openmp and apt-get remove libopenblas0-pthread" >&2; exit 1;;
+esac
+dotnet build -c Release src/Cli -v q -nologo >/dev/null
+im="src/Cli/bin/Release/net10.0/linux-x64/interpmesh"
+py=(/usr/bin/python3 bench/forward/pytorch_forward.py)
+
+# Same allocator settings for both sides (see TORCHSHARP.md: fewer page faults on both).
+export MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+field() { /usr/bin/python3 -c "import json,sys; print(json.loads(sys.stdin.readline())['$1'])"; }
+
+# run_pair LABEL "interpmesh args" "pytorch args"
+run_pair() {
+  local label="$1" im_args="$2" py_args="$3" a=() b=()
+  for ((r = 0; r < rounds; r++)); do
+    a+=("$($im bench forward --preset gpt2-small --threads "$threads" --warmup $warmup --iters $iters $im_args --json | field tokens_per_s)")
+    b+=("$("${py[@]}" --threads "$threads" --warmup $warmup --iters $iters $py_args | field tokens_per_s)")
+  done
+  local ma mb
+  ma=$(printf '%s\n' "${a[@]}" | median)
+  mb=$(printf '%s\n' "${b[@]}" | median)
+  printf '| %-44s | %10.0f | %10.0f | %5.2f |\n' "$label" "$ma" "$mb" "$(awk -v a="$ma" -v b="$mb" 'BEGIN {print a / b}')"
+}
+
+# run_self LABEL "args A" "args B": InterpMesh against itself (overheads).
+run_self() {
+  local label="$1" a_args="$2" b_args="$3" a=() b=()
+  for ((r = 0; r < rounds; r++)); do
+    a+=("$($im bench forward --preset gpt2-small --threads "$threads" --warmup $warmup --iters $iters $a_args --json | field tokens_per_s)")
+    b+=("$($im bench forward --preset gpt2-small --threads "$threads" --warmup $warmup --iters $iters $b_args --json | field tokens_per_s)")
+  done
+  local ma mb
+  ma=$(printf '%s\n' "${a[@]}" | median)
+  mb=$(printf '%s\n' "${b[@]}" | median)
+  printf '| %-44s | %10.0f | %10.0f | %5.2f |\n' "$label" "$ma" "$mb" "$(awk -v a="$ma" -v b="$mb" 'BEGIN {print a / b}')"
+}
+
+echo "threads $threads, rounds $rounds × $iters iterations (median), $(nproc) cores, $(date -u +%F)"
+echo
+echo "| configuration (GPT-2 small, float32) | InterpMesh tok/s | PyTorch tok/s | ratio |"
+echo "| --- | ---: | ---: | ---: |"
+run_pair "1×128, last-position logits" "--batch 1 --seq 128 --logits last" "--batch 1 --seq 128 --logits last"
+run_pair "8×128, last-position logits" "--batch 8 --seq 128 --logits last" "--batch 8 --seq 128 --logits last"
+run_pair "1×1024, last-position logits" "--batch 1 --seq 1024 --logits last" "--batch 1 --seq 1024 --logits last"
+run_pair "8×128, last logits + all 12 resid_post captured" "--batch 8 --seq 128 --logits last --capture blocks.*.hook_resid_post" "--batch 8 --seq 128 --logits last --capture-resid"
+echo
+echo "| InterpMesh overheads (8×128) | A tok/s | B tok/s | A/B |"
+echo "| --- | ---: | ---: | ---: |"
+run_self "A: capture all resid_post, B: plain forward" "--batch 8 --seq 128 --logits last --capture blocks.*.hook_resid_post" "--batch 8 --seq 128 --logits last"
+run_self "A: stop after layer 3 (no logits), B: all 12" "--batch 8 --seq 128 --logits none --capture blocks.3.hook_resid_post" "--batch 8 --seq 128 --logits none --capture blocks.11.hook_resid_post"
