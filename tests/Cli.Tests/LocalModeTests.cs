@@ -146,6 +146,45 @@ public sealed class LocalModeTests
     }
 
     [Fact]
+    public void Train_toy_writes_a_loadable_model_with_its_card()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "interpmesh-cli-toy-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            var r = CliRunner.Run("train-toy", "concepts", "--out", dir, "--steps", "30", "--batch", "8", "--seed", "3", "--json");
+            Assert.True(r.ExitCode == 0, r.Stderr);
+            Assert.Contains("step 30/30", r.Stderr);
+            Assert.Equal("concepts", r.Json.GetProperty("model").GetString());
+            Assert.True(r.Json.GetProperty("metrics").GetProperty("agreement_accuracy").GetDouble() >= 0);
+            foreach (var file in new[] { "config.json", "model.safetensors", "tokenizer.json", "README.md", "mechanism.json" })
+                Assert.True(File.Exists(Path.Combine(dir, file)), $"{file} missing");
+            Assert.Contains("interpmesh train-toy concepts --out models/concepts --seed 3 --steps 30", File.ReadAllText(Path.Combine(dir, "README.md")));
+            var info = CliRunner.Run("info", "--model", dir, "--json");
+            Assert.True(info.ExitCode == 0, info.Stderr);
+            Assert.Equal("GPT2LMHeadModel", info.Json.GetProperty("architecture").GetString());
+            var ids = CliRunner.Run("tokenize", "--model", dir, "--text", "the dogs are happy", "--json").Json.GetProperty("ids").Ints();
+            Assert.Equal(5, ids.Length);
+        }
+        finally
+        {
+            if (Directory.Exists(dir))
+                Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Theory]
+    [InlineData("unknown toy model 'inductoin'", "train-toy", "inductoin", "--out", "/tmp/x")]
+    [InlineData("train-toy needs a model name", "train-toy", "--out", "/tmp/x")]
+    [InlineData("--out is required", "train-toy", "induction")]
+    [InlineData("steps must be at least 1", "train-toy", "induction", "--out", "/tmp/x", "--steps", "0")]
+    public void Train_toy_bad_input_fails_clearly(string message, params string[] args)
+    {
+        var r = CliRunner.Run(args);
+        Assert.NotEqual(0, r.ExitCode);
+        Assert.Contains(message, r.Stderr);
+    }
+
+    [Fact]
     public void The_built_executable_runs_the_readme_command()
     {
         string exe = Path.Combine(AppContext.BaseDirectory, "interpmesh");

@@ -81,8 +81,9 @@ public static class HeadAnalysis
         }
         if (controls.Count < named.Count)
         {
+            // Not enough other heads in those layers: take the lowest-scoring heads elsewhere.
             controls.AddRange(Enumerable.Range(0, model.Config.NLayers).SelectMany(l => Enumerable.Range(0, model.Config.NHeads).Select(h => (l, h)))
-                .Where(x => !taken.Contains(x) && !controls.Contains(x)).Take(named.Count - controls.Count));
+                .Where(x => !taken.Contains(x) && !controls.Contains(x)).OrderBy(x => score(x.l, x.h)).Take(named.Count - controls.Count));
         }
         return controls;
     }

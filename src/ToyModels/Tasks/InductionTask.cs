@@ -15,7 +15,7 @@ public sealed class InductionTask : ToyTask
 {
     public const int Symbols = 60;
     public const int Length = 64;
-    private const int MinSegment = 8, MaxSegment = 20;
+    private const int MinSegment = 6, MaxSegment = 20, MaxFiller = 8;
 
     public InductionTask()
     {
@@ -24,9 +24,9 @@ public sealed class InductionTask : ToyTask
         Tokenizer = WordLevelTokenizer.Create(words, "<unk>", "<bos>", null, addsBos: true);
         Config = new ModelConfig
         {
-            Architecture = "GPT2LMHeadModel", NLayers = 2, DModel = 64, NHeads = 4, NKvHeads = 4, DHead = 16, DMlp = 64,
-            VocabSize = words.Count, ContextLength = Length, Norm = NormKind.LayerNorm, NormEps = 1e-5,
-            Positional = PositionalKind.Learned, Mlp = MlpKind.GeluTanh, TiedEmbeddings = true, BosTokenId = 1,
+            Architecture = "LlamaForCausalLM", NLayers = 2, DModel = 64, NHeads = 4, NKvHeads = 4, DHead = 16, DMlp = 64,
+            VocabSize = words.Count, ContextLength = Length, Norm = NormKind.RmsNorm, NormEps = 1e-5,
+            Positional = PositionalKind.Rotary, RotaryDim = 16, RopeTheta = 10000, Mlp = MlpKind.SwiGlu, TiedEmbeddings = true, BosTokenId = 1,
         };
     }
 
@@ -38,21 +38,24 @@ public sealed class InductionTask : ToyTask
 
     private const int Bos = 1, FirstSymbol = 2;
 
-    /// <summary>One sequence and where its two copies of the segment start.</summary>
+    /// <summary>
+    /// One sequence: <c>&lt;bos&gt;</c>, a few random filler tokens, then a random segment repeated
+    /// until the end. Returns where the first and second copies start and the segment length.
+    /// </summary>
     private static (long[] Ids, int First, int Second, int SegmentLength) Sequence(Random rng)
     {
         var ids = new long[Length];
         ids[0] = Bos;
-        for (int i = 1; i < Length; i++)
-            ids[i] = FirstSymbol + rng.Next(Symbols);
+        int filler = rng.Next(0, MaxFiller + 1);
         int len = rng.Next(MinSegment, MaxSegment + 1);
-        int room = Length - 1 - 2 * len;
-        int before = rng.Next(0, room + 1);
-        int gap = rng.Next(0, room - before + 1);
-        int first = 1 + before, second = first + len + gap;
+        for (int i = 1; i <= filler; i++)
+            ids[i] = FirstSymbol + rng.Next(Symbols);
+        int first = 1 + filler;
         for (int i = 0; i < len; i++)
-            ids[second + i] = ids[first + i];
-        return (ids, first, second, len);
+            ids[first + i] = FirstSymbol + rng.Next(Symbols);
+        for (int i = first + len; i < Length; i++)
+            ids[i] = ids[i - len];
+        return (ids, first, first + len, len);
     }
 
     public override TokenBatchData Sample(Random rng, int batch)
@@ -120,37 +123,50 @@ public sealed class InductionTask : ToyTask
     public override MechanismReport Analyze(Transformer model)
     {
         var (prev, induction) = Scores(model);
-        var prevHeads = HeadAnalysis.Pick(prev, [0], 0.3, "previous-token", 2);
-        var inductionHeads = HeadAnalysis.Pick(induction, [model.Config.NLayers - 1], 0.3, "induction", 2);
-        var named = prevHeads.Concat(inductionHeads).ToList();
+        var prevHeads = HeadAnalysis.Pick(prev, [0], 0.3, "previous-token", model.Config.NHeads);
+        var inductionHeads = HeadAnalysis.Pick(induction, [model.Config.NLayers - 1], 0.3, "induction", model.Config.NHeads);
         double clean = Evaluate(model)[0].Value;
-        double ablated = Evaluate(model, HeadAnalysis.Ablate(model, named.Select(h => (h.Layer, h.Head))))[0].Value;
-        var controls = HeadAnalysis.Controls(model, named, (l, h) => l == 0 ? prev[l, h] : induction[l, h]);
-        double control = Evaluate(model, HeadAnalysis.Ablate(model, controls))[0].Value;
+        double Accuracy(IEnumerable<(int Layer, int Head)> heads) => Evaluate(model, HeadAnalysis.Ablate(model, heads))[0].Value;
+
+        // The circuit's bottleneck: without the previous-token heads no induction head can find its target.
+        double prevAblated = Accuracy(prevHeads.Select(h => (h.Layer, h.Head)));
+        var prevControls = HeadAnalysis.Controls(model, prevHeads, (l, h) => prev[l, h]);
+        double prevControl = Accuracy(prevControls);
+        double inductionAblated = Accuracy(inductionHeads.Select(h => (h.Layer, h.Head)));
+        var half = inductionHeads.Take(Math.Max(1, inductionHeads.Count / 2)).ToList();
+        double halfAblated = Accuracy(half.Select(h => (h.Layer, h.Head)));
+        string Labels(IEnumerable<(int Layer, int Head)> heads) => string.Join(", ", heads.Select(h => $"L{h.Layer}H{h.Head}"));
 
         var md = new StringBuilder();
         md.AppendLine(HeadAnalysis.Table(prev, "Previous-token score: mean attention from each position to the one before it, random sequences"));
         md.AppendLine(HeadAnalysis.Table(induction, "Induction score: mean attention from the second copy of a repeated sequence to the token after the earlier occurrence"));
-        md.AppendLine($"Named heads: previous-token {string.Join(", ", prevHeads.Select(h => $"{h.Label} ({h.Score:F2})"))}; induction {string.Join(", ", inductionHeads.Select(h => $"{h.Label} ({h.Score:F2})"))}.").AppendLine();
-        md.AppendLine("Causal check (zero-ablating `attn.hook_z` of the heads, induction accuracy on held-out sequences):").AppendLine();
+        md.AppendLine($"Named heads (score ≥ 0.3): previous-token {string.Join(", ", prevHeads.Select(h => $"{h.Label} ({h.Score:F2})"))}; " +
+            $"induction {string.Join(", ", inductionHeads.Select(h => $"{h.Label} ({h.Score:F2})"))}.").AppendLine();
+        md.AppendLine("Causal checks (zero-ablating `attn.hook_z` of the heads, induction accuracy on held-out sequences):").AppendLine();
         md.AppendLine("| condition | induction accuracy |").AppendLine("| --- | ---: |");
         md.AppendLine($"| clean | {clean:P1} |");
-        md.AppendLine($"| named heads ablated ({string.Join(", ", named.Select(h => h.Label))}) | {ablated:P1} |");
-        md.AppendLine($"| as many other heads ablated ({string.Join(", ", controls.Select(h => $"L{h.Layer}H{h.Head}"))}) | {control:P1} |");
-        md.AppendLine($"| chance | {1.0 / Symbols:P1} |");
-        return new MechanismReport(named,
+        md.AppendLine($"| previous-token heads ablated ({Labels(prevHeads.Select(h => (h.Layer, h.Head)))}) | {prevAblated:P1} |");
+        md.AppendLine($"| as many other heads ablated ({Labels(prevControls)}) | {prevControl:P1} |");
+        md.AppendLine($"| induction heads ablated ({Labels(inductionHeads.Select(h => (h.Layer, h.Head)))}) | {inductionAblated:P1} |");
+        md.AppendLine($"| half of the induction heads ablated ({Labels(half.Select(h => (h.Layer, h.Head)))}) | {halfAblated:P1} |");
+        md.AppendLine($"| chance | {1.0 / Symbols:P1} |").AppendLine();
+        md.AppendLine("The induction heads are redundant: each can do the job alone, so only ablating all of them removes induction, " +
+            "and there is no equally large set of other heads (the rest are the layer-0 heads the circuit reads from).");
+        return new MechanismReport([.. prevHeads, .. inductionHeads],
         [
-            new("accuracy_named_heads_ablated", ablated, 1.0 / Symbols, "induction accuracy with the named heads zero-ablated"),
-            new("accuracy_control_heads_ablated", control, 1.0 / Symbols, "induction accuracy with as many other heads zero-ablated"),
+            new("accuracy_previous_token_heads_ablated", prevAblated, 1.0 / Symbols, "induction accuracy with the previous-token heads zero-ablated"),
+            new("accuracy_control_heads_ablated", prevControl, 1.0 / Symbols, "induction accuracy with as many other heads zero-ablated"),
+            new("accuracy_induction_heads_ablated", inductionAblated, 1.0 / Symbols, "induction accuracy with all induction heads zero-ablated"),
         ], md.ToString());
     }
 
     public override string CardTaskSection => $"""
-        Each training sequence is `<bos>` followed by {Length - 1} tokens drawn uniformly from {Symbols} symbols (`t00`–`t59`), in which
-        one segment of {MinSegment}–{MaxSegment} tokens appears twice at random offsets. The loss is next-token cross-entropy at every
-        position. Only the second occurrence of the segment is predictable (from the first), so the model must learn the
+        Each training sequence is `<bos>`, 0–{MaxFiller} random filler tokens, then a random segment of {MinSegment}–{MaxSegment} tokens
+        repeated until position {Length - 1}; tokens are drawn uniformly from {Symbols} symbols (`t00`–`t59`). The loss is next-token
+        cross-entropy at every position. Only repeats are predictable (from the earlier copy), so the model must learn the
         induction circuit of Olsson et al. (2022): a **previous-token head** in layer 0 writes "the token before me was A" into each
         position, and an **induction head** in layer 1 attends from the current token A to the position after its earlier
-        occurrence and copies that token. Offsets and lengths vary, so a fixed positional shortcut does not work.
+        occurrence and copies that token. Offsets and periods vary, so a fixed positional shortcut does not work. Accuracy is
+        measured on the second copy of the segment in held-out sequences.
         """;
 }

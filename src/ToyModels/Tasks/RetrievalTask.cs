@@ -13,7 +13,7 @@ namespace InterpMesh.ToyModels.Tasks;
 /// </summary>
 public sealed class RetrievalTask : ToyTask
 {
-    public const int Keys = 24, Values = 24, Pairs = 10, Queries = 4;
+    public const int Keys = 24, Values = 24, Pairs = 10, Queries = 10;
     public const int Length = 1 + 2 * Pairs + 1 + 2 * Queries;
     private const int Bos = 1, Sep = 2, FirstKey = 3, FirstValue = FirstKey + Keys;
 
@@ -25,9 +25,9 @@ public sealed class RetrievalTask : ToyTask
         Tokenizer = WordLevelTokenizer.Create(words, "<unk>", "<bos>", null, addsBos: true);
         Config = new ModelConfig
         {
-            Architecture = "GPT2LMHeadModel", NLayers = 2, DModel = 64, NHeads = 4, NKvHeads = 4, DHead = 16, DMlp = 128,
-            VocabSize = words.Count, ContextLength = 48, Norm = NormKind.LayerNorm, NormEps = 1e-5,
-            Positional = PositionalKind.Learned, Mlp = MlpKind.GeluTanh, TiedEmbeddings = true, BosTokenId = Bos,
+            Architecture = "LlamaForCausalLM", NLayers = 2, DModel = 64, NHeads = 4, NKvHeads = 4, DHead = 16, DMlp = 128,
+            VocabSize = words.Count, ContextLength = 48, Norm = NormKind.RmsNorm, NormEps = 1e-5,
+            Positional = PositionalKind.Rotary, RotaryDim = 16, RopeTheta = 10000, Mlp = MlpKind.SwiGlu, TiedEmbeddings = true, BosTokenId = Bos,
         };
     }
 
@@ -76,7 +76,26 @@ public sealed class RetrievalTask : ToyTask
         return new TokenBatchData(ids, targets, batch, Length);
     }
 
-    public override TokenBatchData Sample(Random rng, int batch) => Batch(rng, batch);
+    /// <summary>
+    /// Training batches mix recall sequences with repeated random sequences over the same symbols
+    /// (loss everywhere): their dense signal forms the copy-from-context circuit quickly, and the
+    /// recall rows teach it to answer queries.
+    /// </summary>
+    public override TokenBatchData Sample(Random rng, int batch)
+    {
+        var recall = Batch(rng, batch);
+        for (int r = 1; r < batch; r += 2)
+        {
+            int at = r * Length;
+            int period = rng.Next(4, 13);
+            recall.Ids[at] = Bos;
+            for (int t = 1; t < Length; t++)
+                recall.Ids[at + t] = t <= period ? FirstKey + rng.Next(Keys + Values) : recall.Ids[at + t - period];
+            for (int t = 0; t < Length; t++)
+                recall.Targets[at + t] = t + 1 < Length ? recall.Ids[at + t + 1] : -100;
+        }
+        return recall;
+    }
 
     public override IReadOnlyList<TaskMetric> Evaluate(Transformer model, HookPlan? plan = null, int examples = 512, int seed = 1_000_003) =>
     [
@@ -115,10 +134,10 @@ public sealed class RetrievalTask : ToyTask
         var retrieval = RetrievalScores(model);
         var pairing = PairingScores(model);
         int last = model.Config.NLayers - 1;
-        var retrievalHeads = HeadAnalysis.Pick(retrieval, [last], 0.3, "retrieval", 2);
+        var retrievalHeads = HeadAnalysis.Pick(retrieval, [last], 0.3, "retrieval", model.Config.NHeads - 1);
         double clean = Evaluate(model)[0].Value;
         double ablated = Evaluate(model, HeadAnalysis.Ablate(model, retrievalHeads.Select(h => (h.Layer, h.Head))))[0].Value;
-        var controls = HeadAnalysis.Controls(model, retrievalHeads, (l, h) => retrieval[l, h]);
+        var controls = HeadAnalysis.Controls(model, retrievalHeads, (l, h) => Math.Max(retrieval[l, h], pairing[l, h]));
         double control = Evaluate(model, HeadAnalysis.Ablate(model, controls))[0].Value;
         var pairingHeads = HeadAnalysis.Pick(pairing, [0], 0.3, "key-to-value (previous-token)", 2);
 
@@ -143,7 +162,9 @@ public sealed class RetrievalTask : ToyTask
     public override string CardTaskSection => $"""
         Each sequence is `<bos>`, then {Pairs} key–value pairs (`k00`–`k23` keys, distinct within a sequence; `v00`–`v23` values), then
         `|`, then {Queries} of those keys each followed by its value: `<bos> k07 v12 k19 v03 … | k19 v03 k07 v12 …`. The loss is only
-        on the value after each query key. Pairs are random per sequence, so the answer must be copied from the context:
+        on the value after each query key. Half of each training batch is instead a random sequence over the same symbols repeated
+        with a period of 4–12 tokens (loss on every position), whose dense signal forms the copying circuit quickly.
+        Pairs are random per sequence, so the answer must be copied from the context:
         a **retrieval head** in the last layer attends from the query key to the matching pair's value and copies it, helped by
         a layer-0 head that writes each key into the position of the value after it.
         """;

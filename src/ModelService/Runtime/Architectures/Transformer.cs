@@ -81,7 +81,8 @@ public sealed class Transformer : IDisposable
     /// <param name="mask">Which of these positions are real tokens (bool <c>[batch, pos]</c>); null means all.
     /// Padding may be on either side; padded positions never influence real ones.</param>
     /// <param name="plan">Captures and interventions for this request.</param>
-    /// <param name="sink">Receives captures as they are computed (may be null when nothing is captured).</param>
+    /// <param name="sink">Receives captures as each stage (embeddings, each block, the final norm) completes,
+    /// on this thread, in the caller's dispose scope (may be null when nothing is captured).</param>
     /// <param name="logits">Which logits to compute.</param>
     /// <param name="cache">KV cache for incremental decoding, or null.</param>
     /// <returns>The logits, or null for <see cref="LogitsMode.None"/>.</returns>
@@ -160,6 +161,7 @@ public sealed class Transformer : IDisposable
             }
             resid.MoveToOuterDisposeScope();
         }
+        ctx.Flush();
 
         Tensor? cos = null, sin = null;
         if (ropeCos is not null)
@@ -170,31 +172,39 @@ public sealed class Transformer : IDisposable
 
         for (int l = 0; l <= Math.Min(lastLayer, Config.NLayers - 1); l++)
         {
-            using var scope = NewDisposeScope();
-            resid = Block(l, resid, ctx, allowed, causalFlag, cos, sin, cache, past);
-            resid.MoveToOuterDisposeScope();
+            using (var scope = NewDisposeScope())
+            {
+                resid = Block(l, resid, ctx, allowed, causalFlag, cos, sin, cache, past);
+                resid.MoveToOuterDisposeScope();
+            }
+            ctx.Flush();
         }
         if (cache is not null && lastLayer >= Config.NLayers - 1)
             cache.Length = past + t;
         if (lastLayer < Config.NLayers)
             return null;
 
+        Tensor? output;
         using (var scope = NewDisposeScope())
         {
             bool allPositions = logits == LogitsMode.All || ctx.Wants("ln_final.hook_normalized") || ctx.Wants("logits");
             var x = allPositions ? resid : GatherPositions(resid, lastReal - past);
             x = Norm(x, Weights.LnFinalWeight, Weights.LnFinalBias);
             x = ctx.Run("ln_final.hook_normalized", x);
-            if (logits == LogitsMode.None && !ctx.Wants("logits"))
-                return null;
-            if (allPositions && logits == LogitsMode.Last && !ctx.Wants("logits"))
-                x = GatherPositions(x, lastReal - past);
-            var result = F.linear(x, Weights.Unembed);
-            result = ctx.Run("logits", result);
-            if (logits == LogitsMode.Last && result.shape[1] != 1)
-                result = GatherPositions(result, lastReal - past);
-            return logits == LogitsMode.None ? null : result.MoveToOuterDisposeScope();
+            output = null;
+            if (logits != LogitsMode.None || ctx.Wants("logits"))
+            {
+                if (allPositions && logits == LogitsMode.Last && !ctx.Wants("logits"))
+                    x = GatherPositions(x, lastReal - past);
+                var result = F.linear(x, Weights.Unembed);
+                result = ctx.Run("logits", result);
+                if (logits == LogitsMode.Last && result.shape[1] != 1)
+                    result = GatherPositions(result, lastReal - past);
+                output = logits == LogitsMode.None ? null : result.MoveToOuterDisposeScope();
+            }
         }
+        ctx.Flush();
+        return output;
     }
 
     private bool AnyPatternWanted(HookPlan plan) =>

@@ -3,10 +3,10 @@ using static TorchSharp.torch;
 
 namespace InterpMesh.Runtime.Hooks;
 
-/// <summary>Receives each captured activation as soon as the forward has computed it.</summary>
+/// <summary>Receives each captured activation as soon as its stage of the forward (embeddings, a block, the final norm) has finished.</summary>
 /// <param name="hook">The hook point.</param>
-/// <param name="value">The selected positions in the requested dtype. The sink owns it: it must be
-/// disposed, moved out of the dispose scope, or copied before the request's scope ends.</param>
+/// <param name="value">The selected positions in the requested dtype, in the forward caller's dispose
+/// scope (as is anything the sink creates): copy it, keep it within that scope, or move it out.</param>
 public delegate void CaptureSink(HookInfo hook, Tensor value);
 
 /// <summary>
@@ -15,6 +15,8 @@ public delegate void CaptureSink(HookInfo hook, Tensor value);
 /// </summary>
 internal sealed class HookContext(HookCatalogue catalogue, HookPlan plan, CaptureSink sink, Tensor lastRealIndex, int positionOffset)
 {
+    private readonly List<(HookInfo Hook, Tensor Value)> pending = [];
+
     public HookPlan Plan => plan;
 
     /// <summary>Whether a hook needs to be materialised at all (expensive hooks are skipped otherwise).</summary>
@@ -34,12 +36,21 @@ internal sealed class HookContext(HookCatalogue catalogue, HookPlan plan, Captur
         if (plan.TryGetCapture(name, out var spec))
         {
             // Hooks run one dispose scope below the forward's caller (per block, or the embedding
-            // or final stage): hand the capture to the caller's scope.
+            // or final stage): the capture moves to the caller's scope and reaches the sink once
+            // the stage's scope has closed, so whatever the sink creates also lives in the caller's scope.
             var captured = Select(hook, x, spec.Positions, spec.DType);
             captured.MoveToOuterDisposeScope();
-            sink(hook, captured);
+            pending.Add((hook, captured));
         }
         return x;
+    }
+
+    /// <summary>Hands the captures of the stage that just finished to the sink, in forward order.</summary>
+    public void Flush()
+    {
+        foreach (var (hook, value) in pending)
+            sink(hook, value);
+        pending.Clear();
     }
 
     private Tensor Select(HookInfo hook, Tensor x, PositionSelection positions, ScalarType dtype)
