@@ -92,7 +92,7 @@ public sealed class HookCatalogue
             if (!pattern.Contains('*') && !pattern.Contains('?'))
             {
                 if (!byName.ContainsKey(pattern))
-                    throw new ArgumentException($"unknown hook '{pattern}'; this model's hooks are listed by GetModelInfo / `interpmesh info` (e.g. '{All[Math.Min(2, All.Count - 1)].Name}')");
+                    throw new ArgumentException($"unknown hook '{pattern}'; closest valid names: {string.Join(", ", Closest(pattern, 3).Select(n => $"'{n}'"))} (GetModelInfo / `interpmesh info` lists them all)");
                 chosen.Add(pattern);
                 continue;
             }
@@ -106,6 +106,50 @@ public sealed class HookCatalogue
                 throw new ArgumentException($"hook glob '{pattern}' matches no hook of this model; hooks look like 'blocks.0.hook_resid_post' or 'blocks.*.attn.hook_pattern'");
         }
         return All.Where(h => chosen.Contains(h.Name)).ToList();
+    }
+
+    /// <summary>The hook names nearest to <paramref name="name"/> by edit distance.</summary>
+    public IEnumerable<string> Closest(string name, int count) =>
+        All.Select(h => (h.Name, Distance: EditDistance(name, h.Name))).OrderBy(x => x.Distance).ThenBy(x => x.Name, StringComparer.Ordinal).Take(count).Select(x => x.Name);
+
+    private static int EditDistance(string a, string b)
+    {
+        var row = Enumerable.Range(0, b.Length + 1).ToArray();
+        for (int i = 1; i <= a.Length; i++)
+        {
+            int diagonal = row[0];
+            row[0] = i;
+            for (int j = 1; j <= b.Length; j++)
+            {
+                int above = row[j];
+                row[j] = Math.Min(Math.Min(row[j] + 1, row[j - 1] + 1), diagonal + (a[i - 1] == b[j - 1] ? 0 : 1));
+                diagonal = above;
+            }
+        }
+        return row[b.Length];
+    }
+
+    /// <summary>Number of elements of a hook's tensor for a batch, with <paramref name="positions"/> selected positions out of <paramref name="sequence"/>.</summary>
+    public static long ElementCount(HookInfo hook, ModelConfig c, long batch, long positions, long sequence)
+    {
+        long n = 1;
+        foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(hook.Shape, "[a-z_]+"))
+        {
+            n *= m.Value switch
+            {
+                "batch" => batch,
+                "pos" or "query_pos" => positions,
+                "key_pos" => sequence,
+                "head" => c.NHeads,
+                "kv_head" => c.NKvHeads,
+                "d_head" => c.DHead,
+                "d_model" => c.DModel,
+                "d_mlp" => c.DMlp,
+                "d_vocab" => c.VocabSize,
+                _ => 1,
+            };
+        }
+        return n;
     }
 
     internal static bool GlobMatches(string pattern, string name)

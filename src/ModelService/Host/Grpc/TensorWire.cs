@@ -1,0 +1,73 @@
+using Google.Protobuf;
+using InterpMesh.Contracts.V1;
+using TorchSharp;
+using static TorchSharp.torch;
+using WireTensor = InterpMesh.Contracts.V1.Tensor;
+
+namespace InterpMesh.ModelService.Grpc;
+
+/// <summary>Converts between torch tensors and the wire <c>Tensor</c> (raw little-endian bytes).</summary>
+internal static class TensorWire
+{
+    public static DType ToWire(ScalarType t) => t switch
+    {
+        ScalarType.Float32 => DType.Float32,
+        ScalarType.BFloat16 => DType.Bfloat16,
+        ScalarType.Float16 => DType.Float16,
+        ScalarType.Int64 => DType.Int64,
+        _ => throw new ArgumentException($"dtype {t} has no wire form"),
+    };
+
+    public static ScalarType FromWire(DType t, string what) => t switch
+    {
+        DType.Float32 => ScalarType.Float32,
+        DType.Bfloat16 => ScalarType.BFloat16,
+        DType.Float16 => ScalarType.Float16,
+        DType.Int64 => ScalarType.Int64,
+        _ => throw new ArgumentException($"{what}: dtype must be FLOAT32, BFLOAT16, FLOAT16 or INT64, got {t}"),
+    };
+
+    private static int Size(ScalarType t) => t switch
+    {
+        ScalarType.Float32 => 4,
+        ScalarType.Int64 => 8,
+        _ => 2,
+    };
+
+    /// <summary>Raw bytes of a contiguous CPU copy of the tensor.</summary>
+    public static byte[] Bytes(torch.Tensor t)
+    {
+        using var c = t.detach().cpu().contiguous();
+        var bytes = new byte[c.numel() * c.ElementSize];
+        c.bytes.CopyTo(bytes);
+        return bytes;
+    }
+
+    public static WireTensor ToWire(torch.Tensor t)
+    {
+        var w = new WireTensor { Dtype = ToWire(t.dtype), Data = UnsafeByteOperations.UnsafeWrap(Bytes(t)) };
+        w.Shape.AddRange(t.shape);
+        return w;
+    }
+
+    /// <summary>Builds a tensor from the wire, checking shape, byte count and (for floats) finiteness.</summary>
+    public static torch.Tensor FromWire(WireTensor w, string what)
+    {
+        var dtype = FromWire(w.Dtype, what);
+        long count = 1;
+        foreach (var d in w.Shape)
+        {
+            if (d < 0)
+                throw new ArgumentException($"{what}: shape [{string.Join(", ", w.Shape)}] has a negative dimension");
+            count = checked(count * d);
+        }
+        long expected = count * Size(dtype);
+        if (w.Data.Length != expected)
+            throw new ArgumentException($"{what}: shape [{string.Join(", ", w.Shape)}] of {w.Dtype} needs {expected} bytes, got {w.Data.Length}");
+        var t = empty(w.Shape.ToArray(), dtype);
+        w.Data.Span.CopyTo(t.bytes);
+        if (dtype != ScalarType.Int64 && !t.isfinite().all().item<bool>())
+            throw new ArgumentException($"{what}: contains NaN or infinite values");
+        return t;
+    }
+}

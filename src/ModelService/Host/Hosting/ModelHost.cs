@@ -1,0 +1,87 @@
+using InterpMesh.ModelService.Configuration;
+using InterpMesh.Runtime.Execution;
+using InterpMesh.Runtime.Loading;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
+using Microsoft.Extensions.Options;
+using static TorchSharp.torch;
+
+namespace InterpMesh.ModelService.Hosting;
+
+/// <summary>
+/// Owns the one model of this process and the torch worker that runs it. The model loads in the
+/// background after start; until then health reports NOT_SERVING and requests get UNAVAILABLE.
+/// </summary>
+public sealed class ModelHost : BackgroundService, IHealthCheck
+{
+    private readonly ModelServiceOptions options;
+    private readonly ILogger<ModelHost> logger;
+    private readonly TaskCompletionSource<LoadedModel> loaded = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public ModelHost(IOptions<ModelServiceOptions> options, ILogger<ModelHost> logger)
+    {
+        this.options = options.Value;
+        this.logger = logger;
+        TorchRuntime.Initialize(this.options.Threads > 0 ? this.options.Threads : null);
+        Worker = new TorchWorker(workers: 1, queueCapacity: this.options.MaxConcurrentRequests);
+        Admission = new SemaphoreSlim(this.options.MaxConcurrentRequests);
+    }
+
+    public TorchWorker Worker { get; }
+
+    /// <summary>Bounds requests running or queued at once.</summary>
+    public SemaphoreSlim Admission { get; }
+
+    public ModelServiceOptions Options => options;
+
+    /// <summary>The model, or null while it is loading (or failed to load).</summary>
+    public LoadedModel? Model => loaded.Task.IsCompletedSuccessfully ? loaded.Task.Result : null;
+
+    /// <summary>Why loading failed, if it did.</summary>
+    public Exception? LoadError => loaded.Task.Exception?.InnerException;
+
+    /// <summary>Waits for the model (tests and hosts that want to block until ready).</summary>
+    public Task<LoadedModel> WhenLoaded => loaded.Task;
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        var dtype = options.DType switch
+        {
+            "bfloat16" => ScalarType.BFloat16,
+            "float16" => ScalarType.Float16,
+            _ => ScalarType.Float32,
+        };
+        try
+        {
+            var model = await Worker.RunAsync(() => ModelLoader.Load(options.ModelPath, options.TokenizerPath, dtype, options.Device), stoppingToken);
+            var c = model.Config;
+            if (logger.IsEnabled(LogLevel.Information))
+                logger.LogInformation("Loaded {Architecture} from {Source}: {Layers} layers, d_model {DModel}", c.Architecture, model.Source, c.NLayers, c.DModel);
+            loaded.TrySetResult(model);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            logger.LogError(e, "Loading the model failed: {Message}", e.Message);
+            loaded.TrySetException(e);
+        }
+    }
+
+    public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
+        Task.FromResult(Model is not null ? HealthCheckResult.Healthy("model loaded")
+            : LoadError is not null ? HealthCheckResult.Unhealthy($"model failed to load: {LoadError.Message}")
+            : HealthCheckResult.Unhealthy("model is loading"));
+
+    public override void Dispose()
+    {
+        if (Model is { } model)
+        {
+            Worker.Run(() =>
+            {
+                model.Dispose();
+                return 0;
+            });
+        }
+        Worker.Dispose();
+        Admission.Dispose();
+        base.Dispose();
+    }
+}

@@ -1,0 +1,58 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Grpc.Net.Client;
+using InterpMesh.ModelService.Hosting;
+using InterpMesh.Runtime.Loading;
+
+namespace InterpMesh.ModelService.Tests;
+
+/// <summary>A real ModelService on a loopback port (Kestrel, HTTP/2), plus the same model loaded in-process for comparisons.</summary>
+public sealed class ServerFixture : IAsyncLifetime
+{
+    public const int ChunkBytes = 4096;
+    public const long CaptureBudget = 8L << 20;
+
+    private WebApplication? app;
+
+    public GrpcChannel Channel { get; private set; } = null!;
+    public Contracts.V1.ModelService.ModelServiceClient Client { get; private set; } = null!;
+    public LoadedModel Local { get; private set; } = null!;
+    public string Address { get; private set; } = "";
+
+    public async Task InitializeAsync()
+    {
+        string model = RepoPaths.Models("stories260K/stories260K.bin");
+        app = ModelServiceApp.Build([], b =>
+        {
+            b.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
+            {
+                ["ModelService:ModelPath"] = model,
+                ["ModelService:MaxChunkBytes"] = ChunkBytes.ToString(),
+                ["ModelService:MaxCaptureBytes"] = CaptureBudget.ToString(),
+                ["ModelService:MaxConcurrentRequests"] = "8",
+                ["ModelService:MaxBatch"] = "16",
+                ["Kestrel:Endpoints:Grpc:Url"] = "http://127.0.0.1:0",
+                ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
+                ["Logging:LogLevel:Default"] = "Warning",
+            });
+        });
+        await app.StartAsync();
+        await app.Services.GetRequiredService<ModelHost>().WhenLoaded;
+        Address = app.Urls.First();
+        Channel = GrpcChannel.ForAddress(Address);
+        Client = new Contracts.V1.ModelService.ModelServiceClient(Channel);
+        Local = ModelLoader.Load(model);
+    }
+
+    public async Task DisposeAsync()
+    {
+        Channel.Dispose();
+        Local.Dispose();
+        if (app is not null)
+        {
+            await app.StopAsync();
+            await app.DisposeAsync();
+        }
+    }
+}
