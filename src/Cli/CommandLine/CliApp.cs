@@ -18,6 +18,11 @@ public static class CliApp
           interpmesh generate  --model PATH (--prompt "..." | --prompt-ids 1,2,3) --max-new-tokens N
                                [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop-ids 1,2 | --stop-ids none] [--json]
           interpmesh forward   --model PATH --ids 1,2,3 [--logits all|last] [--json]
+          interpmesh serve     --model PATH [--tokenizer PATH] [--grpc-port P] [--bind ADDRESS] [--threads N]
+
+        Remote mode: info, tokenize, generate and forward take --server URL (e.g. http://127.0.0.1:50051)
+        instead of --model and print the same JSON.
+
           interpmesh train-toy induction|retrieval|concepts --out DIR [--seed S] [--steps N] [--batch B] [--lr LR] [--json]
           interpmesh bench forward --preset gpt2-small --batch B --seq T [--threads N]
                                [--capture GLOB] [--logits none|last|all] [--warmup W] [--iters I] [--json]
@@ -51,6 +56,8 @@ public static class CliApp
                     throw new UsageException($"train-toy needs a model name: {string.Join(", ", InterpMesh.ToyModels.ToyCatalog.Names)}");
                 return Toys.TrainToyCommand.Run(rest[0], Parse(rest[1..]), stdout, stderr);
             }
+            if (command == "serve")
+                return Serve.ServeCommand.Run(Parse(rest), stdout);
             var parsed = Parse(rest);
             return command switch
             {
@@ -58,7 +65,7 @@ public static class CliApp
                 "tokenize" => TokenizeCommand.Run(parsed, stdout, stdin),
                 "generate" => GenerateCommand.Run(parsed, stdout),
                 "forward" => ForwardCommand.Run(parsed, stdout),
-                _ => throw new UsageException($"unknown command '{command}'; commands: info, tokenize, generate, forward, train-toy, bench forward (see `interpmesh help`)"),
+                _ => throw new UsageException($"unknown command '{command}'; commands: info, tokenize, generate, forward, serve, train-toy, bench forward (see `interpmesh help`)"),
             };
         }
         catch (Exception e) when (e is UsageException or ModelFormatException or ArgumentException or InvalidOperationException or FileNotFoundException or DirectoryNotFoundException)

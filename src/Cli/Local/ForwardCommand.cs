@@ -21,16 +21,28 @@ internal static class ForwardCommand
             "last" => LogitsMode.Last,
             var other => throw new UsageException($"--logits must be all or last, got '{other}'"),
         };
+        float[][] rows;
+        if (args.Text("server") is { } server)
+        {
+            args.RejectUnknown("forward");
+            rows = Remote.RemoteModel.Forward(server, ids, mode == LogitsMode.All);
+            return Print(stdout, json, ids, mode, rows);
+        }
         using var session = LocalSession.Open(args);
         args.RejectUnknown("forward");
         var model = session.Model.Transformer;
 
-        float[][] rows = session.Worker.Run(() =>
+        rows = session.Worker.Run(() =>
         {
             var input = tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Length]);
             var logits = model.Forward(input, null, HookPlan.Empty, null, mode)!.to(ScalarType.Float32)[0];
             return Enumerable.Range(0, (int)logits.shape[0]).Select(r => logits[r].data<float>().ToArray()).ToArray();
         });
+        return Print(stdout, json, ids, mode, rows);
+    }
+
+    private static int Print(TextWriter stdout, bool json, int[] ids, LogitsMode mode, float[][] rows)
+    {
         if (json)
         {
             JsonOutput.Write(stdout, new Dictionary<string, float[][]> { ["logits"] = rows });

@@ -20,6 +20,19 @@ internal static class GenerateCommand
             TopP: args.Real("top-p") ?? 1.0,
             Seed: args.Int("seed") ?? 0);
         string? stopText = args.Text("stop-ids");
+        if (args.Text("server") is { } server)
+        {
+            args.RejectUnknown("generate");
+            var (usedIds, gen, remoteText) = Remote.RemoteModel.Generate(server, prompt, promptIds, maxNew,
+                new Contracts.V1.SamplingParameters { Temperature = sampling.Temperature, TopK = sampling.TopK, TopP = sampling.TopP, Seed = sampling.Seed },
+                stopText is null or "none" ? null : ParseIds(stopText), noDefaultStop: stopText == "none");
+            if (json)
+                JsonOutput.Write(stdout, new Dictionary<string, object?> { ["prompt_ids"] = usedIds, ["generated_ids"] = gen, ["text"] = remoteText });
+            else
+                stdout.WriteLine(remoteText is null ? string.Join(' ', gen) : (prompt ?? "") + remoteText);
+            return 0;
+        }
+        sampling.Validate();
         using var session = LocalSession.Open(args);
         args.RejectUnknown("generate");
         var model = session.Model;

@@ -8,6 +8,17 @@ internal static class InfoCommand
     public static int Run(CliArgs args, TextWriter stdout)
     {
         bool json = args.Flag("json");
+        if (args.Text("server") is { } server)
+        {
+            args.RejectUnknown("info");
+            var remote = Remote.RemoteModel.Info(server);
+            if (json)
+                JsonOutput.Write(stdout, remote);
+            else
+                foreach (var (key, value) in remote.Where(kv => kv.Key is not ("hooks" or "hook_shapes")))
+                    stdout.WriteLine($"  {key,-16}{value}");
+            return 0;
+        }
         using var session = LocalSession.Open(args);
         args.RejectUnknown("info");
         var m = session.Model;

@@ -11,25 +11,29 @@ internal static class TokenizeCommand
     {
         bool json = args.Flag("json");
         string? text = args.Text("text");
-        ITextTokenizer tokenizer;
+        Func<string, int[]> encode;
         LocalSession? session = null;
         try
         {
-            if (args.Text("model") is not null)
+            if (args.Text("server") is { } server)
+            {
+                encode = text => Remote.RemoteModel.Tokenize(server, text);
+            }
+            else if (args.Text("model") is not null)
             {
                 session = LocalSession.Open(args);
-                tokenizer = session.Model.RequireTokenizer();
+                encode = session.Model.RequireTokenizer().Encode;
             }
             else
             {
-                string path = args.Text("tokenizer") ?? throw new UsageException("tokenize needs --model PATH or --tokenizer PATH");
-                tokenizer = TokenizerLoader.Load(Path.GetFullPath(path));
+                string path = args.Text("tokenizer") ?? throw new UsageException("tokenize needs --model PATH, --tokenizer PATH or --server URL");
+                encode = TokenizerLoader.Load(Path.GetFullPath(path)).Encode;
             }
             args.RejectUnknown("tokenize");
 
             if (text is not null)
             {
-                Write(stdout, tokenizer.Encode(text), json);
+                Write(stdout, encode(text), json);
                 return 0;
             }
             // One JSON string per input line, one result per output line: a corpus in one process.
@@ -50,7 +54,7 @@ internal static class TokenizeCommand
                 }
                 if (item is null)
                     throw new UsageException($"stdin line {lineNumber} is not a JSON string; give one JSON string per line, e.g. \"Once upon a time\"");
-                Write(stdout, tokenizer.Encode(item), json: true);
+                Write(stdout, encode(item), json: true);
             }
             return 0;
         }

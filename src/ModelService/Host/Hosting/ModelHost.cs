@@ -15,6 +15,7 @@ public sealed class ModelHost : BackgroundService, IHealthCheck
 {
     private readonly ModelServiceOptions options;
     private readonly ILogger<ModelHost> logger;
+    private int disposed;
     private readonly TaskCompletionSource<LoadedModel> loaded = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     public ModelHost(IOptions<ModelServiceOptions> options, ILogger<ModelHost> logger)
@@ -72,6 +73,9 @@ public sealed class ModelHost : BackgroundService, IHealthCheck
 
     public override void Dispose()
     {
+        // Registered both as a singleton and as the hosted service: the container disposes it twice.
+        if (Interlocked.Exchange(ref disposed, 1) == 1)
+            return;
         if (Model is { } model)
         {
             Worker.Run(() =>

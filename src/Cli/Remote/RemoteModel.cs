@@ -1,0 +1,125 @@
+using Grpc.Core;
+using Grpc.Net.Client;
+using InterpMesh.Cli.CommandLine;
+using InterpMesh.Contracts.V1;
+
+namespace InterpMesh.Cli.Remote;
+
+/// <summary>
+/// The local-mode commands against a running ModelService (<c>--server URL</c>), producing the same
+/// JSON as local mode.
+/// </summary>
+internal static class RemoteModel
+{
+    private static Contracts.V1.ModelService.ModelServiceClient Client(string url, out GrpcChannel channel)
+    {
+        if (!Uri.TryCreate(url, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))
+            throw new UsageException($"--server must be an http:// or https:// URL such as http://127.0.0.1:50051, got '{url}'");
+        channel = GrpcChannel.ForAddress(uri, new GrpcChannelOptions { MaxReceiveMessageSize = 16 << 20 });
+        return new Contracts.V1.ModelService.ModelServiceClient(channel);
+    }
+
+    /// <summary>Turns a gRPC failure into the CLI's one-line error.</summary>
+    public static T Call<T>(Func<T> action)
+    {
+        try
+        {
+            return action();
+        }
+        catch (RpcException e)
+        {
+            throw new InvalidOperationException(e.StatusCode == StatusCode.Unavailable
+                ? $"the server is unavailable ({e.Status.Detail}); is `interpmesh serve` running at that address?"
+                : $"{e.StatusCode}: {e.Status.Detail}");
+        }
+    }
+
+    public static Dictionary<string, object?> Info(string url)
+    {
+        var client = Client(url, out var channel);
+        using (channel)
+        {
+            var i = Call(() => client.GetModelInfo(new GetModelInfoRequest()));
+            return new Dictionary<string, object?>
+            {
+                ["architecture"] = i.Architecture,
+                ["n_layers"] = i.NLayers,
+                ["d_model"] = i.DModel,
+                ["n_heads"] = i.NHeads,
+                ["n_kv_heads"] = i.NKvHeads,
+                ["d_head"] = i.DHead,
+                ["d_mlp"] = i.DMlp,
+                ["vocab_size"] = i.VocabSize,
+                ["context_length"] = i.ContextLength,
+                ["dtype"] = i.Dtype.ToString().ToLowerInvariant(),
+                ["bos_token_id"] = i.HasBosTokenId ? i.BosTokenId : null,
+                ["eos_token_id"] = i.HasEosTokenId ? i.EosTokenId : null,
+                ["tokenizer"] = string.IsNullOrEmpty(i.Tokenizer) ? null : i.Tokenizer,
+                ["hooks"] = i.Hooks.Select(h => h.Name).ToArray(),
+                ["hook_shapes"] = i.Hooks.ToDictionary(h => h.Name, h => h.Shape),
+            };
+        }
+    }
+
+    public static int[] Tokenize(string url, string text)
+    {
+        var client = Client(url, out var channel);
+        using (channel)
+            return [.. Call(() => client.Tokenize(new TokenizeRequest { Texts = { text } })).Tokens[0].Ids];
+    }
+
+    public static (int[] Prompt, int[] Generated, string? Text) Generate(string url, string? prompt, int[]? promptIds, int maxNew, SamplingParameters sampling, int[]? stopIds, bool noDefaultStop)
+    {
+        var client = Client(url, out var channel);
+        using (channel)
+        {
+            var request = new GenerateRequest { MaxNewTokens = maxNew, Sampling = sampling, NoDefaultStop = noDefaultStop };
+            request.Prompts.Add(prompt is not null ? new Input { Text = prompt } : new Input { Tokens = new TokenIds { Ids = { promptIds! } } });
+            if (stopIds is not null)
+                request.StopTokenIds.AddRange(stopIds);
+            return Call(() =>
+            {
+                var generated = new List<int>();
+                int[] used = promptIds ?? [];
+                using var call = client.Generate(request);
+                while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
+                {
+                    var m = call.ResponseStream.Current;
+                    if (m.PromptTokens.Count > 0)
+                        used = [.. m.PromptTokens[0].Ids];
+                    if (m.TokenIds[0] >= 0)
+                        generated.Add(m.TokenIds[0]);
+                }
+                var info = client.GetModelInfo(new GetModelInfoRequest());
+                string? text = string.IsNullOrEmpty(info.Tokenizer) ? null
+                    : client.Detokenize(new DetokenizeRequest { Tokens = { new TokenIds { Ids = { generated } } } }).Texts[0];
+                return (used, generated.ToArray(), text);
+            });
+        }
+    }
+
+    public static float[][] Forward(string url, int[] ids, bool all)
+    {
+        var client = Client(url, out var channel);
+        using (channel)
+        {
+            var request = new RunRequest { Logits = new LogitsRequest { Mode = all ? LogitsRequest.Types.Mode.All : LogitsRequest.Types.Mode.Last } };
+            request.Inputs.Add(new Input { Tokens = new TokenIds { Ids = { ids } } });
+            return Call(() =>
+            {
+                using var call = client.Run(request);
+                RunResult? result = null;
+                while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
+                {
+                    if (call.ResponseStream.Current.Result is { } r)
+                        result = r;
+                }
+                var shape = result!.Logits.Shape;
+                int rows = (int)shape[1], vocab = (int)shape[2];
+                var flat = new float[rows * vocab];
+                Buffer.BlockCopy(result.Logits.Data.ToByteArray(), 0, flat, 0, flat.Length * 4);
+                return Enumerable.Range(0, rows).Select(r => flat.AsSpan(r * vocab, vocab).ToArray()).ToArray();
+            });
+        }
+    }
+}
