@@ -20,9 +20,25 @@ public sealed class ServerFixture : IAsyncLifetime
     public LoadedModel Local { get; private set; } = null!;
     public string Address { get; private set; } = "";
 
+    /// <summary>The plain-HTTP metrics endpoint, e.g. http://127.0.0.1:41234/metrics.</summary>
+    public string MetricsUrl { get; private set; } = "";
+
+    public int MetricsPort { get; private set; }
+
+    private static int FreePort()
+    {
+        var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        int port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        listener.Stop();
+        return port;
+    }
+
     public async Task InitializeAsync()
     {
         string model = RepoPaths.Models("stories260K/stories260K.bin");
+        MetricsPort = FreePort();
+        MetricsUrl = $"http://127.0.0.1:{MetricsPort}/metrics";
         app = ModelServiceApp.Build([], b =>
         {
             b.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
@@ -34,12 +50,14 @@ public sealed class ServerFixture : IAsyncLifetime
                 ["ModelService:MaxBatch"] = "16",
                 ["Kestrel:Endpoints:Grpc:Url"] = "http://127.0.0.1:0",
                 ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
+                ["Kestrel:Endpoints:Metrics:Url"] = $"http://127.0.0.1:{MetricsPort}",
+                ["Kestrel:Endpoints:Metrics:Protocols"] = "Http1",
                 ["Logging:LogLevel:Default"] = "Warning",
             });
         });
         await app.StartAsync();
         await app.Services.GetRequiredService<ModelHost>().WhenLoaded;
-        Address = app.Urls.First();
+        Address = app.Urls.First(u => !u.EndsWith($":{MetricsPort}", StringComparison.Ordinal));
         Channel = GrpcChannel.ForAddress(Address);
         Client = new Contracts.V1.ModelService.ModelServiceClient(Channel);
         Local = ModelLoader.Load(model);

@@ -19,7 +19,7 @@ using PositionSelection = InterpMesh.Runtime.Hooks.PositionSelection;
 namespace InterpMesh.ModelService.Grpc;
 
 /// <summary>The <c>interpmesh.v1.ModelService</c> implementation. Torch work runs on the host's worker thread.</summary>
-public sealed class ModelServiceEndpoint(ModelHost host) : Contracts.V1.ModelService.ModelServiceBase
+public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetrics metrics) : Contracts.V1.ModelService.ModelServiceBase
 {
     private LoadedModel Model => host.Model
         ?? throw new RpcException(new Status(StatusCode.Unavailable, host.LoadError is null ? "the model is still loading; retry shortly" : $"the model failed to load: {host.LoadError.Message}"));
@@ -93,6 +93,7 @@ public sealed class ModelServiceEndpoint(ModelHost host) : Contracts.V1.ModelSer
             var ct = context.CancellationToken;
             var work = host.Worker.RunAsync(() =>
             {
+                var busy = System.Diagnostics.Stopwatch.StartNew();
                 try
                 {
                     Execute(model, request, rows, channel.Writer, ct);
@@ -102,6 +103,7 @@ public sealed class ModelServiceEndpoint(ModelHost host) : Contracts.V1.ModelSer
                 {
                     channel.Writer.TryComplete(e);
                 }
+                metrics.WorkerBusy.Add(busy.Elapsed.TotalSeconds);
                 return 0;
             }, ct);
             await foreach (var message in channel.Reader.ReadAllAsync(ct))
@@ -137,6 +139,7 @@ public sealed class ModelServiceEndpoint(ModelHost host) : Contracts.V1.ModelSer
                     var plan = HookPlan.Build(model.Transformer.Hooks, null, Interventions(request.Interventions));
                     TextGenerator.Generate(model.Transformer, prompts, new GenerationOptions(request.MaxNewTokens, sampling, stops), plan, null, (step, ids) =>
                     {
+                        metrics.Tokens.Add(ids.Count(id => id >= 0) + (step == 0 ? prompts.Sum(p => p.Count) : 0));
                         var message = new GenerateResponse { Step = step };
                         message.TokenIds.AddRange(ids);
                         if (model.Tokenizer is { } tok)
@@ -169,6 +172,8 @@ public sealed class ModelServiceEndpoint(ModelHost host) : Contracts.V1.ModelSer
         var transformer = model.Transformer;
         var (ids, mask) = TokenBatch.Pad(rows, request.Padding == Contracts.V1.Padding.Right ? PaddingSide.Right : PaddingSide.Left, transformer.Device);
         int batch = rows.Count, length = (int)ids.shape[1];
+        metrics.BatchSize.Record(batch);
+        metrics.Tokens.Add(rows.Sum(r => r.Count));
 
         var captures = new List<CaptureRequest>();
         var reductions = new Dictionary<string, Reduction>(StringComparer.Ordinal);
@@ -204,6 +209,7 @@ public sealed class ModelServiceEndpoint(ModelHost host) : Contracts.V1.ModelSer
             if (reductions.TryGetValue(hook.Name, out var r) && r == Reduction.Mean)
                 value = value.to(ScalarType.Float32).mean([hook.Layout == HookLayout.AttentionMap ? 2L : 1L], keepdim: true).to(value.dtype);
             var bytes = TensorWire.Bytes(value);
+            metrics.ActivationBytes.Add(bytes.Length);
             for (int offset = 0; offset == 0 || offset < bytes.Length; offset += chunk)
             {
                 var piece = new ActivationChunk

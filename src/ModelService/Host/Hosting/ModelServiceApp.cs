@@ -1,5 +1,7 @@
 using InterpMesh.ModelService.Configuration;
 using InterpMesh.ModelService.Grpc;
+using InterpMesh.ModelService.Telemetry;
+using OpenTelemetry.Metrics;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Options;
 
@@ -16,12 +18,22 @@ public static class ModelServiceApp
         builder.Services.AddSingleton<IValidateOptions<ModelServiceOptions>, ModelServiceOptionsValidator>();
         builder.Services.AddSingleton<ModelHost>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<ModelHost>());
-        builder.Services.AddGrpc(o => o.EnableDetailedErrors = false);
+        builder.Services.AddSingleton<ServiceMetrics>();
+        builder.Services.AddOpenTelemetry().WithMetrics(m => m.AddMeter(ServiceMetrics.MeterName).AddPrometheusExporter());
+        builder.Services.AddGrpc(o =>
+        {
+            o.EnableDetailedErrors = false;
+            o.Interceptors.Add<MetricsInterceptor>();
+        });
         builder.Services.AddGrpcReflection();
         builder.Services.AddGrpcHealthChecks().AddCheck<ModelHostHealth>("model");
         builder.WebHost.ConfigureKestrel(k => k.ConfigureEndpointDefaults(e => e.Protocols = HttpProtocols.Http2));
 
         var app = builder.Build();
+        // /metrics answers only on plain HTTP/1.1, i.e. on the metrics endpoint (gRPC is HTTP/2 only).
+        app.UseOpenTelemetryPrometheusScrapingEndpoint(context => context.Request.Path == "/metrics" && context.Request.Protocol == "HTTP/1.1");
+        var host = app.Services.GetRequiredService<ModelHost>();
+        app.Services.GetRequiredService<ServiceMetrics>().ObserveQueue(() => host.Options.MaxConcurrentRequests - host.Admission.CurrentCount);
         app.MapGrpcService<ModelServiceEndpoint>();
         app.MapGrpcHealthChecksService();
         app.MapGrpcReflectionService();
