@@ -26,6 +26,7 @@ public static class CliApp
           interpmesh train-toy induction|retrieval|concepts --out DIR [--seed S] [--steps N] [--batch B] [--lr LR] [--json]
           interpmesh bench forward --preset gpt2-small --batch B --seq T [--threads N]
                                [--capture GLOB] [--logits none|last|all] [--warmup W] [--iters I] [--json]
+          interpmesh bench stream  --preset gpt2-small --batch B --seq T [--clients N] [--iters I] [--json]
 
         PATH is a Hugging Face folder (config.json + model.safetensors) or a llama2.c .bin (tokenizer:
         --tokenizer, or tokenizer.bin / a single tok*.bin beside it). Common options: --threads N,
@@ -46,9 +47,10 @@ public static class CliApp
             string[] rest = args[1..];
             if (command == "bench")
             {
-                if (rest.Length == 0 || rest[0] != "forward")
-                    throw new UsageException("bench needs a benchmark name: `interpmesh bench forward ...`");
-                return ForwardBenchmark.Run(Parse(rest[1..]), stdout);
+                return rest.Length == 0 ? throw new UsageException("bench needs a benchmark name: `interpmesh bench forward|stream ...`")
+                    : rest[0] == "forward" ? ForwardBenchmark.Run(Parse(rest[1..]), stdout)
+                    : rest[0] == "stream" ? StreamBenchmark.Run(Parse(rest[1..]), stdout)
+                    : throw new UsageException($"unknown benchmark '{rest[0]}'; benchmarks: forward, stream");
             }
             if (command == "train-toy")
             {
