@@ -1,3 +1,4 @@
+using System.Net.Http;
 using System.Text.Json;
 using InterpMesh.ModelService.Hosting;
 using Microsoft.AspNetCore.Builder;
@@ -82,5 +83,53 @@ public sealed class RemoteModeTests(LoopbackServer server) : IClassFixture<Loopb
         Assert.Equal(1, down.ExitCode);
         Assert.Contains("unavailable", down.Stderr);
         Assert.Equal(2, CliRunner.Run("info", "--server", "not a url", "--json").ExitCode);
+    }
+}
+
+/// <summary>`interpmesh serve` as a separate process, as a user starts it.</summary>
+public sealed class ServeProcessTests
+{
+    private static int FreePort()
+    {
+        var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        int port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        listener.Stop();
+        return port;
+    }
+
+    [Fact]
+    public async Task Serve_answers_grpc_and_metrics_on_the_given_ports_until_stopped()
+    {
+        int grpc = FreePort(), metrics = FreePort();
+        var psi = new System.Diagnostics.ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, "interpmesh"),
+            ["serve", "--model", RepoPaths.Models("stories260K/stories260K.bin"), "--grpc-port", grpc.ToString(), "--metrics-port", metrics.ToString()])
+        { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var process = System.Diagnostics.Process.Start(psi)!;
+        try
+        {
+            // Log lines may come first; wait for the ready line.
+            var ready = Task.Run(async () =>
+            {
+                while (await process.StandardOutput.ReadLineAsync() is { } line)
+                {
+                    if (line.StartsWith("serving ", StringComparison.Ordinal))
+                        return line;
+                }
+                return null;
+            });
+            Assert.True(await Task.WhenAny(ready, Task.Delay(60_000)) == ready, "serve did not report ready within 60 s");
+            Assert.Contains($"127.0.0.1:{grpc}", await ready);
+            var info = CliRunner.Run("info", "--server", $"http://127.0.0.1:{grpc}", "--json");
+            Assert.True(info.ExitCode == 0, info.Stderr);
+            Assert.Equal("llama2.c", info.Json.GetProperty("architecture").GetString());
+            using var http = new HttpClient();
+            Assert.Contains("interpmesh_requests_total", await http.GetStringAsync($"http://127.0.0.1:{metrics}/metrics"));
+        }
+        finally
+        {
+            process.Kill(entireProcessTree: true);
+            await process.WaitForExitAsync();
+        }
     }
 }

@@ -18,7 +18,7 @@ public static class CliApp
           interpmesh generate  --model PATH (--prompt "..." | --prompt-ids 1,2,3) --max-new-tokens N
                                [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop-ids 1,2 | --stop-ids none] [--json]
           interpmesh forward   --model PATH --ids 1,2,3 [--logits all|last] [--json]
-          interpmesh serve     --model PATH [--tokenizer PATH] [--grpc-port P] [--bind ADDRESS] [--threads N]
+          interpmesh serve     --model PATH [--tokenizer PATH] [--grpc-port P] [--metrics-port Q] [--bind ADDRESS] [--threads N]
 
         Remote mode: info, tokenize, generate and forward take --server URL (e.g. http://127.0.0.1:50051)
         instead of --model and print the same JSON.

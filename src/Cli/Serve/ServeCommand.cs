@@ -15,6 +15,7 @@ internal static class ServeCommand
         string model = args.RequireText("model", "a Hugging Face folder or a llama2.c .bin");
         int port = args.Int("grpc-port", min: 0) ?? 50051;
         string bind = args.Text("bind") ?? "127.0.0.1";
+        int? metricsPort = args.Int("metrics-port", min: 0);
         var settings = new Dictionary<string, string?>
         {
             ["ModelService:ModelPath"] = Path.GetFullPath(model),
@@ -27,6 +28,11 @@ internal static class ServeCommand
             ["Logging:LogLevel:Default"] = "Warning",
             ["Logging:LogLevel:InterpMesh"] = "Information",
         };
+        if (metricsPort is int mp)
+        {
+            settings["Kestrel:Endpoints:Metrics:Url"] = $"http://{bind}:{mp}";
+            settings["Kestrel:Endpoints:Metrics:Protocols"] = "Http1";
+        }
         args.RejectUnknown("serve");
         var app = ModelServiceApp.Build([], b => b.Configuration.AddInMemoryCollection(settings));
         try
@@ -47,7 +53,8 @@ internal static class ServeCommand
             app.StopAsync().GetAwaiter().GetResult();
             throw new InvalidOperationException($"the model failed to load: {e.Message}");
         }
-        stdout.WriteLine($"serving {host.Model!.Source} on {string.Join(", ", app.Urls)} (gRPC: interpmesh.v1.ModelService, health, reflection); Ctrl-C stops");
+        stdout.WriteLine($"serving {host.Model!.Source} on {string.Join(", ", app.Urls)} (gRPC: interpmesh.v1.ModelService, health, reflection" +
+            (metricsPort is not null ? "; Prometheus /metrics on the HTTP/1.1 port" : "") + "); Ctrl-C stops");
         stdout.WriteLine($"  try: interpmesh info --server {app.Urls.First()} --json");
         stdout.Flush();
         app.WaitForShutdownAsync().GetAwaiter().GetResult();
