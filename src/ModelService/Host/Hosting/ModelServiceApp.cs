@@ -16,6 +16,15 @@ public static class ModelServiceApp
         configure?.Invoke(builder);
         builder.Services.AddOptions<ModelServiceOptions>().BindConfiguration(ModelServiceOptions.Section).ValidateOnStart();
         builder.Services.AddSingleton<IValidateOptions<ModelServiceOptions>, ModelServiceOptionsValidator>();
+        // Relative paths in appsettings are relative to the app's content root, not to wherever it was started.
+        string root = builder.Environment.ContentRootPath;
+        builder.Services.PostConfigure<ModelServiceOptions>(o =>
+        {
+            if (!string.IsNullOrEmpty(o.ModelPath) && !Path.IsPathRooted(o.ModelPath))
+                o.ModelPath = Path.GetFullPath(Path.Combine(root, o.ModelPath));
+            if (!string.IsNullOrEmpty(o.TokenizerPath) && !Path.IsPathRooted(o.TokenizerPath))
+                o.TokenizerPath = Path.GetFullPath(Path.Combine(root, o.TokenizerPath));
+        });
         builder.Services.AddSingleton<ModelHost>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<ModelHost>());
         builder.Services.AddSingleton<ServiceMetrics>();
