@@ -89,19 +89,11 @@ public sealed class RemoteModeTests(LoopbackServer server) : IClassFixture<Loopb
 /// <summary>`interpmesh serve` as a separate process, as a user starts it.</summary>
 public sealed class ServeProcessTests
 {
-    private static int FreePort()
-    {
-        var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        listener.Start();
-        int port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
-        listener.Stop();
-        return port;
-    }
 
     [Fact]
     public async Task Serve_answers_grpc_and_metrics_on_the_given_ports_until_stopped()
     {
-        int grpc = FreePort(), metrics = FreePort();
+        int grpc = Ports.Free(), metrics = Ports.Free();
         var psi = new System.Diagnostics.ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, "interpmesh"),
             ["serve", "--model", RepoPaths.Models("stories260K/stories260K.bin"), "--grpc-port", grpc.ToString(), "--metrics-port", metrics.ToString()])
         { RedirectStandardOutput = true, RedirectStandardError = true };

@@ -54,10 +54,7 @@ public sealed class MetricsTests(ServerFixture server) : IClassFixture<ServerFix
         await RunOnce();
         string dir = Path.Combine(Path.GetTempPath(), "interpmesh-prom-" + Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(dir);
-        var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        listener.Start();
-        int webPort = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
-        listener.Stop();
+        int webPort = Ports.Free();
         File.WriteAllText(Path.Combine(dir, "prometheus.yml"), $"""
             global:
               scrape_interval: 1s
@@ -71,6 +68,9 @@ public sealed class MetricsTests(ServerFixture server) : IClassFixture<ServerFix
             $"--config.file={Path.Combine(dir, "prometheus.yml")}", $"--storage.tsdb.path={Path.Combine(dir, "data")}",
             $"--web.listen-address=127.0.0.1:{webPort}",
         ]) { RedirectStandardError = true, RedirectStandardOutput = true })!;
+        var log = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) log.Enqueue(e.Data); };
+        process.OutputDataReceived += (_, e) => { if (e.Data is not null) log.Enqueue(e.Data); };
         process.BeginErrorReadLine();
         process.BeginOutputReadLine();
         try
@@ -78,7 +78,8 @@ public sealed class MetricsTests(ServerFixture server) : IClassFixture<ServerFix
             using var http = new HttpClient();
             string query = $"http://127.0.0.1:{webPort}/api/v1/query?query=" + Uri.EscapeDataString("interpmesh_requests_total{method=\"Run\",status=\"OK\"}");
             string body = "";
-            for (var deadline = DateTime.UtcNow.AddSeconds(60); DateTime.UtcNow < deadline; await Task.Delay(500))
+            // Generous: Prometheus starts slowly on a loaded 2-core machine.
+            for (var deadline = DateTime.UtcNow.AddSeconds(180); DateTime.UtcNow < deadline; await Task.Delay(500))
             {
                 try
                 {
@@ -90,7 +91,19 @@ public sealed class MetricsTests(ServerFixture server) : IClassFixture<ServerFix
                 {
                 }
             }
-            Assert.Contains("\"result\":[{", body);
+            if (!body.Contains("\"result\":[{", StringComparison.Ordinal))
+            {
+                string targets = "";
+                try
+                {
+                    targets = await http.GetStringAsync($"http://127.0.0.1:{webPort}/api/v1/targets");
+                }
+                catch (HttpRequestException e)
+                {
+                    targets = e.Message;
+                }
+                Assert.Fail($"Prometheus never returned the series. Last query answer: {body}\nTargets: {targets}\nPrometheus log tail:\n{string.Join('\n', log.TakeLast(15))}");
+            }
             Assert.Contains("interpmesh-modelservice", body);
         }
         finally

@@ -25,19 +25,11 @@ public sealed class ServerFixture : IAsyncLifetime
 
     public int MetricsPort { get; private set; }
 
-    private static int FreePort()
-    {
-        var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-        listener.Start();
-        int port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
-        listener.Stop();
-        return port;
-    }
 
     public async Task InitializeAsync()
     {
         string model = RepoPaths.Models("stories260K/stories260K.bin");
-        MetricsPort = FreePort();
+        MetricsPort = Ports.Free();
         MetricsUrl = $"http://127.0.0.1:{MetricsPort}/metrics";
         app = ModelServiceApp.Build([], b =>
         {

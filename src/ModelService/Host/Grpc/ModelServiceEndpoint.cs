@@ -89,26 +89,7 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
             var model = Model;
             var rows = Rows(model, request.Inputs, "inputs");
             using var admitted = await Admit();
-            var channel = Channel.CreateBounded<RunResponse>(new BoundedChannelOptions(4) { SingleReader = true, SingleWriter = true });
-            var ct = context.CancellationToken;
-            var work = host.Worker.RunAsync(() =>
-            {
-                var busy = System.Diagnostics.Stopwatch.StartNew();
-                try
-                {
-                    Execute(model, request, rows, channel.Writer, ct);
-                    channel.Writer.TryComplete();
-                }
-                catch (Exception e)
-                {
-                    channel.Writer.TryComplete(e);
-                }
-                metrics.WorkerBusy.Add(busy.Elapsed.TotalSeconds);
-                return 0;
-            }, ct);
-            await foreach (var message in channel.Reader.ReadAllAsync(ct))
-                await responseStream.WriteAsync(message, ct);
-            await work;
+            await Pump(responseStream, context, (writer, ct) => Execute(model, request, rows, writer, ct));
         }
         catch (Exception e)
         {
@@ -130,40 +111,55 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
             var stops = request.StopTokenIds.Count > 0 ? request.StopTokenIds.ToList()
                 : !request.NoDefaultStop && (model.Tokenizer?.EosId ?? model.Config.EosTokenId) is int eos ? [eos] : [];
             using var admitted = await Admit();
-            var channel = Channel.CreateBounded<GenerateResponse>(new BoundedChannelOptions(4) { SingleReader = true, SingleWriter = true });
-            var ct = context.CancellationToken;
-            var work = host.Worker.RunAsync(() =>
+            await Pump(responseStream, context, (writer, ct) =>
             {
-                try
+                var plan = HookPlan.Build(model.Transformer.Hooks, null, Interventions(request.Interventions));
+                TextGenerator.Generate(model.Transformer, prompts, new GenerationOptions(request.MaxNewTokens, sampling, stops), plan, null, (step, ids) =>
                 {
-                    var plan = HookPlan.Build(model.Transformer.Hooks, null, Interventions(request.Interventions));
-                    TextGenerator.Generate(model.Transformer, prompts, new GenerationOptions(request.MaxNewTokens, sampling, stops), plan, null, (step, ids) =>
-                    {
-                        metrics.Tokens.Add(ids.Count(id => id >= 0) + (step == 0 ? prompts.Sum(p => p.Count) : 0));
-                        var message = new GenerateResponse { Step = step };
-                        message.TokenIds.AddRange(ids);
-                        if (model.Tokenizer is { } tok)
-                            message.Texts.AddRange(ids.Select(id => id < 0 ? "" : tok.Decode([id])));
-                        if (step == 0)
-                            message.PromptTokens.AddRange(prompts.Select(p => { var t = new TokenIds(); t.Ids.AddRange(p); return t; }));
-                        channel.Writer.WriteAsync(message, ct).AsTask().GetAwaiter().GetResult();
-                    }, ct);
-                    channel.Writer.TryComplete();
-                }
-                catch (Exception e)
-                {
-                    channel.Writer.TryComplete(e);
-                }
-                return 0;
-            }, ct);
-            await foreach (var message in channel.Reader.ReadAllAsync(ct))
-                await responseStream.WriteAsync(message, ct);
-            await work;
+                    metrics.Tokens.Add(ids.Count(id => id >= 0) + (step == 0 ? prompts.Sum(p => p.Count) : 0));
+                    var message = new GenerateResponse { Step = step };
+                    message.TokenIds.AddRange(ids);
+                    if (model.Tokenizer is { } tok)
+                        message.Texts.AddRange(ids.Select(id => id < 0 ? "" : tok.Decode([id])));
+                    if (step == 0)
+                        message.PromptTokens.AddRange(prompts.Select(p => { var t = new TokenIds(); t.Ids.AddRange(p); return t; }));
+                    writer.WriteAsync(message, ct).AsTask().GetAwaiter().GetResult();
+                }, ct);
+            });
         }
         catch (Exception e)
         {
             throw RpcErrors.ToRpc(e);
         }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="produce"/> on the torch worker and forwards what it writes to the client.
+    /// The channel is small and the worker blocks on it, so a slow client slows the producer instead
+    /// of making the server buffer the whole response.
+    /// </summary>
+    private async Task Pump<T>(IServerStreamWriter<T> responseStream, ServerCallContext context, Action<ChannelWriter<T>, CancellationToken> produce)
+    {
+        var channel = Channel.CreateBounded<T>(new BoundedChannelOptions(4) { SingleReader = true, SingleWriter = true });
+        var ct = context.CancellationToken;
+        var work = host.Worker.RunAsync(() =>
+        {
+            var busy = System.Diagnostics.Stopwatch.StartNew();
+            try
+            {
+                produce(channel.Writer, ct);
+                channel.Writer.TryComplete();
+            }
+            catch (Exception e)
+            {
+                channel.Writer.TryComplete(e);
+            }
+            metrics.WorkerBusy.Add(busy.Elapsed.TotalSeconds);
+            return 0;
+        }, ct);
+        await foreach (var message in channel.Reader.ReadAllAsync(ct))
+            await responseStream.WriteAsync(message, ct);
+        await work;
     }
 
     /// <summary>Runs on the worker thread: the forward, streaming captures as each stage completes.</summary>
