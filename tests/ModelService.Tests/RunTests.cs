@@ -186,6 +186,48 @@ public sealed class RunTests(ServerFixture server) : IClassFixture<ServerFixture
     }
 
     [Fact]
+    public async Task Generate_streams_per_step_captures_before_each_steps_tokens()
+    {
+        var request = new GenerateRequest { MaxNewTokens = 3, NoDefaultStop = true };
+        request.Prompts.Add(Ids(PromptA));
+        request.Captures.Add(new Capture { Hooks = { "blocks.4.hook_resid_post" }, Positions = new InterpMesh.Contracts.V1.PositionSelection { Last = true } });
+        var captures = new List<(int Step, float[] Values)>();
+        var tokens = new List<int>();
+        using (var call = server.Client.Generate(request))
+        {
+            await foreach (var message in call.ResponseStream.ReadAllAsync())
+            {
+                if (message.Activation is { } a)
+                {
+                    Assert.Equal(tokens.Count, message.Step); // chunks of a step come before its tokens
+                    Assert.Equal([1L, 1, 64], a.Shape);
+                    var values = new float[64];
+                    Buffer.BlockCopy(a.Data.ToByteArray(), 0, values, 0, 256);
+                    captures.Add((message.Step, values));
+                }
+                else
+                {
+                    tokens.Add(message.TokenIds[0]);
+                }
+            }
+        }
+        Assert.Equal([0, 1, 2], captures.Select(c => c.Step));
+
+        // Each step's capture is the last position of a full forward over the sequence so far.
+        using var mode = inference_mode();
+        using var scope = NewDisposeScope();
+        var m = server.Local.Transformer;
+        var plan = HookPlan.Build(m.Hooks, [new CaptureRequest(["blocks.4.hook_resid_post"], InterpMesh.Runtime.Hooks.PositionSelection.Last)], null);
+        for (int step = 0; step < 3; step++)
+        {
+            int[] sequence = [.. PromptA, .. tokens.Take(step)];
+            float[]? expected = null;
+            m.Forward(tensor(sequence.Select(x => (long)x).ToArray(), [1, sequence.Length]), null, plan, (_, t) => expected = t.contiguous().data<float>().ToArray(), LogitsMode.None);
+            Assert.True(expected!.Zip(captures[step].Values).Max(p => Math.Abs(p.First - p.Second)) < 1e-4, $"step {step}");
+        }
+    }
+
+    [Fact]
     public async Task Generate_streams_the_golden_greedy_tokens()
     {
         var request = new GenerateRequest { MaxNewTokens = 55, Sampling = new SamplingParameters() };

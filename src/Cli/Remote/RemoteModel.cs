@@ -85,6 +85,8 @@ internal static class RemoteModel
                 while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
                 {
                     var m = call.ResponseStream.Current;
+                    if (m.Activation is not null)
+                        continue;
                     if (m.PromptTokens.Count > 0)
                         used = [.. m.PromptTokens[0].Ids];
                     if (m.TokenIds[0] >= 0)

@@ -113,15 +113,20 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
             using var admitted = await Admit();
             await Pump(responseStream, context, (writer, ct) =>
             {
-                var plan = HookPlan.Build(model.Transformer.Hooks, null, Interventions(request.Interventions));
-                TextGenerator.Generate(model.Transformer, prompts, new GenerationOptions(request.MaxNewTokens, sampling, stops), plan, null, (step, ids) =>
+                int step = 0;
+                var (captures, reductions) = Captures(model.Transformer, request.Captures, prompts.Count, prompts.Max(p => p.Count));
+                var plan = HookPlan.Build(model.Transformer.Hooks, captures, Interventions(request.Interventions));
+                CaptureSink? sink = captures.Count == 0 ? null
+                    : (hook, value) => WriteChunks(hook, value, reductions, chunk => new GenerateResponse { Step = step, Activation = chunk }, writer, ct);
+                TextGenerator.Generate(model.Transformer, prompts, new GenerationOptions(request.MaxNewTokens, sampling, stops), plan, sink, (s, ids) =>
                 {
-                    metrics.Tokens.Add(ids.Count(id => id >= 0) + (step == 0 ? prompts.Sum(p => p.Count) : 0));
-                    var message = new GenerateResponse { Step = step };
+                    step = s + 1;
+                    metrics.Tokens.Add(ids.Count(id => id >= 0) + (s == 0 ? prompts.Sum(p => p.Count) : 0));
+                    var message = new GenerateResponse { Step = s };
                     message.TokenIds.AddRange(ids);
                     if (model.Tokenizer is { } tok)
                         message.Texts.AddRange(ids.Select(id => id < 0 ? "" : tok.Decode([id])));
-                    if (step == 0)
+                    if (s == 0)
                         message.PromptTokens.AddRange(prompts.Select(p => { var t = new TokenIds(); t.Ids.AddRange(p); return t; }));
                     writer.WriteAsync(message, ct).AsTask().GetAwaiter().GetResult();
                 }, ct);
@@ -171,58 +176,11 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
         metrics.BatchSize.Record(batch);
         metrics.Tokens.Add(rows.Sum(r => r.Count));
 
-        var captures = new List<CaptureRequest>();
-        var reductions = new Dictionary<string, Reduction>(StringComparer.Ordinal);
-        long budget = 0;
-        foreach (var c in request.Captures)
-        {
-            var positions = c.Positions?.SelectionCase switch
-            {
-                Contracts.V1.PositionSelection.SelectionOneofCase.Last => PositionSelection.Last,
-                Contracts.V1.PositionSelection.SelectionOneofCase.Indices => PositionSelection.At([.. c.Positions.Indices.Ids]),
-                _ => PositionSelection.All,
-            };
-            var dtype = c.Dtype == DType.Unspecified ? ScalarType.Float32 : TensorWire.FromWire(c.Dtype, "capture");
-            if (dtype == ScalarType.Int64)
-                throw new ArgumentException("capture dtype must be FLOAT32, BFLOAT16 or FLOAT16");
-            captures.Add(new CaptureRequest([.. c.Hooks], positions, dtype));
-            long selected = positions.Kind switch { "last" => 1, "indices" => positions.Indices!.Count, _ => length };
-            foreach (var hook in transformer.Hooks.Resolve(c.Hooks))
-            {
-                reductions[hook.Name] = c.Reduction;
-                budget += HookCatalogue.ElementCount(hook, transformer.Config, batch, c.Reduction == Reduction.Mean ? 1 : selected, length) * (dtype == ScalarType.Float32 ? 4 : 2);
-            }
-        }
-        if (budget > host.Options.MaxCaptureBytes)
-            throw new RpcException(new Status(StatusCode.ResourceExhausted,
-                $"the requested captures need {budget:N0} bytes, over this server's per-request budget of {host.Options.MaxCaptureBytes:N0}; capture fewer hooks, fewer positions (last or indices), a smaller batch, or bfloat16"));
+        var (captures, reductions) = Captures(transformer, request.Captures, batch, length);
         var plan = HookPlan.Build(transformer.Hooks, captures, Interventions(request.Interventions));
 
-        int chunk = host.Options.MaxChunkBytes;
-        void Send(HookInfo hook, torch.Tensor value)
-        {
-            ct.ThrowIfCancellationRequested();
-            if (reductions.TryGetValue(hook.Name, out var r) && r == Reduction.Mean)
-                value = value.to(ScalarType.Float32).mean([hook.Layout == HookLayout.AttentionMap ? 2L : 1L], keepdim: true).to(value.dtype);
-            var bytes = TensorWire.Bytes(value);
-            metrics.ActivationBytes.Add(bytes.Length);
-            for (int offset = 0; offset == 0 || offset < bytes.Length; offset += chunk)
-            {
-                var piece = new ActivationChunk
-                {
-                    Hook = hook.Name,
-                    Dtype = TensorWire.ToWire(value.dtype),
-                    Offset = offset,
-                    TotalBytes = bytes.Length,
-                    Data = UnsafeByteOperations.UnsafeWrap(bytes.AsMemory(offset, Math.Min(chunk, bytes.Length - offset))),
-                };
-                piece.Shape.AddRange(value.shape);
-                // Blocks this worker while the client is slow: back-pressure, not buffering.
-                writer.WriteAsync(new RunResponse { Activation = piece }, ct).AsTask().GetAwaiter().GetResult();
-                if (bytes.Length == 0)
-                    break;
-            }
-        }
+        void Send(HookInfo hook, torch.Tensor value) =>
+            WriteChunks(hook, value, reductions, chunk => new RunResponse { Activation = chunk }, writer, ct);
 
         var logitsMode = request.Logits?.Mode switch
         {
@@ -265,6 +223,63 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
             }
         }
         writer.WriteAsync(new RunResponse { Result = result }, ct).AsTask().GetAwaiter().GetResult();
+    }
+
+    /// <summary>Resolves a request's captures, checking them against the per-request byte budget.</summary>
+    private (List<CaptureRequest> Captures, Dictionary<string, Reduction> Reductions) Captures(Transformer transformer, IEnumerable<Capture> wire, int batch, int length)
+    {
+        var captures = new List<CaptureRequest>();
+        var reductions = new Dictionary<string, Reduction>(StringComparer.Ordinal);
+        long budget = 0;
+        foreach (var c in wire)
+        {
+            var positions = c.Positions?.SelectionCase switch
+            {
+                Contracts.V1.PositionSelection.SelectionOneofCase.Last => PositionSelection.Last,
+                Contracts.V1.PositionSelection.SelectionOneofCase.Indices => PositionSelection.At([.. c.Positions.Indices.Ids]),
+                _ => PositionSelection.All,
+            };
+            var dtype = c.Dtype == DType.Unspecified ? ScalarType.Float32 : TensorWire.FromWire(c.Dtype, "capture");
+            if (dtype == ScalarType.Int64)
+                throw new ArgumentException("capture dtype must be FLOAT32, BFLOAT16 or FLOAT16");
+            captures.Add(new CaptureRequest([.. c.Hooks], positions, dtype));
+            long selected = positions.Kind switch { "last" => 1, "indices" => positions.Indices!.Count, _ => length };
+            foreach (var hook in transformer.Hooks.Resolve(c.Hooks))
+            {
+                reductions[hook.Name] = c.Reduction;
+                budget += HookCatalogue.ElementCount(hook, transformer.Config, batch, c.Reduction == Reduction.Mean ? 1 : selected, length) * (dtype == ScalarType.Float32 ? 4 : 2);
+            }
+        }
+        if (budget > host.Options.MaxCaptureBytes)
+            throw new RpcException(new Status(StatusCode.ResourceExhausted,
+                $"the requested captures need {budget:N0} bytes, over this server's per-request budget of {host.Options.MaxCaptureBytes:N0}; capture fewer hooks, fewer positions (last or indices), a smaller batch, or bfloat16"));
+        return (captures, reductions);
+    }
+
+    /// <summary>Streams one capture as chunks of at most MaxChunkBytes; blocks while the client is slow (back-pressure).</summary>
+    private void WriteChunks<T>(HookInfo hook, torch.Tensor value, Dictionary<string, Reduction> reductions, Func<ActivationChunk, T> wrap, ChannelWriter<T> writer, CancellationToken ct)
+    {
+        ct.ThrowIfCancellationRequested();
+        if (reductions.TryGetValue(hook.Name, out var r) && r == Reduction.Mean)
+            value = value.to(ScalarType.Float32).mean([hook.Layout == HookLayout.AttentionMap ? 2L : 1L], keepdim: true).to(value.dtype);
+        var bytes = TensorWire.Bytes(value);
+        metrics.ActivationBytes.Add(bytes.Length);
+        int chunk = host.Options.MaxChunkBytes;
+        for (int offset = 0; offset == 0 || offset < bytes.Length; offset += chunk)
+        {
+            var piece = new ActivationChunk
+            {
+                Hook = hook.Name,
+                Dtype = TensorWire.ToWire(value.dtype),
+                Offset = offset,
+                TotalBytes = bytes.Length,
+                Data = UnsafeByteOperations.UnsafeWrap(bytes.AsMemory(offset, Math.Min(chunk, bytes.Length - offset))),
+            };
+            piece.Shape.AddRange(value.shape);
+            writer.WriteAsync(wrap(piece), ct).AsTask().GetAwaiter().GetResult();
+            if (bytes.Length == 0)
+                break;
+        }
     }
 
     private List<IReadOnlyList<int>> Rows(LoadedModel model, IEnumerable<Input> inputs, string field)
