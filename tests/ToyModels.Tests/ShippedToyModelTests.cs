@@ -12,24 +12,8 @@ namespace InterpMesh.ToyModels.Tests;
 /// The shipped toy models still do what their cards say. A regression anywhere in the runtime
 /// (loader, tokenizer, forward, hooks) shows up here as a broken toy.
 /// </summary>
-public sealed class ShippedToyModelTests : IDisposable
+public sealed class ShippedToyModelTests : TorchTest
 {
-    private readonly IDisposable mode;
-    private readonly IDisposable scope;
-
-    public ShippedToyModelTests()
-    {
-        TorchRuntime.Initialize();
-        mode = inference_mode();
-        scope = NewDisposeScope();
-    }
-
-    public void Dispose()
-    {
-        scope.Dispose();
-        mode.Dispose();
-    }
-
     /// <summary>The card's numbers, as the trainer wrote them.</summary>
     private static JsonElement Mechanism(string name) =>
         JsonDocument.Parse(File.ReadAllText(RepoPaths.Models($"{name}/mechanism.json"))).RootElement.Clone();

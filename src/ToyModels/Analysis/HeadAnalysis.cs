@@ -88,6 +88,9 @@ public static class HeadAnalysis
         return controls;
     }
 
+    /// <summary>"L0H1, L1H2" for a list of heads.</summary>
+    public static string Labels(IEnumerable<(int Layer, int Head)> heads) => string.Join(", ", heads.Select(h => $"L{h.Layer}H{h.Head}"));
+
     public static string Table(double[,] scores, string title)
     {
         var sb = new System.Text.StringBuilder();

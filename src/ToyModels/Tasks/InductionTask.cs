@@ -135,7 +135,6 @@ public sealed class InductionTask : ToyTask
         double inductionAblated = Accuracy(inductionHeads.Select(h => (h.Layer, h.Head)));
         var half = inductionHeads.Take(Math.Max(1, inductionHeads.Count / 2)).ToList();
         double halfAblated = Accuracy(half.Select(h => (h.Layer, h.Head)));
-        string Labels(IEnumerable<(int Layer, int Head)> heads) => string.Join(", ", heads.Select(h => $"L{h.Layer}H{h.Head}"));
 
         var md = new StringBuilder();
         md.AppendLine(HeadAnalysis.Table(prev, "Previous-token score: mean attention from each position to the one before it, random sequences"));
@@ -145,10 +144,10 @@ public sealed class InductionTask : ToyTask
         md.AppendLine("Causal checks (zero-ablating `attn.hook_z` of the heads, induction accuracy on held-out sequences):").AppendLine();
         md.AppendLine("| condition | induction accuracy |").AppendLine("| --- | ---: |");
         md.AppendLine($"| clean | {clean:P1} |");
-        md.AppendLine($"| previous-token heads ablated ({Labels(prevHeads.Select(h => (h.Layer, h.Head)))}) | {prevAblated:P1} |");
-        md.AppendLine($"| as many other heads ablated ({Labels(prevControls)}) | {prevControl:P1} |");
-        md.AppendLine($"| induction heads ablated ({Labels(inductionHeads.Select(h => (h.Layer, h.Head)))}) | {inductionAblated:P1} |");
-        md.AppendLine($"| half of the induction heads ablated ({Labels(half.Select(h => (h.Layer, h.Head)))}) | {halfAblated:P1} |");
+        md.AppendLine($"| previous-token heads ablated ({HeadAnalysis.Labels(prevHeads.Select(h => (h.Layer, h.Head)))}) | {prevAblated:P1} |");
+        md.AppendLine($"| as many other heads ablated ({HeadAnalysis.Labels(prevControls)}) | {prevControl:P1} |");
+        md.AppendLine($"| induction heads ablated ({HeadAnalysis.Labels(inductionHeads.Select(h => (h.Layer, h.Head)))}) | {inductionAblated:P1} |");
+        md.AppendLine($"| half of the induction heads ablated ({HeadAnalysis.Labels(half.Select(h => (h.Layer, h.Head)))}) | {halfAblated:P1} |");
         md.AppendLine($"| chance | {1.0 / Symbols:P1} |").AppendLine();
         md.AppendLine("The induction heads are redundant: each can do the job alone, so only ablating all of them removes induction, " +
             "and there is no equally large set of other heads (the rest are the layer-0 heads the circuit reads from).");

@@ -149,8 +149,8 @@ public sealed class RetrievalTask : ToyTask
         md.AppendLine("Causal check (zero-ablating `attn.hook_z`, recall accuracy on held-out sequences):").AppendLine();
         md.AppendLine("| condition | recall accuracy |").AppendLine("| --- | ---: |");
         md.AppendLine($"| clean | {clean:P1} |");
-        md.AppendLine($"| retrieval heads ablated ({string.Join(", ", retrievalHeads.Select(h => h.Label))}) | {ablated:P1} |");
-        md.AppendLine($"| as many other heads ablated ({string.Join(", ", controls.Select(h => $"L{h.Layer}H{h.Head}"))}) | {control:P1} |");
+        md.AppendLine($"| retrieval heads ablated ({HeadAnalysis.Labels(retrievalHeads.Select(h => (h.Layer, h.Head)))}) | {ablated:P1} |");
+        md.AppendLine($"| as many other heads ablated ({HeadAnalysis.Labels(controls)}) | {control:P1} |");
         md.AppendLine($"| chance | {1.0 / Values:P1} |");
         return new MechanismReport([.. retrievalHeads, .. pairingHeads],
         [
