@@ -8,7 +8,7 @@ using InterpMesh.Runtime.Loading;
 namespace InterpMesh.ModelService.Tests;
 
 /// <summary>A real ModelService on a loopback port (Kestrel, HTTP/2), plus the same model loaded in-process for comparisons.</summary>
-public sealed class ServerFixture : IAsyncLifetime
+public class ServerFixture : IAsyncLifetime
 {
     public const int ChunkBytes = 4096;
     public const long CaptureBudget = 8L << 20;
@@ -25,6 +25,9 @@ public sealed class ServerFixture : IAsyncLifetime
 
     public int MetricsPort { get; private set; }
 
+
+    /// <summary>Settings a derived fixture changes (applied after the defaults).</summary>
+    protected virtual Dictionary<string, string?> Overrides => [];
 
     public async Task InitializeAsync()
     {
@@ -46,6 +49,7 @@ public sealed class ServerFixture : IAsyncLifetime
                 ["Kestrel:Endpoints:Metrics:Protocols"] = "Http1",
                 ["Logging:LogLevel:Default"] = "Warning",
             });
+            b.Configuration.AddInMemoryCollection(Overrides);
         });
         await app.StartAsync();
         await app.Services.GetRequiredService<ModelHost>().WhenLoaded;

@@ -29,6 +29,10 @@ internal static class StreamBenchmark
         int seq = args.Int("seq", min: 1) ?? 128;
         int iters = args.Int("iters", min: 1) ?? 5;
         int clients = args.Int("clients", min: 1) ?? 8;
+        int clientRows = args.Int("client-rows", min: 1) ?? 1;
+        int clientSeq = args.Int("client-seq", min: 1) ?? seq;
+        int window = args.Int("batch-window-ms", min: 0) ?? 2;
+        string[] capture = (args.Text("capture") ?? "blocks.*.hook_resid_post").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         int threads = TorchRuntime.Initialize(args.Int("threads", min: 1));
         args.RejectUnknown("bench stream");
 
@@ -50,20 +54,22 @@ internal static class StreamBenchmark
                 ["ModelService:ModelPath"] = dir,
                 ["ModelService:Threads"] = threads.ToString(),
                 ["ModelService:MaxChunkBytes"] = (1 << 20).ToString(),
+                ["ModelService:BatchWindowMs"] = window.ToString(),
+                ["ModelService:MaxCaptureBytes"] = (4L << 30).ToString(),
                 ["Kestrel:Endpoints:Grpc:Url"] = "http://127.0.0.1:0",
                 ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
                 ["Logging:LogLevel:Default"] = "Warning",
             }));
             app.StartAsync().GetAwaiter().GetResult();
             app.Services.GetRequiredService<ModelHost>().WhenLoaded.GetAwaiter().GetResult();
-            using var channel = GrpcChannel.ForAddress(app.Urls.First());
+            using var channel = Contracts.Channels.ForAddress(app.Urls.First());
             var client = new Contracts.V1.ModelService.ModelServiceClient(channel);
             var rng = new Random(7);
             var request = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
             for (int b = 0; b < batch; b++)
                 request.Inputs.Add(new Input { Tokens = new TokenIds { Ids = { Enumerable.Range(0, seq).Select(_ => rng.Next(config.VocabSize)) } } });
             var capturing = request.Clone();
-            capturing.Captures.Add(new Capture { Hooks = { "blocks.*.hook_resid_post" } });
+            capturing.Captures.Add(new Capture { Hooks = { capture } });
 
             long Call(RunRequest r)
             {
@@ -97,16 +103,36 @@ internal static class StreamBenchmark
             }
             plain = plainTimes.Order().ElementAt(iters / 2);
             streamed = streamTimes.Order().ElementAt(iters / 2);
+            // Concurrency: each client sends small requests (client-rows x client-seq) back to back.
+            var small = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
+            for (int b = 0; b < clientRows; b++)
+                small.Inputs.Add(new Input { Tokens = new TokenIds { Ids = { Enumerable.Range(0, clientSeq).Select(_ => rng.Next(config.VocabSize)) } } });
+            const int perClient = 4;
+            var batchSizes = new List<int>();
+            void Client()
+            {
+                for (int i = 0; i < perClient; i++)
+                {
+                    using var call = client.Run(small);
+                    while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
+                    {
+                        if (call.ResponseStream.Current.Result is { } r)
+                            lock (batchSizes)
+                                batchSizes.Add(r.ForwardBatchSize);
+                    }
+                }
+            }
             double one = Median(() =>
             {
                 var sw = Stopwatch.StartNew();
-                Call(request);
+                Client();
                 return sw.Elapsed.TotalSeconds;
             });
+            batchSizes.Clear();
             double many = Median(() =>
             {
                 var sw = Stopwatch.StartNew();
-                Task.WaitAll(Enumerable.Range(0, clients).Select(_ => Task.Run(() => Call(request))).ToArray());
+                Task.WaitAll(Enumerable.Range(0, clients).Select(_ => Task.Run(Client)).ToArray());
                 return sw.Elapsed.TotalSeconds;
             });
             app.StopAsync().GetAwaiter().GetResult();
@@ -119,12 +145,16 @@ internal static class StreamBenchmark
                 ["seq"] = seq,
                 ["threads"] = threads,
                 ["run_seconds"] = plain,
-                ["run_with_all_resid_post_seconds"] = streamed,
+                ["capture"] = string.Join(",", capture),
+                ["run_with_capture_seconds"] = streamed,
                 ["streaming_overhead_ratio"] = streamed / plain,
                 ["captured_mb"] = captured / 1e6,
                 ["streaming_mb_per_s"] = captured / 1e6 / streamed,
                 ["streaming_mb_per_s_excluding_forward"] = captured / 1e6 / Math.Max(1e-9, streamed - plain),
                 ["clients"] = clients,
+                ["client_request"] = $"{clientRows}x{clientSeq}",
+                ["batch_window_ms"] = window,
+                ["mean_forward_batch_with_clients"] = batchSizes.Count == 0 ? 0 : batchSizes.Average(),
                 ["throughput_ratio_clients_vs_one"] = clients * one / many,
             };
             if (json)

@@ -26,7 +26,8 @@ public static class CliApp
           interpmesh train-toy induction|retrieval|concepts --out DIR [--seed S] [--steps N] [--batch B] [--lr LR] [--json]
           interpmesh bench forward --preset gpt2-small --batch B --seq T [--threads N]
                                [--capture GLOB] [--logits none|last|all] [--warmup W] [--iters I] [--json]
-          interpmesh bench stream  --preset gpt2-small --batch B --seq T [--clients N] [--iters I] [--json]
+          interpmesh bench stream  --preset gpt2-small --batch B --seq T [--clients N] [--client-rows R] [--client-seq S]
+                                 [--batch-window-ms W] [--iters I] [--json]
 
         PATH is a Hugging Face folder (config.json + model.safetensors) or a llama2.c .bin (tokenizer:
         --tokenizer, or tokenizer.bin / a single tok*.bin beside it). Common options: --threads N,

@@ -15,7 +15,7 @@ internal static class RemoteModel
     {
         if (!Uri.TryCreate(url, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))
             throw new UsageException($"--server must be an http:// or https:// URL such as http://127.0.0.1:50051, got '{url}'");
-        channel = GrpcChannel.ForAddress(uri, new GrpcChannelOptions { MaxReceiveMessageSize = 16 << 20 });
+        channel = Contracts.Channels.ForAddress(uri.ToString());
         return new Contracts.V1.ModelService.ModelServiceClient(channel);
     }
 

@@ -33,6 +33,18 @@ public sealed class ModelServiceOptions
 
     /// <summary>Largest batch (inputs or prompts) one request may carry.</summary>
     public int MaxBatch { get; set; } = 64;
+
+    /// <summary>Dynamic batching: most rows one forward may carry when concurrent Runs are merged.</summary>
+    public int BatchMaxRows { get; set; } = 64;
+
+    /// <summary>Dynamic batching: how long the oldest queued Run waits for compatible company (milliseconds; 0 = never wait).</summary>
+    public int BatchWindowMs { get; set; } = 2;
+
+    /// <summary>OTLP collector for traces, e.g. <c>http://otel-collector:4317</c>; unset = no trace export (the standard <c>OTEL_EXPORTER_OTLP_ENDPOINT</c> also works).</summary>
+    public string? OtlpEndpoint { get; set; }
+
+    /// <summary><c>grpc</c> (port 4317) or <c>http/protobuf</c> (port 4318; <c>/v1/traces</c> is appended when the URL has no path).</summary>
+    public string OtlpProtocol { get; set; } = "grpc";
 }
 
 /// <summary>Reports every configuration error at once, at start.</summary>
@@ -61,6 +73,14 @@ internal sealed class ModelServiceOptionsValidator : IValidateOptions<ModelServi
             errors.Add($"ModelService:MaxConcurrentRequests must be at least 1, got {o.MaxConcurrentRequests}");
         if (o.MaxBatch < 1)
             errors.Add($"ModelService:MaxBatch must be at least 1, got {o.MaxBatch}");
+        if (o.BatchMaxRows < 1)
+            errors.Add($"ModelService:BatchMaxRows must be at least 1, got {o.BatchMaxRows}");
+        if (o.BatchWindowMs is < 0 or > 1000)
+            errors.Add($"ModelService:BatchWindowMs must be between 0 and 1000, got {o.BatchWindowMs}");
+        if (!string.IsNullOrEmpty(o.OtlpEndpoint) && (!Uri.TryCreate(o.OtlpEndpoint, UriKind.Absolute, out var otlp) || otlp.Scheme is not ("http" or "https")))
+            errors.Add($"ModelService:OtlpEndpoint must be an http(s) URL such as http://otel-collector:4317, got '{o.OtlpEndpoint}'");
+        if (o.OtlpProtocol is not ("grpc" or "http/protobuf"))
+            errors.Add($"ModelService:OtlpProtocol must be grpc or http/protobuf, got '{o.OtlpProtocol}'");
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
     }
 }

@@ -38,7 +38,7 @@ internal static class TensorWire
     public static byte[] Bytes(torch.Tensor t)
     {
         using var c = t.detach().cpu().contiguous();
-        var bytes = new byte[c.numel() * c.ElementSize];
+        var bytes = GC.AllocateUninitializedArray<byte>(checked((int)(c.numel() * c.ElementSize)));
         c.bytes.CopyTo(bytes);
         return bytes;
     }

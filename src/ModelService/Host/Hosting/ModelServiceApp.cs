@@ -1,7 +1,11 @@
+using InterpMesh.ModelService.Batching;
 using InterpMesh.ModelService.Configuration;
 using InterpMesh.ModelService.Grpc;
 using InterpMesh.ModelService.Telemetry;
+using OpenTelemetry.Exporter;
 using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
+using OpenTelemetry.Trace;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Options;
 
@@ -28,7 +32,12 @@ public static class ModelServiceApp
         builder.Services.AddSingleton<ModelHost>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<ModelHost>());
         builder.Services.AddSingleton<ServiceMetrics>();
-        builder.Services.AddOpenTelemetry().WithMetrics(m => m.AddMeter(ServiceMetrics.MeterName).AddPrometheusExporter());
+        builder.Services.AddSingleton<CaptureStreaming>();
+        builder.Services.AddSingleton<RunBatcher>();
+        var telemetry = builder.Services.AddOpenTelemetry()
+            .ConfigureResource(r => r.AddService("interpmesh-modelservice"))
+            .WithMetrics(m => m.AddMeter(ServiceMetrics.MeterName).AddPrometheusExporter());
+        AddTraceExport(telemetry, builder.Configuration);
         builder.Services.AddGrpc(o =>
         {
             o.EnableDetailedErrors = false;
@@ -47,6 +56,43 @@ public static class ModelServiceApp
         app.MapGrpcHealthChecksService();
         app.MapGrpcReflectionService();
         return app;
+    }
+
+    /// <summary>Traces go out over OTLP only when a collector is configured; otherwise no spans are recorded at all.</summary>
+    private static void AddTraceExport(OpenTelemetry.OpenTelemetryBuilder telemetry, IConfiguration configuration)
+    {
+        string? endpoint = configuration[$"{ModelServiceOptions.Section}:OtlpEndpoint"];
+        bool standardVariable = !string.IsNullOrEmpty(configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]);
+        if (string.IsNullOrEmpty(endpoint) && !standardVariable)
+            return;
+        string protocol = configuration[$"{ModelServiceOptions.Section}:OtlpProtocol"] ?? "grpc";
+        telemetry.WithTracing(t =>
+        {
+            t.AddSource(ServiceTracing.SourceName)
+                // Prometheus scrapes are not worth a span each.
+                .AddAspNetCoreInstrumentation(o => o.Filter = context => context.Request.Path != "/metrics");
+            if (string.IsNullOrEmpty(endpoint))
+            {
+                t.AddOtlpExporter();
+                return;
+            }
+            t.AddOtlpExporter(o =>
+            {
+                // Invalid values are reported by the options validator at start.
+                if (!Uri.TryCreate(endpoint, UriKind.Absolute, out var uri))
+                    return;
+                if (protocol == "http/protobuf")
+                {
+                    o.Protocol = OtlpExportProtocol.HttpProtobuf;
+                    o.Endpoint = uri.AbsolutePath is "" or "/" ? new Uri(uri, "/v1/traces") : uri;
+                }
+                else
+                {
+                    o.Protocol = OtlpExportProtocol.Grpc;
+                    o.Endpoint = uri;
+                }
+            });
+        });
     }
 
     /// <summary>Adapts the host's load state to ASP.NET health checks (and so to the gRPC health service).</summary>
