@@ -1,0 +1,152 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Google.Protobuf;
+using Google.Protobuf.WellKnownTypes;
+using Grpc.Core;
+using InterpMesh.Contracts.V1;
+using InterpMesh.Gateway.Artifacts;
+
+namespace InterpMesh.Gateway.Api;
+
+/// <summary><c>interpmesh.v1.ArtifactService</c> over the directory store.</summary>
+public sealed class ArtifactEndpoint(ArtifactStore store) : ArtifactService.ArtifactServiceBase
+{
+    private const int ChunkBytes = 1 << 20;
+
+    private static Contracts.V1.ArtifactInfo ToProto(InterpMesh.Plugins.ArtifactInfo a)
+    {
+        var p = new Contracts.V1.ArtifactInfo { Name = a.Name, MetadataJson = a.Metadata.ToJsonString(), Created = Timestamp.FromDateTimeOffset(a.Created) };
+        p.Files.AddRange(a.Files.Select(f => new ArtifactFileInfo { Name = f.Name, Bytes = f.Bytes, Sha256 = f.Sha256 }));
+        return p;
+    }
+
+    public override Task<ListArtifactsResponse> ListArtifacts(ListArtifactsRequest request, ServerCallContext context) => Errors.Guard(() =>
+    {
+        var response = new ListArtifactsResponse();
+        response.Artifacts.AddRange(store.List(request.Prefix).Select(ToProto));
+        return Task.FromResult(response);
+    });
+
+    public override Task GetArtifact(GetArtifactRequest request, IServerStreamWriter<ArtifactChunk> responseStream, ServerCallContext context) => Errors.GuardAsync(async () =>
+    {
+        var info = await store.FindAsync(request.Name, context.CancellationToken)
+            ?? throw new RpcException(new Status(StatusCode.NotFound, $"no artifact '{request.Name}' (ListArtifacts shows what there is)"));
+        foreach (var f in info.Files)
+            await store.Verify(info.Name, store.PathOf(info.Name, f.Name), f, context.CancellationToken);
+        await responseStream.WriteAsync(new ArtifactChunk { Header = ToProto(info) }, context.CancellationToken);
+        var buffer = new byte[ChunkBytes];
+        foreach (var f in info.Files)
+        {
+            await using var stream = File.OpenRead(store.PathOf(info.Name, f.Name));
+            long offset = 0;
+            int n;
+            while ((n = await stream.ReadAsync(buffer, context.CancellationToken)) > 0)
+            {
+                await responseStream.WriteAsync(new ArtifactChunk { Data = new FileData { File = f.Name, Offset = offset, Data = ByteString.CopyFrom(buffer, 0, n) } }, context.CancellationToken);
+                offset += n;
+            }
+        }
+    });
+
+    public override Task<Contracts.V1.ArtifactInfo> PutArtifact(IAsyncStreamReader<ArtifactChunk> requestStream, ServerCallContext context) => Errors.GuardAsync(async () =>
+    {
+        var ct = context.CancellationToken;
+        if (!await requestStream.MoveNext(ct) || requestStream.Current.Header is not { } header)
+            throw new ArgumentException("PutArtifact must start with a header message (name, metadata_json, files)");
+        JsonObject metadata;
+        try
+        {
+            metadata = string.IsNullOrWhiteSpace(header.MetadataJson) ? [] : JsonNode.Parse(header.MetadataJson) as JsonObject
+                ?? throw new ArgumentException("metadata_json must be a JSON object");
+        }
+        catch (JsonException e)
+        {
+            throw new ArgumentException($"metadata_json is not valid JSON: {e.Message}");
+        }
+        var expected = new Dictionary<string, long>(StringComparer.Ordinal);
+        foreach (var f in header.Files)
+        {
+            ArtifactNames.CheckFile(f.Name);
+            if (f.Bytes < 0 || !expected.TryAdd(f.Name, f.Bytes))
+                throw new ArgumentException($"header lists file '{f.Name}' twice or with a negative size");
+        }
+        using var write = store.Begin(header.Name, metadata);
+        var written = expected.Keys.ToDictionary(k => k, _ => 0L, StringComparer.Ordinal);
+        foreach (var file in expected.Keys)
+        {
+            await using var _ = write.CreateFile(file);
+        }
+        while (await requestStream.MoveNext(ct))
+        {
+            var data = requestStream.Current.Data ?? throw new ArgumentException("only the first message may be a header");
+            if (!written.TryGetValue(data.File, out long have))
+                throw new ArgumentException($"data for '{data.File}', which the header does not list");
+            if (data.Offset != have)
+                throw new ArgumentException($"data for '{data.File}' at offset {data.Offset}, expected {have}: send each file's chunks in order");
+            if (have + data.Data.Length > expected[data.File])
+                throw new ArgumentException($"'{data.File}' is longer than the {expected[data.File]} bytes the header says");
+            await using (var stream = write.CreateFile(data.File))
+                await stream.WriteAsync(data.Data.Memory, ct);
+            written[data.File] = have + data.Data.Length;
+        }
+        foreach (var (file, n) in written)
+        {
+            if (n != expected[file])
+                throw new ArgumentException($"'{file}' ended after {n} of the {expected[file]} bytes the header says; nothing was stored");
+        }
+        return ToProto(await write.CommitAsync(ct));
+    });
+
+    public override Task<DeleteArtifactResponse> DeleteArtifact(DeleteArtifactRequest request, ServerCallContext context) =>
+        Errors.Guard(() => Task.FromResult(new DeleteArtifactResponse { Deleted = store.Delete(request.Name) }));
+}
+
+/// <summary>Maps store failures to statuses that say what to fix.</summary>
+internal static class Errors
+{
+    public static RpcException ToRpc(Exception e) => e switch
+    {
+        RpcException r => r,
+        ArgumentException => new RpcException(new Status(StatusCode.InvalidArgument, e.Message)),
+        FileNotFoundException => new RpcException(new Status(StatusCode.NotFound, e.Message)),
+        InvalidDataException => new RpcException(new Status(StatusCode.DataLoss, e.Message)),
+        OperationCanceledException => new RpcException(new Status(StatusCode.Cancelled, "the call was cancelled")),
+        _ => new RpcException(new Status(StatusCode.Internal, $"internal error: {e.Message}")),
+    };
+
+    public static T Guard<T>(Func<T> action)
+    {
+        try
+        {
+            return action();
+        }
+        catch (Exception e)
+        {
+            throw ToRpc(e);
+        }
+    }
+
+    public static async Task GuardAsync(Func<Task> action)
+    {
+        try
+        {
+            await action();
+        }
+        catch (Exception e)
+        {
+            throw ToRpc(e);
+        }
+    }
+
+    public static async Task<T> GuardAsync<T>(Func<Task<T>> action)
+    {
+        try
+        {
+            return await action();
+        }
+        catch (Exception e)
+        {
+            throw ToRpc(e);
+        }
+    }
+}

@@ -1,0 +1,158 @@
+using Microsoft.Extensions.Options;
+
+namespace InterpMesh.Gateway.Configuration;
+
+/// <summary>Settings of the gateway (section <c>Gateway</c>; environment <c>Gateway__PluginsPath</c>, …).</summary>
+public sealed class GatewayOptions
+{
+    public const string Section = "Gateway";
+
+    /// <summary>Models by name, each with the gRPC addresses of its model-service replicas.</summary>
+    public Dictionary<string, ModelRoute> Models { get; set; } = new(StringComparer.Ordinal);
+
+    /// <summary>Model used when a request names none; by default the only configured model.</summary>
+    public string? DefaultModel { get; set; }
+
+    /// <summary>Folder with one sub-folder per plugin (<c>plugins/&lt;id&gt;/plugin.json</c>).</summary>
+    public string PluginsPath { get; set; } = "plugins";
+
+    /// <summary>Reload a plugin when its files change (development only).</summary>
+    public bool HotReload { get; set; }
+
+    /// <summary>Artifact store directory (a volume in Kubernetes).</summary>
+    public string ArtifactsPath { get; set; } = "data/artifacts";
+
+    /// <summary>Where job records are kept, so they survive a restart.</summary>
+    public string JobsPath { get; set; } = "data/jobs";
+
+    /// <summary>Jobs running at once; more wait in the queue.</summary>
+    public int MaxConcurrentJobs { get; set; } = 2;
+
+    /// <summary>Jobs waiting at most; beyond it SubmitJob answers RESOURCE_EXHAUSTED.</summary>
+    public int MaxQueuedJobs { get; set; } = 64;
+
+    /// <summary>Time limit of a job that asks for none (seconds).</summary>
+    public int DefaultJobTimeoutSeconds { get; set; } = 3600;
+
+    /// <summary>Largest time limit a job may ask for (seconds).</summary>
+    public int MaxJobTimeoutSeconds { get; set; } = 86400;
+
+    /// <summary>Deadline of a proxied model call when the client sets none (seconds).</summary>
+    public int CallTimeoutSeconds { get; set; } = 600;
+
+    /// <summary>Largest request message accepted (bytes).</summary>
+    public int MaxRequestBytes { get; set; } = 64 << 20;
+
+    public AuthOptions Auth { get; set; } = new();
+
+    public RateLimitOptions RateLimit { get; set; } = new();
+
+    /// <summary>OTLP collector for traces; unset = no trace export (<c>OTEL_EXPORTER_OTLP_ENDPOINT</c> also works).</summary>
+    public string? OtlpEndpoint { get; set; }
+
+    /// <summary><c>grpc</c> or <c>http/protobuf</c>.</summary>
+    public string OtlpProtocol { get; set; } = "grpc";
+}
+
+/// <summary>The replicas serving one model.</summary>
+public sealed class ModelRoute
+{
+    /// <summary>gRPC addresses, e.g. <c>http://model-gpt2-0.model-gpt2:50051</c>; calls are spread over them.</summary>
+    public List<string> Endpoints { get; set; } = [];
+}
+
+/// <summary>API keys. Keys are stored only as SHA-256 hashes (hex).</summary>
+public sealed class AuthOptions
+{
+    /// <summary>Require a key on every call (health checks excepted). Turn off only for local use.</summary>
+    public bool Enabled { get; set; } = true;
+
+    public List<ApiKeyEntry> Keys { get; set; } = [];
+
+    /// <summary>A JSON file (e.g. a mounted Secret) with more keys: <c>[{"name":…, "sha256":…, "roles":[…]}]</c>. Re-read when it changes.</summary>
+    public string? KeysFile { get; set; }
+}
+
+/// <summary>One API key.</summary>
+public sealed class ApiKeyEntry
+{
+    /// <summary>Who holds it; appears in metrics and job records (never the key).</summary>
+    public string Name { get; set; } = "";
+
+    /// <summary>Lower-case hex SHA-256 of the key (<c>printf %s KEY | sha256sum</c>).</summary>
+    public string Sha256 { get; set; } = "";
+
+    /// <summary>Any of <c>read</c>, <c>analyze</c>, <c>admin</c> (admin implies the others, analyze implies read).</summary>
+    public List<string> Roles { get; set; } = [];
+}
+
+/// <summary>Per-key limits.</summary>
+public sealed class RateLimitOptions
+{
+    /// <summary>Sustained calls per second per key (token bucket); 0 = unlimited.</summary>
+    public double RequestsPerSecond { get; set; } = 50;
+
+    /// <summary>Bucket size: calls a key may make at once after being idle.</summary>
+    public int Burst { get; set; } = 100;
+
+    /// <summary>Queued plus running jobs per key.</summary>
+    public int MaxJobsPerKey { get; set; } = 8;
+}
+
+/// <summary>Reports every configuration error at once, at start.</summary>
+internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
+{
+    public static readonly string[] KnownRoles = ["read", "analyze", "admin"];
+
+    public ValidateOptionsResult Validate(string? name, GatewayOptions o)
+    {
+        var errors = new List<string>();
+        if (o.Models.Count == 0)
+            errors.Add("Gateway:Models is empty: configure at least one model, e.g. Gateway:Models:gpt2:Endpoints:0=http://127.0.0.1:50051");
+        foreach (var (model, route) in o.Models)
+        {
+            if (route.Endpoints.Count == 0)
+                errors.Add($"Gateway:Models:{model}:Endpoints is empty");
+            foreach (var e in route.Endpoints)
+            {
+                if (!Uri.TryCreate(e, UriKind.Absolute, out var u) || u.Scheme is not ("http" or "https"))
+                    errors.Add($"Gateway:Models:{model}:Endpoints has '{e}', not an http(s) URL");
+            }
+        }
+        if (o.DefaultModel is { Length: > 0 } d && !o.Models.ContainsKey(d))
+            errors.Add($"Gateway:DefaultModel '{d}' is not one of the configured models ({string.Join(", ", o.Models.Keys)})");
+        if (o.MaxConcurrentJobs < 1)
+            errors.Add($"Gateway:MaxConcurrentJobs must be at least 1, got {o.MaxConcurrentJobs}");
+        if (o.MaxQueuedJobs < 1)
+            errors.Add($"Gateway:MaxQueuedJobs must be at least 1, got {o.MaxQueuedJobs}");
+        if (o.DefaultJobTimeoutSeconds < 1 || o.MaxJobTimeoutSeconds < o.DefaultJobTimeoutSeconds)
+            errors.Add($"Gateway:DefaultJobTimeoutSeconds ({o.DefaultJobTimeoutSeconds}) must be at least 1 and at most MaxJobTimeoutSeconds ({o.MaxJobTimeoutSeconds})");
+        if (o.CallTimeoutSeconds < 1)
+            errors.Add($"Gateway:CallTimeoutSeconds must be at least 1, got {o.CallTimeoutSeconds}");
+        if (o.MaxRequestBytes < 1024)
+            errors.Add($"Gateway:MaxRequestBytes must be at least 1024, got {o.MaxRequestBytes}");
+        if (o.Auth.Enabled && o.Auth.Keys.Count == 0 && string.IsNullOrEmpty(o.Auth.KeysFile))
+            errors.Add("Gateway:Auth is enabled but no keys are configured: add Gateway:Auth:Keys or Gateway:Auth:KeysFile, or set Gateway:Auth:Enabled=false for local use");
+        if (o.Auth.KeysFile is { Length: > 0 } f && !File.Exists(f))
+            errors.Add($"Gateway:Auth:KeysFile '{f}' does not exist");
+        for (int i = 0; i < o.Auth.Keys.Count; i++)
+            errors.AddRange(ApiKeyEntryErrors(o.Auth.Keys[i], $"Gateway:Auth:Keys:{i}"));
+        if (o.RateLimit.RequestsPerSecond < 0 || o.RateLimit.Burst < 1 || o.RateLimit.MaxJobsPerKey < 1)
+            errors.Add("Gateway:RateLimit needs RequestsPerSecond >= 0, Burst >= 1 and MaxJobsPerKey >= 1");
+        if (!string.IsNullOrEmpty(o.OtlpEndpoint) && (!Uri.TryCreate(o.OtlpEndpoint, UriKind.Absolute, out var otlp) || otlp.Scheme is not ("http" or "https")))
+            errors.Add($"Gateway:OtlpEndpoint must be an http(s) URL, got '{o.OtlpEndpoint}'");
+        if (o.OtlpProtocol is not ("grpc" or "http/protobuf"))
+            errors.Add($"Gateway:OtlpProtocol must be grpc or http/protobuf, got '{o.OtlpProtocol}'");
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+
+    public static IEnumerable<string> ApiKeyEntryErrors(ApiKeyEntry k, string where)
+    {
+        if (string.IsNullOrWhiteSpace(k.Name))
+            yield return $"{where}: Name is required";
+        if (k.Sha256.Length != 64 || !k.Sha256.All(char.IsAsciiHexDigitLower))
+            yield return $"{where} ({k.Name}): Sha256 must be 64 lower-case hex digits (printf %s KEY | sha256sum), not the key itself";
+        foreach (var r in k.Roles.Where(r => !KnownRoles.Contains(r)))
+            yield return $"{where} ({k.Name}): unknown role '{r}'; use read, analyze or admin";
+    }
+}

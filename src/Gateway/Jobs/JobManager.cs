@@ -1,0 +1,264 @@
+using System.Text.Json;
+using System.Threading.Channels;
+using Google.Protobuf.WellKnownTypes;
+using Grpc.Core;
+using InterpMesh.Contracts.V1;
+using InterpMesh.Gateway.Artifacts;
+using InterpMesh.Gateway.Configuration;
+using InterpMesh.Gateway.Plugins;
+using InterpMesh.Gateway.Routing;
+using InterpMesh.Gateway.Security;
+using InterpMesh.Gateway.Telemetry;
+using Microsoft.Extensions.Options;
+
+namespace InterpMesh.Gateway.Jobs;
+
+/// <summary>
+/// Runs analyses as jobs: a bounded queue, <c>MaxConcurrentJobs</c> at a time, each with a time
+/// limit. A plugin that throws fails its job; one that ignores cancellation past its limit is
+/// abandoned (its job fails) while the gateway carries on. Records are persisted at every state
+/// change; jobs that were queued or running when the gateway stopped come back INTERRUPTED.
+/// </summary>
+public sealed class JobManager : BackgroundService
+{
+    /// <summary>How long a plugin may take to stop after cancellation before it is abandoned.</summary>
+    public static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(5);
+
+    private readonly GatewayOptions options;
+    private readonly IPluginCatalog catalog;
+    private readonly ModelRouter router;
+    private readonly ArtifactStore artifacts;
+    private readonly GatewayMetrics metrics;
+    private readonly ILoggerFactory loggers;
+    private readonly ILogger<JobManager> logger;
+    private readonly JobStore store;
+    private readonly Dictionary<string, JobRecord> jobs = new(StringComparer.Ordinal);
+    private readonly Lock gate = new();
+    private readonly Channel<JobRecord> queue;
+    private int running;
+
+    public JobManager(IOptions<GatewayOptions> options, IPluginCatalog catalog, ModelRouter router, ArtifactStore artifacts, GatewayMetrics metrics, ILoggerFactory loggers)
+    {
+        this.options = options.Value;
+        this.catalog = catalog;
+        this.router = router;
+        this.artifacts = artifacts;
+        this.metrics = metrics;
+        this.loggers = loggers;
+        logger = loggers.CreateLogger<JobManager>();
+        store = new JobStore(this.options.JobsPath, logger);
+        queue = Channel.CreateBounded<JobRecord>(this.options.MaxQueuedJobs);
+        foreach (var job in store.LoadAll())
+        {
+            if (!JobRecord.IsFinal(job.State))
+            {
+                job.Error = $"the gateway stopped while the job was {(job.State == JobState.Running ? "running" : "queued")}; submit it again";
+                job.State = JobState.Interrupted;
+                job.Finished = Timestamp.FromDateTime(DateTime.UtcNow);
+                store.Save(job);
+            }
+            jobs[job.Id] = new JobRecord(job);
+        }
+        metrics.ObserveJobs(() => queue.Reader.Count, () => Volatile.Read(ref running));
+    }
+
+    /// <summary>Validates and queues a job; errors name what to fix.</summary>
+    public JobRecord Submit(AnalysisRequest request, Caller caller)
+    {
+        var entry = catalog.Find(request.Plugin)
+            ?? throw new RpcException(new Status(StatusCode.NotFound, $"no plugin '{request.Plugin}'; this gateway has {string.Join(", ", catalog.All.Where(p => p.Loaded).Select(p => p.Id))}"));
+        if (!entry.Loaded)
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"plugin '{entry.Id}' failed to load: {entry.Error}"));
+        var pool = router.Resolve(request.Model);
+        JsonElement parameters;
+        try
+        {
+            using var doc = JsonDocument.Parse(string.IsNullOrWhiteSpace(request.ParametersJson) ? "{}" : request.ParametersJson);
+            parameters = doc.RootElement.Clone();
+        }
+        catch (JsonException e)
+        {
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"parameters_json is not valid JSON: {e.Message}"));
+        }
+        if (parameters.ValueKind != JsonValueKind.Object)
+            throw new RpcException(new Status(StatusCode.InvalidArgument, "parameters_json must be a JSON object"));
+        var errors = ParameterValidator.Validate(entry.Manifest!.ParameterSchema, parameters);
+        if (errors.Count > 0)
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"invalid parameters for '{entry.Id}': {string.Join("; ", errors)}"));
+        if (request.TimeoutSeconds < 0 || request.TimeoutSeconds > options.MaxJobTimeoutSeconds)
+            throw new RpcException(new Status(StatusCode.InvalidArgument, $"timeout_seconds must be between 0 (default {options.DefaultJobTimeoutSeconds}) and {options.MaxJobTimeoutSeconds}"));
+
+        var job = new Job
+        {
+            Id = "job-" + Guid.NewGuid().ToString("N")[..16],
+            Plugin = entry.Id,
+            Model = pool.Model,
+            State = JobState.Queued,
+            Created = Timestamp.FromDateTime(DateTime.UtcNow),
+            Owner = caller.Name,
+            ParametersJson = parameters.GetRawText(),
+            Message = "queued",
+        };
+        var record = new JobRecord(job);
+        lock (gate)
+        {
+            int active = jobs.Values.Count(j => j.Owner == caller.Name && !JobRecord.IsFinal(j.State));
+            if (active >= options.RateLimit.MaxJobsPerKey)
+                throw new RpcException(new Status(StatusCode.ResourceExhausted, $"key '{caller.Name}' already has {active} jobs queued or running (limit {options.RateLimit.MaxJobsPerKey}); wait for one to finish or cancel one"),
+                    new Metadata { { "retry-after-ms", "5000" } });
+            if (!queue.Writer.TryWrite(record))
+                throw new RpcException(new Status(StatusCode.ResourceExhausted, $"the job queue is full ({options.MaxQueuedJobs} waiting); retry later"), new Metadata { { "retry-after-ms", "10000" } });
+            jobs[job.Id] = record;
+            record.Timeout = TimeSpan.FromSeconds(request.TimeoutSeconds > 0 ? request.TimeoutSeconds : options.DefaultJobTimeoutSeconds);
+        }
+        store.Save(record.Snapshot());
+        return record;
+    }
+
+    public JobRecord Get(string id)
+    {
+        lock (gate)
+        {
+            return jobs.TryGetValue(id, out var r) ? r
+                : throw new RpcException(new Status(StatusCode.NotFound, $"no job '{id}' (ListJobs shows the jobs this gateway knows)"));
+        }
+    }
+
+    public IReadOnlyList<JobRecord> List(string plugin, int limit)
+    {
+        lock (gate)
+        {
+            return [.. jobs.Values.Where(j => plugin.Length == 0 || j.Snapshot(false).Plugin == plugin)
+                .OrderByDescending(j => j.Snapshot(false).Created.ToDateTime()).Take(limit > 0 ? limit : 100)];
+        }
+    }
+
+    /// <summary>Cancels a job; only its owner or an admin may.</summary>
+    public JobRecord Cancel(string id, Caller caller)
+    {
+        var record = Get(id);
+        if (record.Owner != caller.Name && !caller.Has("admin"))
+            throw new RpcException(new Status(StatusCode.PermissionDenied, $"job '{id}' belongs to '{record.Owner}'; only its owner or an admin can cancel it"));
+        record.CancelledBy ??= caller.Name;
+        record.Cancel.Cancel();
+        if (record.State == JobState.Queued)
+            Finish(record, JobState.Cancelled, $"cancelled by {caller.Name} before it started");
+        return record;
+    }
+
+    protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
+        Task.WhenAll(Enumerable.Range(0, options.MaxConcurrentJobs).Select(_ => Task.Run(() => WorkAsync(stoppingToken), CancellationToken.None)));
+
+    private async Task WorkAsync(CancellationToken stopping)
+    {
+        try
+        {
+            await foreach (var record in queue.Reader.ReadAllAsync(stopping))
+            {
+                if (record.State != JobState.Queued)
+                    continue;
+                Interlocked.Increment(ref running);
+                try
+                {
+                    await RunAsync(record, stopping);
+                }
+                finally
+                {
+                    Interlocked.Decrement(ref running);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+        {
+        }
+    }
+
+    private async Task RunAsync(JobRecord record, CancellationToken stopping)
+    {
+        var job = record.Snapshot(false);
+        var entry = catalog.Find(job.Plugin);
+        if (entry?.Plugin is not { } plugin)
+        {
+            Finish(record, JobState.Failed, $"plugin '{job.Plugin}' is no longer loaded");
+            return;
+        }
+        record.Update(j =>
+        {
+            j.State = JobState.Running;
+            j.Started = Timestamp.FromDateTime(DateTime.UtcNow);
+            j.Message = "running";
+        });
+        store.Save(record.Snapshot());
+
+        using var timeout = new CancellationTokenSource(record.Timeout);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(record.Cancel.Token, timeout.Token, stopping);
+        var log = loggers.CreateLogger($"InterpMesh.Plugins.{job.Plugin}");
+        using var scope = log.BeginScope(new Dictionary<string, object> { ["JobId"] = job.Id });
+        var context = new AnalysisContext(record, new RoutedModelClient(router.Resolve(job.Model), TimeSpan.FromSeconds(options.CallTimeoutSeconds)), artifacts, log, metrics.PluginMeter, linked.Token);
+        using var parameters = JsonDocument.Parse(job.ParametersJson);
+        var run = Task.Run(() => plugin.RunAsync(parameters.RootElement.Clone(), context), CancellationToken.None);
+
+        // Wait for the run, or for cancellation plus a grace period (a plugin may ignore its token).
+        var stopped = Task.Delay(Timeout.Infinite, linked.Token).ContinueWith(_ => Task.Delay(StopGrace), TaskScheduler.Default).Unwrap();
+        await Task.WhenAny(run, stopped);
+
+        string Stopper() => record.Cancel.IsCancellationRequested ? $"cancelled by {record.CancelledBy ?? "a client"}"
+            : timeout.IsCancellationRequested ? $"exceeded its time limit of {record.Timeout.TotalSeconds:0} s"
+            : "the gateway is shutting down";
+        JobState StopState() => record.Cancel.IsCancellationRequested ? JobState.Cancelled
+            : timeout.IsCancellationRequested ? JobState.Failed : JobState.Interrupted;
+
+        if (!run.IsCompleted)
+        {
+            Finish(record, StopState(), $"{Stopper()}; the plugin did not stop within {StopGrace.TotalSeconds:0} s of being cancelled and was abandoned");
+            logger.LogError("Plugin {Plugin} ignored cancellation of job {Job}; abandoned", job.Plugin, job.Id);
+        }
+        else if (run.IsCompletedSuccessfully && !record.Cancel.IsCancellationRequested)
+        {
+            var result = ResultMapping.ToProto(run.Result);
+            record.Update(j =>
+            {
+                j.State = JobState.Succeeded;
+                j.Progress = 1;
+                j.Message = "done";
+                j.Result = result;
+                j.Finished = Timestamp.FromDateTime(DateTime.UtcNow);
+            });
+        }
+        else if (linked.IsCancellationRequested)
+        {
+            Finish(record, StopState(), Stopper());
+        }
+        else
+        {
+            var error = run.Exception?.InnerException ?? run.Exception;
+            Finish(record, JobState.Failed, $"the plugin failed: {error?.GetType().Name}: {error?.Message}");
+            logger.LogWarning(error, "Job {Job} of plugin {Plugin} failed", job.Id, job.Plugin);
+        }
+        metrics.PluginRuns.Add(1, new KeyValuePair<string, object?>("plugin", job.Plugin), new KeyValuePair<string, object?>("outcome", record.State.ToString().ToLowerInvariant()));
+        store.Save(record.Snapshot());
+    }
+
+    private void Finish(JobRecord record, JobState state, string error)
+    {
+        record.Update(j =>
+        {
+            j.State = state;
+            j.Error = error;
+            j.Message = state.ToString().ToLowerInvariant();
+            j.Finished = Timestamp.FromDateTime(DateTime.UtcNow);
+        });
+        store.Save(record.Snapshot());
+    }
+
+    public override async Task StopAsync(CancellationToken cancellationToken)
+    {
+        await base.StopAsync(cancellationToken);
+        // Anything still queued will not run in this process.
+        lock (gate)
+        {
+            foreach (var r in jobs.Values.Where(j => j.State is JobState.Queued or JobState.Running).ToList())
+                Finish(r, JobState.Interrupted, "the gateway stopped before the job finished; submit it again");
+        }
+    }
+}

@@ -1,0 +1,104 @@
+using Grpc.Core;
+using Grpc.Net.Client;
+using InterpMesh.Gateway.Configuration;
+using Microsoft.Extensions.Options;
+
+namespace InterpMesh.Gateway.Routing;
+
+/// <summary>
+/// Routes by model name to that model's model-service replicas. Calls are spread round-robin; a
+/// replica that answered UNAVAILABLE is skipped for a few seconds (in Kubernetes the endpoints of a
+/// headless Service, so every pod is addressed directly).
+/// </summary>
+public sealed class ModelRouter : IDisposable
+{
+    /// <summary>Metadata key naming the model on ModelService calls through the gateway.</summary>
+    public const string ModelHeader = "interpmesh-model";
+
+    private readonly Dictionary<string, ReplicaPool> pools;
+    private readonly string? defaultModel;
+
+    public ModelRouter(IOptions<GatewayOptions> options)
+    {
+        var o = options.Value;
+        pools = o.Models.ToDictionary(kv => kv.Key, kv => new ReplicaPool(kv.Key, kv.Value.Endpoints), StringComparer.Ordinal);
+        defaultModel = o.DefaultModel is { Length: > 0 } d ? d : pools.Count == 1 ? pools.Keys.First() : null;
+    }
+
+    public IReadOnlyCollection<string> Models => pools.Keys;
+
+    /// <summary>The pool for <paramref name="model"/> (empty = the default model); errors list the configured models.</summary>
+    public ReplicaPool Resolve(string? model)
+    {
+        if (string.IsNullOrEmpty(model))
+        {
+            return defaultModel is not null ? pools[defaultModel]
+                : throw new RpcException(new Status(StatusCode.InvalidArgument,
+                    $"name a model (metadata '{ModelHeader}' or the request's model field); this gateway serves {string.Join(", ", pools.Keys)}"));
+        }
+        return pools.TryGetValue(model, out var pool) ? pool
+            : throw new RpcException(new Status(StatusCode.NotFound, $"unknown model '{model}'; this gateway serves {string.Join(", ", pools.Keys)}"));
+    }
+
+    public void Dispose()
+    {
+        foreach (var pool in pools.Values)
+            pool.Dispose();
+    }
+}
+
+/// <summary>The replicas of one model.</summary>
+public sealed class ReplicaPool : IDisposable
+{
+    private static readonly TimeSpan DownFor = TimeSpan.FromSeconds(5);
+    private readonly Replica[] replicas;
+    private int next = -1;
+
+    public ReplicaPool(string model, IEnumerable<string> endpoints)
+    {
+        Model = model;
+        replicas = [.. endpoints.Select(e => new Replica(e))];
+    }
+
+    public string Model { get; }
+
+    public IReadOnlyList<Replica> Replicas => replicas;
+
+    /// <summary>The next replica in turn that is not marked down (or the next one, if all are).</summary>
+    public Replica Pick()
+    {
+        long now = Environment.TickCount64;
+        for (int i = 0; i < replicas.Length; i++)
+        {
+            var r = replicas[(int)((uint)Interlocked.Increment(ref next) % (uint)replicas.Length)];
+            if (Volatile.Read(ref r.DownUntil) <= now)
+                return r;
+        }
+        return replicas[(int)((uint)Interlocked.Increment(ref next) % (uint)replicas.Length)];
+    }
+
+    public static void MarkDown(Replica replica) => Volatile.Write(ref replica.DownUntil, Environment.TickCount64 + (long)DownFor.TotalMilliseconds);
+
+    public void Dispose()
+    {
+        foreach (var r in replicas)
+            r.Channel.Dispose();
+    }
+}
+
+/// <summary>One model-service replica and its channel.</summary>
+public sealed class Replica
+{
+    internal long DownUntil;
+
+    public Replica(string address)
+    {
+        Address = address;
+        Channel = Contracts.Channels.ForAddress(address);
+        Client = new Contracts.V1.ModelService.ModelServiceClient(Channel);
+    }
+
+    public string Address { get; }
+    public GrpcChannel Channel { get; }
+    public Contracts.V1.ModelService.ModelServiceClient Client { get; }
+}

@@ -1,0 +1,111 @@
+using System.Threading.RateLimiting;
+using Grpc.Core;
+using Grpc.Core.Interceptors;
+using InterpMesh.Gateway.Configuration;
+using Microsoft.Extensions.Options;
+
+namespace InterpMesh.Gateway.Security;
+
+/// <summary>
+/// Authentication, authorisation and per-key rate limits for every gRPC call except the health
+/// and reflection services. Missing or unknown key: UNAUTHENTICATED; role too weak:
+/// PERMISSION_DENIED; over the key's rate: RESOURCE_EXHAUSTED with <c>retry-after-ms</c>.
+/// </summary>
+public sealed class AuthInterceptor : Interceptor, IDisposable
+{
+    private static readonly Caller Local = new(Caller.Anonymous, new HashSet<string> { "admin" });
+    private readonly ApiKeys keys;
+    private readonly PartitionedRateLimiter<string>? limiter;
+
+    public AuthInterceptor(ApiKeys keys, IOptions<GatewayOptions> options)
+    {
+        this.keys = keys;
+        var rate = options.Value.RateLimit;
+        if (rate.RequestsPerSecond > 0)
+        {
+            var period = TimeSpan.FromSeconds(Math.Max(0.001, 1.0 / rate.RequestsPerSecond));
+            limiter = PartitionedRateLimiter.Create<string, string>(name => RateLimitPartition.GetTokenBucketLimiter(name, _ => new TokenBucketRateLimiterOptions
+            {
+                TokenLimit = rate.Burst,
+                TokensPerPeriod = 1,
+                ReplenishmentPeriod = period,
+                QueueLimit = 0,
+                AutoReplenishment = true,
+            }));
+        }
+    }
+
+    /// <summary>The role a method needs.</summary>
+    public static string RoleFor(string fullMethod)
+    {
+        string method = fullMethod[(fullMethod.LastIndexOf('/') + 1)..];
+        return method switch
+        {
+            "Run" or "Generate" or "RunAnalysis" or "SubmitJob" or "CancelJob" or "PutArtifact" => "analyze",
+            "DeleteArtifact" => "admin",
+            _ => "read",
+        };
+    }
+
+    private static bool Exempt(string fullMethod) =>
+        fullMethod.StartsWith("/grpc.health.v1.Health/", StringComparison.Ordinal) || fullMethod.StartsWith("/grpc.reflection.", StringComparison.Ordinal);
+
+    private void Check(ServerCallContext context)
+    {
+        if (Exempt(context.Method))
+            return;
+        Caller caller;
+        if (!keys.Enabled)
+        {
+            caller = Local;
+        }
+        else
+        {
+            var header = context.RequestHeaders.GetValue("authorization");
+            if (string.IsNullOrEmpty(header) || !header.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase))
+                throw new RpcException(new Status(StatusCode.Unauthenticated, "this gateway requires an API key: send metadata 'authorization: Bearer <key>'"));
+            caller = keys.Authenticate(header["Bearer ".Length..].Trim())
+                ?? throw new RpcException(new Status(StatusCode.Unauthenticated, "the API key is not valid; check it, or ask an administrator for a new one"));
+        }
+        context.UserState[Caller.StateKey] = caller;
+        string role = RoleFor(context.Method);
+        if (!caller.Has(role))
+            throw new RpcException(new Status(StatusCode.PermissionDenied, $"key '{caller.Name}' lacks the '{role}' role needed for {context.Method}"));
+        if (limiter is not null)
+        {
+            using var lease = limiter.AttemptAcquire(caller.Name);
+            if (!lease.IsAcquired)
+            {
+                var wait = lease.TryGetMetadata(MetadataName.RetryAfter, out var retry) ? retry : TimeSpan.FromSeconds(1);
+                throw new RpcException(new Status(StatusCode.ResourceExhausted, $"key '{caller.Name}' is over its rate limit; retry after {Math.Ceiling(wait.TotalMilliseconds)} ms"),
+                    new Metadata { { "retry-after-ms", ((long)Math.Ceiling(wait.TotalMilliseconds)).ToString(System.Globalization.CultureInfo.InvariantCulture) } });
+            }
+        }
+    }
+
+    public override Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
+    {
+        Check(context);
+        return continuation(request, context);
+    }
+
+    public override Task ServerStreamingServerHandler<TRequest, TResponse>(TRequest request, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        Check(context);
+        return continuation(request, responseStream, context);
+    }
+
+    public override Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        Check(context);
+        return continuation(requestStream, context);
+    }
+
+    public override Task DuplexStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, DuplexStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        Check(context);
+        return continuation(requestStream, responseStream, context);
+    }
+
+    public void Dispose() => limiter?.Dispose();
+}

@@ -1,0 +1,122 @@
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+using Grpc.Core;
+using Grpc.Core.Interceptors;
+using InterpMesh.Gateway.Security;
+
+namespace InterpMesh.Gateway.Telemetry;
+
+/// <summary>
+/// The gateway's instruments (meter <c>InterpMesh.Gateway</c>), exported to Prometheus on the
+/// metrics port. Tags are low-cardinality: method, status, key name (never the key), plugin, outcome.
+/// </summary>
+public sealed class GatewayMetrics : IDisposable
+{
+    public const string MeterName = "InterpMesh.Gateway";
+
+    /// <summary>The meter plugins get for their own instruments.</summary>
+    public const string PluginMeterName = "InterpMesh.Plugins";
+
+    private readonly Meter meter = new(MeterName);
+    private readonly Meter pluginMeter = new(PluginMeterName);
+
+    public GatewayMetrics()
+    {
+        Requests = meter.CreateCounter<long>("interpmesh.gateway.requests", "{request}", "Calls handled, by method, status and key name");
+        Duration = meter.CreateHistogram("interpmesh.gateway.request.duration", "s", "Call latency, by method, status and key name",
+            advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120, 600] });
+        ActivationBytes = meter.CreateCounter<long>("interpmesh.gateway.activations.bytes", "By", "Activation bytes proxied from model services to clients");
+        PluginRuns = meter.CreateCounter<long>("interpmesh.gateway.plugin.runs", "{run}", "Finished plugin runs, by plugin and outcome");
+        PluginLoadFailures = meter.CreateCounter<long>("interpmesh.gateway.plugin.load_failures", "{plugin}", "Plugin folders that failed to load");
+    }
+
+    public Counter<long> Requests { get; }
+    public Histogram<double> Duration { get; }
+    public Counter<long> ActivationBytes { get; }
+    public Counter<long> PluginRuns { get; }
+    public Counter<long> PluginLoadFailures { get; }
+
+    /// <summary>The plugin meter handed to runs (exported with the gateway's).</summary>
+    public Meter PluginMeter => pluginMeter;
+
+    public void ObserveJobs(Func<int> queued, Func<int> running)
+    {
+        meter.CreateObservableGauge("interpmesh.gateway.jobs.queued", queued, "{job}", "Jobs waiting to run");
+        meter.CreateObservableGauge("interpmesh.gateway.jobs.running", running, "{job}", "Jobs running");
+    }
+
+    public void Dispose()
+    {
+        meter.Dispose();
+        pluginMeter.Dispose();
+    }
+}
+
+/// <summary>Counts every call and records its latency by method, final status and the caller's key name.</summary>
+public sealed class MetricsInterceptor(GatewayMetrics metrics) : Interceptor
+{
+    public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
+    {
+        var clock = Stopwatch.StartNew();
+        var status = StatusCode.OK;
+        try
+        {
+            return await continuation(request, context);
+        }
+        catch (RpcException e)
+        {
+            status = e.StatusCode;
+            throw;
+        }
+        finally
+        {
+            Record(context, status, clock.Elapsed.TotalSeconds);
+        }
+    }
+
+    public override async Task ServerStreamingServerHandler<TRequest, TResponse>(TRequest request, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        var clock = Stopwatch.StartNew();
+        var status = StatusCode.OK;
+        try
+        {
+            await continuation(request, responseStream, context);
+        }
+        catch (RpcException e)
+        {
+            status = e.StatusCode;
+            throw;
+        }
+        finally
+        {
+            Record(context, status, clock.Elapsed.TotalSeconds);
+        }
+    }
+
+    public override async Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
+    {
+        var clock = Stopwatch.StartNew();
+        var status = StatusCode.OK;
+        try
+        {
+            return await continuation(requestStream, context);
+        }
+        catch (RpcException e)
+        {
+            status = e.StatusCode;
+            throw;
+        }
+        finally
+        {
+            Record(context, status, clock.Elapsed.TotalSeconds);
+        }
+    }
+
+    private void Record(ServerCallContext context, StatusCode status, double seconds)
+    {
+        string method = context.Method[(context.Method.LastIndexOf('/') + 1)..];
+        var tags = new TagList { { "method", method }, { "status", status.ToString() }, { "key", Caller.NameOf(context) } };
+        metrics.Requests.Add(1, tags);
+        metrics.Duration.Record(seconds, tags);
+    }
+}

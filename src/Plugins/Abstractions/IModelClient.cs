@@ -1,0 +1,38 @@
+using InterpMesh.Contracts.V1;
+using TorchSharp;
+
+namespace InterpMesh.Plugins;
+
+/// <summary>
+/// The model a run analyses, served by the ModelService behind the gateway. Requests and results
+/// are the <c>interpmesh.v1</c> messages (see <c>protos/interpmesh/v1/model_service.proto</c>).
+/// </summary>
+public interface IModelClient
+{
+    /// <summary>The model's name in the gateway's configuration.</summary>
+    string Name { get; }
+
+    /// <summary>Architecture, dimensions, hook catalogue, tokenizer and special tokens.</summary>
+    Task<ModelInfo> GetInfoAsync(CancellationToken cancellationToken = default);
+
+    /// <summary>Token ids of each text, as the model's tokenizer encodes it.</summary>
+    Task<IReadOnlyList<int[]>> TokenizeAsync(IReadOnlyList<string> texts, CancellationToken cancellationToken = default);
+
+    /// <summary>Decodes token ids to text.</summary>
+    Task<IReadOnlyList<string>> DetokenizeAsync(IReadOnlyList<int[]> tokens, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// Runs one forward. Yields each captured activation as soon as it has fully arrived (a CPU
+    /// tensor the caller owns and must dispose), then one item with the result (logits, loss).
+    /// </summary>
+    IAsyncEnumerable<RunOutput> RunAsync(RunRequest request, CancellationToken cancellationToken = default);
+
+    /// <summary>Generates, yielding each step's message (tokens, or chunks of per-step captures) as it arrives.</summary>
+    IAsyncEnumerable<GenerateResponse> GenerateAsync(GenerateRequest request, CancellationToken cancellationToken = default);
+}
+
+/// <summary>One item of a <see cref="IModelClient.RunAsync"/> stream: an activation or the final result.</summary>
+/// <param name="Hook">The captured hook's name, or null for the result.</param>
+/// <param name="Activation">The captured tensor (CPU, in the requested dtype; the caller disposes it), or null for the result.</param>
+/// <param name="Result">The final result, or null for an activation.</param>
+public sealed record RunOutput(string? Hook, torch.Tensor? Activation, RunResult? Result);
