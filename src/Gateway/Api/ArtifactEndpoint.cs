@@ -13,7 +13,7 @@ public sealed class ArtifactEndpoint(ArtifactStore store) : ArtifactService.Arti
 {
     private const int ChunkBytes = 1 << 20;
 
-    private static Contracts.V1.ArtifactInfo ToProto(InterpMesh.Plugins.ArtifactInfo a)
+    private static Contracts.V1.ArtifactInfo ToProto(InterpMesh.Plugins.StoredArtifact a)
     {
         var p = new Contracts.V1.ArtifactInfo { Name = a.Name, MetadataJson = a.Metadata.ToJsonString(), Created = Timestamp.FromDateTimeOffset(a.Created) };
         p.Files.AddRange(a.Files.Select(f => new ArtifactFileInfo { Name = f.Name, Bytes = f.Bytes, Sha256 = f.Sha256 }));

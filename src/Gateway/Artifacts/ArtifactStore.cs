@@ -52,9 +52,9 @@ public sealed class ArtifactStore : IArtifactStore
         return new ArtifactWrite(this, name, target, dir, metadata ?? []);
     }
 
-    internal ArtifactInfo Commit(ArtifactWrite write, List<ArtifactFile> files)
+    internal StoredArtifact Commit(ArtifactWrite write, List<StoredFile> files)
     {
-        var info = new ArtifactInfo(write.Name, files, write.Metadata, DateTimeOffset.UtcNow);
+        var info = new StoredArtifact(write.Name, files, write.Metadata, DateTimeOffset.UtcNow);
         File.WriteAllText(Path.Combine(write.StagingDirectory, ManifestFile), Serialize(info));
         Directory.CreateDirectory(Path.GetDirectoryName(write.Target)!);
         lock (swap)
@@ -72,7 +72,7 @@ public sealed class ArtifactStore : IArtifactStore
         return info;
     }
 
-    public async Task<ArtifactInfo> SaveFilesAsync(string name, IReadOnlyDictionary<string, byte[]> files, JsonObject? metadata = null, CancellationToken cancellationToken = default)
+    public async Task<StoredArtifact> SaveFilesAsync(string name, IReadOnlyDictionary<string, byte[]> files, JsonObject? metadata = null, CancellationToken cancellationToken = default)
     {
         using var write = Begin(name, metadata);
         foreach (var (file, bytes) in files)
@@ -83,7 +83,7 @@ public sealed class ArtifactStore : IArtifactStore
         return await write.CommitAsync(cancellationToken);
     }
 
-    public async Task<ArtifactInfo> SaveTensorsAsync(string name, IReadOnlyDictionary<string, torch.Tensor> tensors, JsonObject? metadata = null, CancellationToken cancellationToken = default)
+    public async Task<StoredArtifact> SaveTensorsAsync(string name, IReadOnlyDictionary<string, torch.Tensor> tensors, JsonObject? metadata = null, CancellationToken cancellationToken = default)
     {
         using var write = Begin(name, metadata);
         var header = (metadata ?? []).ToDictionary(kv => kv.Key, kv => kv.Value is JsonValue v && v.TryGetValue<string>(out var s) ? s : kv.Value?.ToJsonString() ?? "null");
@@ -117,7 +117,7 @@ public sealed class ArtifactStore : IArtifactStore
     }
 
     /// <summary>Checks one file's checksum (streaming, for large files).</summary>
-    public async Task Verify(string name, string path, ArtifactFile file, CancellationToken cancellationToken)
+    public async Task Verify(string name, string path, StoredFile file, CancellationToken cancellationToken)
     {
         await using var stream = File.OpenRead(path);
         var hash = await SHA256.HashDataAsync(stream, cancellationToken);
@@ -135,16 +135,16 @@ public sealed class ArtifactStore : IArtifactStore
         return Path.Combine(DirectoryOf(name), file);
     }
 
-    public Task<ArtifactInfo?> FindAsync(string name, CancellationToken cancellationToken = default)
+    public Task<StoredArtifact?> FindAsync(string name, CancellationToken cancellationToken = default)
     {
         var manifest = Path.Combine(DirectoryOf(name), ManifestFile);
         return Task.FromResult(File.Exists(manifest) ? Deserialize(name, File.ReadAllText(manifest)) : null);
     }
 
     /// <summary>Artifacts whose name starts with <paramref name="prefix"/>, by name.</summary>
-    public IReadOnlyList<ArtifactInfo> List(string prefix = "")
+    public IReadOnlyList<StoredArtifact> List(string prefix = "")
     {
-        var found = new List<ArtifactInfo>();
+        var found = new List<StoredArtifact>();
         foreach (var manifest in Directory.EnumerateFiles(root, ManifestFile, SearchOption.AllDirectories))
         {
             var dir = Path.GetDirectoryName(manifest)!;
@@ -180,7 +180,7 @@ public sealed class ArtifactStore : IArtifactStore
         }
     }
 
-    private static string Serialize(ArtifactInfo info) => new JsonObject
+    private static string Serialize(StoredArtifact info) => new JsonObject
     {
         ["name"] = info.Name,
         ["created"] = info.Created.ToString("O"),
@@ -188,11 +188,11 @@ public sealed class ArtifactStore : IArtifactStore
         ["metadata"] = info.Metadata.DeepClone(),
     }.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
 
-    private static ArtifactInfo Deserialize(string name, string json)
+    private static StoredArtifact Deserialize(string name, string json)
     {
         var o = JsonNode.Parse(json)!.AsObject();
-        var files = o["files"]!.AsArray().Select(f => new ArtifactFile(f!["name"]!.GetValue<string>(), f["bytes"]!.GetValue<long>(), f["sha256"]!.GetValue<string>())).ToList();
-        return new ArtifactInfo(name, files, o["metadata"]?.DeepClone().AsObject() ?? [], DateTimeOffset.Parse(o["created"]!.GetValue<string>(), System.Globalization.CultureInfo.InvariantCulture));
+        var files = o["files"]!.AsArray().Select(f => new StoredFile(f!["name"]!.GetValue<string>(), f["bytes"]!.GetValue<long>(), f["sha256"]!.GetValue<string>())).ToList();
+        return new StoredArtifact(name, files, o["metadata"]?.DeepClone().AsObject() ?? [], DateTimeOffset.Parse(o["created"]!.GetValue<string>(), System.Globalization.CultureInfo.InvariantCulture));
     }
 
     private static void TryDelete(string dir)
@@ -241,14 +241,14 @@ public sealed class ArtifactWrite : IDisposable
     /// <summary>Creates (or appends to) one file of the artifact.</summary>
     public FileStream CreateFile(string file) => new(PathOf(file), FileMode.Append, FileAccess.Write, FileShare.None, 1 << 16, useAsync: true);
 
-    public async Task<ArtifactInfo> CommitAsync(CancellationToken cancellationToken = default)
+    public async Task<StoredArtifact> CommitAsync(CancellationToken cancellationToken = default)
     {
-        var files = new List<ArtifactFile>();
+        var files = new List<StoredFile>();
         foreach (var path in Directory.EnumerateFiles(StagingDirectory).Order(StringComparer.Ordinal))
         {
             await using var stream = File.OpenRead(path);
             var hash = await SHA256.HashDataAsync(stream, cancellationToken);
-            files.Add(new ArtifactFile(Path.GetFileName(path), stream.Length, Convert.ToHexStringLower(hash)));
+            files.Add(new StoredFile(Path.GetFileName(path), stream.Length, Convert.ToHexStringLower(hash)));
         }
         var info = store.Commit(this, files);
         committed = true;

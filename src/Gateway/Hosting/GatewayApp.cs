@@ -63,7 +63,7 @@ public static class GatewayApp
             o.Interceptors.Add<AuthInterceptor>();
         });
         services.AddGrpcReflection();
-        services.AddGrpcHealthChecks();
+        services.AddGrpcHealthChecks().AddCheck("gateway", () => Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckResult.Healthy("serving"));
         builder.WebHost.ConfigureKestrel(k => k.ConfigureEndpointDefaults(e => e.Protocols = HttpProtocols.Http2));
 
         var app = builder.Build();

@@ -204,7 +204,7 @@ public sealed class JobManager : BackgroundService
 
         string Stopper() => record.Cancel.IsCancellationRequested ? $"cancelled by {record.CancelledBy ?? "a client"}"
             : timeout.IsCancellationRequested ? $"exceeded its time limit of {record.Timeout.TotalSeconds:0} s"
-            : "the gateway is shutting down";
+            : "the gateway stopped before the job finished; submit it again";
         JobState StopState() => record.Cancel.IsCancellationRequested ? JobState.Cancelled
             : timeout.IsCancellationRequested ? JobState.Failed : JobState.Interrupted;
 

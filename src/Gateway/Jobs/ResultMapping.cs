@@ -6,7 +6,7 @@ namespace InterpMesh.Gateway.Jobs;
 /// <summary>SDK results to the wire.</summary>
 internal static class ResultMapping
 {
-    public static Contracts.V1.AnalysisResult ToProto(InterpMesh.Plugins.AnalysisResult result)
+    public static Contracts.V1.AnalysisResult ToProto(InterpMesh.Plugins.PluginResult result)
     {
         var proto = new Contracts.V1.AnalysisResult { SummaryJson = (result.Summary ?? []).ToJsonString() };
         foreach (var t in result.Tables ?? [])

@@ -39,7 +39,6 @@ public sealed class PluginCatalog : IPluginCatalog, IDisposable
     ];
 
     private readonly ILogger<PluginCatalog> logger;
-    private readonly GatewayMetrics metrics;
     private readonly bool hotReload;
     private readonly List<PluginLoader> loaders = [];
     private volatile List<PluginEntry> entries = [];
@@ -48,10 +47,10 @@ public sealed class PluginCatalog : IPluginCatalog, IDisposable
     public PluginCatalog(IOptions<GatewayOptions> options, ILogger<PluginCatalog> logger, GatewayMetrics metrics)
     {
         this.logger = logger;
-        this.metrics = metrics;
         hotReload = options.Value.HotReload;
         Root = Path.GetFullPath(options.Value.PluginsPath);
         Load();
+        metrics.ObservePlugins(() => entries.Count(e => e.Loaded), () => entries.Count(e => !e.Loaded));
     }
 
     public string Root { get; }
@@ -76,7 +75,6 @@ public sealed class PluginCatalog : IPluginCatalog, IDisposable
                 var entry = LoadFolder(folder);
                 if (entry.Error is not null)
                 {
-                    metrics.PluginLoadFailures.Add(1);
                     logger.LogError("Plugin folder {Folder} was not loaded: {Error}", folder, entry.Error);
                 }
                 else if (logger.IsEnabled(LogLevel.Information))

@@ -17,27 +17,35 @@ public sealed class GatewayMetrics : IDisposable
     /// <summary>The meter plugins get for their own instruments.</summary>
     public const string PluginMeterName = "InterpMesh.Plugins";
 
-    private readonly Meter meter = new(MeterName);
-    private readonly Meter pluginMeter = new(PluginMeterName);
+    private readonly Meter meter;
+    private readonly Meter pluginMeter;
 
-    public GatewayMetrics()
+    /// <param name="meters">The host's meter factory: meters it creates belong to this host, so two gateways in one process (tests) do not mix their series.</param>
+    public GatewayMetrics(IMeterFactory meters)
     {
+        meter = meters.Create(MeterName);
+        pluginMeter = meters.Create(PluginMeterName);
         Requests = meter.CreateCounter<long>("interpmesh.gateway.requests", "{request}", "Calls handled, by method, status and key name");
         Duration = meter.CreateHistogram("interpmesh.gateway.request.duration", "s", "Call latency, by method, status and key name",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120, 600] });
         ActivationBytes = meter.CreateCounter<long>("interpmesh.gateway.activations.bytes", "By", "Activation bytes proxied from model services to clients");
         PluginRuns = meter.CreateCounter<long>("interpmesh.gateway.plugin.runs", "{run}", "Finished plugin runs, by plugin and outcome");
-        PluginLoadFailures = meter.CreateCounter<long>("interpmesh.gateway.plugin.load_failures", "{plugin}", "Plugin folders that failed to load");
     }
 
     public Counter<long> Requests { get; }
     public Histogram<double> Duration { get; }
     public Counter<long> ActivationBytes { get; }
     public Counter<long> PluginRuns { get; }
-    public Counter<long> PluginLoadFailures { get; }
 
     /// <summary>The plugin meter handed to runs (exported with the gateway's).</summary>
     public Meter PluginMeter => pluginMeter;
+
+    /// <summary>Plugin folders loaded and failed, as gauges (plugins load before metrics export starts).</summary>
+    public void ObservePlugins(Func<int> loaded, Func<int> failed)
+    {
+        meter.CreateObservableGauge("interpmesh.gateway.plugins.loaded", loaded, "{plugin}", "Plugins loaded and runnable");
+        meter.CreateObservableGauge("interpmesh.gateway.plugins.failed", failed, "{plugin}", "Plugin folders that failed to load");
+    }
 
     public void ObserveJobs(Func<int> queued, Func<int> running)
     {

@@ -18,7 +18,7 @@ public interface IAnalysisPlugin
     /// <param name="parameters">The caller's parameters, already validated against <see cref="PluginManifest.ParameterSchema"/>'s required properties and types.</param>
     /// <param name="context">The model, progress, artifacts, cancellation, logging and metrics of this run.</param>
     /// <returns>The result; throw to fail the run (the message is shown to the caller).</returns>
-    Task<AnalysisResult> RunAsync(JsonElement parameters, IAnalysisContext context);
+    Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context);
 }
 
 /// <summary>A plugin's description of itself.</summary>

@@ -11,10 +11,10 @@ namespace InterpMesh.Plugins;
 public interface IArtifactStore
 {
     /// <summary>Saves tensors as <c>tensors.safetensors</c> (the metadata is also written into its header).</summary>
-    Task<ArtifactInfo> SaveTensorsAsync(string name, IReadOnlyDictionary<string, torch.Tensor> tensors, JsonObject? metadata = null, CancellationToken cancellationToken = default);
+    Task<StoredArtifact> SaveTensorsAsync(string name, IReadOnlyDictionary<string, torch.Tensor> tensors, JsonObject? metadata = null, CancellationToken cancellationToken = default);
 
     /// <summary>Saves arbitrary files (e.g. an SAELens folder: <c>cfg.json</c> + <c>sae_weights.safetensors</c>).</summary>
-    Task<ArtifactInfo> SaveFilesAsync(string name, IReadOnlyDictionary<string, byte[]> files, JsonObject? metadata = null, CancellationToken cancellationToken = default);
+    Task<StoredArtifact> SaveFilesAsync(string name, IReadOnlyDictionary<string, byte[]> files, JsonObject? metadata = null, CancellationToken cancellationToken = default);
 
     /// <summary>Loads the tensors saved by <see cref="SaveTensorsAsync"/> (CPU tensors the caller disposes).</summary>
     Task<Dictionary<string, torch.Tensor>> LoadTensorsAsync(string name, CancellationToken cancellationToken = default);
@@ -23,7 +23,7 @@ public interface IArtifactStore
     Task<IReadOnlyDictionary<string, byte[]>> LoadFilesAsync(string name, CancellationToken cancellationToken = default);
 
     /// <summary>The artifact's description, or null when there is none of that name.</summary>
-    Task<ArtifactInfo?> FindAsync(string name, CancellationToken cancellationToken = default);
+    Task<StoredArtifact?> FindAsync(string name, CancellationToken cancellationToken = default);
 }
 
 /// <summary>A stored artifact.</summary>
@@ -31,10 +31,10 @@ public interface IArtifactStore
 /// <param name="Files">Its files.</param>
 /// <param name="Metadata">The metadata it was saved with.</param>
 /// <param name="Created">When it was written.</param>
-public sealed record ArtifactInfo(string Name, IReadOnlyList<ArtifactFile> Files, JsonObject Metadata, DateTimeOffset Created);
+public sealed record StoredArtifact(string Name, IReadOnlyList<StoredFile> Files, JsonObject Metadata, DateTimeOffset Created);
 
 /// <summary>One file of an artifact.</summary>
 /// <param name="Name">File name within the artifact.</param>
 /// <param name="Bytes">Size.</param>
 /// <param name="Sha256">Lower-case hex SHA-256 of the content.</param>
-public sealed record ArtifactFile(string Name, long Bytes, string Sha256);
+public sealed record StoredFile(string Name, long Bytes, string Sha256);

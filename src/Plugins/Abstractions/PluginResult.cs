@@ -3,7 +3,7 @@ using System.Text.Json.Nodes;
 namespace InterpMesh.Plugins;
 
 /// <summary>What a run returns: everything a CLI or a report can render.</summary>
-public sealed class AnalysisResult
+public sealed class PluginResult
 {
     /// <summary>The headline findings (e.g. best layer, top heads), as JSON.</summary>
     public JsonObject Summary { get; init; } = [];
@@ -15,7 +15,7 @@ public sealed class AnalysisResult
     public IList<string> Artifacts { get; init; } = [];
 
     /// <summary>Figures as PNG or SVG bytes.</summary>
-    public IList<Figure> Figures { get; init; } = [];
+    public IList<ResultFigure> Figures { get; init; } = [];
 }
 
 /// <summary>A table: column names and rows of JSON values (numbers, strings, booleans or null).</summary>
@@ -29,4 +29,4 @@ public sealed record ResultTable(string Name, IReadOnlyList<string> Columns, IRe
 /// <param name="MediaType"><c>image/svg+xml</c> or <c>image/png</c>.</param>
 /// <param name="Content">The image bytes.</param>
 /// <param name="Caption">One line saying what it shows.</param>
-public sealed record Figure(string Name, string MediaType, byte[] Content, string Caption);
+public sealed record ResultFigure(string Name, string MediaType, byte[] Content, string Caption);

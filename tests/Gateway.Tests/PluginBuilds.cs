@@ -1,0 +1,47 @@
+using System.Diagnostics;
+
+namespace InterpMesh.Gateway.Tests;
+
+/// <summary>
+/// Builds plugins the way a third party does: the SDK is packed into a local feed, and
+/// samples/TokenStatsPlugin and tests/plugins/Misbehaving — projects outside the solution's build
+/// graph — restore it from there and build on their own. Done once per test run.
+/// </summary>
+public static class PluginBuilds
+{
+    private static readonly Lazy<Task<(string TokenStats, string Misbehaving)>> Built = new(BuildAsync);
+
+    public static Task<(string TokenStats, string Misbehaving)> OutputsAsync() => Built.Value;
+
+    private static async Task<(string, string)> BuildAsync()
+    {
+        string work = Path.Combine(Path.GetTempPath(), "interpmesh-plugins-" + Guid.NewGuid().ToString("N"));
+        string feed = Path.Combine(work, "feed");
+        // A version of its own, so a package cached by an earlier run is never used instead.
+        string version = $"1.0.0-test.{DateTime.UtcNow:yyyyMMddHHmmss}.{Environment.ProcessId}";
+        foreach (var project in new[] { "src/Contracts", "src/Plugins/Abstractions" })
+            await Dotnet("pack", Path.Combine(RepoPaths.Root, project), "-c", "Release", "-o", feed, $"-p:Version={version}", "-p:IsPackable=true", "--nologo");
+        string tokenStats = Path.Combine(work, "token-stats");
+        string misbehaving = Path.Combine(work, "misbehaving");
+        foreach (var (project, output) in new[] { ("samples/TokenStatsPlugin", tokenStats), ("tests/plugins/Misbehaving", misbehaving) })
+        {
+            await Dotnet("build", Path.Combine(RepoPaths.Root, project), "-c", "Release", "-o", output, $"-p:InterpMeshSdkVersion={version}",
+                $"-p:RestoreAdditionalProjectSources={feed}", "--nologo");
+        }
+        return (tokenStats, misbehaving);
+    }
+
+    private static async Task Dotnet(params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet", args) { RedirectStandardOutput = true, RedirectStandardError = true };
+        // The test host's MSBuild variables must not leak into a separate build.
+        foreach (var v in new[] { "MSBuildSDKsPath", "MSBuildExtensionsPath", "MSBUILD_EXE_PATH", "DOTNET_HOST_PATH" })
+            psi.Environment.Remove(v);
+        using var process = Process.Start(psi)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        if (process.ExitCode != 0)
+            throw new InvalidOperationException($"dotnet {string.Join(' ', args)} failed ({process.ExitCode}):\n{await stdout}\n{await stderr}");
+    }
+}

@@ -1,0 +1,169 @@
+using Grpc.Core;
+using InterpMesh.Contracts.V1;
+using InterpMesh.ModelService.Hosting;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace InterpMesh.Gateway.Tests;
+
+/// <summary>Limits, replicas and restarts: each test brings up the hosts it needs.</summary>
+/// <remarks>
+/// Same collection as <see cref="GatewayTests"/>, so never in parallel with it: disposing one
+/// gateway host while another in the same process is being scraped made the survivor's
+/// Prometheus output lose its series (OpenTelemetry's listeners are process-wide). One gateway per
+/// process, as deployed, is not affected.
+/// </remarks>
+[Collection("gateways")]
+public sealed class ResilienceTests
+{
+    private static string TempDir() => Path.Combine(Path.GetTempPath(), "interpmesh-gw-" + Guid.NewGuid().ToString("N"));
+
+    private static async Task Stop(WebApplication app)
+    {
+        await app.StopAsync();
+        await app.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task Per_key_rate_limits_and_job_quotas_answer_resource_exhausted_with_retry_info()
+    {
+        var plugins = await Mesh.PluginsFolderAsync();
+        var (service, serviceAddress) = await Mesh.StartModelServiceAsync(RepoPaths.Models("stories260K/stories260K.bin"));
+        var (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], plugins, TempDir(), new()
+        {
+            ["Gateway:RateLimit:RequestsPerSecond"] = "0.5",
+            ["Gateway:RateLimit:Burst"] = "4",
+            ["Gateway:RateLimit:MaxJobsPerKey"] = "1",
+        });
+        try
+        {
+            using var channel = Mesh.Channel(address);
+            var client = new AnalysisService.AnalysisServiceClient(channel);
+            var first = await client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 100}""" }, Mesh.As(Mesh.AliceKey));
+            var quota = await Assert.ThrowsAsync<RpcException>(() => client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow" }, Mesh.As(Mesh.AliceKey)).ResponseAsync);
+            Assert.Equal(StatusCode.ResourceExhausted, quota.StatusCode);
+            Assert.Contains("already has 1 jobs queued or running (limit 1)", quota.Status.Detail, StringComparison.Ordinal);
+            Assert.NotNull(quota.Trailers.GetValue("retry-after-ms"));
+            // The burst of 4 is spent (2 calls so far); the 5th call of the key is refused, another key is not.
+            await client.ListPluginsAsync(new ListPluginsRequest(), Mesh.As(Mesh.AliceKey));
+            await client.CancelJobAsync(new CancelJobRequest { Id = first.Id }, Mesh.As(Mesh.AliceKey));
+            var limited = await Assert.ThrowsAsync<RpcException>(() => client.ListPluginsAsync(new ListPluginsRequest(), Mesh.As(Mesh.AliceKey)).ResponseAsync);
+            Assert.Equal(StatusCode.ResourceExhausted, limited.StatusCode);
+            Assert.Contains("over its rate limit", limited.Status.Detail, StringComparison.Ordinal);
+            Assert.True(long.Parse(limited.Trailers.GetValue("retry-after-ms")!, System.Globalization.CultureInfo.InvariantCulture) > 0);
+            await client.ListPluginsAsync(new ListPluginsRequest(), Mesh.As(Mesh.ReaderKey));
+        }
+        finally
+        {
+            await Stop(gateway);
+            await Stop(service);
+        }
+    }
+
+    [Fact]
+    public async Task Calls_spread_over_replicas_and_losing_one_mid_stream_fails_only_that_call()
+    {
+        // Two copies of the model, so each replica's ModelInfo.source says which one answered.
+        var dirs = new[] { TempDir(), TempDir() };
+        var services = new List<(WebApplication App, string Address)>();
+        foreach (var d in dirs)
+        {
+            Directory.CreateDirectory(d);
+            File.Copy(RepoPaths.Models("stories260K/stories260K.bin"), Path.Combine(d, "stories260K.bin"));
+            File.Copy(RepoPaths.Models("stories260K/tok512.bin"), Path.Combine(d, "tok512.bin"));
+            services.Add(await Mesh.StartModelServiceAsync(Path.Combine(d, "stories260K.bin")));
+        }
+        var (gateway, address) = await Mesh.StartGatewayAsync(services.Select(s => s.Address), TempDir(), TempDir());
+        var stopped = new List<WebApplication>();
+        try
+        {
+            using var channel = Mesh.Channel(address);
+            var client = new Contracts.V1.ModelService.ModelServiceClient(channel);
+            var sources = new HashSet<string>();
+            for (int i = 0; i < 6; i++)
+                sources.Add((await client.GetModelInfoAsync(new GetModelInfoRequest(), Mesh.As(Mesh.ReaderKey))).Source);
+            Assert.Equal(2, sources.Count);
+
+            // A long generation streaming per-step captures; find the replica serving it and stop it.
+            var request = new GenerateRequest { Prompts = { new Input { Text = "Once upon a time" } }, MaxNewTokens = 200, NoDefaultStop = true, Captures = { new Capture { Hooks = { "blocks.*" } } } };
+            using var call = client.Generate(request, Mesh.As(Mesh.AliceKey));
+            Assert.True(await call.ResponseStream.MoveNext());
+            var busy = services.Single(s => s.App.Services.GetRequiredService<ModelHost>().Admission.CurrentCount < s.App.Services.GetRequiredService<ModelHost>().Options.MaxConcurrentRequests);
+            using (var now = new CancellationTokenSource())
+            {
+                await now.CancelAsync();
+                var stopping = busy.App.StopAsync(now.Token);
+                var error = await Assert.ThrowsAsync<RpcException>(async () =>
+                {
+                    while (await call.ResponseStream.MoveNext())
+                    {
+                    }
+                });
+                Assert.Equal(StatusCode.Unavailable, error.StatusCode);
+                Assert.Contains("unavailable", error.Status.Detail, StringComparison.Ordinal);
+                await stopping;
+            }
+            stopped.Add(busy.App);
+            var survivor = services.Single(s => s.App != busy.App);
+            for (int i = 0; i < 4; i++)
+            {
+                var info = await client.GetModelInfoAsync(new GetModelInfoRequest(), Mesh.As(Mesh.ReaderKey));
+                Assert.StartsWith(Path.GetDirectoryName(survivor.App.Services.GetRequiredService<ModelHost>().Options.ModelPath)!, info.Source, StringComparison.Ordinal);
+            }
+            using var run = client.Run(new RunRequest { Inputs = { new Input { Text = "Hello" } } }, Mesh.As(Mesh.AliceKey));
+            Assert.True(await run.ResponseStream.MoveNext());
+        }
+        finally
+        {
+            await Stop(gateway);
+            foreach (var s in services)
+            {
+                if (!stopped.Contains(s.App))
+                    await Stop(s.App);
+                else
+                    await s.App.DisposeAsync();
+            }
+        }
+    }
+
+    [Fact]
+    public async Task After_a_gateway_restart_finished_jobs_keep_their_results_and_running_ones_are_interrupted()
+    {
+        var plugins = await Mesh.PluginsFolderAsync();
+        string data = TempDir();
+        var (service, serviceAddress) = await Mesh.StartModelServiceAsync(RepoPaths.Models("stories260K/stories260K.bin"));
+        string done, running;
+        var (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], plugins, data);
+        try
+        {
+            using (var channel = Mesh.Channel(address))
+            {
+                var client = new AnalysisService.AnalysisServiceClient(channel);
+                using var call = client.RunAnalysis(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 1}""" }, Mesh.As(Mesh.AliceKey));
+                Job? final = null;
+                await foreach (var e in call.ResponseStream.ReadAllAsync())
+                    final = e.Finished ?? final;
+                done = final!.Id;
+                var job = await client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 600}""" }, Mesh.As(Mesh.AliceKey));
+                running = job.Id;
+                while ((await client.GetJobAsync(new GetJobRequest { Id = running }, Mesh.As(Mesh.AliceKey))).State != JobState.Running)
+                    await Task.Delay(50);
+            }
+            await Stop(gateway);
+            (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], plugins, data);
+            using var again = Mesh.Channel(address);
+            var after = new AnalysisService.AnalysisServiceClient(again);
+            var finished = await after.GetJobAsync(new GetJobRequest { Id = done }, Mesh.As(Mesh.ReaderKey));
+            Assert.Equal(JobState.Succeeded, finished.State);
+            Assert.Equal("{\"steps\":1}", finished.Result.SummaryJson);
+            var interrupted = await after.GetJobAsync(new GetJobRequest { Id = running }, Mesh.As(Mesh.ReaderKey));
+            Assert.Equal(JobState.Interrupted, interrupted.State);
+            Assert.Contains("submit it again", interrupted.Error, StringComparison.Ordinal);
+        }
+        finally
+        {
+            await Stop(gateway);
+            await Stop(service);
+        }
+    }
+}
