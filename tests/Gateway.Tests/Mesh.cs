@@ -19,7 +19,7 @@ public static class Mesh
 
     public static string Hash(string key) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(key)));
 
-    public static async Task<(WebApplication App, string Address)> StartModelServiceAsync(string modelPath)
+    public static async Task<(WebApplication App, string Address)> StartModelServiceAsync(string modelPath, Dictionary<string, string?>? settings = null)
     {
         var app = ModelServiceApp.Build([], b =>
         {
@@ -33,6 +33,7 @@ public static class Mesh
             ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
             ["Logging:LogLevel:Default"] = "Warning",
         });
+            b.Configuration.AddInMemoryCollection(settings ?? []);
         });
         await app.StartAsync();
         await app.Services.GetRequiredService<ModelHost>().WhenLoaded;

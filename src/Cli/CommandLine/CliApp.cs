@@ -28,6 +28,7 @@ public static class CliApp
                                [--capture GLOB] [--logits none|last|all] [--warmup W] [--iters I] [--json]
           interpmesh bench stream  --preset gpt2-small --batch B --seq T [--clients N] [--client-rows R] [--client-seq S]
                                  [--batch-window-ms W] [--iters I] [--json]
+          interpmesh bench gateway --preset gpt2-small --batch B --seq T [--iters I] [--unary N] [--threads N] [--json]
 
         PATH is a Hugging Face folder (config.json + model.safetensors) or a llama2.c .bin (tokenizer:
         --tokenizer, or tokenizer.bin / a single tok*.bin beside it). Common options: --threads N,
@@ -48,10 +49,11 @@ public static class CliApp
             string[] rest = args[1..];
             if (command == "bench")
             {
-                return rest.Length == 0 ? throw new UsageException("bench needs a benchmark name: `interpmesh bench forward|stream ...`")
+                return rest.Length == 0 ? throw new UsageException("bench needs a benchmark name: `interpmesh bench forward|stream|gateway ...`")
                     : rest[0] == "forward" ? ForwardBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "stream" ? StreamBenchmark.Run(Parse(rest[1..]), stdout)
-                    : throw new UsageException($"unknown benchmark '{rest[0]}'; benchmarks: forward, stream");
+                    : rest[0] == "gateway" ? GatewayBenchmark.Run(Parse(rest[1..]), stdout)
+                    : throw new UsageException($"unknown benchmark '{rest[0]}'; benchmarks: forward, stream, gateway");
             }
             if (command == "train-toy")
             {

@@ -89,7 +89,7 @@ public static class GatewayApp
         bool http = configuration[$"{GatewayOptions.Section}:OtlpProtocol"] == "http/protobuf";
         telemetry.WithTracing(t =>
         {
-            t.AddSource("InterpMesh.Gateway").AddAspNetCoreInstrumentation(o => o.Filter = context => context.Request.Path != "/metrics");
+            t.AddSource(GatewayTracing.SourceName).AddAspNetCoreInstrumentation(o => o.Filter = context => context.Request.Path != "/metrics");
             t.AddOtlpExporter(o =>
             {
                 if (string.IsNullOrEmpty(endpoint) || !Uri.TryCreate(endpoint, UriKind.Absolute, out var uri))

@@ -99,7 +99,7 @@ public sealed class JobManager : BackgroundService
             ParametersJson = parameters.GetRawText(),
             Message = "queued",
         };
-        var record = new JobRecord(job);
+        var record = new JobRecord(job) { Trace = System.Diagnostics.Activity.Current?.Context ?? default };
         lock (gate)
         {
             int active = jobs.Values.Count(j => j.Owner == caller.Name && !JobRecord.IsFinal(j.State));
@@ -190,6 +190,11 @@ public sealed class JobManager : BackgroundService
         });
         store.Save(record.Snapshot());
 
+        // One trace per analysis: the run joins the submitting call's trace, and the plugin's model
+        // calls (made inside this span) carry it on to the model services.
+        using var activity = Telemetry.GatewayTracing.Source.StartActivity("interpmesh.job", System.Diagnostics.ActivityKind.Internal, record.Trace);
+        activity?.SetTag("interpmesh.plugin", job.Plugin);
+        activity?.SetTag("interpmesh.job_id", job.Id);
         using var timeout = new CancellationTokenSource(record.Timeout);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(record.Cancel.Token, timeout.Token, stopping);
         var log = loggers.CreateLogger($"InterpMesh.Plugins.{job.Plugin}");

@@ -23,6 +23,9 @@ public sealed class JobRecord
     /// <summary>Set by CancelJob (or a RunAnalysis client leaving).</summary>
     public CancellationTokenSource Cancel { get; } = new();
 
+    /// <summary>Trace context of the call that submitted the job: the run's spans (and its model calls) join that trace.</summary>
+    public System.Diagnostics.ActivityContext Trace { get; init; }
+
     /// <summary>The run's time limit.</summary>
     public TimeSpan Timeout { get; set; } = TimeSpan.FromHours(1);
 

@@ -1,0 +1,73 @@
+using System.Collections.Concurrent;
+using System.Text;
+using System.Text.Json;
+using Grpc.Core;
+using InterpMesh.Contracts.V1;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Configuration;
+
+namespace InterpMesh.Gateway.Tests;
+
+/// <summary>Traces propagate client → gateway → model service, including the model calls a plugin makes in a job.</summary>
+[Collection("gateways")]
+public sealed class TracingTests
+{
+    [Fact]
+    public async Task One_trace_per_call_and_per_analysis_reaches_the_collector_from_both_services()
+    {
+        // A minimal OTLP/HTTP collector keeping each export's bytes.
+        var bodies = new ConcurrentQueue<byte[]>();
+        int port = Ports.Free();
+        var cb = WebApplication.CreateSlimBuilder();
+        cb.Configuration.Sources.Clear();
+        cb.Configuration.AddInMemoryCollection();
+        cb.WebHost.UseUrls($"http://127.0.0.1:{port}");
+        await using var collector = cb.Build();
+        collector.MapPost("/v1/traces", async (HttpContext context) =>
+        {
+            using var body = new MemoryStream();
+            await context.Request.Body.CopyToAsync(body);
+            bodies.Enqueue(body.ToArray());
+        });
+        await collector.StartAsync();
+        var otlp = new Dictionary<string, string?> { ["OtlpEndpoint"] = $"http://127.0.0.1:{port}", ["OtlpProtocol"] = "http/protobuf" };
+
+        var (service, serviceAddress) = await Mesh.StartModelServiceAsync(RepoPaths.Models("stories260K/stories260K.bin"),
+            otlp.ToDictionary(kv => "ModelService:" + kv.Key, kv => kv.Value));
+        var plugins = await Mesh.PluginsFolderAsync();
+        var (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], plugins, Path.Combine(Path.GetTempPath(), "interpmesh-tr-" + Guid.NewGuid().ToString("N")),
+            otlp.ToDictionary(kv => "Gateway:" + kv.Key, kv => kv.Value));
+        string runTrace = Convert.ToHexStringLower(Guid.NewGuid().ToByteArray());
+        string jobTrace = Convert.ToHexStringLower(Guid.NewGuid().ToByteArray());
+        Metadata Headers(string trace) => new() { { "authorization", $"Bearer {Mesh.AliceKey}" }, { "traceparent", $"00-{trace}-{Convert.ToHexStringLower(Guid.NewGuid().ToByteArray()[..8])}-01" } };
+        using (var channel = Mesh.Channel(address))
+        {
+            using (var run = new Contracts.V1.ModelService.ModelServiceClient(channel).Run(new RunRequest { Inputs = { new Input { Text = "Once upon a time" } } }, Headers(runTrace)))
+            {
+                await foreach (var _ in run.ResponseStream.ReadAllAsync()) { }
+            }
+            using var analysis = new AnalysisService.AnalysisServiceClient(channel).RunAnalysis(
+                new AnalysisRequest { Plugin = "token-stats", ParametersJson = JsonSerializer.Serialize(new { texts = new[] { "A cat." } }) }, Headers(jobTrace));
+            await foreach (var _ in analysis.ResponseStream.ReadAllAsync()) { }
+        }
+        foreach (var app in new[] { gateway, service })
+        {
+            await app.StopAsync();
+            await app.DisposeAsync();
+        }
+
+        bool Exported(string serviceName, string trace, string span)
+        {
+            var id = Convert.FromHexString(trace);
+            return bodies.Any(b => Encoding.UTF8.GetString(b).Contains(serviceName, StringComparison.Ordinal)
+                && Encoding.UTF8.GetString(b).Contains(span, StringComparison.Ordinal) && b.AsSpan().IndexOf(id) >= 0);
+        }
+        Assert.False(bodies.IsEmpty, "the collector received nothing");
+        Assert.True(Exported("interpmesh-gateway", runTrace, "ModelService/Run"), "the gateway's Run span is not in the client's trace");
+        Assert.True(Exported("interpmesh-modelservice", runTrace, "interpmesh.forward"), "the model service's forward is not in the client's trace");
+        Assert.True(Exported("interpmesh-gateway", jobTrace, "interpmesh.job"), "the job span is not in the analysis call's trace");
+        Assert.True(Exported("interpmesh-modelservice", jobTrace, "interpmesh.forward"), "the plugin's model calls are not in the analysis call's trace");
+    }
+}
