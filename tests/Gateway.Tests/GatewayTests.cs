@@ -54,7 +54,7 @@ public sealed class GatewayTests(MeshFixture mesh) : IClassFixture<MeshFixture>
         Assert.All(new[] { "future-sdk", "throws-on-load", "broken-dll", "no-manifest" }, id => Assert.False(byId[id].Loaded));
 
         var described = await Analyses.DescribePluginAsync(new DescribePluginRequest { Id = "token-stats" }, Mesh.As(Mesh.ReaderKey));
-        Assert.Equal("1.0", described.SdkVersion);
+        Assert.Equal(InterpMesh.Plugins.SdkVersion.Current, described.SdkVersion);
         Assert.Contains("\"texts\"", described.ParameterSchemaJson, StringComparison.Ordinal);
         var missing = await Assert.ThrowsAsync<RpcException>(() => Analyses.DescribePluginAsync(new DescribePluginRequest { Id = "nope" }, Mesh.As(Mesh.ReaderKey)).ResponseAsync);
         Assert.Equal(StatusCode.NotFound, missing.StatusCode);
@@ -175,6 +175,7 @@ public sealed class GatewayTests(MeshFixture mesh) : IClassFixture<MeshFixture>
         var final = await WaitFor(Analyses, job.Id, JobState.Cancelled);
         Assert.Equal(JobState.Cancelled, final.State);
         Assert.Contains("cancelled by alice", final.Error, StringComparison.Ordinal);
+        Assert.Equal("CANCELLED", final.ErrorCode);
     }
 
     [Fact]
@@ -183,6 +184,7 @@ public sealed class GatewayTests(MeshFixture mesh) : IClassFixture<MeshFixture>
         var (_, final) = await Drain(Analyses.RunAnalysis(new AnalysisRequest { Plugin = "throws" }, Mesh.As(Mesh.AliceKey)));
         Assert.Equal(JobState.Failed, final.State);
         Assert.Contains("the plugin broke on purpose", final.Error, StringComparison.Ordinal);
+        Assert.Equal("INTERNAL", final.ErrorCode);
         var (_, next) = await Drain(Analyses.RunAnalysis(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 1}""" }, Mesh.As(Mesh.AliceKey)));
         Assert.Equal(JobState.Succeeded, next.State);
     }
@@ -194,6 +196,7 @@ public sealed class GatewayTests(MeshFixture mesh) : IClassFixture<MeshFixture>
         Assert.Equal(JobState.Failed, final.State);
         Assert.Contains("exceeded its time limit of 1 s", final.Error, StringComparison.Ordinal);
         Assert.Contains("abandoned", final.Error, StringComparison.Ordinal);
+        Assert.Equal("DEADLINE_EXCEEDED", final.ErrorCode);
         var list = await Analyses.ListPluginsAsync(new ListPluginsRequest(), Mesh.As(Mesh.ReaderKey));
         Assert.NotEmpty(list.Plugins);
     }

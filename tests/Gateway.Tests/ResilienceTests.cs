@@ -159,6 +159,7 @@ public sealed class ResilienceTests
             var interrupted = await after.GetJobAsync(new GetJobRequest { Id = running }, Mesh.As(Mesh.ReaderKey));
             Assert.Equal(JobState.Interrupted, interrupted.State);
             Assert.Contains("submit it again", interrupted.Error, StringComparison.Ordinal);
+            Assert.Equal("UNAVAILABLE", interrupted.ErrorCode);
         }
         finally
         {

@@ -9,6 +9,7 @@ using InterpMesh.Gateway.Plugins;
 using InterpMesh.Gateway.Routing;
 using InterpMesh.Gateway.Security;
 using InterpMesh.Gateway.Telemetry;
+using InterpMesh.Plugins;
 using Microsoft.Extensions.Options;
 
 namespace InterpMesh.Gateway.Jobs;
@@ -54,6 +55,7 @@ public sealed class JobManager : BackgroundService
             {
                 job.Error = $"the gateway stopped while the job was {(job.State == JobState.Running ? "running" : "queued")}; submit it again";
                 job.State = JobState.Interrupted;
+                job.ErrorCode = "UNAVAILABLE";
                 job.Finished = Timestamp.FromDateTime(DateTime.UtcNow);
                 store.Save(job);
             }
@@ -142,7 +144,7 @@ public sealed class JobManager : BackgroundService
         record.CancelledBy ??= caller.Name;
         record.Cancel.Cancel();
         if (record.State == JobState.Queued)
-            Finish(record, JobState.Cancelled, $"cancelled by {caller.Name} before it started");
+            Finish(record, JobState.Cancelled, $"cancelled by {caller.Name} before it started", "CANCELLED");
         return record;
     }
 
@@ -179,7 +181,7 @@ public sealed class JobManager : BackgroundService
         var entry = catalog.Find(job.Plugin);
         if (entry?.Plugin is not { } plugin)
         {
-            Finish(record, JobState.Failed, $"plugin '{job.Plugin}' is no longer loaded");
+            Finish(record, JobState.Failed, $"plugin '{job.Plugin}' is no longer loaded", "UNAVAILABLE");
             return;
         }
         record.Update(j =>
@@ -213,9 +215,10 @@ public sealed class JobManager : BackgroundService
         JobState StopState() => record.Cancel.IsCancellationRequested ? JobState.Cancelled
             : timeout.IsCancellationRequested ? JobState.Failed : JobState.Interrupted;
 
+        string StopCode() => record.Cancel.IsCancellationRequested ? "CANCELLED" : timeout.IsCancellationRequested ? "DEADLINE_EXCEEDED" : "UNAVAILABLE";
         if (!run.IsCompleted)
         {
-            Finish(record, StopState(), $"{Stopper()}; the plugin did not stop within {StopGrace.TotalSeconds:0} s of being cancelled and was abandoned");
+            Finish(record, StopState(), $"{Stopper()}; the plugin did not stop within {StopGrace.TotalSeconds:0} s of being cancelled and was abandoned", StopCode());
             logger.LogError("Plugin {Plugin} ignored cancellation of job {Job}; abandoned", job.Plugin, job.Id);
         }
         else if (run.IsCompletedSuccessfully && !record.Cancel.IsCancellationRequested)
@@ -232,24 +235,42 @@ public sealed class JobManager : BackgroundService
         }
         else if (linked.IsCancellationRequested)
         {
-            Finish(record, StopState(), Stopper());
+            Finish(record, StopState(), Stopper(), StopCode());
         }
         else
         {
             var error = run.Exception?.InnerException ?? run.Exception;
-            Finish(record, JobState.Failed, $"the plugin failed: {error?.GetType().Name}: {error?.Message}");
-            logger.LogWarning(error, "Job {Job} of plugin {Plugin} failed", job.Id, job.Plugin);
+            switch (error)
+            {
+                case InvalidParametersException invalid:
+                    Finish(record, JobState.Failed, invalid.Message, "INVALID_ARGUMENT");
+                    break;
+                case RpcException rpc:
+                    Finish(record, JobState.Failed, $"a model call failed: {rpc.Status.Detail}", rpc.StatusCode switch
+                    {
+                        StatusCode.InvalidArgument or StatusCode.NotFound or StatusCode.OutOfRange => "INVALID_ARGUMENT",
+                        StatusCode.Unavailable => "UNAVAILABLE",
+                        StatusCode.ResourceExhausted => "RESOURCE_EXHAUSTED",
+                        _ => "INTERNAL",
+                    });
+                    break;
+                default:
+                    Finish(record, JobState.Failed, $"the plugin failed: {error?.GetType().Name}: {error?.Message}", "INTERNAL");
+                    logger.LogWarning(error, "Job {Job} of plugin {Plugin} failed", job.Id, job.Plugin);
+                    break;
+            }
         }
         metrics.PluginRuns.Add(1, new KeyValuePair<string, object?>("plugin", job.Plugin), new KeyValuePair<string, object?>("outcome", record.State.ToString().ToLowerInvariant()));
         store.Save(record.Snapshot());
     }
 
-    private void Finish(JobRecord record, JobState state, string error)
+    private void Finish(JobRecord record, JobState state, string error, string code)
     {
         record.Update(j =>
         {
             j.State = state;
             j.Error = error;
+            j.ErrorCode = code;
             j.Message = state.ToString().ToLowerInvariant();
             j.Finished = Timestamp.FromDateTime(DateTime.UtcNow);
         });
@@ -263,7 +284,7 @@ public sealed class JobManager : BackgroundService
         lock (gate)
         {
             foreach (var r in jobs.Values.Where(j => j.State is JobState.Queued or JobState.Running).ToList())
-                Finish(r, JobState.Interrupted, "the gateway stopped before the job finished; submit it again");
+                Finish(r, JobState.Interrupted, "the gateway stopped before the job finished; submit it again", "UNAVAILABLE");
         }
     }
 }

@@ -1,0 +1,316 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+using InterpMesh.Plugins.Probing.Data;
+using InterpMesh.Plugins.Probing.Fitting;
+using InterpMesh.Plugins.Probing.Report;
+
+namespace InterpMesh.Plugins.Probing;
+
+/// <summary>
+/// "Where, and in which neurons, does the model represent this concept?" Dense L2 probes per hook
+/// (concept depth: the first layer reaching a fraction of the best layer's accuracy) and k-sparse
+/// probes over neuron rankings (Gurnee et al. 2023). Trained probes are saved as artifacts that
+/// <c>mode: "apply"</c> runs on new text. Definitions: docs/plugins/probing.md.
+/// </summary>
+public sealed partial class ProbingPlugin : IAnalysisPlugin
+{
+    private static readonly string[] DefaultHooks = ["blocks.*.hook_resid_post", "blocks.*.mlp.hook_post"];
+    private static readonly double[] DefaultGrid = [0.01, 0.1, 1, 10];
+
+    public PluginManifest Manifest { get; } = new(
+        Id: "probing",
+        Version: "1.0.0",
+        Description: "Layer-wise and k-sparse linear probes: where (concept depth) and in which neurons a labelled concept is linearly readable.",
+        SdkVersion: SdkVersion.Current,
+        ParameterSchema: JsonNode.Parse("""
+            {
+              "type": "object",
+              "additionalProperties": false,
+              "properties": {
+                "mode": { "enum": ["train", "apply"], "description": "train probes (default) or apply a saved probe" },
+                "rows": { "type": "array", "items": { "type": "object", "required": ["text"], "properties": {
+                  "text": { "type": "string" }, "label": { "type": ["string", "integer", "boolean"] },
+                  "target_index": { "type": "integer", "minimum": 0 },
+                  "target_span": { "type": "array", "items": { "type": "integer" }, "minItems": 2, "maxItems": 2 } } } },
+                "texts": { "type": "array", "items": { "type": "string" } },
+                "labels": { "type": "array", "items": { "type": ["string", "integer", "boolean"] } },
+                "target_indices": { "type": "array", "items": { "type": "integer" } },
+                "dataset": { "type": "string", "description": "artifact holding a JSONL file of rows" },
+                "hooks": { "type": "array", "items": { "type": "string" }, "minItems": 1 },
+                "position": { "enum": ["last", "target", "mean"] },
+                "holdout": { "type": "number", "minimum": 0.05, "maximum": 0.9 },
+                "folds": { "type": "integer", "minimum": 2, "maximum": 20 },
+                "seed": { "type": "integer" },
+                "c": { "type": "number", "minimum": 0.000001 },
+                "c_grid": { "type": "array", "items": { "type": "number", "minimum": 0.000001 }, "minItems": 1 },
+                "depth_threshold": { "type": "number", "minimum": 0, "maximum": 1 },
+                "sparse": { "type": "object", "additionalProperties": false, "properties": {
+                  "hooks": { "type": "array", "items": { "type": "string" } },
+                  "rankings": { "type": "array", "items": { "enum": ["mean_diff", "anova_f", "l1", "mutual_info", "random"] } },
+                  "ks": { "type": "array", "items": { "type": "integer", "minimum": 1 } },
+                  "top_neurons": { "type": "integer", "minimum": 1 },
+                  "enabled": { "type": "boolean" } } },
+                "save_probes": { "type": "boolean" },
+                "save_prefix": { "type": "string" },
+                "probe": { "type": "string", "description": "apply mode: the saved probe's artifact name" },
+                "batch_size": { "type": "integer", "minimum": 1, "maximum": 256 }
+              }
+            }
+            """)!.AsObject(),
+        Produces: ["table:per_hook", "table:per_k", "table:top_neurons", "table:predictions", "figure:accuracy_by_layer", "figure:f1_by_k", "artifact:probe"]);
+
+    public Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context) =>
+        Text(parameters, "mode") == "apply" ? ApplyAsync(parameters, context) : TrainAsync(parameters, context);
+
+    private static string? Text(JsonElement p, string name) => p.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
+    private static double? Number(JsonElement p, string name) => p.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Number ? v.GetDouble() : null;
+    private static List<string>? Strings(JsonElement p, string name) => p.TryGetProperty(name, out var v) ? [.. v.EnumerateArray().Select(x => x.GetString()!)] : null;
+
+    [GeneratedRegex(@"^blocks\.(\d+)\.")]
+    private static partial Regex LayerPattern();
+
+    private static int LayerOf(string hook) => LayerPattern().Match(hook) is { Success: true } m ? int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) : -1;
+    private static string KindOf(string hook) => LayerPattern().Replace(hook, "blocks.*.");
+
+    private async Task<PluginResult> TrainAsync(JsonElement p, IAnalysisContext context)
+    {
+        var ct = context.Cancellation;
+        var info = await context.Model.GetInfoAsync(ct);
+        var rows = await ProbingDataset.LoadAsync(p, context.Artifacts, labelsRequired: true, ct);
+        var classes = rows.Select(r => r.Label!).Distinct().Order(StringComparer.Ordinal).ToArray();
+        if (classes.Length < 2)
+            throw new InvalidParametersException($"every row has the label '{classes[0]}'; a probe needs at least two classes");
+        var labels = rows.Select(r => Array.IndexOf(classes, r.Label)).ToArray();
+        int folds = (int)(Number(p, "folds") ?? 0);
+        foreach (var (c, k) in classes.Select((c, k) => (c, k)))
+        {
+            int count = labels.Count(l => l == k);
+            if (count < Math.Max(2, folds))
+                throw new InvalidParametersException($"class '{c}' has only {count} example(s) (first at row {Array.IndexOf(labels, k)}); give at least {Math.Max(2, folds)} per class");
+        }
+        string position = Text(p, "position") ?? "last";
+        int seed = (int)(Number(p, "seed") ?? 0);
+        int batchSize = (int)(Number(p, "batch_size") ?? 16);
+        var splits = folds >= 2 ? Splits.KFold(labels, folds, seed) : [Splits.Holdout(labels, Number(p, "holdout") ?? 0.25, seed)];
+        double[] grid = Number(p, "c") is double fixedC ? [fixedC] : p.TryGetProperty("c_grid", out var g) ? [.. g.EnumerateArray().Select(x => x.GetDouble())] : DefaultGrid;
+
+        var (hooks, features) = await ActivationCollector.CollectAsync(context.Model, info, rows, Strings(p, "hooks") ?? [.. DefaultHooks], position, batchSize,
+            done => context.ReportProgress(0.4 * done / rows.Count, $"activations {done}/{rows.Count}"), ct);
+
+        // Dense probes per hook.
+        var dense = new Dictionary<string, (ProbeMetrics Metrics, double C, Probe Probe)>();
+        for (int h = 0; h < hooks.Count; h++)
+        {
+            ct.ThrowIfCancellationRequested();
+            var x = features[hooks[h]];
+            var results = splits.Select(s =>
+            {
+                double c = grid.Length == 1 ? grid[0] : ChooseC(x, labels, classes, s.Train, grid, seed);
+                var probe = Probe.Fit(Pick(x, s.Train), Pick(labels, s.Train), classes, c, hooks[h], position);
+                return (Metrics: Evaluate(probe, Pick(x, s.Test), Pick(labels, s.Test), classes.Length), C: c, Probe: probe);
+            }).ToList();
+            double chosen = results.GroupBy(r => r.C).OrderByDescending(gr => gr.Count()).ThenBy(gr => gr.Key).First().Key;
+            var final = splits.Count == 1 ? results[0].Probe : Probe.Fit(x, labels, classes, chosen, hooks[h], position);
+            dense[hooks[h]] = (Average(results.Select(r => r.Metrics)), chosen, final);
+            context.ReportProgress(0.4 + 0.4 * (h + 1) / hooks.Count, $"probe {h + 1}/{hooks.Count}: {hooks[h]}");
+        }
+        string best = hooks.OrderByDescending(h => dense[h].Metrics.Accuracy).ThenBy(hooks.IndexOf).First();
+
+        // Concept depth per kind of hook.
+        double threshold = Number(p, "depth_threshold") ?? 0.9;
+        var depth = new JsonObject();
+        foreach (var kind in hooks.GroupBy(KindOf))
+        {
+            var ordered = kind.OrderBy(LayerOf).ToList();
+            double top = ordered.Max(h => dense[h].Metrics.Accuracy);
+            var first = ordered.First(h => dense[h].Metrics.Accuracy >= threshold * top);
+            depth[kind.Key] = new JsonObject { ["layer"] = LayerOf(first), ["hook"] = first, ["accuracy"] = dense[first].Metrics.Accuracy, ["best_accuracy"] = top, ["threshold"] = threshold };
+        }
+
+        // k-sparse probes.
+        var perK = new List<IReadOnlyList<JsonNode?>>();
+        var topNeurons = new List<IReadOnlyList<JsonNode?>>();
+        var sparseSummary = new JsonObject();
+        var sparse = p.TryGetProperty("sparse", out var sp) ? sp : default;
+        bool sparseOn = sparse.ValueKind != JsonValueKind.Object || !sparse.TryGetProperty("enabled", out var en) || en.GetBoolean();
+        var sparseHooks = sparse.ValueKind == JsonValueKind.Object && sparse.TryGetProperty("hooks", out _) ? Strings(sparse, "hooks")! : [best];
+        var rankings = sparse.ValueKind == JsonValueKind.Object && sparse.TryGetProperty("rankings", out _) ? Strings(sparse, "rankings")! : [.. NeuronRanking.Methods];
+        int topCount = sparse.ValueKind == JsonValueKind.Object && Number(sparse, "top_neurons") is double tn ? (int)tn : 10;
+        var f1ByK = new Dictionary<string, Dictionary<int, double>>();
+        var ksUsed = new SortedSet<int>();
+        if (sparseOn)
+        {
+            foreach (var hook in sparseHooks)
+            {
+                if (!features.TryGetValue(hook, out var x))
+                    throw new InvalidParametersException($"sparse.hooks names '{hook}', which is not among the probed hooks ({string.Join(", ", hooks)})");
+                int d = x[0].Length;
+                var ks = sparse.ValueKind == JsonValueKind.Object && sparse.TryGetProperty("ks", out var kv)
+                    ? [.. kv.EnumerateArray().Select(e => Math.Min(e.GetInt32(), d)).Distinct().Order()]
+                    : Enumerable.Range(0, 31).Select(i => 1 << i).TakeWhile(k => k < d).Append(d).ToList();
+                var hookSummary = new JsonObject();
+                foreach (var ranking in rankings)
+                {
+                    var order = splits.Select(s => NeuronRanking.Rank(NeuronRanking.Score(ranking, Pick(x, s.Train), Pick(labels, s.Train), classes.Length, seed))).ToList();
+                    foreach (int k in ks)
+                    {
+                        ct.ThrowIfCancellationRequested();
+                        var m = Average(splits.Select((s, i) =>
+                        {
+                            var probe = Probe.Fit(Pick(x, s.Train), Pick(labels, s.Train), classes, dense[hook].C, hook, position, order[i][..k]);
+                            return Evaluate(probe, Pick(x, s.Test), Pick(labels, s.Test), classes.Length);
+                        }));
+                        perK.Add([hook, ranking, k, m.Accuracy, m.F1, m.Precision, m.Recall, m.RocAuc]);
+                        if (hook == sparseHooks[0])
+                        {
+                            (f1ByK.TryGetValue(ranking, out var line) ? line : f1ByK[ranking] = [])[k] = m.F1;
+                            ksUsed.Add(k);
+                        }
+                    }
+                    // Top neurons by this ranking on all rows, with the class means.
+                    var all = NeuronRanking.Score(ranking, x, labels, classes.Length, seed);
+                    var top = NeuronRanking.Rank(all).Take(topCount).ToList();
+                    for (int r = 0; r < top.Count; r++)
+                    {
+                        var means = new JsonObject();
+                        for (int c = 0; c < classes.Length; c++)
+                            means[classes[c]] = x.Where((_, i) => labels[i] == c).Average(v => (double)v[top[r]]);
+                        topNeurons.Add([hook, ranking, r + 1, top[r], all[top[r]], means]);
+                    }
+                    hookSummary[ranking] = new JsonArray([.. top.Take(5).Select(n => (JsonNode)n)]);
+                }
+                sparseSummary[hook] = hookSummary;
+            }
+        }
+        context.ReportProgress(0.95, "saving probes");
+
+        // Probe artifacts.
+        var artifacts = new List<string>();
+        bool save = !p.TryGetProperty("save_probes", out var sv) || sv.GetBoolean();
+        string prefix = Text(p, "save_prefix") ?? $"probes/{context.JobId}";
+        if (save)
+        {
+            foreach (var hook in hooks)
+            {
+                var (tensors, metadata) = dense[hook].Probe.ToArtifact(context.Model.Name);
+                metadata["accuracy"] = dense[hook].Metrics.Accuracy;
+                try
+                {
+                    string name = $"{prefix}/{hook}";
+                    await context.Artifacts.SaveTensorsAsync(name, tensors, metadata, ct);
+                    artifacts.Add(name);
+                }
+                finally
+                {
+                    foreach (var t in tensors.Values)
+                        t.Dispose();
+                }
+            }
+        }
+
+        var perHook = hooks.Select(h => (IReadOnlyList<JsonNode?>)[h, LayerOf(h), dense[h].Metrics.Accuracy, dense[h].Metrics.F1, dense[h].Metrics.Precision,
+            dense[h].Metrics.Recall, dense[h].Metrics.RocAuc, dense[h].C, save ? $"{prefix}/{h}" : null]).ToList();
+        var figures = new List<ResultFigure>();
+        var kinds = hooks.GroupBy(KindOf).ToList();
+        var layers = hooks.Select(LayerOf).Distinct().Order().ToList();
+        figures.Add(new ResultFigure("accuracy_by_layer", "image/svg+xml", SvgChart.Lines("Probe accuracy by layer", [.. layers.Select(l => l < 0 ? "embed" : l.ToString(System.Globalization.CultureInfo.InvariantCulture))],
+            [.. kinds.Select(k => (k.Key, (IReadOnlyList<double?>)[.. layers.Select(l => k.FirstOrDefault(h => LayerOf(h) == l) is { } h ? (double?)dense[h].Metrics.Accuracy : null)]))], "held-out accuracy"),
+            "Held-out accuracy of a dense L2 probe at each layer, one line per kind of hook"));
+        if (f1ByK.Count > 0)
+        {
+            var kList = ksUsed.ToList();
+            figures.Add(new ResultFigure("f1_by_k", "image/svg+xml", SvgChart.Lines($"F1 by k ({sparseHooks[0]})", [.. kList.Select(k => k.ToString(System.Globalization.CultureInfo.InvariantCulture))],
+                [.. f1ByK.Select(kv => (kv.Key, (IReadOnlyList<double?>)[.. kList.Select(k => kv.Value.TryGetValue(k, out var f) ? (double?)f : null)]))], "held-out F1"),
+                "Held-out F1 of k-sparse probes, one line per neuron ranking"));
+        }
+        context.ReportProgress(1, "done");
+        return new PluginResult
+        {
+            Summary = new JsonObject
+            {
+                ["model"] = context.Model.Name,
+                ["examples"] = rows.Count,
+                ["classes"] = new JsonArray([.. classes.Select(c => (JsonNode)c)]),
+                ["position"] = position,
+                ["split"] = folds >= 2 ? new JsonObject { ["folds"] = folds, ["seed"] = seed } : new JsonObject { ["holdout"] = Number(p, "holdout") ?? 0.25, ["seed"] = seed },
+                ["best_hook"] = best,
+                ["best_accuracy"] = dense[best].Metrics.Accuracy,
+                ["concept_depth"] = depth,
+                ["top_neurons"] = sparseSummary,
+            },
+            Tables =
+            [
+                new ResultTable("per_hook", ["hook", "layer", "accuracy", "f1", "precision", "recall", "roc_auc", "c", "probe_artifact"], perHook),
+                new ResultTable("per_k", ["hook", "ranking", "k", "accuracy", "f1", "precision", "recall", "roc_auc"], perK),
+                new ResultTable("top_neurons", ["hook", "ranking", "rank", "neuron", "score", "class_means"], topNeurons),
+            ],
+            Artifacts = artifacts,
+            Figures = figures,
+        };
+    }
+
+    private async Task<PluginResult> ApplyAsync(JsonElement p, IAnalysisContext context)
+    {
+        var ct = context.Cancellation;
+        string name = Text(p, "probe") ?? throw new InvalidParametersException("mode 'apply' needs probe: the artifact name of a saved probe");
+        var stored = await context.Artifacts.FindAsync(name, ct) ?? throw new InvalidParametersException($"there is no artifact '{name}'");
+        var tensors = await context.Artifacts.LoadTensorsAsync(name, ct);
+        Probe probe;
+        try
+        {
+            probe = Probe.FromArtifact(tensors, stored.Metadata, name);
+        }
+        finally
+        {
+            foreach (var t in tensors.Values)
+                t.Dispose();
+        }
+        var info = await context.Model.GetInfoAsync(ct);
+        var rows = await ProbingDataset.LoadAsync(p, context.Artifacts, labelsRequired: false, ct);
+        var (_, features) = await ActivationCollector.CollectAsync(context.Model, info, rows, [probe.Hook], probe.Position, (int)(Number(p, "batch_size") ?? 16),
+            done => context.ReportProgress(0.9 * done / rows.Count, $"activations {done}/{rows.Count}"), ct);
+        var x = features[probe.Hook];
+        if (x[0].Length != probe.Mean.Length && probe.Neurons is null)
+            throw new InvalidParametersException($"probe '{name}' expects {probe.Mean.Length} features at {probe.Hook}, this model gives {x[0].Length}");
+        var scores = probe.Scores(x);
+        var predicted = Probe.Predict(scores);
+        var table = rows.Select((r, i) => (IReadOnlyList<JsonNode?>)[i, r.Text, probe.Classes[predicted[i]], .. scores[i].Select(s => (JsonNode?)s)]).ToList();
+        var summary = new JsonObject { ["probe"] = name, ["hook"] = probe.Hook, ["position"] = probe.Position, ["examples"] = rows.Count };
+        if (rows.All(r => r.Label is not null))
+            summary["accuracy"] = rows.Select((r, i) => r.Label == probe.Classes[predicted[i]]).Count(ok => ok) / (double)rows.Count;
+        context.ReportProgress(1, "done");
+        return new PluginResult
+        {
+            Summary = summary,
+            Tables = [new ResultTable("predictions", ["row", "text", "predicted", .. probe.Classes.Select(c => $"p_{c}")], table)],
+        };
+    }
+
+    /// <summary>The C with the best mean accuracy over 3 stratified folds of the training part (ties: the smaller C).</summary>
+    private static double ChooseC(float[][] x, int[] labels, string[] classes, int[] train, double[] grid, int seed)
+    {
+        var trainLabels = Pick(labels, train);
+        int k = Math.Min(3, classes.Select((_, c) => trainLabels.Count(l => l == c)).Min());
+        if (k < 2)
+            return grid.Contains(1.0) ? 1.0 : grid[0];
+        var inner = Splits.KFold(trainLabels, k, seed + 1);
+        var trainX = Pick(x, train);
+        return grid.Order().Select(c => (c, acc: inner.Average(f => Evaluate(Probe.Fit(Pick(trainX, f.Train), Pick(trainLabels, f.Train), classes, c, "", ""),
+            Pick(trainX, f.Test), Pick(trainLabels, f.Test), classes.Length).Accuracy))).OrderByDescending(t => t.acc).ThenBy(t => t.c).First().c;
+    }
+
+    internal static ProbeMetrics Evaluate(Probe probe, float[][] x, int[] labels, int classes)
+    {
+        var scores = probe.Scores(x);
+        return ProbeMetrics.Of(labels, Probe.Predict(scores), scores, classes);
+    }
+
+    private static ProbeMetrics Average(IEnumerable<ProbeMetrics> all)
+    {
+        var list = all.ToList();
+        return new ProbeMetrics(list.Average(m => m.Accuracy), list.Average(m => m.F1), list.Average(m => m.Precision), list.Average(m => m.Recall), list.Average(m => m.RocAuc));
+    }
+
+    private static T[] Pick<T>(T[] items, int[] index) => [.. index.Select(i => items[i])];
+}
