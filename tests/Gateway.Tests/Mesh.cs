@@ -1,92 +1,12 @@
-using System.Security.Cryptography;
 using System.Text;
-using Grpc.Core;
 using Grpc.Net.Client;
-using InterpMesh.Gateway.Hosting;
-using InterpMesh.ModelService.Hosting;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.Extensions.Configuration;
-using Microsoft.Extensions.DependencyInjection;
 
 namespace InterpMesh.Gateway.Tests;
 
-/// <summary>Real Kestrel hosts on loopback: model services and gateways, started and stopped by tests.</summary>
-public static class Mesh
+/// <summary>Plugin folders for the gateway tests: the sample, the misbehaving plugins and broken folders.</summary>
+public static class TestPlugins
 {
-    public const string AdminKey = "admin-key-0123456789";
-    public const string AliceKey = "alice-key-0123456789";
-    public const string ReaderKey = "reader-key-0123456789";
-
-    public static string Hash(string key) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(key)));
-
-    public static async Task<(WebApplication App, string Address)> StartModelServiceAsync(string modelPath, Dictionary<string, string?>? settings = null)
-    {
-        var app = ModelServiceApp.Build([], b =>
-        {
-            // Only these settings: the appsettings.json files in the test output belong to the apps.
-            b.Configuration.Sources.Clear();
-            b.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
-        {
-            ["ModelService:ModelPath"] = modelPath,
-            ["ModelService:MaxChunkBytes"] = "65536",
-            ["Kestrel:Endpoints:Grpc:Url"] = "http://127.0.0.1:0",
-            ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
-            ["Logging:LogLevel:Default"] = "Warning",
-        });
-            b.Configuration.AddInMemoryCollection(settings ?? []);
-        });
-        await app.StartAsync();
-        await app.Services.GetRequiredService<ModelHost>().WhenLoaded;
-        return (app, app.Urls.First());
-    }
-
-    /// <summary>A gateway with three keys (admin, alice: analyze, reader: read) unless <paramref name="settings"/> says otherwise.</summary>
-    public static async Task<(WebApplication App, string Address)> StartGatewayAsync(IEnumerable<string> modelEndpoints, string pluginsPath, string dataPath, Dictionary<string, string?>? settings = null, int? metricsPort = null)
-    {
-        var config = new Dictionary<string, string?>
-        {
-            ["Gateway:PluginsPath"] = pluginsPath,
-            ["Gateway:ArtifactsPath"] = Path.Combine(dataPath, "artifacts"),
-            ["Gateway:JobsPath"] = Path.Combine(dataPath, "jobs"),
-            ["Gateway:Auth:Enabled"] = "true",
-            ["Gateway:Auth:Keys:0:Name"] = "admin",
-            ["Gateway:Auth:Keys:0:Sha256"] = Hash(AdminKey),
-            ["Gateway:Auth:Keys:0:Roles:0"] = "admin",
-            ["Gateway:Auth:Keys:1:Name"] = "alice",
-            ["Gateway:Auth:Keys:1:Sha256"] = Hash(AliceKey),
-            ["Gateway:Auth:Keys:1:Roles:0"] = "analyze",
-            ["Gateway:Auth:Keys:2:Name"] = "reader",
-            ["Gateway:Auth:Keys:2:Sha256"] = Hash(ReaderKey),
-            ["Gateway:Auth:Keys:2:Roles:0"] = "read",
-            ["Gateway:RateLimit:RequestsPerSecond"] = "1000",
-            ["Gateway:RateLimit:Burst"] = "1000",
-            ["Kestrel:Endpoints:Grpc:Url"] = "http://127.0.0.1:0",
-            ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
-            ["Logging:LogLevel:Default"] = "Warning",
-        };
-        int i = 0;
-        foreach (var e in modelEndpoints)
-            config[$"Gateway:Models:tiny:Endpoints:{i++}"] = e;
-        if (metricsPort is int port)
-        {
-            config["Kestrel:Endpoints:Metrics:Url"] = $"http://127.0.0.1:{port}";
-            config["Kestrel:Endpoints:Metrics:Protocols"] = "Http1";
-        }
-        foreach (var (k, v) in settings ?? [])
-            config[k] = v;
-        var app = GatewayApp.Build([], b =>
-        {
-            // Not the gateway's own appsettings.json (copied into the test output).
-            b.Configuration.Sources.Clear();
-            b.Configuration.AddInMemoryCollection(config);
-        });
-        await app.StartAsync();
-        return (app, app.Urls.First(u => metricsPort is null || !u.EndsWith($":{metricsPort}", StringComparison.Ordinal)));
-    }
-
-    public static CallOptions As(string key, CancellationToken ct = default) =>
-        new(new Metadata { { "authorization", $"Bearer {key}" } }, cancellationToken: ct);
-
     /// <summary>A plugins folder with the sample, the misbehaving plugins and broken folders.</summary>
     public static async Task<string> PluginsFolderAsync()
     {
@@ -118,7 +38,6 @@ public static class Mesh
         }
     }
 
-    public static GrpcChannel Channel(string address) => Contracts.Channels.ForAddress(address);
 }
 
 /// <summary>One model service and one gateway in front of it, shared by a test class.</summary>
@@ -137,7 +56,7 @@ public sealed class MeshFixture : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
-        PluginsPath = await Mesh.PluginsFolderAsync();
+        PluginsPath = await TestPlugins.PluginsFolderAsync();
         (service, ServiceAddress) = await Mesh.StartModelServiceAsync(RepoPaths.Models("stories260K/stories260K.bin"));
         (gateway, GatewayAddress) = await Mesh.StartGatewayAsync([ServiceAddress], PluginsPath, DataPath, metricsPort: MetricsPort);
         Channel = Mesh.Channel(GatewayAddress);

@@ -27,7 +27,7 @@ public sealed class ResilienceTests
     [Fact]
     public async Task Per_key_rate_limits_and_job_quotas_answer_resource_exhausted_with_retry_info()
     {
-        var plugins = await Mesh.PluginsFolderAsync();
+        var plugins = await TestPlugins.PluginsFolderAsync();
         var (service, serviceAddress) = await Mesh.StartModelServiceAsync(RepoPaths.Models("stories260K/stories260K.bin"));
         var (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], plugins, TempDir(), new()
         {
@@ -129,7 +129,7 @@ public sealed class ResilienceTests
     [Fact]
     public async Task After_a_gateway_restart_finished_jobs_keep_their_results_and_running_ones_are_interrupted()
     {
-        var plugins = await Mesh.PluginsFolderAsync();
+        var plugins = await TestPlugins.PluginsFolderAsync();
         string data = TempDir();
         var (service, serviceAddress) = await Mesh.StartModelServiceAsync(RepoPaths.Models("stories260K/stories260K.bin"));
         string done, running;

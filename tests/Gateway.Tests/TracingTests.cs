@@ -36,7 +36,7 @@ public sealed class TracingTests
 
         var (service, serviceAddress) = await Mesh.StartModelServiceAsync(RepoPaths.Models("stories260K/stories260K.bin"),
             otlp.ToDictionary(kv => "ModelService:" + kv.Key, kv => kv.Value));
-        var plugins = await Mesh.PluginsFolderAsync();
+        var plugins = await TestPlugins.PluginsFolderAsync();
         var (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], plugins, Path.Combine(Path.GetTempPath(), "interpmesh-tr-" + Guid.NewGuid().ToString("N")),
             otlp.ToDictionary(kv => "Gateway:" + kv.Key, kv => kv.Value));
         string runTrace = Convert.ToHexStringLower(Guid.NewGuid().ToByteArray());

@@ -8,7 +8,7 @@ namespace InterpMesh.Plugins.Probing.Fitting;
 /// <para>L2 (<see cref="FitL2"/>): minimises mean log-loss + ‖w‖²/(2·C·n) — exactly scikit-learn's
 /// <c>LogisticRegression(C)</c> objective (C·Σloss + ½‖w‖², bias unpenalised) divided by C·n — with
 /// L-BFGS (10 pairs, Armijo backtracking). Converged when the largest gradient component is
-/// below 1e-7 or the objective changes by less than 1e-12 relative, at most 1000 iterations.</para>
+/// below 1e-7 (or the line search stalls), at most 1000 iterations.</para>
 /// <para>L1 (<see cref="FitL1"/>): mean log-loss + ‖w‖₁/(C·n) by FISTA with a step from the
 /// Lipschitz bound, 500 iterations; used to rank neurons.</para>
 /// </summary>
@@ -98,11 +98,12 @@ internal static class LogisticRegression
                     rho.RemoveAt(0);
                 }
             }
-            bool flat = Math.Abs(fx - fn) <= 1e-12 * Math.Max(1.0, Math.Abs(fx));
+            // Stalled: the line search could not decrease the objective any more.
+            bool stalled = fx - fn <= 1e-16 * Math.Max(1.0, Math.Abs(fx)) && step < 1e-10;
             theta = next;
             fx = fn;
             gx = gn;
-            if (flat)
+            if (stalled)
                 break;
         }
         return (theta[..(int)d].clone(), theta[d].item<double>(), iteration);

@@ -1,0 +1,174 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Grpc.Core;
+using InterpMesh.Contracts.V1;
+using InterpMesh.Gateway.Artifacts;
+using InterpMesh.Runtime.Architectures;
+using InterpMesh.Runtime.Execution;
+using InterpMesh.Runtime.Hooks;
+using InterpMesh.Runtime.Loading;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
+using static TorchSharp.torch;
+using HookPlan = InterpMesh.Runtime.Hooks.HookPlan;
+
+namespace InterpMesh.Plugins.Tests;
+
+/// <summary>The "concepts" toy model served by a model service behind a gateway that loads the built-in plugins.</summary>
+public sealed class ConceptsMeshFixture : IAsyncLifetime
+{
+    private WebApplication? service;
+    private WebApplication? gateway;
+
+    public string DataPath { get; } = Path.Combine(Path.GetTempPath(), "interpmesh-probe-" + Guid.NewGuid().ToString("N"));
+    public Grpc.Net.Client.GrpcChannel Channel { get; private set; } = null!;
+    public IServiceProvider GatewayServices => gateway!.Services;
+
+    public async Task InitializeAsync()
+    {
+        string address;
+        (service, address) = await Mesh.StartModelServiceAsync(RepoPaths.Models("concepts"));
+        // The built-in plugins lay themselves out in <repo>/plugins/ when they build.
+        (gateway, var gatewayAddress) = await Mesh.StartGatewayAsync([address], Path.Combine(RepoPaths.Root, "plugins"), DataPath);
+        Channel = Mesh.Channel(gatewayAddress);
+    }
+
+    public async Task DisposeAsync()
+    {
+        Channel.Dispose();
+        foreach (var app in new[] { gateway, service })
+        {
+            if (app is not null)
+            {
+                await app.StopAsync();
+                await app.DisposeAsync();
+            }
+        }
+    }
+}
+
+/// <summary>
+/// The probing plugin end to end on the "concepts" toy model, whose card says sentiment is
+/// linearly readable at the last token of "… . what a" from layer 0 on.
+/// </summary>
+public sealed class ProbingEndToEndTests(ConceptsMeshFixture mesh) : IClassFixture<ConceptsMeshFixture>
+{
+    private static readonly string[][] Nouns = [["dog", "cat", "bird", "horse"], ["apple", "cake", "pie", "soup"], ["ball", "game", "team", "race"]];
+    private static readonly string[] Positive = ["happy", "good", "bright", "warm", "kind"];
+    private static readonly string[] Negative = ["sad", "bad", "dark", "cold", "cruel"];
+
+    /// <summary>"the dogs are very happy . what a" → positive, in the toy grammar.</summary>
+    private static List<(string Text, string Label)> Sentiment(int n, int seed)
+    {
+        var rng = new Random(seed);
+        return [.. Enumerable.Range(0, n).Select(i =>
+        {
+            bool positive = i % 2 == 0, plural = rng.Next(2) == 0;
+            string noun = Nouns[rng.Next(3)][rng.Next(4)] + (plural ? "s" : "");
+            string adverb = rng.Next(2) == 0 ? "" : new[] { "very ", "so ", "quite " }[rng.Next(3)];
+            string adjective = (positive ? Positive : Negative)[rng.Next(5)];
+            return ($"the {noun} {(plural ? "are" : "is")} {adverb}{adjective} . what a", positive ? "positive" : "negative");
+        })];
+    }
+
+    private async Task<Job> Run(object parameters)
+    {
+        var client = new AnalysisService.AnalysisServiceClient(mesh.Channel);
+        using var call = client.RunAnalysis(new AnalysisRequest { Plugin = "probing", ParametersJson = JsonSerializer.Serialize(parameters) }, Mesh.As(Mesh.AliceKey));
+        Job? final = null;
+        await foreach (var e in call.ResponseStream.ReadAllAsync())
+            final = e.Finished ?? final;
+        return final!;
+    }
+
+    private static List<JsonElement> Rows(Job job, string table) =>
+        [.. JsonDocument.Parse(job.Result.Tables.Single(t => t.Name == table).RowsJson).RootElement.EnumerateArray()];
+
+    [Fact]
+    public async Task Sentiment_is_found_at_every_layer_with_a_depth_a_sparse_sweep_and_saved_probes()
+    {
+        var data = Sentiment(160, seed: 1);
+        var job = await Run(new
+        {
+            rows = data.Select(d => new { text = d.Text, label = d.Label }),
+            hooks = new[] { "blocks.*.hook_resid_post", "blocks.*.mlp.hook_post" },
+            position = "last",
+            holdout = 0.25,
+            seed = 3,
+            sparse = new { ks = new[] { 1, 2, 4, 8, 16, 64 }, top_neurons = 5 },
+            save_prefix = "probes/sentiment",
+        });
+        Assert.True(job.State == JobState.Succeeded, job.Error);
+        var perHook = Rows(job, "per_hook").ToDictionary(r => r[0].GetString()!);
+        // In forward order: a block's MLP output comes before its residual stream output.
+        Assert.Equal(["blocks.0.mlp.hook_post", "blocks.0.hook_resid_post", "blocks.1.mlp.hook_post", "blocks.1.hook_resid_post"], perHook.Keys);
+        foreach (var hook in new[] { "blocks.0.hook_resid_post", "blocks.1.hook_resid_post" })
+            Assert.True(perHook[hook][2].GetDouble() >= 0.95, $"{hook}: accuracy {perHook[hook][2]}");
+        var summary = JsonNode.Parse(job.Result.SummaryJson)!;
+        Assert.Equal(0, summary["concept_depth"]!["blocks.*.hook_resid_post"]!["layer"]!.GetValue<int>());
+        var perK = Rows(job, "per_k");
+        Assert.Equal(5 * 6, perK.Count);
+        Assert.Contains(perK, r => r[1].GetString() == "mean_diff" && r[2].GetInt32() == 64 && r[3].GetDouble() >= 0.9);
+        Assert.Equal(4, job.Result.Artifacts.Count);
+        Assert.Equal(["accuracy_by_layer", "f1_by_k"], job.Result.Figures.Select(f => f.Name));
+        Assert.All(job.Result.Figures, f => Assert.StartsWith("<svg", f.Content.ToStringUtf8(), StringComparison.Ordinal));
+
+        // Shuffled labels: nothing to find.
+        var rng = new Random(9);
+        var shuffled = await Run(new
+        {
+            rows = data.Select(d => new { text = d.Text, label = rng.Next(2) == 0 ? "x" : "y" }),
+            hooks = new[] { "blocks.1.hook_resid_post" },
+            seed = 3,
+            sparse = new { enabled = false },
+            save_probes = false,
+        });
+        Assert.True(shuffled.State == JobState.Succeeded, shuffled.Error);
+        Assert.InRange(Rows(shuffled, "per_hook")[0][2].GetDouble(), 0.2, 0.8);
+
+        // The saved probe, applied to new text through the plugin, gives what the stored weights give
+        // on activations computed here (second path: the runtime in this process).
+        var fresh = Sentiment(40, seed: 77);
+        var applied = await Run(new { mode = "apply", probe = "probes/sentiment/blocks.1.hook_resid_post", rows = fresh.Select(d => new { text = d.Text, label = d.Label }) });
+        Assert.True(applied.State == JobState.Succeeded, applied.Error);
+        Assert.True(JsonNode.Parse(applied.Result.SummaryJson)!["accuracy"]!.GetValue<double>() >= 0.95);
+        var store = mesh.GatewayServices.GetRequiredService<ArtifactStore>();
+        var weights = await store.LoadTensorsAsync("probes/sentiment/blocks.1.hook_resid_post");
+        using var model = ModelLoader.Load(RepoPaths.Models("concepts"));
+        var predictions = Rows(applied, "predictions");
+        using (inference_mode())
+        using (NewDisposeScope())
+        {
+            for (int i = 0; i < fresh.Count; i++)
+            {
+                var (ids, mask) = TokenBatch.Pad([model.RequireTokenizer().Encode(fresh[i].Text)], PaddingSide.Right);
+                TorchSharp.torch.Tensor? last = null;
+                model.Transformer.Forward(ids, mask, HookPlan.Build(model.Transformer.Hooks, [new CaptureRequest(["blocks.1.hook_resid_post"], InterpMesh.Runtime.Hooks.PositionSelection.Last)], null),
+                    (_, t) => last = t.to(ScalarType.Float64).reshape(-1), LogitsMode.None);
+                var z = (last! - weights["mean"]) / weights["std"];
+                double p = (z.dot(weights["weight"][0]) + weights["bias"][0]).sigmoid().item<double>();
+                Assert.True(Math.Abs(p - predictions[i][4].GetDouble()) < 1e-5, $"row {i}: p(positive) {predictions[i][4]} from the plugin, {p} recomputed");
+                Assert.Equal(p > 0.5 ? "positive" : "negative", predictions[i][2].GetString());
+            }
+        }
+    }
+
+    [Theory]
+    [InlineData("""{"rows": []}""", "the dataset is empty")]
+    [InlineData("""{"rows": [{"text": "the dog is happy . what a", "label": "a"}, {"text": "the cat is sad . what a", "label": "a"}]}""", "every row has the label 'a'")]
+    [InlineData("""{"texts": ["the dog is happy . what a", "the cat is sad . what a"], "labels": ["p"]}""", "texts has 2 entries but labels has 1")]
+    [InlineData("""{"texts": ["the dog is happy", "the cat is sad", "the dog is good", "the cat is bad"], "labels": [1, 0, 1, 0], "hooks": ["blocks.0.hook_resid_pots"]}""", "hook 'blocks.0.hook_resid_pots' matches no hook of this model; closest: blocks.0.hook_resid_post")]
+    [InlineData("""{"rows": [{"text": "the dog is happy", "label": 1, "target_index": 2}, {"text": "the cat is sad", "label": 0, "target_index": 9}, {"text": "the dog is good", "label": 1, "target_index": 1}, {"text": "the cat is bad", "label": 0, "target_index": 1}], "position": "target"}""", "row 1: target token 9 is outside its 5 tokens")]
+    [InlineData("""{"rows": [{"text": "", "label": 1}, {"text": "the cat is sad", "label": 0}]}""", "row 0 has an empty text")]
+    public async Task Bad_input_fails_the_job_as_invalid_argument_naming_the_row(string parameters, string message)
+    {
+        var client = new AnalysisService.AnalysisServiceClient(mesh.Channel);
+        using var call = client.RunAnalysis(new AnalysisRequest { Plugin = "probing", ParametersJson = parameters }, Mesh.As(Mesh.AliceKey));
+        Job? final = null;
+        await foreach (var e in call.ResponseStream.ReadAllAsync())
+            final = e.Finished ?? final;
+        Assert.Equal(JobState.Failed, final!.State);
+        Assert.Equal("INVALID_ARGUMENT", final.ErrorCode);
+        Assert.Contains(message, final.Error, StringComparison.Ordinal);
+    }
+}
