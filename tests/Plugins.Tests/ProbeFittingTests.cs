@@ -46,7 +46,7 @@ public sealed class ProbeFittingTests
 
             string input = Path.Combine(Path.GetTempPath(), $"probe-ref-{Guid.NewGuid():N}.json");
             File.WriteAllText(input, JsonSerializer.Serialize(new { x_train = Pick(x, train), y_train = Pick(y, train), x_test = Pick(x, test), y_test = Pick(y, test), c }));
-            var psi = new ProcessStartInfo("/usr/bin/python3", [Path.Combine(AppContext.BaseDirectory, "python", "sklearn_logreg.py"), input]) { RedirectStandardOutput = true, RedirectStandardError = true };
+            var psi = new ProcessStartInfo("/usr/bin/python3", [Path.Combine(RepoPaths.Root, "bench", "probing", "sklearn_logreg.py"), input]) { RedirectStandardOutput = true, RedirectStandardError = true };
             using var p = Process.Start(psi)!;
             string stdout = p.StandardOutput.ReadToEnd(), stderr = p.StandardError.ReadToEnd();
             p.WaitForExit();

@@ -95,8 +95,11 @@ public sealed partial class ProbingPlugin : IAnalysisPlugin
         var splits = folds >= 2 ? Splits.KFold(labels, folds, seed) : [Splits.Holdout(labels, Number(p, "holdout") ?? 0.25, seed)];
         double[] grid = Number(p, "c") is double fixedC ? [fixedC] : p.TryGetProperty("c_grid", out var g) ? [.. g.EnumerateArray().Select(x => x.GetDouble())] : DefaultGrid;
 
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         var (hooks, features) = await ActivationCollector.CollectAsync(context.Model, info, rows, Strings(p, "hooks") ?? [.. DefaultHooks], position, batchSize,
             done => context.ReportProgress(0.4 * done / rows.Count, $"activations {done}/{rows.Count}"), ct);
+        double activationSeconds = clock.Elapsed.TotalSeconds;
+        clock.Restart();
 
         // Dense probes per hook.
         var dense = new Dictionary<string, (ProbeMetrics Metrics, double C, Probe Probe)>();
@@ -116,6 +119,8 @@ public sealed partial class ProbingPlugin : IAnalysisPlugin
             context.ReportProgress(0.4 + 0.4 * (h + 1) / hooks.Count, $"probe {h + 1}/{hooks.Count}: {hooks[h]}");
         }
         string best = hooks.OrderByDescending(h => dense[h].Metrics.Accuracy).ThenBy(hooks.IndexOf).First();
+        double denseSeconds = clock.Elapsed.TotalSeconds;
+        clock.Restart();
 
         // Concept depth per kind of hook.
         double threshold = Number(p, "depth_threshold") ?? 0.9;
@@ -183,6 +188,7 @@ public sealed partial class ProbingPlugin : IAnalysisPlugin
                 sparseSummary[hook] = hookSummary;
             }
         }
+        double sparseSeconds = clock.Elapsed.TotalSeconds;
         context.ReportProgress(0.95, "saving probes");
 
         // Probe artifacts.
@@ -238,6 +244,7 @@ public sealed partial class ProbingPlugin : IAnalysisPlugin
                 ["best_accuracy"] = dense[best].Metrics.Accuracy,
                 ["concept_depth"] = depth,
                 ["top_neurons"] = sparseSummary,
+                ["seconds"] = new JsonObject { ["activations"] = activationSeconds, ["dense_probes"] = denseSeconds, ["sparse_probes"] = sparseSeconds },
             },
             Tables =
             [

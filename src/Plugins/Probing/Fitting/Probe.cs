@@ -26,25 +26,39 @@ internal sealed class Probe
     /// <summary>Fits on raw activation rows (all neurons, or those in <paramref name="neurons"/>).</summary>
     public static Probe Fit(float[][] rows, int[] labels, string[] classes, double c, string hook, string position, int[]? neurons = null)
     {
-        using var scope = NewDisposeScope();
-        var x = Matrix(rows, neurons);
-        var mean = x.mean([0]);
-        var std = x.std([0], unbiased: false).clamp_min(1e-8);
-        var z = (x - mean) / std;
+        // Plain arrays throughout: the solver runs its own threads, and torch's would only compete.
+        int n = rows.Length, d = neurons?.Length ?? rows[0].Length;
+        var mean = new double[d];
+        var std = new double[d];
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < d; j++)
+                mean[j] += rows[i][neurons?[j] ?? j];
+        for (int j = 0; j < d; j++)
+            mean[j] /= n;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < d; j++)
+            {
+                double v = rows[i][neurons?[j] ?? j] - mean[j];
+                std[j] += v * v;
+            }
+        for (int j = 0; j < d; j++)
+            std[j] = Math.Max(Math.Sqrt(std[j] / n), 1e-8);
+        var z = new float[n * d];
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < d; j++)
+                z[i * d + j] = (float)((rows[i][neurons?[j] ?? j] - mean[j]) / std[j]);
         var weights = new List<double[]>();
         var bias = new List<double>();
         foreach (int positive in classes.Length == 2 ? [1] : Enumerable.Range(0, classes.Length))
         {
-            var y = tensor(labels.Select(l => l == positive ? 1.0 : 0.0).ToArray(), ScalarType.Float64);
-            var (w, b, _) = LogisticRegression.FitL2(z, y, c);
-            weights.Add(w.data<double>().ToArray());
+            var (w, b, _) = LogisticRegression.FitL2(z, n, d, [.. labels.Select(l => l == positive ? 1.0 : 0.0)], c);
+            weights.Add(w);
             bias.Add(b);
         }
         return new Probe
         {
             Hook = hook, Position = position, Classes = classes, C = c, Neurons = neurons,
-            Mean = mean.data<double>().ToArray(), Std = std.data<double>().ToArray(),
-            Weights = [.. weights], Bias = [.. bias],
+            Mean = mean, Std = std, Weights = [.. weights], Bias = [.. bias],
         };
     }
 

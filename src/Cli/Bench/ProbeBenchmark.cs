@@ -1,0 +1,169 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Grpc.Core;
+using InterpMesh.Cli.CommandLine;
+using InterpMesh.Cli.Local;
+using InterpMesh.Contracts.V1;
+using InterpMesh.Gateway.Hosting;
+using InterpMesh.ModelService.Hosting;
+using InterpMesh.Plugins.Probing.Fitting;
+using InterpMesh.Runtime.Architectures;
+using InterpMesh.Runtime.Execution;
+using InterpMesh.ToyModels.Export;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace InterpMesh.Cli.Bench;
+
+/// <summary>
+/// <c>interpmesh bench probe</c> (run from a checkout): (1) the probing plugin's logistic
+/// regression against scikit-learn's on the same synthetic activations and split (accuracy and fit
+/// time); (2) a layer sweep through the gateway on a GPT-2-small-shaped model, split into the time
+/// spent getting activations and the time spent fitting probes.
+/// </summary>
+internal static class ProbeBenchmark
+{
+    public static int Run(CliArgs args, TextWriter stdout)
+    {
+        int n = args.Int("n", min: 20) ?? 2000;
+        int d = args.Int("d", min: 2) ?? 768;
+        int texts = args.Int("texts", min: 8) ?? 128;
+        int threads = TorchRuntime.Initialize(args.Int("threads", min: 1));
+        bool json = args.Flag("json");
+        args.RejectUnknown("bench probe");
+        string root = FindRepo();
+        var result = new Dictionary<string, object?> { ["threads"] = threads };
+
+        // (1) Solver against scikit-learn.
+        var rng = new Random(1);
+        double Gauss() => Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble());
+        var y = Enumerable.Range(0, n).Select(i => i % 2).ToArray();
+        var x = y.Select(label => Enumerable.Range(0, d).Select(j => (float)(Gauss() + (j < 8 ? (label == 1 ? 0.25 : -0.25) : 0))).ToArray()).ToArray();
+        var (train, test) = Splits.Holdout(y, 0.25, seed: 2);
+        float[][] Xs(int[] idx) => [.. idx.Select(i => x[i])];
+        int[] Ys(int[] idx) => [.. idx.Select(i => y[i])];
+        var times = new List<double>();
+        Probe probe = Probe.Fit(Xs(train), Ys(train), ["0", "1"], 1.0, "h", "last"); // warm-up (JIT)
+        for (int r = 0; r < 5; r++)
+        {
+            var sw = Stopwatch.StartNew();
+            probe = Probe.Fit(Xs(train), Ys(train), ["0", "1"], 1.0, "h", "last");
+            times.Add(sw.Elapsed.TotalSeconds);
+        }
+        var scores = probe.Scores(Xs(test));
+        double ours = ProbeMetrics.Of(Ys(test), Probe.Predict(scores), scores, 2).Accuracy;
+        string input = Path.Combine(Path.GetTempPath(), $"probe-bench-{Guid.NewGuid():N}.json");
+        File.WriteAllText(input, JsonSerializer.Serialize(new { x_train = Xs(train), y_train = Ys(train), x_test = Xs(test), y_test = Ys(test), c = 1.0 }));
+        var psi = new ProcessStartInfo("/usr/bin/python3", [Path.Combine(root, "bench", "probing", "sklearn_logreg.py"), input]) { RedirectStandardOutput = true };
+        psi.Environment["OMP_NUM_THREADS"] = threads.ToString();
+        psi.Environment["OPENBLAS_NUM_THREADS"] = threads.ToString();
+        using (var py = Process.Start(psi)!)
+        {
+            var reference = JsonNode.Parse(py.StandardOutput.ReadToEnd())!;
+            py.WaitForExit();
+            double sk = reference["seconds"]!.GetValue<double>();
+            double ourTime = times.Order().ElementAt(2);
+            result["solver_n_d"] = $"{train.Length}x{d}";
+            result["interpmesh_fit_s"] = ourTime;
+            result["sklearn_fit_s"] = sk;
+            result["fit_time_ratio_interpmesh_vs_sklearn"] = ourTime / sk;
+            result["interpmesh_accuracy"] = ours;
+            result["sklearn_accuracy"] = reference["accuracy"]!.GetValue<double>();
+        }
+        File.Delete(input);
+
+        // (2) A layer sweep through the gateway: where does the time go?
+        string dir = Path.Combine(Path.GetTempPath(), "interpmesh-bench-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            var config = Presets.Config("gpt2-small");
+            using (var worker = new TorchWorker())
+            {
+                worker.Run(() =>
+                {
+                    using var model = Presets.CreateRandom(config, seed: 1234);
+                    HfCheckpointWriter.Save(model, dir);
+                    return 0;
+                });
+            }
+            foreach (var f in Directory.GetFiles(Path.Combine(root, "models", "gpt2-tokenizer")))
+                File.Copy(f, Path.Combine(dir, Path.GetFileName(f)), overwrite: true);
+            var service = ModelServiceApp.Build([], b =>
+            {
+                b.Configuration.Sources.Clear();
+                b.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
+                {
+                    ["ModelService:ModelPath"] = dir,
+                    ["ModelService:Threads"] = threads.ToString(),
+                    ["Kestrel:Endpoints:Grpc:Url"] = "http://127.0.0.1:0",
+                    ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
+                    ["Logging:LogLevel:Default"] = "Warning",
+                });
+            });
+            service.StartAsync().GetAwaiter().GetResult();
+            service.Services.GetRequiredService<ModelHost>().WhenLoaded.GetAwaiter().GetResult();
+            var gateway = GatewayApp.Build([], b =>
+            {
+                b.Configuration.Sources.Clear();
+                b.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
+                {
+                    ["Gateway:Models:bench:Endpoints:0"] = service.Urls.First(),
+                    ["Gateway:PluginsPath"] = Path.Combine(root, "plugins"),
+                    ["Gateway:ArtifactsPath"] = Path.Combine(dir, "artifacts"),
+                    ["Gateway:JobsPath"] = Path.Combine(dir, "jobs"),
+                    ["Gateway:Auth:Enabled"] = "false",
+                    ["Kestrel:Endpoints:Grpc:Url"] = "http://127.0.0.1:0",
+                    ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
+                    ["Logging:LogLevel:Default"] = "Error",
+                });
+            });
+            gateway.StartAsync().GetAwaiter().GetResult();
+            string[] words = ["the", "model", "reads", "a", "long", "story", "about", "cats", "and", "dogs", "in", "the", "park", "every", "day"];
+            var rows = Enumerable.Range(0, texts).Select(i => new { text = string.Join(' ', Enumerable.Range(0, 60).Select(_ => words[rng.Next(words.Length)])), label = i % 2 }).ToList();
+            using var channel = Contracts.Channels.ForAddress(gateway.Urls.First());
+            var client = new AnalysisService.AnalysisServiceClient(channel);
+            var total = Stopwatch.StartNew();
+            using var call = client.RunAnalysis(new AnalysisRequest
+            {
+                Plugin = "probing",
+                ParametersJson = JsonSerializer.Serialize(new { rows, hooks = new[] { "blocks.*.hook_resid_post" }, c = 1.0, sparse = new { enabled = false }, save_probes = false, batch_size = 16 }),
+            });
+            Job? final = null;
+            while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
+                final = call.ResponseStream.Current.Finished ?? final;
+            double seconds = total.Elapsed.TotalSeconds;
+            gateway.StopAsync().GetAwaiter().GetResult();
+            service.StopAsync().GetAwaiter().GetResult();
+            if (final?.State != JobState.Succeeded)
+                throw new InvalidOperationException($"the layer sweep failed: {final?.Error}");
+            var timing = JsonNode.Parse(final.Result.SummaryJson)!["seconds"]!;
+            result["sweep"] = $"{texts} texts x ~60 tokens, 12 resid_post hooks, gpt2-small shape";
+            result["sweep_total_s"] = seconds;
+            result["sweep_activations_s"] = timing["activations"]!.GetValue<double>();
+            result["sweep_dense_probes_s"] = timing["dense_probes"]!.GetValue<double>();
+        }
+        finally
+        {
+            if (Directory.Exists(dir))
+                Directory.Delete(dir, recursive: true);
+        }
+        if (json)
+            JsonOutput.Write(stdout, result);
+        else
+            foreach (var (k, v) in result)
+                stdout.WriteLine($"  {k,-40} {v}");
+        return 0;
+    }
+
+    private static string FindRepo()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "InterpMesh.sln")))
+                return dir.FullName;
+        }
+        throw new UsageException("bench probe runs from a checkout (it needs bench/probing, models/gpt2-tokenizer and the built plugins/)");
+    }
+}
