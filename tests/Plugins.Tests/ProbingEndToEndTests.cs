@@ -14,38 +14,8 @@ using HookPlan = InterpMesh.Runtime.Hooks.HookPlan;
 
 namespace InterpMesh.Plugins.Tests;
 
-/// <summary>The "concepts" toy model served by a model service behind a gateway that loads the built-in plugins.</summary>
-public sealed class ConceptsMeshFixture : IAsyncLifetime
-{
-    private WebApplication? service;
-    private WebApplication? gateway;
-
-    public string DataPath { get; } = Path.Combine(Path.GetTempPath(), "interpmesh-probe-" + Guid.NewGuid().ToString("N"));
-    public Grpc.Net.Client.GrpcChannel Channel { get; private set; } = null!;
-    public IServiceProvider GatewayServices => gateway!.Services;
-
-    public async Task InitializeAsync()
-    {
-        string address;
-        (service, address) = await Mesh.StartModelServiceAsync(RepoPaths.Models("concepts"));
-        // The built-in plugins lay themselves out in <repo>/plugins/ when they build.
-        (gateway, var gatewayAddress) = await Mesh.StartGatewayAsync([address], Path.Combine(RepoPaths.Root, "plugins"), DataPath);
-        Channel = Mesh.Channel(gatewayAddress);
-    }
-
-    public async Task DisposeAsync()
-    {
-        Channel.Dispose();
-        foreach (var app in new[] { gateway, service })
-        {
-            if (app is not null)
-            {
-                await app.StopAsync();
-                await app.DisposeAsync();
-            }
-        }
-    }
-}
+/// <summary>The "concepts" toy model behind a gateway with the built-in plugins.</summary>
+public sealed class ConceptsMeshFixture() : PluginMeshFixture(RepoPaths.Models("concepts"));
 
 /// <summary>
 /// The probing plugin end to end on the "concepts" toy model, whose card says sentiment is

@@ -1,0 +1,166 @@
+using System.Text.Json;
+using InterpMesh.Contracts.V1;
+
+namespace InterpMesh.Plugins.RetrievalHeads.Retrieval;
+
+/// <summary>One needle-in-a-haystack trial: the prompt, where the needle sits in it, and what recalling it means.</summary>
+/// <param name="Prompt">Token ids given to the model (context + question).</param>
+/// <param name="NeedleStart">First token of the needle in the prompt.</param>
+/// <param name="NeedleEnd">One past its last token.</param>
+/// <param name="ContextTokens">The grid's context length (prompt tokens).</param>
+/// <param name="Depth">The grid's needle depth, percent.</param>
+/// <param name="MaxNewTokens">Tokens to decode.</param>
+/// <param name="Reference">What the answer should contain: token ids (synthetic) …</param>
+/// <param name="ReferenceWords">… or words (text trials), for ROUGE-1 recall.</param>
+internal sealed record Trial(int[] Prompt, int NeedleStart, int NeedleEnd, int ContextTokens, double Depth, int MaxNewTokens, int[]? Reference, string[]? ReferenceWords);
+
+/// <summary>
+/// Builds the grid of trials. <b>Synthetic</b> (models that cannot read English, e.g. the toy
+/// models): key–value recall — <c>bos k₁ v₁ … kₚ vₚ sep kᵢ</c> → <c>vᵢ</c>; the needle is the
+/// value token vᵢ (the fact; its key is the address the question uses), its depth is the pair's
+/// place among the pairs, the context length is the number of pairs. <b>Text</b>: the caller's
+/// needle inserted into the caller's haystack at a depth (percent of the context, at a word
+/// boundary), truncated to each context length in tokens, followed by the question.
+/// </summary>
+internal static class Trials
+{
+    public static async Task<List<Trial>> BuildAsync(JsonElement p, IModelClient model, ModelInfo info, CancellationToken ct)
+    {
+        var depths = p.TryGetProperty("depths", out var d) ? d.EnumerateArray().Select(x => x.GetDouble()).ToList() : [0, 25, 50, 75, 100];
+        foreach (var depth in depths)
+        {
+            if (depth is < 0 or > 100)
+                throw new InvalidParametersException($"depth {depth} is outside 0–100 (percent of the context before the needle)");
+        }
+        int perCell = p.TryGetProperty("trials_per_cell", out var t) ? t.GetInt32() : 2;
+        int seed = p.TryGetProperty("seed", out var s) ? s.GetInt32() : 0;
+        return p.TryGetProperty("text", out var text)
+            ? await TextTrialsAsync(text, model, info, depths, ct)
+            : await SyntheticTrialsAsync(p.TryGetProperty("synthetic", out var syn) ? syn : default, model, info, depths, perCell, seed, ct);
+    }
+
+    private static int[] StripBos(int[] ids, ModelInfo info) => info.BosTokenId is int bos && ids.Length > 0 && ids[0] == bos ? ids[1..] : ids;
+
+    private static async Task<List<Trial>> SyntheticTrialsAsync(JsonElement syn, IModelClient model, ModelInfo info, List<double> depths, int perCell, int seed, CancellationToken ct)
+    {
+        var rng = new Random(seed);
+        async Task<int[]?> Single(string field)
+        {
+            if (syn.ValueKind != JsonValueKind.Object || !syn.TryGetProperty(field, out var list))
+                return null;
+            var words = list.EnumerateArray().Select(x => x.GetString()!).ToList();
+            var tokens = await model.TokenizeAsync(words, ct);
+            return [.. words.Select((w, i) => StripBos(tokens[i], info) is [var one] ? one
+                : throw new InvalidParametersException($"synthetic.{field}: '{w}' is {StripBos(tokens[i], info).Length} tokens, not one"))];
+        }
+        var pairCounts = syn.ValueKind == JsonValueKind.Object && syn.TryGetProperty("pairs", out var pc) ? pc.EnumerateArray().Select(x => x.GetInt32()).ToList() : [4, 8];
+        int maxPairs = pairCounts.Max();
+        var keys = await Single("keys");
+        var values = await Single("values");
+        var separator = await Single("separator");
+        if (keys is null || values is null)
+        {
+            // Any model: distinct random token ids (never BOS/EOS) as keys and values.
+            var pool = Enumerable.Range(0, info.VocabSize).Where(i => i != info.BosTokenId && i != info.EosTokenId).OrderBy(_ => rng.Next()).ToList();
+            if (pool.Count < 2 * maxPairs + 1)
+                throw new InvalidParametersException($"the vocabulary has {pool.Count} usable tokens, too few for {maxPairs} pairs");
+            keys ??= [.. pool.Take(maxPairs)];
+            values ??= [.. pool.Skip(maxPairs).Take(maxPairs)];
+            separator ??= [pool[2 * maxPairs]];
+        }
+        if (keys.Length < maxPairs)
+            throw new InvalidParametersException($"synthetic.keys has {keys.Length} keys; {maxPairs} pairs need as many distinct keys");
+        var trials = new List<Trial>();
+        foreach (int pairs in pairCounts)
+        {
+            foreach (double depth in depths)
+            {
+                for (int k = 0; k < perCell; k++)
+                {
+                    var ks = keys.OrderBy(_ => rng.Next()).Take(pairs).ToArray();
+                    var vs = Enumerable.Range(0, pairs).Select(_ => values[rng.Next(values.Length)]).ToArray();
+                    int target = (int)Math.Round(depth / 100 * (pairs - 1));
+                    var prompt = new List<int>();
+                    if (info.BosTokenId is int bos)
+                        prompt.Add(bos);
+                    int needle = 0;
+                    for (int i = 0; i < pairs; i++)
+                    {
+                        prompt.Add(ks[i]);
+                        if (i == target)
+                            needle = prompt.Count;
+                        prompt.Add(vs[i]);
+                    }
+                    prompt.AddRange(separator ?? []);
+                    prompt.Add(ks[target]);
+                    if (prompt.Count + 1 > info.ContextLength)
+                        throw new InvalidParametersException($"{pairs} pairs make a prompt of {prompt.Count} tokens plus the answer, longer than the model's context of {info.ContextLength}");
+                    trials.Add(new Trial([.. prompt], needle, needle + 1, pairs, depth, 1, [vs[target]], null));
+                }
+            }
+        }
+        return trials;
+    }
+
+    private static async Task<List<Trial>> TextTrialsAsync(JsonElement text, IModelClient model, ModelInfo info, List<double> depths, CancellationToken ct)
+    {
+        string Need(string f) => text.TryGetProperty(f, out var v) && v.GetString() is { Length: > 0 } x ? x : throw new InvalidParametersException($"text.{f} is required");
+        string needle = Need("needle"), question = Need("question"), haystack = Need("haystack");
+        var lengths = text.TryGetProperty("lengths", out var l) ? l.EnumerateArray().Select(x => x.GetInt32()).ToList() : [info.ContextLength / 2, info.ContextLength];
+        var tokenized = await model.TokenizeAsync([haystack, needle, question], ct);
+        var hay = StripBos(tokenized[0], info);
+        var needleTokens = StripBos(tokenized[1], info);
+        var questionTokens = StripBos(tokenized[2], info);
+        var needleWords = Words(needle);
+        int answerTokens = text.TryGetProperty("max_new_tokens", out var m) ? m.GetInt32() : needleTokens.Length + 4;
+        var trials = new List<Trial>();
+        foreach (int length in lengths)
+        {
+            if (length + answerTokens > info.ContextLength)
+                throw new InvalidParametersException($"context length {length} plus {answerTokens} answer tokens is longer than the model's context of {info.ContextLength}");
+            int budget = length - questionTokens.Length - needleTokens.Length - (info.BosTokenId is null ? 0 : 1);
+            if (budget < 1)
+                throw new InvalidParametersException($"context length {length} leaves no room for haystack around a {needleTokens.Length}-token needle and a {questionTokens.Length}-token question");
+            var filler = Enumerable.Range(0, budget).Select(i => hay[i % hay.Length]).ToArray();
+            string fillerText = (await model.DetokenizeAsync([filler], ct))[0];
+            foreach (double depth in depths)
+            {
+                // Insert at the word boundary nearest the depth.
+                int at = (int)Math.Round(depth / 100 * fillerText.Length);
+                while (at > 0 && at < fillerText.Length && fillerText[at - 1] != ' ')
+                    at--;
+                string context = fillerText[..at] + (at > 0 && fillerText[at - 1] != ' ' ? " " : "") + needle + " " + fillerText[at..];
+                var prompt = StripBos((await model.TokenizeAsync([context + " " + question], ct))[0], info);
+                if (info.BosTokenId is int bos)
+                    prompt = [bos, .. prompt];
+                int start = Find(prompt, needleTokens);
+                if (start < 0)
+                {
+                    var spaced = StripBos((await model.TokenizeAsync([" " + needle], ct))[0], info);
+                    start = Find(prompt, spaced);
+                    if (start >= 0)
+                        needleTokens = spaced;
+                }
+                if (start < 0)
+                    throw new InvalidParametersException($"the needle is not found in the tokenized context (length {length}, depth {depth}%): its tokens merge with the text around it; start and end it with a word boundary or punctuation");
+                if (prompt.Length + answerTokens > info.ContextLength)
+                    throw new InvalidParametersException($"the prompt at length {length} is {prompt.Length} tokens; with {answerTokens} answer tokens it exceeds the model's context of {info.ContextLength}");
+                trials.Add(new Trial(prompt, start, start + needleTokens.Length, length, depth, answerTokens, null, needleWords));
+            }
+        }
+        return trials;
+    }
+
+    private static int Find(int[] haystack, int[] needle)
+    {
+        for (int i = 0; i + needle.Length <= haystack.Length; i++)
+        {
+            if (haystack.AsSpan(i, needle.Length).SequenceEqual(needle))
+                return i;
+        }
+        return -1;
+    }
+
+    public static string[] Words(string text) =>
+        [.. text.ToLowerInvariant().Split((char[])[' ', '\t', '\n', '.', ',', ';', ':', '!', '?', '"', '\''], StringSplitOptions.RemoveEmptyEntries)];
+}

@@ -1,0 +1,235 @@
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using InterpMesh.Contracts.V1;
+using InterpMesh.Plugins.RetrievalHeads.Detection;
+using InterpMesh.Plugins.RetrievalHeads.Report;
+using InterpMesh.Plugins.RetrievalHeads.Retrieval;
+
+namespace InterpMesh.Plugins.RetrievalHeads;
+
+/// <summary>
+/// Finds the heads that copy from context: retrieval scores from needle-in-a-haystack trials
+/// (Wu et al. 2024), TransformerLens head-detector scores (previous-token, duplicate-token,
+/// induction), and validation by ablating the top heads against as many random ones.
+/// Definitions: docs/plugins/retrieval-heads.md.
+/// </summary>
+public sealed class RetrievalHeadsPlugin : IAnalysisPlugin
+{
+    public PluginManifest Manifest { get; } = new(
+        Id: "retrieval-heads",
+        Version: "1.0.0",
+        Description: "Retrieval heads (needle-in-a-haystack copy scores), previous-token/duplicate/induction head scores, and ablation of the top heads.",
+        SdkVersion: SdkVersion.Current,
+        ParameterSchema: JsonNode.Parse("""
+            {
+              "type": "object",
+              "additionalProperties": false,
+              "properties": {
+                "analyses": { "type": "array", "items": { "enum": ["retrieval", "detector", "ablation"] } },
+                "synthetic": { "type": "object", "additionalProperties": false, "properties": {
+                  "keys": { "type": "array", "items": { "type": "string" } },
+                  "values": { "type": "array", "items": { "type": "string" } },
+                  "separator": { "type": "array", "items": { "type": "string" }, "maxItems": 1 },
+                  "pairs": { "type": "array", "items": { "type": "integer", "minimum": 1 } } } },
+                "text": { "type": "object", "additionalProperties": false, "required": ["needle", "question", "haystack"], "properties": {
+                  "needle": { "type": "string" }, "question": { "type": "string" }, "haystack": { "type": "string" },
+                  "lengths": { "type": "array", "items": { "type": "integer", "minimum": 1 } },
+                  "max_new_tokens": { "type": "integer", "minimum": 1 } } },
+                "depths": { "type": "array", "items": { "type": "number" } },
+                "trials_per_cell": { "type": "integer", "minimum": 1 },
+                "seed": { "type": "integer" },
+                "recall_threshold": { "type": "number", "minimum": 0, "maximum": 1 },
+                "score_threshold": { "type": "number", "minimum": 0 },
+                "ablate_k": { "type": "integer", "minimum": 1 },
+                "detector": { "type": "object", "additionalProperties": false, "properties": {
+                  "prompts": { "type": "integer", "minimum": 1 },
+                  "length": { "type": "integer", "minimum": 2 },
+                  "tokens": { "type": "array", "items": { "type": "string" } },
+                  "exclude_bos": { "type": "boolean" },
+                  "exclude_current_token": { "type": "boolean" } } },
+                "save_trials": { "type": "boolean" }
+              }
+            }
+            """)!.AsObject(),
+        Produces: ["table:per_head", "table:ranked", "table:ablation", "figure:retrieval_heatmap", "figure:induction_heatmap", "artifact:trials"]);
+
+    public async Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context)
+    {
+        var p = parameters;
+        var ct = context.Cancellation;
+        var info = await context.Model.GetInfoAsync(ct);
+        var analyses = p.TryGetProperty("analyses", out var a) ? a.EnumerateArray().Select(x => x.GetString()!).ToHashSet() : ["retrieval", "detector", "ablation"];
+        double recallThreshold = p.TryGetProperty("recall_threshold", out var rt) ? rt.GetDouble() : 0.5;
+        double scoreThreshold = p.TryGetProperty("score_threshold", out var st) ? st.GetDouble() : 0.1;
+        int seed = p.TryGetProperty("seed", out var sd) ? sd.GetInt32() : 0;
+        int layers = info.NLayers, heads = info.NHeads;
+        var summary = new JsonObject { ["model"] = context.Model.Name, ["layers"] = layers, ["heads_per_layer"] = heads };
+        var figures = new List<ResultFigure>();
+        var artifacts = new List<string>();
+        var tables = new List<ResultTable>();
+        double[,]? retrieval = null;
+        var detector = new Dictionary<string, double[,]>();
+
+        if (analyses.Contains("detector"))
+        {
+            detector = await DetectAsync(p.TryGetProperty("detector", out var det) ? det : default, context.Model, info, seed, ct);
+            foreach (var (kind, scores) in detector)
+                summary[$"top_{kind}_heads"] = new JsonArray([.. Ranked(scores).Take(4).Select(x => (JsonNode)Label(x.Layer, x.Head))]);
+            figures.Add(new ResultFigure("induction_heatmap", "image/svg+xml", Heatmap.Svg("Induction score", detector["induction"]), "Induction score per head (layer × head)"));
+            figures.Add(new ResultFigure("previous_token_heatmap", "image/svg+xml", Heatmap.Svg("Previous-token score", detector["previous_token"]), "Previous-token score per head"));
+            context.ReportProgress(analyses.Contains("retrieval") ? 0.2 : 1, "head detector done");
+        }
+
+        List<TrialResult>? results = null;
+        if (analyses.Contains("retrieval") || analyses.Contains("ablation"))
+        {
+            var trials = await Trials.BuildAsync(p, context.Model, info, ct);
+            results = [];
+            for (int i = 0; i < trials.Count; i++)
+            {
+                results.Add(await RetrievalScorer.RunAsync(context.Model, info, trials[i], [], recallThreshold, score: true, ct));
+                context.ReportProgress(0.2 + 0.5 * (i + 1) / trials.Count, $"trial {i + 1}/{trials.Count}");
+            }
+            var counted = results.Where(r => r.Recalled).ToList();
+            retrieval = new double[layers, heads];
+            foreach (var r in counted)
+                for (int l = 0; l < layers; l++)
+                    for (int h = 0; h < heads; h++)
+                        retrieval[l, h] += r.Hits[l, h] / counted.Count;
+            var passing = Ranked(retrieval).Where(x => x.Score > scoreThreshold).ToList();
+            summary["trials"] = trials.Count;
+            summary["trials_recalled"] = counted.Count;
+            summary["recall_accuracy"] = counted.Count / (double)trials.Count;
+            summary["score_threshold"] = scoreThreshold;
+            summary["retrieval_heads"] = new JsonArray([.. passing.Select(x => (JsonNode)Label(x.Layer, x.Head))]);
+            summary["retrieval_head_share"] = passing.Count / (double)(layers * heads);
+            tables.Add(new ResultTable("ranked", ["rank", "head", "layer", "index", "retrieval_score", "retrieval_head"],
+                [.. Ranked(retrieval).Select((x, i) => (IReadOnlyList<JsonNode?>)[i + 1, Label(x.Layer, x.Head), x.Layer, x.Head, x.Score, x.Score > scoreThreshold])]));
+            figures.Insert(0, new ResultFigure("retrieval_heatmap", "image/svg+xml", Heatmap.Svg("Retrieval score", retrieval), $"Retrieval score per head over {counted.Count} recalled trials"));
+
+            if (analyses.Contains("ablation"))
+            {
+                int k = p.TryGetProperty("ablate_k", out var ak) ? ak.GetInt32() : Math.Max(1, passing.Count);
+                var top = Ranked(retrieval).Take(k).Select(x => (x.Layer, x.Head)).ToList();
+                var rng = new Random(seed + 1);
+                var random = Enumerable.Range(0, layers * heads).Select(i => (Layer: i / heads, Head: i % heads)).Where(x => !top.Contains(x)).OrderBy(_ => rng.Next()).Take(k).ToList();
+                var rows = new List<IReadOnlyList<JsonNode?>> { (IReadOnlyList<JsonNode?>)["none", "", counted.Count / (double)trials.Count] };
+                var ablation = new JsonObject { ["k"] = k, ["baseline"] = counted.Count / (double)trials.Count };
+                foreach (var (name, set) in new[] { ("top", top), ("random", random) })
+                {
+                    int recalled = 0;
+                    for (int i = 0; i < trials.Count; i++)
+                    {
+                        var r = await RetrievalScorer.RunAsync(context.Model, info, trials[i], Ablation(set), recallThreshold, score: false, ct);
+                        recalled += r.Recalled ? 1 : 0;
+                    }
+                    double accuracy = recalled / (double)trials.Count;
+                    rows.Add([name, string.Join(" ", set.Select(x => Label(x.Layer, x.Head))), accuracy]);
+                    ablation[name] = accuracy;
+                    ablation[$"{name}_heads"] = new JsonArray([.. set.Select(x => (JsonNode)Label(x.Layer, x.Head))]);
+                    context.ReportProgress(name == "top" ? 0.85 : 0.95, $"ablation of {k} {name} heads done");
+                }
+                ablation["drop_top"] = ablation["baseline"]!.GetValue<double>() - ablation["top"]!.GetValue<double>();
+                ablation["drop_random"] = ablation["baseline"]!.GetValue<double>() - ablation["random"]!.GetValue<double>();
+                summary["ablation"] = ablation;
+                tables.Add(new ResultTable("ablation", ["ablated", "heads", "recall_accuracy"], rows));
+            }
+
+            if (!p.TryGetProperty("save_trials", out var save) || save.GetBoolean())
+            {
+                var raw = new JsonArray([.. results.Select(r => (JsonNode)new JsonObject
+                {
+                    ["context_tokens"] = r.Trial.ContextTokens,
+                    ["depth"] = r.Trial.Depth,
+                    ["prompt"] = new JsonArray([.. r.Trial.Prompt.Select(t => (JsonNode)t)]),
+                    ["needle"] = new JsonArray(r.Trial.NeedleStart, r.Trial.NeedleEnd),
+                    ["generated"] = new JsonArray([.. r.Generated.Select(t => (JsonNode)t)]),
+                    ["generated_text"] = r.GeneratedText,
+                    ["recall"] = r.Recall,
+                    ["recalled"] = r.Recalled,
+                    ["hits"] = new JsonArray([.. Enumerable.Range(0, layers).Select(l => (JsonNode)new JsonArray([.. Enumerable.Range(0, heads).Select(h => (JsonNode)r.Hits[l, h])]))]),
+                })]);
+                string name = $"retrieval-heads/{context.JobId}/trials";
+                await context.Artifacts.SaveFilesAsync(name, new Dictionary<string, byte[]> { ["trials.json"] = Encoding.UTF8.GetBytes(raw.ToJsonString()) },
+                    new JsonObject { ["model"] = context.Model.Name, ["trials"] = results.Count }, ct);
+                artifacts.Add(name);
+            }
+        }
+
+        var perHook = new List<IReadOnlyList<JsonNode?>>();
+        for (int l = 0; l < layers; l++)
+        {
+            for (int h = 0; h < heads; h++)
+            {
+                perHook.Add([l, h, Label(l, h), retrieval?[l, h],
+                    detector.TryGetValue("previous_token", out var pt) ? pt[l, h] : null,
+                    detector.TryGetValue("duplicate_token", out var dt) ? dt[l, h] : null,
+                    detector.TryGetValue("induction", out var ind) ? ind[l, h] : null]);
+            }
+        }
+        tables.Insert(0, new ResultTable("per_head", ["layer", "head", "label", "retrieval", "previous_token", "duplicate_token", "induction"], perHook));
+        context.ReportProgress(1, "done");
+        return new PluginResult { Summary = summary, Tables = tables, Figures = figures, Artifacts = artifacts };
+    }
+
+    private static string Label(int layer, int head) => $"L{layer}H{head}";
+
+    private static List<(int Layer, int Head, double Score)> Ranked(double[,] scores) =>
+        [.. Enumerable.Range(0, scores.GetLength(0)).SelectMany(l => Enumerable.Range(0, scores.GetLength(1)).Select(h => (l, h, scores[l, h])))
+            .OrderByDescending(x => x.Item3).ThenBy(x => x.l).ThenBy(x => x.h)];
+
+    /// <summary>Zero-ablation of the heads' outputs (hook_z), one intervention per layer.</summary>
+    private static IEnumerable<Contracts.V1.Intervention> Ablation(IEnumerable<(int Layer, int Head)> set) =>
+        set.GroupBy(x => x.Layer).Select(g => new Contracts.V1.Intervention { Hook = $"blocks.{g.Key}.attn.hook_z", Op = InterventionOp.ZeroAblate, Heads = { g.Select(x => x.Head) } });
+
+    /// <summary>Head-detector scores on repeated random sequences: bos + r + r (TransformerLens' standard induction probe).</summary>
+    private static async Task<Dictionary<string, double[,]>> DetectAsync(JsonElement d, IModelClient model, ModelInfo info, int seed, CancellationToken ct)
+    {
+        bool Flag(string f) => d.ValueKind == JsonValueKind.Object && d.TryGetProperty(f, out var v) && v.GetBoolean();
+        int prompts = d.ValueKind == JsonValueKind.Object && d.TryGetProperty("prompts", out var pr) ? pr.GetInt32() : 16;
+        int bos = info.BosTokenId is null ? 0 : 1;
+        int length = d.ValueKind == JsonValueKind.Object && d.TryGetProperty("length", out var le) ? le.GetInt32() : Math.Min(20, (info.ContextLength - bos) / 2);
+        if (2 * length + bos > info.ContextLength)
+            throw new InvalidParametersException($"detector.length {length} repeated twice is longer than the model's context of {info.ContextLength}");
+        int[] pool;
+        if (d.ValueKind == JsonValueKind.Object && d.TryGetProperty("tokens", out var tk))
+        {
+            var words = tk.EnumerateArray().Select(x => x.GetString()!).ToList();
+            var ids = await model.TokenizeAsync(words, ct);
+            pool = [.. ids.Select((t, i) => (info.BosTokenId is int b && t.Length > 0 && t[0] == b ? t[1..] : t) is [var one] ? one
+                : throw new InvalidParametersException($"detector.tokens: '{words[i]}' is not a single token"))];
+        }
+        else
+        {
+            pool = [.. Enumerable.Range(0, info.VocabSize).Where(i => i != info.BosTokenId && i != info.EosTokenId)];
+        }
+        var rng = new Random(seed);
+        var tokens = new List<long[]>();
+        var request = new RunRequest { Captures = { new Capture { Hooks = { "blocks.*.attn.hook_pattern" } } } };
+        for (int i = 0; i < prompts; i++)
+        {
+            var r = Enumerable.Range(0, length).Select(_ => pool[rng.Next(pool.Length)]).ToArray();
+            int[] row = [.. (info.BosTokenId is int b ? new[] { b } : []), .. r, .. r];
+            tokens.Add([.. row.Select(x => (long)x)]);
+            request.Inputs.Add(new Input { Tokens = new TokenIds { Ids = { row } } });
+        }
+        var scores = HeadDetector.Kinds.ToDictionary(k => k, _ => new double[info.NLayers, info.NHeads]);
+        await foreach (var output in model.RunAsync(request, ct))
+        {
+            if (output.Activation is not { } pattern)
+                continue;
+            using (pattern)
+            {
+                int layer = int.Parse(output.Hook!.Split('.')[1], System.Globalization.CultureInfo.InvariantCulture);
+                foreach (var kind in HeadDetector.Kinds)
+                {
+                    var s = HeadDetector.Score(pattern, tokens, kind, Flag("exclude_bos"), Flag("exclude_current_token"));
+                    for (int h = 0; h < s.Length; h++)
+                        scores[kind][layer, h] = s[h];
+                }
+            }
+        }
+        return scores;
+    }
+}

@@ -1,0 +1,52 @@
+using Grpc.Core;
+using InterpMesh.Contracts.V1;
+using Microsoft.AspNetCore.Builder;
+
+namespace InterpMesh.Plugins.Tests;
+
+/// <summary>A model service for one model and a gateway in front of it that loads the built-in plugins.</summary>
+public abstract class PluginMeshFixture(string modelPath) : IAsyncLifetime
+{
+    private WebApplication? service;
+    private WebApplication? gateway;
+
+    public string DataPath { get; } = Path.Combine(Path.GetTempPath(), "interpmesh-plugin-" + Guid.NewGuid().ToString("N"));
+    public Grpc.Net.Client.GrpcChannel Channel { get; private set; } = null!;
+    public IServiceProvider GatewayServices => gateway!.Services;
+
+    /// <summary>The model to serve; a derived fixture may create it first.</summary>
+    protected virtual Task<string> ModelPathAsync() => Task.FromResult(modelPath);
+
+    public async Task InitializeAsync()
+    {
+        string address;
+        (service, address) = await Mesh.StartModelServiceAsync(await ModelPathAsync());
+        // The built-in plugins lay themselves out in <repo>/plugins/ when they build.
+        (gateway, var gatewayAddress) = await Mesh.StartGatewayAsync([address], Path.Combine(RepoPaths.Root, "plugins"), DataPath);
+        Channel = Mesh.Channel(gatewayAddress);
+    }
+
+    /// <summary>Runs an analysis to its end and returns the final job record.</summary>
+    public async Task<Job> RunAsync(string plugin, string parametersJson)
+    {
+        var client = new AnalysisService.AnalysisServiceClient(Channel);
+        using var call = client.RunAnalysis(new AnalysisRequest { Plugin = plugin, ParametersJson = parametersJson }, Mesh.As(Mesh.AliceKey));
+        Job? final = null;
+        await foreach (var e in call.ResponseStream.ReadAllAsync())
+            final = e.Finished ?? final;
+        return final!;
+    }
+
+    public async Task DisposeAsync()
+    {
+        Channel.Dispose();
+        foreach (var app in new[] { gateway, service })
+        {
+            if (app is not null)
+            {
+                await app.StopAsync();
+                await app.DisposeAsync();
+            }
+        }
+    }
+}
