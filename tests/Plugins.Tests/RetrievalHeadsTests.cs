@@ -115,7 +115,9 @@ public sealed class RandomModelRetrievalTests(RandomMeshFixture mesh) : IClassFi
         Assert.True(job.State == JobState.Succeeded, job.Error);
         var summary = JsonNode.Parse(job.Result.SummaryJson)!;
         Assert.Empty(summary["retrieval_heads"]!.AsArray());
-        var rows = JsonDocument.Parse(job.Result.Tables.Single(t => t.Name == "per_head").RowsJson).RootElement.EnumerateArray();
+        var rows = JsonDocument.Parse(job.Result.Tables.Single(t => t.Name == "per_head").RowsJson).RootElement.EnumerateArray().ToList();
+        // Grouped-query attention (8 query heads sharing 2 key/value heads): scored per query head.
+        Assert.Equal(2 * 8, rows.Count);
         Assert.All(rows, r => Assert.True(r[3].GetDouble() <= 0.1));
     }
 }

@@ -30,6 +30,7 @@ public static class CliApp
                                  [--batch-window-ms W] [--iters I] [--json]
           interpmesh bench gateway --preset gpt2-small --batch B --seq T [--iters I] [--unary N] [--threads N] [--json]
           interpmesh bench probe   [--n N --d D] [--texts T] [--threads N] [--json]
+          interpmesh bench retrieval [--trials N] [--threads N] [--json]
 
         PATH is a Hugging Face folder (config.json + model.safetensors) or a llama2.c .bin (tokenizer:
         --tokenizer, or tokenizer.bin / a single tok*.bin beside it). Common options: --threads N,
@@ -50,12 +51,13 @@ public static class CliApp
             string[] rest = args[1..];
             if (command == "bench")
             {
-                return rest.Length == 0 ? throw new UsageException("bench needs a benchmark name: `interpmesh bench forward|stream|gateway|probe ...`")
+                return rest.Length == 0 ? throw new UsageException("bench needs a benchmark name: `interpmesh bench forward|stream|gateway|probe|retrieval ...`")
                     : rest[0] == "forward" ? ForwardBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "stream" ? StreamBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "gateway" ? GatewayBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "probe" ? ProbeBenchmark.Run(Parse(rest[1..]), stdout)
-                    : throw new UsageException($"unknown benchmark '{rest[0]}'; benchmarks: forward, stream, gateway, probe");
+                    : rest[0] == "retrieval" ? RetrievalBenchmark.Run(Parse(rest[1..]), stdout)
+                    : throw new UsageException($"unknown benchmark '{rest[0]}'; benchmarks: forward, stream, gateway, probe, retrieval");
             }
             if (command == "train-toy")
             {
