@@ -1,0 +1,325 @@
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using InterpMesh.Contracts.V1;
+using InterpMesh.Plugins.Steering.Export;
+using InterpMesh.Plugins.Steering.Vectors;
+using TorchSharp;
+
+namespace InterpMesh.Plugins.Steering;
+
+/// <summary>
+/// Steering vectors (contrastive mean difference, as CAA/ActAdd; first principal component of the
+/// paired differences, as repeng), their application with a coefficient sweep, function vectors
+/// (Todd et al. 2024), and export as a llama.cpp GGUF control vector. Definitions:
+/// docs/plugins/steering.md.
+/// </summary>
+public sealed class SteeringPlugin : IAnalysisPlugin
+{
+    public PluginManifest Manifest { get; } = new(
+        Id: "steering",
+        Version: "1.0.0",
+        Description: "Extract steering vectors from contrastive pairs (mean difference, PCA), sweep their coefficient during generation, compute function vectors, export GGUF control vectors.",
+        SdkVersion: SdkVersion.Current,
+        ParameterSchema: JsonNode.Parse("""
+            {
+              "type": "object",
+              "additionalProperties": false,
+              "properties": {
+                "mode": { "enum": ["extract", "apply", "function_vector"] },
+                "positive": { "type": "array", "items": { "type": "string" } },
+                "negative": { "type": "array", "items": { "type": "string" } },
+                "layers": { "type": "array", "items": { "type": "integer" } },
+                "save_as": { "type": "string" },
+                "export_gguf": { "type": "boolean" },
+                "batch_size": { "type": "integer", "minimum": 1, "maximum": 256 },
+                "vector": { "type": "string", "description": "apply: artifact saved by extract" },
+                "method": { "enum": ["mean_diff", "pca"] },
+                "layer": { "type": "integer" },
+                "coefficients": { "type": "array", "items": { "type": "number" }, "minItems": 1 },
+                "prompts": { "type": "array", "items": { "type": "string" } },
+                "positions": { "enum": ["all", "prompt", "generated"] },
+                "max_new_tokens": { "type": "integer", "minimum": 1, "maximum": 256 },
+                "target": { "type": "array", "items": { "type": "string" } },
+                "control": { "type": "array", "items": { "type": "string" } },
+                "icl_prompts": { "type": "array", "items": { "type": "string" } },
+                "answers": { "type": "array", "items": { "type": "string" } },
+                "shuffled_prompts": { "type": "array", "items": { "type": "string" } },
+                "zero_shot": { "type": "array", "items": { "type": "string" } },
+                "zero_shot_answers": { "type": "array", "items": { "type": "string" } },
+                "top_heads": { "type": "integer", "minimum": 1 }
+              }
+            }
+            """)!.AsObject(),
+        Produces: ["table:per_layer", "table:sweep", "table:samples", "table:heads", "artifact:vector", "artifact:gguf"]);
+
+    public Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context) =>
+        (parameters.TryGetProperty("mode", out var m) ? m.GetString() : "extract") switch
+        {
+            "apply" => ApplyAsync(parameters, context),
+            "function_vector" => FunctionVectorAsync(parameters, context),
+            _ => ExtractAsync(parameters, context),
+        };
+
+    private static List<string> Texts(JsonElement p, string name, bool required = true)
+    {
+        if (!p.TryGetProperty(name, out var v))
+            return required ? throw new InvalidParametersException($"{name} is required") : [];
+        var list = v.EnumerateArray().Select(x => x.GetString() ?? "").ToList();
+        if (required && list.Count == 0)
+            throw new InvalidParametersException($"{name} is empty; give at least one text");
+        for (int i = 0; i < list.Count; i++)
+        {
+            if (list[i].Length == 0)
+                throw new InvalidParametersException($"{name}[{i}] is empty");
+        }
+        return list;
+    }
+
+    private static int Layer(int layer, ModelInfo info, string field) => layer >= 0 && layer < info.NLayers ? layer
+        : throw new InvalidParametersException($"{field} {layer} is out of range; this model has layers 0..{info.NLayers - 1}");
+
+    private static string Hook(int layer) => $"blocks.{layer}.hook_resid_post";
+
+    private async Task<PluginResult> ExtractAsync(JsonElement p, IAnalysisContext context)
+    {
+        var ct = context.Cancellation;
+        var info = await context.Model.GetInfoAsync(ct);
+        var positive = Texts(p, "positive");
+        var negative = Texts(p, "negative");
+        if (positive.Count != negative.Count)
+            throw new InvalidParametersException($"positive has {positive.Count} texts and negative {negative.Count}; give them as pairs, one negative per positive");
+        var layers = p.TryGetProperty("layers", out var ls) ? ls.EnumerateArray().Select(x => Layer(x.GetInt32(), info, "layer")).ToList() : [.. Enumerable.Range(0, info.NLayers)];
+        int batch = p.TryGetProperty("batch_size", out var b) ? b.GetInt32() : 32;
+        var hooks = layers.Select(Hook).ToList();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var pos = await ModelCalls.LastTokenAsync(context.Model, positive, hooks, batch, ct);
+        context.ReportProgress(0.4, "positive activations");
+        var neg = await ModelCalls.LastTokenAsync(context.Model, negative, hooks, batch, ct);
+        double seconds = clock.Elapsed.TotalSeconds;
+        context.ReportProgress(0.8, "negative activations");
+
+        var rows = new List<IReadOnlyList<JsonNode?>>();
+        var meanDiffs = new Dictionary<int, float[]>();
+        var pcas = new Dictionary<int, float[]>();
+        foreach (int layer in layers)
+        {
+            var md = SteeringMath.MeanDifference(pos[Hook(layer)], neg[Hook(layer)]);
+            var pc = SteeringMath.PrincipalComponent(pos[Hook(layer)], neg[Hook(layer)], md);
+            var (gap, accuracy) = SteeringMath.Separation(pos[Hook(layer)], neg[Hook(layer)], md);
+            meanDiffs[layer] = md;
+            pcas[layer] = pc;
+            rows.Add([layer, Hook(layer), SteeringMath.Norm(md), gap, accuracy, SteeringMath.Cosine(md, pc)]);
+        }
+        int best = layers.OrderByDescending(l => (double)rows[layers.IndexOf(l)][3]!).First();
+
+        string name = p.TryGetProperty("save_as", out var sa) ? sa.GetString()! : $"steering/{context.JobId}";
+        string hash = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(JsonSerializer.Serialize(new { positive, negative }))));
+        var metadata = new JsonObject
+        {
+            ["kind"] = "interpmesh.steering_vector",
+            ["model"] = context.Model.Name,
+            ["hook"] = "blocks.{layer}.hook_resid_post",
+            ["position"] = "last",
+            ["methods"] = new JsonArray("mean_diff", "pca"),
+            ["layers"] = new JsonArray([.. layers.Select(l => (JsonNode)l)]),
+            ["pairs"] = positive.Count,
+            ["dataset_sha256"] = hash,
+            ["norms"] = new JsonObject(layers.Select(l => KeyValuePair.Create(l.ToString(System.Globalization.CultureInfo.InvariantCulture), (JsonNode?)SteeringMath.Norm(meanDiffs[l])))),
+        };
+        var tensors = new Dictionary<string, torch.Tensor>();
+        foreach (int layer in layers)
+        {
+            tensors[$"mean_diff.{layer}"] = torch.tensor(meanDiffs[layer]);
+            tensors[$"pca.{layer}"] = torch.tensor(pcas[layer]);
+        }
+        var artifacts = new List<string>();
+        try
+        {
+            await context.Artifacts.SaveTensorsAsync(name, tensors, metadata, ct);
+            artifacts.Add(name);
+        }
+        finally
+        {
+            foreach (var t in tensors.Values)
+                t.Dispose();
+        }
+        if (p.TryGetProperty("export_gguf", out var g) && g.GetBoolean())
+        {
+            var gguf = GgufControlVector.Write(info.Architecture, info.NLayers, meanDiffs);
+            await context.Artifacts.SaveFilesAsync($"{name}-gguf", new Dictionary<string, byte[]> { ["control_vector.gguf"] = gguf },
+                new JsonObject { ["kind"] = "llama.cpp control vector", ["source"] = name, ["method"] = "mean_diff" }, ct);
+            artifacts.Add($"{name}-gguf");
+        }
+        context.ReportProgress(1, "done");
+        return new PluginResult
+        {
+            Summary = new JsonObject
+            {
+                ["model"] = context.Model.Name,
+                ["pairs"] = positive.Count,
+                ["best_layer"] = best,
+                ["vector"] = name,
+                ["pairs_per_second"] = positive.Count / Math.Max(1e-9, seconds),
+                ["dataset_sha256"] = hash,
+            },
+            Tables = [new ResultTable("per_layer", ["layer", "hook", "norm", "projection_gap", "direction_accuracy", "cosine_mean_diff_pca"], rows)],
+            Artifacts = artifacts,
+        };
+    }
+
+    private static async Task<int[]> SingleTokens(IModelClient model, ModelInfo info, IReadOnlyList<string> words, string field, CancellationToken ct)
+    {
+        var ids = await model.TokenizeAsync(words, ct);
+        return [.. ids.Select((t, i) => (info.BosTokenId is int bos && t.Length > 0 && t[0] == bos ? t[1..] : t) is [var one] ? one
+            : throw new InvalidParametersException($"{field}[{i}] '{words[i]}' is not a single token"))];
+    }
+
+    private async Task<PluginResult> ApplyAsync(JsonElement p, IAnalysisContext context)
+    {
+        var ct = context.Cancellation;
+        var info = await context.Model.GetInfoAsync(ct);
+        string name = p.TryGetProperty("vector", out var vn) ? vn.GetString()! : throw new InvalidParametersException("mode 'apply' needs vector: the artifact saved by extract");
+        string method = p.TryGetProperty("method", out var me) ? me.GetString()! : "mean_diff";
+        int layer = Layer(p.TryGetProperty("layer", out var l) ? l.GetInt32() : 0, info, "layer");
+        var coefficients = p.TryGetProperty("coefficients", out var cs) ? cs.EnumerateArray().Select(x => x.GetDouble()).ToList() : [0, 1, 2, 4];
+        foreach (var c in coefficients)
+        {
+            if (!double.IsFinite(c))
+                throw new InvalidParametersException($"coefficient {c} is not a finite number");
+        }
+        var prompts = Texts(p, "prompts");
+        string positions = p.TryGetProperty("positions", out var ps) ? ps.GetString()! : "all";
+        int maxNew = p.TryGetProperty("max_new_tokens", out var mn) ? mn.GetInt32() : 12;
+        var target = await SingleTokens(context.Model, info, Texts(p, "target"), "target", ct);
+        var control = await SingleTokens(context.Model, info, Texts(p, "control"), "control", ct);
+
+        var tensors = await context.Artifacts.LoadTensorsAsync(name, ct);
+        float[] vector;
+        try
+        {
+            vector = tensors.TryGetValue($"{method}.{layer}", out var v) ? v.to(torch.ScalarType.Float32).data<float>().ToArray()
+                : throw new InvalidParametersException($"vector '{name}' has no {method} direction for layer {layer} (it has {string.Join(", ", tensors.Keys)})");
+        }
+        finally
+        {
+            foreach (var t in tensors.Values)
+                t.Dispose();
+        }
+
+        var sweep = new List<IReadOnlyList<JsonNode?>>();
+        var samples = new List<IReadOnlyList<JsonNode?>>();
+        var lengths = await context.Model.TokenizeAsync(prompts, ct);
+        for (int ci = 0; ci < coefficients.Count; ci++)
+        {
+            double c = coefficients[ci];
+            var add = new Contracts.V1.Intervention { Hook = Hook(layer), Op = InterventionOp.Add, Value = ModelCalls.Wire(vector, (float)c) };
+            // Behaviour: log-probability mass of target vs control tokens at the last prompt position, the vector added at every prompt position.
+            var logp = await ModelCalls.LastLogProbsAsync(context.Model, prompts, positions == "generated" ? [] : [add], ct);
+            double diff = logp.Average(row => target.Average(t => (double)row[t]) - control.Average(t => (double)row[t]));
+            double pTarget = logp.Average(row => target.Sum(t => Math.Exp(row[t])));
+            double pControl = logp.Average(row => control.Sum(t => Math.Exp(row[t])));
+            sweep.Add([c, diff, pTarget, pControl, pTarget / Math.Max(1e-12, pTarget + pControl)]);
+            for (int i = 0; i < prompts.Count; i++)
+            {
+                var request = new GenerateRequest { Prompts = { new Input { Text = prompts[i] } }, MaxNewTokens = maxNew };
+                var iv = add.Clone();
+                int n = lengths[i].Length;
+                if (positions == "prompt")
+                    iv.Positions.AddRange(Enumerable.Range(0, n));
+                else if (positions == "generated")
+                    iv.Positions.AddRange(Enumerable.Range(n, maxNew));
+                request.Interventions.Add(iv);
+                var text = new StringBuilder();
+                await foreach (var m in context.Model.GenerateAsync(request, ct))
+                    text.Append(string.Concat(m.Texts));
+                samples.Add([c, prompts[i], text.ToString()]);
+            }
+            context.ReportProgress((ci + 1.0) / coefficients.Count, $"coefficient {c}");
+        }
+        return new PluginResult
+        {
+            Summary = new JsonObject { ["vector"] = name, ["method"] = method, ["layer"] = layer, ["positions"] = positions, ["coefficients"] = new JsonArray([.. coefficients.Select(c => (JsonNode)c)]) },
+            Tables =
+            [
+                new ResultTable("sweep", ["coefficient", "logit_diff", "p_target", "p_control", "target_share"], sweep),
+                new ResultTable("samples", ["coefficient", "prompt", "generation"], samples),
+            ],
+        };
+    }
+
+    private async Task<PluginResult> FunctionVectorAsync(JsonElement p, IAnalysisContext context)
+    {
+        var ct = context.Cancellation;
+        var info = await context.Model.GetInfoAsync(ct);
+        var icl = Texts(p, "icl_prompts");
+        var shuffled = Texts(p, "shuffled_prompts");
+        var zero = Texts(p, "zero_shot");
+        var answers = await SingleTokens(context.Model, info, Texts(p, "answers"), "answers", ct);
+        var zeroAnswers = await SingleTokens(context.Model, info, Texts(p, "zero_shot_answers"), "zero_shot_answers", ct);
+        if (answers.Length != shuffled.Count || zeroAnswers.Length != zero.Count)
+            throw new InvalidParametersException($"give one answer per shuffled prompt ({shuffled.Count}) and per zero-shot prompt ({zero.Count}); got {answers.Length} and {zeroAnswers.Length}");
+        int top = p.TryGetProperty("top_heads", out var th) ? th.GetInt32() : 10;
+        int layer = Layer(p.TryGetProperty("layer", out var l) ? l.GetInt32() : 0, info, "layer");
+
+        // Mean output of every head at the last token of the in-context prompts (hook_result: the head's write into the residual stream).
+        var hooks = Enumerable.Range(0, info.NLayers).Select(x => $"blocks.{x}.attn.hook_result").ToList();
+        var outputs = await ModelCalls.LastTokenAsync(context.Model, icl, hooks, 32, ct);
+        int d = info.DModel, heads = info.NHeads;
+        var mean = new float[info.NLayers, heads][];
+        for (int x = 0; x < info.NLayers; x++)
+            for (int h = 0; h < heads; h++)
+                mean[x, h] = [.. Enumerable.Range(0, d).Select(j => (float)outputs[hooks[x]].Average(row => row[h * d + j]))];
+        context.ReportProgress(0.2, "mean head outputs");
+
+        // Causal indirect effect: gain in P(answer) on shuffled-label prompts when one head's output at the last position is its mean.
+        double P(float[][] logp, int[] answer) => logp.Select((row, i) => Math.Exp(row[answer[i]])).Average();
+        int last = await ModelCalls.PaddedLengthAsync(context.Model, shuffled, ct) - 1;
+        double baseline = P(await ModelCalls.LastLogProbsAsync(context.Model, shuffled, [], ct), answers);
+        var effects = new List<(int Layer, int Head, double Effect)>();
+        for (int x = 0; x < info.NLayers; x++)
+        {
+            for (int h = 0; h < heads; h++)
+            {
+                var patch = new Contracts.V1.Intervention { Hook = hooks[x], Op = InterventionOp.Set, Value = ModelCalls.Wire(mean[x, h]), Heads = { h }, Positions = { last } };
+                effects.Add((x, h, P(await ModelCalls.LastLogProbsAsync(context.Model, shuffled, [patch], ct), answers) - baseline));
+            }
+            context.ReportProgress(0.2 + 0.6 * (x + 1) / info.NLayers, $"indirect effects, layer {x}");
+        }
+        var chosen = effects.OrderByDescending(e => e.Effect).Take(Math.Min(top, effects.Count)).ToList();
+        var fv = new float[d];
+        foreach (var (x, h, _) in chosen)
+            for (int j = 0; j < d; j++)
+                fv[j] += mean[x, h][j];
+
+        // Zero-shot accuracy without and with the function vector at the last position.
+        int zeroLast = await ModelCalls.PaddedLengthAsync(context.Model, zero, ct) - 1;
+        double Accuracy(float[][] logp) => logp.Select((row, i) => Array.IndexOf(row, row.Max()) == zeroAnswers[i] ? 1.0 : 0.0).Average();
+        double before = Accuracy(await ModelCalls.LastLogProbsAsync(context.Model, zero, [], ct));
+        double after = Accuracy(await ModelCalls.LastLogProbsAsync(context.Model, zero,
+            [new Contracts.V1.Intervention { Hook = Hook(layer), Op = InterventionOp.Add, Value = ModelCalls.Wire(fv), Positions = { zeroLast } }], ct));
+
+        string name = $"steering/{context.JobId}/function-vector";
+        using (var t = torch.tensor(fv))
+        {
+            await context.Artifacts.SaveTensorsAsync(name, new Dictionary<string, torch.Tensor> { [$"function_vector.{layer}"] = t },
+                new JsonObject { ["kind"] = "interpmesh.function_vector", ["model"] = context.Model.Name, ["layer"] = layer, ["heads"] = new JsonArray([.. chosen.Select(c => (JsonNode)$"L{c.Layer}H{c.Head}")]) }, ct);
+        }
+        context.ReportProgress(1, "done");
+        return new PluginResult
+        {
+            Summary = new JsonObject
+            {
+                ["baseline_p_answer_shuffled"] = baseline,
+                ["top_heads"] = new JsonArray([.. chosen.Select(c => (JsonNode)$"L{c.Layer}H{c.Head}")]),
+                ["zero_shot_accuracy"] = before,
+                ["zero_shot_accuracy_with_fv"] = after,
+                ["layer"] = layer,
+                ["vector"] = name,
+            },
+            Tables = [new ResultTable("heads", ["layer", "head", "indirect_effect"], [.. effects.OrderByDescending(e => e.Effect).Select(e => (IReadOnlyList<JsonNode?>)[e.Layer, e.Head, e.Effect])])],
+            Artifacts = [name],
+        };
+    }
+}

@@ -1,0 +1,158 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Grpc.Core;
+using InterpMesh.Contracts.V1;
+using InterpMesh.Gateway.Artifacts;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace InterpMesh.Plugins.Tests;
+
+public sealed class SteeringMeshFixture() : PluginMeshFixture(RepoPaths.Models("concepts"));
+
+/// <summary>The steering plugin on the "concepts" toy model, whose card says adding the sentiment direction turns negative continuations positive.</summary>
+public sealed class SteeringTests(SteeringMeshFixture mesh) : IClassFixture<SteeringMeshFixture>
+{
+    private static readonly string[] Nouns = ["dog", "cat", "bird", "horse", "apple", "cake", "ball", "game"];
+
+    private static (List<string> Positive, List<string> Negative) Pairs()
+    {
+        string[] pos = ["happy", "good", "bright", "warm", "kind"], neg = ["sad", "bad", "dark", "cold", "cruel"];
+        var p = new List<string>();
+        var n = new List<string>();
+        for (int i = 0; i < 40; i++)
+        {
+            string noun = Nouns[i % Nouns.Length];
+            p.Add($"the {noun} is {pos[i % 5]} . what a");
+            n.Add($"the {noun} is {neg[(i + 2) % 5]} . what a");
+        }
+        return (p, n);
+    }
+
+    private static List<JsonElement> Rows(Job job, string table) =>
+        [.. JsonDocument.Parse(job.Result.Tables.Single(t => t.Name == table).RowsJson).RootElement.EnumerateArray()];
+
+    [Fact]
+    public async Task Extracted_vectors_separate_the_pairs_agree_across_methods_and_export_to_gguf()
+    {
+        var (positive, negative) = Pairs();
+        var job = await mesh.RunAsync("steering", JsonSerializer.Serialize(new { positive, negative, save_as = "vectors/sentiment", export_gguf = true }));
+        Assert.True(job.State == JobState.Succeeded, job.Error);
+        var rows = Rows(job, "per_layer");
+        Assert.Equal(2, rows.Count);
+        foreach (var r in rows)
+        {
+            Assert.Equal(1.0, r[4].GetDouble());                       // the direction separates every pair
+            Assert.True(r[5].GetDouble() >= 0.9, $"layer {r[0]}: cosine(mean diff, PCA) = {r[5]}");
+        }
+        Assert.True(JsonNode.Parse(job.Result.SummaryJson)!["pairs_per_second"]!.GetValue<double>() > 0);
+
+        // GGUF: read back by an independent reader, compared with the safetensors vectors.
+        var store = mesh.GatewayServices.GetRequiredService<ArtifactStore>();
+        var files = await store.LoadFilesAsync("vectors/sentiment-gguf");
+        string path = Path.Combine(Path.GetTempPath(), $"cv-{Guid.NewGuid():N}.gguf");
+        File.WriteAllBytes(path, files["control_vector.gguf"]);
+        var psi = new ProcessStartInfo("/usr/bin/python3", [Path.Combine(AppContext.BaseDirectory, "python", "read_gguf.py"), path]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var py = Process.Start(psi)!;
+        string stdout = py.StandardOutput.ReadToEnd(), stderr = py.StandardError.ReadToEnd();
+        py.WaitForExit();
+        Assert.True(py.ExitCode == 0, stderr);
+        var gguf = JsonNode.Parse(stdout)!;
+        Assert.Equal(3, gguf["version"]!.GetValue<int>());
+        Assert.Equal("controlvector", gguf["metadata"]!["general.architecture"]!.GetValue<string>());
+        Assert.Equal(2, gguf["metadata"]!["controlvector.layer_count"]!.GetValue<int>());
+        var vectors = await store.LoadTensorsAsync("vectors/sentiment");
+        foreach (int layer in new[] { 0, 1 })
+        {
+            var tensor = gguf["tensors"]![$"direction.{layer + 1}"]!;
+            Assert.Equal([64], tensor["dims"]!.AsArray().Select(d => d!.GetValue<int>()));
+            var expected = vectors[$"mean_diff.{layer}"].data<float>().ToArray();
+            var actual = tensor["values"]!.AsArray().Select(v => v!.GetValue<float>()).ToArray();
+            Assert.Equal(expected, actual);
+        }
+    }
+
+    [Fact]
+    public async Task Raising_the_coefficient_shifts_behaviour_toward_positive_and_zero_changes_nothing()
+    {
+        var (positive, negative) = Pairs();
+        var extract = await mesh.RunAsync("steering", JsonSerializer.Serialize(new { positive, negative, save_as = "vectors/sweep", layers = new[] { 0 } }));
+        Assert.True(extract.State == JobState.Succeeded, extract.Error);
+        string[] prompts = ["the cat is sad . what a", "the dogs are cold . what a", "the ball is bad . what a"];
+        var job = await mesh.RunAsync("steering", JsonSerializer.Serialize(new
+        {
+            mode = "apply",
+            vector = "vectors/sweep",
+            layer = 0,
+            coefficients = new[] { 0.0, 0.5, 1.0, 2.0 },
+            prompts,
+            max_new_tokens = 4,
+            target = new[] { "lovely", "great", "nice" },
+            control = new[] { "awful", "grim", "poor" },
+        }));
+        Assert.True(job.State == JobState.Succeeded, job.Error);
+        var sweep = Rows(job, "sweep");
+        var diffs = sweep.Select(r => r[1].GetDouble()).ToList();
+        Assert.True(diffs.Zip(diffs.Skip(1)).All(p => p.Second > p.First), $"logit differences by coefficient: {string.Join(", ", diffs)}");
+        Assert.True(sweep[0][4].GetDouble() < 0.5 && sweep[^1][4].GetDouble() > 0.5, $"target share {sweep[0][4]} at c=0, {sweep[^1][4]} at c=2");
+
+        // c = 0 reproduces unsteered generation exactly (second path: a plain Generate through the gateway).
+        var samples = Rows(job, "samples").Where(r => r[0].GetDouble() == 0).ToList();
+        var client = new Contracts.V1.ModelService.ModelServiceClient(mesh.Channel);
+        foreach (var sample in samples)
+        {
+            using var call = client.Generate(new GenerateRequest { Prompts = { new Input { Text = sample[1].GetString() } }, MaxNewTokens = 4 }, Mesh.As(Mesh.AliceKey));
+            var text = new System.Text.StringBuilder();
+            await foreach (var m in call.ResponseStream.ReadAllAsync())
+                text.Append(string.Concat(m.Texts));
+            Assert.Equal(text.ToString(), sample[2].GetString());
+        }
+    }
+
+    [Theory]
+    [InlineData("""{"positive": ["the dog is happy . what a", "the cat is good . what a"], "negative": ["the dog is sad . what a"]}""", "positive has 2 texts and negative 1")]
+    [InlineData("""{"positive": [], "negative": []}""", "positive is empty")]
+    [InlineData("""{"positive": ["the dog is happy . what a"], "negative": ["the dog is sad . what a"], "layers": [7]}""", "layer 7 is out of range; this model has layers 0..1")]
+    public async Task Bad_input_fails_the_job_as_invalid_argument(string parameters, string message)
+    {
+        var job = await mesh.RunAsync("steering", parameters);
+        Assert.Equal(JobState.Failed, job.State);
+        Assert.Equal("INVALID_ARGUMENT", job.ErrorCode);
+        Assert.Contains(message, job.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_coefficient_that_is_not_a_number_is_refused_at_submission()
+    {
+        var client = new AnalysisService.AnalysisServiceClient(mesh.Channel);
+        foreach (var bad in new[] { """{"mode": "apply", "coefficients": [NaN]}""", """{"mode": "apply", "coefficients": ["NaN"]}""" })
+        {
+            var e = await Assert.ThrowsAsync<RpcException>(() => client.SubmitJobAsync(new AnalysisRequest { Plugin = "steering", ParametersJson = bad }, Mesh.As(Mesh.AliceKey)).ResponseAsync);
+            Assert.Equal(StatusCode.InvalidArgument, e.StatusCode);
+        }
+    }
+
+    [Fact]
+    public async Task Function_vectors_report_indirect_effects_per_head_and_save_the_vector()
+    {
+        // In-context prompts whose answer is the sentence's sentiment exclamation; shuffled prompts pair the
+        // context with the opposite answer.
+        string[] icl = ["the dog is happy . what a", "the cat is kind . what a", "the bird is sad . what a", "the cake is cold . what a"];
+        var job = await mesh.RunAsync("steering", JsonSerializer.Serialize(new
+        {
+            mode = "function_vector",
+            icl_prompts = icl,
+            shuffled_prompts = icl,
+            answers = new[] { "great", "lovely", "awful", "grim" },
+            zero_shot = new[] { "the horse is warm . what a", "the ball is bad . what a" },
+            zero_shot_answers = new[] { "nice", "poor" },
+            top_heads = 3,
+            layer = 0,
+        }));
+        Assert.True(job.State == JobState.Succeeded, job.Error);
+        Assert.Equal(2 * 4, Rows(job, "heads").Count);
+        var summary = JsonNode.Parse(job.Result.SummaryJson)!;
+        Assert.Equal(3, summary["top_heads"]!.AsArray().Count);
+        Assert.Single(job.Result.Artifacts);
+    }
+}
