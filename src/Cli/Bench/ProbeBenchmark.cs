@@ -134,6 +134,21 @@ internal static class ProbeBenchmark
             while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
                 final = call.ResponseStream.Current.Finished ?? final;
             double seconds = total.Elapsed.TotalSeconds;
+
+            // Steering extraction on the same mesh: one batched forward per side, every layer at once.
+            var pairs = Enumerable.Range(0, texts).Select(_ => string.Join(' ', Enumerable.Range(0, 20).Select(_ => words[rng.Next(words.Length)]))).ToList();
+            using var steer = client.RunAnalysis(new AnalysisRequest
+            {
+                Plugin = "steering",
+                ParametersJson = JsonSerializer.Serialize(new { positive = pairs, negative = pairs.Select(t => t + " and cats").ToList(), batch_size = 32 }),
+            });
+            Job? steered = null;
+            while (steer.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
+                steered = steer.ResponseStream.Current.Finished ?? steered;
+            if (steered?.State != JobState.Succeeded)
+                throw new InvalidOperationException($"steering extraction failed: {steered?.Error}");
+            result["steering_pairs"] = texts;
+            result["steering_pairs_per_s"] = JsonNode.Parse(steered.Result.SummaryJson)!["pairs_per_second"]!.GetValue<double>();
             gateway.StopAsync().GetAwaiter().GetResult();
             service.StopAsync().GetAwaiter().GetResult();
             if (final?.State != JobState.Succeeded)
