@@ -102,11 +102,44 @@ public sealed class SteeringTests(SteeringMeshFixture mesh) : IClassFixture<Stee
         foreach (var sample in samples)
         {
             using var call = client.Generate(new GenerateRequest { Prompts = { new Input { Text = sample[1].GetString() } }, MaxNewTokens = 4 }, Mesh.As(Mesh.AliceKey));
-            var text = new System.Text.StringBuilder();
+            var ids = new TokenIds();
             await foreach (var m in call.ResponseStream.ReadAllAsync())
-                text.Append(string.Concat(m.Texts));
-            Assert.Equal(text.ToString(), sample[2].GetString());
+                ids.Ids.AddRange(m.TokenIds.Where(t => t >= 0));
+            var text = await client.DetokenizeAsync(new DetokenizeRequest { Tokens = { ids } }, Mesh.As(Mesh.AliceKey));
+            Assert.Equal(text.Texts[0], sample[2].GetString());
         }
+    }
+
+    [Fact]
+    public async Task A_saved_probe_judges_the_sweep_s_generations()
+    {
+        // A probe that reads the exclamation's sentiment at the end of a full sentence, trained by the probing plugin.
+        string[] good = ["lovely", "great", "nice"], bad = ["awful", "grim", "poor"], adjectives = ["happy", "sad", "warm", "cold"];
+        var rng = new Random(4);
+        var rows = Enumerable.Range(0, 80).Select(i =>
+        {
+            bool positive = i % 2 == 0;
+            string ex = (positive ? good : bad)[rng.Next(3)];
+            return new { text = $"the {Nouns[rng.Next(Nouns.Length)]} is {adjectives[rng.Next(4)]} . what a {ex} {new[] { "walk", "meal", "match" }[rng.Next(3)]} .", label = positive ? "positive" : "negative" };
+        }).ToList();
+        var probe = await mesh.RunAsync("probing", JsonSerializer.Serialize(new { rows, hooks = new[] { "blocks.1.hook_resid_post" }, sparse = new { enabled = false }, save_prefix = "probes/exclamation" }));
+        Assert.True(probe.State == JobState.Succeeded, probe.Error);
+        var (positive, negative) = Pairs();
+        Assert.Equal(JobState.Succeeded, (await mesh.RunAsync("steering", JsonSerializer.Serialize(new { positive, negative, save_as = "vectors/judged", layers = new[] { 0 } }))).State);
+        var job = await mesh.RunAsync("steering", JsonSerializer.Serialize(new
+        {
+            mode = "apply",
+            vector = "vectors/judged",
+            layer = 0,
+            coefficients = new[] { 0.0, 2.0 },
+            prompts = new[] { "the cat is sad . what a", "the dogs are cold . what a" },
+            max_new_tokens = 3,
+            classifier = new { probe = "probes/exclamation/blocks.1.hook_resid_post", @class = "positive" },
+        }));
+        Assert.True(job.State == JobState.Succeeded, job.Error);
+        var sweep = Rows(job, "sweep");
+        double before = sweep[0][5].GetDouble(), after = sweep[1][5].GetDouble();
+        Assert.True(before < 0.5 && after > 0.5, $"the probe's P(positive) of the generations: {before} at c=0, {after} at c=2; samples: {job.Result.Tables.Single(t => t.Name == "samples").RowsJson}");
     }
 
     [Theory]

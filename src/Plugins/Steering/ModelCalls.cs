@@ -7,15 +7,19 @@ namespace InterpMesh.Plugins.Steering;
 internal static class ModelCalls
 {
     /// <summary>Last-token activations [prompt][d] of each hook, one Run per batch.</summary>
-    public static async Task<Dictionary<string, float[][]>> LastTokenAsync(IModelClient model, IReadOnlyList<string> texts, IReadOnlyList<string> hooks, int batch, CancellationToken ct)
+    public static Task<Dictionary<string, float[][]>> LastTokenAsync(IModelClient model, IReadOnlyList<string> texts, IReadOnlyList<string> hooks, int batch, CancellationToken ct) =>
+        LastTokenAsync(model, [.. texts.Select(t => new Input { Text = t })], hooks, batch, ct);
+
+    /// <summary>Same, for inputs given as token ids (or texts).</summary>
+    public static async Task<Dictionary<string, float[][]>> LastTokenAsync(IModelClient model, IReadOnlyList<Input> inputs, IReadOnlyList<string> hooks, int batch, CancellationToken ct)
     {
-        var result = hooks.ToDictionary(h => h, _ => new float[texts.Count][]);
-        for (int start = 0; start < texts.Count; start += batch)
+        var result = hooks.ToDictionary(h => h, _ => new float[inputs.Count][]);
+        for (int start = 0; start < inputs.Count; start += batch)
         {
-            int n = Math.Min(batch, texts.Count - start);
+            int n = Math.Min(batch, inputs.Count - start);
             var request = new RunRequest { Captures = { new Capture { Hooks = { hooks }, Positions = new PositionSelection { Last = true } } } };
             for (int i = 0; i < n; i++)
-                request.Inputs.Add(new Input { Text = texts[start + i] });
+                request.Inputs.Add(inputs[start + i]);
             await foreach (var output in model.RunAsync(request, ct))
             {
                 if (output.Activation is not { } t)

@@ -43,6 +43,9 @@ public sealed class SteeringPlugin : IAnalysisPlugin
                 "max_new_tokens": { "type": "integer", "minimum": 1, "maximum": 256 },
                 "target": { "type": "array", "items": { "type": "string" } },
                 "control": { "type": "array", "items": { "type": "string" } },
+                "classifier": { "type": "object", "additionalProperties": false, "required": ["probe", "class"], "properties": {
+                  "probe": { "type": "string", "description": "a probe artifact saved by the probing plugin" },
+                  "class": { "type": "string", "description": "the class whose probability is the behaviour metric" } } },
                 "icl_prompts": { "type": "array", "items": { "type": "string" } },
                 "answers": { "type": "array", "items": { "type": "string" } },
                 "shuffled_prompts": { "type": "array", "items": { "type": "string" } },
@@ -192,8 +195,10 @@ public sealed class SteeringPlugin : IAnalysisPlugin
         var prompts = Texts(p, "prompts");
         string positions = p.TryGetProperty("positions", out var ps) ? ps.GetString()! : "all";
         int maxNew = p.TryGetProperty("max_new_tokens", out var mn) ? mn.GetInt32() : 12;
-        var target = await SingleTokens(context.Model, info, Texts(p, "target"), "target", ct);
-        var control = await SingleTokens(context.Model, info, Texts(p, "control"), "control", ct);
+        bool tokens = p.TryGetProperty("target", out _) || !p.TryGetProperty("classifier", out _);
+        var target = tokens ? await SingleTokens(context.Model, info, Texts(p, "target"), "target", ct) : [];
+        var control = tokens ? await SingleTokens(context.Model, info, Texts(p, "control"), "control", ct) : [];
+        var classifier = p.TryGetProperty("classifier", out var cl) ? await SavedProbe.LoadAsync(context.Artifacts, cl.GetProperty("probe").GetString()!, cl.GetProperty("class").GetString()!, ct) : null;
 
         var tensors = await context.Artifacts.LoadTensorsAsync(name, ct);
         float[] vector;
@@ -216,11 +221,15 @@ public sealed class SteeringPlugin : IAnalysisPlugin
             double c = coefficients[ci];
             var add = new Contracts.V1.Intervention { Hook = Hook(layer), Op = InterventionOp.Add, Value = ModelCalls.Wire(vector, (float)c) };
             // Behaviour: log-probability mass of target vs control tokens at the last prompt position, the vector added at every prompt position.
-            var logp = await ModelCalls.LastLogProbsAsync(context.Model, prompts, positions == "generated" ? [] : [add], ct);
-            double diff = logp.Average(row => target.Average(t => (double)row[t]) - control.Average(t => (double)row[t]));
-            double pTarget = logp.Average(row => target.Sum(t => Math.Exp(row[t])));
-            double pControl = logp.Average(row => control.Sum(t => Math.Exp(row[t])));
-            sweep.Add([c, diff, pTarget, pControl, pTarget / Math.Max(1e-12, pTarget + pControl)]);
+            double? diff = null, pTarget = null, pControl = null;
+            if (tokens)
+            {
+                var logp = await ModelCalls.LastLogProbsAsync(context.Model, prompts, positions == "generated" ? [] : [add], ct);
+                diff = logp.Average(row => target.Average(t => (double)row[t]) - control.Average(t => (double)row[t]));
+                pTarget = logp.Average(row => target.Sum(t => Math.Exp(row[t])));
+                pControl = logp.Average(row => control.Sum(t => Math.Exp(row[t])));
+            }
+            var generations = new List<int[]>();
             for (int i = 0; i < prompts.Count; i++)
             {
                 var request = new GenerateRequest { Prompts = { new Input { Text = prompts[i] } }, MaxNewTokens = maxNew };
@@ -231,19 +240,24 @@ public sealed class SteeringPlugin : IAnalysisPlugin
                 else if (positions == "generated")
                     iv.Positions.AddRange(Enumerable.Range(n, maxNew));
                 request.Interventions.Add(iv);
-                var text = new StringBuilder();
+                var ids = new List<int>();
                 await foreach (var m in context.Model.GenerateAsync(request, ct))
-                    text.Append(string.Concat(m.Texts));
-                samples.Add([c, prompts[i], text.ToString()]);
+                    ids.AddRange(m.TokenIds.Where(t => t >= 0));
+                string text = (await context.Model.DetokenizeAsync([[.. ids]], ct))[0];
+                samples.Add([c, prompts[i], text]);
+                generations.Add([.. lengths[i], .. ids]);
+                context.ReportProgress((ci + (i + 1.0) / prompts.Count) / coefficients.Count, $"c={c}: {prompts[i]} | {text}");
             }
-            context.ReportProgress((ci + 1.0) / coefficients.Count, $"coefficient {c}");
+            // The saved probe reads the steered text (prompt + generation) unsteered, as a judge would.
+            double? classified = classifier is null ? null : (await classifier.ProbabilitiesAsync(context.Model, generations, ct)).Average();
+            sweep.Add([c, diff, pTarget, pControl, pTarget is double pt && pControl is double pc ? pt / Math.Max(1e-12, pt + pc) : null, classified]);
         }
         return new PluginResult
         {
             Summary = new JsonObject { ["vector"] = name, ["method"] = method, ["layer"] = layer, ["positions"] = positions, ["coefficients"] = new JsonArray([.. coefficients.Select(c => (JsonNode)c)]) },
             Tables =
             [
-                new ResultTable("sweep", ["coefficient", "logit_diff", "p_target", "p_control", "target_share"], sweep),
+                new ResultTable("sweep", ["coefficient", "logit_diff", "p_target", "p_control", "target_share", "classifier_p"], sweep),
                 new ResultTable("samples", ["coefficient", "prompt", "generation"], samples),
             ],
         };
