@@ -1,0 +1,128 @@
+using System.Text;
+using System.Text.Json.Nodes;
+using InterpMesh.Plugins.SAE.Model;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace InterpMesh.Plugins.SAE.Formats;
+
+/// <summary>What an SAE folder says about where it belongs.</summary>
+internal sealed record SaeInfo(string HookName, string? ModelName, string Architecture, int DIn, int DSae, int K, string NormalizeActivations, double? NormScale);
+
+/// <summary>
+/// The SAELens on-disk layout: <c>cfg.json</c> + <c>sae_weights.safetensors</c> with W_enc [d_in,
+/// d_sae], W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in]. Reads the current config (6.x:
+/// <c>architecture</c>, <c>k</c>, <c>metadata.hook_name</c>) and the older flat one
+/// (<c>hook_point</c> or <c>hook_name</c> at the top, <c>activation_fn_str</c> /
+/// <c>activation_fn_kwargs.k</c> for TopK); writes the current one.
+/// </summary>
+internal static class SaeLensFormat
+{
+    public const string Config = "cfg.json";
+    public const string Weights = "sae_weights.safetensors";
+
+    public static (SparseAutoencoder Sae, SaeInfo Info) Read(IReadOnlyDictionary<string, byte[]> files, string where)
+    {
+        if (!files.TryGetValue(Config, out var cfgBytes) || !files.TryGetValue(Weights, out var weights))
+            throw new InvalidParametersException($"{where} is not an SAELens folder: it needs {Config} and {Weights} (it has {string.Join(", ", files.Keys)})");
+        JsonObject cfg;
+        try
+        {
+            cfg = JsonNode.Parse(cfgBytes)!.AsObject();
+        }
+        catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException)
+        {
+            throw new InvalidParametersException($"{where}/{Config} is not a JSON object: {e.Message}");
+        }
+        var meta = cfg["metadata"] as JsonObject;
+        string hook = (meta?["hook_name"] ?? cfg["hook_name"] ?? cfg["hook_point"])?.GetValue<string>()
+            ?? throw new InvalidParametersException($"{where}/{Config} names no hook (metadata.hook_name, hook_name or hook_point)");
+        string? model = (meta?["model_name"] ?? cfg["model_name"])?.GetValue<string>();
+        int dIn = cfg["d_in"]?.GetValue<int>() ?? throw new InvalidParametersException($"{where}/{Config} has no d_in");
+        int dSae = cfg["d_sae"]?.GetValue<int>() ?? throw new InvalidParametersException($"{where}/{Config} has no d_sae");
+        string arch = cfg["architecture"]?.GetValue<string>() ?? "standard";
+        string? activation = cfg["activation_fn_str"]?.GetValue<string>();
+        if (activation == "topk")
+            arch = "topk";
+        int k = cfg["k"]?.GetValue<int>() ?? cfg["activation_fn_kwargs"]?["k"]?.GetValue<int>() ?? 0;
+        string normalize = cfg["normalize_activations"]?.GetValue<string>() ?? "none";
+        double? scale = cfg["interpmesh_norm_scale"]?.GetValue<double>();
+        bool applyBDec = cfg["apply_b_dec_to_input"]?.GetValue<bool>() ?? true;
+        if (arch is not ("standard" or "topk"))
+            throw new InvalidParametersException($"{where}: architecture '{arch}' is not supported yet (standard and topk are)");
+
+        string path = Path.Combine(Path.GetTempPath(), $"sae-{Guid.NewGuid():N}.safetensors");
+        File.WriteAllBytes(path, weights);
+        try
+        {
+            using var file = OpenWeights(path, where);
+            Tensor Need(string name, long[] shape)
+            {
+                if (!file.Entries.TryGetValue(name, out var entry))
+                    throw new InvalidParametersException($"{where}/{Weights} lacks {name}");
+                if (!entry.Shape.SequenceEqual(shape))
+                    throw new InvalidParametersException($"{where}/{Weights}: {name} is [{string.Join(", ", entry.Shape)}], expected [{string.Join(", ", shape)}] from d_in = {dIn}, d_sae = {dSae}");
+                return file.Read(name, ScalarType.Float32);
+            }
+            var sae = new SparseAutoencoder(arch, dIn, dSae, k, Need("W_enc", [dIn, dSae]), Need("b_enc", [dSae]), Need("W_dec", [dSae, dIn]), Need("b_dec", [dIn]), applyBDec);
+            return (sae, new SaeInfo(hook, model, arch, dIn, dSae, k, normalize, scale));
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    private static InterpMesh.Runtime.Loading.SafeTensorsFile OpenWeights(string path, string where)
+    {
+        try
+        {
+            return InterpMesh.Runtime.Loading.SafeTensorsFile.Open(path);
+        }
+        catch (InterpMesh.Runtime.ModelFormatException e)
+        {
+            throw new InvalidParametersException($"{where}/{Weights} is not a valid safetensors file: {e.Message}");
+        }
+    }
+
+    public static Dictionary<string, byte[]> Write(SparseAutoencoder sae, SaeInfo info)
+    {
+        var cfg = new JsonObject
+        {
+            ["architecture"] = sae.Architecture,
+            ["d_in"] = sae.DIn,
+            ["d_sae"] = sae.DSae,
+            ["dtype"] = "float32",
+            ["device"] = "cpu",
+            ["apply_b_dec_to_input"] = sae.ApplyBDecToInput,
+            ["normalize_activations"] = info.NormalizeActivations,
+            ["metadata"] = new JsonObject
+            {
+                ["hook_name"] = info.HookName,
+                ["model_name"] = info.ModelName,
+                ["prepend_bos"] = true,
+                ["sae_lens_training_version"] = null,
+            },
+        };
+        if (sae.Architecture == "topk")
+            cfg["k"] = sae.K;
+        if (info.NormScale is double s)
+            cfg["interpmesh_norm_scale"] = s;
+        string path = Path.Combine(Path.GetTempPath(), $"sae-{Guid.NewGuid():N}.safetensors");
+        try
+        {
+            using (no_grad())
+            {
+                InterpMesh.Runtime.Loading.SafeTensorsFile.Write(path, new Dictionary<string, Tensor>
+                {
+                    ["W_enc"] = sae.WEnc.detach(), ["b_enc"] = sae.BEnc.detach(), ["W_dec"] = sae.WDec.detach(), ["b_dec"] = sae.BDec.detach(),
+                });
+            }
+            return new Dictionary<string, byte[]> { [Config] = Encoding.UTF8.GetBytes(cfg.ToJsonString()), [Weights] = File.ReadAllBytes(path) };
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+}

@@ -1,0 +1,127 @@
+using InterpMesh.Plugins.SAE.Model;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace InterpMesh.Plugins.SAE.Training;
+
+/// <summary>Training settings (defaults follow SAELens / the TopK paper where they name one).</summary>
+internal sealed record TrainingOptions(
+    double LearningRate = 1e-3,
+    int WarmupSteps = 50,
+    int TotalSteps = 1000,
+    double L1Coefficient = 5.0,
+    int AuxK = 0,
+    double AuxCoefficient = 1.0 / 32,
+    int DeadAfterSteps = 200);
+
+/// <summary>What one step measured.</summary>
+internal sealed record StepMetrics(int Step, double Loss, double L0, double ExplainedVariance, double DeadFraction);
+
+/// <summary>
+/// Trains an SAE with Adam (β 0.9/0.999, written out so its state can be checkpointed), linear
+/// warm-up then cosine decay to 10%, decoder rows renormalised to unit length after every step.
+/// Standard: loss = ‖x̂ − x‖² + λ Σ_j f_j ‖W_dec[j]‖ (mean over the batch). TopK: loss = ‖x̂ − x‖² / Var(x)
+/// + α·AuxK, where AuxK reconstructs the residual x − x̂ from the top-k_aux latents among those dead
+/// for <c>DeadAfterSteps</c> steps.
+/// </summary>
+internal sealed class SaeTrainer(SparseAutoencoder sae, TrainingOptions options)
+{
+    private readonly Tensor[] m = [.. sae.Parameters.Select(p => zeros_like(p).DetachFromDisposeScope())];
+    private readonly Tensor[] v = [.. sae.Parameters.Select(p => zeros_like(p).DetachFromDisposeScope())];
+    private readonly long[] lastFired = new long[sae.DSae];
+    public int Step { get; private set; }
+    public IReadOnlyList<Tensor> AdamM => m;
+    public IReadOnlyList<Tensor> AdamV => v;
+    public long[] LastFired => lastFired;
+
+    /// <summary>Restores a checkpoint's optimiser state and step.</summary>
+    public void Restore(int step, IReadOnlyList<Tensor> adamM, IReadOnlyList<Tensor> adamV, long[] fired)
+    {
+        Step = step;
+        for (int i = 0; i < m.Length; i++)
+        {
+            m[i].copy_(adamM[i]);
+            v[i].copy_(adamV[i]);
+        }
+        Array.Copy(fired, lastFired, lastFired.Length);
+    }
+
+    /// <summary>b_dec at the data mean (the geometric median is the reference's option; the mean is its common stand-in).</summary>
+    public void InitializeDecoderBias(Tensor sample)
+    {
+        using var _ = no_grad();
+        sae.BDec.copy_(sample.mean([0]));
+    }
+
+    private double Rate()
+    {
+        if (Step < options.WarmupSteps)
+            return options.LearningRate * (Step + 1) / options.WarmupSteps;
+        double progress = Math.Min(1, (Step - options.WarmupSteps) / (double)Math.Max(1, options.TotalSteps - options.WarmupSteps));
+        return options.LearningRate * (0.1 + 0.9 * 0.5 * (1 + Math.Cos(Math.PI * progress)));
+    }
+
+    public StepMetrics Train(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        foreach (var p in sae.Parameters)
+            p.requires_grad_(true);
+        var pre = sae.PreActivations(x);
+        var f = sae.Activate(pre);
+        var xHat = sae.Decode(f);
+        var error = xHat - x;
+        var mse = error.pow(2).sum(1).mean();
+        var variance = (x - x.mean([0])).pow(2).sum(1).mean().clamp_min(1e-12);
+        Tensor loss;
+        var fired = (f > 0).any(0);
+        var firedIdx = fired.nonzero().reshape(-1).data<long>().ToArray();
+        foreach (var j in firedIdx)
+            lastFired[j] = Step;
+        if (sae.Architecture == "standard")
+        {
+            loss = mse + options.L1Coefficient * (f * sae.WDec.norm(1)).sum(1).mean();
+        }
+        else
+        {
+            loss = mse / variance;
+            var dead = tensor(lastFired.Select(s => Step - s >= options.DeadAfterSteps).ToArray());
+            int deadCount = (int)dead.sum().item<long>();
+            if (options.AuxK > 0 && deadCount > 0)
+            {
+                int kAux = Math.Min(options.AuxK, deadCount);
+                var masked = pre.masked_fill(dead.logical_not().unsqueeze(0), float.NegativeInfinity);
+                var (vals, idx) = masked.topk(kAux, -1);
+                var aux = zeros_like(pre).scatter(-1, idx, nn.functional.relu(vals));
+                var residual = (x - xHat).detach();
+                var auxMse = (aux.matmul(sae.WDec) - residual).pow(2).sum(1).mean() / (residual - residual.mean([0])).pow(2).sum(1).mean().clamp_min(1e-12);
+                loss = loss + options.AuxCoefficient * auxMse.nan_to_num(0);
+            }
+        }
+        loss.backward();
+        double lr = Rate();
+        using (no_grad())
+        {
+            int i = 0;
+            int t = Step + 1;
+            foreach (var p in sae.Parameters)
+            {
+                var g = p.grad!;
+                m[i].mul_(0.9).add_(g, alpha: 0.1);
+                v[i].mul_(0.999).add_(g * g, alpha: 0.001);
+                var mHat = m[i] / (1 - Math.Pow(0.9, t));
+                var vHat = v[i] / (1 - Math.Pow(0.999, t));
+                p.sub_(mHat / (vHat.sqrt() + 1e-8) * lr);
+                p.grad = null;
+                i++;
+            }
+        }
+        foreach (var p in sae.Parameters)
+            p.requires_grad_(false);
+        sae.NormalizeDecoder();
+        Step++;
+        double ev = 1 - mse.item<float>() / variance.item<float>();
+        double l0 = (f > 0).sum(1).to(ScalarType.Float32).mean().item<float>();
+        double deadFraction = lastFired.Count(s => Step - 1 - s >= options.DeadAfterSteps) / (double)lastFired.Length;
+        return new StepMetrics(Step, loss.item<float>(), l0, ev, deadFraction);
+    }
+}
