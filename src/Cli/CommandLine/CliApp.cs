@@ -31,6 +31,7 @@ public static class CliApp
           interpmesh bench gateway --preset gpt2-small --batch B --seq T [--iters I] [--unary N] [--threads N] [--json]
           interpmesh bench probe   [--n N --d D] [--texts T] [--threads N] [--json]
           interpmesh bench retrieval [--trials N] [--threads N] [--json]
+          interpmesh bench sae     [--d-in D --d-sae S --k K --batch B --steps N] [--threads N] [--json]
 
         PATH is a Hugging Face folder (config.json + model.safetensors) or a llama2.c .bin (tokenizer:
         --tokenizer, or tokenizer.bin / a single tok*.bin beside it). Common options: --threads N,
@@ -51,13 +52,14 @@ public static class CliApp
             string[] rest = args[1..];
             if (command == "bench")
             {
-                return rest.Length == 0 ? throw new UsageException("bench needs a benchmark name: `interpmesh bench forward|stream|gateway|probe|retrieval ...`")
+                return rest.Length == 0 ? throw new UsageException("bench needs a benchmark name: `interpmesh bench forward|stream|gateway|probe|retrieval|sae ...`")
                     : rest[0] == "forward" ? ForwardBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "stream" ? StreamBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "gateway" ? GatewayBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "probe" ? ProbeBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "retrieval" ? RetrievalBenchmark.Run(Parse(rest[1..]), stdout)
-                    : throw new UsageException($"unknown benchmark '{rest[0]}'; benchmarks: forward, stream, gateway, probe, retrieval");
+                    : rest[0] == "sae" ? SaeBenchmark.Run(Parse(rest[1..]), stdout)
+                    : throw new UsageException($"unknown benchmark '{rest[0]}'; benchmarks: forward, stream, gateway, probe, retrieval, sae");
             }
             if (command == "train-toy")
             {

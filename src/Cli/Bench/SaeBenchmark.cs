@@ -1,0 +1,78 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using InterpMesh.Cli.CommandLine;
+using InterpMesh.Cli.Local;
+using InterpMesh.Plugins.SAE.Model;
+using InterpMesh.Plugins.SAE.Training;
+using InterpMesh.Runtime.Execution;
+using static TorchSharp.torch;
+
+namespace InterpMesh.Cli.Bench;
+
+/// <summary>
+/// <c>interpmesh bench sae</c> (run from a checkout, needs Debian's python3-torch): the SAE
+/// plugin's TopK trainer against the same loop in PyTorch eager (bench/sae/pytorch_sae.py), same
+/// shapes and synthetic data distribution, activations per second.
+/// </summary>
+internal static class SaeBenchmark
+{
+    public static int Run(CliArgs args, TextWriter stdout)
+    {
+        int dIn = args.Int("d-in", min: 2) ?? 768, dSae = args.Int("d-sae", min: 2) ?? 3072, k = args.Int("k", min: 1) ?? 32;
+        int steps = args.Int("steps", min: 10) ?? 200, batch = args.Int("batch", min: 1) ?? 1024;
+        int threads = TorchRuntime.Initialize(args.Int("threads", min: 1));
+        bool json = args.Flag("json");
+        args.RejectUnknown("bench sae");
+        string root = AppContext.BaseDirectory;
+        while (!File.Exists(Path.Combine(root, "InterpMesh.sln")))
+            root = Path.GetDirectoryName(root) ?? throw new UsageException("bench sae runs from a checkout");
+
+        double ours;
+        using (var worker = new TorchWorker())
+        {
+            ours = worker.Run(() =>
+            {
+                using var _ = inference_mode(false);
+                var g = new Generator(0);
+                var features = randn([2 * dSae, dIn], generator: g);
+                features /= features.norm(1, keepdim: true);
+                var data = Enumerable.Range(0, steps).Select(_ =>
+                {
+                    var c = zeros(batch, 2 * dSae);
+                    c.scatter_(1, rand([batch, 2 * dSae], generator: g).argsort(1)[.., ..k], rand([batch, k], generator: g) + 0.5f);
+                    return c.matmul(features).DetachFromDisposeScope();
+                }).ToList();
+                using var sae = SparseAutoencoder.Create("topk", dIn, dSae, k, 0);
+                var trainer = new SaeTrainer(sae, new TrainingOptions(3e-3, Math.Min(50, steps / 10), steps, AuxK: Math.Min(dSae / 2, 4 * k), DeadAfterSteps: Math.Max(50, steps / 5)));
+                trainer.InitializeDecoderBias(data[0]);
+                var sw = Stopwatch.StartNew();
+                foreach (var x in data)
+                {
+                    using var scope = NewDisposeScope();
+                    trainer.Train(x);
+                }
+                return steps * batch / sw.Elapsed.TotalSeconds;
+            });
+        }
+        var psi = new ProcessStartInfo("/usr/bin/python3", [Path.Combine(root, "bench", "sae", "pytorch_sae.py"), .. new[] { dIn, dSae, k, steps, batch, threads }.Select(v => v.ToString())]) { RedirectStandardOutput = true };
+        psi.Environment["OMP_NUM_THREADS"] = threads.ToString();
+        using var py = Process.Start(psi)!;
+        var reference = JsonNode.Parse(py.StandardOutput.ReadToEnd())!;
+        py.WaitForExit();
+        double theirs = reference["activations_per_second"]!.GetValue<double>();
+        var result = new Dictionary<string, object?>
+        {
+            ["shape"] = $"d_in {dIn}, d_sae {dSae}, k {k}, batch {batch}, {steps} steps",
+            ["threads"] = threads,
+            ["interpmesh_activations_per_s"] = ours,
+            ["pytorch_activations_per_s"] = theirs,
+            ["ratio_interpmesh_vs_pytorch"] = ours / theirs,
+        };
+        if (json)
+            JsonOutput.Write(stdout, result);
+        else
+            foreach (var (key, v) in result)
+                stdout.WriteLine($"  {key,-34} {v}");
+        return 0;
+    }
+}
