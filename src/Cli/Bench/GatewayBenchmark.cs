@@ -45,39 +45,9 @@ internal static class GatewayBenchmark
                     return 0;
                 });
             }
-            var service = ModelServiceApp.Build([], b =>
-            {
-                b.Configuration.Sources.Clear();
-                b.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
-                {
-                    ["ModelService:ModelPath"] = dir,
-                    ["ModelService:Threads"] = threads.ToString(),
-                    ["ModelService:MaxCaptureBytes"] = (4L << 30).ToString(),
-                    ["Kestrel:Endpoints:Grpc:Url"] = "http://127.0.0.1:0",
-                    ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
-                    ["Logging:LogLevel:Default"] = "Warning",
-                });
-            });
-            service.StartAsync().GetAwaiter().GetResult();
-            service.Services.GetRequiredService<ModelHost>().WhenLoaded.GetAwaiter().GetResult();
+            var service = BenchMesh.StartModelService(dir, threads, new() { ["ModelService:MaxCaptureBytes"] = (4L << 30).ToString() });
             string direct = service.Urls.First();
-            var gateway = GatewayApp.Build([], b =>
-            {
-                b.Configuration.Sources.Clear();
-                b.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
-                {
-                    ["Gateway:Models:bench:Endpoints:0"] = direct,
-                    ["Gateway:PluginsPath"] = Path.Combine(dir, "no-plugins"),
-                    ["Gateway:ArtifactsPath"] = Path.Combine(dir, "artifacts"),
-                    ["Gateway:JobsPath"] = Path.Combine(dir, "jobs"),
-                    ["Gateway:Auth:Enabled"] = "false",
-                    ["Gateway:RateLimit:RequestsPerSecond"] = "0",
-                    ["Kestrel:Endpoints:Grpc:Url"] = "http://127.0.0.1:0",
-                    ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
-                    ["Logging:LogLevel:Default"] = "Error",
-                });
-            });
-            gateway.StartAsync().GetAwaiter().GetResult();
+            var gateway = BenchMesh.StartGateway(direct, Path.Combine(dir, "no-plugins"), dir);
             using var directChannel = Contracts.Channels.ForAddress(direct);
             using var gatewayChannel = Contracts.Channels.ForAddress(gateway.Urls.First());
             var clients = new[] { new Contracts.V1.ModelService.ModelServiceClient(directChannel), new Contracts.V1.ModelService.ModelServiceClient(gatewayChannel) };
@@ -137,10 +107,7 @@ internal static class GatewayBenchmark
             }
             double P(List<double> t, double q) => t.Order().ElementAt((int)(q * (t.Count - 1)));
 
-            gateway.StopAsync().GetAwaiter().GetResult();
-            gateway.DisposeAsync().AsTask().GetAwaiter().GetResult();
-            service.StopAsync().GetAwaiter().GetResult();
-            service.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            BenchMesh.Stop(gateway, service);
 
             double mb = captured / 1e6;
             var result = new Dictionary<string, object?>

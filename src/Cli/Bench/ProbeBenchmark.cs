@@ -33,7 +33,7 @@ internal static class ProbeBenchmark
         int threads = TorchRuntime.Initialize(args.Int("threads", min: 1));
         bool json = args.Flag("json");
         args.RejectUnknown("bench probe");
-        string root = FindRepo();
+        string root = BenchMesh.Repository();
         var result = new Dictionary<string, object?> { ["threads"] = threads };
 
         // (1) Solver against scikit-learn.
@@ -90,36 +90,8 @@ internal static class ProbeBenchmark
             }
             foreach (var f in Directory.GetFiles(Path.Combine(root, "models", "gpt2-tokenizer")))
                 File.Copy(f, Path.Combine(dir, Path.GetFileName(f)), overwrite: true);
-            var service = ModelServiceApp.Build([], b =>
-            {
-                b.Configuration.Sources.Clear();
-                b.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
-                {
-                    ["ModelService:ModelPath"] = dir,
-                    ["ModelService:Threads"] = threads.ToString(),
-                    ["Kestrel:Endpoints:Grpc:Url"] = "http://127.0.0.1:0",
-                    ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
-                    ["Logging:LogLevel:Default"] = "Warning",
-                });
-            });
-            service.StartAsync().GetAwaiter().GetResult();
-            service.Services.GetRequiredService<ModelHost>().WhenLoaded.GetAwaiter().GetResult();
-            var gateway = GatewayApp.Build([], b =>
-            {
-                b.Configuration.Sources.Clear();
-                b.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
-                {
-                    ["Gateway:Models:bench:Endpoints:0"] = service.Urls.First(),
-                    ["Gateway:PluginsPath"] = Path.Combine(root, "plugins"),
-                    ["Gateway:ArtifactsPath"] = Path.Combine(dir, "artifacts"),
-                    ["Gateway:JobsPath"] = Path.Combine(dir, "jobs"),
-                    ["Gateway:Auth:Enabled"] = "false",
-                    ["Kestrel:Endpoints:Grpc:Url"] = "http://127.0.0.1:0",
-                    ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
-                    ["Logging:LogLevel:Default"] = "Error",
-                });
-            });
-            gateway.StartAsync().GetAwaiter().GetResult();
+            var service = BenchMesh.StartModelService(dir, threads);
+            var gateway = BenchMesh.StartGateway(service.Urls.First(), Path.Combine(root, "plugins"), dir);
             string[] words = ["the", "model", "reads", "a", "long", "story", "about", "cats", "and", "dogs", "in", "the", "park", "every", "day"];
             var rows = Enumerable.Range(0, texts).Select(i => new { text = string.Join(' ', Enumerable.Range(0, 60).Select(_ => words[rng.Next(words.Length)])), label = i % 2 }).ToList();
             using var channel = Contracts.Channels.ForAddress(gateway.Urls.First());
@@ -149,8 +121,7 @@ internal static class ProbeBenchmark
                 throw new InvalidOperationException($"steering extraction failed: {steered?.Error}");
             result["steering_pairs"] = texts;
             result["steering_pairs_per_s"] = JsonNode.Parse(steered.Result.SummaryJson)!["pairs_per_second"]!.GetValue<double>();
-            gateway.StopAsync().GetAwaiter().GetResult();
-            service.StopAsync().GetAwaiter().GetResult();
+            BenchMesh.Stop(gateway, service);
             if (final?.State != JobState.Succeeded)
                 throw new InvalidOperationException($"the layer sweep failed: {final?.Error}");
             var timing = JsonNode.Parse(final.Result.SummaryJson)!["seconds"]!;
@@ -170,15 +141,5 @@ internal static class ProbeBenchmark
             foreach (var (k, v) in result)
                 stdout.WriteLine($"  {k,-40} {v}");
         return 0;
-    }
-
-    private static string FindRepo()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "InterpMesh.sln")))
-                return dir.FullName;
-        }
-        throw new UsageException("bench probe runs from a checkout (it needs bench/probing, models/gpt2-tokenizer and the built plugins/)");
     }
 }

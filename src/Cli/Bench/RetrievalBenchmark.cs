@@ -29,7 +29,7 @@ internal static class RetrievalBenchmark
         int trials = args.Int("trials", min: 1) ?? 4;
         bool json = args.Flag("json");
         args.RejectUnknown("bench retrieval");
-        string root = RepoPath();
+        string root = BenchMesh.Repository();
         string dir = Path.Combine(Path.GetTempPath(), "interpmesh-bench-" + Guid.NewGuid().ToString("N"));
         long captured = 0;
         using var listener = new MeterListener();
@@ -41,36 +41,8 @@ internal static class RetrievalBenchmark
         listener.SetMeasurementEventCallback<long>((_, value, _, _) => Interlocked.Add(ref captured, value));
         listener.Start();
 
-        var service = ModelServiceApp.Build([], b =>
-        {
-            b.Configuration.Sources.Clear();
-            b.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
-            {
-                ["ModelService:ModelPath"] = Path.Combine(root, "models", "stories260K", "stories260K.bin"),
-                ["ModelService:Threads"] = threads.ToString(),
-                ["Kestrel:Endpoints:Grpc:Url"] = "http://127.0.0.1:0",
-                ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
-                ["Logging:LogLevel:Default"] = "Warning",
-            });
-        });
-        service.StartAsync().GetAwaiter().GetResult();
-        service.Services.GetRequiredService<ModelHost>().WhenLoaded.GetAwaiter().GetResult();
-        var gateway = GatewayApp.Build([], b =>
-        {
-            b.Configuration.Sources.Clear();
-            b.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
-            {
-                ["Gateway:Models:stories:Endpoints:0"] = service.Urls.First(),
-                ["Gateway:PluginsPath"] = Path.Combine(root, "plugins"),
-                ["Gateway:ArtifactsPath"] = Path.Combine(dir, "artifacts"),
-                ["Gateway:JobsPath"] = Path.Combine(dir, "jobs"),
-                ["Gateway:Auth:Enabled"] = "false",
-                ["Kestrel:Endpoints:Grpc:Url"] = "http://127.0.0.1:0",
-                ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
-                ["Logging:LogLevel:Default"] = "Error",
-            });
-        });
-        gateway.StartAsync().GetAwaiter().GetResult();
+        var service = BenchMesh.StartModelService(Path.Combine(root, "models", "stories260K", "stories260K.bin"), threads);
+        var gateway = BenchMesh.StartGateway(service.Urls.First(), Path.Combine(root, "plugins"), dir);
         var rows = new List<Dictionary<string, object?>>();
         try
         {
@@ -113,8 +85,7 @@ internal static class RetrievalBenchmark
         }
         finally
         {
-            gateway.StopAsync().GetAwaiter().GetResult();
-            service.StopAsync().GetAwaiter().GetResult();
+            BenchMesh.Stop(gateway, service);
             if (Directory.Exists(dir))
                 Directory.Delete(dir, recursive: true);
         }
@@ -124,15 +95,5 @@ internal static class RetrievalBenchmark
             foreach (var r in rows)
                 stdout.WriteLine("  " + string.Join("  ", r.Select(kv => $"{kv.Key}={kv.Value:0.###}")));
         return 0;
-    }
-
-    private static string RepoPath()
-    {
-        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
-        {
-            if (File.Exists(Path.Combine(d.FullName, "InterpMesh.sln")))
-                return d.FullName;
-        }
-        throw new UsageException("bench retrieval runs from a checkout (it needs models/stories260K and the built plugins/)");
     }
 }

@@ -23,9 +23,7 @@ internal static class SaeBenchmark
         int threads = TorchRuntime.Initialize(args.Int("threads", min: 1));
         bool json = args.Flag("json");
         args.RejectUnknown("bench sae");
-        string root = AppContext.BaseDirectory;
-        while (!File.Exists(Path.Combine(root, "InterpMesh.sln")))
-            root = Path.GetDirectoryName(root) ?? throw new UsageException("bench sae runs from a checkout");
+        string root = BenchMesh.Repository();
 
         double ours;
         using (var worker = new TorchWorker())

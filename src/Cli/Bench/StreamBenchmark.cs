@@ -49,19 +49,12 @@ internal static class StreamBenchmark
                     return 0;
                 });
             }
-            var app = ModelServiceApp.Build([], b => b.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
+            var app = BenchMesh.StartModelService(dir, threads, new()
             {
-                ["ModelService:ModelPath"] = dir,
-                ["ModelService:Threads"] = threads.ToString(),
                 ["ModelService:MaxChunkBytes"] = (1 << 20).ToString(),
                 ["ModelService:BatchWindowMs"] = window.ToString(),
                 ["ModelService:MaxCaptureBytes"] = (4L << 30).ToString(),
-                ["Kestrel:Endpoints:Grpc:Url"] = "http://127.0.0.1:0",
-                ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
-                ["Logging:LogLevel:Default"] = "Warning",
-            }));
-            app.StartAsync().GetAwaiter().GetResult();
-            app.Services.GetRequiredService<ModelHost>().WhenLoaded.GetAwaiter().GetResult();
+            });
             using var channel = Contracts.Channels.ForAddress(app.Urls.First());
             var client = new Contracts.V1.ModelService.ModelServiceClient(channel);
             var rng = new Random(7);
@@ -135,8 +128,7 @@ internal static class StreamBenchmark
                 Task.WaitAll(Enumerable.Range(0, clients).Select(_ => Task.Run(Client)).ToArray());
                 return sw.Elapsed.TotalSeconds;
             });
-            app.StopAsync().GetAwaiter().GetResult();
-            app.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            BenchMesh.Stop(app);
 
             var result = new Dictionary<string, object?>
             {
