@@ -33,6 +33,7 @@ public sealed class ShippedToyModelTests : TorchTest
         { "concepts", "sentiment_accuracy", 0.95 },
         { "concepts", "agreement_accuracy", 0.95 },
         { "concepts", "topic_accuracy", 0.95 },
+        { "functions", "icl_accuracy", 0.95 },
     };
 
     [Theory]

@@ -23,7 +23,7 @@ public static class CliApp
         Remote mode: info, tokenize, generate and forward take --server URL (e.g. http://127.0.0.1:50051)
         instead of --model and print the same JSON.
 
-          interpmesh train-toy induction|retrieval|concepts --out DIR [--seed S] [--steps N] [--batch B] [--lr LR] [--json]
+          interpmesh train-toy induction|retrieval|concepts|functions --out DIR [--seed S] [--steps N] [--batch B] [--lr LR] [--json]
           interpmesh bench forward --preset gpt2-small --batch B --seq T [--threads N]
                                [--capture GLOB] [--logits none|last|all] [--warmup W] [--iters I] [--json]
           interpmesh bench stream  --preset gpt2-small --batch B --seq T [--clients N] [--client-rows R] [--client-seq S]
