@@ -23,6 +23,12 @@ public static class CliApp
         Remote mode: info, tokenize, generate and forward take --server URL (e.g. http://127.0.0.1:50051)
         instead of --model and print the same JSON.
 
+        Analyses through a gateway (--server URL of the gateway; --key KEY or INTERPMESH_API_KEY when auth is on):
+          interpmesh plugins   --server URL [--json]
+          interpmesh run PLUGIN --server URL [--model M] [--params FILE.json | --params-json '{...}'] [--timeout S] [--json]
+          interpmesh jobs      list [--plugin P] | watch ID | cancel ID | result ID  --server URL [--json]
+          interpmesh artifacts list [--prefix P] | get NAME --out DIR | put NAME --from DIR [--metadata-json J] | rm NAME  --server URL [--json]
+
           interpmesh train-toy induction|retrieval|concepts|functions --out DIR [--seed S] [--steps N] [--batch B] [--lr LR] [--json]
           interpmesh bench forward --preset gpt2-small --batch B --seq T [--threads N]
                                [--capture GLOB] [--logits none|last|all] [--warmup W] [--iters I] [--json]
@@ -69,6 +75,22 @@ public static class CliApp
             }
             if (command == "serve")
                 return Serve.ServeCommand.Run(Parse(rest), stdout);
+            if (command == "plugins")
+                return Remote.RemoteAnalyses.Plugins(Parse(rest), stdout);
+            if (command == "run")
+            {
+                if (rest.Length == 0 || rest[0].StartsWith("--", StringComparison.Ordinal))
+                    throw new UsageException("run needs a plugin id: `interpmesh run probing --server URL --params file.json` (`interpmesh plugins` lists them)");
+                return Remote.RemoteAnalyses.Run(rest[0], Parse(rest[1..]), stdout, stderr);
+            }
+            if (command is "jobs" or "artifacts")
+            {
+                if (rest.Length == 0 || rest[0].StartsWith("--", StringComparison.Ordinal))
+                    throw new UsageException(command == "jobs" ? "jobs needs list, watch ID, cancel ID or result ID" : "artifacts needs list, get NAME, put NAME or rm NAME");
+                string? target = rest.Length > 1 && !rest[1].StartsWith("--", StringComparison.Ordinal) ? rest[1] : null;
+                var options = Parse(rest[(target is null ? 1 : 2)..]);
+                return command == "jobs" ? Remote.RemoteAnalyses.Jobs(rest[0], target, options, stdout, stderr) : Remote.RemoteAnalyses.Artifacts(rest[0], target, options, stdout);
+            }
             var parsed = Parse(rest);
             return command switch
             {
@@ -76,7 +98,7 @@ public static class CliApp
                 "tokenize" => TokenizeCommand.Run(parsed, stdout, stdin),
                 "generate" => GenerateCommand.Run(parsed, stdout),
                 "forward" => ForwardCommand.Run(parsed, stdout),
-                _ => throw new UsageException($"unknown command '{command}'; commands: info, tokenize, generate, forward, serve, train-toy, bench forward (see `interpmesh help`)"),
+                _ => throw new UsageException($"unknown command '{command}'; commands: info, tokenize, generate, forward, serve, plugins, run, jobs, artifacts, train-toy, bench (see `interpmesh help`)"),
             };
         }
         catch (Exception e) when (e is UsageException or ModelFormatException or ArgumentException or InvalidOperationException or FileNotFoundException or DirectoryNotFoundException)

@@ -1,0 +1,231 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Google.Protobuf;
+using Grpc.Core;
+using Grpc.Net.Client;
+using InterpMesh.Cli.CommandLine;
+using InterpMesh.Contracts.V1;
+
+namespace InterpMesh.Cli.Remote;
+
+/// <summary>
+/// Analyses through a gateway: <c>plugins</c>, <c>run</c>, <c>jobs</c>, <c>artifacts</c>. Every
+/// command takes <c>--server URL</c> and, when the gateway has auth on, <c>--key KEY</c> (or the
+/// <c>INTERPMESH_API_KEY</c> environment variable). Progress goes to stderr; results to stdout
+/// (human-readable, or JSON with <c>--json</c>).
+/// </summary>
+internal static class RemoteAnalyses
+{
+    private sealed record Connection(GrpcChannel Channel, CallOptions Options) : IDisposable
+    {
+        public AnalysisService.AnalysisServiceClient Analyses => new(Channel);
+        public ArtifactService.ArtifactServiceClient Artifacts => new(Channel);
+        public void Dispose() => Channel.Dispose();
+    }
+
+    private static Connection Connect(CliArgs args)
+    {
+        string url = args.RequireText("server", "the gateway's address, e.g. --server http://127.0.0.1:50050");
+        if (!Uri.TryCreate(url, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https"))
+            throw new UsageException($"--server must be an http:// or https:// URL, got '{url}'");
+        string? key = args.Text("key") ?? Environment.GetEnvironmentVariable("INTERPMESH_API_KEY");
+        var headers = new Metadata();
+        if (!string.IsNullOrEmpty(key))
+            headers.Add("authorization", $"Bearer {key}");
+        return new Connection(Contracts.Channels.ForAddress(uri.ToString()), new CallOptions(headers));
+    }
+
+    private static readonly JsonFormatter Formatter = new(JsonFormatter.Settings.Default.WithFormatDefaultValues(false));
+
+    public static int Plugins(CliArgs args, TextWriter stdout)
+    {
+        bool json = args.Flag("json");
+        using var c = Connect(args);
+        args.RejectUnknown("plugins");
+        var list = RemoteModel.Call(() => c.Analyses.ListPlugins(new ListPluginsRequest(), c.Options));
+        if (json)
+        {
+            stdout.WriteLine(Formatter.Format(list));
+            return 0;
+        }
+        foreach (var p in list.Plugins)
+            stdout.WriteLine(p.Loaded ? $"  {p.Id,-18} {p.Version,-8} {p.Description}" : $"  {p.Id,-18} NOT LOADED: {p.Error}");
+        return 0;
+    }
+
+    public static int Run(string plugin, CliArgs args, TextWriter stdout, TextWriter stderr)
+    {
+        bool json = args.Flag("json");
+        string parameters = args.Text("params") is { } file ? File.ReadAllText(file) : args.Text("params-json") ?? "{}";
+        var request = new AnalysisRequest { Plugin = plugin, Model = args.Text("model") ?? "", ParametersJson = parameters, TimeoutSeconds = args.Int("timeout", min: 0) ?? 0 };
+        using var c = Connect(args);
+        args.RejectUnknown("run");
+        Job? final = RemoteModel.Call(() =>
+        {
+            using var call = c.Analyses.RunAnalysis(request, c.Options);
+            Job? last = null;
+            while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
+            {
+                var e = call.ResponseStream.Current;
+                if (e.Progress is { } p)
+                    stderr.WriteLine($"[{new string('#', (int)(p.Fraction * 30)),-30}] {p.Fraction,4:P0} {p.Message}");
+                last = e.Finished ?? last;
+            }
+            return last;
+        });
+        return Report(final!, json, stdout);
+    }
+
+    private static int Report(Job job, bool json, TextWriter stdout)
+    {
+        if (json)
+            stdout.WriteLine(Formatter.Format(job));
+        else
+        {
+            stdout.WriteLine($"{job.Plugin} {job.Id}: {job.State.ToString().ToUpperInvariant()}{(job.Error.Length > 0 ? $" ({job.ErrorCode}) {job.Error}" : "")}");
+            if (job.Result is { } r)
+            {
+                stdout.WriteLine(JsonNode.Parse(r.SummaryJson)!.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+                foreach (var t in r.Tables)
+                {
+                    var rows = JsonNode.Parse(t.RowsJson)!.AsArray();
+                    stdout.WriteLine($"\n{t.Name} ({rows.Count} rows)\n  {string.Join(" | ", t.Columns)}");
+                    foreach (var row in rows.Take(10))
+                        stdout.WriteLine("  " + string.Join(" | ", row!.AsArray().Select(v => v is JsonValue x && x.TryGetValue<double>(out var d) ? d.ToString("0.####", System.Globalization.CultureInfo.InvariantCulture) : v?.ToJsonString() ?? "")));
+                }
+                foreach (var a in r.Artifacts)
+                    stdout.WriteLine($"artifact: {a}");
+                foreach (var f in r.Figures)
+                    stdout.WriteLine($"figure: {f.Name} ({f.MediaType}, {f.Content.Length} bytes)");
+            }
+        }
+        return job.State == JobState.Succeeded ? 0 : 1;
+    }
+
+    public static int Jobs(string verb, string? id, CliArgs args, TextWriter stdout, TextWriter stderr)
+    {
+        bool json = args.Flag("json");
+        using var c = Connect(args);
+        string plugin = args.Text("plugin") ?? "";
+        args.RejectUnknown($"jobs {verb}");
+        string Need() => id ?? throw new UsageException($"jobs {verb} needs a job id");
+        switch (verb)
+        {
+            case "list":
+                var list = RemoteModel.Call(() => c.Analyses.ListJobs(new ListJobsRequest { Plugin = plugin }, c.Options));
+                if (json)
+                    stdout.WriteLine(Formatter.Format(list));
+                else
+                    foreach (var j in list.Jobs)
+                        stdout.WriteLine($"  {j.Id}  {j.Plugin,-16} {j.State.ToString().ToUpperInvariant(),-12} {j.Progress,5:P0}  {j.Owner}  {j.Error}");
+                return 0;
+            case "result":
+                return Report(RemoteModel.Call(() => c.Analyses.GetJob(new GetJobRequest { Id = Need() }, c.Options)), json, stdout);
+            case "cancel":
+                var cancelled = RemoteModel.Call(() => c.Analyses.CancelJob(new CancelJobRequest { Id = Need() }, c.Options));
+                stdout.WriteLine(json ? Formatter.Format(cancelled) : $"{cancelled.Id}: {cancelled.State.ToString().ToUpperInvariant()}");
+                return 0;
+            case "watch":
+                var final = RemoteModel.Call(() =>
+                {
+                    using var call = c.Analyses.WatchJob(new WatchJobRequest { Id = Need() }, c.Options);
+                    Job? last = null;
+                    while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
+                    {
+                        var e = call.ResponseStream.Current;
+                        if (e.Progress is { } p)
+                            stderr.WriteLine($"[{new string('#', (int)(p.Fraction * 30)),-30}] {p.Fraction,4:P0} {p.Message}");
+                        last = e.Finished ?? last;
+                    }
+                    return last;
+                });
+                return Report(final!, json, stdout);
+            default:
+                throw new UsageException($"unknown jobs command '{verb}'; use list, watch ID, cancel ID or result ID");
+        }
+    }
+
+    public static int Artifacts(string verb, string? name, CliArgs args, TextWriter stdout)
+    {
+        bool json = args.Flag("json");
+        using var c = Connect(args);
+        string prefix = args.Text("prefix") ?? "";
+        string? dir = verb switch { "get" => args.RequireText("out", "a folder to write the files to"), "put" => args.RequireText("from", "a folder whose files to upload"), _ => null };
+        string? metadata = args.Text("metadata-json");
+        args.RejectUnknown($"artifacts {verb}");
+        string Need() => name ?? throw new UsageException($"artifacts {verb} needs an artifact name");
+        switch (verb)
+        {
+            case "list":
+                var list = RemoteModel.Call(() => c.Artifacts.ListArtifacts(new ListArtifactsRequest { Prefix = prefix }, c.Options));
+                if (json)
+                    stdout.WriteLine(Formatter.Format(list));
+                else
+                    foreach (var a in list.Artifacts)
+                        stdout.WriteLine($"  {a.Name,-40} {a.Files.Sum(f => f.Bytes),12:N0} B  {string.Join(", ", a.Files.Select(f => f.Name))}");
+                return 0;
+            case "get":
+                Directory.CreateDirectory(dir!);
+                var header = RemoteModel.Call(() =>
+                {
+                    using var call = c.Artifacts.GetArtifact(new GetArtifactRequest { Name = Need() }, c.Options);
+                    Contracts.V1.ArtifactInfo? info = null;
+                    var streams = new Dictionary<string, FileStream>();
+                    try
+                    {
+                        while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
+                        {
+                            var chunk = call.ResponseStream.Current;
+                            if (chunk.Header is { } h)
+                            {
+                                info = h;
+                                continue;
+                            }
+                            if (!streams.TryGetValue(chunk.Data.File, out var s))
+                                streams[chunk.Data.File] = s = File.Create(Path.Combine(dir!, Path.GetFileName(chunk.Data.File)));
+                            chunk.Data.Data.WriteTo(s);
+                        }
+                    }
+                    finally
+                    {
+                        foreach (var s in streams.Values)
+                            s.Dispose();
+                    }
+                    return info!;
+                });
+                stdout.WriteLine(json ? Formatter.Format(header) : $"{header.Name}: {header.Files.Count} files written to {dir}");
+                return 0;
+            case "put":
+                var files = Directory.GetFiles(dir!).Order(StringComparer.Ordinal).ToList();
+                var stored = RemoteModel.Call(() =>
+                {
+                    using var call = c.Artifacts.PutArtifact(c.Options);
+                    var head = new Contracts.V1.ArtifactInfo { Name = Need(), MetadataJson = metadata ?? "{}" };
+                    head.Files.AddRange(files.Select(f => new ArtifactFileInfo { Name = Path.GetFileName(f), Bytes = new FileInfo(f).Length }));
+                    call.RequestStream.WriteAsync(new ArtifactChunk { Header = head }).GetAwaiter().GetResult();
+                    var buffer = new byte[1 << 20];
+                    foreach (var f in files)
+                    {
+                        using var s = File.OpenRead(f);
+                        long offset = 0;
+                        int n;
+                        while ((n = s.Read(buffer)) > 0)
+                        {
+                            call.RequestStream.WriteAsync(new ArtifactChunk { Data = new FileData { File = Path.GetFileName(f), Offset = offset, Data = ByteString.CopyFrom(buffer, 0, n) } }).GetAwaiter().GetResult();
+                            offset += n;
+                        }
+                    }
+                    call.RequestStream.CompleteAsync().GetAwaiter().GetResult();
+                    return call.ResponseAsync.GetAwaiter().GetResult();
+                });
+                stdout.WriteLine(json ? Formatter.Format(stored) : $"{stored.Name}: {stored.Files.Count} files stored");
+                return 0;
+            case "rm":
+                var deleted = RemoteModel.Call(() => c.Artifacts.DeleteArtifact(new DeleteArtifactRequest { Name = Need() }, c.Options));
+                stdout.WriteLine(json ? Formatter.Format(deleted) : deleted.Deleted ? $"{Need()} deleted" : $"there was no artifact {Need()}");
+                return 0;
+            default:
+                throw new UsageException($"unknown artifacts command '{verb}'; use list, get NAME --out DIR, put NAME --from DIR or rm NAME");
+        }
+    }
+}

@@ -1,0 +1,95 @@
+using System.Text.Json;
+using Microsoft.AspNetCore.Builder;
+
+namespace InterpMesh.Cli.Tests;
+
+/// <summary>A model service (concepts) and a gateway with the built-in plugins and API keys.</summary>
+public sealed class AnalysisMesh : IAsyncLifetime
+{
+    private WebApplication? service, gateway;
+
+    public string Gateway { get; private set; } = "";
+
+    public async Task InitializeAsync()
+    {
+        (service, var address) = await Mesh.StartModelServiceAsync(RepoPaths.Models("concepts"));
+        (gateway, Gateway) = await Mesh.StartGatewayAsync([address], Path.Combine(RepoPaths.Root, "plugins"), Path.Combine(Path.GetTempPath(), "interpmesh-cli-" + Guid.NewGuid().ToString("N")));
+    }
+
+    public async Task DisposeAsync()
+    {
+        foreach (var app in new[] { gateway, service })
+        {
+            if (app is not null)
+            {
+                await app.StopAsync();
+                await app.DisposeAsync();
+            }
+        }
+    }
+}
+
+/// <summary>`interpmesh plugins | run | jobs | artifacts` against a running gateway.</summary>
+public sealed class RemoteAnalysesTests(AnalysisMesh mesh) : IClassFixture<AnalysisMesh>
+{
+    private string[] Remote(params string[] args) => [.. args, "--server", mesh.Gateway, "--key", Mesh.AliceKey];
+
+    private static string Rows()
+    {
+        var rows = Enumerable.Range(0, 40).Select(i => new { text = $"the {(i % 3 == 0 ? "dog" : "cat")} is {(i % 2 == 0 ? "happy" : "sad")} . what a", label = i % 2 == 0 ? "positive" : "negative" });
+        return JsonSerializer.Serialize(new { rows, hooks = new[] { "blocks.1.hook_resid_post" }, sparse = new { enabled = false }, save_prefix = "probes/cli" });
+    }
+
+    [Fact]
+    public void Plugins_lists_the_built_in_analyses()
+    {
+        var r = CliRunner.Run(Remote("plugins", "--json"));
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var ids = r.Json.GetProperty("plugins").EnumerateArray().Where(p => p.GetProperty("loaded").GetBoolean()).Select(p => p.GetProperty("id").GetString()).ToHashSet();
+        Assert.Superset(ids, new HashSet<string?> { "probing", "sae", "steering", "retrieval-heads" });
+    }
+
+    [Fact]
+    public void Run_streams_progress_prints_the_result_and_jobs_and_artifacts_find_it()
+    {
+        var run = CliRunner.Run(Remote("run", "probing", "--params-json", Rows(), "--json"));
+        Assert.True(run.ExitCode == 0, run.Stderr + run.Stdout);
+        Assert.Contains("] ", run.Stderr, StringComparison.Ordinal);                    // progress bars
+        var job = run.Json;
+        Assert.Equal("JOB_STATE_SUCCEEDED", job.GetProperty("state").GetString());
+        string id = job.GetProperty("id").GetString()!;
+
+        var text = CliRunner.Run(Remote("jobs", "result", id));
+        Assert.True(text.ExitCode == 0, text.Stderr);
+        Assert.Contains("per_hook (1 rows)", text.Stdout, StringComparison.Ordinal);
+        Assert.Contains(id, CliRunner.Run(Remote("jobs", "list")).Stdout, StringComparison.Ordinal);
+
+        var list = CliRunner.Run(Remote("artifacts", "list", "--prefix", "probes/cli/", "--json"));
+        Assert.Equal("probes/cli/blocks.1.hook_resid_post", list.Json.GetProperty("artifacts")[0].GetProperty("name").GetString());
+        string dir = Path.Combine(Path.GetTempPath(), "cli-art-" + Guid.NewGuid().ToString("N"));
+        Assert.Equal(0, CliRunner.Run(Remote("artifacts", "get", "probes/cli/blocks.1.hook_resid_post", "--out", dir)).ExitCode);
+        Assert.True(File.Exists(Path.Combine(dir, "tensors.safetensors")));
+        // Round trip: upload the folder under a new name, then remove it.
+        Assert.Equal(0, CliRunner.Run(Remote("artifacts", "put", "copies/probe", "--from", dir)).ExitCode);
+        Assert.Contains("copies/probe", CliRunner.Run(Remote("artifacts", "list")).Stdout, StringComparison.Ordinal);
+        var rm = CliRunner.Run("artifacts", "rm", "copies/probe", "--server", mesh.Gateway, "--key", Mesh.AdminKey);
+        Assert.True(rm.ExitCode == 0, rm.Stderr);
+        Assert.DoesNotContain("copies/probe", CliRunner.Run(Remote("artifacts", "list")).Stdout, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Failures_exit_non_zero_with_what_went_wrong()
+    {
+        var bad = CliRunner.Run(Remote("run", "probing", "--params-json", """{"rows": []}"""));
+        Assert.Equal(1, bad.ExitCode);
+        Assert.Contains("FAILED (INVALID_ARGUMENT) the dataset is empty", bad.Stdout, StringComparison.Ordinal);
+
+        var noKey = CliRunner.Run("plugins", "--server", mesh.Gateway);
+        Assert.Equal(1, noKey.ExitCode);
+        Assert.Contains("Unauthenticated", noKey.Stderr, StringComparison.Ordinal);
+
+        var usage = CliRunner.Run("run", "--server", mesh.Gateway);
+        Assert.Equal(2, usage.ExitCode);
+        Assert.Contains("run needs a plugin id", usage.Stderr, StringComparison.Ordinal);
+    }
+}
