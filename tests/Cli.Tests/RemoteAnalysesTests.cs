@@ -93,3 +93,49 @@ public sealed class RemoteAnalysesTests(AnalysisMesh mesh) : IClassFixture<Analy
         Assert.Contains("run needs a plugin id", usage.Stderr, StringComparison.Ordinal);
     }
 }
+
+/// <summary>`interpmesh up` as a user starts it: a separate process, stopped with Ctrl-C (SIGINT).</summary>
+public sealed class UpProcessTests
+{
+    [Fact]
+    public async Task Up_serves_the_gateway_with_the_built_in_plugins_and_stops_cleanly_on_ctrl_c()
+    {
+        int gatewayPort = Ports.Free(), modelPort = Ports.Free();
+        string data = Path.Combine(Path.GetTempPath(), "interpmesh-up-" + Guid.NewGuid().ToString("N"));
+        var psi = new System.Diagnostics.ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, "interpmesh"),
+            ["up", "--grpc-port", gatewayPort.ToString(), "--model-port", modelPort.ToString(), "--data", data])
+        { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var process = System.Diagnostics.Process.Start(psi)!;
+        var lines = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var ready = new TaskCompletionSource<string>();
+        var reader = Task.Run(async () =>
+        {
+            while (await process.StandardOutput.ReadLineAsync() is { } line)
+            {
+                lines.Enqueue(line);
+                if (line.StartsWith("up: ", StringComparison.Ordinal))
+                    ready.TrySetResult(line);
+            }
+        });
+        try
+        {
+            Assert.True(await Task.WhenAny(ready.Task, Task.Delay(90_000)) == ready.Task, $"up did not report ready within 90 s: {string.Join(" | ", lines)}");
+            Assert.Contains($"127.0.0.1:{gatewayPort}", await ready.Task, StringComparison.Ordinal);
+            var plugins = CliRunner.Run("plugins", "--server", $"http://127.0.0.1:{gatewayPort}", "--json");
+            Assert.True(plugins.ExitCode == 0, plugins.Stderr);
+            Assert.Contains(plugins.Json.GetProperty("plugins").EnumerateArray(), p => p.GetProperty("id").GetString() == "probing" && p.GetProperty("loaded").GetBoolean());
+            using (var kill = System.Diagnostics.Process.Start("kill", ["-INT", process.Id.ToString()])!)
+                await kill.WaitForExitAsync();
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            await process.WaitForExitAsync(timeout.Token);
+            await reader;
+            Assert.Equal(0, process.ExitCode);
+            Assert.Contains("stopped", lines);
+        }
+        finally
+        {
+            if (!process.HasExited)
+                process.Kill(entireProcessTree: true);
+        }
+    }
+}

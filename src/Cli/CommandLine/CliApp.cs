@@ -23,6 +23,9 @@ public static class CliApp
         Remote mode: info, tokenize, generate and forward take --server URL (e.g. http://127.0.0.1:50051)
         instead of --model and print the same JSON.
 
+        The local mesh (a model service + a gateway with the built-in plugins, on loopback, until Ctrl-C):
+          interpmesh up        [--model PATH] [--grpc-port 50050] [--model-port 50051] [--plugins DIR] [--data DIR] [--key KEY] [--bind A]
+
         Analyses through a gateway (--server URL of the gateway; --key KEY or INTERPMESH_API_KEY when auth is on):
           interpmesh plugins   --server URL [--json]
           interpmesh run PLUGIN --server URL [--model M] [--params FILE.json | --params-json '{...}'] [--timeout S] [--json]
@@ -75,6 +78,8 @@ public static class CliApp
             }
             if (command == "serve")
                 return Serve.ServeCommand.Run(Parse(rest), stdout);
+            if (command == "up")
+                return Serve.UpCommand.Run(Parse(rest), stdout);
             if (command == "plugins")
                 return Remote.RemoteAnalyses.Plugins(Parse(rest), stdout);
             if (command == "run")
@@ -98,7 +103,7 @@ public static class CliApp
                 "tokenize" => TokenizeCommand.Run(parsed, stdout, stdin),
                 "generate" => GenerateCommand.Run(parsed, stdout),
                 "forward" => ForwardCommand.Run(parsed, stdout),
-                _ => throw new UsageException($"unknown command '{command}'; commands: info, tokenize, generate, forward, serve, plugins, run, jobs, artifacts, train-toy, bench (see `interpmesh help`)"),
+                _ => throw new UsageException($"unknown command '{command}'; commands: info, tokenize, generate, forward, serve, up, plugins, run, jobs, artifacts, train-toy, bench (see `interpmesh help`)"),
             };
         }
         catch (Exception e) when (e is UsageException or ModelFormatException or ArgumentException or InvalidOperationException or FileNotFoundException or DirectoryNotFoundException)
