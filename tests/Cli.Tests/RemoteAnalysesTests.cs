@@ -78,6 +78,20 @@ public sealed class RemoteAnalysesTests(AnalysisMesh mesh) : IClassFixture<Analy
     }
 
     [Fact]
+    public void Model_commands_go_through_the_gateway_with_a_key()
+    {
+        var info = CliRunner.Run("info", "--server", mesh.Gateway, "--key", Mesh.ReaderKey, "--model-name", "tiny", "--json");
+        Assert.True(info.ExitCode == 0, info.Stderr);
+        Assert.Equal("GPT2LMHeadModel", info.Json.GetProperty("architecture").GetString());
+        var generate = CliRunner.Run("generate", "--server", mesh.Gateway, "--key", Mesh.AliceKey, "--prompt", "the dog is happy . what a", "--max-new-tokens", "2", "--json");
+        Assert.True(generate.ExitCode == 0, generate.Stderr);
+        Assert.Equal(2, generate.Json.GetProperty("generated_ids").GetArrayLength());
+        var denied = CliRunner.Run("generate", "--server", mesh.Gateway, "--key", Mesh.ReaderKey, "--prompt", "the dog", "--max-new-tokens", "1");
+        Assert.Equal(1, denied.ExitCode);
+        Assert.Contains("lacks the 'analyze' role", denied.Stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Failures_exit_non_zero_with_what_went_wrong()
     {
         var bad = CliRunner.Run(Remote("run", "probing", "--params-json", """{"rows": []}"""));

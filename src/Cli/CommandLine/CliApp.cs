@@ -21,7 +21,8 @@ public static class CliApp
           interpmesh serve     --model PATH [--tokenizer PATH] [--grpc-port P] [--metrics-port Q] [--bind ADDRESS] [--threads N]
 
         Remote mode: info, tokenize, generate and forward take --server URL (e.g. http://127.0.0.1:50051)
-        instead of --model and print the same JSON.
+        instead of --model and print the same JSON. Through a gateway add --key KEY (or INTERPMESH_API_KEY)
+        and, when it serves several models, --model-name NAME.
 
         The local mesh (a model service + a gateway with the built-in plugins, on loopback, until Ctrl-C):
           interpmesh up        [--model PATH] [--grpc-port 50050] [--model-port 50051] [--plugins DIR] [--data DIR] [--key KEY] [--bind A]

@@ -24,8 +24,9 @@ internal static class ForwardCommand
         float[][] rows;
         if (args.Text("server") is { } server)
         {
+            var target = Remote.RemoteModel.Target(server, args);
             args.RejectUnknown("forward");
-            rows = Remote.RemoteModel.Forward(server, ids, mode == LogitsMode.All);
+            rows = Remote.RemoteModel.Forward(target, ids, mode == LogitsMode.All);
             return Print(stdout, json, ids, mode, rows);
         }
         using var session = LocalSession.Open(args);

@@ -22,8 +22,9 @@ internal static class GenerateCommand
         string? stopText = args.Text("stop-ids");
         if (args.Text("server") is { } server)
         {
+            var target = Remote.RemoteModel.Target(server, args);
             args.RejectUnknown("generate");
-            var (usedIds, gen, remoteText) = Remote.RemoteModel.Generate(server, prompt, promptIds, maxNew,
+            var (usedIds, gen, remoteText) = Remote.RemoteModel.Generate(target, prompt, promptIds, maxNew,
                 new Contracts.V1.SamplingParameters { Temperature = sampling.Temperature, TopK = sampling.TopK, TopP = sampling.TopP, Seed = sampling.Seed },
                 stopText is null or "none" ? null : ParseIds(stopText), noDefaultStop: stopText == "none");
             if (json)

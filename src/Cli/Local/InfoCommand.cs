@@ -10,8 +10,9 @@ internal static class InfoCommand
         bool json = args.Flag("json");
         if (args.Text("server") is { } server)
         {
+            var target = Remote.RemoteModel.Target(server, args);
             args.RejectUnknown("info");
-            var remote = Remote.RemoteModel.Info(server);
+            var remote = Remote.RemoteModel.Info(target);
             if (json)
                 JsonOutput.Write(stdout, remote);
             else

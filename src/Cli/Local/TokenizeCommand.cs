@@ -17,7 +17,8 @@ internal static class TokenizeCommand
         {
             if (args.Text("server") is { } server)
             {
-                encode = text => Remote.RemoteModel.Tokenize(server, text);
+                var target = Remote.RemoteModel.Target(server, args);
+                encode = text => Remote.RemoteModel.Tokenize(target, text);
             }
             else if (args.Text("model") is not null)
             {

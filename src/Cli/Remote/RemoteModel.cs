@@ -1,4 +1,5 @@
 using Grpc.Core;
+using Grpc.Core.Interceptors;
 using Grpc.Net.Client;
 using InterpMesh.Cli.CommandLine;
 using InterpMesh.Contracts.V1;
@@ -11,12 +12,33 @@ namespace InterpMesh.Cli.Remote;
 /// </summary>
 internal static class RemoteModel
 {
-    private static Contracts.V1.ModelService.ModelServiceClient Client(string url, out GrpcChannel channel)
+    /// <summary>Where remote calls go: a model service, or a gateway (with an API key and a model name when it needs them).</summary>
+    public sealed record RemoteTarget(string Url, Metadata Headers);
+
+    /// <summary>Reads <c>--key</c> (or INTERPMESH_API_KEY) and <c>--model-name</c> for calls through a gateway.</summary>
+    public static RemoteTarget Target(string url, CliArgs args)
     {
-        if (!Uri.TryCreate(url, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))
-            throw new UsageException($"--server must be an http:// or https:// URL such as http://127.0.0.1:50051, got '{url}'");
+        var headers = new Metadata();
+        if ((args.Text("key") ?? Environment.GetEnvironmentVariable("INTERPMESH_API_KEY")) is { Length: > 0 } key)
+            headers.Add("authorization", $"Bearer {key}");
+        if (args.Text("model-name") is { Length: > 0 } model)
+            headers.Add("interpmesh-model", model);
+        return new RemoteTarget(url, headers);
+    }
+
+    private static Contracts.V1.ModelService.ModelServiceClient Client(RemoteTarget target, out GrpcChannel channel)
+    {
+        if (!Uri.TryCreate(target.Url, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))
+            throw new UsageException($"--server must be an http:// or https:// URL such as http://127.0.0.1:50051, got '{target.Url}'");
         channel = Contracts.Channels.ForAddress(uri.ToString());
-        return new Contracts.V1.ModelService.ModelServiceClient(channel);
+        var headers = target.Headers;
+        var invoker = channel.Intercept(metadata =>
+        {
+            foreach (var entry in headers)
+                metadata.Add(entry);
+            return metadata;
+        });
+        return new Contracts.V1.ModelService.ModelServiceClient(invoker);
     }
 
     /// <summary>Turns a gRPC failure into the CLI's one-line error.</summary>
@@ -34,7 +56,7 @@ internal static class RemoteModel
         }
     }
 
-    public static Dictionary<string, object?> Info(string url)
+    public static Dictionary<string, object?> Info(RemoteTarget url)
     {
         var client = Client(url, out var channel);
         using (channel)
@@ -61,14 +83,14 @@ internal static class RemoteModel
         }
     }
 
-    public static int[] Tokenize(string url, string text)
+    public static int[] Tokenize(RemoteTarget url, string text)
     {
         var client = Client(url, out var channel);
         using (channel)
             return [.. Call(() => client.Tokenize(new TokenizeRequest { Texts = { text } })).Tokens[0].Ids];
     }
 
-    public static (int[] Prompt, int[] Generated, string? Text) Generate(string url, string? prompt, int[]? promptIds, int maxNew, SamplingParameters sampling, int[]? stopIds, bool noDefaultStop)
+    public static (int[] Prompt, int[] Generated, string? Text) Generate(RemoteTarget url, string? prompt, int[]? promptIds, int maxNew, SamplingParameters sampling, int[]? stopIds, bool noDefaultStop)
     {
         var client = Client(url, out var channel);
         using (channel)
@@ -100,7 +122,7 @@ internal static class RemoteModel
         }
     }
 
-    public static float[][] Forward(string url, int[] ids, bool all)
+    public static float[][] Forward(RemoteTarget url, int[] ids, bool all)
     {
         var client = Client(url, out var channel);
         using (channel)
