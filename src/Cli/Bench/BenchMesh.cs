@@ -21,6 +21,18 @@ internal static class BenchMesh
         throw new UsageException("this benchmark runs from a checkout (it needs models/, bench/ and the built plugins/)");
     }
 
+    /// <summary>Writes a random-weights model of a preset's shape in the Hugging Face layout (seed 1234).</summary>
+    public static void SaveRandomModel(InterpMesh.Runtime.Architectures.ModelConfig config, string dir)
+    {
+        using var worker = new InterpMesh.Runtime.Execution.TorchWorker();
+        worker.Run(() =>
+        {
+            using var model = InterpMesh.Runtime.Architectures.Presets.CreateRandom(config, seed: 1234);
+            InterpMesh.ToyModels.Export.HfCheckpointWriter.Save(model, dir);
+            return 0;
+        });
+    }
+
     public static WebApplication StartModelService(string modelPath, int threads, Dictionary<string, string?>? extra = null)
     {
         var app = ModelServiceApp.Build([], b =>

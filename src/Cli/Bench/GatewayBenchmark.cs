@@ -36,15 +36,7 @@ internal static class GatewayBenchmark
         string dir = Path.Combine(Path.GetTempPath(), "interpmesh-bench-" + Guid.NewGuid().ToString("N"));
         try
         {
-            using (var worker = new TorchWorker())
-            {
-                worker.Run(() =>
-                {
-                    using var model = Presets.CreateRandom(config, seed: 1234);
-                    HfCheckpointWriter.Save(model, dir);
-                    return 0;
-                });
-            }
+            BenchMesh.SaveRandomModel(config, dir);
             var service = BenchMesh.StartModelService(dir, threads, new() { ["ModelService:MaxCaptureBytes"] = (4L << 30).ToString() });
             string direct = service.Urls.First();
             var gateway = BenchMesh.StartGateway(direct, Path.Combine(dir, "no-plugins"), dir);

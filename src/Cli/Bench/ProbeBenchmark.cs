@@ -79,15 +79,7 @@ internal static class ProbeBenchmark
         try
         {
             var config = Presets.Config("gpt2-small");
-            using (var worker = new TorchWorker())
-            {
-                worker.Run(() =>
-                {
-                    using var model = Presets.CreateRandom(config, seed: 1234);
-                    HfCheckpointWriter.Save(model, dir);
-                    return 0;
-                });
-            }
+            BenchMesh.SaveRandomModel(config, dir);
             foreach (var f in Directory.GetFiles(Path.Combine(root, "models", "gpt2-tokenizer")))
                 File.Copy(f, Path.Combine(dir, Path.GetFileName(f)), overwrite: true);
             var service = BenchMesh.StartModelService(dir, threads);

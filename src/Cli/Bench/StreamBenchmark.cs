@@ -40,15 +40,7 @@ internal static class StreamBenchmark
         string dir = Path.Combine(Path.GetTempPath(), "interpmesh-bench-" + Guid.NewGuid().ToString("N"));
         try
         {
-            using (var worker = new TorchWorker())
-            {
-                worker.Run(() =>
-                {
-                    using var model = Presets.CreateRandom(config, seed: 1234);
-                    HfCheckpointWriter.Save(model, dir);
-                    return 0;
-                });
-            }
+            BenchMesh.SaveRandomModel(config, dir);
             var app = BenchMesh.StartModelService(dir, threads, new()
             {
                 ["ModelService:MaxChunkBytes"] = (1 << 20).ToString(),

@@ -60,21 +60,23 @@ internal static class RemoteAnalyses
         var request = new AnalysisRequest { Plugin = plugin, Model = args.Text("model") ?? "", ParametersJson = parameters, TimeoutSeconds = args.Int("timeout", min: 0) ?? 0 };
         using var c = Connect(args);
         args.RejectUnknown("run");
-        Job? final = RemoteModel.Call(() =>
-        {
-            using var call = c.Analyses.RunAnalysis(request, c.Options);
-            Job? last = null;
-            while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
-            {
-                var e = call.ResponseStream.Current;
-                if (e.Progress is { } p)
-                    stderr.WriteLine($"[{new string('#', (int)(p.Fraction * 30)),-30}] {p.Fraction,4:P0} {p.Message}");
-                last = e.Finished ?? last;
-            }
-            return last;
-        });
-        return Report(final!, json, stdout);
+        return Report(Follow(() => c.Analyses.RunAnalysis(request, c.Options), stderr), json, stdout);
     }
+
+    /// <summary>Follows a job's event stream: progress bars on stderr, the final record returned.</summary>
+    private static Job Follow(Func<AsyncServerStreamingCall<JobEvent>> start, TextWriter stderr) => RemoteModel.Call(() =>
+    {
+        using var call = start();
+        Job? last = null;
+        while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
+        {
+            var e = call.ResponseStream.Current;
+            if (e.Progress is { } p)
+                stderr.WriteLine($"[{new string('#', (int)(p.Fraction * 30)),-30}] {p.Fraction,4:P0} {p.Message}");
+            last = e.Finished ?? last;
+        }
+        return last ?? throw new InvalidOperationException("the job stream ended without the job's final record");
+    });
 
     private static int Report(Job job, bool json, TextWriter stdout)
     {
@@ -126,20 +128,7 @@ internal static class RemoteAnalyses
                 stdout.WriteLine(json ? Formatter.Format(cancelled) : $"{cancelled.Id}: {cancelled.State.ToString().ToUpperInvariant()}");
                 return 0;
             case "watch":
-                var final = RemoteModel.Call(() =>
-                {
-                    using var call = c.Analyses.WatchJob(new WatchJobRequest { Id = Need() }, c.Options);
-                    Job? last = null;
-                    while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
-                    {
-                        var e = call.ResponseStream.Current;
-                        if (e.Progress is { } p)
-                            stderr.WriteLine($"[{new string('#', (int)(p.Fraction * 30)),-30}] {p.Fraction,4:P0} {p.Message}");
-                        last = e.Finished ?? last;
-                    }
-                    return last;
-                });
-                return Report(final!, json, stdout);
+                return Report(Follow(() => c.Analyses.WatchJob(new WatchJobRequest { Id = Need() }, c.Options), stderr), json, stdout);
             default:
                 throw new UsageException($"unknown jobs command '{verb}'; use list, watch ID, cancel ID or result ID");
         }
