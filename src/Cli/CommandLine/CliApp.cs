@@ -11,6 +11,9 @@ public static class CliApp
     public const string Usage = """
         interpmesh — serve and inspect transformer internals
 
+        Start here (from a checkout): the local mesh, all four analyses on the toy models, an HTML report:
+          interpmesh demo      [--report interpmesh-report.html] [--quick] [--data DIR] [--threads N] [--json]
+
         Local mode (the model is loaded in this process):
           interpmesh info      --model PATH [--tokenizer PATH] [--json]
           interpmesh tokenize  (--model PATH | --tokenizer PATH) [--text "..."] [--json]
@@ -29,8 +32,8 @@ public static class CliApp
 
         Analyses through a gateway (--server URL of the gateway; --key KEY or INTERPMESH_API_KEY when auth is on):
           interpmesh plugins   --server URL [--json]
-          interpmesh run PLUGIN --server URL [--model M] [--params FILE.json | --params-json '{...}'] [--timeout S] [--json]
-          interpmesh jobs      list [--plugin P] | watch ID | cancel ID | result ID  --server URL [--json]
+          interpmesh run PLUGIN --server URL [--model M] [--params FILE.json | --params-json '{...}'] [--timeout S] [--report FILE.html] [--json]
+          interpmesh jobs      list [--plugin P] | watch ID | cancel ID | result ID  --server URL [--report FILE.html] [--json]
           interpmesh artifacts list [--prefix P] | get NAME --out DIR | put NAME --from DIR [--metadata-json J] | rm NAME  --server URL [--json]
 
           interpmesh train-toy induction|retrieval|concepts|functions --out DIR [--seed S] [--steps N] [--batch B] [--lr LR] [--json]
@@ -42,6 +45,14 @@ public static class CliApp
           interpmesh bench probe   [--n N --d D] [--texts T] [--threads N] [--json]
           interpmesh bench retrieval [--trials N] [--threads N] [--json]
           interpmesh bench sae     [--d-in D --d-sae S --k K --batch B --steps N] [--threads N] [--json]
+
+        Settings: --server, --key and --model (--model-name for model commands) default to the environment
+        variables INTERPMESH_SERVER, INTERPMESH_API_KEY and INTERPMESH_MODEL, then to the config file
+        $INTERPMESH_CONFIG or ~/.config/interpmesh/config.json ({"server": "...", "apiKey": "...", "model": "..."}).
+          interpmesh config    shows the effective settings and where each comes from
+
+        Exit codes: 0 success; 1 the command failed (reason on stderr); 2 the command line is wrong.
+        `interpmesh COMMAND --help` shows one command's usage.
 
         PATH is a Hugging Face folder (config.json + model.safetensors) or a llama2.c .bin (tokenizer:
         --tokenizer, or tokenizer.bin / a single tok*.bin beside it). Common options: --threads N,
@@ -60,6 +71,18 @@ public static class CliApp
             }
             string command = args[0];
             string[] rest = args[1..];
+            if (rest.Any(a => a is "--help" or "-h"))
+            {
+                stdout.WriteLine(CommandUsage(command));
+                return 0;
+            }
+            if (command == "config")
+            {
+                Parse(rest).RejectUnknown("config");
+                foreach (var (name, value, source) in CliSettings.Describe())
+                    stdout.WriteLine($"  {name,-12} {value,-40} {source}");
+                return 0;
+            }
             if (command == "bench")
             {
                 return rest.Length == 0 ? throw new UsageException("bench needs a benchmark name: `interpmesh bench forward|stream|gateway|probe|retrieval|sae ...`")
@@ -81,6 +104,8 @@ public static class CliApp
                 return Serve.ServeCommand.Run(Parse(rest), stdout);
             if (command == "up")
                 return Serve.UpCommand.Run(Parse(rest), stdout);
+            if (command == "demo")
+                return Demo.DemoCommand.Run(Parse(rest), stdout, stderr);
             if (command == "plugins")
                 return Remote.RemoteAnalyses.Plugins(Parse(rest), stdout);
             if (command == "run")
@@ -104,7 +129,7 @@ public static class CliApp
                 "tokenize" => TokenizeCommand.Run(parsed, stdout, stdin),
                 "generate" => GenerateCommand.Run(parsed, stdout),
                 "forward" => ForwardCommand.Run(parsed, stdout),
-                _ => throw new UsageException($"unknown command '{command}'; commands: info, tokenize, generate, forward, serve, up, plugins, run, jobs, artifacts, train-toy, bench (see `interpmesh help`)"),
+                _ => throw new UsageException($"unknown command '{command}'; commands: demo, config, info, tokenize, generate, forward, serve, up, plugins, run, jobs, artifacts, train-toy, bench (see `interpmesh help`)"),
             };
         }
         catch (Exception e) when (e is UsageException or ModelFormatException or ArgumentException or InvalidOperationException or FileNotFoundException or DirectoryNotFoundException)
@@ -116,5 +141,23 @@ public static class CliApp
         }
     }
 
-    private static CliArgs Parse(string[] rest) => new(rest, new HashSet<string> { "json" });
+    /// <summary>The usage lines of one command (its line and the continuation lines under it), or all of them.</summary>
+    public static string CommandUsage(string command)
+    {
+        var lines = Usage.Split('\n');
+        var picked = new List<string>();
+        for (int i = 0; i < lines.Length; i++)
+        {
+            string trimmed = lines[i].TrimStart();
+            if (!trimmed.StartsWith($"interpmesh {command} ", StringComparison.Ordinal) && trimmed != $"interpmesh {command}")
+                continue;
+            int indent = lines[i].Length - trimmed.Length;
+            picked.Add(lines[i].TrimEnd());
+            while (i + 1 < lines.Length && lines[i + 1].Length - lines[i + 1].TrimStart().Length > indent && !lines[i + 1].TrimStart().StartsWith("interpmesh ", StringComparison.Ordinal))
+                picked.Add(lines[++i].TrimEnd());
+        }
+        return picked.Count == 0 ? Usage : "usage:\n" + string.Join('\n', picked) + "\n\n(`interpmesh help` lists every command, settings and exit codes)";
+    }
+
+    private static CliArgs Parse(string[] rest) => new(rest, new HashSet<string> { "json", "quick" });
 }

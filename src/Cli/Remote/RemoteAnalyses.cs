@@ -4,6 +4,7 @@ using Google.Protobuf;
 using Grpc.Core;
 using Grpc.Net.Client;
 using InterpMesh.Cli.CommandLine;
+using InterpMesh.Cli.Report;
 using InterpMesh.Contracts.V1;
 
 namespace InterpMesh.Cli.Remote;
@@ -25,10 +26,12 @@ internal static class RemoteAnalyses
 
     private static Connection Connect(CliArgs args)
     {
-        string url = args.RequireText("server", "the gateway's address, e.g. --server http://127.0.0.1:50050");
+        var settings = CliSettings.Load();
+        string url = args.Text("server") ?? settings.Server
+            ?? throw new UsageException($"--server is required (the gateway's address, e.g. --server http://127.0.0.1:50050), or set INTERPMESH_SERVER or \"server\" in {settings.ConfigPath}");
         if (!Uri.TryCreate(url, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https"))
             throw new UsageException($"--server must be an http:// or https:// URL, got '{url}'");
-        string? key = args.Text("key") ?? Environment.GetEnvironmentVariable("INTERPMESH_API_KEY");
+        string? key = args.Text("key") ?? settings.ApiKey;
         var headers = new Metadata();
         if (!string.IsNullOrEmpty(key))
             headers.Add("authorization", $"Bearer {key}");
@@ -57,29 +60,45 @@ internal static class RemoteAnalyses
     {
         bool json = args.Flag("json");
         string parameters = args.Text("params") is { } file ? File.ReadAllText(file) : args.Text("params-json") ?? "{}";
-        var request = new AnalysisRequest { Plugin = plugin, Model = args.Text("model") ?? "", ParametersJson = parameters, TimeoutSeconds = args.Int("timeout", min: 0) ?? 0 };
+        var request = new AnalysisRequest { Plugin = plugin, Model = args.Text("model") ?? CliSettings.Load().Model ?? "", ParametersJson = parameters, TimeoutSeconds = args.Int("timeout", min: 0) ?? 0 };
+        string? report = args.Text("report");
         using var c = Connect(args);
         args.RejectUnknown("run");
-        return Report(Follow(() => c.Analyses.RunAnalysis(request, c.Options), stderr), json, stdout);
+        return Report(Follow(() => c.Analyses.RunAnalysis(request, c.Options), stderr), json, stdout, stderr, report);
     }
 
-    /// <summary>Follows a job's event stream: progress bars on stderr, the final record returned.</summary>
-    private static Job Follow(Func<AsyncServerStreamingCall<JobEvent>> start, TextWriter stderr) => RemoteModel.Call(() =>
+    /// <summary>Follows a job's event stream: a progress bar on stderr, the final record returned.</summary>
+    public static Job Follow(Func<AsyncServerStreamingCall<JobEvent>> start, TextWriter stderr, string label = "") => RemoteModel.Call(() =>
     {
         using var call = start();
+        var bar = new ProgressBar(stderr, label);
         Job? last = null;
-        while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
+        try
         {
-            var e = call.ResponseStream.Current;
-            if (e.Progress is { } p)
-                stderr.WriteLine($"[{new string('#', (int)(p.Fraction * 30)),-30}] {p.Fraction,4:P0} {p.Message}");
-            last = e.Finished ?? last;
+            while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
+            {
+                var e = call.ResponseStream.Current;
+                if (e.Progress is { } p)
+                    bar.Update(p.Fraction, p.Message);
+                last = e.Finished ?? last;
+            }
+        }
+        finally
+        {
+            bar.Done();
         }
         return last ?? throw new InvalidOperationException("the job stream ended without the job's final record");
     });
 
-    private static int Report(Job job, bool json, TextWriter stdout)
+    private static int Report(Job job, bool json, TextWriter stdout, TextWriter stderr, string? reportPath = null)
     {
+        if (reportPath is not null)
+        {
+            var html = new HtmlReport($"{job.Plugin} job {job.Id}");
+            html.Job(job);
+            // With --json, stdout stays one JSON document; the report's path goes to stderr.
+            (json ? stderr : stdout).WriteLine($"report: {html.Save(reportPath)}");
+        }
         if (json)
             stdout.WriteLine(Formatter.Format(job));
         else
@@ -109,6 +128,7 @@ internal static class RemoteAnalyses
         bool json = args.Flag("json");
         using var c = Connect(args);
         string plugin = args.Text("plugin") ?? "";
+        string? report = verb is "result" or "watch" ? args.Text("report") : null;
         args.RejectUnknown($"jobs {verb}");
         string Need() => id ?? throw new UsageException($"jobs {verb} needs a job id");
         switch (verb)
@@ -122,13 +142,13 @@ internal static class RemoteAnalyses
                         stdout.WriteLine($"  {j.Id}  {j.Plugin,-16} {j.State.ToString().ToUpperInvariant(),-12} {j.Progress,5:P0}  {j.Owner}  {j.Error}");
                 return 0;
             case "result":
-                return Report(RemoteModel.Call(() => c.Analyses.GetJob(new GetJobRequest { Id = Need() }, c.Options)), json, stdout);
+                return Report(RemoteModel.Call(() => c.Analyses.GetJob(new GetJobRequest { Id = Need() }, c.Options)), json, stdout, stderr, report);
             case "cancel":
                 var cancelled = RemoteModel.Call(() => c.Analyses.CancelJob(new CancelJobRequest { Id = Need() }, c.Options));
                 stdout.WriteLine(json ? Formatter.Format(cancelled) : $"{cancelled.Id}: {cancelled.State.ToString().ToUpperInvariant()}");
                 return 0;
             case "watch":
-                return Report(Follow(() => c.Analyses.WatchJob(new WatchJobRequest { Id = Need() }, c.Options), stderr), json, stdout);
+                return Report(Follow(() => c.Analyses.WatchJob(new WatchJobRequest { Id = Need() }, c.Options), stderr), json, stdout, stderr, report);
             default:
                 throw new UsageException($"unknown jobs command '{verb}'; use list, watch ID, cancel ID or result ID");
         }

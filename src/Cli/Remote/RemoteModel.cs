@@ -19,9 +19,10 @@ internal static class RemoteModel
     public static RemoteTarget Target(string url, CliArgs args)
     {
         var headers = new Metadata();
-        if ((args.Text("key") ?? Environment.GetEnvironmentVariable("INTERPMESH_API_KEY")) is { Length: > 0 } key)
+        var settings = CliSettings.Load();
+        if ((args.Text("key") ?? settings.ApiKey) is { Length: > 0 } key)
             headers.Add("authorization", $"Bearer {key}");
-        if (args.Text("model-name") is { Length: > 0 } model)
+        if ((args.Text("model-name") ?? settings.Model) is { Length: > 0 } model)
             headers.Add("interpmesh-model", model);
         return new RemoteTarget(url, headers);
     }

@@ -1,0 +1,84 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using InterpMesh.Cli.CommandLine;
+using InterpMesh.Cli.Report;
+using InterpMesh.Cli.Serve;
+using Microsoft.AspNetCore.Builder;
+
+namespace InterpMesh.Cli.Demo;
+
+/// <summary>
+/// <c>interpmesh demo</c>: brings up the local mesh with the three toy models, runs the four
+/// plugins through the gateway, prints what each found, writes one self-contained HTML report and
+/// shuts the mesh down. Exit code 0 only when every analysis succeeded.
+/// </summary>
+internal static class DemoCommand
+{
+    public static int Run(CliArgs args, TextWriter stdout, TextWriter stderr)
+    {
+        bool json = args.Flag("json"), quick = args.Flag("quick");
+        string reportPath = Path.GetFullPath(args.Text("report") ?? "interpmesh-report.html");
+        string? dataArg = args.Text("data");
+        int threads = args.Int("threads", min: 1) ?? 0;
+        string? repo = LocalMesh.RepositoryOrNull();
+        string models = Path.GetFullPath(args.Text("models") ?? (repo is null ? throw new UsageException("--models DIR (holding concepts/, retrieval/ and induction/) is required outside a checkout") : Path.Combine(repo, "models")));
+        string plugins = Path.GetFullPath(args.Text("plugins") ?? (repo is null ? throw new UsageException("--plugins DIR is required outside a checkout") : Path.Combine(repo, "plugins")));
+        args.RejectUnknown("demo");
+        string[] names = ["concepts", "retrieval", "induction"];
+        foreach (var name in names)
+        {
+            if (!Directory.Exists(Path.Combine(models, name)))
+                throw new UsageException($"the toy model '{name}' is not in {models}; pass --models DIR holding concepts/, retrieval/ and induction/");
+        }
+        // The demo's artifacts (probes, the SAE, the steering vector) go to a temporary folder unless --data keeps them.
+        string data = dataArg is null ? Path.Combine(Path.GetTempPath(), "interpmesh-demo-" + Guid.NewGuid().ToString("N")) : Path.GetFullPath(dataArg);
+        var clock = Stopwatch.StartNew();
+        var apps = new List<WebApplication>();
+        // When stdout carries JSON, the human-readable tables go to stderr with the progress.
+        var text = json ? stderr : stdout;
+        try
+        {
+            var endpoints = new Dictionary<string, string>();
+            foreach (var name in names)
+            {
+                var app = LocalMesh.StartModelService(Path.Combine(models, name), threads);
+                apps.Add(app);
+                endpoints[name] = app.Urls.First();
+            }
+            var gateway = LocalMesh.StartGateway(endpoints, plugins, data);
+            apps.Insert(0, gateway);
+            string address = gateway.Urls.First();
+            text.WriteLine($"demo: gateway {address} serving {string.Join(", ", names)} with the plugins in {plugins}{(quick ? " (quick configuration)" : "")}");
+            using var channel = Contracts.Channels.ForAddress(address);
+            var report = new HtmlReport("InterpMesh demo report");
+            var demo = new DemoAnalyses(channel, report, text, stderr, quick);
+            demo.Probing();
+            demo.Sae();
+            demo.Steering();
+            demo.Retrieval();
+            demo.Induction();
+            string saved = report.Save(reportPath);
+            double seconds = clock.Elapsed.TotalSeconds;
+            bool ok = demo.AllSucceeded;
+            if (json)
+            {
+                stdout.WriteLine(new JsonObject { ["report"] = saved, ["seconds"] = Math.Round(seconds, 1), ["succeeded"] = ok, ["analyses"] = demo.Results }.ToJsonString());
+            }
+            else
+            {
+                stdout.WriteLine($"\n{(ok ? "all analyses succeeded" : "some analyses FAILED (see above)")} in {seconds:0} s; data in {(dataArg is null ? "a temporary folder (removed; --data DIR keeps it)" : data)}");
+                stdout.WriteLine($"report: {saved}");
+            }
+            if (!ok)
+                stderr.WriteLine("error: at least one analysis failed; the report says which and why");
+            return ok ? 0 : 1;
+        }
+        finally
+        {
+            foreach (var app in apps)
+                LocalMesh.Stop(app);
+            if (dataArg is null && Directory.Exists(data))
+                Directory.Delete(data, recursive: true);
+        }
+    }
+}

@@ -1,0 +1,81 @@
+namespace InterpMesh.Cli.Demo;
+
+/// <summary>
+/// Inputs for the demo, written in the toy models' grammars (see each model's README.md and
+/// mechanism.json): sentiment sentences for "concepts", key–value lists for "retrieval", random
+/// token sequences for "induction".
+/// </summary>
+internal static class DemoData
+{
+    private static readonly string[][] Nouns = [["dog", "cat", "bird", "horse"], ["apple", "cake", "pie", "soup"], ["ball", "game", "team", "race"]];
+    private static readonly string[] Topics = ["walk", "meal", "match"];
+    private static readonly string[] Positive = ["happy", "good", "bright", "warm", "kind"];
+    private static readonly string[] Negative = ["sad", "bad", "dark", "cold", "cruel"];
+    public static readonly string[] PositiveExclamations = ["lovely", "great", "nice"];
+    public static readonly string[] NegativeExclamations = ["awful", "grim", "poor"];
+
+    /// <summary>"the dogs are very happy . what a" with its sentiment, alternating classes.</summary>
+    public static List<(string Text, string Label)> LabelledSentiment(int n, int seed)
+    {
+        var rng = new Random(seed);
+        return [.. Enumerable.Range(0, n).Select(i =>
+        {
+            bool positive = i % 2 == 0, plural = rng.Next(2) == 0;
+            string noun = Nouns[rng.Next(3)][rng.Next(4)] + (plural ? "s" : "");
+            string adverb = rng.Next(2) == 0 ? "" : new[] { "very ", "so ", "quite " }[rng.Next(3)];
+            string adjective = (positive ? Positive : Negative)[rng.Next(5)];
+            return ($"the {noun} {(plural ? "are" : "is")} {adverb}{adjective} . what a", positive ? "positive" : "negative");
+        })];
+    }
+
+    /// <summary>Whole sentences ("the cake is warm . what a lovely meal .") for SAE training and inspection.</summary>
+    public static List<string> Sentences(int n, int seed)
+    {
+        var rng = new Random(seed);
+        return [.. Enumerable.Range(0, n).Select(_ =>
+        {
+            int topic = rng.Next(3);
+            bool good = rng.Next(2) == 0, plural = rng.Next(2) == 0;
+            string noun = Nouns[topic][rng.Next(4)] + (plural ? "s" : "");
+            string adjective = (good ? Positive : Negative)[rng.Next(5)];
+            string exclamation = (good ? PositiveExclamations : NegativeExclamations)[rng.Next(3)];
+            return $"the {noun} {(plural ? "are" : "is")} {adjective} . what a {exclamation} {Topics[topic]} .";
+        })];
+    }
+
+    /// <summary>Contrast pairs that differ only in sentiment (the steering direction).</summary>
+    public static (List<string> Positive, List<string> Negative) SentimentPairs(int n)
+    {
+        var p = new List<string>();
+        var q = new List<string>();
+        for (int i = 0; i < n; i++)
+        {
+            string noun = Nouns[i % 3][i / 3 % 4];
+            p.Add($"the {noun} is {Positive[i % 5]} . what a");
+            q.Add($"the {noun} is {Negative[(i + 2) % 5]} . what a");
+        }
+        return (p, q);
+    }
+
+    public static readonly string[] NegativePrompts = ["the cat is sad . what a", "the dogs are cold . what a", "the ball is bad . what a"];
+
+    /// <summary>The "retrieval" toy's vocabulary: keys k00–k23, values v00–v23, '|' between pairs.</summary>
+    public static object KeyValueTask() => new
+    {
+        keys = Enumerable.Range(0, 24).Select(i => $"k{i:00}"),
+        values = Enumerable.Range(0, 24).Select(i => $"v{i:00}"),
+        separator = new[] { "|" },
+        pairs = new[] { 10 },
+    };
+
+    /// <summary>The "induction" toy's vocabulary: t00–t59.</summary>
+    public static string[] InductionTokens() => [.. Enumerable.Range(0, 60).Select(i => $"t{i:00}")];
+
+    /// <summary>A random sequence of <paramref name="length"/> tokens, then the same sequence again.</summary>
+    public static string RepeatedSequence(int length, int seed)
+    {
+        var rng = new Random(seed);
+        var tokens = InductionTokens().OrderBy(_ => rng.Next()).Take(length).ToList();
+        return string.Join(' ', tokens.Concat(tokens));
+    }
+}

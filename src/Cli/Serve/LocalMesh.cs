@@ -1,0 +1,116 @@
+using System.Globalization;
+using InterpMesh.Cli.CommandLine;
+using InterpMesh.Gateway.Hosting;
+using InterpMesh.ModelService.Hosting;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace InterpMesh.Cli.Serve;
+
+/// <summary>
+/// In-process model services and a gateway on loopback, configured only by what is passed here
+/// (no appsettings files): used by <c>up</c>, <c>demo</c> and the benchmarks.
+/// </summary>
+internal static class LocalMesh
+{
+    /// <summary>The checkout this binary was built from (it holds models/, bench/ and the built plugins/).</summary>
+    public static string Repository()
+    {
+        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
+        {
+            if (File.Exists(Path.Combine(d.FullName, "InterpMesh.sln")))
+                return d.FullName;
+        }
+        throw new UsageException("this command runs from a checkout (it needs models/, bench/ and the built plugins/)");
+    }
+
+    /// <summary>The checkout, or null when this binary runs outside one.</summary>
+    public static string? RepositoryOrNull()
+    {
+        try
+        {
+            return Repository();
+        }
+        catch (UsageException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>Starts a model service and waits until its model is loaded (a load failure stops it and says why).</summary>
+    public static WebApplication StartModelService(string modelPath, int threads, string url = "http://127.0.0.1:0", Dictionary<string, string?>? extra = null)
+    {
+        var app = ModelServiceApp.Build([], b =>
+        {
+            b.Configuration.Sources.Clear();
+            b.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
+            {
+                ["ModelService:ModelPath"] = modelPath,
+                ["ModelService:Threads"] = threads.ToString(CultureInfo.InvariantCulture),
+                ["Kestrel:Endpoints:Grpc:Url"] = url,
+                ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
+                ["Logging:LogLevel:Default"] = "Warning",
+            });
+            b.Configuration.AddInMemoryCollection(extra ?? []);
+        });
+        app.StartAsync().GetAwaiter().GetResult();
+        try
+        {
+            app.Services.GetRequiredService<ModelHost>().WhenLoaded.GetAwaiter().GetResult();
+        }
+        catch (Exception e)
+        {
+            Stop(app);
+            throw new InvalidOperationException($"the model {modelPath} failed to load: {e.Message}");
+        }
+        return app;
+    }
+
+    /// <summary>
+    /// A gateway in front of the given models (name → model-service address) with the plugins in
+    /// <paramref name="pluginsPath"/>; auth only when a key is given (it gets the admin role);
+    /// no rate limits.
+    /// </summary>
+    public static WebApplication StartGateway(IReadOnlyDictionary<string, string> models, string pluginsPath, string dataDir,
+        string url = "http://127.0.0.1:0", string? key = null, string logLevel = "Error")
+    {
+        var settings = new Dictionary<string, string?>
+        {
+            ["Gateway:PluginsPath"] = pluginsPath,
+            ["Gateway:ArtifactsPath"] = Path.Combine(dataDir, "artifacts"),
+            ["Gateway:JobsPath"] = Path.Combine(dataDir, "jobs"),
+            ["Gateway:Auth:Enabled"] = key is null ? "false" : "true",
+            ["Gateway:RateLimit:RequestsPerSecond"] = "0",
+            ["Kestrel:Endpoints:Grpc:Url"] = url,
+            ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
+            ["Logging:LogLevel:Default"] = logLevel,
+        };
+        foreach (var (name, address) in models)
+            settings[$"Gateway:Models:{name}:Endpoints:0"] = address;
+        if (models.Count > 0)
+            settings["Gateway:DefaultModel"] = models.Keys.First();
+        if (key is not null)
+        {
+            settings["Gateway:Auth:Keys:0:Name"] = "local";
+            settings["Gateway:Auth:Keys:0:Sha256"] = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(key)));
+            settings["Gateway:Auth:Keys:0:Roles:0"] = "admin";
+        }
+        var app = GatewayApp.Build([], b =>
+        {
+            b.Configuration.Sources.Clear();
+            b.Configuration.AddInMemoryCollection(settings);
+        });
+        app.StartAsync().GetAwaiter().GetResult();
+        return app;
+    }
+
+    public static void Stop(params WebApplication[] apps)
+    {
+        foreach (var app in apps)
+        {
+            app.StopAsync().GetAwaiter().GetResult();
+            app.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
+    }
+}
