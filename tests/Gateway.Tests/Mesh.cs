@@ -13,7 +13,7 @@ public static class TestPlugins
         var (tokenStats, misbehaving) = await PluginBuilds.OutputsAsync();
         string root = Path.Combine(Path.GetTempPath(), "interpmesh-plugin-root-" + Guid.NewGuid().ToString("N"));
         Copy(tokenStats, Path.Combine(root, "token-stats"));
-        foreach (var (id, type) in new[] { ("slow", "Slow"), ("throws", "Throws"), ("hangs", "Hangs"), ("future-sdk", "FutureSdk"), ("throws-on-load", "ThrowsOnLoad") })
+        foreach (var (id, type) in new[] { ("slow", "Slow"), ("throws", "Throws"), ("hangs", "Hangs"), ("future-sdk", "FutureSdk"), ("throws-on-load", "ThrowsOnLoad"), ("chatty", "Chatty"), ("hoards", "Hoards") })
         {
             var dir = Path.Combine(root, id);
             Copy(misbehaving, dir);

@@ -254,6 +254,13 @@ public sealed class JobManager : BackgroundService
                         _ => "INTERNAL",
                     });
                     break;
+                case OutOfMemoryException:
+                    // The runtime refused an allocation (the heap limit: GCHeapHardLimit, or 75% of a
+                    // container's memory limit). The plugin's memory is garbage once its task has ended.
+                    Finish(record, JobState.Failed, $"the plugin ran out of memory (the gateway's managed heap limit is {GC.GetGCMemoryInfo().TotalAvailableMemoryBytes >> 20} MiB); give it less data or the gateway more memory", "RESOURCE_EXHAUSTED");
+                    logger.LogWarning("Job {Job} of plugin {Plugin} ran out of memory", job.Id, job.Plugin);
+                    GC.Collect(GC.MaxGeneration, GCCollectionMode.Aggressive, blocking: true, compacting: true);
+                    break;
                 default:
                     Finish(record, JobState.Failed, $"the plugin failed: {error?.GetType().Name}: {error?.Message}", "INTERNAL");
                     logger.LogWarning(error, "Job {Job} of plugin {Plugin} failed", job.Id, job.Plugin);

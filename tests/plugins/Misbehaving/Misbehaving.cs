@@ -65,3 +65,43 @@ public sealed class ThrowsOnLoad : IAnalysisPlugin
 
     public Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context) => Task.FromResult(new PluginResult());
 }
+
+/// <summary>Calls the model <c>steps</c> times (a short forward each), reporting progress: a job that depends on a model service.</summary>
+public sealed class Chatty : IAnalysisPlugin
+{
+    public PluginManifest Manifest { get; } = new("chatty", "1.0.0", "runs the model in a loop", SdkVersion.Current,
+        JsonNode.Parse("""{"type":"object","properties":{"steps":{"type":"integer","minimum":1}}}""")!.AsObject(), []);
+
+    public async Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context)
+    {
+        int steps = parameters.TryGetProperty("steps", out var s) ? s.GetInt32() : 10;
+        var request = new InterpMesh.Contracts.V1.RunRequest { Inputs = { new InterpMesh.Contracts.V1.Input { Text = "Once upon a time" } } };
+        for (int i = 0; i < steps; i++)
+        {
+            await foreach (var output in context.Model.RunAsync(request, context.Cancellation))
+                output.Activation?.Dispose();
+            context.ReportProgress((double)(i + 1) / steps, $"call {i + 1}/{steps}");
+            await Task.Delay(50, context.Cancellation);
+        }
+        return new PluginResult { Summary = new JsonObject { ["calls"] = steps } };
+    }
+}
+
+/// <summary>Allocates (and touches) 16 MiB blocks until the runtime refuses: memory without bound.</summary>
+public sealed class Hoards : IAnalysisPlugin
+{
+    public PluginManifest Manifest { get; } = new("hoards", "1.0.0", "allocates without bound", SdkVersion.Current, Schemas.Any(), []);
+
+    public Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context)
+    {
+        var hoard = new List<byte[]>();
+        while (true)
+        {
+            var block = new byte[16 << 20];
+            for (int i = 0; i < block.Length; i += 4096)
+                block[i] = 1;
+            hoard.Add(block);
+            context.ReportProgress(0, $"{hoard.Count * 16} MiB held");
+        }
+    }
+}

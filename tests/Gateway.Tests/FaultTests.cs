@@ -1,0 +1,214 @@
+using System.Diagnostics;
+using System.Globalization;
+using Grpc.Core;
+using InterpMesh.Contracts.V1;
+using Microsoft.AspNetCore.Builder;
+
+namespace InterpMesh.Gateway.Tests;
+
+/// <summary>
+/// A service as its own OS process (the apphost built beside the tests), so a test can kill it
+/// with SIGKILL as Kubernetes or the OOM killer would, or run it under a memory limit.
+/// </summary>
+internal sealed class ServiceProcess : IDisposable
+{
+    private readonly Process process;
+    private readonly List<string> output = [];
+
+    public string Output
+    {
+        get
+        {
+            lock (output)
+                return string.Join('\n', output);
+        }
+    }
+
+    public ServiceProcess(string app, IEnumerable<string> args, IDictionary<string, string>? environment = null)
+    {
+        // An empty working directory: the appsettings.json files copied beside the tests belong to the apps.
+        string cwd = Path.Combine(Path.GetTempPath(), "interpmesh-proc-" + Guid.NewGuid().ToString("N"));
+        Directory.CreateDirectory(cwd);
+        var psi = new ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, app), args)
+        {
+            WorkingDirectory = cwd, RedirectStandardOutput = true, RedirectStandardError = true,
+        };
+        foreach (var (k, v) in environment ?? new Dictionary<string, string>())
+            psi.Environment[k] = v;
+        process = Process.Start(psi)!;
+        process.OutputDataReceived += (_, e) => Add(e.Data);
+        process.ErrorDataReceived += (_, e) => Add(e.Data);
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+    }
+
+    private void Add(string? line)
+    {
+        if (line is null)
+            return;
+        lock (output)
+            output.Add(line);
+    }
+
+    public bool HasExited => process.HasExited;
+
+    /// <summary>SIGKILL: no shutdown, no draining — as a node failure or the OOM killer.</summary>
+    public void Kill()
+    {
+        process.Kill(entireProcessTree: true);
+        process.WaitForExit(10_000);
+    }
+
+    public void Dispose()
+    {
+        if (!process.HasExited)
+            Kill();
+        process.Dispose();
+    }
+
+    public static ServiceProcess ModelService(string modelPath, int port) => new("InterpMesh.ModelService",
+    [
+        $"--ModelService:ModelPath={modelPath}", $"--Kestrel:Endpoints:Grpc:Url=http://127.0.0.1:{port}", "--Kestrel:Endpoints:Grpc:Protocols=Http2",
+        "--Logging:LogLevel:Default=Warning",
+    ]);
+
+    /// <summary>Polls until the call succeeds (the process is serving) or the time is up.</summary>
+    public static async Task WaitUntilAsync(Func<Task> call, string what, ServiceProcess? process = null, int seconds = 90)
+    {
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            try
+            {
+                await call();
+                return;
+            }
+            catch (RpcException) when (clock.Elapsed.TotalSeconds < seconds && process?.HasExited != true)
+            {
+                await Task.Delay(200);
+            }
+            catch (RpcException e)
+            {
+                throw new TimeoutException($"{what} did not come up in {seconds} s ({e.Status.Detail}); output:\n{process?.Output}");
+            }
+        }
+    }
+}
+
+/// <summary>
+/// Faults: the model service killed under a stream and under a job and then brought back; a plugin
+/// allocating without bound in a gateway with a heap limit. The gateway keeps serving throughout.
+/// </summary>
+[Collection("gateways")]
+public sealed class FaultTests
+{
+    private static string TempDir() => Path.Combine(Path.GetTempPath(), "interpmesh-gw-" + Guid.NewGuid().ToString("N"));
+
+    private static async Task<Job> Final(AsyncServerStreamingCall<JobEvent> call)
+    {
+        Job? final = null;
+        await foreach (var e in call.ResponseStream.ReadAllAsync())
+            final = e.Finished ?? final;
+        return final!;
+    }
+
+    [Fact]
+    public async Task Killing_the_model_service_fails_the_stream_and_the_job_as_unavailable_and_the_gateway_recovers_when_it_returns()
+    {
+        var plugins = await TestPlugins.PluginsFolderAsync();
+        int port = Ports.Free();
+        string model = RepoPaths.Models("stories260K/stories260K.bin");
+        var service = ServiceProcess.ModelService(model, port);
+        WebApplication? gateway = null;
+        try
+        {
+            using (var direct = Mesh.Channel($"http://127.0.0.1:{port}"))
+                await ServiceProcess.WaitUntilAsync(async () => await new Contracts.V1.ModelService.ModelServiceClient(direct).GetModelInfoAsync(new GetModelInfoRequest()), "the model service", service);
+            (gateway, var address) = await Mesh.StartGatewayAsync([$"http://127.0.0.1:{port}"], plugins, TempDir());
+            using var channel = Mesh.Channel(address);
+            var models = new Contracts.V1.ModelService.ModelServiceClient(channel);
+            var analyses = new AnalysisService.AnalysisServiceClient(channel);
+
+            // A job calling the model in a loop, and a Run streaming ~50 MB of captures (far more than
+            // the HTTP/2 windows buffer): both in flight when the service dies.
+            var job = await analyses.SubmitJobAsync(new AnalysisRequest { Plugin = "chatty", ParametersJson = """{"steps": 10000}""" }, Mesh.As(Mesh.AliceKey));
+            while ((await analyses.GetJobAsync(new GetJobRequest { Id = job.Id }, Mesh.As(Mesh.AliceKey))).Progress <= 0)
+                await Task.Delay(20);
+            var run = new RunRequest { Captures = { new Capture { Hooks = { "blocks.*.hook_resid_*" } } } };
+            for (int i = 0; i < 64; i++)
+                run.Inputs.Add(new Input { Tokens = new TokenIds { Ids = { Enumerable.Range(1, 200).Select(t => (t * 7 + i) % 500 + 1) } } });
+            using var stream = models.Run(run, Mesh.As(Mesh.AliceKey));
+            Assert.True(await stream.ResponseStream.MoveNext());
+
+            service.Kill();
+
+            var error = await Assert.ThrowsAsync<RpcException>(async () =>
+            {
+                while (await stream.ResponseStream.MoveNext())
+                {
+                }
+            });
+            Assert.Equal(StatusCode.Unavailable, error.StatusCode);
+            Job failed;
+            while ((failed = await analyses.GetJobAsync(new GetJobRequest { Id = job.Id }, Mesh.As(Mesh.AliceKey))).State == JobState.Running)
+                await Task.Delay(50);
+            Assert.Equal(JobState.Failed, failed.State);
+            Assert.Equal("UNAVAILABLE", failed.ErrorCode);
+            Assert.Contains("a model call failed", failed.Error, StringComparison.Ordinal);
+
+            // The gateway itself stays healthy: its own services answer; model calls fail fast and say why.
+            Assert.Contains((await analyses.ListPluginsAsync(new ListPluginsRequest(), Mesh.As(Mesh.ReaderKey))).Plugins, p => p.Id == "chatty");
+            var down = await Assert.ThrowsAsync<RpcException>(() => models.GetModelInfoAsync(new GetModelInfoRequest(), Mesh.As(Mesh.ReaderKey)).ResponseAsync);
+            Assert.Equal(StatusCode.Unavailable, down.StatusCode);
+            Assert.Contains($"127.0.0.1:{port}", down.Status.Detail, StringComparison.Ordinal);
+
+            // The service comes back (as Kubernetes restarts it): the gateway routes to it again, and jobs succeed.
+            service.Dispose();
+            service = ServiceProcess.ModelService(model, port);
+            await ServiceProcess.WaitUntilAsync(async () => await models.GetModelInfoAsync(new GetModelInfoRequest(), Mesh.As(Mesh.ReaderKey)), "the model service behind the gateway", service);
+            var again = await Final(analyses.RunAnalysis(new AnalysisRequest { Plugin = "chatty", ParametersJson = """{"steps": 3}""" }, Mesh.As(Mesh.AliceKey)));
+            Assert.True(again.State == JobState.Succeeded, again.Error);
+        }
+        finally
+        {
+            if (gateway is not null)
+            {
+                await gateway.StopAsync();
+                await gateway.DisposeAsync();
+            }
+            service.Dispose();
+        }
+    }
+
+    [Fact]
+    public async Task A_plugin_allocating_without_bound_fails_its_job_as_resource_exhausted_and_the_gateway_keeps_serving()
+    {
+        var plugins = await TestPlugins.PluginsFolderAsync();
+        int port = Ports.Free();
+        string data = TempDir();
+        // As in a container with a memory limit: the runtime caps the managed heap (here 384 MiB).
+        using var gateway = new ServiceProcess("InterpMesh.Gateway",
+        [
+            "--Gateway:Models:none:Endpoints:0=http://127.0.0.1:1", $"--Gateway:PluginsPath={plugins}",
+            $"--Gateway:ArtifactsPath={Path.Combine(data, "artifacts")}", $"--Gateway:JobsPath={Path.Combine(data, "jobs")}",
+            "--Gateway:Auth:Enabled=true", "--Gateway:Auth:Keys:0:Name=alice", $"--Gateway:Auth:Keys:0:Sha256={Mesh.Hash(Mesh.AliceKey)}", "--Gateway:Auth:Keys:0:Roles:0=analyze",
+            $"--Kestrel:Endpoints:Grpc:Url=http://127.0.0.1:{port}", "--Kestrel:Endpoints:Grpc:Protocols=Http2", "--Logging:LogLevel:Default=Warning",
+        ], new Dictionary<string, string> { ["DOTNET_GCHeapHardLimit"] = (384L << 20).ToString("X", CultureInfo.InvariantCulture) });
+        using var channel = Mesh.Channel($"http://127.0.0.1:{port}");
+        var analyses = new AnalysisService.AnalysisServiceClient(channel);
+        await ServiceProcess.WaitUntilAsync(async () => await analyses.ListPluginsAsync(new ListPluginsRequest(), Mesh.As(Mesh.AliceKey)), "the gateway", gateway);
+
+        var hoard = await Final(analyses.RunAnalysis(new AnalysisRequest { Plugin = "hoards" }, Mesh.As(Mesh.AliceKey)));
+        Assert.Equal(JobState.Failed, hoard.State);
+        Assert.Equal("RESOURCE_EXHAUSTED", hoard.ErrorCode);
+        Assert.Contains("ran out of memory", hoard.Error, StringComparison.Ordinal);
+
+        // Still serving, with the memory back: another hoarder is contained the same way, and a normal job runs.
+        Assert.False(gateway.HasExited, gateway.Output);
+        var second = await Final(analyses.RunAnalysis(new AnalysisRequest { Plugin = "hoards" }, Mesh.As(Mesh.AliceKey)));
+        Assert.Equal("RESOURCE_EXHAUSTED", second.ErrorCode);
+        var slow = await Final(analyses.RunAnalysis(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 2}""" }, Mesh.As(Mesh.AliceKey)));
+        Assert.True(slow.State == JobState.Succeeded, slow.Error);
+        Assert.False(gateway.HasExited, gateway.Output);
+    }
+}
