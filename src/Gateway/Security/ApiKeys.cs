@@ -68,7 +68,7 @@ public sealed class ApiKeys
             var entries = new List<ApiKeyEntry>(options.Keys);
             if (options.KeysFile is { Length: > 0 } file && File.Exists(file))
             {
-                var stamp = File.GetLastWriteTimeUtc(file);
+                var stamp = LastWriteThroughLinks(file);
                 if (stamp == keysFileStamp && keys.Count > 0)
                     return;
                 try
@@ -88,5 +88,15 @@ public sealed class ApiKeys
             }
             keys = [.. entries.Select(k => (Convert.FromHexString(k.Sha256), new Caller(k.Name, k.Roles.ToHashSet(StringComparer.Ordinal))))];
         }
+    }
+
+    /// <summary>
+    /// The file's last write, through symbolic links: a Kubernetes Secret volume presents keys.json
+    /// as a link (via ..data) whose own timestamp never changes when the kubelet swaps in new keys.
+    /// </summary>
+    private static DateTime LastWriteThroughLinks(string file)
+    {
+        var info = new FileInfo(file);
+        return (info.ResolveLinkTarget(returnFinalTarget: true) ?? info).LastWriteTimeUtc;
     }
 }

@@ -1,0 +1,77 @@
+using System.Text.Json;
+using InterpMesh.Gateway.Configuration;
+using k8s.Models;
+
+namespace InterpMesh.Deploy.Tests;
+
+/// <summary>The keys the manifests set exist in the services' options, and the services' validators accept their values.</summary>
+public sealed class ConfigurationTests
+{
+    [Theory]
+    [MemberData(nameof(Rendered.All), MemberType = typeof(Rendered))]
+    public void The_rendered_configuration_binds_to_the_services_options_and_passes_their_validation(string kustomization)
+    {
+        var manifests = Rendered.Of(kustomization);
+        var gateway = Services.Gateway(manifests);
+        Assert.True(gateway.Options.Auth.Enabled, "authentication must be on in a cluster");
+        Assert.False(gateway.Options.HotReload, "plugin hot reload is for development");
+        Assert.Equal(50050, gateway.GrpcPort);
+        Assert.Equal(9465, gateway.MetricsPort);
+        var sets = manifests.OfType<V1StatefulSet>().ToList();
+        Assert.NotEmpty(sets);
+        foreach (var set in sets)
+        {
+            var model = Services.ModelService(manifests, set);
+            Assert.Equal(50051, model.GrpcPort);
+            Assert.Equal(9464, model.MetricsPort);
+        }
+    }
+
+    [Fact]
+    public void A_key_the_options_do_not_have_is_rejected()
+    {
+        var manifests = Rendered.Of("base");
+        var template = manifests.Single<V1Deployment>("gateway").Spec.Template;
+        string json = Services.AppSettings(manifests, template.Spec, template.Spec.Containers.Single());
+        Services.Gateway(manifests, template, json);
+        var e = Assert.ThrowsAny<InvalidOperationException>(() => Services.Gateway(manifests, template, json.Replace("\"MaxQueuedJobs\"", "\"MaxQueueJobs\"", StringComparison.Ordinal)));
+        Assert.Contains("MaxQueueJobs", e.Message, StringComparison.Ordinal);
+        Assert.ThrowsAny<InvalidOperationException>(() => Services.Gateway(manifests, template, json.Replace("\"Logging\"", "\"Loging\"", StringComparison.Ordinal)));
+    }
+
+    [Fact]
+    public void A_value_the_service_would_refuse_at_start_is_rejected()
+    {
+        var manifests = Rendered.Of("base");
+        var template = manifests.Single<V1StatefulSet>("model-stories260k").Spec.Template;
+        string json = Services.AppSettings(manifests, template.Spec, template.Spec.Containers.Single());
+        var e = Assert.Throws<InvalidOperationException>(() => Services.ModelService(manifests, template, json.Replace("\"Device\": \"cpu\"", "\"Device\": \"gpu\"", StringComparison.Ordinal)));
+        Assert.Contains("ModelService:Device", e.Message, StringComparison.Ordinal);
+        e = Assert.Throws<InvalidOperationException>(() => Services.ModelService(manifests, template, json.Replace("0.0.0.0:50051", "127.0.0.1:50051", StringComparison.Ordinal)));
+        Assert.Contains("all interfaces", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Paths_must_be_on_the_right_volumes()
+    {
+        var manifests = Rendered.Of("base");
+        var template = manifests.Single<V1Deployment>("gateway").Spec.Template;
+        string json = Services.AppSettings(manifests, template.Spec, template.Spec.Containers.Single());
+        var e = Assert.Throws<InvalidOperationException>(() => Services.Gateway(manifests, template, json.Replace("/var/lib/interpmesh/data/artifacts", "/srv/artifacts", StringComparison.Ordinal)));
+        Assert.Contains("read-only", e.Message, StringComparison.Ordinal);
+        e = Assert.Throws<InvalidOperationException>(() => Services.Gateway(manifests, template, json.Replace("/var/lib/interpmesh/data/artifacts", "/var/lib/interpmesh/plugins/artifacts", StringComparison.Ordinal)));
+        Assert.Contains("read-only volume", e.Message, StringComparison.Ordinal);
+        e = Assert.Throws<InvalidOperationException>(() => Services.Gateway(manifests, template, json.Replace("/etc/interpmesh/keys/keys.json", "/etc/interpmesh/keys/other.json", StringComparison.Ordinal)));
+        Assert.Contains("KeysFile", e.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [MemberData(nameof(Rendered.All), MemberType = typeof(Rendered))]
+    public void The_shipped_api_keys_are_valid_entries(string kustomization)
+    {
+        var secret = Rendered.Of(kustomization).Single<V1Secret>("interpmesh-api-keys");
+        var entries = JsonSerializer.Deserialize<List<ApiKeyEntry>>(secret.StringData["keys.json"], new JsonSerializerOptions(JsonSerializerDefaults.Web));
+        Assert.NotNull(entries);
+        Assert.Empty(entries.SelectMany((k, i) => GatewayOptionsValidator.ApiKeyEntryErrors(k, $"keys.json[{i}]")));
+    }
+}
