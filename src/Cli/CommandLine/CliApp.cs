@@ -45,6 +45,8 @@ public static class CliApp
           interpmesh bench probe   [--n N --d D] [--texts T] [--threads N] [--json]
           interpmesh bench retrieval [--trials N] [--threads N] [--json]
           interpmesh bench sae     [--d-in D --d-sae S --k K --batch B --steps N] [--threads N] [--json]
+          interpmesh bench load    [--clients N] [--seconds S] [--mix run=6,generate=3,analysis=1] [--max-concurrent R]
+                                 [--max-jobs J] [--max-queued Q] [--model PATH] [--soak [--sample-seconds T]] [--threads N] [--json]
 
         Settings: --server, --key and --model (--model-name for model commands) default to the environment
         variables INTERPMESH_SERVER, INTERPMESH_API_KEY and INTERPMESH_MODEL, then to the config file
@@ -85,14 +87,15 @@ public static class CliApp
             }
             if (command == "bench")
             {
-                return rest.Length == 0 ? throw new UsageException("bench needs a benchmark name: `interpmesh bench forward|stream|gateway|probe|retrieval|sae ...`")
+                return rest.Length == 0 ? throw new UsageException("bench needs a benchmark name: `interpmesh bench forward|stream|gateway|probe|retrieval|sae|load ...`")
                     : rest[0] == "forward" ? ForwardBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "stream" ? StreamBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "gateway" ? GatewayBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "probe" ? ProbeBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "retrieval" ? RetrievalBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "sae" ? SaeBenchmark.Run(Parse(rest[1..]), stdout)
-                    : throw new UsageException($"unknown benchmark '{rest[0]}'; benchmarks: forward, stream, gateway, probe, retrieval, sae");
+                    : rest[0] == "load" ? LoadBenchmark.Run(Parse(rest[1..]), stdout)
+                    : throw new UsageException($"unknown benchmark '{rest[0]}'; benchmarks: forward, stream, gateway, probe, retrieval, sae, load");
             }
             if (command == "train-toy")
             {
@@ -159,5 +162,5 @@ public static class CliApp
         return picked.Count == 0 ? Usage : "usage:\n" + string.Join('\n', picked) + "\n\n(`interpmesh help` lists every command, settings and exit codes)";
     }
 
-    private static CliArgs Parse(string[] rest) => new(rest, new HashSet<string> { "json", "quick" });
+    private static CliArgs Parse(string[] rest) => new(rest, new HashSet<string> { "json", "quick", "soak" });
 }

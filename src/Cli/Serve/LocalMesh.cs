@@ -73,7 +73,7 @@ internal static class LocalMesh
     /// no rate limits.
     /// </summary>
     public static WebApplication StartGateway(IReadOnlyDictionary<string, string> models, string pluginsPath, string dataDir,
-        string url = "http://127.0.0.1:0", string? key = null, string logLevel = "Error")
+        string url = "http://127.0.0.1:0", string? key = null, string logLevel = "Error", Dictionary<string, string?>? extra = null)
     {
         var settings = new Dictionary<string, string?>
         {
@@ -100,6 +100,7 @@ internal static class LocalMesh
         {
             b.Configuration.Sources.Clear();
             b.Configuration.AddInMemoryCollection(settings);
+            b.Configuration.AddInMemoryCollection(extra ?? []);
         });
         app.StartAsync().GetAwaiter().GetResult();
         return app;

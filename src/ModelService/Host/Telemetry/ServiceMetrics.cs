@@ -22,6 +22,8 @@ public sealed class ServiceMetrics : IDisposable
         BatchSize = meter.CreateHistogram("interpmesh.batch.size", "{sequence}", "Sequences per forward",
             advice: new InstrumentAdvice<int> { HistogramBucketBoundaries = [1, 2, 4, 8, 16, 32, 64] });
         WorkerBusy = meter.CreateCounter<double>("interpmesh.worker.busy", "s", "Time the torch worker spent running requests");
+        meter.CreateObservableGauge("interpmesh.tensors.live", () => TorchSharp.torch.Tensor.TotalCount, "{tensor}",
+            "TorchSharp tensors alive in the process: flat under steady load, growth means a leak");
     }
 
     public Counter<long> Requests { get; }

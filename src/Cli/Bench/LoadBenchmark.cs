@@ -1,0 +1,279 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Grpc.Core;
+using InterpMesh.Cli.CommandLine;
+using InterpMesh.Cli.Serve;
+using InterpMesh.Contracts.V1;
+using InterpMesh.Runtime.Execution;
+
+namespace InterpMesh.Cli.Bench;
+
+/// <summary>
+/// <c>interpmesh bench load</c>: N concurrent clients drive a gateway (and the model service
+/// behind it, both in this process on loopback) for a bounded time with a mix of Run, Generate and
+/// short analyses. Reports throughput, p50/p99 latency per kind, errors by status, the concurrency
+/// held, and memory (resident, managed heap, live TorchSharp tensors) at the start and the end;
+/// <c>--soak</c> adds a memory timeline and its trend. Clients honour <c>retry-after-ms</c> on
+/// RESOURCE_EXHAUSTED, as a well-behaved client would.
+/// </summary>
+internal static class LoadBenchmark
+{
+    private sealed record Sample(double Seconds, double RssMiB, double HeapMiB, long Tensors, long Requests);
+
+    private sealed class Stats
+    {
+        public readonly ConcurrentDictionary<string, ConcurrentBag<double>> Latencies = new();
+        public readonly ConcurrentDictionary<string, int> Outcomes = new();
+        public int InFlight;
+        public int MaxInFlight;
+        public long Completed;
+
+        public void Record(string kind, string status, double ms)
+        {
+            Outcomes.AddOrUpdate($"{kind} {status}", 1, (_, n) => n + 1);
+            if (status == "OK")
+                Latencies.GetOrAdd(kind, _ => []).Add(ms);
+            Interlocked.Increment(ref Completed);
+        }
+    }
+
+    public static int Run(CliArgs args, TextWriter stdout)
+    {
+        bool json = args.Flag("json"), soak = args.Flag("soak");
+        int clients = args.Int("clients", min: 1) ?? 16;
+        int seconds = args.Int("seconds", min: 1) ?? (soak ? 300 : 20);
+        int sampleEvery = args.Int("sample-seconds", min: 1) ?? (soak ? 10 : 2);
+        string mixText = args.Text("mix") ?? "run=6,generate=3,analysis=1";
+        int maxConcurrent = args.Int("max-concurrent", min: 1) ?? 32;
+        int maxJobs = args.Int("max-jobs", min: 1) ?? 2;
+        int maxQueued = args.Int("max-queued", min: 0) ?? 8;
+        string? modelArg = args.Text("model");
+        int threads = TorchRuntime.Initialize(args.Int("threads", min: 1));
+        args.RejectUnknown("bench load");
+        var mix = ParseMix(mixText);
+        string repo = LocalMesh.Repository();
+        string model = Path.GetFullPath(modelArg ?? Path.Combine(repo, "models", "concepts"));
+        string data = Path.Combine(Path.GetTempPath(), "interpmesh-load-" + Guid.NewGuid().ToString("N"));
+
+        var service = LocalMesh.StartModelService(model, threads, extra: new() { ["ModelService:MaxConcurrentRequests"] = maxConcurrent.ToString(CultureInfo.InvariantCulture) });
+        var gateway = LocalMesh.StartGateway(new Dictionary<string, string> { ["load"] = service.Urls.First() }, Path.Combine(repo, "plugins"), data, extra: new()
+        {
+            ["Gateway:MaxConcurrentJobs"] = maxJobs.ToString(CultureInfo.InvariantCulture),
+            ["Gateway:MaxQueuedJobs"] = maxQueued.ToString(CultureInfo.InvariantCulture),
+        });
+        try
+        {
+            using var channel = Contracts.Channels.ForAddress(gateway.Urls.First());
+            var models = new Contracts.V1.ModelService.ModelServiceClient(channel);
+            var analyses = new AnalysisService.AnalysisServiceClient(channel);
+            var stats = new Stats();
+            // Warm-up: one of each, so the start figures are taken with everything loaded.
+            foreach (var kind in mix.Keys)
+                Call(kind, models, analyses, new Random(0), new Stats(), CancellationToken.None).GetAwaiter().GetResult();
+            Settle();
+            var samples = new List<Sample>();
+            var clock = Stopwatch.StartNew();
+            Sample Take() => new(clock.Elapsed.TotalSeconds, Process.GetCurrentProcess().WorkingSet64 / 1048576.0, GC.GetTotalMemory(false) / 1048576.0,
+                TorchSharp.torch.Tensor.TotalCount, Interlocked.Read(ref stats.Completed));
+            samples.Add(Take());
+            using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(seconds));
+            var workers = Enumerable.Range(0, clients).Select(c => Task.Run(async () =>
+            {
+                var rng = new Random(c + 1);
+                while (!stop.IsCancellationRequested)
+                    await Call(Pick(mix, rng), models, analyses, rng, stats, stop.Token);
+            })).ToArray();
+            while (!Task.WaitAll(workers, TimeSpan.FromSeconds(sampleEvery)))
+            {
+                samples.Add(Take());
+                if (soak && !json)
+                    stdout.WriteLine(Line(samples[^1]));
+            }
+            double elapsed = clock.Elapsed.TotalSeconds;
+            // The end figures after a full collection, like the start ones: what is still alive is held, not garbage.
+            Settle();
+            samples.Add(Take());
+            return Print(stdout, json, soak, clients, seconds, elapsed, mixText, maxConcurrent, stats, samples);
+        }
+        finally
+        {
+            LocalMesh.Stop(gateway, service);
+            if (Directory.Exists(data))
+                Directory.Delete(data, recursive: true);
+        }
+    }
+
+    private static void Settle()
+    {
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
+    }
+
+    private static Dictionary<string, int> ParseMix(string text)
+    {
+        var mix = new Dictionary<string, int>();
+        foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var kv = part.Split('=');
+            if (kv.Length != 2 || kv[0] is not ("run" or "generate" or "analysis") || !int.TryParse(kv[1], CultureInfo.InvariantCulture, out int w) || w < 0)
+                throw new UsageException($"--mix takes kind=weight pairs over run, generate, analysis (e.g. run=6,generate=3,analysis=1), got '{part}'");
+            mix[kv[0]] = w;
+        }
+        if (mix.Values.Sum() == 0)
+            throw new UsageException("--mix needs at least one positive weight");
+        return mix.Where(m => m.Value > 0).ToDictionary();
+    }
+
+    private static string Pick(Dictionary<string, int> mix, Random rng)
+    {
+        int r = rng.Next(mix.Values.Sum());
+        foreach (var (kind, w) in mix)
+        {
+            if ((r -= w) < 0)
+                return kind;
+        }
+        return mix.Keys.First();
+    }
+
+    private static readonly string[] Texts = ["the dog is happy . what a", "the cakes are cold . what a", "the team is very kind . what a", "the birds are sad . what a"];
+
+    private static async Task Call(string kind, Contracts.V1.ModelService.ModelServiceClient models, AnalysisService.AnalysisServiceClient analyses, Random rng, Stats stats, CancellationToken stop)
+    {
+        int now = Interlocked.Increment(ref stats.InFlight);
+        int seen;
+        while (now > (seen = Volatile.Read(ref stats.MaxInFlight)) && Interlocked.CompareExchange(ref stats.MaxInFlight, now, seen) != seen)
+        {
+        }
+        var clock = Stopwatch.StartNew();
+        string status = "OK";
+        string? retryAfter = null;
+        try
+        {
+            var options = new CallOptions(deadline: DateTime.UtcNow.AddSeconds(60));
+            switch (kind)
+            {
+                case "run":
+                    var run = new RunRequest { Captures = { new Capture { Hooks = { "blocks.*.hook_resid_post" } } }, Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
+                    run.Inputs.Add(new Input { Text = Texts[rng.Next(Texts.Length)] });
+                    using (var call = models.Run(run, options))
+                    {
+                        while (await call.ResponseStream.MoveNext(CancellationToken.None))
+                        {
+                        }
+                    }
+                    break;
+                case "generate":
+                    using (var call = models.Generate(new GenerateRequest { Prompts = { new Input { Text = Texts[rng.Next(Texts.Length)] } }, MaxNewTokens = 8 }, options))
+                    {
+                        while (await call.ResponseStream.MoveNext(CancellationToken.None))
+                        {
+                        }
+                    }
+                    break;
+                default:
+                    var rows = Enumerable.Range(0, 24).Select(i => new { text = Texts[i % 4], label = i % 2 == 0 ? "positive" : "negative" });
+                    string parameters = JsonSerializer.Serialize(new { rows, hooks = new[] { "blocks.0.hook_resid_post" }, sparse = new { enabled = false }, c = 1.0 });
+                    Job? final = null;
+                    using (var call = analyses.RunAnalysis(new AnalysisRequest { Plugin = "probing", ParametersJson = parameters }, options))
+                    {
+                        while (await call.ResponseStream.MoveNext(CancellationToken.None))
+                            final = call.ResponseStream.Current.Finished ?? final;
+                    }
+                    if (final is null || final.State != JobState.Succeeded)
+                        status = final is null ? "NO_RESULT" : $"job {final.ErrorCode}";
+                    break;
+            }
+        }
+        catch (RpcException e)
+        {
+            status = e.StatusCode.ToString();
+            retryAfter = e.Trailers.GetValue("retry-after-ms");
+        }
+        finally
+        {
+            Interlocked.Decrement(ref stats.InFlight);
+        }
+        stats.Record(kind, status, clock.Elapsed.TotalMilliseconds);
+        // A well-behaved client waits as told (at most a second here) before its next call.
+        if (retryAfter is not null && int.TryParse(retryAfter, CultureInfo.InvariantCulture, out int ms))
+        {
+            try
+            {
+                await Task.Delay(Math.Min(ms, 1000), stop);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        }
+    }
+
+    private static double Percentile(List<double> sorted, double p) =>
+        sorted.Count == 0 ? double.NaN : sorted[Math.Min(sorted.Count - 1, (int)Math.Ceiling(p * sorted.Count) - 1)];
+
+    private static string Line(Sample s) =>
+        string.Create(CultureInfo.InvariantCulture, $"  t={s.Seconds,6:0}s  requests {s.Requests,8}  RSS {s.RssMiB,7:0.0} MiB  heap {s.HeapMiB,6:0.0} MiB  live tensors {s.Tensors}");
+
+    /// <summary>Least-squares slope of y over x (per minute when x is in seconds).</summary>
+    private static double SlopePerMinute(IReadOnlyList<(double X, double Y)> points)
+    {
+        if (points.Count < 2)
+            return 0;
+        double mx = points.Average(p => p.X), my = points.Average(p => p.Y);
+        double num = points.Sum(p => (p.X - mx) * (p.Y - my)), den = points.Sum(p => (p.X - mx) * (p.X - mx));
+        return den == 0 ? 0 : num / den * 60;
+    }
+
+    private static int Print(TextWriter stdout, bool json, bool soak, int clients, int seconds, double elapsed, string mix, int maxConcurrent, Stats stats, List<Sample> samples)
+    {
+        var kinds = new JsonObject();
+        foreach (var (kind, bag) in stats.Latencies.OrderBy(k => k.Key, StringComparer.Ordinal))
+        {
+            var sorted = bag.Order().ToList();
+            kinds[kind] = new JsonObject
+            {
+                ["ok"] = sorted.Count, ["per_second"] = Math.Round(sorted.Count / elapsed, 2),
+                ["p50_ms"] = Math.Round(Percentile(sorted, 0.5), 1), ["p99_ms"] = Math.Round(Percentile(sorted, 0.99), 1), ["max_ms"] = Math.Round(sorted[^1], 1),
+            };
+        }
+        var outcomes = new JsonObject(stats.Outcomes.OrderBy(o => o.Key, StringComparer.Ordinal).Select(o => KeyValuePair.Create(o.Key, (JsonNode?)o.Value)));
+        var first = samples[0];
+        var last = samples[^1];
+        // Trend over the second half (after caches and pools have warmed up).
+        var half = samples.Where(s => s.Seconds >= elapsed / 2).ToList();
+        double rssSlope = SlopePerMinute([.. half.Select(s => (s.Seconds, s.RssMiB))]);
+        double tensorSlope = SlopePerMinute([.. half.Select(s => (s.Seconds, (double)s.Tensors))]);
+        long ok = stats.Latencies.Values.Sum(b => (long)b.Count);
+        var result = new JsonObject
+        {
+            ["clients"] = clients, ["seconds"] = Math.Round(elapsed, 1), ["mix"] = mix, ["model_service_max_concurrent"] = maxConcurrent,
+            ["concurrency_held"] = stats.MaxInFlight, ["requests"] = stats.Completed, ["ok_per_second"] = Math.Round(ok / elapsed, 2),
+            ["by_kind"] = kinds, ["outcomes"] = outcomes,
+            ["memory"] = new JsonObject
+            {
+                ["rss_mib_start"] = Math.Round(first.RssMiB, 1), ["rss_mib_end"] = Math.Round(last.RssMiB, 1), ["rss_mib_max"] = Math.Round(samples.Max(s => s.RssMiB), 1),
+                ["heap_mib_start"] = Math.Round(first.HeapMiB, 1), ["heap_mib_end"] = Math.Round(last.HeapMiB, 1),
+                ["live_tensors_start"] = first.Tensors, ["live_tensors_end"] = last.Tensors,
+                ["rss_mib_per_minute_second_half"] = Math.Round(rssSlope, 2), ["live_tensors_per_minute_second_half"] = Math.Round(tensorSlope, 2),
+            },
+        };
+        if (soak)
+            result["timeline"] = new JsonArray([.. samples.Select(s => (JsonNode)new JsonObject { ["t"] = Math.Round(s.Seconds), ["requests"] = s.Requests, ["rss_mib"] = Math.Round(s.RssMiB, 1), ["live_tensors"] = s.Tensors })]);
+        if (json)
+        {
+            stdout.WriteLine(result.ToJsonString());
+            return 0;
+        }
+        var c = CultureInfo.InvariantCulture;
+        stdout.WriteLine(string.Create(c, $"load: {clients} clients for {elapsed:0} s (mix {mix}; model service admits {maxConcurrent} at once); concurrency held {stats.MaxInFlight}"));
+        stdout.WriteLine(string.Create(c, $"  {stats.Completed} requests, {ok} ok ({ok / elapsed:0.0}/s)"));
+        foreach (var (kind, node) in kinds)
+            stdout.WriteLine(string.Create(c, $"  {kind,-9} ok {node!["ok"],6}  {node["per_second"],7}/s  p50 {node["p50_ms"],7} ms  p99 {node["p99_ms"],7} ms  max {node["max_ms"],7} ms"));
+        stdout.WriteLine("  outcomes: " + string.Join(", ", outcomes.Select(o => $"{o.Key} {o.Value}")));
+        stdout.WriteLine(string.Create(c, $"  memory: RSS {first.RssMiB:0} → {last.RssMiB:0} MiB (max {samples.Max(s => s.RssMiB):0}), heap {first.HeapMiB:0} → {last.HeapMiB:0} MiB, live tensors {first.Tensors} → {last.Tensors}; second-half trend {rssSlope:0.00} MiB/min, {tensorSlope:0.00} tensors/min"));
+        return 0;
+    }
+}
