@@ -211,4 +211,42 @@ public sealed class FaultTests
         Assert.True(slow.State == JobState.Succeeded, slow.Error);
         Assert.False(gateway.HasExited, gateway.Output);
     }
+
+    [Fact]
+    public async Task Finished_jobs_beyond_the_retention_limit_are_deleted_from_memory_and_disk_and_stay_deleted_after_a_restart()
+    {
+        var plugins = await TestPlugins.PluginsFolderAsync();
+        string data = TempDir();
+        var settings = new Dictionary<string, string?> { ["Gateway:MaxRetainedJobs"] = "2" };
+        var (gateway, address) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, data, settings);
+        var ids = new List<string>();
+        try
+        {
+            using var channel = Mesh.Channel(address);
+            var analyses = new AnalysisService.AnalysisServiceClient(channel);
+            for (int i = 0; i < 3; i++)
+                ids.Add((await Final(analyses.RunAnalysis(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 1}""" }, Mesh.As(Mesh.AliceKey)))).Id);
+            var gone = await Assert.ThrowsAsync<RpcException>(() => analyses.GetJobAsync(new GetJobRequest { Id = ids[0] }, Mesh.As(Mesh.AliceKey)).ResponseAsync);
+            Assert.Equal(StatusCode.NotFound, gone.StatusCode);
+            Assert.Equal(JobState.Succeeded, (await analyses.GetJobAsync(new GetJobRequest { Id = ids[2] }, Mesh.As(Mesh.AliceKey))).State);
+            Assert.Equal(2, Directory.GetFiles(Path.Combine(data, "jobs"), "*.json").Length);
+        }
+        finally
+        {
+            await gateway.StopAsync();
+            await gateway.DisposeAsync();
+        }
+        (gateway, address) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, data, settings);
+        try
+        {
+            using var channel = Mesh.Channel(address);
+            var listed = await new AnalysisService.AnalysisServiceClient(channel).ListJobsAsync(new ListJobsRequest(), Mesh.As(Mesh.AdminKey));
+            Assert.Equal(ids.Skip(1).Order(), listed.Jobs.Select(j => j.Id).Order());
+        }
+        finally
+        {
+            await gateway.StopAsync();
+            await gateway.DisposeAsync();
+        }
+    }
 }

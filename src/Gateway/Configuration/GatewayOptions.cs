@@ -31,6 +31,12 @@ public sealed class GatewayOptions
     /// <summary>Jobs waiting at most; beyond it SubmitJob answers RESOURCE_EXHAUSTED.</summary>
     public int MaxQueuedJobs { get; set; } = 64;
 
+    /// <summary>Finished jobs kept (in memory and on disk), newest first; older records are deleted. Their artifacts stay.</summary>
+    public int MaxRetainedJobs { get; set; } = 10000;
+
+    /// <summary>Finished jobs older than this are deleted (hours); 0 keeps them until <see cref="MaxRetainedJobs"/> pushes them out.</summary>
+    public double JobRetentionHours { get; set; } = 24 * 7;
+
     /// <summary>Time limit of a job that asks for none (seconds).</summary>
     public int DefaultJobTimeoutSeconds { get; set; } = 3600;
 
@@ -125,6 +131,10 @@ internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
             errors.Add($"Gateway:MaxConcurrentJobs must be at least 1, got {o.MaxConcurrentJobs}");
         if (o.MaxQueuedJobs < 1)
             errors.Add($"Gateway:MaxQueuedJobs must be at least 1, got {o.MaxQueuedJobs}");
+        if (o.MaxRetainedJobs < 1)
+            errors.Add($"Gateway:MaxRetainedJobs must be at least 1, got {o.MaxRetainedJobs}");
+        if (o.JobRetentionHours < 0 || !double.IsFinite(o.JobRetentionHours))
+            errors.Add($"Gateway:JobRetentionHours must be 0 (no age limit) or positive, got {o.JobRetentionHours}");
         if (o.DefaultJobTimeoutSeconds < 1 || o.MaxJobTimeoutSeconds < o.DefaultJobTimeoutSeconds)
             errors.Add($"Gateway:DefaultJobTimeoutSeconds ({o.DefaultJobTimeoutSeconds}) must be at least 1 and at most MaxJobTimeoutSeconds ({o.MaxJobTimeoutSeconds})");
         if (o.CallTimeoutSeconds < 1)

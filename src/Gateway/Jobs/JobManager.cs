@@ -61,6 +61,7 @@ public sealed class JobManager : BackgroundService
             }
             jobs[job.Id] = new JobRecord(job);
         }
+        Prune();
         metrics.ObserveJobs(() => queue.Reader.Count, () => Volatile.Read(ref running));
     }
 
@@ -269,6 +270,28 @@ public sealed class JobManager : BackgroundService
         }
         metrics.PluginRuns.Add(1, new KeyValuePair<string, object?>("plugin", job.Plugin), new KeyValuePair<string, object?>("outcome", record.State.ToString().ToLowerInvariant()));
         store.Save(record.Snapshot());
+        Prune();
+    }
+
+    /// <summary>
+    /// Retention: finished jobs beyond <c>MaxRetainedJobs</c> (oldest first) or older than
+    /// <c>JobRetentionHours</c> are deleted, so a long-running gateway's memory and disk stay bounded.
+    /// Queued and running jobs are never touched; artifacts are kept.
+    /// </summary>
+    private void Prune()
+    {
+        List<string> expired;
+        lock (gate)
+        {
+            var finished = jobs.Values.Select(r => (Record: r, Job: r.Snapshot(false))).Where(x => JobRecord.IsFinal(x.Job.State))
+                .OrderByDescending(x => x.Job.Finished?.ToDateTime() ?? x.Job.Created.ToDateTime()).ToList();
+            var cutoff = options.JobRetentionHours > 0 ? DateTime.UtcNow.AddHours(-options.JobRetentionHours) : DateTime.MinValue;
+            expired = [.. finished.Where((x, i) => i >= options.MaxRetainedJobs || (x.Job.Finished?.ToDateTime() ?? x.Job.Created.ToDateTime()) < cutoff).Select(x => x.Job.Id)];
+            foreach (var id in expired)
+                jobs.Remove(id);
+        }
+        foreach (var id in expired)
+            store.Delete(id);
     }
 
     private void Finish(JobRecord record, JobState state, string error, string code)

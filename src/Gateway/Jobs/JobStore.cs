@@ -25,6 +25,13 @@ public sealed class JobStore
         File.Move(temp, path, overwrite: true);
     }
 
+    public void Delete(string id)
+    {
+        var path = Path.Combine(root, id + ".json");
+        if (File.Exists(path))
+            File.Delete(path);
+    }
+
     public List<Job> LoadAll()
     {
         var jobs = new List<Job>();
