@@ -249,4 +249,55 @@ public sealed class FaultTests
             await gateway.DisposeAsync();
         }
     }
+
+    [Fact]
+    public async Task A_job_whose_model_calls_meet_a_busy_model_service_waits_as_told_and_succeeds()
+    {
+        var plugins = await TestPlugins.PluginsFolderAsync();
+        // The model service runs one request at a time and refuses the rest with retry-after-ms.
+        var (service, serviceAddress) = await Mesh.StartModelServiceAsync(RepoPaths.Models("stories260K/stories260K.bin"), new() { ["ModelService:MaxConcurrentRequests"] = "1" });
+        var (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], plugins, TempDir());
+        try
+        {
+            using var channel = Mesh.Channel(address);
+            var analyses = new AnalysisService.AnalysisServiceClient(channel);
+            using var direct = Mesh.Channel(serviceAddress);
+            var models = new Contracts.V1.ModelService.ModelServiceClient(direct);
+            using var stop = new CancellationTokenSource();
+            int refused = 0;
+            // Three well-behaved clients (they wait as told) keep the only slot busy with generations.
+            var flood = Enumerable.Range(0, 3).Select(_ => Task.Run(async () =>
+            {
+                while (!stop.IsCancellationRequested)
+                {
+                    try
+                    {
+                        using var call = models.Generate(new GenerateRequest { Prompts = { new Input { Text = "Once upon a time" } }, MaxNewTokens = 20, NoDefaultStop = true });
+                        await foreach (var _ in call.ResponseStream.ReadAllAsync())
+                        {
+                        }
+                        await Task.Delay(20);                                   // a user's think time
+                    }
+                    catch (RpcException e) when (e.StatusCode == StatusCode.ResourceExhausted)
+                    {
+                        Interlocked.Increment(ref refused);
+                        await Task.Delay(int.Parse(e.Trailers.GetValue("retry-after-ms")!, CultureInfo.InvariantCulture));
+                    }
+                }
+            })).ToArray();
+            var jobs = await Task.WhenAll(Enumerable.Range(0, 2).Select(_ =>
+                Final(analyses.RunAnalysis(new AnalysisRequest { Plugin = "chatty", ParametersJson = """{"steps": 6}""" }, Mesh.As(Mesh.AliceKey)))));
+            await stop.CancelAsync();
+            await Task.WhenAll(flood);
+            Assert.True(refused > 0, "the model service was never busy; the test proves nothing");
+            Assert.All(jobs, j => Assert.True(j.State == JobState.Succeeded, $"{j.ErrorCode}: {j.Error}"));
+        }
+        finally
+        {
+            await gateway.StopAsync();
+            await gateway.DisposeAsync();
+            await service.StopAsync();
+            await service.DisposeAsync();
+        }
+    }
 }

@@ -6,15 +6,57 @@ using TorchSharp;
 
 namespace InterpMesh.Gateway.Routing;
 
-/// <summary>The SDK's model client for plugins: calls go straight to a replica of the job's model.</summary>
+/// <summary>
+/// The SDK's model client for plugins: calls go straight to a replica of the job's model. A call the
+/// model service refuses for load (RESOURCE_EXHAUSTED with <c>retry-after-ms</c>, before anything was
+/// received) is retried after the time it asks for, for up to <see cref="BusyBudget"/>: a busy
+/// service slows a job down rather than failing it.
+/// </summary>
 internal sealed class RoutedModelClient(ReplicaPool pool, TimeSpan callTimeout) : IModelClient
 {
+    /// <summary>How long a call keeps retrying while the model service says it is busy.</summary>
+    public static readonly TimeSpan BusyBudget = TimeSpan.FromSeconds(60);
+
     public string Name => pool.Model;
+
+    /// <summary>The wait a busy refusal asks for (capped at 2 s, with jitter), or null when the error is not one.</summary>
+    private static TimeSpan? Busy(RpcException e, DateTime giveUp) =>
+        e.StatusCode == StatusCode.ResourceExhausted && DateTime.UtcNow < giveUp
+            && int.TryParse(e.Trailers.GetValue("retry-after-ms"), System.Globalization.CultureInfo.InvariantCulture, out int ms)
+            ? TimeSpan.FromMilliseconds(Math.Min(ms, 2000) * (0.75 + 0.5 * Random.Shared.NextDouble()))
+            : null;
+
+    /// <summary>Starts a stream and reads its first message, retrying while the service is busy.</summary>
+    private async Task<(TCall Call, Replica Replica, bool Any)> StartAsync<TCall, T>(Func<Contracts.V1.ModelService.ModelServiceClient, TCall> start, Func<TCall, IAsyncStreamReader<T>> stream, CancellationToken ct)
+        where TCall : IDisposable
+    {
+        var giveUp = DateTime.UtcNow + BusyBudget;
+        while (true)
+        {
+            var replica = pool.Pick();
+            var call = start(replica.Client);
+            try
+            {
+                return (call, replica, await Next(stream(call), replica, ct));
+            }
+            catch (RpcException e) when (Busy(e, giveUp) is { } wait)
+            {
+                call.Dispose();
+                await Task.Delay(wait, ct);
+            }
+            catch
+            {
+                call.Dispose();
+                throw;
+            }
+        }
+    }
 
     private CallOptions Options(CancellationToken ct) => new(deadline: DateTime.UtcNow + callTimeout, cancellationToken: ct);
 
     private async Task<T> Unary<T>(Func<Contracts.V1.ModelService.ModelServiceClient, AsyncUnaryCall<T>> call)
     {
+        var giveUp = DateTime.UtcNow + BusyBudget;
         for (int attempt = 1; ; attempt++)
         {
             var replica = pool.Pick();
@@ -25,6 +67,10 @@ internal sealed class RoutedModelClient(ReplicaPool pool, TimeSpan callTimeout) 
             catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && attempt < Math.Min(2, pool.Replicas.Count))
             {
                 ReplicaPool.MarkDown(replica);
+            }
+            catch (RpcException e) when (Busy(e, giveUp) is { } wait)
+            {
+                await Task.Delay(wait);
             }
         }
     }
@@ -50,12 +96,12 @@ internal sealed class RoutedModelClient(ReplicaPool pool, TimeSpan callTimeout) 
 
     public async IAsyncEnumerable<RunOutput> RunAsync(RunRequest request, [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
-        var replica = pool.Pick();
-        using var call = replica.Client.Run(request, Options(cancellationToken));
+        var (call, replica, more) = await StartAsync(c => c.Run(request, Options(cancellationToken)), c => c.ResponseStream, cancellationToken);
+        using var owned = call;
         string? hook = null;
         byte[]? buffer = null;
         ActivationChunk? head = null;
-        while (await Next(call.ResponseStream, replica, cancellationToken))
+        for (; more; more = await Next(call.ResponseStream, replica, cancellationToken))
         {
             var message = call.ResponseStream.Current;
             if (message.Result is { } result)
@@ -81,9 +127,9 @@ internal sealed class RoutedModelClient(ReplicaPool pool, TimeSpan callTimeout) 
 
     public async IAsyncEnumerable<GenerateResponse> GenerateAsync(GenerateRequest request, [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
-        var replica = pool.Pick();
-        using var call = replica.Client.Generate(request, Options(cancellationToken));
-        while (await Next(call.ResponseStream, replica, cancellationToken))
+        var (call, replica, more) = await StartAsync(c => c.Generate(request, Options(cancellationToken)), c => c.ResponseStream, cancellationToken);
+        using var owned = call;
+        for (; more; more = await Next(call.ResponseStream, replica, cancellationToken))
             yield return call.ResponseStream.Current;
     }
 
