@@ -83,6 +83,7 @@ public sealed partial class FuzzTarget(string name, string refusal, Action<byte[
     public static string RefusalSignature(Exception e)
     {
         string message = e.Message;
+        message = FilePath().Replace(message, "PATH");
         message = Quoted().Replace(message, "'_'");
         message = Digits().Replace(message, "N");
         if (message.Length > 100)
@@ -104,6 +105,10 @@ public sealed partial class FuzzTarget(string name, string refusal, Action<byte[
 
     [GeneratedRegex("('[^']*'|\"[^\"]*\")")]
     private static partial Regex Quoted();
+
+    // Scratch and temporary file paths differ per run; they must not make a refusal look new.
+    [GeneratedRegex("(/[^/\\s:]+)+/?")]
+    private static partial Regex FilePath();
 
     [GeneratedRegex("-?[0-9][0-9,.]*")]
     private static partial Regex Digits();

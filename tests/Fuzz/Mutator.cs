@@ -88,8 +88,11 @@ public sealed class Mutator(Random rng, int maxLength = 1 << 16)
                 }
             case 8 when data.Count > 0:
                 // Truncate: parsers must notice missing bytes.
-                data.RemoveRange(rng.Next(data.Count), data.Count - rng.Next(data.Count));
-                break;
+                {
+                    int keep = rng.Next(data.Count);
+                    data.RemoveRange(keep, data.Count - keep);
+                    break;
+                }
             case 9 when other is { Length: > 0 }:
                 {
                     int cut = rng.Next(data.Count + 1);

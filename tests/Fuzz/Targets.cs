@@ -241,13 +241,16 @@ public static class Targets
 
     private static readonly JsonObject[] ParsedSchemas = [.. Schemas.Select(s => JsonNode.Parse(s)!.AsObject())];
 
-    /// <summary>Input: one byte choosing the schema, then parameters_json as a client sends it.</summary>
+    /// <summary>
+    /// Input: one byte choosing the schema, then parameters_json as a client sends it (the proto
+    /// string field: UTF-8 on the wire, decoded by protobuf, invalid bytes replaced).
+    /// </summary>
     private static void Parameters(byte[] input)
     {
         var schema = ParsedSchemas[input.Length == 0 ? 0 : input[0] % ParsedSchemas.Length];
-        ReadOnlyMemory<byte> json = input.Length == 0 ? ReadOnlyMemory<byte>.Empty : input.AsMemory(1);
+        string json = input.Length == 0 ? "" : ByteString.CopyFrom(input, 1, input.Length - 1).ToStringUtf8();
         // As JobManager.SubmitAsync: parse (refusal: INVALID_ARGUMENT), require an object, validate.
-        using var doc = JsonDocument.Parse(json);
+        using var doc = JsonDocument.Parse(string.IsNullOrWhiteSpace(json) ? "{}" : json);
         if (doc.RootElement.ValueKind != JsonValueKind.Object)
             throw new RefusedException("parameters_json must be a JSON object");
         var errors = ParameterValidator.Validate(schema, doc.RootElement);
@@ -342,7 +345,7 @@ public static class RepoRoot
 
     public static string Models(string relative) => System.IO.Path.Combine(Path, "models", relative);
 
-    /// <summary>tests/Fuzz//// <summary>tests/fuzz/&lt;kind&gt;/&lt;target&gt; (kind: corpus or crashes).</summary>lt;kind/// <summary>tests/fuzz/&lt;kind&gt;/&lt;target&gt; (kind: corpus or crashes).</summary>gt;//// <summary>tests/fuzz/&lt;kind&gt;/&lt;target&gt; (kind: corpus or crashes).</summary>lt;target/// <summary>tests/fuzz/&lt;kind&gt;/&lt;target&gt; (kind: corpus or crashes).</summary>gt; (kind: corpus or crashes). Beside the harness, not in a
+    /// <summary>tests/Fuzz/&lt;kind&gt;/&lt;target&gt; (kind: corpus or crashes): beside the harness, not in a
     /// tests/fuzz folder that would clash with tests/Fuzz on case-insensitive file systems.</summary>
     public static string FuzzData(string kind, string target) => System.IO.Path.Combine(Path, "tests", "Fuzz", kind, target);
 

@@ -31,7 +31,11 @@ public sealed partial record PluginFolder(string Id, string Assembly, string? Ty
         JsonElement root;
         try
         {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(path), new JsonDocumentOptions { MaxDepth = 8 });
+            var bytes = File.ReadAllBytes(path);
+            // JsonDocument checks UTF-8 only when a string is read (InvalidOperationException then).
+            if (!System.Text.Unicode.Utf8.IsValid(bytes))
+                throw new InvalidDataException($"{FileName} is not valid UTF-8 text; save it as UTF-8 JSON");
+            using var doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = 8 });
             root = doc.RootElement.Clone();
         }
         catch (JsonException e)
