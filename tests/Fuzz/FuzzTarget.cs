@@ -79,16 +79,32 @@ public sealed partial class FuzzTarget(string name, string refusal, Action<byte[
         return new Outcome(Verdict.Bug, BugSignature(error), error, allocated, clock.Elapsed);
     }
 
-    /// <summary>Exception type plus message with numbers and quoted text blanked: one per distinct check.</summary>
+    /// <summary>
+    /// Exception type plus the message's plain words (paths, quoted text, numbers and fragments of
+    /// the input dropped): roughly one signature per distinct check in the parser.
+    /// </summary>
     public static string RefusalSignature(Exception e)
     {
         string message = e.Message;
-        message = FilePath().Replace(message, "PATH");
-        message = Quoted().Replace(message, "'_'");
-        message = Digits().Replace(message, "N");
-        if (message.Length > 100)
-            message = message[..100];
-        return $"{e.GetType().Name}: {message}";
+        // JSON syntax errors quote the input; one signature for all of them (per wrapping message).
+        for (var inner = e; inner is not null; inner = inner.InnerException)
+        {
+            if (inner is System.Text.Json.JsonException)
+                message = inner == e ? "json syntax" : message.Replace(inner.Message, " json syntax", StringComparison.Ordinal);
+        }
+        int json = message.IndexOf("JSON object:", StringComparison.Ordinal);
+        if (json >= 0)
+            json += "JSON object:".Length;
+        if (json < 0)
+            json = message.IndexOf("is an invalid", StringComparison.Ordinal);
+        if (json < 0)
+            json = message.IndexOf("LineNumber", StringComparison.Ordinal);
+        if (json >= 0)
+            message = message[..json] + " json syntax";
+        message = FilePath().Replace(message, " ");
+        message = Quoted().Replace(message, " ");
+        var words = message.Split(' ', StringSplitOptions.RemoveEmptyEntries).Where(w => w.Length > 1 && w.All(char.IsAsciiLetterLower)).Take(14);
+        return $"{e.GetType().Name}: {string.Join(' ', words)}";
     }
 
     /// <summary>Exception type and the innermost project frame: one per distinct bug.</summary>
@@ -112,4 +128,5 @@ public sealed partial class FuzzTarget(string name, string refusal, Action<byte[
 
     [GeneratedRegex("-?[0-9][0-9,.]*")]
     private static partial Regex Digits();
+
 }

@@ -77,6 +77,7 @@ internal static class Harness
     {
         double seconds = 30;
         int seed = Environment.TickCount;
+        bool showRefusals = false;
         var names = new List<string>();
         for (int i = 0; i < args.Length; i++)
         {
@@ -85,6 +86,7 @@ internal static class Harness
                 case "--seconds": seconds = double.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--target": names.Add(args[++i]); break;
                 case "--seed": seed = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--show-refusals": showRefusals = true; break;
                 default: Console.Error.WriteLine($"unknown option {args[i]}"); return 2;
             }
         }
@@ -98,11 +100,16 @@ internal static class Harness
             Console.WriteLine($"{target.Name,-20} {stats.Execs,9} {stats.Execs / seconds,7:F0} {stats.Accepted,9} {stats.Refused,9} {stats.RefusalKinds,13} {stats.NewCorpus,10} {stats.Crashes,7} {stats.NewBugKinds,13}");
             foreach (var b in stats.BugSignatures)
                 Console.WriteLine($"    bug: {b}");
+            if (showRefusals)
+            {
+                foreach (var r in stats.RefusalSignatures.Order(StringComparer.Ordinal).Take(200))
+                    Console.WriteLine($"    refusal: {r}");
+            }
         }
         return totalBugs == 0 ? 0 : 1;
     }
 
-    private sealed record Stats(long Execs, long Accepted, long Refused, int RefusalKinds, int NewCorpus, long Crashes, int NewBugKinds, IReadOnlyList<string> BugSignatures);
+    private sealed record Stats(long Execs, long Accepted, long Refused, int RefusalKinds, int NewCorpus, long Crashes, int NewBugKinds, IReadOnlyList<string> BugSignatures, IReadOnlyCollection<string> RefusalSignatures);
 
     private static Stats Fuzz(FuzzTarget target, TimeSpan budget, Random rng)
     {
@@ -187,7 +194,7 @@ internal static class Harness
                     break;
             }
         }
-        return new Stats(execs, accepted, refused, refusalKinds.Count, newCorpus, crashes, newBugs.Count, newBugs);
+        return new Stats(execs, accepted, refused, refusalKinds.Count, newCorpus, crashes, newBugs.Count, newBugs, refusalKinds);
     }
 
     private static string Save(string dir, string kind, byte[] input)

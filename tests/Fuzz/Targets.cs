@@ -63,7 +63,8 @@ public static class Targets
 
     private static string Scratch(string relative)
     {
-        var path = Path.Combine(ScratchRoot.Value, relative);
+        // One folder per thread: test runners call targets from several threads at once.
+        var path = Path.Combine(ScratchRoot.Value, $"t{Environment.CurrentManagedThreadId}", relative);
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
         return path;
     }

@@ -13,10 +13,11 @@ public sealed partial record PluginFolder(string Id, string Assembly, string? Ty
     public const string FileName = "plugin.json";
     private const int MaxBytes = 64 << 10;
 
-    [GeneratedRegex("^[a-z0-9][a-z0-9-]{0,62}$")]
+    // \z, not $: $ also matches before a final newline ("p\n" would pass).
+    [GeneratedRegex(@"\A[a-z0-9][a-z0-9-]{0,62}\z")]
     internal static partial Regex IdPattern();
 
-    [GeneratedRegex(@"^[A-Za-z0-9][A-Za-z0-9._-]*\.dll$")]
+    [GeneratedRegex(@"\A[A-Za-z0-9][A-Za-z0-9._-]*\.dll\z")]
     private static partial Regex AssemblyPattern();
 
     /// <summary>Reads and checks <c>plugin.json</c> of <paramref name="folder"/>; errors say what to fix.</summary>

@@ -31,7 +31,9 @@ internal static class SaeLensFormat
         JsonObject cfg;
         try
         {
-            cfg = JsonNode.Parse(cfgBytes) as JsonObject
+            // Duplicate keys are refused while parsing; JsonObject would otherwise throw
+            // ArgumentException on first access.
+            cfg = JsonNode.Parse(cfgBytes, documentOptions: new System.Text.Json.JsonDocumentOptions { AllowDuplicateProperties = false }) as JsonObject
                 ?? throw new InvalidOperationException("the top level is not an object");
         }
         catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException)
