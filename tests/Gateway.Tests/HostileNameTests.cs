@@ -6,7 +6,7 @@ using InterpMesh.Gateway.Configuration;
 using InterpMesh.Gateway.Plugins;
 using InterpMesh.Gateway.Telemetry;
 using Microsoft.Extensions.DependencyInjection;
-using Microsoft.Extensions.Diagnostics.Metrics;
+using System.Diagnostics.Metrics;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 

@@ -1,6 +1,6 @@
 using System.Collections.Concurrent;
 using System.Reflection;
-using Google.Protobuf.Reflection;
+using ServiceDescriptor = Google.Protobuf.Reflection.ServiceDescriptor;
 using Grpc.AspNetCore.Server;
 using Grpc.Core;
 using Grpc.Net.Client;
@@ -89,7 +89,7 @@ public sealed class CapturingLoggerProvider : ILoggerProvider
 public sealed class SecurityTests(SecureMeshFixture mesh) : IClassFixture<SecureMeshFixture>
 {
     /// <summary>Deliberately open: load balancers probe health, tools list services by reflection.</summary>
-    private static readonly string[] OpenServices = ["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"];
+    private static readonly string[] OpenServices = ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
 
     private IReadOnlyList<IMethod> ServedMethods() =>
         [.. mesh.GatewayServices.GetRequiredService<EndpointDataSource>().Endpoints
@@ -164,9 +164,8 @@ public sealed class SecurityTests(SecureMeshFixture mesh) : IClassFixture<Secure
                 case MethodType.ServerStreaming:
                     {
                         using var call = invoker.AsyncServerStreamingCall(method, null, options, []);
-                        while (await call.ResponseStream.MoveNext(CancellationToken.None))
-                        {
-                        }
+                        // The first message (or the status) is the answer; Health.Watch never ends.
+                        await call.ResponseStream.MoveNext(CancellationToken.None);
                         break;
                     }
                 case MethodType.ClientStreaming:
@@ -181,9 +180,8 @@ public sealed class SecurityTests(SecureMeshFixture mesh) : IClassFixture<Secure
                         using var call = invoker.AsyncDuplexStreamingCall(method, null, options);
                         await call.RequestStream.WriteAsync([]);
                         await call.RequestStream.CompleteAsync();
-                        while (await call.ResponseStream.MoveNext(CancellationToken.None))
-                        {
-                        }
+                        // The first message (or the status) is the answer; Health.Watch never ends.
+                        await call.ResponseStream.MoveNext(CancellationToken.None);
                         break;
                     }
             }
@@ -198,7 +196,7 @@ public sealed class SecurityTests(SecureMeshFixture mesh) : IClassFixture<Secure
     [Fact]
     public async Task Raw_keys_never_appear_in_logs_or_metrics_but_key_names_label_the_metrics()
     {
-        var models = new ModelService.ModelServiceClient(mesh.Channel);
+        var models = new Contracts.V1.ModelService.ModelServiceClient(mesh.Channel);
         var analyses = new AnalysisService.AnalysisServiceClient(mesh.Channel);
         var artifacts = new ArtifactService.ArtifactServiceClient(mesh.Channel);
         const string wrongKey = "wrong-key-that-must-not-be-logged-42";
