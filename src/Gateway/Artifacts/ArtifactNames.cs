@@ -10,10 +10,11 @@ public static partial class ArtifactNames
 {
     public const int MaxLength = 200;
 
-    [GeneratedRegex("^[a-z0-9][a-z0-9._-]*$")]
+    // \z, not $: $ also matches before a final newline, which let "name\n" through.
+    [GeneratedRegex(@"\A[a-z0-9][a-z0-9._-]*\z")]
     private static partial Regex Segment();
 
-    [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    [GeneratedRegex(@"\A[A-Za-z0-9][A-Za-z0-9._-]*\z")]
     private static partial Regex FileName();
 
     /// <summary>Throws <see cref="ArgumentException"/> saying what is wrong with <paramref name="name"/>.</summary>

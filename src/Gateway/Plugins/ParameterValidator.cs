@@ -30,7 +30,7 @@ public static class ParameterValidator
                 return;
             }
         }
-        if (schema["enum"] is JsonArray options && !options.Any(o => JsonElement.DeepEquals(JsonSerializer.SerializeToElement(o), value)))
+        if (schema["enum"] is JsonArray options && !options.Any(o => SameJson(JsonSerializer.SerializeToElement(o), value)))
             errors.Add($"{path}: {value.GetRawText()} is not one of {options.ToJsonString()}");
         if (value.ValueKind == JsonValueKind.Number)
         {
@@ -72,6 +72,23 @@ public static class ParameterValidator
                 foreach (var item in value.EnumerateArray())
                     Check(items, item, $"{path}[{i++}]", errors);
             }
+        }
+    }
+
+    /// <summary>
+    /// JSON equality that treats numbers it cannot compare as different: DeepEquals throws
+    /// ArgumentOutOfRangeException for exponents beyond its range (1e-99999999999999999999), and
+    /// no enum member is such a number.
+    /// </summary>
+    private static bool SameJson(JsonElement a, JsonElement b)
+    {
+        try
+        {
+            return JsonElement.DeepEquals(a, b);
+        }
+        catch (ArgumentOutOfRangeException)
+        {
+            return false;
         }
     }
 

@@ -105,6 +105,13 @@ public sealed class PluginCatalog : IPluginCatalog, IDisposable
             var assemblyPath = Path.Combine(folder, spec.Assembly);
             if (!File.Exists(assemblyPath))
                 return new PluginEntry(spec.Id, relative, null, null, $"{spec.Assembly} named by plugin.json is not in the folder");
+            // The DLL itself may be a link too: code is loaded only from under the root.
+            if (new FileInfo(assemblyPath).LinkTarget is not null)
+            {
+                var target = new FileInfo(assemblyPath).ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? "";
+                if (!Path.GetFullPath(target).StartsWith(Root + Path.DirectorySeparatorChar, StringComparison.Ordinal))
+                    return new PluginEntry(spec.Id, relative, null, null, $"{spec.Assembly} is a link to {target}, outside the plugins root {Root}; refused");
+            }
             var loader = PluginLoader.CreateFromAssemblyFile(assemblyPath, Shared, config =>
             {
                 config.PreferSharedTypes = true;

@@ -13,10 +13,11 @@ public sealed partial record PluginFolder(string Id, string Assembly, string? Ty
     public const string FileName = "plugin.json";
     private const int MaxBytes = 64 << 10;
 
-    [GeneratedRegex("^[a-z0-9][a-z0-9-]{0,62}$")]
+    // \z, not $: $ also matches before a final newline ("p\n" would pass).
+    [GeneratedRegex(@"\A[a-z0-9][a-z0-9-]{0,62}\z")]
     internal static partial Regex IdPattern();
 
-    [GeneratedRegex(@"^[A-Za-z0-9][A-Za-z0-9._-]*\.dll$")]
+    [GeneratedRegex(@"\A[A-Za-z0-9][A-Za-z0-9._-]*\.dll\z")]
     private static partial Regex AssemblyPattern();
 
     /// <summary>Reads and checks <c>plugin.json</c> of <paramref name="folder"/>; errors say what to fix.</summary>
@@ -31,7 +32,11 @@ public sealed partial record PluginFolder(string Id, string Assembly, string? Ty
         JsonElement root;
         try
         {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(path), new JsonDocumentOptions { MaxDepth = 8 });
+            var bytes = File.ReadAllBytes(path);
+            // JsonDocument checks UTF-8 only when a string is read (InvalidOperationException then).
+            if (!System.Text.Unicode.Utf8.IsValid(bytes))
+                throw new InvalidDataException($"{FileName} is not valid UTF-8 text; save it as UTF-8 JSON");
+            using var doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = 8 });
             root = doc.RootElement.Clone();
         }
         catch (JsonException e)

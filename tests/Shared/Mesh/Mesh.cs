@@ -42,7 +42,8 @@ public static class Mesh
     }
 
     /// <summary>A gateway with three keys (admin, alice: analyze, reader: read) unless <paramref name="settings"/> says otherwise.</summary>
-    public static async Task<(WebApplication App, string Address)> StartGatewayAsync(IEnumerable<string> modelEndpoints, string pluginsPath, string dataPath, Dictionary<string, string?>? settings = null, int? metricsPort = null)
+    /// <param name="configure">Last say over the builder (e.g. a logging provider the test reads).</param>
+    public static async Task<(WebApplication App, string Address)> StartGatewayAsync(IEnumerable<string> modelEndpoints, string pluginsPath, string dataPath, Dictionary<string, string?>? settings = null, int? metricsPort = null, Action<WebApplicationBuilder>? configure = null)
     {
         var config = new Dictionary<string, string?>
         {
@@ -80,6 +81,7 @@ public static class Mesh
             // Not the gateway's own appsettings.json (copied into the test output).
             b.Configuration.Sources.Clear();
             b.Configuration.AddInMemoryCollection(config);
+            configure?.Invoke(b);
         });
         await app.StartAsync();
         return (app, app.Urls.First(u => metricsPort is null || !u.EndsWith($":{metricsPort}", StringComparison.Ordinal)));

@@ -27,6 +27,9 @@ internal static class TensorWire
         _ => throw new ArgumentException($"{what}: dtype must be FLOAT32, BFLOAT16, FLOAT16 or INT64, got {t}"),
     };
 
+    /// <summary>Most dimensions a wire tensor may have.</summary>
+    public const int MaxRank = 8;
+
     private static int Size(ScalarType t) => t switch
     {
         ScalarType.Float32 => 4,
@@ -54,6 +57,10 @@ internal static class TensorWire
     public static torch.Tensor FromWire(WireTensor w, string what)
     {
         var dtype = FromWire(w.Dtype, what);
+        // libtorch refuses more than 64 dimensions with a native error (reported as INTERNAL); no
+        // activation has more than a handful.
+        if (w.Shape.Count > MaxRank)
+            throw new ArgumentException($"{what}: shape has {w.Shape.Count} dimensions; at most {MaxRank} are accepted");
         long count = 1;
         foreach (var d in w.Shape)
         {
@@ -61,7 +68,7 @@ internal static class TensorWire
                 throw new ArgumentException($"{what}: shape [{string.Join(", ", w.Shape)}] has a negative dimension");
             count = checked(count * d);
         }
-        long expected = count * Size(dtype);
+        long expected = checked(count * Size(dtype));
         if (w.Data.Length != expected)
             throw new ArgumentException($"{what}: shape [{string.Join(", ", w.Shape)}] of {w.Dtype} needs {expected} bytes, got {w.Data.Length}");
         var t = empty(w.Shape.ToArray(), dtype);

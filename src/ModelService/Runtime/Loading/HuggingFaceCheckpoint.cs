@@ -41,7 +41,11 @@ public static class HuggingFaceCheckpoint
         JsonElement root;
         try
         {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
+            var bytes = File.ReadAllBytes(path);
+            // JsonDocument checks UTF-8 only when a string is read (and then throws InvalidOperationException).
+            if (!System.Text.Unicode.Utf8.IsValid(bytes))
+                throw new ModelFormatException(path, "the model config is not valid UTF-8 text; it must be a UTF-8 JSON file");
+            using var doc = JsonDocument.Parse(bytes);
             root = doc.RootElement.Clone();
         }
         catch (Exception e) when (e is JsonException or IOException)
@@ -52,7 +56,7 @@ public static class HuggingFaceCheckpoint
             throw new ModelFormatException(path, "the model config must be a JSON object");
 
         string? arch = root.TryGetProperty("architectures", out var a) && a.ValueKind == JsonValueKind.Array && a.GetArrayLength() > 0
-            ? a[0].GetString() : null;
+            && a[0].ValueKind == JsonValueKind.String ? a[0].GetString() : null;
         if (arch is null)
             throw new ModelFormatException(path, $"no \"architectures\" entry; supported: {string.Join(", ", SupportedArchitectures)}");
 
@@ -92,9 +96,10 @@ public static class HuggingFaceCheckpoint
                         NHeads = heads,
                         NKvHeads = heads,
                         DHead = d / heads,
-                        DMlp = root.TryGetProperty("n_inner", out var inner) && inner.ValueKind == JsonValueKind.Number ? inner.GetInt32() : 4 * d,
+                        // n_inner may be null (= 4 * n_embd); Int refuses non-integers by name.
+                        DMlp = Int("n_inner", d is > 0 and <= int.MaxValue / 4 ? 4 * d : 0),
                         VocabSize = Int("vocab_size"),
-                        ContextLength = Int("n_positions", root.TryGetProperty("n_ctx", out var ctx) && ctx.ValueKind == JsonValueKind.Number ? ctx.GetInt32() : null),
+                        ContextLength = Int("n_positions", root.TryGetProperty("n_ctx", out var ctx) && ctx.ValueKind != JsonValueKind.Null ? Int("n_ctx") : null),
                         Norm = NormKind.LayerNorm,
                         NormEps = Real("layer_norm_epsilon", 1e-5),
                         Positional = PositionalKind.Learned,
@@ -112,7 +117,8 @@ public static class HuggingFaceCheckpoint
                         throw new ModelFormatException(path, $"hidden_act '{act}' is not supported (supported: silu)");
                     if (root.TryGetProperty("rope_scaling", out var scaling) && scaling.ValueKind == JsonValueKind.Object)
                     {
-                        string kind = scaling.TryGetProperty("rope_type", out var rt) ? rt.GetString() ?? "" : scaling.TryGetProperty("type", out rt) ? rt.GetString() ?? "" : "";
+                        string kind = (scaling.TryGetProperty("rope_type", out var rt) || scaling.TryGetProperty("type", out rt)) && rt.ValueKind == JsonValueKind.String
+                            ? rt.GetString()! : "";
                         if (kind != "default")
                             throw new ModelFormatException(path, $"rope_scaling '{kind}' is not supported yet; only unscaled RoPE (rope_theta) is");
                     }
@@ -318,7 +324,10 @@ public static class HuggingFaceCheckpoint
             JsonDocument doc;
             try
             {
-                doc = JsonDocument.Parse(File.ReadAllBytes(index));
+                var bytes = File.ReadAllBytes(index);
+                if (!System.Text.Unicode.Utf8.IsValid(bytes))
+                    throw new ModelFormatException(index, "not valid UTF-8 text; the index must be a UTF-8 JSON file");
+                doc = JsonDocument.Parse(bytes);
             }
             catch (JsonException e)
             {
@@ -332,7 +341,7 @@ public static class HuggingFaceCheckpoint
                 var result = new List<(string, string)>();
                 foreach (var e in map.EnumerateObject())
                 {
-                    string? file = e.Value.GetString();
+                    string? file = e.Value.ValueKind == JsonValueKind.String ? e.Value.GetString() : null;
                     if (string.IsNullOrEmpty(file) || file.Contains('/') || file.Contains('\\') || file.Contains(".."))
                         throw new ModelFormatException(index, $"weight_map entry for '{e.Name}' must be a file name in the same folder, got '{file}'");
                     result.Add((e.Name, System.IO.Path.Combine(dir, file)));

@@ -29,17 +29,28 @@ public static class Llama2cCheckpoint
             h[i] = BinaryPrimitives.ReadInt32LittleEndian(header[(i * 4)..]);
         int dim = h[0], hidden = h[1], layers = h[2], heads = h[3], kvHeads = h[4], vocabSigned = h[5], seqLen = h[6];
         bool shared = vocabSigned > 0;
-        int vocab = Math.Abs(vocabSigned);
+        // Math.Abs(int.MinValue) overflows; no vocabulary is that large, so refuse it as non-positive.
+        int vocab = vocabSigned == int.MinValue ? 0 : Math.Abs(vocabSigned);
         if (dim <= 0 || hidden <= 0 || layers <= 0 || heads <= 0 || kvHeads <= 0 || vocab <= 0 || seqLen <= 0)
             throw new ModelFormatException(path, $"not a llama2.c checkpoint: header [dim {dim}, hidden_dim {hidden}, n_layers {layers}, n_heads {heads}, n_kv_heads {kvHeads}, vocab_size {vocabSigned}, seq_len {seqLen}] has non-positive fields");
         if (dim % heads != 0 || heads % kvHeads != 0 || (dim / heads) % 2 != 0)
             throw new ModelFormatException(path, $"inconsistent header: dim {dim} must be a multiple of n_heads {heads} with an even head size, and n_heads a multiple of n_kv_heads {kvHeads}");
         int headSize = dim / heads;
         long kvDim = (long)kvHeads * headSize;
-        long floats = (long)vocab * dim
-            + (long)layers * (dim + (long)dim * dim + 2 * kvDim * dim + (long)dim * dim + dim + 3L * hidden * dim)
-            + dim + (long)seqLen * headSize + (shared ? 0 : (long)vocab * dim);
-        long expected = HeaderBytes + floats * 4;
+        long expected;
+        try
+        {
+            // Fields near int.MaxValue make the product overflow a long; wrapped, it could even match
+            // the file length by chance. Checked arithmetic turns that into a refusal.
+            long floats = checked((long)vocab * dim
+                + (long)layers * (dim + (long)dim * dim + 2 * kvDim * dim + (long)dim * dim + dim + 3L * hidden * dim)
+                + dim + (long)seqLen * headSize + (shared ? 0 : (long)vocab * dim));
+            expected = checked(HeaderBytes + floats * 4);
+        }
+        catch (OverflowException)
+        {
+            throw new ModelFormatException(path, $"the header [dim {dim}, hidden_dim {hidden}, n_layers {layers}, n_heads {heads}, n_kv_heads {kvHeads}, vocab_size {vocabSigned}, seq_len {seqLen}] describes more than 2^63 bytes; the file is not a llama2.c checkpoint or is corrupt");
+        }
         if (fileLength < expected)
             throw new ModelFormatException(path, $"truncated: the header describes {expected} bytes but the file has {fileLength}");
         if (fileLength > expected)

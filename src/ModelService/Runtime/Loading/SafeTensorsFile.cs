@@ -74,6 +74,10 @@ public sealed class SafeTensorsFile : IDisposable
         stream.ReadExactly(header);
         long dataStart = 8 + (long)headerLength;
         long dataLength = fileLength - dataStart;
+        // JsonDocument checks UTF-8 only when a string is read, and then throws
+        // InvalidOperationException from deep inside; check it here and say so.
+        if (!System.Text.Unicode.Utf8.IsValid(header))
+            throw new ModelFormatException(path, "the safetensors header is not valid UTF-8 (it must be a UTF-8 JSON object); the file is corrupt");
 
         JsonDocument doc;
         try

@@ -95,12 +95,31 @@ public sealed class SentencePieceModelTokenizer : ITextTokenizer
 
         int maxId = sp.Vocabulary.Values.Max();
         int vocabSize = Math.Max(count, maxId + 1);
-        foreach (var (name, id) in new[] { ("BOS", sp.BeginningOfSentenceId), ("EOS", sp.EndOfSentenceId) })
+        foreach (var (name, id) in new[] { ("BOS", sp.BeginningOfSentenceId), ("EOS", sp.EndOfSentenceId), ("UNK", sp.UnknownId) })
         {
             if (id < 0 || id >= vocabSize)
             {
                 throw new ModelFormatException(path,
-                    $"{name} id {id} lies outside the vocabulary of {vocabSize} pieces; the model must define bos_id and eos_id.");
+                    $"{name} id {id} lies outside the vocabulary of {vocabSize} pieces; the model must define bos_id, eos_id and unk_id inside it.");
+            }
+        }
+
+        // With byte fallback the library emits id(<0x00>) + byte for text no piece covers, so the
+        // 256 byte pieces must all be there, in order; otherwise Encode would produce ids that name
+        // no piece (or lie past the vocabulary).
+        if (sp.ByteFallback)
+        {
+            var vocabulary = sp.Vocabulary;
+            bool complete = vocabulary.TryGetValue("<0x00>", out int first);
+            for (int b = 1; complete && b < 256; b++)
+            {
+                complete = vocabulary.TryGetValue($"<0x{b:X2}>", out int id) && id == first + b;
+            }
+
+            if (!complete)
+            {
+                throw new ModelFormatException(path,
+                    "has byte_fallback on but not the 256 byte pieces <0x00>..<0xFF> at consecutive ids; the model is truncated or corrupt.");
             }
         }
 

@@ -48,6 +48,13 @@ internal static class TokenizerFiles
     public static JsonDocument ParseJson(string path)
     {
         var bytes = ReadAllBytes(path);
+        // JsonDocument checks UTF-8 only when a string is read, and then throws
+        // InvalidOperationException from wherever that happens; check the whole file up front.
+        if (!System.Text.Unicode.Utf8.IsValid(bytes))
+        {
+            throw new ModelFormatException(path, "is not valid UTF-8 text; a tokenizer JSON file must be UTF-8.");
+        }
+
         try
         {
             return JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = 64 });

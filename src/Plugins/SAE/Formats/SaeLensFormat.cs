@@ -25,29 +25,50 @@ internal static class SaeLensFormat
     {
         if (!files.TryGetValue(Config, out var cfgBytes) || !files.TryGetValue(Weights, out var weights))
             throw new InvalidParametersException($"{where} is not an SAELens folder: it needs {Config} and {Weights} (it has {string.Join(", ", files.Keys)})");
+        // JsonNode checks UTF-8 only when a string is read (InvalidOperationException then).
+        if (!System.Text.Unicode.Utf8.IsValid(cfgBytes))
+            throw new InvalidParametersException($"{where}/{Config} is not valid UTF-8 text; it must be a UTF-8 JSON object");
         JsonObject cfg;
         try
         {
-            cfg = JsonNode.Parse(cfgBytes)!.AsObject();
+            // Duplicate keys are refused while parsing; JsonObject would otherwise throw
+            // ArgumentException on first access.
+            cfg = JsonNode.Parse(cfgBytes, documentOptions: new System.Text.Json.JsonDocumentOptions { AllowDuplicateProperties = false }) as JsonObject
+                ?? throw new InvalidOperationException("the top level is not an object");
         }
         catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException)
         {
             throw new InvalidParametersException($"{where}/{Config} is not a JSON object: {e.Message}");
         }
+        // Typed reads that name the field: GetValue<T> on a value of another JSON type would throw
+        // InvalidOperationException or FormatException, which a job reports as an internal error.
+        InvalidParametersException Wrong(string field, JsonNode node, string expected) =>
+            new($"{where}/{Config}: {field} must be {expected}, got {Shorten(node.ToJsonString())}");
+        string? Text(JsonNode? node, string field) =>
+            node is null ? null : node.GetValueKind() == System.Text.Json.JsonValueKind.String ? node.GetValue<string>() : throw Wrong(field, node, "a string");
+        int? Int(JsonNode? node, string field) =>
+            node is null ? null : node is JsonValue v && v.TryGetValue(out int i) ? i : throw Wrong(field, node, "an integer (32-bit)");
         var meta = cfg["metadata"] as JsonObject;
-        string hook = (meta?["hook_name"] ?? cfg["hook_name"] ?? cfg["hook_point"])?.GetValue<string>()
+        string hook = Text(meta?["hook_name"] ?? cfg["hook_name"] ?? cfg["hook_point"], "hook_name")
             ?? throw new InvalidParametersException($"{where}/{Config} names no hook (metadata.hook_name, hook_name or hook_point)");
-        string? model = (meta?["model_name"] ?? cfg["model_name"])?.GetValue<string>();
-        int dIn = cfg["d_in"]?.GetValue<int>() ?? throw new InvalidParametersException($"{where}/{Config} has no d_in");
-        int dSae = cfg["d_sae"]?.GetValue<int>() ?? throw new InvalidParametersException($"{where}/{Config} has no d_sae");
-        string arch = cfg["architecture"]?.GetValue<string>() ?? "standard";
-        string? activation = cfg["activation_fn_str"]?.GetValue<string>();
+        string? model = Text(meta?["model_name"] ?? cfg["model_name"], "model_name");
+        int dIn = Int(cfg["d_in"], "d_in") ?? throw new InvalidParametersException($"{where}/{Config} has no d_in");
+        int dSae = Int(cfg["d_sae"], "d_sae") ?? throw new InvalidParametersException($"{where}/{Config} has no d_sae");
+        if (dIn <= 0 || dSae <= 0)
+            throw new InvalidParametersException($"{where}/{Config}: d_in ({dIn}) and d_sae ({dSae}) must be positive");
+        string arch = Text(cfg["architecture"], "architecture") ?? "standard";
+        string? activation = Text(cfg["activation_fn_str"], "activation_fn_str");
         if (activation == "topk")
             arch = "topk";
-        int k = cfg["k"]?.GetValue<int>() ?? cfg["activation_fn_kwargs"]?["k"]?.GetValue<int>() ?? 0;
-        string normalize = cfg["normalize_activations"]?.GetValue<string>() ?? "none";
-        double? scale = cfg["interpmesh_norm_scale"]?.GetValue<double>();
-        bool applyBDec = cfg["apply_b_dec_to_input"]?.GetValue<bool>() ?? true;
+        var kwargs = cfg["activation_fn_kwargs"];
+        int k = Int(cfg["k"], "k") ?? Int(kwargs is JsonObject kw ? kw["k"] : null, "activation_fn_kwargs.k") ?? 0;
+        string normalize = Text(cfg["normalize_activations"], "normalize_activations") ?? "none";
+        double? scale = cfg["interpmesh_norm_scale"] is { } s
+            ? s is JsonValue sv && sv.TryGetValue(out double d) && double.IsFinite(d) ? d : throw Wrong("interpmesh_norm_scale", s, "a finite number")
+            : null;
+        bool applyBDec = cfg["apply_b_dec_to_input"] is { } flag
+            ? flag.GetValueKind() is System.Text.Json.JsonValueKind.True or System.Text.Json.JsonValueKind.False ? flag.GetValue<bool>() : throw Wrong("apply_b_dec_to_input", flag, "true or false")
+            : true;
         if (arch is not ("standard" or "topk"))
             throw new InvalidParametersException($"{where}: architecture '{arch}' is not supported yet (standard and topk are)");
 
@@ -72,6 +93,8 @@ internal static class SaeLensFormat
             File.Delete(path);
         }
     }
+
+    private static string Shorten(string s) => s.Length <= 60 ? s : string.Concat(s.AsSpan(0, 57), "...");
 
     private static InterpMesh.Runtime.Loading.SafeTensorsFile OpenWeights(string path, string where)
     {
