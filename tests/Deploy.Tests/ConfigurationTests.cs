@@ -17,11 +17,9 @@ public sealed class ConfigurationTests
         Assert.False(gateway.Options.HotReload, "plugin hot reload is for development");
         Assert.Equal(50050, gateway.GrpcPort);
         Assert.Equal(9465, gateway.MetricsPort);
-        var sets = manifests.OfType<V1StatefulSet>().ToList();
-        Assert.NotEmpty(sets);
-        foreach (var set in sets)
+        foreach (var deployment in manifests.ModelServices())
         {
-            var model = Services.ModelService(manifests, set);
+            var model = Services.ModelService(manifests, deployment);
             Assert.Equal(50051, model.GrpcPort);
             Assert.Equal(9464, model.MetricsPort);
         }
@@ -43,7 +41,7 @@ public sealed class ConfigurationTests
     public void A_value_the_service_would_refuse_at_start_is_rejected()
     {
         var manifests = Rendered.Of("base");
-        var template = manifests.Single<V1StatefulSet>("model-stories260k").Spec.Template;
+        var template = manifests.Single<V1Deployment>("model-stories260k").Spec.Template;
         string json = Services.AppSettings(manifests, template.Spec, template.Spec.Containers.Single());
         var e = Assert.Throws<InvalidOperationException>(() => Services.ModelService(manifests, template, json.Replace("\"Device\": \"cpu\"", "\"Device\": \"gpu\"", StringComparison.Ordinal)));
         Assert.Contains("ModelService:Device", e.Message, StringComparison.Ordinal);

@@ -94,7 +94,7 @@ public sealed partial class DockerfileTests
         var versions = XDocument.Load(Path.Combine(RepoPaths.Root, "Directory.Packages.props")).Descendants("PackageVersion").Select(e => e.Attribute("Include")!.Value).ToList();
         Assert.Contains("TorchSharp-cuda-linux", versions);
         // The gpu overlay runs the CUDA variant, the others the CPU one.
-        Assert.All(Rendered.Of("overlays/gpu").OfType<V1StatefulSet>(), s => Assert.EndsWith("-cuda", s.Spec.Template.Spec.Containers.Single().Image, StringComparison.Ordinal));
+        Assert.All(Rendered.Of("overlays/gpu").ModelServices(), s => Assert.EndsWith("-cuda", s.Spec.Template.Spec.Containers.Single().Image, StringComparison.Ordinal));
     }
 
     internal sealed record Instruction(string Op, string Args);

@@ -75,33 +75,63 @@ public sealed class InvariantTests
     }
 
     /// <summary>
-    /// The gateway's endpoint list names each model-service replica by its stable StatefulSet DNS
-    /// name under the headless Service, with the port that Service and the container expose. A
-    /// replica count changed without the list (or the other way round) fails here.
+    /// Every gateway model endpoint is <c>dns:///&lt;service&gt;.&lt;namespace&gt;.svc.cluster.local:&lt;port&gt;</c>:
+    /// a headless Service (clusterIP None, not-ready pods unlisted) in the gateway's namespace that
+    /// selects the pods of that model's model-service Deployment, on the port that reaches the
+    /// container's gRPC port. Replicas are not listed, so scaling changes no gateway configuration.
+    /// Every model-service Deployment is reached by some endpoint, and its pods keep serving (preStop)
+    /// until the gateway has resolved the name again.
     /// </summary>
     [Theory]
     [MemberData(nameof(Rendered.All), MemberType = typeof(Rendered))]
-    public void Gateway_endpoints_name_every_model_replica_through_its_headless_service(string kustomization)
+    public void Gateway_endpoints_resolve_each_model_through_the_headless_service_of_its_deployment(string kustomization)
     {
         var manifests = Rendered.Of(kustomization);
         var gateway = Services.Gateway(manifests);
+        string ns = manifests.Single<V1Deployment>("gateway").Metadata.NamespaceProperty;
+        Assert.False(string.IsNullOrEmpty(ns));
         Assert.NotEmpty(gateway.Options.Models);
+        var reached = new HashSet<string>();
         foreach (var (model, route) in gateway.Options.Models)
         {
-            var hosts = route.Endpoints.Select(e => new Uri(e)).ToList();
-            string serviceName = hosts[0].Host.Split('.')[1];
-            var service = manifests.Single<V1Service>(serviceName);
-            Assert.Equal("None", service.Spec.ClusterIP);
-            var set = manifests.Single<V1StatefulSet>(serviceName);
-            Assert.Equal(serviceName, set.Spec.ServiceName);
-            Assert.True(Selects(service.Spec.Selector, set.Spec.Template.Metadata.Labels), $"Service/{serviceName} does not select StatefulSet/{serviceName}'s pods");
-            Assert.Equal(model, set.Spec.Template.Metadata.Labels["interpmesh.dev/model"]);
-            var expected = Enumerable.Range(0, set.Spec.Replicas ?? 1).Select(i => $"{serviceName}-{i}.{serviceName}").ToList();
-            Assert.Equal(expected, hosts.Select(u => u.Host).ToList());
-            int grpc = service.Spec.Ports.Single(p => p.Name == "grpc").Port;
-            Assert.All(hosts, u => Assert.Equal(grpc, u.Port));
-            Assert.Equal(grpc, Services.ModelService(manifests, set).GrpcPort);
+            Assert.NotEmpty(route.Endpoints);
+            foreach (var endpoint in route.Endpoints)
+            {
+                var m = System.Text.RegularExpressions.Regex.Match(endpoint, @"^dns:///([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:([0-9]+)$");
+                Assert.True(m.Success, $"{model}: endpoint '{endpoint}' is not dns:///<service>.<namespace>.svc.cluster.local:<port>");
+                var (serviceName, serviceNamespace) = (m.Groups[1].Value, m.Groups[2].Value);
+                int port = int.Parse(m.Groups[3].Value, System.Globalization.CultureInfo.InvariantCulture);
+                Assert.Equal(ns, serviceNamespace);
+
+                var service = manifests.Single<V1Service>(serviceName);
+                Assert.Equal(ns, service.Metadata.NamespaceProperty);
+                Assert.True(service.Spec.ClusterIP == "None", $"Service/{serviceName} must be headless (clusterIP: None) for its name to resolve to every pod");
+                Assert.True(service.Spec.PublishNotReadyAddresses != true, $"Service/{serviceName} must not list pods that are not ready");
+
+                var deployments = manifests.ModelServices().Where(d => Selects(service.Spec.Selector, d.Spec.Template.Metadata.Labels)).ToList();
+                var deployment = Assert.Single(deployments);
+                Assert.Equal(ns, deployment.Metadata.NamespaceProperty);
+                Assert.True(Selects(deployment.Spec.Selector.MatchLabels, deployment.Spec.Template.Metadata.Labels));
+                Assert.Equal(model, deployment.Spec.Template.Metadata.Labels["interpmesh.dev/model"]);
+                reached.Add(deployment.Metadata.Name);
+
+                // The endpoint's port is a Service port that targets the container's gRPC port, which the service listens on.
+                var servicePort = service.Spec.Ports.SingleOrDefault(p => p.Port == port);
+                Assert.True(servicePort is not null, $"{model}: Service/{serviceName} has no port {port}");
+                var container = deployment.Spec.Template.Spec.Containers.Single();
+                int grpc = Port(container, "grpc");
+                Assert.True(servicePort.TargetPort.Value == "grpc" || servicePort.TargetPort.Value == grpc.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                    $"{model}: Service/{serviceName} port {port} targets '{servicePort.TargetPort.Value}', not the container's gRPC port");
+                // A headless Service does no port mapping: clients connect to the pod on the port they resolved with.
+                Assert.Equal(grpc, port);
+                Assert.Equal(grpc, Services.ModelService(manifests, deployment).GrpcPort);
+
+                var preStop = container.Lifecycle.PreStop.Exec.Command;
+                Assert.True(int.Parse(preStop[1], System.Globalization.CultureInfo.InvariantCulture) >= Contracts.Channels.DnsRefreshInterval.TotalSeconds,
+                    $"Deployment/{deployment.Metadata.Name}: the preStop sleep must outlast the gateway's DNS refresh ({Contracts.Channels.DnsRefreshInterval.TotalSeconds} s)");
+            }
         }
+        Assert.Equal(manifests.ModelServices().Select(d => d.Metadata.Name).Order(), reached.Order());
     }
 
     /// <summary>Only gateway pods reach a model service's gRPC port; only Prometheus its metrics port.</summary>
@@ -111,7 +141,7 @@ public sealed class InvariantTests
     {
         var manifests = Rendered.Of(kustomization);
         var gatewayLabels = manifests.Single<V1Deployment>("gateway").Spec.Template.Metadata.Labels;
-        foreach (var set in manifests.OfType<V1StatefulSet>())
+        foreach (var set in manifests.ModelServices())
         {
             var labels = set.Spec.Template.Metadata.Labels;
             var policies = manifests.OfType<V1NetworkPolicy>().Where(p => Selects(p.Spec.PodSelector.MatchLabels, labels)).ToList();
@@ -152,7 +182,7 @@ public sealed class InvariantTests
     public void The_gpu_overlay_requests_gpus_on_gpu_nodes_with_the_cuda_image_and_the_cpu_overlay_does_not()
     {
         var gpu = Rendered.Of("overlays/gpu");
-        foreach (var set in gpu.OfType<V1StatefulSet>())
+        foreach (var set in gpu.ModelServices())
         {
             var pod = set.Spec.Template.Spec;
             var c = pod.Containers.Single();
@@ -161,11 +191,11 @@ public sealed class InvariantTests
             Assert.Contains(pod.Tolerations, t => t.Key == "nvidia.com/gpu" && t.Effect == "NoSchedule");
             Assert.EndsWith("-cuda", c.Image, StringComparison.Ordinal);
             Assert.Equal("cuda", Services.ModelService(gpu, set).Options.Device);
-            Assert.True(c.Resources.Limits["memory"].ToDecimal() > Rendered.Of("overlays/cpu").Single<V1StatefulSet>(set.Metadata.Name).Spec.Template.Spec.Containers.Single().Resources.Limits["memory"].ToDecimal());
+            Assert.True(c.Resources.Limits["memory"].ToDecimal() > Rendered.Of("overlays/cpu").Single<V1Deployment>(set.Metadata.Name).Spec.Template.Spec.Containers.Single().Resources.Limits["memory"].ToDecimal());
         }
         foreach (var kustomization in new[] { "base", "overlays/cpu" })
         {
-            foreach (var set in Rendered.Of(kustomization).OfType<V1StatefulSet>())
+            foreach (var set in Rendered.Of(kustomization).ModelServices())
             {
                 var c = set.Spec.Template.Spec.Containers.Single();
                 Assert.False(c.Resources.Limits.ContainsKey("nvidia.com/gpu"));
@@ -174,7 +204,7 @@ public sealed class InvariantTests
             }
         }
         // The gateway (plugins run on CPU) never asks for a GPU.
-        Assert.All(gpu.OfType<V1Deployment>(), d => Assert.False(d.Spec.Template.Spec.Containers.Single().Resources.Limits.ContainsKey("nvidia.com/gpu")));
+        Assert.False(gpu.Single<V1Deployment>("gateway").Spec.Template.Spec.Containers.Single().Resources.Limits.ContainsKey("nvidia.com/gpu"));
     }
 
     [Theory]
@@ -189,7 +219,7 @@ public sealed class InvariantTests
         var pdb = manifests.Single<V1PodDisruptionBudget>("gateway");
         Assert.True(Selects(pdb.Spec.Selector.MatchLabels, deployment.Spec.Template.Metadata.Labels));
         Assert.Equal("0", deployment.Spec.Strategy.RollingUpdate.MaxUnavailable.Value);
-        foreach (var set in manifests.OfType<V1StatefulSet>())
+        foreach (var set in manifests.ModelServices())
             Assert.Contains(manifests.OfType<V1PodDisruptionBudget>(), p => Selects(p.Spec.Selector.MatchLabels, set.Spec.Template.Metadata.Labels));
         // Jobs and artifacts of all replicas live on one ReadWriteMany volume.
         var data = deployment.Spec.Template.Spec.Volumes.Single(v => v.Name == "data").PersistentVolumeClaim.ClaimName;
@@ -222,10 +252,10 @@ public sealed class InvariantTests
     [MemberData(nameof(Rendered.All), MemberType = typeof(Rendered))]
     public void Model_services_allow_a_long_startup_for_model_loading(string kustomization)
     {
-        foreach (var set in Rendered.Of(kustomization).OfType<V1StatefulSet>())
+        foreach (var set in Rendered.Of(kustomization).ModelServices())
         {
             var probe = set.Spec.Template.Spec.Containers.Single().StartupProbe;
-            Assert.True((probe.PeriodSeconds ?? 10) * (probe.FailureThreshold ?? 3) >= 600, $"StatefulSet/{set.Metadata.Name}: the startup probe gives up before 10 minutes");
+            Assert.True((probe.PeriodSeconds ?? 10) * (probe.FailureThreshold ?? 3) >= 600, $"Deployment/{set.Metadata.Name}: the startup probe gives up before 10 minutes");
         }
     }
 

@@ -73,6 +73,18 @@ internal sealed class Manifests(string name, IReadOnlyList<object> objects)
         Objects.OfType<V1Deployment>().Select(d => ($"Deployment/{d.Metadata.Name}", d.Spec.Template))
             .Concat(Objects.OfType<V1StatefulSet>().Select(s => ($"StatefulSet/{s.Metadata.Name}", s.Spec.Template)));
 
+    /// <summary>
+    /// The model-service Deployments (pods labelled <c>app.kubernetes.io/component: model-service</c>);
+    /// never none, so a check over them cannot pass by having nothing to check.
+    /// </summary>
+    public IReadOnlyList<V1Deployment> ModelServices()
+    {
+        var all = Objects.OfType<V1Deployment>()
+            .Where(d => d.Spec.Template.Metadata.Labels?.TryGetValue("app.kubernetes.io/component", out var c) == true && c == "model-service")
+            .ToList();
+        return all.Count > 0 ? all : throw new InvalidOperationException($"{Name}: no model-service Deployment");
+    }
+
     public V1ConfigMap ConfigMapOfVolume(V1PodSpec pod, string volumeName)
     {
         var volume = pod.Volumes.Single(v => v.Name == volumeName);

@@ -25,7 +25,7 @@ public sealed class SchemaTests
                 Assert.Equal("interpmesh", typed.Metadata!.NamespaceProperty);
         }
         // What a team expects to find, by kind.
-        foreach (var kind in new[] { "Namespace", "ConfigMap", "Secret", "Deployment", "StatefulSet", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "PersistentVolumeClaim", "NetworkPolicy" })
+        foreach (var kind in new[] { "Namespace", "ConfigMap", "Secret", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "PersistentVolumeClaim", "NetworkPolicy" })
             Assert.Contains(manifests.Objects, o => ((IKubernetesObject)o).Kind == kind);
     }
 

@@ -45,8 +45,8 @@ internal static partial class Services
         return Checked(o, configuration, container);
     }
 
-    public static Bound<ModelServiceOptions> ModelService(Manifests manifests, V1StatefulSet set) =>
-        ModelService(manifests, set.Spec.Template, json: null);
+    public static Bound<ModelServiceOptions> ModelService(Manifests manifests, V1Deployment deployment) =>
+        ModelService(manifests, deployment.Spec.Template, json: null);
 
     public static Bound<ModelServiceOptions> ModelService(Manifests manifests, V1PodTemplateSpec template, string? json)
     {

@@ -63,7 +63,11 @@ public sealed class GatewayOptions
 /// <summary>The replicas serving one model.</summary>
 public sealed class ModelRoute
 {
-    /// <summary>gRPC addresses, e.g. <c>http://model-gpt2-0.model-gpt2:50051</c>; calls are spread over them.</summary>
+    /// <summary>
+    /// gRPC addresses; calls are spread over them. Either one server, <c>http://model-gpt2-0.model-gpt2:50051</c>,
+    /// or <c>dns:///model-gpt2.interpmesh.svc.cluster.local:50051</c>: every address the name resolves to
+    /// (the ready pods of a headless Service), balanced round-robin and re-resolved every 15 s.
+    /// </summary>
     public List<string> Endpoints { get; set; } = [];
 }
 
@@ -121,8 +125,8 @@ internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
                 errors.Add($"Gateway:Models:{model}:Endpoints is empty");
             foreach (var e in route.Endpoints)
             {
-                if (!Uri.TryCreate(e, UriKind.Absolute, out var u) || u.Scheme is not ("http" or "https"))
-                    errors.Add($"Gateway:Models:{model}:Endpoints has '{e}', not an http(s) URL");
+                if (EndpointError(e) is { } error)
+                    errors.Add($"Gateway:Models:{model}:Endpoints has '{e}': {error}");
             }
         }
         if (o.DefaultModel is { Length: > 0 } d && !o.Models.ContainsKey(d))
@@ -154,6 +158,38 @@ internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
         if (o.OtlpProtocol is not ("grpc" or "http/protobuf"))
             errors.Add($"Gateway:OtlpProtocol must be grpc or http/protobuf, got '{o.OtlpProtocol}'");
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+
+    /// <summary>What is wrong with a model endpoint, or null: an http(s) URL or <c>dns:///host:port</c>.</summary>
+    public static string? EndpointError(string endpoint)
+    {
+        if (Contracts.Channels.IsDns(endpoint))
+            return DnsEndpointError(endpoint);
+        return Uri.TryCreate(endpoint, UriKind.Absolute, out var u) && u.Scheme is "http" or "https" ? null
+            : "not an http(s) URL (http://host:port) nor dns:///host:port";
+    }
+
+    private static string? DnsEndpointError(string endpoint)
+    {
+        const string Form = "use dns:///host:port, e.g. dns:///model-gpt2.interpmesh.svc.cluster.local:50051";
+        if (!endpoint.StartsWith("dns:///", StringComparison.OrdinalIgnoreCase))
+            return $"a dns endpoint names no DNS server (nothing between 'dns://' and the third '/'); {Form}";
+        string target = endpoint["dns:///".Length..];
+        if (target.Length == 0)
+            return $"no host; {Form}";
+        if (target.IndexOfAny(['/', '?', '#', '@', ' ']) >= 0)
+            return $"'{target}' is not host:port (no path, query or user); {Form}";
+        int colon = target.LastIndexOf(':');
+        if (colon < 0 || (target.StartsWith('[') && colon < target.IndexOf(']', StringComparison.Ordinal)))
+            return $"no port: the gateway cannot guess the model service's gRPC port; {Form}";
+        string host = target[..colon], port = target[(colon + 1)..];
+        if (host.Length == 0)
+            return $"no host; {Form}";
+        if (host.Contains(':', StringComparison.Ordinal) && !(host.StartsWith('[') && host.EndsWith(']')))
+            return $"an IPv6 host goes in brackets, dns:///[::1]:50051; {Form}";
+        if (!int.TryParse(port, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int p) || p is < 1 or > 65535)
+            return $"port '{port}' is not a number from 1 to 65535; {Form}";
+        return Uri.CheckHostName(host.Trim('[', ']')) == UriHostNameType.Unknown ? $"'{host}' is not a host name; {Form}" : null;
     }
 
     public static IEnumerable<string> ApiKeyEntryErrors(ApiKeyEntry k, string where)

@@ -7,8 +7,9 @@ namespace InterpMesh.Gateway.Routing;
 
 /// <summary>
 /// Routes by model name to that model's model-service replicas. Calls are spread round-robin; a
-/// replica that answered UNAVAILABLE is skipped for a few seconds (in Kubernetes the endpoints of a
-/// headless Service, so every pod is addressed directly).
+/// replica that answered UNAVAILABLE is skipped for a few seconds. A <c>dns:///host:port</c>
+/// endpoint (in Kubernetes, a headless Service) is one <see cref="Replica"/> whose channel balances
+/// over every address the name resolves to and re-resolves it, so pods added by a scale-up are found.
 /// </summary>
 public sealed class ModelRouter : IDisposable
 {
@@ -64,6 +65,12 @@ public sealed class ReplicaPool : IDisposable
 
     public IReadOnlyList<Replica> Replicas => replicas;
 
+    /// <summary>
+    /// Tries a unary call gets when replicas answer UNAVAILABLE: a second one if there is another
+    /// replica, or a balanced one whose channel sends the retry to its next address.
+    /// </summary>
+    public int Attempts => replicas.Length > 1 || replicas.Any(r => r.Balanced) ? 2 : 1;
+
     /// <summary>The next replica in turn that is not marked down (or the next one, if all are).</summary>
     public Replica Pick()
     {
@@ -77,7 +84,15 @@ public sealed class ReplicaPool : IDisposable
         return replicas[(int)((uint)Interlocked.Increment(ref next) % (uint)replicas.Length)];
     }
 
-    public static void MarkDown(Replica replica) => Volatile.Write(ref replica.DownUntil, Environment.TickCount64 + (long)DownFor.TotalMilliseconds);
+    /// <summary>
+    /// Skips <paramref name="replica"/> for a while. Not a balanced one: its channel already stops
+    /// using the address that failed, and skipping it would skip all its healthy addresses too.
+    /// </summary>
+    public static void MarkDown(Replica replica)
+    {
+        if (!replica.Balanced)
+            Volatile.Write(ref replica.DownUntil, Environment.TickCount64 + (long)DownFor.TotalMilliseconds);
+    }
 
     public void Dispose()
     {
@@ -86,7 +101,7 @@ public sealed class ReplicaPool : IDisposable
     }
 }
 
-/// <summary>One model-service replica and its channel.</summary>
+/// <summary>One model-service replica (or, for <c>dns:///</c>, every replica behind one name) and its channel.</summary>
 public sealed class Replica
 {
     internal long DownUntil;
@@ -94,11 +109,15 @@ public sealed class Replica
     public Replica(string address)
     {
         Address = address;
+        Balanced = Contracts.Channels.IsDns(address);
         Channel = Contracts.Channels.ForAddress(address);
         Client = new Contracts.V1.ModelService.ModelServiceClient(Channel);
     }
 
     public string Address { get; }
+
+    /// <summary>A <c>dns:///</c> endpoint: the channel resolves the name and balances over its addresses.</summary>
+    public bool Balanced { get; }
     public GrpcChannel Channel { get; }
     public Contracts.V1.ModelService.ModelServiceClient Client { get; }
 }

@@ -40,7 +40,7 @@ public sealed class ModelServiceProxy(ModelRouter router, IOptions<GatewayOption
     private async Task<T> Unary<T>(ServerCallContext context, Func<Contracts.V1.ModelService.ModelServiceClient, CallOptions, AsyncUnaryCall<T>> call)
     {
         var pool = Pool(context);
-        int attempts = Math.Min(2, pool.Replicas.Count);
+        int attempts = pool.Attempts;
         for (int attempt = 1; ; attempt++)
         {
             var replica = pool.Pick();

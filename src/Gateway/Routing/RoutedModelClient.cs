@@ -64,7 +64,7 @@ internal sealed class RoutedModelClient(ReplicaPool pool, TimeSpan callTimeout) 
             {
                 return await call(replica.Client);
             }
-            catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && attempt < Math.Min(2, pool.Replicas.Count))
+            catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && attempt < pool.Attempts)
             {
                 ReplicaPool.MarkDown(replica);
             }

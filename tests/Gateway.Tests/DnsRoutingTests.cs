@@ -1,0 +1,126 @@
+using Google.Protobuf;
+using Grpc.Core;
+using Grpc.Net.Client;
+using InterpMesh.Contracts.V1;
+using InterpMesh.Gateway.Configuration;
+using InterpMesh.Gateway.Routing;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace InterpMesh.Gateway.Tests;
+
+/// <summary>
+/// <c>dns:///host:port</c> model endpoints (a headless Service in Kubernetes): validated at start,
+/// one replica whose channel resolves the name and balances over its addresses.
+/// </summary>
+[Collection("gateways")]
+public sealed class DnsRoutingTests
+{
+    private static string TempDir() => Path.Combine(Path.GetTempPath(), "interpmesh-gw-dns-" + Guid.NewGuid().ToString("N"));
+
+    private static GatewayOptions WithEndpoints(params string[] endpoints)
+    {
+        var o = new GatewayOptions { Auth = new AuthOptions { Enabled = false } };
+        o.Models["tiny"] = new ModelRoute { Endpoints = [.. endpoints] };
+        return o;
+    }
+
+    [Theory]
+    [InlineData("dns:///model-stories260k.interpmesh.svc.cluster.local:50051")]
+    [InlineData("dns:///localhost:1")]
+    [InlineData("DNS:///10.0.0.7:65535")]
+    [InlineData("dns:///[::1]:50051")]
+    [InlineData("http://model-stories260k-0.model-stories260k:50051")]
+    [InlineData("https://models.example.com")]
+    public void Validation_accepts_http_urls_and_dns_host_port(string endpoint)
+    {
+        var result = new GatewayOptionsValidator().Validate(null, WithEndpoints(endpoint));
+        Assert.True(result.Succeeded, result.FailureMessage);
+    }
+
+    [Theory]
+    [InlineData("dns:///model-stories260k.interpmesh.svc.cluster.local", "no port")]
+    [InlineData("dns:///model-stories260k:", "port '' is not a number")]
+    [InlineData("dns:///model-stories260k:grpc", "port 'grpc' is not a number")]
+    [InlineData("dns:///model-stories260k:70000", "port '70000' is not a number from 1 to 65535")]
+    [InlineData("dns:///:50051", "no host")]
+    [InlineData("dns:///", "no host")]
+    [InlineData("dns://8.8.8.8/model-stories260k:50051", "names no DNS server")]
+    [InlineData("dns:model-stories260k:50051", "names no DNS server")]
+    [InlineData("dns:///model-stories260k:50051/path", "is not host:port")]
+    [InlineData("dns:///::1:50051", "IPv6 host goes in brackets")]
+    [InlineData("dns:///[::1]", "no port")]
+    [InlineData("dns:///bad_host!:50051", "is not a host name")]
+    [InlineData("grpc://model-stories260k:50051", "not an http(s) URL (http://host:port) nor dns:///host:port")]
+    [InlineData("model-stories260k:50051", "not an http(s) URL")]
+    public void Validation_refuses_malformed_endpoints_saying_why(string endpoint, string message)
+    {
+        var result = new GatewayOptionsValidator().Validate(null, WithEndpoints("http://127.0.0.1:50051", endpoint));
+        Assert.True(result.Failed);
+        var error = Assert.Single(result.Failures!);
+        Assert.StartsWith($"Gateway:Models:tiny:Endpoints has '{endpoint}': ", error, StringComparison.Ordinal);
+        Assert.Contains(message, error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_dns_endpoint_is_one_balanced_replica_that_proxies_model_calls()
+    {
+        var (service, serviceAddress) = await Mesh.StartModelServiceAsync(RepoPaths.Models("stories260K/stories260K.bin"));
+        var port = new Uri(serviceAddress).Port;
+        string endpoint = $"dns:///localhost:{port}";
+        WebApplication? gateway = null;
+        try
+        {
+            (gateway, var address) = await Mesh.StartGatewayAsync([endpoint], TempDir(), TempDir());
+            var pool = gateway.Services.GetRequiredService<ModelRouter>().Resolve("tiny");
+            var replica = Assert.Single(pool.Replicas);
+            Assert.Equal(endpoint, replica.Address);
+            Assert.True(replica.Balanced);
+            Assert.Equal(2, pool.Attempts);
+
+            using var channel = Mesh.Channel(address);
+            var viaGateway = new Contracts.V1.ModelService.ModelServiceClient(channel);
+            using var directChannel = Mesh.Channel(serviceAddress);
+            var direct = new Contracts.V1.ModelService.ModelServiceClient(directChannel);
+
+            var info = await viaGateway.GetModelInfoAsync(new GetModelInfoRequest(), Mesh.As(Mesh.ReaderKey));
+            Assert.Equal(await direct.GetModelInfoAsync(new GetModelInfoRequest()), info);
+            Assert.True(info.NLayers > 0);
+
+            var request = new RunRequest
+            {
+                Inputs = { new Input { Text = "Once upon a time" } },
+                Captures = { new Capture { Hooks = { "blocks.0.hook_resid_post" } } },
+            };
+            var gatewayRun = await Collect(viaGateway.Run(request, Mesh.As(Mesh.AliceKey)));
+            var directRun = await Collect(direct.Run(request));
+            Assert.NotEmpty(gatewayRun);
+            Assert.Contains(gatewayRun, m => m.Activation is not null);
+            Assert.Equal(directRun.Select(m => m.ToByteArray()), gatewayRun.Select(m => m.ToByteArray()));
+
+            // The resolver found the name and the balancer holds a ready connection to it.
+            Assert.Equal(ConnectivityState.Ready, replica.Channel.State);
+        }
+        finally
+        {
+            if (gateway is not null)
+            {
+                await gateway.StopAsync();
+                await gateway.DisposeAsync();
+            }
+            await service.StopAsync();
+            await service.DisposeAsync();
+        }
+    }
+
+    private static async Task<List<T>> Collect<T>(AsyncServerStreamingCall<T> call)
+    {
+        using (call)
+        {
+            var all = new List<T>();
+            await foreach (var m in call.ResponseStream.ReadAllAsync())
+                all.Add(m);
+            return all;
+        }
+    }
+}
