@@ -24,5 +24,23 @@ internal static class CliRunner
 
     public static Result Run(params string[] args) => RunWithInput("", args);
 
+    /// <summary>
+    /// Runs the built CLI as its own process, with only the given INTERPMESH_* settings in its
+    /// environment: for what is per process (settings from the environment, the live-tensor count).
+    /// </summary>
+    public static Result RunProcess(IDictionary<string, string> env, params string[] args)
+    {
+        var psi = new System.Diagnostics.ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, "interpmesh"), args) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var name in new[] { "INTERPMESH_SERVER", "INTERPMESH_API_KEY", "INTERPMESH_MODEL", "INTERPMESH_CONFIG" })
+            psi.Environment.Remove(name);
+        foreach (var (k, v) in env)
+            psi.Environment[k] = v;
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        Assert.True(p.WaitForExit(120_000), $"interpmesh {string.Join(' ', args)} did not exit");
+        return new Result(p.ExitCode, stdout.Result, stderr.Result);
+    }
+
     public static int[] Ints(this JsonElement e) => e.EnumerateArray().Select(x => x.GetInt32()).ToArray();
 }

@@ -1,28 +1,16 @@
-using System.Text.Json;
-
 namespace InterpMesh.Cli.Tests;
 
 /// <summary>The load tool's short run: every request is answered, overload is refused with retry info, nothing leaks.</summary>
 public sealed class LoadTests
 {
-    /// <summary>The CLI as its own process: the live-tensor count is per process, and other tests here use torch.</summary>
-    private static (int Code, string Stdout, string Stderr) Process(params string[] args)
-    {
-        var psi = new System.Diagnostics.ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, "interpmesh"), args) { RedirectStandardOutput = true, RedirectStandardError = true };
-        using var p = System.Diagnostics.Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        Assert.True(p.WaitForExit(120_000), "the load tool did not exit");
-        return (p.ExitCode, stdout.Result, stderr.Result);
-    }
-
     [Fact]
     public void Under_overload_the_model_service_refuses_with_resource_exhausted_and_serves_the_rest_without_leaking_tensors()
     {
         // 24 clients against a model service that admits 2 requests at once.
-        var r = Process("bench", "load", "--clients", "24", "--seconds", "4", "--mix", "run=3,generate=1", "--max-concurrent", "2", "--json");
-        Assert.True(r.Code == 0, r.Stderr);
-        var result = JsonDocument.Parse(r.Stdout).RootElement;
+        // Its own process: the live-tensor count is per process, and other tests here use torch.
+        var r = CliRunner.RunProcess(new Dictionary<string, string>(), "bench", "load", "--clients", "24", "--seconds", "4", "--mix", "run=3,generate=1", "--max-concurrent", "2", "--json");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var result = r.Json;
         Assert.Equal(24, result.GetProperty("concurrency_held").GetInt32());
         var outcomes = result.GetProperty("outcomes").EnumerateObject().ToDictionary(o => o.Name, o => o.Value.GetInt32());
         Assert.True(outcomes.GetValueOrDefault("run OK") > 0 && outcomes.GetValueOrDefault("generate OK") > 0, string.Join(", ", outcomes));

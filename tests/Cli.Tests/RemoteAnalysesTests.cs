@@ -90,21 +90,6 @@ public sealed class RemoteAnalysesTests(AnalysisMesh mesh) : IClassFixture<Analy
         Assert.Contains("alt=\"accuracy_by_layer\" src=\"data:image/svg+xml;base64,", html, StringComparison.Ordinal);
     }
 
-    /// <summary>Runs the built CLI as its own process with its own environment (settings come from the environment).</summary>
-    private static (int Code, string Stdout, string Stderr) Process(IDictionary<string, string> env, params string[] args)
-    {
-        var psi = new System.Diagnostics.ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, "interpmesh"), args) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var name in new[] { "INTERPMESH_SERVER", "INTERPMESH_API_KEY", "INTERPMESH_MODEL", "INTERPMESH_CONFIG" })
-            psi.Environment.Remove(name);
-        foreach (var (k, v) in env)
-            psi.Environment[k] = v;
-        using var p = System.Diagnostics.Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        Assert.True(p.WaitForExit(60_000), "the CLI did not exit");
-        return (p.ExitCode, stdout.Result, stderr.Result);
-    }
-
     [Fact]
     public void Settings_come_from_the_command_line_then_the_environment_then_the_config_file()
     {
@@ -112,26 +97,26 @@ public sealed class RemoteAnalysesTests(AnalysisMesh mesh) : IClassFixture<Analy
         Directory.CreateDirectory(dir);
         string config = Path.Combine(dir, "config.json");
         File.WriteAllText(config, JsonSerializer.Serialize(new { server = mesh.Gateway, apiKey = Mesh.AliceKey }));
-        var fromFile = Process(new Dictionary<string, string> { ["INTERPMESH_CONFIG"] = config }, "plugins");
-        Assert.True(fromFile.Code == 0, fromFile.Stderr);
+        var fromFile = CliRunner.RunProcess(new Dictionary<string, string> { ["INTERPMESH_CONFIG"] = config }, "plugins");
+        Assert.True(fromFile.ExitCode == 0, fromFile.Stderr);
         Assert.Contains("probing", fromFile.Stdout, StringComparison.Ordinal);
 
-        var envWins = Process(new Dictionary<string, string> { ["INTERPMESH_CONFIG"] = config, ["INTERPMESH_API_KEY"] = "not-a-key" }, "plugins");
-        Assert.Equal(1, envWins.Code);
+        var envWins = CliRunner.RunProcess(new Dictionary<string, string> { ["INTERPMESH_CONFIG"] = config, ["INTERPMESH_API_KEY"] = "not-a-key" }, "plugins");
+        Assert.Equal(1, envWins.ExitCode);
         Assert.Contains("Unauthenticated", envWins.Stderr, StringComparison.Ordinal);
 
-        var flagWins = Process(new Dictionary<string, string> { ["INTERPMESH_CONFIG"] = config, ["INTERPMESH_API_KEY"] = "not-a-key" }, "plugins", "--key", Mesh.AliceKey);
-        Assert.True(flagWins.Code == 0, flagWins.Stderr);
+        var flagWins = CliRunner.RunProcess(new Dictionary<string, string> { ["INTERPMESH_CONFIG"] = config, ["INTERPMESH_API_KEY"] = "not-a-key" }, "plugins", "--key", Mesh.AliceKey);
+        Assert.True(flagWins.ExitCode == 0, flagWins.Stderr);
 
-        var shown = Process(new Dictionary<string, string> { ["INTERPMESH_CONFIG"] = config, ["INTERPMESH_SERVER"] = "http://127.0.0.1:1" }, "config");
-        Assert.Equal(0, shown.Code);
+        var shown = CliRunner.RunProcess(new Dictionary<string, string> { ["INTERPMESH_CONFIG"] = config, ["INTERPMESH_SERVER"] = "http://127.0.0.1:1" }, "config");
+        Assert.Equal(0, shown.ExitCode);
         Assert.Matches(@"server\s+http://127\.0\.0\.1:1\s+environment \(INTERPMESH_SERVER\)", shown.Stdout);
         Assert.Matches(@"apiKey\s+\(set, \d+ characters\)\s+config file", shown.Stdout);
         Assert.DoesNotContain(Mesh.AliceKey, shown.Stdout, StringComparison.Ordinal);
 
         File.WriteAllText(config, """{"server": "http://127.0.0.1:1", "apikey": "x"}""");
-        var bad = Process(new Dictionary<string, string> { ["INTERPMESH_CONFIG"] = config }, "plugins");
-        Assert.Equal(2, bad.Code);
+        var bad = CliRunner.RunProcess(new Dictionary<string, string> { ["INTERPMESH_CONFIG"] = config }, "plugins");
+        Assert.Equal(2, bad.ExitCode);
         Assert.Contains("unknown setting \"apikey\"; settings: server, apiKey, model", bad.Stderr, StringComparison.Ordinal);
         Assert.Single(bad.Stderr.Trim().Split('\n'));                          // one line on stderr
     }
