@@ -10,7 +10,7 @@ public static class TestPlugins
     /// <summary>A plugins folder with the sample, the misbehaving plugins and broken folders.</summary>
     public static async Task<string> PluginsFolderAsync()
     {
-        var (tokenStats, misbehaving) = await PluginBuilds.OutputsAsync();
+        var (tokenStats, misbehaving, _) = await PluginBuilds.OutputsAsync();
         string root = Path.Combine(Path.GetTempPath(), "interpmesh-plugin-root-" + Guid.NewGuid().ToString("N"));
         Copy(tokenStats, Path.Combine(root, "token-stats"));
         foreach (var (id, type) in new[] { ("slow", "Slow"), ("throws", "Throws"), ("hangs", "Hangs"), ("future-sdk", "FutureSdk"), ("throws-on-load", "ThrowsOnLoad"), ("chatty", "Chatty"), ("hoards", "Hoards") })
@@ -27,7 +27,7 @@ public static class TestPlugins
         return root;
     }
 
-    private static void Copy(string from, string to)
+    public static void Copy(string from, string to)
     {
         Directory.CreateDirectory(to);
         foreach (var file in Directory.EnumerateFiles(from, "*", SearchOption.AllDirectories))

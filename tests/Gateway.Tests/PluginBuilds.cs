@@ -9,11 +9,12 @@ namespace InterpMesh.Gateway.Tests;
 /// </summary>
 public static class PluginBuilds
 {
-    private static readonly Lazy<Task<(string TokenStats, string Misbehaving)>> Built = new(BuildAsync);
+    private static readonly Lazy<Task<(string TokenStats, string Misbehaving, string MisbehavingV2)>> Built = new(BuildAsync);
 
-    public static Task<(string TokenStats, string Misbehaving)> OutputsAsync() => Built.Value;
+    /// <summary>The build outputs; <c>MisbehavingV2</c> is the same project built as assembly version 2.0.0 (for hot reload).</summary>
+    public static Task<(string TokenStats, string Misbehaving, string MisbehavingV2)> OutputsAsync() => Built.Value;
 
-    private static async Task<(string, string)> BuildAsync()
+    private static async Task<(string, string, string)> BuildAsync()
     {
         string work = Path.Combine(Path.GetTempPath(), "interpmesh-plugins-" + Guid.NewGuid().ToString("N"));
         string feed = Path.Combine(work, "feed");
@@ -28,7 +29,10 @@ public static class PluginBuilds
             await Dotnet("build", Path.Combine(RepoPaths.Root, project), "-c", "Release", "-o", output, $"-p:InterpMeshSdkVersion={version}",
                 $"-p:RestoreAdditionalProjectSources={feed}", "--nologo");
         }
-        return (tokenStats, misbehaving);
+        string v2 = Path.Combine(work, "misbehaving-v2");
+        await Dotnet("build", Path.Combine(RepoPaths.Root, "tests/plugins/Misbehaving"), "-c", "Release", "-o", v2, $"-p:InterpMeshSdkVersion={version}",
+            $"-p:RestoreAdditionalProjectSources={feed}", "-p:Version=2.0.0", "--nologo");
+        return (tokenStats, misbehaving, v2);
     }
 
     private static async Task Dotnet(params string[] args)

@@ -49,7 +49,8 @@ internal static class LoadBenchmark
         string mixText = args.Text("mix") ?? "run=6,generate=3,analysis=1";
         int maxConcurrent = args.Int("max-concurrent", min: 1) ?? 32;
         int maxJobs = args.Int("max-jobs", min: 1) ?? 2;
-        int maxQueued = args.Int("max-queued", min: 0) ?? 8;
+        int maxQueued = args.Int("max-queued", min: 1) ?? 8;
+        int retainedJobs = args.Int("retained-jobs", min: 1) ?? 10000;
         string? modelArg = args.Text("model");
         int threads = TorchRuntime.Initialize(args.Int("threads", min: 1));
         args.RejectUnknown("bench load");
@@ -63,6 +64,7 @@ internal static class LoadBenchmark
         {
             ["Gateway:MaxConcurrentJobs"] = maxJobs.ToString(CultureInfo.InvariantCulture),
             ["Gateway:MaxQueuedJobs"] = maxQueued.ToString(CultureInfo.InvariantCulture),
+            ["Gateway:MaxRetainedJobs"] = retainedJobs.ToString(CultureInfo.InvariantCulture),
         });
         try
         {

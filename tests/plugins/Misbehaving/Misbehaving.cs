@@ -105,3 +105,12 @@ public sealed class Hoards : IAnalysisPlugin
         }
     }
 }
+
+/// <summary>Reports its assembly's version as the plugin version: two builds tell hot reload apart.</summary>
+public sealed class Versioned : IAnalysisPlugin
+{
+    public PluginManifest Manifest { get; } = new("versioned", typeof(Versioned).Assembly.GetName().Version!.ToString(3), "says which build is loaded", SdkVersion.Current, Schemas.Any(), []);
+
+    public Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context) =>
+        Task.FromResult(new PluginResult { Summary = new JsonObject { ["version"] = Manifest.Version } });
+}
