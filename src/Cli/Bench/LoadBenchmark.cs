@@ -27,12 +27,15 @@ internal static class LoadBenchmark
     {
         public readonly ConcurrentDictionary<string, ConcurrentBag<double>> Latencies = new();
         public readonly ConcurrentDictionary<string, int> Outcomes = new();
+        public readonly ConcurrentDictionary<string, string> FirstError = new();
         public int InFlight;
         public int MaxInFlight;
         public long Completed;
 
-        public void Record(string kind, string status, double ms)
+        public void Record(string kind, string status, double ms, string? detail)
         {
+            if (detail is not null)
+                FirstError.TryAdd($"{kind} {status}", detail);
             Outcomes.AddOrUpdate($"{kind} {status}", 1, (_, n) => n + 1);
             if (status == "OK")
                 Latencies.GetOrAdd(kind, _ => []).Add(ms);
@@ -153,6 +156,7 @@ internal static class LoadBenchmark
         var clock = Stopwatch.StartNew();
         string status = "OK";
         string? retryAfter = null;
+        string? detail = null;
         try
         {
             var options = new CallOptions(deadline: DateTime.UtcNow.AddSeconds(60));
@@ -186,20 +190,24 @@ internal static class LoadBenchmark
                             final = call.ResponseStream.Current.Finished ?? final;
                     }
                     if (final is null || final.State != JobState.Succeeded)
+                    {
                         status = final is null ? "NO_RESULT" : $"job {final.ErrorCode}";
+                        detail = final?.Error;
+                    }
                     break;
             }
         }
         catch (RpcException e)
         {
             status = e.StatusCode.ToString();
+            detail = e.Status.Detail;
             retryAfter = e.Trailers.GetValue("retry-after-ms");
         }
         finally
         {
             Interlocked.Decrement(ref stats.InFlight);
         }
-        stats.Record(kind, status, clock.Elapsed.TotalMilliseconds);
+        stats.Record(kind, status, clock.Elapsed.TotalMilliseconds, detail);
         // A well-behaved client waits as told (at most a second here) before its next call.
         if (retryAfter is not null && int.TryParse(retryAfter, CultureInfo.InvariantCulture, out int ms))
         {
@@ -254,6 +262,7 @@ internal static class LoadBenchmark
             ["clients"] = clients, ["seconds"] = Math.Round(elapsed, 1), ["mix"] = mix, ["model_service_max_concurrent"] = maxConcurrent,
             ["concurrency_held"] = stats.MaxInFlight, ["requests"] = stats.Completed, ["ok_per_second"] = Math.Round(ok / elapsed, 2),
             ["by_kind"] = kinds, ["outcomes"] = outcomes,
+            ["first_errors"] = new JsonObject(stats.FirstError.OrderBy(o => o.Key, StringComparer.Ordinal).Select(o => KeyValuePair.Create(o.Key, (JsonNode?)o.Value))),
             ["memory"] = new JsonObject
             {
                 ["rss_mib_start"] = Math.Round(first.RssMiB, 1), ["rss_mib_end"] = Math.Round(last.RssMiB, 1), ["rss_mib_max"] = Math.Round(samples.Max(s => s.RssMiB), 1),
@@ -275,6 +284,8 @@ internal static class LoadBenchmark
         foreach (var (kind, node) in kinds)
             stdout.WriteLine(string.Create(c, $"  {kind,-9} ok {node!["ok"],6}  {node["per_second"],7}/s  p50 {node["p50_ms"],7} ms  p99 {node["p99_ms"],7} ms  max {node["max_ms"],7} ms"));
         stdout.WriteLine("  outcomes: " + string.Join(", ", outcomes.Select(o => $"{o.Key} {o.Value}")));
+        foreach (var (key, message) in stats.FirstError.OrderBy(o => o.Key, StringComparer.Ordinal))
+            stdout.WriteLine($"  first {key}: {message}");
         stdout.WriteLine(string.Create(c, $"  memory: RSS {first.RssMiB:0} → {last.RssMiB:0} MiB (max {samples.Max(s => s.RssMiB):0}), heap {first.HeapMiB:0} → {last.HeapMiB:0} MiB, live tensors {first.Tensors} → {last.Tensors}; second-half trend {rssSlope:0.00} MiB/min, {tensorSlope:0.00} tensors/min"));
         return 0;
     }
