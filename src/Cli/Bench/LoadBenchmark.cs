@@ -25,7 +25,7 @@ internal static class LoadBenchmark
 
     private sealed class Stats
     {
-        public readonly ConcurrentDictionary<string, ConcurrentBag<double>> Latencies = new();
+        public readonly ConcurrentDictionary<string, LatencyHistogram> Latencies = new();
         public readonly ConcurrentDictionary<string, int> Outcomes = new();
         public readonly ConcurrentDictionary<string, string> FirstError = new();
         public int InFlight;
@@ -38,7 +38,7 @@ internal static class LoadBenchmark
                 FirstError.TryAdd($"{kind} {status}", detail);
             Outcomes.AddOrUpdate($"{kind} {status}", 1, (_, n) => n + 1);
             if (status == "OK")
-                Latencies.GetOrAdd(kind, _ => []).Add(ms);
+                Latencies.GetOrAdd(kind, _ => new LatencyHistogram()).Add(ms);
             Interlocked.Increment(ref Completed);
         }
     }
@@ -81,7 +81,8 @@ internal static class LoadBenchmark
             Settle();
             var samples = new List<Sample>();
             var clock = Stopwatch.StartNew();
-            Sample Take() => new(clock.Elapsed.TotalSeconds, Process.GetCurrentProcess().WorkingSet64 / 1048576.0, GC.GetTotalMemory(false) / 1048576.0,
+            // With --soak every sample's heap figure is after a full collection: live memory, not garbage.
+            Sample Take() => new(clock.Elapsed.TotalSeconds, Process.GetCurrentProcess().WorkingSet64 / 1048576.0, GC.GetTotalMemory(forceFullCollection: soak) / 1048576.0,
                 TorchSharp.torch.Tensor.TotalCount, Interlocked.Read(ref stats.Completed));
             samples.Add(Take());
             using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(seconds));
@@ -221,8 +222,48 @@ internal static class LoadBenchmark
         }
     }
 
-    private static double Percentile(List<double> sorted, double p) =>
-        sorted.Count == 0 ? double.NaN : sorted[Math.Min(sorted.Count - 1, (int)Math.Ceiling(p * sorted.Count) - 1)];
+    /// <summary>
+    /// Latencies in log-spaced buckets 1 % wide (0.01 ms to ~10 min): constant memory however long the
+    /// run, so the soak's memory figures are the services', not the load tool's.
+    /// </summary>
+    private sealed class LatencyHistogram
+    {
+        private const double Min = 0.01, Growth = 1.01;
+        private readonly long[] counts = new long[(int)Math.Ceiling(Math.Log(6e7 / Min) / Math.Log(Growth)) + 2];
+        private long count;
+        private double max;
+        private readonly Lock gate = new();
+
+        public long Count => Interlocked.Read(ref count);
+
+        public double Max => max;
+
+        public void Add(double ms)
+        {
+            int i = ms <= Min ? 0 : Math.Min(counts.Length - 1, (int)Math.Ceiling(Math.Log(ms / Min) / Math.Log(Growth)));
+            lock (gate)
+            {
+                counts[i]++;
+                count++;
+                max = Math.Max(max, ms);
+            }
+        }
+
+        /// <summary>The p-quantile, as its bucket's upper edge (within 1 %), never above the maximum seen.</summary>
+        public double Quantile(double p)
+        {
+            lock (gate)
+            {
+                long rank = Math.Max(1, (long)Math.Ceiling(p * count)), seen = 0;
+                for (int i = 0; i < counts.Length; i++)
+                {
+                    if ((seen += counts[i]) >= rank)
+                        return Math.Min(max, Min * Math.Pow(Growth, i));
+                }
+                return max;
+            }
+        }
+    }
 
     private static string Line(Sample s) =>
         string.Create(CultureInfo.InvariantCulture, $"  t={s.Seconds,6:0}s  requests {s.Requests,8}  RSS {s.RssMiB,7:0.0} MiB  heap {s.HeapMiB,6:0.0} MiB  live tensors {s.Tensors}");
@@ -240,13 +281,12 @@ internal static class LoadBenchmark
     private static int Print(TextWriter stdout, bool json, bool soak, int clients, int seconds, double elapsed, string mix, int maxConcurrent, Stats stats, List<Sample> samples)
     {
         var kinds = new JsonObject();
-        foreach (var (kind, bag) in stats.Latencies.OrderBy(k => k.Key, StringComparer.Ordinal))
+        foreach (var (kind, histogram) in stats.Latencies.OrderBy(k => k.Key, StringComparer.Ordinal))
         {
-            var sorted = bag.Order().ToList();
             kinds[kind] = new JsonObject
             {
-                ["ok"] = sorted.Count, ["per_second"] = Math.Round(sorted.Count / elapsed, 2),
-                ["p50_ms"] = Math.Round(Percentile(sorted, 0.5), 1), ["p99_ms"] = Math.Round(Percentile(sorted, 0.99), 1), ["max_ms"] = Math.Round(sorted[^1], 1),
+                ["ok"] = histogram.Count, ["per_second"] = Math.Round(histogram.Count / elapsed, 2),
+                ["p50_ms"] = Math.Round(histogram.Quantile(0.5), 1), ["p99_ms"] = Math.Round(histogram.Quantile(0.99), 1), ["max_ms"] = Math.Round(histogram.Max, 1),
             };
         }
         var outcomes = new JsonObject(stats.Outcomes.OrderBy(o => o.Key, StringComparer.Ordinal).Select(o => KeyValuePair.Create(o.Key, (JsonNode?)o.Value)));
@@ -256,7 +296,7 @@ internal static class LoadBenchmark
         var half = samples.Where(s => s.Seconds >= elapsed / 2).ToList();
         double rssSlope = SlopePerMinute([.. half.Select(s => (s.Seconds, s.RssMiB))]);
         double tensorSlope = SlopePerMinute([.. half.Select(s => (s.Seconds, (double)s.Tensors))]);
-        long ok = stats.Latencies.Values.Sum(b => (long)b.Count);
+        long ok = stats.Latencies.Values.Sum(h => h.Count);
         var result = new JsonObject
         {
             ["clients"] = clients, ["seconds"] = Math.Round(elapsed, 1), ["mix"] = mix, ["model_service_max_concurrent"] = maxConcurrent,
