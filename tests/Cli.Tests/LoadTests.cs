@@ -6,9 +6,9 @@ public sealed class LoadTests
     [Fact]
     public void Under_overload_the_model_service_refuses_with_resource_exhausted_and_serves_the_rest_without_leaking_tensors()
     {
-        // 24 clients against a model service that admits 2 requests at once.
+        // 24 clients against a model service that admits 2 requests at once and refuses the rest at once.
         // Its own process: the live-tensor count is per process, and other tests here use torch.
-        var r = CliRunner.RunProcess(new Dictionary<string, string>(), "bench", "load", "--clients", "24", "--seconds", "4", "--mix", "run=3,generate=1", "--max-concurrent", "2", "--json");
+        var r = CliRunner.RunProcess(new Dictionary<string, string>(), "bench", "load", "--clients", "24", "--seconds", "4", "--mix", "run=3,generate=1", "--max-concurrent", "2", "--admission-wait-ms", "0", "--json");
         Assert.True(r.ExitCode == 0, r.Stderr);
         var result = r.Json;
         Assert.Equal(24, result.GetProperty("concurrency_held").GetInt32());

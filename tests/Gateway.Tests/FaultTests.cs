@@ -254,8 +254,8 @@ public sealed class FaultTests
     public async Task A_job_whose_model_calls_meet_a_busy_model_service_waits_as_told_and_succeeds()
     {
         var plugins = await TestPlugins.PluginsFolderAsync();
-        // The model service runs one request at a time and refuses the rest with retry-after-ms.
-        var (service, serviceAddress) = await Mesh.StartModelServiceAsync(RepoPaths.Models("stories260K/stories260K.bin"), new() { ["ModelService:MaxConcurrentRequests"] = "1" });
+        // The model service runs one request at a time and refuses the rest at once with retry-after-ms.
+        var (service, serviceAddress) = await Mesh.StartModelServiceAsync(RepoPaths.Models("stories260K/stories260K.bin"), new() { ["ModelService:MaxConcurrentRequests"] = "1", ["ModelService:AdmissionWaitMs"] = "0" });
         var (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], plugins, TempDir());
         try
         {

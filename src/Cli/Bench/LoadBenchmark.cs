@@ -51,6 +51,7 @@ internal static class LoadBenchmark
         int sampleEvery = args.Int("sample-seconds", min: 1) ?? (soak ? 10 : 2);
         string mixText = args.Text("mix") ?? "run=6,generate=3,analysis=1";
         int maxConcurrent = args.Int("max-concurrent", min: 1) ?? 32;
+        int admissionWait = args.Int("admission-wait-ms", min: 0) ?? 100;
         int maxJobs = args.Int("max-jobs", min: 1) ?? 2;
         int maxQueued = args.Int("max-queued", min: 1) ?? 8;
         int retainedJobs = args.Int("retained-jobs", min: 1) ?? 10000;
@@ -62,7 +63,11 @@ internal static class LoadBenchmark
         string model = Path.GetFullPath(modelArg ?? Path.Combine(repo, "models", "concepts"));
         string data = Path.Combine(Path.GetTempPath(), "interpmesh-load-" + Guid.NewGuid().ToString("N"));
 
-        var service = LocalMesh.StartModelService(model, threads, extra: new() { ["ModelService:MaxConcurrentRequests"] = maxConcurrent.ToString(CultureInfo.InvariantCulture) });
+        var service = LocalMesh.StartModelService(model, threads, extra: new()
+        {
+            ["ModelService:MaxConcurrentRequests"] = maxConcurrent.ToString(CultureInfo.InvariantCulture),
+            ["ModelService:AdmissionWaitMs"] = admissionWait.ToString(CultureInfo.InvariantCulture),
+        });
         var gateway = LocalMesh.StartGateway(new Dictionary<string, string> { ["load"] = service.Urls.First() }, Path.Combine(repo, "plugins"), data, extra: new()
         {
             ["Gateway:MaxConcurrentJobs"] = maxJobs.ToString(CultureInfo.InvariantCulture),

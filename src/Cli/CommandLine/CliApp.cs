@@ -45,7 +45,7 @@ public static class CliApp
           interpmesh bench probe   [--n N --d D] [--texts T] [--threads N] [--json]
           interpmesh bench retrieval [--trials N] [--threads N] [--json]
           interpmesh bench sae     [--d-in D --d-sae S --k K --batch B --steps N] [--threads N] [--json]
-          interpmesh bench load    [--clients N] [--seconds S] [--mix run=6,generate=3,analysis=1] [--max-concurrent R]
+          interpmesh bench load    [--clients N] [--seconds S] [--mix run=6,generate=3,analysis=1] [--max-concurrent R] [--admission-wait-ms W]
                                  [--max-jobs J] [--max-queued Q] [--retained-jobs K] [--model PATH] [--soak [--sample-seconds T]] [--threads N] [--json]
 
         Settings: --server, --key and --model (--model-name for model commands) default to the environment

@@ -31,6 +31,13 @@ public sealed class ModelServiceOptions
     /// <summary>Requests running or queued at once; beyond it requests get RESOURCE_EXHAUSTED with retry info.</summary>
     public int MaxConcurrentRequests { get; set; } = 32;
 
+    /// <summary>
+    /// How long a request may wait for one of the <see cref="MaxConcurrentRequests"/> slots before it
+    /// is refused (milliseconds; 0 = refuse at once). Waiters are served in arrival order, so a client
+    /// that re-requests the moment it is served cannot keep slots from clients that asked earlier.
+    /// </summary>
+    public int AdmissionWaitMs { get; set; } = 100;
+
     /// <summary>Largest batch (inputs or prompts) one request may carry.</summary>
     public int MaxBatch { get; set; } = 64;
 
@@ -71,6 +78,8 @@ internal sealed class ModelServiceOptionsValidator : IValidateOptions<ModelServi
             errors.Add($"ModelService:MaxCaptureBytes must be positive, got {o.MaxCaptureBytes}");
         if (o.MaxConcurrentRequests < 1)
             errors.Add($"ModelService:MaxConcurrentRequests must be at least 1, got {o.MaxConcurrentRequests}");
+        if (o.AdmissionWaitMs is < 0 or > 60_000)
+            errors.Add($"ModelService:AdmissionWaitMs must be between 0 and 60000, got {o.AdmissionWaitMs}");
         if (o.MaxBatch < 1)
             errors.Add($"ModelService:MaxBatch must be at least 1, got {o.MaxBatch}");
         if (o.BatchMaxRows < 1)

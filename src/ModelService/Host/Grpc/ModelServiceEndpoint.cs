@@ -85,7 +85,7 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
             HookPlan.Build(model.Transformer.Hooks, captures.Requests, null);
             foreach (var iv in request.Interventions)
                 model.Transformer.Hooks.Resolve([iv.Hook]);
-            using var admitted = await Admit();
+            using var admitted = await Admit(context.CancellationToken);
             var ct = context.CancellationToken;
             var pending = new PendingRun(request, rows, captures, RunBatcher.Key(model.Transformer, request, rows), ct);
             batcher.Submit(pending);
@@ -111,7 +111,7 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
             sampling.Validate();
             var stops = request.StopTokenIds.Count > 0 ? request.StopTokenIds.ToList()
                 : !request.NoDefaultStop && (model.Tokenizer?.EosId ?? model.Config.EosTokenId) is int eos ? [eos] : [];
-            using var admitted = await Admit();
+            using var admitted = await Admit(context.CancellationToken);
             var trace = System.Diagnostics.Activity.Current?.Context ?? default;
             await Pump(responseStream, context, (writer, ct) =>
             {
@@ -172,10 +172,13 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
         await work;
     }
 
-    /// <summary>Admission control: a full server answers RESOURCE_EXHAUSTED at once instead of queueing without bound.</summary>
-    private async Task<IDisposable> Admit()
+    /// <summary>
+    /// Admission control: a request waits at most <c>AdmissionWaitMs</c>, in arrival order, for a
+    /// slot; then a full server answers RESOURCE_EXHAUSTED instead of queueing without bound.
+    /// </summary>
+    private async Task<IDisposable> Admit(CancellationToken ct)
     {
-        if (!await host.Admission.WaitAsync(0))
+        if (!await host.Admission.WaitAsync(host.Options.AdmissionWaitMs, ct))
         {
             var metadata = new Metadata { { "retry-after-ms", "200" } };
             throw new RpcException(new Status(StatusCode.ResourceExhausted, $"the server is running its maximum of {host.Options.MaxConcurrentRequests} requests; retry after a short delay"), metadata);
