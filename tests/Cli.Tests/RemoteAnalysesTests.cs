@@ -18,14 +18,7 @@ public sealed class AnalysisMesh : IAsyncLifetime
 
     public async Task DisposeAsync()
     {
-        foreach (var app in new[] { gateway, service })
-        {
-            if (app is not null)
-            {
-                await app.StopAsync();
-                await app.DisposeAsync();
-            }
-        }
+        await Mesh.StopAsync(gateway, service);
     }
 }
 

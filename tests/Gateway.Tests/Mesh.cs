@@ -65,13 +65,6 @@ public sealed class MeshFixture : IAsyncLifetime
     public async Task DisposeAsync()
     {
         Channel.Dispose();
-        foreach (var app in new[] { gateway, service })
-        {
-            if (app is not null)
-            {
-                await app.StopAsync();
-                await app.DisposeAsync();
-            }
-        }
+        await Mesh.StopAsync(gateway, service);
     }
 }

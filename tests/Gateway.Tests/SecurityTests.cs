@@ -42,14 +42,7 @@ public sealed class SecureMeshFixture : IAsyncLifetime
     public async Task DisposeAsync()
     {
         Channel.Dispose();
-        foreach (var app in new[] { gateway, service })
-        {
-            if (app is not null)
-            {
-                await app.StopAsync();
-                await app.DisposeAsync();
-            }
-        }
+        await Mesh.StopAsync(gateway, service);
     }
 }
 

@@ -40,13 +40,6 @@ public abstract class PluginMeshFixture(string modelPath) : IAsyncLifetime
     public async Task DisposeAsync()
     {
         Channel.Dispose();
-        foreach (var app in new[] { gateway, service })
-        {
-            if (app is not null)
-            {
-                await app.StopAsync();
-                await app.DisposeAsync();
-            }
-        }
+        await Mesh.StopAsync(gateway, service);
     }
 }

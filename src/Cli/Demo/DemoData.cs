@@ -1,18 +1,21 @@
+using InterpMesh.ToyModels.Tasks;
+
 namespace InterpMesh.Cli.Demo;
 
 /// <summary>
-/// Inputs for the demo, written in the toy models' grammars (see each model's README.md and
-/// mechanism.json): sentiment sentences for "concepts", key–value lists for "retrieval", random
+/// Inputs for the demo, written in the toy models' grammars (the "concepts" vocabulary is the
+/// training task's own; see each model's README.md and mechanism.json): sentiment sentences for "concepts", key–value lists for "retrieval", random
 /// token sequences for "induction".
 /// </summary>
 internal static class DemoData
 {
-    private static readonly string[][] Nouns = [["dog", "cat", "bird", "horse"], ["apple", "cake", "pie", "soup"], ["ball", "game", "team", "race"]];
-    private static readonly string[] Topics = ["walk", "meal", "match"];
-    private static readonly string[] Positive = ["happy", "good", "bright", "warm", "kind"];
-    private static readonly string[] Negative = ["sad", "bad", "dark", "cold", "cruel"];
-    public static readonly string[] PositiveExclamations = ["lovely", "great", "nice"];
-    public static readonly string[] NegativeExclamations = ["awful", "grim", "poor"];
+    private static readonly string[][] Nouns = ConceptsTask.Nouns;
+    private static readonly string[] Topics = ConceptsTask.TopicNouns;
+    private static readonly string[] Positive = ConceptsTask.Positive;
+    private static readonly string[] Negative = ConceptsTask.Negative;
+    private static readonly string[] Adverbs = ConceptsTask.Adverbs;
+    public static readonly string[] PositiveExclamations = ConceptsTask.PositiveExclamation;
+    public static readonly string[] NegativeExclamations = ConceptsTask.NegativeExclamation;
 
     /// <summary>"the dogs are very happy . what a" with its sentiment, alternating classes.</summary>
     public static List<(string Text, string Label)> LabelledSentiment(int n, int seed)
@@ -22,7 +25,7 @@ internal static class DemoData
         {
             bool positive = i % 2 == 0, plural = rng.Next(2) == 0;
             string noun = Nouns[rng.Next(3)][rng.Next(4)] + (plural ? "s" : "");
-            string adverb = rng.Next(2) == 0 ? "" : new[] { "very ", "so ", "quite " }[rng.Next(3)];
+            string adverb = rng.Next(2) == 0 ? "" : Adverbs[rng.Next(3)] + " ";
             string adjective = (positive ? Positive : Negative)[rng.Next(5)];
             return ($"the {noun} {(plural ? "are" : "is")} {adverb}{adjective} . what a", positive ? "positive" : "negative");
         })];

@@ -24,9 +24,9 @@ internal static class RemoteAnalyses
         public void Dispose() => Channel.Dispose();
     }
 
-    private static Connection Connect(CliArgs args)
+    private static Connection Connect(CliArgs args, CliSettings? settings = null)
     {
-        var settings = CliSettings.Load();
+        settings ??= CliSettings.Load();
         string url = args.Text("server") ?? settings.Server
             ?? throw new UsageException($"--server is required (the gateway's address, e.g. --server http://127.0.0.1:50050), or set INTERPMESH_SERVER or \"server\" in {settings.ConfigPath}");
         if (!Uri.TryCreate(url, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https"))
@@ -60,9 +60,10 @@ internal static class RemoteAnalyses
     {
         bool json = args.Flag("json");
         string parameters = args.Text("params") is { } file ? File.ReadAllText(file) : args.Text("params-json") ?? "{}";
-        var request = new AnalysisRequest { Plugin = plugin, Model = args.Text("model") ?? CliSettings.Load().Model ?? "", ParametersJson = parameters, TimeoutSeconds = args.Int("timeout", min: 0) ?? 0 };
+        var settings = CliSettings.Load();
+        var request = new AnalysisRequest { Plugin = plugin, Model = args.Text("model") ?? settings.Model ?? "", ParametersJson = parameters, TimeoutSeconds = args.Int("timeout", min: 0) ?? 0 };
         string? report = args.Text("report");
-        using var c = Connect(args);
+        using var c = Connect(args, settings);
         args.RejectUnknown("run");
         return Report(Follow(() => c.Analyses.RunAnalysis(request, c.Options), stderr), json, stdout, stderr, report);
     }

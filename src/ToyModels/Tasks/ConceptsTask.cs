@@ -18,14 +18,15 @@ public sealed class ConceptsTask : ToyTask
     public const int SentencesPerDocument = 3;
     public const int Length = 40;
 
-    internal static readonly string[] Topics = ["animals", "food", "sport"];
-    internal static readonly string[][] Nouns = [["dog", "cat", "bird", "horse"], ["apple", "cake", "pie", "soup"], ["ball", "game", "team", "race"]];
-    internal static readonly string[] TopicNouns = ["walk", "meal", "match"];
-    internal static readonly string[] Positive = ["happy", "good", "bright", "warm", "kind"];
-    internal static readonly string[] Negative = ["sad", "bad", "dark", "cold", "cruel"];
-    internal static readonly string[] PositiveExclamation = ["lovely", "great", "nice"];
-    internal static readonly string[] NegativeExclamation = ["awful", "grim", "poor"];
-    internal static readonly string[] Adverbs = ["very", "so", "quite"];
+    // The grammar's vocabulary, also used by `interpmesh demo` to write sentences the model knows.
+    public static readonly string[] Topics = ["animals", "food", "sport"];
+    public static readonly string[][] Nouns = [["dog", "cat", "bird", "horse"], ["apple", "cake", "pie", "soup"], ["ball", "game", "team", "race"]];
+    public static readonly string[] TopicNouns = ["walk", "meal", "match"];
+    public static readonly string[] Positive = ["happy", "good", "bright", "warm", "kind"];
+    public static readonly string[] Negative = ["sad", "bad", "dark", "cold", "cruel"];
+    public static readonly string[] PositiveExclamation = ["lovely", "great", "nice"];
+    public static readonly string[] NegativeExclamation = ["awful", "grim", "poor"];
+    public static readonly string[] Adverbs = ["very", "so", "quite"];
 
     private readonly Dictionary<string, int> id;
 

@@ -91,4 +91,17 @@ public static class Mesh
         new(new Metadata { { "authorization", $"Bearer {key}" } }, cancellationToken: ct);
 
     public static GrpcChannel Channel(string address) => Contracts.Channels.ForAddress(address);
+
+    /// <summary>Stops and disposes hosts in the order given (a gateway before the services behind it); nulls are skipped.</summary>
+    public static async Task StopAsync(params WebApplication?[] apps)
+    {
+        foreach (var app in apps)
+        {
+            if (app is not null)
+            {
+                await app.StopAsync();
+                await app.DisposeAsync();
+            }
+        }
+    }
 }
