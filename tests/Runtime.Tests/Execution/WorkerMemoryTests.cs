@@ -63,7 +63,7 @@ public sealed class WorkerMemoryTests(ShippedModels models) : IClassFixture<Ship
     {
         using var worker = new TorchWorker();
         var m = models.StoriesHf.Transformer;
-        var e = await Assert.ThrowsAsync<ArgumentException>(() => worker.RunAsync(() => m.Forward(Ids([1, 9999]), null, HookPlan.Empty, null, LogitsMode.Last)));
+        var e = await Assert.ThrowsAsync<InvalidRequestException>(() => worker.RunAsync(() => m.Forward(Ids([1, 9999]), null, HookPlan.Empty, null, LogitsMode.Last)));
         Assert.Contains("outside the vocabulary", e.Message);
         var ok = await worker.RunAsync(() => Request(m, 1));
         Assert.Equal(512, ok.Length);

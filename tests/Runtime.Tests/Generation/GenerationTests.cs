@@ -128,8 +128,8 @@ public sealed class GenerationTests(ShippedModels models) : TorchTest, IClassFix
     public void Bad_sampling_options_fail_clearly()
     {
         var m = models.StoriesHf.Transformer;
-        Assert.Contains("temperature", Assert.Throws<ArgumentException>(() => TextGenerator.Generate(m, [[1]], new GenerationOptions(3, new SamplingOptions(-1)))).Message);
-        Assert.Contains("top-p", Assert.Throws<ArgumentException>(() => TextGenerator.Generate(m, [[1]], new GenerationOptions(3, new SamplingOptions(1, TopP: 0)))).Message);
-        Assert.Contains("context length", Assert.Throws<ArgumentException>(() => TextGenerator.Generate(m, [[1]], new GenerationOptions(600, new SamplingOptions()))).Message);
+        Assert.Contains("temperature", Assert.Throws<InvalidRequestException>(() => TextGenerator.Generate(m, [[1]], new GenerationOptions(3, new SamplingOptions(-1)))).Message);
+        Assert.Contains("top-p", Assert.Throws<InvalidRequestException>(() => TextGenerator.Generate(m, [[1]], new GenerationOptions(3, new SamplingOptions(1, TopP: 0)))).Message);
+        Assert.Contains("context length", Assert.Throws<InvalidRequestException>(() => TextGenerator.Generate(m, [[1]], new GenerationOptions(600, new SamplingOptions()))).Message);
     }
 }

@@ -93,9 +93,9 @@ public sealed class HookTests(ShippedModels models) : TorchTest, IClassFixture<S
         var m = models.Gpt2Tiny.Transformer;
         var hooks = m.Hooks.Resolve(["blocks.*.hook_resid_post"]);
         Assert.Equal(["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"], hooks.Select(h => h.Name));
-        var e = Assert.Throws<ArgumentException>(() => m.Hooks.Resolve(["blocks.0.hook_resid_pots"]));
+        var e = Assert.Throws<InvalidRequestException>(() => m.Hooks.Resolve(["blocks.0.hook_resid_pots"]));
         Assert.Contains("unknown hook 'blocks.0.hook_resid_pots'", e.Message);
-        e = Assert.Throws<ArgumentException>(() => m.Hooks.Resolve(["blocks.9.*"]));
+        e = Assert.Throws<InvalidRequestException>(() => m.Hooks.Resolve(["blocks.9.*"]));
         Assert.Contains("matches no hook", e.Message);
     }
 
@@ -220,7 +220,7 @@ public sealed class HookTests(ShippedModels models) : TorchTest, IClassFixture<S
         var trap = HookPlan.Build(m.Hooks, [new CaptureRequest(["blocks.1.hook_resid_post"])], [new Intervention("blocks.3.hook_resid_pre", InterventionOp.Add, zeros(7, 7, 7))]);
         Assert.Null(m.Forward(Ids(PromptA), null, trap, (h, t) => seen.Add(h.Name), LogitsMode.None));
         Assert.Equal(["blocks.1.hook_resid_post"], seen);
-        Assert.Throws<ArgumentException>(() => m.Forward(Ids(PromptA), null, trap, (h, t) => { }, LogitsMode.Last));
+        Assert.Throws<InvalidRequestException>(() => m.Forward(Ids(PromptA), null, trap, (h, t) => { }, LogitsMode.Last));
     }
 
     [Fact]
@@ -248,15 +248,15 @@ public sealed class HookTests(ShippedModels models) : TorchTest, IClassFixture<S
     public void Bad_interventions_fail_with_clear_messages()
     {
         var m = models.StoriesHf.Transformer;
-        var e = Assert.Throws<ArgumentException>(() => HookPlan.Build(m.Hooks, null, [new Intervention("blocks.0.hook_resid_post", InterventionOp.ZeroAblate, Heads: [0])]));
+        var e = Assert.Throws<InvalidRequestException>(() => HookPlan.Build(m.Hooks, null, [new Intervention("blocks.0.hook_resid_post", InterventionOp.ZeroAblate, Heads: [0])]));
         Assert.Contains("no head dimension", e.Message);
-        e = Assert.Throws<ArgumentException>(() => HookPlan.Build(m.Hooks, null, [new Intervention("blocks.0.hook_resid_post", InterventionOp.Add)]));
+        e = Assert.Throws<InvalidRequestException>(() => HookPlan.Build(m.Hooks, null, [new Intervention("blocks.0.hook_resid_post", InterventionOp.Add)]));
         Assert.Contains("needs a value", e.Message);
         var plan = HookPlan.Build(m.Hooks, null, [new Intervention("blocks.0.hook_resid_post", InterventionOp.Add, zeros(65))]);
-        e = Assert.Throws<ArgumentException>(() => m.Forward(Ids(PromptA), null, plan, null, LogitsMode.Last));
+        e = Assert.Throws<InvalidRequestException>(() => m.Forward(Ids(PromptA), null, plan, null, LogitsMode.Last));
         Assert.Contains("does not broadcast", e.Message);
         plan = HookPlan.Build(m.Hooks, null, [new Intervention("blocks.0.attn.hook_z", InterventionOp.ZeroAblate, Heads: [8])]);
-        e = Assert.Throws<ArgumentException>(() => m.Forward(Ids(PromptA), null, plan, null, LogitsMode.Last));
+        e = Assert.Throws<InvalidRequestException>(() => m.Forward(Ids(PromptA), null, plan, null, LogitsMode.Last));
         Assert.Contains("head 8 is out of range", e.Message);
     }
 
@@ -264,9 +264,9 @@ public sealed class HookTests(ShippedModels models) : TorchTest, IClassFixture<S
     public void Bad_token_input_fails_with_clear_messages()
     {
         var m = models.StoriesHf.Transformer;
-        var e = Assert.Throws<ArgumentException>(() => m.Forward(Ids(1, 512), null, HookPlan.Empty, null, LogitsMode.Last));
+        var e = Assert.Throws<InvalidRequestException>(() => m.Forward(Ids(1, 512), null, HookPlan.Empty, null, LogitsMode.Last));
         Assert.Contains("outside the vocabulary", e.Message);
-        e = Assert.Throws<ArgumentException>(() => m.Forward(Ids(Enumerable.Repeat(5, 513).ToArray()), null, HookPlan.Empty, null, LogitsMode.Last));
+        e = Assert.Throws<InvalidRequestException>(() => m.Forward(Ids(Enumerable.Repeat(5, 513).ToArray()), null, HookPlan.Empty, null, LogitsMode.Last));
         Assert.Contains("context length", e.Message);
     }
 }

@@ -75,7 +75,7 @@ public sealed class Transformer : IDisposable
     }
 
     /// <summary>
-    /// Runs the model on <paramref name="tokens"/> <c>[batch, pos]</c> (int64).
+    /// Runs the model on <paramref name="tokens"/> <c>[batch, pos]</c> (int64) with one plan for every row.
     /// </summary>
     /// <param name="tokens">Token ids; with a cache, only the new tokens.</param>
     /// <param name="mask">Which of these positions are real tokens (bool <c>[batch, pos]</c>); null means all.
@@ -88,61 +88,110 @@ public sealed class Transformer : IDisposable
     /// <returns>The logits, or null for <see cref="LogitsMode.None"/>.</returns>
     public Tensor? Forward(Tensor tokens, Tensor? mask, HookPlan plan, CaptureSink? sink, LogitsMode logits, KvCache? cache = null)
     {
+        if (sink is null && plan.CapturedHooks.Any())
+            throw new ArgumentException("the plan captures hooks but no capture sink was given");
+        return Forward(tokens, mask, [new HookSegment(0, (int)tokens.shape[0], plan, sink)], logits, cache, CancellationToken.None);
+    }
+
+    /// <summary>
+    /// Runs the model on <paramref name="tokens"/> <c>[batch, pos]</c> for several requests at once:
+    /// each <see cref="HookSegment"/> owns a contiguous range of rows with its own plan, sink and
+    /// receipts. With a cache, each row continues from its own cached length (rows of one segment
+    /// share it), so requests at different points of their generation share one decode step.
+    /// </summary>
+    /// <param name="cancellation">Checked before each block: a cancelled forward stops at the next block boundary.</param>
+    public Tensor? Forward(Tensor tokens, Tensor? mask, IReadOnlyList<HookSegment> segments, LogitsMode logits, KvCache? cache, CancellationToken cancellation)
+    {
         if (tokens.dim() != 2)
             throw new ArgumentException($"token ids must be [batch, pos], got [{string.Join(", ", tokens.shape)}]");
         int b = (int)tokens.shape[0], t = (int)tokens.shape[1];
         tokens = tokens.to(ScalarType.Int64).to(Device);
         mask = mask?.to(Device);
         if (t == 0)
-            throw new ArgumentException("the input has no tokens");
-        int past = cache?.Length ?? 0;
+            throw new InvalidRequestException("the input has no tokens");
         if (cache is not null && cache.Batch != b)
             throw new ArgumentException($"the KV cache holds {cache.Batch} rows but the input has {b}");
-        if (past + t > (cache?.Capacity ?? Config.ContextLength))
-            throw new ArgumentException($"{past + t} tokens exceed the {(cache is null ? "model's context length" : "KV cache's capacity")} of {cache?.Capacity ?? Config.ContextLength}");
+        var past = new int[b];
+        for (int r = 0; r < b; r++)
+            past[r] = cache?.RowLength(r) ?? 0;
+        bool uniform = past.All(p => p == past[0]);
+        int past0 = past[0], end = past.Max() + t;
+        if (end > (cache?.Capacity ?? Config.ContextLength))
+            throw new InvalidRequestException($"{end} tokens exceed the {(cache is null ? "model's context length" : "KV cache's capacity")} of {cache?.Capacity ?? Config.ContextLength}");
         long minId = tokens.min().item<long>(), maxId = tokens.max().item<long>();
         if (minId < 0 || maxId >= Config.VocabSize)
-            throw new ArgumentException($"token id {(minId < 0 ? minId : maxId)} is outside the vocabulary (0..{Config.VocabSize - 1})");
-        if (sink is null && plan.CapturedHooks.Any())
-            throw new ArgumentException("the plan captures hooks but no capture sink was given");
-        sink ??= static (_, v) => v.Dispose();
+            throw new InvalidRequestException($"token id {(minId < 0 ? minId : maxId)} is outside the vocabulary (0..{Config.VocabSize - 1})");
+        var offsets = new int[segments.Count];
+        int covered = 0;
+        for (int i = 0; i < segments.Count; i++)
+        {
+            var s = segments[i];
+            if (s.Start != covered || s.Rows < 1)
+                throw new ArgumentException("hook segments must cover the batch's rows in order, without gaps");
+            covered += s.Rows;
+            offsets[i] = past[s.Start];
+            for (int r = s.Start; r < s.Start + s.Rows; r++)
+            {
+                if (past[r] != offsets[i])
+                    throw new ArgumentException("rows of one hook segment must share their KV-cache length");
+            }
+        }
+        if (covered != b)
+            throw new ArgumentException($"hook segments cover {covered} rows but the input has {b}");
 
         var newMask = mask is null ? ones(b, t, ScalarType.Bool, Device) : mask.to(ScalarType.Bool);
         if (!newMask.shape.SequenceEqual(tokens.shape))
             throw new ArgumentException($"attention mask shape [{string.Join(", ", newMask.shape)}] differs from the token shape [{string.Join(", ", tokens.shape)}]");
+        // Columns of the cache this forward writes, per row (only needed when rows differ).
+        Tensor? columns = uniform ? null
+            : tensor(past.Select(p => (long)p).ToArray(), device: Device).view(b, 1) + arange(t, dtype: ScalarType.Int64, device: Device).view(1, t);
         Tensor keyMask;
         if (cache is not null)
         {
-            cache.Mask.narrow(1, past, t).copy_(newMask);
-            keyMask = cache.Mask.narrow(1, 0, past + t);
+            if (columns is null)
+                cache.Mask.narrow(1, past0, t).copy_(newMask);
+            else
+                cache.Mask.scatter_(1, columns, newMask);
+            keyMask = cache.Mask.narrow(1, 0, end);
         }
         else
         {
             keyMask = newMask;
         }
-        bool padded = !keyMask.all().item<bool>();
-        var positions = (keyMask.to(ScalarType.Int64).cumsum(1) - 1).clamp_min(0).narrow(1, past, t);
-        var lastReal = (newMask.to(ScalarType.Int64) * arange(t, dtype: ScalarType.Int64, device: Device)).amax([1]) + past;
+        var keyPositions = (keyMask.to(ScalarType.Int64).cumsum(1) - 1).clamp_min(0);
+        var positions = columns is null ? keyPositions.narrow(1, past0, t) : keyPositions.gather(1, columns);
+        var pastRows = columns is null ? null : columns.narrow(1, 0, 1).squeeze(1);
+        var lastReal = (newMask.to(ScalarType.Int64) * arange(t, dtype: ScalarType.Int64, device: Device)).amax([1]);
+        lastReal = pastRows is null ? lastReal + past0 : lastReal + pastRows;
+
+        var ctx = new HookContext(Hooks, segments, lastReal, offsets);
 
         // Attention mask: causal, and keys must be real tokens. A padding query may see itself so
         // that its softmax row is never empty (its output is discarded anyway).
         Tensor? allowed = null;
         bool causalFlag = false;
-        if (padded || (past > 0 && t > 1) || (past == 0 && t > 1 && AnyPatternWanted(plan)))
+        if (columns is not null)
         {
-            var qi = arange(past, past + t, dtype: ScalarType.Int64, device: Device).view(t, 1);
-            var kj = arange(0, past + t, dtype: ScalarType.Int64, device: Device).view(1, past + t);
+            // Rows at different cache lengths: causality is per row.
+            var qi = columns.unsqueeze(2);
+            var kj = arange(0, end, dtype: ScalarType.Int64, device: Device).view(1, 1, end);
+            allowed = kj.le(qi).logical_and(keyMask.unsqueeze(1).logical_or(kj.eq(qi))).unsqueeze(1);
+        }
+        else if (!keyMask.all().item<bool>() || (past0 > 0 && t > 1) || (past0 == 0 && t > 1 && AnyPatternWanted(ctx)))
+        {
+            var qi = arange(past0, past0 + t, dtype: ScalarType.Int64, device: Device).view(t, 1);
+            var kj = arange(0, end, dtype: ScalarType.Int64, device: Device).view(1, end);
             var causal = kj.le(qi);
             var diagonal = kj.eq(qi);
             allowed = causal.unsqueeze(0).logical_and(keyMask.unsqueeze(1).logical_or(diagonal.unsqueeze(0))).unsqueeze(1);
         }
-        else if (past == 0 && t > 1)
+        else if (past0 == 0 && t > 1)
         {
             causalFlag = true;
         }
+        var attention = new AttentionLayout(allowed, causalFlag, past0, columns, end);
 
-        var ctx = new HookContext(Hooks, plan, sink, lastReal, past);
-        int lastLayer = LastLayerNeeded(plan, logits);
+        int lastLayer = LastLayerNeeded(ctx, segments, logits);
 
         Tensor resid;
         using (var scope = NewDisposeScope())
@@ -172,15 +221,20 @@ public sealed class Transformer : IDisposable
 
         for (int l = 0; l <= Math.Min(lastLayer, Config.NLayers - 1); l++)
         {
+            cancellation.ThrowIfCancellationRequested();
             using (var scope = NewDisposeScope())
             {
-                resid = Block(l, resid, ctx, allowed, causalFlag, cos, sin, cache, past);
+                resid = Block(l, resid, ctx, attention, cos, sin, cache);
                 resid.MoveToOuterDisposeScope();
             }
             ctx.Flush();
+            BlockCompleted?.Invoke(l);
         }
         if (cache is not null && lastLayer >= Config.NLayers - 1)
-            cache.Length = past + t;
+        {
+            for (int r = 0; r < b; r++)
+                cache.SetRowLength(r, past[r] + t);
+        }
         if (lastLayer < Config.NLayers)
             return null;
 
@@ -188,18 +242,19 @@ public sealed class Transformer : IDisposable
         using (var scope = NewDisposeScope())
         {
             bool allPositions = logits == LogitsMode.All || ctx.Wants("ln_final.hook_normalized") || ctx.Wants("logits");
-            var x = allPositions ? resid : GatherPositions(resid, lastReal - past);
+            var local = pastRows is null ? lastReal - past0 : lastReal - pastRows;
+            var x = allPositions ? resid : GatherPositions(resid, local);
             x = Norm(x, Weights.LnFinalWeight, Weights.LnFinalBias);
             x = ctx.Run("ln_final.hook_normalized", x);
             output = null;
             if (logits != LogitsMode.None || ctx.Wants("logits"))
             {
                 if (allPositions && logits == LogitsMode.Last && !ctx.Wants("logits"))
-                    x = GatherPositions(x, lastReal - past);
+                    x = GatherPositions(x, local);
                 var result = F.linear(x, Weights.Unembed);
                 result = ctx.Run("logits", result);
                 if (logits == LogitsMode.Last && result.shape[1] != 1)
-                    result = GatherPositions(result, lastReal - past);
+                    result = GatherPositions(result, local);
                 output = logits == LogitsMode.None ? null : result.MoveToOuterDisposeScope();
             }
         }
@@ -207,15 +262,19 @@ public sealed class Transformer : IDisposable
         return output;
     }
 
-    private bool AnyPatternWanted(HookPlan plan) =>
-        plan.Active.Count != 0 && names.Any(n => plan.Active.Contains(n.Pattern) || plan.Active.Contains(n.AttnScores));
+    /// <summary>Raised on the forward's thread after each block (diagnostics: how far a cancelled forward ran).</summary>
+    public event Action<int>? BlockCompleted;
+
+    private bool AnyPatternWanted(HookContext ctx) =>
+        ctx.Active.Count != 0 && names.Any(n => ctx.Wants(n.Pattern) || ctx.Wants(n.AttnScores));
 
     /// <summary>The deepest block the request needs: all of them when logits are wanted.</summary>
-    private int LastLayerNeeded(HookPlan plan, LogitsMode logits)
+    private int LastLayerNeeded(HookContext ctx, IReadOnlyList<HookSegment> segments, LogitsMode logits)
     {
         if (logits != LogitsMode.None)
             return Config.NLayers;
-        return plan.DeepestCaptureOrder < 0 ? -1 : Hooks.All[plan.DeepestCaptureOrder].Layer;
+        int deepest = segments.Max(s => s.Plan.DeepestCaptureOrder);
+        return deepest < 0 ? -1 : Hooks.All[deepest].Layer;
     }
 
     private static Tensor GatherPositions(Tensor x, Tensor localIndex)
@@ -243,8 +302,9 @@ public sealed class Transformer : IDisposable
         return rot == Config.DHead ? y : cat([y, x.narrow(-1, rot, Config.DHead - rot)], -1);
     }
 
-    private Tensor Block(int l, Tensor resid, HookContext ctx, Tensor? allowed, bool causalFlag, Tensor? cos, Tensor? sin, KvCache? cache, int past)
+    private Tensor Block(int l, Tensor resid, HookContext ctx, AttentionLayout attention, Tensor? cos, Tensor? sin, KvCache? cache)
     {
+        var allowed = attention.Allowed;
         var n = names[l];
         var w = Weights.Blocks[l];
         var c = Config;
@@ -271,10 +331,19 @@ public sealed class Transformer : IDisposable
         var vh = v.transpose(1, 2);
         if (cache is not null)
         {
-            cache.Keys[l].narrow(2, past, t).copy_(kh);
-            cache.Values[l].narrow(2, past, t).copy_(vh);
-            kh = cache.Keys[l].narrow(2, 0, past + t);
-            vh = cache.Values[l].narrow(2, 0, past + t);
+            if (attention.Columns is null)
+            {
+                cache.Keys[l].narrow(2, attention.Past, t).copy_(kh);
+                cache.Values[l].narrow(2, attention.Past, t).copy_(vh);
+            }
+            else
+            {
+                var index = attention.Columns.view(b, 1, t, 1).expand(b, c.NKvHeads, t, c.DHead);
+                cache.Keys[l].scatter_(2, index, kh);
+                cache.Values[l].scatter_(2, index, vh);
+            }
+            kh = cache.Keys[l].narrow(2, 0, attention.End);
+            vh = cache.Values[l].narrow(2, 0, attention.End);
         }
         if (c.GroupSize > 1)
         {
@@ -296,7 +365,7 @@ public sealed class Transformer : IDisposable
         }
         else
         {
-            z = F.scaled_dot_product_attention(qh, kh, vh, allowed, 0.0, causalFlag);
+            z = F.scaled_dot_product_attention(qh, kh, vh, allowed, 0.0, attention.CausalFlag);
         }
         z = ctx.Run(n.Z, z.transpose(1, 2));
 
@@ -345,9 +414,24 @@ public sealed class Transformer : IDisposable
     }
 }
 
-/// <summary>Keys and values of past positions for incremental decoding; one per request.</summary>
+/// <summary>How one forward's queries may attend to keys.</summary>
+/// <param name="Allowed">Boolean <c>[batch or 1, 1, query, key]</c> mask, or null when the causal flag (or nothing) suffices.</param>
+/// <param name="CausalFlag">Whether scaled-dot-product attention's own causal mask applies.</param>
+/// <param name="Past">The cache length shared by every row (when <paramref name="Columns"/> is null).</param>
+/// <param name="Columns">Per-row cache columns <c>[batch, pos]</c> of the new tokens when rows differ in cache length.</param>
+/// <param name="End">Key columns in use: the longest row's length after this forward.</param>
+internal sealed record AttentionLayout(Tensor? Allowed, bool CausalFlag, int Past, Tensor? Columns, int End);
+
+/// <summary>
+/// Keys and values of past positions for incremental decoding. Each row keeps its own length, so
+/// rows of different requests can share one decode step; <see cref="Rows"/> gives a view of some
+/// rows (sharing storage) and <see cref="MoveRows"/> compacts them.
+/// </summary>
 public sealed class KvCache : IDisposable
 {
+    private readonly int[] lengths;
+    private readonly int offset;
+
     internal KvCache(ModelConfig c, int batch, int capacity, ScalarType dtype, Device device)
     {
         Batch = batch;
@@ -363,16 +447,90 @@ public sealed class KvCache : IDisposable
         }
         Mask = zeros([batch, capacity], ScalarType.Bool, device);
         Mask.DetachFromDisposeScope();
+        lengths = new int[batch];
+    }
+
+    private KvCache(KvCache parent, int start, int count)
+    {
+        Batch = count;
+        Capacity = parent.Capacity;
+        Keys = parent.Keys.Select(k => Detached(k.narrow(0, start, count))).ToArray();
+        Values = parent.Values.Select(v => Detached(v.narrow(0, start, count))).ToArray();
+        Mask = Detached(parent.Mask.narrow(0, start, count));
+        lengths = parent.lengths;
+        offset = parent.offset + start;
+    }
+
+    private static Tensor Detached(Tensor t)
+    {
+        t.DetachFromDisposeScope();
+        return t;
     }
 
     public int Batch { get; }
     public int Capacity { get; }
-    /// <summary>Positions filled so far (prompt + generated, including padding).</summary>
-    public int Length { get; internal set; }
+
+    /// <summary>Positions filled so far in the longest row (prompt + generated, including padding).</summary>
+    public int Length => Enumerable.Range(0, Batch).Max(RowLength);
+
+    /// <summary>Positions filled so far in row <paramref name="row"/>.</summary>
+    public int RowLength(int row) => lengths[offset + row];
+
+    internal void SetRowLength(int row, int length) => lengths[offset + row] = length;
+
     internal Tensor[] Keys { get; }
     internal Tensor[] Values { get; }
     /// <summary><c>[batch, capacity]</c>: which filled positions are real tokens.</summary>
     internal Tensor Mask { get; }
+
+    /// <summary>A view of rows <c>[start, start + count)</c> sharing this cache's storage and lengths; dispose it when done.</summary>
+    public KvCache Rows(int start, int count)
+    {
+        if (start < 0 || count < 1 || start + count > Batch)
+            throw new ArgumentOutOfRangeException(nameof(count), $"rows [{start}, {start + count}) are outside a cache of {Batch} rows");
+        return new KvCache(this, start, count);
+    }
+
+    /// <summary>Empties rows <c>[start, start + count)</c> for a new request.</summary>
+    public void ResetRows(int start, int count)
+    {
+        for (int r = start; r < start + count; r++)
+            SetRowLength(r, 0);
+    }
+
+    /// <summary>Copies rows <c>[from, from + count)</c> (keys, values, mask, lengths) onto rows starting at <paramref name="to"/>.</summary>
+    public void MoveRows(int from, int to, int count)
+    {
+        if (from == to || count == 0)
+            return;
+        using var scope = NewDisposeScope();
+        foreach (var t in Keys.Concat(Values).Append(Mask))
+        {
+            var source = t.narrow(0, from, count).clone();
+            t.narrow(0, to, count).copy_(source);
+        }
+        var moved = Enumerable.Range(from, count).Select(RowLength).ToArray();
+        for (int i = 0; i < count; i++)
+            SetRowLength(to + i, moved[i]);
+    }
+
+    /// <summary>A larger cache holding this one's rows and contents (rows and capacity only grow).</summary>
+    public KvCache Grow(ModelConfig config, int batch, int capacity)
+    {
+        batch = Math.Max(batch, Batch);
+        capacity = Math.Max(capacity, Capacity);
+        var grown = new KvCache(config, batch, capacity, Keys[0].dtype, Keys[0].device);
+        using var scope = NewDisposeScope();
+        for (int l = 0; l < Keys.Length; l++)
+        {
+            grown.Keys[l].narrow(0, 0, Batch).narrow(2, 0, Capacity).copy_(Keys[l]);
+            grown.Values[l].narrow(0, 0, Batch).narrow(2, 0, Capacity).copy_(Values[l]);
+        }
+        grown.Mask.narrow(0, 0, Batch).narrow(1, 0, Capacity).copy_(Mask);
+        for (int r = 0; r < Batch; r++)
+            grown.SetRowLength(r, RowLength(r));
+        return grown;
+    }
 
     public void Dispose()
     {

@@ -16,11 +16,11 @@ public sealed record SamplingOptions(double Temperature = 0, int TopK = 0, doubl
     public void Validate()
     {
         if (Temperature < 0 || double.IsNaN(Temperature))
-            throw new ArgumentException($"temperature must be 0 (greedy) or positive, got {Temperature}");
+            throw new InvalidRequestException($"temperature must be 0 (greedy) or positive, got {Temperature}");
         if (TopK < 0)
-            throw new ArgumentException($"top-k must be 0 (off) or positive, got {TopK}");
+            throw new InvalidRequestException($"top-k must be 0 (off) or positive, got {TopK}");
         if (!(TopP > 0 && TopP <= 1))
-            throw new ArgumentException($"top-p must be in (0, 1], got {TopP}");
+            throw new InvalidRequestException($"top-p must be in (0, 1], got {TopP}");
     }
 }
 
@@ -49,7 +49,7 @@ public static class TextGenerator
     {
         options.Sampling.Validate();
         if (options.MaxNewTokens < 0)
-            throw new ArgumentException($"max new tokens must be non-negative, got {options.MaxNewTokens}");
+            throw new InvalidRequestException($"max new tokens must be non-negative, got {options.MaxNewTokens}");
         plan ??= HookPlan.Empty;
         int b = prompts.Count;
         var generated = Enumerable.Range(0, b).Select(_ => new List<int>()).ToArray();
@@ -60,7 +60,7 @@ public static class TextGenerator
         int promptLength = (int)ids.shape[1];
         int capacity = promptLength + options.MaxNewTokens;
         if (capacity > model.Config.ContextLength)
-            throw new ArgumentException($"prompt ({promptLength} tokens) plus max new tokens ({options.MaxNewTokens}) exceed the model's context length of {model.Config.ContextLength}");
+            throw new InvalidRequestException($"prompt ({promptLength} tokens) plus max new tokens ({options.MaxNewTokens}) exceed the model's context length of {model.Config.ContextLength}");
 
         using var cache = model.NewCache(b, capacity);
         using var generator = options.Sampling.Temperature > 0 ? new torch.Generator((ulong)options.Sampling.Seed, model.Device) : null;

@@ -88,11 +88,11 @@ public sealed class HookCatalogue
         foreach (var pattern in patterns)
         {
             if (string.IsNullOrWhiteSpace(pattern))
-                throw new ArgumentException("a hook name is empty; give a TransformerLens name such as 'blocks.0.hook_resid_post' or a glob such as 'blocks.*.hook_resid_post'");
+                throw new InvalidRequestException("a hook name is empty; give a TransformerLens name such as 'blocks.0.hook_resid_post' or a glob such as 'blocks.*.hook_resid_post'");
             if (!pattern.Contains('*') && !pattern.Contains('?'))
             {
                 if (!byName.ContainsKey(pattern))
-                    throw new ArgumentException($"unknown hook '{pattern}'; closest valid names: {string.Join(", ", Closest(pattern, 3).Select(n => $"'{n}'"))} (GetModelInfo / `interpmesh info` lists them all)");
+                    throw new InvalidRequestException($"unknown hook {InvalidRequestException.Quote(pattern)}; closest valid names: {string.Join(", ", Closest(pattern, 3).Select(n => $"'{n}'"))} (GetModelInfo / `interpmesh info` lists them all)");
                 chosen.Add(pattern);
                 continue;
             }
@@ -103,14 +103,14 @@ public sealed class HookCatalogue
                     chosen.Add(h.Name);
             }
             if (chosen.Count == before && !All.Any(h => GlobMatches(pattern, h.Name)))
-                throw new ArgumentException($"hook glob '{pattern}' matches no hook of this model; hooks look like 'blocks.0.hook_resid_post' or 'blocks.*.attn.hook_pattern'");
+                throw new InvalidRequestException($"hook glob {InvalidRequestException.Quote(pattern)} matches no hook of this model; hooks look like 'blocks.0.hook_resid_post' or 'blocks.*.attn.hook_pattern'");
         }
         return All.Where(h => chosen.Contains(h.Name)).ToList();
     }
 
     /// <summary>The hook names nearest to <paramref name="name"/> by edit distance.</summary>
     public IEnumerable<string> Closest(string name, int count) =>
-        All.Select(h => (h.Name, Distance: EditDistance(name, h.Name))).OrderBy(x => x.Distance).ThenBy(x => x.Name, StringComparer.Ordinal).Take(count).Select(x => x.Name);
+        All.Select(h => (h.Name, Distance: EditDistance(name.Length > 200 ? name[..200] : name, h.Name))).OrderBy(x => x.Distance).ThenBy(x => x.Name, StringComparer.Ordinal).Take(count).Select(x => x.Name);
 
     private static int EditDistance(string a, string b)
     {

@@ -10,50 +10,124 @@ namespace InterpMesh.Runtime.Hooks;
 public delegate void CaptureSink(HookInfo hook, Tensor value);
 
 /// <summary>
-/// Applies one request's <see cref="HookPlan"/> inside one forward: runs interventions, then hands
-/// captures to the sink. Knows the batch's padding so "last position" means the last real token.
+/// One request's rows of a (possibly shared) forward: rows <c>[Start, Start + Rows)</c> run with
+/// this request's plan, captures go to its sink and intervention effects to its receipts. Rows of
+/// one segment share their KV-cache length, so positions mean the same for all of them.
 /// </summary>
-internal sealed class HookContext(HookCatalogue catalogue, HookPlan plan, CaptureSink sink, Tensor lastRealIndex, int positionOffset)
+public sealed class HookSegment(int start, int rows, HookPlan plan, CaptureSink? sink = null, InterventionReceipts? receipts = null)
 {
-    private readonly List<(HookInfo Hook, Tensor Value)> pending = [];
+    public int Start { get; } = start;
+    public int Rows { get; } = rows;
+    public HookPlan Plan { get; } = plan;
+    public CaptureSink? Sink { get; } = sink;
+    public InterventionReceipts? Receipts { get; } = receipts;
+}
 
-    public HookPlan Plan => plan;
+/// <summary>
+/// Applies each segment's <see cref="HookPlan"/> inside one forward: runs interventions on the
+/// segment's rows, then hands captures to its sink. Knows the batch's padding so "last position"
+/// means the last real token, and each segment's position offset (its KV-cache length).
+/// </summary>
+internal sealed class HookContext
+{
+    private readonly HookCatalogue catalogue;
+    private readonly IReadOnlyList<HookSegment> segments;
+    private readonly Tensor lastRealIndex;
+    private readonly int[] offsets;
+    private readonly HashSet<string> active;
+    private readonly bool single;
+    private readonly List<(HookSegment Segment, HookInfo Hook, Tensor Value)> pending = [];
+
+    public HookContext(HookCatalogue catalogue, IReadOnlyList<HookSegment> segments, Tensor lastRealIndex, int[] offsets)
+    {
+        this.catalogue = catalogue;
+        this.segments = segments;
+        this.lastRealIndex = lastRealIndex;
+        this.offsets = offsets;
+        single = segments.Count == 1;
+        active = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var s in segments)
+            active.UnionWith(s.Plan.Active);
+    }
 
     /// <summary>Whether a hook needs to be materialised at all (expensive hooks are skipped otherwise).</summary>
-    public bool Wants(string name) => plan.IsActive(name);
+    public bool Wants(string name) => active.Count != 0 && active.Contains(name);
 
-    /// <summary>Runs the plan at one hook point and returns the (possibly changed) activation.</summary>
+    /// <summary>Hook names some segment captures or changes.</summary>
+    public IReadOnlySet<string> Active => active;
+
+    /// <summary>Runs the plans at one hook point and returns the (possibly changed) activation.</summary>
     public Tensor Run(string name, Tensor x)
     {
-        if (!plan.IsActive(name))
+        if (!Wants(name))
             return x;
         catalogue.TryGet(name, out var hook);
-        if (plan.TryGetInterventions(name, out var list))
+        if (single)
         {
-            foreach (var iv in list)
-                x = iv.Apply(hook, x, positionOffset);
+            x = Intervene(segments[0], hook!, x, offsets[0]);
         }
-        if (plan.TryGetCapture(name, out var spec))
+        else
         {
+            Tensor[]? pieces = null;
+            for (int i = 0; i < segments.Count; i++)
+            {
+                var s = segments[i];
+                if (!s.Plan.TryGetInterventions(name, out _))
+                    continue;
+                var own = x.narrow(0, s.Start, s.Rows);
+                var changed = Intervene(s, hook!, own, offsets[i]);
+                if (ReferenceEquals(changed, own))
+                    continue;
+                pieces ??= segments.Select(g => x.narrow(0, g.Start, g.Rows)).ToArray();
+                pieces[i] = changed;
+            }
+            if (pieces is not null)
+                x = cat(pieces, 0);
+        }
+        for (int i = 0; i < segments.Count; i++)
+        {
+            var s = segments[i];
+            if (!s.Plan.TryGetCapture(name, out var spec))
+                continue;
             // Hooks run one dispose scope below the forward's caller (per block, or the embedding
             // or final stage): the capture moves to the caller's scope and reaches the sink once
             // the stage's scope has closed, so whatever the sink creates also lives in the caller's scope.
-            var captured = Select(hook, x, spec.Positions, spec.DType);
+            var own = single ? x : x.narrow(0, s.Start, s.Rows);
+            var last = single ? lastRealIndex : lastRealIndex.narrow(0, s.Start, s.Rows);
+            var captured = Select(hook!, own, spec.Positions, spec.DType, last, offsets[i]);
             captured.MoveToOuterDisposeScope();
-            pending.Add((hook, captured));
+            pending.Add((s, hook!, captured));
         }
         return x;
     }
 
-    /// <summary>Hands the captures of the stage that just finished to the sink, in forward order.</summary>
+    private static Tensor Intervene(HookSegment s, HookInfo hook, Tensor x, int offset)
+    {
+        if (!s.Plan.TryGetInterventions(hook.Name, out var list))
+            return x;
+        foreach (var iv in list)
+        {
+            var before = x;
+            x = iv.Apply(hook, x, offset);
+            s.Receipts?.Record(iv, before, x);
+        }
+        return x;
+    }
+
+    /// <summary>Hands the captures of the stage that just finished to the sinks, in forward order.</summary>
     public void Flush()
     {
-        foreach (var (hook, value) in pending)
-            sink(hook, value);
+        foreach (var (segment, hook, value) in pending)
+        {
+            if (segment.Sink is { } sink)
+                sink(hook, value);
+            else
+                value.Dispose();
+        }
         pending.Clear();
     }
 
-    private Tensor Select(HookInfo hook, Tensor x, PositionSelection positions, ScalarType dtype)
+    private static Tensor Select(HookInfo hook, Tensor x, PositionSelection positions, ScalarType dtype, Tensor lastRealIndex, int positionOffset)
     {
         int posDim = hook.Layout == HookLayout.AttentionMap ? 2 : 1;
         Tensor selected;
@@ -78,7 +152,7 @@ internal sealed class HookContext(HookCatalogue catalogue, HookPlan plan, Captur
                     foreach (var i in idx)
                     {
                         if (i < 0 || i >= n)
-                            throw new ArgumentException($"capture position out of range for '{hook.Name}': the sequence has {n + positionOffset} positions");
+                            throw new InvalidRequestException($"capture position out of range for '{hook.Name}': the sequence has {n + positionOffset} positions");
                     }
                     selected = x.index_select(posDim, tensor(idx, device: x.device));
                     break;

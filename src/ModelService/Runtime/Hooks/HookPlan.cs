@@ -38,8 +38,10 @@ public sealed class HookPlan
         Dictionary<string, (PositionSelection, ScalarType)> captures,
         Dictionary<string, List<Intervention>> interventions,
         int deepestCaptureOrder,
-        IReadOnlySet<string> active)
+        IReadOnlySet<string> active,
+        IReadOnlyList<InterventionTarget> targets)
     {
+        Targets = targets;
         this.captures = captures;
         this.interventions = interventions;
         DeepestCaptureOrder = deepestCaptureOrder;
@@ -47,7 +49,10 @@ public sealed class HookPlan
     }
 
     /// <summary>A plan that captures nothing and changes nothing.</summary>
-    public static HookPlan Empty { get; } = new([], [], -1, new HashSet<string>());
+    public static HookPlan Empty { get; } = new([], [], -1, new HashSet<string>(), []);
+
+    /// <summary>The plan's interventions in request order, each with the hooks it matched.</summary>
+    public IReadOnlyList<InterventionTarget> Targets { get; }
 
     /// <summary>Forward order of the deepest captured hook (-1 when nothing is captured).</summary>
     public int DeepestCaptureOrder { get; }
@@ -64,7 +69,7 @@ public sealed class HookPlan
         foreach (var request in captureRequests ?? [])
         {
             if (request.DType is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
-                throw new ArgumentException($"capture dtype {request.DType} is not supported; use float32, bfloat16 or float16");
+                throw new InvalidRequestException($"capture dtype {request.DType} is not supported; use float32, bfloat16 or float16");
             foreach (var hook in catalogue.Resolve(request.Hooks))
             {
                 caps[hook.Name] = (request.Positions ?? PositionSelection.All, request.DType);
@@ -72,14 +77,17 @@ public sealed class HookPlan
             }
         }
         var ivs = new Dictionary<string, List<Intervention>>(StringComparer.Ordinal);
+        var targets = new List<InterventionTarget>();
         foreach (var iv in interventionList ?? [])
         {
-            foreach (var hook in catalogue.Resolve([iv.Hook]))
+            var matched = catalogue.Resolve([iv.Hook]);
+            targets.Add(new InterventionTarget(iv, matched.Select(h => h.Name).ToList()));
+            foreach (var hook in matched)
             {
                 if (iv.Heads is not null && hook.Layout == HookLayout.Positional)
-                    throw new ArgumentException($"intervention on '{hook.Name}' names heads, but that hook has no head dimension; per-head hooks are attn.hook_q/k/v/z/result/pattern/attn_scores");
+                    throw new InvalidRequestException($"intervention on '{hook.Name}' names heads, but that hook has no head dimension; per-head hooks are attn.hook_q/k/v/z/result/pattern/attn_scores");
                 if (iv.Op is InterventionOp.Add or InterventionOp.Set or InterventionOp.MeanAblate && iv.Value is null)
-                    throw new ArgumentException($"intervention {iv.Op} on '{hook.Name}' needs a value tensor");
+                    throw new InvalidRequestException($"intervention {iv.Op} on '{hook.Name}' needs a value tensor");
                 if (!ivs.TryGetValue(hook.Name, out var list))
                     ivs[hook.Name] = list = [];
                 list.Add(iv);
@@ -87,7 +95,7 @@ public sealed class HookPlan
         }
         var active = new HashSet<string>(caps.Keys, StringComparer.Ordinal);
         active.UnionWith(ivs.Keys);
-        return new HookPlan(caps, ivs, deepest, active);
+        return new HookPlan(caps, ivs, deepest, active, targets);
     }
 
     internal bool IsActive(string name) => Active.Count != 0 && Active.Contains(name);

@@ -42,9 +42,9 @@ public sealed record Intervention(
     internal Tensor Apply(HookInfo hook, Tensor x, int positionOffset)
     {
         if (Heads is not null && hook.Layout == HookLayout.Positional)
-            throw new ArgumentException($"intervention on '{hook.Name}' names heads, but that hook has no head dimension; per-head hooks are attn.hook_q/k/v/z/result/pattern/attn_scores");
+            throw new InvalidRequestException($"intervention on '{hook.Name}' names heads, but that hook has no head dimension; per-head hooks are attn.hook_q/k/v/z/result/pattern/attn_scores");
         if (Op is InterventionOp.Add or InterventionOp.Set or InterventionOp.MeanAblate && Value is null)
-            throw new ArgumentException($"intervention {Op} on '{hook.Name}' needs a value tensor");
+            throw new InvalidRequestException($"intervention {Op} on '{hook.Name}' needs a value tensor");
 
         using var scope = NewDisposeScope();
         Tensor? selection = Selection(hook, x, positionOffset);
@@ -75,7 +75,7 @@ public sealed record Intervention(
         for (int i = 1; ok && i <= vs.Length; i++)
             ok = vs[^i] == 1 || vs[^i] == xs[^i];
         if (!ok)
-            throw new ArgumentException($"intervention value of shape [{string.Join(", ", vs)}] does not broadcast to '{hook.Name}' of shape [{string.Join(", ", xs)}] ({hook.Shape})");
+            throw new InvalidRequestException($"intervention value of shape [{string.Join(", ", vs)}] does not broadcast to '{hook.Name}' of shape [{string.Join(", ", xs)}] ({hook.Shape})");
     }
 
     /// <summary>A boolean mask broadcastable to x marking the touched elements, or null for all of them.</summary>
@@ -93,7 +93,7 @@ public sealed record Intervention(
             foreach (var h in Heads)
             {
                 if (h < 0 || h >= n)
-                    throw new ArgumentException($"head {h} is out of range for '{hook.Name}' which has {n} heads");
+                    throw new InvalidRequestException($"head {h} is out of range for '{hook.Name}' which has {n} heads");
             }
             var sel = zeros(n, ScalarType.Bool, x.device);
             sel.index_put_(tensor(true), tensor(Heads.Select(h => (long)h).ToArray(), device: x.device));
@@ -108,7 +108,7 @@ public sealed record Intervention(
             var sel = zeros(n, ScalarType.Bool, x.device);
             var local = Positions.Select(p => (long)p - positionOffset).Where(p => p >= 0 && p < n).ToArray();
             if (Positions.Any(p => p < 0))
-                throw new ArgumentException($"intervention on '{hook.Name}' has a negative position; positions are absolute indices into the (padded) sequence");
+                throw new InvalidRequestException($"intervention on '{hook.Name}' has a negative position; positions are absolute indices into the (padded) sequence");
             if (local.Length > 0)
                 sel.index_put_(tensor(true), tensor(local, device: x.device));
             var s = (long[])shape.Clone();
