@@ -5,6 +5,7 @@ using System.Text.Json.Nodes;
 using Google.Protobuf;
 using Grpc.Core;
 using InterpMesh.Contracts.V1;
+using InterpMesh.Engine.Requests;
 using InterpMesh.Gateway.Plugins;
 using InterpMesh.ModelService.Configuration;
 using InterpMesh.ModelService.Grpc;
@@ -261,13 +262,13 @@ public static class Targets
 
     // ---- model service requests ----------------------------------------------------------------
 
-    private static readonly Lazy<(LoadedModel Model, CaptureStreaming Streaming)> RequestModel = new(() =>
+    private static readonly Lazy<LoadedModel> RequestModel = new(() =>
     {
         TorchRuntime.Initialize();
-        var model = ModelLoader.Load(RepoRoot.Models("stories260K/stories260K.bin"));
-        var streaming = new CaptureStreaming(Options.Create(new ModelServiceOptions()), new ServiceMetrics());
-        return (model, streaming);
+        return ModelLoader.Load(RepoRoot.Models("stories260K/stories260K.bin"));
     });
+
+    private static readonly InterpMesh.Engine.EngineOptions RequestLimits = new ModelServiceOptions().ToEngineOptions();
 
     private static bool IsRequestRefusal(Exception e) =>
         e is InvalidProtocolBufferException || RpcErrors.ToRpc(e).StatusCode != StatusCode.Internal;
@@ -281,10 +282,9 @@ public static class Targets
     /// </summary>
     private static void ModelRequest(byte[] input)
     {
-        var (model, streaming) = RequestModel.Value;
+        var model = RequestModel.Value;
         int kind = input.Length == 0 ? 0 : input[0] % RequestKinds.Length;
         var body = input.Length == 0 ? [] : input.AsSpan(1).ToArray();
-        const int maxBatch = 64;
         switch (kind)
         {
             case 0:
@@ -303,7 +303,7 @@ public static class Targets
                         foreach (var id in ids.Ids)
                         {
                             if (id < 0 || id >= tokenizer.VocabSize)
-                                throw new ArgumentException($"token id {id} is outside the vocabulary");
+                                throw new InvalidRequestException($"token id {id} is outside the vocabulary");
                         }
                         _ = tokenizer.Decode(ids.Ids.ToList());
                     }
@@ -311,28 +311,30 @@ public static class Targets
                 }
             case 2:
                 {
-                    var request = RunRequest.Parser.ParseFrom(body);
-                    var rows = WireRequests.Rows(model, request.Inputs, "inputs", maxBatch);
-                    if (request.Logits is { TopK: < 0 })
-                        throw new ArgumentException("logits.top_k must be 0 or positive");
-                    var captures = streaming.Resolve(model.Transformer, request.Captures, rows.Count, rows.Max(r => r.Count));
-                    HookPlan.Build(model.Transformer.Hooks, captures.Requests, null);
-                    foreach (var iv in request.Interventions)
-                        model.Transformer.Hooks.Resolve([iv.Hook]);
+                    var spec = WireMapping.ToSpec(RunRequest.Parser.ParseFrom(body));
+                    try
+                    {
+                        var validated = RequestValidator.Run(model, RequestLimits, spec);
+                        validated.Owned.ForEach(t => t.Dispose());
+                    }
+                    finally
+                    {
+                        WireMapping.DisposeValues(spec.Interventions);
+                    }
                     break;
                 }
             default:
                 {
-                    var request = GenerateRequest.Parser.ParseFrom(body);
-                    var prompts = WireRequests.Rows(model, request.Prompts, "prompts", maxBatch);
-                    if (request.MaxNewTokens < 1)
-                        throw new ArgumentException("max_new_tokens must be at least 1");
-                    var sampling = new SamplingOptions(request.Sampling?.Temperature ?? 0, request.Sampling?.TopK ?? 0,
-                        request.Sampling is { TopP: > 0 } s ? s.TopP : 1.0, request.Sampling?.Seed ?? 0);
-                    sampling.Validate();
-                    using var scope = NewDisposeScope();
-                    var captures = streaming.Resolve(model.Transformer, request.Captures, prompts.Count, prompts.Max(p => p.Count));
-                    HookPlan.Build(model.Transformer.Hooks, captures.Requests, WireRequests.Interventions(request.Interventions));
+                    var spec = WireMapping.ToSpec(GenerateRequest.Parser.ParseFrom(body));
+                    try
+                    {
+                        var validated = RequestValidator.Generate(model, RequestLimits, spec);
+                        validated.Owned.ForEach(t => t.Dispose());
+                    }
+                    finally
+                    {
+                        WireMapping.DisposeValues(spec.Interventions);
+                    }
                     break;
                 }
         }

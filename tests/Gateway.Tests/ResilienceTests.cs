@@ -88,7 +88,7 @@ public sealed class ResilienceTests
             var request = new GenerateRequest { Prompts = { new Input { Text = "Once upon a time" } }, MaxNewTokens = 200, NoDefaultStop = true, Captures = { new Capture { Hooks = { "blocks.*" } } } };
             using var call = client.Generate(request, Mesh.As(Mesh.AliceKey));
             Assert.True(await call.ResponseStream.MoveNext());
-            var busy = services.Single(s => s.App.Services.GetRequiredService<ModelHost>().Admission.CurrentCount < s.App.Services.GetRequiredService<ModelHost>().Options.MaxConcurrentRequests);
+            var busy = services.Single(s => s.App.Services.GetRequiredService<ModelHost>().Engine!.Admitted > 0);
             using (var now = new CancellationTokenSource())
             {
                 await now.CancelAsync();

@@ -122,15 +122,23 @@ public sealed class BatchingTests(BatchingServerFixture server) : IClassFixture<
     }
 
     [Fact]
-    public async Task Runs_asking_for_different_things_or_lengths_run_separately()
+    public async Task Runs_of_other_lengths_run_separately_and_runs_asking_for_other_things_get_only_their_own()
     {
+        // Each request in a shared forward is its own hook segment (the engine): different captures
+        // may share a forward; a different padded length may not.
         var other = Request(Rows[1]);
         other.Captures.Clear();
         other.Captures.Add(new Capture { Hooks = { "blocks.0.hook_resid_pre" } });
         var shorter = Request([1, 2, 3]);
         var replies = await Task.WhenAll(Call(server.Client, Request(Rows[0])), Call(server.Client, other), Call(server.Client, shorter));
-        Assert.All(replies, r => Assert.Equal(1, r.Result.ForwardBatchSize));
+        Assert.Equal(1, replies[2].Result.ForwardBatchSize);
+        Assert.Equal(2, replies[0].Result.ForwardBatchSize);
+        Assert.Equal(2, replies[1].Result.ForwardBatchSize);
         Assert.Equal(["blocks.0.hook_resid_pre"], replies[1].Captures.Keys);
+        Assert.DoesNotContain("blocks.0.hook_resid_pre", replies[0].Captures.Keys);
+        var solo = Solo([Rows[0]]);
+        foreach (var (hook, values) in solo.Captures)
+            Close(values, replies[0].Captures[hook], $"shared forward {hook}");
     }
 
     [Fact]
@@ -160,11 +168,17 @@ public sealed class BatchingTests(BatchingServerFixture server) : IClassFixture<
         var sameTwoRows = twoRows.Clone();
         sameTwoRows.Inputs[0].Tokens.Ids[1] = 55;
         var replies = await Task.WhenAll(Call(server.Client, twoRows), Call(server.Client, sameTwoRows), Call(server.Client, Patched(Rows[0], 0.5f)), Call(server.Client, Patched(Rows[1], 0.5f)));
-        Assert.Equal(2, replies[0].Result.ForwardBatchSize);
-        Assert.Equal(2, replies[1].Result.ForwardBatchSize);
-        Assert.Equal(2, replies[2].Result.ForwardBatchSize);
+        // Requests are hook segments of the forward: per-row values apply to their own rows only, so
+        // all four may share (within the 6-row limit).
+        Assert.All(replies, r => Assert.InRange(r.Result.ForwardBatchSize, 1, 6));
+        Assert.Contains(replies, r => r.Result.ForwardBatchSize > 2);
         // Everything after the patched layer saw 0.5 everywhere: both rows' layer-1 stream is equal.
         Close(replies[2].Captures["blocks.1.hook_resid_post"], replies[3].Captures["blocks.1.hook_resid_post"], "patched rows");
+        // And the zero-patched requests saw zeros, not the 0.5 of the others: their second row (the same
+        // tokens in both) is equal, and differs from the 0.5-patched rows.
+        int row = 5 * config.DModel;
+        Close(replies[0].Captures["blocks.1.hook_resid_post"][row..], replies[1].Captures["blocks.1.hook_resid_post"][row..], "zero-patched rows");
+        Assert.NotEqual(replies[0].Captures["blocks.1.hook_resid_post"][row], replies[2].Captures["blocks.1.hook_resid_post"][0]);
     }
 
     [Fact]

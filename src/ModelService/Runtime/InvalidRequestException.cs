@@ -26,4 +26,4 @@ public class InvalidRequestException : ArgumentException
 }
 
 /// <summary>A request over a configured limit (batch rows, capture bytes, output buffer): hosts answer RESOURCE_EXHAUSTED.</summary>
-public sealed class RequestLimitException(string message) : InvalidRequestException(message);
+public class RequestLimitException(string message) : InvalidRequestException(message);

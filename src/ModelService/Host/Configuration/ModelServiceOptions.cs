@@ -47,6 +47,29 @@ public sealed class ModelServiceOptions
     /// <summary>Dynamic batching: how long the oldest queued Run waits for compatible company (milliseconds; 0 = never wait).</summary>
     public int BatchWindowMs { get; set; } = 2;
 
+    /// <summary>Most generation rows decoded together across all running Generates (continuous batching).</summary>
+    public int MaxDecodeRows { get; set; } = 64;
+
+    /// <summary>Unread output (bytes) above which a Generate pauses until its client reads; capped at <see cref="MaxCaptureBytes"/>.</summary>
+    public long OutputBufferBytes { get; set; } = 64L << 20;
+
+    /// <summary>A request whose client reads nothing for this long while output waits ends with RESOURCE_EXHAUSTED (seconds).</summary>
+    public double StallTimeoutSeconds { get; set; } = 30;
+
+    /// <summary>The engine's view of these settings.</summary>
+    public Engine.EngineOptions ToEngineOptions() => new()
+    {
+        MaxBatch = MaxBatch,
+        BatchMaxRows = BatchMaxRows,
+        BatchWindowMs = BatchWindowMs,
+        MaxDecodeRows = MaxDecodeRows,
+        MaxCaptureBytes = MaxCaptureBytes,
+        OutputBufferBytes = Math.Min(OutputBufferBytes, MaxCaptureBytes),
+        StallTimeout = TimeSpan.FromSeconds(StallTimeoutSeconds),
+        MaxConcurrentRequests = MaxConcurrentRequests,
+        AdmissionWait = TimeSpan.FromMilliseconds(AdmissionWaitMs),
+    };
+
     /// <summary>OTLP collector for traces, e.g. <c>http://otel-collector:4317</c>; unset = no trace export (the standard <c>OTEL_EXPORTER_OTLP_ENDPOINT</c> also works).</summary>
     public string? OtlpEndpoint { get; set; }
 
@@ -84,6 +107,12 @@ internal sealed class ModelServiceOptionsValidator : IValidateOptions<ModelServi
             errors.Add($"ModelService:MaxBatch must be at least 1, got {o.MaxBatch}");
         if (o.BatchMaxRows < 1)
             errors.Add($"ModelService:BatchMaxRows must be at least 1, got {o.BatchMaxRows}");
+        if (o.MaxDecodeRows < o.MaxBatch)
+            errors.Add($"ModelService:MaxDecodeRows must be at least MaxBatch ({o.MaxBatch}), got {o.MaxDecodeRows}");
+        if (o.OutputBufferBytes < 1024)
+            errors.Add($"ModelService:OutputBufferBytes must be at least 1024, got {o.OutputBufferBytes}");
+        if (!(o.StallTimeoutSeconds is >= 0.05 and <= 3600))
+            errors.Add($"ModelService:StallTimeoutSeconds must be between 0.05 and 3600, got {o.StallTimeoutSeconds}");
         if (o.BatchWindowMs is < 0 or > 1000)
             errors.Add($"ModelService:BatchWindowMs must be between 0 and 1000, got {o.BatchWindowMs}");
         if (!string.IsNullOrEmpty(o.OtlpEndpoint) && (!Uri.TryCreate(o.OtlpEndpoint, UriKind.Absolute, out var otlp) || otlp.Scheme is not ("http" or "https")))

@@ -1,4 +1,5 @@
 using Google.Protobuf;
+using InterpMesh.Runtime;
 using InterpMesh.Contracts.V1;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -24,8 +25,11 @@ internal static class TensorWire
         DType.Bfloat16 => ScalarType.BFloat16,
         DType.Float16 => ScalarType.Float16,
         DType.Int64 => ScalarType.Int64,
-        _ => throw new ArgumentException($"{what}: dtype must be FLOAT32, BFLOAT16, FLOAT16 or INT64, got {t}"),
+        _ => throw new InvalidRequestException($"{what}: dtype must be FLOAT32, BFLOAT16, FLOAT16 or INT64, got {t}"),
     };
+
+    /// <summary>Largest byte count a wire tensor can describe (a gRPC message is far smaller).</summary>
+    private const long MaxBytes = int.MaxValue;
 
     /// <summary>Most dimensions a wire tensor may have.</summary>
     public const int MaxRank = 8;
@@ -60,21 +64,24 @@ internal static class TensorWire
         // libtorch refuses more than 64 dimensions with a native error (reported as INTERNAL); no
         // activation has more than a handful.
         if (w.Shape.Count > MaxRank)
-            throw new ArgumentException($"{what}: shape has {w.Shape.Count} dimensions; at most {MaxRank} are accepted");
+            throw new InvalidRequestException($"{what}: shape has {w.Shape.Count} dimensions; at most {MaxRank} are accepted");
         long count = 1;
         foreach (var d in w.Shape)
         {
             if (d < 0)
-                throw new ArgumentException($"{what}: shape [{string.Join(", ", w.Shape)}] has a negative dimension");
-            count = checked(count * d);
+                throw new InvalidRequestException($"{what}: shape [{string.Join(", ", w.Shape)}] has a negative dimension");
+            // Overflow-safe: a shape whose byte count passes what a message can carry is refused by name.
+            if (d != 0 && count > MaxBytes / Size(dtype) / d)
+                throw new InvalidRequestException($"{what}: shape [{string.Join(", ", w.Shape.Take(MaxRank))}] holds more bytes than a message can carry; send a smaller tensor");
+            count *= d;
         }
-        long expected = checked(count * Size(dtype));
+        long expected = count * Size(dtype);
         if (w.Data.Length != expected)
-            throw new ArgumentException($"{what}: shape [{string.Join(", ", w.Shape)}] of {w.Dtype} needs {expected} bytes, got {w.Data.Length}");
+            throw new InvalidRequestException($"{what}: shape [{string.Join(", ", w.Shape)}] of {w.Dtype} needs {expected} bytes, got {w.Data.Length}");
         var t = empty(w.Shape.ToArray(), dtype);
         w.Data.Span.CopyTo(t.bytes);
         if (dtype != ScalarType.Int64 && !t.isfinite().all().item<bool>())
-            throw new ArgumentException($"{what}: contains NaN or infinite values");
+            throw new InvalidRequestException($"{what}: contains NaN or infinite values");
         return t;
     }
 }

@@ -1,4 +1,6 @@
+using InterpMesh.Engine;
 using InterpMesh.ModelService.Configuration;
+using InterpMesh.ModelService.Telemetry;
 using InterpMesh.Runtime.Execution;
 using InterpMesh.Runtime.Loading;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
@@ -8,29 +10,33 @@ using static TorchSharp.torch;
 namespace InterpMesh.ModelService.Hosting;
 
 /// <summary>
-/// Owns the one model of this process and the torch worker that runs it. The model loads in the
-/// background after start; until then health reports NOT_SERVING and requests get UNAVAILABLE.
+/// Owns the one model of this process and the <see cref="ModelEngine"/> that serves it. The model
+/// loads in the background after start; until then health reports NOT_SERVING and requests get
+/// UNAVAILABLE.
 /// </summary>
 public sealed class ModelHost : BackgroundService, IHealthCheck
 {
     private readonly ModelServiceOptions options;
     private readonly ILogger<ModelHost> logger;
+    private readonly ServiceMetrics metrics;
+    private ModelEngine? engine;
     private int disposed;
     private readonly TaskCompletionSource<LoadedModel> loaded = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    public ModelHost(IOptions<ModelServiceOptions> options, ILogger<ModelHost> logger)
+    public ModelHost(IOptions<ModelServiceOptions> options, ILogger<ModelHost> logger, ServiceMetrics metrics)
     {
         this.options = options.Value;
         this.logger = logger;
+        this.metrics = metrics;
         TorchRuntime.Initialize(this.options.Threads > 0 ? this.options.Threads : null);
-        Worker = new TorchWorker(workers: 1, queueCapacity: this.options.MaxConcurrentRequests);
-        Admission = new SemaphoreSlim(this.options.MaxConcurrentRequests);
+        Worker = new TorchWorker(workers: 1, queueCapacity: 4);
     }
 
+    /// <summary>Loads and disposes the model (the engine has its own torch thread for requests).</summary>
     public TorchWorker Worker { get; }
 
-    /// <summary>Bounds requests running or queued at once.</summary>
-    public SemaphoreSlim Admission { get; }
+    /// <summary>The engine serving the model, or null while it is loading (or failed to load).</summary>
+    public ModelEngine? Engine => Volatile.Read(ref engine);
 
     public ModelServiceOptions Options => options;
 
@@ -57,6 +63,7 @@ public sealed class ModelHost : BackgroundService, IHealthCheck
             var c = model.Config;
             if (logger.IsEnabled(LogLevel.Information))
                 logger.LogInformation("Loaded {Architecture} from {Source}: {Layers} layers, d_model {DModel}", c.Architecture, model.Source, c.NLayers, c.DModel);
+            Volatile.Write(ref engine, new ModelEngine(model, options.ToEngineOptions(), new EngineMetrics(metrics)));
             loaded.TrySetResult(model);
         }
         catch (Exception e) when (e is not OperationCanceledException)
@@ -76,6 +83,7 @@ public sealed class ModelHost : BackgroundService, IHealthCheck
         // Registered both as a singleton and as the hosted service: the container disposes it twice.
         if (Interlocked.Exchange(ref disposed, 1) == 1)
             return;
+        engine?.Dispose();
         if (Model is { } model)
         {
             Worker.Run(() =>
@@ -85,7 +93,21 @@ public sealed class ModelHost : BackgroundService, IHealthCheck
             });
         }
         Worker.Dispose();
-        Admission.Dispose();
         base.Dispose();
+    }
+}
+
+/// <summary>Forwards the engine's reports to the service's Prometheus instruments.</summary>
+internal sealed class EngineMetrics(ServiceMetrics metrics) : IEngineObserver
+{
+    public void Forward(int rows, int tokens, double seconds)
+    {
+        metrics.BatchSize.Record(rows);
+        metrics.Tokens.Add(tokens);
+        metrics.WorkerBusy.Add(seconds);
+    }
+
+    public void Captured(long bytes)
+    {
     }
 }

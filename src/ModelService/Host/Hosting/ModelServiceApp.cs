@@ -1,4 +1,3 @@
-using InterpMesh.ModelService.Batching;
 using InterpMesh.ModelService.Configuration;
 using InterpMesh.ModelService.Grpc;
 using InterpMesh.ModelService.Telemetry;
@@ -32,8 +31,6 @@ public static class ModelServiceApp
         builder.Services.AddSingleton<ModelHost>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<ModelHost>());
         builder.Services.AddSingleton<ServiceMetrics>();
-        builder.Services.AddSingleton<CaptureStreaming>();
-        builder.Services.AddSingleton<RunBatcher>();
         var telemetry = builder.Services.AddOpenTelemetry()
             .ConfigureResource(r => r.AddService("interpmesh-modelservice"))
             .WithMetrics(m => m.AddMeter(ServiceMetrics.MeterName).AddPrometheusExporter());
@@ -51,7 +48,7 @@ public static class ModelServiceApp
         // /metrics answers only on plain HTTP/1.1, i.e. on the metrics endpoint (gRPC is HTTP/2 only).
         app.UseOpenTelemetryPrometheusScrapingEndpoint(context => context.Request.Path == "/metrics" && context.Request.Protocol == "HTTP/1.1");
         var host = app.Services.GetRequiredService<ModelHost>();
-        app.Services.GetRequiredService<ServiceMetrics>().ObserveQueue(() => host.Options.MaxConcurrentRequests - host.Admission.CurrentCount);
+        app.Services.GetRequiredService<ServiceMetrics>().ObserveQueue(() => host.Engine?.Admitted ?? 0);
         app.MapGrpcService<ModelServiceEndpoint>();
         app.MapGrpcHealthChecksService();
         app.MapGrpcReflectionService();
@@ -68,7 +65,7 @@ public static class ModelServiceApp
         string protocol = configuration[$"{ModelServiceOptions.Section}:OtlpProtocol"] ?? "grpc";
         telemetry.WithTracing(t =>
         {
-            t.AddSource(ServiceTracing.SourceName)
+            t.AddSource(ServiceTracing.SourceName, ServiceTracing.EngineSourceName)
                 // Prometheus scrapes are not worth a span each.
                 .AddAspNetCoreInstrumentation(o => o.Filter = context => context.Request.Path != "/metrics");
             if (string.IsNullOrEmpty(endpoint))

@@ -12,5 +12,8 @@ public static class ServiceTracing
 {
     public const string SourceName = "InterpMesh.ModelService";
 
+    /// <summary>The engine's spans: <c>interpmesh.forward</c> (batched Runs), <c>interpmesh.prefill</c>, <c>interpmesh.decode</c>.</summary>
+    public const string EngineSourceName = "InterpMesh.Engine";
+
     public static ActivitySource Source { get; } = new(SourceName);
 }

@@ -498,20 +498,21 @@ public sealed class KvCache : IDisposable
             SetRowLength(r, 0);
     }
 
-    /// <summary>Copies rows <c>[from, from + count)</c> (keys, values, mask, lengths) onto rows starting at <paramref name="to"/>.</summary>
-    public void MoveRows(int from, int to, int count)
+    /// <summary>
+    /// Rearranges rows: afterwards row <c>i</c> holds what row <c>order[i]</c> held (keys, values,
+    /// mask, length). Rows past <c>order.Length</c> keep stale contents; reset them before reuse.
+    /// </summary>
+    public void Reorder(IReadOnlyList<int> order)
     {
-        if (from == to || count == 0)
+        if (order.Count == 0 || order.Select((r, i) => r == i).All(same => same))
             return;
         using var scope = NewDisposeScope();
+        var index = tensor(order.Select(r => (long)r).ToArray(), device: Mask.device);
         foreach (var t in Keys.Concat(Values).Append(Mask))
-        {
-            var source = t.narrow(0, from, count).clone();
-            t.narrow(0, to, count).copy_(source);
-        }
-        var moved = Enumerable.Range(from, count).Select(RowLength).ToArray();
-        for (int i = 0; i < count; i++)
-            SetRowLength(to + i, moved[i]);
+            t.narrow(0, 0, order.Count).copy_(t.index_select(0, index));
+        var moved = order.Select(RowLength).ToArray();
+        for (int i = 0; i < moved.Length; i++)
+            SetRowLength(i, moved[i]);
     }
 
     /// <summary>A larger cache holding this one's rows and contents (rows and capacity only grow).</summary>

@@ -105,7 +105,7 @@ public static class TextGenerator
     }
 
     /// <summary>Chooses one id per row from <c>[batch, vocab]</c> logits.</summary>
-    internal static int[] Choose(Tensor logits, SamplingOptions s, torch.Generator? generator)
+    public static int[] Choose(Tensor logits, SamplingOptions s, torch.Generator? generator)
     {
         using var scope = NewDisposeScope();
         var x = logits.to(ScalarType.Float32);

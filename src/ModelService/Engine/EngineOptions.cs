@@ -1,0 +1,49 @@
+namespace InterpMesh.Engine;
+
+/// <summary>Limits and scheduling settings of a <see cref="ModelEngine"/> (hosts bind them from configuration).</summary>
+public sealed class EngineOptions
+{
+    /// <summary>Largest batch (inputs or prompts) one request may carry.</summary>
+    public int MaxBatch { get; init; } = 64;
+
+    /// <summary>Most rows one Run forward may carry when concurrent Runs are merged.</summary>
+    public int BatchMaxRows { get; init; } = 64;
+
+    /// <summary>How long the oldest queued Run waits for compatible company when nothing else is running (ms).</summary>
+    public int BatchWindowMs { get; init; } = 2;
+
+    /// <summary>Most generation rows decoded together (all running Generates' prompts).</summary>
+    public int MaxDecodeRows { get; init; } = 64;
+
+    /// <summary>Largest total capture one request may ask for (bytes); also bounds what one forward writes to its buffer.</summary>
+    public long MaxCaptureBytes { get; init; } = 1L << 30;
+
+    /// <summary>A Generate whose unread output exceeds this pauses (leaves the decode batch) until its reader catches up.</summary>
+    public long OutputBufferBytes { get; init; } = 64L << 20;
+
+    /// <summary>A request whose reader takes nothing for this long while output waits is ended with RESOURCE_EXHAUSTED.</summary>
+    public TimeSpan StallTimeout { get; init; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Requests admitted (queued or running) at once; beyond it, and after <see cref="AdmissionWait"/>, requests are refused.</summary>
+    public int MaxConcurrentRequests { get; init; } = 32;
+
+    /// <summary>How long a request waits for an admission slot, in arrival order, before it is refused.</summary>
+    public TimeSpan AdmissionWait { get; init; } = TimeSpan.FromMilliseconds(100);
+}
+
+/// <summary>What the engine reports about its work; hosts forward it to their metrics.</summary>
+public interface IEngineObserver
+{
+    /// <summary>A forward ran: <paramref name="rows"/> sequences, <paramref name="tokens"/> new tokens, <paramref name="seconds"/> of torch time.</summary>
+    void Forward(int rows, int tokens, double seconds);
+
+    /// <summary>Captured activation bytes handed to a request's buffer.</summary>
+    void Captured(long bytes);
+}
+
+internal sealed class NoObserver : IEngineObserver
+{
+    public static readonly NoObserver Instance = new();
+    public void Forward(int rows, int tokens, double seconds) { }
+    public void Captured(long bytes) { }
+}

@@ -1,0 +1,183 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using InterpMesh.Engine.Outputs;
+using InterpMesh.Engine.Requests;
+using InterpMesh.Engine.Scheduling;
+using InterpMesh.Runtime;
+using InterpMesh.Runtime.Loading;
+
+namespace InterpMesh.Engine;
+
+/// <summary>Refused at admission: the engine is running its maximum of requests. Retry after <see cref="RetryAfterMs"/>.</summary>
+public sealed class EngineBusyException(string message, int retryAfterMs) : RequestLimitException(message)
+{
+    public int RetryAfterMs { get; } = retryAfterMs;
+}
+
+/// <summary>
+/// The serving core of one model: validates <see cref="RunSpec"/>s and <see cref="GenerateSpec"/>s
+/// once, admits them, and runs them on one torch thread that works in forward steps — batched Runs,
+/// prefills and continuously batched decode steps interleave, so no request waits for a whole
+/// generation. Outputs go to a per-request <see cref="OutputBuffer"/>; the torch thread never
+/// waits for a reader. Hosts (the gRPC endpoint, the CLI, an in-process client) only map their
+/// types to specs and outputs back.
+/// </summary>
+public sealed class ModelEngine : IDisposable
+{
+    private readonly ConcurrentQueue<Work> incoming = new();
+    private readonly SemaphoreSlim signal = new(0);
+    private readonly SemaphoreSlim admission;
+    private readonly Scheduler scheduler;
+    private readonly Thread thread;
+    private volatile bool stopping;
+
+    public ModelEngine(LoadedModel model, EngineOptions options, IEngineObserver? observer = null)
+    {
+        Model = model;
+        Options = options;
+        admission = new SemaphoreSlim(options.MaxConcurrentRequests);
+        scheduler = new Scheduler(model, options, observer ?? NoObserver.Instance);
+        thread = new Thread(Loop) { IsBackground = true, Name = "torch-engine" };
+        thread.Start();
+    }
+
+    public LoadedModel Model { get; }
+    public EngineOptions Options { get; }
+
+    /// <summary>Requests admitted and not yet finished.</summary>
+    public int Admitted => Options.MaxConcurrentRequests - admission.CurrentCount;
+
+    /// <summary>
+    /// Runs one forward. Yields each capture (whole) as its stage completes, then one <see cref="RunOutcome"/>.
+    /// Throws <see cref="InvalidRequestException"/> for a bad spec, <see cref="RequestLimitException"/> over a
+    /// limit (including a reader that stalls), <see cref="OperationCanceledException"/> when cancelled.
+    /// </summary>
+    public IAsyncEnumerable<EngineOutput> RunAsync(RunSpec spec, CancellationToken cancellationToken = default) =>
+        Submit(spec).ReadAllAsync(cancellationToken);
+
+    /// <summary>
+    /// Generates. Yields, per step, that step's captures and then a <see cref="GenerateStep"/>; the last step
+    /// is marked <see cref="GenerateStep.Final"/> and carries the intervention receipts.
+    /// </summary>
+    public IAsyncEnumerable<EngineOutput> GenerateAsync(GenerateSpec spec, CancellationToken cancellationToken = default) =>
+        Submit(spec).ReadAllAsync(cancellationToken);
+
+    /// <summary>Validates a Run now (throwing its errors) and returns it, to be read once.</summary>
+    public EngineRequest Submit(RunSpec spec)
+    {
+        var validated = RequestValidator.Run(Model, Options, spec);
+        return new EngineRequest(this, (buffer, ct) => new RunWork(validated, buffer, ct), validated.Owned);
+    }
+
+    /// <summary>Validates a Generate now (throwing its errors) and returns it, to be read once.</summary>
+    public EngineRequest Submit(GenerateSpec spec)
+    {
+        var validated = RequestValidator.Generate(Model, Options, spec);
+        return new EngineRequest(this, (buffer, ct) => new GenerateWork(validated, buffer, ct), validated.Owned);
+    }
+
+    internal async IAsyncEnumerable<EngineOutput> Serve(Func<OutputBuffer, CancellationToken, Work> create, OutputBuffer buffer, List<TorchSharp.torch.Tensor> owned, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        bool admitted = false;
+        try
+        {
+            admitted = await admission.WaitAsync(Options.AdmissionWait, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            if (!admitted)
+            {
+                owned.ForEach(t => t.Dispose());
+                buffer.Dispose();
+            }
+        }
+        if (!admitted)
+        {
+            throw new EngineBusyException(
+                $"the server is running its maximum of {Options.MaxConcurrentRequests} requests; retry after a short delay", 200);
+        }
+        // The request ends for the scheduler when its caller cancels or stops reading early.
+        using var lifetime = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var work = create(buffer, lifetime.Token);
+        try
+        {
+            if (stopping)
+                throw new InvalidOperationException("the model engine is shutting down");
+            incoming.Enqueue(work);
+            signal.Release();
+            await foreach (var output in buffer.ReadAllAsync(cancellationToken).ConfigureAwait(false))
+                yield return output;
+        }
+        finally
+        {
+            lifetime.Cancel();
+            signal.Release();
+            admission.Release();
+            buffer.Dispose();
+        }
+    }
+
+    private void Loop()
+    {
+        using var mode = TorchSharp.torch.inference_mode();
+        while (!stopping)
+        {
+            while (incoming.TryDequeue(out var work))
+                scheduler.Add(work);
+            var wait = scheduler.Iterate(() =>
+            {
+                while (incoming.TryDequeue(out var w))
+                    scheduler.Add(w);
+            }, timeout => signal.Wait(timeout));
+            if (wait is { } timeout)
+                signal.Wait(timeout);
+        }
+        while (incoming.TryDequeue(out var work))
+            scheduler.Add(work);
+        scheduler.Shutdown();
+    }
+
+    public void Dispose()
+    {
+        if (stopping)
+            return;
+        stopping = true;
+        signal.Release();
+        thread.Join();
+        admission.Dispose();
+        signal.Dispose();
+    }
+}
+
+/// <summary>
+/// A validated request, read once with <see cref="ReadAllAsync"/> (admission happens then). A host
+/// writing its outputs to a network peer watches <see cref="Aborted"/>: it fires when the engine ends
+/// the request because its reader stalled, with the reason in <see cref="Failure"/>.
+/// </summary>
+public sealed class EngineRequest
+{
+    private readonly ModelEngine engine;
+    private readonly Func<OutputBuffer, CancellationToken, Work> create;
+    private readonly List<TorchSharp.torch.Tensor> owned;
+    private readonly OutputBuffer buffer;
+    private int read;
+
+    internal EngineRequest(ModelEngine engine, Func<OutputBuffer, CancellationToken, Work> create, List<TorchSharp.torch.Tensor> owned)
+    {
+        this.engine = engine;
+        this.create = create;
+        this.owned = owned;
+        buffer = new OutputBuffer(engine.Options.OutputBufferBytes, engine.Options.StallTimeout);
+    }
+
+    public CancellationToken Aborted => buffer.Aborted;
+    public Exception? Failure => buffer.Failure;
+
+    public IAsyncEnumerable<EngineOutput> ReadAllAsync(CancellationToken cancellationToken = default)
+    {
+        if (Interlocked.Exchange(ref read, 1) == 1)
+            throw new InvalidOperationException("an engine request is read once");
+        return engine.Serve(create, buffer, owned, cancellationToken);
+    }
+}

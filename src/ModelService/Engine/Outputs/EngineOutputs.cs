@@ -1,0 +1,85 @@
+using InterpMesh.Runtime.Hooks;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace InterpMesh.Engine.Outputs;
+
+/// <summary>A tensor copied off the device into managed memory: dtype, shape and raw little-endian bytes.</summary>
+public sealed class HostTensor
+{
+    public HostTensor(ScalarType dtype, long[] shape, byte[] data)
+    {
+        DType = dtype;
+        Shape = shape;
+        Data = data;
+    }
+
+    public ScalarType DType { get; }
+    public long[] Shape { get; }
+    public byte[] Data { get; }
+
+    /// <summary>Copies a tensor (any device, any layout) to managed memory.</summary>
+    public static HostTensor From(Tensor t)
+    {
+        using var c = t.detach().cpu().contiguous();
+        var bytes = GC.AllocateUninitializedArray<byte>(checked((int)(c.numel() * c.ElementSize)));
+        c.bytes.CopyTo(bytes);
+        return new HostTensor(c.dtype, c.shape, bytes);
+    }
+
+    /// <summary>A CPU tensor with these values; the caller owns it.</summary>
+    public Tensor ToTensor()
+    {
+        var t = empty(Shape, DType);
+        Data.AsSpan().CopyTo(t.bytes);
+        return t;
+    }
+}
+
+/// <summary>Something a request's consumer receives, in order.</summary>
+public abstract class EngineOutput
+{
+    /// <summary>Bytes this output holds in its request's buffer.</summary>
+    public abstract long Bytes { get; }
+}
+
+/// <summary>A captured activation (whole, not chunked). <see cref="Step"/> is 0 for Run.</summary>
+public sealed class CaptureOutput(string hook, int step, HostTensor value) : EngineOutput
+{
+    public string Hook { get; } = hook;
+    public int Step { get; } = step;
+    public HostTensor Value { get; } = value;
+    public override long Bytes => Value.Data.Length;
+}
+
+/// <summary>The end of a Run: the padded tokens actually run, logits or top-k, loss, receipts.</summary>
+public sealed class RunOutcome : EngineOutput
+{
+    /// <summary>[batch, pos] int64.</summary>
+    public required HostTensor Tokens { get; init; }
+    /// <summary>[batch, pos] int64 0/1.</summary>
+    public required HostTensor AttentionMask { get; init; }
+    /// <summary>Float32 logits when requested without top-k.</summary>
+    public HostTensor? Logits { get; init; }
+    public HostTensor? TopKIds { get; init; }
+    public HostTensor? TopKValues { get; init; }
+    public double? Loss { get; init; }
+    /// <summary>Rows in the forward that served this request (more than its own when batched with others).</summary>
+    public int ForwardBatchSize { get; init; }
+    public IReadOnlyList<InterventionReceipt> Receipts { get; init; } = [];
+    public override long Bytes => Tokens.Data.Length + AttentionMask.Data.Length + (Logits?.Data.Length ?? 0)
+        + (TopKIds?.Data.Length ?? 0) + (TopKValues?.Data.Length ?? 0);
+}
+
+/// <summary>One generation step: the id chosen per prompt (-1 for prompts that already stopped).</summary>
+public sealed class GenerateStep : EngineOutput
+{
+    public required int Step { get; init; }
+    public required int[] Ids { get; init; }
+    /// <summary>On step 0: the prompt ids actually used.</summary>
+    public IReadOnlyList<int[]>? PromptTokens { get; init; }
+    /// <summary>Set on the last step, with the request's receipts.</summary>
+    public bool Final { get; init; }
+    public IReadOnlyList<InterventionReceipt> Receipts { get; init; } = [];
+    public override long Bytes => Ids.Length * 4L;
+}

@@ -1,0 +1,174 @@
+using Google.Protobuf;
+using InterpMesh.Contracts.V1;
+using InterpMesh.Engine.Outputs;
+using InterpMesh.Engine.Requests;
+using InterpMesh.Runtime;
+using InterpMesh.Runtime.Execution;
+using InterpMesh.Runtime.Generation;
+using RuntimeArch = InterpMesh.Runtime.Architectures;
+using RuntimeHooks = InterpMesh.Runtime.Hooks;
+
+namespace InterpMesh.ModelService.Grpc;
+
+/// <summary>
+/// The one place where ModelService protos meet the engine: requests become specs, engine outputs
+/// become messages (captures split into chunks under the message size limit, without copying).
+/// </summary>
+public static class WireMapping
+{
+    /// <summary>Maps a RunRequest; creates intervention value tensors the caller disposes (<see cref="DisposeValues"/>).</summary>
+    public static RunSpec ToSpec(RunRequest request) => new()
+    {
+        Inputs = Inputs(request.Inputs),
+        Captures = Captures(request.Captures),
+        Interventions = Interventions(request.Interventions),
+        Logits = request.Logits?.Mode switch
+        {
+            LogitsRequest.Types.Mode.Last => RuntimeArch.LogitsMode.Last,
+            LogitsRequest.Types.Mode.All => RuntimeArch.LogitsMode.All,
+            _ => RuntimeArch.LogitsMode.None,
+        },
+        TopK = request.Logits?.TopK ?? 0,
+        Loss = request.Loss,
+        Padding = request.Padding == Contracts.V1.Padding.Right ? PaddingSide.Right : PaddingSide.Left,
+    };
+
+    /// <summary>Maps a GenerateRequest. Proto3 zeros mean "unset": top_p 0 is no limit; a negative or NaN top_p is refused by the engine.</summary>
+    public static GenerateSpec ToSpec(GenerateRequest request) => new()
+    {
+        Prompts = Inputs(request.Prompts),
+        MaxNewTokens = request.MaxNewTokens,
+        Sampling = new SamplingOptions(
+            request.Sampling?.Temperature ?? 0,
+            request.Sampling?.TopK ?? 0,
+            request.Sampling is { } s && s.TopP != 0 ? s.TopP : 1.0,
+            request.Sampling?.Seed ?? 0),
+        StopIds = request.StopTokenIds.Count > 0 ? [.. request.StopTokenIds] : request.NoDefaultStop ? [] : null,
+        Captures = Captures(request.Captures),
+        Interventions = Interventions(request.Interventions),
+    };
+
+    /// <summary>Frees the value tensors a mapped spec created (the engine keeps its own copies).</summary>
+    public static void DisposeValues(IEnumerable<RuntimeHooks.Intervention> interventions)
+    {
+        foreach (var iv in interventions)
+            iv.Value?.Dispose();
+    }
+
+    private static List<InputSpec> Inputs(IEnumerable<Input> inputs) => inputs.Select(i => i.ContentCase switch
+    {
+        Input.ContentOneofCase.Text => InputSpec.FromText(i.Text),
+        Input.ContentOneofCase.Tokens => InputSpec.FromIds([.. i.Tokens.Ids]),
+        _ => InputSpec.Empty,
+    }).ToList();
+
+    private static List<CaptureSpec> Captures(IEnumerable<Capture> captures) => captures.Select((c, i) => new CaptureSpec
+    {
+        Hooks = [.. c.Hooks],
+        Positions = c.Positions?.SelectionCase switch
+        {
+            Contracts.V1.PositionSelection.SelectionOneofCase.Last => RuntimeHooks.PositionSelection.Last,
+            Contracts.V1.PositionSelection.SelectionOneofCase.Indices => RuntimeHooks.PositionSelection.At([.. c.Positions.Indices.Ids]),
+            _ => RuntimeHooks.PositionSelection.All,
+        },
+        DType = c.Dtype == DType.Unspecified ? TorchSharp.torch.ScalarType.Float32
+            : c.Dtype == DType.Int64 ? throw new InvalidRequestException($"captures[{i}]: dtype must be FLOAT32, BFLOAT16 or FLOAT16")
+            : TensorWire.FromWire(c.Dtype, $"captures[{i}]"),
+        Reduction = c.Reduction == Contracts.V1.Reduction.Mean ? CaptureReduction.Mean : CaptureReduction.None,
+    }).ToList();
+
+    private static List<RuntimeHooks.Intervention> Interventions(IEnumerable<Contracts.V1.Intervention> wire)
+    {
+        var list = new List<RuntimeHooks.Intervention>();
+        try
+        {
+            foreach (var iv in wire)
+            {
+                int i = list.Count;
+                var op = iv.Op switch
+                {
+                    InterventionOp.Add => RuntimeHooks.InterventionOp.Add,
+                    InterventionOp.Set => RuntimeHooks.InterventionOp.Set,
+                    InterventionOp.Scale => RuntimeHooks.InterventionOp.Scale,
+                    InterventionOp.ZeroAblate => RuntimeHooks.InterventionOp.ZeroAblate,
+                    InterventionOp.MeanAblate => RuntimeHooks.InterventionOp.MeanAblate,
+                    _ => throw new InvalidRequestException($"interventions[{i}] on {InvalidRequestException.Quote(iv.Hook)} has no op; use ADD, SET, SCALE, ZERO_ABLATE or MEAN_ABLATE"),
+                };
+                var value = iv.Value is null || iv.Value.Dtype == DType.Unspecified && iv.Value.Data.IsEmpty ? null : TensorWire.FromWire(iv.Value, $"interventions[{i}].value");
+                list.Add(new RuntimeHooks.Intervention(iv.Hook, op, value, iv.Scale,
+                    iv.Heads.Count > 0 ? iv.Heads.ToList() : null, iv.Positions.Count > 0 ? iv.Positions.ToList() : null));
+            }
+            return list;
+        }
+        catch
+        {
+            DisposeValues(list);
+            throw;
+        }
+    }
+
+    /// <summary>A capture as chunks of at most <paramref name="chunkBytes"/> (views of the capture's bytes).</summary>
+    public static IEnumerable<ActivationChunk> Chunks(CaptureOutput capture, int chunkBytes)
+    {
+        var bytes = capture.Value.Data;
+        for (int offset = 0; offset == 0 || offset < bytes.Length; offset += chunkBytes)
+        {
+            var piece = new ActivationChunk
+            {
+                Hook = capture.Hook,
+                Dtype = TensorWire.ToWire(capture.Value.DType),
+                Offset = offset,
+                TotalBytes = bytes.Length,
+                Data = UnsafeByteOperations.UnsafeWrap(bytes.AsMemory(offset, Math.Min(chunkBytes, bytes.Length - offset))),
+            };
+            piece.Shape.AddRange(capture.Value.Shape);
+            yield return piece;
+            if (bytes.Length == 0)
+                yield break;
+        }
+    }
+
+    public static RunResult ToProto(RunOutcome outcome)
+    {
+        var result = new RunResult
+        {
+            Tokens = Wire(outcome.Tokens),
+            AttentionMask = Wire(outcome.AttentionMask),
+            ForwardBatchSize = outcome.ForwardBatchSize,
+        };
+        if (outcome.Logits is { } logits)
+            result.Logits = Wire(logits);
+        if (outcome.TopKIds is { } ids && outcome.TopKValues is { } values)
+            result.TopK = new TopK { Ids = Wire(ids), Values = Wire(values) };
+        if (outcome.Loss is { } loss)
+            result.Loss = loss;
+        result.Receipts.AddRange(outcome.Receipts.Select(ToProto));
+        return result;
+    }
+
+    public static GenerateResponse ToProto(GenerateStep step, InterpMesh.Runtime.Tokenization.ITextTokenizer? tokenizer)
+    {
+        var message = new GenerateResponse { Step = step.Step, Final = step.Final };
+        message.TokenIds.AddRange(step.Ids);
+        if (tokenizer is not null)
+            message.Texts.AddRange(step.Ids.Select(id => id < 0 ? "" : tokenizer.Decode([id])));
+        if (step.PromptTokens is { } prompts)
+            message.PromptTokens.AddRange(prompts.Select(p => { var t = new TokenIds(); t.Ids.AddRange(p); return t; }));
+        message.Receipts.AddRange(step.Receipts.Select(ToProto));
+        return message;
+    }
+
+    public static Contracts.V1.InterventionReceipt ToProto(RuntimeHooks.InterventionReceipt r)
+    {
+        var w = new Contracts.V1.InterventionReceipt { Index = r.Index, Hook = r.Hook, ElementsChanged = r.Elements, L2Norm = r.L2 };
+        w.MatchedHooks.AddRange(r.Hooks);
+        return w;
+    }
+
+    private static Contracts.V1.Tensor Wire(HostTensor t)
+    {
+        var w = new Contracts.V1.Tensor { Dtype = TensorWire.ToWire(t.DType), Data = UnsafeByteOperations.UnsafeWrap(t.Data) };
+        w.Shape.AddRange(t.Shape);
+        return w;
+    }
+}
