@@ -81,5 +81,7 @@ public sealed class GenerateStep : EngineOutput
     /// <summary>Set on the last step, with the request's receipts.</summary>
     public bool Final { get; init; }
     public IReadOnlyList<InterventionReceipt> Receipts { get; init; } = [];
+    /// <summary>Rows in the forward that produced this step (other requests' rows included).</summary>
+    public int ForwardRows { get; init; }
     public override long Bytes => Ids.Length * 4L;
 }

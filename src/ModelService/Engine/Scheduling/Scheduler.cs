@@ -319,7 +319,11 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
             var segment = new HookSegment(0, g.Rows, g.Plan, Sink(g, g.Generate.Reductions, () => g.Step), g.Receipts);
             var logits = transformer.Forward(ids, mask, [segment], LogitsMode.Last, view, g.Cancellation)!;
             observer.Forward(g.Rows, g.Generate.Prompts.Sum(p => p.Length), Stopwatch.GetElapsedTime(started).TotalSeconds);
-            Emit(g, logits.select(1, 0));
+            if (Emit(g, logits.select(1, 0), g.Rows))
+            {
+                Leave(g);
+                g.Finish();
+            }
         }
         catch (Exception e)
         {
@@ -371,8 +375,19 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
             using var gone = AllGone(running);
             var logits = transformer.Forward(input, null, segments, LogitsMode.Last, view, gone.Token)!;
             observer.Forward(rows, rows, Stopwatch.GetElapsedTime(started).TotalSeconds);
-            foreach (var g in running)
-                Emit(g, logits.narrow(0, g.Slot, g.Rows).select(1, 0));
+            // Slots are read before any request leaves: leaving compacts the rows behind it.
+            var slots = running.Select(g => g.Slot).ToArray();
+            var finished = new List<GenerateWork>();
+            for (int i = 0; i < running.Count; i++)
+            {
+                if (Emit(running[i], logits.narrow(0, slots[i], running[i].Rows).select(1, 0), rows))
+                    finished.Add(running[i]);
+            }
+            foreach (var g in finished)
+            {
+                Leave(g);
+                g.Finish();
+            }
         }
         catch (OperationCanceledException)
         {
@@ -388,8 +403,8 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
         }
     }
 
-    /// <summary>Chooses each row's next id, streams the step, and retires a finished request.</summary>
-    private void Emit(GenerateWork g, Tensor logits)
+    /// <summary>Chooses each row's next id and streams the step; true when the request is finished (the caller retires it).</summary>
+    private bool Emit(GenerateWork g, Tensor logits, int forwardRows)
     {
         var spec = g.Generate;
         var next = TextGenerator.Choose(logits, spec.Sampling, g.Sampler);
@@ -415,15 +430,12 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
             PromptTokens = g.Step == 0 ? spec.Prompts : null,
             Final = final,
             Receipts = final ? g.Receipts.Snapshot() : [],
+            ForwardRows = forwardRows,
         });
         // Rows that stopped keep running (their ids are ignored), as in a solo generation.
         g.Last = next.Select(x => (long)x).ToArray();
         g.Step++;
-        if (final)
-        {
-            Leave(g);
-            g.Finish();
-        }
+        return final;
     }
 
     /// <summary>Removes a request from the decode batch, compacting the cache rows behind it.</summary>

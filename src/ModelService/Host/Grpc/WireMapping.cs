@@ -148,7 +148,7 @@ public static class WireMapping
 
     public static GenerateResponse ToProto(GenerateStep step, InterpMesh.Runtime.Tokenization.ITextTokenizer? tokenizer)
     {
-        var message = new GenerateResponse { Step = step.Step, Final = step.Final };
+        var message = new GenerateResponse { Step = step.Step, Final = step.Final, ForwardBatchSize = step.ForwardRows };
         message.TokenIds.AddRange(step.Ids);
         if (tokenizer is not null)
             message.Texts.AddRange(step.Ids.Select(id => id < 0 ? "" : tokenizer.Decode([id])));
