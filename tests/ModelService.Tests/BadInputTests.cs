@@ -157,4 +157,116 @@ public sealed class BadInputTests(ServerFixture server) : IClassFixture<ServerFi
         Assert.Equal(StatusCode.Cancelled, e.StatusCode);
         await Drain(Valid());
     }
+
+    private async Task GenerateFails(Action<GenerateRequest> change, StatusCode code, params string[] message)
+    {
+        var request = new GenerateRequest { MaxNewTokens = 4 };
+        request.Prompts.Add(Ids(1, 403, 407));
+        change(request);
+        var e = await Assert.ThrowsAsync<RpcException>(async () =>
+        {
+            using var call = server.Client.Generate(request);
+            await foreach (var _ in call.ResponseStream.ReadAllAsync())
+            {
+            }
+        });
+        Assert.Equal(code, e.StatusCode);
+        foreach (var m in message)
+            Assert.Contains(m, e.Status.Detail);
+        Assert.True(e.Status.Detail.Length < 600, "the message is short enough for any client's metadata limit");
+        Assert.DoesNotContain("/work", e.Status.Detail);
+        Assert.DoesNotContain("   at ", e.Status.Detail);
+        await Drain(Valid());
+    }
+
+    [Fact]
+    public Task Run_intervention_position_outside_every_row() =>
+        Fails(With(r => r.Interventions.Add(new Intervention { Hook = "blocks.0.hook_resid_post", Op = InterventionOp.ZeroAblate, Positions = { 3 } })),
+            StatusCode.InvalidArgument, "interventions[0]: position 3 is outside every row's sequence", "padded length is 3");
+
+    [Fact]
+    public async Task Generate_intervention_positions_may_target_the_future_but_not_beyond_the_generation()
+    {
+        // Prompt of 3 + 4 new tokens: position 6 is the last one generation computes.
+        var request = new GenerateRequest { MaxNewTokens = 4, NoDefaultStop = true };
+        request.Prompts.Add(Ids(1, 403, 407));
+        request.Interventions.Add(new Intervention { Hook = "blocks.0.hook_resid_post", Op = InterventionOp.ZeroAblate, Positions = { 6 } });
+        using (var call = server.Client.Generate(request))
+        {
+            int steps = 0;
+            await foreach (var m in call.ResponseStream.ReadAllAsync())
+                steps += m.TokenIds.Count > 0 ? 1 : 0;
+            Assert.Equal(4, steps);
+        }
+        await GenerateFails(r => r.Interventions.Add(new Intervention { Hook = "blocks.0.hook_resid_post", Op = InterventionOp.ZeroAblate, Positions = { 7 } }),
+            StatusCode.InvalidArgument, "position 7 is beyond the generation", "7 in all");
+    }
+
+    [Fact]
+    public Task Max_new_tokens_near_two_to_the_31() =>
+        GenerateFails(r => r.MaxNewTokens = int.MaxValue - 1, StatusCode.InvalidArgument, "max_new_tokens (2147483646) exceed the model's context length of 512");
+
+    [Theory]
+    [InlineData(double.NaN)]
+    [InlineData(-0.5)]
+    [InlineData(1.5)]
+    public Task Top_p_not_in_range(double topP) =>
+        GenerateFails(r => r.Sampling = new SamplingParameters { Temperature = 1, TopP = topP }, StatusCode.InvalidArgument, "sampling.top_p must be in (0, 1]");
+
+    [Fact]
+    public Task Temperature_not_finite() =>
+        GenerateFails(r => r.Sampling = new SamplingParameters { Temperature = double.PositiveInfinity }, StatusCode.InvalidArgument, "sampling.temperature");
+
+    [Theory]
+    [InlineData(512)]
+    [InlineData(-1)]
+    public Task Stop_ids_outside_the_vocabulary(int id) =>
+        GenerateFails(r => r.StopTokenIds.Add(id), StatusCode.InvalidArgument, $"stop_token_ids[0] = {id} is outside the vocabulary (0..511)");
+
+    [Fact]
+    public Task A_shape_whose_byte_count_overflows_names_the_field() =>
+        Fails(With(r => r.Interventions.Add(new Intervention
+        {
+            Hook = "blocks.0.hook_resid_post",
+            Op = InterventionOp.Add,
+            Value = new Tensor { Dtype = DType.Float32, Shape = { 1L << 31, 1L << 31, 4 }, Data = ByteString.CopyFrom(new byte[16]) },
+        })), StatusCode.InvalidArgument, "interventions[0].value: shape", "more bytes than a message can carry");
+
+    [Fact]
+    public async Task A_very_long_unknown_hook_name_is_quoted_short()
+    {
+        string name = "blocks.0." + new string('x', 20_000);
+        await Fails(With(r => r.Captures.Add(new Capture { Hooks = { name } })), StatusCode.InvalidArgument, "unknown hook 'blocks.0.xxx", "(20009 characters)");
+        await Fails(With(r => r.Interventions.Add(new Intervention { Hook = name, Op = InterventionOp.ZeroAblate })), StatusCode.InvalidArgument, "unknown hook", "(20009 characters)");
+        await GenerateFails(r => r.Captures.Add(new Capture { Hooks = { name + "*" } }), StatusCode.InvalidArgument, "matches no hook", "(20010 characters)");
+    }
+
+    [Fact]
+    public async Task Messages_of_bad_requests_are_short_and_carry_no_server_detail()
+    {
+        string name = new('y', 50_000);
+        var request = With(r => r.Captures.Add(new Capture { Hooks = { name } }));
+        var e = await Assert.ThrowsAsync<RpcException>(() => Drain(request));
+        Assert.True(e.Status.Detail.Length < 600, $"a {e.Status.Detail.Length}-character message");
+    }
+
+    [Fact]
+    public void Only_request_errors_are_invalid_argument_and_anything_else_is_a_short_internal_error()
+    {
+        Assert.Equal(StatusCode.InvalidArgument, Grpc.RpcErrors.ToRpc(new InterpMesh.Runtime.InvalidRequestException("bad hook")).StatusCode);
+        Assert.Equal(StatusCode.ResourceExhausted, Grpc.RpcErrors.ToRpc(new InterpMesh.Runtime.RequestLimitException("too big")).StatusCode);
+        foreach (var bug in new Exception[]
+        {
+            new InvalidOperationException("Sequence contains no elements"),
+            new ArgumentException("Nullable object must have a value"),
+            new System.Runtime.InteropServices.ExternalException("libtorch: /opt/build/aten/src/ATen/native.cpp:42 at::native stack"),
+        })
+        {
+            var rpc = Grpc.RpcErrors.ToRpc(bug);
+            Assert.Equal(StatusCode.Internal, rpc.StatusCode);
+            Assert.DoesNotContain(bug.Message, rpc.Status.Detail);
+            Assert.DoesNotContain("/", rpc.Status.Detail);
+            Assert.Contains("internal error", rpc.Status.Detail);
+        }
+    }
 }
