@@ -242,6 +242,7 @@ public static class HuggingFaceCheckpoint
             Rope = rope,
             RotaryDim = rot,
             Mlp = r.GeluActivation("hidden_act", "gelu"),
+            AttentionBias = r.Flag("attention_bias", true),
             Residual = r.Flag("use_parallel_residual", true) ? ResidualKind.Parallel : ResidualKind.Sequential,
             TiedEmbeddings = r.Flag("tie_word_embeddings", false),
             BosTokenId = r.TokenId("bos_token_id"),
@@ -666,7 +667,7 @@ public static class HuggingFaceCheckpoint
                 MlpOutBias = W(h + "mlp.c_proj.bias"),
             });
         }
-        var unembed = !c.TiedEmbeddings && files.Has("lm_head.weight") ? files.Read("lm_head.weight", dtype) : embed;
+        var unembed = Unembedding(c, files, dtype, embed, "lm_head.weight");
         return new TransformerWeights
         {
             Embed = embed,
@@ -704,7 +705,6 @@ public static class HuggingFaceCheckpoint
     private static TransformerWeights LoadGptNeo(ModelConfig c, WeightFiles files, ScalarType dtype)
     {
         Tensor W(string name) => files.Read("transformer." + name, dtype);
-        Tensor? Optional(string name) => files.Has("transformer." + name) ? W(name) : null;
         var embed = W("wte.weight");
         var blocks = new List<BlockWeights>();
         for (int l = 0; l < c.NLayers; l++)
@@ -717,7 +717,7 @@ public static class HuggingFaceCheckpoint
                 Ln1Bias = W(h + "ln_1.bias"),
                 Qkv = Fuse(files, c, W(a + "q_proj.weight"), W(a + "k_proj.weight"), W(a + "v_proj.weight")),
                 Out = W(a + "out_proj.weight"),
-                OutBias = Optional(a + "out_proj.bias"),
+                OutBias = W(a + "out_proj.bias"),
                 Ln2Weight = W(h + "ln_2.weight"),
                 Ln2Bias = W(h + "ln_2.bias"),
                 MlpIn = W(h + "mlp.c_fc.weight"),
@@ -772,7 +772,6 @@ public static class HuggingFaceCheckpoint
     private static TransformerWeights LoadGptNeoX(ModelConfig c, WeightFiles files, ScalarType dtype)
     {
         Tensor W(string name) => files.Read("gpt_neox." + name, dtype);
-        Tensor? Optional(string name) => files.Has("gpt_neox." + name) ? W(name) : null;
         // query_key_value rows are per head: [h0: q, k, v | h1: q, k, v | ...]; the runtime wants all q, all k, all v.
         Tensor Regroup(Tensor t)
         {
@@ -795,9 +794,10 @@ public static class HuggingFaceCheckpoint
                 Ln1Weight = W(h + "input_layernorm.weight"),
                 Ln1Bias = W(h + "input_layernorm.bias"),
                 Qkv = Regroup(W(h + "attention.query_key_value.weight")),
-                QkvBias = Optional(h + "attention.query_key_value.bias") is { } qb ? Regroup(qb) : null,
+                // attention_bias (default true) decides, as in transformers: stored biases are ignored when it is false.
+                QkvBias = c.AttentionBias ? Regroup(W(h + "attention.query_key_value.bias")) : null,
                 Out = W(h + "attention.dense.weight"),
-                OutBias = Optional(h + "attention.dense.bias"),
+                OutBias = c.AttentionBias ? W(h + "attention.dense.bias") : null,
                 Ln2Weight = W(h + "post_attention_layernorm.weight"),
                 Ln2Bias = W(h + "post_attention_layernorm.bias"),
                 MlpIn = W(h + "mlp.dense_h_to_4h.weight"),
@@ -819,7 +819,6 @@ public static class HuggingFaceCheckpoint
     private static TransformerWeights LoadLlama(ModelConfig c, WeightFiles files, ScalarType dtype)
     {
         Tensor W(string name) => files.Read(name, dtype);
-        Tensor? Optional(string name) => files.Has(name) ? files.Read(name, dtype) : null;
         // Gemma stores RMSNorm gains as w and applies (1 + w); add the 1 in float32, as transformers does.
         Tensor Gain(string name)
         {
@@ -844,13 +843,13 @@ public static class HuggingFaceCheckpoint
             {
                 // Phi-3: fused [q | k | v] rows, the runtime's layout already.
                 qkv = W(h + "self_attn.qkv_proj.weight");
-                qkvBias = Optional(h + "self_attn.qkv_proj.bias");
+                qkvBias = c.AttentionBias ? W(h + "self_attn.qkv_proj.bias") : null;
             }
             else
             {
                 qkv = Fuse(files, c, W(h + "self_attn.q_proj.weight"), W(h + "self_attn.k_proj.weight"), W(h + "self_attn.v_proj.weight"));
-                // Required when the config says the model has them; otherwise used when present (Qwen2).
-                Tensor? Bias(string name) => c.AttentionBias ? W(name) : Optional(name);
+                // As transformers: biases exist when the config says so (Qwen2: always on q/k/v); stored ones are ignored otherwise.
+                Tensor? Bias(string name) => c.AttentionBias || c.Architecture == "Qwen2ForCausalLM" ? W(name) : null;
                 var qb = Bias(h + "self_attn.q_proj.bias");
                 var kb = Bias(h + "self_attn.k_proj.bias");
                 var vb = Bias(h + "self_attn.v_proj.bias");
@@ -868,13 +867,13 @@ public static class HuggingFaceCheckpoint
             {
                 // Phi-3: fused [gate | up] rows, the runtime's layout already.
                 mlpIn = W(h + "mlp.gate_up_proj.weight");
-                mlpInBias = Optional(h + "mlp.gate_up_proj.bias");
+                mlpInBias = c.MlpBias ? W(h + "mlp.gate_up_proj.bias") : null;
             }
             else
             {
                 mlpIn = Fuse(files, c, W(h + "mlp.gate_proj.weight"), W(h + "mlp.up_proj.weight"));
-                var gb = c.MlpBias ? W(h + "mlp.gate_proj.bias") : Optional(h + "mlp.gate_proj.bias");
-                var ub = c.MlpBias ? W(h + "mlp.up_proj.bias") : Optional(h + "mlp.up_proj.bias");
+                var gb = c.MlpBias ? W(h + "mlp.gate_proj.bias") : null;
+                var ub = c.MlpBias ? W(h + "mlp.up_proj.bias") : null;
                 if (gb is not null || ub is not null)
                     mlpInBias = Fuse(files, c, gb ?? zeros(c.DMlp, dtype: dtype), ub ?? zeros(c.DMlp, dtype: dtype));
             }
@@ -884,7 +883,7 @@ public static class HuggingFaceCheckpoint
                 Qkv = qkv,
                 QkvBias = qkvBias,
                 Out = W(h + "self_attn.o_proj.weight"),
-                OutBias = c.AttentionBias ? W(h + "self_attn.o_proj.bias") : Optional(h + "self_attn.o_proj.bias"),
+                OutBias = c.AttentionBias ? W(h + "self_attn.o_proj.bias") : null,
                 // Gemma 2/3 name the pre-MLP norm pre_feedforward_layernorm; their post_attention_layernorm is a post-norm.
                 Ln2Weight = olmo ? null : Gain(h + (gemmaPost ? "pre_feedforward_layernorm.weight" : "post_attention_layernorm.weight")),
                 Ln1PostWeight = c.PostNorms ? Gain(h + "post_attention_layernorm.weight") : null,
@@ -894,7 +893,7 @@ public static class HuggingFaceCheckpoint
                 MlpIn = mlpIn,
                 MlpInBias = mlpInBias,
                 MlpOut = W(h + "mlp.down_proj.weight"),
-                MlpOutBias = c.MlpBias ? W(h + "mlp.down_proj.bias") : Optional(h + "mlp.down_proj.bias"),
+                MlpOutBias = c.MlpBias ? W(h + "mlp.down_proj.bias") : null,
             });
         }
         return new TransformerWeights
