@@ -46,13 +46,13 @@ public static class HfCheckpointWriter
         {
             var b = w.Blocks[l];
             string p = $"transformer.h.{l}.";
-            tensors[p + "ln_1.weight"] = b.Ln1Weight.detach();
+            tensors[p + "ln_1.weight"] = b.Ln1Weight!.detach();
             tensors[p + "ln_1.bias"] = b.Ln1Bias!.detach();
             tensors[p + "attn.c_attn.weight"] = Conv(b.Qkv);
             tensors[p + "attn.c_attn.bias"] = b.QkvBias!.detach();
             tensors[p + "attn.c_proj.weight"] = Conv(b.Out);
             tensors[p + "attn.c_proj.bias"] = b.OutBias!.detach();
-            tensors[p + "ln_2.weight"] = b.Ln2Weight.detach();
+            tensors[p + "ln_2.weight"] = b.Ln2Weight!.detach();
             tensors[p + "ln_2.bias"] = b.Ln2Bias!.detach();
             tensors[p + "mlp.c_fc.weight"] = Conv(b.MlpIn);
             tensors[p + "mlp.c_fc.bias"] = b.MlpInBias!.detach();
@@ -101,7 +101,7 @@ public static class HfCheckpointWriter
             var b = w.Blocks[l];
             string p = $"model.layers.{l}.";
             var qkv = b.Qkv.detach();
-            tensors[p + "input_layernorm.weight"] = b.Ln1Weight.detach();
+            tensors[p + "input_layernorm.weight"] = b.Ln1Weight!.detach();
             tensors[p + "self_attn.q_proj.weight"] = qkv.narrow(0, 0, q).contiguous();
             tensors[p + "self_attn.k_proj.weight"] = qkv.narrow(0, q, kv).contiguous();
             tensors[p + "self_attn.v_proj.weight"] = qkv.narrow(0, q + kv, kv).contiguous();
@@ -113,7 +113,7 @@ public static class HfCheckpointWriter
                 tensors[p + "self_attn.v_proj.bias"] = bias.narrow(0, q + kv, kv).contiguous();
             }
             tensors[p + "self_attn.o_proj.weight"] = b.Out.detach();
-            tensors[p + "post_attention_layernorm.weight"] = b.Ln2Weight.detach();
+            tensors[p + "post_attention_layernorm.weight"] = b.Ln2Weight!.detach();
             var gateUp = b.MlpIn.detach();
             tensors[p + "mlp.gate_proj.weight"] = gateUp.narrow(0, 0, c.DMlp).contiguous();
             tensors[p + "mlp.up_proj.weight"] = gateUp.narrow(0, c.DMlp, c.DMlp).contiguous();

@@ -12,22 +12,28 @@ namespace InterpMesh.Runtime.Tests.Support;
 /// </summary>
 internal static class ReferenceForward
 {
-    public static Tensor Llama(IReadOnlyDictionary<string, Tensor> w, int layers, int heads, int kvHeads, int headDim, double eps, double theta, bool tied, int[] ids)
+    /// <param name="invFreq">Rotary inverse frequencies (default: θ^(−2i/d)).</param>
+    /// <param name="ropeScale">Multiplier on cos and sin (yarn / longrope attention factor).</param>
+    /// <param name="window">Sliding window: query i sees keys i − window &lt; j ≤ i.</param>
+    public static Tensor Llama(IReadOnlyDictionary<string, Tensor> w, int layers, int heads, int kvHeads, int headDim, double eps, double theta, bool tied, int[] ids,
+        double[]? invFreq = null, double ropeScale = 1.0, int? window = null)
     {
         Tensor W(string name) => w[name].to(ScalarType.Float64);
         Tensor Rms(Tensor x, Tensor g) => x / (x.pow(2).mean([-1], keepdim: true) + eps).sqrt() * g;
         int t = ids.Length;
         var x = W("model.embed_tokens.weight").index_select(0, tensor(ids.Select(i => (long)i).ToArray()));
-        var inv = 1.0 / pow(theta, arange(0, headDim, 2, dtype: ScalarType.Float64) / headDim);
+        var inv = invFreq is null ? 1.0 / pow(theta, arange(0, headDim, 2, dtype: ScalarType.Float64) / headDim) : tensor(invFreq, dtype: ScalarType.Float64);
         var ang = arange(0, t, dtype: ScalarType.Float64).unsqueeze(1) * inv.unsqueeze(0);
-        var cos = cat([ang, ang], 1).cos();
-        var sin = cat([ang, ang], 1).sin();
+        var cos = cat([ang, ang], 1).cos() * ropeScale;
+        var sin = cat([ang, ang], 1).sin() * ropeScale;
         Tensor Rope(Tensor v) // [t, headDim]
         {
             var half = v.chunk(2, -1);
             return v * cos + cat([-half[1], half[0]], -1) * sin;
         }
         var causal = ones(t, t, dtype: ScalarType.Bool).tril();
+        if (window is int win)
+            causal = causal.logical_and(ones(t, t, dtype: ScalarType.Bool).triu(-(win - 1)));
         for (int l = 0; l < layers; l++)
         {
             string p = $"model.layers.{l}.";
@@ -48,9 +54,9 @@ internal static class ReferenceForward
                 scores = scores.masked_fill(causal.logical_not(), double.NegativeInfinity);
                 outs.Add(scores.softmax(-1).matmul(vh));
             }
-            x = x + cat(outs, 1).matmul(W(p + "self_attn.o_proj.weight").t());
+            x = x + Proj(cat(outs, 1), "self_attn.o_proj");
             var h2 = Rms(x, W(p + "post_attention_layernorm.weight"));
-            var mlp = (F.silu(h2.matmul(W(p + "mlp.gate_proj.weight").t())) * h2.matmul(W(p + "mlp.up_proj.weight").t())).matmul(W(p + "mlp.down_proj.weight").t());
+            var mlp = Proj(F.silu(Proj(h2, "mlp.gate_proj")) * Proj(h2, "mlp.up_proj"), "mlp.down_proj");
             x = x + mlp;
         }
         x = Rms(x, W("model.norm.weight"));

@@ -30,8 +30,9 @@ public enum LogitsMode
 public sealed class Transformer : IDisposable
 {
     private readonly LayerHookNames[] names;
-    private readonly Tensor? ropeCos;
-    private readonly Tensor? ropeSin;
+    private readonly RotaryFrequencies? globalRope;
+    private readonly RotaryFrequencies? localRope;
+    private readonly Tensor? embedScale;
 
     public Transformer(ModelConfig config, TransformerWeights weights, string source)
     {
@@ -46,17 +47,15 @@ public sealed class Transformer : IDisposable
         names = Enumerable.Range(0, config.NLayers).Select(l => new LayerHookNames(l)).ToArray();
         if (config.Positional == PositionalKind.Rotary)
         {
-            // rotate_half layout: angle i is used by dims i and i + rot/2. Computed in float64, like
-            // the references up to float32 rounding of the final cos/sin.
-            int half = config.RotaryDim / 2;
-            using var scope = NewDisposeScope();
-            var inv = pow(config.RopeTheta, -arange(0, half, dtype: ScalarType.Float64) * 2.0 / config.RotaryDim);
-            var angles = arange(0, config.ContextLength, dtype: ScalarType.Float64).unsqueeze(1) * inv.unsqueeze(0);
-            var both = cat([angles, angles], 1);
-            ropeCos = both.cos().to(weights.Embed.dtype).to(weights.Embed.device).MoveToOuterDisposeScope();
-            ropeSin = both.sin().to(weights.Embed.dtype).to(weights.Embed.device).MoveToOuterDisposeScope();
-            ropeCos.DetachFromDisposeScope();
-            ropeSin.DetachFromDisposeScope();
+            globalRope = new RotaryFrequencies(config.Rope ?? new RopeSettings { Theta = config.RopeTheta }, config.RotaryDim, config.RotaryInterleaved);
+            if (config.LocalRope is not null)
+                localRope = new RotaryFrequencies(config.LocalRope, config.RotaryDim, config.RotaryInterleaved);
+        }
+        if (config.ScaleEmbeddings)
+        {
+            // Hugging Face's Gemma rounds √d_model to the activation dtype before multiplying.
+            embedScale = tensor(Math.Sqrt(config.DModel), dtype: weights.Embed.dtype, device: weights.Embed.device);
+            embedScale.DetachFromDisposeScope();
         }
     }
 
@@ -158,6 +157,8 @@ public sealed class Transformer : IDisposable
         {
             keyMask = newMask;
         }
+        // Whether any key in use is padding (then the causal flag alone is not enough).
+        bool padded = !keyMask.all().item<bool>();
         var keyPositions = (keyMask.to(ScalarType.Int64).cumsum(1) - 1).clamp_min(0);
         var positions = columns is null ? keyPositions.narrow(1, past0, t) : keyPositions.gather(1, columns);
         var pastRows = columns is null ? null : columns.narrow(1, 0, 1).squeeze(1);
@@ -170,6 +171,8 @@ public sealed class Transformer : IDisposable
         // that its softmax row is never empty (its output is discarded anyway).
         Tensor? allowed = null;
         bool causalFlag = false;
+        // A sliding window only removes keys once the sequence is longer than the window.
+        bool windowed = Config.SlidingWindow is int w && end > w;
         if (columns is not null)
         {
             // Rows at different cache lengths: causality is per row.
@@ -177,7 +180,7 @@ public sealed class Transformer : IDisposable
             var kj = arange(0, end, dtype: ScalarType.Int64, device: Device).view(1, 1, end);
             allowed = kj.le(qi).logical_and(keyMask.unsqueeze(1).logical_or(kj.eq(qi))).unsqueeze(1);
         }
-        else if (!keyMask.all().item<bool>() || (past0 > 0 && t > 1) || (past0 == 0 && t > 1 && AnyPatternWanted(ctx)))
+        else if (padded || (past0 > 0 && t > 1) || (past0 == 0 && t > 1 && (AnyPatternWanted(ctx) || windowed)))
         {
             var qi = arange(past0, past0 + t, dtype: ScalarType.Int64, device: Device).view(t, 1);
             var kj = arange(0, end, dtype: ScalarType.Int64, device: Device).view(1, end);
@@ -190,6 +193,14 @@ public sealed class Transformer : IDisposable
             causalFlag = true;
         }
         var attention = new AttentionLayout(allowed, causalFlag, past0, columns, end);
+        Tensor? slidingAllowed = null;
+        if (windowed)
+        {
+            var window = SlidingWindowMask(positions, keyPositions, Config.SlidingWindow!.Value);
+            slidingAllowed = allowed is null ? window : allowed.logical_and(window);
+        }
+        // Padding query rows get an all-zero attention pattern (as TransformerLens), when patterns are materialised.
+        var queryMask = !newMask.all().item<bool>() ? newMask.view(b, 1, t, 1) : null;
 
         int lastLayer = LastLayerNeeded(ctx, segments, logits);
 
@@ -197,6 +208,8 @@ public sealed class Transformer : IDisposable
         using (var scope = NewDisposeScope())
         {
             var embed = Weights.Embed.index_select(0, tokens.reshape(-1)).view(b, t, Config.DModel);
+            if (embedScale is not null)
+                embed = embed * embedScale;
             embed = ctx.Run("hook_embed", embed);
             if (Config.Positional == PositionalKind.Learned)
             {
@@ -212,19 +225,18 @@ public sealed class Transformer : IDisposable
         }
         ctx.Flush();
 
-        Tensor? cos = null, sin = null;
-        if (ropeCos is not null)
-        {
-            cos = ropeCos.index_select(0, positions.reshape(-1)).view(b, t, 1, Config.RotaryDim);
-            sin = ropeSin!.index_select(0, positions.reshape(-1)).view(b, t, 1, Config.RotaryDim);
-        }
+        var rope = globalRope?.CosSin(positions, DType);
+        var localCosSin = localRope?.CosSin(positions, DType);
 
         for (int l = 0; l <= Math.Min(lastLayer, Config.NLayers - 1); l++)
         {
             cancellation.ThrowIfCancellationRequested();
             using (var scope = NewDisposeScope())
             {
-                resid = Block(l, resid, ctx, attention, cos, sin, cache);
+                bool sliding = Config.IsSliding(l);
+                var (cos, sin) = (sliding && localCosSin is not null ? localCosSin : rope) ?? default;
+                var layerAllowed = sliding && slidingAllowed is not null ? slidingAllowed : allowed;
+                resid = Block(l, resid, ctx, attention, layerAllowed, causalFlag && !(sliding && slidingAllowed is not null), queryMask, cos, sin, cache);
                 resid.MoveToOuterDisposeScope();
             }
             ctx.Flush();
@@ -241,17 +253,18 @@ public sealed class Transformer : IDisposable
         Tensor? output;
         using (var scope = NewDisposeScope())
         {
-            bool allPositions = logits == LogitsMode.All || ctx.Wants("ln_final.hook_normalized") || ctx.Wants("logits");
+            bool allPositions = logits == LogitsMode.All || ctx.Wants("ln_final.hook_normalized") || ctx.Wants("ln_final.hook_scale") || ctx.Wants("logits");
             var local = pastRows is null ? lastReal - past0 : lastReal - pastRows;
             var x = allPositions ? resid : GatherPositions(resid, local);
-            x = Norm(x, Weights.LnFinalWeight, Weights.LnFinalBias);
-            x = ctx.Run("ln_final.hook_normalized", x);
+            x = Norm(x, Weights.LnFinalWeight, Weights.LnFinalBias, ctx, "ln_final.hook_scale", "ln_final.hook_normalized");
             output = null;
             if (logits != LogitsMode.None || ctx.Wants("logits"))
             {
                 if (allPositions && logits == LogitsMode.Last && !ctx.Wants("logits"))
                     x = GatherPositions(x, local);
-                var result = F.linear(x, Weights.Unembed);
+                var result = F.linear(x, Weights.Unembed, Weights.UnembedBias);
+                if (Config.FinalSoftcap is double cap)
+                    result = (result / cap).tanh_() * cap;
                 result = ctx.Run("logits", result);
                 if (logits == LogitsMode.Last && result.shape[1] != 1)
                     result = GatherPositions(result, local);
@@ -277,49 +290,154 @@ public sealed class Transformer : IDisposable
         return deepest < 0 ? -1 : Hooks.All[deepest].Layer;
     }
 
+    /// <summary>
+    /// The sliding-window term of the attention mask, from position ids: query position p sees key
+    /// positions in (p − window, p], i.e. <paramref name="window"/> keys including its own, as
+    /// transformers' masking utilities do. <c>[batch, 1, queries, keys]</c>; combine with the
+    /// causal/padding mask.
+    /// </summary>
+    internal static Tensor SlidingWindowMask(Tensor queryPositions, Tensor keyPositions, int window) =>
+        keyPositions.unsqueeze(1).gt(queryPositions.unsqueeze(2) - window).unsqueeze(1);
+
     private static Tensor GatherPositions(Tensor x, Tensor localIndex)
     {
         var index = localIndex.view(-1, 1, 1).expand(x.shape[0], 1, x.shape[2]);
         return x.gather(1, index);
     }
 
-    private Tensor Norm(Tensor x, Tensor weight, Tensor? bias)
+    /// <summary>
+    /// The config's norm. Without hooks: fused LayerNorm, or RMSNorm in float32. With
+    /// <paramref name="scaleHook"/> or <paramref name="normalizedHook"/> requested, the TransformerLens
+    /// decomposition: hook_scale = √(mean((x − μ)²) + ε) (μ = 0 for RMSNorm) <c>[batch, pos, 1]</c>,
+    /// hook_normalized = (x − μ) / scale before the gain and bias, output = normalized · w + b.
+    /// </summary>
+    private Tensor Norm(Tensor x, Tensor weight, Tensor? bias, HookContext? ctx = null, string? scaleHook = null, string? normalizedHook = null)
     {
-        if (Config.Norm == NormKind.LayerNorm)
+        bool hooked = ctx is not null && ((scaleHook is not null && ctx.Wants(scaleHook)) || (normalizedHook is not null && ctx.Wants(normalizedHook)));
+        if (Config.Norm == NormKind.LayerNorm && !hooked)
             return F.layer_norm(x, [x.shape[^1]], weight, bias, Config.NormEps);
+        var xf = x.dtype == ScalarType.Float32 ? x : x.to(ScalarType.Float32);
+        Tensor normed;
+        if (Config.Norm == NormKind.LayerNorm)
+        {
+            var centred = xf - xf.mean([-1], keepdim: true);
+            var scale = (centred.pow(2).mean([-1], keepdim: true) + Config.NormEps).sqrt();
+            scale = ctx!.Run(scaleHook!, scale);
+            normed = centred / scale;
+        }
+        else if (!hooked)
+        {
+            normed = xf * (xf.pow(2).mean([-1], keepdim: true) + Config.NormEps).rsqrt();
+        }
+        else
+        {
+            var meanSquare = xf.pow(2).mean([-1], keepdim: true) + Config.NormEps;
+            if (ctx!.Wants(scaleHook!))
+            {
+                var scale = ctx.Run(scaleHook!, meanSquare.sqrt());
+                normed = xf / scale;
+            }
+            else
+            {
+                normed = xf * meanSquare.rsqrt();
+            }
+        }
+        if (x.dtype != ScalarType.Float32)
+            normed = normed.to(x.dtype);
+        if (hooked)
+            normed = ctx!.Run(normalizedHook!, normed);
+        var y = weight * normed;
+        return bias is null ? y : y + bias;
+    }
+
+    /// <summary>RMSNorm without hooks (q/k norms), with the model's epsilon.</summary>
+    private Tensor Rms(Tensor x, Tensor weight)
+    {
         var xf = x.dtype == ScalarType.Float32 ? x : x.to(ScalarType.Float32);
         var normed = xf * (xf.pow(2).mean([-1], keepdim: true) + Config.NormEps).rsqrt();
         return weight * (x.dtype == ScalarType.Float32 ? normed : normed.to(x.dtype));
     }
 
+    /// <summary>RoPE on the first <c>RotaryDim</c> dims: rotate_half pairs (i, i + rot/2), or GPT-J's adjacent pairs (2i, 2i + 1).</summary>
     private Tensor Rope(Tensor x, Tensor cos, Tensor sin)
     {
         int rot = Config.RotaryDim;
         var xr = rot == Config.DHead ? x : x.narrow(-1, 0, rot);
-        var halves = xr.chunk(2, -1);
-        var rotated = cat([-halves[1], halves[0]], -1);
+        Tensor rotated;
+        if (Config.RotaryInterleaved)
+        {
+            var pairs = xr.unflatten(xr.dim() - 1, [rot / 2, 2]);
+            rotated = stack([-pairs.select(-1, 1), pairs.select(-1, 0)], -1).flatten(xr.dim() - 1);
+        }
+        else
+        {
+            var halves = xr.chunk(2, -1);
+            rotated = cat([-halves[1], halves[0]], -1);
+        }
         var y = xr * cos + rotated * sin;
         return rot == Config.DHead ? y : cat([y, x.narrow(-1, rot, Config.DHead - rot)], -1);
     }
 
-    private Tensor Block(int l, Tensor resid, HookContext ctx, AttentionLayout attention, Tensor? cos, Tensor? sin, KvCache? cache)
+    private Tensor Block(int l, Tensor resid, HookContext ctx, AttentionLayout attention, Tensor? allowed, bool causalFlag, Tensor? queryMask, Tensor? cos, Tensor? sin, KvCache? cache)
     {
-        var allowed = attention.Allowed;
         var n = names[l];
         var w = Weights.Blocks[l];
         var c = Config;
         long b = resid.shape[0], t = resid.shape[1];
+        long qWidth = (long)c.NHeads * c.DHead, kvWidth = (long)c.NKvHeads * c.DHead;
 
         resid = ctx.Run(n.ResidPre, resid);
-        var ln1 = ctx.Run(n.Ln1Normalized, Norm(resid, w.Ln1Weight, w.Ln1Bias));
 
-        var qkv = F.linear(ln1, w.Qkv, w.QkvBias);
-        var parts = qkv.split([(long)c.NHeads * c.DHead, (long)c.NKvHeads * c.DHead, (long)c.NKvHeads * c.DHead], -1);
-        // Contiguous q/k/v: kernels then see the same memory layout whether or not a hook replaced
-        // the tensor, so a no-op intervention is bit-for-bit a no-op.
-        var q = ctx.Run(n.Q, parts[0].contiguous().view(b, t, c.NHeads, c.DHead));
-        var k = ctx.Run(n.K, parts[1].contiguous().view(b, t, c.NKvHeads, c.DHead));
-        var v = ctx.Run(n.V, parts[2].contiguous().view(b, t, c.NKvHeads, c.DHead));
+        // q, k, v. With hook_attn_in / hook_{q,k,v}_input requested, TransformerLens' split-input
+        // path: the residual is repeated per head (per kv head for k and v), normalised per copy and
+        // projected per head, so each head's input can be changed alone.
+        Tensor q, k, v;
+        if (ctx.Wants(n.AttnIn) || ctx.Wants(n.QInput) || ctx.Wants(n.KInput) || ctx.Wants(n.VInput))
+        {
+            var attnIn = ctx.Run(n.AttnIn, resid.unsqueeze(2).expand(b, t, c.NHeads, c.DModel));
+            var qIn = ctx.Run(n.QInput, attnIn);
+            var kIn = ctx.Run(n.KInput, resid.unsqueeze(2).expand(b, t, c.NKvHeads, c.DModel));
+            var vIn = ctx.Run(n.VInput, resid.unsqueeze(2).expand(b, t, c.NKvHeads, c.DModel));
+            Tensor PreNorm(Tensor x) => c.PreNorms ? Norm(x, w.Ln1Weight!, w.Ln1Bias) : x;
+            var parts = w.Qkv.split([qWidth, kvWidth, kvWidth], 0);
+            var biases = w.QkvBias?.split([qWidth, kvWidth, kvWidth], 0);
+            Tensor PerHead(Tensor input, int i, long heads)
+            {
+                var y = einsum("bthm,hdm->bthd", PreNorm(input), parts[i].view(heads, c.DHead, c.DModel));
+                return biases is null ? y : y + biases[i].view(heads, c.DHead);
+            }
+            q = PerHead(qIn, 0, c.NHeads);
+            k = PerHead(kIn, 1, c.NKvHeads);
+            v = PerHead(vIn, 2, c.NKvHeads);
+            // ln1's hooks still see the unsplit residual (shape [batch, pos, d_model]); changing them
+            // does not reach the per-head copies.
+            if (c.PreNorms && (ctx.Wants(n.Ln1Scale) || ctx.Wants(n.Ln1Normalized)))
+                Norm(resid, w.Ln1Weight!, w.Ln1Bias, ctx, n.Ln1Scale, n.Ln1Normalized);
+        }
+        else
+        {
+            var attnInput = c.PreNorms ? Norm(resid, w.Ln1Weight!, w.Ln1Bias, ctx, n.Ln1Scale, n.Ln1Normalized) : resid;
+            var qkv = F.linear(attnInput, w.Qkv, w.QkvBias);
+            var parts = qkv.split([qWidth, kvWidth, kvWidth], -1);
+            // Contiguous q/k/v: kernels then see the same memory layout whether or not a hook replaced
+            // the tensor, so a no-op intervention is bit-for-bit a no-op.
+            q = parts[0].contiguous().view(b, t, c.NHeads, c.DHead);
+            k = parts[1].contiguous().view(b, t, c.NKvHeads, c.DHead);
+            v = parts[2].contiguous().view(b, t, c.NKvHeads, c.DHead);
+        }
+        q = ctx.Run(n.Q, q);
+        k = ctx.Run(n.K, k);
+        v = ctx.Run(n.V, v);
+        if (c.QkNorm == QkNormKind.PerHead)
+        {
+            q = Rms(q, w.QNormWeight!);
+            k = Rms(k, w.KNormWeight!);
+        }
+        else if (c.QkNorm == QkNormKind.WholeProjection)
+        {
+            q = Rms(q.reshape(b, t, qWidth), w.QNormWeight!).view(b, t, c.NHeads, c.DHead);
+            k = Rms(k.reshape(b, t, kvWidth), w.KNormWeight!).view(b, t, c.NKvHeads, c.DHead);
+        }
         if (cos is not null)
         {
             q = ctx.Run(n.RotQ, Rope(q, cos, sin!));
@@ -352,20 +470,31 @@ public sealed class Transformer : IDisposable
         }
 
         Tensor z;
-        if (ctx.Wants(n.AttnScores) || ctx.Wants(n.Pattern))
+        double scale = c.ScoreScale(l);
+        if (ctx.Wants(n.AttnScores) || ctx.Wants(n.Pattern) || c.AttnSoftcap is not null)
         {
-            var scores = qh.matmul(kh.transpose(-2, -1)) * (1.0 / Math.Sqrt(c.DHead));
+            var scores = qh.matmul(kh.transpose(-2, -1)) * scale;
+            if (c.AttnSoftcap is double cap)
+                scores = (scores / cap).tanh_() * cap;
             if (allowed is not null)
                 scores = scores.masked_fill(allowed.logical_not(), double.NegativeInfinity);
+            else if (causalFlag)
+                scores = scores.masked_fill(ones(t, t, ScalarType.Bool, scores.device).triu(1), double.NegativeInfinity);
             scores = ctx.Run(n.AttnScores, scores);
             var pattern = scores.softmax(-1);
             pattern = pattern.nan_to_num(0.0);
+            if (queryMask is not null && ctx.Wants(n.Pattern))
+                pattern = pattern.masked_fill(queryMask.logical_not(), 0.0);
             pattern = ctx.Run(n.Pattern, pattern);
             z = pattern.matmul(vh);
         }
         else
         {
-            z = F.scaled_dot_product_attention(qh, kh, vh, allowed, 0.0, attention.CausalFlag);
+            // The fused kernel scales by 1/√d_head; other scales are folded into q.
+            double standard = 1.0 / Math.Sqrt(c.DHead);
+            if (scale != standard)
+                qh = qh * (scale / standard);
+            z = F.scaled_dot_product_attention(qh, kh, vh, allowed, 0.0, causalFlag);
         }
         z = ctx.Run(n.Z, z.transpose(1, 2));
 
@@ -380,18 +509,29 @@ public sealed class Transformer : IDisposable
         }
         else
         {
-            attnOut = F.linear(z.reshape(b, t, (long)c.NHeads * c.DHead), w.Out, w.OutBias);
+            attnOut = F.linear(z.reshape(b, t, qWidth), w.Out, w.OutBias);
         }
+        if (c.PostNorms)
+            attnOut = Norm(attnOut, w.Ln1PostWeight!, null, ctx, n.Ln1PostScale, n.Ln1PostNormalized);
         attnOut = ctx.Run(n.AttnOut, attnOut);
 
-        var residMid = ctx.Run(n.ResidMid, resid + attnOut);
-        var ln2 = ctx.Run(n.Ln2Normalized, Norm(residMid, w.Ln2Weight, w.Ln2Bias));
+        // Parallel blocks feed the MLP from the block's input; sequential ones from resid + attention.
+        bool parallel = c.Residual != ResidualKind.Sequential;
+        var residMid = parallel ? null : ctx.Run(n.ResidMid, resid + attnOut);
+        var mlpIn = ctx.Run(n.MlpIn, parallel ? resid : residMid!);
+        Tensor ln2;
+        if (!c.PreNorms)
+            ln2 = mlpIn;
+        else if (c.Residual == ResidualKind.ParallelSharedNorm)
+            ln2 = Norm(mlpIn, w.Ln1Weight!, w.Ln1Bias, ctx, n.Ln2Scale, n.Ln2Normalized);
+        else
+            ln2 = Norm(mlpIn, w.Ln2Weight!, w.Ln2Bias, ctx, n.Ln2Scale, n.Ln2Normalized);
 
         Tensor post;
-        if (c.Mlp == MlpKind.GeluTanh)
+        if (!c.GatedMlp)
         {
             var pre = ctx.Run(n.MlpPre, F.linear(ln2, w.MlpIn, w.MlpInBias));
-            post = F.gelu(pre, TorchSharp.Modules.GELU.Approximate.tanh, false);
+            post = c.Mlp == MlpKind.Gelu ? F.gelu(pre) : F.gelu(pre, TorchSharp.Modules.GELU.Approximate.tanh, false);
         }
         else
         {
@@ -399,18 +539,20 @@ public sealed class Transformer : IDisposable
             // Contiguous halves: vectorised and strided silu differ in the last bit (see q/k/v).
             var gate = ctx.Run(n.MlpPre, gateUp[0].contiguous());
             var up = ctx.Run(n.MlpPreLinear, gateUp[1].contiguous());
-            post = F.silu(gate) * up;
+            post = (c.Mlp == MlpKind.GeGlu ? F.gelu(gate, TorchSharp.Modules.GELU.Approximate.tanh, false) : F.silu(gate)) * up;
         }
         post = ctx.Run(n.MlpPost, post);
-        var mlpOut = ctx.Run(n.MlpOut, F.linear(post, w.MlpOut, w.MlpOutBias));
-        return ctx.Run(n.ResidPost, residMid + mlpOut);
+        var mlpOut = F.linear(post, w.MlpOut, w.MlpOutBias);
+        if (c.PostNorms)
+            mlpOut = Norm(mlpOut, w.Ln2PostWeight!, null, ctx, n.Ln2PostScale, n.Ln2PostNormalized);
+        mlpOut = ctx.Run(n.MlpOut, mlpOut);
+        return ctx.Run(n.ResidPost, parallel ? resid + attnOut + mlpOut : residMid! + mlpOut);
     }
 
     public void Dispose()
     {
         Weights.Dispose();
-        ropeCos?.Dispose();
-        ropeSin?.Dispose();
+        embedScale?.Dispose();
     }
 }
 
@@ -538,5 +680,108 @@ public sealed class KvCache : IDisposable
         foreach (var t in Keys.Concat(Values))
             t.Dispose();
         Mask.Dispose();
+    }
+}
+
+/// <summary>
+/// Rotary frequencies as Hugging Face's rope initialisers compute them for each <c>rope_type</c>,
+/// turned into cos/sin for the positions of one forward (in float64, then rounded to the model's
+/// dtype), so no context-length table is held.
+/// </summary>
+internal sealed class RotaryFrequencies
+{
+    private readonly double[] inverse;
+    private readonly double[]? longInverse;
+    private readonly int longFrom;
+    private readonly double attentionFactor;
+    private readonly bool interleaved;
+
+    public RotaryFrequencies(RopeSettings s, int rotaryDim, bool interleaved)
+    {
+        this.interleaved = interleaved;
+        int half = rotaryDim / 2;
+        double[] Base(double theta) => Enumerable.Range(0, half).Select(i => 1.0 / Math.Pow(theta, 2.0 * i / rotaryDim)).ToArray();
+        var inv = Base(s.Theta);
+        attentionFactor = 1.0;
+        switch (s.Scaling)
+        {
+            case RopeScalingKind.None:
+            case RopeScalingKind.Dynamic:
+                // Dynamic NTK changes the base only for positions at or beyond max_position_embeddings,
+                // which this runtime never reaches (the context length is that value).
+                break;
+            case RopeScalingKind.Linear:
+                inv = inv.Select(f => f / s.Factor).ToArray();
+                break;
+            case RopeScalingKind.Llama3:
+                {
+                    double lowWavelen = s.OriginalContext / s.LowFreqFactor, highWavelen = s.OriginalContext / s.HighFreqFactor;
+                    inv = inv.Select(f =>
+                    {
+                        double wavelen = 2 * Math.PI / f;
+                        if (wavelen < highWavelen)
+                            return f;
+                        if (wavelen > lowWavelen)
+                            return f / s.Factor;
+                        double smooth = (s.OriginalContext / wavelen - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor);
+                        return (1 - smooth) * f / s.Factor + smooth * f;
+                    }).ToArray();
+                    break;
+                }
+            case RopeScalingKind.Yarn:
+                {
+                    static double Mscale(double scale, double m) => scale <= 1 ? 1.0 : 0.1 * m * Math.Log(scale) + 1.0;
+                    attentionFactor = s.AttentionFactor
+                        ?? (s.Mscale is double m && s.MscaleAllDim is double mAll && m != 0 && mAll != 0 ? Mscale(s.Factor, m) / Mscale(s.Factor, mAll) : Mscale(s.Factor, 1));
+                    double CorrectionDim(double rotations) => rotaryDim * Math.Log(s.OriginalContext / (rotations * 2 * Math.PI)) / (2 * Math.Log(s.Theta));
+                    double low = CorrectionDim(s.BetaFast), high = CorrectionDim(s.BetaSlow);
+                    if (s.Truncate)
+                    {
+                        low = Math.Floor(low);
+                        high = Math.Ceiling(high);
+                    }
+                    low = Math.Max(low, 0);
+                    high = Math.Min(high, rotaryDim - 1);
+                    if (low == high)
+                        high += 0.001;
+                    inv = inv.Select((f, i) =>
+                    {
+                        double ramp = Math.Clamp((i - low) / (high - low), 0, 1);
+                        double extrapolation = 1 - ramp;
+                        return f / s.Factor * (1 - extrapolation) + f * extrapolation;
+                    }).ToArray();
+                    break;
+                }
+            case RopeScalingKind.LongRope:
+                {
+                    attentionFactor = s.AttentionFactor
+                        ?? (s.Factor <= 1 ? 1.0 : Math.Sqrt(1 + Math.Log(s.Factor) / Math.Log(s.OriginalContext)));
+                    longInverse = inv.Select((f, i) => f / s.LongFactor![i]).ToArray();
+                    inv = inv.Select((f, i) => f / s.ShortFactor![i]).ToArray();
+                    longFrom = s.OriginalContext;
+                    break;
+                }
+        }
+        inverse = inv;
+    }
+
+    /// <summary>cos and sin <c>[batch, pos, 1, rotary_dim]</c> for integer positions <c>[batch, pos]</c>.</summary>
+    public (Tensor Cos, Tensor Sin) CosSin(Tensor positions, ScalarType dtype)
+    {
+        // LongRoPE uses its long factors when the forward reaches past the original context
+        // (transformers decides per call from the largest position id).
+        var inv = inverse;
+        if (longInverse is not null && positions.max().item<long>() + 1 > longFrom)
+            inv = longInverse;
+        var angles = positions.to(ScalarType.Float64).unsqueeze(-1) * tensor(inv, dtype: ScalarType.Float64, device: positions.device);
+        var both = interleaved ? angles.repeat_interleave(2, -1) : cat([angles, angles], -1);
+        var cos = both.cos();
+        var sin = both.sin();
+        if (attentionFactor != 1.0)
+        {
+            cos = cos * attentionFactor;
+            sin = sin * attentionFactor;
+        }
+        return (cos.to(dtype).unsqueeze(2), sin.to(dtype).unsqueeze(2));
     }
 }

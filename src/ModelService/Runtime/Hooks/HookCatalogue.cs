@@ -39,11 +39,22 @@ public sealed class HookCatalogue
         Add("hook_embed", resid, -1, HookLayout.Positional);
         if (config.Positional == PositionalKind.Learned)
             Add("hook_pos_embed", resid, -1, HookLayout.Positional);
+        const string scale = "[batch, pos, 1]";
+        bool parallel = config.Residual != ResidualKind.Sequential;
         for (int l = 0; l < config.NLayers; l++)
         {
             var n = new LayerHookNames(l);
             Add(n.ResidPre, resid, l, HookLayout.Positional);
-            Add(n.Ln1Normalized, resid, l, HookLayout.Positional);
+            // Optional split-input hooks: materialised only when a request names them.
+            Add(n.AttnIn, "[batch, pos, head, d_model]", l, HookLayout.PositionalPerHead);
+            Add(n.QInput, "[batch, pos, head, d_model]", l, HookLayout.PositionalPerHead);
+            Add(n.KInput, "[batch, pos, kv_head, d_model]", l, HookLayout.PositionalPerHead);
+            Add(n.VInput, "[batch, pos, kv_head, d_model]", l, HookLayout.PositionalPerHead);
+            if (config.PreNorms)
+            {
+                Add(n.Ln1Scale, scale, l, HookLayout.Positional);
+                Add(n.Ln1Normalized, resid, l, HookLayout.Positional);
+            }
             Add(n.Q, "[batch, pos, head, d_head]", l, HookLayout.PositionalPerHead);
             Add(n.K, "[batch, pos, kv_head, d_head]", l, HookLayout.PositionalPerHead);
             Add(n.V, "[batch, pos, kv_head, d_head]", l, HookLayout.PositionalPerHead);
@@ -56,16 +67,33 @@ public sealed class HookCatalogue
             Add(n.Pattern, "[batch, head, query_pos, key_pos]", l, HookLayout.AttentionMap);
             Add(n.Z, "[batch, pos, head, d_head]", l, HookLayout.PositionalPerHead);
             Add(n.Result, "[batch, pos, head, d_model]", l, HookLayout.PositionalPerHead);
+            if (config.PostNorms)
+            {
+                Add(n.Ln1PostScale, scale, l, HookLayout.Positional);
+                Add(n.Ln1PostNormalized, resid, l, HookLayout.Positional);
+            }
             Add(n.AttnOut, resid, l, HookLayout.Positional);
-            Add(n.ResidMid, resid, l, HookLayout.Positional);
-            Add(n.Ln2Normalized, resid, l, HookLayout.Positional);
+            if (!parallel)
+                Add(n.ResidMid, resid, l, HookLayout.Positional);
+            Add(n.MlpIn, resid, l, HookLayout.Positional);
+            if (config.PreNorms)
+            {
+                Add(n.Ln2Scale, scale, l, HookLayout.Positional);
+                Add(n.Ln2Normalized, resid, l, HookLayout.Positional);
+            }
             Add(n.MlpPre, "[batch, pos, d_mlp]", l, HookLayout.Positional);
-            if (config.Mlp == MlpKind.SwiGlu)
+            if (config.GatedMlp)
                 Add(n.MlpPreLinear, "[batch, pos, d_mlp]", l, HookLayout.Positional);
             Add(n.MlpPost, "[batch, pos, d_mlp]", l, HookLayout.Positional);
+            if (config.PostNorms)
+            {
+                Add(n.Ln2PostScale, scale, l, HookLayout.Positional);
+                Add(n.Ln2PostNormalized, resid, l, HookLayout.Positional);
+            }
             Add(n.MlpOut, resid, l, HookLayout.Positional);
             Add(n.ResidPost, resid, l, HookLayout.Positional);
         }
+        Add("ln_final.hook_scale", scale, config.NLayers, HookLayout.Positional);
         Add("ln_final.hook_normalized", resid, config.NLayers, HookLayout.Positional);
         Add("logits", "[batch, pos, d_vocab]", config.NLayers, HookLayout.Positional);
 
@@ -172,6 +200,11 @@ internal sealed class LayerHookNames(int layer)
 {
     private static string P(int layer) => $"blocks.{layer}.";
     public readonly string ResidPre = P(layer) + "hook_resid_pre";
+    public readonly string AttnIn = P(layer) + "hook_attn_in";
+    public readonly string QInput = P(layer) + "hook_q_input";
+    public readonly string KInput = P(layer) + "hook_k_input";
+    public readonly string VInput = P(layer) + "hook_v_input";
+    public readonly string Ln1Scale = P(layer) + "ln1.hook_scale";
     public readonly string Ln1Normalized = P(layer) + "ln1.hook_normalized";
     public readonly string Q = P(layer) + "attn.hook_q";
     public readonly string K = P(layer) + "attn.hook_k";
@@ -182,12 +215,18 @@ internal sealed class LayerHookNames(int layer)
     public readonly string Pattern = P(layer) + "attn.hook_pattern";
     public readonly string Z = P(layer) + "attn.hook_z";
     public readonly string Result = P(layer) + "attn.hook_result";
+    public readonly string Ln1PostScale = P(layer) + "ln1_post.hook_scale";
+    public readonly string Ln1PostNormalized = P(layer) + "ln1_post.hook_normalized";
     public readonly string AttnOut = P(layer) + "hook_attn_out";
     public readonly string ResidMid = P(layer) + "hook_resid_mid";
+    public readonly string MlpIn = P(layer) + "hook_mlp_in";
+    public readonly string Ln2Scale = P(layer) + "ln2.hook_scale";
     public readonly string Ln2Normalized = P(layer) + "ln2.hook_normalized";
     public readonly string MlpPre = P(layer) + "mlp.hook_pre";
     public readonly string MlpPreLinear = P(layer) + "mlp.hook_pre_linear";
     public readonly string MlpPost = P(layer) + "mlp.hook_post";
+    public readonly string Ln2PostScale = P(layer) + "ln2_post.hook_scale";
+    public readonly string Ln2PostNormalized = P(layer) + "ln2_post.hook_normalized";
     public readonly string MlpOut = P(layer) + "hook_mlp_out";
     public readonly string ResidPost = P(layer) + "hook_resid_post";
 }
