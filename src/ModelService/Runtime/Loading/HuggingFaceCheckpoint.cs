@@ -17,11 +17,12 @@ public static class HuggingFaceCheckpoint
 
     public static bool IsCheckpointFolder(string path) => Directory.Exists(path) && File.Exists(System.IO.Path.Combine(path, "config.json"));
 
-    public static (ModelConfig Config, TransformerWeights Weights) Load(string folder, ScalarType dtype)
+    /// <summary>Loads the weights tensor by tensor, each converted once to <paramref name="dtype"/> on <paramref name="device"/> (the CPU by default).</summary>
+    public static (ModelConfig Config, TransformerWeights Weights) Load(string folder, ScalarType dtype, Device? device = null)
     {
         string configPath = System.IO.Path.Combine(folder, "config.json");
         var config = ReadConfig(configPath);
-        using var weights = WeightFiles.Open(folder);
+        using var weights = WeightFiles.Open(folder, device ?? CPU);
         var tensors = config.Mlp == MlpKind.GeluTanh ? LoadGpt2(config, weights, dtype) : LoadLlama(config, weights, dtype);
         try
         {
@@ -160,7 +161,7 @@ public static class HuggingFaceCheckpoint
     {
         string p = files.Has("transformer.wte.weight") ? "transformer." : "";
         // GPT-2 stores Conv1D weights as [in, out]; the runtime uses [out, in].
-        Tensor Conv(string name) { using var w = files.Read(p + name, dtype); return w.t().contiguous(); }
+        Tensor Conv(string name) => files.ReadTransposed(p + name, dtype);
         Tensor W(string name) => files.Read(p + name, dtype);
 
         var embed = W("wte.weight");
@@ -226,20 +227,20 @@ public static class HuggingFaceCheckpoint
             Tensor? qkvBias = null;
             if (qb is not null || kb is not null || vb is not null)
             {
-                qb ??= zeros((long)c.NHeads * c.DHead, dtype: dtype);
-                kb ??= zeros((long)c.NKvHeads * c.DHead, dtype: dtype);
-                vb ??= zeros((long)c.NKvHeads * c.DHead, dtype: dtype);
+                qb ??= zeros((long)c.NHeads * c.DHead, dtype: dtype, device: files.Device);
+                kb ??= zeros((long)c.NKvHeads * c.DHead, dtype: dtype, device: files.Device);
+                vb ??= zeros((long)c.NKvHeads * c.DHead, dtype: dtype, device: files.Device);
                 qkvBias = Fuse(qb, kb, vb);
             }
             blocks.Add(new BlockWeights
             {
                 Ln1Weight = W(h + "input_layernorm.weight"),
-                Qkv = Fuse(W(h + "self_attn.q_proj.weight"), W(h + "self_attn.k_proj.weight"), W(h + "self_attn.v_proj.weight")),
+                Qkv = files.ReadConcat(dtype, h + "self_attn.q_proj.weight", h + "self_attn.k_proj.weight", h + "self_attn.v_proj.weight"),
                 QkvBias = qkvBias,
                 Out = W(h + "self_attn.o_proj.weight"),
                 OutBias = Optional(h + "self_attn.o_proj.bias"),
                 Ln2Weight = W(h + "post_attention_layernorm.weight"),
-                MlpIn = Fuse(W(h + "mlp.gate_proj.weight"), W(h + "mlp.up_proj.weight")),
+                MlpIn = files.ReadConcat(dtype, h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight"),
                 MlpOut = W(h + "mlp.down_proj.weight"),
             });
         }
@@ -264,16 +265,20 @@ public static class HuggingFaceCheckpoint
         private readonly Dictionary<string, SafeTensorsFile> byTensor;
         private readonly List<SafeTensorsFile> files;
 
-        private WeightFiles(string folder, List<SafeTensorsFile> files, Dictionary<string, SafeTensorsFile> byTensor)
+        private WeightFiles(string folder, Device device, List<SafeTensorsFile> files, Dictionary<string, SafeTensorsFile> byTensor)
         {
             Folder = folder;
+            Device = device;
             this.files = files;
             this.byTensor = byTensor;
         }
 
         public string Folder { get; }
 
-        public static WeightFiles Open(string folder)
+        /// <summary>Where the tensors are created.</summary>
+        public Device Device { get; }
+
+        public static WeightFiles Open(string folder, Device device)
         {
             string single = System.IO.Path.Combine(folder, "model.safetensors");
             string index = System.IO.Path.Combine(folder, "model.safetensors.index.json");
@@ -316,7 +321,7 @@ public static class HuggingFaceCheckpoint
                     f.Dispose();
                 throw;
             }
-            return new WeightFiles(folder, files, byTensor);
+            return new WeightFiles(folder, device, files, byTensor);
         }
 
         private static IEnumerable<(string Name, string Shard)> ReadIndex(string index)
@@ -352,12 +357,45 @@ public static class HuggingFaceCheckpoint
 
         public bool Has(string name) => byTensor.ContainsKey(name);
 
-        public Tensor Read(string name, ScalarType dtype)
+        public Tensor Read(string name, ScalarType dtype) => FileOf(name).Read(name, dtype, Device);
+
+        /// <summary>A stored <c>[in, out]</c> matrix as <c>[out, in]</c>, transposed while it is read.</summary>
+        public Tensor ReadTransposed(string name, ScalarType dtype) => FileOf(name).ReadTransposed(name, dtype, Device);
+
+        /// <summary>
+        /// Tensors concatenated along their first dimension (fused q/k/v, gate/up): the result is
+        /// allocated once and each part is read straight into its rows, so no part is ever held twice.
+        /// </summary>
+        public Tensor ReadConcat(ScalarType dtype, params string[] names)
         {
-            if (!byTensor.TryGetValue(name, out var f))
-                throw new ModelFormatException(files.Count == 1 ? files[0].Path : Folder, $"missing tensor '{name}'");
-            return f.Read(name, dtype);
+            var entries = names.Select(n => FileOf(n).Entry(n)).ToArray();
+            var first = entries[0].Shape;
+            if (entries.Any(e => e.Shape.Length != first.Length || first.Length == 0 || !e.Shape.Skip(1).SequenceEqual(first.Skip(1))))
+            {
+                string shapes = string.Join("; ", entries.Select(e => $"[{string.Join(", ", e.Shape)}]"));
+                throw new ModelFormatException(Folder, $"projections that must share their input size have shapes {shapes}");
+            }
+            var fused = empty([entries.Sum(e => e.Shape[0]), .. first.Skip(1)], dtype, device: Device);
+            try
+            {
+                long row = 0;
+                foreach (var e in entries)
+                {
+                    using var rows = fused.narrow(0, row, e.Shape[0]);
+                    FileOf(e.Name).ReadInto(e.Name, rows);
+                    row += e.Shape[0];
+                }
+            }
+            catch
+            {
+                fused.Dispose();
+                throw;
+            }
+            return fused;
         }
+
+        private SafeTensorsFile FileOf(string name) => byTensor.TryGetValue(name, out var f) ? f
+            : throw new ModelFormatException(files.Count == 1 ? files[0].Path : Folder, $"missing tensor '{name}'");
 
         public void Dispose()
         {
