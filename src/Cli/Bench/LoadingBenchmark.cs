@@ -44,7 +44,7 @@ internal static class LoadingBenchmark
         double generateSeconds = sw.Elapsed.TotalSeconds;
         long diskBytes = Directory.GetFiles(dir, "*.safetensors").Sum(f => new FileInfo(f).Length);
         if (!json)
-            stdout.WriteLine($"checkpoint: {dir} ({diskBytes / 1e9:F2} GB of {sourceDtype.ToUpperInvariant()} in {Shards} shards, {(reused ? "reused" : $"written in {generateSeconds:F1} s")})");
+            stdout.WriteLine($"load average {LoadAverage()}; checkpoint: {dir} ({diskBytes / 1e9:F2} GB of {sourceDtype.ToUpperInvariant()} in {Shards} shards, {(reused ? "reused" : $"written in {generateSeconds:F1} s")})");
 
         var runs = new JsonArray();
         foreach (var dtype in new[] { "float32", "bfloat16" })
@@ -56,7 +56,7 @@ internal static class LoadingBenchmark
                 if (!json)
                 {
                     stdout.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"  {dtype,-9} {result["seconds"]!.GetValue<double>(),6:F2} s  weights {Gb(result, "weight_bytes")} GB  peak RSS {Gb(result, "peak_rss_bytes")} GB (baseline {Gb(result, "baseline_rss_bytes")} GB)  "
+                        $"  {dtype,-9} {result["seconds"]!.GetValue<double>(),6:F2} s (cpu {result["cpu_seconds"]!.GetValue<double>():F2} s)  weights {Gb(result, "weight_bytes")} GB  peak RSS {Gb(result, "peak_rss_bytes")} GB (baseline {Gb(result, "baseline_rss_bytes")} GB)  "
                         + $"peak above baseline {Gb(result, "peak_above_baseline_bytes")} GB  ratio {result["ratio"]!.GetValue<double>():F3}"));
                 }
             }
@@ -69,6 +69,7 @@ internal static class LoadingBenchmark
             ["shards"] = Shards,
             ["disk_bytes"] = diskBytes,
             ["threads"] = threads,
+            ["load_average"] = LoadAverage(),
             ["runs"] = runs,
             ["reference_transformerlens_ratio"] = 2.0,
             ["target_ratio"] = 1.2,
@@ -79,6 +80,8 @@ internal static class LoadingBenchmark
             stdout.WriteLine($"ratio = (VmHWM - RSS before loading) / final weight bytes; target <= 1.2 (TransformerLens needs about 2x). Delete {dir} when done.");
         return 0;
     }
+
+    private static string LoadAverage() => File.Exists("/proc/loadavg") ? string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : "n/a";
 
     private static string Clip(string s) => s.Length <= 100 ? s : s[..100] + "…";
 
@@ -134,9 +137,11 @@ internal static class LoadingBenchmark
         {
             reset = false;
         }
+        var cpu = Process.GetCurrentProcess().TotalProcessorTime;
         var sw = Stopwatch.StartNew();
         using var model = ModelLoader.Load(dir, dtype: dtype);
         double seconds = sw.Elapsed.TotalSeconds;
+        double cpuSeconds = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalSeconds;
         long peak = Status("VmHWM");
         long after = Status("VmRSS");
         long weightBytes = model.Transformer.Weights.AllTensors().Sum(t => t.numel() * t.ElementSize);
@@ -144,6 +149,7 @@ internal static class LoadingBenchmark
         {
             ["dtype"] = dtypeName,
             ["seconds"] = seconds,
+            ["cpu_seconds"] = cpuSeconds,
             ["parameters"] = model.Transformer.Weights.ParameterCount,
             ["weight_bytes"] = weightBytes,
             ["baseline_rss_bytes"] = baseline,
