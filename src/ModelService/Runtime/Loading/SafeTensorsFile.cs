@@ -178,7 +178,8 @@ public sealed class SafeTensorsFile : IDisposable
     /// <summary>
     /// Reads a tensor into new memory of <paramref name="dtype"/> (the stored dtype when null) on
     /// <paramref name="device"/> (the CPU when null). The destination is allocated once and filled
-    /// slice by slice from the memory map: no second full-size copy exists at any time.
+    /// slice by slice from the memory map: no second full-size copy exists at any time. Not
+    /// thread-safe: the file keeps one staging buffer per source dtype.
     /// </summary>
     public Tensor Read(string name, ScalarType? dtype = null, Device? device = null)
     {
@@ -252,11 +253,6 @@ public sealed class SafeTensorsFile : IDisposable
         long bytes = entry.End - entry.Begin;
         if (bytes == 0)
             return;
-        // The header was checked against the file's length at open; the file may have been cut
-        // since. Reading a mapped page past the end would kill the process (SIGBUS), so look again.
-        long length = stream.Length;
-        if (dataStart + entry.End > length)
-            throw new ModelFormatException(Path, $"truncated while reading tensor '{entry.Name}': the file is now {length} bytes, the tensor ends at byte {dataStart + entry.End}");
         var source = ToScalarType(entry.DType);
         int size = ElementSize(entry.DType)!.Value;
         long unit = transposeColumns > 0 ? transposeColumns * size : size; // a slice holds whole rows
@@ -268,6 +264,13 @@ public sealed class SafeTensorsFile : IDisposable
             for (long done = 0; done < units; done += perSlice)
             {
                 long n = Math.Min(perSlice, units - done);
+                long sliceEnd = dataStart + entry.Begin + (done + n) * unit;
+                // The header was checked against the file's length at open; the file may have been
+                // cut since, and touching a mapped page past its end kills the process (SIGBUS). So
+                // look again before each slice (one fstat per 16 MB).
+                long length = stream.Length;
+                if (sliceEnd > length)
+                    throw new ModelFormatException(Path, $"truncated while reading tensor '{entry.Name}': the file is now {length} bytes, the tensor ends at byte {dataStart + entry.End}");
                 using var view = Map().CreateViewStream(dataStart + entry.Begin + done * unit, n * unit, MemoryMappedFileAccess.Read);
                 if (direct)
                 {
