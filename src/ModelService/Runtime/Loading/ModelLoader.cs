@@ -51,7 +51,7 @@ public static class ModelLoader
         else if (File.Exists(full))
         {
             if (Path.GetFileName(full) == "config.json")
-                return Load(Path.GetDirectoryName(full)!, tokenizerPath, dtype);
+                return Load(Path.GetDirectoryName(full)!, tokenizerPath, dtype, device);
             (config, weights) = Llama2cCheckpoint.Load(full, dtype);
             defaultTokenizer = FindLlama2cTokenizer(full);
         }
