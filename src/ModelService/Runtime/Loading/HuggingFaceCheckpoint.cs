@@ -24,11 +24,12 @@ public static class HuggingFaceCheckpoint
 
     public static bool IsCheckpointFolder(string path) => Directory.Exists(path) && File.Exists(System.IO.Path.Combine(path, "config.json"));
 
-    public static (ModelConfig Config, TransformerWeights Weights) Load(string folder, ScalarType dtype)
+    /// <summary>Loads the weights tensor by tensor, each converted once to <paramref name="dtype"/> on <paramref name="device"/> (the CPU by default).</summary>
+    public static (ModelConfig Config, TransformerWeights Weights) Load(string folder, ScalarType dtype, Device? device = null)
     {
         string configPath = System.IO.Path.Combine(folder, "config.json");
         var config = ReadConfig(configPath);
-        using var weights = WeightFiles.Open(folder);
+        using var weights = WeightFiles.Open(folder, device ?? CPU);
         var tensors = config.Architecture switch
         {
             "GPT2LMHeadModel" => LoadGpt2(config, weights, dtype),
@@ -643,7 +644,7 @@ public static class HuggingFaceCheckpoint
     {
         string p = files.Has("transformer.wte.weight") ? "transformer." : "";
         // GPT-2 stores Conv1D weights as [in, out]; the runtime uses [out, in].
-        Tensor Conv(string name) { using var w = files.Read(p + name, dtype); return w.t().contiguous(); }
+        Tensor Conv(string name) => files.ReadTransposed(p + name, dtype);
         Tensor W(string name) => files.Read(p + name, dtype);
 
         var embed = W("wte.weight");
@@ -715,7 +716,7 @@ public static class HuggingFaceCheckpoint
             {
                 Ln1Weight = W(h + "ln_1.weight"),
                 Ln1Bias = W(h + "ln_1.bias"),
-                Qkv = Fuse(files, c, W(a + "q_proj.weight"), W(a + "k_proj.weight"), W(a + "v_proj.weight")),
+                Qkv = files.ReadConcat(dtype, "transformer." + a + "q_proj.weight", "transformer." + a + "k_proj.weight", "transformer." + a + "v_proj.weight"),
                 Out = W(a + "out_proj.weight"),
                 OutBias = W(a + "out_proj.bias"),
                 Ln2Weight = W(h + "ln_2.weight"),
@@ -749,7 +750,7 @@ public static class HuggingFaceCheckpoint
             {
                 Ln1Weight = W(h + "ln_1.weight"),
                 Ln1Bias = W(h + "ln_1.bias"),
-                Qkv = Fuse(files, c, W(h + "attn.q_proj.weight"), W(h + "attn.k_proj.weight"), W(h + "attn.v_proj.weight")),
+                Qkv = files.ReadConcat(dtype, "transformer." + h + "attn.q_proj.weight", "transformer." + h + "attn.k_proj.weight", "transformer." + h + "attn.v_proj.weight"),
                 Out = W(h + "attn.out_proj.weight"),
                 Ln2Weight = null,
                 MlpIn = W(h + "mlp.fc_in.weight"),
@@ -847,7 +848,7 @@ public static class HuggingFaceCheckpoint
             }
             else
             {
-                qkv = Fuse(files, c, W(h + "self_attn.q_proj.weight"), W(h + "self_attn.k_proj.weight"), W(h + "self_attn.v_proj.weight"));
+                qkv = files.ReadConcat(dtype, h + "self_attn.q_proj.weight", h + "self_attn.k_proj.weight", h + "self_attn.v_proj.weight");
                 // As transformers: biases exist when the config says so (Qwen2: always on q/k/v); stored ones are ignored otherwise.
                 Tensor? Bias(string name) => c.AttentionBias || c.Architecture == "Qwen2ForCausalLM" ? W(name) : null;
                 var qb = Bias(h + "self_attn.q_proj.bias");
@@ -855,9 +856,9 @@ public static class HuggingFaceCheckpoint
                 var vb = Bias(h + "self_attn.v_proj.bias");
                 if (qb is not null || kb is not null || vb is not null)
                 {
-                    qb ??= zeros((long)c.NHeads * c.DHead, dtype: dtype);
-                    kb ??= zeros((long)c.NKvHeads * c.DHead, dtype: dtype);
-                    vb ??= zeros((long)c.NKvHeads * c.DHead, dtype: dtype);
+                    qb ??= zeros((long)c.NHeads * c.DHead, dtype: dtype, device: files.Device);
+                    kb ??= zeros((long)c.NKvHeads * c.DHead, dtype: dtype, device: files.Device);
+                    vb ??= zeros((long)c.NKvHeads * c.DHead, dtype: dtype, device: files.Device);
                     qkvBias = Fuse(files, c, qb, kb, vb);
                 }
             }
@@ -871,11 +872,11 @@ public static class HuggingFaceCheckpoint
             }
             else
             {
-                mlpIn = Fuse(files, c, W(h + "mlp.gate_proj.weight"), W(h + "mlp.up_proj.weight"));
+                mlpIn = files.ReadConcat(dtype, h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight");
                 var gb = c.MlpBias ? W(h + "mlp.gate_proj.bias") : null;
                 var ub = c.MlpBias ? W(h + "mlp.up_proj.bias") : null;
                 if (gb is not null || ub is not null)
-                    mlpInBias = Fuse(files, c, gb ?? zeros(c.DMlp, dtype: dtype), ub ?? zeros(c.DMlp, dtype: dtype));
+                    mlpInBias = Fuse(files, c, gb ?? zeros(c.DMlp, dtype: dtype, device: files.Device), ub ?? zeros(c.DMlp, dtype: dtype, device: files.Device));
             }
             blocks.Add(new BlockWeights
             {
@@ -911,16 +912,20 @@ public static class HuggingFaceCheckpoint
         private readonly Dictionary<string, SafeTensorsFile> byTensor;
         private readonly List<SafeTensorsFile> files;
 
-        private WeightFiles(string folder, List<SafeTensorsFile> files, Dictionary<string, SafeTensorsFile> byTensor)
+        private WeightFiles(string folder, Device device, List<SafeTensorsFile> files, Dictionary<string, SafeTensorsFile> byTensor)
         {
             Folder = folder;
+            Device = device;
             this.files = files;
             this.byTensor = byTensor;
         }
 
         public string Folder { get; }
 
-        public static WeightFiles Open(string folder)
+        /// <summary>Where the tensors are created.</summary>
+        public Device Device { get; }
+
+        public static WeightFiles Open(string folder, Device device)
         {
             string single = System.IO.Path.Combine(folder, "model.safetensors");
             string index = System.IO.Path.Combine(folder, "model.safetensors.index.json");
@@ -963,7 +968,7 @@ public static class HuggingFaceCheckpoint
                     f.Dispose();
                 throw;
             }
-            return new WeightFiles(folder, files, byTensor);
+            return new WeightFiles(folder, device, files, byTensor);
         }
 
         private static IEnumerable<(string Name, string Shard)> ReadIndex(string index)
@@ -999,12 +1004,45 @@ public static class HuggingFaceCheckpoint
 
         public bool Has(string name) => byTensor.ContainsKey(name);
 
-        public Tensor Read(string name, ScalarType dtype)
+        public Tensor Read(string name, ScalarType dtype) => FileOf(name).Read(name, dtype, Device);
+
+        /// <summary>A stored <c>[in, out]</c> matrix as <c>[out, in]</c>, transposed while it is read.</summary>
+        public Tensor ReadTransposed(string name, ScalarType dtype) => FileOf(name).ReadTransposed(name, dtype, Device);
+
+        /// <summary>
+        /// Tensors concatenated along their first dimension (fused q/k/v, gate/up): the result is
+        /// allocated once and each part is read straight into its rows, so no part is ever held twice.
+        /// </summary>
+        public Tensor ReadConcat(ScalarType dtype, params string[] names)
         {
-            if (!byTensor.TryGetValue(name, out var f))
-                throw new ModelFormatException(files.Count == 1 ? files[0].Path : Folder, $"missing tensor '{name}'");
-            return f.Read(name, dtype);
+            var entries = names.Select(n => FileOf(n).Entry(n)).ToArray();
+            var first = entries[0].Shape;
+            if (entries.Any(e => e.Shape.Length != first.Length || first.Length == 0 || !e.Shape.Skip(1).SequenceEqual(first.Skip(1))))
+            {
+                string shapes = string.Join("; ", entries.Select(e => $"[{string.Join(", ", e.Shape)}]"));
+                throw new ModelFormatException(Folder, $"projections that must share their input size have shapes {shapes}");
+            }
+            var fused = empty([entries.Sum(e => e.Shape[0]), .. first.Skip(1)], dtype, device: Device);
+            try
+            {
+                long row = 0;
+                foreach (var e in entries)
+                {
+                    using var rows = fused.narrow(0, row, e.Shape[0]);
+                    FileOf(e.Name).ReadInto(e.Name, rows);
+                    row += e.Shape[0];
+                }
+            }
+            catch
+            {
+                fused.Dispose();
+                throw;
+            }
+            return fused;
         }
+
+        private SafeTensorsFile FileOf(string name) => byTensor.TryGetValue(name, out var f) ? f
+            : throw new ModelFormatException(files.Count == 1 ? files[0].Path : Folder, $"missing tensor '{name}'");
 
         public void Dispose()
         {

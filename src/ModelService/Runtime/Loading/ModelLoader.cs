@@ -44,13 +44,14 @@ public static class ModelLoader
         {
             if (!HuggingFaceCheckpoint.IsCheckpointFolder(full))
                 throw new ModelFormatException(full, "not a model folder: no config.json (expected a Hugging Face checkpoint folder or a llama2.c .bin file)");
-            (config, weights) = HuggingFaceCheckpoint.Load(full, dtype);
+            // Read straight onto the target device: the weights never exist twice.
+            (config, weights) = HuggingFaceCheckpoint.Load(full, dtype, target);
             defaultTokenizer = TokenizerLoader.HasTokenizer(full) ? full : null;
         }
         else if (File.Exists(full))
         {
             if (Path.GetFileName(full) == "config.json")
-                return Load(Path.GetDirectoryName(full)!, tokenizerPath, dtype);
+                return Load(Path.GetDirectoryName(full)!, tokenizerPath, dtype, device);
             (config, weights) = Llama2cCheckpoint.Load(full, dtype);
             defaultTokenizer = FindLlama2cTokenizer(full);
         }
@@ -59,7 +60,7 @@ public static class ModelLoader
             throw new ModelFormatException(full, "no such file or folder");
         }
 
-        if (target.type != DeviceType.CPU)
+        if (target.type != DeviceType.CPU && weights.Embed.device_type == DeviceType.CPU)
         {
             var moved = weights.To(target);
             weights.Dispose();

@@ -8,6 +8,13 @@ internal static class TensorIO
     // Span<byte> is limited to 2 GiB; larger tensors move in slices of whole elements.
     private const long ChunkBytes = 1L << 28;
 
+    /// <summary>
+    /// Loading reads a stored tensor in slices of at most this many bytes (one mapped view and, when
+    /// converting, one staging buffer of this size): the bound on what loading holds beyond the
+    /// weights themselves.
+    /// </summary>
+    public const long SliceBytes = 16L << 20;
+
     /// <summary>Fills a contiguous CPU tensor from the stream's next bytes.</summary>
     public static void ReadInto(Stream stream, Tensor t)
     {
