@@ -25,6 +25,7 @@ COPY build/ build/
 COPY protos/ protos/
 COPY src/Contracts/ src/Contracts/
 COPY src/ModelService/Runtime/ src/ModelService/Runtime/
+COPY src/ModelService/Engine/ src/ModelService/Engine/
 COPY src/ModelService/Host/ src/ModelService/Host/
 RUN dotnet publish src/ModelService/Host/InterpMesh.ModelService.csproj -c Release -o /app \
       -p:InterpMeshDevice=${INTERPMESH_DEVICE} \

@@ -369,3 +369,81 @@ public sealed class EngineCancellationTests(ITestOutputHelper output)
         }
     }
 }
+
+/// <summary>Many clients that cancel, stop reading early or are refused: every request ends cleanly, none with an internal error.</summary>
+public sealed class EngineChurnTests
+{
+    [Fact]
+    public async Task Cancelling_leaving_and_refused_clients_never_cause_an_internal_error()
+    {
+        InterpMesh.Runtime.Execution.TorchRuntime.Initialize();
+        using var model = ModelLoader.Load(RepoPaths.Models("stories260K/stories260K.bin"));
+        using var engine = new ModelEngine(model, new EngineOptions { MaxConcurrentRequests = 3, AdmissionWait = TimeSpan.Zero, BatchWindowMs = 1 });
+        var unexpected = new System.Collections.Concurrent.ConcurrentBag<Exception>();
+        int completed = 0, cancelled = 0, refused = 0, left = 0;
+        const int clientCount = 8, perClient = 25;
+        var clients = Enumerable.Range(0, clientCount).Select(c => Task.Run(async () =>
+        {
+            var rng = new Random(c);
+            for (int n = 0; n < perClient; n++)
+            {
+                using var cts = new CancellationTokenSource();
+                if (rng.Next(3) == 0)
+                    cts.CancelAfter(rng.Next(1, 15));
+                IAsyncEnumerable<EngineOutput> outputs = rng.Next(2) == 0
+                    ? engine.RunAsync(new RunSpec
+                    {
+                        Inputs = [InputSpec.FromIds([1, 403, 407, .. Enumerable.Range(0, rng.Next(1, 30)).Select(_ => rng.Next(512))])],
+                        Captures = rng.Next(2) == 0 ? [new CaptureSpec { Hooks = ["blocks.*.hook_resid_post"] }] : [],
+                        Logits = LogitsMode.Last,
+                    }, cts.Token)
+                    : engine.GenerateAsync(new GenerateSpec
+                    {
+                        Prompts = [InputSpec.FromIds([1, rng.Next(512)]), InputSpec.FromIds([1, 5, rng.Next(512)])],
+                        MaxNewTokens = rng.Next(1, 30),
+                        StopIds = [],
+                        Captures = rng.Next(2) == 0 ? [new CaptureSpec { Hooks = ["blocks.0.*"] }] : [],
+                    }, cts.Token);
+                bool leaveEarly = rng.Next(4) == 0;
+                try
+                {
+                    await foreach (var _ in outputs)
+                    {
+                        if (leaveEarly)
+                            break;
+                    }
+                    if (leaveEarly)
+                        Interlocked.Increment(ref left);
+                    else
+                        Interlocked.Increment(ref completed);
+                }
+                catch (OperationCanceledException)
+                {
+                    Interlocked.Increment(ref cancelled);
+                }
+                catch (EngineBusyException)
+                {
+                    Interlocked.Increment(ref refused);
+                    await Task.Delay(1);
+                }
+                catch (Exception e)
+                {
+                    unexpected.Add(e);
+                }
+            }
+        })).ToArray();
+        await Task.WhenAll(clients);
+        Assert.True(unexpected.IsEmpty, string.Join("\n", unexpected.Take(3).Select(e => e.ToString())));
+        // Every request ended one of the expected ways (how many of each depends on timing).
+        Assert.Equal(clientCount * perClient, completed + cancelled + refused + left);
+        Assert.True(completed > 0, $"completed {completed}, cancelled {cancelled}, refused {refused}, left early {left}");
+        // Every slot comes back and the engine still serves.
+        for (int i = 0; i < 100 && engine.Admitted > 0; i++)
+            await Task.Delay(20);
+        Assert.Equal(0, engine.Admitted);
+        var last = new List<EngineOutput>();
+        await foreach (var o in engine.RunAsync(new RunSpec { Inputs = [InputSpec.FromIds([1, 2, 3])], Logits = LogitsMode.Last }))
+            last.Add(o);
+        Assert.IsType<RunOutcome>(Assert.Single(last));
+    }
+}

@@ -98,8 +98,7 @@ public sealed class ModelEngine : IDisposable
                 $"the server is running its maximum of {Options.MaxConcurrentRequests} requests; retry after a short delay", 200);
         }
         // The request ends for the scheduler when its caller cancels or stops reading early.
-        using var lifetime = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var work = create(buffer, lifetime.Token);
+        var work = create(buffer, cancellationToken);
         try
         {
             if (stopping)
@@ -111,7 +110,7 @@ public sealed class ModelEngine : IDisposable
         }
         finally
         {
-            lifetime.Cancel();
+            work.Leave();
             signal.Release();
             admission.Release();
             buffer.Dispose();
@@ -125,11 +124,22 @@ public sealed class ModelEngine : IDisposable
         {
             while (incoming.TryDequeue(out var work))
                 scheduler.Add(work);
-            var wait = scheduler.Iterate(() =>
+            TimeSpan? wait;
+            try
             {
-                while (incoming.TryDequeue(out var w))
-                    scheduler.Add(w);
-            }, timeout => signal.Wait(timeout));
+                wait = scheduler.Iterate(() =>
+                {
+                    while (incoming.TryDequeue(out var w))
+                        scheduler.Add(w);
+                }, timeout => signal.Wait(timeout));
+            }
+            catch (Exception e)
+            {
+                // A failure outside any one request's forward (a bug, or the device out of memory while
+                // rearranging the cache): end every request in flight with it and keep serving.
+                scheduler.FailAll(e);
+                wait = null;
+            }
             if (wait is { } timeout)
                 signal.Wait(timeout);
         }

@@ -74,10 +74,13 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
     }
 
     /// <summary>Ends every request (the engine is stopping).</summary>
-    public void Shutdown()
+    public void Shutdown() => FailAll(new InvalidOperationException("the model engine is shutting down"));
+
+    /// <summary>Ends every request in flight with <paramref name="error"/> and frees the decode cache.</summary>
+    public void FailAll(Exception error)
     {
         foreach (var w in runs.Cast<Work>().Concat(waiting).Concat(resident).ToList())
-            w.Finish(new InvalidOperationException("the model engine is shutting down"));
+            w.Finish(error);
         runs.Clear();
         waiting.Clear();
         resident.Clear();

@@ -8,12 +8,29 @@ using static TorchSharp.torch;
 namespace InterpMesh.Engine.Scheduling;
 
 /// <summary>An admitted request: its buffer, cancellation, receipts and the tensors it owns.</summary>
-internal abstract class Work(OutputBuffer buffer, HookPlan plan, List<Tensor> owned, CancellationToken cancellation)
+internal abstract class Work
 {
-    public OutputBuffer Buffer { get; } = buffer;
-    public CancellationToken Cancellation { get; } = cancellation;
-    public HookPlan Plan { get; } = plan;
-    public InterventionReceipts Receipts { get; } = new(plan);
+    // Cancelled when the caller cancels or stops reading; owned by the work and disposed by Finish
+    // (torch thread) — the caller's Leave and Finish may race, hence the lock.
+    private readonly CancellationTokenSource lifetime;
+    private readonly List<Tensor> owned;
+    private readonly Lock gate = new();
+    private bool disposed;
+
+    protected Work(OutputBuffer buffer, HookPlan plan, List<Tensor> owned, CancellationToken cancellation)
+    {
+        lifetime = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
+        Cancellation = lifetime.Token;
+        Buffer = buffer;
+        Plan = plan;
+        Receipts = new InterventionReceipts(plan);
+        this.owned = owned;
+    }
+
+    public OutputBuffer Buffer { get; }
+    public CancellationToken Cancellation { get; }
+    public HookPlan Plan { get; }
+    public InterventionReceipts Receipts { get; }
     public ActivityContext Trace { get; } = Activity.Current?.Context ?? default;
     public long Arrived { get; } = Stopwatch.GetTimestamp();
 
@@ -21,6 +38,16 @@ internal abstract class Work(OutputBuffer buffer, HookPlan plan, List<Tensor> ow
     public bool Gone => Cancellation.IsCancellationRequested || Buffer.Failure is not null;
 
     private int finished;
+
+    /// <summary>The caller is done with the request (finished reading, cancelled, or gave up).</summary>
+    public void Leave()
+    {
+        lock (gate)
+        {
+            if (!disposed)
+                lifetime.Cancel();
+        }
+    }
 
     /// <summary>Ends the request (once): completes the buffer and frees what it owns. Torch thread.</summary>
     public void Finish(Exception? error = null)
@@ -32,6 +59,11 @@ internal abstract class Work(OutputBuffer buffer, HookPlan plan, List<Tensor> ow
         Buffer.Complete(error);
         foreach (var t in owned)
             t.Dispose();
+        lock (gate)
+        {
+            disposed = true;
+            lifetime.Dispose();
+        }
         Release();
     }
 
