@@ -57,6 +57,19 @@ public sealed class EngineTests(EngineServerFixture server) : IClassFixture<Engi
     }
 
     [Fact]
+    public async Task Model_info_reports_the_serving_limits()
+    {
+        var limits = (await server.Client.GetModelInfoAsync(new GetModelInfoRequest())).Limits;
+        Assert.Equal(16, limits.MaxBatch);
+        Assert.Equal(64, limits.MaxForwardRows);
+        Assert.Equal(64, limits.MaxDecodeRows);
+        Assert.Equal(ServerFixture.CaptureBudget, limits.MaxCaptureBytes);
+        Assert.Equal(ServerFixture.ChunkBytes, limits.MaxChunkBytes);
+        Assert.Equal(64 * 1024, limits.OutputBufferBytes);
+        Assert.Equal(EngineServerFixture.StallSeconds, limits.StallTimeoutSeconds);
+    }
+
+    [Fact]
     public async Task A_run_issued_during_a_400_token_generation_completes_before_the_generation_ends()
     {
         using var call = server.Client.Generate(LongGenerate(400));
