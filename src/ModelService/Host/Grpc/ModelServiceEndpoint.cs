@@ -110,7 +110,7 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
                 request.Sampling is { TopP: > 0 } s ? s.TopP : 1.0, request.Sampling?.Seed ?? 0);
             sampling.Validate();
             var stops = request.StopTokenIds.Count > 0 ? request.StopTokenIds.ToList()
-                : !request.NoDefaultStop && (model.Tokenizer?.EosId ?? model.Config.EosTokenId) is int eos ? [eos] : [];
+                : !request.NoDefaultStop ? [.. DefaultStops(model)] : [];
             using var admitted = await Admit(context.CancellationToken);
             var trace = System.Diagnostics.Activity.Current?.Context ?? default;
             await Pump(responseStream, context, (writer, ct) =>
@@ -202,4 +202,8 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
             throw RpcErrors.ToRpc(e);
         }
     }
+
+    /// <summary>The tokenizer's EOS and every <c>eos_token_id</c> of the config (it may be a list, e.g. Llama 3 instruct).</summary>
+    private static IEnumerable<int> DefaultStops(LoadedModel model) =>
+        (model.Tokenizer?.EosId is int eos ? [eos] : Array.Empty<int>()).Concat(model.Config.EosTokenIds).Distinct();
 }
