@@ -44,6 +44,7 @@ public sealed class ConfigKeyTests : TorchTest
         { "gpt_neo", """{"window_size": 6}""", KeyOutcome.Changes, "" },
         { "gpt_neo", """{"attention_types": [[["local"], 3]]}""", KeyOutcome.Changes, "" },
         { "gpt_neo", """{"attention_types": [[["sparse"], 3]]}""", KeyOutcome.Refused, "attention_types|sparse" },
+        { "gpt_neo", """{"attention_types": [[["global"], "3"]]}""", KeyOutcome.Refused, "attention_types|3" },
         { "gpt_neo", """{"activation_function": "gelu"}""", KeyOutcome.Changes, "" },
         { "gpt_neo", """{"activation_function": "relu"}""", KeyOutcome.Refused, "activation_function|relu" },
         { "gpt_neo", """{"layer_norm_epsilon": 0.5}""", KeyOutcome.Changes, "" },
@@ -115,6 +116,8 @@ public sealed class ConfigKeyTests : TorchTest
         { "gemma2", """{"layer_types": ["full_attention", "full_attention", "full_attention"]}""", KeyOutcome.Changes, "" },
         { "gemma2", """{"hidden_activation": "gelu"}""", KeyOutcome.Refused, "hidden_activation|gelu" },
         { "gemma2", """{"rms_norm_eps": 0.5}""", KeyOutcome.Changes, "" },
+        { "gemma2", """{"num_hidden_layers": 2000000000}""", KeyOutcome.Refused, "num_hidden_layers|2000000000" },
+        { "gemma2", """{"query_pre_attn_scalar": -4}""", KeyOutcome.Refused, "query_pre_attn_scalar|-4" },
         // Gemma3TextConfig
         { "gemma3_text", """{"rope_local_base_freq": 100.0}""", KeyOutcome.Changes, "" },
         { "gemma3_text", """{"rope_scaling": null}""", KeyOutcome.Changes, "" },

@@ -120,9 +120,12 @@ public static class HuggingFaceCheckpoint
         };
     }
 
+    /// <summary>More layers than any real model; checked before per-layer lists are built from a config.</summary>
+    private const int MaxLayers = 10_000;
+
     private static ModelConfig GptNeoConfig(ConfigReader r)
     {
-        int d = r.Int("hidden_size"), heads = r.Int("num_heads"), layers = r.Int("num_layers");
+        int d = r.Int("hidden_size"), heads = r.Int("num_heads"), layers = r.Layers("num_layers");
         if (heads <= 0 || d % heads != 0)
             throw r.Error($"hidden_size ({d}) must be a multiple of num_heads ({heads})");
         // attention_types [[["global", "local"], n], ...] expands to one entry per layer (attention_layers).
@@ -131,7 +134,9 @@ public static class HuggingFaceCheckpoint
         {
             foreach (var item in types.EnumerateArray())
             {
-                if (item.ValueKind != JsonValueKind.Array || item.GetArrayLength() != 2 || item[0].ValueKind != JsonValueKind.Array || !item[1].TryGetInt32(out int repeat) || repeat < 0 || repeat > 100_000)
+                int repeat = -1;
+                if (item.ValueKind != JsonValueKind.Array || item.GetArrayLength() != 2 || item[0].ValueKind != JsonValueKind.Array
+                    || item[1].ValueKind != JsonValueKind.Number || !item[1].TryGetInt32(out repeat) || repeat < 0 || (long)repeat * item[0].GetArrayLength() + kinds.Count > MaxLayers)
                     throw r.Error($"attention_types entries must be [[kinds...], repeat], got {ConfigReader.Quote(item.GetRawText())}");
                 for (int i = 0; i < repeat; i++)
                     kinds.AddRange(item[0].EnumerateArray().Select(k => k.ValueKind == JsonValueKind.String ? k.GetString()! : k.GetRawText()));
@@ -260,7 +265,7 @@ public static class HuggingFaceCheckpoint
         int d = r.Int("hidden_size"), heads = r.Int("num_attention_heads");
         if (heads <= 0)
             throw r.Error($"num_attention_heads must be positive, got {heads}");
-        int layers = r.Int("num_hidden_layers");
+        int layers = r.Layers("num_hidden_layers");
         int headDim = r.Int("head_dim", gemma ? 256 : d / heads);
         int maxPos = r.Int("max_position_embeddings", arch switch { "Gemma3ForCausalLM" => 131072, "Phi3ForCausalLM" => 4096, _ => 2048 });
 
@@ -356,7 +361,12 @@ public static class HuggingFaceCheckpoint
 
         double? softcap = gemma2Plus ? r.OptionalReal("attn_logit_softcapping", arch == "Gemma2ForCausalLM" ? 50.0 : null) : null;
         double? finalCap = gemma2Plus ? r.OptionalReal("final_logit_softcapping", arch == "Gemma2ForCausalLM" ? 30.0 : null) : null;
-        double? scale = gemma2Plus ? Math.Pow(r.Real("query_pre_attn_scalar", 256), -0.5) : null;
+        double? scale = null;
+        if (gemma2Plus)
+        {
+            double scalar = r.Real("query_pre_attn_scalar", 256);
+            scale = scalar > 0 && double.IsFinite(scalar) ? Math.Pow(scalar, -0.5) : throw r.Error($"query_pre_attn_scalar must be positive, got {scalar}");
+        }
         return new ModelConfig
         {
             Architecture = arch,
@@ -422,6 +432,13 @@ public static class HuggingFaceCheckpoint
         }
 
         public int? OptionalInt(string name) => Has(name) ? Int(name) : null;
+
+        /// <summary>A layer count, bounded before anything per layer is allocated.</summary>
+        public int Layers(string name)
+        {
+            int n = Int(name);
+            return n is > 0 and <= MaxLayers ? n : throw Error($"\"{name}\" must be between 1 and {MaxLayers}, got {n}");
+        }
 
         /// <summary><c>sliding_window</c>: absent means the config class default, null means none.</summary>
         public int? Window(int? classDefault) =>
