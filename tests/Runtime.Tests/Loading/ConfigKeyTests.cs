@@ -245,4 +245,20 @@ public sealed class ConfigKeyTests : TorchTest
         Assert.Equal([2, 5, 7], config.EosTokenIds);
         Assert.Equal(2, config.EosTokenId);
     }
+
+    [Fact]
+    public void Gpt2_without_scale_attn_weights_keeps_only_the_inverse_layer_factor()
+    {
+        using var dir = Patched("gpt2", """{"scale_attn_weights": false}""");
+        using var model = ModelLoader.Load(dir.Path);
+        var m = model.Transformer;
+        var cap = new Dictionary<string, Tensor>();
+        var plan = HookPlan.Build(m.Hooks, [new CaptureRequest(["blocks.1.attn.hook_q", "blocks.1.attn.hook_k", "blocks.1.attn.hook_attn_scores"])], null);
+        m.Forward(Ids(3, 14, 15, 92, 65, 35), null, plan, (h, v) => cap[h.Name] = v, LogitsMode.None);
+        // transformers: no 1/sqrt(d_head), still / (layer_idx + 1) at layer 1.
+        var expected = cap["blocks.1.attn.hook_q"][0].transpose(0, 1).matmul(cap["blocks.1.attn.hook_k"][0].permute(1, 2, 0)) / 2;
+        var scores = cap["blocks.1.attn.hook_attn_scores"][0];
+        var causal = ones(6, 6, ScalarType.Bool).tril();
+        Assert.True(MaxAbsDiff(scores.masked_fill(causal.logical_not(), 0), expected.masked_fill(causal.logical_not(), 0)) < 1e-4);
+    }
 }
