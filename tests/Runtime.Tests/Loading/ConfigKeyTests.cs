@@ -261,4 +261,24 @@ public sealed class ConfigKeyTests : TorchTest
         var causal = ones(6, 6, ScalarType.Bool).tril();
         Assert.True(MaxAbsDiff(scores.masked_fill(causal.logical_not(), 0), expected.masked_fill(causal.logical_not(), 0)) < 1e-4);
     }
+
+    [Theory]
+    [InlineData("gpt_neox", "rotary_pct", """{"rotary_pct": 0.25}""")]
+    [InlineData("phi3", "rms_norm_eps", """{"rms_norm_eps": 1e-5}""")]
+    [InlineData("olmo2", "rms_norm_eps", """{"rms_norm_eps": 1e-5}""")]
+    [InlineData("gemma3_text", "rope_theta", """{"rope_theta": 1000000.0}""")]
+    [InlineData("gemma2", "attn_logit_softcapping", """{"attn_logit_softcapping": 50.0}""")]
+    [InlineData("gemma2", "query_pre_attn_scalar", """{"query_pre_attn_scalar": 256}""")]
+    [InlineData("mistral", "sliding_window", """{"sliding_window": 4096}""")]
+    [InlineData("gpt2", "scale_attn_by_inverse_layer_idx", """{"scale_attn_by_inverse_layer_idx": false}""")]
+    public void An_absent_key_takes_its_configuration_class_default(string family, string key, string defaultPatch)
+    {
+        using var absent = Patched(family, "{}");
+        var config = JsonNode.Parse(File.ReadAllText(absent.File("config.json")))!.AsObject();
+        Assert.True(config.Remove(key));
+        File.WriteAllText(absent.File("config.json"), config.ToJsonString());
+        using var explicitDefault = Patched(family, defaultPatch);
+        var ids = Forward.FamilyModels.Golden(family).Ids;
+        Assert.True(MaxAbsDiff(Logits(absent.Path, ids), Logits(explicitDefault.Path, ids)) == 0, $"{family}: absent {key} is not {defaultPatch}");
+    }
 }

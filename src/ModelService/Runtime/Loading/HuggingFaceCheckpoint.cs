@@ -148,7 +148,9 @@ public static class HuggingFaceCheckpoint
         }
         else
         {
-            kinds.AddRange(Enumerable.Repeat("global", layers));
+            // GPTNeoConfig's default attention_types: [[["global", "local"], 12]].
+            for (int i = 0; i < 12; i++)
+                kinds.AddRange(["global", "local"]);
         }
         if (kinds.Count != layers)
             throw r.Error($"attention_types expand to {kinds.Count} layers, num_layers is {layers}");
@@ -190,7 +192,8 @@ public static class HuggingFaceCheckpoint
         if (heads <= 0 || d % heads != 0)
             throw r.Error($"n_embd ({d}) must be a multiple of n_head ({heads})");
         int dh = d / heads;
-        int rot = r.Int("rotary_dim", dh);
+        // GPTJConfig: rotary_dim absent = 64, null = the whole head.
+        int rot = r.Root.TryGetProperty("rotary_dim", out _) ? r.Int("rotary_dim", dh) : 64;
         return new ModelConfig
         {
             Architecture = r.Arch,
@@ -226,7 +229,7 @@ public static class HuggingFaceCheckpoint
             throw r.Error($"hidden_size ({d}) must be a multiple of num_attention_heads ({heads})");
         int dh = d / heads;
         int maxPos = r.Int("max_position_embeddings", 2048);
-        double pct = r.PartialRotary("rotary_pct", 1.0);
+        double pct = r.PartialRotary("rotary_pct", 0.25); // GPTNeoXConfig's default
         int rot = (int)(dh * pct);
         var rope = r.Rope(maxPos, rot, r.Has("rope_theta") ? "rope_theta" : "rotary_emb_base");
         return new ModelConfig
@@ -266,7 +269,9 @@ public static class HuggingFaceCheckpoint
         if (heads <= 0)
             throw r.Error($"num_attention_heads must be positive, got {heads}");
         int layers = r.Layers("num_hidden_layers");
-        int headDim = r.Int("head_dim", gemma ? 256 : d / heads);
+        // Defaults of the configuration classes, for keys a config.json leaves out.
+        int headDim = r.Int("head_dim", gemma ? 256 : arch == "Qwen3ForCausalLM" ? 128 : d / heads);
+        double defaultEps = arch is "Phi3ForCausalLM" or "Olmo2ForCausalLM" ? 1e-5 : 1e-6;
         int maxPos = r.Int("max_position_embeddings", arch switch { "Gemma3ForCausalLM" => 131072, "Phi3ForCausalLM" => 4096, _ => 2048 });
 
         MlpKind mlp;
@@ -379,7 +384,7 @@ public static class HuggingFaceCheckpoint
             VocabSize = r.Int("vocab_size"),
             ContextLength = maxPos,
             Norm = NormKind.RmsNorm,
-            NormEps = r.Real("rms_norm_eps", 1e-6),
+            NormEps = r.Real("rms_norm_eps", defaultEps),
             NormGainOffset = gemma,
             Positional = PositionalKind.Rotary,
             RopeTheta = rope.Theta,
@@ -550,16 +555,16 @@ public static class HuggingFaceCheckpoint
         /// RoPE from <c>rope_theta</c> + <c>rope_scaling</c> (v4) or <c>rope_parameters</c> (v5). Every
         /// <c>rope_type</c> transformers defines is honoured; parameters it would reject are refused.
         /// </summary>
-        public RopeSettings Rope(int maxPos, int rotaryDim, string thetaKey)
+        public RopeSettings Rope(int maxPos, int rotaryDim, string thetaKey, double defaultTheta = 10000)
         {
             if (Root.TryGetProperty("rope_parameters", out var rp) && rp.ValueKind == JsonValueKind.Object)
             {
                 if (rp.TryGetProperty("full_attention", out var nested) && nested.ValueKind == JsonValueKind.Object)
                     rp = nested;
-                double theta = rp.TryGetProperty("rope_theta", out var t) && t.ValueKind == JsonValueKind.Number ? t.GetDouble() : Real(thetaKey, 10000);
+                double theta = rp.TryGetProperty("rope_theta", out var t) && t.ValueKind == JsonValueKind.Number ? t.GetDouble() : Real(thetaKey, defaultTheta);
                 return Scaling(rp, "rope_parameters", theta, maxPos, rotaryDim);
             }
-            double baseTheta = Real(thetaKey, 10000);
+            double baseTheta = Real(thetaKey, defaultTheta);
             if (Root.TryGetProperty("rope_scaling", out var rs) && rs.ValueKind == JsonValueKind.Object)
                 return Scaling(rs, "rope_scaling", baseTheta, maxPos, rotaryDim);
             if (Root.TryGetProperty("rope_scaling", out rs) && rs.ValueKind != JsonValueKind.Null)
@@ -572,11 +577,12 @@ public static class HuggingFaceCheckpoint
         {
             if (Root.TryGetProperty("rope_parameters", out var rp) && rp.ValueKind == JsonValueKind.Object && rp.TryGetProperty("sliding_attention", out var sl) && sl.ValueKind == JsonValueKind.Object)
             {
-                var global = Rope(maxPos, rotaryDim, "rope_theta");
+                var global = Rope(maxPos, rotaryDim, "rope_theta", 1_000_000);
                 double localTheta = sl.TryGetProperty("rope_theta", out var lt) && lt.ValueKind == JsonValueKind.Number ? lt.GetDouble() : 10000;
                 return (global, Scaling(sl, "rope_parameters.sliding_attention", localTheta, maxPos, rotaryDim));
             }
-            return (Rope(maxPos, rotaryDim, "rope_theta"), new RopeSettings { Theta = Real("rope_local_base_freq", 10000) });
+            // Gemma3TextConfig's default rope_theta is 1e6.
+            return (Rope(maxPos, rotaryDim, "rope_theta", 1_000_000), new RopeSettings { Theta = Real("rope_local_base_freq", 10000) });
         }
 
         private RopeSettings Scaling(JsonElement s, string where, double theta, int maxPos, int rotaryDim)
