@@ -43,7 +43,8 @@ internal static class GenerateCommand
             throw new UsageException("the prompt encodes to no tokens; give a non-empty prompt");
         IReadOnlyCollection<int> stopIds = stopText switch
         {
-            null => (model.Tokenizer?.EosId ?? model.Config.EosTokenId) is int eos ? [eos] : [],
+            // The tokenizer's EOS and every eos_token_id of the config (a list for e.g. Llama 3 instruct).
+            null => [.. (model.Tokenizer?.EosId is int eos ? [eos] : Array.Empty<int>()).Concat(model.Config.EosTokenIds).Distinct()],
             "none" => [],
             _ => ParseIds(stopText),
         };

@@ -418,7 +418,8 @@ public sealed class SaePlugin : IAnalysisPlugin
                 summary["feature"] = k;
                 summary["density"] = active / (double)Math.Max(1, tokensSeen);
                 tables.Add(new ResultTable("contexts", ["text_index", "text", "tokens_with_activation"], [.. contexts.OrderByDescending(c => c.Max).Take(top).Select(c => c.Row)]));
-                // The decoder direction through the unembedding: set the final normalised stream to it and read the logits.
+                // The decoder direction through the final norm's gain (and bias) and the unembedding, as TransformerLens'
+                // folded W_U reads it: ln_final.hook_normalized (before the gain) is set to it, then the logits are read.
                 var direction = sae.WDec[k].data<float>().ToArray();
                 var request = new RunRequest { Inputs = { new Input { Tokens = new TokenIds { Ids = { info.BosTokenId ?? 0 } } } }, Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
                 request.Interventions.Add(new Contracts.V1.Intervention

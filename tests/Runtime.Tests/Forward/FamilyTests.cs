@@ -133,6 +133,31 @@ public sealed class FamilyTests(FamilyModels models) : TorchTest, IClassFixture<
 
     [Theory]
     [MemberData(nameof(Families))]
+    public void Batched_cached_generation_gives_each_prompt_what_it_gets_alone(string family)
+    {
+        var m = models[family];
+        int[][] prompts = [RandomIds(8, 12, m.Config.VocabSize), RandomIds(9, 3, m.Config.VocabSize)];
+        var options = new GenerationOptions(28, new SamplingOptions());
+        var together = TextGenerator.Generate(m, prompts, options);
+        for (int r = 0; r < prompts.Length; r++)
+            Assert.Equal(TextGenerator.Generate(m, [prompts[r]], options)[0], together[r]);
+    }
+
+    [Theory]
+    [MemberData(nameof(Families))]
+    public void Bfloat16_weights_load_and_stay_close_to_float32(string family)
+    {
+        var (ids, _) = FamilyModels.Golden(family);
+        using var bf16 = ModelLoader.Load(RepoPaths.Fixture("families/" + family), dtype: ScalarType.BFloat16);
+        Assert.Equal(ScalarType.BFloat16, bf16.Transformer.DType);
+        var low = bf16.Transformer.Forward(Ids(ids), null, HookPlan.Empty, null, LogitsMode.All)!;
+        var full = models[family].Forward(Ids(ids), null, HookPlan.Empty, null, LogitsMode.All)!;
+        double diff = MaxAbsDiff(low, full), scale = full.abs().max().item<float>();
+        Assert.True(diff < 0.05 * scale, $"{family}: bfloat16 logits differ by {diff:E2} (logit scale {scale:F2})");
+    }
+
+    [Theory]
+    [MemberData(nameof(Families))]
     public void Every_hook_is_captured_with_its_documented_shape(string family)
     {
         var m = models[family];

@@ -144,4 +144,36 @@ public sealed class HookSemanticsTests(FamilyModels models) : TorchTest, IClassF
         var expected = k.le(q).logical_and(k.gt(q - window));
         Assert.True(seen.eq(expected).all().item<bool>(), $"{family} layer {layer}: attended keys differ from (q − {window}, q]");
     }
+
+    [Theory]
+    [MemberData(nameof(Families))]
+    public void Attention_scores_are_scaled_q_dot_k_soft_capped_then_masked(string family)
+    {
+        var m = models[family];
+        var c = m.Config;
+        int n = 10; // shorter than every fixture's window: only the causal mask applies (windows are tested above)
+        var cap = Capture(m, Ids(Tokens(c.VocabSize, n)), null, ["blocks.*.attn.hook_*"]);
+        for (int l = 0; l < c.NLayers; l++)
+        {
+            // The scale each family's transformers attention uses, written out here.
+            double scale = family switch
+            {
+                "gpt2" => 1.0 / Math.Sqrt(c.DHead) / (l + 1), // scale_attn_by_inverse_layer_idx
+                "gpt_neo" => 1.0,
+                "gemma2" or "gemma3_text" => 1.0 / Math.Sqrt(24), // query_pre_attn_scalar
+                _ => 1.0 / Math.Sqrt(c.DHead),
+            };
+            double? softcap = family == "gemma2" ? 4.0 : null;
+            bool rotary = cap.ContainsKey($"blocks.{l}.attn.hook_rot_q");
+            var q = cap[$"blocks.{l}.attn.{(rotary ? "hook_rot_q" : "hook_q")}"][0].transpose(0, 1);
+            var k = cap[$"blocks.{l}.attn.{(rotary ? "hook_rot_k" : "hook_k")}"][0].transpose(0, 1).repeat_interleave(c.NHeads / c.NKvHeads, 0);
+            var scores = q.matmul(k.transpose(1, 2)) * scale;
+            if (softcap is double sc)
+                scores = (scores / sc).tanh() * sc;
+            var captured = cap[$"blocks.{l}.attn.hook_attn_scores"][0];
+            var allowed = captured.isfinite();
+            Assert.True(allowed.eq(ones(n, n, ScalarType.Bool).tril()).all().item<bool>(), $"{family} layer {l}: the mask is not causal");
+            Assert.True(MaxAbsDiff(captured.masked_fill(allowed.logical_not(), 0), scores.masked_fill(allowed.logical_not(), 0)) < Tolerance, $"{family} layer {l}: scores differ from scaled q·k");
+        }
+    }
 }

@@ -44,6 +44,7 @@ public sealed class ConfigKeyTests : TorchTest
         { "gpt_neo", """{"window_size": 6}""", KeyOutcome.Changes, "" },
         { "gpt_neo", """{"attention_types": [[["local"], 3]]}""", KeyOutcome.Changes, "" },
         { "gpt_neo", """{"attention_types": [[["sparse"], 3]]}""", KeyOutcome.Refused, "attention_types|sparse" },
+        { "gpt_neo", """{"attention_types": [[["global"], "3"]]}""", KeyOutcome.Refused, "attention_types|3" },
         { "gpt_neo", """{"activation_function": "gelu"}""", KeyOutcome.Changes, "" },
         { "gpt_neo", """{"activation_function": "relu"}""", KeyOutcome.Refused, "activation_function|relu" },
         { "gpt_neo", """{"layer_norm_epsilon": 0.5}""", KeyOutcome.Changes, "" },
@@ -115,6 +116,8 @@ public sealed class ConfigKeyTests : TorchTest
         { "gemma2", """{"layer_types": ["full_attention", "full_attention", "full_attention"]}""", KeyOutcome.Changes, "" },
         { "gemma2", """{"hidden_activation": "gelu"}""", KeyOutcome.Refused, "hidden_activation|gelu" },
         { "gemma2", """{"rms_norm_eps": 0.5}""", KeyOutcome.Changes, "" },
+        { "gemma2", """{"num_hidden_layers": 2000000000}""", KeyOutcome.Refused, "num_hidden_layers|2000000000" },
+        { "gemma2", """{"query_pre_attn_scalar": -4}""", KeyOutcome.Refused, "query_pre_attn_scalar|-4" },
         // Gemma3TextConfig
         { "gemma3_text", """{"rope_local_base_freq": 100.0}""", KeyOutcome.Changes, "" },
         { "gemma3_text", """{"rope_scaling": null}""", KeyOutcome.Changes, "" },
@@ -241,5 +244,41 @@ public sealed class ConfigKeyTests : TorchTest
         var config = HuggingFaceCheckpoint.ReadConfig(dir.File("config.json"));
         Assert.Equal([2, 5, 7], config.EosTokenIds);
         Assert.Equal(2, config.EosTokenId);
+    }
+
+    [Fact]
+    public void Gpt2_without_scale_attn_weights_keeps_only_the_inverse_layer_factor()
+    {
+        using var dir = Patched("gpt2", """{"scale_attn_weights": false}""");
+        using var model = ModelLoader.Load(dir.Path);
+        var m = model.Transformer;
+        var cap = new Dictionary<string, Tensor>();
+        var plan = HookPlan.Build(m.Hooks, [new CaptureRequest(["blocks.1.attn.hook_q", "blocks.1.attn.hook_k", "blocks.1.attn.hook_attn_scores"])], null);
+        m.Forward(Ids(3, 14, 15, 92, 65, 35), null, plan, (h, v) => cap[h.Name] = v, LogitsMode.None);
+        // transformers: no 1/sqrt(d_head), still / (layer_idx + 1) at layer 1.
+        var expected = cap["blocks.1.attn.hook_q"][0].transpose(0, 1).matmul(cap["blocks.1.attn.hook_k"][0].permute(1, 2, 0)) / 2;
+        var scores = cap["blocks.1.attn.hook_attn_scores"][0];
+        var causal = ones(6, 6, ScalarType.Bool).tril();
+        Assert.True(MaxAbsDiff(scores.masked_fill(causal.logical_not(), 0), expected.masked_fill(causal.logical_not(), 0)) < 1e-4);
+    }
+
+    [Theory]
+    [InlineData("gpt_neox", "rotary_pct", """{"rotary_pct": 0.25}""")]
+    [InlineData("phi3", "rms_norm_eps", """{"rms_norm_eps": 1e-5}""")]
+    [InlineData("olmo2", "rms_norm_eps", """{"rms_norm_eps": 1e-5}""")]
+    [InlineData("gemma3_text", "rope_theta", """{"rope_theta": 1000000.0}""")]
+    [InlineData("gemma2", "attn_logit_softcapping", """{"attn_logit_softcapping": 50.0}""")]
+    [InlineData("gemma2", "query_pre_attn_scalar", """{"query_pre_attn_scalar": 256}""")]
+    [InlineData("mistral", "sliding_window", """{"sliding_window": 4096}""")]
+    [InlineData("gpt2", "scale_attn_by_inverse_layer_idx", """{"scale_attn_by_inverse_layer_idx": false}""")]
+    public void An_absent_key_takes_its_configuration_class_default(string family, string key, string defaultPatch)
+    {
+        using var absent = Patched(family, "{}");
+        var config = JsonNode.Parse(File.ReadAllText(absent.File("config.json")))!.AsObject();
+        Assert.True(config.Remove(key));
+        File.WriteAllText(absent.File("config.json"), config.ToJsonString());
+        using var explicitDefault = Patched(family, defaultPatch);
+        var ids = Forward.FamilyModels.Golden(family).Ids;
+        Assert.True(MaxAbsDiff(Logits(absent.Path, ids), Logits(explicitDefault.Path, ids)) == 0, $"{family}: absent {key} is not {defaultPatch}");
     }
 }

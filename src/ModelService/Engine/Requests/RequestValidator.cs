@@ -87,7 +87,10 @@ internal static class RequestValidator
         HashSet<int> stops;
         if (spec.StopIds is null)
         {
-            stops = (model.Tokenizer?.EosId ?? model.Config.EosTokenId) is int eos ? [eos] : [];
+            // The tokenizer's EOS and every eos_token_id of the config (a list for e.g. Llama 3 instruct).
+            stops = [.. model.Config.EosTokenIds];
+            if (model.Tokenizer?.EosId is int eos)
+                stops.Add(eos);
         }
         else
         {

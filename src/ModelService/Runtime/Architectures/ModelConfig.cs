@@ -8,8 +8,9 @@ public enum PositionalKind
 {
     /// <summary>A learned position embedding added to the token embedding (GPT-2).</summary>
     Learned,
-    /// <summary>Rotary embeddings on q and k, rotate_half convention (Hugging Face Llama). llama2.c's
-    /// adjacent-pair RoPE is converted to this at load time by permuting q/k rows.</summary>
+    /// <summary>Rotary embeddings on the first <see cref="ModelConfig.RotaryDim"/> dims of q and k,
+    /// rotate_half convention (Hugging Face Llama) unless <see cref="ModelConfig.RotaryInterleaved"/>
+    /// (GPT-J). llama2.c's adjacent-pair RoPE is converted to rotate_half at load time by permuting q/k rows.</summary>
     Rotary,
 }
 

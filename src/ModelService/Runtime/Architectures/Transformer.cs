@@ -17,7 +17,8 @@ public enum LogitsMode
 }
 
 /// <summary>
-/// The one forward for every supported architecture (GPT-2, Llama, Qwen2, Mistral, llama2.c),
+/// The one forward for every supported architecture (GPT-2, GPT-Neo, GPT-J, GPT-NeoX, Llama, Mistral,
+/// Qwen2/3, Phi-3, OLMo-2, Gemma 1/2/3, llama2.c),
 /// driven by a <see cref="ModelConfig"/>, with TransformerLens hook points evaluated against a
 /// request-scoped <see cref="HookPlan"/>.
 /// </summary>

@@ -121,9 +121,12 @@ public static class HuggingFaceCheckpoint
         };
     }
 
+    /// <summary>More layers than any real model; checked before per-layer lists are built from a config.</summary>
+    private const int MaxLayers = 10_000;
+
     private static ModelConfig GptNeoConfig(ConfigReader r)
     {
-        int d = r.Int("hidden_size"), heads = r.Int("num_heads"), layers = r.Int("num_layers");
+        int d = r.Int("hidden_size"), heads = r.Int("num_heads"), layers = r.Layers("num_layers");
         if (heads <= 0 || d % heads != 0)
             throw r.Error($"hidden_size ({d}) must be a multiple of num_heads ({heads})");
         // attention_types [[["global", "local"], n], ...] expands to one entry per layer (attention_layers).
@@ -132,7 +135,9 @@ public static class HuggingFaceCheckpoint
         {
             foreach (var item in types.EnumerateArray())
             {
-                if (item.ValueKind != JsonValueKind.Array || item.GetArrayLength() != 2 || item[0].ValueKind != JsonValueKind.Array || !item[1].TryGetInt32(out int repeat) || repeat < 0 || repeat > 100_000)
+                int repeat = -1;
+                if (item.ValueKind != JsonValueKind.Array || item.GetArrayLength() != 2 || item[0].ValueKind != JsonValueKind.Array
+                    || item[1].ValueKind != JsonValueKind.Number || !item[1].TryGetInt32(out repeat) || repeat < 0 || (long)repeat * item[0].GetArrayLength() + kinds.Count > MaxLayers)
                     throw r.Error($"attention_types entries must be [[kinds...], repeat], got {ConfigReader.Quote(item.GetRawText())}");
                 for (int i = 0; i < repeat; i++)
                     kinds.AddRange(item[0].EnumerateArray().Select(k => k.ValueKind == JsonValueKind.String ? k.GetString()! : k.GetRawText()));
@@ -144,7 +149,9 @@ public static class HuggingFaceCheckpoint
         }
         else
         {
-            kinds.AddRange(Enumerable.Repeat("global", layers));
+            // GPTNeoConfig's default attention_types: [[["global", "local"], 12]].
+            for (int i = 0; i < 12; i++)
+                kinds.AddRange(["global", "local"]);
         }
         if (kinds.Count != layers)
             throw r.Error($"attention_types expand to {kinds.Count} layers, num_layers is {layers}");
@@ -186,7 +193,8 @@ public static class HuggingFaceCheckpoint
         if (heads <= 0 || d % heads != 0)
             throw r.Error($"n_embd ({d}) must be a multiple of n_head ({heads})");
         int dh = d / heads;
-        int rot = r.Int("rotary_dim", dh);
+        // GPTJConfig: rotary_dim absent = 64, null = the whole head.
+        int rot = r.Root.TryGetProperty("rotary_dim", out _) ? r.Int("rotary_dim", dh) : 64;
         return new ModelConfig
         {
             Architecture = r.Arch,
@@ -222,7 +230,7 @@ public static class HuggingFaceCheckpoint
             throw r.Error($"hidden_size ({d}) must be a multiple of num_attention_heads ({heads})");
         int dh = d / heads;
         int maxPos = r.Int("max_position_embeddings", 2048);
-        double pct = r.PartialRotary("rotary_pct", 1.0);
+        double pct = r.PartialRotary("rotary_pct", 0.25); // GPTNeoXConfig's default
         int rot = (int)(dh * pct);
         var rope = r.Rope(maxPos, rot, r.Has("rope_theta") ? "rope_theta" : "rotary_emb_base");
         return new ModelConfig
@@ -261,8 +269,10 @@ public static class HuggingFaceCheckpoint
         int d = r.Int("hidden_size"), heads = r.Int("num_attention_heads");
         if (heads <= 0)
             throw r.Error($"num_attention_heads must be positive, got {heads}");
-        int layers = r.Int("num_hidden_layers");
-        int headDim = r.Int("head_dim", gemma ? 256 : d / heads);
+        int layers = r.Layers("num_hidden_layers");
+        // Defaults of the configuration classes, for keys a config.json leaves out.
+        int headDim = r.Int("head_dim", gemma ? 256 : arch == "Qwen3ForCausalLM" ? 128 : d / heads);
+        double defaultEps = arch is "Phi3ForCausalLM" or "Olmo2ForCausalLM" ? 1e-5 : 1e-6;
         int maxPos = r.Int("max_position_embeddings", arch switch { "Gemma3ForCausalLM" => 131072, "Phi3ForCausalLM" => 4096, _ => 2048 });
 
         MlpKind mlp;
@@ -357,7 +367,12 @@ public static class HuggingFaceCheckpoint
 
         double? softcap = gemma2Plus ? r.OptionalReal("attn_logit_softcapping", arch == "Gemma2ForCausalLM" ? 50.0 : null) : null;
         double? finalCap = gemma2Plus ? r.OptionalReal("final_logit_softcapping", arch == "Gemma2ForCausalLM" ? 30.0 : null) : null;
-        double? scale = gemma2Plus ? Math.Pow(r.Real("query_pre_attn_scalar", 256), -0.5) : null;
+        double? scale = null;
+        if (gemma2Plus)
+        {
+            double scalar = r.Real("query_pre_attn_scalar", 256);
+            scale = scalar > 0 && double.IsFinite(scalar) ? Math.Pow(scalar, -0.5) : throw r.Error($"query_pre_attn_scalar must be positive, got {scalar}");
+        }
         return new ModelConfig
         {
             Architecture = arch,
@@ -370,7 +385,7 @@ public static class HuggingFaceCheckpoint
             VocabSize = r.Int("vocab_size"),
             ContextLength = maxPos,
             Norm = NormKind.RmsNorm,
-            NormEps = r.Real("rms_norm_eps", 1e-6),
+            NormEps = r.Real("rms_norm_eps", defaultEps),
             NormGainOffset = gemma,
             Positional = PositionalKind.Rotary,
             RopeTheta = rope.Theta,
@@ -423,6 +438,13 @@ public static class HuggingFaceCheckpoint
         }
 
         public int? OptionalInt(string name) => Has(name) ? Int(name) : null;
+
+        /// <summary>A layer count, bounded before anything per layer is allocated.</summary>
+        public int Layers(string name)
+        {
+            int n = Int(name);
+            return n is > 0 and <= MaxLayers ? n : throw Error($"\"{name}\" must be between 1 and {MaxLayers}, got {n}");
+        }
 
         /// <summary><c>sliding_window</c>: absent means the config class default, null means none.</summary>
         public int? Window(int? classDefault) =>
@@ -534,16 +556,16 @@ public static class HuggingFaceCheckpoint
         /// RoPE from <c>rope_theta</c> + <c>rope_scaling</c> (v4) or <c>rope_parameters</c> (v5). Every
         /// <c>rope_type</c> transformers defines is honoured; parameters it would reject are refused.
         /// </summary>
-        public RopeSettings Rope(int maxPos, int rotaryDim, string thetaKey)
+        public RopeSettings Rope(int maxPos, int rotaryDim, string thetaKey, double defaultTheta = 10000)
         {
             if (Root.TryGetProperty("rope_parameters", out var rp) && rp.ValueKind == JsonValueKind.Object)
             {
                 if (rp.TryGetProperty("full_attention", out var nested) && nested.ValueKind == JsonValueKind.Object)
                     rp = nested;
-                double theta = rp.TryGetProperty("rope_theta", out var t) && t.ValueKind == JsonValueKind.Number ? t.GetDouble() : Real(thetaKey, 10000);
+                double theta = rp.TryGetProperty("rope_theta", out var t) && t.ValueKind == JsonValueKind.Number ? t.GetDouble() : Real(thetaKey, defaultTheta);
                 return Scaling(rp, "rope_parameters", theta, maxPos, rotaryDim);
             }
-            double baseTheta = Real(thetaKey, 10000);
+            double baseTheta = Real(thetaKey, defaultTheta);
             if (Root.TryGetProperty("rope_scaling", out var rs) && rs.ValueKind == JsonValueKind.Object)
                 return Scaling(rs, "rope_scaling", baseTheta, maxPos, rotaryDim);
             if (Root.TryGetProperty("rope_scaling", out rs) && rs.ValueKind != JsonValueKind.Null)
@@ -556,11 +578,12 @@ public static class HuggingFaceCheckpoint
         {
             if (Root.TryGetProperty("rope_parameters", out var rp) && rp.ValueKind == JsonValueKind.Object && rp.TryGetProperty("sliding_attention", out var sl) && sl.ValueKind == JsonValueKind.Object)
             {
-                var global = Rope(maxPos, rotaryDim, "rope_theta");
+                var global = Rope(maxPos, rotaryDim, "rope_theta", 1_000_000);
                 double localTheta = sl.TryGetProperty("rope_theta", out var lt) && lt.ValueKind == JsonValueKind.Number ? lt.GetDouble() : 10000;
                 return (global, Scaling(sl, "rope_parameters.sliding_attention", localTheta, maxPos, rotaryDim));
             }
-            return (Rope(maxPos, rotaryDim, "rope_theta"), new RopeSettings { Theta = Real("rope_local_base_freq", 10000) });
+            // Gemma3TextConfig's default rope_theta is 1e6.
+            return (Rope(maxPos, rotaryDim, "rope_theta", 1_000_000), new RopeSettings { Theta = Real("rope_local_base_freq", 10000) });
         }
 
         private RopeSettings Scaling(JsonElement s, string where, double theta, int maxPos, int rotaryDim)
