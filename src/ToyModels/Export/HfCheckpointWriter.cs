@@ -17,6 +17,13 @@ public static class HfCheckpointWriter
         var c = model.Config;
         Directory.CreateDirectory(folder);
         using var scope = NewDisposeScope();
+        // Only the plain GPT-2 / Llama layouts are written; any family switch would be lost silently.
+        bool plain = c.Residual == ResidualKind.Sequential && c.PreNorms && !c.PostNorms && c.QkNorm == QkNormKind.None && !c.NormGainOffset
+            && !c.ScaleEmbeddings && c.AttentionScale is null && !c.ScaleByInverseLayer && c.AttnSoftcap is null && c.FinalSoftcap is null
+            && c.SlidingWindow is null && (c.Rope is null || c.Rope.Scaling == RopeScalingKind.None) && c.LocalRope is null
+            && !c.RotaryInterleaved && !c.UnembedBias && !c.AttentionBias && !c.MlpBias;
+        if (!plain)
+            throw new ArgumentException($"only plain GPT-2- or Llama-shaped models can be saved; {c.Architecture} uses family features (post-norms, q/k norms, soft-caps, windows, rope scaling, ...) this writer does not export");
         var (tensors, config) = c switch
         {
             { Norm: NormKind.LayerNorm, Positional: PositionalKind.Learned, Mlp: MlpKind.GeluTanh } when c.NKvHeads == c.NHeads && c.TiedEmbeddings => Gpt2(model),
