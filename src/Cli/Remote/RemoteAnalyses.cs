@@ -212,20 +212,27 @@ internal static class RemoteAnalyses
                     using var call = c.Artifacts.PutArtifact(c.Options);
                     var head = new Contracts.V1.ArtifactInfo { Name = Need(), MetadataJson = metadata ?? "{}" };
                     head.Files.AddRange(files.Select(f => new ArtifactFileInfo { Name = Path.GetFileName(f), Bytes = new FileInfo(f).Length }));
-                    call.RequestStream.WriteAsync(new ArtifactChunk { Header = head }).GetAwaiter().GetResult();
-                    var buffer = new byte[1 << 20];
-                    foreach (var f in files)
+                    try
                     {
-                        using var s = File.OpenRead(f);
-                        long offset = 0;
-                        int n;
-                        while ((n = s.Read(buffer)) > 0)
+                        call.RequestStream.WriteAsync(new ArtifactChunk { Header = head }).GetAwaiter().GetResult();
+                        var buffer = new byte[1 << 20];
+                        foreach (var f in files)
                         {
-                            call.RequestStream.WriteAsync(new ArtifactChunk { Data = new FileData { File = Path.GetFileName(f), Offset = offset, Data = ByteString.CopyFrom(buffer, 0, n) } }).GetAwaiter().GetResult();
-                            offset += n;
+                            using var s = File.OpenRead(f);
+                            long offset = 0;
+                            int n;
+                            while ((n = s.Read(buffer)) > 0)
+                            {
+                                call.RequestStream.WriteAsync(new ArtifactChunk { Data = new FileData { File = Path.GetFileName(f), Offset = offset, Data = ByteString.CopyFrom(buffer, 0, n) } }).GetAwaiter().GetResult();
+                                offset += n;
+                            }
                         }
+                        call.RequestStream.CompleteAsync().GetAwaiter().GetResult();
                     }
-                    call.RequestStream.CompleteAsync().GetAwaiter().GetResult();
+                    catch (Exception e) when (e is RpcException or InvalidOperationException)
+                    {
+                        // The gateway refused the upload before it was all sent: its answer (what to fix) is the call's status.
+                    }
                     return call.ResponseAsync.GetAwaiter().GetResult();
                 });
                 stdout.WriteLine(json ? Formatter.Format(stored) : $"{stored.Name}: {stored.Files.Count} files stored");
