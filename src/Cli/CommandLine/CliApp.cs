@@ -47,6 +47,9 @@ public static class CliApp
           interpmesh bench sae     [--d-in D --d-sae S --k K --batch B --steps N] [--threads N] [--json]
           interpmesh bench load    [--clients N] [--seconds S] [--mix run=6,generate=3,analysis=1] [--max-concurrent R] [--admission-wait-ms W]
                                  [--max-jobs J] [--max-queued Q] [--retained-jobs K] [--model PATH] [--soak [--sample-seconds T]] [--threads N] [--json]
+          interpmesh bench serving [--model PATH | --preset gpt2-small | --server URL] [--iters I] [--run-seq T] [--long-tokens N]
+                                 [--gen-tokens N] [--prompt-length P] [--clients C] [--rounds R] [--stall-capture GLOB]
+                                 [--only idle,during-generate,during-stall,generate] [--threads N] [--json]
 
         Settings: --server, --key and --model (--model-name for model commands) default to the environment
         variables INTERPMESH_SERVER, INTERPMESH_API_KEY and INTERPMESH_MODEL, then to the config file
@@ -87,7 +90,7 @@ public static class CliApp
             }
             if (command == "bench")
             {
-                return rest.Length == 0 ? throw new UsageException("bench needs a benchmark name: `interpmesh bench forward|stream|gateway|probe|retrieval|sae|load ...`")
+                return rest.Length == 0 ? throw new UsageException("bench needs a benchmark name: `interpmesh bench forward|stream|gateway|probe|retrieval|sae|load|serving ...`")
                     : rest[0] == "forward" ? ForwardBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "stream" ? StreamBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "gateway" ? GatewayBenchmark.Run(Parse(rest[1..]), stdout)
@@ -95,7 +98,8 @@ public static class CliApp
                     : rest[0] == "retrieval" ? RetrievalBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "sae" ? SaeBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "load" ? LoadBenchmark.Run(Parse(rest[1..]), stdout)
-                    : throw new UsageException($"unknown benchmark '{rest[0]}'; benchmarks: forward, stream, gateway, probe, retrieval, sae, load");
+                    : rest[0] == "serving" ? ServingBenchmark.Run(Parse(rest[1..]), stdout)
+                    : throw new UsageException($"unknown benchmark '{rest[0]}'; benchmarks: forward, stream, gateway, probe, retrieval, sae, load, serving");
             }
             if (command == "train-toy")
             {
