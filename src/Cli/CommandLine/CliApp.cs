@@ -20,7 +20,8 @@ public static class CliApp
                                without --text: one JSON string per line on stdin, one {"ids": [...]} per line out
           interpmesh generate  --model PATH (--prompt "..." | --prompt-ids 1,2,3) --max-new-tokens N
                                [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop-ids 1,2 | --stop-ids none] [--json]
-          interpmesh forward   --model PATH --ids 1,2,3 [--logits all|last] [--json]
+          interpmesh forward   --model PATH --ids 1,2,3 [--logits all|last|none] [--top-k K] [--loss]
+                               [--capture GLOB[,GLOB]] [--json]   (--capture prints shape and stats per hook; with --json, the values)
           interpmesh serve     --model PATH [--tokenizer PATH] [--grpc-port P] [--metrics-port Q] [--bind ADDRESS] [--threads N]
 
         Remote mode: info, tokenize, generate and forward take --server URL (e.g. http://127.0.0.1:50051)
@@ -166,5 +167,5 @@ public static class CliApp
         return picked.Count == 0 ? Usage : "usage:\n" + string.Join('\n', picked) + "\n\n(`interpmesh help` lists every command, settings and exit codes)";
     }
 
-    private static CliArgs Parse(string[] rest) => new(rest, new HashSet<string> { "json", "quick", "soak" });
+    private static CliArgs Parse(string[] rest) => new(rest, new HashSet<string> { "json", "quick", "soak", "loss" });
 }
