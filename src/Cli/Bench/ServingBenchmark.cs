@@ -33,6 +33,7 @@ internal static class ServingBenchmark
         int clients = args.Int("clients", min: 1) ?? 8;
         int rounds = args.Int("rounds", min: 1) ?? 3;
         string stallCapture = args.Text("stall-capture") ?? "*";
+        string? saveModel = args.Text("save-model");
         var measures = (args.Text("only") ?? string.Join(',', AllMeasures)).Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         foreach (var m in measures)
         {
@@ -41,6 +42,8 @@ internal static class ServingBenchmark
         }
         if (preset is not null && modelPath is not null)
             throw new UsageException("give --model PATH or --preset NAME, not both");
+        if (saveModel is not null && preset is null)
+            throw new UsageException("--save-model DIR keeps the random checkpoint of a --preset; give --preset NAME");
         if (server is not null && (preset is not null || modelPath is not null))
             throw new UsageException("--server measures a running service; it takes no --model or --preset");
         int threads = TorchRuntime.Initialize(args.Int("threads", min: 1));
@@ -55,9 +58,10 @@ internal static class ServingBenchmark
             {
                 if (preset is not null)
                 {
-                    dir = Path.Combine(Path.GetTempPath(), "interpmesh-bench-" + Guid.NewGuid().ToString("N"));
-                    BenchMesh.SaveRandomModel(Presets.Config(preset), dir);
-                    modelPath = dir;
+                    // --save-model keeps the checkpoint, so another build (`interpmesh serve --model DIR`) can serve the same weights.
+                    modelPath = saveModel ?? (dir = Path.Combine(Path.GetTempPath(), "interpmesh-bench-" + Guid.NewGuid().ToString("N")));
+                    if (!File.Exists(Path.Combine(modelPath, "config.json")))
+                        BenchMesh.SaveRandomModel(Presets.Config(preset), modelPath);
                     source = $"preset {preset} (random weights)";
                 }
                 else
