@@ -3,9 +3,14 @@ using Grpc.Core;
 using InterpMesh.Cli.CommandLine;
 using InterpMesh.Cli.Local;
 using InterpMesh.Contracts.V1;
+using InterpMesh.Engine;
+using InterpMesh.Engine.Outputs;
+using InterpMesh.Engine.Requests;
+using InterpMesh.ModelService.Hosting;
 using InterpMesh.Runtime.Architectures;
 using InterpMesh.Runtime.Execution;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace InterpMesh.Cli.Bench;
 
@@ -17,7 +22,7 @@ namespace InterpMesh.Cli.Bench;
 /// </summary>
 internal static class ServingBenchmark
 {
-    private static readonly string[] AllMeasures = ["idle", "during-generate", "during-stall", "generate"];
+    private static readonly string[] AllMeasures = ["idle", "during-generate", "during-stall", "generate", "engine"];
 
     public static int Run(CliArgs args, TextWriter stdout)
     {
@@ -31,7 +36,7 @@ internal static class ServingBenchmark
         int genTokens = args.Int("gen-tokens", min: 1) ?? 128;
         int promptLength = args.Int("prompt-length", min: 1) ?? 8;
         int clients = args.Int("clients", min: 1) ?? 8;
-        int rounds = args.Int("rounds", min: 1) ?? 3;
+        int rounds = args.Int("rounds", min: 1) ?? 5;
         string stallCapture = args.Text("stall-capture") ?? "*";
         string? saveModel = args.Text("save-model");
         var measures = (args.Text("only") ?? string.Join(',', AllMeasures)).Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
@@ -76,7 +81,14 @@ internal static class ServingBenchmark
             {
                 source = server;
             }
-            var result = Measure(server, measures, new Settings(iters, runSeq, longTokens, genTokens, promptLength, clients, rounds, stallCapture));
+            var settings = new Settings(iters, runSeq, longTokens, genTokens, promptLength, clients, rounds, stallCapture);
+            var result = Measure(server, measures, settings);
+            if (app is not null && measures.Contains("engine"))
+            {
+                var engine = app.Services.GetRequiredService<ModelHost>().Engine!;
+                foreach (var (k, v) in MeasureEngine(engine, settings))
+                    result[k] = v;
+            }
             var report = new Dictionary<string, object?>
             {
                 ["model"] = source,
@@ -259,6 +271,54 @@ internal static class ServingBenchmark
         }
     }
 
+    /// <summary>
+    /// The same 1 vs N Generate comparison on the service's engine directly (no gRPC, no protos): what the
+    /// scheduler achieves, to tell it apart from the transport's per-message cost.
+    /// </summary>
+    private static Dictionary<string, object?> MeasureEngine(ModelEngine engine, Settings s)
+    {
+        var rng = new Random(11);
+        int vocab = engine.Model.Config.VocabSize;
+        GenerateSpec Spec() => new()
+        {
+            Prompts = [InputSpec.FromIds(Enumerable.Range(0, s.PromptLength).Select(_ => rng.Next(vocab)).ToArray())],
+            MaxNewTokens = s.GenTokens,
+            StopIds = [],
+        };
+        static async Task<int> Generate(ModelEngine engine, GenerateSpec spec)
+        {
+            int tokens = 0;
+            await foreach (var output in engine.GenerateAsync(spec).ConfigureAwait(false))
+            {
+                if (output is GenerateStep step)
+                    tokens += step.Ids.Count(id => id >= 0);
+            }
+            return tokens;
+        }
+        var one = new List<double>();
+        var many = new List<double>();
+        for (int r = 0; r < s.Rounds; r++)
+        {
+            var spec = Spec();
+            var sw = Stopwatch.StartNew();
+            int tokens = Generate(engine, spec).GetAwaiter().GetResult();
+            one.Add(tokens / sw.Elapsed.TotalSeconds);
+            var specs = Enumerable.Range(0, s.Clients).Select(_ => Spec()).ToList();
+            sw.Restart();
+            var counts = specs.Select(x => Task.Run(() => Generate(engine, x))).ToArray();
+            Task.WaitAll(counts);
+            many.Add(counts.Sum(t => t.Result) / sw.Elapsed.TotalSeconds);
+        }
+        double single = Percentile(one, 0.5);
+        double concurrent = Percentile(many, 0.5);
+        return new()
+        {
+            ["engine_generate_1_tokens_per_s"] = single,
+            [$"engine_generate_{s.Clients}_tokens_per_s"] = concurrent,
+            ["engine_generate_ratio"] = concurrent / single,
+        };
+    }
+
     private static double Percentile(List<double> values, double p)
     {
         var sorted = values.Order().ToList();
@@ -283,5 +343,7 @@ internal static class ServingBenchmark
         Row("Run p50, another client not reading its capture stream", "run_during_stall_p50_ms", "ms", "run_during_stall_ratio", "≤ 2");
         Row("Generate tokens/s, 1 client", "generate_1_client_tokens_per_s", "tok/s", null, "");
         Row($"Generate tokens/s, {clients} clients", $"generate_{clients}_clients_tokens_per_s", "tok/s", "generate_clients_ratio", "≥ 4 (stories260K), ≥ 2.5 (gpt2-small)");
+        Row("engine only (no gRPC): Generate tokens/s, 1 request", "engine_generate_1_tokens_per_s", "tok/s", null, "");
+        Row($"engine only (no gRPC): Generate tokens/s, {clients} requests", $"engine_generate_{clients}_tokens_per_s", "tok/s", "engine_generate_ratio", "");
     }
 }

@@ -50,7 +50,7 @@ public static class CliApp
                                  [--max-jobs J] [--max-queued Q] [--retained-jobs K] [--model PATH] [--soak [--sample-seconds T]] [--threads N] [--json]
           interpmesh bench serving [--model PATH | --preset gpt2-small [--save-model DIR] | --server URL] [--iters I] [--run-seq T] [--long-tokens N]
                                  [--gen-tokens N] [--prompt-length P] [--clients C] [--rounds R] [--stall-capture GLOB]
-                                 [--only idle,during-generate,during-stall,generate] [--threads N] [--json]
+                                 [--only idle,during-generate,during-stall,generate,engine] [--threads N] [--json]
 
         Settings: --server, --key and --model (--model-name for model commands) default to the environment
         variables INTERPMESH_SERVER, INTERPMESH_API_KEY and INTERPMESH_MODEL, then to the config file
