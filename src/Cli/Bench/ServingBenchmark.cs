@@ -39,6 +39,7 @@ internal static class ServingBenchmark
         int rounds = args.Int("rounds", min: 1) ?? 5;
         string stallCapture = args.Text("stall-capture") ?? "*";
         string? saveModel = args.Text("save-model");
+        int? window = args.Int("batch-window-ms", min: 0);
         var measures = (args.Text("only") ?? string.Join(',', AllMeasures)).Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         foreach (var m in measures)
         {
@@ -49,8 +50,8 @@ internal static class ServingBenchmark
             throw new UsageException("give --model PATH or --preset NAME, not both");
         if (saveModel is not null && preset is null)
             throw new UsageException("--save-model DIR keeps the random checkpoint of a --preset; give --preset NAME");
-        if (server is not null && (preset is not null || modelPath is not null))
-            throw new UsageException("--server measures a running service; it takes no --model or --preset");
+        if (server is not null && (preset is not null || modelPath is not null || window is not null))
+            throw new UsageException("--server measures a running service; it takes no --model, --preset or --batch-window-ms");
         int threads = TorchRuntime.Initialize(args.Int("threads", min: 1));
         args.RejectUnknown("bench serving");
 
@@ -74,7 +75,7 @@ internal static class ServingBenchmark
                     modelPath ??= Path.Combine(BenchMesh.Repository(), "models", "stories260K", "stories260K.bin");
                     source = modelPath;
                 }
-                app = BenchMesh.StartModelService(modelPath, threads);
+                app = BenchMesh.StartModelService(modelPath, threads, window is null ? null : new() { ["ModelService:BatchWindowMs"] = window.Value.ToString(System.Globalization.CultureInfo.InvariantCulture) });
                 server = app.Urls.First();
             }
             else
@@ -94,6 +95,7 @@ internal static class ServingBenchmark
                 ["model"] = source,
                 ["threads"] = threads,
                 ["in_process_server"] = app is not null,
+                ["batch_window_ms"] = window,
                 ["run_request"] = $"1x{runSeq}, last logits",
                 ["iters"] = iters,
                 ["long_generate_tokens"] = longTokens,

@@ -49,7 +49,7 @@ public static class CliApp
           interpmesh bench load    [--clients N] [--seconds S] [--mix run=6,generate=3,analysis=1] [--max-concurrent R] [--admission-wait-ms W]
                                  [--max-jobs J] [--max-queued Q] [--retained-jobs K] [--model PATH] [--soak [--sample-seconds T]] [--threads N] [--json]
           interpmesh bench serving [--model PATH | --preset gpt2-small [--save-model DIR] | --server URL] [--iters I] [--run-seq T] [--long-tokens N]
-                                 [--gen-tokens N] [--prompt-length P] [--clients C] [--rounds R] [--stall-capture GLOB]
+                                 [--gen-tokens N] [--prompt-length P] [--clients C] [--rounds R] [--stall-capture GLOB] [--batch-window-ms W]
                                  [--only idle,during-generate,during-stall,generate,engine] [--threads N] [--json]
 
         Settings: --server, --key and --model (--model-name for model commands) default to the environment
