@@ -196,6 +196,24 @@ public sealed class LocalModeTests
         Assert.Equal(2L * 2 * 16 * 64 * 4, r.Json.GetProperty("captured_bytes_per_iter").GetInt64());
     }
 
+    [Fact]
+    public void Bench_serving_runs_every_measure_and_reports_json()
+    {
+        // A smoke run with tiny settings: every measure completes and reports (no timing is asserted).
+        var r = CliRunner.Run("bench", "serving", "--model", StoriesBin, "--iters", "5", "--long-tokens", "24", "--gen-tokens", "4",
+            "--clients", "2", "--rounds", "1", "--stall-capture", "blocks.0.*", "--threads", "1", "--json");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var j = r.Json;
+        foreach (var key in new[] { "run_idle_p50_ms", "run_during_generate_ratio", "run_during_stall_ratio", "generate_1_client_tokens_per_s",
+            "generate_2_clients_tokens_per_s", "generate_clients_ratio", "engine_generate_ratio" })
+            Assert.True(j.GetProperty(key).GetDouble() > 0, key);
+        Assert.Equal(2, j.GetProperty("clients").GetInt32());
+
+        var bad = CliRunner.Run("bench", "serving", "--only", "idle,nothing", "--json");
+        Assert.Equal(2, bad.ExitCode);
+        Assert.Contains("--only takes", bad.Stderr);
+    }
+
     [Theory]
     [InlineData("unknown option", 2, "info", "--model", "M", "--jsn")]
     [InlineData("--max-new-tokens is required", 2, "generate", "--model", "M", "--prompt-ids", "1")]
