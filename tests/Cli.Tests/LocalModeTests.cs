@@ -1,5 +1,9 @@
 using System.Diagnostics;
 using System.Text.Json;
+using InterpMesh.Runtime.Architectures;
+using InterpMesh.Runtime.Hooks;
+using InterpMesh.Runtime.Loading;
+using static TorchSharp.torch;
 
 namespace InterpMesh.Cli.Tests;
 
@@ -113,6 +117,76 @@ public sealed class LocalModeTests
         Assert.True(last[0].EnumerateArray().Select(x => x.GetDouble()).Zip(expected[^1]).Max(z => Math.Abs(z.First - z.Second)) <= 1e-4);
     }
 
+    /// <summary>The same ids through the runtime's Transformer.Forward directly: captures (flattened), logits [pos, vocab].</summary>
+    private static (Dictionary<string, float[]> Captures, float[][] Logits, double Loss) DirectForward(string model, int[] ids, string[] hooks)
+    {
+        using var loaded = ModelLoader.Load(model);
+        using var mode = inference_mode();
+        using var scope = NewDisposeScope();
+        var captures = new Dictionary<string, float[]>();
+        var plan = HookPlan.Build(loaded.Transformer.Hooks, [new CaptureRequest(hooks)], null);
+        var input = tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Length]);
+        var logits = loaded.Transformer.Forward(input, null, plan, (h, t) => captures[h.Name] = t.contiguous().to(ScalarType.Float32).data<float>().ToArray(), LogitsMode.All)!
+            .to(ScalarType.Float32)[0];
+        double loss = nn.functional.cross_entropy(logits[..^1], input[0, 1..]).item<float>();
+        var rows = Enumerable.Range(0, ids.Length).Select(p => logits[p].data<float>().ToArray()).ToArray();
+        return (captures, rows, loss);
+    }
+
+    [Fact]
+    public void Forward_captures_loss_and_top_k_equal_a_direct_forward()
+    {
+        int[] ids = [1, 403, 407, 261, 378, 260, 31];
+        string[] hooks = ["blocks.1.hook_resid_post", "blocks.3.attn.hook_pattern"];
+        var (captures, logits, loss) = DirectForward(StoriesBin, ids, hooks);
+
+        var r = CliRunner.Run("forward", "--model", StoriesBin, "--ids", string.Join(',', ids), "--capture", string.Join(',', hooks), "--loss", "--top-k", "4", "--json");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var j = r.Json;
+        Assert.False(j.TryGetProperty("logits", out _), "--top-k returns top-k instead of full logits");
+        Assert.Equal(loss, j.GetProperty("loss").GetDouble(), 4);
+
+        var topIds = j.GetProperty("top_k").GetProperty("ids").EnumerateArray().Select(row => row.Ints()).ToArray();
+        var topValues = j.GetProperty("top_k").GetProperty("values").EnumerateArray().Select(row => row.EnumerateArray().Select(x => x.GetDouble()).ToArray()).ToArray();
+        Assert.Equal(ids.Length, topIds.Length);
+        for (int p = 0; p < ids.Length; p++)
+        {
+            var expected = logits[p].Select((v, i) => (v, i)).OrderByDescending(x => x.v).Take(4).ToArray();
+            Assert.Equal(expected.Select(x => x.i), topIds[p]);
+            Assert.True(expected.Zip(topValues[p]).Max(z => Math.Abs(z.First.v - z.Second)) <= 1e-4, $"top-k values at position {p}");
+        }
+
+        var got = j.GetProperty("captures");
+        Assert.Equal(hooks.Order(), got.EnumerateObject().Select(o => o.Name).Order());
+        Assert.Equal(new long[] { 1, ids.Length, 64 }, got.GetProperty(hooks[0]).GetProperty("shape").EnumerateArray().Select(x => x.GetInt64()));
+        Assert.Equal(new long[] { 1, 8, ids.Length, ids.Length }, got.GetProperty(hooks[1]).GetProperty("shape").EnumerateArray().Select(x => x.GetInt64()));
+        foreach (var hook in hooks)
+        {
+            var values = got.GetProperty(hook).GetProperty("values").EnumerateArray().Select(x => x.GetDouble()).ToArray();
+            Assert.Equal(captures[hook].Length, values.Length);
+            Assert.True(captures[hook].Zip(values).Max(z => Math.Abs(z.First - z.Second)) <= 1e-4, hook);
+        }
+    }
+
+    [Fact]
+    public void Forward_prints_capture_stats_and_the_loss()
+    {
+        int[] ids = [1, 403, 407, 261];
+        var (captures, logits, loss) = DirectForward(StoriesBin, ids, ["blocks.0.hook_resid_post"]);
+        var r = CliRunner.Run("forward", "--model", StoriesBin, "--ids", string.Join(',', ids), "--logits", "last", "--capture", "blocks.0.hook_resid_post", "--loss");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var lines = r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        // Last-position logits: one line, its top id first.
+        int best = Array.IndexOf(logits[^1], logits[^1].Max());
+        Assert.StartsWith($"position 3 (id 261): top logits {best}:", lines[0]);
+        var stats = Assert.Single(lines, l => l.StartsWith("blocks.0.hook_resid_post [1, 4, 64]: ", StringComparison.Ordinal));
+        double mean = captures["blocks.0.hook_resid_post"].Average(x => (double)x);
+        double printed = double.Parse(stats.Split("mean ")[1].Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
+        Assert.Equal(mean, printed, 3);
+        var lossLine = Assert.Single(lines, l => l.StartsWith("mean next-token loss: ", StringComparison.Ordinal));
+        Assert.Equal(loss, double.Parse(lossLine["mean next-token loss: ".Length..], System.Globalization.CultureInfo.InvariantCulture), 4);
+    }
+
     [Fact]
     public void Bench_forward_reports_throughput_as_json()
     {
@@ -122,12 +196,33 @@ public sealed class LocalModeTests
         Assert.Equal(2L * 2 * 16 * 64 * 4, r.Json.GetProperty("captured_bytes_per_iter").GetInt64());
     }
 
+    [Fact]
+    public void Bench_serving_runs_every_measure_and_reports_json()
+    {
+        // A smoke run with tiny settings: every measure completes and reports (no timing is asserted).
+        var r = CliRunner.Run("bench", "serving", "--model", StoriesBin, "--iters", "5", "--long-tokens", "24", "--gen-tokens", "4",
+            "--clients", "2", "--rounds", "1", "--stall-capture", "blocks.0.*", "--threads", "1", "--json");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var j = r.Json;
+        foreach (var key in new[] { "run_idle_p50_ms", "run_during_generate_ratio", "run_during_stall_ratio", "generate_1_client_tokens_per_s",
+            "generate_2_clients_tokens_per_s", "generate_clients_ratio", "engine_generate_ratio" })
+            Assert.True(j.GetProperty(key).GetDouble() > 0, key);
+        Assert.Equal(2, j.GetProperty("clients").GetInt32());
+
+        var bad = CliRunner.Run("bench", "serving", "--only", "idle,nothing", "--json");
+        Assert.Equal(2, bad.ExitCode);
+        Assert.Contains("--only takes", bad.Stderr);
+    }
+
     [Theory]
     [InlineData("unknown option", 2, "info", "--model", "M", "--jsn")]
     [InlineData("--max-new-tokens is required", 2, "generate", "--model", "M", "--prompt-ids", "1")]
     [InlineData("give exactly one of --prompt", 2, "generate", "--model", "M", "--prompt", "a", "--prompt-ids", "1", "--max-new-tokens", "3")]
     [InlineData("'x' is not an integer", 2, "forward", "--model", "M", "--ids", "1,x")]
     [InlineData("outside the vocabulary", 1, "forward", "--model", "M", "--ids", "1,600")]
+    [InlineData("matches no hook", 1, "forward", "--model", "M", "--ids", "1,2", "--capture", "blocks.*.hook_nothing")]
+    [InlineData("--top-k needs logits", 2, "forward", "--model", "M", "--ids", "1,2", "--logits", "none", "--top-k", "2")]
+    [InlineData("--loss needs at least two ids", 2, "forward", "--model", "M", "--ids", "1", "--loss")]
     [InlineData("no such file or folder", 1, "info", "--model", "/nonexistent/model")]
     [InlineData("unknown command 'genrate'", 2, "genrate")]
     [InlineData("top-p must be in (0, 1]", 1, "generate", "--model", "M", "--prompt-ids", "1", "--max-new-tokens", "3", "--temperature", "1", "--top-p", "1.5")]

@@ -20,7 +20,8 @@ public static class CliApp
                                without --text: one JSON string per line on stdin, one {"ids": [...]} per line out
           interpmesh generate  --model PATH (--prompt "..." | --prompt-ids 1,2,3) --max-new-tokens N
                                [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop-ids 1,2 | --stop-ids none] [--json]
-          interpmesh forward   --model PATH --ids 1,2,3 [--logits all|last] [--json]
+          interpmesh forward   --model PATH --ids 1,2,3 [--logits all|last|none] [--top-k K] [--loss]
+                               [--capture GLOB[,GLOB]] [--json]   (--capture prints shape and stats per hook; with --json, the values)
           interpmesh serve     --model PATH [--tokenizer PATH] [--grpc-port P] [--metrics-port Q] [--bind ADDRESS] [--threads N]
 
         Remote mode: info, tokenize, generate and forward take --server URL (e.g. http://127.0.0.1:50051)
@@ -48,6 +49,9 @@ public static class CliApp
           interpmesh bench load    [--clients N] [--seconds S] [--mix run=6,generate=3,analysis=1] [--max-concurrent R] [--admission-wait-ms W]
                                  [--max-jobs J] [--max-queued Q] [--retained-jobs K] [--model PATH] [--soak [--sample-seconds T]] [--threads N] [--json]
           interpmesh bench loading [--dir DIR] [--source-dtype bf16|f32] [--repeats R] [--threads N] [--json]
+          interpmesh bench serving [--model PATH | --preset gpt2-small [--save-model DIR] | --server URL] [--iters I] [--run-seq T] [--long-tokens N]
+                                 [--gen-tokens N] [--prompt-length P] [--clients C] [--rounds R] [--stall-capture GLOB] [--batch-window-ms W]
+                                 [--only idle,during-generate,during-stall,generate,engine] [--threads N] [--json]
 
         Settings: --server, --key and --model (--model-name for model commands) default to the environment
         variables INTERPMESH_SERVER, INTERPMESH_API_KEY and INTERPMESH_MODEL, then to the config file
@@ -88,7 +92,7 @@ public static class CliApp
             }
             if (command == "bench")
             {
-                return rest.Length == 0 ? throw new UsageException("bench needs a benchmark name: `interpmesh bench forward|stream|gateway|probe|retrieval|sae|load|loading ...`")
+                return rest.Length == 0 ? throw new UsageException("bench needs a benchmark name: `interpmesh bench forward|stream|gateway|probe|retrieval|sae|load|loading|serving ...`")
                     : rest[0] == "forward" ? ForwardBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "stream" ? StreamBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "gateway" ? GatewayBenchmark.Run(Parse(rest[1..]), stdout)
@@ -97,7 +101,8 @@ public static class CliApp
                     : rest[0] == "sae" ? SaeBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "load" ? LoadBenchmark.Run(Parse(rest[1..]), stdout)
                     : rest[0] == "loading" ? LoadingBenchmark.Run(Parse(rest[1..]), stdout)
-                    : throw new UsageException($"unknown benchmark '{rest[0]}'; benchmarks: forward, stream, gateway, probe, retrieval, sae, load, loading");
+                    : rest[0] == "serving" ? ServingBenchmark.Run(Parse(rest[1..]), stdout)
+                    : throw new UsageException($"unknown benchmark '{rest[0]}'; benchmarks: forward, stream, gateway, probe, retrieval, sae, load, loading, serving");
             }
             if (command == "train-toy")
             {
@@ -164,5 +169,5 @@ public static class CliApp
         return picked.Count == 0 ? Usage : "usage:\n" + string.Join('\n', picked) + "\n\n(`interpmesh help` lists every command, settings and exit codes)";
     }
 
-    private static CliArgs Parse(string[] rest) => new(rest, new HashSet<string> { "json", "quick", "soak" });
+    private static CliArgs Parse(string[] rest) => new(rest, new HashSet<string> { "json", "quick", "soak", "loss" });
 }

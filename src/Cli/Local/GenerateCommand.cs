@@ -1,9 +1,14 @@
 using InterpMesh.Cli.CommandLine;
+using InterpMesh.Engine.Outputs;
+using InterpMesh.Engine.Requests;
 using InterpMesh.Runtime.Generation;
 
 namespace InterpMesh.Cli.Local;
 
-/// <summary><c>interpmesh generate</c>: greedy or sampled continuation of one prompt.</summary>
+/// <summary>
+/// <c>interpmesh generate</c>: greedy or sampled continuation of one prompt. Local mode runs it
+/// through the model engine in this process, as the model service would.
+/// </summary>
 internal static class GenerateCommand
 {
     public static int Run(CliArgs args, TextWriter stdout)
@@ -41,16 +46,24 @@ internal static class GenerateCommand
         int[] ids = promptIds ?? model.RequireTokenizer().Encode(prompt!);
         if (ids.Length == 0)
             throw new UsageException("the prompt encodes to no tokens; give a non-empty prompt");
-        IReadOnlyCollection<int> stopIds = stopText switch
+        IReadOnlyList<int>? stopIds = stopText switch
         {
-            // The tokenizer's EOS and every eos_token_id of the config (a list for e.g. Llama 3 instruct).
-            null => [.. (model.Tokenizer?.EosId is int eos ? [eos] : Array.Empty<int>()).Concat(model.Config.EosTokenIds).Distinct()],
+            // null: the engine's default, the tokenizer's EOS and every eos_token_id of the config.
+            null => null,
             "none" => [],
             _ => ParseIds(stopText),
         };
 
-        var generated = session.Worker.Run(() =>
-            TextGenerator.Generate(model.Transformer, [ids], new GenerationOptions(maxNew, sampling, stopIds))[0]);
+        var generated = new List<int>();
+        if (maxNew > 0)
+        {
+            var spec = new GenerateSpec { Prompts = [InputSpec.FromIds(ids)], MaxNewTokens = maxNew, Sampling = sampling, StopIds = stopIds };
+            foreach (var output in session.Engine.GenerateAsync(spec).ToBlockingEnumerable())
+            {
+                if (output is GenerateStep step && step.Ids[0] >= 0)
+                    generated.Add(step.Ids[0]);
+            }
+        }
         string? text = model.Tokenizer?.Decode(generated);
         if (json)
         {

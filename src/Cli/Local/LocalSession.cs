@@ -1,13 +1,19 @@
 using InterpMesh.Cli.CommandLine;
+using InterpMesh.Engine;
 using InterpMesh.Runtime.Execution;
 using InterpMesh.Runtime.Loading;
 using static TorchSharp.torch;
 
 namespace InterpMesh.Cli.Local;
 
-/// <summary>A model loaded in this process plus the torch worker thread that runs it.</summary>
+/// <summary>
+/// A model loaded in this process, the torch worker thread that loads and frees it, and (on first
+/// use) the <see cref="ModelEngine"/> that runs requests on it, as the model service would.
+/// </summary>
 internal sealed class LocalSession : IDisposable
 {
+    private ModelEngine? engine;
+
     private LocalSession(TorchWorker worker, LoadedModel model)
     {
         Worker = worker;
@@ -16,6 +22,9 @@ internal sealed class LocalSession : IDisposable
 
     public TorchWorker Worker { get; }
     public LoadedModel Model { get; }
+
+    /// <summary>The engine serving <see cref="Model"/> in this process (started on first use; one torch thread).</summary>
+    public ModelEngine Engine => engine ??= new ModelEngine(Model, new EngineOptions { MaxConcurrentRequests = 1 });
 
     /// <summary>Reads --model, --tokenizer, --dtype and --threads, and loads the model.</summary>
     public static LocalSession Open(CliArgs args)
@@ -48,6 +57,7 @@ internal sealed class LocalSession : IDisposable
 
     public void Dispose()
     {
+        engine?.Dispose();
         Worker.Run(() =>
         {
             Model.Dispose();

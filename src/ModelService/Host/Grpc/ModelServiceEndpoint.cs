@@ -18,45 +18,8 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
             ? "the model is still loading; retry shortly"
             : "the model failed to load, so this service cannot answer; its log says why"));
 
-    public override Task<ModelInfo> GetModelInfo(GetModelInfoRequest request, ServerCallContext context)
-    {
-        var engine = Engine;
-        var m = engine.Model;
-        var c = m.Config;
-        var info = new ModelInfo
-        {
-            Architecture = c.Architecture,
-            NLayers = c.NLayers,
-            DModel = c.DModel,
-            NHeads = c.NHeads,
-            NKvHeads = c.NKvHeads,
-            DHead = c.DHead,
-            DMlp = c.DMlp,
-            VocabSize = c.VocabSize,
-            ContextLength = c.ContextLength,
-            Dtype = TensorWire.ToWire(m.Transformer.DType),
-            Device = m.Transformer.Device.ToString(),
-            Tokenizer = m.Tokenizer?.GetType().Name ?? "",
-            TokenizerAddsBos = m.Tokenizer?.AddsBos ?? false,
-            Source = m.Source,
-            Limits = new ServingLimits
-            {
-                MaxBatch = engine.Options.MaxBatch,
-                MaxForwardRows = engine.Options.BatchMaxRows,
-                MaxDecodeRows = engine.Options.MaxDecodeRows,
-                MaxCaptureBytes = engine.Options.MaxCaptureBytes,
-                MaxChunkBytes = host.Options.MaxChunkBytes,
-                OutputBufferBytes = engine.Options.OutputBufferBytes,
-                StallTimeoutSeconds = engine.Options.StallTimeout.TotalSeconds,
-            },
-        };
-        if ((m.Tokenizer?.BosId ?? c.BosTokenId) is int bos)
-            info.BosTokenId = bos;
-        if ((m.Tokenizer?.EosId ?? c.EosTokenId) is int eos)
-            info.EosTokenId = eos;
-        info.Hooks.AddRange(m.Transformer.Hooks.All.Select(h => new Contracts.V1.HookInfo { Name = h.Name, Shape = h.Shape, Layer = h.Layer }));
-        return Task.FromResult(info);
-    }
+    public override Task<ModelInfo> GetModelInfo(GetModelInfoRequest request, ServerCallContext context) =>
+        Task.FromResult(WireMapping.Info(Engine, host.Options.MaxChunkBytes));
 
     public override Task<TokenizeResponse> Tokenize(TokenizeRequest request, ServerCallContext context) => Guard(() =>
     {

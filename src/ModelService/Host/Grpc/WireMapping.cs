@@ -16,6 +16,46 @@ namespace InterpMesh.ModelService.Grpc;
 /// </summary>
 public static class WireMapping
 {
+    /// <summary>The model's description and this server's limits (<paramref name="maxChunkBytes"/>: the largest activation chunk per message).</summary>
+    public static ModelInfo Info(Engine.ModelEngine engine, int maxChunkBytes)
+    {
+        var m = engine.Model;
+        var c = m.Config;
+        var info = new ModelInfo
+        {
+            Architecture = c.Architecture,
+            NLayers = c.NLayers,
+            DModel = c.DModel,
+            NHeads = c.NHeads,
+            NKvHeads = c.NKvHeads,
+            DHead = c.DHead,
+            DMlp = c.DMlp,
+            VocabSize = c.VocabSize,
+            ContextLength = c.ContextLength,
+            Dtype = TensorWire.ToWire(m.Transformer.DType),
+            Device = m.Transformer.Device.ToString(),
+            Tokenizer = m.Tokenizer?.GetType().Name ?? "",
+            TokenizerAddsBos = m.Tokenizer?.AddsBos ?? false,
+            Source = m.Source,
+            Limits = new ServingLimits
+            {
+                MaxBatch = engine.Options.MaxBatch,
+                MaxForwardRows = engine.Options.BatchMaxRows,
+                MaxDecodeRows = engine.Options.MaxDecodeRows,
+                MaxCaptureBytes = engine.Options.MaxCaptureBytes,
+                MaxChunkBytes = maxChunkBytes,
+                OutputBufferBytes = engine.Options.OutputBufferBytes,
+                StallTimeoutSeconds = engine.Options.StallTimeout.TotalSeconds,
+            },
+        };
+        if ((m.Tokenizer?.BosId ?? c.BosTokenId) is int bos)
+            info.BosTokenId = bos;
+        if ((m.Tokenizer?.EosId ?? c.EosTokenId) is int eos)
+            info.EosTokenId = eos;
+        info.Hooks.AddRange(m.Transformer.Hooks.All.Select(h => new Contracts.V1.HookInfo { Name = h.Name, Shape = h.Shape, Layer = h.Layer }));
+        return info;
+    }
+
     /// <summary>Maps a RunRequest; creates intervention value tensors the caller disposes (<see cref="DisposeValues"/>).</summary>
     public static RunSpec ToSpec(RunRequest request) => new()
     {
