@@ -29,6 +29,9 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
     private readonly List<GenerateWork> waiting = [];
     private readonly List<GenerateWork> resident = [];
     private KvCache? cache;
+    // The decode step's view of rows [0, viewRows) of the cache, kept while neither changes.
+    private KvCache? view;
+    private int viewRows;
 
     public void Add(Work work)
     {
@@ -84,8 +87,7 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
         runs.Clear();
         waiting.Clear();
         resident.Clear();
-        cache?.Dispose();
-        cache = null;
+        SetCache(null);
     }
 
     private void DropGone()
@@ -345,14 +347,17 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
         int context = transformer.Config.ContextLength;
         int batch = Math.Max(needRows, Math.Min(options.MaxDecodeRows, Math.Max(8, (cache?.Batch ?? 0) * 2)));
         int capacity = Math.Min(context, Math.Max(length, RoundUp(Math.Max(cache?.Capacity ?? 0, length), 64)));
-        if (cache is null)
-        {
-            cache = transformer.NewCache(batch, capacity);
-            return;
-        }
-        var grown = cache.Grow(transformer.Config, batch, capacity);
-        cache.Dispose();
-        cache = grown;
+        SetCache(cache is null ? transformer.NewCache(batch, capacity) : cache.Grow(transformer.Config, batch, capacity));
+    }
+
+    /// <summary>Replaces (or drops) the decode cache; the cached row view goes with it.</summary>
+    private void SetCache(KvCache? next)
+    {
+        view?.Dispose();
+        view = null;
+        if (!ReferenceEquals(cache, next))
+            cache?.Dispose();
+        cache = next;
     }
 
     private static int RoundUp(int n, int multiple) => (n + multiple - 1) / multiple * multiple;
@@ -374,17 +379,30 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
             using var scope = NewDisposeScope();
             var input = tensor(running.SelectMany(g => g.Last).ToArray(), [rows, 1], device: transformer.Device);
             var segments = running.Select(g => new HookSegment(g.Slot, g.Rows, g.Plan, Sink(g, g.Generate.Reductions, () => g.Step), g.Receipts)).ToList();
-            using var view = cache!.Rows(0, rows);
+            if (view is null || viewRows != rows)
+            {
+                view?.Dispose();
+                view = cache!.Rows(0, rows);
+                viewRows = rows;
+            }
             using var gone = AllGone(running);
-            var logits = transformer.Forward(input, null, segments, LogitsMode.Last, view, gone.Token)!;
+            var logits = transformer.Forward(input, null, segments, LogitsMode.Last, view, gone.Token)!.select(1, 0);
             observer.Forward(rows, rows, Stopwatch.GetElapsedTime(started).TotalSeconds);
+            // Greedy rows of every request in one argmax (row by row it is the same choice).
+            long[]? greedy = running.Any(g => g.Generate.Sampling.Temperature == 0)
+                ? logits.argmax(-1).to(ScalarType.Int64).cpu().data<long>().ToArray()
+                : null;
             // Slots are read before any request leaves: leaving compacts the rows behind it.
             var slots = running.Select(g => g.Slot).ToArray();
             var finished = new List<GenerateWork>();
             for (int i = 0; i < running.Count; i++)
             {
-                if (Emit(running[i], logits.narrow(0, slots[i], running[i].Rows).select(1, 0), rows))
-                    finished.Add(running[i]);
+                var g = running[i];
+                int[]? chosen = greedy is not null && g.Generate.Sampling.Temperature == 0
+                    ? greedy.AsSpan(slots[i], g.Rows).ToArray().Select(x => (int)x).ToArray()
+                    : null;
+                if (Emit(g, logits.narrow(0, slots[i], g.Rows), rows, chosen))
+                    finished.Add(g);
             }
             foreach (var g in finished)
             {
@@ -407,10 +425,10 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
     }
 
     /// <summary>Chooses each row's next id and streams the step; true when the request is finished (the caller retires it).</summary>
-    private bool Emit(GenerateWork g, Tensor logits, int forwardRows)
+    private bool Emit(GenerateWork g, Tensor logits, int forwardRows, int[]? chosen = null)
     {
         var spec = g.Generate;
-        var next = TextGenerator.Choose(logits, spec.Sampling, g.Sampler);
+        var next = chosen ?? TextGenerator.Choose(logits, spec.Sampling, g.Sampler);
         var emitted = new int[g.Rows];
         var stopped = g.Stopped;
         for (int r = 0; r < g.Rows; r++)
@@ -449,8 +467,7 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
         if (resident.Count == 0)
         {
             // Idle: give the cache's memory back.
-            cache?.Dispose();
-            cache = null;
+            SetCache(null);
             return;
         }
         Arrange(resident.ToList());

@@ -111,6 +111,7 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
     private async Task Stream<T>(EngineRequest request, IServerStreamWriter<T> responseStream, ServerCallContext context, Func<EngineOutput, IEnumerable<T>> map)
     {
         var ct = context.CancellationToken;
+        Task? aborted = null;
         await foreach (var output in request.ReadAllAsync(ct))
         {
             if (output is CaptureOutput capture)
@@ -118,14 +119,14 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
             foreach (var message in map(output))
             {
                 var write = responseStream.WriteAsync(message, ct);
-                if (write.IsCompleted)
+                if (!write.IsCompleted)
                 {
-                    await write;
-                    continue;
+                    // A write waiting on a client that stopped reading ends when the engine gives up on
+                    // the request; the call then ends with the engine's error (not a reset stream).
+                    aborted ??= Task.Delay(Timeout.Infinite, request.Aborted);
+                    if (await Task.WhenAny(write, aborted) != write)
+                        throw request.Failure ?? new OperationCanceledException(ct);
                 }
-                var aborted = Task.Delay(Timeout.Infinite, request.Aborted);
-                if (await Task.WhenAny(write, aborted) != write)
-                    throw request.Failure ?? new OperationCanceledException(ct);
                 await write;
             }
         }

@@ -226,8 +226,8 @@ public sealed class Transformer : IDisposable
         }
         ctx.Flush();
 
-        var rope = globalRope?.CosSin(positions, DType);
-        var localCosSin = localRope?.CosSin(positions, DType);
+        var rope = globalRope?.CosSin(positions, DType, end);
+        var localCosSin = localRope?.CosSin(positions, DType, end);
 
         for (int l = 0; l <= Math.Min(lastLayer, Config.NLayers - 1); l++)
         {
@@ -554,6 +554,8 @@ public sealed class Transformer : IDisposable
     {
         Weights.Dispose();
         embedScale?.Dispose();
+        globalRope?.Dispose();
+        localRope?.Dispose();
     }
 }
 
@@ -687,9 +689,9 @@ public sealed class KvCache : IDisposable
 /// <summary>
 /// Rotary frequencies as Hugging Face's rope initialisers compute them for each <c>rope_type</c>,
 /// turned into cos/sin for the positions of one forward (in float64, then rounded to the model's
-/// dtype), so no context-length table is held.
+/// dtype). Lookups come from a table that grows to the longest sequence seen, not to the context length.
 /// </summary>
-internal sealed class RotaryFrequencies
+internal sealed class RotaryFrequencies : IDisposable
 {
     private readonly double[] inverse;
     private readonly double[]? longInverse;
@@ -766,14 +768,59 @@ internal sealed class RotaryFrequencies
         inverse = inv;
     }
 
-    /// <summary>cos and sin <c>[batch, pos, 1, rotary_dim]</c> for integer positions <c>[batch, pos]</c>.</summary>
-    public (Tensor Cos, Tensor Sin) CosSin(Tensor positions, ScalarType dtype)
+    private readonly Lock tablesGate = new();
+    private readonly Dictionary<(bool Long, ScalarType DType, string Device), (Tensor Cos, Tensor Sin, int Rows)> tables = [];
+
+    /// <summary>cos and sin <c>[batch, pos, 1, rotary_dim]</c> for integer positions <c>[batch, pos]</c> below <paramref name="bound"/>.</summary>
+    /// <remarks>
+    /// Rows come from a table of every position below the largest bound seen so far (grown by
+    /// doubling, computed in float64 and rounded once to the model's dtype), so a decode step looks
+    /// its rows up instead of recomputing them; the values are those of a per-forward computation.
+    /// </remarks>
+    public (Tensor Cos, Tensor Sin) CosSin(Tensor positions, ScalarType dtype, int bound)
     {
         // LongRoPE uses its long factors when the forward reaches past the original context
         // (transformers decides per call from the largest position id).
-        var inv = inverse;
-        if (longInverse is not null && positions.max().item<long>() + 1 > longFrom)
-            inv = longInverse;
+        bool useLong = longInverse is not null && positions.max().item<long>() + 1 > longFrom;
+        var key = (useLong, dtype, positions.device.ToString());
+        Tensor cosTable, sinTable;
+        lock (tablesGate)
+        {
+            if (!tables.TryGetValue(key, out var table) || table.Rows < bound)
+            {
+                int rows = Math.Max(Math.Max(bound, 64), table.Rows * 2);
+                using var scope = NewDisposeScope();
+                var all = arange(rows, dtype: ScalarType.Int64, device: positions.device);
+                var (cos, sin) = Compute(all, useLong ? longInverse! : inverse, dtype);
+                cos.DetachFromDisposeScope();
+                sin.DetachFromDisposeScope();
+                table.Cos?.Dispose();
+                table.Sin?.Dispose();
+                table = (cos, sin, rows);
+                tables[key] = table;
+            }
+            (cosTable, sinTable) = (table.Cos, table.Sin);
+        }
+        var flat = positions.reshape(-1);
+        long[] shape = [.. positions.shape, 1, cosTable.shape[^1]];
+        return (cosTable.index_select(0, flat).view(shape), sinTable.index_select(0, flat).view(shape));
+    }
+
+    public void Dispose()
+    {
+        lock (tablesGate)
+        {
+            foreach (var (cos, sin, _) in tables.Values)
+            {
+                cos.Dispose();
+                sin.Dispose();
+            }
+            tables.Clear();
+        }
+    }
+
+    private (Tensor Cos, Tensor Sin) Compute(Tensor positions, double[] inv, ScalarType dtype)
+    {
         var angles = positions.to(ScalarType.Float64).unsqueeze(-1) * tensor(inv, dtype: ScalarType.Float64, device: positions.device);
         var both = interleaved ? angles.repeat_interleave(2, -1) : cat([angles, angles], -1);
         var cos = both.cos();
@@ -783,6 +830,6 @@ internal sealed class RotaryFrequencies
             cos = cos * attentionFactor;
             sin = sin * attentionFactor;
         }
-        return (cos.to(dtype).unsqueeze(2), sin.to(dtype).unsqueeze(2));
+        return (cos.to(dtype), sin.to(dtype));
     }
 }
