@@ -366,8 +366,8 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
     private void Decode()
     {
         // Running requests first, in their current order, then paused ones.
-        var order = resident.Where(g => g.PausedSince is null).Concat(resident.Where(g => g.PausedSince is not null)).ToList();
-        Arrange(order);
+        if (resident.Any(g => g.PausedSince is not null))
+            Arrange(resident.Where(g => g.PausedSince is null).Concat(resident.Where(g => g.PausedSince is not null)).ToList());
         var running = resident.Where(g => g.PausedSince is null).ToList();
         int rows = running.Sum(g => g.Rows);
         var started = Stopwatch.GetTimestamp();
@@ -385,8 +385,9 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
                 view = cache!.Rows(0, rows);
                 viewRows = rows;
             }
-            using var gone = AllGone(running);
-            var logits = transformer.Forward(input, null, segments, LogitsMode.Last, view, gone.Token)!.select(1, 0);
+            // One request: its own token; several: a token that fires once all of them are gone.
+            using var gone = running.Count > 1 ? AllGone(running) : null;
+            var logits = transformer.Forward(input, null, segments, LogitsMode.Last, view, gone?.Token ?? running[0].Cancellation)!.select(1, 0);
             observer.Forward(rows, rows, Stopwatch.GetElapsedTime(started).TotalSeconds);
             // Greedy rows of every request in one argmax (row by row it is the same choice).
             long[]? greedy = running.Any(g => g.Generate.Sampling.Temperature == 0)
@@ -476,6 +477,18 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
     /// <summary>Puts the resident requests' rows in <paramref name="order"/>, contiguous from row 0.</summary>
     private void Arrange(List<GenerateWork> order)
     {
+        if (order.Count == resident.Count)
+        {
+            int slot = 0;
+            bool same = true;
+            for (int i = 0; i < order.Count && same; i++)
+            {
+                same = ReferenceEquals(order[i], resident[i]) && order[i].Slot == slot;
+                slot += order[i].Rows;
+            }
+            if (same)
+                return;
+        }
         var rows = new List<int>();
         bool moved = false;
         foreach (var g in order)

@@ -201,7 +201,7 @@ public sealed class Transformer : IDisposable
             slidingAllowed = allowed is null ? window : allowed.logical_and(window);
         }
         // Padding query rows get an all-zero attention pattern (as TransformerLens), when patterns are materialised.
-        var queryMask = !newMask.all().item<bool>() ? newMask.view(b, 1, t, 1) : null;
+        var queryMask = mask is not null && !newMask.all().item<bool>() ? newMask.view(b, 1, t, 1) : null;
 
         int lastLayer = LastLayerNeeded(ctx, segments, logits);
 
