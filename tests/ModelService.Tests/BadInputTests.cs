@@ -255,6 +255,7 @@ public sealed class BadInputTests(ServerFixture server) : IClassFixture<ServerFi
     {
         Assert.Equal(StatusCode.InvalidArgument, Grpc.RpcErrors.ToRpc(new InterpMesh.Runtime.InvalidRequestException("bad hook")).StatusCode);
         Assert.Equal(StatusCode.ResourceExhausted, Grpc.RpcErrors.ToRpc(new InterpMesh.Runtime.RequestLimitException("too big")).StatusCode);
+        Assert.Equal(StatusCode.Unavailable, Grpc.RpcErrors.ToRpc(new InterpMesh.Engine.EngineStoppedException()).StatusCode);
         foreach (var bug in new Exception[]
         {
             new InvalidOperationException("Sequence contains no elements"),

@@ -9,6 +9,9 @@ using InterpMesh.Runtime.Loading;
 
 namespace InterpMesh.Engine;
 
+/// <summary>The engine is stopping (its host is shutting down): the request did not complete; retry elsewhere.</summary>
+public sealed class EngineStoppedException() : Exception("the model service is shutting down; the request did not complete — retry it (another replica will serve it)");
+
 /// <summary>Refused at admission: the engine is running its maximum of requests. Retry after <see cref="RetryAfterMs"/>.</summary>
 public sealed class EngineBusyException(string message, int retryAfterMs) : RequestLimitException(message)
 {
@@ -102,7 +105,7 @@ public sealed class ModelEngine : IDisposable
         try
         {
             if (stopping)
-                throw new InvalidOperationException("the model engine is shutting down");
+                throw new EngineStoppedException();
             incoming.Enqueue(work);
             signal.Release();
             await foreach (var output in buffer.ReadAllAsync(cancellationToken).ConfigureAwait(false))

@@ -77,7 +77,7 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
     }
 
     /// <summary>Ends every request (the engine is stopping).</summary>
-    public void Shutdown() => FailAll(new InvalidOperationException("the model engine is shutting down"));
+    public void Shutdown() => FailAll(new EngineStoppedException());
 
     /// <summary>Ends every request in flight with <paramref name="error"/> and frees the decode cache.</summary>
     public void FailAll(Exception error)

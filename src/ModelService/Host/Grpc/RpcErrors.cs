@@ -17,6 +17,7 @@ internal static class RpcErrors
         OperationCanceledException => new RpcException(new Status(StatusCode.Cancelled, "the request was cancelled or its deadline passed")),
         EngineBusyException busy => new RpcException(new Status(StatusCode.ResourceExhausted, busy.Message),
             new Metadata { { "retry-after-ms", busy.RetryAfterMs.ToString(System.Globalization.CultureInfo.InvariantCulture) } }),
+        EngineStoppedException stopped => new RpcException(new Status(StatusCode.Unavailable, stopped.Message)),
         RequestLimitException limit => new RpcException(new Status(StatusCode.ResourceExhausted, limit.Message)),
         InvalidRequestException invalid => new RpcException(new Status(StatusCode.InvalidArgument, invalid.Message)),
         _ => Internal(e, logger),
