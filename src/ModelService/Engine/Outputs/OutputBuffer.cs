@@ -13,7 +13,7 @@ namespace InterpMesh.Engine.Outputs;
 /// </summary>
 public sealed class OutputBuffer : IDisposable
 {
-    private readonly Channel<EngineOutput> channel = Channel.CreateUnbounded<EngineOutput>(new UnboundedChannelOptions { SingleReader = false, SingleWriter = true });
+    private readonly Channel<EngineOutput> channel = Channel.CreateUnbounded<EngineOutput>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
     private readonly CancellationTokenSource aborted = new();
     private readonly TimeSpan stallTimeout;
     private Timer? watchdog;
@@ -67,9 +67,9 @@ public sealed class OutputBuffer : IDisposable
     {
         if (Interlocked.CompareExchange(ref failure, error, null) is not null)
             return;
+        // Unread outputs are dropped by the reader (it stops at the failure), not here: the channel
+        // has a single reader.
         channel.Writer.TryComplete(error);
-        while (channel.Reader.TryRead(out var dropped))
-            Interlocked.Add(ref buffered, -dropped.Bytes);
         try
         {
             aborted.Cancel();
@@ -82,14 +82,19 @@ public sealed class OutputBuffer : IDisposable
     /// <summary>Reads outputs in order until the request completes (or fails, which throws).</summary>
     public async IAsyncEnumerable<EngineOutput> ReadAllAsync([EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
-        while (await channel.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false))
+        while (true)
         {
-            while (channel.Reader.TryRead(out var output))
+            if (Failure is { } failed)
+                throw failed;
+            if (channel.Reader.TryRead(out var output))
             {
                 Interlocked.Add(ref buffered, -output.Bytes);
                 Interlocked.Exchange(ref lastProgress, Environment.TickCount64);
                 yield return output;
+                continue;
             }
+            if (!await channel.Reader.WaitToReadAsync(cancellationToken).ConfigureAwait(false))
+                break;
         }
         if (Failure is { } error)
             throw error;
