@@ -104,7 +104,7 @@ public sealed record ModelConfig
     public bool TiedEmbeddings { get; init; }
     public int? BosTokenId { get; init; }
     /// <summary>The first end-of-sequence id (see <see cref="EosTokenIds"/> for all of them).</summary>
-    public int? EosTokenId { get; init; }
+    public int? EosTokenId => EosTokenIds.Count > 0 ? EosTokenIds[0] : null;
     /// <summary>Every end-of-sequence id the config lists (<c>eos_token_id</c> may be a list).</summary>
     public IReadOnlyList<int> EosTokenIds { get; init; } = [];
 

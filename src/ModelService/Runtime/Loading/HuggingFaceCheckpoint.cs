@@ -116,7 +116,6 @@ public static class HuggingFaceCheckpoint
             ScaleByInverseLayer = r.Flag("scale_attn_by_inverse_layer_idx", false),
             TiedEmbeddings = r.Flag("tie_word_embeddings", true),
             BosTokenId = r.TokenId("bos_token_id"),
-            EosTokenId = r.FirstEos(),
             EosTokenIds = r.EosIds(),
         };
     }
@@ -182,7 +181,6 @@ public static class HuggingFaceCheckpoint
             SlidingLayers = anyLocal ? kinds.Select(k => k == "local").ToList() : null,
             TiedEmbeddings = r.Flag("tie_word_embeddings", true),
             BosTokenId = r.TokenId("bos_token_id"),
-            EosTokenId = r.FirstEos(),
             EosTokenIds = r.EosIds(),
         };
     }
@@ -218,7 +216,6 @@ public static class HuggingFaceCheckpoint
             UnembedBias = true,
             TiedEmbeddings = r.Flag("tie_word_embeddings", false),
             BosTokenId = r.TokenId("bos_token_id"),
-            EosTokenId = r.FirstEos(),
             EosTokenIds = r.EosIds(),
         };
     }
@@ -255,7 +252,6 @@ public static class HuggingFaceCheckpoint
             Residual = r.Flag("use_parallel_residual", true) ? ResidualKind.Parallel : ResidualKind.Sequential,
             TiedEmbeddings = r.Flag("tie_word_embeddings", false),
             BosTokenId = r.TokenId("bos_token_id"),
-            EosTokenId = r.FirstEos(),
             EosTokenIds = r.EosIds(),
         };
     }
@@ -406,7 +402,6 @@ public static class HuggingFaceCheckpoint
             MlpBias = mlpBias,
             TiedEmbeddings = r.Flag("tie_word_embeddings", gemma),
             BosTokenId = r.TokenId("bos_token_id"),
-            EosTokenId = r.FirstEos(),
             EosTokenIds = r.EosIds(),
         };
     }
@@ -490,8 +485,6 @@ public static class HuggingFaceCheckpoint
                 return v.EnumerateArray().Select(e => e.GetInt32()).ToList();
             throw Error($"\"eos_token_id\" must be an integer or a list of integers, got {Raw("eos_token_id")}");
         }
-
-        public int? FirstEos() => EosIds() is { Count: > 0 } ids ? ids[0] : null;
 
         /// <summary>Refuses a key whose value is present and differs from <paramref name="supported"/> (null: must be absent or null).</summary>
         public void RefuseUnless(string name, bool? supported, string why)

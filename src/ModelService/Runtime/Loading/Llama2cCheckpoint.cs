@@ -75,7 +75,7 @@ public static class Llama2cCheckpoint
             Mlp = MlpKind.SwiGlu,
             TiedEmbeddings = shared,
             BosTokenId = 1,
-            EosTokenId = 2,
+            EosTokenIds = [2],
         };
         config.Validate(path);
 
