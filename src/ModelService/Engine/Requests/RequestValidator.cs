@@ -260,26 +260,11 @@ internal static class RequestValidator
         return (plan, reductions);
     }
 
-    /// <summary>Whether a value of <paramref name="value"/> shape broadcasts to the hook's tensor for this batch.</summary>
+    /// <summary>Refuses a value that does not broadcast to the hook's tensor for this batch.</summary>
     private static void CheckBroadcast(int index, HookInfo hook, ModelConfig c, long[] value, int batch, int queries, int keys)
     {
-        var dims = System.Text.RegularExpressions.Regex.Matches(hook.Shape, "[a-z_]+").Select(m => m.Value switch
-        {
-            "batch" => (long)batch,
-            "pos" or "query_pos" => queries,
-            "key_pos" => keys,
-            "head" => c.NHeads,
-            "kv_head" => c.NKvHeads,
-            "d_head" => c.DHead,
-            "d_model" => c.DModel,
-            "d_mlp" => c.DMlp,
-            "d_vocab" => c.VocabSize,
-            _ => 1L,
-        }).ToArray();
-        bool ok = value.Length <= dims.Length;
-        for (int i = 1; ok && i <= value.Length; i++)
-            ok = value[^i] == 1 || value[^i] == dims[^i];
-        if (!ok)
+        var dims = HookCatalogue.Dimensions(hook, c, batch, queries, keys);
+        if (!Intervention.BroadcastsTo(value, dims))
             throw new InvalidRequestException($"interventions[{index}]: a value of shape [{string.Join(", ", value)}] does not broadcast to '{hook.Name}' of shape [{string.Join(", ", dims)}] ({hook.Shape})");
     }
 }

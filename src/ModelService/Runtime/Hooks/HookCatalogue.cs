@@ -158,27 +158,28 @@ public sealed class HookCatalogue
     }
 
     /// <summary>Number of elements of a hook's tensor for a batch, with <paramref name="positions"/> selected positions out of <paramref name="sequence"/>.</summary>
-    public static long ElementCount(HookInfo hook, ModelConfig c, long batch, long positions, long sequence)
-    {
-        long n = 1;
-        foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(hook.Shape, "[a-z_]+"))
+    public static long ElementCount(HookInfo hook, ModelConfig c, long batch, long positions, long sequence) =>
+        Dimensions(hook, c, batch, positions, sequence).Aggregate(1L, (n, d) => n * d);
+
+    /// <summary>
+    /// A hook's concrete shape for a batch: its template's dimensions with <paramref name="positions"/>
+    /// query positions out of <paramref name="sequence"/> (literal sizes such as hook_scale's 1 kept).
+    /// </summary>
+    public static long[] Dimensions(HookInfo hook, ModelConfig c, long batch, long positions, long sequence) =>
+        System.Text.RegularExpressions.Regex.Matches(hook.Shape, "[a-z_]+|[0-9]+").Select(m => m.Value switch
         {
-            n *= m.Value switch
-            {
-                "batch" => batch,
-                "pos" or "query_pos" => positions,
-                "key_pos" => sequence,
-                "head" => c.NHeads,
-                "kv_head" => c.NKvHeads,
-                "d_head" => c.DHead,
-                "d_model" => c.DModel,
-                "d_mlp" => c.DMlp,
-                "d_vocab" => c.VocabSize,
-                _ => 1,
-            };
-        }
-        return n;
-    }
+            "batch" => batch,
+            "pos" or "query_pos" => positions,
+            "key_pos" => sequence,
+            "head" => c.NHeads,
+            "kv_head" => c.NKvHeads,
+            "d_head" => c.DHead,
+            "d_model" => c.DModel,
+            "d_mlp" => c.DMlp,
+            "d_vocab" => c.VocabSize,
+            var literal when long.TryParse(literal, out long size) => size,
+            _ => 1L,
+        }).ToArray();
 
     internal static bool GlobMatches(string pattern, string name)
     {

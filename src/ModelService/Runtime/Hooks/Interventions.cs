@@ -69,13 +69,21 @@ public sealed record Intervention(
 
     private static void CheckBroadcast(HookInfo hook, Tensor x, Tensor value)
     {
-        var xs = x.shape;
-        var vs = value.shape;
-        bool ok = vs.Length <= xs.Length;
-        for (int i = 1; ok && i <= vs.Length; i++)
-            ok = vs[^i] == 1 || vs[^i] == xs[^i];
-        if (!ok)
-            throw new InvalidRequestException($"intervention value of shape [{string.Join(", ", vs)}] does not broadcast to '{hook.Name}' of shape [{string.Join(", ", xs)}] ({hook.Shape})");
+        if (!BroadcastsTo(value.shape, x.shape))
+            throw new InvalidRequestException($"intervention value of shape [{string.Join(", ", value.shape)}] does not broadcast to '{hook.Name}' of shape [{string.Join(", ", x.shape)}] ({hook.Shape})");
+    }
+
+    /// <summary>Whether a value of shape <paramref name="value"/> broadcasts to an activation of shape <paramref name="target"/>.</summary>
+    public static bool BroadcastsTo(IReadOnlyList<long> value, IReadOnlyList<long> target)
+    {
+        if (value.Count > target.Count)
+            return false;
+        for (int i = 1; i <= value.Count; i++)
+        {
+            if (value[^i] != 1 && value[^i] != target[^i])
+                return false;
+        }
+        return true;
     }
 
     /// <summary>A boolean mask broadcastable to x marking the touched elements, or null for all of them.</summary>
