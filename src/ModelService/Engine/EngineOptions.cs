@@ -36,14 +36,10 @@ public interface IEngineObserver
 {
     /// <summary>A forward ran: <paramref name="rows"/> sequences, <paramref name="tokens"/> new tokens, <paramref name="seconds"/> of torch time.</summary>
     void Forward(int rows, int tokens, double seconds);
-
-    /// <summary>Captured activation bytes handed to a request's buffer.</summary>
-    void Captured(long bytes);
 }
 
 internal sealed class NoObserver : IEngineObserver
 {
     public static readonly NoObserver Instance = new();
     public void Forward(int rows, int tokens, double seconds) { }
-    public void Captured(long bytes) { }
 }

@@ -258,7 +258,6 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
         if (reductions.TryGetValue(hook.Name, out var r) && r == CaptureReduction.Mean)
             value = value.to(ScalarType.Float32).mean([hook.Layout == HookLayout.AttentionMap ? 2L : 1L], keepdim: true).to(value.dtype);
         var host = HostTensor.From(value);
-        observer.Captured(host.Data.Length);
         work.Buffer.Write(new CaptureOutput(hook.Name, step(), host));
     };
 

@@ -41,22 +41,6 @@ internal static class TensorWire
         _ => 2,
     };
 
-    /// <summary>Raw bytes of a contiguous CPU copy of the tensor.</summary>
-    public static byte[] Bytes(torch.Tensor t)
-    {
-        using var c = t.detach().cpu().contiguous();
-        var bytes = GC.AllocateUninitializedArray<byte>(checked((int)(c.numel() * c.ElementSize)));
-        c.bytes.CopyTo(bytes);
-        return bytes;
-    }
-
-    public static WireTensor ToWire(torch.Tensor t)
-    {
-        var w = new WireTensor { Dtype = ToWire(t.dtype), Data = UnsafeByteOperations.UnsafeWrap(Bytes(t)) };
-        w.Shape.AddRange(t.shape);
-        return w;
-    }
-
     /// <summary>Builds a tensor from the wire, checking shape, byte count and (for floats) finiteness.</summary>
     public static torch.Tensor FromWire(WireTensor w, string what)
     {

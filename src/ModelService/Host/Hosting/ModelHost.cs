@@ -106,8 +106,4 @@ internal sealed class EngineMetrics(ServiceMetrics metrics) : IEngineObserver
         metrics.Tokens.Add(tokens);
         metrics.WorkerBusy.Add(seconds);
     }
-
-    public void Captured(long bytes)
-    {
-    }
 }

@@ -34,7 +34,7 @@ internal sealed class HookContext
     private readonly IReadOnlyList<HookSegment> segments;
     private readonly Tensor lastRealIndex;
     private readonly int[] offsets;
-    private readonly HashSet<string> active;
+    private readonly IReadOnlySet<string> active;
     private readonly bool single;
     private readonly List<(HookSegment Segment, HookInfo Hook, Tensor Value)> pending = [];
 
@@ -45,9 +45,17 @@ internal sealed class HookContext
         this.lastRealIndex = lastRealIndex;
         this.offsets = offsets;
         single = segments.Count == 1;
-        active = new HashSet<string>(StringComparer.Ordinal);
-        foreach (var s in segments)
-            active.UnionWith(s.Plan.Active);
+        if (single)
+        {
+            active = segments[0].Plan.Active;
+        }
+        else
+        {
+            var union = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var s in segments)
+                union.UnionWith(s.Plan.Active);
+            active = union;
+        }
     }
 
     /// <summary>Whether a hook needs to be materialised at all (expensive hooks are skipped otherwise).</summary>
