@@ -59,6 +59,21 @@ run_self() {
   printf '| %-44s | %10.0f | %10.0f | %5.2f |\n' "$label" "$ma" "$mb" "$(awk -v a="$ma" -v b="$mb" 'BEGIN {print a / b}')"
 }
 
+# run_dispatch LABEL "args": InterpMesh with oneMKL's kernels chosen by CPU features (A, the
+# default) against MKL's own vendor-based choice (B, INTERPMESH_MKL_CPU_DISPATCH=vendor).
+run_dispatch() {
+  local label="$1" args="$2" a=() b=()
+  for ((r = 0; r < rounds; r++)); do
+    a+=("$($im bench forward --preset gpt2-small --threads "$threads" --warmup $warmup --iters $iters $args --json | field tokens_per_s)")
+    b+=("$(INTERPMESH_MKL_CPU_DISPATCH=vendor $im bench forward --preset gpt2-small --threads "$threads" --warmup $warmup --iters $iters $args --json | field tokens_per_s)")
+  done
+  local ma mb
+  ma=$(printf '%s\n' "${a[@]}" | median)
+  mb=$(printf '%s\n' "${b[@]}" | median)
+  printf '| %-44s | %10.0f | %10.0f | %5.2f |\n' "$label" "$ma" "$mb" "$(awk -v a="$ma" -v b="$mb" 'BEGIN {print a / b}')"
+}
+
+echo "MKL CPU dispatch: $($im bench forward --preset gpt2-small --threads 1 --batch 1 --seq 8 --warmup 0 --iters 1 --json | field mkl_cpu_dispatch); CPU: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 echo "threads $threads, rounds $rounds × $iters iterations (median), $(nproc) cores, $(date -u +%F)"
 echo
 echo "| configuration (GPT-2 small, float32) | InterpMesh tok/s | PyTorch tok/s | ratio |"
@@ -72,3 +87,4 @@ echo "| InterpMesh overheads (8×128) | A tok/s | B tok/s | A/B |"
 echo "| --- | ---: | ---: | ---: |"
 run_self "A: capture all resid_post, B: plain forward" "--batch 8 --seq 128 --logits last --capture blocks.*.hook_resid_post" "--batch 8 --seq 128 --logits last"
 run_self "A: stop after layer 3 (no logits), B: all 12" "--batch 8 --seq 128 --logits none --capture blocks.3.hook_resid_post" "--batch 8 --seq 128 --logits none --capture blocks.11.hook_resid_post"
+run_dispatch "A: MKL kernels by CPU features, B: by vendor" "--batch 8 --seq 128 --logits last"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes TorchSharp-cpu 0.107.0 load on hosts whose libstdc++ predates GCC 13 (Debian 12,
-# Ubuntu 22.04). Called by MSBuild after every build/publish of a project whose output
+# Ubuntu 22.04), and lets its oneMKL pick kernels by CPU features on AMD processors. Called by MSBuild after every build/publish of a project whose output
 # contains libLibTorchSharp.so. Idempotent; does nothing where the host's libstdc++ already
 # exports GLIBCXX_3.4.32. Never touches the NuGet cache: the output copy is replaced by a
 # patched copy (rename), so a hard-linked output never writes through to the cache.
@@ -14,6 +14,26 @@ lib="$out_dir/libLibTorchSharp.so"
 needed="GLIBCXX_3.4.32"
 
 [[ -f "$lib" ]] || exit 0
+
+# 1. MKL CPU dispatch (x86-64 only): build libmkl-cpu-dispatch.so beside libtorch so oneMKL picks
+#    its kernels by CPU features, not vendor. Without gcc the build says so and goes on: torch
+#    still works, with MKL's slower generic path on AMD processors.
+if [[ "$(uname -m)" == x86_64 ]]; then
+  dispatch="$tools_dir/libmkl-cpu-dispatch.so"
+  if [[ ! -f "$dispatch" || "$here/mkl-cpu-dispatch.c" -nt "$dispatch" ]]; then
+    if command -v gcc >/dev/null; then
+      mkdir -p "$tools_dir"
+      gcc -O2 -Wall -Werror -shared -fPIC -o "$dispatch" "$here/mkl-cpu-dispatch.c"
+    else
+      echo "apply.sh: warning: gcc not found; libmkl-cpu-dispatch.so not built, so MKL uses its generic kernels on AMD CPUs (apt-get install gcc; docs/torchsharp-on-debian.md)" >&2
+    fi
+  fi
+  if [[ -f "$dispatch" ]]; then
+    cmp -s "$dispatch" "$out_dir/libmkl-cpu-dispatch.so" 2>/dev/null || cp "$dispatch" "$out_dir/libmkl-cpu-dispatch.so"
+  fi
+fi
+
+# 2. libstdc++: only where the host's runtime predates GCC 13.
 
 host_libstdcxx="$(/sbin/ldconfig -p 2>/dev/null | awk '/libstdc\+\+\.so\.6 \(libc6,x86-64\)/ {print $NF; exit}')"
 if [[ -n "$host_libstdcxx" ]] && grep -qa "$needed" "$host_libstdcxx"; then

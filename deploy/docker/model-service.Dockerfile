@@ -8,7 +8,8 @@
 #
 # Both stages are Ubuntu 24.04 "noble": its libstdc++ (GCC 14) exports GLIBCXX_3.4.32, so
 # TorchSharp's libLibTorchSharp.so loads as shipped. build/torchsharp-compat/apply.sh (run by
-# every build and publish) sees that and does nothing; the build fails if it patched anyway.
+# every build and publish) sees that and does not patch it; the build fails if it patched anyway,
+# or if it could not build the MKL CPU-dispatch library.
 #
 # Runs as the image's non-root user `app` (uid 1654), with a read-only root filesystem in
 # Kubernetes (writable: /tmp). Models come from a volume (/models). Health: no Docker
@@ -19,6 +20,9 @@ ARG RUNTIME_IMAGE=mcr.microsoft.com/dotnet/aspnet:10.0-noble
 
 FROM ${SDK_IMAGE} AS build
 ARG INTERPMESH_DEVICE=cpu
+# gcc builds libmkl-cpu-dispatch.so (build/torchsharp-compat/mkl-cpu-dispatch.c), which lets
+# libtorch's oneMKL use its AVX2/AVX-512 kernels on AMD processors (docs/torchsharp-on-debian.md).
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY global.json nuget.config Directory.Build.props Directory.Build.targets Directory.Packages.props ./
 COPY build/ build/
@@ -30,7 +34,8 @@ COPY src/ModelService/Host/ src/ModelService/Host/
 COPY src/Plugins/Abstractions/ src/Plugins/Abstractions/
 RUN dotnet publish src/ModelService/Host/InterpMesh.ModelService.csproj -c Release -o /app \
       -p:InterpMeshDevice=${INTERPMESH_DEVICE} \
- && test ! -e /app/libglibcxx-shim.so
+ && test ! -e /app/libglibcxx-shim.so \
+ && test -e /app/libmkl-cpu-dispatch.so
 
 FROM ${RUNTIME_IMAGE} AS runtime
 WORKDIR /app

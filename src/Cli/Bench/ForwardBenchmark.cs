@@ -95,11 +95,12 @@ internal static class ForwardBenchmark
                 ["seconds_per_iter"] = median,
                 ["tokens_per_s"] = tokensPerS,
                 ["rss_mb"] = rssMb,
+                ["mkl_cpu_dispatch"] = TorchRuntime.MklCpuDispatch,
             });
         }
         else
         {
-            stdout.WriteLine($"{preset} batch {batch}×{seq}, {threads} threads, logits {mode}, capture {capture ?? "none"}: {tokensPerS:F0} tokens/s ({median * 1000:F1} ms/iter, median of {iters})");
+            stdout.WriteLine($"{preset} batch {batch}×{seq}, {threads} threads, logits {mode}, capture {capture ?? "none"}, MKL dispatch {TorchRuntime.MklCpuDispatch}: {tokensPerS:F0} tokens/s ({median * 1000:F1} ms/iter, median of {iters})");
         }
         return 0;
     }

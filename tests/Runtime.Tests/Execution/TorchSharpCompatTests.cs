@@ -48,6 +48,49 @@ public sealed class TorchSharpCompatTests
         Assert.Equal(3.0f, t.sum().item<float>());
     }
 
+    private delegate int MklQuery();
+
+    [Fact]
+    public void Mkl_picks_its_kernels_by_cpu_features_where_the_dispatch_library_is_built()
+    {
+        InterpMesh.Runtime.Execution.TorchRuntime.Initialize();
+        using (var product = TorchSharp.torch.ones(64, 64).matmul(TorchSharp.torch.ones(64, 64)))
+            Assert.Equal(64.0f, product[0, 0].item<float>());
+        Assert.Equal(System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture == System.Runtime.InteropServices.Architecture.X64,
+            File.Exists(Path.Combine(AppContext.BaseDirectory, "libmkl-cpu-dispatch.so")));
+        if (System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture != System.Runtime.InteropServices.Architecture.X64)
+        {
+            Assert.Equal("unavailable", InterpMesh.Runtime.Execution.TorchRuntime.MklCpuDispatch);
+            return;
+        }
+        Assert.Equal("features", InterpMesh.Runtime.Execution.TorchRuntime.MklCpuDispatch);
+        // MKL's own answer to "which code path": 0 is its generic path, which it takes on AMD
+        // processors unless the vendor check is replaced; any CPU with AVX2 must get more.
+        var torchCpu = System.Runtime.InteropServices.NativeLibrary.Load(Path.Combine(AppContext.BaseDirectory, "libtorch_cpu.so"));
+        var detect = System.Runtime.InteropServices.Marshal.GetDelegateForFunctionPointer<MklQuery>(
+            System.Runtime.InteropServices.NativeLibrary.GetExport(torchCpu, "mkl_serv_cpu_detect"));
+        int path = detect();
+        if (System.Runtime.Intrinsics.X86.Avx2.IsSupported)
+            Assert.True(path > 0, $"MKL chose its generic code path ({path}) on a CPU with AVX2");
+    }
+
+    [Theory]
+    [InlineData(null, true)]
+    [InlineData("", true)]
+    [InlineData("features", true)]
+    [InlineData("vendor", false)]
+    public void The_mkl_dispatch_setting_is_read(string? value, bool features)
+        => Assert.Equal(features, InterpMesh.Runtime.Execution.TorchRuntime.ParseMklDispatch(value));
+
+    [Fact]
+    public void A_wrong_mkl_dispatch_setting_names_the_variable_and_the_choices()
+    {
+        var e = Assert.Throws<InvalidOperationException>(() => InterpMesh.Runtime.Execution.TorchRuntime.ParseMklDispatch("intel-please-and-a-very-long-value"));
+        Assert.Contains("INTERPMESH_MKL_CPU_DISPATCH='intel-please-and-a-v…'", e.Message);
+        Assert.Contains("'features'", e.Message);
+        Assert.Contains("'vendor'", e.Message);
+    }
+
     [Fact]
     public void The_nuget_cache_copy_is_never_modified()
     {

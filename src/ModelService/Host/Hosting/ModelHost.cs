@@ -62,7 +62,7 @@ public sealed class ModelHost : BackgroundService, IHealthCheck
             var model = await Worker.RunAsync(() => ModelLoader.Load(options.ModelPath, options.TokenizerPath, dtype, options.Device), stoppingToken);
             var c = model.Config;
             if (logger.IsEnabled(LogLevel.Information))
-                logger.LogInformation("Loaded {Architecture} from {Source}: {Layers} layers, d_model {DModel}", c.Architecture, model.Source, c.NLayers, c.DModel);
+                logger.LogInformation("Loaded {Architecture} from {Source}: {Layers} layers, d_model {DModel}; {Threads} torch threads, MKL CPU dispatch {MklDispatch}", c.Architecture, model.Source, c.NLayers, c.DModel, get_num_threads(), TorchRuntime.MklCpuDispatch);
             Volatile.Write(ref engine, new ModelEngine(model, options.ToEngineOptions(), new EngineMetrics(metrics)));
             loaded.TrySetResult(model);
         }
