@@ -15,6 +15,9 @@ ARG SDK_IMAGE=mcr.microsoft.com/dotnet/sdk:10.0-noble
 ARG RUNTIME_IMAGE=mcr.microsoft.com/dotnet/aspnet:10.0-noble
 
 FROM ${SDK_IMAGE} AS build
+# gcc builds libmkl-cpu-dispatch.so (build/torchsharp-compat/mkl-cpu-dispatch.c), which lets
+# libtorch's oneMKL use its AVX2/AVX-512 kernels on AMD processors (docs/torchsharp-on-debian.md).
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY global.json nuget.config Directory.Build.props Directory.Build.targets Directory.Packages.props ./
 COPY build/ build/
@@ -29,7 +32,8 @@ RUN dotnet publish src/Gateway/InterpMesh.Gateway.csproj -c Release -o /app \
       dotnet build "src/Plugins/$p/InterpMesh.Plugins.$p.csproj" -c Release || exit 1; \
     done \
  && cp -R plugins /app/plugins \
- && test ! -e /app/libglibcxx-shim.so
+ && test ! -e /app/libglibcxx-shim.so \
+ && test -e /app/libmkl-cpu-dispatch.so
 
 FROM ${RUNTIME_IMAGE} AS runtime
 WORKDIR /app
