@@ -335,30 +335,38 @@ public sealed class EngineCancellationTests(ITestOutputHelper output)
         var spec = new RunSpec { Inputs = rows, Logits = LogitsMode.Last };
 
         var blocks = new List<(int Layer, long At)>();
-        var firstBlock = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var cts = new CancellationTokenSource();
+        long cancelledAt = 0;
+        Thread? canceller = null;
         void OnBlock(int layer)
         {
             lock (blocks)
                 blocks.Add((layer, Stopwatch.GetTimestamp()));
-            firstBlock.TrySetResult();
+            if (layer == 0)
+            {
+                // Cancel in the middle of the next block, 20 ms after the first one completed, from a
+                // thread of its own: a continuation on the (busy) thread pool could come blocks later.
+                canceller = new Thread(() =>
+                {
+                    Thread.Sleep(20);
+                    Volatile.Write(ref cancelledAt, Stopwatch.GetTimestamp());
+                    cts.Cancel();
+                }) { IsBackground = true };
+                canceller.Start();
+            }
         }
         model.Transformer.BlockCompleted += OnBlock;
         try
         {
-            using var cts = new CancellationTokenSource();
             var run = Task.Run(async () =>
             {
                 await foreach (var _ in engine.RunAsync(spec, cts.Token))
                 {
                 }
             });
-            await firstBlock.Task;
-            // Cancel in the middle of a block: half a block's time after one completed.
-            await Task.Delay(20);
-            long cancelledAt = Stopwatch.GetTimestamp();
-            await cts.CancelAsync();
             await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run);
             long stoppedAt = Stopwatch.GetTimestamp();
+            canceller!.Join();
 
             (int, long)[] seen;
             lock (blocks)

@@ -144,7 +144,7 @@ internal static class LoadingBenchmark
         double cpuSeconds = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalSeconds;
         long peak = Status("VmHWM");
         long after = Status("VmRSS");
-        long weightBytes = model.Transformer.Weights.AllTensors().Sum(t => t.numel() * t.ElementSize);
+        long weightBytes = model.Transformer.Weights.ByteCount;
         stdout.WriteLine(new JsonObject
         {
             ["dtype"] = dtypeName,

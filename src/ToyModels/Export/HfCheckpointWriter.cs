@@ -41,10 +41,11 @@ public static class HfCheckpointWriter
     {
         var c = model.Config;
         var w = model.Weights;
-        Tensor Conv(Tensor t) => t.detach().t().contiguous();
+        // Conv1D stores [in, out]: the compute layout.
+        Tensor Conv(Tensor t) => t.detach().contiguous();
         var tensors = new Dictionary<string, Tensor>
         {
-            ["transformer.wte.weight"] = w.Embed.detach(),
+            ["transformer.wte.weight"] = w.Embed.detach().contiguous(),
             ["transformer.wpe.weight"] = w.PosEmbed!.detach(),
             ["transformer.ln_f.weight"] = w.LnFinalWeight.detach(),
             ["transformer.ln_f.bias"] = w.LnFinalBias!.detach(),
@@ -98,16 +99,17 @@ public static class HfCheckpointWriter
         long q = (long)c.NHeads * c.DHead, kv = (long)c.NKvHeads * c.DHead;
         var tensors = new Dictionary<string, Tensor>
         {
-            ["model.embed_tokens.weight"] = w.Embed.detach(),
+            ["model.embed_tokens.weight"] = w.Embed.detach().contiguous(),
             ["model.norm.weight"] = w.LnFinalWeight.detach(),
         };
         if (!c.TiedEmbeddings)
-            tensors["lm_head.weight"] = w.Unembed.detach();
+            tensors["lm_head.weight"] = w.Unembed.detach().t().contiguous();
         for (int l = 0; l < c.NLayers; l++)
         {
             var b = w.Blocks[l];
             string p = $"model.layers.{l}.";
-            var qkv = b.Qkv.detach();
+            // nn.Linear stores [out, in]: the compute layout transposed.
+            var qkv = b.Qkv.detach().t();
             tensors[p + "input_layernorm.weight"] = b.Ln1Weight!.detach();
             tensors[p + "self_attn.q_proj.weight"] = qkv.narrow(0, 0, q).contiguous();
             tensors[p + "self_attn.k_proj.weight"] = qkv.narrow(0, q, kv).contiguous();
@@ -119,12 +121,12 @@ public static class HfCheckpointWriter
                 tensors[p + "self_attn.k_proj.bias"] = bias.narrow(0, q, kv).contiguous();
                 tensors[p + "self_attn.v_proj.bias"] = bias.narrow(0, q + kv, kv).contiguous();
             }
-            tensors[p + "self_attn.o_proj.weight"] = b.Out.detach();
+            tensors[p + "self_attn.o_proj.weight"] = b.Out.detach().t().contiguous();
             tensors[p + "post_attention_layernorm.weight"] = b.Ln2Weight!.detach();
-            var gateUp = b.MlpIn.detach();
+            var gateUp = b.MlpIn.detach().t();
             tensors[p + "mlp.gate_proj.weight"] = gateUp.narrow(0, 0, c.DMlp).contiguous();
             tensors[p + "mlp.up_proj.weight"] = gateUp.narrow(0, c.DMlp, c.DMlp).contiguous();
-            tensors[p + "mlp.down_proj.weight"] = b.MlpOut.detach();
+            tensors[p + "mlp.down_proj.weight"] = b.MlpOut.detach().t().contiguous();
         }
         var config = new Dictionary<string, object?>
         {

@@ -43,7 +43,8 @@ public static class ToyTrainer
         using (var gen = new torch.Generator((ulong)options.Seed))
             weights = InitialWeights(c, gen);
         var model = new Transformer(c, weights, $"toy:{task.Name}");
-        var parameters = weights.AllTensors().Cast<Parameter>().ToList();
+        // The tied unembedding is a view of the embedding (a Parameter), which its gradient reaches.
+        var parameters = weights.AllTensors().OfType<Parameter>().ToList();
         using var optimizer = optim.AdamW(parameters, options.LearningRate, 0.9, 0.98, 1e-8, weight_decay: 0.01);
         var rng = new Random(unchecked((int)options.Seed));
         var clock = Stopwatch.StartNew();
@@ -88,6 +89,9 @@ public static class ToyTrainer
     {
         double outStd = 0.02 / Math.Sqrt(2.0 * c.NLayers);
         Parameter N(double std, params long[] shape) => new(randn(shape, generator: gen) * std);
+        // Linear weights are drawn [out, in] (as before the compute layout existed, so a seed gives the
+        // same model) and stored [in, out].
+        Parameter L(double std, long outputs, long inputs) => new((randn([outputs, inputs], generator: gen) * std).t().contiguous());
         Parameter Ones(long n) => new(ones(n));
         Parameter Zeros(long n) => new(zeros(n));
         bool ln = c.Norm == NormKind.LayerNorm;
@@ -102,20 +106,21 @@ public static class ToyTrainer
             {
                 Ln1Weight = Ones(c.DModel),
                 Ln1Bias = ln ? Zeros(c.DModel) : null,
-                Qkv = N(0.02, qkv, c.DModel),
+                Qkv = L(0.02, qkv, c.DModel),
                 QkvBias = ln ? Zeros(qkv) : null,
-                Out = N(outStd, c.DModel, (long)c.NHeads * c.DHead),
+                Out = L(outStd, c.DModel, (long)c.NHeads * c.DHead),
                 OutBias = ln ? Zeros(c.DModel) : null,
                 Ln2Weight = Ones(c.DModel),
                 Ln2Bias = ln ? Zeros(c.DModel) : null,
-                MlpIn = N(0.02, mlpIn, c.DModel),
+                MlpIn = L(0.02, mlpIn, c.DModel),
                 MlpInBias = ln ? Zeros(mlpIn) : null,
-                MlpOut = N(outStd, c.DModel, c.DMlp),
+                MlpOut = L(outStd, c.DModel, c.DMlp),
                 MlpOutBias = ln ? Zeros(c.DModel) : null,
             }).ToList(),
             LnFinalWeight = Ones(c.DModel),
             LnFinalBias = ln ? Zeros(c.DModel) : null,
-            Unembed = embed,
+            Unembed = embed.t(),
+            Tied = true,
         };
     }
 }

@@ -197,8 +197,8 @@ public sealed class FamilyTests(FamilyModels models) : TorchTest, IClassFixture<
         var plan = HookPlan.Build(m.Hooks, null, [new Intervention($"blocks.{layer}.attn.hook_z", InterventionOp.ZeroAblate, Heads: [head])]);
         var ablated = m.Forward(ids, null, plan, null, LogitsMode.All)!;
 
-        // Second path: the head's columns of W_O set to zero, no hooks.
-        var columns = m.Weights.Blocks[layer].Out.narrow(1, (long)head * c.DHead, c.DHead);
+        // Second path: the head's rows of W_O ([n_heads·d_head, d_model]) set to zero, no hooks.
+        var columns = m.Weights.Blocks[layer].Out.narrow(0, (long)head * c.DHead, c.DHead);
         var saved = columns.clone();
         Tensor edited;
         try

@@ -14,6 +14,9 @@ namespace InterpMesh.Runtime.Tests.Hooks;
 /// </summary>
 public sealed class HookSemanticsTests(FamilyModels models) : TorchTest, IClassFixture<FamilyModels>
 {
+    /// <summary>x · W + b with W in the runtime's [in, out] layout (a second path: no runtime code).</summary>
+    private static Tensor Project(Tensor x, Tensor w, Tensor? bias) => bias is null ? x.matmul(w) : x.matmul(w) + bias;
+
     private const double Tolerance = 1e-4;
 
     public static TheoryData<string> Families => new(FamilyModels.Names);
@@ -47,11 +50,11 @@ public sealed class HookSemanticsTests(FamilyModels models) : TorchTest, IClassF
             Assert.True(MaxAbsDiff(cap["blocks.0.ln1.hook_normalized"] * cap["blocks.0.ln1.hook_scale"], centred) < 1e-5, $"{family}: ln1 normalized · scale ≠ centred input");
             // normalized · w + b, projected, gives hook_q (before any q norm and RoPE).
             var ln1 = Affine(cap["blocks.0.ln1.hook_normalized"], w.Ln1Weight!, w.Ln1Bias);
-            var q = F.linear(ln1, w.Qkv.narrow(0, 0, (long)c.NHeads * c.DHead), w.QkvBias?.narrow(0, 0, (long)c.NHeads * c.DHead));
+            var q = Project(ln1, w.Qkv.narrow(1, 0, (long)c.NHeads * c.DHead), w.QkvBias?.narrow(0, 0, (long)c.NHeads * c.DHead));
             Assert.True(MaxAbsDiff(q, cap["blocks.0.attn.hook_q"].flatten(2)) < Tolerance, $"{family}: ln1 normalized · w + b does not give hook_q");
             // ln2 reads hook_mlp_in; its output feeds the MLP.
             var ln2 = Affine(cap["blocks.0.ln2.hook_normalized"], w.Ln2Weight ?? w.Ln1Weight!, w.Ln2Weight is null ? w.Ln1Bias : w.Ln2Bias);
-            var pre = F.linear(ln2, w.MlpIn, w.MlpInBias).narrow(-1, 0, c.DMlp);
+            var pre = Project(ln2, w.MlpIn, w.MlpInBias).narrow(-1, 0, c.DMlp);
             Assert.True(MaxAbsDiff(pre, cap["blocks.0.mlp.hook_pre"]) < Tolerance, $"{family}: ln2 normalized · w + b does not give mlp.hook_pre");
         }
         if (c.PostNorms)
@@ -69,7 +72,7 @@ public sealed class HookSemanticsTests(FamilyModels models) : TorchTest, IClassF
 
         // The final norm: normalized · w + b through the unembedding (+ bias, soft-cap) gives the logits.
         var final = Affine(cap["ln_final.hook_normalized"], m.Weights.LnFinalWeight, m.Weights.LnFinalBias);
-        var logits = F.linear(final, m.Weights.Unembed, m.Weights.UnembedBias);
+        var logits = Project(final, m.Weights.Unembed, m.Weights.UnembedBias);
         if (c.FinalSoftcap is double softcap)
             logits = (logits / softcap).tanh() * softcap;
         Assert.True(MaxAbsDiff(logits, cap["logits!"]) < Tolerance, $"{family}: ln_final normalized · w + b does not give the logits");
@@ -100,7 +103,7 @@ public sealed class HookSemanticsTests(FamilyModels models) : TorchTest, IClassF
                 : input * (input.pow(2).mean([-1], keepdim: true) + c.NormEps).rsqrt() * w.Ln1Weight!;
         }
         long kRow = (long)c.NHeads * c.DHead;
-        var k0 = F.linear(normed, w.Qkv.narrow(0, kRow, c.DHead), w.QkvBias?.narrow(0, kRow, c.DHead));
+        var k0 = Project(normed, w.Qkv.narrow(1, kRow, c.DHead), w.QkvBias?.narrow(0, kRow, c.DHead));
         Assert.True(MaxAbsDiff(cap["blocks.0.attn.hook_k"].select(2, 0), k0) < Tolerance, $"{family}: kv head 0 keys do not follow its changed input");
         if (c.NKvHeads > 1)
             Assert.True(MaxAbsDiff(cap["blocks.0.attn.hook_k"].narrow(2, 1, c.NKvHeads - 1), clean["blocks.0.attn.hook_k"].narrow(2, 1, c.NKvHeads - 1)) < 1e-5, $"{family}: other kv heads changed");

@@ -107,23 +107,24 @@ public sealed class MemoryMappedLoadingTests : TorchTest
         using var model = ModelLoader.Load(dir.Path);
         var w = model.Transformer.Weights;
         SameBytes(raw["model.embed_tokens.weight"], Bytes(w.Embed));
-        SameBytes(raw["lm_head.weight"], Bytes(w.Unembed));
+        // Linear weights and the unembedding are held [in, out]: transposed back, they are the stored bytes.
+        SameBytes(raw["lm_head.weight"], Bytes(w.Unembed.t().contiguous()));
         SameBytes(raw["model.norm.weight"], Bytes(w.LnFinalWeight));
         for (int l = 0; l < shape.Layers; l++)
         {
             string h = $"model.layers.{l}.";
             var b = w.Blocks[l];
-            SameBytes([.. raw[h + "self_attn.q_proj.weight"], .. raw[h + "self_attn.k_proj.weight"], .. raw[h + "self_attn.v_proj.weight"]], Bytes(b.Qkv));
-            SameBytes([.. raw[h + "mlp.gate_proj.weight"], .. raw[h + "mlp.up_proj.weight"]], Bytes(b.MlpIn));
-            SameBytes(raw[h + "self_attn.o_proj.weight"], Bytes(b.Out));
-            SameBytes(raw[h + "mlp.down_proj.weight"], Bytes(b.MlpOut));
+            SameBytes([.. raw[h + "self_attn.q_proj.weight"], .. raw[h + "self_attn.k_proj.weight"], .. raw[h + "self_attn.v_proj.weight"]], Bytes(b.Qkv.t().contiguous()));
+            SameBytes([.. raw[h + "mlp.gate_proj.weight"], .. raw[h + "mlp.up_proj.weight"]], Bytes(b.MlpIn.t().contiguous()));
+            SameBytes(raw[h + "self_attn.o_proj.weight"], Bytes(b.Out.t().contiguous()));
+            SameBytes(raw[h + "mlp.down_proj.weight"], Bytes(b.MlpOut.t().contiguous()));
             SameBytes(raw[h + "input_layernorm.weight"], Bytes(b.Ln1Weight!));
             SameBytes(raw[h + "post_attention_layernorm.weight"], Bytes(b.Ln2Weight!));
         }
     }
 
     [Fact]
-    public void Gpt2_conv1d_weights_are_the_stored_matrices_transposed()
+    public void Gpt2_conv1d_weights_are_the_stored_matrices_and_their_linear_view_the_transpose()
     {
         var raw = RawTensors(RepoPaths.Fixture("gpt2-tiny/model.safetensors"));
         using var model = ModelLoader.Load(RepoPaths.Fixture("gpt2-tiny"));
@@ -139,8 +140,11 @@ public sealed class MemoryMappedLoadingTests : TorchTest
                 for (long r = 0; r < rows; r++)
                     for (long c = 0; c < cols; c++)
                         transposed[c * rows + r] = stored[r * cols + c];
-                Assert.Equal(new[] { cols, rows }, loaded.shape);
-                SameBytes(ToBytes(transposed), Bytes(loaded));
+                // Conv1D's [in, out] is the compute layout: held as stored, without a copy's change...
+                Assert.Equal(new[] { rows, cols }, loaded.shape);
+                SameBytes(bytes, Bytes(loaded));
+                // ...and read as nn.Linear's [out, in], it is the stored matrix transposed.
+                SameBytes(ToBytes(transposed), Bytes(loaded.t().contiguous()));
             }
         }
     }

@@ -61,6 +61,7 @@ public static class Presets
             LnFinalBias = ln ? N(c.DModel) : null,
             Unembed = c.TiedEmbeddings ? embed : N(c.VocabSize, c.DModel),
         };
-        return new Transformer(c, weights, $"preset:{c.Architecture}");
+        // Drawn in checkpoint layout, so a preset's numbers do not depend on the compute layout.
+        return new Transformer(c, TransformerWeights.FromCheckpointLayout(weights), $"preset:{c.Architecture}");
     }
 }

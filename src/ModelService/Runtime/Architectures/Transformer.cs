@@ -263,7 +263,7 @@ public sealed class Transformer : IDisposable
             {
                 if (allPositions && logits == LogitsMode.Last && !ctx.Wants("logits"))
                     x = GatherPositions(x, local);
-                var result = F.linear(x, Weights.Unembed, Weights.UnembedBias);
+                var result = Linear(x, Weights.Unembed, Weights.UnembedBias);
                 if (Config.FinalSoftcap is double cap)
                     result = (result / cap).tanh_() * cap;
                 result = ctx.Run("logits", result);
@@ -400,11 +400,11 @@ public sealed class Transformer : IDisposable
             var kIn = ctx.Run(n.KInput, resid.unsqueeze(2).expand(b, t, c.NKvHeads, c.DModel));
             var vIn = ctx.Run(n.VInput, resid.unsqueeze(2).expand(b, t, c.NKvHeads, c.DModel));
             Tensor PreNorm(Tensor x) => c.PreNorms ? Norm(x, w.Ln1Weight!, w.Ln1Bias) : x;
-            var parts = w.Qkv.split([qWidth, kvWidth, kvWidth], 0);
+            var parts = w.Qkv.split([qWidth, kvWidth, kvWidth], 1);
             var biases = w.QkvBias?.split([qWidth, kvWidth, kvWidth], 0);
             Tensor PerHead(Tensor input, int i, long heads)
             {
-                var y = einsum("bthm,hdm->bthd", PreNorm(input), parts[i].view(heads, c.DHead, c.DModel));
+                var y = einsum("bthm,mhd->bthd", PreNorm(input), parts[i].view(c.DModel, heads, c.DHead));
                 return biases is null ? y : y + biases[i].view(heads, c.DHead);
             }
             q = PerHead(qIn, 0, c.NHeads);
@@ -418,7 +418,7 @@ public sealed class Transformer : IDisposable
         else
         {
             var attnInput = c.PreNorms ? Norm(resid, w.Ln1Weight!, w.Ln1Bias, ctx, n.Ln1Scale, n.Ln1Normalized) : resid;
-            var qkv = F.linear(attnInput, w.Qkv, w.QkvBias);
+            var qkv = Linear(attnInput, w.Qkv, w.QkvBias);
             var parts = qkv.split([qWidth, kvWidth, kvWidth], -1);
             // Contiguous q/k/v: kernels then see the same memory layout whether or not a hook replaced
             // the tensor, so a no-op intervention is bit-for-bit a no-op.
@@ -502,7 +502,7 @@ public sealed class Transformer : IDisposable
         Tensor attnOut;
         if (ctx.Wants(n.Result))
         {
-            var result = einsum("bthd,mhd->bthm", z, w.Out.view(c.DModel, c.NHeads, c.DHead));
+            var result = einsum("bthd,hdm->bthm", z, w.Out.view(c.NHeads, c.DHead, c.DModel));
             result = ctx.Run(n.Result, result);
             attnOut = result.sum(2);
             if (w.OutBias is not null)
@@ -510,7 +510,7 @@ public sealed class Transformer : IDisposable
         }
         else
         {
-            attnOut = F.linear(z.reshape(b, t, qWidth), w.Out, w.OutBias);
+            attnOut = Linear(z.reshape(b, t, qWidth), w.Out, w.OutBias);
         }
         if (c.PostNorms)
             attnOut = Norm(attnOut, w.Ln1PostWeight!, null, ctx, n.Ln1PostScale, n.Ln1PostNormalized);
@@ -531,23 +531,37 @@ public sealed class Transformer : IDisposable
         Tensor post;
         if (!c.GatedMlp)
         {
-            var pre = ctx.Run(n.MlpPre, F.linear(ln2, w.MlpIn, w.MlpInBias));
+            var pre = ctx.Run(n.MlpPre, Linear(ln2, w.MlpIn, w.MlpInBias));
             post = c.Mlp == MlpKind.Gelu ? F.gelu(pre) : F.gelu(pre, TorchSharp.Modules.GELU.Approximate.tanh, false);
         }
         else
         {
-            var gateUp = F.linear(ln2, w.MlpIn, w.MlpInBias).chunk(2, -1);
+            var gateUp = Linear(ln2, w.MlpIn, w.MlpInBias).chunk(2, -1);
             // Contiguous halves: vectorised and strided silu differ in the last bit (see q/k/v).
             var gate = ctx.Run(n.MlpPre, gateUp[0].contiguous());
             var up = ctx.Run(n.MlpPreLinear, gateUp[1].contiguous());
             post = (c.Mlp == MlpKind.GeGlu ? F.gelu(gate, TorchSharp.Modules.GELU.Approximate.tanh, false) : F.silu(gate)) * up;
         }
         post = ctx.Run(n.MlpPost, post);
-        var mlpOut = F.linear(post, w.MlpOut, w.MlpOutBias);
+        var mlpOut = Linear(post, w.MlpOut, w.MlpOutBias);
         if (c.PostNorms)
             mlpOut = Norm(mlpOut, w.Ln2PostWeight!, null, ctx, n.Ln2PostScale, n.Ln2PostNormalized);
         mlpOut = ctx.Run(n.MlpOut, mlpOut);
         return ctx.Run(n.ResidPost, parallel ? resid + attnOut + mlpOut : residMid! + mlpOut);
+    }
+
+    /// <summary>
+    /// <c>x · W + b</c> with <paramref name="w"/> in the compute layout <c>[in, out]</c>: oneMKL's
+    /// non-transposed product, which at the 1–16 rows of a decode step runs 1.5–2.8× faster than
+    /// <c>F.linear</c>'s product with a stored transpose, and as fast at a prefill's 1 024 rows.
+    /// </summary>
+    internal static Tensor Linear(Tensor x, Tensor w, Tensor? bias)
+    {
+        var shape = x.shape;
+        using var rows = x.reshape(-1, shape[^1]);
+        var y = bias is null ? rows.matmul(w) : addmm(bias, rows, w, 1, 1);
+        shape[^1] = w.shape[1];
+        return y.view(shape);
     }
 
     public void Dispose()

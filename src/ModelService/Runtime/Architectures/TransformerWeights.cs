@@ -3,13 +3,17 @@ using static TorchSharp.torch;
 namespace InterpMesh.Runtime.Architectures;
 
 /// <summary>
-/// The weights of one block in the runtime's canonical layout. Linear weights are <c>[out, in]</c>
-/// (GPT-2's Conv1D weights are transposed at load). q, k and v are fused into one matrix of
-/// <c>[(n_heads + 2·n_kv_heads)·d_head, d_model]</c> rows (q rows, then k, then v), and a SwiGLU
-/// MLP's gate and up projections into one <c>[2·d_mlp, d_model]</c> (gate rows first), so each is
-/// one matrix multiply. Rotary q/k rows are in the order the config's rotary style expects
-/// (rotate_half unless <see cref="ModelConfig.RotaryInterleaved"/>). Norm gains are stored as
-/// applied (Gemma's (1 + w) already added).
+/// The weights of one block in the runtime's compute layout. Linear weights are <c>[in, out]</c>,
+/// contiguous, and applied as <c>x · W</c> (TransformerLens' orientation; GPT-2's Conv1D layout).
+/// PyTorch's <c>nn.Linear</c> stores <c>[out, in]</c>, which loaders read and convert once with
+/// <see cref="TransformerWeights.FromCheckpointLayout"/>: oneMKL multiplies by a stored transpose
+/// 1.5–2.8× slower at the few rows of a decode step (docs/runtime.md, "Weight layout").
+/// q, k and v are fused into one matrix of <c>[d_model, (n_heads + 2·n_kv_heads)·d_head]</c>
+/// (q columns, then k, then v), and a SwiGLU MLP's gate and up projections into one
+/// <c>[d_model, 2·d_mlp]</c> (gate columns first), so each is one matrix multiply. Rotary q/k
+/// columns are in the order the config's rotary style expects (rotate_half unless
+/// <see cref="ModelConfig.RotaryInterleaved"/>). Norm gains are stored as applied (Gemma's (1 + w)
+/// already added).
 /// </summary>
 public sealed class BlockWeights : IDisposable
 {
@@ -46,22 +50,24 @@ public sealed class BlockWeights : IDisposable
     }
 }
 
-/// <summary>All weights of a model in the canonical layout (see <see cref="BlockWeights"/>).</summary>
+/// <summary>All weights of a model in the compute layout (see <see cref="BlockWeights"/>).</summary>
 public sealed class TransformerWeights : IDisposable
 {
-    /// <summary><c>[vocab, d_model]</c>.</summary>
+    /// <summary><c>[vocab, d_model]</c>; with tied embeddings a view of <see cref="Unembed"/> transposed.</summary>
     public required Tensor Embed { get; init; }
     /// <summary><c>[context, d_model]</c>, learned positions only.</summary>
     public Tensor? PosEmbed { get; init; }
     public required IReadOnlyList<BlockWeights> Blocks { get; init; }
     public required Tensor LnFinalWeight { get; init; }
     public Tensor? LnFinalBias { get; init; }
-    /// <summary><c>[vocab, d_model]</c>; the same tensor as <see cref="Embed"/> when tied.</summary>
+    /// <summary><c>[d_model, vocab]</c>, contiguous; with tied embeddings <see cref="Embed"/> is its transposed view.</summary>
     public required Tensor Unembed { get; init; }
     /// <summary><c>[vocab]</c>, GPT-J's lm_head bias.</summary>
     public Tensor? UnembedBias { get; init; }
+    /// <summary>Embedding and unembedding share their memory (<c>tie_word_embeddings</c>).</summary>
+    public bool Tied { get; init; }
 
-    /// <summary>Every distinct tensor (a tied unembedding is listed once).</summary>
+    /// <summary>Every tensor handle (a tied embedding's view included, so that all are detached and disposed).</summary>
     public IEnumerable<Tensor> AllTensors()
     {
         yield return Embed;
@@ -78,11 +84,52 @@ public sealed class TransformerWeights : IDisposable
             yield return UnembedBias;
     }
 
+    /// <summary>
+    /// Converts weights in checkpoint layout — linear weights <c>[out, in]</c> as <c>nn.Linear</c>
+    /// stores them, the unembedding <c>[vocab, d_model]</c> (the same tensor as the embedding when
+    /// tied) — to the compute layout, one matrix at a time: each original is disposed as soon as its
+    /// transposed copy exists, so loading needs one matrix of headroom, not a second model. A matrix
+    /// that is already a transposed view of contiguous memory (GPT-2's Conv1D) is not copied.
+    /// </summary>
+    public static TransformerWeights FromCheckpointLayout(TransformerWeights w)
+    {
+        static Tensor T(Tensor outIn)
+        {
+            // The view must go at once too: it holds the original's memory.
+            var view = outIn.t();
+            var inOut = view.contiguous();
+            if (!ReferenceEquals(inOut, view))
+                view.Dispose();
+            outIn.Dispose();
+            return inOut;
+        }
+        bool tied = ReferenceEquals(w.Unembed, w.Embed);
+        var unembed = T(w.Unembed);
+        return new TransformerWeights
+        {
+            Embed = tied ? unembed.t() : w.Embed,
+            PosEmbed = w.PosEmbed,
+            Blocks = w.Blocks.Select(b => new BlockWeights
+            {
+                Ln1Weight = b.Ln1Weight, Ln1Bias = b.Ln1Bias, Qkv = T(b.Qkv), QkvBias = b.QkvBias,
+                Out = T(b.Out), OutBias = b.OutBias, Ln2Weight = b.Ln2Weight, Ln2Bias = b.Ln2Bias,
+                MlpIn = T(b.MlpIn), MlpInBias = b.MlpInBias, MlpOut = T(b.MlpOut), MlpOutBias = b.MlpOutBias,
+                Ln1PostWeight = b.Ln1PostWeight, Ln2PostWeight = b.Ln2PostWeight, QNormWeight = b.QNormWeight, KNormWeight = b.KNormWeight,
+            }).ToList(),
+            LnFinalWeight = w.LnFinalWeight,
+            LnFinalBias = w.LnFinalBias,
+            Unembed = unembed,
+            UnembedBias = w.UnembedBias,
+            Tied = tied,
+        };
+    }
+
     /// <summary>A copy on another device (this object keeps its own tensors).</summary>
     public TransformerWeights To(Device device)
     {
         Tensor? Move(Tensor? t) => t?.to(device);
-        var embed = Embed.to(device);
+        var unembed = Unembed.to(device);
+        var embed = Tied ? unembed.t() : Embed.to(device);
         return new TransformerWeights
         {
             Embed = embed,
@@ -96,14 +143,18 @@ public sealed class TransformerWeights : IDisposable
             }).ToList(),
             LnFinalWeight = LnFinalWeight.to(device),
             LnFinalBias = Move(LnFinalBias),
-            Unembed = ReferenceEquals(Unembed, Embed) ? embed : Unembed.to(device),
+            Unembed = unembed,
             UnembedBias = Move(UnembedBias),
+            Tied = Tied,
         };
     }
 
     public long ParameterCount =>
         Embed.numel() + (PosEmbed?.numel() ?? 0) + Blocks.Sum(b => b.All().Sum(t => t.numel()))
-        + LnFinalWeight.numel() + (LnFinalBias?.numel() ?? 0) + (ReferenceEquals(Unembed, Embed) ? 0 : Unembed.numel()) + (UnembedBias?.numel() ?? 0);
+        + LnFinalWeight.numel() + (LnFinalBias?.numel() ?? 0) + (Tied ? 0 : Unembed.numel()) + (UnembedBias?.numel() ?? 0);
+
+    /// <summary>Bytes of weight memory (a tied embedding counted once).</summary>
+    public long ByteCount => AllTensors().Where(t => !(Tied && ReferenceEquals(t, Embed))).Sum(t => t.numel() * t.ElementSize);
 
     /// <summary>Checks every tensor's shape against the config; the message names the tensor.</summary>
     public void Validate(ModelConfig c, string source)
@@ -116,10 +167,16 @@ public sealed class TransformerWeights : IDisposable
                 throw new ModelFormatException(source, $"tensor {what} has shape [{string.Join(", ", t.shape)}], expected [{string.Join(", ", shape)}] from the config");
         }
 
+        void ExpectLinear(Tensor t, string what, long outputs, long inputs)
+        {
+            if (!t.shape.SequenceEqual([inputs, outputs]))
+                throw new ModelFormatException(source, $"tensor {what} has shape [{string.Join(", ", t.shape.Reverse())}], expected [{outputs}, {inputs}] from the config");
+        }
+
         Expect(Embed, "token embedding", c.VocabSize, c.DModel);
         if (c.Positional == PositionalKind.Learned)
             Expect(PosEmbed, "position embedding", c.ContextLength, c.DModel);
-        Expect(Unembed, "unembedding", c.VocabSize, c.DModel);
+        Expect(Unembed, "unembedding", c.DModel, c.VocabSize);
         Expect(LnFinalWeight, "final norm weight", c.DModel);
         if (Blocks.Count != c.NLayers)
             throw new ModelFormatException(source, $"found {Blocks.Count} blocks, the config says {c.NLayers}");
@@ -145,11 +202,12 @@ public sealed class TransformerWeights : IDisposable
                 Expect(b.QNormWeight, $"layer {i} q norm weight", whole ? (long)c.NHeads * c.DHead : c.DHead);
                 Expect(b.KNormWeight, $"layer {i} k norm weight", whole ? (long)c.NKvHeads * c.DHead : c.DHead);
             }
-            Expect(b.Qkv, $"layer {i} q/k/v projection", qkv, c.DModel);
+            // Stated [out, in], as in the checkpoint, so that a wrong file reads as it would in transformers.
+            ExpectLinear(b.Qkv, $"layer {i} q/k/v projection", qkv, c.DModel);
             if (b.QkvBias is not null) Expect(b.QkvBias, $"layer {i} q/k/v bias", qkv);
-            Expect(b.Out, $"layer {i} attention output projection", c.DModel, (long)c.NHeads * c.DHead);
-            Expect(b.MlpIn, $"layer {i} MLP input projection", mlpIn, c.DModel);
-            Expect(b.MlpOut, $"layer {i} MLP output projection", c.DModel, c.DMlp);
+            ExpectLinear(b.Out, $"layer {i} attention output projection", c.DModel, (long)c.NHeads * c.DHead);
+            ExpectLinear(b.MlpIn, $"layer {i} MLP input projection", mlpIn, c.DModel);
+            ExpectLinear(b.MlpOut, $"layer {i} MLP output projection", c.DModel, c.DMlp);
         }
     }
 
@@ -161,8 +219,7 @@ public sealed class TransformerWeights : IDisposable
             b.Dispose();
         LnFinalWeight.Dispose();
         LnFinalBias?.Dispose();
-        if (!ReferenceEquals(Unembed, Embed))
-            Unembed.Dispose();
+        Unembed.Dispose();
         UnembedBias?.Dispose();
     }
 }

@@ -30,14 +30,14 @@ public static class HuggingFaceCheckpoint
         string configPath = System.IO.Path.Combine(folder, "config.json");
         var config = ReadConfig(configPath);
         using var weights = WeightFiles.Open(folder, device ?? CPU);
-        var tensors = config.Architecture switch
+        var tensors = TransformerWeights.FromCheckpointLayout(config.Architecture switch
         {
             "GPT2LMHeadModel" => LoadGpt2(config, weights, dtype),
             "GPTNeoForCausalLM" => LoadGptNeo(config, weights, dtype),
             "GPTJForCausalLM" => LoadGptJ(config, weights, dtype),
             "GPTNeoXForCausalLM" => LoadGptNeoX(config, weights, dtype),
             _ => LoadLlama(config, weights, dtype),
-        };
+        });
         try
         {
             tensors.Validate(config, folder);
@@ -659,8 +659,13 @@ public static class HuggingFaceCheckpoint
     private static TransformerWeights LoadGpt2(ModelConfig c, WeightFiles files, ScalarType dtype)
     {
         string p = files.Has("transformer.wte.weight") ? "transformer." : "";
-        // GPT-2 stores Conv1D weights as [in, out]; the runtime uses [out, in].
-        Tensor Conv(string name) => files.ReadTransposed(p + name, dtype);
+        // GPT-2 stores Conv1D weights as [in, out], the compute layout: read as they are and seen
+        // [out, in] through a view, which FromCheckpointLayout turns back without a copy.
+        Tensor Conv(string name)
+        {
+            using var stored = files.Read(p + name, dtype);
+            return stored.t();
+        }
         Tensor W(string name) => files.Read(p + name, dtype);
 
         var embed = W("wte.weight");
@@ -1023,7 +1028,6 @@ public static class HuggingFaceCheckpoint
         public Tensor Read(string name, ScalarType dtype) => FileOf(name).Read(name, dtype, Device);
 
         /// <summary>A stored <c>[in, out]</c> matrix as <c>[out, in]</c>, transposed while it is read.</summary>
-        public Tensor ReadTransposed(string name, ScalarType dtype) => FileOf(name).ReadTransposed(name, dtype, Device);
 
         /// <summary>
         /// Tensors concatenated along their first dimension (fused q/k/v, gate/up): the result is

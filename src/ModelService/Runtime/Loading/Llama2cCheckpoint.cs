@@ -131,7 +131,7 @@ public static class Llama2cCheckpoint
         }
         foreach (var t in new[] { rmsAtt, wq, wk, wv, wo, rmsFfn, w1, w2, w3 })
             t.Dispose();
-        var weights = new TransformerWeights { Embed = embed, Blocks = blocks, LnFinalWeight = rmsFinal, Unembed = wcls };
+        var weights = TransformerWeights.FromCheckpointLayout(new TransformerWeights { Embed = embed, Blocks = blocks, LnFinalWeight = rmsFinal, Unembed = wcls });
         weights.Validate(config, path);
         return (config, weights);
     }
