@@ -557,11 +557,9 @@ public sealed class Transformer : IDisposable
     /// </summary>
     internal static Tensor Linear(Tensor x, Tensor w, Tensor? bias)
     {
-        var shape = x.shape;
-        using var rows = x.reshape(-1, shape[^1]);
-        var y = bias is null ? rows.matmul(w) : addmm(bias, rows, w, 1, 1);
-        shape[^1] = w.shape[1];
-        return y.view(shape);
+        // One call without a bias: each extra op costs ~2 µs, which a small model's decode step feels.
+        var y = x.matmul(w);
+        return bias is null ? y : y.add_(bias);
     }
 
     public void Dispose()
