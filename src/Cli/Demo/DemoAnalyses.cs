@@ -5,6 +5,7 @@ using Grpc.Core;
 using Grpc.Net.Client;
 using InterpMesh.Cli.Remote;
 using InterpMesh.Cli.Report;
+using InterpMesh.Contracts.Tensors;
 using InterpMesh.Contracts.V1;
 
 namespace InterpMesh.Cli.Demo;
@@ -276,8 +277,8 @@ internal sealed class DemoAnalyses(GrpcChannel gateway, HtmlReport report, TextW
             var model = new Contracts.V1.ModelService.ModelServiceClient(gateway);
             var headers = new Metadata { { "interpmesh-model", "induction" } };
             var request = new RunRequest { Inputs = { new Input { Text = text } }, Captures = { new Capture { Hooks = { hookName } } } };
-            long[]? shape = null;
-            var bytes = new MemoryStream();
+            WireTensor? captured = null;
+            var assembler = new ChunkAssembler();
             int[] ids = [];
             using (var call = model.Run(request, headers))
             {
@@ -285,17 +286,15 @@ internal sealed class DemoAnalyses(GrpcChannel gateway, HtmlReport report, TextW
                 {
                     var r = call.ResponseStream.Current;
                     if (r.Activation is { } a)
-                    {
-                        shape = [.. a.Shape];
-                        a.Data.WriteTo(bytes);
-                    }
+                        captured = assembler.Add(a)?.Tensor ?? captured;
                     else if (r.Result is { } result)
-                        ids = [.. System.Runtime.InteropServices.MemoryMarshal.Cast<byte, long>(result.Tokens.Data.Span).ToArray().Select(x => (int)x)];
+                        ids = [.. WireTensor.FromProto(result.Tokens, "tokens").ToInt64().Select(x => (int)x)];
                 }
             }
-            var pattern = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(bytes.ToArray()).ToArray();
+            var pattern = captured!.ToFloat32();
+            var shape = captured.Shape;
             var words = model.Detokenize(new DetokenizeRequest { Tokens = { ids.Select(i => new TokenIds { Ids = { i } }) } }, headers).Texts.Select(w => w.Trim()).ToList();
-            int heads = (int)shape![1], q = (int)shape[2], k = (int)shape[3];
+            int heads = (int)shape[1], q = (int)shape[2], k = (int)shape[3];
             var values = new double[q, k];
             for (int i = 0; i < q; i++)
             {

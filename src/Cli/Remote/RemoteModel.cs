@@ -2,6 +2,7 @@ using Grpc.Core;
 using Grpc.Core.Interceptors;
 using Grpc.Net.Client;
 using InterpMesh.Cli.CommandLine;
+using InterpMesh.Contracts.Tensors;
 using InterpMesh.Contracts.V1;
 
 namespace InterpMesh.Cli.Remote;
@@ -139,11 +140,8 @@ internal static class RemoteModel
                     if (call.ResponseStream.Current.Result is { } r)
                         result = r;
                 }
-                var shape = result!.Logits.Shape;
-                int rows = (int)shape[1], vocab = (int)shape[2];
-                var flat = new float[rows * vocab];
-                Buffer.BlockCopy(result.Logits.Data.ToByteArray(), 0, flat, 0, flat.Length * 4);
-                return Enumerable.Range(0, rows).Select(r => flat.AsSpan(r * vocab, vocab).ToArray()).ToArray();
+                // [1, pos, vocab]: one row per position.
+                return WireTensor.FromProto(result!.Logits, "logits").ToFloat32Rows();
             });
         }
     }

@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using Grpc.Core;
+using InterpMesh.Contracts.Tensors;
 using InterpMesh.Contracts.V1;
 using InterpMesh.Plugins;
 using TorchSharp;
@@ -98,9 +99,7 @@ internal sealed class RoutedModelClient(ReplicaPool pool, TimeSpan callTimeout) 
     {
         var (call, replica, more) = await StartAsync(c => c.Run(request, Options(cancellationToken)), c => c.ResponseStream, cancellationToken);
         using var owned = call;
-        string? hook = null;
-        byte[]? buffer = null;
-        ActivationChunk? head = null;
+        var assembler = new ChunkAssembler();
         for (; more; more = await Next(call.ResponseStream, replica, cancellationToken))
         {
             var message = call.ResponseStream.Current;
@@ -109,19 +108,8 @@ internal sealed class RoutedModelClient(ReplicaPool pool, TimeSpan callTimeout) 
                 yield return new RunOutput(null, null, result);
                 continue;
             }
-            var chunk = message.Activation;
-            if (chunk.Hook != hook)
-            {
-                hook = chunk.Hook;
-                head = chunk;
-                buffer = GC.AllocateUninitializedArray<byte>(checked((int)chunk.TotalBytes));
-            }
-            chunk.Data.Span.CopyTo(buffer.AsSpan((int)chunk.Offset));
-            if (chunk.Offset + chunk.Data.Length >= chunk.TotalBytes)
-            {
-                yield return new RunOutput(hook, WireTensors.ToTensor(head!.Dtype, head.Shape, buffer!), null);
-                hook = null;
-            }
+            if (assembler.Add(message.Activation) is { } capture)
+                yield return new RunOutput(capture.Hook, capture.Tensor.ToTorch(), null);
         }
     }
 
@@ -144,26 +132,5 @@ internal sealed class RoutedModelClient(ReplicaPool pool, TimeSpan callTimeout) 
             ReplicaPool.MarkDown(replica);
             throw new RpcException(new Status(StatusCode.Unavailable, $"the model service for '{pool.Model}' at {replica.Address} became unavailable: {e.Status.Detail}"));
         }
-    }
-}
-
-/// <summary>Wire tensors (little-endian bytes) to CPU torch tensors.</summary>
-internal static class WireTensors
-{
-    public static torch.Tensor ToTensor(DType dtype, IEnumerable<long> shape, byte[] data)
-    {
-        var type = dtype switch
-        {
-            DType.Float32 => torch.ScalarType.Float32,
-            DType.Bfloat16 => torch.ScalarType.BFloat16,
-            DType.Float16 => torch.ScalarType.Float16,
-            DType.Int64 => torch.ScalarType.Int64,
-            _ => throw new InvalidDataException($"the model service sent a tensor of unknown dtype {dtype}"),
-        };
-        var t = torch.empty([.. shape], type);
-        if (t.NumberOfElements * t.ElementSize != data.Length)
-            throw new InvalidDataException($"the model service sent {data.Length} bytes for a tensor of shape [{string.Join(", ", shape)}] and dtype {dtype}");
-        data.CopyTo(t.bytes);
-        return t;
     }
 }

@@ -1,6 +1,7 @@
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using InterpMesh.Contracts.Tensors;
 using InterpMesh.Contracts.V1;
 using InterpMesh.Plugins.SAE.Formats;
 using InterpMesh.Plugins.SAE.Model;
@@ -294,8 +295,7 @@ public sealed class SaePlugin : IAnalysisPlugin
                     for (int j = 0; j < fired.Length; j++)
                         fired[j] += batchFires[j];
                     var splice = xHat.where(mask.unsqueeze(-1), x).contiguous();
-                    var bytes = System.Runtime.InteropServices.MemoryMarshal.AsBytes(splice.data<float>().ToArray().AsSpan()).ToArray();
-                    set = new Contracts.V1.Intervention { Hook = saved.HookName, Op = InterventionOp.Set, Value = new Contracts.V1.Tensor { Dtype = DType.Float32, Shape = { splice.shape }, Data = Google.Protobuf.ByteString.CopyFrom(bytes) } };
+                    set = new Contracts.V1.Intervention { Hook = saved.HookName, Op = InterventionOp.Set, Value = splice.ToWireTensor().ToProto() };
                 }
                 x.Dispose();
                 // CE loss: clean, with x̂ spliced in at the hook, and with the hook zero-ablated.
@@ -425,13 +425,13 @@ public sealed class SaePlugin : IAnalysisPlugin
                 request.Interventions.Add(new Contracts.V1.Intervention
                 {
                     Hook = "ln_final.hook_normalized", Op = InterventionOp.Set,
-                    Value = new Contracts.V1.Tensor { Dtype = DType.Float32, Shape = { direction.Length }, Data = Google.Protobuf.ByteString.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(direction.AsSpan())) },
+                    Value = WireTensor.FromFloat32(direction).ToProto(),
                 });
                 float[]? logits = null;
                 await foreach (var o in context.Model.RunAsync(request, ct))
                 {
                     if (o.Result is { Logits: { } l })
-                        logits = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(l.Data.Span).ToArray();
+                        logits = WireTensor.FromProto(l, "logits").ToFloat32();
                 }
                 var order = Enumerable.Range(0, logits!.Length).OrderByDescending(i => logits[i]).ToList();
                 var names = await context.Model.DetokenizeAsync([.. order.Take(top).Concat(order.TakeLast(top)).Select(i => new[] { i })], ct);

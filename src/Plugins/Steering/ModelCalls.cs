@@ -1,3 +1,4 @@
+using InterpMesh.Contracts.Tensors;
 using InterpMesh.Contracts.V1;
 using TorchSharp;
 
@@ -46,11 +47,10 @@ internal static class ModelCalls
         {
             if (output.Result is { Logits: { } logits })
             {
-                var values = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(logits.Data.Span).ToArray();
-                int vocab = (int)logits.Shape[^1];
+                var rows = WireTensor.FromProto(logits, "logits").ToFloat32Rows();
                 result = [.. Enumerable.Range(0, texts.Count).Select(i =>
                 {
-                    var row = values.AsSpan(i * vocab, vocab);
+                    var row = rows[i];
                     float max = float.MinValue;
                     foreach (var v in row)
                         max = Math.Max(max, v);
@@ -70,9 +70,5 @@ internal static class ModelCalls
         (await model.TokenizeAsync(texts, ct)).Max(t => t.Length);
 
     public static Contracts.V1.Tensor Wire(float[] v, float scale = 1)
-    {
-        var scaled = v.Select(x => x * scale).ToArray();
-        var bytes = System.Runtime.InteropServices.MemoryMarshal.AsBytes(scaled.AsSpan()).ToArray();
-        return new Contracts.V1.Tensor { Dtype = DType.Float32, Shape = { v.Length }, Data = Google.Protobuf.ByteString.CopyFrom(bytes) };
-    }
+        => WireTensor.FromFloat32(v.Select(x => x * scale).ToArray()).ToProto();
 }

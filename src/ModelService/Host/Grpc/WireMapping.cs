@@ -1,7 +1,8 @@
-using Google.Protobuf;
+using InterpMesh.Contracts.Tensors;
 using InterpMesh.Contracts.V1;
 using InterpMesh.Engine.Outputs;
 using InterpMesh.Engine.Requests;
+using InterpMesh.Plugins;
 using InterpMesh.Runtime;
 using InterpMesh.Runtime.Execution;
 using InterpMesh.Runtime.Generation;
@@ -32,7 +33,7 @@ public static class WireMapping
             DMlp = c.DMlp,
             VocabSize = c.VocabSize,
             ContextLength = c.ContextLength,
-            Dtype = TensorWire.ToWire(m.Transformer.DType),
+            Dtype = m.Transformer.DType.ToWireDType(),
             Device = m.Transformer.Device.ToString(),
             Tokenizer = m.Tokenizer?.GetType().Name ?? "",
             TokenizerAddsBos = m.Tokenizer?.AddsBos ?? false,
@@ -113,7 +114,8 @@ public static class WireMapping
         },
         DType = c.Dtype == DType.Unspecified ? TorchSharp.torch.ScalarType.Float32
             : c.Dtype == DType.Int64 ? throw new InvalidRequestException($"captures[{i}]: dtype must be FLOAT32, BFLOAT16 or FLOAT16")
-            : TensorWire.FromWire(c.Dtype, $"captures[{i}]"),
+            : WireTensor.ElementSize(c.Dtype) is null ? throw new InvalidRequestException($"captures[{i}]: dtype must be FLOAT32, BFLOAT16 or FLOAT16, got {c.Dtype}")
+            : c.Dtype.ToScalarType(),
         Reduction = c.Reduction == Contracts.V1.Reduction.Mean ? CaptureReduction.Mean : CaptureReduction.None,
     }).ToList();
 
@@ -156,10 +158,10 @@ public static class WireMapping
             var piece = new ActivationChunk
             {
                 Hook = capture.Hook,
-                Dtype = TensorWire.ToWire(capture.Value.DType),
+                Dtype = capture.Value.DType.ToWireDType(),
                 Offset = offset,
                 TotalBytes = bytes.Length,
-                Data = UnsafeByteOperations.UnsafeWrap(bytes.AsMemory(offset, Math.Min(chunkBytes, bytes.Length - offset))),
+                Data = Google.Protobuf.UnsafeByteOperations.UnsafeWrap(bytes.AsMemory(offset, Math.Min(chunkBytes, bytes.Length - offset))),
             };
             piece.Shape.AddRange(capture.Value.Shape);
             yield return piece;
@@ -205,10 +207,5 @@ public static class WireMapping
         return w;
     }
 
-    private static Contracts.V1.Tensor Wire(HostTensor t)
-    {
-        var w = new Contracts.V1.Tensor { Dtype = TensorWire.ToWire(t.DType), Data = UnsafeByteOperations.UnsafeWrap(t.Data) };
-        w.Shape.AddRange(t.Shape);
-        return w;
-    }
+    private static Contracts.V1.Tensor Wire(HostTensor t) => WireTensor.Create(t.DType.ToWireDType(), t.Shape, t.Data, "result").ToProto();
 }

@@ -1,3 +1,4 @@
+using InterpMesh.Contracts.Tensors;
 using InterpMesh.Contracts.V1;
 using TorchSharp;
 
@@ -25,20 +26,17 @@ internal static class RetrievalScorer
         var hits = new double[info.NLayers, info.NHeads];
         var generated = new List<int>();
         var top1 = new Dictionary<int, long[]>();   // layer → top-1 key position per head, for the current step
-        var buffers = new Dictionary<string, (byte[] Data, ActivationChunk Head)>();
+        var assembler = new ChunkAssembler();
         await foreach (var message in model.GenerateAsync(request, ct))
         {
             if (message.Activation is { } chunk)
             {
-                if (!buffers.TryGetValue(chunk.Hook, out var buffer) || chunk.Offset == 0)
-                    buffers[chunk.Hook] = buffer = (new byte[chunk.TotalBytes], chunk);
-                chunk.Data.Span.CopyTo(buffer.Data.AsSpan((int)chunk.Offset));
-                if (chunk.Offset + chunk.Data.Length == chunk.TotalBytes)
+                if (assembler.Add(chunk) is { } capture)
                 {
-                    int layer = int.Parse(chunk.Hook.Split('.')[1], System.Globalization.CultureInfo.InvariantCulture);
-                    // [1, head, 1, key]: the step's query row; float32 unless asked otherwise.
-                    var values = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(buffer.Data);
-                    int keys = (int)buffer.Head.Shape[3];
+                    int layer = int.Parse(capture.Hook.Split('.')[1], System.Globalization.CultureInfo.InvariantCulture);
+                    // [1, head, 1, key]: the step's query row.
+                    var values = capture.Tensor.ToFloat32().AsSpan();
+                    int keys = (int)capture.Tensor.Shape[3];
                     var best = new long[info.NHeads];
                     for (int h = 0; h < info.NHeads; h++)
                     {
@@ -52,7 +50,6 @@ internal static class RetrievalScorer
                         best[h] = arg;
                     }
                     top1[layer] = best;
-                    buffers.Remove(chunk.Hook);
                 }
                 continue;
             }
