@@ -135,6 +135,66 @@ public sealed class InProcessModelClientTests(ServerFixture server) : IClassFixt
     }
 
     [Fact]
+    public async Task Generate_steps_arrive_assembled_as_the_grpc_chunks_put_together()
+    {
+        var request = new GenerateRequest { MaxNewTokens = 4, NoDefaultStop = true };
+        request.Prompts.Add(Ids(1, 403, 407));
+        request.Captures.Add(new Capture { Hooks = { "blocks.0.hook_resid_post", "blocks.4.attn.hook_pattern" }, Positions = new Contracts.V1.PositionSelection { Last = true } });
+
+        // Second path: the raw gRPC messages, chunk bytes concatenated by hand.
+        var expected = new List<(int Step, string? Hook, long[]? Shape, byte[]? Bytes, GenerateResponse? Tokens)>();
+        using (var call = server.Client.Generate(request))
+        {
+            var pending = new MemoryStream();
+            await foreach (var m in call.ResponseStream.ReadAllAsync())
+            {
+                if (m.Activation is { } a)
+                {
+                    a.Data.WriteTo(pending);
+                    if (pending.Length == a.TotalBytes)
+                    {
+                        expected.Add((m.Step, a.Hook, [.. a.Shape], pending.ToArray(), null));
+                        pending = new MemoryStream();
+                    }
+                }
+                else
+                {
+                    expected.Add((m.Step, null, null, null, m));
+                }
+            }
+        }
+
+        var actual = new List<GenerateOutput>();
+        await foreach (var o in ((IModelClient)Client).GenerateStepsAsync(request))
+            actual.Add(o);
+        try
+        {
+            Assert.Equal(expected.Count, actual.Count);
+            Assert.Equal(8, actual.Count(o => o.Activation is not null));
+            for (int i = 0; i < expected.Count; i++)
+            {
+                var (e, a) = (expected[i], actual[i]);
+                Assert.Equal(e.Step, a.Step);
+                Assert.Equal(e.Hook, a.Hook);
+                if (e.Hook is null)
+                {
+                    Assert.Equal(e.Tokens, a.Tokens);
+                    Assert.Null(a.Layer);
+                    continue;
+                }
+                Assert.Equal(e.Hook == "blocks.0.hook_resid_post" ? 0 : 4, a.Layer);
+                Assert.Equal(e.Shape, a.Activation!.shape);
+                Assert.Equal(e.Bytes, a.Activation.bytes.ToArray());
+            }
+        }
+        finally
+        {
+            foreach (var o in actual)
+                o.Activation?.Dispose();
+        }
+    }
+
+    [Fact]
     public async Task Bad_requests_fail_as_they_do_over_grpc()
     {
         var request = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };

@@ -84,6 +84,11 @@ public sealed class RunTests(ServerFixture server) : IClassFixture<ServerFixture
         Assert.Equal(4, info.NKvHeads);
         Assert.Equal(DType.Float32, info.Dtype);
         Assert.Equal(server.Local.Transformer.Hooks.All.Select(h => (h.Name, h.Shape)), info.Hooks.Select(h => (h.Name, h.Shape)));
+        // Structured dimension names beside the template, literal sizes kept.
+        Assert.Equal(["batch", "head", "query_pos", "key_pos"], info.Hooks.Single(h => h.Name == "blocks.2.attn.hook_pattern").Dims);
+        Assert.Equal(["batch", "pos", "kv_head", "d_head"], info.Hooks.Single(h => h.Name == "blocks.0.attn.hook_k").Dims);
+        Assert.Equal(["batch", "pos", "1"], info.Hooks.Single(h => h.Name == "blocks.0.ln1.hook_scale").Dims);
+        Assert.All(info.Hooks, h => Assert.Equal(h.Shape, "[" + string.Join(", ", h.Dims) + "]"));
         Assert.Equal(1, info.BosTokenId);
         Assert.True(info.TokenizerAddsBos);
     }

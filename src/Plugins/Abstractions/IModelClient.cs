@@ -29,10 +29,23 @@ public interface IModelClient
 
     /// <summary>Generates, yielding each step's message (tokens, or chunks of per-step captures) as it arrives.</summary>
     IAsyncEnumerable<GenerateResponse> GenerateAsync(GenerateRequest request, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// Generates, yielding each per-step capture whole (a CPU tensor the caller disposes, with its
+    /// hook and layer) as soon as it has arrived, and each step's tokens: what
+    /// <see cref="RunAsync"/> does for a forward. SDK 1.2; by default it assembles
+    /// <see cref="GenerateAsync"/>'s messages.
+    /// </summary>
+    IAsyncEnumerable<GenerateOutput> GenerateStepsAsync(GenerateRequest request, CancellationToken cancellationToken = default)
+        => GenerateOutput.AssembleAsync(GenerateAsync(request, cancellationToken), cancellationToken);
 }
 
 /// <summary>One item of a <see cref="IModelClient.RunAsync"/> stream: an activation or the final result.</summary>
 /// <param name="Hook">The captured hook's name, or null for the result.</param>
 /// <param name="Activation">The captured tensor (CPU, in the requested dtype; the caller disposes it), or null for the result.</param>
 /// <param name="Result">The final result, or null for an activation.</param>
-public sealed record RunOutput(string? Hook, torch.Tensor? Activation, RunResult? Result);
+public sealed record RunOutput(string? Hook, torch.Tensor? Activation, RunResult? Result)
+{
+    /// <summary>The captured hook's block (<c>blocks.3.hook_resid_post</c> → 3), or null (the result, or a hook outside the blocks).</summary>
+    public int? Layer => HookNames.Layer(Hook);
+}

@@ -12,8 +12,8 @@ public static class SdkVersion
     public const int Major = 1;
 
     /// <summary>Minor version: the host accepts plugins built for this minor or an older one.</summary>
-    public const int Minor = 1;
+    public const int Minor = 2;
 
     /// <summary>"Major.Minor", the value to put in <see cref="PluginManifest.SdkVersion"/>.</summary>
-    public const string Current = "1.1";
+    public const string Current = "1.2";
 }

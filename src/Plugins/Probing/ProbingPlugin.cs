@@ -70,7 +70,7 @@ public sealed partial class ProbingPlugin : IAnalysisPlugin
     [GeneratedRegex(@"^blocks\.(\d+)\.")]
     private static partial Regex LayerPattern();
 
-    private static int LayerOf(string hook) => LayerPattern().Match(hook) is { Success: true } m ? int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) : -1;
+    private static int LayerOf(string hook) => HookNames.Layer(hook) ?? -1;
     private static string KindOf(string hook) => LayerPattern().Replace(hook, "blocks.*.");
 
     private async Task<PluginResult> TrainAsync(JsonElement p, IAnalysisContext context)

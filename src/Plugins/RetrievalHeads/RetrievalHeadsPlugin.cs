@@ -221,7 +221,7 @@ public sealed class RetrievalHeadsPlugin : IAnalysisPlugin
                 continue;
             using (pattern)
             {
-                int layer = int.Parse(output.Hook!.Split('.')[1], System.Globalization.CultureInfo.InvariantCulture);
+                int layer = output.Layer!.Value;
                 foreach (var kind in HeadDetector.Kinds)
                 {
                     var s = HeadDetector.Score(pattern, tokens, kind, Flag("exclude_bos"), Flag("exclude_current_token"));

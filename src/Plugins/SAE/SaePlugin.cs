@@ -119,13 +119,21 @@ public sealed class SaePlugin : IAnalysisPlugin
         return texts;
     }
 
+    /// <summary>The width of a [batch, pos, d] hook's last dimension.</summary>
+    private static int Width(ModelInfo info, HookInfo h) => h.Dims[^1] switch
+    {
+        "d_mlp" => info.DMlp,
+        "d_vocab" => info.VocabSize,
+        _ => info.DModel,
+    };
+
     private static void CheckHook(ModelInfo info, string hook, int? dIn)
     {
         var h = info.Hooks.FirstOrDefault(x => x.Name == hook)
             ?? throw new InvalidParametersException($"hook '{hook}' is not a hook of this model; e.g. {string.Join(", ", info.Hooks.Where(x => x.Name.Contains("resid", StringComparison.Ordinal)).Take(3).Select(x => x.Name))}");
-        if (!h.Shape.StartsWith("[batch, pos, ", StringComparison.Ordinal) || h.Shape.Contains("head", StringComparison.Ordinal))
+        if (h.Dims.Count != 3 || h.Dims[0] != "batch" || h.Dims[1] != "pos")
             throw new InvalidParametersException($"hook '{hook}' has shape {h.Shape}; train SAEs on [batch, pos, d] hooks such as hook_resid_post or mlp.hook_post");
-        int width = h.Shape.Contains("d_mlp", StringComparison.Ordinal) ? info.DMlp : h.Shape.Contains("d_vocab", StringComparison.Ordinal) ? info.VocabSize : info.DModel;
+        int width = Width(info, h);
         if (dIn is int d && d != width)
             throw new InvalidParametersException($"the SAE has d_in = {d} but '{hook}' of this model is {width} wide");
     }
@@ -137,7 +145,7 @@ public sealed class SaePlugin : IAnalysisPlugin
         string hook = p.TryGetProperty("hook", out var hk) ? hk.GetString()! : throw new InvalidParametersException("hook is required (e.g. blocks.0.hook_resid_post)");
         CheckHook(info, hook, null);
         var texts = await TextsAsync(p, context.Artifacts, ct, context.Model);
-        int dIn = info.Hooks.First(h => h.Name == hook).Shape.Contains("d_mlp", StringComparison.Ordinal) ? info.DMlp : info.DModel;
+        int dIn = Width(info, info.Hooks.First(h => h.Name == hook));
         string arch = p.TryGetProperty("architecture", out var ar) ? ar.GetString()! : "topk";
         int dSae = Int(p, "d_sae", 4 * dIn), k = Int(p, "k", Math.Min(8, dSae)), steps = Int(p, "steps", 500), batch = Int(p, "batch_tokens", 256);
         int seed = Int(p, "seed", 0), every = Int(p, "checkpoint_every", 0);
@@ -348,14 +356,14 @@ public sealed class SaePlugin : IAnalysisPlugin
             int feature = p.TryGetProperty("feature", out var f) ? f.GetInt32() : throw new InvalidParametersException("feature is required");
             if (feature >= sae.DSae)
                 throw new InvalidParametersException($"feature {feature} is out of range; this SAE has {sae.DSae} latents");
-            var m = System.Text.RegularExpressions.Regex.Match(saved.HookName, @"^blocks\.(\d+)\.hook_resid_post$");
-            if (!m.Success)
+            int? layer = HookNames.Layer(saved.HookName);
+            if (layer is null || saved.HookName != HookNames.Of("resid_post", layer))
                 throw new InvalidParametersException($"only SAEs on blocks.L.hook_resid_post export as steering vectors (this one reads {saved.HookName})");
             string name = p.TryGetProperty("save_as", out var sa) ? sa.GetString()! : $"steering/sae-feature-{feature}";
             using var direction = sae.WDec[feature].clone();
-            await context.Artifacts.SaveTensorsAsync(name, new Dictionary<string, Tensor> { [$"mean_diff.{m.Groups[1].Value}"] = direction },
+            await context.Artifacts.SaveTensorsAsync(name, new Dictionary<string, Tensor> { [$"mean_diff.{layer}"] = direction },
                 new JsonObject { ["kind"] = "interpmesh.steering_vector", ["source"] = "sae", ["feature"] = feature, ["hook"] = saved.HookName, ["model"] = context.Model.Name }, ct);
-            return new PluginResult { Summary = new JsonObject { ["vector"] = name, ["layer"] = int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), ["feature"] = feature }, Artifacts = [name] };
+            return new PluginResult { Summary = new JsonObject { ["vector"] = name, ["layer"] = layer, ["feature"] = feature }, Artifacts = [name] };
         }
     }
 

@@ -53,7 +53,7 @@ public static class WireMapping
             info.BosTokenId = bos;
         if ((m.Tokenizer?.EosId ?? c.EosTokenId) is int eos)
             info.EosTokenId = eos;
-        info.Hooks.AddRange(m.Transformer.Hooks.All.Select(h => new Contracts.V1.HookInfo { Name = h.Name, Shape = h.Shape, Layer = h.Layer }));
+        info.Hooks.AddRange(m.Transformer.Hooks.All.Select(h => new Contracts.V1.HookInfo { Name = h.Name, Shape = h.Shape, Layer = h.Layer, Dims = { RuntimeHooks.HookCatalogue.DimensionNames(h) } }));
         return info;
     }
 

@@ -166,7 +166,7 @@ public sealed class HookCatalogue
     /// query positions out of <paramref name="sequence"/> (literal sizes such as hook_scale's 1 kept).
     /// </summary>
     public static long[] Dimensions(HookInfo hook, ModelConfig c, long batch, long positions, long sequence) =>
-        System.Text.RegularExpressions.Regex.Matches(hook.Shape, "[a-z_]+|[0-9]+").Select(m => m.Value switch
+        DimensionNames(hook).Select(name => name switch
         {
             "batch" => batch,
             "pos" or "query_pos" => positions,
@@ -180,6 +180,10 @@ public sealed class HookCatalogue
             var literal when long.TryParse(literal, out long size) => size,
             _ => 1L,
         }).ToArray();
+
+    /// <summary>The dimension names of a hook's shape template, in order ("batch", "pos", "d_model"; literal sizes as digits).</summary>
+    public static string[] DimensionNames(HookInfo hook) =>
+        [.. System.Text.RegularExpressions.Regex.Matches(hook.Shape, "[a-z_]+|[0-9]+").Select(m => m.Value)];
 
     internal static bool GlobMatches(string pattern, string name)
     {

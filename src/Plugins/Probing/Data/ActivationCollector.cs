@@ -95,7 +95,7 @@ internal static class ActivationCollector
             }
             foreach (var h in matched)
             {
-                if (h.Shape.Contains("key_pos", StringComparison.Ordinal))
+                if (h.Dims.Contains("key_pos"))
                     throw new InvalidParametersException($"hook '{h.Name}' is an attention map ({h.Shape}); probe positional hooks such as hook_resid_post or mlp.hook_post");
                 if (!found.Contains(h.Name))
                     found.Add(h.Name);

@@ -1,4 +1,3 @@
-using InterpMesh.Contracts.Tensors;
 using InterpMesh.Contracts.V1;
 using TorchSharp;
 
@@ -26,17 +25,16 @@ internal static class RetrievalScorer
         var hits = new double[info.NLayers, info.NHeads];
         var generated = new List<int>();
         var top1 = new Dictionary<int, long[]>();   // layer → top-1 key position per head, for the current step
-        var assembler = new ChunkAssembler();
-        await foreach (var message in model.GenerateAsync(request, ct))
+        await foreach (var output in model.GenerateStepsAsync(request, ct))
         {
-            if (message.Activation is { } chunk)
+            if (output.Activation is { } pattern)
             {
-                if (assembler.Add(chunk) is { } capture)
+                using (pattern)
                 {
-                    int layer = int.Parse(capture.Hook.Split('.')[1], System.Globalization.CultureInfo.InvariantCulture);
-                    // [1, head, 1, key]: the step's query row.
-                    var values = capture.Tensor.ToFloat32().AsSpan();
-                    int keys = (int)capture.Tensor.Shape[3];
+                    // [1, head, 1, key]: the step's query row, as float32 whatever dtype was asked for.
+                    using var rows = pattern.to(TorchSharp.torch.ScalarType.Float32).contiguous();
+                    var values = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(rows.bytes);
+                    int keys = (int)pattern.shape[3];
                     var best = new long[info.NHeads];
                     for (int h = 0; h < info.NHeads; h++)
                     {
@@ -49,10 +47,11 @@ internal static class RetrievalScorer
                         }
                         best[h] = arg;
                     }
-                    top1[layer] = best;
+                    top1[output.Layer!.Value] = best;
                 }
                 continue;
             }
+            var message = output.Tokens!;
             if (message.TokenIds.Count == 0 || message.TokenIds[0] < 0)
                 continue;
             int token = message.TokenIds[0];
