@@ -28,6 +28,7 @@ COPY global.json nuget.config Directory.Build.props Directory.Build.targets Dire
 COPY build/ build/
 COPY protos/ protos/
 COPY src/Contracts/ src/Contracts/
+COPY src/ServiceDefaults/ src/ServiceDefaults/
 COPY src/ModelService/Runtime/ src/ModelService/Runtime/
 COPY src/ModelService/Engine/ src/ModelService/Engine/
 COPY src/ModelService/Host/ src/ModelService/Host/

@@ -7,12 +7,8 @@ using InterpMesh.Gateway.Routing;
 using InterpMesh.Gateway.Security;
 using InterpMesh.Gateway.Telemetry;
 using InterpMesh.Runtime.Execution;
-using Microsoft.AspNetCore.Server.Kestrel.Core;
+using InterpMesh.ServiceDefaults;
 using Microsoft.Extensions.Options;
-using OpenTelemetry.Exporter;
-using OpenTelemetry.Metrics;
-using OpenTelemetry.Resources;
-using OpenTelemetry.Trace;
 
 namespace InterpMesh.Gateway.Hosting;
 
@@ -48,26 +44,17 @@ public static class GatewayApp
         services.AddSingleton<JobManager>();
         services.AddHostedService(sp => sp.GetRequiredService<JobManager>());
 
-        var telemetry = services.AddOpenTelemetry()
-            .ConfigureResource(r => r.AddService("interpmesh-gateway"))
-            .WithMetrics(m => m.AddMeter(GatewayMetrics.MeterName, GatewayMetrics.PluginMeterName).AddPrometheusExporter());
-        AddTraceExport(telemetry, builder.Configuration);
-
+        builder.AddInterpMeshTelemetry("interpmesh-gateway", GatewayOptions.Section, [GatewayMetrics.MeterName, GatewayMetrics.PluginMeterName], [GatewayTracing.SourceName]);
         int maxRequest = builder.Configuration.GetValue<int?>($"{GatewayOptions.Section}:MaxRequestBytes") ?? new GatewayOptions().MaxRequestBytes;
-        services.AddGrpc(o =>
+        builder.AddInterpMeshGrpc<GatewayMetrics>(o =>
         {
-            o.EnableDetailedErrors = false;
             o.MaxReceiveMessageSize = maxRequest;
             o.MaxSendMessageSize = null;
-            o.Interceptors.Add<MetricsInterceptor>();
             o.Interceptors.Add<AuthInterceptor>();
-        });
-        services.AddGrpcReflection();
-        services.AddGrpcHealthChecks().AddCheck("gateway", () => Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckResult.Healthy("serving"));
-        builder.WebHost.ConfigureKestrel(k => k.ConfigureEndpointDefaults(e => e.Protocols = HttpProtocols.Http2));
+        }).AddCheck("gateway", () => Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckResult.Healthy("serving"));
 
         var app = builder.Build();
-        app.UseOpenTelemetryPrometheusScrapingEndpoint(context => context.Request.Path == "/metrics" && context.Request.Protocol == "HTTP/1.1");
+        app.MapInterpMeshDefaults();
         // Load plugins now, so a broken one is reported at start rather than at the first call.
         app.Services.GetRequiredService<PluginCatalog>();
         if (!app.Services.GetRequiredService<IOptions<GatewayOptions>>().Value.Auth.Enabled)
@@ -75,28 +62,6 @@ public static class GatewayApp
         app.MapGrpcService<ModelServiceProxy>();
         app.MapGrpcService<AnalysisEndpoint>();
         app.MapGrpcService<ArtifactEndpoint>();
-        app.MapGrpcHealthChecksService();
-        app.MapGrpcReflectionService();
         return app;
-    }
-
-    /// <summary>Traces go out over OTLP only when a collector is configured; the model-service client propagates the trace context.</summary>
-    private static void AddTraceExport(OpenTelemetry.OpenTelemetryBuilder telemetry, IConfiguration configuration)
-    {
-        string? endpoint = configuration[$"{GatewayOptions.Section}:OtlpEndpoint"];
-        if (string.IsNullOrEmpty(endpoint) && string.IsNullOrEmpty(configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]))
-            return;
-        bool http = configuration[$"{GatewayOptions.Section}:OtlpProtocol"] == "http/protobuf";
-        telemetry.WithTracing(t =>
-        {
-            t.AddSource(GatewayTracing.SourceName).AddAspNetCoreInstrumentation(o => o.Filter = context => context.Request.Path != "/metrics");
-            t.AddOtlpExporter(o =>
-            {
-                if (string.IsNullOrEmpty(endpoint) || !Uri.TryCreate(endpoint, UriKind.Absolute, out var uri))
-                    return;
-                o.Protocol = http ? OtlpExportProtocol.HttpProtobuf : OtlpExportProtocol.Grpc;
-                o.Endpoint = http && uri.AbsolutePath is "" or "/" ? new Uri(uri, "/v1/traces") : uri;
-            });
-        });
     }
 }

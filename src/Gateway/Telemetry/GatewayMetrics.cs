@@ -1,8 +1,8 @@
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
 using Grpc.Core;
-using Grpc.Core.Interceptors;
 using InterpMesh.Gateway.Security;
+using InterpMesh.ServiceDefaults;
 
 namespace InterpMesh.Gateway.Telemetry;
 
@@ -10,7 +10,7 @@ namespace InterpMesh.Gateway.Telemetry;
 /// The gateway's instruments (meter <c>InterpMesh.Gateway</c>), exported to Prometheus on the
 /// metrics port. Tags are low-cardinality: method, status, key name (never the key), plugin, outcome.
 /// </summary>
-public sealed class GatewayMetrics : IDisposable
+public sealed class GatewayMetrics : ICallMetrics, IDisposable
 {
     public const string MeterName = "InterpMesh.Gateway";
 
@@ -53,78 +53,12 @@ public sealed class GatewayMetrics : IDisposable
         meter.CreateObservableGauge("interpmesh.gateway.jobs.running", running, "{job}", "Jobs running");
     }
 
+    /// <summary>Calls are also tagged with the caller's key name (never the key).</summary>
+    public void AddTags(ref TagList tags, ServerCallContext context) => tags.Add("key", Caller.NameOf(context));
+
     public void Dispose()
     {
         meter.Dispose();
         pluginMeter.Dispose();
-    }
-}
-
-/// <summary>Counts every call and records its latency by method, final status and the caller's key name.</summary>
-public sealed class MetricsInterceptor(GatewayMetrics metrics) : Interceptor
-{
-    public override async Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
-    {
-        var clock = Stopwatch.StartNew();
-        var status = StatusCode.OK;
-        try
-        {
-            return await continuation(request, context);
-        }
-        catch (RpcException e)
-        {
-            status = e.StatusCode;
-            throw;
-        }
-        finally
-        {
-            Record(context, status, clock.Elapsed.TotalSeconds);
-        }
-    }
-
-    public override async Task ServerStreamingServerHandler<TRequest, TResponse>(TRequest request, IServerStreamWriter<TResponse> responseStream, ServerCallContext context, ServerStreamingServerMethod<TRequest, TResponse> continuation)
-    {
-        var clock = Stopwatch.StartNew();
-        var status = StatusCode.OK;
-        try
-        {
-            await continuation(request, responseStream, context);
-        }
-        catch (RpcException e)
-        {
-            status = e.StatusCode;
-            throw;
-        }
-        finally
-        {
-            Record(context, status, clock.Elapsed.TotalSeconds);
-        }
-    }
-
-    public override async Task<TResponse> ClientStreamingServerHandler<TRequest, TResponse>(IAsyncStreamReader<TRequest> requestStream, ServerCallContext context, ClientStreamingServerMethod<TRequest, TResponse> continuation)
-    {
-        var clock = Stopwatch.StartNew();
-        var status = StatusCode.OK;
-        try
-        {
-            return await continuation(requestStream, context);
-        }
-        catch (RpcException e)
-        {
-            status = e.StatusCode;
-            throw;
-        }
-        finally
-        {
-            Record(context, status, clock.Elapsed.TotalSeconds);
-        }
-    }
-
-    private void Record(ServerCallContext context, StatusCode status, double seconds)
-    {
-        string method = context.Method[(context.Method.LastIndexOf('/') + 1)..];
-        var tags = new TagList { { "method", method }, { "status", status.ToString() }, { "key", Caller.NameOf(context) } };
-        metrics.Requests.Add(1, tags);
-        metrics.Duration.Record(seconds, tags);
     }
 }

@@ -1,11 +1,7 @@
 using InterpMesh.ModelService.Configuration;
 using InterpMesh.ModelService.Grpc;
 using InterpMesh.ModelService.Telemetry;
-using OpenTelemetry.Exporter;
-using OpenTelemetry.Metrics;
-using OpenTelemetry.Resources;
-using OpenTelemetry.Trace;
-using Microsoft.AspNetCore.Server.Kestrel.Core;
+using InterpMesh.ServiceDefaults;
 using Microsoft.Extensions.Options;
 
 namespace InterpMesh.ModelService.Hosting;
@@ -31,65 +27,15 @@ public static class ModelServiceApp
         builder.Services.AddSingleton<ModelHost>();
         builder.Services.AddHostedService(sp => sp.GetRequiredService<ModelHost>());
         builder.Services.AddSingleton<ServiceMetrics>();
-        var telemetry = builder.Services.AddOpenTelemetry()
-            .ConfigureResource(r => r.AddService("interpmesh-modelservice"))
-            .WithMetrics(m => m.AddMeter(ServiceMetrics.MeterName).AddPrometheusExporter());
-        AddTraceExport(telemetry, builder.Configuration);
-        builder.Services.AddGrpc(o =>
-        {
-            o.EnableDetailedErrors = false;
-            o.Interceptors.Add<MetricsInterceptor>();
-        });
-        builder.Services.AddGrpcReflection();
-        builder.Services.AddGrpcHealthChecks().AddCheck<ModelHostHealth>("model");
-        builder.WebHost.ConfigureKestrel(k => k.ConfigureEndpointDefaults(e => e.Protocols = HttpProtocols.Http2));
+        builder.AddInterpMeshTelemetry("interpmesh-modelservice", ModelServiceOptions.Section, [ServiceMetrics.MeterName], [ServiceTracing.SourceName, ServiceTracing.EngineSourceName]);
+        builder.AddInterpMeshGrpc<ServiceMetrics>().AddCheck<ModelHostHealth>("model");
 
         var app = builder.Build();
-        // /metrics answers only on plain HTTP/1.1, i.e. on the metrics endpoint (gRPC is HTTP/2 only).
-        app.UseOpenTelemetryPrometheusScrapingEndpoint(context => context.Request.Path == "/metrics" && context.Request.Protocol == "HTTP/1.1");
+        app.MapInterpMeshDefaults();
         var host = app.Services.GetRequiredService<ModelHost>();
         app.Services.GetRequiredService<ServiceMetrics>().ObserveQueue(() => host.Engine?.Admitted ?? 0);
         app.MapGrpcService<ModelServiceEndpoint>();
-        app.MapGrpcHealthChecksService();
-        app.MapGrpcReflectionService();
         return app;
-    }
-
-    /// <summary>Traces go out over OTLP only when a collector is configured; otherwise no spans are recorded at all.</summary>
-    private static void AddTraceExport(OpenTelemetry.OpenTelemetryBuilder telemetry, IConfiguration configuration)
-    {
-        string? endpoint = configuration[$"{ModelServiceOptions.Section}:OtlpEndpoint"];
-        bool standardVariable = !string.IsNullOrEmpty(configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]);
-        if (string.IsNullOrEmpty(endpoint) && !standardVariable)
-            return;
-        string protocol = configuration[$"{ModelServiceOptions.Section}:OtlpProtocol"] ?? "grpc";
-        telemetry.WithTracing(t =>
-        {
-            t.AddSource(ServiceTracing.SourceName, ServiceTracing.EngineSourceName)
-                // Prometheus scrapes are not worth a span each.
-                .AddAspNetCoreInstrumentation(o => o.Filter = context => context.Request.Path != "/metrics");
-            if (string.IsNullOrEmpty(endpoint))
-            {
-                t.AddOtlpExporter();
-                return;
-            }
-            t.AddOtlpExporter(o =>
-            {
-                // Invalid values are reported by the options validator at start.
-                if (!Uri.TryCreate(endpoint, UriKind.Absolute, out var uri))
-                    return;
-                if (protocol == "http/protobuf")
-                {
-                    o.Protocol = OtlpExportProtocol.HttpProtobuf;
-                    o.Endpoint = uri.AbsolutePath is "" or "/" ? new Uri(uri, "/v1/traces") : uri;
-                }
-                else
-                {
-                    o.Protocol = OtlpExportProtocol.Grpc;
-                    o.Endpoint = uri;
-                }
-            });
-        });
     }
 
     /// <summary>Adapts the host's load state to ASP.NET health checks (and so to the gRPC health service).</summary>

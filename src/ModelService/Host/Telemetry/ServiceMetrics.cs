@@ -1,4 +1,5 @@
 using System.Diagnostics.Metrics;
+using InterpMesh.ServiceDefaults;
 
 namespace InterpMesh.ModelService.Telemetry;
 
@@ -6,7 +7,7 @@ namespace InterpMesh.ModelService.Telemetry;
 /// The ModelService's instruments (meter <c>InterpMesh.ModelService</c>), exported to Prometheus on
 /// the metrics port. Tags are low-cardinality only: never prompts, hooks or request ids.
 /// </summary>
-public sealed class ServiceMetrics : IDisposable
+public sealed class ServiceMetrics : ICallMetrics, IDisposable
 {
     public const string MeterName = "InterpMesh.ModelService";
 
