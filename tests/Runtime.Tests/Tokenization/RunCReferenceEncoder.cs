@@ -10,8 +10,8 @@ namespace InterpMesh.Runtime.Tests.Tokenization;
 /// </summary>
 internal sealed class RunCReferenceEncoder
 {
-    private readonly byte[][] _vocab;
-    private readonly float[] _scores;
+    private readonly byte[][] vocab;
+    private readonly float[] scores;
 
     public RunCReferenceEncoder(string tokBinPath)
     {
@@ -26,15 +26,15 @@ internal sealed class RunCReferenceEncoder
             o += 8 + len;
         }
 
-        _vocab = [.. vocab];
-        _scores = [.. scores];
+        this.vocab = [.. vocab];
+        this.scores = [.. scores];
     }
 
     private int StrLookup(byte[] s)
     {
-        for (int i = 0; i < _vocab.Length; i++)
+        for (int i = 0; i < vocab.Length; i++)
         {
-            if (_vocab[i].AsSpan().SequenceEqual(s))
+            if (vocab[i].AsSpan().SequenceEqual(s))
             {
                 return i;
             }
@@ -88,10 +88,10 @@ internal sealed class RunCReferenceEncoder
             int bestId = -1, bestIdx = -1;
             for (int i = 0; i < tokens.Count - 1; i++)
             {
-                int id = StrLookup([.. _vocab[tokens[i]], .. _vocab[tokens[i + 1]]]);
-                if (id != -1 && _scores[id] > bestScore)
+                int id = StrLookup([.. vocab[tokens[i]], .. vocab[tokens[i + 1]]]);
+                if (id != -1 && scores[id] > bestScore)
                 {
-                    bestScore = _scores[id];
+                    bestScore = scores[id];
                     bestId = id;
                     bestIdx = i;
                 }

@@ -21,21 +21,21 @@ public sealed class ByteLevelBpeTokenizer : ITextTokenizer
     private static readonly string[] EosCandidates = ["<|endoftext|>", "<|end_of_text|>", "</s>"];
     private static readonly string[] BosCandidates = ["<|endoftext|>", "<|begin_of_text|>", "<s>"];
 
-    private readonly BpeTokenizer _bpe;
-    private readonly bool[] _known;
+    private readonly BpeTokenizer bpe;
+    private readonly bool[] known;
 
     private ByteLevelBpeTokenizer(
         BpeTokenizer bpe, bool[] known, int? bosId, int? eosId, bool addsBos)
     {
-        _bpe = bpe;
-        _known = known;
+        this.bpe = bpe;
+        this.known = known;
         BosId = bosId;
         EosId = eosId;
         AddsBos = addsBos;
     }
 
     /// <inheritdoc/>
-    public int VocabSize => _known.Length;
+    public int VocabSize => known.Length;
 
     /// <inheritdoc/>
     public int? BosId { get; }
@@ -50,7 +50,7 @@ public sealed class ByteLevelBpeTokenizer : ITextTokenizer
     public int[] Encode(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
-        var ids = _bpe.EncodeToIds(text);
+        var ids = bpe.EncodeToIds(text);
         if (!AddsBos || BosId is not int bos)
         {
             return [.. ids];
@@ -69,10 +69,10 @@ public sealed class ByteLevelBpeTokenizer : ITextTokenizer
     /// <inheritdoc/>
     public string Decode(IReadOnlyList<int> ids)
     {
-        TokenIdValidation.EnsureKnown(ids, _known.Length, id => _known[id]);
+        TokenIdValidation.EnsureKnown(ids, known.Length, id => known[id]);
         // considerSpecialTokens: true keeps "<|endoftext|>" in the text, as Hugging Face's decode
         // does by default; dropping it would make a document boundary invisible.
-        return _bpe.Decode(ids, considerSpecialTokens: true);
+        return bpe.Decode(ids, considerSpecialTokens: true);
     }
 
     /// <summary>Loads <c>vocab.json</c> + <c>merges.txt</c> (or <c>encoder.json</c> + <c>vocab.bpe</c>).</summary>

@@ -34,30 +34,30 @@ public sealed class Llama2CTokenizer : ITextTokenizer
     private static readonly Comparer<(float Score, int Left)> CandidateOrder = Comparer<(float Score, int Left)>.Create(
         (a, b) => a.Score != b.Score ? b.Score.CompareTo(a.Score) : a.Left.CompareTo(b.Left));
 
-    private readonly string[] _pieces;
-    private readonly float[] _scores;
-    private readonly Dictionary<string, int> _lookup;
-    private readonly int _spaceId;
+    private readonly string[] pieces;
+    private readonly float[] scores;
+    private readonly Dictionary<string, int> lookup;
+    private readonly int spaceId;
 
     private Llama2CTokenizer(string[] pieces, float[] scores)
     {
-        _pieces = pieces;
-        _scores = scores;
-        _lookup = new Dictionary<string, int>(pieces.Length, StringComparer.Ordinal);
+        this.pieces = pieces;
+        this.scores = scores;
+        lookup = new Dictionary<string, int>(pieces.Length, StringComparer.Ordinal);
         for (int i = 0; i < pieces.Length; i++)
         {
             // run.c binary-searches a sorted copy, so with duplicate pieces the winner is unspecified;
             // the lowest id is the deterministic choice.
-            _lookup.TryAdd(pieces[i], i);
+            lookup.TryAdd(pieces[i], i);
         }
 
         // run.c looks the dummy prefix up as " "; every llama2.c vocabulary has it. Falling back to
         // the byte piece keeps a vocabulary without it usable instead of emitting run.c's id -1.
-        _spaceId = _lookup.TryGetValue(" ", out int space) ? space : ' ' + ByteOffset;
+        spaceId = lookup.TryGetValue(" ", out int space) ? space : ' ' + ByteOffset;
     }
 
     /// <inheritdoc/>
-    public int VocabSize => _pieces.Length;
+    public int VocabSize => pieces.Length;
 
     /// <inheritdoc/>
     public int? BosId => Bos;
@@ -79,7 +79,7 @@ public sealed class Llama2CTokenizer : ITextTokenizer
             return [.. tokens];
         }
 
-        tokens.Add(_spaceId);
+        tokens.Add(spaceId);
         byte[] bytes = Encoding.UTF8.GetBytes(text);
         int start = 0;
         while (start < bytes.Length)
@@ -91,7 +91,7 @@ public sealed class Llama2CTokenizer : ITextTokenizer
                 end++;
             }
 
-            if (_lookup.TryGetValue(Latin1.GetString(bytes, start, end - start), out int id))
+            if (lookup.TryGetValue(Latin1.GetString(bytes, start, end - start), out int id))
             {
                 tokens.Add(id);
             }
@@ -140,9 +140,9 @@ public sealed class Llama2CTokenizer : ITextTokenizer
             }
 
             int id = PairId(tok[left], tok[right]);
-            if (id != -1 && _scores[id] > -1e10f)
+            if (id != -1 && scores[id] > -1e10f)
             {
-                heap.Enqueue(new Candidate(left, right, id, version[left], version[right]), (_scores[id], left));
+                heap.Enqueue(new Candidate(left, right, id, version[left], version[right]), (scores[id], left));
             }
         }
 
@@ -181,7 +181,7 @@ public sealed class Llama2CTokenizer : ITextTokenizer
     private readonly record struct Candidate(int Left, int Right, int Merged, int LeftVersion, int RightVersion);
 
     private int PairId(int left, int right) =>
-        _lookup.TryGetValue(string.Concat(_pieces[left], _pieces[right]), out int id) ? id : -1;
+        lookup.TryGetValue(string.Concat(pieces[left], pieces[right]), out int id) ? id : -1;
 
     /// <inheritdoc/>
     /// <remarks>
@@ -191,14 +191,14 @@ public sealed class Llama2CTokenizer : ITextTokenizer
     /// </remarks>
     public string Decode(IReadOnlyList<int> ids)
     {
-        TokenIdValidation.EnsureKnown(ids, _pieces.Length);
+        TokenIdValidation.EnsureKnown(ids, pieces.Length);
         var bytes = new List<byte>();
         int prev = -1;
         foreach (int id in ids)
         {
             if (id != Bos && id != Eos)
             {
-                string piece = _pieces[id];
+                string piece = pieces[id];
                 if (prev == Bos && piece.Length > 0 && piece[0] == ' ')
                 {
                     piece = piece[1..];

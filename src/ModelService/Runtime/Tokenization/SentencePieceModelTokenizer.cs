@@ -9,11 +9,11 @@ namespace InterpMesh.Runtime.Tokenization;
 /// </summary>
 public sealed class SentencePieceModelTokenizer : ITextTokenizer
 {
-    private readonly LlamaTokenizer _sp;
+    private readonly LlamaTokenizer sp;
 
     private SentencePieceModelTokenizer(LlamaTokenizer sp, int vocabSize)
     {
-        _sp = sp;
+        this.sp = sp;
         VocabSize = vocabSize;
     }
 
@@ -21,10 +21,10 @@ public sealed class SentencePieceModelTokenizer : ITextTokenizer
     public int VocabSize { get; }
 
     /// <inheritdoc/>
-    public int? BosId => _sp.BeginningOfSentenceId;
+    public int? BosId => sp.BeginningOfSentenceId;
 
     /// <inheritdoc/>
-    public int? EosId => _sp.EndOfSentenceId;
+    public int? EosId => sp.EndOfSentenceId;
 
     /// <inheritdoc/>
     public bool AddsBos => true;
@@ -35,14 +35,14 @@ public sealed class SentencePieceModelTokenizer : ITextTokenizer
         ArgumentNullException.ThrowIfNull(text);
         // BOS is added here rather than by the library: in 2.0.1 some inputs (e.g. "" or text that
         // normalises to one character) come back without it, while HF Llama always prepends BOS.
-        var ids = _sp.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false);
+        var ids = sp.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false);
         string trimmed = text.Trim(' ');
         if (ids.Count == 0 && trimmed.Length > 0)
         {
             // 2.0.1 drops any input that normalises to a single character ("a" gives nothing).
             // Non-blank text never legitimately encodes to nothing, so redo what the normaliser
             // would have produced (dummy prefix, spaces as "▁") with normalisation switched off.
-            ids = _sp.EncodeToIds(
+            ids = sp.EncodeToIds(
                 "\u2581" + trimmed.Replace(' ', '\u2581'),
                 addBeginningOfSentence: false,
                 addEndOfSentence: false,
@@ -51,7 +51,7 @@ public sealed class SentencePieceModelTokenizer : ITextTokenizer
         }
 
         var result = new int[ids.Count + 1];
-        result[0] = _sp.BeginningOfSentenceId;
+        result[0] = sp.BeginningOfSentenceId;
         for (int i = 0; i < ids.Count; i++)
         {
             result[i + 1] = ids[i];
@@ -64,7 +64,7 @@ public sealed class SentencePieceModelTokenizer : ITextTokenizer
     public string Decode(IReadOnlyList<int> ids)
     {
         TokenIdValidation.EnsureKnown(ids, VocabSize);
-        return _sp.Decode(ids) ?? string.Empty;
+        return sp.Decode(ids) ?? string.Empty;
     }
 
     /// <summary>Loads a SentencePiece model protobuf (<c>tokenizer.model</c>).</summary>
