@@ -112,13 +112,8 @@ internal static class LoadingBenchmark
     private static int RunChild(string dir, CliArgs args, TextWriter stdout)
     {
         string dtypeName = args.Text("dtype") ?? "float32";
-        var dtype = dtypeName switch
-        {
-            "float32" => ScalarType.Float32,
-            "bfloat16" => ScalarType.BFloat16,
-            "float16" => ScalarType.Float16,
-            _ => throw new UsageException($"--dtype must be float32, bfloat16 or float16, got '{Clip(dtypeName)}'"),
-        };
+        var dtype = DTypeNames.TryParse(dtypeName, out var parsed) ? parsed
+            : throw new UsageException($"--dtype must be {DTypeNames.Accepted}, got '{Clip(dtypeName)}'");
         TorchRuntime.Initialize(args.Int("threads", min: 1));
         args.RejectUnknown("bench loading");
         using (zeros(1)) { } // libtorch fully initialised before the baseline

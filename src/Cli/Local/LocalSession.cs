@@ -47,13 +47,10 @@ internal sealed class LocalSession : IDisposable
         }
     }
 
-    public static ScalarType ParseDType(string? text) => text switch
-    {
-        null or "float32" or "f32" => ScalarType.Float32,
-        "bfloat16" or "bf16" => ScalarType.BFloat16,
-        "float16" or "f16" => ScalarType.Float16,
-        _ => throw new UsageException($"--dtype must be float32, bfloat16 or float16, got '{text}'"),
-    };
+    public static ScalarType ParseDType(string? text) =>
+        text is null ? ScalarType.Float32
+        : DTypeNames.TryParse(text, out var dtype) ? dtype
+        : throw new UsageException($"--dtype must be {DTypeNames.Accepted}, got '{(text.Length > 40 ? text[..40] + "…" : text)}'");
 
     public void Dispose()
     {

@@ -105,7 +105,7 @@ internal static class RequestValidator
         }
         foreach (var c in spec.Captures)
         {
-            if (c.Positions.Kind == "indices")
+            if (c.Positions.Kind == PositionKind.Indices)
                 throw new InvalidRequestException("Generate captures take all or last positions (each step covers the new token); capture explicit indices with Run");
         }
         var owned = new List<Tensor>();
@@ -183,7 +183,7 @@ internal static class RequestValidator
             var c = captures[i];
             if (c.DType is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
                 throw new InvalidRequestException($"captures[{i}]: dtype must be FLOAT32, BFLOAT16 or FLOAT16");
-            if (c.Positions.Kind == "indices")
+            if (c.Positions.Kind == PositionKind.Indices)
             {
                 foreach (var p in c.Positions.Indices!)
                 {
@@ -191,7 +191,7 @@ internal static class RequestValidator
                         throw new InvalidRequestException($"captures[{i}]: position {p} is outside the sequence of {length} positions (negative indices count from the end)");
                 }
             }
-            long selected = c.Positions.Kind switch { "last" => 1, "indices" => c.Positions.Indices!.Count, _ => length };
+            long selected = c.Positions.Kind switch { PositionKind.Last => 1, PositionKind.Indices => c.Positions.Indices!.Count, _ => length };
             foreach (var hook in catalogue.Resolve(c.Hooks))
             {
                 reductions[hook.Name] = c.Reduction;

@@ -1,3 +1,4 @@
+using InterpMesh.Runtime.Execution;
 using Microsoft.Extensions.Options;
 
 namespace InterpMesh.ModelService.Configuration;
@@ -91,8 +92,8 @@ internal sealed class ModelServiceOptionsValidator : IValidateOptions<ModelServi
             errors.Add($"ModelService:TokenizerPath '{o.TokenizerPath}' does not exist");
         if (o.Device != "cpu" && o.Device != "cuda" && !o.Device.StartsWith("cuda:", StringComparison.Ordinal))
             errors.Add($"ModelService:Device must be cpu, cuda or cuda:N, got '{o.Device}'");
-        if (o.DType is not ("float32" or "bfloat16" or "float16"))
-            errors.Add($"ModelService:DType must be float32, bfloat16 or float16, got '{o.DType}'");
+        if (!DTypeNames.TryParse(o.DType, out _))
+            errors.Add($"ModelService:DType must be {DTypeNames.Accepted}, got '{o.DType}'");
         if (o.Threads < 0)
             errors.Add($"ModelService:Threads must be 0 (default) or positive, got {o.Threads}");
         if (o.MaxChunkBytes < 1024 || o.MaxChunkBytes > 3 << 20)

@@ -51,12 +51,8 @@ public sealed class ModelHost : BackgroundService, IHealthCheck
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        var dtype = options.DType switch
-        {
-            "bfloat16" => ScalarType.BFloat16,
-            "float16" => ScalarType.Float16,
-            _ => ScalarType.Float32,
-        };
+        // Validated at start (ModelServiceOptionsValidator), so the name parses.
+        var dtype = DTypeNames.TryParse(options.DType, out var parsed) ? parsed : ScalarType.Float32;
         try
         {
             var model = await Worker.RunAsync(() => ModelLoader.Load(options.ModelPath, options.TokenizerPath, dtype, options.Device), stoppingToken);

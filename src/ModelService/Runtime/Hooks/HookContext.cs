@@ -141,7 +141,7 @@ internal sealed class HookContext
         Tensor selected;
         switch (positions.Kind)
         {
-            case "last":
+            case PositionKind.Last:
                 {
                     // One index per row: gather along the position dim.
                     var shape = x.shape;
@@ -153,7 +153,7 @@ internal sealed class HookContext
                     selected = x.gather(posDim, local.view(viewShape).expand(indexShape));
                     break;
                 }
-            case "indices":
+            case PositionKind.Indices:
                 {
                     long n = x.shape[posDim];
                     var idx = positions.Indices!.Select(i => (long)(i < 0 ? n + i : i - positionOffset)).ToArray();

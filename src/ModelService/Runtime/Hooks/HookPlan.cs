@@ -3,21 +3,32 @@ using static TorchSharp.torch;
 
 namespace InterpMesh.Runtime.Hooks;
 
+/// <summary>The kinds of <see cref="PositionSelection"/>.</summary>
+public enum PositionKind
+{
+    /// <summary>Every position (including padding).</summary>
+    All,
+    /// <summary>The last real token of each row.</summary>
+    Last,
+    /// <summary>Explicit indices.</summary>
+    Indices,
+}
+
 /// <summary>Which positions of a captured activation to keep.</summary>
 public sealed record PositionSelection
 {
-    private PositionSelection(string kind, IReadOnlyList<int>? indices) { Kind = kind; Indices = indices; }
+    private PositionSelection(PositionKind kind, IReadOnlyList<int>? indices) { Kind = kind; Indices = indices; }
 
     /// <summary>Every position (including padding).</summary>
-    public static PositionSelection All { get; } = new("all", null);
+    public static PositionSelection All { get; } = new(PositionKind.All, null);
 
     /// <summary>The last real (non-padding) token of each row.</summary>
-    public static PositionSelection Last { get; } = new("last", null);
+    public static PositionSelection Last { get; } = new(PositionKind.Last, null);
 
     /// <summary>Explicit indices into the (padded) sequence; negative indices count from the end.</summary>
-    public static PositionSelection At(params int[] indices) => new("indices", indices);
+    public static PositionSelection At(params int[] indices) => new(PositionKind.Indices, indices);
 
-    public string Kind { get; }
+    public PositionKind Kind { get; }
     public IReadOnlyList<int>? Indices { get; }
 }
 
