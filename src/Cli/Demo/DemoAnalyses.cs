@@ -7,6 +7,7 @@ using InterpMesh.Cli.Remote;
 using InterpMesh.Cli.Report;
 using InterpMesh.Contracts.Tensors;
 using InterpMesh.Contracts.V1;
+using InterpMesh.Plugins;
 
 namespace InterpMesh.Cli.Demo;
 
@@ -120,10 +121,10 @@ internal sealed class DemoAnalyses(GrpcChannel gateway, HtmlReport report, TextW
             return;
         var curve = Rows(train, "training");
         IReadOnlyList<(double, double)> Series(int column) => [.. curve.Select(r => (D(r[0]), D(r[column])))];
-        report.Chart(Svg.Lines("Training loss", "step", "loss", [("loss", Series(2))], yFromZero: true), "Reconstruction loss by step.");
-        report.Chart(Svg.Lines("Explained variance and dead latents", "step", "fraction", [("explained variance", Series(4)), ("dead fraction", Series(5))], yFromZero: true),
+        report.Chart(Figures.Lines("Training loss", "step", "loss", [("loss", Series(2))], yFromZero: true), "Reconstruction loss by step.");
+        report.Chart(Figures.Lines("Explained variance and dead latents", "step", "fraction", [("explained variance", Series(4)), ("dead fraction", Series(5))], yFromZero: true),
             "Explained variance of the residual stream and the fraction of latents that have not fired recently.");
-        report.Chart(Svg.Lines("L0 (active latents per token)", "step", "L0", [("L0", Series(3))], yFromZero: true), "TopK fixes L0 at k once training settles.");
+        report.Chart(Figures.Lines("L0 (active latents per token)", "step", "L0", [("L0", Series(3))], yFromZero: true), "TopK fixes L0 at k once training settles.");
 
         var eval = Analyze("sae", "sae: evaluate", "sae", "concepts", new { mode = "evaluate", sae = name, texts = DemoData.Sentences(48, 2) });
         if (eval is null)
@@ -188,9 +189,9 @@ internal sealed class DemoAnalyses(GrpcChannel gateway, HtmlReport report, TextW
         if (apply is null)
             return;
         var sweep = Rows(apply, "sweep");
-        report.Chart(Svg.Lines("Coefficient sweep", "coefficient", "logit difference (positive − negative)", [("logit diff", [.. sweep.Select(r => (D(r[0]), D(r[1])))])]),
+        report.Chart(Figures.Lines("Coefficient sweep", "coefficient", "logit difference (positive − negative)", [("logit diff", [.. sweep.Select(r => (D(r[0]), D(r[1])))])]),
             "Mean logit difference between positive and negative exclamations after \"what a\".");
-        report.Chart(Svg.Lines("Share of positive continuations", "coefficient", "share", [("target share", [.. sweep.Select(r => (D(r[0]), D(r[4])))])], yFromZero: true),
+        report.Chart(Figures.Lines("Share of positive continuations", "coefficient", "share", [("target share", [.. sweep.Select(r => (D(r[0]), D(r[4])))])], yFromZero: true),
             "Fraction of the next-token probability on positive exclamations, among positive + negative ones.");
         var samples = Rows(apply, "samples");
         report.Table("Sample generations", ["coefficient", "prompt", "generation"], samples.Select(r => (IReadOnlyList<string>)[.. r.Select(HtmlReport.Cell)]));
@@ -222,7 +223,7 @@ internal sealed class DemoAnalyses(GrpcChannel gateway, HtmlReport report, TextW
         foreach (var f in job.Result.Figures.Where(f => f.Name == "retrieval_heatmap"))
             report.Figure(f);
         var ablation = Rows(job, "ablation");
-        report.Chart(Svg.Bars("Recall with heads ablated", "recall accuracy", [.. ablation.Select(r => (r[0]!.GetValue<string>(), D(r[2])))]),
+        report.Chart(Figures.Bars("Recall with heads ablated", "recall accuracy", [.. ablation.Select(r => (r[0]!.GetValue<string>(), D(r[2])))]),
             "Needle recall with no head ablated, the top retrieval heads ablated, and the same number of random heads ablated.");
         var ranked = Rows(job, "ranked").Take(5).ToList();
         var rows = ranked.Select(r => (IReadOnlyList<string>)[HtmlReport.Cell(r[1]), F(D(r[4])), HtmlReport.Cell(r[5])]).ToList();
@@ -302,7 +303,7 @@ internal sealed class DemoAnalyses(GrpcChannel gateway, HtmlReport report, TextW
                     values[i, j] = pattern[((long)index * q + i) * k + j];
             }
             var labels = words.Select((w, i) => $"{i}:{w}").ToList();
-            report.Chart(Svg.Matrix($"Attention pattern of {head} ({heads} heads in layer {layer})", labels, labels, values, 1, "query position", "key position"),
+            report.Chart(Figures.Matrix($"Attention pattern of {head} ({heads} heads in layer {layer})", labels, labels, values, 1, "query position", "key position"),
                 $"{head} on \"{text}\": in the second copy each token attends to the token after its earlier occurrence (the off-diagonal stripe).");
         }
         catch (RpcException e)

@@ -3,7 +3,6 @@ using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 using InterpMesh.Plugins.Probing.Data;
 using InterpMesh.Plugins.Probing.Fitting;
-using InterpMesh.Plugins.Probing.Report;
 
 namespace InterpMesh.Plugins.Probing;
 
@@ -69,6 +68,10 @@ public sealed partial class ProbingPlugin : IAnalysisPlugin
 
     [GeneratedRegex(@"^blocks\.(\d+)\.")]
     private static partial Regex LayerPattern();
+
+    /// <summary>A line chart over categories with accuracy-like values (y from 0 to 1), as SVG bytes.</summary>
+    private static byte[] Chart(string title, IReadOnlyList<string> categories, IReadOnlyList<(string Name, IReadOnlyList<double?> Values)> series, string yLabel) =>
+        System.Text.Encoding.UTF8.GetBytes(Figures.CategoryLines(title, categories, yLabel, series, 0, 1));
 
     private static int LayerOf(string hook) => HookNames.Layer(hook) ?? -1;
     private static string KindOf(string hook) => LayerPattern().Replace(hook, "blocks.*.");
@@ -220,13 +223,13 @@ public sealed partial class ProbingPlugin : IAnalysisPlugin
         var figures = new List<ResultFigure>();
         var kinds = hooks.GroupBy(KindOf).ToList();
         var layers = hooks.Select(LayerOf).Distinct().Order().ToList();
-        figures.Add(new ResultFigure("accuracy_by_layer", "image/svg+xml", SvgChart.Lines("Probe accuracy by layer", [.. layers.Select(l => l < 0 ? "embed" : l.ToString(System.Globalization.CultureInfo.InvariantCulture))],
+        figures.Add(new ResultFigure("accuracy_by_layer", "image/svg+xml", Chart("Probe accuracy by layer", [.. layers.Select(l => l < 0 ? "embed" : l.ToString(System.Globalization.CultureInfo.InvariantCulture))],
             [.. kinds.Select(k => (k.Key, (IReadOnlyList<double?>)[.. layers.Select(l => k.FirstOrDefault(h => LayerOf(h) == l) is { } h ? (double?)dense[h].Metrics.Accuracy : null)]))], "held-out accuracy"),
             "Held-out accuracy of a dense L2 probe at each layer, one line per kind of hook"));
         if (f1ByK.Count > 0)
         {
             var kList = ksUsed.ToList();
-            figures.Add(new ResultFigure("f1_by_k", "image/svg+xml", SvgChart.Lines($"F1 by k ({sparseHooks[0]})", [.. kList.Select(k => k.ToString(System.Globalization.CultureInfo.InvariantCulture))],
+            figures.Add(new ResultFigure("f1_by_k", "image/svg+xml", Chart($"F1 by k ({sparseHooks[0]})", [.. kList.Select(k => k.ToString(System.Globalization.CultureInfo.InvariantCulture))],
                 [.. f1ByK.Select(kv => (kv.Key, (IReadOnlyList<double?>)[.. kList.Select(k => kv.Value.TryGetValue(k, out var f) ? (double?)f : null)]))], "held-out F1"),
                 "Held-out F1 of k-sparse probes, one line per neuron ranking"));
         }

@@ -3,7 +3,6 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using InterpMesh.Contracts.V1;
 using InterpMesh.Plugins.RetrievalHeads.Detection;
-using InterpMesh.Plugins.RetrievalHeads.Report;
 using InterpMesh.Plugins.RetrievalHeads.Retrieval;
 
 namespace InterpMesh.Plugins.RetrievalHeads;
@@ -76,8 +75,8 @@ public sealed class RetrievalHeadsPlugin : IAnalysisPlugin
             detector = await DetectAsync(p.TryGetProperty("detector", out var det) ? det : default, context.Model, info, seed, ct);
             foreach (var (kind, scores) in detector)
                 summary[$"top_{kind}_heads"] = new JsonArray([.. Ranked(scores).Take(4).Select(x => (JsonNode)Label(x.Layer, x.Head))]);
-            figures.Add(new ResultFigure("induction_heatmap", "image/svg+xml", Heatmap.Svg("Induction score", detector["induction"]), "Induction score per head (layer × head)"));
-            figures.Add(new ResultFigure("previous_token_heatmap", "image/svg+xml", Heatmap.Svg("Previous-token score", detector["previous_token"]), "Previous-token score per head"));
+            figures.Add(new ResultFigure("induction_heatmap", "image/svg+xml", HeadMap("Induction score", detector["induction"]), "Induction score per head (layer × head)"));
+            figures.Add(new ResultFigure("previous_token_heatmap", "image/svg+xml", HeadMap("Previous-token score", detector["previous_token"]), "Previous-token score per head"));
             context.ReportProgress(analyses.Contains("retrieval") ? 0.2 : 1, "head detector done");
         }
 
@@ -106,7 +105,7 @@ public sealed class RetrievalHeadsPlugin : IAnalysisPlugin
             summary["retrieval_head_share"] = passing.Count / (double)(layers * heads);
             tables.Add(new ResultTable("ranked", ["rank", "head", "layer", "index", "retrieval_score", "retrieval_head"],
                 [.. Ranked(retrieval).Select((x, i) => (IReadOnlyList<JsonNode?>)[i + 1, Label(x.Layer, x.Head), x.Layer, x.Head, x.Score, x.Score > scoreThreshold])]));
-            figures.Insert(0, new ResultFigure("retrieval_heatmap", "image/svg+xml", Heatmap.Svg("Retrieval score", retrieval), $"Retrieval score per head over {counted.Count} recalled trials"));
+            figures.Insert(0, new ResultFigure("retrieval_heatmap", "image/svg+xml", HeadMap("Retrieval score", retrieval), $"Retrieval score per head over {counted.Count} recalled trials"));
 
             if (analyses.Contains("ablation"))
             {
@@ -231,5 +230,13 @@ public sealed class RetrievalHeadsPlugin : IAnalysisPlugin
             }
         }
         return scores;
+    }
+
+    /// <summary>A layer × head score map (white = 0, dark blue = 1) as SVG bytes.</summary>
+    private static byte[] HeadMap(string title, double[,] values)
+    {
+        var layers = Enumerable.Range(0, values.GetLength(0)).Select(l => $"layer {l}").ToList();
+        var heads = Enumerable.Range(0, values.GetLength(1)).Select(h => h.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToList();
+        return Encoding.UTF8.GetBytes(Figures.Matrix(title, layers, heads, values, 1, "layer", "head"));
     }
 }

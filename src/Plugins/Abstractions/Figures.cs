@@ -2,13 +2,14 @@ using System.Globalization;
 using System.Net;
 using System.Text;
 
-namespace InterpMesh.Cli.Report;
+namespace InterpMesh.Plugins;
 
 /// <summary>
-/// The report's own charts as self-contained SVG markup (no scripts, fonts or external resources),
-/// so the HTML file renders anywhere without a network.
+/// Charts as self-contained SVG markup (no scripts, fonts or external resources), so a figure
+/// renders anywhere without a network: the plugins' figures, the CLI's HTML reports and any
+/// third-party plugin's (<c>new ResultFigure(name, "image/svg+xml", Encoding.UTF8.GetBytes(svg))</c>).
 /// </summary>
-internal static class Svg
+public static class Figures
 {
     private static readonly string[] Colours = ["#4472c4", "#ed7d31", "#70ad47", "#7f6084", "#ffc000", "#5b9bd5"];
     private static readonly CultureInfo C = CultureInfo.InvariantCulture;
@@ -66,6 +67,46 @@ internal static class Svg
             {
                 foreach (var p in points)
                     svg.Append(C, $"<circle cx=\"{X(p.X):0.#}\" cy=\"{Y(p.Y):0.#}\" r=\"3\" fill=\"{colour}\"><title>{E(series[s].Name)} at {Tick(p.X)}: {p.Y:0.####}</title></circle>");
+            }
+            svg.Append(C, $"<rect x=\"{w - right + 12}\" y=\"{top + 16 * s}\" width=\"10\" height=\"10\" fill=\"{colour}\"/><text x=\"{w - right + 26}\" y=\"{top + 9 + 16 * s}\">{E(series[s].Name)}</text>");
+        }
+        return svg.Append("</svg>").ToString();
+    }
+
+    /// <summary>
+    /// One line per series over shared categories (layers, hook names: labels written slanted);
+    /// a null value leaves a gap. The y axis spans <paramref name="yMin"/>..<paramref name="yMax"/>
+    /// when given (values outside are drawn at the edge), else scales to the data.
+    /// </summary>
+    public static string CategoryLines(string title, IReadOnlyList<string> categories, string yLabel,
+        IReadOnlyList<(string Name, IReadOnlyList<double?> Values)> series, double? yMin = null, double? yMax = null)
+    {
+        ArgumentNullException.ThrowIfNull(categories);
+        ArgumentNullException.ThrowIfNull(series);
+        const int w = 640, h = 360, left = 56, right = 150, top = 36, bottom = 80;
+        double plotW = w - left - right, plotH = h - top - bottom;
+        var data = series.SelectMany(s => s.Values).OfType<double>().ToList();
+        var yAxis = yMin is double lo && yMax is double hi && hi > lo ? (Lo: lo, Hi: hi, Step: (hi - lo) / 4) : Axis(data, false);
+        double X(int i) => left + (categories.Count <= 1 ? plotW / 2 : plotW * i / (categories.Count - 1));
+        double Y(double v) => top + plotH * (1 - Math.Clamp((v - yAxis.Lo) / (yAxis.Hi - yAxis.Lo), 0, 1));
+        var svg = new StringBuilder();
+        svg.Append(C, $"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"11\" role=\"img\" aria-label=\"{E(title)}\">");
+        svg.Append(C, $"<text x=\"{w / 2}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">{E(title)}</text>");
+        foreach (double v in Ticks(yAxis))
+            svg.Append(C, $"<line x1=\"{left}\" x2=\"{left + plotW}\" y1=\"{Y(v):0.#}\" y2=\"{Y(v):0.#}\" stroke=\"#ddd\"/><text x=\"{left - 6}\" y=\"{Y(v) + 4:0.#}\" text-anchor=\"end\">{Tick(v)}</text>");
+        svg.Append(C, $"<text x=\"14\" y=\"{top + plotH / 2:0}\" transform=\"rotate(-90 14 {top + plotH / 2:0})\" text-anchor=\"middle\">{E(yLabel)}</text>");
+        for (int i = 0; i < categories.Count; i++)
+            svg.Append(C, $"<text x=\"{X(i):0.#}\" y=\"{top + plotH + 14}\" text-anchor=\"end\" transform=\"rotate(-35 {X(i):0.#} {top + plotH + 14})\">{E(categories[i])}</text>");
+        for (int s = 0; s < series.Count; s++)
+        {
+            string colour = Colours[s % Colours.Length];
+            var values = series[s].Values;
+            var points = values.Select((v, i) => v is double d && double.IsFinite(d) ? string.Create(C, $"{X(i):0.#},{Y(d):0.#}") : null).OfType<string>();
+            svg.Append(C, $"<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{string.Join(' ', points)}\"/>");
+            for (int i = 0; i < values.Count && i < categories.Count; i++)
+            {
+                if (values[i] is double d && double.IsFinite(d))
+                    svg.Append(C, $"<circle cx=\"{X(i):0.#}\" cy=\"{Y(d):0.#}\" r=\"3\" fill=\"{colour}\"><title>{E(series[s].Name)} {E(categories[i])}: {d:0.###}</title></circle>");
             }
             svg.Append(C, $"<rect x=\"{w - right + 12}\" y=\"{top + 16 * s}\" width=\"10\" height=\"10\" fill=\"{colour}\"/><text x=\"{w - right + 26}\" y=\"{top + 9 + 16 * s}\">{E(series[s].Name)}</text>");
         }
