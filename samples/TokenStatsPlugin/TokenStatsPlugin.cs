@@ -1,4 +1,5 @@
-using System.Globalization;
+using System.ComponentModel;
+using System.ComponentModel.DataAnnotations;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -8,36 +9,36 @@ using TorchSharp;
 
 namespace TokenStats;
 
+/// <summary>The parameters of <see cref="TokenStatsPlugin"/>; the manifest's JSON Schema is generated from them.</summary>
+public sealed class TokenStatsParameters
+{
+    [Description("texts to run through the model")]
+    [MinLength(1)]
+    public required IReadOnlyList<string> Texts { get; init; }
+
+    [Description("hook glob")]
+    public string Hooks { get; init; } = "blocks.*.hook_resid_post";
+
+    [Description("artifact name for the norms")]
+    public string? SaveAs { get; init; }
+}
+
 /// <summary>
 /// Mean L2 norm of activations at the hooks a glob matches (by default every residual stream
 /// after a block), averaged over every token of the given texts: how the residual stream grows
 /// with depth. Reports progress per text, saves the norms as an artifact and draws a bar chart.
+/// Written against the SDK's typed base (<see cref="AnalysisPlugin{TParameters}"/>).
 /// </summary>
-public sealed class TokenStatsPlugin : IAnalysisPlugin
+public sealed class TokenStatsPlugin() : AnalysisPlugin<TokenStatsParameters>(
+    id: "token-stats",
+    version: "1.1.0",
+    description: "Mean L2 norm of activations per hook over the given texts (a third-party plugin sample).",
+    produces: ["table:norms", "figure:norms", "artifact:norms"])
 {
-    public PluginManifest Manifest { get; } = new(
-        Id: "token-stats",
-        Version: "1.0.0",
-        Description: "Mean L2 norm of activations per hook over the given texts (a third-party plugin sample).",
-        SdkVersion: SdkVersion.Current,
-        ParameterSchema: JsonNode.Parse("""
-            {
-              "type": "object",
-              "required": ["texts"],
-              "additionalProperties": false,
-              "properties": {
-                "texts": { "type": "array", "items": { "type": "string" }, "minItems": 1 },
-                "hooks": { "type": "string", "description": "hook glob, default blocks.*.hook_resid_post" },
-                "save_as": { "type": "string", "description": "artifact name for the norms" }
-              }
-            }
-            """)!.AsObject(),
-        Produces: ["table:norms", "figure:norms", "artifact:norms"]);
-
-    public async Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context)
+    protected override async Task<PluginResult> RunAsync(TokenStatsParameters parameters, IAnalysisContext context)
     {
-        var texts = parameters.GetProperty("texts").EnumerateArray().Select(t => t.GetString()!).ToList();
-        string glob = parameters.TryGetProperty("hooks", out var h) ? h.GetString()! : "blocks.*.hook_resid_post";
+        var texts = parameters.Texts;
+        string glob = parameters.Hooks;
         var info = await context.Model.GetInfoAsync(context.Cancellation);
         var sums = new Dictionary<string, double>();
         long tokens = 0;
@@ -67,12 +68,12 @@ public sealed class TokenStatsPlugin : IAnalysisPlugin
         context.Logger.LogInformationSafe($"token-stats: {order.Count} hooks over {tokens} tokens");
 
         var artifacts = new List<string>();
-        if (parameters.TryGetProperty("save_as", out var saveAs))
+        if (parameters.SaveAs is { } saveAs)
         {
             using var values = torch.tensor(means.Select(m => (float)m).ToArray());
             var metadata = new JsonObject { ["model"] = context.Model.Name, ["hooks"] = new JsonArray([.. order.Select(o => (JsonNode)o)]) };
-            await context.Artifacts.SaveTensorsAsync(saveAs.GetString()!, new Dictionary<string, torch.Tensor> { ["mean_norm"] = values }, metadata, context.Cancellation);
-            artifacts.Add(saveAs.GetString()!);
+            await context.Artifacts.SaveTensorsAsync(saveAs, new Dictionary<string, torch.Tensor> { ["mean_norm"] = values }, metadata, context.Cancellation);
+            artifacts.Add(saveAs);
         }
         context.ReportProgress(1, "done");
         int top = means.IndexOf(means.Max());
@@ -81,20 +82,8 @@ public sealed class TokenStatsPlugin : IAnalysisPlugin
             Summary = new JsonObject { ["model"] = info.Architecture, ["texts"] = texts.Count, ["tokens"] = tokens, ["largest"] = order[top] },
             Tables = [new ResultTable("norms", ["hook", "mean_norm"], [.. order.Select((name, k) => (IReadOnlyList<JsonNode?>)[name, means[k]])])],
             Artifacts = artifacts,
-            Figures = [new ResultFigure("norms", "image/svg+xml", Bars(order, means), "Mean L2 norm per hook")],
+            Figures = [new ResultFigure("norms", "image/svg+xml", Encoding.UTF8.GetBytes(Figures.Bars("Mean L2 norm per hook", "mean L2 norm", [.. order.Select((name, k) => (name, means[k]))])), "Mean L2 norm per hook")],
         };
-    }
-
-    private static byte[] Bars(List<string> labels, List<double> values)
-    {
-        double max = Math.Max(values.Max(), 1e-9);
-        var svg = new StringBuilder($"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{40 + 30 * values.Count}\" height=\"220\">");
-        for (int i = 0; i < values.Count; i++)
-        {
-            double height = 180 * values[i] / max;
-            svg.Append(CultureInfo.InvariantCulture, $"<rect x=\"{30 + 30 * i}\" y=\"{200 - height:0.0}\" width=\"24\" height=\"{height:0.0}\" fill=\"#4472c4\"><title>{labels[i]}: {values[i]:0.###}</title></rect>");
-        }
-        return Encoding.UTF8.GetBytes(svg.Append("</svg>").ToString());
     }
 }
 

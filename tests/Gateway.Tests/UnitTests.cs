@@ -30,7 +30,7 @@ public sealed class UnitTests
         var assembly = typeof(IAnalysisPlugin).Assembly;
         foreach (var type in assembly.GetExportedTypes())
         {
-            string name = type.FullName!.Replace('+', '.');
+            string name = Declared(type);
             Assert.True(declared.Contains(name), $"public type {name} is not declared in PublicAPI.*.txt");
             foreach (var member in type.GetMembers(BindingFlags.Public | BindingFlags.Instance | BindingFlags.Static | BindingFlags.DeclaredOnly)
                 .Where(m => m is MethodInfo { IsSpecialName: false } or PropertyInfo && !m.Name.Contains('<', StringComparison.Ordinal)
@@ -38,14 +38,23 @@ public sealed class UnitTests
             {
                 // Record members the compiler writes (Equals, Deconstruct, <Clone>$ …) are declared too.
                 string prefix = $"{name}.{member.Name}";
-                Assert.True(declared.Any(d => d.StartsWith(prefix + "(", StringComparison.Ordinal) || d.StartsWith(prefix + ".get", StringComparison.Ordinal)
+                Assert.True(declared.Any(d => d.StartsWith(prefix + "(", StringComparison.Ordinal) || d.StartsWith(prefix + "<", StringComparison.Ordinal) || d.StartsWith(prefix + ".get", StringComparison.Ordinal)
                     || d.StartsWith(prefix + ".set", StringComparison.Ordinal) || d.StartsWith(prefix + ".init", StringComparison.Ordinal)),
                     $"public member {prefix} is not declared in PublicAPI.*.txt");
             }
         }
-        var exported = assembly.GetExportedTypes().Select(t => t.FullName!.Replace('+', '.')).ToHashSet();
+        var exported = assembly.GetExportedTypes().Select(Declared).ToHashSet();
         foreach (var line in declared.Where(d => !d.Contains('(') && !d.Contains(" -> ", StringComparison.Ordinal)))
             Assert.True(exported.Contains(line), $"PublicAPI.*.txt declares {line}, which the SDK does not export");
+    }
+
+    /// <summary>A type's name as the public-API files write it (generic parameters by name: <c>AnalysisPlugin&lt;TParameters&gt;</c>).</summary>
+    private static string Declared(Type type)
+    {
+        string name = type.FullName!.Replace('+', '.');
+        if (!type.IsGenericTypeDefinition)
+            return name;
+        return name[..name.IndexOf('`', StringComparison.Ordinal)] + "<" + string.Join(", ", type.GetGenericArguments().Select(a => a.Name)) + ">";
     }
 
     [Fact]

@@ -1,0 +1,162 @@
+using System.ComponentModel;
+using System.ComponentModel.DataAnnotations;
+using System.Reflection;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.Json.Schema;
+using System.Text.Json.Serialization;
+using System.Text.Json.Serialization.Metadata;
+
+namespace InterpMesh.Plugins;
+
+/// <summary>
+/// A plugin whose parameters are one C# type (SDK 1.2): the manifest's JSON Schema is generated from
+/// <typeparamref name="TParameters"/> (snake_case names, <c>required</c> members, defaults from
+/// property initialisers, <see cref="DescriptionAttribute"/>, <see cref="RangeAttribute"/>,
+/// <see cref="MinLengthAttribute"/>, enums as their snake_case names, unknown members refused), and
+/// each run receives the parameters parsed into that type. Parameters that do not fit end the job
+/// with INVALID_ARGUMENT naming the property (the gateway checks the schema before the run; the
+/// parse checks again for direct callers).
+/// </summary>
+/// <typeparam name="TParameters">A class with init-only properties and a parameterless constructor.</typeparam>
+public abstract class AnalysisPlugin<TParameters> : IAnalysisPlugin
+    where TParameters : class
+{
+    /// <param name="id">Unique id, lower case letters, digits and dashes; the plugin's folder name.</param>
+    /// <param name="version">The plugin's own version.</param>
+    /// <param name="description">One or two sentences shown by <c>interpmesh plugins</c>.</param>
+    /// <param name="produces">What results contain, e.g. <c>table:norms</c>, <c>figure:norms</c>.</param>
+    protected AnalysisPlugin(string id, string version, string description, IReadOnlyList<string> produces)
+        => Manifest = new PluginManifest(id, version, description, SdkVersion.Current, PluginParameters.SchemaOf<TParameters>(), produces);
+
+    /// <inheritdoc/>
+    public PluginManifest Manifest { get; }
+
+    /// <summary>Parses <paramref name="parameters"/> into <typeparamref name="TParameters"/> and runs the analysis.</summary>
+    /// <exception cref="InvalidParametersException">The parameters do not fit <typeparamref name="TParameters"/>.</exception>
+    public Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context)
+        => RunAsync(PluginParameters.Parse<TParameters>(parameters), context);
+
+    /// <summary>Runs the analysis with its parameters parsed.</summary>
+    protected abstract Task<PluginResult> RunAsync(TParameters parameters, IAnalysisContext context);
+}
+
+/// <summary>Typed plugin parameters: the JSON conventions, schema generation and parsing <see cref="AnalysisPlugin{TParameters}"/> uses.</summary>
+public static class PluginParameters
+{
+    /// <summary>snake_case names and enum values, unknown members refused, nullability and <c>required</c> respected.</summary>
+    public static JsonSerializerOptions Options { get; } = CreateOptions();
+
+    private static JsonSerializerOptions CreateOptions()
+    {
+        var options = new JsonSerializerOptions
+        {
+            PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+            UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow,
+            RespectNullableAnnotations = true,
+            RespectRequiredConstructorParameters = true,
+            TypeInfoResolver = new DefaultJsonTypeInfoResolver(),
+        };
+        options.Converters.Add(new JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower));
+        options.MakeReadOnly();
+        return options;
+    }
+
+    /// <summary>System.Text.Json's complaint in the gateway's words (<c>parameters.name …</c>), without .NET type names.</summary>
+    private static string Explain<T>(JsonException e)
+    {
+        string path = e.Path is { Length: > 1 } p ? "parameters" + p[1..] : "parameters";
+        string message = e.Message;
+        var known = typeof(T).GetProperties(BindingFlags.Public | BindingFlags.Instance).Select(x => Options.PropertyNamingPolicy!.ConvertName(x.Name));
+        var missing = System.Text.RegularExpressions.Regex.Match(message, "missing required properties including: (.*)\\.");
+        if (missing.Success)
+            return string.Join("; ", missing.Groups[1].Value.Split(", ").Select(n => $"parameters.{n.Trim('\'')} is required"));
+        var unknown = System.Text.RegularExpressions.Regex.Match(message, "The JSON property '([^']*)' could not be mapped");
+        if (unknown.Success)
+        {
+            string name = unknown.Groups[1].Value;
+            string parent = path.EndsWith("." + name, StringComparison.Ordinal) ? path[..^(name.Length + 1)] : path;
+            return $"{parent}.{(name.Length > 40 ? name[..40] + "…" : name)} is not a known parameter; known: {string.Join(", ", known)}";
+        }
+        if (message.Contains("could not be converted to", StringComparison.Ordinal))
+            return $"{path}: has the wrong type for this parameter (see the plugin's parameter schema)";
+        return $"{path}: {message.Split(" Path: ", 2)[0]}";
+    }
+
+    /// <summary>The JSON Schema of <typeparamref name="T"/>, with descriptions, defaults and ranges.</summary>
+    public static JsonObject SchemaOf<T>() where T : class
+    {
+        object? defaults = null;
+        try
+        {
+            defaults = Activator.CreateInstance<T>();
+        }
+        catch (MissingMethodException)
+        {
+            // No parameterless constructor: the schema simply carries no defaults.
+        }
+        var exporter = new JsonSchemaExporterOptions
+        {
+            TreatNullObliviousAsNonNullable = true,
+            TransformSchemaNode = (context, node) =>
+            {
+                if (node is not JsonObject schema || context.PropertyInfo is not { } property)
+                    return node;
+                var attributes = property.AttributeProvider;
+                if (attributes?.GetCustomAttributes(typeof(DescriptionAttribute), true).FirstOrDefault() is DescriptionAttribute description)
+                    schema["description"] = description.Description;
+                if (attributes?.GetCustomAttributes(typeof(RangeAttribute), true).FirstOrDefault() is RangeAttribute range)
+                {
+                    schema["minimum"] = JsonValue.Create(Convert.ToDouble(range.Minimum, System.Globalization.CultureInfo.InvariantCulture));
+                    schema["maximum"] = JsonValue.Create(Convert.ToDouble(range.Maximum, System.Globalization.CultureInfo.InvariantCulture));
+                }
+                if (attributes?.GetCustomAttributes(typeof(MinLengthAttribute), true).FirstOrDefault() is MinLengthAttribute minLength)
+                    schema["minItems"] = minLength.Length;
+                if (defaults is not null && !property.IsRequired && context.TypeInfo.Type != typeof(T)
+                    && property.DeclaringType == typeof(T) && property.Get?.Invoke(defaults) is { } value)
+                {
+                    schema["default"] = JsonSerializer.SerializeToNode(value, property.PropertyType, Options);
+                }
+                return schema;
+            },
+        };
+        return (JsonObject)JsonSchemaExporter.GetJsonSchemaAsNode(Options, typeof(T), exporter);
+    }
+
+    /// <summary>
+    /// Parses parameters into <typeparamref name="T"/>; anything that does not fit (a wrong type, an
+    /// unknown or missing member, a value outside its <see cref="RangeAttribute"/>, too few items)
+    /// throws <see cref="InvalidParametersException"/> naming the property as <c>parameters.name</c>.
+    /// </summary>
+    public static T Parse<T>(JsonElement parameters) where T : class
+    {
+        T? value;
+        try
+        {
+            value = parameters.Deserialize<T>(Options);
+        }
+        catch (JsonException e)
+        {
+            throw new InvalidParametersException(Explain<T>(e), e);
+        }
+        if (value is null)
+            throw new InvalidParametersException("parameters: a JSON object is required");
+        foreach (var property in typeof(T).GetProperties(BindingFlags.Public | BindingFlags.Instance))
+        {
+            string name = Options.PropertyNamingPolicy!.ConvertName(property.Name);
+            var current = property.GetValue(value);
+            if (property.GetCustomAttribute<RangeAttribute>() is { } range && current is not null)
+            {
+                double x = Convert.ToDouble(current, System.Globalization.CultureInfo.InvariantCulture);
+                double min = Convert.ToDouble(range.Minimum, System.Globalization.CultureInfo.InvariantCulture), max = Convert.ToDouble(range.Maximum, System.Globalization.CultureInfo.InvariantCulture);
+                if (x < min)
+                    throw new InvalidParametersException($"parameters.{name}: {x} is below the minimum {min}");
+                if (x > max)
+                    throw new InvalidParametersException($"parameters.{name}: {x} is above the maximum {max}");
+            }
+            if (property.GetCustomAttribute<MinLengthAttribute>() is { } minLength && current is System.Collections.ICollection items && items.Count < minLength.Length)
+                throw new InvalidParametersException($"parameters.{name}: has {items.Count} items, needs at least {minLength.Length}");
+        }
+        return value;
+    }
+}

@@ -1,0 +1,96 @@
+using System.ComponentModel;
+using System.ComponentModel.DataAnnotations;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace InterpMesh.Plugins.Tests;
+
+public enum Ranking
+{
+    MeanDifference,
+    Svm,
+}
+
+public sealed class SweepParameters
+{
+    [Description("hook to read")]
+    public required string Hook { get; init; }
+
+    [Description("probe sizes to try")]
+    [MinLength(1)]
+    public IReadOnlyList<int> KValues { get; init; } = [1, 2, 4];
+
+    [Range(1, 1000)]
+    public int Steps { get; init; } = 100;
+
+    public Ranking Ranking { get; init; } = Ranking.MeanDifference;
+
+    public double? Temperature { get; init; }
+}
+
+/// <summary>Typed plugin parameters: the schema the gateway validates with, and the parse a run receives.</summary>
+public sealed class PluginParametersTests
+{
+    private static JsonElement Json(string text) => JsonDocument.Parse(text).RootElement;
+
+    [Fact]
+    public void The_schema_names_types_defaults_descriptions_and_limits()
+    {
+        var schema = PluginParameters.SchemaOf<SweepParameters>();
+        Assert.Equal("object", schema["type"]!.GetValue<string>());
+        Assert.False(schema["additionalProperties"]!.GetValue<bool>());
+        Assert.Equal(["hook"], schema["required"]!.AsArray().Select(r => r!.GetValue<string>()));
+        var p = schema["properties"]!.AsObject();
+        Assert.Equal(["hook", "k_values", "steps", "ranking", "temperature"], p.Select(kv => kv.Key));
+        Assert.Equal("hook to read", p["hook"]!["description"]!.GetValue<string>());
+        Assert.Equal("[1,2,4]", p["k_values"]!["default"]!.ToJsonString());
+        Assert.Equal(1, p["k_values"]!["minItems"]!.GetValue<int>());
+        Assert.Equal(100, p["steps"]!["default"]!.GetValue<int>());
+        Assert.Equal(1, p["steps"]!["minimum"]!.GetValue<double>());
+        Assert.Equal(1000, p["steps"]!["maximum"]!.GetValue<double>());
+        Assert.Equal(["mean_difference", "svm"], p["ranking"]!["enum"]!.AsArray().Select(e => e!.GetValue<string>()));
+        Assert.Equal("\"mean_difference\"", p["ranking"]!["default"]!.ToJsonString());
+        Assert.Contains("null", p["temperature"]!["type"]!.ToJsonString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void The_gateway_validator_reads_the_generated_schema()
+    {
+        var schema = PluginParameters.SchemaOf<SweepParameters>();
+        Assert.Empty(InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json("""{"hook": "blocks.0.hook_resid_post", "ranking": "svm"}""")));
+        Assert.Equal(
+            [
+                "parameters.hook is required",
+                "parameters.steps: 0 is below the minimum 1",
+                "parameters.ranking: \"rbf\" is not one of [\"mean_difference\",\"svm\"]",
+                "parameters.colour is not a known parameter; known: hook, k_values, steps, ranking, temperature",
+            ],
+            InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json("""{"steps": 0, "ranking": "rbf", "colour": 1}""")));
+    }
+
+    [Fact]
+    public void Parsing_fills_defaults_and_reads_snake_case()
+    {
+        var p = PluginParameters.Parse<SweepParameters>(Json("""{"hook": "blocks.1.hook_z", "k_values": [8], "ranking": "svm", "temperature": 0.5}"""));
+        Assert.Equal("blocks.1.hook_z", p.Hook);
+        Assert.Equal([8], p.KValues);
+        Assert.Equal(100, p.Steps);
+        Assert.Equal(Ranking.Svm, p.Ranking);
+        Assert.Equal(0.5, p.Temperature);
+    }
+
+    [Theory]
+    [InlineData("""{"k_values": [1]}""", "parameters.hook is required", "")]
+    [InlineData("""{"hook": "h", "steps": "many"}""", "parameters.steps: has the wrong type", "")]
+    [InlineData("""{"hook": "h", "colour": 1}""", "parameters.colour is not a known parameter; known: hook, k_values, steps, ranking, temperature", "")]
+    [InlineData("""{"hook": "h", "steps": 5000}""", "parameters.steps: 5000 is above the maximum 1000", "")]
+    [InlineData("""{"hook": "h", "k_values": []}""", "parameters.k_values: has 0 items, needs at least 1", "")]
+    [InlineData("""{"hook": "h", "ranking": "rbf"}""", "parameters.ranking: ", "")]
+    public void Parameters_that_do_not_fit_name_the_property(string json, string start, string mentions)
+    {
+        var e = Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<SweepParameters>(Json(json)));
+        Assert.StartsWith(start, e.Message, StringComparison.Ordinal);
+        Assert.Contains(mentions, e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain("InterpMesh.", e.Message, StringComparison.Ordinal);
+    }
+}
