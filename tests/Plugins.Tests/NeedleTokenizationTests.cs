@@ -57,7 +57,7 @@ public sealed class NeedleTokenizationTests
             depths = new[] { 50 },
             text = new { needle, question = "what is the secret?", haystack = "the grass is green and the sky is blue. ", lengths = new[] { 200 } },
         }));
-        return await Trials.BuildAsync(p.RootElement, model, await model.GetInfoAsync(), CancellationToken.None);
+        return await Trials.BuildAsync(PluginParameters.Parse<RetrievalHeads.RetrievalHeadsParameters>(p.RootElement), model, await model.GetInfoAsync(), CancellationToken.None);
     }
 
     [Fact]

@@ -93,4 +93,32 @@ public sealed class PluginParametersTests
         Assert.Contains(mentions, e.Message, StringComparison.Ordinal);
         Assert.DoesNotContain("InterpMesh.", e.Message, StringComparison.Ordinal);
     }
+
+    [Theory]
+    [InlineData("""{"analyses": ["bogus"]}""", "parameters.analyses[0]: \"bogus\" is not one of [\"retrieval\",\"detector\",\"ablation\"]")]
+    [InlineData("""{"trials_per_cell": 0}""", "parameters.trials_per_cell: 0 is below the minimum 1")]
+    [InlineData("""{"recall_threshold": 1.5}""", "parameters.recall_threshold: 1.5 is above the maximum 1")]
+    [InlineData("""{"synthetic": {"separator": ["a", "b"]}}""", "parameters.synthetic.separator: has 2 items, at most 1 allowed")]
+    [InlineData("""{"text": {"needle": "x"}}""", "parameters.text.question is required")]
+    [InlineData("""{"detector": {"length": 1}}""", "parameters.detector.length: 1 is below the minimum 2")]
+    [InlineData("""{"detector": {"colour": 1}}""", "parameters.detector.colour is not a known parameter")]
+    public void A_built_in_plugins_generated_schema_keeps_its_limits(string json, string message)
+    {
+        var schema = new InterpMesh.Plugins.RetrievalHeads.RetrievalHeadsPlugin().Manifest.ParameterSchema;
+        var errors = InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json(json));
+        Assert.True(errors.Any(e => e.StartsWith(message, StringComparison.Ordinal)), $"expected '{message}', got: {string.Join(" | ", errors)}");
+        // The parse (for direct callers) refuses the same input.
+        Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<InterpMesh.Plugins.RetrievalHeads.RetrievalHeadsParameters>(Json(json)));
+    }
+
+    [Fact]
+    public void A_built_in_plugins_defaults_are_in_its_schema()
+    {
+        var p = new InterpMesh.Plugins.RetrievalHeads.RetrievalHeadsPlugin().Manifest.ParameterSchema["properties"]!;
+        Assert.Equal("[\"retrieval\",\"detector\",\"ablation\"]", p["analyses"]!["default"]!.ToJsonString());
+        Assert.Equal(2, p["trials_per_cell"]!["default"]!.GetValue<int>());
+        Assert.Equal(0.5, p["recall_threshold"]!["default"]!.GetValue<double>());
+        Assert.True(p["save_trials"]!["default"]!.GetValue<bool>());
+        Assert.Null(p["trials_per_cell"]!["maximum"]);
+    }
 }

@@ -13,7 +13,8 @@ namespace InterpMesh.Plugins;
 /// A plugin whose parameters are one C# type (SDK 1.2): the manifest's JSON Schema is generated from
 /// <typeparamref name="TParameters"/> (snake_case names, <c>required</c> members, defaults from
 /// property initialisers, <see cref="DescriptionAttribute"/>, <see cref="RangeAttribute"/>,
-/// <see cref="MinLengthAttribute"/>, enums as their snake_case names, unknown members refused), and
+/// <see cref="MinLengthAttribute"/>, <see cref="MaxLengthAttribute"/>, enums as their snake_case
+/// names, unknown members refused), and
 /// each run receives the parameters parsed into that type. Parameters that do not fit end the job
 /// with INVALID_ARGUMENT naming the property (the gateway checks the schema before the run; the
 /// parse checks again for direct callers).
@@ -62,6 +63,34 @@ public static class PluginParameters
         return options;
     }
 
+    /// <summary>The attribute limits System.Text.Json does not check, on this object and the parameter objects inside it.</summary>
+    private static void Check(object value, string path)
+    {
+        foreach (var property in value.GetType().GetProperties(BindingFlags.Public | BindingFlags.Instance))
+        {
+            string name = $"{path}.{Options.PropertyNamingPolicy!.ConvertName(property.Name)}";
+            var current = property.GetValue(value);
+            if (current is null)
+                continue;
+            if (property.GetCustomAttribute<RangeAttribute>() is { } range)
+            {
+                double x = Convert.ToDouble(current, System.Globalization.CultureInfo.InvariantCulture);
+                double min = Convert.ToDouble(range.Minimum, System.Globalization.CultureInfo.InvariantCulture), max = Convert.ToDouble(range.Maximum, System.Globalization.CultureInfo.InvariantCulture);
+                if (x < min)
+                    throw new InvalidParametersException($"{name}: {x} is below the minimum {min}");
+                if (x > max)
+                    throw new InvalidParametersException($"{name}: {x} is above the maximum {max}");
+            }
+            if (property.GetCustomAttribute<MinLengthAttribute>() is { } minLength && current is System.Collections.ICollection few && few.Count < minLength.Length)
+                throw new InvalidParametersException($"{name}: has {few.Count} items, needs at least {minLength.Length}");
+            if (property.GetCustomAttribute<MaxLengthAttribute>() is { } maxLength && current is System.Collections.ICollection many && many.Count > maxLength.Length)
+                throw new InvalidParametersException($"{name}: has {many.Count} items, at most {maxLength.Length} allowed");
+            // A nested parameter object (a class of the plugin's, not a string or a collection).
+            if (property.PropertyType.IsClass && property.PropertyType != typeof(string) && !typeof(System.Collections.IEnumerable).IsAssignableFrom(property.PropertyType))
+                Check(current, name);
+        }
+    }
+
     /// <summary>System.Text.Json's complaint in the gateway's words (<c>parameters.name …</c>), without .NET type names.</summary>
     private static string Explain<T>(JsonException e)
     {
@@ -107,9 +136,16 @@ public static class PluginParameters
                     schema["description"] = description.Description;
                 if (attributes?.GetCustomAttributes(typeof(RangeAttribute), true).FirstOrDefault() is RangeAttribute range)
                 {
-                    schema["minimum"] = JsonValue.Create(Convert.ToDouble(range.Minimum, System.Globalization.CultureInfo.InvariantCulture));
-                    schema["maximum"] = JsonValue.Create(Convert.ToDouble(range.Maximum, System.Globalization.CultureInfo.InvariantCulture));
+                    // An open end (int.MaxValue, infinity) is no limit worth stating.
+                    double min = Convert.ToDouble(range.Minimum, System.Globalization.CultureInfo.InvariantCulture);
+                    double max = Convert.ToDouble(range.Maximum, System.Globalization.CultureInfo.InvariantCulture);
+                    if (double.IsFinite(min) && min > int.MinValue)
+                        schema["minimum"] = JsonValue.Create(min);
+                    if (double.IsFinite(max) && max < int.MaxValue)
+                        schema["maximum"] = JsonValue.Create(max);
                 }
+                if (attributes?.GetCustomAttributes(typeof(MaxLengthAttribute), true).FirstOrDefault() is MaxLengthAttribute maxLength)
+                    schema["maxItems"] = maxLength.Length;
                 if (attributes?.GetCustomAttributes(typeof(MinLengthAttribute), true).FirstOrDefault() is MinLengthAttribute minLength)
                     schema["minItems"] = minLength.Length;
                 if (defaults is not null && !property.IsRequired && context.TypeInfo.Type != typeof(T)
@@ -141,22 +177,7 @@ public static class PluginParameters
         }
         if (value is null)
             throw new InvalidParametersException("parameters: a JSON object is required");
-        foreach (var property in typeof(T).GetProperties(BindingFlags.Public | BindingFlags.Instance))
-        {
-            string name = Options.PropertyNamingPolicy!.ConvertName(property.Name);
-            var current = property.GetValue(value);
-            if (property.GetCustomAttribute<RangeAttribute>() is { } range && current is not null)
-            {
-                double x = Convert.ToDouble(current, System.Globalization.CultureInfo.InvariantCulture);
-                double min = Convert.ToDouble(range.Minimum, System.Globalization.CultureInfo.InvariantCulture), max = Convert.ToDouble(range.Maximum, System.Globalization.CultureInfo.InvariantCulture);
-                if (x < min)
-                    throw new InvalidParametersException($"parameters.{name}: {x} is below the minimum {min}");
-                if (x > max)
-                    throw new InvalidParametersException($"parameters.{name}: {x} is above the maximum {max}");
-            }
-            if (property.GetCustomAttribute<MinLengthAttribute>() is { } minLength && current is System.Collections.ICollection items && items.Count < minLength.Length)
-                throw new InvalidParametersException($"parameters.{name}: has {items.Count} items, needs at least {minLength.Length}");
-        }
+        Check(value, "parameters");
         return value;
     }
 }

@@ -13,55 +13,20 @@ namespace InterpMesh.Plugins.RetrievalHeads;
 /// induction), and validation by ablating the top heads against as many random ones.
 /// Definitions: docs/plugins/retrieval-heads.md.
 /// </summary>
-public sealed class RetrievalHeadsPlugin : IAnalysisPlugin
+public sealed class RetrievalHeadsPlugin() : AnalysisPlugin<RetrievalHeadsParameters>(
+    id: "retrieval-heads",
+    version: "1.1.0",
+    description: "Retrieval heads (needle-in-a-haystack copy scores), previous-token/duplicate/induction head scores, and ablation of the top heads.",
+    produces: ["table:per_head", "table:ranked", "table:ablation", "figure:retrieval_heatmap", "figure:induction_heatmap", "artifact:trials"])
 {
-    public PluginManifest Manifest { get; } = new(
-        Id: "retrieval-heads",
-        Version: "1.0.0",
-        Description: "Retrieval heads (needle-in-a-haystack copy scores), previous-token/duplicate/induction head scores, and ablation of the top heads.",
-        SdkVersion: SdkVersion.Current,
-        ParameterSchema: JsonNode.Parse("""
-            {
-              "type": "object",
-              "additionalProperties": false,
-              "properties": {
-                "analyses": { "type": "array", "items": { "enum": ["retrieval", "detector", "ablation"] } },
-                "synthetic": { "type": "object", "additionalProperties": false, "properties": {
-                  "keys": { "type": "array", "items": { "type": "string" } },
-                  "values": { "type": "array", "items": { "type": "string" } },
-                  "separator": { "type": "array", "items": { "type": "string" }, "maxItems": 1 },
-                  "pairs": { "type": "array", "items": { "type": "integer", "minimum": 1 } } } },
-                "text": { "type": "object", "additionalProperties": false, "required": ["needle", "question", "haystack"], "properties": {
-                  "needle": { "type": "string" }, "question": { "type": "string" }, "haystack": { "type": "string" },
-                  "lengths": { "type": "array", "items": { "type": "integer", "minimum": 1 } },
-                  "max_new_tokens": { "type": "integer", "minimum": 1 } } },
-                "depths": { "type": "array", "items": { "type": "number" } },
-                "trials_per_cell": { "type": "integer", "minimum": 1 },
-                "seed": { "type": "integer" },
-                "recall_threshold": { "type": "number", "minimum": 0, "maximum": 1 },
-                "score_threshold": { "type": "number", "minimum": 0 },
-                "ablate_k": { "type": "integer", "minimum": 1 },
-                "detector": { "type": "object", "additionalProperties": false, "properties": {
-                  "prompts": { "type": "integer", "minimum": 1 },
-                  "length": { "type": "integer", "minimum": 2 },
-                  "tokens": { "type": "array", "items": { "type": "string" } },
-                  "exclude_bos": { "type": "boolean" },
-                  "exclude_current_token": { "type": "boolean" } } },
-                "save_trials": { "type": "boolean" }
-              }
-            }
-            """)!.AsObject(),
-        Produces: ["table:per_head", "table:ranked", "table:ablation", "figure:retrieval_heatmap", "figure:induction_heatmap", "artifact:trials"]);
-
-    public async Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context)
+    protected override async Task<PluginResult> RunAsync(RetrievalHeadsParameters p, IAnalysisContext context)
     {
-        var p = parameters;
         var ct = context.Cancellation;
         var info = await context.Model.GetInfoAsync(ct);
-        var analyses = p.TryGetProperty("analyses", out var a) ? a.EnumerateArray().Select(x => x.GetString()!).ToHashSet() : ["retrieval", "detector", "ablation"];
-        double recallThreshold = p.TryGetProperty("recall_threshold", out var rt) ? rt.GetDouble() : 0.5;
-        double scoreThreshold = p.TryGetProperty("score_threshold", out var st) ? st.GetDouble() : 0.1;
-        int seed = p.TryGetProperty("seed", out var sd) ? sd.GetInt32() : 0;
+        var analyses = p.Analyses.ToHashSet();
+        double recallThreshold = p.RecallThreshold;
+        double scoreThreshold = p.ScoreThreshold;
+        int seed = p.Seed;
         int layers = info.NLayers, heads = info.NHeads;
         var summary = new JsonObject { ["model"] = context.Model.Name, ["layers"] = layers, ["heads_per_layer"] = heads };
         var figures = new List<ResultFigure>();
@@ -70,18 +35,18 @@ public sealed class RetrievalHeadsPlugin : IAnalysisPlugin
         double[,]? retrieval = null;
         var detector = new Dictionary<string, double[,]>();
 
-        if (analyses.Contains("detector"))
+        if (analyses.Contains(RetrievalAnalysis.Detector))
         {
-            detector = await DetectAsync(p.TryGetProperty("detector", out var det) ? det : default, context.Model, info, seed, ct);
+            detector = await DetectAsync(p.Detector ?? new DetectorSettings(), context.Model, info, seed, ct);
             foreach (var (kind, scores) in detector)
                 summary[$"top_{kind}_heads"] = new JsonArray([.. Ranked(scores).Take(4).Select(x => (JsonNode)Label(x.Layer, x.Head))]);
             figures.Add(new ResultFigure("induction_heatmap", "image/svg+xml", HeadMap("Induction score", detector["induction"]), "Induction score per head (layer × head)"));
             figures.Add(new ResultFigure("previous_token_heatmap", "image/svg+xml", HeadMap("Previous-token score", detector["previous_token"]), "Previous-token score per head"));
-            context.ReportProgress(analyses.Contains("retrieval") ? 0.2 : 1, "head detector done");
+            context.ReportProgress(analyses.Contains(RetrievalAnalysis.Retrieval) ? 0.2 : 1, "head detector done");
         }
 
         List<TrialResult>? results = null;
-        if (analyses.Contains("retrieval") || analyses.Contains("ablation"))
+        if (analyses.Contains(RetrievalAnalysis.Retrieval) || analyses.Contains(RetrievalAnalysis.Ablation))
         {
             var trials = await Trials.BuildAsync(p, context.Model, info, ct);
             results = [];
@@ -107,9 +72,9 @@ public sealed class RetrievalHeadsPlugin : IAnalysisPlugin
                 [.. Ranked(retrieval).Select((x, i) => (IReadOnlyList<JsonNode?>)[i + 1, Label(x.Layer, x.Head), x.Layer, x.Head, x.Score, x.Score > scoreThreshold])]));
             figures.Insert(0, new ResultFigure("retrieval_heatmap", "image/svg+xml", HeadMap("Retrieval score", retrieval), $"Retrieval score per head over {counted.Count} recalled trials"));
 
-            if (analyses.Contains("ablation"))
+            if (analyses.Contains(RetrievalAnalysis.Ablation))
             {
-                int k = p.TryGetProperty("ablate_k", out var ak) ? ak.GetInt32() : Math.Max(1, passing.Count);
+                int k = p.AblateK ?? Math.Max(1, passing.Count);
                 var top = Ranked(retrieval).Take(k).Select(x => (x.Layer, x.Head)).ToList();
                 var rng = new Random(seed + 1);
                 var random = Enumerable.Range(0, layers * heads).Select(i => (Layer: i / heads, Head: i % heads)).Where(x => !top.Contains(x)).OrderBy(_ => rng.Next()).Take(k).ToList();
@@ -135,7 +100,7 @@ public sealed class RetrievalHeadsPlugin : IAnalysisPlugin
                 tables.Add(new ResultTable("ablation", ["ablated", "heads", "recall_accuracy"], rows));
             }
 
-            if (!p.TryGetProperty("save_trials", out var save) || save.GetBoolean())
+            if (p.SaveTrials)
             {
                 var raw = new JsonArray([.. results.Select(r => (JsonNode)new JsonObject
                 {
@@ -183,18 +148,18 @@ public sealed class RetrievalHeadsPlugin : IAnalysisPlugin
         set.GroupBy(x => x.Layer).Select(g => new Contracts.V1.Intervention { Hook = $"blocks.{g.Key}.attn.hook_z", Op = InterventionOp.ZeroAblate, Heads = { g.Select(x => x.Head) } });
 
     /// <summary>Head-detector scores on repeated random sequences: bos + r + r (TransformerLens' standard induction probe).</summary>
-    private static async Task<Dictionary<string, double[,]>> DetectAsync(JsonElement d, IModelClient model, ModelInfo info, int seed, CancellationToken ct)
+    private static async Task<Dictionary<string, double[,]>> DetectAsync(DetectorSettings d, IModelClient model, ModelInfo info, int seed, CancellationToken ct)
     {
-        bool Flag(string f) => d.ValueKind == JsonValueKind.Object && d.TryGetProperty(f, out var v) && v.GetBoolean();
-        int prompts = d.ValueKind == JsonValueKind.Object && d.TryGetProperty("prompts", out var pr) ? pr.GetInt32() : 16;
+        bool Flag(string f) => f == "exclude_bos" ? d.ExcludeBos : d.ExcludeCurrentToken;
+        int prompts = d.Prompts;
         int bos = info.BosTokenId is null ? 0 : 1;
-        int length = d.ValueKind == JsonValueKind.Object && d.TryGetProperty("length", out var le) ? le.GetInt32() : Math.Min(20, (info.ContextLength - bos) / 2);
+        int length = d.Length ?? Math.Min(20, (info.ContextLength - bos) / 2);
         if (2 * length + bos > info.ContextLength)
             throw new InvalidParametersException($"detector.length {length} repeated twice is longer than the model's context of {info.ContextLength}");
         int[] pool;
-        if (d.ValueKind == JsonValueKind.Object && d.TryGetProperty("tokens", out var tk))
+        if (d.Tokens is { } tk)
         {
-            var words = tk.EnumerateArray().Select(x => x.GetString()!).ToList();
+            var words = tk.ToList();
             var ids = await model.TokenizeAsync(words, ct);
             pool = [.. ids.Select((t, i) => (info.BosTokenId is int b && t.Length > 0 && t[0] == b ? t[1..] : t) is [var one] ? one
                 : throw new InvalidParametersException($"detector.tokens: '{words[i]}' is not a single token"))];

@@ -1,4 +1,3 @@
-using System.Text.Json;
 using InterpMesh.Contracts.V1;
 
 namespace InterpMesh.Plugins.RetrievalHeads.Retrieval;
@@ -24,40 +23,40 @@ internal sealed record Trial(int[] Prompt, int NeedleStart, int NeedleEnd, int C
 /// </summary>
 internal static class Trials
 {
-    public static async Task<List<Trial>> BuildAsync(JsonElement p, IModelClient model, ModelInfo info, CancellationToken ct)
+    public static async Task<List<Trial>> BuildAsync(RetrievalHeadsParameters p, IModelClient model, ModelInfo info, CancellationToken ct)
     {
-        var depths = p.TryGetProperty("depths", out var d) ? d.EnumerateArray().Select(x => x.GetDouble()).ToList() : [0, 25, 50, 75, 100];
+        var depths = p.Depths.ToList();
         foreach (var depth in depths)
         {
             if (depth is < 0 or > 100)
                 throw new InvalidParametersException($"depth {depth} is outside 0–100 (percent of the context before the needle)");
         }
-        int perCell = p.TryGetProperty("trials_per_cell", out var t) ? t.GetInt32() : 2;
-        int seed = p.TryGetProperty("seed", out var s) ? s.GetInt32() : 0;
-        return p.TryGetProperty("text", out var text)
+        return p.Text is { } text
             ? await TextTrialsAsync(text, model, info, depths, ct)
-            : await SyntheticTrialsAsync(p.TryGetProperty("synthetic", out var syn) ? syn : default, model, info, depths, perCell, seed, ct);
+            : await SyntheticTrialsAsync(p.Synthetic ?? new SyntheticTrials(), model, info, depths, p.TrialsPerCell, p.Seed, ct);
     }
 
     private static int[] StripBos(int[] ids, ModelInfo info) => info.BosTokenId is int bos && ids.Length > 0 && ids[0] == bos ? ids[1..] : ids;
 
-    private static async Task<List<Trial>> SyntheticTrialsAsync(JsonElement syn, IModelClient model, ModelInfo info, List<double> depths, int perCell, int seed, CancellationToken ct)
+    private static async Task<List<Trial>> SyntheticTrialsAsync(SyntheticTrials syn, IModelClient model, ModelInfo info, List<double> depths, int perCell, int seed, CancellationToken ct)
     {
         var rng = new Random(seed);
-        async Task<int[]?> Single(string field)
+        async Task<int[]?> Single(string field, IReadOnlyList<string>? list)
         {
-            if (syn.ValueKind != JsonValueKind.Object || !syn.TryGetProperty(field, out var list))
+            if (list is null)
                 return null;
-            var words = list.EnumerateArray().Select(x => x.GetString()!).ToList();
+            var words = list.ToList();
             var tokens = await model.TokenizeAsync(words, ct);
             return [.. words.Select((w, i) => StripBos(tokens[i], info) is [var one] ? one
                 : throw new InvalidParametersException($"synthetic.{field}: '{w}' is {StripBos(tokens[i], info).Length} tokens, not one"))];
         }
-        var pairCounts = syn.ValueKind == JsonValueKind.Object && syn.TryGetProperty("pairs", out var pc) ? pc.EnumerateArray().Select(x => x.GetInt32()).ToList() : [4, 8];
+        var pairCounts = syn.Pairs.ToList();
+        if (pairCounts.Count == 0 || pairCounts.Any(n => n < 1))
+            throw new InvalidParametersException("synthetic.pairs: give one or more pair counts of at least 1");
         int maxPairs = pairCounts.Max();
-        var keys = await Single("keys");
-        var values = await Single("values");
-        var separator = await Single("separator");
+        var keys = await Single("keys", syn.Keys);
+        var values = await Single("values", syn.Values);
+        var separator = await Single("separator", syn.Separator);
         if (keys is null || values is null)
         {
             // Any model: distinct random token ids (never BOS/EOS) as keys and values.
@@ -102,17 +101,17 @@ internal static class Trials
         return trials;
     }
 
-    private static async Task<List<Trial>> TextTrialsAsync(JsonElement text, IModelClient model, ModelInfo info, List<double> depths, CancellationToken ct)
+    private static async Task<List<Trial>> TextTrialsAsync(TextTrials text, IModelClient model, ModelInfo info, List<double> depths, CancellationToken ct)
     {
-        string Need(string f) => text.TryGetProperty(f, out var v) && v.GetString() is { Length: > 0 } x ? x : throw new InvalidParametersException($"text.{f} is required");
-        string needle = Need("needle"), question = Need("question"), haystack = Need("haystack");
-        var lengths = text.TryGetProperty("lengths", out var l) ? l.EnumerateArray().Select(x => x.GetInt32()).ToList() : [info.ContextLength / 2, info.ContextLength];
+        static string Need(string f, string value) => value is { Length: > 0 } ? value : throw new InvalidParametersException($"text.{f} is required");
+        string needle = Need("needle", text.Needle), question = Need("question", text.Question), haystack = Need("haystack", text.Haystack);
+        var lengths = text.Lengths?.ToList() ?? [info.ContextLength / 2, info.ContextLength];
         var tokenized = await model.TokenizeAsync([haystack, needle, question], ct);
         var hay = StripBos(tokenized[0], info);
         var needleTokens = StripBos(tokenized[1], info);
         var questionTokens = StripBos(tokenized[2], info);
         var needleWords = Words(needle);
-        int answerTokens = text.TryGetProperty("max_new_tokens", out var m) ? m.GetInt32() : needleTokens.Length + 4;
+        int answerTokens = text.MaxNewTokens ?? needleTokens.Length + 4;
         var trials = new List<Trial>();
         foreach (int length in lengths)
         {
