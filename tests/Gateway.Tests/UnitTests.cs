@@ -58,6 +58,28 @@ public sealed class UnitTests
     }
 
     [Fact]
+    public void The_validator_reports_the_errors_of_the_form_a_mode_selects()
+    {
+        var schema = JsonNode.Parse("""
+            {"type": "object", "anyOf": [
+              {"type": "object", "additionalProperties": false, "required": ["hook"], "properties": {
+                "mode": {"const": "train"}, "hook": {"type": "string"}, "steps": {"type": "integer", "minimum": 1}}},
+              {"type": "object", "additionalProperties": false, "required": ["mode", "probe"], "properties": {
+                "mode": {"const": "apply"}, "probe": {"type": "string"}}}]}
+            """)!.AsObject();
+        List<string> Check(string json) => ParameterValidator.Validate(schema, JsonDocument.Parse(json).RootElement);
+        Assert.Empty(Check("""{"hook": "h"}"""));                     // the default mode needs no "mode"
+        Assert.Empty(Check("""{"mode": "apply", "probe": "p"}"""));
+        Assert.Equal(["parameters.probe is required"], Check("""{"mode": "apply"}"""));
+        Assert.Equal(["parameters.steps: 0 is below the minimum 1"], Check("""{"mode": "train", "hook": "h", "steps": 0}"""));
+        Assert.Equal(["parameters.mode: must be one of [\"train\",\"apply\"]"], Check("""{"mode": "fit"}"""));
+        var oneOf = JsonNode.Parse("""{"oneOf": [{"type": "number"}, {"type": "integer"}]}""")!.AsObject();
+        Assert.Equal(["parameters: fits 2 of the allowed forms; exactly one is allowed"], ParameterValidator.Validate(oneOf, JsonDocument.Parse("3").RootElement));
+        var constant = JsonNode.Parse("""{"const": 3}""")!.AsObject();
+        Assert.Equal(["parameters: must be 3"], ParameterValidator.Validate(constant, JsonDocument.Parse("4").RootElement));
+    }
+
+    [Fact]
     public void The_validator_reports_every_problem_with_its_path()
     {
         var schema = JsonNode.Parse("""

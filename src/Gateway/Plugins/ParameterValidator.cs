@@ -5,9 +5,11 @@ namespace InterpMesh.Gateway.Plugins;
 
 /// <summary>
 /// Checks parameters against a plugin's JSON Schema before the run starts, so a typo fails at once
-/// with the property named instead of minutes into a job. Supports the keywords plugin schemas use:
-/// type, properties, required, additionalProperties (false), enum, minimum, maximum, items,
-/// minItems, maxItems. Unknown keywords are ignored.
+/// with the property named instead of minutes into a job. Supports the keywords plugin schemas use,
+/// hand-written or generated from a parameters class (SDK 1.2): type, properties, required,
+/// additionalProperties (false), enum, const, minimum, maximum, items, minItems, maxItems, and
+/// anyOf/oneOf (one form per mode: the errors reported are those of the form whose constants the
+/// value matches). Unknown keywords (description, default, …) are ignored.
 /// </summary>
 public static class ParameterValidator
 {
@@ -32,6 +34,13 @@ public static class ParameterValidator
         }
         if (schema["enum"] is JsonArray options && !options.Any(o => SameJson(JsonSerializer.SerializeToElement(o), value)))
             errors.Add($"{path}: {value.GetRawText()} is not one of {options.ToJsonString()}");
+        if (schema.ContainsKey("const") && !SameJson(JsonSerializer.SerializeToElement(schema["const"]), value))
+            errors.Add($"{path}: must be {schema["const"]?.ToJsonString() ?? "null"}");
+        foreach (string keyword in new[] { "anyOf", "oneOf" })
+        {
+            if (schema[keyword] is JsonArray forms)
+                CheckForms(forms.OfType<JsonObject>().ToList(), keyword == "oneOf", value, path, errors);
+        }
         if (value.ValueKind == JsonValueKind.Number)
         {
             double x = value.GetDouble();
@@ -73,6 +82,50 @@ public static class ParameterValidator
                     Check(items, item, $"{path}[{i++}]", errors);
             }
         }
+    }
+
+    /// <summary>
+    /// anyOf/oneOf: the value must fit one form (exactly one for oneOf). When none fits, the errors
+    /// of the form whose constant properties the value has (its mode) are reported; when no form's
+    /// constants match, the constant properties' allowed values are.
+    /// </summary>
+    private static void CheckForms(List<JsonObject> forms, bool exactlyOne, JsonElement value, string path, List<string> errors)
+    {
+        var results = forms.Select(f =>
+        {
+            var e = new List<string>();
+            Check(f, value, path, e);
+            return (Form: f, Errors: e);
+        }).ToList();
+        int fitting = results.Count(r => r.Errors.Count == 0);
+        if (fitting == 1 || (fitting > 1 && !exactlyOne))
+            return;
+        if (fitting > 1)
+        {
+            errors.Add($"{path}: fits {fitting} of the allowed forms; exactly one is allowed");
+            return;
+        }
+        // The form the value means: every constant property it has matches.
+        static IEnumerable<(string Name, JsonNode? Value)> Constants(JsonObject form) =>
+            (form["properties"] as JsonObject ?? [])
+            .Where(kv => kv.Value is JsonObject p && p.ContainsKey("const"))
+            .Select(kv => (kv.Key, kv.Value!["const"]));
+        var meant = results.FirstOrDefault(r => value.ValueKind == JsonValueKind.Object && Constants(r.Form).Any()
+            && Constants(r.Form).All(c => value.TryGetProperty(c.Name, out var v) ? SameJson(JsonSerializer.SerializeToElement(c.Value), v)
+                : r.Form["required"] is not JsonArray req || !req.Any(x => x?.GetValue<string>() == c.Name)));
+        if (meant.Form is not null)
+        {
+            errors.AddRange(meant.Errors);
+            return;
+        }
+        var discriminators = results.SelectMany(r => Constants(r.Form)).GroupBy(c => c.Name).ToList();
+        if (discriminators.Count > 0)
+        {
+            foreach (var d in discriminators)
+                errors.Add($"{path}.{d.Key}: must be one of [{string.Join(",", d.Select(c => c.Value?.ToJsonString() ?? "null").Distinct())}]");
+            return;
+        }
+        errors.Add($"{path}: fits none of the {forms.Count} allowed forms; first form: {string.Join("; ", results[0].Errors)}");
     }
 
     /// <summary>
