@@ -11,6 +11,28 @@ public enum Ranking
     Svm,
 }
 
+[System.Text.Json.Serialization.JsonPolymorphic(TypeDiscriminatorPropertyName = "mode")]
+[System.Text.Json.Serialization.JsonDerivedType(typeof(TrainMode), "train")]
+[System.Text.Json.Serialization.JsonDerivedType(typeof(ApplyMode), "apply")]
+[DefaultMode("train")]
+public abstract class ModalParameters
+{
+    [Range(1, 64)]
+    public int BatchSize { get; init; } = 16;
+}
+
+public sealed class TrainMode : ModalParameters
+{
+    [MinLength(1)]
+    public required IReadOnlyList<string> Texts { get; init; }
+}
+
+public sealed class ApplyMode : ModalParameters
+{
+    [Description("the saved probe's artifact name")]
+    public required string Probe { get; init; }
+}
+
 public sealed class SweepParameters
 {
     [Description("hook to read")]
@@ -120,5 +142,35 @@ public sealed class PluginParametersTests
         Assert.Equal(0.5, p["recall_threshold"]!["default"]!.GetValue<double>());
         Assert.True(p["save_trials"]!["default"]!.GetValue<bool>());
         Assert.Null(p["trials_per_cell"]!["maximum"]);
+    }
+
+    [Fact]
+    public void Modes_are_forms_of_one_schema_and_the_default_mode_needs_no_mode()
+    {
+        var schema = PluginParameters.SchemaOf<ModalParameters>();
+        var forms = schema["anyOf"]!.AsArray().Select(f => f!.AsObject()).ToList();
+        Assert.Equal(["train", "apply"], forms.Select(f => f["properties"]!["mode"]!["const"]!.GetValue<string>()));
+        Assert.DoesNotContain("mode", forms[0]["required"]!.AsArray().Select(r => r!.GetValue<string>()));
+        Assert.Contains("mode", forms[1]["required"]!.AsArray().Select(r => r!.GetValue<string>()));
+        Assert.Equal("train", forms[0]["properties"]!["mode"]!["default"]!.GetValue<string>());
+
+        // What the gateway says before the run …
+        List<string> Check(string json) => InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json(json));
+        Assert.Empty(Check("""{"texts": ["a"]}"""));
+        Assert.Empty(Check("""{"batch_size": 8, "mode": "apply", "probe": "probes/x"}"""));
+        Assert.Equal(["parameters.probe is required"], Check("""{"mode": "apply"}"""));
+        Assert.Equal(["parameters.texts: has 0 items, needs at least 1"], Check("""{"texts": []}"""));
+        Assert.Contains(Check("""{"mode": "apply", "probe": "p", "texts": ["a"]}"""), e => e.StartsWith("parameters.texts is not a known parameter", StringComparison.Ordinal));
+        Assert.Equal(["parameters.mode: must be one of [\"train\",\"apply\"]"], Check("""{"mode": "fit"}"""));
+
+        // … and what a run receives.
+        var train = Assert.IsType<TrainMode>(PluginParameters.Parse<ModalParameters>(Json("""{"texts": ["a", "b"]}""")));
+        Assert.Equal(["a", "b"], train.Texts);
+        Assert.Equal(16, train.BatchSize);
+        var apply = Assert.IsType<ApplyMode>(PluginParameters.Parse<ModalParameters>(Json("""{"batch_size": 4, "probe": "probes/x", "mode": "apply"}""")));
+        Assert.Equal(("probes/x", 4), (apply.Probe, apply.BatchSize));
+        Assert.StartsWith("parameters.batch_size: 100 is above the maximum 64",
+            Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<ModalParameters>(Json("""{"texts": ["a"], "batch_size": 100}"""))).Message, StringComparison.Ordinal);
+        Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<ModalParameters>(Json("""{"mode": "fit"}""")));
     }
 }

@@ -56,6 +56,8 @@ public static class PluginParameters
             UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow,
             RespectNullableAnnotations = true,
             RespectRequiredConstructorParameters = true,
+            // A "mode" discriminator may come anywhere in the object, as users write it.
+            AllowOutOfOrderMetadataProperties = true,
             TypeInfoResolver = new DefaultJsonTypeInfoResolver(),
         };
         options.Converters.Add(new JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower));
@@ -156,7 +158,46 @@ public static class PluginParameters
                 return schema;
             },
         };
-        return (JsonObject)JsonSchemaExporter.GetJsonSchemaAsNode(Options, typeof(T), exporter);
+        var result = (JsonObject)JsonSchemaExporter.GetJsonSchemaAsNode(Options, typeof(T), exporter);
+        if (Modes(typeof(T)) is { } modes && result["anyOf"] is JsonArray forms)
+        {
+            // With a default mode the discriminator is optional at the top; the forms decide.
+            if (modes.Default is not null && result["required"] is JsonArray top)
+            {
+                foreach (var r in top.Where(r => r?.GetValue<string>() == modes.Property).ToList())
+                    top.Remove(r);
+                if (top.Count == 0)
+                    result.Remove("required");
+            }
+            // Every mode's form requires the discriminator, except the default mode's, which says it is the default.
+            foreach (var form in forms.OfType<JsonObject>())
+            {
+                if (form["properties"]?[modes.Property] is not JsonObject mode)
+                    continue;
+                var required = form["required"] as JsonArray ?? (JsonArray)(form["required"] = new JsonArray());
+                bool isDefault = modes.Default is { } d && mode["const"]?.GetValue<string>() == d;
+                bool listed = required.Any(r => r?.GetValue<string>() == modes.Property);
+                if (isDefault)
+                {
+                    mode["default"] = modes.Default;
+                    foreach (var r in required.Where(r => r?.GetValue<string>() == modes.Property).ToList())
+                        required.Remove(r);
+                }
+                else if (!listed)
+                {
+                    required.Insert(0, modes.Property);
+                }
+            }
+        }
+        return result;
+    }
+
+    /// <summary>The discriminator property and default mode of a polymorphic parameters type, or null.</summary>
+    private static (string Property, string? Default)? Modes(Type type)
+    {
+        if (type.GetCustomAttribute<JsonPolymorphicAttribute>() is not { } polymorphic)
+            return null;
+        return (polymorphic.TypeDiscriminatorPropertyName ?? "$type", type.GetCustomAttribute<DefaultModeAttribute>()?.Mode);
     }
 
     /// <summary>
@@ -169,7 +210,16 @@ public static class PluginParameters
         T? value;
         try
         {
-            value = parameters.Deserialize<T>(Options);
+            if (Modes(typeof(T)) is { Default: { } mode } modes && parameters.ValueKind == JsonValueKind.Object && !parameters.TryGetProperty(modes.Property, out _))
+            {
+                var withMode = JsonSerializer.SerializeToNode(parameters)!.AsObject();
+                withMode[modes.Property] = mode;
+                value = withMode.Deserialize<T>(Options);
+            }
+            else
+            {
+                value = parameters.Deserialize<T>(Options);
+            }
         }
         catch (JsonException e)
         {
@@ -180,4 +230,17 @@ public static class PluginParameters
         Check(value, "parameters");
         return value;
     }
+}
+
+/// <summary>
+/// On a polymorphic parameters type (<see cref="JsonPolymorphicAttribute"/> with a
+/// <c>TypeDiscriminatorPropertyName</c> such as <c>mode</c>, one <see cref="JsonDerivedTypeAttribute"/>
+/// per mode): the mode parameters without one are read as, so <c>{"texts": […]}</c> keeps meaning
+/// the plugin's default analysis.
+/// </summary>
+[AttributeUsage(AttributeTargets.Class, Inherited = false)]
+public sealed class DefaultModeAttribute(string mode) : Attribute
+{
+    /// <summary>The discriminator value of the default mode.</summary>
+    public string Mode { get; } = mode;
 }
