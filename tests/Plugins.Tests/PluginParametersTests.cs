@@ -173,4 +173,29 @@ public sealed class PluginParametersTests
             Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<ModalParameters>(Json("""{"texts": ["a"], "batch_size": 100}"""))).Message, StringComparison.Ordinal);
         Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<ModalParameters>(Json("""{"mode": "fit"}""")));
     }
+
+    [Theory]
+    [InlineData("""{"positive": ["a"], "negative": ["b"], "vector": "v"}""", "parameters.vector is not a known parameter")]
+    [InlineData("""{"mode": "apply", "vector": "v", "positive": ["a"]}""", "parameters.positive is not a known parameter")]
+    [InlineData("""{"mode": "apply", "vector": "v", "coefficients": []}""", "parameters.coefficients: has 0 items, needs at least 1")]
+    [InlineData("""{"mode": "apply", "positions": "middle"}""", "parameters.positions: \"middle\" is not one of [\"all\",\"prompt\",\"generated\"]")]
+    [InlineData("""{"mode": "function_vector", "top_heads": 0}""", "parameters.top_heads: 0 is below the minimum 1")]
+    [InlineData("""{"mode": "steer"}""", "parameters.mode: must be one of [\"extract\",\"apply\",\"function_vector\"]")]
+    public void The_steering_modes_refuse_each_others_parameters(string json, string message)
+    {
+        var schema = new InterpMesh.Plugins.Steering.SteeringPlugin().Manifest.ParameterSchema;
+        var errors = InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json(json));
+        Assert.True(errors.Any(e => e.StartsWith(message, StringComparison.Ordinal)), $"expected '{message}', got: {string.Join(" | ", errors)}");
+        Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<InterpMesh.Plugins.Steering.SteeringParameters>(Json(json)));
+    }
+
+    [Fact]
+    public void Steering_parameters_without_a_mode_are_an_extraction()
+    {
+        var p = PluginParameters.Parse<InterpMesh.Plugins.Steering.SteeringParameters>(Json("""{"positive": ["a"], "negative": ["b"], "save_as": "v", "layers": [0]}"""));
+        var extract = Assert.IsType<InterpMesh.Plugins.Steering.ExtractParameters>(p);
+        Assert.Equal(("v", 32), (extract.SaveAs, extract.BatchSize));
+        Assert.Empty(InterpMesh.Gateway.Plugins.ParameterValidator.Validate(new InterpMesh.Plugins.Steering.SteeringPlugin().Manifest.ParameterSchema,
+            Json("""{"positive": ["a"], "negative": ["b"], "save_as": "v", "layers": [0]}""")));
+    }
 }

@@ -15,61 +15,25 @@ namespace InterpMesh.Plugins.Steering;
 /// (Todd et al. 2024), and export as a llama.cpp GGUF control vector. Definitions:
 /// docs/plugins/steering.md.
 /// </summary>
-public sealed class SteeringPlugin : IAnalysisPlugin
+public sealed class SteeringPlugin() : AnalysisPlugin<SteeringParameters>(
+    id: "steering",
+    version: "1.1.0",
+    description: "Extract steering vectors from contrastive pairs (mean difference, PCA), sweep their coefficient during generation, compute function vectors, export GGUF control vectors.",
+    produces: ["table:per_layer", "table:sweep", "table:samples", "table:heads", "artifact:vector", "artifact:gguf"])
 {
-    public PluginManifest Manifest { get; } = new(
-        Id: "steering",
-        Version: "1.0.0",
-        Description: "Extract steering vectors from contrastive pairs (mean difference, PCA), sweep their coefficient during generation, compute function vectors, export GGUF control vectors.",
-        SdkVersion: SdkVersion.Current,
-        ParameterSchema: JsonNode.Parse("""
-            {
-              "type": "object",
-              "additionalProperties": false,
-              "properties": {
-                "mode": { "enum": ["extract", "apply", "function_vector"] },
-                "positive": { "type": "array", "items": { "type": "string" } },
-                "negative": { "type": "array", "items": { "type": "string" } },
-                "layers": { "type": "array", "items": { "type": "integer" } },
-                "save_as": { "type": "string" },
-                "export_gguf": { "type": "boolean" },
-                "batch_size": { "type": "integer", "minimum": 1, "maximum": 256 },
-                "vector": { "type": "string", "description": "apply: artifact saved by extract" },
-                "method": { "enum": ["mean_diff", "pca"] },
-                "layer": { "type": "integer" },
-                "coefficients": { "type": "array", "items": { "type": "number" }, "minItems": 1 },
-                "prompts": { "type": "array", "items": { "type": "string" } },
-                "positions": { "enum": ["all", "prompt", "generated"] },
-                "max_new_tokens": { "type": "integer", "minimum": 1, "maximum": 256 },
-                "target": { "type": "array", "items": { "type": "string" } },
-                "control": { "type": "array", "items": { "type": "string" } },
-                "classifier": { "type": "object", "additionalProperties": false, "required": ["probe", "class"], "properties": {
-                  "probe": { "type": "string", "description": "a probe artifact saved by the probing plugin" },
-                  "class": { "type": "string", "description": "the class whose probability is the behaviour metric" } } },
-                "icl_prompts": { "type": "array", "items": { "type": "string" } },
-                "answers": { "type": "array", "items": { "type": "string" } },
-                "shuffled_prompts": { "type": "array", "items": { "type": "string" } },
-                "zero_shot": { "type": "array", "items": { "type": "string" } },
-                "zero_shot_answers": { "type": "array", "items": { "type": "string" } },
-                "top_heads": { "type": "integer", "minimum": 1 }
-              }
-            }
-            """)!.AsObject(),
-        Produces: ["table:per_layer", "table:sweep", "table:samples", "table:heads", "artifact:vector", "artifact:gguf"]);
-
-    public Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context) =>
-        (parameters.TryGetProperty("mode", out var m) ? m.GetString() : "extract") switch
-        {
-            "apply" => ApplyAsync(parameters, context),
-            "function_vector" => FunctionVectorAsync(parameters, context),
-            _ => ExtractAsync(parameters, context),
-        };
-
-    private static List<string> Texts(JsonElement p, string name, bool required = true)
+    protected override Task<PluginResult> RunAsync(SteeringParameters parameters, IAnalysisContext context) => parameters switch
     {
-        if (!p.TryGetProperty(name, out var v))
+        ApplyParameters apply => ApplyAsync(apply, context),
+        FunctionVectorParameters fv => FunctionVectorAsync(fv, context),
+        ExtractParameters extract => ExtractAsync(extract, context),
+        _ => throw new InvalidParametersException("mode must be extract, apply or function_vector"),
+    };
+
+    private static List<string> Texts(IReadOnlyList<string>? texts, string name, bool required = true)
+    {
+        if (texts is null)
             return required ? throw new InvalidParametersException($"{name} is required") : [];
-        var list = v.EnumerateArray().Select(x => x.GetString() ?? "").ToList();
+        var list = texts.ToList();
         if (required && list.Count == 0)
             throw new InvalidParametersException($"{name} is empty; give at least one text");
         for (int i = 0; i < list.Count; i++)
@@ -85,16 +49,16 @@ public sealed class SteeringPlugin : IAnalysisPlugin
 
     private static string Hook(int layer) => $"blocks.{layer}.hook_resid_post";
 
-    private async Task<PluginResult> ExtractAsync(JsonElement p, IAnalysisContext context)
+    private static async Task<PluginResult> ExtractAsync(ExtractParameters p, IAnalysisContext context)
     {
         var ct = context.Cancellation;
         var info = await context.Model.GetInfoAsync(ct);
-        var positive = Texts(p, "positive");
-        var negative = Texts(p, "negative");
+        var positive = Texts(p.Positive, "positive");
+        var negative = Texts(p.Negative, "negative");
         if (positive.Count != negative.Count)
             throw new InvalidParametersException($"positive has {positive.Count} texts and negative {negative.Count}; give them as pairs, one negative per positive");
-        var layers = p.TryGetProperty("layers", out var ls) ? ls.EnumerateArray().Select(x => Layer(x.GetInt32(), info, "layer")).ToList() : [.. Enumerable.Range(0, info.NLayers)];
-        int batch = p.TryGetProperty("batch_size", out var b) ? b.GetInt32() : 32;
+        var layers = p.Layers is { } ls ? ls.Select(x => Layer(x, info, "layer")).ToList() : [.. Enumerable.Range(0, info.NLayers)];
+        int batch = p.BatchSize;
         var hooks = layers.Select(Hook).ToList();
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var pos = await ModelCalls.LastTokenAsync(context.Model, positive, hooks, batch, ct);
@@ -117,7 +81,7 @@ public sealed class SteeringPlugin : IAnalysisPlugin
         }
         int best = layers.OrderByDescending(l => (double)rows[layers.IndexOf(l)][3]!).First();
 
-        string name = p.TryGetProperty("save_as", out var sa) ? sa.GetString()! : $"steering/{context.JobId}";
+        string name = p.SaveAs ?? $"steering/{context.JobId}";
         string hash = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(JsonSerializer.Serialize(new { positive, negative }))));
         var metadata = new JsonObject
         {
@@ -148,7 +112,7 @@ public sealed class SteeringPlugin : IAnalysisPlugin
             foreach (var t in tensors.Values)
                 t.Dispose();
         }
-        if (p.TryGetProperty("export_gguf", out var g) && g.GetBoolean())
+        if (p.ExportGguf)
         {
             var gguf = GgufControlVector.Write(info.Architecture, info.NLayers, meanDiffs);
             await context.Artifacts.SaveFilesAsync($"{name}-gguf", new Dictionary<string, byte[]> { ["control_vector.gguf"] = gguf },
@@ -179,26 +143,26 @@ public sealed class SteeringPlugin : IAnalysisPlugin
             : throw new InvalidParametersException($"{field}[{i}] '{words[i]}' is not a single token"))];
     }
 
-    private async Task<PluginResult> ApplyAsync(JsonElement p, IAnalysisContext context)
+    private static async Task<PluginResult> ApplyAsync(ApplyParameters p, IAnalysisContext context)
     {
         var ct = context.Cancellation;
         var info = await context.Model.GetInfoAsync(ct);
-        string name = p.TryGetProperty("vector", out var vn) ? vn.GetString()! : throw new InvalidParametersException("mode 'apply' needs vector: the artifact saved by extract");
-        string method = p.TryGetProperty("method", out var me) ? me.GetString()! : "mean_diff";
-        int layer = Layer(p.TryGetProperty("layer", out var l) ? l.GetInt32() : 0, info, "layer");
-        var coefficients = p.TryGetProperty("coefficients", out var cs) ? cs.EnumerateArray().Select(x => x.GetDouble()).ToList() : [0, 1, 2, 4];
+        string name = p.Vector ?? throw new InvalidParametersException("mode 'apply' needs vector: the artifact saved by extract");
+        string method = p.Method == SteeringMethod.Pca ? "pca" : "mean_diff";
+        int layer = Layer(p.Layer, info, "layer");
+        var coefficients = p.Coefficients.ToList();
         foreach (var c in coefficients)
         {
             if (!double.IsFinite(c))
                 throw new InvalidParametersException($"coefficient {c} is not a finite number");
         }
-        var prompts = Texts(p, "prompts");
-        string positions = p.TryGetProperty("positions", out var ps) ? ps.GetString()! : "all";
-        int maxNew = p.TryGetProperty("max_new_tokens", out var mn) ? mn.GetInt32() : 12;
-        bool tokens = p.TryGetProperty("target", out _) || !p.TryGetProperty("classifier", out _);
-        var target = tokens ? await SingleTokens(context.Model, info, Texts(p, "target"), "target", ct) : [];
-        var control = tokens ? await SingleTokens(context.Model, info, Texts(p, "control"), "control", ct) : [];
-        var classifier = p.TryGetProperty("classifier", out var cl) ? await SavedProbe.LoadAsync(context.Artifacts, cl.GetProperty("probe").GetString()!, cl.GetProperty("class").GetString()!, ct) : null;
+        var prompts = Texts(p.Prompts, "prompts");
+        string positions = p.Positions.ToString().ToLowerInvariant();
+        int maxNew = p.MaxNewTokens;
+        bool tokens = p.Target is not null || p.Classifier is null;
+        var target = tokens ? await SingleTokens(context.Model, info, Texts(p.Target, "target"), "target", ct) : [];
+        var control = tokens ? await SingleTokens(context.Model, info, Texts(p.Control, "control"), "control", ct) : [];
+        var classifier = p.Classifier is { } cl ? await SavedProbe.LoadAsync(context.Artifacts, cl.Probe, cl.Class, ct) : null;
 
         var tensors = await context.Artifacts.LoadTensorsAsync(name, ct);
         float[] vector;
@@ -263,19 +227,19 @@ public sealed class SteeringPlugin : IAnalysisPlugin
         };
     }
 
-    private async Task<PluginResult> FunctionVectorAsync(JsonElement p, IAnalysisContext context)
+    private static async Task<PluginResult> FunctionVectorAsync(FunctionVectorParameters p, IAnalysisContext context)
     {
         var ct = context.Cancellation;
         var info = await context.Model.GetInfoAsync(ct);
-        var icl = Texts(p, "icl_prompts");
-        var shuffled = Texts(p, "shuffled_prompts");
-        var zero = Texts(p, "zero_shot");
-        var answers = await SingleTokens(context.Model, info, Texts(p, "answers"), "answers", ct);
-        var zeroAnswers = await SingleTokens(context.Model, info, Texts(p, "zero_shot_answers"), "zero_shot_answers", ct);
+        var icl = Texts(p.IclPrompts, "icl_prompts");
+        var shuffled = Texts(p.ShuffledPrompts, "shuffled_prompts");
+        var zero = Texts(p.ZeroShot, "zero_shot");
+        var answers = await SingleTokens(context.Model, info, Texts(p.Answers, "answers"), "answers", ct);
+        var zeroAnswers = await SingleTokens(context.Model, info, Texts(p.ZeroShotAnswers, "zero_shot_answers"), "zero_shot_answers", ct);
         if (answers.Length != shuffled.Count || zeroAnswers.Length != zero.Count)
             throw new InvalidParametersException($"give one answer per shuffled prompt ({shuffled.Count}) and per zero-shot prompt ({zero.Count}); got {answers.Length} and {zeroAnswers.Length}");
-        int top = p.TryGetProperty("top_heads", out var th) ? th.GetInt32() : 10;
-        int layer = Layer(p.TryGetProperty("layer", out var l) ? l.GetInt32() : 0, info, "layer");
+        int top = p.TopHeads;
+        int layer = Layer(p.Layer, info, "layer");
 
         // Mean output of every head at the last token of the in-context prompts (hook_result: the head's write into the residual stream).
         var hooks = Enumerable.Range(0, info.NLayers).Select(x => $"blocks.{x}.attn.hook_result").ToList();
