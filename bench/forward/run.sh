@@ -33,45 +33,31 @@ export MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 field() { /usr/bin/python3 -c "import json,sys; print(json.loads(sys.stdin.readline())['$1'])"; }
 
+# One measurement each: tokens/s of InterpMesh (default MKL dispatch, or MKL's vendor choice) or PyTorch.
+im_run() { $im bench forward --preset gpt2-small --threads "$threads" --warmup $warmup --iters $iters $1 --json | field tokens_per_s; }
+im_vendor_run() { (export INTERPMESH_MKL_CPU_DISPATCH=vendor; im_run "$1"); }
+py_run() { "${py[@]}" --threads "$threads" --warmup $warmup --iters $iters $1 | field tokens_per_s; }
+
+# row LABEL RUN_A "args A" RUN_B "args B": alternates A and B ROUNDS times; prints both medians and A/B.
+row() {
+  local label="$1" run_a="$2" a_args="$3" run_b="$4" b_args="$5" a=() b=()
+  for ((r = 0; r < rounds; r++)); do
+    a+=("$($run_a "$a_args")")
+    b+=("$($run_b "$b_args")")
+  done
+  local ma mb
+  ma=$(printf '%s\n' "${a[@]}" | median)
+  mb=$(printf '%s\n' "${b[@]}" | median)
+  printf '| %-44s | %10.0f | %10.0f | %5.2f |\n' "$label" "$ma" "$mb" "$(awk -v a="$ma" -v b="$mb" 'BEGIN {print a / b}')"
+}
+
 # run_pair LABEL "interpmesh args" "pytorch args"
-run_pair() {
-  local label="$1" im_args="$2" py_args="$3" a=() b=()
-  for ((r = 0; r < rounds; r++)); do
-    a+=("$($im bench forward --preset gpt2-small --threads "$threads" --warmup $warmup --iters $iters $im_args --json | field tokens_per_s)")
-    b+=("$("${py[@]}" --threads "$threads" --warmup $warmup --iters $iters $py_args | field tokens_per_s)")
-  done
-  local ma mb
-  ma=$(printf '%s\n' "${a[@]}" | median)
-  mb=$(printf '%s\n' "${b[@]}" | median)
-  printf '| %-44s | %10.0f | %10.0f | %5.2f |\n' "$label" "$ma" "$mb" "$(awk -v a="$ma" -v b="$mb" 'BEGIN {print a / b}')"
-}
-
+run_pair() { row "$1" im_run "$2" py_run "$3"; }
 # run_self LABEL "args A" "args B": InterpMesh against itself (overheads).
-run_self() {
-  local label="$1" a_args="$2" b_args="$3" a=() b=()
-  for ((r = 0; r < rounds; r++)); do
-    a+=("$($im bench forward --preset gpt2-small --threads "$threads" --warmup $warmup --iters $iters $a_args --json | field tokens_per_s)")
-    b+=("$($im bench forward --preset gpt2-small --threads "$threads" --warmup $warmup --iters $iters $b_args --json | field tokens_per_s)")
-  done
-  local ma mb
-  ma=$(printf '%s\n' "${a[@]}" | median)
-  mb=$(printf '%s\n' "${b[@]}" | median)
-  printf '| %-44s | %10.0f | %10.0f | %5.2f |\n' "$label" "$ma" "$mb" "$(awk -v a="$ma" -v b="$mb" 'BEGIN {print a / b}')"
-}
-
-# run_dispatch LABEL "args": InterpMesh with oneMKL's kernels chosen by CPU features (A, the
-# default) against MKL's own vendor-based choice (B, INTERPMESH_MKL_CPU_DISPATCH=vendor).
-run_dispatch() {
-  local label="$1" args="$2" a=() b=()
-  for ((r = 0; r < rounds; r++)); do
-    a+=("$($im bench forward --preset gpt2-small --threads "$threads" --warmup $warmup --iters $iters $args --json | field tokens_per_s)")
-    b+=("$(INTERPMESH_MKL_CPU_DISPATCH=vendor $im bench forward --preset gpt2-small --threads "$threads" --warmup $warmup --iters $iters $args --json | field tokens_per_s)")
-  done
-  local ma mb
-  ma=$(printf '%s\n' "${a[@]}" | median)
-  mb=$(printf '%s\n' "${b[@]}" | median)
-  printf '| %-44s | %10.0f | %10.0f | %5.2f |\n' "$label" "$ma" "$mb" "$(awk -v a="$ma" -v b="$mb" 'BEGIN {print a / b}')"
-}
+run_self() { row "$1" im_run "$2" im_run "$3"; }
+# run_dispatch LABEL "args": oneMKL's kernels chosen by CPU features (A, the default) against
+# MKL's own vendor-based choice (B, INTERPMESH_MKL_CPU_DISPATCH=vendor).
+run_dispatch() { row "$1" im_run "$2" im_vendor_run "$2"; }
 
 echo "MKL CPU dispatch: $($im bench forward --preset gpt2-small --threads 1 --batch 1 --seq 8 --warmup 0 --iters 1 --json | field mkl_cpu_dispatch); CPU: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 echo "threads $threads, rounds $rounds × $iters iterations (median), $(nproc) cores, $(date -u +%F)"
