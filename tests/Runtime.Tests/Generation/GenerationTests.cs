@@ -56,6 +56,53 @@ public sealed class GenerationTests(ShippedModels models) : TorchTest, IClassFix
         }
     }
 
+    [Theory]
+    [MemberData(nameof(ModelNames))]
+    public void Rows_at_different_cache_lengths_decode_as_their_own_full_forwards(string name)
+    {
+        // One cache, three rows filled by separate prefills of different lengths (as the engine's
+        // concurrent requests are), then decode steps for all rows at once. Each row's logits must
+        // equal a full forward of that row's sequence alone. Row 1 is refilled after a longer
+        // occupant, so stale mask columns would show.
+        var m = Model(name);
+        int[][] prompts = [[1, 403, 407, 261, 378], [1, 20], [1, 300, 301]];
+        using var cache = m.NewCache(3, 32);
+        using (var stale = cache.Rows(1, 1))
+            m.Forward(Ids(1, 5, 6, 7, 8, 9, 10, 11, 12), null, HookPlan.Empty, null, LogitsMode.Last, stale);
+        var sequences = prompts.Select(p => p.ToList()).ToArray();
+        var last = new Tensor[3];
+        for (int r = 0; r < 3; r++)
+        {
+            cache.ResetRows(r, 1);
+            using var row = cache.Rows(r, 1);
+            last[r] = m.Forward(Ids(prompts[r]), null, HookPlan.Empty, null, LogitsMode.Last, row)![0, 0];
+        }
+        using var rows = cache.Rows(0, 3);
+        var segments = Enumerable.Range(0, 3).Select(r => new HookSegment(r, 1, HookPlan.Empty)).ToArray();
+        // A forward of 4 tokens per row that is cancelled before its first block: the rows' lengths
+        // do not advance, and the columns it marked must not be seen by the next steps.
+        using (var cancelled = new CancellationTokenSource())
+        {
+            cancelled.Cancel();
+            Assert.Throws<OperationCanceledException>(() =>
+                m.Forward(tensor(Enumerable.Range(3, 12).Select(x => (long)x).ToArray(), [3, 4]), null, segments, LogitsMode.Last, rows, cancelled.Token));
+        }
+        for (int step = 0; step < 6; step++)
+        {
+            var next = last.Select(l => l.argmax().item<long>()).ToArray();
+            for (int r = 0; r < 3; r++)
+                sequences[r].Add((int)next[r]);
+            var logits = m.Forward(tensor(next, [3, 1]), null, segments, LogitsMode.Last, rows, CancellationToken.None)!;
+            for (int r = 0; r < 3; r++)
+            {
+                var reference = m.Forward(Ids(sequences[r].ToArray()), null, HookPlan.Empty, null, LogitsMode.Last)![0, 0];
+                last[r] = logits[r, 0];
+                Assert.True(MaxAbsDiff(last[r], reference) <= 1e-4,
+                    $"{name}: row {r} step {step} logits differ from its full forward by {MaxAbsDiff(last[r], reference):E2}");
+            }
+        }
+    }
+
     [Fact]
     public void Interventions_apply_at_every_generation_step()
     {

@@ -102,6 +102,21 @@ public sealed class Transformer : IDisposable
     /// <param name="cancellation">Checked before each block: a cancelled forward stops at the next block boundary.</param>
     public Tensor? Forward(Tensor tokens, Tensor? mask, IReadOnlyList<HookSegment> segments, LogitsMode logits, KvCache? cache, CancellationToken cancellation)
     {
+        try
+        {
+            return ForwardRows(tokens, mask, segments, logits, cache, cancellation);
+        }
+        catch when (cache is not null)
+        {
+            // The cache mask may hold this forward's columns although the rows' lengths did not
+            // advance; the next decode step reads the mask as its attention mask.
+            cache.ForgetUnwrittenColumns();
+            throw;
+        }
+    }
+
+    private Tensor? ForwardRows(Tensor tokens, Tensor? mask, IReadOnlyList<HookSegment> segments, LogitsMode logits, KvCache? cache, CancellationToken cancellation)
+    {
         if (tokens.dim() != 2)
             throw new ArgumentException($"token ids must be [batch, pos], got [{string.Join(", ", tokens.shape)}]");
         int b = (int)tokens.shape[0], t = (int)tokens.shape[1];
@@ -139,32 +154,56 @@ public sealed class Transformer : IDisposable
         if (covered != b)
             throw new ArgumentException($"hook segments cover {covered} rows but the input has {b}");
 
-        var newMask = mask is null ? ones(b, t, ScalarType.Bool, Device) : mask.to(ScalarType.Bool);
-        if (!newMask.shape.SequenceEqual(tokens.shape))
+        // A decode step (one real token per row, past positions in the cache, no sliding window)
+        // takes a shorter path: the cache mask already says which keys each row may see (it is kept
+        // false past every row's length), so neither a causal mask nor position cumsums are built.
+        bool windowed = Config.SlidingWindow is int w && end > w;
+        bool decode = cache is not null && t == 1 && mask is null && !windowed;
+        var newMask = mask is null ? null : mask.to(ScalarType.Bool);
+        if (newMask is not null && !newMask.shape.SequenceEqual(tokens.shape))
             throw new ArgumentException($"attention mask shape [{string.Join(", ", newMask.shape)}] differs from the token shape [{string.Join(", ", tokens.shape)}]");
         // Columns of the cache this forward writes, per row (only needed when rows differ).
         Tensor? columns = uniform ? null
+            : t == 1 ? tensor(past.Select(p => (long)p).ToArray(), device: Device).view(b, 1)
             : tensor(past.Select(p => (long)p).ToArray(), device: Device).view(b, 1) + arange(t, dtype: ScalarType.Int64, device: Device).view(1, t);
         Tensor keyMask;
         if (cache is not null)
         {
             if (columns is null)
-                cache.Mask.narrow(1, past0, t).copy_(newMask);
+            {
+                var written = cache.Mask.narrow(1, past0, t);
+                if (newMask is null)
+                    written.fill_(true);
+                else
+                    written.copy_(newMask);
+            }
             else
-                cache.Mask.scatter_(1, columns, newMask);
+            {
+                cache.Mask.scatter_(1, columns, newMask ?? ones(b, t, ScalarType.Bool, Device));
+            }
             keyMask = cache.Mask.narrow(1, 0, end);
         }
         else
         {
-            keyMask = newMask;
+            keyMask = newMask ?? ones(b, t, ScalarType.Bool, Device);
         }
-        // Whether any key in use is padding (then the causal flag alone is not enough).
-        bool padded = !keyMask.all().item<bool>();
-        var keyPositions = (keyMask.to(ScalarType.Int64).cumsum(1) - 1).clamp_min(0);
-        var positions = columns is null ? keyPositions.narrow(1, past0, t) : keyPositions.gather(1, columns);
-        var pastRows = columns is null ? null : columns.narrow(1, 0, 1).squeeze(1);
-        var lastReal = (newMask.to(ScalarType.Int64) * arange(t, dtype: ScalarType.Int64, device: Device)).amax([1]);
-        lastReal = pastRows is null ? lastReal + past0 : lastReal + pastRows;
+        var pastRows = columns?.narrow(1, 0, 1).squeeze(1);
+        Tensor positions, lastReal;
+        Tensor? keyPositions = null;
+        if (decode)
+        {
+            // The new token's position is the count of real tokens up to and including it, less one.
+            positions = keyMask.sum([1], keepdim: true, type: ScalarType.Int64) - 1;
+            lastReal = pastRows ?? full(b, past0, ScalarType.Int64, device: Device);
+        }
+        else
+        {
+            keyPositions = (keyMask.to(ScalarType.Int64).cumsum(1) - 1).clamp_min(0);
+            positions = columns is null ? keyPositions.narrow(1, past0, t) : keyPositions.gather(1, columns);
+            var queryReal = newMask ?? ones(b, t, ScalarType.Bool, Device);
+            lastReal = (queryReal.to(ScalarType.Int64) * arange(t, dtype: ScalarType.Int64, device: Device)).amax([1]);
+            lastReal = pastRows is null ? lastReal + past0 : lastReal + pastRows;
+        }
 
         var ctx = new HookContext(Hooks, segments, lastReal, offsets);
 
@@ -172,36 +211,47 @@ public sealed class Transformer : IDisposable
         // that its softmax row is never empty (its output is discarded anyway).
         Tensor? allowed = null;
         bool causalFlag = false;
-        // A sliding window only removes keys once the sequence is longer than the window.
-        bool windowed = Config.SlidingWindow is int w && end > w;
-        if (columns is not null)
+        if (decode)
+        {
+            // Rows at different lengths, or padding among the keys: the cache mask is the attention mask.
+            if (columns is not null || !keyMask.all().item<bool>())
+                allowed = keyMask.view(b, 1, 1, end);
+        }
+        else if (columns is not null)
         {
             // Rows at different cache lengths: causality is per row.
             var qi = columns.unsqueeze(2);
             var kj = arange(0, end, dtype: ScalarType.Int64, device: Device).view(1, 1, end);
             allowed = kj.le(qi).logical_and(keyMask.unsqueeze(1).logical_or(kj.eq(qi))).unsqueeze(1);
         }
-        else if (padded || (past0 > 0 && t > 1) || (past0 == 0 && t > 1 && (AnyPatternWanted(ctx) || windowed)))
+        else
         {
-            var qi = arange(past0, past0 + t, dtype: ScalarType.Int64, device: Device).view(t, 1);
-            var kj = arange(0, end, dtype: ScalarType.Int64, device: Device).view(1, end);
-            var causal = kj.le(qi);
-            var diagonal = kj.eq(qi);
-            allowed = causal.unsqueeze(0).logical_and(keyMask.unsqueeze(1).logical_or(diagonal.unsqueeze(0))).unsqueeze(1);
+            // Whether any key in use is padding (then the causal flag alone is not enough).
+            bool padded = !keyMask.all().item<bool>();
+            if (padded || (past0 > 0 && t > 1) || (past0 == 0 && t > 1 && (AnyPatternWanted(ctx) || windowed)))
+            {
+                var qi = arange(past0, past0 + t, dtype: ScalarType.Int64, device: Device).view(t, 1);
+                var kj = arange(0, end, dtype: ScalarType.Int64, device: Device).view(1, end);
+                var causal = kj.le(qi);
+                var diagonal = kj.eq(qi);
+                allowed = causal.unsqueeze(0).logical_and(keyMask.unsqueeze(1).logical_or(diagonal.unsqueeze(0))).unsqueeze(1);
+            }
+            else if (past0 == 0 && t > 1)
+            {
+                causalFlag = true;
+            }
         }
-        else if (past0 == 0 && t > 1)
-        {
-            causalFlag = true;
-        }
-        var attention = new AttentionLayout(allowed, causalFlag, past0, columns, end);
+        // The cache columns as a scatter index for every layer's keys and values.
+        var columnIndex = columns?.view(b, 1, t, 1).expand(b, Config.NKvHeads, t, Config.DHead);
+        var attention = new AttentionLayout(allowed, causalFlag, past0, columnIndex, end);
         Tensor? slidingAllowed = null;
         if (windowed)
         {
-            var window = SlidingWindowMask(positions, keyPositions, Config.SlidingWindow!.Value);
+            var window = SlidingWindowMask(positions, keyPositions!, Config.SlidingWindow!.Value);
             slidingAllowed = allowed is null ? window : allowed.logical_and(window);
         }
         // Padding query rows get an all-zero attention pattern (as TransformerLens), when patterns are materialised.
-        var queryMask = mask is not null && !newMask.all().item<bool>() ? newMask.view(b, 1, t, 1) : null;
+        var queryMask = newMask is not null && !newMask.all().item<bool>() ? newMask.view(b, 1, t, 1) : null;
 
         int lastLayer = LastLayerNeeded(ctx, segments, logits);
 
@@ -255,20 +305,21 @@ public sealed class Transformer : IDisposable
         using (var scope = NewDisposeScope())
         {
             bool allPositions = logits == LogitsMode.All || ctx.Wants("ln_final.hook_normalized") || ctx.Wants("ln_final.hook_scale") || ctx.Wants("logits");
-            var local = pastRows is null ? lastReal - past0 : lastReal - pastRows;
-            var x = allPositions ? resid : GatherPositions(resid, local);
+            // Each row's last real position within this forward (the only one when t is 1).
+            var local = t == 1 ? null : pastRows is null ? lastReal - past0 : lastReal - pastRows;
+            var x = allPositions || local is null ? resid : GatherPositions(resid, local);
             x = Norm(x, Weights.LnFinalWeight, Weights.LnFinalBias, ctx, "ln_final.hook_scale", "ln_final.hook_normalized");
             output = null;
             if (logits != LogitsMode.None || ctx.Wants("logits"))
             {
-                if (allPositions && logits == LogitsMode.Last && !ctx.Wants("logits"))
+                if (allPositions && local is not null && logits == LogitsMode.Last && !ctx.Wants("logits"))
                     x = GatherPositions(x, local);
                 var result = Linear(x, Weights.Unembed, Weights.UnembedBias);
                 if (Config.FinalSoftcap is double cap)
                     result = (result / cap).tanh_() * cap;
                 result = ctx.Run("logits", result);
                 if (logits == LogitsMode.Last && result.shape[1] != 1)
-                    result = GatherPositions(result, local);
+                    result = GatherPositions(result, local!);
                 output = logits == LogitsMode.None ? null : result.MoveToOuterDisposeScope();
             }
         }
@@ -457,23 +508,22 @@ public sealed class Transformer : IDisposable
             }
             else
             {
-                var index = attention.Columns.view(b, 1, t, 1).expand(b, c.NKvHeads, t, c.DHead);
-                cache.Keys[l].scatter_(2, index, kh);
-                cache.Values[l].scatter_(2, index, vh);
+                cache.Keys[l].scatter_(2, attention.Columns, kh);
+                cache.Values[l].scatter_(2, attention.Columns, vh);
             }
             kh = cache.Keys[l].narrow(2, 0, attention.End);
             vh = cache.Values[l].narrow(2, 0, attention.End);
         }
-        if (c.GroupSize > 1)
-        {
-            kh = kh.repeat_interleave(c.GroupSize, 1);
-            vh = vh.repeat_interleave(c.GroupSize, 1);
-        }
-
         Tensor z;
         double scale = c.ScoreScale(l);
-        if (ctx.Wants(n.AttnScores) || ctx.Wants(n.Pattern) || c.AttnSoftcap is not null)
+        bool explicitScores = ctx.Wants(n.AttnScores) || ctx.Wants(n.Pattern) || c.AttnSoftcap is not null;
+        if (explicitScores)
         {
+            if (c.GroupSize > 1)
+            {
+                kh = kh.repeat_interleave(c.GroupSize, 1);
+                vh = vh.repeat_interleave(c.GroupSize, 1);
+            }
             var scores = qh.matmul(kh.transpose(-2, -1)) * scale;
             if (c.AttnSoftcap is double cap)
                 scores = (scores / cap).tanh_() * cap;
@@ -495,7 +545,22 @@ public sealed class Transformer : IDisposable
             double standard = 1.0 / Math.Sqrt(c.DHead);
             if (scale != standard)
                 qh = qh * (scale / standard);
-            z = F.scaled_dot_product_attention(qh, kh, vh, allowed, 0.0, causalFlag);
+            if (c.GroupSize > 1 && t == 1)
+            {
+                // One query per row under grouped-query attention: the g query heads of a kv head
+                // become g queries of that kv head, so the cache is read in place, not repeated g times.
+                var grouped = qh.reshape(b, c.NKvHeads, c.GroupSize, c.DHead);
+                z = F.scaled_dot_product_attention(grouped, kh, vh, allowed, 0.0, false).view(b, c.NHeads, 1, c.DHead);
+            }
+            else
+            {
+                if (c.GroupSize > 1)
+                {
+                    kh = kh.repeat_interleave(c.GroupSize, 1);
+                    vh = vh.repeat_interleave(c.GroupSize, 1);
+                }
+                z = F.scaled_dot_product_attention(qh, kh, vh, allowed, 0.0, causalFlag);
+            }
         }
         z = ctx.Run(n.Z, z.transpose(1, 2));
 
@@ -575,7 +640,7 @@ public sealed class Transformer : IDisposable
 /// <param name="Allowed">Boolean <c>[batch or 1, 1, query, key]</c> mask, or null when the causal flag (or nothing) suffices.</param>
 /// <param name="CausalFlag">Whether scaled-dot-product attention's own causal mask applies.</param>
 /// <param name="Past">The cache length shared by every row (when <paramref name="Columns"/> is null).</param>
-/// <param name="Columns">Per-row cache columns <c>[batch, pos]</c> of the new tokens when rows differ in cache length.</param>
+/// <param name="Columns">Per-row cache columns of the new tokens when rows differ in cache length, as a scatter index <c>[batch, kv_heads, pos, d_head]</c>.</param>
 /// <param name="End">Key columns in use: the longest row's length after this forward.</param>
 internal sealed record AttentionLayout(Tensor? Allowed, bool CausalFlag, int Past, Tensor? Columns, int End);
 
@@ -653,6 +718,18 @@ public sealed class KvCache : IDisposable
     {
         for (int r = start; r < start + count; r++)
             SetRowLength(r, 0);
+        Mask.narrow(0, start, count).fill_(false);
+    }
+
+    /// <summary>
+    /// Clears the mask past each row's length. The mask is kept false there, so that a decode step
+    /// can use it as the attention mask; a forward that fails after writing its columns calls this.
+    /// </summary>
+    internal void ForgetUnwrittenColumns()
+    {
+        using var scope = NewDisposeScope();
+        var filled = tensor(Enumerable.Range(0, Batch).Select(r => (long)RowLength(r)).ToArray(), device: Mask.device).view(Batch, 1);
+        Mask.masked_fill_(arange(Capacity, dtype: ScalarType.Int64, device: Mask.device).view(1, Capacity).ge(filled), false);
     }
 
     /// <summary>
