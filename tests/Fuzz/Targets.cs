@@ -10,6 +10,7 @@ using InterpMesh.Gateway.Plugins;
 using InterpMesh.ModelService.Configuration;
 using InterpMesh.ModelService.Grpc;
 using InterpMesh.ModelService.Telemetry;
+using InterpMesh.ModelService.Wire;
 using InterpMesh.Plugins;
 using InterpMesh.Plugins.SAE.Formats;
 using InterpMesh.Runtime;

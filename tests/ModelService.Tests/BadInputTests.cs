@@ -1,6 +1,7 @@
 using Google.Protobuf;
 using Grpc.Core;
 using InterpMesh.Contracts.V1;
+using InterpMesh.ModelService.Wire;
 
 namespace InterpMesh.ModelService.Tests;
 
@@ -253,9 +254,9 @@ public sealed class BadInputTests(ServerFixture server) : IClassFixture<ServerFi
     [Fact]
     public void Only_request_errors_are_invalid_argument_and_anything_else_is_a_short_internal_error()
     {
-        Assert.Equal(StatusCode.InvalidArgument, Grpc.RpcErrors.ToRpc(new InterpMesh.Runtime.InvalidRequestException("bad hook")).StatusCode);
-        Assert.Equal(StatusCode.ResourceExhausted, Grpc.RpcErrors.ToRpc(new InterpMesh.Runtime.RequestLimitException("too big")).StatusCode);
-        Assert.Equal(StatusCode.Unavailable, Grpc.RpcErrors.ToRpc(new InterpMesh.Engine.EngineStoppedException()).StatusCode);
+        Assert.Equal(StatusCode.InvalidArgument, RpcErrors.ToRpc(new InterpMesh.Runtime.InvalidRequestException("bad hook")).StatusCode);
+        Assert.Equal(StatusCode.ResourceExhausted, RpcErrors.ToRpc(new InterpMesh.Runtime.RequestLimitException("too big")).StatusCode);
+        Assert.Equal(StatusCode.Unavailable, RpcErrors.ToRpc(new InterpMesh.Engine.EngineStoppedException()).StatusCode);
         foreach (var bug in new Exception[]
         {
             new InvalidOperationException("Sequence contains no elements"),
@@ -263,7 +264,7 @@ public sealed class BadInputTests(ServerFixture server) : IClassFixture<ServerFi
             new System.Runtime.InteropServices.ExternalException("libtorch: /opt/build/aten/src/ATen/native.cpp:42 at::native stack"),
         })
         {
-            var rpc = Grpc.RpcErrors.ToRpc(bug);
+            var rpc = RpcErrors.ToRpc(bug);
             Assert.Equal(StatusCode.Internal, rpc.StatusCode);
             Assert.DoesNotContain(bug.Message, rpc.Status.Detail);
             Assert.DoesNotContain("/", rpc.Status.Detail);

@@ -1,7 +1,7 @@
 using Grpc.Core;
 using InterpMesh.Contracts.V1;
 using InterpMesh.Engine;
-using InterpMesh.ModelService.Hosting;
+using InterpMesh.ModelService.Wire;
 using InterpMesh.Plugins;
 using static TorchSharp.torch;
 

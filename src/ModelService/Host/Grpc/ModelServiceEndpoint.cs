@@ -3,6 +3,7 @@ using InterpMesh.Contracts.V1;
 using InterpMesh.Engine;
 using InterpMesh.Engine.Outputs;
 using InterpMesh.ModelService.Hosting;
+using InterpMesh.ModelService.Wire;
 using InterpMesh.Runtime;
 
 namespace InterpMesh.ModelService.Grpc;

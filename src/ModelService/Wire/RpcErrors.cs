@@ -1,8 +1,9 @@
 using Grpc.Core;
 using InterpMesh.Engine;
 using InterpMesh.Runtime;
+using Microsoft.Extensions.Logging;
 
-namespace InterpMesh.ModelService.Grpc;
+namespace InterpMesh.ModelService.Wire;
 
 /// <summary>
 /// Maps failures to gRPC statuses. Only the engine's and runtime's own request errors are the

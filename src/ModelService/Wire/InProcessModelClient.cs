@@ -3,11 +3,11 @@ using Grpc.Core;
 using InterpMesh.Contracts.V1;
 using InterpMesh.Engine;
 using InterpMesh.Engine.Outputs;
-using InterpMesh.ModelService.Grpc;
 using InterpMesh.Plugins;
 using InterpMesh.Runtime;
+using Microsoft.Extensions.Logging;
 
-namespace InterpMesh.ModelService.Hosting;
+namespace InterpMesh.ModelService.Wire;
 
 /// <summary>
 /// The plugin SDK's <see cref="IModelClient"/> over a <see cref="ModelEngine"/> in this process: the

@@ -9,7 +9,7 @@ using InterpMesh.Runtime.Generation;
 using RuntimeArch = InterpMesh.Runtime.Architectures;
 using RuntimeHooks = InterpMesh.Runtime.Hooks;
 
-namespace InterpMesh.ModelService.Grpc;
+namespace InterpMesh.ModelService.Wire;
 
 /// <summary>
 /// The one place where ModelService protos meet the engine: requests become specs, engine outputs

@@ -4,7 +4,7 @@ using InterpMesh.Runtime;
 using static TorchSharp.torch;
 using ProtoTensor = InterpMesh.Contracts.V1.Tensor;
 
-namespace InterpMesh.ModelService.Grpc;
+namespace InterpMesh.ModelService.Wire;
 
 /// <summary>Requests' wire tensors to torch: the contracts' codec, then the service's own rule (finite floats).</summary>
 internal static class TensorWire
