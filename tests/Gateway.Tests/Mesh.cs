@@ -11,7 +11,7 @@ public static class TestPlugins
     public static async Task<string> PluginsFolderAsync()
     {
         var (tokenStats, misbehaving, _) = await PluginBuilds.OutputsAsync();
-        string root = Path.Combine(Path.GetTempPath(), "interpmesh-plugin-root-" + Guid.NewGuid().ToString("N"));
+        string root = TempFolders.Create("interpmesh-plugin-root-");
         Copy(tokenStats, Path.Combine(root, "token-stats"));
         foreach (var (id, type) in new[] { ("slow", "Slow"), ("throws", "Throws"), ("hangs", "Hangs"), ("future-sdk", "FutureSdk"), ("throws-on-load", "ThrowsOnLoad"), ("chatty", "Chatty"), ("hoards", "Hoards") })
         {
