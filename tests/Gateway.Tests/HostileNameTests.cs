@@ -1,6 +1,7 @@
 using System.Text.RegularExpressions;
 using FsCheck;
 using FsCheck.Fluent;
+using InterpMesh.Contracts.Artifacts;
 using InterpMesh.Gateway.Artifacts;
 using InterpMesh.Gateway.Configuration;
 using InterpMesh.Gateway.Plugins;

@@ -10,16 +10,19 @@ namespace InterpMesh.Gateway.Tests;
 public static class PluginBuilds
 {
     private static readonly Lazy<Task<(string TokenStats, string Misbehaving, string MisbehavingV2)>> Built = new(BuildAsync);
+    private static readonly Lazy<Task<string>> SampleTests = new(RunSampleTestsAsync);
+    private static string feed = "";
+    private static string version = "";
 
     /// <summary>The build outputs; <c>MisbehavingV2</c> is the same project built as assembly version 2.0.0 (for hot reload).</summary>
     public static Task<(string TokenStats, string Misbehaving, string MisbehavingV2)> OutputsAsync() => Built.Value;
 
     private static async Task<(string, string, string)> BuildAsync()
     {
-        string work = Path.Combine(Path.GetTempPath(), "interpmesh-plugins-" + Guid.NewGuid().ToString("N"));
-        string feed = Path.Combine(work, "feed");
+        string work = TempFolders.Create("interpmesh-plugins-");
+        feed = Path.Combine(work, "feed");
         // A version of its own, so a package cached by an earlier run is never used instead.
-        string version = $"1.0.0-test.{DateTime.UtcNow:yyyyMMddHHmmss}.{Environment.ProcessId}";
+        version = $"1.0.0-test.{DateTime.UtcNow:yyyyMMddHHmmss}.{Environment.ProcessId}";
         foreach (var project in new[] { "src/Contracts", "src/Plugins/Abstractions" })
             await Dotnet("pack", Path.Combine(RepoPaths.Root, project), "-c", "Release", "-o", feed, $"-p:Version={version}", "-p:IsPackable=true", "--nologo");
         string tokenStats = Path.Combine(work, "token-stats");
@@ -35,17 +38,40 @@ public static class PluginBuilds
         return (tokenStats, misbehaving, v2);
     }
 
-    private static async Task Dotnet(params string[] args)
+    /// <summary>
+    /// The sample plugin's own unit tests (samples/TokenStatsPlugin.Tests), run as its author would:
+    /// against the SDK and InterpMesh.Plugins.Testing packages from the local feed, nothing else
+    /// from this repository. Returns the test run's output.
+    /// </summary>
+    public static Task<string> SampleTestsOutputAsync() => SampleTests.Value;
+
+    private static async Task<string> RunSampleTestsAsync()
+    {
+        await OutputsAsync();
+        // The testing package and what it brings: the runtime, the engine and the wire mapping.
+        foreach (var project in new[] { "src/ModelService/Runtime", "src/ModelService/Engine", "src/ModelService/Wire", "src/Plugins/Testing" })
+            await Dotnet("pack", Path.Combine(RepoPaths.Root, project), "-c", "Release", "-o", feed, $"-p:Version={version}", "-p:IsPackable=true", "--nologo");
+        return await Dotnet(new Dictionary<string, string> { ["TOKENSTATS_MODEL"] = RepoPaths.Models("stories260K/stories260K.bin") },
+            "test", Path.Combine(RepoPaths.Root, "samples/TokenStatsPlugin.Tests"), "-o", Path.Combine(Path.GetDirectoryName(feed)!, "token-stats-tests"),
+            $"-p:InterpMeshSdkVersion={version}", $"-p:RestoreAdditionalProjectSources={feed}", "--nologo");
+    }
+
+    private static Task<string> Dotnet(params string[] args) => Dotnet(new Dictionary<string, string>(), args);
+
+    private static async Task<string> Dotnet(IReadOnlyDictionary<string, string> environment, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet", args) { RedirectStandardOutput = true, RedirectStandardError = true };
         // The test host's MSBuild variables must not leak into a separate build.
         foreach (var v in new[] { "MSBuildSDKsPath", "MSBuildExtensionsPath", "MSBUILD_EXE_PATH", "DOTNET_HOST_PATH" })
             psi.Environment.Remove(v);
+        foreach (var (name, value) in environment)
+            psi.Environment[name] = value;
         using var process = Process.Start(psi)!;
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();
         await process.WaitForExitAsync();
         if (process.ExitCode != 0)
             throw new InvalidOperationException($"dotnet {string.Join(' ', args)} failed ({process.ExitCode}):\n{await stdout}\n{await stderr}");
+        return await stdout;
     }
 }

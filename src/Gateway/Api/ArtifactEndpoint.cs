@@ -3,6 +3,7 @@ using System.Text.Json.Nodes;
 using Google.Protobuf;
 using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
+using InterpMesh.Contracts.Artifacts;
 using InterpMesh.Contracts.V1;
 using InterpMesh.Gateway.Artifacts;
 

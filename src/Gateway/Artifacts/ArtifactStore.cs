@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using InterpMesh.Contracts.Artifacts;
 using InterpMesh.Plugins;
 using InterpMesh.Runtime.Loading;
 using TorchSharp;

@@ -1,6 +1,6 @@
 using System.Text.RegularExpressions;
 
-namespace InterpMesh.Gateway.Artifacts;
+namespace InterpMesh.Contracts.Artifacts;
 
 /// <summary>
 /// Artifact and file names. Checked before any path is built, so no name can reach outside the

@@ -1,0 +1,99 @@
+using System.Collections.Concurrent;
+using System.Security.Cryptography;
+using System.Text.Json.Nodes;
+using InterpMesh.Contracts.Artifacts;
+using InterpMesh.Runtime.Loading;
+using TorchSharp;
+
+namespace InterpMesh.Plugins.Testing;
+
+/// <summary>
+/// An <see cref="IArtifactStore"/> in memory with the gateway store's rules: the same name checks,
+/// tensors written as <c>tensors.safetensors</c> (metadata in its header), SHA-256 per file, an
+/// artifact replaced whole on a second save. Loaded tensors are new CPU tensors the caller disposes.
+/// </summary>
+public sealed class InMemoryArtifactStore : IArtifactStore
+{
+    /// <summary>The file <see cref="SaveTensorsAsync"/> writes.</summary>
+    public const string TensorsFile = "tensors.safetensors";
+
+    private readonly ConcurrentDictionary<string, (StoredArtifact Info, IReadOnlyDictionary<string, byte[]> Files)> artifacts = new(StringComparer.Ordinal);
+
+    /// <summary>The names of every stored artifact, sorted.</summary>
+    public IReadOnlyList<string> Names => [.. artifacts.Keys.Order(StringComparer.Ordinal)];
+
+    /// <inheritdoc/>
+    public Task<StoredArtifact> SaveTensorsAsync(string name, IReadOnlyDictionary<string, torch.Tensor> tensors, JsonObject? metadata = null, CancellationToken cancellationToken = default)
+    {
+        ArtifactNames.Check(name);
+        var header = (metadata ?? []).ToDictionary(kv => kv.Key, kv => kv.Value is JsonValue v && v.TryGetValue<string>(out var s) ? s : kv.Value?.ToJsonString() ?? "null");
+        string path = TempFile();
+        try
+        {
+            SafeTensorsFile.Write(path, tensors, header);
+            return Task.FromResult(Store(name, new Dictionary<string, byte[]> { [TensorsFile] = File.ReadAllBytes(path) }, metadata));
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    /// <inheritdoc/>
+    public Task<StoredArtifact> SaveFilesAsync(string name, IReadOnlyDictionary<string, byte[]> files, JsonObject? metadata = null, CancellationToken cancellationToken = default)
+    {
+        ArtifactNames.Check(name);
+        foreach (var file in files.Keys)
+            ArtifactNames.CheckFile(file);
+        if (files.Count == 0)
+            throw new ArgumentException($"artifact '{name}' has no files; give at least one");
+        return Task.FromResult(Store(name, files.ToDictionary(kv => kv.Key, kv => kv.Value.ToArray(), StringComparer.Ordinal), metadata));
+    }
+
+    /// <inheritdoc/>
+    public Task<Dictionary<string, torch.Tensor>> LoadTensorsAsync(string name, CancellationToken cancellationToken = default)
+    {
+        var files = Files(name);
+        if (!files.TryGetValue(TensorsFile, out var bytes))
+            throw new ArgumentException($"artifact '{name}' has no {TensorsFile}; its files are {string.Join(", ", files.Keys)}");
+        string path = TempFile();
+        try
+        {
+            File.WriteAllBytes(path, bytes);
+            using var file = SafeTensorsFile.Open(path);
+            return Task.FromResult(file.Entries.Keys.ToDictionary(k => k, k => file.Read(k)));
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    /// <inheritdoc/>
+    public Task<IReadOnlyDictionary<string, byte[]>> LoadFilesAsync(string name, CancellationToken cancellationToken = default) =>
+        Task.FromResult<IReadOnlyDictionary<string, byte[]>>(Files(name).ToDictionary(kv => kv.Key, kv => kv.Value.ToArray(), StringComparer.Ordinal));
+
+    /// <inheritdoc/>
+    public Task<StoredArtifact?> FindAsync(string name, CancellationToken cancellationToken = default)
+    {
+        ArtifactNames.Check(name);
+        return Task.FromResult(artifacts.TryGetValue(name, out var stored) ? stored.Info : null);
+    }
+
+    private static string TempFile() => Path.Combine(Path.GetTempPath(), $"interpmesh-test-{Guid.NewGuid():N}.safetensors");
+
+    private IReadOnlyDictionary<string, byte[]> Files(string name)
+    {
+        ArtifactNames.Check(name);
+        return artifacts.TryGetValue(name, out var stored) ? stored.Files : throw new FileNotFoundException($"there is no artifact '{name}'");
+    }
+
+    private StoredArtifact Store(string name, IReadOnlyDictionary<string, byte[]> files, JsonObject? metadata)
+    {
+        var info = new StoredArtifact(name,
+            [.. files.OrderBy(f => f.Key, StringComparer.Ordinal).Select(f => new StoredFile(f.Key, f.Value.Length, Convert.ToHexStringLower(SHA256.HashData(f.Value))))],
+            (JsonObject?)metadata?.DeepClone() ?? [], DateTimeOffset.UtcNow);
+        artifacts[name] = (info, files);
+        return info;
+    }
+}
