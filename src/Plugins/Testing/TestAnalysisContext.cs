@@ -53,7 +53,7 @@ public sealed class TestAnalysisContext : IAnalysisContext, IDisposable
 
     /// <inheritdoc/>
     public void ReportProgress(double fraction, string message) =>
-        progress.Enqueue(new ProgressReport(double.IsFinite(fraction) ? Math.Clamp(fraction, 0, 1) : 0, message ?? ""));
+        progress.Enqueue(new ProgressReport { Fraction = double.IsFinite(fraction) ? Math.Clamp(fraction, 0, 1) : 0, Message = message ?? "" });
 
     /// <summary>Disposes the meter.</summary>
     public void Dispose() => Meter.Dispose();
@@ -65,17 +65,29 @@ public sealed class TestAnalysisContext : IAnalysisContext, IDisposable
         public bool IsEnabled(LogLevel logLevel) => logLevel != LogLevel.None;
 
         public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
-            entries.Enqueue(new LogEntry(logLevel, formatter(state, exception), exception));
+            entries.Enqueue(new LogEntry { Level = logLevel, Message = formatter(state, exception), Exception = exception });
     }
 }
 
 /// <summary>One <see cref="IAnalysisContext.ReportProgress"/> call.</summary>
-/// <param name="Fraction">Done so far, 0 to 1.</param>
-/// <param name="Message">What was happening.</param>
-public sealed record ProgressReport(double Fraction, string Message);
+public sealed class ProgressReport
+{
+    /// <summary>Done so far, 0 to 1.</summary>
+    public required double Fraction { get; init; }
+
+    /// <summary>What was happening.</summary>
+    public required string Message { get; init; }
+}
 
 /// <summary>One message written to <see cref="IAnalysisContext.Logger"/>.</summary>
-/// <param name="Level">Its level.</param>
-/// <param name="Message">The formatted message.</param>
-/// <param name="Exception">The exception logged with it, if any.</param>
-public sealed record LogEntry(LogLevel Level, string Message, Exception? Exception);
+public sealed class LogEntry
+{
+    /// <summary>Its level.</summary>
+    public required LogLevel Level { get; init; }
+
+    /// <summary>The formatted message.</summary>
+    public required string Message { get; init; }
+
+    /// <summary>The exception logged with it, if any.</summary>
+    public Exception? Exception { get; init; }
+}
