@@ -2,9 +2,9 @@ using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Grpc.Core;
-using Grpc.Net.Client;
 using InterpMesh.Cli.Remote;
 using InterpMesh.Cli.Report;
+using InterpMesh.Client;
 using InterpMesh.Contracts.Tensors;
 using InterpMesh.Contracts.V1;
 using InterpMesh.Plugins;
@@ -16,10 +16,12 @@ namespace InterpMesh.Cli.Demo;
 /// stdout as a short table and into the report as charts. A failed analysis is reported (in both)
 /// and the others still run.
 /// </summary>
-internal sealed class DemoAnalyses(GrpcChannel gateway, HtmlReport report, TextWriter stdout, TextWriter stderr, bool quick)
+internal sealed class DemoAnalyses(string gateway, HtmlReport report, TextWriter stdout, TextWriter stderr, bool quick) : IDisposable
 {
     private static readonly CultureInfo C = CultureInfo.InvariantCulture;
-    private readonly AnalysisService.AnalysisServiceClient analyses = new(gateway);
+    private readonly MeshClient analyses = MeshClient.Connect(gateway);
+
+    public void Dispose() => analyses.Dispose();
 
     /// <summary>Per analysis: whether it succeeded and its headline figures (the <c>--json</c> output).</summary>
     public JsonObject Results { get; } = [];
@@ -32,7 +34,7 @@ internal sealed class DemoAnalyses(GrpcChannel gateway, HtmlReport report, TextW
         Job job;
         try
         {
-            job = RemoteAnalyses.Follow(() => analyses.RunAnalysis(request), stderr, $"{label,-22} ");
+            job = RemoteAnalyses.Follow(progress => analyses.RunAnalysisAsync(request, progress), stderr, $"{label,-22} ");
         }
         catch (InvalidOperationException e)
         {
@@ -275,26 +277,12 @@ internal sealed class DemoAnalyses(GrpcChannel gateway, HtmlReport report, TextW
         string hookName = $"blocks.{layer}.attn.hook_pattern", text = DemoData.RepeatedSequence(10, seed: 7);
         try
         {
-            var model = new Contracts.V1.ModelService.ModelServiceClient(gateway);
-            var headers = new Metadata { { "interpmesh-model", "induction" } };
+            using var model = MeshClient.Connect(gateway, model: "induction");
             var request = new RunRequest { Inputs = { new Input { Text = text } }, Captures = { new Capture { Hooks = { hookName } } } };
-            WireTensor? captured = null;
-            var assembler = new ChunkAssembler();
-            int[] ids = [];
-            using (var call = model.Run(request, headers))
-            {
-                while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
-                {
-                    var r = call.ResponseStream.Current;
-                    if (r.Activation is { } a)
-                        captured = assembler.Add(a)?.Tensor ?? captured;
-                    else if (r.Result is { } result)
-                        ids = [.. WireTensor.FromProto(result.Tokens, "tokens").ToInt64().Select(x => (int)x)];
-                }
-            }
-            var pattern = captured!.ToFloat32();
+            var (captured, ids) = Capture(model, request).GetAwaiter().GetResult();
+            var pattern = captured.ToFloat32();
             var shape = captured.Shape;
-            var words = model.Detokenize(new DetokenizeRequest { Tokens = { ids.Select(i => new TokenIds { Ids = { i } }) } }, headers).Texts.Select(w => w.Trim()).ToList();
+            var words = model.DetokenizeAsync([.. ids.Select(i => new[] { i })]).GetAwaiter().GetResult().Select(w => w.Trim()).ToList();
             int heads = (int)shape[1], q = (int)shape[2], k = (int)shape[3];
             var values = new double[q, k];
             for (int i = 0; i < q; i++)
@@ -311,5 +299,19 @@ internal sealed class DemoAnalyses(GrpcChannel gateway, HtmlReport report, TextW
             report.Error($"the attention pattern of {head} could not be captured: {e.Status.StatusCode}: {e.Status.Detail}");
             Results["induction"]!["attention_pattern_error"] = e.Status.Detail;
         }
+    }
+
+    /// <summary>The one captured activation of <paramref name="request"/> and the token ids it ran on.</summary>
+    private static async Task<(WireTensor Captured, int[] Ids)> Capture(MeshClient model, RunRequest request)
+    {
+        WireTensor? captured = null;
+        int[] ids = [];
+        await foreach (var item in model.RunAsync(request))
+        {
+            captured = item.Activation ?? captured;
+            if (item.Result is { } result)
+                ids = [.. WireTensor.FromProto(result.Tokens, "tokens").ToInt64().Select(x => (int)x)];
+        }
+        return (captured ?? throw new InvalidOperationException("the run returned no activation"), ids);
     }
 }

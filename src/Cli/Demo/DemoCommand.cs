@@ -49,9 +49,8 @@ internal static class DemoCommand
             apps.Insert(0, gateway);
             string address = gateway.Urls.First();
             text.WriteLine($"demo: gateway {address} serving {string.Join(", ", names)} with the plugins in {plugins}{(quick ? " (quick configuration)" : "")}");
-            using var channel = Contracts.Channels.ForAddress(address);
             var report = new HtmlReport("InterpMesh demo report");
-            var demo = new DemoAnalyses(channel, report, text, stderr, quick);
+            using var demo = new DemoAnalyses(address, report, text, stderr, quick);
             demo.Probing();
             demo.Sae();
             demo.Steering();

@@ -1,10 +1,9 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Google.Protobuf;
-using Grpc.Core;
-using Grpc.Net.Client;
 using InterpMesh.Cli.CommandLine;
 using InterpMesh.Cli.Report;
+using InterpMesh.Client;
 using InterpMesh.Contracts.V1;
 
 namespace InterpMesh.Cli.Remote;
@@ -17,25 +16,12 @@ namespace InterpMesh.Cli.Remote;
 /// </summary>
 internal static class RemoteAnalyses
 {
-    private sealed record Connection(GrpcChannel Channel, CallOptions Options) : IDisposable
-    {
-        public AnalysisService.AnalysisServiceClient Analyses => new(Channel);
-        public ArtifactService.ArtifactServiceClient Artifacts => new(Channel);
-        public void Dispose() => Channel.Dispose();
-    }
-
-    private static Connection Connect(CliArgs args, CliSettings? settings = null)
+    private static MeshClient Connect(CliArgs args, CliSettings? settings = null)
     {
         settings ??= CliSettings.Load();
         string url = args.Text("server") ?? settings.Server
             ?? throw new UsageException($"--server is required (the gateway's address, e.g. --server http://127.0.0.1:50050), or set INTERPMESH_SERVER or \"server\" in {settings.ConfigPath}");
-        if (!Uri.TryCreate(url, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https"))
-            throw new UsageException($"--server must be an http:// or https:// URL, got '{url}'");
-        string? key = args.Text("key") ?? settings.ApiKey;
-        var headers = new Metadata();
-        if (!string.IsNullOrEmpty(key))
-            headers.Add("authorization", $"Bearer {key}");
-        return new Connection(Contracts.Channels.ForAddress(uri.ToString()), new CallOptions(headers));
+        return RemoteModel.Connect(new RemoteModel.RemoteTarget(url, args.Text("key") ?? settings.ApiKey, null));
     }
 
     private static readonly JsonFormatter Formatter = new(JsonFormatter.Settings.Default.WithFormatDefaultValues(false));
@@ -45,7 +31,7 @@ internal static class RemoteAnalyses
         bool json = args.Flag("json");
         using var c = Connect(args);
         args.RejectUnknown("plugins");
-        var list = RemoteModel.Call(() => c.Analyses.ListPlugins(new ListPluginsRequest(), c.Options));
+        var list = RemoteModel.Call(() => c.ListPluginsAsync().GetAwaiter().GetResult());
         if (json)
         {
             stdout.WriteLine(Formatter.Format(list));
@@ -65,31 +51,28 @@ internal static class RemoteAnalyses
         string? report = args.Text("report");
         using var c = Connect(args, settings);
         args.RejectUnknown("run");
-        return Report(Follow(() => c.Analyses.RunAnalysis(request, c.Options), stderr), json, stdout, stderr, report);
+        return Report(Follow(progress => c.RunAnalysisAsync(request, progress), stderr), json, stdout, stderr, report);
     }
 
-    /// <summary>Follows a job's event stream: a progress bar on stderr, the final record returned.</summary>
-    public static Job Follow(Func<AsyncServerStreamingCall<JobEvent>> start, TextWriter stderr, string label = "") => RemoteModel.Call(() =>
+    /// <summary>Follows a job to its end: a progress bar on stderr, the final record returned.</summary>
+    public static Job Follow(Func<IProgress<Progress>, Task<Job>> follow, TextWriter stderr, string label = "") => RemoteModel.Call(() =>
     {
-        using var call = start();
         var bar = new ProgressBar(stderr, label);
-        Job? last = null;
         try
         {
-            while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
-            {
-                var e = call.ResponseStream.Current;
-                if (e.Progress is { } p)
-                    bar.Update(p.Fraction, p.Message);
-                last = e.Finished ?? last;
-            }
+            return follow(new BarProgress(bar)).GetAwaiter().GetResult();
         }
         finally
         {
             bar.Done();
         }
-        return last ?? throw new InvalidOperationException("the job stream ended without the job's final record");
     });
+
+    /// <summary>Progress events drawn on the bar as they arrive (on the caller's thread, not a captured context).</summary>
+    private sealed class BarProgress(ProgressBar bar) : IProgress<Progress>
+    {
+        public void Report(Progress value) => bar.Update(value.Fraction, value.Message);
+    }
 
     private static int Report(Job job, bool json, TextWriter stdout, TextWriter stderr, string? reportPath = null)
     {
@@ -135,7 +118,7 @@ internal static class RemoteAnalyses
         switch (verb)
         {
             case "list":
-                var list = RemoteModel.Call(() => c.Analyses.ListJobs(new ListJobsRequest { Plugin = plugin }, c.Options));
+                var list = RemoteModel.Call(() => c.ListJobsAsync(plugin).GetAwaiter().GetResult());
                 if (json)
                     stdout.WriteLine(Formatter.Format(list));
                 else
@@ -143,13 +126,13 @@ internal static class RemoteAnalyses
                         stdout.WriteLine($"  {j.Id}  {j.Plugin,-16} {j.State.ToString().ToUpperInvariant(),-12} {j.Progress,5:P0}  {j.Owner}  {j.Error}");
                 return 0;
             case "result":
-                return Report(RemoteModel.Call(() => c.Analyses.GetJob(new GetJobRequest { Id = Need() }, c.Options)), json, stdout, stderr, report);
+                return Report(RemoteModel.Call(() => c.GetJobAsync(Need()).GetAwaiter().GetResult()), json, stdout, stderr, report);
             case "cancel":
-                var cancelled = RemoteModel.Call(() => c.Analyses.CancelJob(new CancelJobRequest { Id = Need() }, c.Options));
+                var cancelled = RemoteModel.Call(() => c.CancelJobAsync(Need()).GetAwaiter().GetResult());
                 stdout.WriteLine(json ? Formatter.Format(cancelled) : $"{cancelled.Id}: {cancelled.State.ToString().ToUpperInvariant()}");
                 return 0;
             case "watch":
-                return Report(Follow(() => c.Analyses.WatchJob(new WatchJobRequest { Id = Need() }, c.Options), stderr), json, stdout, stderr, report);
+                return Report(Follow(progress => c.WatchJobAsync(Need(), progress), stderr), json, stdout, stderr, report);
             default:
                 throw new UsageException($"unknown jobs command '{verb}'; use list, watch ID, cancel ID or result ID");
         }
@@ -167,7 +150,7 @@ internal static class RemoteAnalyses
         switch (verb)
         {
             case "list":
-                var list = RemoteModel.Call(() => c.Artifacts.ListArtifacts(new ListArtifactsRequest { Prefix = prefix }, c.Options));
+                var list = RemoteModel.Call(() => c.ListArtifactsAsync(prefix).GetAwaiter().GetResult());
                 if (json)
                     stdout.WriteLine(Formatter.Format(list));
                 else
@@ -175,71 +158,16 @@ internal static class RemoteAnalyses
                         stdout.WriteLine($"  {a.Name,-40} {a.Files.Sum(f => f.Bytes),12:N0} B  {string.Join(", ", a.Files.Select(f => f.Name))}");
                 return 0;
             case "get":
-                Directory.CreateDirectory(dir!);
-                var header = RemoteModel.Call(() =>
-                {
-                    using var call = c.Artifacts.GetArtifact(new GetArtifactRequest { Name = Need() }, c.Options);
-                    Contracts.V1.ArtifactInfo? info = null;
-                    var streams = new Dictionary<string, FileStream>();
-                    try
-                    {
-                        while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
-                        {
-                            var chunk = call.ResponseStream.Current;
-                            if (chunk.Header is { } h)
-                            {
-                                info = h;
-                                continue;
-                            }
-                            if (!streams.TryGetValue(chunk.Data.File, out var s))
-                                streams[chunk.Data.File] = s = File.Create(Path.Combine(dir!, Path.GetFileName(chunk.Data.File)));
-                            chunk.Data.Data.WriteTo(s);
-                        }
-                    }
-                    finally
-                    {
-                        foreach (var s in streams.Values)
-                            s.Dispose();
-                    }
-                    return info!;
-                });
+                var header = RemoteModel.Call(() => c.DownloadArtifactAsync(Need(), dir!).GetAwaiter().GetResult());
                 stdout.WriteLine(json ? Formatter.Format(header) : $"{header.Name}: {header.Files.Count} files written to {dir}");
                 return 0;
             case "put":
-                var files = Directory.GetFiles(dir!).Order(StringComparer.Ordinal).ToList();
-                var stored = RemoteModel.Call(() =>
-                {
-                    using var call = c.Artifacts.PutArtifact(c.Options);
-                    var head = new Contracts.V1.ArtifactInfo { Name = Need(), MetadataJson = metadata ?? "{}" };
-                    head.Files.AddRange(files.Select(f => new ArtifactFileInfo { Name = Path.GetFileName(f), Bytes = new FileInfo(f).Length }));
-                    try
-                    {
-                        call.RequestStream.WriteAsync(new ArtifactChunk { Header = head }).GetAwaiter().GetResult();
-                        var buffer = new byte[1 << 20];
-                        foreach (var f in files)
-                        {
-                            using var s = File.OpenRead(f);
-                            long offset = 0;
-                            int n;
-                            while ((n = s.Read(buffer)) > 0)
-                            {
-                                call.RequestStream.WriteAsync(new ArtifactChunk { Data = new FileData { File = Path.GetFileName(f), Offset = offset, Data = ByteString.CopyFrom(buffer, 0, n) } }).GetAwaiter().GetResult();
-                                offset += n;
-                            }
-                        }
-                        call.RequestStream.CompleteAsync().GetAwaiter().GetResult();
-                    }
-                    catch (Exception e) when (e is RpcException or InvalidOperationException)
-                    {
-                        // The gateway refused the upload before it was all sent: its answer (what to fix) is the call's status.
-                    }
-                    return call.ResponseAsync.GetAwaiter().GetResult();
-                });
+                var stored = RemoteModel.Call(() => c.UploadArtifactAsync(Need(), dir!, metadata).GetAwaiter().GetResult());
                 stdout.WriteLine(json ? Formatter.Format(stored) : $"{stored.Name}: {stored.Files.Count} files stored");
                 return 0;
             case "rm":
-                var deleted = RemoteModel.Call(() => c.Artifacts.DeleteArtifact(new DeleteArtifactRequest { Name = Need() }, c.Options));
-                stdout.WriteLine(json ? Formatter.Format(deleted) : deleted.Deleted ? $"{Need()} deleted" : $"there was no artifact {Need()}");
+                bool deleted = RemoteModel.Call(() => c.DeleteArtifactAsync(Need()).GetAwaiter().GetResult());
+                stdout.WriteLine(json ? Formatter.Format(new DeleteArtifactResponse { Deleted = deleted }) : deleted ? $"{Need()} deleted" : $"there was no artifact {Need()}");
                 return 0;
             default:
                 throw new UsageException($"unknown artifacts command '{verb}'; use list, get NAME --out DIR, put NAME --from DIR or rm NAME");

@@ -1,7 +1,6 @@
 using Grpc.Core;
-using Grpc.Core.Interceptors;
-using Grpc.Net.Client;
 using InterpMesh.Cli.CommandLine;
+using InterpMesh.Client;
 using InterpMesh.Contracts.Tensors;
 using InterpMesh.Contracts.V1;
 
@@ -14,33 +13,26 @@ namespace InterpMesh.Cli.Remote;
 internal static class RemoteModel
 {
     /// <summary>Where remote calls go: a model service, or a gateway (with an API key and a model name when it needs them).</summary>
-    public sealed record RemoteTarget(string Url, Metadata Headers);
+    public sealed record RemoteTarget(string Url, string? ApiKey, string? Model);
 
     /// <summary>Reads <c>--key</c> (or INTERPMESH_API_KEY) and <c>--model-name</c> for calls through a gateway.</summary>
     public static RemoteTarget Target(string url, CliArgs args)
     {
-        var headers = new Metadata();
         var settings = CliSettings.Load();
-        if ((args.Text("key") ?? settings.ApiKey) is { Length: > 0 } key)
-            headers.Add("authorization", $"Bearer {key}");
-        if ((args.Text("model-name") ?? settings.Model) is { Length: > 0 } model)
-            headers.Add("interpmesh-model", model);
-        return new RemoteTarget(url, headers);
+        return new RemoteTarget(url, args.Text("key") ?? settings.ApiKey, args.Text("model-name") ?? settings.Model);
     }
 
-    private static Contracts.V1.ModelService.ModelServiceClient Client(RemoteTarget target, out GrpcChannel channel)
+    /// <summary>The client library's connection to <paramref name="target"/>; a malformed URL is a usage error.</summary>
+    public static MeshClient Connect(RemoteTarget target)
     {
-        if (!Uri.TryCreate(target.Url, UriKind.Absolute, out var uri) || (uri.Scheme != "http" && uri.Scheme != "https"))
-            throw new UsageException($"--server must be an http:// or https:// URL such as http://127.0.0.1:50051, got '{target.Url}'");
-        channel = Contracts.Channels.ForAddress(uri.ToString());
-        var headers = target.Headers;
-        var invoker = channel.Intercept(metadata =>
+        try
         {
-            foreach (var entry in headers)
-                metadata.Add(entry);
-            return metadata;
-        });
-        return new Contracts.V1.ModelService.ModelServiceClient(invoker);
+            return MeshClient.Connect(target.Url, target.ApiKey, target.Model);
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException($"--server: {e.Message.Split(" (Parameter", 2)[0]}");
+        }
     }
 
     /// <summary>Turns a gRPC failure into the CLI's one-line error.</summary>
@@ -60,10 +52,9 @@ internal static class RemoteModel
 
     public static Dictionary<string, object?> Info(RemoteTarget url)
     {
-        var client = Client(url, out var channel);
-        using (channel)
+        using var client = Connect(url);
         {
-            var i = Call(() => client.GetModelInfo(new GetModelInfoRequest()));
+            var i = Call(() => client.GetModelInfoAsync().GetAwaiter().GetResult());
             return new Dictionary<string, object?>
             {
                 ["architecture"] = i.Architecture,
@@ -87,62 +78,51 @@ internal static class RemoteModel
 
     public static int[] Tokenize(RemoteTarget url, string text)
     {
-        var client = Client(url, out var channel);
-        using (channel)
-            return [.. Call(() => client.Tokenize(new TokenizeRequest { Texts = { text } })).Tokens[0].Ids];
+        using var client = Connect(url);
+        return Call(() => client.TokenizeAsync([text]).GetAwaiter().GetResult())[0];
     }
 
     public static (int[] Prompt, int[] Generated, string? Text) Generate(RemoteTarget url, string? prompt, int[]? promptIds, int maxNew, SamplingParameters sampling, int[]? stopIds, bool noDefaultStop)
     {
-        var client = Client(url, out var channel);
-        using (channel)
+        using var client = Connect(url);
+        var request = new GenerateRequest { MaxNewTokens = maxNew, Sampling = sampling, NoDefaultStop = noDefaultStop };
+        request.Prompts.Add(prompt is not null ? new Input { Text = prompt } : new Input { Tokens = new TokenIds { Ids = { promptIds! } } });
+        if (stopIds is not null)
+            request.StopTokenIds.AddRange(stopIds);
+        return Call(() => GenerateAsync(client, request, promptIds ?? []).GetAwaiter().GetResult());
+    }
+
+    private static async Task<(int[] Prompt, int[] Generated, string? Text)> GenerateAsync(MeshClient client, GenerateRequest request, int[] used)
+    {
+        var generated = new List<int>();
+        await foreach (var item in client.GenerateAsync(request))
         {
-            var request = new GenerateRequest { MaxNewTokens = maxNew, Sampling = sampling, NoDefaultStop = noDefaultStop };
-            request.Prompts.Add(prompt is not null ? new Input { Text = prompt } : new Input { Tokens = new TokenIds { Ids = { promptIds! } } });
-            if (stopIds is not null)
-                request.StopTokenIds.AddRange(stopIds);
-            return Call(() =>
-            {
-                var generated = new List<int>();
-                int[] used = promptIds ?? [];
-                using var call = client.Generate(request);
-                while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
-                {
-                    var m = call.ResponseStream.Current;
-                    if (m.Activation is not null)
-                        continue;
-                    if (m.PromptTokens.Count > 0)
-                        used = [.. m.PromptTokens[0].Ids];
-                    if (m.TokenIds[0] >= 0)
-                        generated.Add(m.TokenIds[0]);
-                }
-                var info = client.GetModelInfo(new GetModelInfoRequest());
-                string? text = string.IsNullOrEmpty(info.Tokenizer) ? null
-                    : client.Detokenize(new DetokenizeRequest { Tokens = { new TokenIds { Ids = { generated } } } }).Texts[0];
-                return (used, generated.ToArray(), text);
-            });
+            if (item.Tokens is not { } m)
+                continue;
+            if (m.PromptTokens.Count > 0)
+                used = [.. m.PromptTokens[0].Ids];
+            if (m.TokenIds[0] >= 0)
+                generated.Add(m.TokenIds[0]);
         }
+        var info = await client.GetModelInfoAsync();
+        string? text = string.IsNullOrEmpty(info.Tokenizer) ? null : (await client.DetokenizeAsync([generated.ToArray()]))[0];
+        return (used, generated.ToArray(), text);
     }
 
     public static float[][] Forward(RemoteTarget url, int[] ids, bool all)
     {
-        var client = Client(url, out var channel);
-        using (channel)
-        {
-            var request = new RunRequest { Logits = new LogitsRequest { Mode = all ? LogitsRequest.Types.Mode.All : LogitsRequest.Types.Mode.Last } };
-            request.Inputs.Add(new Input { Tokens = new TokenIds { Ids = { ids } } });
-            return Call(() =>
-            {
-                using var call = client.Run(request);
-                RunResult? result = null;
-                while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
-                {
-                    if (call.ResponseStream.Current.Result is { } r)
-                        result = r;
-                }
-                // [1, pos, vocab]: one row per position.
-                return WireTensor.FromProto(result!.Logits, "logits").ToFloat32Rows();
-            });
-        }
+        using var client = Connect(url);
+        var request = new RunRequest { Logits = new LogitsRequest { Mode = all ? LogitsRequest.Types.Mode.All : LogitsRequest.Types.Mode.Last } };
+        request.Inputs.Add(new Input { Tokens = new TokenIds { Ids = { ids } } });
+        return Call(() => ForwardAsync(client, request).GetAwaiter().GetResult());
+    }
+
+    private static async Task<float[][]> ForwardAsync(MeshClient client, RunRequest request)
+    {
+        RunResult? result = null;
+        await foreach (var item in client.RunAsync(request))
+            result = item.Result ?? result;
+        // [1, pos, vocab]: one row per position.
+        return WireTensor.FromProto(result!.Logits, "logits").ToFloat32Rows();
     }
 }

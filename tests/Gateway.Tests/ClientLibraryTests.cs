@@ -1,0 +1,145 @@
+using System.Text.Json;
+using Grpc.Core;
+using InterpMesh.Client;
+using InterpMesh.Contracts.Tensors;
+using InterpMesh.Contracts.V1;
+
+namespace InterpMesh.Gateway.Tests;
+
+/// <summary>
+/// The .NET client library (src/Client) against a real gateway and model service on loopback:
+/// captures assembled from their chunks equal the model service's own answer, jobs are followed
+/// with their progress, artifacts make the round trip, and its dependency graph holds no server
+/// project and no libtorch.
+/// </summary>
+public sealed class ClientLibraryTests(MeshFixture mesh) : IClassFixture<MeshFixture>
+{
+    private MeshClient Alice() => MeshClient.Connect(mesh.GatewayAddress, Mesh.AliceKey, "tiny");
+
+    [Fact]
+    public async Task Captures_through_the_gateway_equal_the_model_services_own()
+    {
+        using var client = Alice();
+        using var direct = MeshClient.Connect(mesh.ServiceAddress);
+        var request = new RunRequest
+        {
+            Inputs = { new Input { Text = "Once upon a time there was a dog" } },
+            Captures = { new Capture { Hooks = { "blocks.*.hook_resid_post", "blocks.0.attn.hook_pattern" } } },
+        };
+        var viaGateway = await Collect(client.RunAsync(request));
+        var viaService = await Collect(direct.RunAsync(request));
+        Assert.Equal(6, viaGateway.Count);
+        Assert.Equal(viaService.Keys.Order(), viaGateway.Keys.Order());
+        foreach (var (hook, tensor) in viaService)
+        {
+            Assert.Equal(tensor.Shape, viaGateway[hook].Shape);
+            Assert.Equal(tensor.ToFloat32(), viaGateway[hook].ToFloat32());
+        }
+    }
+
+    private static async Task<Dictionary<string, WireTensor>> Collect(IAsyncEnumerable<RunItem> items)
+    {
+        var captures = new Dictionary<string, WireTensor>();
+        bool result = false;
+        await foreach (var item in items)
+        {
+            if (item.Result is not null)
+                result = true;
+            else
+                captures.Add(item.Hook!, item.Activation!);
+        }
+        Assert.True(result, "the run ended without its result");
+        return captures;
+    }
+
+    [Fact]
+    public async Task A_job_is_followed_to_its_result_with_progress()
+    {
+        using var client = Alice();
+        var progress = new List<double>();
+        var job = await client.RunAnalysisAsync(new AnalysisRequest
+        {
+            Plugin = "token-stats",
+            Model = "tiny",
+            ParametersJson = JsonSerializer.Serialize(new { texts = new[] { "Once upon a time", "The cat sat" } }),
+        }, new Recorder(progress));
+        Assert.Equal(JobState.Succeeded, job.State);
+        Assert.NotEmpty(progress);
+        Assert.Equal("norms", Assert.Single(job.Result.Tables).Name);
+        Assert.Equal(job.Id, (await client.GetJobAsync(job.Id)).Id);
+        Assert.Contains((await client.ListJobsAsync("token-stats")).Jobs, j => j.Id == job.Id);
+    }
+
+    private sealed class Recorder(List<double> fractions) : IProgress<Progress>
+    {
+        public void Report(Progress value)
+        {
+            lock (fractions)
+                fractions.Add(value.Fraction);
+        }
+    }
+
+    [Fact]
+    public async Task Artifacts_make_the_round_trip_and_bad_names_get_the_gateways_answer()
+    {
+        using var client = Alice();
+        string from = TempFolders.Create("interpmesh-client-up-"), to = TempFolders.Create("interpmesh-client-down-");
+        var big = new byte[3 << 20];
+        new Random(3).NextBytes(big);
+        await File.WriteAllBytesAsync(Path.Combine(from, "weights.bin"), big);
+        await File.WriteAllTextAsync(Path.Combine(from, "cfg.json"), """{"d":1}""");
+
+        var stored = await client.UploadArtifactAsync("client/round-trip", from, """{"note":"test"}""");
+        Assert.Equal(2, stored.Files.Count);
+        var info = await client.DownloadArtifactAsync("client/round-trip", to);
+        Assert.Equal("client/round-trip", info.Name);
+        Assert.Equal(big, await File.ReadAllBytesAsync(Path.Combine(to, "weights.bin")));
+        Assert.Equal("""{"d":1}""", await File.ReadAllTextAsync(Path.Combine(to, "cfg.json")));
+        Assert.Contains((await client.ListArtifactsAsync("client/")).Artifacts, a => a.Name == "client/round-trip");
+        using (var admin = MeshClient.Connect(mesh.GatewayAddress, Mesh.AdminKey))
+        {
+            Assert.True(await admin.DeleteArtifactAsync("client/round-trip"));
+            Assert.False(await admin.DeleteArtifactAsync("client/round-trip"));
+        }
+
+        var bad = await Assert.ThrowsAsync<RpcException>(() => client.UploadArtifactAsync("../escape", from));
+        Assert.Equal(StatusCode.InvalidArgument, bad.StatusCode);
+        Assert.Contains("not allowed", bad.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Keys_and_addresses_fail_with_what_to_fix()
+    {
+        using (var anonymous = MeshClient.Connect(mesh.GatewayAddress))
+        {
+            var error = await Assert.ThrowsAsync<RpcException>(() => anonymous.ListPluginsAsync());
+            Assert.Equal(StatusCode.Unauthenticated, error.StatusCode);
+        }
+        using (var reader = MeshClient.Connect(mesh.GatewayAddress, Mesh.ReaderKey, "tiny"))
+        {
+            var error = await Assert.ThrowsAsync<RpcException>(() => reader.RunAnalysisAsync(new AnalysisRequest { Plugin = "token-stats", Model = "tiny", ParametersJson = "{}" }));
+            Assert.Equal(StatusCode.PermissionDenied, error.StatusCode);
+        }
+        var bad = Assert.Throws<ArgumentException>(() => MeshClient.Connect("localhost:50050"));
+        Assert.Contains("http://", bad.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void The_client_library_depends_on_no_server_project_and_no_libtorch()
+    {
+        // The restore's full closure of src/Client: every package and project it brings.
+        string assets = Path.Combine(RepoPaths.Root, "src", "Client", "obj", "project.assets.json");
+        using var document = JsonDocument.Parse(File.ReadAllText(assets));
+        var libraries = document.RootElement.GetProperty("libraries").EnumerateObject()
+            .Select(l => (Name: l.Name.Split('/')[0], Type: l.Value.GetProperty("type").GetString()))
+            .ToList();
+        Assert.Equal(["InterpMesh.Contracts"], libraries.Where(l => l.Type == "project").Select(l => l.Name));
+        Assert.DoesNotContain(libraries, l => l.Name.StartsWith("TorchSharp", StringComparison.OrdinalIgnoreCase)
+            || l.Name.StartsWith("libtorch", StringComparison.OrdinalIgnoreCase)
+            || l.Name.StartsWith("Grpc.AspNetCore", StringComparison.OrdinalIgnoreCase)
+            || l.Name.StartsWith("Microsoft.AspNetCore", StringComparison.OrdinalIgnoreCase));
+        var frameworks = document.RootElement.GetProperty("project").GetProperty("frameworks").EnumerateObject().Single().Value;
+        Assert.False(frameworks.TryGetProperty("frameworkReferences", out var references) && references.EnumerateObject().Any(r => r.Name == "Microsoft.AspNetCore.App"),
+            "the client library references the ASP.NET Core framework");
+    }
+}
