@@ -71,18 +71,17 @@ public static class CliApp
         bool json = args.Contains("--json");
         try
         {
-            if (args.Length == 0 || args[0] is "help" or "--help" or "-h")
+            // Help and shell completion come from System.CommandLine (CommandTree): `interpmesh`,
+            // `interpmesh help`, `interpmesh COMMAND --help`, and the [suggest] directive.
+            if (args.Length == 0 || args[0] is "help" or "--help" or "-h" or "-?" || args[0].StartsWith('[') || args.Any(a => a is "--help" or "-h" or "-?"))
             {
-                stdout.WriteLine(Usage);
-                return args.Length == 0 ? 2 : 0;
+                string[] forParser = args.Length == 0 || args[0] == "help" ? ["--help"] : args;
+                string helpFor = string.Join(' ', forParser.TakeWhile(a => !a.StartsWith('-') && !a.StartsWith('[')).Take(2));
+                int code = CommandTree.Build(helpFor).Parse(forParser).Invoke(new System.CommandLine.InvocationConfiguration { Output = stdout, Error = stderr });
+                return args.Length == 0 ? 2 : code;
             }
             string command = args[0];
             string[] rest = args[1..];
-            if (rest.Any(a => a is "--help" or "-h"))
-            {
-                stdout.WriteLine(CommandUsage(command));
-                return 0;
-            }
             if (command == "config")
             {
                 Parse(rest).RejectUnknown("config");
