@@ -37,8 +37,9 @@ internal static class RemoteAnalyses
             stdout.WriteLine(Formatter.Format(list));
             return 0;
         }
-        foreach (var p in list.Plugins)
-            stdout.WriteLine(p.Loaded ? $"  {p.Id,-18} {p.Version,-8} {p.Description}" : $"  {p.Id,-18} NOT LOADED: {p.Error}");
+        Terminal.Table(stdout, ["plugin", "version", "description"],
+            list.Plugins.Select(p => p.Loaded ? new[] { p.Id, p.Version, p.Description } : [p.Id, "NOT LOADED", p.Error]),
+            row => row[1] == "NOT LOADED" ? $"  {row[0],-18} NOT LOADED: {row[2]}" : $"  {row[0],-18} {row[1],-8} {row[2]}");
         return 0;
     }
 
@@ -54,24 +55,14 @@ internal static class RemoteAnalyses
         return Report(Follow(progress => c.RunAnalysisAsync(request, progress), stderr), json, stdout, stderr, report);
     }
 
-    /// <summary>Follows a job to its end: a progress bar on stderr, the final record returned.</summary>
+    /// <summary>Follows a job to its end: its progress on stderr (<see cref="Terminal.WithProgress"/>), the final record returned.</summary>
     public static Job Follow(Func<IProgress<Progress>, Task<Job>> follow, TextWriter stderr, string label = "") => RemoteModel.Call(() =>
-    {
-        var bar = new ProgressBar(stderr, label);
-        try
-        {
-            return follow(new BarProgress(bar)).GetAwaiter().GetResult();
-        }
-        finally
-        {
-            bar.Done();
-        }
-    });
+        Terminal.WithProgress(stderr, label, update => follow(new Reporter(update)).GetAwaiter().GetResult()));
 
-    /// <summary>Progress events drawn on the bar as they arrive (on the caller's thread, not a captured context).</summary>
-    private sealed class BarProgress(ProgressBar bar) : IProgress<Progress>
+    /// <summary>Progress events passed on as they arrive (on the caller's thread, not a captured context).</summary>
+    private sealed class Reporter(Action<double, string> update) : IProgress<Progress>
     {
-        public void Report(Progress value) => bar.Update(value.Fraction, value.Message);
+        public void Report(Progress value) => update(value.Fraction, value.Message);
     }
 
     private static int Report(Job job, bool json, TextWriter stdout, TextWriter stderr, string? reportPath = null)
@@ -122,8 +113,9 @@ internal static class RemoteAnalyses
                 if (json)
                     stdout.WriteLine(Formatter.Format(list));
                 else
-                    foreach (var j in list.Jobs)
-                        stdout.WriteLine($"  {j.Id}  {j.Plugin,-16} {j.State.ToString().ToUpperInvariant(),-12} {j.Progress,5:P0}  {j.Owner}  {j.Error}");
+                    Terminal.Table(stdout, ["id", "plugin", "state", "progress", "owner", "error"],
+                        list.Jobs.Select(j => new[] { j.Id, j.Plugin, j.State.ToString().ToUpperInvariant(), j.Progress.ToString("P0", System.Globalization.CultureInfo.CurrentCulture), j.Owner, j.Error }),
+                        row => $"  {row[0]}  {row[1],-16} {row[2],-12} {row[3],5}  {row[4]}  {row[5]}");
                 return 0;
             case "result":
                 return Report(RemoteModel.Call(() => c.GetJobAsync(Need()).GetAwaiter().GetResult()), json, stdout, stderr, report);
@@ -154,8 +146,9 @@ internal static class RemoteAnalyses
                 if (json)
                     stdout.WriteLine(Formatter.Format(list));
                 else
-                    foreach (var a in list.Artifacts)
-                        stdout.WriteLine($"  {a.Name,-40} {a.Files.Sum(f => f.Bytes),12:N0} B  {string.Join(", ", a.Files.Select(f => f.Name))}");
+                    Terminal.Table(stdout, ["artifact", "bytes", "files"],
+                        list.Artifacts.Select(a => new[] { a.Name, a.Files.Sum(f => f.Bytes).ToString("N0", System.Globalization.CultureInfo.CurrentCulture), string.Join(", ", a.Files.Select(f => f.Name)) }),
+                        row => $"  {row[0],-40} {row[1],12} B  {row[2]}");
                 return 0;
             case "get":
                 var header = RemoteModel.Call(() => c.DownloadArtifactAsync(Need(), dir!).GetAwaiter().GetResult());
