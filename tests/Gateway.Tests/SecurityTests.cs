@@ -84,12 +84,31 @@ public sealed class SecurityTests(SecureMeshFixture mesh) : IClassFixture<Secure
     /// <summary>Deliberately open: load balancers probe health, tools list services by reflection.</summary>
     private static readonly string[] OpenServices = ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
 
-    private IReadOnlyList<IMethod> ServedMethods() =>
-        [.. mesh.GatewayServices.GetRequiredService<EndpointDataSource>().Endpoints
+    /// <summary>
+    /// What the gateway serves: its gRPC services' methods, and for a service it forwards by prefix
+    /// (ModelService), every method the contract defines plus one it does not (forwarded all the same).
+    /// </summary>
+    private IReadOnlyList<IMethod> ServedMethods()
+    {
+        var endpoints = mesh.GatewayServices.GetRequiredService<EndpointDataSource>().Endpoints;
+        var forwarded = endpoints.Select(e => e.Metadata.GetMetadata<Routing.ModelServiceForwarding.ForwardedService>()?.Name).OfType<string>().ToHashSet(StringComparer.Ordinal);
+        return [.. endpoints
             .Select(e => e.Metadata.GetMetadata<GrpcMethodMetadata>()?.Method)
             .OfType<IMethod>()
+            .Concat(ContractServices().Where(s => forwarded.Contains(s.FullName)).SelectMany(s => s.Methods.Select(Method)
+                .Append(new Method<byte[], byte[]>(MethodType.Unary, s.FullName, "NotYetAnRpc", Raw, Raw))))
             .DistinctBy(m => m.FullName)
             .OrderBy(m => m.FullName, StringComparer.Ordinal)];
+    }
+
+    private static Method<byte[], byte[]> Method(Google.Protobuf.Reflection.MethodDescriptor m) => new(
+        (m.IsClientStreaming, m.IsServerStreaming) switch
+        {
+            (false, false) => MethodType.Unary,
+            (false, true) => MethodType.ServerStreaming,
+            (true, false) => MethodType.ClientStreaming,
+            _ => MethodType.DuplexStreaming,
+        }, m.Service.FullName, m.Name, Raw, Raw);
 
     /// <summary>Every service the contracts define, from the generated code.</summary>
     private static IReadOnlyList<ServiceDescriptor> ContractServices() =>
@@ -106,7 +125,7 @@ public sealed class SecurityTests(SecureMeshFixture mesh) : IClassFixture<Secure
         var contracts = ContractServices().Select(s => s.FullName).ToList();
         Assert.Equal(["interpmesh.v1.AnalysisService", "interpmesh.v1.ArtifactService", "interpmesh.v1.ModelService"], contracts);
         Assert.Equal(contracts.Concat(OpenServices).Order(StringComparer.Ordinal), served);
-        // Each contract method is served (none forgotten in a proxy).
+        // Each contract method is served (none forgotten in a proxy): ModelService's by the forwarded prefix.
         var servedNames = ServedMethods().Select(m => m.FullName).ToHashSet(StringComparer.Ordinal);
         foreach (var method in ContractServices().SelectMany(s => s.Methods))
             Assert.Contains($"/{method.Service.FullName}/{method.Name}", servedNames);

@@ -29,6 +29,7 @@ internal static class GatewayBenchmark
         int seq = args.Int("seq", min: 1) ?? 128;
         int iters = args.Int("iters", min: 1) ?? 5;
         int unary = args.Int("unary", min: 10) ?? 400;
+        string[] capture = (args.Text("capture") ?? "blocks.*.hook_resid_post").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         int threads = TorchRuntime.Initialize(args.Int("threads", min: 1));
         args.RejectUnknown("bench gateway");
 
@@ -49,7 +50,7 @@ internal static class GatewayBenchmark
             for (int b = 0; b < batch; b++)
                 request.Inputs.Add(new Input { Tokens = new TokenIds { Ids = { Enumerable.Range(0, seq).Select(_ => rng.Next(config.VocabSize)) } } });
             var plain = request.Clone();
-            request.Captures.Add(new Capture { Hooks = { "blocks.*.hook_resid_post" } });
+            request.Captures.Add(new Capture { Hooks = { capture } });
             long Call(Contracts.V1.ModelService.ModelServiceClient c, RunRequest r)
             {
                 long bytes = 0;
@@ -108,6 +109,7 @@ internal static class GatewayBenchmark
                 ["batch"] = batch,
                 ["seq"] = seq,
                 ["threads"] = threads,
+                ["capture"] = string.Join(",", capture),
                 ["captured_mb"] = mb,
                 ["direct_run_with_capture_s"] = directCapture,
                 ["gateway_run_with_capture_s"] = gatewayCapture,

@@ -42,7 +42,7 @@ public static class CliApp
                                [--capture GLOB] [--logits none|last|all] [--warmup W] [--iters I] [--json]
           interpmesh bench stream  --preset gpt2-small --batch B --seq T [--clients N] [--client-rows R] [--client-seq S]
                                  [--batch-window-ms W] [--iters I] [--json]
-          interpmesh bench gateway --preset gpt2-small --batch B --seq T [--iters I] [--unary N] [--threads N] [--json]
+          interpmesh bench gateway --preset gpt2-small --batch B --seq T [--iters I] [--unary N] [--capture HOOKS] [--threads N] [--json]
           interpmesh bench probe   [--n N --d D] [--texts T] [--threads N] [--json]
           interpmesh bench retrieval [--trials N] [--threads N] [--json]
           interpmesh bench sae     [--d-in D --d-sae S --k K --batch B --steps N] [--threads N] [--json]

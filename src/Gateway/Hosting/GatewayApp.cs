@@ -38,6 +38,7 @@ public static class GatewayApp
         services.AddSingleton<ModelRouter>();
         services.AddSingleton<ApiKeys>();
         services.AddSingleton<AuthInterceptor>();
+        services.AddSingleton<ModelServiceForwarder>();
         services.AddSingleton<PluginCatalog>();
         services.AddSingleton<IPluginCatalog>(sp => sp.GetRequiredService<PluginCatalog>());
         services.AddSingleton(sp => new ArtifactStore(sp.GetRequiredService<IOptions<GatewayOptions>>().Value.ArtifactsPath));
@@ -59,7 +60,7 @@ public static class GatewayApp
         app.Services.GetRequiredService<PluginCatalog>();
         if (!app.Services.GetRequiredService<IOptions<GatewayOptions>>().Value.Auth.Enabled)
             app.Logger.LogWarning("Authentication is OFF (Gateway:Auth:Enabled=false): anyone who can reach this gateway can use it. Use this for local work only.");
-        app.MapGrpcService<ModelServiceProxy>();
+        app.MapModelServiceForwarding();
         app.MapGrpcService<AnalysisEndpoint>();
         app.MapGrpcService<ArtifactEndpoint>();
         return app;

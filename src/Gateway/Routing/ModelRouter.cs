@@ -35,7 +35,7 @@ public sealed class ModelRouter : IDisposable
         {
             return defaultModel is not null ? pools[defaultModel]
                 : throw new RpcException(new Status(StatusCode.InvalidArgument,
-                    $"name a model (metadata '{ModelHeader}' or the request's model field); this gateway serves {string.Join(", ", pools.Keys)}"));
+                    $"name a model (metadata '{ModelHeader}'); this gateway serves {string.Join(", ", pools.Keys)}"));
         }
         return pools.TryGetValue(model, out var pool) ? pool
             : throw new RpcException(new Status(StatusCode.NotFound, $"unknown model '{model}'; this gateway serves {string.Join(", ", pools.Keys)}"));
@@ -112,6 +112,7 @@ public sealed class Replica
         Balanced = Contracts.Channels.IsDns(address);
         Channel = Contracts.Channels.ForAddress(address);
         Client = new Contracts.V1.ModelService.ModelServiceClient(Channel);
+        Invoker = Channel.CreateCallInvoker();
     }
 
     public string Address { get; }
@@ -120,4 +121,7 @@ public sealed class Replica
     public bool Balanced { get; }
     public GrpcChannel Channel { get; }
     public Contracts.V1.ModelService.ModelServiceClient Client { get; }
+
+    /// <summary>The channel's invoker, for calls the forwarder passes through unparsed.</summary>
+    public CallInvoker Invoker { get; }
 }

@@ -54,6 +54,18 @@ public sealed class AuthInterceptor : Interceptor, IDisposable
     {
         if (Exempt(context.Method))
             return;
+        Authorize(context.Method, context.RequestHeaders.GetValue("authorization"), caller => context.UserState[Caller.StateKey] = caller);
+    }
+
+    /// <summary>
+    /// The caller of <paramref name="fullMethod"/> holding the key in <paramref name="authorization"/>
+    /// (<c>Bearer &lt;key&gt;</c>), once its role and rate allow the call; otherwise an
+    /// <see cref="RpcException"/> saying why. Used by the interceptor and by the ModelService forwarder.
+    /// <paramref name="identified"/> hears of the caller as soon as the key is known, so a call refused
+    /// for its role or rate is still labelled with the key's name.
+    /// </summary>
+    public Caller Authorize(string fullMethod, string? authorization, Action<Caller>? identified = null)
+    {
         Caller caller;
         if (!keys.Enabled)
         {
@@ -61,16 +73,15 @@ public sealed class AuthInterceptor : Interceptor, IDisposable
         }
         else
         {
-            var header = context.RequestHeaders.GetValue("authorization");
-            if (string.IsNullOrEmpty(header) || !header.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase))
+            if (string.IsNullOrEmpty(authorization) || !authorization.StartsWith("Bearer ", StringComparison.OrdinalIgnoreCase))
                 throw new RpcException(new Status(StatusCode.Unauthenticated, "this gateway requires an API key: send metadata 'authorization: Bearer <key>'"));
-            caller = keys.Authenticate(header["Bearer ".Length..].Trim())
+            caller = keys.Authenticate(authorization["Bearer ".Length..].Trim())
                 ?? throw new RpcException(new Status(StatusCode.Unauthenticated, "the API key is not valid; check it, or ask an administrator for a new one"));
         }
-        context.UserState[Caller.StateKey] = caller;
-        string role = RoleFor(context.Method);
+        identified?.Invoke(caller);
+        string role = RoleFor(fullMethod);
         if (!caller.Has(role))
-            throw new RpcException(new Status(StatusCode.PermissionDenied, $"key '{caller.Name}' lacks the '{role}' role needed for {context.Method}"));
+            throw new RpcException(new Status(StatusCode.PermissionDenied, $"key '{caller.Name}' lacks the '{role}' role needed for {fullMethod}"));
         if (limiter is not null)
         {
             using var lease = limiter.AttemptAcquire(caller.Name);
@@ -81,6 +92,7 @@ public sealed class AuthInterceptor : Interceptor, IDisposable
                     new Metadata { { "retry-after-ms", ((long)Math.Ceiling(wait.TotalMilliseconds)).ToString(System.Globalization.CultureInfo.InvariantCulture) } });
             }
         }
+        return caller;
     }
 
     public override Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)

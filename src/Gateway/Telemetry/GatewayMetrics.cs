@@ -28,7 +28,7 @@ public sealed class GatewayMetrics : ICallMetrics, IDisposable
         Requests = meter.CreateCounter<long>("interpmesh.gateway.requests", "{request}", "Calls handled, by method, status and key name");
         Duration = meter.CreateHistogram("interpmesh.gateway.request.duration", "s", "Call latency, by method, status and key name",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120, 600] });
-        ActivationBytes = meter.CreateCounter<long>("interpmesh.gateway.activations.bytes", "By", "Activation bytes proxied from model services to clients");
+        ActivationBytes = meter.CreateCounter<long>("interpmesh.gateway.activations.bytes", "By", "Response bytes (gRPC messages with their prefixes) forwarded from model services to clients");
         PluginRuns = meter.CreateCounter<long>("interpmesh.gateway.plugin.runs", "{run}", "Finished plugin runs, by plugin and outcome");
     }
 

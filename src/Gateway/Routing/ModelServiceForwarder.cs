@@ -1,0 +1,318 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Globalization;
+using Grpc.Core;
+using InterpMesh.Gateway.Configuration;
+using InterpMesh.Gateway.Security;
+using InterpMesh.Gateway.Telemetry;
+using Microsoft.Extensions.Options;
+
+namespace InterpMesh.Gateway.Routing;
+
+/// <summary>
+/// The ModelService API at the gateway, forwarded by service prefix: every call to
+/// <c>/interpmesh.v1.ModelService/*</c> is authenticated (<see cref="AuthInterceptor.Authorize"/>),
+/// routed by its <c>interpmesh-model</c> metadata to a replica, and its length-prefixed messages
+/// are copied both ways without being parsed — an RPC added to the model service needs no code here.
+/// <para>
+/// Messages are copied whole (one pooled buffer each way), so a replica failing mid-stream still
+/// ends the client's call at a message boundary with a proper UNAVAILABLE status. A call that fails
+/// UNAVAILABLE before any response message is retried once on another replica (or, for a
+/// <c>dns:///</c> endpoint, on the channel's next address): nothing has reached the client yet.
+/// The client's deadline (or <see cref="GatewayOptions.CallTimeoutSeconds"/>) and cancellation
+/// carry over to the replica. Request metadata is not forwarded (the API key stays here); response
+/// headers and trailers from the replica are.
+/// </para>
+/// </summary>
+public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor auth, IOptions<GatewayOptions> options, GatewayMetrics metrics, ILogger<ModelServiceForwarder> logger)
+{
+    public const string Service = "interpmesh.v1.ModelService";
+
+    /// <summary>Distinct method names kept (each is a method object the channels cache); beyond them, unknown names are refused here.</summary>
+    private const int MaxMethods = 256;
+
+    /// <summary>Response headers and trailers the forwarder writes itself (or HTTP owns), not copied from the replica.</summary>
+    private static readonly HashSet<string> Reserved = new(StringComparer.OrdinalIgnoreCase)
+    {
+        "grpc-status", "grpc-message", "grpc-status-details-bin", "content-type", "content-length", "grpc-encoding", "grpc-accept-encoding", "te", "date", "server",
+    };
+
+    private readonly ConcurrentDictionary<string, Method<Frame, Frame>> methods = new(
+        Contracts.V1.ModelService.Descriptor.Methods.ToDictionary(m => m.Name, m => Duplex(m.Name), StringComparer.Ordinal), StringComparer.Ordinal);
+
+    private readonly TimeSpan callTimeout = TimeSpan.FromSeconds(options.Value.CallTimeoutSeconds);
+    private readonly int maxRequestBytes = options.Value.MaxRequestBytes;
+
+    /// <summary>
+    /// Every call type looks the same on the wire (request messages, then response messages and
+    /// trailers), so one duplex method per name carries unary and streaming calls alike.
+    /// </summary>
+    private static Method<Frame, Frame> Duplex(string name) => new(MethodType.DuplexStreaming, Service, name, Frame.Marshaller, Frame.Marshaller);
+
+    /// <summary>Handles one call; never throws (every failure becomes the call's gRPC status).</summary>
+    public async Task ForwardAsync(HttpContext context)
+    {
+        long started = Stopwatch.GetTimestamp();
+        string path = context.Request.Path.Value ?? "";
+        string name = path[(path.LastIndexOf('/') + 1)..];
+        var call = new ForwardedCall(context);
+        Activity.Current?.SetTag("rpc.system", "grpc");
+        Activity.Current?.SetTag("rpc.service", Service);
+        Activity.Current?.SetTag("rpc.method", name);
+        if (Activity.Current is { } activity)
+            activity.DisplayName = $"{Service}/{name}";
+        try
+        {
+            if (!context.Request.ContentType?.StartsWith("application/grpc", StringComparison.OrdinalIgnoreCase) ?? true)
+            {
+                context.Response.StatusCode = StatusCodes.Status415UnsupportedMediaType;
+                call.Status = new Status(StatusCode.Internal, "not a gRPC request");
+                return;
+            }
+            await ForwardCoreAsync(context, call, name);
+        }
+        catch (Exception) when (context.RequestAborted.IsCancellationRequested)
+        {
+            call.Status = new Status(StatusCode.Cancelled, "the client cancelled the call");
+        }
+        catch (RpcException e)
+        {
+            call.Fail(e.Status, e.Trailers);
+        }
+        catch (Exception e)
+        {
+            // A fault of the gateway itself: the log has it, the client gets a status without internals.
+            logger.LogError(e, "Forwarding {Method} failed", path);
+            call.Fail(new Status(StatusCode.Internal, "the gateway failed to forward this call; its log has the details"), null);
+        }
+        finally
+        {
+            var tags = new TagList { { "method", name }, { "status", call.Status.StatusCode.ToString() }, { "key", call.Key } };
+            metrics.Requests.Add(1, tags);
+            metrics.Duration.Record(Stopwatch.GetElapsedTime(started).TotalSeconds, tags);
+            metrics.ActivationBytes.Add(call.ResponseBytes);
+        }
+    }
+
+    private async Task ForwardCoreAsync(HttpContext context, ForwardedCall call, string name)
+    {
+        var headers = context.Request.Headers;
+        auth.Authorize(context.Request.Path.Value!, headers.Authorization, caller => call.Key = caller.Name);
+        if (!string.Equals(context.Request.Path.Value, $"/{Service}/{name}", StringComparison.Ordinal) || !IsMethodName(name))
+            throw new RpcException(new Status(StatusCode.Unimplemented, $"'{Truncate(context.Request.Path.Value!)}' is not a method of {Service}"));
+        var pool = router.Resolve(headers[ModelRouter.ModelHeader].ToString());
+        var deadline = DateTime.UtcNow + (GrpcWire.ParseTimeout(headers["grpc-timeout"].ToString()) ?? callTimeout);
+        var method = Method(name);
+        var ct = context.RequestAborted;
+        using var request = new RequestFrames(context.Request.BodyReader, maxRequestBytes);
+        for (int attempt = 1; ; attempt++)
+        {
+            var replica = pool.Pick();
+            using var upstreamCancel = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            using var upstream = replica.Invoker.AsyncDuplexStreamingCall(method, null, new CallOptions(deadline: deadline, cancellationToken: upstreamCancel.Token));
+            var pump = request.PumpAsync(upstream.RequestStream, upstreamCancel);
+            try
+            {
+                while (await upstream.ResponseStream.MoveNext(CancellationToken.None))
+                {
+                    using var frame = upstream.ResponseStream.Current;
+                    if (!context.Response.HasStarted)
+                        await call.StartAsync(await upstream.ResponseHeadersAsync, Reserved);
+                    await GrpcWire.WriteAsync(context.Response.BodyWriter, frame, ct);
+                    call.ResponseBytes += GrpcWire.PrefixBytes + frame.Length;
+                }
+                await pump;
+                if (request.Refusal is { } refusedLate)
+                    throw refusedLate;
+                call.Finish(upstream.GetStatus(), upstream.GetTrailers(), Reserved);
+                return;
+            }
+            catch (RpcException e) when (!ct.IsCancellationRequested)
+            {
+                // The request body was refused: that is the call's status, whatever the replica said after.
+                await pump;
+                if (request.Refusal is { } refused)
+                    throw refused;
+                if (e.StatusCode != StatusCode.Unavailable)
+                {
+                    call.Fail(e.Status, e.Trailers, Reserved);
+                    return;
+                }
+                ReplicaPool.MarkDown(replica);
+                logger.LogWarning("The model service for '{Model}' at {Address} is unavailable: {Detail}", pool.Model, replica.Address, e.Status.Detail);
+                if (context.Response.HasStarted || attempt >= pool.Attempts || !request.Replayable)
+                {
+                    call.Fail(new Status(StatusCode.Unavailable,
+                        $"the model service for '{pool.Model}' at {replica.Address} is unavailable ({e.Status.Detail}); retry: the next call goes to another replica if there is one"), e.Trailers, Reserved);
+                    return;
+                }
+            }
+        }
+    }
+
+    private static bool IsMethodName(string name) =>
+        name.Length is > 0 and <= 128 && (char.IsAsciiLetter(name[0]) || name[0] == '_') && name.All(c => char.IsAsciiLetterOrDigit(c) || c == '_');
+
+    private static string Truncate(string s) => s.Length > 80 ? s[..80] + "…" : s;
+
+    private Method<Frame, Frame> Method(string name)
+    {
+        if (methods.TryGetValue(name, out var known))
+            return known;
+        if (methods.Count >= MaxMethods)
+            throw new RpcException(new Status(StatusCode.Unimplemented, $"'{name}' is not a method of {Service} this gateway has seen, and it forwards at most {MaxMethods} distinct ones"));
+        return methods.GetOrAdd(name, Duplex);
+    }
+
+    /// <summary>The client's side of one forwarded call: its key, status, bytes and how its response ends.</summary>
+    private sealed class ForwardedCall(HttpContext context)
+    {
+        public string Key { get; set; } = Caller.Anonymous;
+        public Status Status { get; set; } = Status.DefaultSuccess;
+        public long ResponseBytes { get; set; }
+
+        public Task StartAsync(Metadata headers, HashSet<string> reserved)
+        {
+            var response = context.Response;
+            response.StatusCode = StatusCodes.Status200OK;
+            response.ContentType = "application/grpc";
+            Copy(headers, response.Headers, reserved);
+            return response.StartAsync(context.RequestAborted);
+        }
+
+        public void Finish(Status status, Metadata? trailers, HashSet<string>? reserved = null)
+        {
+            Status = status;
+            var response = context.Response;
+            if (!response.HasStarted)
+            {
+                // Trailers-only: the status goes in the headers of a response without a body.
+                response.StatusCode = StatusCodes.Status200OK;
+                response.ContentType = "application/grpc";
+                response.Headers["grpc-status"] = ((int)status.StatusCode).ToString(CultureInfo.InvariantCulture);
+                if (status.Detail.Length > 0)
+                    response.Headers["grpc-message"] = GrpcWire.EncodeMessage(status.Detail);
+                if (trailers is not null)
+                    Copy(trailers, response.Headers, reserved);
+                return;
+            }
+            response.AppendTrailer("grpc-status", ((int)status.StatusCode).ToString(CultureInfo.InvariantCulture));
+            if (status.Detail.Length > 0)
+                response.AppendTrailer("grpc-message", GrpcWire.EncodeMessage(status.Detail));
+            foreach (var entry in Entries(trailers, reserved))
+                response.AppendTrailer(entry.Key, entry.Value);
+        }
+
+        public void Fail(Status status, Metadata? trailers, HashSet<string>? reserved = null) => Finish(status, trailers, reserved);
+
+        private static void Copy(Metadata? from, IHeaderDictionary to, HashSet<string>? reserved)
+        {
+            foreach (var entry in Entries(from, reserved))
+                to.Append(entry.Key, entry.Value);
+        }
+
+        private static IEnumerable<KeyValuePair<string, string>> Entries(Metadata? from, HashSet<string>? reserved)
+        {
+            foreach (var entry in from ?? [])
+            {
+                if (entry.Key.StartsWith(':') || reserved?.Contains(entry.Key) == true)
+                    continue;
+                yield return new(entry.Key, entry.IsBinary ? Convert.ToBase64String(entry.ValueBytes) : entry.Value);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The client's request messages, read from its body as the replica takes them and kept (up to
+    /// 1 MiB in all) so that a call refused before any response can be sent again.
+    /// </summary>
+    private sealed class RequestFrames(System.IO.Pipelines.PipeReader body, int maxBytes) : IDisposable
+    {
+        private const long KeepBytes = 1 << 20;
+        private readonly List<Frame> kept = [];
+        private long keptBytes;
+        private bool ended;
+        private bool overflowed;
+
+        /// <summary>All of the body was read and kept: another attempt can send it again.</summary>
+        public bool Replayable => ended && !overflowed;
+
+        /// <summary>Why the gateway refused the request body (cut short, compressed, too large), if it did.</summary>
+        public RpcException? Refusal { get; private set; }
+
+        /// <summary>
+        /// Sends the kept messages, then the rest of the body, then the end of the request. Never
+        /// throws: a refused body cancels the replica's call and is kept in <see cref="Refusal"/>; a
+        /// failed write means the replica's call ended, and its status says why.
+        /// </summary>
+        public async Task PumpAsync(IClientStreamWriter<Frame> upstream, CancellationTokenSource cancel)
+        {
+            try
+            {
+                foreach (var frame in kept)
+                    await upstream.WriteAsync(frame, cancel.Token);
+                while (!ended)
+                {
+                    Frame? frame;
+                    try
+                    {
+                        frame = await GrpcWire.ReadAsync(body, maxBytes, cancel.Token);
+                    }
+                    catch (RpcException e)
+                    {
+                        Refusal = e;
+                        await cancel.CancelAsync();
+                        return;
+                    }
+                    if (frame is null)
+                    {
+                        ended = true;
+                        break;
+                    }
+                    bool keep = !overflowed && keptBytes + frame.Length <= KeepBytes;
+                    if (keep)
+                    {
+                        kept.Add(frame);
+                        keptBytes += frame.Length;
+                    }
+                    else
+                    {
+                        overflowed = true;
+                    }
+                    try
+                    {
+                        await upstream.WriteAsync(frame, cancel.Token);
+                    }
+                    finally
+                    {
+                        if (!keep)
+                            frame.Dispose();
+                    }
+                }
+                await upstream.CompleteAsync();
+            }
+            catch (Exception e) when (e is RpcException or OperationCanceledException or IOException or InvalidOperationException)
+            {
+                // The replica's call ended (or the client went away): the response side reports it.
+            }
+        }
+
+        public void Dispose()
+        {
+            foreach (var frame in kept)
+                frame.Dispose();
+        }
+    }
+}
+
+/// <summary>Maps the ModelService prefix to the forwarder.</summary>
+public static class ModelServiceForwarding
+{
+    /// <summary>Marks the forwarded route: every method of <see cref="ModelServiceForwarder.Service"/> (tests enumerate what the gateway serves by it).</summary>
+    public sealed record ForwardedService(string Name);
+
+    public static IEndpointConventionBuilder MapModelServiceForwarding(this IEndpointRouteBuilder app) =>
+        app.MapPost($"/{ModelServiceForwarder.Service}/{{method}}", (HttpContext context, ModelServiceForwarder forwarder) => forwarder.ForwardAsync(context))
+            .WithMetadata(new ForwardedService(ModelServiceForwarder.Service))
+            .WithDisplayName($"{ModelServiceForwarder.Service} (forwarded)");
+}
