@@ -1,10 +1,7 @@
 using System.Globalization;
 using InterpMesh.Cli.CommandLine;
-using InterpMesh.Gateway.Hosting;
-using InterpMesh.ModelService.Hosting;
+using InterpMesh.Hosting;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.Extensions.Configuration;
-using Microsoft.Extensions.DependencyInjection;
 
 namespace InterpMesh.Cli.Serve;
 
@@ -39,33 +36,13 @@ internal static class LocalMesh
     }
 
     /// <summary>Starts a model service and waits until its model is loaded (a load failure stops it and says why).</summary>
-    public static WebApplication StartModelService(string modelPath, int threads, string url = "http://127.0.0.1:0", Dictionary<string, string?>? extra = null)
-    {
-        var app = ModelServiceApp.Build([], b =>
+    public static WebApplication StartModelService(string modelPath, int threads, string url = "http://127.0.0.1:0", Dictionary<string, string?>? extra = null) =>
+        LocalHosts.StartModelServiceAsync(new Dictionary<string, string?>
         {
-            b.Configuration.Sources.Clear();
-            b.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
-            {
-                ["ModelService:ModelPath"] = modelPath,
-                ["ModelService:Threads"] = threads.ToString(CultureInfo.InvariantCulture),
-                ["Kestrel:Endpoints:Grpc:Url"] = url,
-                ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
-                ["Logging:LogLevel:Default"] = "Warning",
-            });
-            b.Configuration.AddInMemoryCollection(extra ?? []);
-        });
-        app.StartAsync().GetAwaiter().GetResult();
-        try
-        {
-            app.Services.GetRequiredService<ModelHost>().WhenLoaded.GetAwaiter().GetResult();
-        }
-        catch (Exception e)
-        {
-            Stop(app);
-            throw new InvalidOperationException($"the model {modelPath} failed to load: {e.Message}");
-        }
-        return app;
-    }
+            ["ModelService:ModelPath"] = modelPath,
+            ["ModelService:Threads"] = threads.ToString(CultureInfo.InvariantCulture),
+            ["Kestrel:Endpoints:Grpc:Url"] = url,
+        }.Concat(extra ?? [])).GetAwaiter().GetResult();
 
     /// <summary>
     /// A gateway in front of the given models (name → model-service address) with the plugins in
@@ -83,7 +60,6 @@ internal static class LocalMesh
             ["Gateway:Auth:Enabled"] = key is null ? "false" : "true",
             ["Gateway:RateLimit:RequestsPerSecond"] = "0",
             ["Kestrel:Endpoints:Grpc:Url"] = url,
-            ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
             ["Logging:LogLevel:Default"] = logLevel,
         };
         foreach (var (name, address) in models)
@@ -93,25 +69,11 @@ internal static class LocalMesh
         if (key is not null)
         {
             settings["Gateway:Auth:Keys:0:Name"] = "local";
-            settings["Gateway:Auth:Keys:0:Sha256"] = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(key)));
+            settings["Gateway:Auth:Keys:0:Sha256"] = LocalHosts.KeyHash(key);
             settings["Gateway:Auth:Keys:0:Roles:0"] = "admin";
         }
-        var app = GatewayApp.Build([], b =>
-        {
-            b.Configuration.Sources.Clear();
-            b.Configuration.AddInMemoryCollection(settings);
-            b.Configuration.AddInMemoryCollection(extra ?? []);
-        });
-        app.StartAsync().GetAwaiter().GetResult();
-        return app;
+        return LocalHosts.StartGatewayAsync(settings.Concat(extra ?? [])).GetAwaiter().GetResult();
     }
 
-    public static void Stop(params WebApplication[] apps)
-    {
-        foreach (var app in apps)
-        {
-            app.StopAsync().GetAwaiter().GetResult();
-            app.DisposeAsync().AsTask().GetAwaiter().GetResult();
-        }
-    }
+    public static void Stop(params WebApplication[] apps) => LocalHosts.StopAsync(apps).GetAwaiter().GetResult();
 }

@@ -1,12 +1,7 @@
-using System.Security.Cryptography;
-using System.Text;
 using Grpc.Core;
 using Grpc.Net.Client;
-using InterpMesh.Gateway.Hosting;
-using InterpMesh.ModelService.Hosting;
+using InterpMesh.Hosting;
 using Microsoft.AspNetCore.Builder;
-using Microsoft.Extensions.Configuration;
-using Microsoft.Extensions.DependencyInjection;
 using Xunit;
 
 namespace InterpMesh.Tests;
@@ -18,27 +13,16 @@ public static class Mesh
     public const string AliceKey = "alice-key-0123456789";
     public const string ReaderKey = "reader-key-0123456789";
 
-    public static string Hash(string key) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(key)));
+    public static string Hash(string key) => LocalHosts.KeyHash(key);
 
     public static async Task<(WebApplication App, string Address)> StartModelServiceAsync(string modelPath, Dictionary<string, string?>? settings = null)
     {
-        var app = ModelServiceApp.Build([], b =>
-        {
-            // Only these settings: the appsettings.json files in the test output belong to the apps.
-            b.Configuration.Sources.Clear();
-            b.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
+        var app = await LocalHosts.StartModelServiceAsync(new Dictionary<string, string?>
         {
             ["ModelService:ModelPath"] = modelPath,
             ["ModelService:MaxChunkBytes"] = "65536",
-            ["Kestrel:Endpoints:Grpc:Url"] = "http://127.0.0.1:0",
-            ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
-            ["Logging:LogLevel:Default"] = "Warning",
-        });
-            b.Configuration.AddInMemoryCollection(settings ?? []);
-        });
-        await app.StartAsync();
-        await app.Services.GetRequiredService<ModelHost>().WhenLoaded;
-        return (app, app.Urls.First());
+        }.Concat(settings ?? []));
+        return (app, LocalHosts.GrpcAddress(app));
     }
 
     /// <summary>A gateway with three keys (admin, alice: analyze, reader: read) unless <paramref name="settings"/> says otherwise.</summary>
@@ -62,9 +46,6 @@ public static class Mesh
             ["Gateway:Auth:Keys:2:Roles:0"] = "read",
             ["Gateway:RateLimit:RequestsPerSecond"] = "1000",
             ["Gateway:RateLimit:Burst"] = "1000",
-            ["Kestrel:Endpoints:Grpc:Url"] = "http://127.0.0.1:0",
-            ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
-            ["Logging:LogLevel:Default"] = "Warning",
         };
         int i = 0;
         foreach (var e in modelEndpoints)
@@ -74,17 +55,8 @@ public static class Mesh
             config["Kestrel:Endpoints:Metrics:Url"] = $"http://127.0.0.1:{port}";
             config["Kestrel:Endpoints:Metrics:Protocols"] = "Http1";
         }
-        foreach (var (k, v) in settings ?? [])
-            config[k] = v;
-        var app = GatewayApp.Build([], b =>
-        {
-            // Not the gateway's own appsettings.json (copied into the test output).
-            b.Configuration.Sources.Clear();
-            b.Configuration.AddInMemoryCollection(config);
-            configure?.Invoke(b);
-        });
-        await app.StartAsync();
-        return (app, app.Urls.First(u => metricsPort is null || !u.EndsWith($":{metricsPort}", StringComparison.Ordinal)));
+        var app = await LocalHosts.StartGatewayAsync(config.Concat(settings ?? []), configure);
+        return (app, LocalHosts.GrpcAddress(app, metricsPort));
     }
 
     public static CallOptions As(string key, CancellationToken ct = default) =>
@@ -93,15 +65,5 @@ public static class Mesh
     public static GrpcChannel Channel(string address) => Contracts.Channels.ForAddress(address);
 
     /// <summary>Stops and disposes hosts in the order given (a gateway before the services behind it); nulls are skipped.</summary>
-    public static async Task StopAsync(params WebApplication?[] apps)
-    {
-        foreach (var app in apps)
-        {
-            if (app is not null)
-            {
-                await app.StopAsync();
-                await app.DisposeAsync();
-            }
-        }
-    }
+    public static Task StopAsync(params WebApplication?[] apps) => LocalHosts.StopAsync(apps);
 }
