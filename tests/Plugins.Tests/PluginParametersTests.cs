@@ -50,6 +50,41 @@ public sealed class SweepParameters
     public double? Temperature { get; init; }
 }
 
+public sealed class Point
+{
+    [Range(0, 10)]
+    public int X { get; init; }
+
+    [MinLength(2), MaxLength(2)]
+    public IReadOnlyList<int>? Span { get; init; }
+}
+
+/// <summary>A label read by its own converter: a string, or a number or boolean as its JSON text.</summary>
+public sealed class TextOrNumber : System.Text.Json.Serialization.JsonConverter<string>
+{
+    public override string Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) => reader.TokenType switch
+    {
+        JsonTokenType.String => reader.GetString()!,
+        JsonTokenType.Number => System.Text.Encoding.UTF8.GetString(reader.ValueSpan),
+        _ => throw new JsonException("a string or a number"),
+    };
+
+    public override void Write(Utf8JsonWriter writer, string value, JsonSerializerOptions options) => writer.WriteStringValue(value);
+}
+
+public sealed class ListParameters
+{
+    [Range(1, 100)]
+    public IReadOnlyList<int> Ks { get; init; } = [1, 2];
+
+    public IReadOnlyList<Point>? Points { get; init; }
+
+    [System.Text.Json.Serialization.JsonConverter(typeof(TextOrNumber))]
+    [ParameterSchema("""{"type": ["string", "number"]}""")]
+    [Description("a name or a number")]
+    public string? Label { get; init; }
+}
+
 /// <summary>Typed plugin parameters: the schema the gateway validates with, and the parse a run receives.</summary>
 public sealed class PluginParametersTests
 {
@@ -197,5 +232,49 @@ public sealed class PluginParametersTests
         Assert.Equal(("v", 32), (extract.SaveAs, extract.BatchSize));
         Assert.Empty(InterpMesh.Gateway.Plugins.ParameterValidator.Validate(new InterpMesh.Plugins.Steering.SteeringPlugin().Manifest.ParameterSchema,
             Json("""{"positive": ["a"], "negative": ["b"], "save_as": "v", "layers": [0]}""")));
+    }
+
+    [Fact]
+    public void Mode_forms_carry_their_defaults_also_those_of_the_abstract_base_and_of_nested_classes()
+    {
+        var forms = PluginParameters.SchemaOf<ModalParameters>()["anyOf"]!.AsArray();
+        Assert.All(forms, f => Assert.Equal(16, f!["properties"]!["batch_size"]!["default"]!.GetValue<int>()));
+        var steering = new InterpMesh.Plugins.Steering.SteeringPlugin().Manifest.ParameterSchema["anyOf"]!.AsArray();
+        Assert.Equal(32, steering[0]!["properties"]!["batch_size"]!["default"]!.GetValue<int>());
+        Assert.Equal("[0,1,2,4]", steering[1]!["properties"]!["coefficients"]!["default"]!.ToJsonString());
+        var detector = new InterpMesh.Plugins.RetrievalHeads.RetrievalHeadsPlugin().Manifest.ParameterSchema["properties"]!["detector"]!;
+        Assert.Equal(16, detector["properties"]!["prompts"]!["default"]!.GetValue<int>());
+    }
+
+    [Fact]
+    public void A_range_on_a_list_limits_its_items_and_objects_in_lists_are_checked()
+    {
+        var schema = PluginParameters.SchemaOf<ListParameters>();
+        var ks = schema["properties"]!["ks"]!;
+        Assert.Equal(1, ks["items"]!["minimum"]!.GetValue<double>());
+        Assert.Equal(100, ks["items"]!["maximum"]!.GetValue<double>());
+        Assert.Null(ks["minimum"]);
+        Assert.Equal(["parameters.ks[1]: 0 is below the minimum 1"], InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json("""{"ks": [3, 0]}""")));
+        Assert.StartsWith("parameters.ks[1]: 0 is below the minimum 1",
+            Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<ListParameters>(Json("""{"ks": [3, 0]}"""))).Message, StringComparison.Ordinal);
+        Assert.StartsWith("parameters.points[1].x: 11 is above the maximum 10",
+            Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<ListParameters>(Json("""{"points": [{"x": 1}, {"x": 11}]}"""))).Message, StringComparison.Ordinal);
+        Assert.StartsWith("parameters.points[0].span: has 3 items, at most 2 allowed",
+            Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<ListParameters>(Json("""{"points": [{"span": [1, 2, 3]}]}"""))).Message, StringComparison.Ordinal);
+        Assert.Equal([1, 2], PluginParameters.Parse<ListParameters>(Json("""{"points": [{"span": [1, 2]}]}""")).Points![0].Span);
+    }
+
+    [Fact]
+    public void A_member_read_by_its_own_converter_states_its_schema()
+    {
+        var schema = PluginParameters.SchemaOf<ListParameters>();
+        var label = schema["properties"]!["label"]!;
+        Assert.Equal("""["string","number"]""", label["type"]!.ToJsonString());
+        Assert.Equal("a name or a number", label["description"]!.GetValue<string>());
+        Assert.Empty(InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json("""{"label": 2}""")));
+        Assert.Equal(["parameters.label: expected string or number, got boolean true"], InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json("""{"label": true}""")));
+        Assert.Equal("2.50", PluginParameters.Parse<ListParameters>(Json("""{"label": 2.50}""")).Label);
+        Assert.StartsWith("parameters.label: a string or a number",
+            Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<ListParameters>(Json("""{"label": true}"""))).Message, StringComparison.Ordinal);
     }
 }
