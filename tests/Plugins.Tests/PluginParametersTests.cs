@@ -277,4 +277,67 @@ public sealed class PluginParametersTests
         Assert.StartsWith("parameters.label: a string or a number",
             Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<ListParameters>(Json("""{"label": true}"""))).Message, StringComparison.Ordinal);
     }
+
+    [Theory]
+    [InlineData("""{"texts": ["a"], "labels": ["x"], "probe": "p"}""", "parameters.probe is not a known parameter")]
+    [InlineData("""{"mode": "apply", "probe": "p", "texts": ["a"], "hooks": ["blocks.0.hook_resid_post"]}""", "parameters.hooks is not a known parameter")]
+    [InlineData("""{"mode": "apply", "probe": "p", "texts": ["a"], "sparse": {"ks": [1]}}""", "parameters.sparse is not a known parameter")]
+    [InlineData("""{"mode": "apply", "probe": "p", "texts": ["a"], "save_prefix": "x"}""", "parameters.save_prefix is not a known parameter")]
+    [InlineData("""{"mode": "apply", "probe": "p", "rows": [{"label": "a"}]}""", "parameters.rows[0].text is required")]
+    [InlineData("""{"texts": ["a"], "colour": 1}""", "parameters.colour is not a known parameter")]
+    [InlineData("""{"texts": ["a"], "labels": [{"x": 1}]}""", "parameters.labels[0]: expected string or integer or boolean, got object")]
+    [InlineData("""{"texts": ["a"], "sparse": {"ks": [4, 0]}}""", "parameters.sparse.ks[1]: 0 is below the minimum 1")]
+    [InlineData("""{"texts": ["a"], "sparse": {"rankings": ["svm"]}}""", "parameters.sparse.rankings[0]: \"svm\" is not one of [\"mean_diff\",\"anova_f\",\"l1\",\"mutual_info\",\"random\"]")]
+    [InlineData("""{"texts": ["a"], "c_grid": [1, 0]}""", "parameters.c_grid[1]: 0 is below the minimum")]
+    [InlineData("""{"texts": ["a"], "holdout": 0.95}""", "parameters.holdout: 0.95 is above the maximum 0.9")]
+    [InlineData("""{"rows": [{"text": "a", "target_span": [1]}]}""", "parameters.rows[0].target_span: has 1 items, needs at least 2")]
+    [InlineData("""{"mode": "probe"}""", "parameters.mode: must be one of [\"train\",\"apply\"]")]
+    public void The_probing_modes_refuse_each_others_parameters(string json, string message)
+    {
+        var schema = new InterpMesh.Plugins.Probing.ProbingPlugin().Manifest.ParameterSchema;
+        var errors = InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json(json));
+        Assert.True(errors.Any(e => e.StartsWith(message, StringComparison.Ordinal)), $"expected '{message}', got: {string.Join(" | ", errors)}");
+        Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<InterpMesh.Plugins.Probing.ProbingParameters>(Json(json)));
+    }
+
+    [Fact]
+    public void Probing_labels_may_be_strings_integers_or_booleans_and_rows_may_carry_other_members()
+    {
+        var schema = new InterpMesh.Plugins.Probing.ProbingPlugin().Manifest.ParameterSchema;
+        const string texts = """{"texts": ["a", "b", "c"], "labels": ["x", 1, true], "target_indices": [0, 1, 2]}""";
+        const string rows = """{"mode": "apply", "probe": "p", "rows": [{"text": "a", "label": 0, "id": 7}, {"text": "b", "label": false, "target_span": [0, 1]}, {"text": "c"}]}""";
+        Assert.Empty(InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json(texts)));
+        Assert.Empty(InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json(rows)));
+
+        var train = Assert.IsType<InterpMesh.Plugins.Probing.TrainParameters>(PluginParameters.Parse<InterpMesh.Plugins.Probing.ProbingParameters>(Json(texts)));
+        Assert.Equal(["x", "1", "true"], train.Labels);
+        Assert.Equal([0, 1, 2], train.TargetIndices);
+        var apply = Assert.IsType<InterpMesh.Plugins.Probing.ApplyParameters>(PluginParameters.Parse<InterpMesh.Plugins.Probing.ProbingParameters>(Json(rows)));
+        Assert.Equal(["0", "false", null], apply.Rows!.Select(r => r.Label));
+        Assert.Equal([0, 1], apply.Rows![1].TargetSpan);
+        Assert.Equal(("p", 16), (apply.Probe, apply.BatchSize));
+        Assert.StartsWith("parameters.labels: item 1 is not a string, an integer or a boolean",
+            Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<InterpMesh.Plugins.Probing.ProbingParameters>(Json("""{"texts": ["a", "b"], "labels": ["x", [1]]}"""))).Message, StringComparison.Ordinal);
+        Assert.StartsWith("parameters.rows[0].label: a label is a string, an integer or a boolean",
+            Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<InterpMesh.Plugins.Probing.ProbingParameters>(Json("""{"rows": [{"text": "a", "label": {"x": 1}}]}"""))).Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void The_probing_schema_carries_defaults_descriptions_and_enums()
+    {
+        var schema = new InterpMesh.Plugins.Probing.ProbingPlugin().Manifest.ParameterSchema;
+        Assert.DoesNotContain("$ref", schema.ToJsonString(), StringComparison.Ordinal);
+        var forms = schema["anyOf"]!.AsArray().Select(f => f!["properties"]!).ToList();
+        Assert.Equal(["train", "apply"], forms.Select(f => f["mode"]!["const"]!.GetValue<string>()));
+        var train = forms[0];
+        Assert.Equal(0.25, train["holdout"]!["default"]!.GetValue<double>());
+        Assert.Equal("[0.01,0.1,1,10]", train["c_grid"]!["default"]!.ToJsonString());
+        Assert.Equal("""["blocks.*.hook_resid_post","blocks.*.mlp.hook_post"]""", train["hooks"]!["default"]!.ToJsonString());
+        Assert.Equal("""["last","target","mean"]""", train["position"]!["enum"]!.ToJsonString());
+        Assert.Equal("last", train["position"]!["default"]!.GetValue<string>());
+        Assert.Equal(10, train["sparse"]!["properties"]!["top_neurons"]!["default"]!.GetValue<int>());
+        Assert.Equal(16, forms[1]["batch_size"]!["default"]!.GetValue<int>());
+        Assert.Equal("the saved probe's artifact name", forms[1]["probe"]!["description"]!.GetValue<string>());
+        Assert.Equal("""["string","integer","boolean"]""", forms[1]["rows"]!["items"]!["properties"]!["label"]!["type"]!.ToJsonString());
+    }
 }

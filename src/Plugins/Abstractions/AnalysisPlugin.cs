@@ -212,6 +212,9 @@ public static class PluginParameters
             },
         };
         var result = (JsonObject)JsonSchemaExporter.GetJsonSchemaAsNode(Options, typeof(T), exporter);
+        // The exporter writes a class met twice (the rows of two modes) as a $ref to the first; the
+        // schema is self-contained without them, and validators need not resolve pointers.
+        result = (JsonObject)Inline(result, result, 0)!;
         if (Modes(typeof(T)) is { } modes && result["anyOf"] is JsonArray forms)
         {
             // With a default mode the discriminator is optional at the top; the forms decide.
@@ -243,6 +246,42 @@ public static class PluginParameters
             }
         }
         return result;
+    }
+
+    /// <summary>A copy of <paramref name="node"/> with every local <c>$ref</c> replaced by what it points to (a recursive type stays a reference past 32 levels).</summary>
+    private static JsonNode? Inline(JsonNode? node, JsonObject root, int depth)
+    {
+        switch (node)
+        {
+            case JsonObject o when o["$ref"] is JsonValue r && r.TryGetValue<string>(out var pointer) && pointer.StartsWith("#/", StringComparison.Ordinal) && depth < 32
+                && Resolve(root, pointer) is JsonObject target:
+                var inlined = (JsonObject)Inline(target, root, depth + 1)!;
+                foreach (var (key, value) in o.Where(kv => kv.Key != "$ref"))
+                    inlined[key] = Inline(value, root, depth);
+                return inlined;
+            case JsonObject o:
+                return new JsonObject(o.Select(kv => KeyValuePair.Create(kv.Key, Inline(kv.Value, root, depth))));
+            case JsonArray a:
+                return new JsonArray([.. a.Select(x => Inline(x, root, depth))]);
+            default:
+                return node?.DeepClone();
+        }
+    }
+
+    /// <summary>The node a JSON Pointer (<c>#/anyOf/0/properties/rows/items</c>) names in <paramref name="root"/>, or null.</summary>
+    private static JsonNode? Resolve(JsonObject root, string pointer)
+    {
+        JsonNode? at = root;
+        foreach (var segment in pointer[2..].Split('/').Select(x => x.Replace("~1", "/", StringComparison.Ordinal).Replace("~0", "~", StringComparison.Ordinal)))
+        {
+            at = at switch
+            {
+                JsonObject o => o[segment],
+                JsonArray a when int.TryParse(segment, System.Globalization.CultureInfo.InvariantCulture, out int i) && i >= 0 && i < a.Count => a[i],
+                _ => null,
+            };
+        }
+        return at;
     }
 
     /// <summary>The discriminator property and default mode of a polymorphic parameters type, or null.</summary>
