@@ -340,4 +340,64 @@ public sealed class PluginParametersTests
         Assert.Equal("the saved probe's artifact name", forms[1]["probe"]!["description"]!.GetValue<string>());
         Assert.Equal("""["string","integer","boolean"]""", forms[1]["rows"]!["items"]!["properties"]!["label"]!["type"]!.ToJsonString());
     }
+
+    [Theory]
+    [InlineData("""{"hook": "blocks.0.hook_resid_post", "texts": ["a"], "sae": "saes/x"}""", "parameters.sae is not a known parameter")]
+    [InlineData("""{"hook": "blocks.0.hook_resid_post", "texts": ["a"], "feature": 3}""", "parameters.feature is not a known parameter")]
+    [InlineData("""{"mode": "evaluate", "sae": "saes/x", "texts": ["a"], "steps": 10}""", "parameters.steps is not a known parameter")]
+    [InlineData("""{"mode": "evaluate", "sae": "saes/x", "generate": {"prompts": ["a"]}}""", "parameters.generate is not a known parameter")]
+    [InlineData("""{"mode": "inspect", "sae": "saes/x", "texts": ["a"], "save_as": "v"}""", "parameters.save_as is not a known parameter")]
+    [InlineData("""{"mode": "export_direction", "sae": "saes/x", "feature": 1, "texts": ["a"]}""", "parameters.texts is not a known parameter")]
+    [InlineData("""{"mode": "export_direction", "sae": "saes/x", "feature": 1, "top": 3}""", "parameters.top is not a known parameter")]
+    [InlineData("""{"hook": "h", "texts": ["a"], "colour": 1}""", "parameters.colour is not a known parameter")]
+    [InlineData("""{"hook": "h", "texts": ["a"], "architecture": "gated"}""", "parameters.architecture: \"gated\" is not one of [\"standard\",\"topk\"]")]
+    [InlineData("""{"hook": "h", "texts": ["a"], "steps": 0}""", "parameters.steps: 0 is below the minimum 1")]
+    [InlineData("""{"hook": "h", "generate": {"samples_per_prompt": 2}}""", "parameters.generate.prompts is required")]
+    [InlineData("""{"mode": "inspect", "sae": "saes/x", "texts": ["a"], "feature": -1}""", "parameters.feature: -1 is below the minimum 0")]
+    [InlineData("""{"mode": "sweep"}""", "parameters.mode: must be one of [\"train\",\"evaluate\",\"inspect\",\"export_direction\"]")]
+    public void The_sae_modes_refuse_each_others_parameters(string json, string message)
+    {
+        var schema = new InterpMesh.Plugins.SAE.SaePlugin().Manifest.ParameterSchema;
+        var errors = InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json(json));
+        Assert.True(errors.Any(e => e.StartsWith(message, StringComparison.Ordinal)), $"expected '{message}', got: {string.Join(" | ", errors)}");
+        Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<InterpMesh.Plugins.SAE.SaeParameters>(Json(json)));
+    }
+
+    [Fact]
+    public void Sae_parameters_keep_todays_names_and_values()
+    {
+        var schema = new InterpMesh.Plugins.SAE.SaePlugin().Manifest.ParameterSchema;
+        const string train = """{"hook": "blocks.0.hook_resid_post", "generate": {"prompts": ["the"], "temperature": 0.7}, "architecture": "standard", "d_sae": 96, "l1_coefficient": 2, "normalize": "expected_average_only_in", "checkpoint_every": 50, "save_as": "saes/a"}""";
+        const string inspect = """{"mode": "inspect", "sae": "saes/a", "dataset": "data/t", "feature": 3, "top": 2}""";
+        Assert.Empty(InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json(train)));
+        Assert.Empty(InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json(inspect)));
+
+        var t = Assert.IsType<InterpMesh.Plugins.SAE.TrainParameters>(PluginParameters.Parse<InterpMesh.Plugins.SAE.SaeParameters>(Json(train)));
+        Assert.Equal((InterpMesh.Plugins.SAE.SaeArchitecture.Standard, 96, 2.0, InterpMesh.Plugins.SAE.SaeNormalization.ExpectedAverageOnlyIn, 50, 500),
+            (t.Architecture, t.DSae, t.L1Coefficient, t.Normalize, t.CheckpointEvery, t.Steps));
+        Assert.Equal(["the"], t.Generate!.Prompts);
+        Assert.Equal((4, 32, 0.7), (t.Generate.SamplesPerPrompt, t.Generate.MaxNewTokens, t.Generate.Temperature));
+        var i = Assert.IsType<InterpMesh.Plugins.SAE.InspectParameters>(PluginParameters.Parse<InterpMesh.Plugins.SAE.SaeParameters>(Json(inspect)));
+        Assert.Equal(("saes/a", "data/t", 3, 2), (i.Sae, i.Dataset, i.Feature, i.Top));
+        Assert.Equal(InterpMesh.Plugins.SAE.SaeArchitecture.TopK,
+            Assert.IsType<InterpMesh.Plugins.SAE.TrainParameters>(PluginParameters.Parse<InterpMesh.Plugins.SAE.SaeParameters>(Json("""{"hook": "h", "texts": ["a"], "architecture": "topk"}"""))).Architecture);
+    }
+
+    [Fact]
+    public void The_sae_schema_carries_defaults_descriptions_and_enums()
+    {
+        var forms = new InterpMesh.Plugins.SAE.SaePlugin().Manifest.ParameterSchema["anyOf"]!.AsArray().Select(f => f!["properties"]!).ToList();
+        Assert.Equal(["train", "evaluate", "inspect", "export_direction"], forms.Select(f => f["mode"]!["const"]!.GetValue<string>()));
+        var train = forms[0];
+        Assert.Equal("""["standard","topk"]""", train["architecture"]!["enum"]!.ToJsonString());
+        Assert.Equal("topk", train["architecture"]!["default"]!.GetValue<string>());
+        Assert.Equal("""["none","expected_average_only_in"]""", train["normalize"]!["enum"]!.ToJsonString());
+        Assert.Equal(500, train["steps"]!["default"]!.GetValue<int>());
+        Assert.Equal(256, train["batch_tokens"]!["default"]!.GetValue<int>());
+        Assert.Equal(5.0, train["l1_coefficient"]!["default"]!.GetValue<double>());
+        Assert.Equal(4, train["generate"]!["properties"]!["samples_per_prompt"]!["default"]!.GetValue<int>());
+        Assert.Equal("latents (default: 4 × the hook's width)", train["d_sae"]!["description"]!.GetValue<string>());
+        Assert.Equal(5, forms[2]["top"]!["default"]!.GetValue<int>());
+        Assert.Equal(0, forms[3]["feature"]!["minimum"]!.GetValue<double>());
+    }
 }
