@@ -129,11 +129,17 @@ public static class PluginParameters
     }
 
     /// <summary>System.Text.Json's complaint in the gateway's words (<c>parameters.name …</c>), without .NET type names.</summary>
-    private static string Explain<T>(JsonException e)
+    private static string Explain<T>(JsonException e, JsonElement parameters)
     {
         string path = e.Path is { Length: > 1 } p ? "parameters" + p[1..] : "parameters";
         string message = e.Message;
-        var known = typeof(T).GetProperties(BindingFlags.Public | BindingFlags.Instance).Select(x => Options.PropertyNamingPolicy!.ConvertName(x.Name));
+        // The top-level names of the class the parameters were read as: the mode's, with the discriminator.
+        var modes = Modes(typeof(T));
+        string? mode = modes is { } d && parameters.ValueKind == JsonValueKind.Object && parameters.TryGetProperty(d.Property, out var m) && m.ValueKind == JsonValueKind.String
+            ? m.GetString() : modes?.Default;
+        var type = typeof(T).GetCustomAttributes<JsonDerivedTypeAttribute>().FirstOrDefault(x => x.TypeDiscriminator as string == mode)?.DerivedType ?? typeof(T);
+        var known = (modes is { } md ? [md.Property] : Array.Empty<string>())
+            .Concat(type.GetProperties(BindingFlags.Public | BindingFlags.Instance).Select(x => Options.PropertyNamingPolicy!.ConvertName(x.Name)));
         var missing = System.Text.RegularExpressions.Regex.Match(message, "missing required properties including: (.*)\\.");
         if (missing.Success)
             return string.Join("; ", missing.Groups[1].Value.Split(", ").Select(n => $"parameters.{n.Trim('\'')} is required"));
@@ -142,7 +148,8 @@ public static class PluginParameters
         {
             string name = unknown.Groups[1].Value;
             string parent = path.EndsWith("." + name, StringComparison.Ordinal) ? path[..^(name.Length + 1)] : path;
-            return $"{parent}.{(name.Length > 40 ? name[..40] + "…" : name)} is not a known parameter; known: {string.Join(", ", known)}";
+            string names = parent == "parameters" ? $"; known: {string.Join(", ", known)}" : "";
+            return $"{parent}.{(name.Length > 40 ? name[..40] + "…" : name)} is not a known parameter{names}";
         }
         if (message.Contains("could not be converted to", StringComparison.Ordinal))
             return $"{path}: has the wrong type for this parameter (see the plugin's parameter schema)";
@@ -315,7 +322,7 @@ public static class PluginParameters
         }
         catch (JsonException e)
         {
-            throw new InvalidParametersException(Explain<T>(e), e);
+            throw new InvalidParametersException(Explain<T>(e, parameters), e);
         }
         if (value is null)
             throw new InvalidParametersException("parameters: a JSON object is required");
