@@ -320,6 +320,8 @@ public sealed class PluginParametersTests
             Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<InterpMesh.Plugins.Probing.ProbingParameters>(Json("""{"texts": ["a", "b"], "labels": ["x", [1]]}"""))).Message, StringComparison.Ordinal);
         Assert.Equal("parameters.hooks is not a known parameter; known: mode, probe, rows, texts, labels, target_indices, dataset, batch_size",
             Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<InterpMesh.Plugins.Probing.ProbingParameters>(Json("""{"mode": "apply", "probe": "p", "texts": ["a"], "hooks": ["h"]}"""))).Message);
+        Assert.Equal("parameters.rows[1].text is required",
+            Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<InterpMesh.Plugins.Probing.ProbingParameters>(Json("""{"rows": [{"text": "a"}, {"label": 1}]}"""))).Message);
         Assert.Equal("parameters.sparse.colour is not a known parameter",
             Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<InterpMesh.Plugins.Probing.ProbingParameters>(Json("""{"texts": ["a"], "sparse": {"colour": 1}}"""))).Message);
         Assert.StartsWith("parameters.rows[0].label: a label is a string, an integer or a boolean",

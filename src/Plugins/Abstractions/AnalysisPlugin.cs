@@ -142,7 +142,7 @@ public static class PluginParameters
             .Concat(type.GetProperties(BindingFlags.Public | BindingFlags.Instance).Select(x => Options.PropertyNamingPolicy!.ConvertName(x.Name)));
         var missing = System.Text.RegularExpressions.Regex.Match(message, "missing required properties including: (.*)\\.");
         if (missing.Success)
-            return string.Join("; ", missing.Groups[1].Value.Split(", ").Select(n => $"parameters.{n.Trim('\'')} is required"));
+            return string.Join("; ", missing.Groups[1].Value.Split(", ").Select(n => $"{path}.{n.Trim('\'')} is required"));
         var unknown = System.Text.RegularExpressions.Regex.Match(message, "The JSON property '([^']*)' could not be mapped");
         if (unknown.Success)
         {
