@@ -50,6 +50,41 @@ public sealed class SweepParameters
     public double? Temperature { get; init; }
 }
 
+public sealed class Point
+{
+    [Range(0, 10)]
+    public int X { get; init; }
+
+    [MinLength(2), MaxLength(2)]
+    public IReadOnlyList<int>? Span { get; init; }
+}
+
+/// <summary>A label read by its own converter: a string, or a number or boolean as its JSON text.</summary>
+public sealed class TextOrNumber : System.Text.Json.Serialization.JsonConverter<string>
+{
+    public override string Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) => reader.TokenType switch
+    {
+        JsonTokenType.String => reader.GetString()!,
+        JsonTokenType.Number => System.Text.Encoding.UTF8.GetString(reader.ValueSpan),
+        _ => throw new JsonException("a string or a number"),
+    };
+
+    public override void Write(Utf8JsonWriter writer, string value, JsonSerializerOptions options) => writer.WriteStringValue(value);
+}
+
+public sealed class ListParameters
+{
+    [Range(1, 100)]
+    public IReadOnlyList<int> Ks { get; init; } = [1, 2];
+
+    public IReadOnlyList<Point>? Points { get; init; }
+
+    [System.Text.Json.Serialization.JsonConverter(typeof(TextOrNumber))]
+    [ParameterSchema("""{"type": ["string", "number"]}""")]
+    [Description("a name or a number")]
+    public string? Label { get; init; }
+}
+
 /// <summary>Typed plugin parameters: the schema the gateway validates with, and the parse a run receives.</summary>
 public sealed class PluginParametersTests
 {
@@ -197,5 +232,178 @@ public sealed class PluginParametersTests
         Assert.Equal(("v", 32), (extract.SaveAs, extract.BatchSize));
         Assert.Empty(InterpMesh.Gateway.Plugins.ParameterValidator.Validate(new InterpMesh.Plugins.Steering.SteeringPlugin().Manifest.ParameterSchema,
             Json("""{"positive": ["a"], "negative": ["b"], "save_as": "v", "layers": [0]}""")));
+    }
+
+    [Fact]
+    public void Mode_forms_carry_their_defaults_also_those_of_the_abstract_base_and_of_nested_classes()
+    {
+        var forms = PluginParameters.SchemaOf<ModalParameters>()["anyOf"]!.AsArray();
+        Assert.All(forms, f => Assert.Equal(16, f!["properties"]!["batch_size"]!["default"]!.GetValue<int>()));
+        var steering = new InterpMesh.Plugins.Steering.SteeringPlugin().Manifest.ParameterSchema["anyOf"]!.AsArray();
+        Assert.Equal(32, steering[0]!["properties"]!["batch_size"]!["default"]!.GetValue<int>());
+        Assert.Equal("[0,1,2,4]", steering[1]!["properties"]!["coefficients"]!["default"]!.ToJsonString());
+        var detector = new InterpMesh.Plugins.RetrievalHeads.RetrievalHeadsPlugin().Manifest.ParameterSchema["properties"]!["detector"]!;
+        Assert.Equal(16, detector["properties"]!["prompts"]!["default"]!.GetValue<int>());
+    }
+
+    [Fact]
+    public void A_range_on_a_list_limits_its_items_and_objects_in_lists_are_checked()
+    {
+        var schema = PluginParameters.SchemaOf<ListParameters>();
+        var ks = schema["properties"]!["ks"]!;
+        Assert.Equal(1, ks["items"]!["minimum"]!.GetValue<double>());
+        Assert.Equal(100, ks["items"]!["maximum"]!.GetValue<double>());
+        Assert.Null(ks["minimum"]);
+        Assert.Equal(["parameters.ks[1]: 0 is below the minimum 1"], InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json("""{"ks": [3, 0]}""")));
+        Assert.StartsWith("parameters.ks[1]: 0 is below the minimum 1",
+            Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<ListParameters>(Json("""{"ks": [3, 0]}"""))).Message, StringComparison.Ordinal);
+        Assert.StartsWith("parameters.points[1].x: 11 is above the maximum 10",
+            Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<ListParameters>(Json("""{"points": [{"x": 1}, {"x": 11}]}"""))).Message, StringComparison.Ordinal);
+        Assert.StartsWith("parameters.points[0].span: has 3 items, at most 2 allowed",
+            Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<ListParameters>(Json("""{"points": [{"span": [1, 2, 3]}]}"""))).Message, StringComparison.Ordinal);
+        Assert.Equal([1, 2], PluginParameters.Parse<ListParameters>(Json("""{"points": [{"span": [1, 2]}]}""")).Points![0].Span);
+    }
+
+    [Fact]
+    public void A_member_read_by_its_own_converter_states_its_schema()
+    {
+        var schema = PluginParameters.SchemaOf<ListParameters>();
+        var label = schema["properties"]!["label"]!;
+        Assert.Equal("""["string","number"]""", label["type"]!.ToJsonString());
+        Assert.Equal("a name or a number", label["description"]!.GetValue<string>());
+        Assert.Empty(InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json("""{"label": 2}""")));
+        Assert.Equal(["parameters.label: expected string or number, got boolean true"], InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json("""{"label": true}""")));
+        Assert.Equal("2.50", PluginParameters.Parse<ListParameters>(Json("""{"label": 2.50}""")).Label);
+        Assert.StartsWith("parameters.label: a string or a number",
+            Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<ListParameters>(Json("""{"label": true}"""))).Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("""{"texts": ["a"], "labels": ["x"], "probe": "p"}""", "parameters.probe is not a known parameter")]
+    [InlineData("""{"mode": "apply", "probe": "p", "texts": ["a"], "hooks": ["blocks.0.hook_resid_post"]}""", "parameters.hooks is not a known parameter")]
+    [InlineData("""{"mode": "apply", "probe": "p", "texts": ["a"], "sparse": {"ks": [1]}}""", "parameters.sparse is not a known parameter")]
+    [InlineData("""{"mode": "apply", "probe": "p", "texts": ["a"], "save_prefix": "x"}""", "parameters.save_prefix is not a known parameter")]
+    [InlineData("""{"mode": "apply", "probe": "p", "rows": [{"label": "a"}]}""", "parameters.rows[0].text is required")]
+    [InlineData("""{"texts": ["a"], "colour": 1}""", "parameters.colour is not a known parameter")]
+    [InlineData("""{"texts": ["a"], "labels": [{"x": 1}]}""", "parameters.labels[0]: expected string or integer or boolean, got object")]
+    [InlineData("""{"texts": ["a"], "sparse": {"ks": [4, 0]}}""", "parameters.sparse.ks[1]: 0 is below the minimum 1")]
+    [InlineData("""{"texts": ["a"], "sparse": {"rankings": ["svm"]}}""", "parameters.sparse.rankings[0]: \"svm\" is not one of [\"mean_diff\",\"anova_f\",\"l1\",\"mutual_info\",\"random\"]")]
+    [InlineData("""{"texts": ["a"], "c_grid": [1, 0]}""", "parameters.c_grid[1]: 0 is below the minimum")]
+    [InlineData("""{"texts": ["a"], "holdout": 0.95}""", "parameters.holdout: 0.95 is above the maximum 0.9")]
+    [InlineData("""{"rows": [{"text": "a", "target_span": [1]}]}""", "parameters.rows[0].target_span: has 1 items, needs at least 2")]
+    [InlineData("""{"mode": "probe"}""", "parameters.mode: must be one of [\"train\",\"apply\"]")]
+    public void The_probing_modes_refuse_each_others_parameters(string json, string message)
+    {
+        var schema = new InterpMesh.Plugins.Probing.ProbingPlugin().Manifest.ParameterSchema;
+        var errors = InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json(json));
+        Assert.True(errors.Any(e => e.StartsWith(message, StringComparison.Ordinal)), $"expected '{message}', got: {string.Join(" | ", errors)}");
+        Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<InterpMesh.Plugins.Probing.ProbingParameters>(Json(json)));
+    }
+
+    [Fact]
+    public void Probing_labels_may_be_strings_integers_or_booleans_and_rows_may_carry_other_members()
+    {
+        var schema = new InterpMesh.Plugins.Probing.ProbingPlugin().Manifest.ParameterSchema;
+        const string texts = """{"texts": ["a", "b", "c"], "labels": ["x", 1, true], "target_indices": [0, 1, 2]}""";
+        const string rows = """{"mode": "apply", "probe": "p", "rows": [{"text": "a", "label": 0, "id": 7}, {"text": "b", "label": false, "target_span": [0, 1]}, {"text": "c"}]}""";
+        Assert.Empty(InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json(texts)));
+        Assert.Empty(InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json(rows)));
+
+        var train = Assert.IsType<InterpMesh.Plugins.Probing.TrainParameters>(PluginParameters.Parse<InterpMesh.Plugins.Probing.ProbingParameters>(Json(texts)));
+        Assert.Equal(["x", "1", "true"], train.Labels);
+        Assert.Equal([0, 1, 2], train.TargetIndices);
+        var apply = Assert.IsType<InterpMesh.Plugins.Probing.ApplyParameters>(PluginParameters.Parse<InterpMesh.Plugins.Probing.ProbingParameters>(Json(rows)));
+        Assert.Equal(["0", "false", null], apply.Rows!.Select(r => r.Label));
+        Assert.Equal([0, 1], apply.Rows![1].TargetSpan);
+        Assert.Equal(("p", 16), (apply.Probe, apply.BatchSize));
+        Assert.StartsWith("parameters.labels: item 1 is not a string, an integer or a boolean",
+            Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<InterpMesh.Plugins.Probing.ProbingParameters>(Json("""{"texts": ["a", "b"], "labels": ["x", [1]]}"""))).Message, StringComparison.Ordinal);
+        Assert.Equal("parameters.hooks is not a known parameter; known: mode, probe, rows, texts, labels, target_indices, dataset, batch_size",
+            Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<InterpMesh.Plugins.Probing.ProbingParameters>(Json("""{"mode": "apply", "probe": "p", "texts": ["a"], "hooks": ["h"]}"""))).Message);
+        Assert.Equal("parameters.rows[1].text is required",
+            Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<InterpMesh.Plugins.Probing.ProbingParameters>(Json("""{"rows": [{"text": "a"}, {"label": 1}]}"""))).Message);
+        Assert.Equal("parameters.sparse.colour is not a known parameter",
+            Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<InterpMesh.Plugins.Probing.ProbingParameters>(Json("""{"texts": ["a"], "sparse": {"colour": 1}}"""))).Message);
+        Assert.StartsWith("parameters.rows[0].label: a label is a string, an integer or a boolean",
+            Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<InterpMesh.Plugins.Probing.ProbingParameters>(Json("""{"rows": [{"text": "a", "label": {"x": 1}}]}"""))).Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void The_probing_schema_carries_defaults_descriptions_and_enums()
+    {
+        var schema = new InterpMesh.Plugins.Probing.ProbingPlugin().Manifest.ParameterSchema;
+        Assert.DoesNotContain("$ref", schema.ToJsonString(), StringComparison.Ordinal);
+        var forms = schema["anyOf"]!.AsArray().Select(f => f!["properties"]!).ToList();
+        Assert.Equal(["train", "apply"], forms.Select(f => f["mode"]!["const"]!.GetValue<string>()));
+        var train = forms[0];
+        Assert.Equal(0.25, train["holdout"]!["default"]!.GetValue<double>());
+        Assert.Equal("[0.01,0.1,1,10]", train["c_grid"]!["default"]!.ToJsonString());
+        Assert.Equal("""["blocks.*.hook_resid_post","blocks.*.mlp.hook_post"]""", train["hooks"]!["default"]!.ToJsonString());
+        Assert.Equal("""["last","target","mean"]""", train["position"]!["enum"]!.ToJsonString());
+        Assert.Equal("last", train["position"]!["default"]!.GetValue<string>());
+        Assert.Equal(10, train["sparse"]!["properties"]!["top_neurons"]!["default"]!.GetValue<int>());
+        Assert.Equal(16, forms[1]["batch_size"]!["default"]!.GetValue<int>());
+        Assert.Equal("the saved probe's artifact name", forms[1]["probe"]!["description"]!.GetValue<string>());
+        Assert.Equal("""["string","integer","boolean"]""", forms[1]["rows"]!["items"]!["properties"]!["label"]!["type"]!.ToJsonString());
+    }
+
+    [Theory]
+    [InlineData("""{"hook": "blocks.0.hook_resid_post", "texts": ["a"], "sae": "saes/x"}""", "parameters.sae is not a known parameter")]
+    [InlineData("""{"hook": "blocks.0.hook_resid_post", "texts": ["a"], "feature": 3}""", "parameters.feature is not a known parameter")]
+    [InlineData("""{"mode": "evaluate", "sae": "saes/x", "texts": ["a"], "steps": 10}""", "parameters.steps is not a known parameter")]
+    [InlineData("""{"mode": "evaluate", "sae": "saes/x", "generate": {"prompts": ["a"]}}""", "parameters.generate is not a known parameter")]
+    [InlineData("""{"mode": "inspect", "sae": "saes/x", "texts": ["a"], "save_as": "v"}""", "parameters.save_as is not a known parameter")]
+    [InlineData("""{"mode": "export_direction", "sae": "saes/x", "feature": 1, "texts": ["a"]}""", "parameters.texts is not a known parameter")]
+    [InlineData("""{"mode": "export_direction", "sae": "saes/x", "feature": 1, "top": 3}""", "parameters.top is not a known parameter")]
+    [InlineData("""{"hook": "h", "texts": ["a"], "colour": 1}""", "parameters.colour is not a known parameter")]
+    [InlineData("""{"hook": "h", "texts": ["a"], "architecture": "gated"}""", "parameters.architecture: \"gated\" is not one of [\"standard\",\"topk\"]")]
+    [InlineData("""{"hook": "h", "texts": ["a"], "steps": 0}""", "parameters.steps: 0 is below the minimum 1")]
+    [InlineData("""{"hook": "h", "generate": {"samples_per_prompt": 2}}""", "parameters.generate.prompts is required")]
+    [InlineData("""{"mode": "inspect", "sae": "saes/x", "texts": ["a"], "feature": -1}""", "parameters.feature: -1 is below the minimum 0")]
+    [InlineData("""{"mode": "sweep"}""", "parameters.mode: must be one of [\"train\",\"evaluate\",\"inspect\",\"export_direction\"]")]
+    public void The_sae_modes_refuse_each_others_parameters(string json, string message)
+    {
+        var schema = new InterpMesh.Plugins.SAE.SaePlugin().Manifest.ParameterSchema;
+        var errors = InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json(json));
+        Assert.True(errors.Any(e => e.StartsWith(message, StringComparison.Ordinal)), $"expected '{message}', got: {string.Join(" | ", errors)}");
+        Assert.Throws<InvalidParametersException>(() => PluginParameters.Parse<InterpMesh.Plugins.SAE.SaeParameters>(Json(json)));
+    }
+
+    [Fact]
+    public void Sae_parameters_keep_todays_names_and_values()
+    {
+        var schema = new InterpMesh.Plugins.SAE.SaePlugin().Manifest.ParameterSchema;
+        const string train = """{"hook": "blocks.0.hook_resid_post", "generate": {"prompts": ["the"], "temperature": 0.7}, "architecture": "standard", "d_sae": 96, "l1_coefficient": 2, "normalize": "expected_average_only_in", "checkpoint_every": 50, "save_as": "saes/a"}""";
+        const string inspect = """{"mode": "inspect", "sae": "saes/a", "dataset": "data/t", "feature": 3, "top": 2}""";
+        Assert.Empty(InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json(train)));
+        Assert.Empty(InterpMesh.Gateway.Plugins.ParameterValidator.Validate(schema, Json(inspect)));
+
+        var t = Assert.IsType<InterpMesh.Plugins.SAE.TrainParameters>(PluginParameters.Parse<InterpMesh.Plugins.SAE.SaeParameters>(Json(train)));
+        Assert.Equal((InterpMesh.Plugins.SAE.SaeArchitecture.Standard, 96, 2.0, InterpMesh.Plugins.SAE.SaeNormalization.ExpectedAverageOnlyIn, 50, 500),
+            (t.Architecture, t.DSae, t.L1Coefficient, t.Normalize, t.CheckpointEvery, t.Steps));
+        Assert.Equal(["the"], t.Generate!.Prompts);
+        Assert.Equal((4, 32, 0.7), (t.Generate.SamplesPerPrompt, t.Generate.MaxNewTokens, t.Generate.Temperature));
+        var i = Assert.IsType<InterpMesh.Plugins.SAE.InspectParameters>(PluginParameters.Parse<InterpMesh.Plugins.SAE.SaeParameters>(Json(inspect)));
+        Assert.Equal(("saes/a", "data/t", 3, 2), (i.Sae, i.Dataset, i.Feature, i.Top));
+        Assert.Equal(InterpMesh.Plugins.SAE.SaeArchitecture.TopK,
+            Assert.IsType<InterpMesh.Plugins.SAE.TrainParameters>(PluginParameters.Parse<InterpMesh.Plugins.SAE.SaeParameters>(Json("""{"hook": "h", "texts": ["a"], "architecture": "topk"}"""))).Architecture);
+    }
+
+    [Fact]
+    public void The_sae_schema_carries_defaults_descriptions_and_enums()
+    {
+        var forms = new InterpMesh.Plugins.SAE.SaePlugin().Manifest.ParameterSchema["anyOf"]!.AsArray().Select(f => f!["properties"]!).ToList();
+        Assert.Equal(["train", "evaluate", "inspect", "export_direction"], forms.Select(f => f["mode"]!["const"]!.GetValue<string>()));
+        var train = forms[0];
+        Assert.Equal("""["standard","topk"]""", train["architecture"]!["enum"]!.ToJsonString());
+        Assert.Equal("topk", train["architecture"]!["default"]!.GetValue<string>());
+        Assert.Equal("""["none","expected_average_only_in"]""", train["normalize"]!["enum"]!.ToJsonString());
+        Assert.Equal(500, train["steps"]!["default"]!.GetValue<int>());
+        Assert.Equal(256, train["batch_tokens"]!["default"]!.GetValue<int>());
+        Assert.Equal(5.0, train["l1_coefficient"]!["default"]!.GetValue<double>());
+        Assert.Equal(4, train["generate"]!["properties"]!["samples_per_prompt"]!["default"]!.GetValue<int>());
+        Assert.Equal("latents (default: 4 × the hook's width)", train["d_sae"]!["description"]!.GetValue<string>());
+        Assert.Equal(5, forms[2]["top"]!["default"]!.GetValue<int>());
+        Assert.Equal(0, forms[3]["feature"]!["minimum"]!.GetValue<double>());
     }
 }

@@ -65,7 +65,10 @@ public static class PluginParameters
         return options;
     }
 
-    /// <summary>The attribute limits System.Text.Json does not check, on this object and the parameter objects inside it.</summary>
+    /// <summary>
+    /// The attribute limits System.Text.Json does not check, on this object and the parameter objects
+    /// inside it (also those in lists). A <see cref="RangeAttribute"/> on a list limits each item.
+    /// </summary>
     private static void Check(object value, string path)
     {
         foreach (var property in value.GetType().GetProperties(BindingFlags.Public | BindingFlags.Instance))
@@ -74,40 +77,79 @@ public static class PluginParameters
             var current = property.GetValue(value);
             if (current is null)
                 continue;
+            var list = current as System.Collections.ICollection;
             if (property.GetCustomAttribute<RangeAttribute>() is { } range)
             {
-                double x = Convert.ToDouble(current, System.Globalization.CultureInfo.InvariantCulture);
-                double min = Convert.ToDouble(range.Minimum, System.Globalization.CultureInfo.InvariantCulture), max = Convert.ToDouble(range.Maximum, System.Globalization.CultureInfo.InvariantCulture);
-                if (x < min)
-                    throw new InvalidParametersException($"{name}: {x} is below the minimum {min}");
-                if (x > max)
-                    throw new InvalidParametersException($"{name}: {x} is above the maximum {max}");
+                if (list is null)
+                {
+                    CheckRange(range, current, name);
+                }
+                else
+                {
+                    int i = 0;
+                    foreach (var item in list)
+                        CheckRange(range, item, $"{name}[{i++}]");
+                }
             }
-            if (property.GetCustomAttribute<MinLengthAttribute>() is { } minLength && current is System.Collections.ICollection few && few.Count < minLength.Length)
-                throw new InvalidParametersException($"{name}: has {few.Count} items, needs at least {minLength.Length}");
-            if (property.GetCustomAttribute<MaxLengthAttribute>() is { } maxLength && current is System.Collections.ICollection many && many.Count > maxLength.Length)
-                throw new InvalidParametersException($"{name}: has {many.Count} items, at most {maxLength.Length} allowed");
-            // A nested parameter object (a class of the plugin's, not a string or a collection).
-            if (property.PropertyType.IsClass && property.PropertyType != typeof(string) && !typeof(System.Collections.IEnumerable).IsAssignableFrom(property.PropertyType))
+            if (property.GetCustomAttribute<MinLengthAttribute>() is { } minLength && list is not null && list.Count < minLength.Length)
+                throw new InvalidParametersException($"{name}: has {list.Count} items, needs at least {minLength.Length}");
+            if (property.GetCustomAttribute<MaxLengthAttribute>() is { } maxLength && list is not null && list.Count > maxLength.Length)
+                throw new InvalidParametersException($"{name}: has {list.Count} items, at most {maxLength.Length} allowed");
+            if (IsParameterObject(property.PropertyType))
+            {
                 Check(current, name);
+            }
+            else if (list is not null)
+            {
+                int i = 0;
+                foreach (var item in list)
+                {
+                    if (item is not null && IsParameterObject(item.GetType()))
+                        Check(item, $"{name}[{i}]");
+                    i++;
+                }
+            }
         }
     }
 
+    /// <summary>A nested parameter object: a class of the plugin's, not a string or a collection.</summary>
+    private static bool IsParameterObject(Type type)
+        => type.IsClass && type != typeof(string) && !typeof(System.Collections.IEnumerable).IsAssignableFrom(type);
+
+    private static void CheckRange(RangeAttribute range, object? value, string name)
+    {
+        if (value is null)
+            return;
+        double x = Convert.ToDouble(value, System.Globalization.CultureInfo.InvariantCulture);
+        double min = Convert.ToDouble(range.Minimum, System.Globalization.CultureInfo.InvariantCulture), max = Convert.ToDouble(range.Maximum, System.Globalization.CultureInfo.InvariantCulture);
+        if (x < min)
+            throw new InvalidParametersException($"{name}: {x} is below the minimum {min}");
+        if (x > max)
+            throw new InvalidParametersException($"{name}: {x} is above the maximum {max}");
+    }
+
     /// <summary>System.Text.Json's complaint in the gateway's words (<c>parameters.name …</c>), without .NET type names.</summary>
-    private static string Explain<T>(JsonException e)
+    private static string Explain<T>(JsonException e, JsonElement parameters)
     {
         string path = e.Path is { Length: > 1 } p ? "parameters" + p[1..] : "parameters";
         string message = e.Message;
-        var known = typeof(T).GetProperties(BindingFlags.Public | BindingFlags.Instance).Select(x => Options.PropertyNamingPolicy!.ConvertName(x.Name));
+        // The top-level names of the class the parameters were read as: the mode's, with the discriminator.
+        var modes = Modes(typeof(T));
+        string? mode = modes is { } d && parameters.ValueKind == JsonValueKind.Object && parameters.TryGetProperty(d.Property, out var m) && m.ValueKind == JsonValueKind.String
+            ? m.GetString() : modes?.Default;
+        var type = typeof(T).GetCustomAttributes<JsonDerivedTypeAttribute>().FirstOrDefault(x => x.TypeDiscriminator as string == mode)?.DerivedType ?? typeof(T);
+        var known = (modes is { } md ? [md.Property] : Array.Empty<string>())
+            .Concat(type.GetProperties(BindingFlags.Public | BindingFlags.Instance).Select(x => Options.PropertyNamingPolicy!.ConvertName(x.Name)));
         var missing = System.Text.RegularExpressions.Regex.Match(message, "missing required properties including: (.*)\\.");
         if (missing.Success)
-            return string.Join("; ", missing.Groups[1].Value.Split(", ").Select(n => $"parameters.{n.Trim('\'')} is required"));
+            return string.Join("; ", missing.Groups[1].Value.Split(", ").Select(n => $"{path}.{n.Trim('\'')} is required"));
         var unknown = System.Text.RegularExpressions.Regex.Match(message, "The JSON property '([^']*)' could not be mapped");
         if (unknown.Success)
         {
             string name = unknown.Groups[1].Value;
             string parent = path.EndsWith("." + name, StringComparison.Ordinal) ? path[..^(name.Length + 1)] : path;
-            return $"{parent}.{(name.Length > 40 ? name[..40] + "…" : name)} is not a known parameter; known: {string.Join(", ", known)}";
+            string names = parent == "parameters" ? $"; known: {string.Join(", ", known)}" : "";
+            return $"{parent}.{(name.Length > 40 ? name[..40] + "…" : name)} is not a known parameter{names}";
         }
         if (message.Contains("could not be converted to", StringComparison.Ordinal))
             return $"{path}: has the wrong type for this parameter (see the plugin's parameter schema)";
@@ -117,20 +159,36 @@ public static class PluginParameters
     /// <summary>The JSON Schema of <typeparamref name="T"/>, with descriptions, defaults and ranges.</summary>
     public static JsonObject SchemaOf<T>() where T : class
     {
-        object? defaults = null;
-        try
+        // One instance per class that declares parameters (the parameters, a mode, a nested settings
+        // class) gives the defaults; an abstract mode base reads them from one of its modes.
+        var instances = new Dictionary<Type, object?>();
+        object? DefaultsOf(Type declaring)
         {
-            defaults = Activator.CreateInstance<T>();
-        }
-        catch (MissingMethodException)
-        {
-            // No parameterless constructor: the schema simply carries no defaults.
+            if (instances.TryGetValue(declaring, out var cached))
+                return cached;
+            var concrete = !declaring.IsAbstract ? declaring
+                : typeof(T).GetCustomAttributes<JsonDerivedTypeAttribute>().Select(d => d.DerivedType).FirstOrDefault(d => !d.IsAbstract && declaring.IsAssignableFrom(d));
+            object? instance = null;
+            try
+            {
+                instance = concrete is null ? null : Activator.CreateInstance(concrete);
+            }
+            catch (MissingMethodException)
+            {
+                // No parameterless constructor: the schema simply carries no defaults for this class.
+            }
+            return instances[declaring] = instance;
         }
         var exporter = new JsonSchemaExporterOptions
         {
             TreatNullObliviousAsNonNullable = true,
             TransformSchemaNode = (context, node) =>
             {
+                // A member or type read by its own converter states its schema (the exporter knows none).
+                var declared = context.PropertyInfo?.AttributeProvider?.GetCustomAttributes(typeof(ParameterSchemaAttribute), true).FirstOrDefault() as ParameterSchemaAttribute
+                    ?? context.TypeInfo.Type.GetCustomAttribute<ParameterSchemaAttribute>();
+                if (declared is not null)
+                    node = JsonNode.Parse(declared.Schema)!;
                 if (node is not JsonObject schema || context.PropertyInfo is not { } property)
                     return node;
                 var attributes = property.AttributeProvider;
@@ -141,17 +199,19 @@ public static class PluginParameters
                     // An open end (int.MaxValue, infinity) is no limit worth stating.
                     double min = Convert.ToDouble(range.Minimum, System.Globalization.CultureInfo.InvariantCulture);
                     double max = Convert.ToDouble(range.Maximum, System.Globalization.CultureInfo.InvariantCulture);
+                    // On a list, the range limits each item.
+                    var limited = schema["items"] as JsonObject ?? schema;
                     if (double.IsFinite(min) && min > int.MinValue)
-                        schema["minimum"] = JsonValue.Create(min);
+                        limited["minimum"] = JsonValue.Create(min);
                     if (double.IsFinite(max) && max < int.MaxValue)
-                        schema["maximum"] = JsonValue.Create(max);
+                        limited["maximum"] = JsonValue.Create(max);
                 }
                 if (attributes?.GetCustomAttributes(typeof(MaxLengthAttribute), true).FirstOrDefault() is MaxLengthAttribute maxLength)
                     schema["maxItems"] = maxLength.Length;
                 if (attributes?.GetCustomAttributes(typeof(MinLengthAttribute), true).FirstOrDefault() is MinLengthAttribute minLength)
                     schema["minItems"] = minLength.Length;
-                if (defaults is not null && !property.IsRequired && context.TypeInfo.Type != typeof(T)
-                    && property.DeclaringType == typeof(T) && property.Get?.Invoke(defaults) is { } value)
+                if (!property.IsRequired && context.TypeInfo.Type != typeof(T)
+                    && DefaultsOf(property.DeclaringType) is { } defaults && property.Get?.Invoke(defaults) is { } value)
                 {
                     schema["default"] = JsonSerializer.SerializeToNode(value, property.PropertyType, Options);
                 }
@@ -159,6 +219,9 @@ public static class PluginParameters
             },
         };
         var result = (JsonObject)JsonSchemaExporter.GetJsonSchemaAsNode(Options, typeof(T), exporter);
+        // The exporter writes a class met twice (the rows of two modes) as a $ref to the first; the
+        // schema is self-contained without them, and validators need not resolve pointers.
+        result = (JsonObject)Inline(result, result, 0)!;
         if (Modes(typeof(T)) is { } modes && result["anyOf"] is JsonArray forms)
         {
             // With a default mode the discriminator is optional at the top; the forms decide.
@@ -192,6 +255,42 @@ public static class PluginParameters
         return result;
     }
 
+    /// <summary>A copy of <paramref name="node"/> with every local <c>$ref</c> replaced by what it points to (a recursive type stays a reference past 32 levels).</summary>
+    private static JsonNode? Inline(JsonNode? node, JsonObject root, int depth)
+    {
+        switch (node)
+        {
+            case JsonObject o when o["$ref"] is JsonValue r && r.TryGetValue<string>(out var pointer) && pointer.StartsWith("#/", StringComparison.Ordinal) && depth < 32
+                && Resolve(root, pointer) is JsonObject target:
+                var inlined = (JsonObject)Inline(target, root, depth + 1)!;
+                foreach (var (key, value) in o.Where(kv => kv.Key != "$ref"))
+                    inlined[key] = Inline(value, root, depth);
+                return inlined;
+            case JsonObject o:
+                return new JsonObject(o.Select(kv => KeyValuePair.Create(kv.Key, Inline(kv.Value, root, depth))));
+            case JsonArray a:
+                return new JsonArray([.. a.Select(x => Inline(x, root, depth))]);
+            default:
+                return node?.DeepClone();
+        }
+    }
+
+    /// <summary>The node a JSON Pointer (<c>#/anyOf/0/properties/rows/items</c>) names in <paramref name="root"/>, or null.</summary>
+    private static JsonNode? Resolve(JsonObject root, string pointer)
+    {
+        JsonNode? at = root;
+        foreach (var segment in pointer[2..].Split('/').Select(x => x.Replace("~1", "/", StringComparison.Ordinal).Replace("~0", "~", StringComparison.Ordinal)))
+        {
+            at = at switch
+            {
+                JsonObject o => o[segment],
+                JsonArray a when int.TryParse(segment, System.Globalization.CultureInfo.InvariantCulture, out int i) && i >= 0 && i < a.Count => a[i],
+                _ => null,
+            };
+        }
+        return at;
+    }
+
     /// <summary>The discriminator property and default mode of a polymorphic parameters type, or null.</summary>
     private static (string Property, string? Default)? Modes(Type type)
     {
@@ -223,7 +322,7 @@ public static class PluginParameters
         }
         catch (JsonException e)
         {
-            throw new InvalidParametersException(Explain<T>(e), e);
+            throw new InvalidParametersException(Explain<T>(e, parameters), e);
         }
         if (value is null)
             throw new InvalidParametersException("parameters: a JSON object is required");
@@ -243,4 +342,16 @@ public sealed class DefaultModeAttribute(string mode) : Attribute
 {
     /// <summary>The discriminator value of the default mode.</summary>
     public string Mode { get; } = mode;
+}
+
+/// <summary>
+/// The JSON Schema of a parameter System.Text.Json's schema exporter cannot describe: a property or
+/// type read by its own <see cref="JsonConverter"/> (for example a label that may be a string, an
+/// integer or a boolean). <see cref="PluginParameters.SchemaOf{T}"/> writes this schema in its place.
+/// </summary>
+[AttributeUsage(AttributeTargets.Property | AttributeTargets.Class | AttributeTargets.Struct, Inherited = false)]
+public sealed class ParameterSchemaAttribute(string schema) : Attribute
+{
+    /// <summary>The schema as JSON text, e.g. <c>{"type": ["string", "integer", "boolean"]}</c>.</summary>
+    public string Schema { get; } = schema;
 }

@@ -12,59 +12,21 @@ namespace InterpMesh.Plugins.Probing;
 /// probes over neuron rankings (Gurnee et al. 2023). Trained probes are saved as artifacts that
 /// <c>mode: "apply"</c> runs on new text. Definitions: docs/plugins/probing.md.
 /// </summary>
-public sealed partial class ProbingPlugin : IAnalysisPlugin
+public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
+    id: "probing",
+    version: "1.1.0",
+    description: "Layer-wise and k-sparse linear probes: where (concept depth) and in which neurons a labelled concept is linearly readable.",
+    produces: ["table:per_hook", "table:per_k", "table:top_neurons", "table:predictions", "figure:accuracy_by_layer", "figure:f1_by_k", "artifact:probe"])
 {
-    private static readonly string[] DefaultHooks = ["blocks.*.hook_resid_post", "blocks.*.mlp.hook_post"];
-    private static readonly double[] DefaultGrid = [0.01, 0.1, 1, 10];
+    protected override Task<PluginResult> RunAsync(ProbingParameters parameters, IAnalysisContext context) => parameters switch
+    {
+        ApplyParameters apply => ApplyAsync(apply, context),
+        TrainParameters train => TrainAsync(train, context),
+        _ => throw new InvalidParametersException("mode must be train or apply"),
+    };
 
-    public PluginManifest Manifest { get; } = new(
-        Id: "probing",
-        Version: "1.0.0",
-        Description: "Layer-wise and k-sparse linear probes: where (concept depth) and in which neurons a labelled concept is linearly readable.",
-        SdkVersion: SdkVersion.Current,
-        ParameterSchema: JsonNode.Parse("""
-            {
-              "type": "object",
-              "additionalProperties": false,
-              "properties": {
-                "mode": { "enum": ["train", "apply"], "description": "train probes (default) or apply a saved probe" },
-                "rows": { "type": "array", "items": { "type": "object", "required": ["text"], "properties": {
-                  "text": { "type": "string" }, "label": { "type": ["string", "integer", "boolean"] },
-                  "target_index": { "type": "integer", "minimum": 0 },
-                  "target_span": { "type": "array", "items": { "type": "integer" }, "minItems": 2, "maxItems": 2 } } } },
-                "texts": { "type": "array", "items": { "type": "string" } },
-                "labels": { "type": "array", "items": { "type": ["string", "integer", "boolean"] } },
-                "target_indices": { "type": "array", "items": { "type": "integer" } },
-                "dataset": { "type": "string", "description": "artifact holding a JSONL file of rows" },
-                "hooks": { "type": "array", "items": { "type": "string" }, "minItems": 1 },
-                "position": { "enum": ["last", "target", "mean"] },
-                "holdout": { "type": "number", "minimum": 0.05, "maximum": 0.9 },
-                "folds": { "type": "integer", "minimum": 2, "maximum": 20 },
-                "seed": { "type": "integer" },
-                "c": { "type": "number", "minimum": 0.000001 },
-                "c_grid": { "type": "array", "items": { "type": "number", "minimum": 0.000001 }, "minItems": 1 },
-                "depth_threshold": { "type": "number", "minimum": 0, "maximum": 1 },
-                "sparse": { "type": "object", "additionalProperties": false, "properties": {
-                  "hooks": { "type": "array", "items": { "type": "string" } },
-                  "rankings": { "type": "array", "items": { "enum": ["mean_diff", "anova_f", "l1", "mutual_info", "random"] } },
-                  "ks": { "type": "array", "items": { "type": "integer", "minimum": 1 } },
-                  "top_neurons": { "type": "integer", "minimum": 1 },
-                  "enabled": { "type": "boolean" } } },
-                "save_probes": { "type": "boolean" },
-                "save_prefix": { "type": "string" },
-                "probe": { "type": "string", "description": "apply mode: the saved probe's artifact name" },
-                "batch_size": { "type": "integer", "minimum": 1, "maximum": 256 }
-              }
-            }
-            """)!.AsObject(),
-        Produces: ["table:per_hook", "table:per_k", "table:top_neurons", "table:predictions", "figure:accuracy_by_layer", "figure:f1_by_k", "artifact:probe"]);
-
-    public Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context) =>
-        Text(parameters, "mode") == "apply" ? ApplyAsync(parameters, context) : TrainAsync(parameters, context);
-
-    private static string? Text(JsonElement p, string name) => p.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
-    private static double? Number(JsonElement p, string name) => p.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Number ? v.GetDouble() : null;
-    private static List<string>? Strings(JsonElement p, string name) => p.TryGetProperty(name, out var v) ? [.. v.EnumerateArray().Select(x => x.GetString()!)] : null;
+    /// <summary>An enum value by its parameter name (<c>mean_diff</c>, <c>last</c>).</summary>
+    private static string Name<T>(T value) where T : struct, Enum => JsonNamingPolicy.SnakeCaseLower.ConvertName(value.ToString());
 
     [GeneratedRegex(@"^blocks\.(\d+)\.")]
     private static partial Regex LayerPattern();
@@ -76,7 +38,7 @@ public sealed partial class ProbingPlugin : IAnalysisPlugin
     private static int LayerOf(string hook) => HookNames.Layer(hook) ?? -1;
     private static string KindOf(string hook) => LayerPattern().Replace(hook, "blocks.*.");
 
-    private async Task<PluginResult> TrainAsync(JsonElement p, IAnalysisContext context)
+    private static async Task<PluginResult> TrainAsync(TrainParameters p, IAnalysisContext context)
     {
         var ct = context.Cancellation;
         var info = await context.Model.GetInfoAsync(ct);
@@ -85,21 +47,21 @@ public sealed partial class ProbingPlugin : IAnalysisPlugin
         if (classes.Length < 2)
             throw new InvalidParametersException($"every row has the label '{classes[0]}'; a probe needs at least two classes");
         var labels = rows.Select(r => Array.IndexOf(classes, r.Label)).ToArray();
-        int folds = (int)(Number(p, "folds") ?? 0);
+        int folds = p.Folds ?? 0;
         foreach (var (c, k) in classes.Select((c, k) => (c, k)))
         {
             int count = labels.Count(l => l == k);
             if (count < Math.Max(2, folds))
                 throw new InvalidParametersException($"class '{c}' has only {count} example(s) (first at row {Array.IndexOf(labels, k)}); give at least {Math.Max(2, folds)} per class");
         }
-        string position = Text(p, "position") ?? "last";
-        int seed = (int)(Number(p, "seed") ?? 0);
-        int batchSize = (int)(Number(p, "batch_size") ?? 16);
-        var splits = folds >= 2 ? Splits.KFold(labels, folds, seed) : [Splits.Holdout(labels, Number(p, "holdout") ?? 0.25, seed)];
-        double[] grid = Number(p, "c") is double fixedC ? [fixedC] : p.TryGetProperty("c_grid", out var g) ? [.. g.EnumerateArray().Select(x => x.GetDouble())] : DefaultGrid;
+        string position = Name(p.Position);
+        int seed = p.Seed;
+        int batchSize = p.BatchSize;
+        var splits = folds >= 2 ? Splits.KFold(labels, folds, seed) : [Splits.Holdout(labels, p.Holdout, seed)];
+        double[] grid = p.C is double fixedC ? [fixedC] : [.. p.CGrid];
 
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        var (hooks, features) = await ActivationCollector.CollectAsync(context.Model, info, rows, Strings(p, "hooks") ?? [.. DefaultHooks], position, batchSize,
+        var (hooks, features) = await ActivationCollector.CollectAsync(context.Model, info, rows, [.. p.Hooks], position, batchSize,
             done => context.ReportProgress(0.4 * done / rows.Count, $"activations {done}/{rows.Count}"), ct);
         double activationSeconds = clock.Elapsed.TotalSeconds;
         clock.Restart();
@@ -126,7 +88,7 @@ public sealed partial class ProbingPlugin : IAnalysisPlugin
         clock.Restart();
 
         // Concept depth per kind of hook.
-        double threshold = Number(p, "depth_threshold") ?? 0.9;
+        double threshold = p.DepthThreshold;
         var depth = new JsonObject();
         foreach (var kind in hooks.GroupBy(KindOf))
         {
@@ -140,11 +102,11 @@ public sealed partial class ProbingPlugin : IAnalysisPlugin
         var perK = new List<IReadOnlyList<JsonNode?>>();
         var topNeurons = new List<IReadOnlyList<JsonNode?>>();
         var sparseSummary = new JsonObject();
-        var sparse = p.TryGetProperty("sparse", out var sp) ? sp : default;
-        bool sparseOn = sparse.ValueKind != JsonValueKind.Object || !sparse.TryGetProperty("enabled", out var en) || en.GetBoolean();
-        var sparseHooks = sparse.ValueKind == JsonValueKind.Object && sparse.TryGetProperty("hooks", out _) ? Strings(sparse, "hooks")! : [best];
-        var rankings = sparse.ValueKind == JsonValueKind.Object && sparse.TryGetProperty("rankings", out _) ? Strings(sparse, "rankings")! : [.. NeuronRanking.Methods];
-        int topCount = sparse.ValueKind == JsonValueKind.Object && Number(sparse, "top_neurons") is double tn ? (int)tn : 10;
+        var sparse = p.Sparse ?? new SparseSettings();
+        bool sparseOn = sparse.Enabled;
+        List<string> sparseHooks = sparse.Hooks is { } sh ? [.. sh] : [best];
+        var rankings = sparse.Rankings.Select(Name).ToList();
+        int topCount = sparse.TopNeurons;
         var f1ByK = new Dictionary<string, Dictionary<int, double>>();
         var ksUsed = new SortedSet<int>();
         if (sparseOn)
@@ -154,8 +116,8 @@ public sealed partial class ProbingPlugin : IAnalysisPlugin
                 if (!features.TryGetValue(hook, out var x))
                     throw new InvalidParametersException($"sparse.hooks names '{hook}', which is not among the probed hooks ({string.Join(", ", hooks)})");
                 int d = x[0].Length;
-                var ks = sparse.ValueKind == JsonValueKind.Object && sparse.TryGetProperty("ks", out var kv)
-                    ? [.. kv.EnumerateArray().Select(e => Math.Min(e.GetInt32(), d)).Distinct().Order()]
+                var ks = sparse.Ks is { } kv
+                    ? [.. kv.Select(e => Math.Min(e, d)).Distinct().Order()]
                     : Enumerable.Range(0, 31).Select(i => 1 << i).TakeWhile(k => k < d).Append(d).ToList();
                 var hookSummary = new JsonObject();
                 foreach (var ranking in rankings)
@@ -196,8 +158,8 @@ public sealed partial class ProbingPlugin : IAnalysisPlugin
 
         // Probe artifacts.
         var artifacts = new List<string>();
-        bool save = !p.TryGetProperty("save_probes", out var sv) || sv.GetBoolean();
-        string prefix = Text(p, "save_prefix") ?? $"probes/{context.JobId}";
+        bool save = p.SaveProbes;
+        string prefix = p.SavePrefix ?? $"probes/{context.JobId}";
         if (save)
         {
             foreach (var hook in hooks)
@@ -242,7 +204,7 @@ public sealed partial class ProbingPlugin : IAnalysisPlugin
                 ["examples"] = rows.Count,
                 ["classes"] = new JsonArray([.. classes.Select(c => (JsonNode)c)]),
                 ["position"] = position,
-                ["split"] = folds >= 2 ? new JsonObject { ["folds"] = folds, ["seed"] = seed } : new JsonObject { ["holdout"] = Number(p, "holdout") ?? 0.25, ["seed"] = seed },
+                ["split"] = folds >= 2 ? new JsonObject { ["folds"] = folds, ["seed"] = seed } : new JsonObject { ["holdout"] = p.Holdout, ["seed"] = seed },
                 ["best_hook"] = best,
                 ["best_accuracy"] = dense[best].Metrics.Accuracy,
                 ["concept_depth"] = depth,
@@ -260,10 +222,10 @@ public sealed partial class ProbingPlugin : IAnalysisPlugin
         };
     }
 
-    private async Task<PluginResult> ApplyAsync(JsonElement p, IAnalysisContext context)
+    private static async Task<PluginResult> ApplyAsync(ApplyParameters p, IAnalysisContext context)
     {
         var ct = context.Cancellation;
-        string name = Text(p, "probe") ?? throw new InvalidParametersException("mode 'apply' needs probe: the artifact name of a saved probe");
+        string name = p.Probe ?? throw new InvalidParametersException("mode 'apply' needs probe: the artifact name of a saved probe");
         var stored = await context.Artifacts.FindAsync(name, ct) ?? throw new InvalidParametersException($"there is no artifact '{name}'");
         var tensors = await context.Artifacts.LoadTensorsAsync(name, ct);
         Probe probe;
@@ -278,7 +240,7 @@ public sealed partial class ProbingPlugin : IAnalysisPlugin
         }
         var info = await context.Model.GetInfoAsync(ct);
         var rows = await ProbingDataset.LoadAsync(p, context.Artifacts, labelsRequired: false, ct);
-        var (_, features) = await ActivationCollector.CollectAsync(context.Model, info, rows, [probe.Hook], probe.Position, (int)(Number(p, "batch_size") ?? 16),
+        var (_, features) = await ActivationCollector.CollectAsync(context.Model, info, rows, [probe.Hook], probe.Position, p.BatchSize,
             done => context.ReportProgress(0.9 * done / rows.Count, $"activations {done}/{rows.Count}"), ct);
         var x = features[probe.Hook];
         if (x[0].Length != probe.Mean.Length && probe.Neurons is null)

@@ -9,36 +9,34 @@ internal sealed record ProbingRow(string Text, string? Label, int? TargetIndex, 
 /// <summary>
 /// Reads a dataset from the parameters: <c>rows</c> (objects with text, label, optional
 /// target_index or target_span), parallel <c>texts</c> + <c>labels</c> (+ <c>target_indices</c>),
-/// or <c>dataset</c>, an uploaded artifact holding a JSONL file of row objects. Every problem names
+/// or <c>dataset</c>, an uploaded artifact holding a JSONL file of row objects (read here, with
+/// labels as in the parameters: a string, or a number or boolean as its JSON text). Every problem names
 /// the row it is in.
 /// </summary>
 internal static class ProbingDataset
 {
-    public static async Task<List<ProbingRow>> LoadAsync(JsonElement p, IArtifactStore artifacts, bool labelsRequired, CancellationToken ct)
+    public static async Task<List<ProbingRow>> LoadAsync(ProbingParameters p, IArtifactStore artifacts, bool labelsRequired, CancellationToken ct)
     {
         var rows = new List<ProbingRow>();
-        if (p.TryGetProperty("rows", out var inline))
+        if (p.Rows is { } inline)
         {
-            int i = 0;
-            foreach (var row in inline.EnumerateArray())
-                rows.Add(Row(row, $"rows[{i++}]"));
+            rows.AddRange(inline.Select(r => new ProbingRow(r.Text, r.Label, r.TargetIndex, r.TargetSpan is [int start, int end] ? (start, end) : null)));
         }
-        else if (p.TryGetProperty("texts", out var texts))
+        else if (p.Texts is { } t)
         {
-            var t = texts.EnumerateArray().Select(x => x.GetString() ?? "").ToList();
-            var labels = p.TryGetProperty("labels", out var l) ? l.EnumerateArray().Select(Label).ToList() : null;
-            var targets = p.TryGetProperty("target_indices", out var ti) ? ti.EnumerateArray().Select(x => (int?)x.GetInt32()).ToList() : null;
+            var labels = p.Labels;
+            var targets = p.TargetIndices;
             if (labels is not null && labels.Count != t.Count)
                 throw new InvalidParametersException($"texts has {t.Count} entries but labels has {labels.Count}; give one label per text");
             if (targets is not null && targets.Count != t.Count)
                 throw new InvalidParametersException($"texts has {t.Count} entries but target_indices has {targets.Count}; give one target per text");
             rows.AddRange(t.Select((text, i) => new ProbingRow(text, labels?[i], targets?[i], null)));
         }
-        else if (p.TryGetProperty("dataset", out var name))
+        else if (p.Dataset is { } name)
         {
-            var files = await artifacts.LoadFilesAsync(name.GetString()!, ct);
+            var files = await artifacts.LoadFilesAsync(name, ct);
             var file = files.Keys.FirstOrDefault(f => f.EndsWith(".jsonl", StringComparison.Ordinal))
-                ?? throw new InvalidParametersException($"dataset artifact '{name.GetString()}' has no .jsonl file (it has {string.Join(", ", files.Keys)})");
+                ?? throw new InvalidParametersException($"dataset artifact '{name}' has no .jsonl file (it has {string.Join(", ", files.Keys)})");
             int line = 0;
             foreach (var text in Encoding.UTF8.GetString(files[file]).Split('\n'))
             {
