@@ -102,7 +102,7 @@ internal sealed class ServiceProcess : IDisposable
 [Collection("gateways")]
 public sealed class FaultTests
 {
-    private static string TempDir() => Path.Combine(Path.GetTempPath(), "interpmesh-gw-" + Guid.NewGuid().ToString("N"));
+    private static string TempDir() => TempFolders.Create("interpmesh-gw-");
 
     private static async Task<Job> Final(AsyncServerStreamingCall<JobEvent> call)
     {
@@ -226,6 +226,22 @@ public sealed class FaultTests
             var analyses = new AnalysisService.AnalysisServiceClient(channel);
             for (int i = 0; i < 3; i++)
                 ids.Add((await Final(analyses.RunAnalysis(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 1}""" }, Mesh.As(Mesh.AliceKey)))).Id);
+            // Retention runs once a job's record is saved, just after its final event reached the
+            // caller: give it a moment (under load the caller can be quicker than the prune).
+            var deadline = DateTime.UtcNow.AddSeconds(10);
+            while (DateTime.UtcNow < deadline)
+            {
+                try
+                {
+                    await analyses.GetJobAsync(new GetJobRequest { Id = ids[0] }, Mesh.As(Mesh.AliceKey));
+                }
+                catch (RpcException e) when (e.StatusCode == StatusCode.NotFound)
+                {
+                    if (Directory.GetFiles(Path.Combine(data, "jobs"), "*.json").Length == 2)
+                        break;
+                }
+                await Task.Delay(20);
+            }
             var gone = await Assert.ThrowsAsync<RpcException>(() => analyses.GetJobAsync(new GetJobRequest { Id = ids[0] }, Mesh.As(Mesh.AliceKey)).ResponseAsync);
             Assert.Equal(StatusCode.NotFound, gone.StatusCode);
             Assert.Equal(JobState.Succeeded, (await analyses.GetJobAsync(new GetJobRequest { Id = ids[2] }, Mesh.As(Mesh.AliceKey))).State);
