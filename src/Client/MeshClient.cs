@@ -18,7 +18,7 @@ namespace InterpMesh.Client;
 public sealed partial class MeshClient : IDisposable
 {
     /// <summary>The header a gateway reads the target model from.</summary>
-    public const string ModelHeader = "interpmesh-model";
+    public const string ModelHeader = Contracts.Headers.Model;
 
     private readonly GrpcChannel channel;
 

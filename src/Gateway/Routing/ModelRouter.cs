@@ -14,7 +14,7 @@ namespace InterpMesh.Gateway.Routing;
 public sealed class ModelRouter : IDisposable
 {
     /// <summary>Metadata key naming the model on ModelService calls through the gateway.</summary>
-    public const string ModelHeader = "interpmesh-model";
+    public const string ModelHeader = Contracts.Headers.Model;
 
     private readonly Dictionary<string, ReplicaPool> pools;
     private readonly string? defaultModel;
