@@ -31,6 +31,7 @@ COPY src/Contracts/ src/Contracts/
 COPY src/ServiceDefaults/ src/ServiceDefaults/
 COPY src/ModelService/Runtime/ src/ModelService/Runtime/
 COPY src/ModelService/Engine/ src/ModelService/Engine/
+COPY src/ModelService/Wire/ src/ModelService/Wire/
 COPY src/ModelService/Host/ src/ModelService/Host/
 COPY src/Plugins/Abstractions/ src/Plugins/Abstractions/
 RUN dotnet publish src/ModelService/Host/InterpMesh.ModelService.csproj -c Release -o /app \
