@@ -37,20 +37,22 @@ public sealed class ResilienceTests
         });
         try
         {
-            using var channel = Mesh.Channel(address);
+            // No retry policy: the refusals themselves are under test (a client's policy would wait out the rate limit).
+            using var channel = Mesh.Channel(address, Contracts.ChannelRetry.None);
             var client = new AnalysisService.AnalysisServiceClient(channel);
             var first = await client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 100}""" }, Mesh.As(Mesh.AliceKey));
             var quota = await Assert.ThrowsAsync<RpcException>(() => client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow" }, Mesh.As(Mesh.AliceKey)).ResponseAsync);
             Assert.Equal(StatusCode.ResourceExhausted, quota.StatusCode);
             Assert.Contains("already has 1 jobs queued or running (limit 1)", quota.Status.Detail, StringComparison.Ordinal);
-            Assert.NotNull(quota.Trailers.GetValue("retry-after-ms"));
+            // The key's own quota frees only when its job ends: "do not retry".
+            Assert.Equal("-1", quota.Trailers.GetValue(Contracts.RetryPushback.Trailer));
             // The burst of 4 is spent (2 calls so far); the 5th call of the key is refused, another key is not.
             await client.ListPluginsAsync(new ListPluginsRequest(), Mesh.As(Mesh.AliceKey));
             await client.CancelJobAsync(new CancelJobRequest { Id = first.Id }, Mesh.As(Mesh.AliceKey));
             var limited = await Assert.ThrowsAsync<RpcException>(() => client.ListPluginsAsync(new ListPluginsRequest(), Mesh.As(Mesh.AliceKey)).ResponseAsync);
             Assert.Equal(StatusCode.ResourceExhausted, limited.StatusCode);
             Assert.Contains("over its rate limit", limited.Status.Detail, StringComparison.Ordinal);
-            Assert.True(long.Parse(limited.Trailers.GetValue("retry-after-ms")!, System.Globalization.CultureInfo.InvariantCulture) > 0);
+            Assert.True(long.Parse(limited.Trailers.GetValue(Contracts.RetryPushback.Trailer)!, System.Globalization.CultureInfo.InvariantCulture) > 0);
             await client.ListPluginsAsync(new ListPluginsRequest(), Mesh.As(Mesh.ReaderKey));
         }
         finally
