@@ -83,8 +83,8 @@ public static class Channels
 /// has started (no headers or message received) and only while its request messages fit in the
 /// retry buffer (<see cref="MaxBufferPerCallBytes"/>; beyond it the call is sent once). Between
 /// attempts it waits the server's <c>grpc-retry-pushback-ms</c> when there is one (a negative
-/// value means "do not retry"), otherwise an exponential, jittered backoff. The call's deadline
-/// bounds the whole.
+/// value means "do not retry"; a non-negative one is followed whatever the status), otherwise an
+/// exponential, jittered backoff for the statuses this policy names. The call's deadline bounds the whole.
 /// </summary>
 public sealed class ChannelRetry
 {
@@ -109,10 +109,15 @@ public sealed class ChannelRetry
     /// <summary>How much the backoff grows after each attempt.</summary>
     public double BackoffMultiplier { get; init; } = 2;
 
-    /// <summary>Retry UNAVAILABLE.</summary>
+    /// <summary>Retry UNAVAILABLE that comes without a pushback.</summary>
     public bool RetryUnavailable { get; init; } = true;
 
-    /// <summary>Retry RESOURCE_EXHAUSTED (a refusal that says "do not retry" with a negative pushback never is).</summary>
+    /// <summary>
+    /// Retry RESOURCE_EXHAUSTED that comes without a pushback (with backoff). A refusal that carries a
+    /// pushback is governed by it whatever this says: grpc-dotnet retries after a non-negative
+    /// pushback on any status once the channel has a policy, and never after a negative one. To have
+    /// every refusal reach the caller, use <see cref="None"/>.
+    /// </summary>
     public bool RetryResourceExhausted { get; init; } = true;
 
     /// <summary>Request bytes a call keeps for sending again (gRPC's default, 1 MiB); a larger request is sent once.</summary>

@@ -63,6 +63,37 @@ public sealed class ResilienceTests
     }
 
     [Fact]
+    public async Task A_full_job_queue_answers_resource_exhausted_with_a_ten_second_pushback()
+    {
+        var plugins = await TestPlugins.PluginsFolderAsync();
+        var (gateway, address) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, TempFolders.Create("interpmesh-gw-queue-"), new()
+        {
+            ["Gateway:MaxConcurrentJobs"] = "1",
+            ["Gateway:MaxQueuedJobs"] = "1",
+        });
+        try
+        {
+            using var channel = Mesh.Channel(address, Contracts.ChannelRetry.None);
+            var client = new AnalysisService.AnalysisServiceClient(channel);
+            var running = await client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 600}""" }, Mesh.As(Mesh.AliceKey));
+            while ((await client.GetJobAsync(new GetJobRequest { Id = running.Id }, Mesh.As(Mesh.AliceKey))).State != JobState.Running)
+                await Task.Delay(50);
+            var queued = await client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 600}""" }, Mesh.As(Mesh.AliceKey));
+            var full = await Assert.ThrowsAsync<RpcException>(() => client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow" }, Mesh.As(Mesh.AliceKey)).ResponseAsync);
+            Assert.Equal(StatusCode.ResourceExhausted, full.StatusCode);
+            Assert.Contains("the job queue is full (1 waiting)", full.Status.Detail, StringComparison.Ordinal);
+            // The shared queue drains as jobs start: worth retrying, after the wait it asks for.
+            Assert.Equal("10000", full.Trailers.GetValue(Contracts.RetryPushback.Trailer));
+            await client.CancelJobAsync(new CancelJobRequest { Id = queued.Id }, Mesh.As(Mesh.AliceKey));
+            await client.CancelJobAsync(new CancelJobRequest { Id = running.Id }, Mesh.As(Mesh.AliceKey));
+        }
+        finally
+        {
+            await Stop(gateway);
+        }
+    }
+
+    [Fact]
     public async Task Calls_spread_over_replicas_and_losing_one_mid_stream_fails_only_that_call()
     {
         // Two copies of the model, so each replica's ModelInfo.source says which one answered.
