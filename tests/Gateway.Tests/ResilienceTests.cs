@@ -52,7 +52,13 @@ public sealed class ResilienceTests
             var limited = await Assert.ThrowsAsync<RpcException>(() => client.ListPluginsAsync(new ListPluginsRequest(), Mesh.As(Mesh.AliceKey)).ResponseAsync);
             Assert.Equal(StatusCode.ResourceExhausted, limited.StatusCode);
             Assert.Contains("over its rate limit", limited.Status.Detail, StringComparison.Ordinal);
-            Assert.True(long.Parse(limited.Trailers.GetValue(Contracts.RetryPushback.Trailer)!, System.Globalization.CultureInfo.InvariantCulture) > 0);
+            // The wait until the key's next token: more than nothing, at most one refill period (2 s at 0.5/s).
+            long wait = long.Parse(limited.Trailers.GetValue(Contracts.RetryPushback.Trailer)!, System.Globalization.CultureInfo.InvariantCulture);
+            Assert.InRange(wait, 1, 2000);
+            // A forwarded ModelService call of the key is refused the same way, the pushback passed on.
+            var forwarded = await Assert.ThrowsAsync<RpcException>(() => new Contracts.V1.ModelService.ModelServiceClient(channel).GetModelInfoAsync(new GetModelInfoRequest(), Mesh.As(Mesh.AliceKey)).ResponseAsync);
+            Assert.Equal(StatusCode.ResourceExhausted, forwarded.StatusCode);
+            Assert.InRange(long.Parse(forwarded.Trailers.GetValue(Contracts.RetryPushback.Trailer)!, System.Globalization.CultureInfo.InvariantCulture), 1, 2000);
             await client.ListPluginsAsync(new ListPluginsRequest(), Mesh.As(Mesh.ReaderKey));
         }
         finally
