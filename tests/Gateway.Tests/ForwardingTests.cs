@@ -307,7 +307,8 @@ public sealed class ForwardingTests
     {
         var (service, serviceAddress) = await Mesh.StartModelServiceAsync(RepoPaths.Models("stories260K/stories260K.bin"),
             new() { ["ModelService:MaxConcurrentRequests"] = "1", ["ModelService:AdmissionWaitMs"] = "0" });
-        var (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], TempFolders.Create("interpmesh-gw-fwd-"), TempFolders.Create("interpmesh-gw-fwd-"));
+        string plugins = TempFolders.Create("interpmesh-gw-busy-"), data = TempFolders.Create("interpmesh-gw-busy-");
+        var (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], plugins, data);
         try
         {
             using var holder = Mesh.Channel(serviceAddress, Contracts.ChannelRetry.None);
@@ -333,6 +334,7 @@ public sealed class ForwardingTests
         finally
         {
             await Mesh.StopAsync(gateway, service);
+            TempFolders.Delete(plugins, data);
         }
     }
 

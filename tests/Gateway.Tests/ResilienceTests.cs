@@ -72,7 +72,8 @@ public sealed class ResilienceTests
     public async Task A_full_job_queue_answers_resource_exhausted_with_a_ten_second_pushback()
     {
         var plugins = await TestPlugins.PluginsFolderAsync();
-        var (gateway, address) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, TempFolders.Create("interpmesh-gw-queue-"), new()
+        string data = TempFolders.Create("interpmesh-gw-queue-");
+        var (gateway, address) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, data, new()
         {
             ["Gateway:MaxConcurrentJobs"] = "1",
             ["Gateway:MaxQueuedJobs"] = "1",
@@ -96,6 +97,7 @@ public sealed class ResilienceTests
         finally
         {
             await Stop(gateway);
+            TempFolders.Delete(data);
         }
     }
 

@@ -294,7 +294,8 @@ public sealed class RetryTests
     public async Task Through_the_gateway_a_refusal_reaches_the_client_once_with_its_pushback_and_the_clients_policy_retries_it()
     {
         await using var standIn = await StandIn.StartAsync(Step.Busy, Step.Busy, Step.Ok);
-        var (gateway, address) = await Mesh.StartGatewayAsync([standIn.Address], TempFolders.Create("interpmesh-gw-retry-"), TempFolders.Create("interpmesh-gw-retry-"));
+        string plugins = TempFolders.Create("interpmesh-gw-retry-"), data = TempFolders.Create("interpmesh-gw-retry-");
+        var (gateway, address) = await Mesh.StartGatewayAsync([standIn.Address], plugins, data);
         try
         {
             // Without a policy the client sees the replica's refusal: the gateway did not retry it.
@@ -315,6 +316,7 @@ public sealed class RetryTests
         finally
         {
             await Mesh.StopAsync(gateway);
+            TempFolders.Delete(plugins, data);
         }
     }
 
@@ -322,7 +324,8 @@ public sealed class RetryTests
     public async Task Through_the_gateway_a_do_not_retry_refusal_and_a_started_stream_reach_the_replica_once()
     {
         await using var standIn = await StandIn.StartAsync(Step.Never, Step.MessageThenUnavailable, Step.Ok);
-        var (gateway, address) = await Mesh.StartGatewayAsync([standIn.Address], TempFolders.Create("interpmesh-gw-retry-"), TempFolders.Create("interpmesh-gw-retry-"));
+        string plugins = TempFolders.Create("interpmesh-gw-retry-"), data = TempFolders.Create("interpmesh-gw-retry-");
+        var (gateway, address) = await Mesh.StartGatewayAsync([standIn.Address], plugins, data);
         try
         {
             using var channel = Mesh.Channel(address);
@@ -340,6 +343,7 @@ public sealed class RetryTests
         finally
         {
             await Mesh.StopAsync(gateway);
+            TempFolders.Delete(plugins, data);
         }
     }
 }
