@@ -47,9 +47,17 @@ public sealed partial class MeshClient : IDisposable
     /// Connects to <paramref name="url"/> (<c>http(s)://host:port</c>, or <c>dns:///host:port</c> to spread
     /// calls over every address of a name). <paramref name="apiKey"/> goes as <c>authorization: Bearer</c>;
     /// <paramref name="model"/> as the <c>interpmesh-model</c> header, for gateways serving several models.
+    /// <para>
+    /// Calls are retried by gRPC's channel policy, <paramref name="retry"/> (null: <see cref="ChannelRetry.Default"/>):
+    /// by default UNAVAILABLE and RESOURCE_EXHAUSTED, up to 5 attempts, each after the wait the server
+    /// asks for (<c>grpc-retry-pushback-ms</c>) — a busy server or a rate limit is waited out rather than
+    /// surfaced — and only before any response has arrived, so nothing is received twice. A refusal the
+    /// server marks permanent (a request over a limit, a key's job quota) is not retried. Pass
+    /// <see cref="ChannelRetry.None"/> to handle every status yourself.
+    /// </para>
     /// </summary>
     /// <exception cref="ArgumentException">The URL is not one of those forms.</exception>
-    public static MeshClient Connect(string url, string? apiKey = null, string? model = null)
+    public static MeshClient Connect(string url, string? apiKey = null, string? model = null, ChannelRetry? retry = null)
     {
         ArgumentNullException.ThrowIfNull(url);
         if (!Uri.TryCreate(url, UriKind.Absolute, out var uri) || uri.Scheme is not ("http" or "https" or "dns"))
@@ -59,7 +67,7 @@ public sealed partial class MeshClient : IDisposable
             headers.Add(("authorization", $"Bearer {apiKey}"));
         if (!string.IsNullOrEmpty(model))
             headers.Add((ModelHeader, model));
-        var channel = Channels.ForAddress(uri.Scheme == "dns" ? url : uri.ToString());
+        var channel = Channels.ForAddress(uri.Scheme == "dns" ? url : uri.ToString(), retry);
         var invoker = channel.Intercept(metadata =>
         {
             foreach (var (name, value) in headers)

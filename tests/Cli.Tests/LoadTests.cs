@@ -19,7 +19,7 @@ public sealed class LoadTests
         Assert.All(outcomes.Keys, k => Assert.True(k.EndsWith(" OK", StringComparison.Ordinal) || k.EndsWith(" ResourceExhausted", StringComparison.Ordinal), k));
         var memory = result.GetProperty("memory");
         Assert.Equal(memory.GetProperty("live_tensors_start").GetInt64(), memory.GetProperty("live_tensors_end").GetInt64());
-        // Latency of admitted requests stays bounded (the refused ones wait outside, as told by retry-after-ms).
+        // Latency of admitted requests stays bounded (the refused ones wait outside, as told by grpc-retry-pushback-ms).
         Assert.True(result.GetProperty("by_kind").GetProperty("run").GetProperty("p99_ms").GetDouble() < 5000, result.GetProperty("by_kind").ToString());
     }
 

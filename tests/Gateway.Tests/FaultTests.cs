@@ -270,14 +270,15 @@ public sealed class FaultTests
     public async Task A_job_whose_model_calls_meet_a_busy_model_service_waits_as_told_and_succeeds()
     {
         var plugins = await TestPlugins.PluginsFolderAsync();
-        // The model service runs one request at a time and refuses the rest at once with retry-after-ms.
+        // The model service runs one request at a time and refuses the rest at once with grpc-retry-pushback-ms.
         var (service, serviceAddress) = await Mesh.StartModelServiceAsync(RepoPaths.Models("stories260K/stories260K.bin"), new() { ["ModelService:MaxConcurrentRequests"] = "1", ["ModelService:AdmissionWaitMs"] = "0" });
         var (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], plugins, TempDir());
         try
         {
             using var channel = Mesh.Channel(address);
             var analyses = new AnalysisService.AnalysisServiceClient(channel);
-            using var direct = Mesh.Channel(serviceAddress);
+            // The flood handles its refusals itself (no retry policy), so the test can count them.
+            using var direct = Mesh.Channel(serviceAddress, Contracts.ChannelRetry.None);
             var models = new Contracts.V1.ModelService.ModelServiceClient(direct);
             using var stop = new CancellationTokenSource();
             int refused = 0;
@@ -297,7 +298,7 @@ public sealed class FaultTests
                     catch (RpcException e) when (e.StatusCode == StatusCode.ResourceExhausted)
                     {
                         Interlocked.Increment(ref refused);
-                        await Task.Delay(int.Parse(e.Trailers.GetValue("retry-after-ms")!, CultureInfo.InvariantCulture));
+                        await Task.Delay(int.Parse(e.Trailers.GetValue(Contracts.RetryPushback.Trailer)!, CultureInfo.InvariantCulture));
                     }
                 }
             })).ToArray();

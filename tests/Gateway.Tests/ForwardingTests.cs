@@ -282,7 +282,7 @@ public sealed class ForwardingTests
         var (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], TempDir(), TempDir());
         try
         {
-            using var channel = Mesh.Channel(address);
+            using var channel = Mesh.Channel(address, Contracts.ChannelRetry.None);
             var models = new Contracts.V1.ModelService.ModelServiceClient(channel);
             using var cts = new CancellationTokenSource();
             using var hold = models.Generate(Long(), Mesh.As(Mesh.AliceKey, cts.Token));
@@ -293,7 +293,7 @@ public sealed class ForwardingTests
                 await call.ResponseStream.MoveNext();
             });
             Assert.Equal(StatusCode.ResourceExhausted, busy.StatusCode);
-            Assert.NotNull(busy.Trailers.GetValue("retry-after-ms"));
+            Assert.Equal("200", busy.Trailers.GetValue(Contracts.RetryPushback.Trailer));
             await cts.CancelAsync();
         }
         finally
@@ -302,8 +302,44 @@ public sealed class ForwardingTests
         }
     }
 
+    [Fact]
+    public async Task A_client_with_the_default_policy_waits_out_a_busy_replica_through_the_gateway()
+    {
+        var (service, serviceAddress) = await Mesh.StartModelServiceAsync(RepoPaths.Models("stories260K/stories260K.bin"),
+            new() { ["ModelService:MaxConcurrentRequests"] = "1", ["ModelService:AdmissionWaitMs"] = "0" });
+        string plugins = TempFolders.Create("interpmesh-gw-busy-"), data = TempFolders.Create("interpmesh-gw-busy-");
+        var (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], plugins, data);
+        try
+        {
+            using var holder = Mesh.Channel(serviceAddress, Contracts.ChannelRetry.None);
+            using var cts = new CancellationTokenSource();
+            using var hold = new Contracts.V1.ModelService.ModelServiceClient(holder).Generate(Long(), new CallOptions(cancellationToken: cts.Token));
+            Assert.True(await hold.ResponseStream.MoveNext());
+            // The slot frees 300 ms from now; the run is refused (pushback 200 ms) until then, and retried by the channel.
+            using var channel = Mesh.Channel(address);
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            var run = Task.Run(async () =>
+            {
+                using var call = new Contracts.V1.ModelService.ModelServiceClient(channel).Run(new RunRequest { Inputs = { new Input { Text = "x" } } }, Mesh.As(Mesh.AliceKey));
+                RunResult? result = null;
+                await foreach (var m in call.ResponseStream.ReadAllAsync())
+                    result = m.Result ?? result;
+                return result;
+            });
+            await Task.Delay(300);
+            await cts.CancelAsync();
+            Assert.NotNull(await run);
+            Assert.True(clock.Elapsed >= TimeSpan.FromMilliseconds(200), $"served after {clock.Elapsed.TotalMilliseconds:0} ms: the slot was never busy for it");
+        }
+        finally
+        {
+            await Mesh.StopAsync(gateway, service);
+            TempFolders.Delete(plugins, data);
+        }
+    }
+
     /// <summary>What a raw HTTP/2 client gets: the HTTP status and the gRPC status and message (headers or trailers).</summary>
-    private static async Task<(HttpStatusCode Http, string? Status, string? Message)> PostAsync(string address, string path, byte[] body, string contentType = "application/grpc", string? timeout = null)
+    private static async Task<(HttpStatusCode Http, string? Status, string? Message, string? Pushback)> PostAsync(string address, string path, byte[] body, string contentType = "application/grpc", string? timeout = null)
     {
         using var http = new HttpClient();
         using var request = new HttpRequestMessage(HttpMethod.Post, address.TrimEnd('/') + path)
@@ -322,7 +358,7 @@ public sealed class ForwardingTests
         string? Get(string name) =>
             response.Headers.TryGetValues(name, out var h) ? h.First() : response.TrailingHeaders.TryGetValues(name, out var t) ? t.First() : null;
         var message = Get("grpc-message");
-        return (response.StatusCode, Get("grpc-status"), message is null ? null : Uri.UnescapeDataString(message));
+        return (response.StatusCode, Get("grpc-status"), message is null ? null : Uri.UnescapeDataString(message), Get(Contracts.RetryPushback.Trailer));
     }
 
     public static TheoryData<string, byte[], string?, StatusCode, string> BadRequests() => new()
@@ -351,9 +387,11 @@ public sealed class ForwardingTests
         var (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], TempDir(), TempDir(), new() { ["Gateway:MaxRequestBytes"] = "1024" });
         try
         {
-            var (http, status, detail) = await PostAsync(address, path, body, timeout: timeout);
+            var (http, status, detail, pushback) = await PostAsync(address, path, body, timeout: timeout);
             Assert.Equal(HttpStatusCode.OK, http);
             Assert.Equal(((int)expected).ToString(System.Globalization.CultureInfo.InvariantCulture), status);
+            // A message over Gateway:MaxRequestBytes is refused whenever it is sent: "do not retry"; no other refusal here asks for a retry.
+            Assert.Equal(expected == StatusCode.ResourceExhausted ? "-1" : null, pushback);
             Assert.Contains(message, detail ?? "", StringComparison.Ordinal);
             Assert.DoesNotContain("   at ", detail ?? "", StringComparison.Ordinal);
             // The gateway still forwards good calls afterwards.
@@ -374,7 +412,7 @@ public sealed class ForwardingTests
         var (gateway, address) = await Mesh.StartGatewayAsync([replica.Address], TempDir(), TempDir());
         try
         {
-            var (http, _, _) = await PostAsync(address, "/interpmesh.v1.ModelService/GetModelInfo", Framed([]), contentType: "application/json");
+            var (http, _, _, _) = await PostAsync(address, "/interpmesh.v1.ModelService/GetModelInfo", Framed([]), contentType: "application/json");
             Assert.Equal(HttpStatusCode.UnsupportedMediaType, http);
             Assert.Empty(replica.Seen);
         }

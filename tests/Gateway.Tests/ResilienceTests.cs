@@ -37,26 +37,67 @@ public sealed class ResilienceTests
         });
         try
         {
-            using var channel = Mesh.Channel(address);
+            // No retry policy: the refusals themselves are under test (a client's policy would wait out the rate limit).
+            using var channel = Mesh.Channel(address, Contracts.ChannelRetry.None);
             var client = new AnalysisService.AnalysisServiceClient(channel);
             var first = await client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 100}""" }, Mesh.As(Mesh.AliceKey));
             var quota = await Assert.ThrowsAsync<RpcException>(() => client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow" }, Mesh.As(Mesh.AliceKey)).ResponseAsync);
             Assert.Equal(StatusCode.ResourceExhausted, quota.StatusCode);
             Assert.Contains("already has 1 jobs queued or running (limit 1)", quota.Status.Detail, StringComparison.Ordinal);
-            Assert.NotNull(quota.Trailers.GetValue("retry-after-ms"));
+            // The key's own quota frees only when its job ends: "do not retry".
+            Assert.Equal("-1", quota.Trailers.GetValue(Contracts.RetryPushback.Trailer));
             // The burst of 4 is spent (2 calls so far); the 5th call of the key is refused, another key is not.
             await client.ListPluginsAsync(new ListPluginsRequest(), Mesh.As(Mesh.AliceKey));
             await client.CancelJobAsync(new CancelJobRequest { Id = first.Id }, Mesh.As(Mesh.AliceKey));
             var limited = await Assert.ThrowsAsync<RpcException>(() => client.ListPluginsAsync(new ListPluginsRequest(), Mesh.As(Mesh.AliceKey)).ResponseAsync);
             Assert.Equal(StatusCode.ResourceExhausted, limited.StatusCode);
             Assert.Contains("over its rate limit", limited.Status.Detail, StringComparison.Ordinal);
-            Assert.True(long.Parse(limited.Trailers.GetValue("retry-after-ms")!, System.Globalization.CultureInfo.InvariantCulture) > 0);
+            // The wait until the key's next token: more than nothing, at most one refill period (2 s at 0.5/s).
+            long wait = long.Parse(limited.Trailers.GetValue(Contracts.RetryPushback.Trailer)!, System.Globalization.CultureInfo.InvariantCulture);
+            Assert.InRange(wait, 1, 2000);
+            // A forwarded ModelService call of the key is refused the same way, the pushback passed on.
+            var forwarded = await Assert.ThrowsAsync<RpcException>(() => new Contracts.V1.ModelService.ModelServiceClient(channel).GetModelInfoAsync(new GetModelInfoRequest(), Mesh.As(Mesh.AliceKey)).ResponseAsync);
+            Assert.Equal(StatusCode.ResourceExhausted, forwarded.StatusCode);
+            Assert.InRange(long.Parse(forwarded.Trailers.GetValue(Contracts.RetryPushback.Trailer)!, System.Globalization.CultureInfo.InvariantCulture), 1, 2000);
             await client.ListPluginsAsync(new ListPluginsRequest(), Mesh.As(Mesh.ReaderKey));
         }
         finally
         {
             await Stop(gateway);
             await Stop(service);
+        }
+    }
+
+    [Fact]
+    public async Task A_full_job_queue_answers_resource_exhausted_with_a_ten_second_pushback()
+    {
+        var plugins = await TestPlugins.PluginsFolderAsync();
+        string data = TempFolders.Create("interpmesh-gw-queue-");
+        var (gateway, address) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, data, new()
+        {
+            ["Gateway:MaxConcurrentJobs"] = "1",
+            ["Gateway:MaxQueuedJobs"] = "1",
+        });
+        try
+        {
+            using var channel = Mesh.Channel(address, Contracts.ChannelRetry.None);
+            var client = new AnalysisService.AnalysisServiceClient(channel);
+            var running = await client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 600}""" }, Mesh.As(Mesh.AliceKey));
+            while ((await client.GetJobAsync(new GetJobRequest { Id = running.Id }, Mesh.As(Mesh.AliceKey))).State != JobState.Running)
+                await Task.Delay(50);
+            var queued = await client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 600}""" }, Mesh.As(Mesh.AliceKey));
+            var full = await Assert.ThrowsAsync<RpcException>(() => client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow" }, Mesh.As(Mesh.AliceKey)).ResponseAsync);
+            Assert.Equal(StatusCode.ResourceExhausted, full.StatusCode);
+            Assert.Contains("the job queue is full (1 waiting)", full.Status.Detail, StringComparison.Ordinal);
+            // The shared queue drains as jobs start: worth retrying, after the wait it asks for.
+            Assert.Equal("10000", full.Trailers.GetValue(Contracts.RetryPushback.Trailer));
+            await client.CancelJobAsync(new CancelJobRequest { Id = queued.Id }, Mesh.As(Mesh.AliceKey));
+            await client.CancelJobAsync(new CancelJobRequest { Id = running.Id }, Mesh.As(Mesh.AliceKey));
+        }
+        finally
+        {
+            await Stop(gateway);
+            TempFolders.Delete(data);
         }
     }
 

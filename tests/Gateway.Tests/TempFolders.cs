@@ -21,6 +21,16 @@ public static class TempFolders
         return path;
     }
 
+    /// <summary>Deletes folders from <see cref="Create"/> now (a test's <c>finally</c>), rather than at exit.</summary>
+    public static void Delete(params string[] paths)
+    {
+        foreach (var path in paths)
+        {
+            if (Directory.Exists(path))
+                Directory.Delete(path, recursive: true);
+        }
+    }
+
     private static void DeleteAll()
     {
         foreach (var path in Created)

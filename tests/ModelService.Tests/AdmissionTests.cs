@@ -89,6 +89,6 @@ public sealed class ImmediateAdmissionTests(ImmediateAdmissionFixture server) : 
         Assert.NotNull(refused);
         Assert.Equal(StatusCode.ResourceExhausted, refused.StatusCode);
         Assert.Contains("running its maximum of 1 requests", refused.Status.Detail, StringComparison.Ordinal);
-        Assert.Equal("200", refused.Trailers.GetValue("retry-after-ms"));
+        Assert.Equal("200", refused.Trailers.GetValue(Contracts.RetryPushback.Trailer));
     }
 }

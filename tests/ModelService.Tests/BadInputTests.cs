@@ -41,6 +41,8 @@ public sealed class BadInputTests(ServerFixture server) : IClassFixture<ServerFi
     {
         var e = await Assert.ThrowsAsync<RpcException>(() => Drain(request));
         Assert.Equal(code, e.StatusCode);
+        // A per-request limit holds whenever the request is sent: clients are told not to retry it; other errors carry no pushback.
+        Assert.Equal(code == StatusCode.ResourceExhausted ? "-1" : null, e.Trailers.GetValue(Contracts.RetryPushback.Trailer));
         foreach (var part in message)
             Assert.Contains(part, e.Status.Detail);
         await Drain(Valid()); // the server still serves

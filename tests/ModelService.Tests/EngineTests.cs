@@ -144,6 +144,8 @@ public sealed class EngineTests(EngineServerFixture server) : IClassFixture<Engi
         });
         Assert.Equal(StatusCode.ResourceExhausted, error.StatusCode);
         Assert.Contains("output buffer limit", error.Status.Detail);
+        // Sending the request again would stall again for the same reader: "do not retry".
+        Assert.Equal("-1", error.Trailers.GetValue(Contracts.RetryPushback.Trailer));
     }
 
     private sealed record Generated(List<int> Tokens, List<float[]> Captures, int MaxForwardRows, List<Contracts.V1.InterventionReceipt> Receipts);

@@ -16,8 +16,9 @@ namespace InterpMesh.Cli.Bench;
 /// behind it, both in this process on loopback) for a bounded time with a mix of Run, Generate and
 /// short analyses. Reports throughput, p50/p99 latency per kind, errors by status, the concurrency
 /// held, and memory (resident, managed heap, live TorchSharp tensors) at the start and the end;
-/// <c>--soak</c> adds a memory timeline and its trend. Clients honour <c>retry-after-ms</c> on
-/// RESOURCE_EXHAUSTED, as a well-behaved client would.
+/// <c>--soak</c> adds a memory timeline and its trend. Clients send each call once (no retry
+/// policy, so every refusal is counted) and after a RESOURCE_EXHAUSTED wait what its
+/// <c>grpc-retry-pushback-ms</c> asks before their next call, as a well-behaved client would.
 /// </summary>
 internal static class LoadBenchmark
 {
@@ -76,7 +77,7 @@ internal static class LoadBenchmark
         });
         try
         {
-            using var channel = Contracts.Channels.ForAddress(gateway.Urls.First());
+            using var channel = Contracts.Channels.ForAddress(gateway.Urls.First(), Contracts.ChannelRetry.None);
             var models = new Contracts.V1.ModelService.ModelServiceClient(channel);
             var analyses = new AnalysisService.AnalysisServiceClient(channel);
             var stats = new Stats();
@@ -207,7 +208,7 @@ internal static class LoadBenchmark
         {
             status = e.StatusCode.ToString();
             detail = e.Status.Detail;
-            retryAfter = e.Trailers.GetValue("retry-after-ms");
+            retryAfter = e.Trailers.GetValue(Contracts.RetryPushback.Trailer);
         }
         finally
         {
@@ -215,7 +216,7 @@ internal static class LoadBenchmark
         }
         stats.Record(kind, status, clock.Elapsed.TotalMilliseconds, detail);
         // A well-behaved client waits as told (at most a second here) before its next call.
-        if (retryAfter is not null && int.TryParse(retryAfter, CultureInfo.InvariantCulture, out int ms))
+        if (retryAfter is not null && int.TryParse(retryAfter, CultureInfo.InvariantCulture, out int ms) && ms >= 0)
         {
             try
             {

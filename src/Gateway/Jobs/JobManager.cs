@@ -25,6 +25,9 @@ public sealed class JobManager : BackgroundService
     /// <summary>How long a plugin may take to stop after cancellation before it is abandoned.</summary>
     public static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(5);
 
+    /// <summary>The wait a full job queue asks for (<c>grpc-retry-pushback-ms</c>) before a submission is retried.</summary>
+    public static readonly TimeSpan QueueFullPushback = TimeSpan.FromSeconds(10);
+
     private readonly GatewayOptions options;
     private readonly IPluginCatalog catalog;
     private readonly ModelRouter router;
@@ -106,11 +109,15 @@ public sealed class JobManager : BackgroundService
         lock (gate)
         {
             int active = jobs.Values.Count(j => j.Owner == caller.Name && !JobRecord.IsFinal(j.State));
+            // The key's own quota frees only when one of its jobs ends (minutes, or never without a
+            // cancel): a transparent retry would hold the submit and most likely fail again, so the
+            // client is told not to retry and the message says what frees a slot.
             if (active >= options.RateLimit.MaxJobsPerKey)
                 throw new RpcException(new Status(StatusCode.ResourceExhausted, $"key '{caller.Name}' already has {active} jobs queued or running (limit {options.RateLimit.MaxJobsPerKey}); wait for one to finish or cancel one"),
-                    new Metadata { { "retry-after-ms", "5000" } });
+                    Contracts.RetryPushback.Never());
+            // The shared queue drains as anyone's jobs start: worth retrying after a while.
             if (!queue.Writer.TryWrite(record))
-                throw new RpcException(new Status(StatusCode.ResourceExhausted, $"the job queue is full ({options.MaxQueuedJobs} waiting); retry later"), new Metadata { { "retry-after-ms", "10000" } });
+                throw new RpcException(new Status(StatusCode.ResourceExhausted, $"the job queue is full ({options.MaxQueuedJobs} waiting); retry later"), Contracts.RetryPushback.After(QueueFullPushback));
             jobs[job.Id] = record;
             record.Timeout = TimeSpan.FromSeconds(request.TimeoutSeconds > 0 ? request.TimeoutSeconds : options.DefaultJobTimeoutSeconds);
         }

@@ -87,7 +87,7 @@ public static class GrpcWire
                 {
                     body.AdvanceTo(buffer.Start);
                     throw new RpcException(new Status(StatusCode.ResourceExhausted,
-                        $"the request message is {length} bytes; this gateway takes at most {maxBytes} (Gateway:MaxRequestBytes)"));
+                        $"the request message is {length} bytes; this gateway takes at most {maxBytes} (Gateway:MaxRequestBytes)"), Contracts.RetryPushback.Never());
                 }
                 if (buffer.Length >= PrefixBytes + length)
                 {

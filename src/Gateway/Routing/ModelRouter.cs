@@ -97,31 +97,64 @@ public sealed class ReplicaPool : IDisposable
     public void Dispose()
     {
         foreach (var r in replicas)
-            r.Channel.Dispose();
+            r.Dispose();
     }
 }
 
-/// <summary>One model-service replica (or, for <c>dns:///</c>, every replica behind one name) and its channel.</summary>
-public sealed class Replica
+/// <summary>
+/// One model-service replica (or, for <c>dns:///</c>, every replica behind one name) and its channels:
+/// <list type="bullet">
+/// <item><see cref="Channel"/> (no retry policy) carries the calls the forwarder passes through: a
+/// refusal goes back to the client with its <c>grpc-retry-pushback-ms</c> for the client's own policy
+/// to honour, and the forwarder's one retry on UNAVAILABLE picks another replica — a retry here as
+/// well would multiply the attempts and hold the client's call at the gateway.</item>
+/// <item><see cref="Client"/> (opened at the first plugin call) carries the plugins' model calls, with
+/// <see cref="PluginRetry"/>: a busy model service slows a job down rather than failing it.</item>
+/// </list>
+/// </summary>
+public sealed class Replica : IDisposable
 {
+    /// <summary>
+    /// The plugins' model calls retry RESOURCE_EXHAUSTED, waiting the service's pushback each time, up
+    /// to 100 attempts (at the model service's 200 ms, with its admission wait, well over the 20 s a
+    /// busy spell lasts) within the call's deadline. UNAVAILABLE is not retried on the channel:
+    /// <see cref="RoutedModelClient"/> fails a unary call over to another replica, which a channel to
+    /// one replica cannot do.
+    /// </summary>
+    public static readonly Contracts.ChannelRetry PluginRetry = new() { MaxAttempts = 100, RetryUnavailable = false };
+
     internal long DownUntil;
+    private readonly Lazy<GrpcChannel> pluginChannel;
+    private readonly Lazy<Contracts.V1.ModelService.ModelServiceClient> client;
 
     public Replica(string address)
     {
         Address = address;
         Balanced = Contracts.Channels.IsDns(address);
-        Channel = Contracts.Channels.ForAddress(address);
-        Client = new Contracts.V1.ModelService.ModelServiceClient(Channel);
+        Channel = Contracts.Channels.ForAddress(address, Contracts.ChannelRetry.None);
         Invoker = Channel.CreateCallInvoker();
+        pluginChannel = new(() => Contracts.Channels.ForAddress(address, PluginRetry));
+        client = new(() => new Contracts.V1.ModelService.ModelServiceClient(pluginChannel.Value));
     }
 
     public string Address { get; }
 
     /// <summary>A <c>dns:///</c> endpoint: the channel resolves the name and balances over its addresses.</summary>
     public bool Balanced { get; }
-    public GrpcChannel Channel { get; }
-    public Contracts.V1.ModelService.ModelServiceClient Client { get; }
 
-    /// <summary>The channel's invoker, for calls the forwarder passes through unparsed.</summary>
+    /// <summary>The forwarder's channel (no retry policy).</summary>
+    public GrpcChannel Channel { get; }
+
+    /// <summary>The plugins' model client, on a channel with <see cref="PluginRetry"/>.</summary>
+    public Contracts.V1.ModelService.ModelServiceClient Client => client.Value;
+
+    /// <summary>The forwarder channel's invoker, for calls the forwarder passes through unparsed.</summary>
     public CallInvoker Invoker { get; }
+
+    public void Dispose()
+    {
+        Channel.Dispose();
+        if (pluginChannel.IsValueCreated)
+            pluginChannel.Value.Dispose();
+    }
 }

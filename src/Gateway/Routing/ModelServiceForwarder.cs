@@ -19,6 +19,9 @@ namespace InterpMesh.Gateway.Routing;
 /// ends the client's call at a message boundary with a proper UNAVAILABLE status. A call that fails
 /// UNAVAILABLE before any response message is retried once on another replica (or, for a
 /// <c>dns:///</c> endpoint, on the channel's next address): nothing has reached the client yet.
+/// That is the gateway's only retry: the replica channel (<see cref="Replica.Channel"/>) has no gRPC
+/// retry policy, so a refusal (RESOURCE_EXHAUSTED with its <c>grpc-retry-pushback-ms</c>) goes to
+/// the client once and the client's own policy decides.
 /// The client's deadline (or <see cref="GatewayOptions.CallTimeoutSeconds"/>) and cancellation
 /// carry over to the replica. Request metadata is not forwarded (the API key stays here); response
 /// headers and trailers from the replica are.

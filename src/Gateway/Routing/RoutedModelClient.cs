@@ -9,47 +9,30 @@ namespace InterpMesh.Gateway.Routing;
 
 /// <summary>
 /// The SDK's model client for plugins: calls go straight to a replica of the job's model. A call the
-/// model service refuses for load (RESOURCE_EXHAUSTED with <c>retry-after-ms</c>, before anything was
-/// received) is retried after the time it asks for, for up to <see cref="BusyBudget"/>: a busy
-/// service slows a job down rather than failing it.
+/// model service refuses for load (RESOURCE_EXHAUSTED with <c>grpc-retry-pushback-ms</c>) is retried
+/// by the replica's channel policy (<see cref="Replica.PluginRetry"/>) after the time it asks for,
+/// before anything was received: a busy service slows a job down rather than failing it. A unary
+/// call that meets UNAVAILABLE goes once more to another replica (the pool's failover, which a
+/// channel to one replica cannot do); a stream that does marks its replica down and fails.
 /// </summary>
 internal sealed class RoutedModelClient(ReplicaPool pool, TimeSpan callTimeout) : IModelClient
 {
-    /// <summary>How long a call keeps retrying while the model service says it is busy.</summary>
-    public static readonly TimeSpan BusyBudget = TimeSpan.FromSeconds(60);
-
     public string Name => pool.Model;
 
-    /// <summary>The wait a busy refusal asks for (capped at 2 s, with jitter), or null when the error is not one.</summary>
-    private static TimeSpan? Busy(RpcException e, DateTime giveUp) =>
-        e.StatusCode == StatusCode.ResourceExhausted && DateTime.UtcNow < giveUp
-            && int.TryParse(e.Trailers.GetValue("retry-after-ms"), System.Globalization.CultureInfo.InvariantCulture, out int ms)
-            ? TimeSpan.FromMilliseconds(Math.Min(ms, 2000) * (0.75 + 0.5 * Random.Shared.NextDouble()))
-            : null;
-
-    /// <summary>Starts a stream and reads its first message, retrying while the service is busy.</summary>
+    /// <summary>Starts a stream on the next replica and reads its first message.</summary>
     private async Task<(TCall Call, Replica Replica, bool Any)> StartAsync<TCall, T>(Func<Contracts.V1.ModelService.ModelServiceClient, TCall> start, Func<TCall, IAsyncStreamReader<T>> stream, CancellationToken ct)
         where TCall : IDisposable
     {
-        var giveUp = DateTime.UtcNow + BusyBudget;
-        while (true)
+        var replica = pool.Pick();
+        var call = start(replica.Client);
+        try
         {
-            var replica = pool.Pick();
-            var call = start(replica.Client);
-            try
-            {
-                return (call, replica, await Next(stream(call), replica, ct));
-            }
-            catch (RpcException e) when (Busy(e, giveUp) is { } wait)
-            {
-                call.Dispose();
-                await Task.Delay(wait, ct);
-            }
-            catch
-            {
-                call.Dispose();
-                throw;
-            }
+            return (call, replica, await Next(stream(call), replica, ct));
+        }
+        catch
+        {
+            call.Dispose();
+            throw;
         }
     }
 
@@ -57,7 +40,6 @@ internal sealed class RoutedModelClient(ReplicaPool pool, TimeSpan callTimeout) 
 
     private async Task<T> Unary<T>(Func<Contracts.V1.ModelService.ModelServiceClient, AsyncUnaryCall<T>> call)
     {
-        var giveUp = DateTime.UtcNow + BusyBudget;
         for (int attempt = 1; ; attempt++)
         {
             var replica = pool.Pick();
@@ -68,10 +50,6 @@ internal sealed class RoutedModelClient(ReplicaPool pool, TimeSpan callTimeout) 
             catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && attempt < pool.Attempts)
             {
                 ReplicaPool.MarkDown(replica);
-            }
-            catch (RpcException e) when (Busy(e, giveUp) is { } wait)
-            {
-                await Task.Delay(wait);
             }
         }
     }

@@ -1,6 +1,7 @@
 using System.Threading.RateLimiting;
 using Grpc.Core;
 using Grpc.Core.Interceptors;
+using InterpMesh.Contracts;
 using InterpMesh.Gateway.Configuration;
 using Microsoft.Extensions.Options;
 
@@ -9,7 +10,8 @@ namespace InterpMesh.Gateway.Security;
 /// <summary>
 /// Authentication, authorisation and per-key rate limits for every gRPC call except the health
 /// and reflection services. Missing or unknown key: UNAUTHENTICATED; role too weak:
-/// PERMISSION_DENIED; over the key's rate: RESOURCE_EXHAUSTED with <c>retry-after-ms</c>.
+/// PERMISSION_DENIED; over the key's rate: RESOURCE_EXHAUSTED with the standard
+/// <c>grpc-retry-pushback-ms</c> trailer: when the key's next token comes.
 /// </summary>
 public sealed class AuthInterceptor : Interceptor, IDisposable
 {
@@ -89,7 +91,7 @@ public sealed class AuthInterceptor : Interceptor, IDisposable
             {
                 var wait = lease.TryGetMetadata(MetadataName.RetryAfter, out var retry) ? retry : TimeSpan.FromSeconds(1);
                 throw new RpcException(new Status(StatusCode.ResourceExhausted, $"key '{caller.Name}' is over its rate limit; retry after {Math.Ceiling(wait.TotalMilliseconds)} ms"),
-                    new Metadata { { "retry-after-ms", ((long)Math.Ceiling(wait.TotalMilliseconds)).ToString(System.Globalization.CultureInfo.InvariantCulture) } });
+                    RetryPushback.After(wait));
             }
         }
         return caller;

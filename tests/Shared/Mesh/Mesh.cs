@@ -62,7 +62,9 @@ public static class Mesh
     public static CallOptions As(string key, CancellationToken ct = default) =>
         new(new Metadata { { "authorization", $"Bearer {key}" } }, cancellationToken: ct);
 
-    public static GrpcChannel Channel(string address) => Contracts.Channels.ForAddress(address);
+    /// <summary>A channel as the mesh's clients open it: <see cref="Contracts.ChannelRetry.Default"/> unless <paramref name="retry"/> says otherwise
+    /// (<see cref="Contracts.ChannelRetry.None"/> for a test that asserts a refusal the policy would retry).</summary>
+    public static GrpcChannel Channel(string address, Contracts.ChannelRetry? retry = null) => Contracts.Channels.ForAddress(address, retry);
 
     /// <summary>Stops and disposes hosts in the order given (a gateway before the services behind it); nulls are skipped.</summary>
     public static Task StopAsync(params WebApplication?[] apps) => LocalHosts.StopAsync(apps);
