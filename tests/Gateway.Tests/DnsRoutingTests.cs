@@ -16,7 +16,7 @@ namespace InterpMesh.Gateway.Tests;
 [Collection("gateways")]
 public sealed class DnsRoutingTests
 {
-    private static string TempDir() => Path.Combine(Path.GetTempPath(), "interpmesh-gw-dns-" + Guid.NewGuid().ToString("N"));
+    private static string TempDir() => TempFolders.Create("interpmesh-gw-dns-");
 
     private static GatewayOptions WithEndpoints(params string[] endpoints)
     {

@@ -25,7 +25,7 @@ namespace InterpMesh.Gateway.Tests;
 [Collection("gateways")]
 public sealed class ForwardingTests
 {
-    private static string TempDir() => Path.Combine(Path.GetTempPath(), "interpmesh-gw-fwd-" + Guid.NewGuid().ToString("N"));
+    private static string TempDir() => TempFolders.Create("interpmesh-gw-fwd-");
 
     private static readonly Marshaller<byte[]> Raw = Marshallers.Create(b => b, b => b);
 

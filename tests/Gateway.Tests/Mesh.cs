@@ -49,7 +49,7 @@ public sealed class MeshFixture : IAsyncLifetime
     public string ServiceAddress { get; private set; } = "";
     public string GatewayAddress { get; private set; } = "";
     public string PluginsPath { get; private set; } = "";
-    public string DataPath { get; } = Path.Combine(Path.GetTempPath(), "interpmesh-gw-data-" + Guid.NewGuid().ToString("N"));
+    public string DataPath { get; } = TempFolders.Create("interpmesh-gw-data-");
     public int MetricsPort { get; } = Ports.Free();
     public GrpcChannel Channel { get; private set; } = null!;
     public IServiceProvider GatewayServices => gateway!.Services;
@@ -66,5 +66,6 @@ public sealed class MeshFixture : IAsyncLifetime
     {
         Channel.Dispose();
         await Mesh.StopAsync(gateway, service);
+        TempFolders.Delete(PluginsPath, DataPath);
     }
 }

@@ -16,7 +16,7 @@ namespace InterpMesh.Gateway.Tests;
 [Collection("gateways")]
 public sealed class ResilienceTests
 {
-    private static string TempDir() => Path.Combine(Path.GetTempPath(), "interpmesh-gw-" + Guid.NewGuid().ToString("N"));
+    private static string TempDir() => TempFolders.Create("interpmesh-gw-");
 
     private static async Task Stop(WebApplication app)
     {

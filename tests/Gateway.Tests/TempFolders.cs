@@ -1,51 +1,83 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Text.RegularExpressions;
 
 namespace InterpMesh.Gateway.Tests;
 
 /// <summary>
-/// Temporary folders removed when the test process exits. A plugins folder holds the plugins'
-/// native dependencies (~370 MB), so folders left behind by every run filled the disk.
+/// Temporary folders the tests remove. A plugins folder holds the plugins' native dependencies
+/// (~370 MB), and folders left behind by every run once filled the disk. Each folder's name carries
+/// the test process's id: they are removed when that process exits, and — because the test host
+/// can be ended before its exit handlers run — the next test process removes any whose process is
+/// gone.
 /// </summary>
-public static class TempFolders
+public static partial class TempFolders
 {
     private static readonly ConcurrentBag<string> Created = [];
 
-    static TempFolders() => AppDomain.CurrentDomain.ProcessExit += (_, _) => DeleteAll();
+    [GeneratedRegex(@"^interpmesh-[a-z-]+-p(\d+)-[0-9a-f]{32}$")]
+    private static partial Regex Owned();
 
-    /// <summary>A new folder under the system's temporary folder, named <paramref name="prefix"/> and a GUID.</summary>
+    static TempFolders()
+    {
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => Delete([.. Created]);
+        SweepOrphans();
+    }
+
+    /// <summary>A new folder under the system's temporary folder, named <paramref name="prefix"/>, this process's id and a GUID.</summary>
     public static string Create(string prefix)
     {
-        string path = Path.Combine(Path.GetTempPath(), prefix + Guid.NewGuid().ToString("N"));
+        string path = Path.Combine(Path.GetTempPath(), $"{prefix}p{Environment.ProcessId}-{Guid.NewGuid():N}");
         Directory.CreateDirectory(path);
         Created.Add(path);
         return path;
     }
 
-    /// <summary>Deletes folders from <see cref="Create"/> now (a test's <c>finally</c>), rather than at exit.</summary>
+    /// <summary>Deletes folders now (a test's <c>finally</c>, a fixture's dispose), best effort.</summary>
     public static void Delete(params string[] paths)
     {
         foreach (var path in paths)
         {
-            if (Directory.Exists(path))
-                Directory.Delete(path, recursive: true);
-        }
-    }
-
-    private static void DeleteAll()
-    {
-        foreach (var path in Created)
-        {
             try
             {
-                Directory.Delete(path, recursive: true);
+                if (Directory.Exists(path))
+                    Directory.Delete(path, recursive: true);
             }
             catch (IOException)
             {
-                // Best effort at exit: a folder still in use stays behind.
+                // A folder still in use stays behind; the next run's sweep takes it.
             }
             catch (UnauthorizedAccessException)
             {
             }
+        }
+    }
+
+    /// <summary>Removes folders of earlier test processes that have exited.</summary>
+    private static void SweepOrphans()
+    {
+        foreach (var dir in Directory.EnumerateDirectories(Path.GetTempPath(), "interpmesh-*"))
+        {
+            var match = Owned().Match(Path.GetFileName(dir));
+            if (match.Success && int.TryParse(match.Groups[1].Value, out int pid) && pid != Environment.ProcessId && !Alive(pid))
+                Delete(dir);
+        }
+    }
+
+    private static bool Alive(int pid)
+    {
+        try
+        {
+            using var process = Process.GetProcessById(pid);
+            return !process.HasExited;
+        }
+        catch (ArgumentException)
+        {
+            return false;
+        }
+        catch (InvalidOperationException)
+        {
+            return false;
         }
     }
 }
