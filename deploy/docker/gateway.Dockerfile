@@ -23,6 +23,7 @@ COPY global.json nuget.config Directory.Build.props Directory.Build.targets Dire
 COPY build/ build/
 COPY protos/ protos/
 COPY src/Contracts/ src/Contracts/
+COPY src/Client/ src/Client/
 COPY src/ServiceDefaults/ src/ServiceDefaults/
 COPY src/ModelService/Runtime/ src/ModelService/Runtime/
 COPY src/Plugins/ src/Plugins/

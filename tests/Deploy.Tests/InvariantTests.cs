@@ -127,8 +127,8 @@ public sealed class InvariantTests
                 Assert.Equal(grpc, Services.ModelService(manifests, deployment).GrpcPort);
 
                 var preStop = container.Lifecycle.PreStop.Exec.Command;
-                Assert.True(int.Parse(preStop[1], System.Globalization.CultureInfo.InvariantCulture) >= Contracts.Channels.DnsRefreshInterval.TotalSeconds,
-                    $"Deployment/{deployment.Metadata.Name}: the preStop sleep must outlast the gateway's DNS refresh ({Contracts.Channels.DnsRefreshInterval.TotalSeconds} s)");
+                Assert.True(int.Parse(preStop[1], System.Globalization.CultureInfo.InvariantCulture) >= InterpMesh.Client.Channels.DnsRefreshInterval.TotalSeconds,
+                    $"Deployment/{deployment.Metadata.Name}: the preStop sleep must outlast the gateway's DNS refresh ({InterpMesh.Client.Channels.DnsRefreshInterval.TotalSeconds} s)");
             }
         }
         Assert.Equal(manifests.ModelServices().Select(d => d.Metadata.Name).Order(), reached.Order());

@@ -278,7 +278,7 @@ public sealed class FaultTests
             using var channel = Mesh.Channel(address);
             var analyses = new AnalysisService.AnalysisServiceClient(channel);
             // The flood handles its refusals itself (no retry policy), so the test can count them.
-            using var direct = Mesh.Channel(serviceAddress, Contracts.ChannelRetry.None);
+            using var direct = Mesh.Channel(serviceAddress, InterpMesh.Client.ChannelRetry.None);
             var models = new Contracts.V1.ModelService.ModelServiceClient(direct);
             using var stop = new CancellationTokenSource();
             int refused = 0;

@@ -282,7 +282,7 @@ public sealed class ForwardingTests
         var (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], TempDir(), TempDir());
         try
         {
-            using var channel = Mesh.Channel(address, Contracts.ChannelRetry.None);
+            using var channel = Mesh.Channel(address, InterpMesh.Client.ChannelRetry.None);
             var models = new Contracts.V1.ModelService.ModelServiceClient(channel);
             using var cts = new CancellationTokenSource();
             using var hold = models.Generate(Long(), Mesh.As(Mesh.AliceKey, cts.Token));
@@ -311,7 +311,7 @@ public sealed class ForwardingTests
         var (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], plugins, data);
         try
         {
-            using var holder = Mesh.Channel(serviceAddress, Contracts.ChannelRetry.None);
+            using var holder = Mesh.Channel(serviceAddress, InterpMesh.Client.ChannelRetry.None);
             using var cts = new CancellationTokenSource();
             using var hold = new Contracts.V1.ModelService.ModelServiceClient(holder).Generate(Long(), new CallOptions(cancellationToken: cts.Token));
             Assert.True(await hold.ResponseStream.MoveNext());

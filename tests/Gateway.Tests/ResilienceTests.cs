@@ -38,7 +38,7 @@ public sealed class ResilienceTests
         try
         {
             // No retry policy: the refusals themselves are under test (a client's policy would wait out the rate limit).
-            using var channel = Mesh.Channel(address, Contracts.ChannelRetry.None);
+            using var channel = Mesh.Channel(address, InterpMesh.Client.ChannelRetry.None);
             var client = new AnalysisService.AnalysisServiceClient(channel);
             var first = await client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 100}""" }, Mesh.As(Mesh.AliceKey));
             var quota = await Assert.ThrowsAsync<RpcException>(() => client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow" }, Mesh.As(Mesh.AliceKey)).ResponseAsync);
@@ -80,7 +80,7 @@ public sealed class ResilienceTests
         });
         try
         {
-            using var channel = Mesh.Channel(address, Contracts.ChannelRetry.None);
+            using var channel = Mesh.Channel(address, InterpMesh.Client.ChannelRetry.None);
             var client = new AnalysisService.AnalysisServiceClient(channel);
             var running = await client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 600}""" }, Mesh.As(Mesh.AliceKey));
             while ((await client.GetJobAsync(new GetJobRequest { Id = running.Id }, Mesh.As(Mesh.AliceKey))).State != JobState.Running)

@@ -71,7 +71,7 @@ public sealed class TracingAndConfigurationTests
         });
         await app.StartAsync();
         await app.Services.GetRequiredService<ModelHost>().WhenLoaded;
-        using (var channel = Contracts.Channels.ForAddress(app.Urls.First()))
+        using (var channel = InterpMesh.Client.Channels.ForAddress(app.Urls.First()))
         {
             var client = new Contracts.V1.ModelService.ModelServiceClient(channel);
             using var call = client.Run(new RunRequest { Inputs = { new Input { Tokens = new TokenIds { Ids = { 1, 403, 407 } } } } });

@@ -41,8 +41,8 @@ internal static class GatewayBenchmark
             var service = BenchMesh.StartModelService(dir, threads, new() { ["ModelService:MaxCaptureBytes"] = (4L << 30).ToString() });
             string direct = service.Urls.First();
             var gateway = BenchMesh.StartGateway(direct, Path.Combine(dir, "no-plugins"), dir);
-            using var directChannel = Contracts.Channels.ForAddress(direct);
-            using var gatewayChannel = Contracts.Channels.ForAddress(gateway.Urls.First());
+            using var directChannel = InterpMesh.Client.Channels.ForAddress(direct);
+            using var gatewayChannel = InterpMesh.Client.Channels.ForAddress(gateway.Urls.First());
             var clients = new[] { new Contracts.V1.ModelService.ModelServiceClient(directChannel), new Contracts.V1.ModelService.ModelServiceClient(gatewayChannel) };
 
             var rng = new Random(7);

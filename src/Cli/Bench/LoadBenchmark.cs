@@ -77,7 +77,7 @@ internal static class LoadBenchmark
         });
         try
         {
-            using var channel = Contracts.Channels.ForAddress(gateway.Urls.First(), Contracts.ChannelRetry.None);
+            using var channel = InterpMesh.Client.Channels.ForAddress(gateway.Urls.First(), InterpMesh.Client.ChannelRetry.None);
             var models = new Contracts.V1.ModelService.ModelServiceClient(channel);
             var analyses = new AnalysisService.AnalysisServiceClient(channel);
             var stats = new Stats();

@@ -86,7 +86,7 @@ internal static class ProbeBenchmark
             var gateway = BenchMesh.StartGateway(service.Urls.First(), Path.Combine(root, "plugins"), dir);
             string[] words = ["the", "model", "reads", "a", "long", "story", "about", "cats", "and", "dogs", "in", "the", "park", "every", "day"];
             var rows = Enumerable.Range(0, texts).Select(i => new { text = string.Join(' ', Enumerable.Range(0, 60).Select(_ => words[rng.Next(words.Length)])), label = i % 2 }).ToList();
-            using var channel = Contracts.Channels.ForAddress(gateway.Urls.First());
+            using var channel = InterpMesh.Client.Channels.ForAddress(gateway.Urls.First());
             var client = new AnalysisService.AnalysisServiceClient(channel);
             var total = Stopwatch.StartNew();
             using var call = client.RunAnalysis(new AnalysisRequest

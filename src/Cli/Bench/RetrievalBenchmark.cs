@@ -46,7 +46,7 @@ internal static class RetrievalBenchmark
         var rows = new List<Dictionary<string, object?>>();
         try
         {
-            using var channel = Contracts.Channels.ForAddress(gateway.Urls.First());
+            using var channel = InterpMesh.Client.Channels.ForAddress(gateway.Urls.First());
             var client = new AnalysisService.AnalysisServiceClient(channel);
             const string haystack = "Lily went to the park with her mom. They saw a big tree and a little bird. The bird sang a happy song. Lily smiled and clapped her hands. ";
             const int answerTokens = 8;

@@ -129,7 +129,7 @@ internal static class ServingBenchmark
         var channels = new List<Grpc.Net.Client.GrpcChannel>();
         Contracts.V1.ModelService.ModelServiceClient NewClient()
         {
-            var channel = Contracts.Channels.ForAddress(address);
+            var channel = InterpMesh.Client.Channels.ForAddress(address);
             channels.Add(channel);
             return new Contracts.V1.ModelService.ModelServiceClient(channel);
         }

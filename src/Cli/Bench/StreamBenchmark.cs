@@ -47,7 +47,7 @@ internal static class StreamBenchmark
                 ["ModelService:BatchWindowMs"] = window.ToString(),
                 ["ModelService:MaxCaptureBytes"] = (4L << 30).ToString(),
             });
-            using var channel = Contracts.Channels.ForAddress(app.Urls.First());
+            using var channel = InterpMesh.Client.Channels.ForAddress(app.Urls.First());
             var client = new Contracts.V1.ModelService.ModelServiceClient(channel);
             var rng = new Random(7);
             var request = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };

@@ -163,7 +163,7 @@ internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
     /// <summary>What is wrong with a model endpoint, or null: an http(s) URL or <c>dns:///host:port</c>.</summary>
     public static string? EndpointError(string endpoint)
     {
-        if (Contracts.Channels.IsDns(endpoint))
+        if (InterpMesh.Client.Channels.IsDns(endpoint))
             return DnsEndpointError(endpoint);
         return Uri.TryCreate(endpoint, UriKind.Absolute, out var u) && u.Scheme is "http" or "https" ? null
             : "not an http(s) URL (http://host:port) nor dns:///host:port";

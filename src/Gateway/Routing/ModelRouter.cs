@@ -121,7 +121,7 @@ public sealed class Replica : IDisposable
     /// <see cref="RoutedModelClient"/> fails a unary call over to another replica, which a channel to
     /// one replica cannot do.
     /// </summary>
-    public static readonly Contracts.ChannelRetry PluginRetry = new() { MaxAttempts = 100, RetryUnavailable = false };
+    public static readonly InterpMesh.Client.ChannelRetry PluginRetry = new() { MaxAttempts = 100, RetryUnavailable = false };
 
     internal long DownUntil;
     private readonly Lazy<GrpcChannel> pluginChannel;
@@ -130,10 +130,10 @@ public sealed class Replica : IDisposable
     public Replica(string address)
     {
         Address = address;
-        Balanced = Contracts.Channels.IsDns(address);
-        Channel = Contracts.Channels.ForAddress(address, Contracts.ChannelRetry.None);
+        Balanced = InterpMesh.Client.Channels.IsDns(address);
+        Channel = InterpMesh.Client.Channels.ForAddress(address, InterpMesh.Client.ChannelRetry.None);
         Invoker = Channel.CreateCallInvoker();
-        pluginChannel = new(() => Contracts.Channels.ForAddress(address, PluginRetry));
+        pluginChannel = new(() => InterpMesh.Client.Channels.ForAddress(address, PluginRetry));
         client = new(() => new Contracts.V1.ModelService.ModelServiceClient(pluginChannel.Value));
     }
 

@@ -62,9 +62,9 @@ public static class Mesh
     public static CallOptions As(string key, CancellationToken ct = default) =>
         new(new Metadata { { "authorization", $"Bearer {key}" } }, cancellationToken: ct);
 
-    /// <summary>A channel as the mesh's clients open it: <see cref="Contracts.ChannelRetry.Default"/> unless <paramref name="retry"/> says otherwise
-    /// (<see cref="Contracts.ChannelRetry.None"/> for a test that asserts a refusal the policy would retry).</summary>
-    public static GrpcChannel Channel(string address, Contracts.ChannelRetry? retry = null) => Contracts.Channels.ForAddress(address, retry);
+    /// <summary>A channel as the mesh's clients open it: <see cref="InterpMesh.Client.ChannelRetry.Default"/> unless <paramref name="retry"/> says otherwise
+    /// (<see cref="InterpMesh.Client.ChannelRetry.None"/> for a test that asserts a refusal the policy would retry).</summary>
+    public static GrpcChannel Channel(string address, InterpMesh.Client.ChannelRetry? retry = null) => InterpMesh.Client.Channels.ForAddress(address, retry);
 
     /// <summary>Stops and disposes hosts in the order given (a gateway before the services behind it); nulls are skipped.</summary>
     public static Task StopAsync(params WebApplication?[] apps) => LocalHosts.StopAsync(apps);
