@@ -188,13 +188,29 @@ public sealed class BatchingTests(BatchingServerFixture server) : IClassFixture<
     [Fact]
     public async Task A_client_that_leaves_while_queued_does_not_disturb_the_others()
     {
-        using var leave = new CancellationTokenSource(TimeSpan.FromMilliseconds(100));
+        // The leaving client cancels once the server holds all three requests in its batching window
+        // (waiting on the engine's admissions, not on the clock: on a loaded machine a fixed delay
+        // could fire before its request was even sent, or the window close before the cancel arrived).
+        using var leave = new CancellationTokenSource();
         var leaving = Call(server.Client, Request(Rows[4]), leave.Token);
+        await Until(() => server.Engine.Admitted >= 1);
         var staying = new[] { Call(server.Client, Request(Rows[0])), Call(server.Client, Request(Rows[1])) };
+        await Until(() => server.Engine.Admitted >= 3);
+        await leave.CancelAsync();
         var error = await Assert.ThrowsAsync<RpcException>(() => leaving);
         Assert.Equal(StatusCode.Cancelled, error.StatusCode);
         var replies = await Task.WhenAll(staying);
         Assert.All(replies, r => Assert.Equal(2, r.Result.ForwardBatchSize));
         Close(Solo([Rows[0]]).Logits, replies[0].Result.Logits.Data.Span.ToArray().Chunk(4).Select(b => BitConverter.ToSingle(b)).ToArray(), "staying client logits");
+    }
+
+    private static async Task Until(Func<bool> condition)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (!condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the server did not admit the requests within 10 s");
+            await Task.Delay(2);
+        }
     }
 }

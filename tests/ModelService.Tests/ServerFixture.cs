@@ -20,6 +20,9 @@ public class ServerFixture : IAsyncLifetime
     public LoadedModel Local { get; private set; } = null!;
     public string Address { get; private set; } = "";
 
+    /// <summary>The server's engine (tests wait on what it has admitted instead of on the clock).</summary>
+    public InterpMesh.Engine.ModelEngine Engine => app!.Services.GetRequiredService<ModelHost>().Engine!;
+
     /// <summary>The plain-HTTP metrics endpoint, e.g. http://127.0.0.1:41234/metrics.</summary>
     public string MetricsUrl { get; private set; } = "";
 
