@@ -46,7 +46,16 @@ public static class Channels
         };
         var config = new ServiceConfig();
         if (retry.Policy() is { } policy)
+        {
             config.MethodConfigs.Add(new MethodConfig { Names = { MethodName.Default }, RetryPolicy = policy });
+            // An artifact upload streams a body far larger than any retry buffer, and the gateway may
+            // refuse it after the header while the client still writes: sent once, outside the policy
+            // (a retried client stream that is refused mid-write could leave the writer waiting).
+            config.MethodConfigs.Add(new MethodConfig
+            {
+                Names = { new MethodName { Service = Contracts.V1.ArtifactService.Descriptor.FullName, Method = "PutArtifact" } },
+            });
+        }
         if (IsDns(address))
         {
             // In-cluster plaintext, as the http:// form; the scheme carries no TLS choice, so say it.

@@ -102,7 +102,8 @@ public sealed class ClientLibraryTests(MeshFixture mesh) : IClassFixture<MeshFix
             Assert.False(await admin.DeleteArtifactAsync("client/round-trip"));
         }
 
-        var bad = await Assert.ThrowsAsync<RpcException>(() => client.UploadArtifactAsync("../escape", from));
+        // Bounded: a refused upload must end, not leave the writer waiting (seen once in CI before uploads left the retry policy).
+        var bad = await Assert.ThrowsAsync<RpcException>(() => client.UploadArtifactAsync("../escape", from).WaitAsync(TimeSpan.FromSeconds(60)));
         Assert.Equal(StatusCode.InvalidArgument, bad.StatusCode);
         Assert.Contains("not allowed", bad.Status.Detail, StringComparison.Ordinal);
     }
