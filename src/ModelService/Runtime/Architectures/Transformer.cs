@@ -163,9 +163,9 @@ public sealed class Transformer : IDisposable
         if (newMask is not null && !newMask.shape.SequenceEqual(tokens.shape))
             throw new ArgumentException($"attention mask shape [{string.Join(", ", newMask.shape)}] differs from the token shape [{string.Join(", ", tokens.shape)}]");
         // Columns of the cache this forward writes, per row (only needed when rows differ).
-        Tensor? columns = uniform ? null
-            : t == 1 ? tensor(past.Select(p => (long)p).ToArray(), device: Device).view(b, 1)
-            : tensor(past.Select(p => (long)p).ToArray(), device: Device).view(b, 1) + arange(t, dtype: ScalarType.Int64, device: Device).view(1, t);
+        Tensor? columns = uniform ? null : tensor(past.Select(p => (long)p).ToArray(), device: Device).view(b, 1);
+        if (columns is not null && t > 1)
+            columns = columns + arange(t, dtype: ScalarType.Int64, device: Device).view(1, t);
         Tensor keyMask;
         if (cache is not null)
         {
