@@ -1,6 +1,7 @@
+using System.CommandLine;
+using System.CommandLine.Invocation;
 using System.Text.Json;
 using InterpMesh.Cli.Bench;
-using InterpMesh.Cli.Local;
 using InterpMesh.Runtime;
 
 namespace InterpMesh.Cli.CommandLine;
@@ -71,24 +72,10 @@ public static class CliApp
         bool json = args.Contains("--json");
         try
         {
-            // Help and shell completion come from System.CommandLine (CommandTree): `interpmesh`,
-            // `interpmesh help`, `interpmesh COMMAND --help`, and the [suggest] directive.
-            if (args.Length == 0 || args[0] is "help" or "--help" or "-h" or "-?" || args[0].StartsWith('[') || args.Any(a => a is "--help" or "-h" or "-?"))
-            {
-                string[] forParser = args.Length == 0 || args[0] == "help" ? ["--help"] : args;
-                string helpFor = string.Join(' ', forParser.TakeWhile(a => !a.StartsWith('-') && !a.StartsWith('[')).Take(2));
-                int code = CommandTree.Build(helpFor).Parse(forParser).Invoke(new System.CommandLine.InvocationConfiguration { Output = stdout, Error = stderr });
-                return args.Length == 0 ? 2 : code;
-            }
-            string command = args[0];
-            string[] rest = args[1..];
-            if (command == "config")
-            {
-                Parse(rest).RejectUnknown("config");
-                foreach (var (name, value, source) in CliSettings.Describe())
-                    stdout.WriteLine($"  {name,-12} {value,-40} {source}");
-                return 0;
-            }
+            bool help = args.Length == 0 || args[0] == "help" || args[0].StartsWith('[') || args.Any(a => a is "--help" or "-h" or "-?");
+            // The benchmarks read their options with CliArgs until they move out of the CLI to bench/ (their help comes from the tree).
+            string command = help ? "" : args[0];
+            string[] rest = help ? [] : args[1..];
             if (command == "bench")
             {
                 return rest.Length == 0 ? throw new UsageException("bench needs a benchmark name: `interpmesh bench forward|stream|gateway|probe|retrieval|sae|load|loading|serving ...`")
@@ -103,43 +90,16 @@ public static class CliApp
                     : rest[0] == "serving" ? ServingBenchmark.Run(Parse(rest[1..]), stdout)
                     : throw new UsageException($"unknown benchmark '{rest[0]}'; benchmarks: forward, stream, gateway, probe, retrieval, sae, load, loading, serving");
             }
-            if (command == "train-toy")
-            {
-                if (rest.Length == 0 || rest[0].StartsWith("--", StringComparison.Ordinal))
-                    throw new UsageException($"train-toy needs a model name: {string.Join(", ", InterpMesh.ToyModels.ToyCatalog.Names)}");
-                return Toys.TrainToyCommand.Run(rest[0], Parse(rest[1..]), stdout, stderr);
-            }
-            if (command == "serve")
-                return Serve.ServeCommand.Run(Parse(rest), stdout);
-            if (command == "up")
-                return Serve.UpCommand.Run(Parse(rest), stdout);
-            if (command == "demo")
-                return Demo.DemoCommand.Run(Parse(rest), stdout, stderr);
-            if (command == "plugins")
-                return Remote.RemoteAnalyses.Plugins(Parse(rest), stdout);
-            if (command == "run")
-            {
-                if (rest.Length == 0 || rest[0].StartsWith("--", StringComparison.Ordinal))
-                    throw new UsageException("run needs a plugin id: `interpmesh run probing --server URL --params file.json` (`interpmesh plugins` lists them)");
-                return Remote.RemoteAnalyses.Run(rest[0], Parse(rest[1..]), stdout, stderr);
-            }
-            if (command is "jobs" or "artifacts")
-            {
-                if (rest.Length == 0 || rest[0].StartsWith("--", StringComparison.Ordinal))
-                    throw new UsageException(command == "jobs" ? "jobs needs list, watch ID, cancel ID or result ID" : "artifacts needs list, get NAME, put NAME or rm NAME");
-                string? target = rest.Length > 1 && !rest[1].StartsWith("--", StringComparison.Ordinal) ? rest[1] : null;
-                var options = Parse(rest[(target is null ? 1 : 2)..]);
-                return command == "jobs" ? Remote.RemoteAnalyses.Jobs(rest[0], target, options, stdout, stderr) : Remote.RemoteAnalyses.Artifacts(rest[0], target, options, stdout);
-            }
-            var parsed = Parse(rest);
-            return command switch
-            {
-                "info" => InfoCommand.Run(parsed, stdout),
-                "tokenize" => TokenizeCommand.Run(parsed, stdout, stdin),
-                "generate" => GenerateCommand.Run(parsed, stdout),
-                "forward" => ForwardCommand.Run(parsed, stdout),
-                _ => throw new UsageException($"unknown command '{command}'; commands: demo, config, info, tokenize, generate, forward, serve, up, plugins, run, jobs, artifacts, train-toy, bench (see `interpmesh help`)"),
-            };
+            // Every other command is parsed, validated, helped and completed by System.CommandLine
+            // (CommandTree): `interpmesh`, `interpmesh help`, `interpmesh COMMAND --help`, [suggest].
+            string[] forParser = args.Length == 0 || args[0] == "help" ? ["--help"] : args;
+            string helpFor = string.Join(' ', forParser.TakeWhile(a => !a.StartsWith('-') && !a.StartsWith('[')).Take(2));
+            var parsed = CommandTree.Build(new CliConsole(stdout, stderr, stdin), helpFor).Parse(forParser);
+            if (parsed.Action is ParseErrorAction)
+                throw new UsageException(UsageErrors.Describe(parsed));
+            // Exceptions reach the handler below; Ctrl-C is left to the commands (`serve` and `up` stop their hosts on it).
+            int code = parsed.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false, ProcessTerminationTimeout = null });
+            return args.Length == 0 ? 2 : code;
         }
         catch (Exception e) when (e is UsageException or ModelFormatException or ArgumentException or InvalidOperationException or FileNotFoundException or DirectoryNotFoundException)
         {
@@ -168,5 +128,6 @@ public static class CliApp
         return picked.Count == 0 ? Usage : "usage:\n" + string.Join('\n', picked) + "\n\n(`interpmesh help` lists every command, settings and exit codes)";
     }
 
+    /// <summary>A benchmark's options (the benchmarks move to bench/, and this with them).</summary>
     private static CliArgs Parse(string[] rest) => new(rest, new HashSet<string> { "json", "quick", "soak", "loss" });
 }

@@ -4,8 +4,10 @@ namespace InterpMesh.Cli.CommandLine;
 public sealed class UsageException(string message) : Exception(message);
 
 /// <summary>
-/// <c>--name value</c> options and <c>--flag</c> switches after the command words. Every option a
-/// command reads is declared, so an unknown or misspelt option is an error, not silently ignored.
+/// <c>--name value</c> options and <c>--flag</c> switches after <c>interpmesh bench NAME</c>, for the
+/// benchmarks only (every other command declares typed System.CommandLine options, see
+/// <see cref="CommandTree"/>). Every option a benchmark reads is declared, so an unknown or misspelt
+/// option is an error. It goes when the benchmarks move out of the CLI to bench/.
 /// </summary>
 public sealed class CliArgs
 {

@@ -26,14 +26,10 @@ internal sealed class LocalSession : IDisposable
     /// <summary>The engine serving <see cref="Model"/> in this process (started on first use; one torch thread).</summary>
     public ModelEngine Engine => engine ??= new ModelEngine(Model, new EngineOptions { MaxConcurrentRequests = 1 });
 
-    /// <summary>Reads --model, --tokenizer, --dtype and --threads, and loads the model.</summary>
-    public static LocalSession Open(CliArgs args)
+    /// <summary>Loads <paramref name="model"/> on a torch worker thread (<paramref name="threads"/>: libtorch's intra-op threads, null for its default).</summary>
+    public static LocalSession Open(string model, string? tokenizer, ScalarType dtype, string device, int? threads)
     {
-        string model = args.RequireText("model", "a Hugging Face folder or a llama2.c .bin");
-        string? tokenizer = args.Text("tokenizer");
-        var dtype = ParseDType(args.Text("dtype"));
-        string device = args.Text("device") ?? "cpu";
-        TorchRuntime.Initialize(args.Int("threads", min: 1));
+        TorchRuntime.Initialize(threads);
         var worker = new TorchWorker();
         try
         {
@@ -47,6 +43,7 @@ internal sealed class LocalSession : IDisposable
         }
     }
 
+    /// <summary>A --dtype name for the benchmarks, which still read their options with <see cref="CliArgs"/> (the commands use <see cref="CliOptions.DType"/>).</summary>
     public static ScalarType ParseDType(string? text) =>
         text is null ? ScalarType.Float32
         : DTypeNames.TryParse(text, out var dtype) ? dtype
