@@ -53,12 +53,15 @@ internal static class CliOptions
         },
     };
 
-    /// <summary>Comma-separated integers such as <c>1,2,3</c>; null when absent.</summary>
-    public static Option<int[]?> IntList(string name, string description) => new(name)
+    /// <summary>
+    /// Comma-separated integers such as <c>1,2,3</c> in one token; null when absent. With
+    /// <paramref name="none"/>, the word <c>none</c> is an empty list.
+    /// </summary>
+    public static Option<IdList?> IntList(string name, string description, bool none = false) => new(name)
     {
         Description = description,
-        HelpName = "1,2,3",
-        CustomParser = r => ParseIntList(r, name),
+        HelpName = none ? "1,2,3|none" : "1,2,3",
+        CustomParser = r => none && r.Tokens[0].Value == "none" ? new IdList([]) : ParseIntList(r, name, none),
     };
 
     /// <summary>A fixed set of values: anything else is refused, and shell completion offers them.</summary>
@@ -142,7 +145,7 @@ internal static class CliOptions
         return v;
     }
 
-    private static int[]? ParseIntList(ArgumentResult r, string name)
+    private static IdList? ParseIntList(ArgumentResult r, string name, bool none)
     {
         var parts = r.Tokens[0].Value.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
         var result = new int[parts.Length];
@@ -150,10 +153,18 @@ internal static class CliOptions
         {
             if (!int.TryParse(parts[i], NumberStyles.Integer, CultureInfo.InvariantCulture, out result[i]))
             {
-                r.AddError($"{name} must be comma-separated integers like 1,2,3; '{Quote(parts[i])}' is not an integer");
+                r.AddError(none
+                    ? $"{name} must be comma-separated integers or 'none'; '{Quote(parts[i])}' is not an integer"
+                    : $"{name} must be comma-separated integers like 1,2,3; '{Quote(parts[i])}' is not an integer");
                 return null;
             }
         }
-        return result;
+        return new IdList(result);
     }
 }
+
+/// <summary>
+/// The value of a comma-separated id option. Not a bare array: System.CommandLine reads an absent
+/// array option as empty and lets an array option take several tokens.
+/// </summary>
+internal sealed record IdList(int[] Values);

@@ -27,11 +27,11 @@ internal static class ForwardCommand
             "--model is required (a Hugging Face folder or a llama2.c .bin), or give --server URL");
         command.AddRule(r =>
         {
-            if (r.GetValue(ids) is [])
+            if (r.GetValue(ids)?.Values is [])
                 r.AddError("--ids is empty; give at least one token id");
             else if (r.Given(topK) && r.GetValue(logits) == "none")
                 r.AddError("--top-k needs logits; use --logits all or last");
-            else if (r.Given(loss) && r.GetValue(ids) is [_])
+            else if (r.Given(loss) && r.GetValue(ids)?.Values is [_])
                 r.AddError("--loss needs at least two ids (it predicts each next id)");
             else if (r.Given(options.Server) && (r.Given(capture) || r.Given(loss) || r.Given(topK) || r.GetValue(logits) == "none"))
                 r.AddError("--capture, --loss, --top-k and --logits none are local-mode options (give --model)");
@@ -40,7 +40,7 @@ internal static class ForwardCommand
         {
             var mode = r.GetValue(logits) switch { "last" => LogitsMode.Last, "none" => LogitsMode.None, _ => LogitsMode.All };
             string[] hooks = (r.GetValue(capture) ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-            return Run(options, r, r.GetRequiredValue(ids)!, mode, hooks, r.GetValue(loss), r.GetValue(topK) ?? 0, console.Out);
+            return Run(options, r, r.GetRequiredValue(ids)!.Values, mode, hooks, r.GetValue(loss), r.GetValue(topK) ?? 0, console.Out);
         });
         return command;
     }

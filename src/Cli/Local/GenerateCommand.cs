@@ -23,13 +23,7 @@ internal static class GenerateCommand
         var topK = CliOptions.Int("--top-k", "sample among the k likeliest (0: all)", min: 0, helpName: "K");
         var topP = CliOptions.Real("--top-p", "nucleus sampling, in (0, 1]", "P");
         var seed = CliOptions.Int("--seed", "sampling seed", helpName: "S");
-        var stopIds = new Option<int[]?>("--stop-ids")
-        {
-            Description = "stop ids, comma-separated, or none (default: the model's EOS ids)",
-            HelpName = "1,2|none",
-            // "none": an empty list, so generation runs to --max-new-tokens.
-            CustomParser = r => r.Tokens[0].Value == "none" ? [] : ParseIds(r),
-        };
+        var stopIds = CliOptions.IntList("--stop-ids", "stop ids, comma-separated, or none (default: the model's EOS ids)", none: true);
         var command = options.AddTo(new Command("generate", "Generates from a prompt (greedy or sampled).") { prompt, promptIds, maxNew, temperature, topK, topP, seed, stopIds },
             "--model is required (a Hugging Face folder or a llama2.c .bin), or give --server URL");
         command.AddRule(r =>
@@ -40,7 +34,7 @@ internal static class GenerateCommand
         command.SetAction(r =>
         {
             var sampling = new SamplingOptions(Temperature: r.GetValue(temperature) ?? 0, TopK: r.GetValue(topK) ?? 0, TopP: r.GetValue(topP) ?? 1.0, Seed: r.GetValue(seed) ?? 0);
-            return Run(options, r, r.GetValue(prompt), r.GetValue(promptIds), r.GetValue(maxNew)!.Value, sampling, r.GetValue(stopIds), console.Out);
+            return Run(options, r, r.GetValue(prompt), r.GetValue(promptIds)?.Values, r.GetValue(maxNew)!.Value, sampling, r.GetValue(stopIds)?.Values, console.Out);
         });
         return command;
     }
@@ -92,20 +86,5 @@ internal static class GenerateCommand
             stdout.WriteLine(text is null ? string.Join(' ', generated) : (prompt ?? "") + text);
         }
         return 0;
-    }
-
-    private static int[]? ParseIds(System.CommandLine.Parsing.ArgumentResult r)
-    {
-        var parts = r.Tokens[0].Value.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
-        var ids = new int[parts.Length];
-        for (int i = 0; i < parts.Length; i++)
-        {
-            if (!int.TryParse(parts[i], System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out ids[i]))
-            {
-                r.AddError($"--stop-ids must be comma-separated integers or 'none'; '{CliOptions.Quote(parts[i])}' is not an integer");
-                return null;
-            }
-        }
-        return ids;
     }
 }
