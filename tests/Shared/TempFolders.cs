@@ -2,7 +2,7 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Text.RegularExpressions;
 
-namespace InterpMesh.Gateway.Tests;
+namespace InterpMesh.Tests;
 
 /// <summary>
 /// Temporary folders the tests remove. A plugins folder holds the plugins' native dependencies
