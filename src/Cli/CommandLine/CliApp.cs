@@ -13,7 +13,7 @@ public static class CliApp
         interpmesh — serve and inspect transformer internals
 
         Start here (from a checkout): the local mesh, all four analyses on the toy models, an HTML report:
-          interpmesh demo      [--report interpmesh-report.html] [--quick] [--data DIR] [--threads N] [--json]
+          interpmesh demo      [--report interpmesh-report.html] [--quick] [--data DIR] [--models DIR] [--plugins DIR] [--threads N] [--json]
 
         Local mode (the model is loaded in this process):
           interpmesh info      --model PATH [--tokenizer PATH] [--json]
@@ -30,7 +30,7 @@ public static class CliApp
         and, when it serves several models, --model-name NAME.
 
         The local mesh (a model service + a gateway with the built-in plugins, on loopback, until Ctrl-C):
-          interpmesh up        [--model PATH] [--grpc-port 50050] [--model-port 50051] [--plugins DIR] [--data DIR] [--key KEY] [--bind A]
+          interpmesh up        [--model PATH] [--grpc-port 50050] [--model-port 50051] [--plugins DIR] [--data DIR] [--key KEY] [--bind A] [--threads N]
 
         Analyses through a gateway (--server URL of the gateway; --key KEY or INTERPMESH_API_KEY when auth is on):
           interpmesh plugins   --server URL [--json]
@@ -38,7 +38,7 @@ public static class CliApp
           interpmesh jobs      list [--plugin P] | watch ID | cancel ID | result ID  --server URL [--report FILE.html] [--json]
           interpmesh artifacts list [--prefix P] | get NAME --out DIR | put NAME --from DIR [--metadata-json J] | rm NAME  --server URL [--json]
 
-          interpmesh train-toy induction|retrieval|concepts|functions --out DIR [--seed S] [--steps N] [--batch B] [--lr LR] [--json]
+          interpmesh train-toy induction|retrieval|concepts|functions --out DIR [--seed S] [--steps N] [--batch B] [--lr LR] [--threads N] [--json]
           interpmesh bench forward --preset gpt2-small --batch B --seq T [--threads N]
                                [--capture GLOB] [--logits none|last|all] [--warmup W] [--iters I] [--json]
           interpmesh bench stream  --preset gpt2-small --batch B --seq T [--clients N] [--client-rows R] [--client-seq S]
@@ -64,7 +64,7 @@ public static class CliApp
 
         PATH is a Hugging Face folder (config.json + model.safetensors) or a llama2.c .bin (tokenizer:
         --tokenizer, or tokenizer.bin / a single tok*.bin beside it). Common options: --threads N,
-        --dtype float32|bfloat16, --device cpu|cuda[:N] (CUDA build only). Output is human-readable unless --json is given.
+        --dtype float32|bfloat16|float16, --device cpu|cuda[:N] (CUDA build only). Output is human-readable unless --json is given.
         """;
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin)
