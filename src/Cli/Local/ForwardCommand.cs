@@ -23,8 +23,7 @@ internal static class ForwardCommand
         var topK = CliOptions.Int("--top-k", "the k largest logits per position instead of all", min: 1, helpName: "K");
         var loss = CliOptions.Flag("--loss", "mean next-token loss");
         var capture = CliOptions.Text("--capture", "hook globs, comma-separated (stats per hook; with --json, the values)", "GLOB[,GLOB]");
-        var command = options.AddTo(new Command("forward", "One forward: logits, top-k, loss and captured activations.") { ids, logits, topK, loss, capture },
-            "--model is required (a Hugging Face folder or a llama2.c .bin), or give --server URL");
+        var command = options.AddTo(new Command("forward", "One forward: logits, top-k, loss and captured activations.") { ids, logits, topK, loss, capture });
         command.AddRule(r =>
         {
             if (r.GetValue(ids)?.Values is [])

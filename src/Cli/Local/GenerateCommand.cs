@@ -24,8 +24,7 @@ internal static class GenerateCommand
         var topP = CliOptions.Real("--top-p", "nucleus sampling, in (0, 1]", "P");
         var seed = CliOptions.Int("--seed", "sampling seed", helpName: "S");
         var stopIds = CliOptions.IntList("--stop-ids", "stop ids, comma-separated, or none (default: the model's EOS ids)", none: true);
-        var command = options.AddTo(new Command("generate", "Generates from a prompt (greedy or sampled).") { prompt, promptIds, maxNew, temperature, topK, topP, seed, stopIds },
-            "--model is required (a Hugging Face folder or a llama2.c .bin), or give --server URL");
+        var command = options.AddTo(new Command("generate", "Generates from a prompt (greedy or sampled).") { prompt, promptIds, maxNew, temperature, topK, topP, seed, stopIds });
         command.AddRule(r =>
         {
             if (r.Given(prompt) == r.Given(promptIds))

@@ -9,8 +9,7 @@ internal static class InfoCommand
     public static Command Create(CliConsole console)
     {
         var options = new ModelOptions();
-        var command = options.AddTo(new Command("info", "Model architecture, dimensions and hooks (local --model or remote --server)."),
-            "--model is required (a Hugging Face folder or a llama2.c .bin), or give --server URL");
+        var command = options.AddTo(new Command("info", "Model architecture, dimensions and hooks (local --model or remote --server)."));
         command.SetAction(r => Run(options, r, console.Out));
         return command;
     }

@@ -25,12 +25,14 @@ internal sealed class ModelOptions
     public Option<bool> Json { get; } = CliOptions.Flag("--json", "JSON output");
 
     /// <summary>
-    /// Adds the options to <paramref name="command"/> with the rule that it runs either here or on a
-    /// server; <paramref name="missing"/> is the message when neither is given (a tokenizer alone is
-    /// enough when <paramref name="tokenizerSuffices"/>).
+    /// Adds the options to <paramref name="command"/> with the rule that it runs either here
+    /// (<c>--model</c>, or a tokenizer alone when <paramref name="tokenizerSuffices"/>) or on a server.
     /// </summary>
-    public Command AddTo(Command command, string missing, bool tokenizerSuffices = false)
+    public Command AddTo(Command command, bool tokenizerSuffices = false)
     {
+        string missing = tokenizerSuffices
+            ? $"{command.Name} needs --model PATH, --tokenizer PATH or --server URL"
+            : "--model is required (a Hugging Face folder or a llama2.c .bin), or give --server URL";
         foreach (var option in new Option[] { Model, Tokenizer, DType, Device, Threads, Server, Key, ModelName, Json })
             command.Options.Add(option);
         command.AddRule(r =>

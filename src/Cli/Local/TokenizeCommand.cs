@@ -12,8 +12,7 @@ internal static class TokenizeCommand
     {
         var options = new ModelOptions();
         var text = CliOptions.Text("--text", "the text (without it: one JSON string per line on stdin)", "TEXT");
-        var command = options.AddTo(new Command("tokenize", "Token ids of a text (or of JSON strings on stdin).") { text },
-            "tokenize needs --model PATH, --tokenizer PATH or --server URL", tokenizerSuffices: true);
+        var command = options.AddTo(new Command("tokenize", "Token ids of a text (or of JSON strings on stdin).") { text }, tokenizerSuffices: true);
         command.SetAction(r => Run(options, r.GetValue(text), r, console));
         return command;
     }
