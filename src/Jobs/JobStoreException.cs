@@ -16,17 +16,5 @@ public sealed class JobStoreException : Exception
 {
     public JobStoreException(JobStoreError error, string message, Exception? inner = null) : base(message, inner) => Error = error;
 
-    public JobStoreException()
-    {
-    }
-
-    public JobStoreException(string message) : base(message)
-    {
-    }
-
-    public JobStoreException(string message, Exception innerException) : base(message, innerException)
-    {
-    }
-
     public JobStoreError Error { get; }
 }

@@ -300,6 +300,20 @@ public abstract class JobStoreContract
     }
 
     [Fact]
+    public async Task A_late_heartbeat_keeps_the_lease_while_nobody_has_requeued_the_job()
+    {
+        // Expiry makes a job re-queueable; until a taker or reaper re-queues it, its worker may still renew.
+        var clock = new ManualClock();
+        await using var store = await NewStoreAsync(clock);
+        await store.SubmitAsync(Job("alice"));
+        var lease = await store.TakeAsync("w", TimeSpan.FromSeconds(10));
+        clock.Advance(TimeSpan.FromSeconds(15));
+        Assert.Equal(LeaseStatus.Held, await store.HeartbeatAsync(lease!));
+        Assert.Equal(0, await store.RequeueExpiredAsync());
+        Assert.True(await store.CompleteAsync(lease!, JobOutcome.Succeeded("{}")));
+    }
+
+    [Fact]
     public async Task Complete_records_the_result_and_the_outcome()
     {
         await using var store = await NewStoreAsync();

@@ -113,18 +113,17 @@ public sealed partial class PostgresCluster : IAsyncLifetime
         }
     }
 
-    /// <summary>The newest installed server's bin folder (/usr/lib/postgresql/VERSION/bin).</summary>
-    private static string FindBin()
+    /// <summary>The newest installed server's bin folder (<paramref name="root"/>/VERSION/bin).</summary>
+    internal static string FindBin(string root = "/usr/lib/postgresql")
     {
-        const string Root = "/usr/lib/postgresql";
-        var found = Directory.Exists(Root)
-            ? Directory.EnumerateDirectories(Root)
+        var found = Directory.Exists(root)
+            ? Directory.EnumerateDirectories(root)
                 .Select(d => (Dir: Path.Combine(d, "bin"), Version: int.TryParse(Path.GetFileName(d), out int v) ? v : -1))
                 .Where(d => d.Version > 0 && File.Exists(Path.Combine(d.Dir, "initdb")) && File.Exists(Path.Combine(d.Dir, "pg_ctl")))
                 .OrderByDescending(d => d.Version).FirstOrDefault().Dir
             : null;
         return found ?? throw new InvalidOperationException(
-            $"PostgreSQL's server is not installed: no {Root}/VERSION/bin/initdb. The PostgreSQL job-store tests need Debian's postgresql package (`apt-get install postgresql`; .ci/run installs it)");
+            $"PostgreSQL's server is not installed: no {root}/VERSION/bin/initdb. The PostgreSQL job-store tests need Debian's postgresql package (`apt-get install postgresql`; .ci/run installs it)");
     }
 
     private static (int ExitCode, string Output) AsService(string file, string[] args, bool throwOnError = true) =>

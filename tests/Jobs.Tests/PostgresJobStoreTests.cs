@@ -39,7 +39,7 @@ public sealed class PostgresJobStoreTests(PostgresCluster cluster) : JobStoreCon
     }
 
     [Fact]
-    public async Task Takers_on_separate_connections_pools_skip_locked_rows_instead_of_sharing_them()
+    public async Task Takers_with_separate_connection_pools_skip_locked_rows_and_keep_the_running_limit()
     {
         // Four stores (four connection pools, as four workers would have) racing over one queue.
         string database = await cluster.CreateDatabaseAsync();
@@ -65,6 +65,13 @@ public sealed class PostgresJobStoreTests(PostgresCluster cluster) : JobStoreCon
             foreach (var store in stores)
                 await store.DisposeAsync();
         }
+    }
+
+    [Fact]
+    public void Without_the_postgresql_server_the_tests_fail_saying_what_to_install()
+    {
+        var e = Assert.Throws<InvalidOperationException>(() => PostgresCluster.FindBin("/nonexistent/postgresql"));
+        Assert.Contains("apt-get install postgresql", e.Message, StringComparison.Ordinal);
     }
 
     [Theory]
