@@ -10,7 +10,8 @@ public interface IJobQueue
     /// <summary>
     /// Re-queues expired leases, then takes the next job fairly: the key served least recently
     /// first (round-robin over keys with queued jobs, not FIFO over everyone), skipping keys that
-    /// already run <see cref="JobStoreOptions.MaxRunningPerOwner"/> jobs; that key's oldest job.
+    /// already run their limit (<see cref="JobStoreOptions.MaxRunningPerOwner"/>, or their own from
+    /// <see cref="IJobStore.SetRunningLimitAsync"/>); that key's oldest job.
     /// Null when nothing can be taken now.
     /// </summary>
     Task<JobLease?> TakeAsync(string workerId, TimeSpan leaseDuration, CancellationToken cancellationToken = default);

@@ -29,6 +29,13 @@ public interface IJobStore
     /// <summary>Deletes final jobs (and their events) that finished before <paramref name="finishedBefore"/> or are beyond the newest <paramref name="keepNewest"/> final ones; returns how many.</summary>
     Task<int> PruneAsync(DateTimeOffset finishedBefore, int keepNewest, CancellationToken cancellationToken = default);
 
+    /// <summary>
+    /// Sets how many jobs one key may run at once on all workers together, in place of
+    /// <see cref="JobStoreOptions.MaxRunningPerOwner"/>; null returns the key to that default.
+    /// Stored in the database, so every worker's take applies it.
+    /// </summary>
+    Task SetRunningLimitAsync(string owner, int? maxRunning, CancellationToken cancellationToken = default);
+
     /// <summary>Queued and running jobs over all keys.</summary>
     Task<JobCounts> CountAsync(CancellationToken cancellationToken = default);
 }

@@ -258,6 +258,18 @@ public abstract class SqlJobStore : IJobStore, IJobQueue, IAsyncDisposable
         return deleted;
     }
 
+    public async Task SetRunningLimitAsync(string owner, int? maxRunning, CancellationToken cancellationToken = default)
+    {
+        if (string.IsNullOrWhiteSpace(owner))
+            throw Invalid("a running limit needs the key's name");
+        if (maxRunning < 1)
+            throw Invalid($"a key's running limit must be at least 1 (or null for the default {Options.MaxRunningPerOwner}), not {maxRunning}");
+        await using var write = await BeginWriteAsync(cancellationToken);
+        await ExecuteAsync(write, "INSERT INTO job_owners (owner, last_take) VALUES (@o, 0) ON CONFLICT (owner) DO NOTHING", cancellationToken, ("o", owner));
+        await ExecuteAsync(write, "UPDATE job_owners SET max_running = @m WHERE owner = @o", cancellationToken, ("m", maxRunning), ("o", owner));
+        await write.CommitAsync(cancellationToken);
+    }
+
     public async Task<JobCounts> CountAsync(CancellationToken cancellationToken = default)
     {
         await using var connection = await OpenConnectionAsync(cancellationToken);
@@ -293,7 +305,7 @@ public abstract class SqlJobStore : IJobStore, IJobQueue, IAsyncDisposable
             // counted again: the first count may predate a take that committed meanwhile.
             var sql = new StringBuilder(
                 "SELECT o.owner FROM job_owners o WHERE EXISTS (SELECT 1 FROM jobs q WHERE q.owner = o.owner AND q.state = 'queued') " +
-                "AND (SELECT COUNT(*) FROM jobs r WHERE r.owner = o.owner AND r.state = 'running') < @limit");
+                "AND (SELECT COUNT(*) FROM jobs r WHERE r.owner = o.owner AND r.state = 'running') < COALESCE(o.max_running, @limit)");
             var args = new List<(string, object?)> { ("limit", Options.MaxRunningPerOwner) };
             for (int i = 0; i < passed.Count; i++)
             {
@@ -307,8 +319,10 @@ public abstract class SqlJobStore : IJobStore, IJobQueue, IAsyncDisposable
                 return null;
             }
             passed.Add(owner);
-            long running = await ScalarLongAsync(write, "SELECT COUNT(*) FROM jobs WHERE owner = @o AND state = 'running'", cancellationToken, ("o", owner));
-            if (running >= Options.MaxRunningPerOwner)
+            long headroom = await ScalarLongAsync(write,
+                "SELECT COALESCE(max_running, @limit) - (SELECT COUNT(*) FROM jobs WHERE owner = @o AND state = 'running') FROM job_owners WHERE owner = @o",
+                cancellationToken, ("limit", Options.MaxRunningPerOwner), ("o", owner));
+            if (headroom <= 0)
                 continue;
             long seq, attempts;
             await using (var pick = Command(write.Connection, write.Transaction,

@@ -246,6 +246,32 @@ public abstract class JobStoreContract
     }
 
     [Fact]
+    public async Task A_key_given_its_own_running_limit_runs_that_many_and_can_be_returned_to_the_default()
+    {
+        await using var store = await NewStoreAsync(maxRunningPerOwner: 1);
+        await store.SetRunningLimitAsync("alice", 3);
+        for (int i = 0; i < 5; i++)
+        {
+            await store.SubmitAsync(Job("alice"));
+            await store.SubmitAsync(Job("bob"));
+        }
+        var taken = new List<JobLease>();
+        while (await store.TakeAsync("w", Lease) is { } lease)
+            taken.Add(lease);
+        Assert.Equal(3, taken.Count(l => l.Job.Owner == "alice"));
+        Assert.Equal(1, taken.Count(l => l.Job.Owner == "bob"));
+
+        await store.SetRunningLimitAsync("alice", null);
+        foreach (var lease in taken.Where(l => l.Job.Owner == "alice").Take(2))
+            await store.CompleteAsync(lease, JobOutcome.Succeeded("{}"));
+        // One of alice's still runs: at the default of 1 she gets no more.
+        Assert.Null(await store.TakeAsync("w", Lease));
+
+        await Refused(JobStoreError.InvalidArgument, () => store.SetRunningLimitAsync("alice", 0));
+        await Refused(JobStoreError.InvalidArgument, () => store.SetRunningLimitAsync("", 2));
+    }
+
+    [Fact]
     public async Task An_expired_lease_requeues_the_job_with_its_attempt_count_then_fails_it_after_the_maximum()
     {
         var clock = new ManualClock();
@@ -523,5 +549,29 @@ public abstract class JobStoreContract
         }
         var e = await Refused(JobStoreError.Unavailable, () => OpenAsync(database, options));
         Assert.Contains("version 999, newer than this build knows", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_database_at_an_older_schema_is_upgraded_keeping_its_jobs()
+    {
+        IReadOnlyList<(int Version, string Name, string Sql)> migrations;
+        await using (var probe = await OpenAsync(await CreateDatabaseAsync(), new JobStoreOptions()))
+            migrations = probe.Migrations();
+        Assert.True(migrations.Count >= 2, "this test needs a migration after the first");
+
+        // A database as the first release left it: schema version 1 and a queued job.
+        string database = await CreateDatabaseAsync();
+        await ExecuteRawAsync(database, migrations[0].Sql);
+        await ExecuteRawAsync(database, "CREATE TABLE interpmesh_schema_version (version integer PRIMARY KEY, name text NOT NULL, applied_ms bigint NOT NULL)");
+        await ExecuteRawAsync(database, "INSERT INTO interpmesh_schema_version (version, name, applied_ms) VALUES (1, 'jobs', 0)");
+        await ExecuteRawAsync(database, "INSERT INTO job_owners (owner, last_take) VALUES ('alice', 0)");
+        await ExecuteRawAsync(database,
+            "INSERT INTO jobs (id, owner, plugin, model, parameters_json, timeout_seconds, trace_parent, state, created_ms) VALUES ('job-from-v1', 'alice', 'probing', 'tiny', '{}', 0, '', 'queued', 0)");
+
+        await using var store = await OpenAsync(database, new JobStoreOptions { Clock = new ManualClock() });
+        Assert.Equal(migrations.Count, await store.SchemaVersionAsync());
+        await store.SetRunningLimitAsync("alice", 2);
+        var lease = await store.TakeAsync("w", Lease);
+        Assert.Equal("job-from-v1", lease!.Job.Id);
     }
 }
