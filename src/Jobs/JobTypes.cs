@@ -48,7 +48,7 @@ public sealed record JobInfo
     public string? ResultJson { get; init; }
     /// <summary>How many times a worker has taken the job (1 on its first run).</summary>
     public int Attempts { get; init; }
-    /// <summary>The worker holding the lease while the job runs, else null.</summary>
+    /// <summary>The worker that holds the lease, or last held it (null until first taken).</summary>
     public string? WorkerId { get; init; }
     public DateTimeOffset? LeaseExpires { get; init; }
     public bool CancelRequested { get; init; }

@@ -390,6 +390,55 @@ public abstract class JobStoreContract
         public override ValueTask DisposeAsync() => ValueTask.CompletedTask;
     }
 
+    [Fact]
+    public async Task A_lease_keeper_holds_the_lease_and_stops_the_run_when_cancelled()
+    {
+        var clock = new ManualClock();
+        await using var store = await NewStoreAsync(clock);
+        var job = await store.SubmitAsync(Job("alice"));
+        var lease = await store.TakeAsync("w", TimeSpan.FromMilliseconds(300));
+        await using var keeper = LeaseKeeper.Start(store, lease!);
+        // Heartbeats move the expiry with the clock: no re-queue although the lease's duration passes many times.
+        for (int i = 0; i < 5; i++)
+        {
+            clock.Advance(TimeSpan.FromMilliseconds(200));
+            await WaitUntil(async () => (await store.GetAsync(job.Id, Alice)).LeaseExpires > clock.GetUtcNow());
+            Assert.Equal(0, await store.RequeueExpiredAsync());
+        }
+        Assert.False(keeper.Stopping.IsCancellationRequested);
+
+        await store.CancelAsync(job.Id, Alice);
+        await WaitUntil(() => Task.FromResult(keeper.Stopping.IsCancellationRequested));
+        Assert.Equal(LeaseStatus.CancelRequested, keeper.Status);
+        Assert.True(await store.CompleteAsync(lease!, JobOutcome.Cancelled("cancelled by alice")));
+    }
+
+    [Fact]
+    public async Task A_lease_keeper_whose_lease_was_lost_stops_the_run()
+    {
+        var clock = new ManualClock();
+        await using var store = await NewStoreAsync(clock);
+        await store.SubmitAsync(Job("alice"));
+        var lease = await store.TakeAsync("w", TimeSpan.FromSeconds(30));
+        // The worker stalls past its lease and another worker takes the job over.
+        clock.Advance(TimeSpan.FromSeconds(31));
+        var other = await store.TakeAsync("w2", TimeSpan.FromSeconds(30));
+        Assert.Equal(2, other!.Job.Attempts);
+        await using var keeper = LeaseKeeper.Start(store, lease! with { Duration = TimeSpan.FromMilliseconds(150) });
+        await WaitUntil(() => Task.FromResult(keeper.Stopping.IsCancellationRequested));
+        Assert.Equal(LeaseStatus.Lost, keeper.Status);
+    }
+
+    private static async Task WaitUntil(Func<Task<bool>> condition)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (!await condition())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the condition did not hold within 20 s");
+            await Task.Delay(20);
+        }
+    }
+
     // ---- events and cancellation -----------------------------------------------------------------
 
     [Fact]
