@@ -25,6 +25,12 @@ public interface IJobQueue
     /// <summary>Appends a log line to the job's events.</summary>
     Task<LeaseStatus> AppendLogAsync(JobLease lease, string message, CancellationToken cancellationToken = default);
 
+    /// <summary>
+    /// Adds what the run used since the last report to the job and to its key's totals. Recorded
+    /// even when the lease is lost (the resources were spent); the returned status says whether it is.
+    /// </summary>
+    Task<LeaseStatus> RecordUsageAsync(JobLease lease, JobUsage used, CancellationToken cancellationToken = default);
+
     /// <summary>Ends the run; false (and nothing written) if the lease was lost, so a run re-queued elsewhere is never completed twice.</summary>
     Task<bool> CompleteAsync(JobLease lease, JobOutcome outcome, CancellationToken cancellationToken = default);
 

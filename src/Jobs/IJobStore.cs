@@ -36,6 +36,9 @@ public interface IJobStore
     /// </summary>
     Task SetRunningLimitAsync(string owner, int? maxRunning, CancellationToken cancellationToken = default);
 
+    /// <summary>Every key's totals (jobs submitted, model calls, tokens, model time), for per-key metrics.</summary>
+    Task<IReadOnlyList<KeyUsage>> UsageAsync(CancellationToken cancellationToken = default);
+
     /// <summary>Queued and running jobs over all keys.</summary>
     Task<JobCounts> CountAsync(CancellationToken cancellationToken = default);
 }

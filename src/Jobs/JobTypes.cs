@@ -53,6 +53,9 @@ public sealed record JobInfo
     public DateTimeOffset? LeaseExpires { get; init; }
     public bool CancelRequested { get; init; }
     public string? CancelledBy { get; init; }
+    /// <summary>What the run used so far, as its workers reported it (<see cref="IJobQueue.RecordUsageAsync"/>).</summary>
+    public JobUsage Usage { get; init; } = JobUsage.None;
+
     /// <summary>The sequence number of the job's last event (its events are numbered 1, 2, … per job).</summary>
     public long LastEventSequence { get; init; }
 
@@ -145,6 +148,15 @@ public sealed record JobOutcome
     private static string RequireText(string value, string name) =>
         string.IsNullOrWhiteSpace(value) ? throw new ArgumentException($"{name} must say what happened", name) : value;
 }
+
+/// <summary>Resources a run used: model calls, tokens through the model, and time the model spent on them.</summary>
+public sealed record JobUsage(long ModelCalls, long Tokens, TimeSpan ModelTime)
+{
+    public static readonly JobUsage None = new(0, 0, TimeSpan.Zero);
+}
+
+/// <summary>One key's totals over all its jobs, kept when jobs are pruned: what metrics export per key.</summary>
+public sealed record KeyUsage(string Owner, long JobsSubmitted, JobUsage Usage);
 
 /// <summary>Counts for metrics and autoscaling (queue depth).</summary>
 public sealed record JobCounts(long Queued, long Running);

@@ -18,7 +18,10 @@ public abstract class SqlJobStore : IJobStore, IJobQueue, IAsyncDisposable
 {
     private const string Columns =
         "id, owner, plugin, model, parameters_json, timeout_seconds, trace_parent, state, created_ms, started_ms, finished_ms, " +
-        "progress, message, error, error_code, result_json, attempts, worker_id, lease_expires_ms, cancel_requested, cancelled_by, event_seq";
+        "progress, message, error, error_code, result_json, attempts, worker_id, lease_expires_ms, cancel_requested, cancelled_by, event_seq, " +
+        "model_calls, tokens, model_ms";
+
+    private const int ColumnCount = 25;
 
     private const string Final = "('succeeded', 'failed', 'cancelled')";
 
@@ -143,6 +146,7 @@ public abstract class SqlJobStore : IJobStore, IJobQueue, IAsyncDisposable
             if (queued >= limits.MaxQueued)
                 throw new JobStoreException(JobStoreError.ResourceExhausted, $"the job queue is full ({queued} waiting, limit {limits.MaxQueued}); retry later");
         }
+        await ExecuteAsync(write, "UPDATE job_owners SET jobs_submitted = jobs_submitted + 1 WHERE owner = @o", cancellationToken, ("o", job.Owner));
         await ExecuteAsync(write,
             "INSERT INTO jobs (id, owner, plugin, model, parameters_json, timeout_seconds, trace_parent, state, created_ms, message) " +
             "VALUES (@id, @owner, @plugin, @model, @parameters, @timeout, @trace, 'queued', @now, 'queued')", cancellationToken,
@@ -192,7 +196,7 @@ public abstract class SqlJobStore : IJobStore, IJobQueue, IAsyncDisposable
                 if (jobs.Count == size)
                     return new JobPage(jobs, PageToken.Encode(lastSeq));
                 jobs.Add(ReadJob(reader));
-                lastSeq = Long(reader, 22);
+                lastSeq = Long(reader, ColumnCount);
             }
         }
         return new JobPage(jobs, "");
@@ -268,6 +272,17 @@ public abstract class SqlJobStore : IJobStore, IJobQueue, IAsyncDisposable
         await ExecuteAsync(write, "INSERT INTO job_owners (owner, last_take) VALUES (@o, 0) ON CONFLICT (owner) DO NOTHING", cancellationToken, ("o", owner));
         await ExecuteAsync(write, "UPDATE job_owners SET max_running = @m WHERE owner = @o", cancellationToken, ("m", maxRunning), ("o", owner));
         await write.CommitAsync(cancellationToken);
+    }
+
+    public async Task<IReadOnlyList<KeyUsage>> UsageAsync(CancellationToken cancellationToken = default)
+    {
+        await using var connection = await OpenConnectionAsync(cancellationToken);
+        await using var command = Command(connection, null, "SELECT owner, jobs_submitted, model_calls, tokens, model_ms FROM job_owners ORDER BY owner");
+        var usage = new List<KeyUsage>();
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+            usage.Add(new KeyUsage(reader.GetString(0), Long(reader, 1), new JobUsage(Long(reader, 2), Long(reader, 3), TimeSpan.FromMilliseconds(Long(reader, 4)))));
+        return usage;
     }
 
     public async Task<JobCounts> CountAsync(CancellationToken cancellationToken = default)
@@ -389,6 +404,26 @@ public abstract class SqlJobStore : IJobStore, IJobQueue, IAsyncDisposable
             double progress = await ScalarAsync(write, "SELECT progress FROM jobs WHERE id = @id", cancellationToken, ("id", lease.Job.Id)) is double p ? p : 0;
             await AppendEventAsync(write, lease.Job.Id, JobEventKind.Log, JobState.Running, progress, message, Now(), cancellationToken);
         }
+        await write.CommitAsync(cancellationToken);
+        return status;
+    }
+
+    public async Task<LeaseStatus> RecordUsageAsync(JobLease lease, JobUsage used, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(lease);
+        ArgumentNullException.ThrowIfNull(used);
+        if (used.ModelCalls < 0 || used.Tokens < 0 || used.ModelTime < TimeSpan.Zero)
+            throw Invalid($"usage adds up: model calls, tokens and model time must not be negative ({used.ModelCalls}, {used.Tokens}, {used.ModelTime})");
+        (string, object?)[] args = [("calls", used.ModelCalls), ("tokens", used.Tokens), ("ms", (long)used.ModelTime.TotalMilliseconds), ("id", lease.Job.Id)];
+        await using var write = await BeginWriteAsync(cancellationToken);
+        var status = await RenewAsync(write, lease, cancellationToken);
+        int rows = await ExecuteAsync(write,
+            "UPDATE jobs SET model_calls = model_calls + @calls, tokens = tokens + @tokens, model_ms = model_ms + @ms WHERE id = @id", cancellationToken, args);
+        if (rows == 0)
+            throw new JobStoreException(JobStoreError.NotFound, $"no job '{lease.Job.Id}' to record usage for (was it pruned?)");
+        await ExecuteAsync(write,
+            "UPDATE job_owners SET model_calls = model_calls + @calls, tokens = tokens + @tokens, model_ms = model_ms + @ms " +
+            "WHERE owner = (SELECT owner FROM jobs WHERE id = @id)", cancellationToken, args);
         await write.CommitAsync(cancellationToken);
         return status;
     }
@@ -528,6 +563,7 @@ public abstract class SqlJobStore : IJobStore, IJobQueue, IAsyncDisposable
         CancelRequested = Long(r, 19) != 0,
         CancelledBy = r.IsDBNull(20) ? null : r.GetString(20),
         LastEventSequence = Long(r, 21),
+        Usage = new JobUsage(Long(r, 22), Long(r, 23), TimeSpan.FromMilliseconds(Long(r, 24))),
     };
 
     private static long Long(DbDataReader reader, int ordinal) => Convert.ToInt64(reader.GetValue(ordinal), CultureInfo.InvariantCulture);

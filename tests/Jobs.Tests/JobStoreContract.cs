@@ -544,6 +544,37 @@ public abstract class JobStoreContract
         Assert.Null(await store.TakeAsync("w2", Lease));
     }
 
+    [Fact]
+    public async Task Usage_adds_up_per_job_and_per_key_and_outlives_pruned_jobs()
+    {
+        var clock = new ManualClock();
+        await using var store = await NewStoreAsync(clock, maxAttempts: 2);
+        var job = await store.SubmitAsync(Job("alice"));
+        await store.SubmitAsync(Job("alice"));
+        await store.SubmitAsync(Job("bob"));
+        var lease = await store.TakeAsync("w", TimeSpan.FromSeconds(10));
+        Assert.Equal(job.Id, lease!.Job.Id);
+        Assert.Equal(LeaseStatus.Held, await store.RecordUsageAsync(lease, new JobUsage(3, 300, TimeSpan.FromMilliseconds(1500))));
+        // A worker that lost its lease still spent what it reports.
+        clock.Advance(TimeSpan.FromSeconds(11));
+        await store.RequeueExpiredAsync();
+        Assert.Equal(LeaseStatus.Lost, await store.RecordUsageAsync(lease, new JobUsage(1, 100, TimeSpan.FromMilliseconds(500))));
+
+        Assert.Equal(new JobUsage(4, 400, TimeSpan.FromSeconds(2)), (await store.GetAsync(job.Id, Alice)).Usage);
+        var second = await store.TakeAsync("w", Lease);
+        Assert.Equal("bob", second!.Job.Owner);
+        await store.RecordUsageAsync(second, new JobUsage(1, 10, TimeSpan.FromMilliseconds(20)));
+        await store.CompleteAsync(second, JobOutcome.Succeeded("{}"));
+        Assert.Equal(1, await store.PruneAsync(clock.GetUtcNow().AddDays(1), keepNewest: 0));
+
+        var usage = await store.UsageAsync();
+        Assert.Equal(
+            [new KeyUsage("alice", 2, new JobUsage(4, 400, TimeSpan.FromSeconds(2))), new KeyUsage("bob", 1, new JobUsage(1, 10, TimeSpan.FromMilliseconds(20)))],
+            usage);
+        await Refused(JobStoreError.InvalidArgument, () => store.RecordUsageAsync(second, new JobUsage(-1, 0, TimeSpan.Zero)));
+        await Refused(JobStoreError.NotFound, () => store.RecordUsageAsync(second, new JobUsage(1, 0, TimeSpan.Zero)));
+    }
+
     // ---- retention and schema --------------------------------------------------------------------
 
     [Fact]
