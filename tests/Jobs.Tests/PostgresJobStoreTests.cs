@@ -20,6 +20,15 @@ public sealed class PostgresJobStoreTests(PostgresCluster cluster) : JobStoreCon
     }
 
     [Fact]
+    public async Task With_a_connection_string_a_host_opens_postgresql_not_the_embedded_file()
+    {
+        string embedded = Path.Combine(Path.GetTempPath(), $"interpmesh-jobs-unused-p{Environment.ProcessId}-{Guid.NewGuid():N}.db");
+        await using var store = await JobStores.OpenAsync(await cluster.CreateDatabaseAsync(), embedded);
+        Assert.IsType<PostgresJobStore>(store);
+        Assert.False(File.Exists(embedded));
+    }
+
+    [Fact]
     public async Task Stores_opening_at_once_apply_the_migrations_once()
     {
         string database = await cluster.CreateDatabaseAsync();

@@ -69,6 +69,17 @@ public sealed class SqliteJobStoreTests(SqliteFolder folder) : JobStoreContract,
         Assert.Equal(30, taken.Distinct().Count());
     }
 
+    [Fact]
+    public async Task Without_a_connection_string_a_host_opens_the_embedded_store()
+    {
+        string path = await CreateDatabaseAsync();
+        await using var store = await JobStores.OpenAsync("", path);
+        Assert.Equal(path, Assert.IsType<SqliteJobStore>(store).Path);
+        var e = await Assert.ThrowsAsync<JobStoreException>(() => JobStores.OpenAsync(null, " "));
+        Assert.Equal(JobStoreError.InvalidArgument, e.Error);
+        Assert.Contains("configure the job store", e.Message, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("")]
     [InlineData("   ")]
