@@ -305,6 +305,72 @@ public abstract class JobStoreContract
     }
 
     [Fact]
+    public async Task Workers_that_stall_die_and_come_back_never_lose_a_job_or_complete_one_twice()
+    {
+        // A seeded random schedule of takes, heartbeats, completions, workers dying and time passing.
+        const int Jobs = 30, MaxAttempts = 3;
+        var clock = new ManualClock();
+        await using var store = await NewStoreAsync(clock, maxAttempts: MaxAttempts);
+        var ids = new List<string>();
+        for (int i = 0; i < Jobs; i++)
+            ids.Add((await store.SubmitAsync(Job($"key{i % 3}"))).Id);
+        var random = new Random(20);
+        var held = new JobLease?[4];
+        var completions = ids.ToDictionary(id => id, _ => 0);
+        int refused = 0;
+        for (int step = 0; step < 3000 && (await store.CountAsync()) is { Queued: > 0 } or { Running: > 0 }; step++)
+        {
+            int w = random.Next(held.Length);
+            if (held[w] is not { } lease)
+            {
+                held[w] = await store.TakeAsync($"w{w}", TimeSpan.FromSeconds(10));
+                if (held[w] is null)
+                    clock.Advance(TimeSpan.FromSeconds(4)); // nothing to take: time passes while the worker polls
+                continue;
+            }
+            int action = random.Next(100);
+            if (action < 30)
+            {
+                if (await store.HeartbeatAsync(lease) == LeaseStatus.Lost)
+                    held[w] = null;
+            }
+            else if (action < 60)
+            {
+                if (await store.CompleteAsync(lease, JobOutcome.Succeeded($$"""{"by":"w{{w}}"}""")))
+                    completions[lease.Job.Id]++;
+                else
+                    refused++;
+                held[w] = null;
+            }
+            else if (action < 70)
+            {
+                held[w] = null; // the worker dies; its lease runs out
+            }
+            else
+            {
+                clock.Advance(TimeSpan.FromSeconds(6)); // a stall: some leases expire under their holders
+            }
+        }
+        Assert.Equal(new JobCounts(0, 0), await store.CountAsync());
+        var attempts = new List<int>();
+        foreach (var id in ids)
+        {
+            var job = await store.GetAsync(id, Admin);
+            attempts.Add(job.Attempts);
+            Assert.InRange(completions[id], 0, 1);
+            if (job.State == JobState.Succeeded)
+                Assert.Equal(1, completions[id]);
+            else
+                Assert.Equal((JobState.Failed, "ABORTED", MaxAttempts, 0), (job.State, job.ErrorCode, job.Attempts, completions[id]));
+            Assert.InRange(job.Attempts, 1, MaxAttempts);
+        }
+        // The schedule did exercise what it is for: successes, re-queued jobs and stale completions refused.
+        Assert.Contains(ids, id => completions[id] == 1);
+        Assert.True(refused > 0, "no stale completion was attempted; the schedule tests nothing");
+        Assert.Contains(attempts, a => a > 1);
+    }
+
+    [Fact]
     public async Task Heartbeats_keep_a_lease_that_would_otherwise_expire()
     {
         var clock = new ManualClock();
