@@ -232,7 +232,7 @@ public abstract class SqlJobStore : IJobStore, IJobQueue, IAsyncDisposable
         var job = Visible(await ReadJobAsync(write, id, lockRow: true, cancellationToken), id, caller, "cancel");
         if (job.State == JobState.Queued)
         {
-            string error = $"cancelled by {caller.Name} before it started";
+            string error = $"cancelled by {caller.Name} while it was queued";
             await ExecuteAsync(write,
                 "UPDATE jobs SET state = 'cancelled', finished_ms = @now, message = 'cancelled', error = @error, error_code = 'CANCELLED', cancel_requested = 1, cancelled_by = @by WHERE id = @id",
                 cancellationToken, ("now", now), ("error", error), ("by", caller.Name), ("id", id));

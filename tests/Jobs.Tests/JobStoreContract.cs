@@ -572,7 +572,7 @@ public abstract class JobStoreContract
 
         var cancelled = await store.CancelAsync(job.Id, Alice);
         Assert.Equal((JobState.Cancelled, "CANCELLED", "alice"), (cancelled.State, cancelled.ErrorCode, cancelled.CancelledBy));
-        Assert.Contains("before it started", cancelled.Error, StringComparison.Ordinal);
+        Assert.Contains("cancelled by alice while it was queued", cancelled.Error, StringComparison.Ordinal);
         Assert.Null(await store.TakeAsync("w", Lease));
         // Cancelling a final job changes nothing.
         var again = await store.CancelAsync(job.Id, Admin);
