@@ -1,46 +1,53 @@
+using System.CommandLine;
 using System.Diagnostics;
-using InterpMesh.Cli.CommandLine;
-using InterpMesh.Cli.Local;
+using InterpMesh.Bench.Harness;
 using InterpMesh.Runtime.Architectures;
 using InterpMesh.Runtime.Execution;
 using InterpMesh.Runtime.Hooks;
 using static TorchSharp.torch;
 
-namespace InterpMesh.Cli.Bench;
+namespace InterpMesh.Bench.Benchmarks;
 
 /// <summary>
-/// <c>interpmesh bench forward</c>: tokens/s of the hooked forward on a randomly initialised model
+/// <c>interpmesh-bench forward</c>: tokens/s of the hooked forward on a randomly initialised model
 /// of a preset shape. Captures are copied to managed memory each iteration, as a service would
 /// before sending them, so their cost is counted. See bench/forward/ for the PyTorch side.
 /// </summary>
-internal static class ForwardBenchmark
+internal sealed class ForwardBenchmark : Benchmark
 {
-    public static int Run(CliArgs args, TextWriter stdout)
+    private readonly Option<string?> presetOption = SharedOptions.Preset("gpt2-small");
+    private readonly Option<int> batchOption = SharedOptions.Batch(1);
+    private readonly Option<int> seqOption = SharedOptions.Seq(128);
+    private readonly Option<string?> captureOption = SharedOptions.OptionalCapture();
+    private readonly Option<string> logitsOption = SharedOptions.Choice("--logits", "last", "logits computed", "none", "last", "all");
+    private readonly Option<string> dtypeOption = SharedOptions.DType();
+    private readonly Option<int> warmupOption = SharedOptions.Warmup(2);
+    private readonly Option<int> itersOption = SharedOptions.Iters(5);
+
+    public ForwardBenchmark()
+        : base("forward", "Forward throughput (tokens/s) on a random model of a preset shape; bench/forward/run.sh compares it with PyTorch.") =>
+        Takes(presetOption, batchOption, seqOption, captureOption, logitsOption, dtypeOption, warmupOption, itersOption);
+
+    public override BenchReport Run(BenchContext context)
     {
-        bool json = args.Flag("json");
-        string preset = args.Text("preset") ?? "gpt2-small";
-        int batch = args.Int("batch", min: 1) ?? 1;
-        int seq = args.Int("seq", min: 1) ?? 128;
-        int warmup = args.Int("warmup", min: 0) ?? 2;
-        int iters = args.Int("iters", min: 1) ?? 5;
-        string? capture = args.Text("capture");
-        var mode = args.Text("logits") switch
+        string preset = context.Get(presetOption)!;
+        int batch = context.Get(batchOption), seq = context.Get(seqOption), warmup = context.Get(warmupOption), iters = context.Get(itersOption);
+        string? capture = context.Get(captureOption);
+        var mode = context.Get(logitsOption) switch
         {
-            null or "last" => LogitsMode.Last,
             "none" => LogitsMode.None,
             "all" => LogitsMode.All,
-            var other => throw new UsageException($"--logits must be none, last or all, got '{other}'"),
+            _ => LogitsMode.Last,
         };
-        var dtype = LocalSession.ParseDType(args.Text("dtype"));
-        int threads = TorchRuntime.Initialize(args.Int("threads", min: 1));
-        args.RejectUnknown("bench forward");
+        var dtype = SharedOptions.DTypeOf(context.Get(dtypeOption));
+        int threads = context.Threads;
 
         var config = Presets.Config(preset);
         if (seq > config.ContextLength)
-            throw new UsageException($"--seq {seq} exceeds the {preset} context length of {config.ContextLength}");
+            throw new BenchUsageException($"--seq {seq} exceeds the {preset} context length of {config.ContextLength}");
         using var worker = new TorchWorker();
         var model = worker.Run(() => Presets.CreateRandom(config, seed: 1234, dtype));
-        var plan = capture is null ? HookPlan.Empty : HookPlan.Build(model.Hooks, [new CaptureRequest([capture])], null);
+        var plan = capture is null ? HookPlan.Empty : HookPlan.Build(model.Hooks, [new CaptureRequest(SharedOptions.Globs(capture))], null);
         byte[] buffer = [];
         long capturedBytes = 0;
         CaptureSink sink = (_, t) =>
@@ -79,29 +86,23 @@ internal static class ForwardBenchmark
         double median = times[times.Count / 2];
         double tokensPerS = batch * seq / median;
         long rssMb = Process.GetCurrentProcess().WorkingSet64 >> 20;
-        if (json)
+        var values = new Dictionary<string, object?>
         {
-            JsonOutput.Write(stdout, new Dictionary<string, object?>
-            {
-                ["impl"] = "interpmesh",
-                ["preset"] = preset,
-                ["batch"] = batch,
-                ["seq"] = seq,
-                ["threads"] = threads,
-                ["logits"] = mode.ToString().ToLowerInvariant(),
-                ["capture"] = capture,
-                ["captured_bytes_per_iter"] = capturedBytes / (warmup + iters),
-                ["iters"] = iters,
-                ["seconds_per_iter"] = median,
-                ["tokens_per_s"] = tokensPerS,
-                ["rss_mb"] = rssMb,
-                ["mkl_cpu_dispatch"] = TorchRuntime.MklCpuDispatch,
-            });
-        }
-        else
-        {
-            stdout.WriteLine($"{preset} batch {batch}×{seq}, {threads} threads, logits {mode}, capture {capture ?? "none"}, MKL dispatch {TorchRuntime.MklCpuDispatch}: {tokensPerS:F0} tokens/s ({median * 1000:F1} ms/iter, median of {iters})");
-        }
-        return 0;
+            ["impl"] = "interpmesh",
+            ["preset"] = preset,
+            ["batch"] = batch,
+            ["seq"] = seq,
+            ["threads"] = threads,
+            ["logits"] = mode.ToString().ToLowerInvariant(),
+            ["capture"] = capture,
+            ["captured_bytes_per_iter"] = capturedBytes / (warmup + iters),
+            ["iters"] = iters,
+            ["seconds_per_iter"] = median,
+            ["tokens_per_s"] = tokensPerS,
+            ["rss_mb"] = rssMb,
+            ["mkl_cpu_dispatch"] = TorchRuntime.MklCpuDispatch,
+        };
+        return new BenchReport(values, stdout => stdout.WriteLine(
+            $"{preset} batch {batch}×{seq}, {threads} threads, logits {mode}, capture {capture ?? "none"}, MKL dispatch {TorchRuntime.MklCpuDispatch}: {tokensPerS:F0} tokens/s ({median * 1000:F1} ms/iter, median of {iters})"));
     }
 }

@@ -7,7 +7,7 @@ namespace InterpMesh.Cli.Serve;
 
 /// <summary>
 /// In-process model services and a gateway on loopback, configured only by what is passed here
-/// (no appsettings files): used by <c>up</c>, <c>demo</c> and the benchmarks.
+/// (no appsettings files): used by <c>up</c> and <c>demo</c> (the benchmarks, bench/InterpMesh.Bench, have their own).
 /// </summary>
 internal static class LocalMesh
 {
