@@ -77,6 +77,22 @@ public sealed class BenchRunTests
         Assert.Empty(OwnTempFolders());
     }
 
+    [Theory]
+    [InlineData("float32", 4)]
+    [InlineData("bfloat16", 2)]
+    public void The_loading_benchmarks_child_reports_one_load_in_the_dtype_asked(string dtype, int bytesPerParameter)
+    {
+        // What the loading benchmark's parent starts per dtype (hidden options), on a small checkpoint.
+        var r = BenchRunner.Run("loading", "--child", RepoPaths.Models("stories260K-hf"), "--dtype", dtype, "--threads", "1", "--json");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var j = r.Json;
+        Assert.Equal(dtype, j.GetProperty("dtype").GetString());
+        long parameters = j.GetProperty("parameters").GetInt64();
+        Assert.InRange(parameters, 250_000, 270_000);   // stories260K
+        Assert.Equal(bytesPerParameter * parameters, j.GetProperty("weight_bytes").GetInt64());
+        Assert.Equal(j.GetProperty("peak_rss_bytes").GetInt64() - j.GetProperty("baseline_rss_bytes").GetInt64(), j.GetProperty("peak_above_baseline_bytes").GetInt64());
+    }
+
     [Fact]
     public void The_context_names_its_temporary_folders_after_this_process_and_deletes_them()
     {
@@ -101,8 +117,8 @@ public sealed class BenchRunTests
     public void The_text_printer_aligns_one_line_per_value()
     {
         var stdout = new StringWriter();
-        ReportPrinter.Print(new BenchReport(new Dictionary<string, object?> { ["a"] = 1.5, ["longer_key"] = "x", ["n"] = null, ["count"] = 12 }), json: false, stdout);
-        Assert.Equal("  a           1.5\n  longer_key  x\n  n           -\n  count       12\n", stdout.ToString().ReplaceLineEndings("\n"));
+        ReportPrinter.Print(new BenchReport(new Dictionary<string, object?> { ["a"] = 1.5, ["longer_key"] = "x", ["n"] = null, ["count"] = 12, ["ok"] = true }), json: false, stdout);
+        Assert.Equal("  a           1.5\n  longer_key  x\n  n           -\n  count       12\n  ok          true\n", stdout.ToString().ReplaceLineEndings("\n"));
 
         var json = new StringWriter();
         ReportPrinter.Print(new BenchReport(new Dictionary<string, object?> { ["a"] = 1.5, ["name"] = "naïve" }, _ => throw new InvalidOperationException("text asked for")), json: true, json);

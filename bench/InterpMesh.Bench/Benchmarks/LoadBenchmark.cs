@@ -87,40 +87,38 @@ internal sealed class LoadBenchmark : Benchmark
             ["Gateway:MaxQueuedJobs"] = maxQueued.ToString(CultureInfo.InvariantCulture),
             ["Gateway:MaxRetainedJobs"] = retainedJobs.ToString(CultureInfo.InvariantCulture),
         });
+        using var channel = InterpMesh.Client.Channels.ForAddress(gateway.Urls.First(), InterpMesh.Client.ChannelRetry.None);
+        var models = new Contracts.V1.ModelService.ModelServiceClient(channel);
+        var analyses = new AnalysisService.AnalysisServiceClient(channel);
+        var stats = new Stats();
+        // Warm-up: one of each, so the start figures are taken with everything loaded.
+        foreach (var kind in mix.Keys)
+            Call(kind, models, analyses, new Random(0), new Stats(), CancellationToken.None).GetAwaiter().GetResult();
+        Settle();
+        var samples = new List<Sample>();
+        var clock = Stopwatch.StartNew();
+        // With --soak every sample's heap figure is after a full collection: live memory, not garbage.
+        Sample Take() => new(clock.Elapsed.TotalSeconds, Process.GetCurrentProcess().WorkingSet64 / 1048576.0, GC.GetTotalMemory(forceFullCollection: soak) / 1048576.0,
+            TorchSharp.torch.Tensor.TotalCount, Interlocked.Read(ref stats.Completed));
+        samples.Add(Take());
+        using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(seconds));
+        var workers = Enumerable.Range(0, clients).Select(c => Task.Run(async () =>
         {
-            using var channel = InterpMesh.Client.Channels.ForAddress(gateway.Urls.First(), InterpMesh.Client.ChannelRetry.None);
-            var models = new Contracts.V1.ModelService.ModelServiceClient(channel);
-            var analyses = new AnalysisService.AnalysisServiceClient(channel);
-            var stats = new Stats();
-            // Warm-up: one of each, so the start figures are taken with everything loaded.
-            foreach (var kind in mix.Keys)
-                Call(kind, models, analyses, new Random(0), new Stats(), CancellationToken.None).GetAwaiter().GetResult();
-            Settle();
-            var samples = new List<Sample>();
-            var clock = Stopwatch.StartNew();
-            // With --soak every sample's heap figure is after a full collection: live memory, not garbage.
-            Sample Take() => new(clock.Elapsed.TotalSeconds, Process.GetCurrentProcess().WorkingSet64 / 1048576.0, GC.GetTotalMemory(forceFullCollection: soak) / 1048576.0,
-                TorchSharp.torch.Tensor.TotalCount, Interlocked.Read(ref stats.Completed));
+            var rng = new Random(c + 1);
+            while (!stop.IsCancellationRequested)
+                await Call(Pick(mix, rng), models, analyses, rng, stats, stop.Token);
+        })).ToArray();
+        while (!Task.WaitAll(workers, TimeSpan.FromSeconds(sampleEvery)))
+        {
             samples.Add(Take());
-            using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(seconds));
-            var workers = Enumerable.Range(0, clients).Select(c => Task.Run(async () =>
-            {
-                var rng = new Random(c + 1);
-                while (!stop.IsCancellationRequested)
-                    await Call(Pick(mix, rng), models, analyses, rng, stats, stop.Token);
-            })).ToArray();
-            while (!Task.WaitAll(workers, TimeSpan.FromSeconds(sampleEvery)))
-            {
-                samples.Add(Take());
-                if (soak && !json)
-                    stdout.WriteLine(Line(samples[^1]));
-            }
-            double elapsed = clock.Elapsed.TotalSeconds;
-            // The end figures after a full collection, like the start ones: what is still alive is held, not garbage.
-            Settle();
-            samples.Add(Take());
-            return Report(soak, clients, elapsed, mixText, maxConcurrent, stats, samples);
+            if (soak && !json)
+                stdout.WriteLine(Line(samples[^1]));
         }
+        double elapsed = clock.Elapsed.TotalSeconds;
+        // The end figures after a full collection, like the start ones: what is still alive is held, not garbage.
+        Settle();
+        samples.Add(Take());
+        return Report(soak, clients, elapsed, mixText, maxConcurrent, stats, samples);
     }
 
     private static void Settle()

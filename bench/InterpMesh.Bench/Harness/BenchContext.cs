@@ -45,9 +45,6 @@ internal sealed partial class BenchContext : IDisposable
     /// <summary>The value of one of this benchmark's options.</summary>
     public T Get<T>(Option<T> option) => parse.GetValue(option)!;
 
-    /// <summary>True when the option was on the command line (not its default).</summary>
-    public bool Given(Option option) => parse.GetResult(option) is { Implicit: false };
-
     /// <summary>The checkout this binary was built from (benchmarks read models/, bench/ and the built plugins/).</summary>
     public static string Repository()
     {

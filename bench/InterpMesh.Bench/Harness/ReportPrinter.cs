@@ -37,6 +37,7 @@ internal static class ReportPrinter
     private static string Format(object? value) => value switch
     {
         null => "-",
+        bool b => b ? "true" : "false",
         double d => d.ToString("G6", CultureInfo.InvariantCulture),
         IFormattable f => f.ToString(null, CultureInfo.InvariantCulture),
         _ => value.ToString() ?? "",
