@@ -109,17 +109,8 @@ internal sealed partial class BenchContext : IDisposable
     /// </summary>
     public WebApplication StartGateway(string modelAddress, string pluginsPath, string dataDir, IReadOnlyDictionary<string, string?>? settings = null)
     {
-        var all = new Dictionary<string, string?>
-        {
-            ["Gateway:PluginsPath"] = pluginsPath,
-            ["Gateway:ArtifactsPath"] = Path.Combine(dataDir, "artifacts"),
-            ["Gateway:JobsPath"] = Path.Combine(dataDir, "jobs"),
-            ["Gateway:Auth:Enabled"] = "false",
-            ["Gateway:RateLimit:RequestsPerSecond"] = "0",
-            ["Gateway:Models:bench:Endpoints:0"] = modelAddress,
-            ["Gateway:DefaultModel"] = "bench",
-            ["Logging:LogLevel:Default"] = "Error",
-        };
+        var all = LocalHosts.GatewaySettings(new Dictionary<string, string> { ["bench"] = modelAddress }, pluginsPath, dataDir);
+        all["Logging:LogLevel:Default"] = "Error";
         foreach (var (key, value) in settings ?? new Dictionary<string, string?>())
             all[key] = value;
         return Started(LocalHosts.StartGatewayAsync(all).GetAwaiter().GetResult());
