@@ -84,6 +84,17 @@ public sealed class CommandLineTests
         Assert.DoesNotContain("--warmup", serving, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("interpmesh-bench se", "serving")]
+    [InlineData("interpmesh-bench forward --pre", "--preset")]
+    [InlineData("interpmesh-bench load --so", "--soak")]
+    public void Shell_completion_suggests_benchmarks_and_their_options(string line, string expected)
+    {
+        var r = BenchRunner.Run($"[suggest:{line.Length}]", line);
+        Assert.Equal(0, r.ExitCode);
+        Assert.Contains(expected, r.Stdout.Split('\n', StringSplitOptions.TrimEntries));
+    }
+
     [Fact]
     public void Root_help_lists_every_benchmark_and_a_bare_call_exits_two()
     {
