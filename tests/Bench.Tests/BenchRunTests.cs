@@ -9,8 +9,12 @@ namespace InterpMesh.Bench.Tests;
 /// printing. One class: its tests run one after another, so the check that a run leaves no temporary
 /// folder of this process behind sees only that run's.
 /// </summary>
+[Collection(Collection)]
 public sealed class BenchRunTests
 {
+    /// <summary>The tests that run benchmarks (this class and <see cref="LoadTests"/>): one at a time.</summary>
+    public const string Collection = "benchmark runs";
+
     private static readonly string StoriesBin = RepoPaths.Models("stories260K/stories260K.bin");
 
     private static string[] OwnTempFolders() =>

@@ -1,6 +1,8 @@
 namespace InterpMesh.Bench.Tests;
 
 /// <summary>The load tool's short run: every request is answered, overload is refused with retry info, nothing leaks.</summary>
+// Not beside the in-process benchmark runs: it counts admitted and refused requests in a few seconds.
+[Collection(BenchRunTests.Collection)]
 public sealed class LoadTests
 {
     [Fact]
