@@ -58,6 +58,21 @@ public sealed class BenchRunTests
     }
 
     [Fact]
+    public void Stream_captures_what_the_preset_shape_implies_and_batches_concurrent_clients()
+    {
+        var r = BenchRunner.Run("stream", "--preset", "gpt2-tiny", "--batch", "2", "--seq", "16", "--iters", "1", "--clients", "2", "--client-seq", "8", "--threads", "1", "--json");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var j = r.Json;
+        // Every hook_resid_post of gpt2-tiny: 2 layers x 2 rows x 16 tokens x 64 float32.
+        Assert.Equal(2 * 2 * 16 * 64 * 4 / 1e6, j.GetProperty("captured_mb").GetDouble(), 9);
+        Assert.Equal("1x8", j.GetProperty("client_request").GetString());
+        Assert.Equal(2, j.GetProperty("batch_window_ms").GetInt32());
+        Assert.InRange(j.GetProperty("mean_forward_batch_with_clients").GetDouble(), 1, 2);
+        Assert.True(j.GetProperty("run_with_capture_seconds").GetDouble() > 0);
+        Assert.Empty(OwnTempFolders());
+    }
+
+    [Fact]
     public void Serving_runs_every_measure_and_reports_json()
     {
         // A smoke run with tiny settings: every measure completes and reports (no timing is asserted).

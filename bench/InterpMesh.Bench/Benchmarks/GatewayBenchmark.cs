@@ -41,20 +41,9 @@ internal sealed class GatewayBenchmark : Benchmark
         using var gatewayChannel = InterpMesh.Client.Channels.ForAddress(gateway.Urls.First());
         var clients = new[] { new Contracts.V1.ModelService.ModelServiceClient(directChannel), new Contracts.V1.ModelService.ModelServiceClient(gatewayChannel) };
 
-        var rng = new Random(7);
-        var request = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
-        for (int b = 0; b < batch; b++)
-            request.Inputs.Add(new Input { Tokens = new TokenIds { Ids = { Enumerable.Range(0, seq).Select(_ => rng.Next(config.VocabSize)) } } });
-        var plain = request.Clone();
-        request.Captures.Add(new Capture { Hooks = { capture } });
-        long Call(Contracts.V1.ModelService.ModelServiceClient c, RunRequest r)
-        {
-            long bytes = 0;
-            using var call = c.Run(r);
-            while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
-                bytes += call.ResponseStream.Current.Activation?.Data.Length ?? 0;
-            return bytes;
-        }
+        var plain = RunCalls.Random(batch, seq, config.VocabSize, new Random(7));
+        var request = RunCalls.Capturing(plain, capture);
+        static long Call(Contracts.V1.ModelService.ModelServiceClient c, RunRequest r) => RunCalls.Read(c, r);
         // Streaming: alternate direct and gateway, with and without captures; medians.
         var times = new List<double>[4];
         for (int k = 0; k < 4; k++)

@@ -47,20 +47,9 @@ internal sealed class StreamBenchmark : Benchmark
         using var channel = InterpMesh.Client.Channels.ForAddress(app.Urls.First());
         var client = new Contracts.V1.ModelService.ModelServiceClient(channel);
         var rng = new Random(7);
-        var request = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
-        for (int b = 0; b < batch; b++)
-            request.Inputs.Add(new Input { Tokens = new TokenIds { Ids = { Enumerable.Range(0, seq).Select(_ => rng.Next(config.VocabSize)) } } });
-        var capturing = request.Clone();
-        capturing.Captures.Add(new Capture { Hooks = { capture } });
-
-        long Call(RunRequest r)
-        {
-            long bytes = 0;
-            using var call = client.Run(r);
-            while (call.ResponseStream.MoveNext(CancellationToken.None).GetAwaiter().GetResult())
-                bytes += call.ResponseStream.Current.Activation?.Data.Length ?? 0;
-            return bytes;
-        }
+        var request = RunCalls.Random(batch, seq, config.VocabSize, rng);
+        var capturing = RunCalls.Capturing(request, capture);
+        long Call(RunRequest r) => RunCalls.Read(client, r);
         double Median(Func<double> measure)
         {
             measure();
@@ -86,9 +75,7 @@ internal sealed class StreamBenchmark : Benchmark
         plain = plainTimes.Order().ElementAt(iters / 2);
         streamed = streamTimes.Order().ElementAt(iters / 2);
         // Concurrency: each client sends small requests (client-rows x client-seq) back to back.
-        var small = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
-        for (int b = 0; b < clientRows; b++)
-            small.Inputs.Add(new Input { Tokens = new TokenIds { Ids = { Enumerable.Range(0, clientSeq).Select(_ => rng.Next(config.VocabSize)) } } });
+        var small = RunCalls.Random(clientRows, clientSeq, config.VocabSize, rng);
         const int perClient = 4;
         var batchSizes = new List<int>();
         void Client()
