@@ -264,31 +264,20 @@ internal sealed class ServingBenchmark : Benchmark
             {
                 // Alternate 1 client and N concurrent clients (different prompts), medians of the rounds.
                 var clientsList = Enumerable.Range(0, s.Clients).Select(_ => NewClient()).ToList();
-                var one = new List<double>();
-                var many = new List<double>();
                 // One untimed round first: the runtime's tiered JIT recompiles the hot decode path in
                 // the background during the first seconds (18 % of the CPU samples of a 10 s run), which
                 // is start-up, not serving.
-                for (int r = -1; r < s.Rounds; r++)
-                {
-                    if (r == 0)
+                var (single, concurrent) = OneVersusMany(s.Rounds,
+                    () =>
                     {
-                        one.Clear();
-                        many.Clear();
-                    }
-                    var request = Generate(s.GenTokens);
-                    var sw = Stopwatch.StartNew();
-                    int tokens = ReadGenerate(clientsList[0], request, CancellationToken.None);
-                    one.Add(tokens / sw.Elapsed.TotalSeconds);
-
-                    var requests = clientsList.Select(_ => Generate(s.GenTokens)).ToList();
-                    sw.Restart();
-                    var counts = clientsList.Select((c, i) => ReadGenerateAsync(c, requests[i], CancellationToken.None)).ToArray();
-                    Task.WaitAll(counts);
-                    many.Add(counts.Sum(t => t.Result) / sw.Elapsed.TotalSeconds);
-                }
-                double single = Percentile(one, 0.5);
-                double concurrent = Percentile(many, 0.5);
+                        var request = Generate(s.GenTokens);
+                        return () => ReadGenerate(clientsList[0], request, CancellationToken.None);
+                    },
+                    () =>
+                    {
+                        var requests = clientsList.Select(_ => Generate(s.GenTokens)).ToList();
+                        return () => clientsList.Select((c, i) => ReadGenerateAsync(c, requests[i], CancellationToken.None)).ToArray();
+                    });
                 result["generate_1_client_tokens_per_s"] = single;
                 result[$"generate_{s.Clients}_clients_tokens_per_s"] = concurrent;
                 result["generate_clients_ratio"] = concurrent / single;
@@ -326,34 +315,52 @@ internal sealed class ServingBenchmark : Benchmark
             }
             return tokens;
         }
-        var one = new List<double>();
-        var many = new List<double>();
-        for (int r = -1; r < s.Rounds; r++)
-        {
-            if (r == 0)
+        // The first round warms the JIT up, as in the gRPC measure.
+        var (single, concurrent) = OneVersusMany(s.Rounds,
+            () =>
             {
-                // The first round warmed the JIT up (see the gRPC measure).
-                one.Clear();
-                many.Clear();
-            }
-            var spec = Spec();
-            var sw = Stopwatch.StartNew();
-            int tokens = Generate(engine, spec).GetAwaiter().GetResult();
-            one.Add(tokens / sw.Elapsed.TotalSeconds);
-            var specs = Enumerable.Range(0, s.Clients).Select(_ => Spec()).ToList();
-            sw.Restart();
-            var counts = specs.Select(x => Task.Run(() => Generate(engine, x))).ToArray();
-            Task.WaitAll(counts);
-            many.Add(counts.Sum(t => t.Result) / sw.Elapsed.TotalSeconds);
-        }
-        double single = Percentile(one, 0.5);
-        double concurrent = Percentile(many, 0.5);
+                var spec = Spec();
+                return () => Generate(engine, spec).GetAwaiter().GetResult();
+            },
+            () =>
+            {
+                var specs = Enumerable.Range(0, s.Clients).Select(_ => Spec()).ToList();
+                return () => specs.Select(x => Task.Run(() => Generate(engine, x))).ToArray();
+            });
         return new()
         {
             ["engine_generate_1_tokens_per_s"] = single,
             [$"engine_generate_{s.Clients}_tokens_per_s"] = concurrent,
             ["engine_generate_ratio"] = concurrent / single,
         };
+    }
+
+    /// <summary>
+    /// Generate tokens/s of one generation against N concurrent ones, alternating for <paramref name="rounds"/>
+    /// rounds after one untimed round, medians. Each <c>prepare</c> builds its requests outside the timed part
+    /// and returns what starts them.
+    /// </summary>
+    private static (double One, double Many) OneVersusMany(int rounds, Func<Func<int>> prepareOne, Func<Func<Task<int>[]>> prepareMany)
+    {
+        var one = new List<double>();
+        var many = new List<double>();
+        for (int r = -1; r < rounds; r++)
+        {
+            var runOne = prepareOne();
+            var sw = Stopwatch.StartNew();
+            double oneRate = runOne() / sw.Elapsed.TotalSeconds;
+            var runMany = prepareMany();
+            sw.Restart();
+            var counts = runMany();
+            Task.WaitAll(counts);
+            double manyRate = counts.Sum(t => t.Result) / sw.Elapsed.TotalSeconds;
+            if (r >= 0)
+            {
+                one.Add(oneRate);
+                many.Add(manyRate);
+            }
+        }
+        return (Percentile(one, 0.5), Percentile(many, 0.5));
     }
 
     private static double Percentile(List<double> values, double p)
