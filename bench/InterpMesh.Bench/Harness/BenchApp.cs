@@ -25,6 +25,7 @@ public static class BenchApp
         ArgumentNullException.ThrowIfNull(args);
         ArgumentNullException.ThrowIfNull(stdout);
         ArgumentNullException.ThrowIfNull(stderr);
+        // Until the command line is parsed, an error is also written as JSON when --json is among the words.
         bool json = args.Contains("--json");
         try
         {
@@ -49,8 +50,9 @@ public static class BenchApp
             if (parse.Errors.Count > 0)
                 throw new BenchUsageException($"{string.Join("; ", parse.Errors.Select(e => e.Message).Distinct())}; `interpmesh-bench {command.Name} --help` lists the options");
             var benchmark = benchmarks.Single(b => b.Name == command.Name);
+            json = parse.GetValue(jsonOption);
             BenchReport report;
-            using (var context = new BenchContext(parse, stdout, parse.GetValue(jsonOption), parse.GetValue(threads)))
+            using (var context = new BenchContext(parse, stdout, json, parse.GetValue(threads)))
                 report = benchmark.Run(context);
             ReportPrinter.Print(report, json, stdout);
             return 0;
