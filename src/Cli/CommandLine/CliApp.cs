@@ -1,5 +1,4 @@
 using System.Text.Json;
-using InterpMesh.Cli.Bench;
 using InterpMesh.Cli.Local;
 using InterpMesh.Runtime;
 
@@ -38,20 +37,9 @@ public static class CliApp
           interpmesh artifacts list [--prefix P] | get NAME --out DIR | put NAME --from DIR [--metadata-json J] | rm NAME  --server URL [--json]
 
           interpmesh train-toy induction|retrieval|concepts|functions --out DIR [--seed S] [--steps N] [--batch B] [--lr LR] [--json]
-          interpmesh bench forward --preset gpt2-small --batch B --seq T [--threads N]
-                               [--capture GLOB] [--logits none|last|all] [--warmup W] [--iters I] [--json]
-          interpmesh bench stream  --preset gpt2-small --batch B --seq T [--clients N] [--client-rows R] [--client-seq S]
-                                 [--batch-window-ms W] [--iters I] [--json]
-          interpmesh bench gateway --preset gpt2-small --batch B --seq T [--iters I] [--unary N] [--capture HOOKS] [--threads N] [--json]
-          interpmesh bench probe   [--n N --d D] [--texts T] [--threads N] [--json]
-          interpmesh bench retrieval [--trials N] [--threads N] [--json]
-          interpmesh bench sae     [--d-in D --d-sae S --k K --batch B --steps N] [--threads N] [--json]
-          interpmesh bench load    [--clients N] [--seconds S] [--mix run=6,generate=3,analysis=1] [--max-concurrent R] [--admission-wait-ms W]
-                                 [--max-jobs J] [--max-queued Q] [--retained-jobs K] [--model PATH] [--soak [--sample-seconds T]] [--threads N] [--json]
-          interpmesh bench loading [--dir DIR] [--source-dtype bf16|f32] [--repeats R] [--threads N] [--json]
-          interpmesh bench serving [--model PATH | --preset gpt2-small [--save-model DIR] | --server URL] [--iters I] [--run-seq T] [--long-tokens N]
-                                 [--gen-tokens N] [--prompt-length P] [--clients C] [--rounds R] [--stall-capture GLOB] [--batch-window-ms W]
-                                 [--only idle,during-generate,during-stall,generate,engine] [--threads N] [--json]
+
+        Benchmarks are their own program (docs/benchmarks.md): from a checkout,
+          dotnet run -c Release --project bench/InterpMesh.Bench -- --help
 
         Settings: --server, --key and --model (--model-name for model commands) default to the environment
         variables INTERPMESH_SERVER, INTERPMESH_API_KEY and INTERPMESH_MODEL, then to the config file
@@ -71,6 +59,8 @@ public static class CliApp
         bool json = args.Contains("--json");
         try
         {
+            if (args.Length > 0 && args[0] == "bench")
+                throw new UsageException(BenchMoved(args));
             // Help and shell completion come from System.CommandLine (CommandTree): `interpmesh`,
             // `interpmesh help`, `interpmesh COMMAND --help`, and the [suggest] directive.
             if (args.Length == 0 || args[0] is "help" or "--help" or "-h" or "-?" || args[0].StartsWith('[') || args.Any(a => a is "--help" or "-h" or "-?"))
@@ -88,20 +78,6 @@ public static class CliApp
                 foreach (var (name, value, source) in CliSettings.Describe())
                     stdout.WriteLine($"  {name,-12} {value,-40} {source}");
                 return 0;
-            }
-            if (command == "bench")
-            {
-                return rest.Length == 0 ? throw new UsageException("bench needs a benchmark name: `interpmesh bench forward|stream|gateway|probe|retrieval|sae|load|loading|serving ...`")
-                    : rest[0] == "forward" ? ForwardBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "stream" ? StreamBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "gateway" ? GatewayBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "probe" ? ProbeBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "retrieval" ? RetrievalBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "sae" ? SaeBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "load" ? LoadBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "loading" ? LoadingBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "serving" ? ServingBenchmark.Run(Parse(rest[1..]), stdout)
-                    : throw new UsageException($"unknown benchmark '{rest[0]}'; benchmarks: forward, stream, gateway, probe, retrieval, sae, load, loading, serving");
             }
             if (command == "train-toy")
             {
@@ -138,7 +114,7 @@ public static class CliApp
                 "tokenize" => TokenizeCommand.Run(parsed, stdout, stdin),
                 "generate" => GenerateCommand.Run(parsed, stdout),
                 "forward" => ForwardCommand.Run(parsed, stdout),
-                _ => throw new UsageException($"unknown command '{command}'; commands: demo, config, info, tokenize, generate, forward, serve, up, plugins, run, jobs, artifacts, train-toy, bench (see `interpmesh help`)"),
+                _ => throw new UsageException($"unknown command '{command}'; commands: demo, config, info, tokenize, generate, forward, serve, up, plugins, run, jobs, artifacts, train-toy (see `interpmesh help`)"),
             };
         }
         catch (Exception e) when (e is UsageException or ModelFormatException or ArgumentException or InvalidOperationException or FileNotFoundException or DirectoryNotFoundException)
@@ -166,6 +142,14 @@ public static class CliApp
                 picked.Add(lines[++i].TrimEnd());
         }
         return picked.Count == 0 ? Usage : "usage:\n" + string.Join('\n', picked) + "\n\n(`interpmesh help` lists every command, settings and exit codes)";
+    }
+
+    /// <summary>Where `interpmesh bench ...` went: the benchmarks are the interpmesh-bench program now.</summary>
+    private static string BenchMoved(string[] args)
+    {
+        string benchmark = args.Length > 1 && !args[1].StartsWith('-') ? (args[1].Length > 20 ? args[1][..20] + "…" : args[1]) : "BENCHMARK";
+        return $"benchmarks moved to their own program: from a checkout, `dotnet run -c Release --project bench/InterpMesh.Bench -- {benchmark} ...` "
+            + "(built: bench/InterpMesh.Bench/bin/Release/net10.0/linux-x64/interpmesh-bench); docs/benchmarks.md";
     }
 
     private static CliArgs Parse(string[] rest) => new(rest, new HashSet<string> { "json", "quick", "soak", "loss" });

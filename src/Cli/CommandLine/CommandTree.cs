@@ -11,7 +11,7 @@ namespace InterpMesh.Cli.CommandLine;
 /// </summary>
 internal static class CommandTree
 {
-    private static readonly string[] Groups = ["jobs", "artifacts", "bench"];
+    private static readonly string[] Groups = ["jobs", "artifacts"];
 
     [ThreadStatic]
     private static string? target;
@@ -31,7 +31,7 @@ internal static class CommandTree
 
     private static readonly (string Name, string Description)[] ModelRemote = [.. Remote, ("--model-name", "the gateway's model (or INTERPMESH_MODEL)")];
 
-    /// <summary>The command tree; <paramref name="helpFor"/> (e.g. <c>run</c>, <c>bench serving</c>) is the command whose help carries its usage lines.</summary>
+    /// <summary>The command tree; <paramref name="helpFor"/> (e.g. <c>run</c>, <c>jobs watch</c>) is the command whose help carries its usage lines.</summary>
     public static RootCommand Build(string? helpFor = null)
     {
         target = helpFor;
@@ -84,30 +84,7 @@ internal static class CommandTree
             WithArgument(Leaf("rm", "Deletes an artifact (admin).", jobOptions, ""), "NAME", "the artifact")));
         root.Subcommands.Add(WithArgument(Leaf("train-toy", "Trains a toy model (induction, retrieval, concepts, functions).",
             [("--out", "output folder"), ("--seed", "seed"), ("--steps", "training steps"), ("--batch", "batch size"), ("--lr", "learning rate"), ("--json", "JSON output")]), "NAME", "the toy"));
-        root.Subcommands.Add(Bench());
         return root;
-    }
-
-    private static Command Bench()
-    {
-        (string, string)[] shared = [("--threads", "libtorch threads"), ("--json", "JSON output")];
-        return Group("bench", "Benchmarks (docs/benchmarks.md records each result and its command).",
-            Leaf("forward", "Forward throughput.", [("--preset", "model preset"), ("--batch", "rows"), ("--seq", "tokens per row"), ("--capture", "hook glob"), ("--logits", "none, last or all"),
-                ("--warmup", "untimed iterations"), ("--iters", "timed iterations"), ("--model", "model path"), .. shared], "bench forward"),
-            Leaf("stream", "Activation streaming beyond the forward.", [("--preset", "model preset"), ("--batch", "rows"), ("--seq", "tokens per row"), ("--clients", "concurrent clients"),
-                ("--client-rows", "rows per client"), ("--client-seq", "tokens per client row"), ("--batch-window-ms", "batching window"), ("--iters", "iterations"), .. shared], "bench stream"),
-            Leaf("gateway", "The gateway's cost against direct calls.", [("--preset", "model preset"), ("--batch", "rows"), ("--seq", "tokens per row"), ("--iters", "iterations"),
-                ("--unary", "unary calls"), ("--capture", "hook glob"), .. shared], "bench gateway"),
-            Leaf("probe", "Probe fitting.", [("--n", "examples"), ("--d", "dimensions"), ("--texts", "texts"), .. shared], "bench probe"),
-            Leaf("retrieval", "Retrieval-head detection.", [("--trials", "trials"), .. shared], "bench retrieval"),
-            Leaf("sae", "SAE training.", [("--d-in", "input width"), ("--d-sae", "SAE width"), ("--k", "top-k"), ("--batch", "batch"), ("--steps", "steps"), .. shared], "bench sae"),
-            Leaf("load", "Mixed load on a local mesh.", [("--clients", "clients"), ("--seconds", "duration"), ("--mix", "run=6,generate=3,analysis=1"), ("--max-concurrent", "model service admission"),
-                ("--admission-wait-ms", "admission wait"), ("--max-jobs", "running jobs"), ("--max-queued", "queued jobs"), ("--retained-jobs", "retained jobs"), ("--model", "model path"),
-                ("--soak", "memory timeline"), ("--sample-seconds", "sampling period"), .. shared], "bench load"),
-            Leaf("loading", "Checkpoint loading time and memory.", [("--dir", "checkpoint folder"), ("--source-dtype", "bf16 or f32"), ("--repeats", "repeats"), .. shared], "bench loading"),
-            Leaf("serving", "The engine's serving figures.", [("--model", "model path"), ("--preset", "model preset"), ("--save-model", "keep the preset's weights"), ("--server", "a running service"),
-                ("--iters", "Runs per measure"), ("--run-seq", "Run length"), ("--long-tokens", "long Generate tokens"), ("--gen-tokens", "Generate tokens"), ("--prompt-length", "prompt length"),
-                ("--clients", "concurrent clients"), ("--rounds", "rounds"), ("--stall-capture", "hook glob"), ("--batch-window-ms", "batching window"), ("--only", "measures"), .. shared], "bench serving"));
     }
 
     private static Command Group(string name, string description, params Command[] children)
