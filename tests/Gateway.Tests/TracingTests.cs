@@ -1,12 +1,6 @@
-using System.Collections.Concurrent;
-using System.Text;
 using System.Text.Json;
 using Grpc.Core;
 using InterpMesh.Contracts.V1;
-using Microsoft.AspNetCore.Builder;
-using Microsoft.AspNetCore.Hosting;
-using Microsoft.AspNetCore.Http;
-using Microsoft.Extensions.Configuration;
 
 namespace InterpMesh.Gateway.Tests;
 
@@ -17,22 +11,8 @@ public sealed class TracingTests
     [Fact]
     public async Task One_trace_per_call_and_per_analysis_reaches_the_collector_from_both_services()
     {
-        // A minimal OTLP/HTTP collector keeping each export's bytes.
-        var bodies = new ConcurrentQueue<byte[]>();
-        int port = Ports.Free();
-        var cb = WebApplication.CreateSlimBuilder();
-        cb.Configuration.Sources.Clear();
-        cb.Configuration.AddInMemoryCollection();
-        cb.WebHost.UseUrls($"http://127.0.0.1:{port}");
-        await using var collector = cb.Build();
-        collector.MapPost("/v1/traces", async (HttpContext context) =>
-        {
-            using var body = new MemoryStream();
-            await context.Request.Body.CopyToAsync(body);
-            bodies.Enqueue(body.ToArray());
-        });
-        await collector.StartAsync();
-        var otlp = new Dictionary<string, string?> { ["OtlpEndpoint"] = $"http://127.0.0.1:{port}", ["OtlpProtocol"] = "http/protobuf" };
+        await using var collector = await OtlpCollector.StartAsync();
+        var otlp = new Dictionary<string, string?> { ["OtlpEndpoint"] = collector.Endpoint, ["OtlpProtocol"] = "http/protobuf" };
 
         var (service, serviceAddress) = await Mesh.StartModelServiceAsync(RepoPaths.Models("stories260K/stories260K.bin"),
             otlp.ToDictionary(kv => "ModelService:" + kv.Key, kv => kv.Value));
@@ -58,16 +38,10 @@ public sealed class TracingTests
             await app.DisposeAsync();
         }
 
-        bool Exported(string serviceName, string trace, string span)
-        {
-            var id = Convert.FromHexString(trace);
-            return bodies.Any(b => Encoding.UTF8.GetString(b).Contains(serviceName, StringComparison.Ordinal)
-                && Encoding.UTF8.GetString(b).Contains(span, StringComparison.Ordinal) && b.AsSpan().IndexOf(id) >= 0);
-        }
-        Assert.False(bodies.IsEmpty, "the collector received nothing");
-        Assert.True(Exported("interpmesh-gateway", runTrace, "ModelService/Run"), "the gateway's Run span is not in the client's trace");
-        Assert.True(Exported("interpmesh-modelservice", runTrace, "interpmesh.forward"), "the model service's forward is not in the client's trace");
-        Assert.True(Exported("interpmesh-gateway", jobTrace, "interpmesh.job"), "the job span is not in the analysis call's trace");
-        Assert.True(Exported("interpmesh-modelservice", jobTrace, "interpmesh.forward"), "the plugin's model calls are not in the analysis call's trace");
+        Assert.False(collector.Bodies.Count == 0, "the collector received nothing");
+        Assert.True(collector.Exported("interpmesh-gateway", runTrace, "ModelService/Run"), "the gateway's Run span is not in the client's trace");
+        Assert.True(collector.Exported("interpmesh-modelservice", runTrace, "interpmesh.forward"), "the model service's forward is not in the client's trace");
+        Assert.True(collector.Exported("interpmesh-gateway", jobTrace, "interpmesh.job"), "the job span is not in the analysis call's trace");
+        Assert.True(collector.Exported("interpmesh-modelservice", jobTrace, "interpmesh.forward"), "the plugin's model calls are not in the analysis call's trace");
     }
 }

@@ -1,5 +1,3 @@
-using System.Collections.Concurrent;
-using System.Text;
 using Grpc.Core;
 using InterpMesh.Contracts.V1;
 using InterpMesh.ModelService.Hosting;
@@ -46,27 +44,12 @@ public sealed class TracingAndConfigurationTests
     [Fact]
     public async Task Spans_for_the_call_and_its_forward_reach_an_otlp_collector()
     {
-        // A minimal OTLP/HTTP collector: it keeps every request body posted to /v1/traces.
-        var bodies = new ConcurrentQueue<byte[]>();
-        int port = Ports.Free();
-        var collectorBuilder = WebApplication.CreateSlimBuilder();
-        // Not the ModelService's appsettings.json that sits in the test output.
-        collectorBuilder.Configuration.Sources.Clear();
-        collectorBuilder.Configuration.AddInMemoryCollection();
-        collectorBuilder.WebHost.UseUrls($"http://127.0.0.1:{port}");
-        await using var collector = collectorBuilder.Build();
-        collector.MapPost("/v1/traces", async context =>
-        {
-            using var body = new MemoryStream();
-            await context.Request.Body.CopyToAsync(body);
-            bodies.Enqueue(body.ToArray());
-        });
-        await collector.StartAsync();
+        await using var collector = await OtlpCollector.StartAsync();
 
         var app = Service(new()
         {
             ["ModelService:ModelPath"] = RepoPaths.Models("stories260K/stories260K.bin"),
-            ["ModelService:OtlpEndpoint"] = $"http://127.0.0.1:{port}",
+            ["ModelService:OtlpEndpoint"] = collector.Endpoint,
             ["ModelService:OtlpProtocol"] = "http/protobuf",
         });
         await app.StartAsync();
@@ -81,8 +64,8 @@ public sealed class TracingAndConfigurationTests
         await app.StopAsync();
         await app.DisposeAsync();
 
-        var all = Encoding.UTF8.GetString(bodies.SelectMany(b => b).ToArray());
-        Assert.False(bodies.IsEmpty, "the collector received no OTLP export");
+        string all = collector.AllText;
+        Assert.False(collector.Bodies.Count == 0, "the collector received no OTLP export");
         Assert.Contains("interpmesh.forward", all, StringComparison.Ordinal);
         Assert.Contains("interpmesh.batch_size", all, StringComparison.Ordinal);
         Assert.Contains("interpmesh.v1.ModelService/Run", all, StringComparison.Ordinal);

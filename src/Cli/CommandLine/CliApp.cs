@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.CommandLine.Invocation;
 using System.Text.Json;
-using InterpMesh.Cli.Bench;
 using InterpMesh.Runtime;
 
 namespace InterpMesh.Cli.CommandLine;
@@ -39,20 +38,9 @@ public static class CliApp
           interpmesh artifacts list [--prefix P] | get NAME --out DIR | put NAME --from DIR [--metadata-json J] | rm NAME  --server URL [--json]
 
           interpmesh train-toy induction|retrieval|concepts|functions --out DIR [--seed S] [--steps N] [--batch B] [--lr LR] [--threads N] [--json]
-          interpmesh bench forward --preset gpt2-small --batch B --seq T [--threads N]
-                               [--capture GLOB] [--logits none|last|all] [--warmup W] [--iters I] [--json]
-          interpmesh bench stream  --preset gpt2-small --batch B --seq T [--clients N] [--client-rows R] [--client-seq S]
-                                 [--batch-window-ms W] [--iters I] [--json]
-          interpmesh bench gateway --preset gpt2-small --batch B --seq T [--iters I] [--unary N] [--capture HOOKS] [--threads N] [--json]
-          interpmesh bench probe   [--n N --d D] [--texts T] [--threads N] [--json]
-          interpmesh bench retrieval [--trials N] [--threads N] [--json]
-          interpmesh bench sae     [--d-in D --d-sae S --k K --batch B --steps N] [--threads N] [--json]
-          interpmesh bench load    [--clients N] [--seconds S] [--mix run=6,generate=3,analysis=1] [--max-concurrent R] [--admission-wait-ms W]
-                                 [--max-jobs J] [--max-queued Q] [--retained-jobs K] [--model PATH] [--soak [--sample-seconds T]] [--threads N] [--json]
-          interpmesh bench loading [--dir DIR] [--source-dtype bf16|f32] [--repeats R] [--threads N] [--json]
-          interpmesh bench serving [--model PATH | --preset gpt2-small [--save-model DIR] | --server URL] [--iters I] [--run-seq T] [--long-tokens N]
-                                 [--gen-tokens N] [--prompt-length P] [--clients C] [--rounds R] [--stall-capture GLOB] [--batch-window-ms W]
-                                 [--only idle,during-generate,during-stall,generate,engine] [--threads N] [--json]
+
+        Benchmarks are their own program (docs/benchmarks.md): from a checkout,
+          dotnet run -c Release --project bench/InterpMesh.Bench -- --help
 
         Settings: --server, --key and --model (--model-name for model commands) default to the environment
         variables INTERPMESH_SERVER, INTERPMESH_API_KEY and INTERPMESH_MODEL, then to the config file
@@ -72,25 +60,9 @@ public static class CliApp
         bool json = args.Contains("--json");
         try
         {
-            bool help = args.Length == 0 || args[0] == "help" || args[0].StartsWith('[') || args.Any(a => a is "--help" or "-h" or "-?");
-            // The benchmarks read their options with CliArgs until they move out of the CLI to bench/ (their help comes from the tree).
-            string command = help ? "" : args[0];
-            string[] rest = help ? [] : args[1..];
-            if (command == "bench")
-            {
-                return rest.Length == 0 ? throw new UsageException("bench needs a benchmark name: `interpmesh bench forward|stream|gateway|probe|retrieval|sae|load|loading|serving ...`")
-                    : rest[0] == "forward" ? ForwardBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "stream" ? StreamBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "gateway" ? GatewayBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "probe" ? ProbeBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "retrieval" ? RetrievalBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "sae" ? SaeBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "load" ? LoadBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "loading" ? LoadingBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "serving" ? ServingBenchmark.Run(Parse(rest[1..]), stdout)
-                    : throw new UsageException($"unknown benchmark '{rest[0]}'; benchmarks: forward, stream, gateway, probe, retrieval, sae, load, loading, serving");
-            }
-            // Every other command is parsed, validated, helped and completed by System.CommandLine
+            if (args.Length > 0 && args[0] == "bench")
+                throw new UsageException(BenchMoved(args));
+            // Every command is parsed, validated, helped and completed by System.CommandLine
             // (CommandTree): `interpmesh`, `interpmesh help`, `interpmesh COMMAND --help`, [suggest].
             string[] forParser = args.Length == 0 || args[0] == "help" ? ["--help"] : args;
             string helpFor = string.Join(' ', forParser.TakeWhile(a => !a.StartsWith('-') && !a.StartsWith('[')).Take(2));
@@ -128,6 +100,11 @@ public static class CliApp
         return picked.Count == 0 ? Usage : "usage:\n" + string.Join('\n', picked) + "\n\n(`interpmesh help` lists every command, settings and exit codes)";
     }
 
-    /// <summary>A benchmark's options (the benchmarks move to bench/, and this with them).</summary>
-    private static CliArgs Parse(string[] rest) => new(rest, new HashSet<string> { "json", "quick", "soak", "loss" });
+    /// <summary>Where `interpmesh bench ...` went: the benchmarks are the interpmesh-bench program now.</summary>
+    private static string BenchMoved(string[] args)
+    {
+        string benchmark = args.Length > 1 && !args[1].StartsWith('-') ? (args[1].Length > 20 ? args[1][..20] + "…" : args[1]) : "BENCHMARK";
+        return $"benchmarks moved to their own program: from a checkout, `dotnet run -c Release --project bench/InterpMesh.Bench -- {benchmark} ...` "
+            + "(built: bench/InterpMesh.Bench/bin/Release/net10.0/linux-x64/interpmesh-bench); docs/benchmarks.md";
+    }
 }

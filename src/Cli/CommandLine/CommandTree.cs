@@ -8,17 +8,16 @@ namespace InterpMesh.Cli.CommandLine;
 /// System.CommandLine parses and validates with it, writes the help (<c>interpmesh --help</c>,
 /// <c>interpmesh COMMAND --help</c>) and answers shell completion (the <c>[suggest]</c> directive
 /// that <c>dotnet-suggest</c> calls). Each command's help carries its usage lines from
-/// <see cref="CliApp.Usage"/>. The <c>bench</c> group is declared here for help and completion only:
-/// the benchmarks still read their options with <see cref="CliArgs"/> until they move to bench/.
+/// <see cref="CliApp.Usage"/>.
 /// </summary>
 internal static class CommandTree
 {
-    private static readonly string[] Groups = ["jobs", "artifacts", "bench"];
+    private static readonly string[] Groups = ["jobs", "artifacts"];
 
     [ThreadStatic]
     private static string? target;
 
-    /// <summary>The command tree writing to <paramref name="console"/>; <paramref name="helpFor"/> (e.g. <c>run</c>, <c>bench serving</c>) is the command whose help carries its usage lines.</summary>
+    /// <summary>The command tree writing to <paramref name="console"/>; <paramref name="helpFor"/> (e.g. <c>run</c>, <c>jobs watch</c>) is the command whose help carries its usage lines.</summary>
     public static RootCommand Build(CliConsole console, string? helpFor = null)
     {
         target = helpFor;
@@ -55,7 +54,6 @@ internal static class CommandTree
             UsageErrors.RefuseRepeatedOptions(command);
             root.Subcommands.Add(command);
         }
-        root.Subcommands.Add(Bench());
         return root;
     }
 
@@ -71,53 +69,11 @@ internal static class CommandTree
         return command;
     }
 
-    private static Command Bench()
-    {
-        (string, string)[] shared = [("--threads", "libtorch threads"), ("--json", "JSON output")];
-        return Group("bench", "Benchmarks (docs/benchmarks.md records each result and its command).",
-            Leaf("forward", "Forward throughput.", [("--preset", "model preset"), ("--batch", "rows"), ("--seq", "tokens per row"), ("--capture", "hook glob"), ("--logits", "none, last or all"),
-                ("--warmup", "untimed iterations"), ("--iters", "timed iterations"), ("--model", "model path"), .. shared], "bench forward"),
-            Leaf("stream", "Activation streaming beyond the forward.", [("--preset", "model preset"), ("--batch", "rows"), ("--seq", "tokens per row"), ("--clients", "concurrent clients"),
-                ("--client-rows", "rows per client"), ("--client-seq", "tokens per client row"), ("--batch-window-ms", "batching window"), ("--iters", "iterations"), .. shared], "bench stream"),
-            Leaf("gateway", "The gateway's cost against direct calls.", [("--preset", "model preset"), ("--batch", "rows"), ("--seq", "tokens per row"), ("--iters", "iterations"),
-                ("--unary", "unary calls"), ("--capture", "hook glob"), .. shared], "bench gateway"),
-            Leaf("probe", "Probe fitting.", [("--n", "examples"), ("--d", "dimensions"), ("--texts", "texts"), .. shared], "bench probe"),
-            Leaf("retrieval", "Retrieval-head detection.", [("--trials", "trials"), .. shared], "bench retrieval"),
-            Leaf("sae", "SAE training.", [("--d-in", "input width"), ("--d-sae", "SAE width"), ("--k", "top-k"), ("--batch", "batch"), ("--steps", "steps"), .. shared], "bench sae"),
-            Leaf("load", "Mixed load on a local mesh.", [("--clients", "clients"), ("--seconds", "duration"), ("--mix", "run=6,generate=3,analysis=1"), ("--max-concurrent", "model service admission"),
-                ("--admission-wait-ms", "admission wait"), ("--max-jobs", "running jobs"), ("--max-queued", "queued jobs"), ("--retained-jobs", "retained jobs"), ("--model", "model path"),
-                ("--soak", "memory timeline"), ("--sample-seconds", "sampling period"), .. shared], "bench load"),
-            Leaf("loading", "Checkpoint loading time and memory.", [("--dir", "checkpoint folder"), ("--source-dtype", "bf16 or f32"), ("--repeats", "repeats"), .. shared], "bench loading"),
-            Leaf("serving", "The engine's serving figures.", [("--model", "model path"), ("--preset", "model preset"), ("--save-model", "keep the preset's weights"), ("--server", "a running service"),
-                ("--iters", "Runs per measure"), ("--run-seq", "Run length"), ("--long-tokens", "long Generate tokens"), ("--gen-tokens", "Generate tokens"), ("--prompt-length", "prompt length"),
-                ("--clients", "concurrent clients"), ("--rounds", "rounds"), ("--stall-capture", "hook glob"), ("--batch-window-ms", "batching window"), ("--only", "measures"), .. shared], "bench serving"));
-    }
-
-    private static Command Group(string name, string description, params Command[] children)
-    {
-        var group = new Command(name, description + Synopsis(name));
-        foreach (var child in children)
-            group.Subcommands.Add(child);
-        return group;
-    }
-
-    /// <summary>A benchmark's command for help and completion (its options are parsed by <see cref="CliArgs"/>).</summary>
-    private static Command Leaf(string name, string description, IEnumerable<(string Name, string Description)> options, string? path = null)
-    {
-        var command = new Command(name, description + Synopsis(path ?? name)) { TreatUnmatchedTokensAsErrors = false };
-        foreach (var (option, text) in options.DistinctBy(o => o.Name))
-        {
-            bool flag = option is "--json" or "--quick" or "--soak" or "--loss";
-            command.Options.Add(flag ? new Option<bool>(option) { Description = text } : new Option<string>(option) { Description = text });
-        }
-        return command;
-    }
-
     /// <summary>The command's usage lines from <see cref="CliApp.Usage"/>, under its description.</summary>
     private static string Synopsis(string name)
     {
         // Only the command asked about: a listing of commands shows their one-line descriptions.
-        bool asked = target is not null && (target == name || (target.StartsWith(name + " ", StringComparison.Ordinal) && !name.Contains(' ') && !Groups.Contains(name)));
+        bool asked = target is not null && (target == name || (target.StartsWith(name + " ", StringComparison.Ordinal) && !Groups.Contains(name)));
         if (name.Length == 0 || !asked)
             return "";
         string usage = CliApp.CommandUsage(name);

@@ -1,4 +1,3 @@
-using InterpMesh.Cli.CommandLine;
 using InterpMesh.Engine;
 using InterpMesh.Runtime.Execution;
 using InterpMesh.Runtime.Loading;
@@ -42,12 +41,6 @@ internal sealed class LocalSession : IDisposable
             throw;
         }
     }
-
-    /// <summary>A --dtype name for the benchmarks, which still read their options with <see cref="CliArgs"/> (the commands use <see cref="CliOptions.DType"/>).</summary>
-    public static ScalarType ParseDType(string? text) =>
-        text is null ? ScalarType.Float32
-        : DTypeNames.TryParse(text, out var dtype) ? dtype
-        : throw new UsageException($"--dtype must be {DTypeNames.Accepted}, got '{(text.Length > 40 ? text[..40] + "…" : text)}'");
 
     public void Dispose()
     {

@@ -54,12 +54,7 @@ public sealed class InProcessModelClient(ModelEngine engine, string name = "loca
 
     /// <summary>The messages the gRPC endpoint would send: per-step capture chunks, then each step's tokens.</summary>
     public IAsyncEnumerable<GenerateResponse> GenerateAsync(GenerateRequest request, CancellationToken cancellationToken = default) =>
-        Serve<GenerateResponse>(() => Submit(WireMapping.ToSpec(request), s => engine.Submit(s), s => s.Interventions), output => output switch
-        {
-            CaptureOutput capture => WireMapping.Chunks(capture, maxChunkBytes).Select(c => new GenerateResponse { Step = capture.Step, Activation = c }),
-            GenerateStep step => [WireMapping.ToProto(step, engine.Model.Tokenizer)],
-            _ => [],
-        }, cancellationToken);
+        Serve<GenerateResponse>(() => Submit(WireMapping.ToSpec(request), s => engine.Submit(s), s => s.Interventions), output => WireMapping.GenerateMessages(output, engine.Model.Tokenizer, maxChunkBytes), cancellationToken);
 
     /// <summary>Submits a mapped spec; its intervention value tensors are freed when the request ends (or fails to submit).</summary>
     private static (EngineRequest Request, Action Release) Submit<TSpec>(TSpec spec, Func<TSpec, EngineRequest> submit, Func<TSpec, IEnumerable<Runtime.Hooks.Intervention>> interventions)

@@ -89,6 +89,18 @@ public static class WireMapping
         Interventions = Interventions(request.Interventions),
     };
 
+    /// <summary>
+    /// The Generate messages for one engine output: a capture as its step's chunks of at most
+    /// <paramref name="maxChunkBytes"/>, a step as its tokens (and text, with a tokenizer). The gRPC
+    /// endpoint and the in-process client both send exactly these.
+    /// </summary>
+    public static IEnumerable<GenerateResponse> GenerateMessages(EngineOutput output, Runtime.Tokenization.ITextTokenizer? tokenizer, int maxChunkBytes) => output switch
+    {
+        CaptureOutput capture => Chunks(capture, maxChunkBytes).Select(c => new GenerateResponse { Step = capture.Step, Activation = c }),
+        GenerateStep step => [ToProto(step, tokenizer)],
+        _ => [],
+    };
+
     /// <summary>Frees the value tensors a mapped spec created (the engine keeps its own copies).</summary>
     public static void DisposeValues(IEnumerable<RuntimeHooks.Intervention> interventions)
     {

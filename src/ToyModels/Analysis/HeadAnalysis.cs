@@ -101,4 +101,19 @@ public static class HeadAnalysis
             sb.Append($"| {l} |").AppendJoin("", Enumerable.Range(0, scores.GetLength(1)).Select(h => $" {scores[l, h]:F2} |")).AppendLine();
         return sb.ToString();
     }
+
+    /// <summary>
+    /// The model card's causal-check table: a heading line, then one row per condition with the
+    /// task's accuracy under it, and a last row for chance.
+    /// </summary>
+    public static string CausalChecks(string heading, string metric, IEnumerable<(string Condition, double Accuracy)> rows, double chance)
+    {
+        var sb = new System.Text.StringBuilder();
+        sb.AppendLine(heading).AppendLine();
+        sb.AppendLine($"| condition | {metric} |").AppendLine("| --- | ---: |");
+        foreach (var (condition, accuracy) in rows)
+            sb.AppendLine($"| {condition} | {accuracy:P1} |");
+        sb.AppendLine($"| chance | {chance:P1} |");
+        return sb.ToString();
+    }
 }

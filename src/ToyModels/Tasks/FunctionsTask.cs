@@ -24,12 +24,7 @@ public sealed class FunctionsTask : ToyTask
         var words = new List<string> { "<unk>", "<bos>" };
         words.AddRange(Enumerable.Range(0, Symbols).Select(i => $"x{i:D2}"));
         Tokenizer = WordLevelTokenizer.Create(words, "<unk>", "<bos>", null, addsBos: true);
-        Config = new ModelConfig
-        {
-            Architecture = "LlamaForCausalLM", NLayers = 2, DModel = 64, NHeads = 4, NKvHeads = 4, DHead = 16, DMlp = 128,
-            VocabSize = words.Count, ContextLength = 32, Norm = NormKind.RmsNorm, NormEps = 1e-5,
-            Positional = PositionalKind.Rotary, RotaryDim = 16, RopeTheta = 10000, Mlp = MlpKind.SwiGlu, TiedEmbeddings = true, BosTokenId = Bos,
-        };
+        Config = TwoLayerLlama(words.Count, 32, dMlp: 128, bosTokenId: Bos);
     }
 
     public override string Name => "functions";

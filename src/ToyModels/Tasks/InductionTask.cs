@@ -22,12 +22,7 @@ public sealed class InductionTask : ToyTask
         var words = new List<string> { "<unk>", "<bos>" };
         words.AddRange(Enumerable.Range(0, Symbols).Select(i => $"t{i:D2}"));
         Tokenizer = WordLevelTokenizer.Create(words, "<unk>", "<bos>", null, addsBos: true);
-        Config = new ModelConfig
-        {
-            Architecture = "LlamaForCausalLM", NLayers = 2, DModel = 64, NHeads = 4, NKvHeads = 4, DHead = 16, DMlp = 64,
-            VocabSize = words.Count, ContextLength = Length, Norm = NormKind.RmsNorm, NormEps = 1e-5,
-            Positional = PositionalKind.Rotary, RotaryDim = 16, RopeTheta = 10000, Mlp = MlpKind.SwiGlu, TiedEmbeddings = true, BosTokenId = 1,
-        };
+        Config = TwoLayerLlama(words.Count, Length, dMlp: 64, bosTokenId: 1);
     }
 
     public override string Name => "induction";
@@ -141,14 +136,14 @@ public sealed class InductionTask : ToyTask
         md.AppendLine(HeadAnalysis.Table(induction, "Induction score: mean attention from the second copy of a repeated sequence to the token after the earlier occurrence"));
         md.AppendLine($"Named heads (score ≥ 0.3): previous-token {string.Join(", ", prevHeads.Select(h => $"{h.Label} ({h.Score:F2})"))}; " +
             $"induction {string.Join(", ", inductionHeads.Select(h => $"{h.Label} ({h.Score:F2})"))}.").AppendLine();
-        md.AppendLine("Causal checks (zero-ablating `attn.hook_z` of the heads, induction accuracy on held-out sequences):").AppendLine();
-        md.AppendLine("| condition | induction accuracy |").AppendLine("| --- | ---: |");
-        md.AppendLine($"| clean | {clean:P1} |");
-        md.AppendLine($"| previous-token heads ablated ({HeadAnalysis.Labels(prevHeads.Select(h => (h.Layer, h.Head)))}) | {prevAblated:P1} |");
-        md.AppendLine($"| as many other heads ablated ({HeadAnalysis.Labels(prevControls)}) | {prevControl:P1} |");
-        md.AppendLine($"| induction heads ablated ({HeadAnalysis.Labels(inductionHeads.Select(h => (h.Layer, h.Head)))}) | {inductionAblated:P1} |");
-        md.AppendLine($"| half of the induction heads ablated ({HeadAnalysis.Labels(half.Select(h => (h.Layer, h.Head)))}) | {halfAblated:P1} |");
-        md.AppendLine($"| chance | {1.0 / Symbols:P1} |").AppendLine();
+        md.AppendLine(HeadAnalysis.CausalChecks("Causal checks (zero-ablating `attn.hook_z` of the heads, induction accuracy on held-out sequences):", "induction accuracy",
+        [
+            ("clean", clean),
+            ($"previous-token heads ablated ({HeadAnalysis.Labels(prevHeads.Select(h => (h.Layer, h.Head)))})", prevAblated),
+            ($"as many other heads ablated ({HeadAnalysis.Labels(prevControls)})", prevControl),
+            ($"induction heads ablated ({HeadAnalysis.Labels(inductionHeads.Select(h => (h.Layer, h.Head)))})", inductionAblated),
+            ($"half of the induction heads ablated ({HeadAnalysis.Labels(half.Select(h => (h.Layer, h.Head)))})", halfAblated),
+        ], 1.0 / Symbols));
         md.AppendLine("The induction heads are redundant: each can do the job alone, so only ablating all of them removes induction, " +
             "and there is no equally large set of other heads (the rest are the layer-0 heads the circuit reads from).");
         return new MechanismReport([.. prevHeads, .. inductionHeads],

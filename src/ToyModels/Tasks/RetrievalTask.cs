@@ -23,12 +23,7 @@ public sealed class RetrievalTask : ToyTask
         words.AddRange(Enumerable.Range(0, Keys).Select(i => $"k{i:D2}"));
         words.AddRange(Enumerable.Range(0, Values).Select(i => $"v{i:D2}"));
         Tokenizer = WordLevelTokenizer.Create(words, "<unk>", "<bos>", null, addsBos: true);
-        Config = new ModelConfig
-        {
-            Architecture = "LlamaForCausalLM", NLayers = 2, DModel = 64, NHeads = 4, NKvHeads = 4, DHead = 16, DMlp = 128,
-            VocabSize = words.Count, ContextLength = 48, Norm = NormKind.RmsNorm, NormEps = 1e-5,
-            Positional = PositionalKind.Rotary, RotaryDim = 16, RopeTheta = 10000, Mlp = MlpKind.SwiGlu, TiedEmbeddings = true, BosTokenId = Bos,
-        };
+        Config = TwoLayerLlama(words.Count, 48, dMlp: 128, bosTokenId: Bos);
     }
 
     public override string Name => "retrieval";
@@ -146,12 +141,12 @@ public sealed class RetrievalTask : ToyTask
         md.AppendLine(HeadAnalysis.Table(pairing, "Pairing score: mean attention from each context value to its key (the token before it)"));
         md.AppendLine($"Named retrieval heads: {string.Join(", ", retrievalHeads.Select(h => $"{h.Label} ({h.Score:F2})"))}. " +
             $"Layer-0 heads that write each key into its value's position: {string.Join(", ", pairingHeads.Select(h => $"{h.Label} ({h.Score:F2})"))}.").AppendLine();
-        md.AppendLine("Causal check (zero-ablating `attn.hook_z`, recall accuracy on held-out sequences):").AppendLine();
-        md.AppendLine("| condition | recall accuracy |").AppendLine("| --- | ---: |");
-        md.AppendLine($"| clean | {clean:P1} |");
-        md.AppendLine($"| retrieval heads ablated ({HeadAnalysis.Labels(retrievalHeads.Select(h => (h.Layer, h.Head)))}) | {ablated:P1} |");
-        md.AppendLine($"| as many other heads ablated ({HeadAnalysis.Labels(controls)}) | {control:P1} |");
-        md.AppendLine($"| chance | {1.0 / Values:P1} |");
+        md.Append(HeadAnalysis.CausalChecks("Causal check (zero-ablating `attn.hook_z`, recall accuracy on held-out sequences):", "recall accuracy",
+        [
+            ("clean", clean),
+            ($"retrieval heads ablated ({HeadAnalysis.Labels(retrievalHeads.Select(h => (h.Layer, h.Head)))})", ablated),
+            ($"as many other heads ablated ({HeadAnalysis.Labels(controls)})", control),
+        ], 1.0 / Values));
         return new MechanismReport([.. retrievalHeads, .. pairingHeads],
         [
             new("accuracy_named_heads_ablated", ablated, 1.0 / Values, "recall accuracy with the retrieval heads zero-ablated"),

@@ -35,6 +35,17 @@ public abstract class ToyTask
     /// <summary>Locates the expected mechanism and checks it causally; the result goes into the model card.</summary>
     public abstract MechanismReport Analyze(Transformer model);
 
+    /// <summary>
+    /// The two-layer Llama shape the head-mechanism tasks share (64 wide, 4 heads of 16, RMSNorm,
+    /// rotary positions, SwiGLU, tied embeddings); each task gives its vocabulary, context and MLP width.
+    /// </summary>
+    protected static ModelConfig TwoLayerLlama(int vocabSize, int contextLength, int dMlp, int bosTokenId) => new()
+    {
+        Architecture = "LlamaForCausalLM", NLayers = 2, DModel = 64, NHeads = 4, NKvHeads = 4, DHead = 16, DMlp = dMlp,
+        VocabSize = vocabSize, ContextLength = contextLength, Norm = NormKind.RmsNorm, NormEps = 1e-5,
+        Positional = PositionalKind.Rotary, RotaryDim = 16, RopeTheta = 10000, Mlp = MlpKind.SwiGlu, TiedEmbeddings = true, BosTokenId = bosTokenId,
+    };
+
     /// <summary>Model card sections specific to the task (task, mechanism expected).</summary>
     public abstract string CardTaskSection { get; }
 

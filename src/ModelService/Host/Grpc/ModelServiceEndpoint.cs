@@ -54,45 +54,33 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
     private Runtime.Tokenization.ITextTokenizer Tokenizer() => Engine.Model.Tokenizer
         ?? throw new RpcException(new Status(StatusCode.FailedPrecondition, "this model has no tokenizer; send token ids instead of text"));
 
-    public override async Task Run(RunRequest request, IServerStreamWriter<RunResponse> responseStream, ServerCallContext context)
-    {
-        var engine = Engine;
-        Engine.Requests.RunSpec? spec = null;
-        try
+    public override Task Run(RunRequest request, IServerStreamWriter<RunResponse> responseStream, ServerCallContext context) =>
+        Serve(() => WireMapping.ToSpec(request), spec => spec.Interventions, (engine, spec) => engine.Submit(spec), responseStream, context, (_, output) => output switch
         {
-            spec = WireMapping.ToSpec(request);
-            await Stream(engine.Submit(spec), responseStream, context, output => output switch
-            {
-                CaptureOutput capture => WireMapping.Chunks(capture, host.Options.MaxChunkBytes).Select(c => new RunResponse { Activation = c }),
-                RunOutcome outcome => [new RunResponse { Result = WireMapping.ToProto(outcome) }],
-                _ => [],
-            });
-        }
-        catch (Exception e)
-        {
-            throw RpcErrors.ToRpc(e, logger);
-        }
-        finally
-        {
-            if (spec is not null)
-                WireMapping.DisposeValues(spec.Interventions);
-        }
-    }
+            CaptureOutput capture => WireMapping.Chunks(capture, host.Options.MaxChunkBytes).Select(c => new RunResponse { Activation = c }),
+            RunOutcome outcome => [new RunResponse { Result = WireMapping.ToProto(outcome) }],
+            _ => [],
+        });
 
-    public override async Task Generate(GenerateRequest request, IServerStreamWriter<GenerateResponse> responseStream, ServerCallContext context)
+    public override Task Generate(GenerateRequest request, IServerStreamWriter<GenerateResponse> responseStream, ServerCallContext context) =>
+        Serve(() => WireMapping.ToSpec(request), spec => spec.Interventions, (engine, spec) => engine.Submit(spec), responseStream, context, (engine, output) => WireMapping.GenerateMessages(output, engine.Model.Tokenizer, host.Options.MaxChunkBytes));
+
+    /// <summary>
+    /// The one path of Run and Generate: map the request to an engine spec (its validation errors
+    /// become INVALID_ARGUMENT), submit it, stream its outputs, map any failure to its gRPC status,
+    /// and release the intervention tensors the mapping made.
+    /// </summary>
+    private async Task Serve<TSpec, TResponse>(Func<TSpec> toSpec, Func<TSpec, IEnumerable<Runtime.Hooks.Intervention>> interventions,
+        Func<ModelEngine, TSpec, EngineRequest> submit, IServerStreamWriter<TResponse> responseStream, ServerCallContext context,
+        Func<ModelEngine, EngineOutput, IEnumerable<TResponse>> map)
+        where TSpec : class
     {
         var engine = Engine;
-        var tokenizer = engine.Model.Tokenizer;
-        Engine.Requests.GenerateSpec? spec = null;
+        TSpec? spec = null;
         try
         {
-            spec = WireMapping.ToSpec(request);
-            await Stream(engine.Submit(spec), responseStream, context, output => output switch
-            {
-                CaptureOutput capture => WireMapping.Chunks(capture, host.Options.MaxChunkBytes).Select(c => new GenerateResponse { Step = capture.Step, Activation = c }),
-                GenerateStep step => [WireMapping.ToProto(step, tokenizer)],
-                _ => [],
-            });
+            spec = toSpec();
+            await Stream(submit(engine, spec), responseStream, context, output => map(engine, output));
         }
         catch (Exception e)
         {
@@ -101,7 +89,7 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
         finally
         {
             if (spec is not null)
-                WireMapping.DisposeValues(spec.Interventions);
+                WireMapping.DisposeValues(interventions(spec));
         }
     }
 
