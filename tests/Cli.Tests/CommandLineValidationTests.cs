@@ -75,6 +75,15 @@ public sealed class CommandLineValidationTests
     }
 
     [Fact]
+    public void A_value_starting_with_an_at_sign_is_text_not_a_response_file()
+    {
+        var r = CliRunner.Run("tokenize", "--tokenizer", RepoPaths.Models("gpt2-tokenizer"), "--text", "@user hi", "--json");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Equal(CliRunner.Run("tokenize", "--tokenizer", RepoPaths.Models("gpt2-tokenizer"), "--text", "@", "--json").Json.GetProperty("ids")[0].GetInt32(),
+            r.Json.GetProperty("ids")[0].GetInt32());
+    }
+
+    [Fact]
     public void Dtype_aliases_are_accepted_by_the_typed_option()
     {
         var r = CliRunner.Run("info", "--model", Model, "--dtype", "bf16", "--json");

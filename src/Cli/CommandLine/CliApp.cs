@@ -66,7 +66,8 @@ public static class CliApp
             // (CommandTree): `interpmesh`, `interpmesh help`, `interpmesh COMMAND --help`, [suggest].
             string[] forParser = args.Length == 0 || args[0] == "help" ? ["--help"] : args;
             string helpFor = string.Join(' ', forParser.TakeWhile(a => !a.StartsWith('-') && !a.StartsWith('[')).Take(2));
-            var parsed = CommandTree.Build(new CliConsole(stdout, stderr, stdin), helpFor).Parse(forParser);
+            // No response files: a value such as --text "@user hi" is text, not a file to read arguments from.
+            var parsed = CommandTree.Build(new CliConsole(stdout, stderr, stdin), helpFor).Parse(forParser, new ParserConfiguration { ResponseFileTokenReplacer = null });
             if (parsed.Action is ParseErrorAction)
                 throw new UsageException(UsageErrors.Describe(parsed));
             // Exceptions reach the handler below; Ctrl-C is left to the commands (`serve` and `up` stop their hosts on it).
