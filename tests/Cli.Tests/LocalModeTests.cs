@@ -215,7 +215,7 @@ public sealed class LocalModeTests
     [Fact]
     public void Train_toy_writes_a_loadable_model_with_its_card()
     {
-        string dir = Path.Combine(Path.GetTempPath(), "interpmesh-cli-toy-" + Guid.NewGuid().ToString("N"));
+        string dir = TempFolders.Create("interpmesh-cli-toy-");
         try
         {
             var r = CliRunner.Run("train-toy", "concepts", "--out", dir, "--steps", "30", "--batch", "8", "--seed", "3", "--json");
@@ -234,8 +234,7 @@ public sealed class LocalModeTests
         }
         finally
         {
-            if (Directory.Exists(dir))
-                Directory.Delete(dir, recursive: true);
+            TempFolders.Delete(dir);
         }
     }
 
