@@ -3,7 +3,6 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using InterpMesh.Contracts.Artifacts;
 using InterpMesh.Plugins;
-using InterpMesh.Runtime.Loading;
 using TorchSharp;
 
 namespace InterpMesh.Gateway.Artifacts;
@@ -16,7 +15,7 @@ namespace InterpMesh.Gateway.Artifacts;
 /// </summary>
 public sealed class ArtifactStore : IArtifactStore
 {
-    public const string TensorsFile = "tensors.safetensors";
+    public const string TensorsFile = SafeTensors.ArtifactFile;
     private const string ManifestFile = ".artifact.json";
     private const string Suffix = ".artifact";
     private readonly string root;
@@ -87,8 +86,8 @@ public sealed class ArtifactStore : IArtifactStore
     public async Task<StoredArtifact> SaveTensorsAsync(string name, IReadOnlyDictionary<string, torch.Tensor> tensors, JsonObject? metadata = null, CancellationToken cancellationToken = default)
     {
         using var write = Begin(name, metadata);
-        var header = (metadata ?? []).ToDictionary(kv => kv.Key, kv => kv.Value is JsonValue v && v.TryGetValue<string>(out var s) ? s : kv.Value?.ToJsonString() ?? "null");
-        SafeTensorsFile.Write(write.PathOf(TensorsFile), tensors, header);
+        await using (var stream = write.CreateFile(TensorsFile))
+            SafeTensors.Write(stream, tensors, metadata);
         return await write.CommitAsync(cancellationToken);
     }
 
@@ -99,8 +98,8 @@ public sealed class ArtifactStore : IArtifactStore
             throw new ArgumentException($"artifact '{name}' has no {TensorsFile}; its files are {string.Join(", ", info.Files.Select(f => f.Name))}");
         var path = Path.Combine(DirectoryOf(name), TensorsFile);
         await Verify(name, path, info.Files.First(f => f.Name == TensorsFile), cancellationToken);
-        using var file = SafeTensorsFile.Open(path);
-        return file.Entries.Keys.ToDictionary(k => k, k => file.Read(k));
+        await using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+        return SafeTensors.Read(stream, $"artifact '{name}'/{TensorsFile}");
     }
 
     public async Task<IReadOnlyDictionary<string, byte[]>> LoadFilesAsync(string name, CancellationToken cancellationToken = default)

@@ -166,17 +166,9 @@ public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
             {
                 var (tensors, metadata) = dense[hook].Probe.ToArtifact(context.Model.Name);
                 metadata["accuracy"] = dense[hook].Metrics.Accuracy;
-                try
-                {
-                    string name = $"{prefix}/{hook}";
-                    await context.Artifacts.SaveTensorsAsync(name, tensors, metadata, ct);
-                    artifacts.Add(name);
-                }
-                finally
-                {
-                    foreach (var t in tensors.Values)
-                        t.Dispose();
-                }
+                string name = $"{prefix}/{hook}";
+                await context.Artifacts.SaveTensorsAndDisposeAsync(name, tensors, metadata, ct);
+                artifacts.Add(name);
             }
         }
 

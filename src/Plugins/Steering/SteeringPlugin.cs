@@ -102,16 +102,8 @@ public sealed class SteeringPlugin() : AnalysisPlugin<SteeringParameters>(
             tensors[$"pca.{layer}"] = torch.tensor(pcas[layer]);
         }
         var artifacts = new List<string>();
-        try
-        {
-            await context.Artifacts.SaveTensorsAsync(name, tensors, metadata, ct);
-            artifacts.Add(name);
-        }
-        finally
-        {
-            foreach (var t in tensors.Values)
-                t.Dispose();
-        }
+        await context.Artifacts.SaveTensorsAndDisposeAsync(name, tensors, metadata, ct);
+        artifacts.Add(name);
         if (p.ExportGguf)
         {
             var gguf = GgufControlVector.Write(info.Architecture, info.NLayers, meanDiffs);
@@ -279,11 +271,8 @@ public sealed class SteeringPlugin() : AnalysisPlugin<SteeringParameters>(
             [new Contracts.V1.Intervention { Hook = Hook(layer), Op = InterventionOp.Add, Value = ModelCalls.Wire(fv), Positions = { zeroLast } }], ct));
 
         string name = $"steering/{context.JobId}/function-vector";
-        using (var t = torch.tensor(fv))
-        {
-            await context.Artifacts.SaveTensorsAsync(name, new Dictionary<string, torch.Tensor> { [$"function_vector.{layer}"] = t },
-                new JsonObject { ["kind"] = "interpmesh.function_vector", ["model"] = context.Model.Name, ["layer"] = layer, ["heads"] = new JsonArray([.. chosen.Select(c => (JsonNode)$"L{c.Layer}H{c.Head}")]) }, ct);
-        }
+        await context.Artifacts.SaveTensorsAndDisposeAsync(name, new Dictionary<string, torch.Tensor> { [$"function_vector.{layer}"] = torch.tensor(fv) },
+            new JsonObject { ["kind"] = "interpmesh.function_vector", ["model"] = context.Model.Name, ["layer"] = layer, ["heads"] = new JsonArray([.. chosen.Select(c => (JsonNode)$"L{c.Layer}H{c.Head}")]) }, ct);
         context.ReportProgress(1, "done");
         return new PluginResult
         {
