@@ -54,7 +54,7 @@ public sealed class ArtifactStore : IArtifactStore
 
     internal StoredArtifact Commit(ArtifactWrite write, List<StoredFile> files)
     {
-        var info = new StoredArtifact(write.Name, files, write.Metadata, DateTimeOffset.UtcNow);
+        var info = new StoredArtifact { Name = write.Name, Files = files, Metadata = write.Metadata, Created = DateTimeOffset.UtcNow };
         File.WriteAllText(Path.Combine(write.StagingDirectory, ManifestFile), Serialize(info));
         Directory.CreateDirectory(Path.GetDirectoryName(write.Target)!);
         lock (swap)
@@ -191,8 +191,8 @@ public sealed class ArtifactStore : IArtifactStore
     private static StoredArtifact Deserialize(string name, string json)
     {
         var o = JsonNode.Parse(json)!.AsObject();
-        var files = o["files"]!.AsArray().Select(f => new StoredFile(f!["name"]!.GetValue<string>(), f["bytes"]!.GetValue<long>(), f["sha256"]!.GetValue<string>())).ToList();
-        return new StoredArtifact(name, files, o["metadata"]?.DeepClone().AsObject() ?? [], DateTimeOffset.Parse(o["created"]!.GetValue<string>(), System.Globalization.CultureInfo.InvariantCulture));
+        var files = o["files"]!.AsArray().Select(f => new StoredFile { Name = f!["name"]!.GetValue<string>(), Bytes = f["bytes"]!.GetValue<long>(), Sha256 = f["sha256"]!.GetValue<string>() }).ToList();
+        return new StoredArtifact { Name = name, Files = files, Metadata = o["metadata"]?.DeepClone().AsObject() ?? [], Created = DateTimeOffset.Parse(o["created"]!.GetValue<string>(), System.Globalization.CultureInfo.InvariantCulture) };
     }
 
     private static void TryDelete(string dir)
@@ -248,7 +248,7 @@ public sealed class ArtifactWrite : IDisposable
         {
             await using var stream = File.OpenRead(path);
             var hash = await SHA256.HashDataAsync(stream, cancellationToken);
-            files.Add(new StoredFile(Path.GetFileName(path), stream.Length, Convert.ToHexStringLower(hash)));
+            files.Add(new StoredFile { Name = Path.GetFileName(path), Bytes = stream.Length, Sha256 = Convert.ToHexStringLower(hash) });
         }
         var info = store.Commit(this, files);
         committed = true;

@@ -67,9 +67,13 @@ public sealed class InMemoryArtifactStore : IArtifactStore
 
     private StoredArtifact Store(string name, IReadOnlyDictionary<string, byte[]> files, JsonObject? metadata)
     {
-        var info = new StoredArtifact(name,
-            [.. files.OrderBy(f => f.Key, StringComparer.Ordinal).Select(f => new StoredFile(f.Key, f.Value.Length, Convert.ToHexStringLower(SHA256.HashData(f.Value))))],
-            (JsonObject?)metadata?.DeepClone() ?? [], DateTimeOffset.UtcNow);
+        var info = new StoredArtifact
+        {
+            Name = name,
+            Files = [.. files.OrderBy(f => f.Key, StringComparer.Ordinal).Select(f => new StoredFile { Name = f.Key, Bytes = f.Value.Length, Sha256 = Convert.ToHexStringLower(SHA256.HashData(f.Value)) })],
+            Metadata = (JsonObject?)metadata?.DeepClone() ?? [],
+            Created = DateTimeOffset.UtcNow,
+        };
         artifacts[name] = (info, files);
         return info;
     }
