@@ -26,16 +26,16 @@ public static class SafeTensors
         SafeTensorsFormat.FromScalarTypeCode((int)dtype)
         ?? throw new ArgumentException($"dtype {dtype} cannot be stored in safetensors (it stores float64/32/16, bfloat16, int64/32/16/8, uint8 and bool)", nameof(dtype));
 
-    /// <summary>
-    /// Header metadata from an artifact's JSON metadata: string values as they are, any other value
-    /// as its JSON text (safetensors metadata is a string-to-string map).
-    /// </summary>
-    public static Dictionary<string, string> HeaderMetadata(JsonObject? metadata) =>
+    // Header metadata from an artifact's JSON metadata: string values as they are, any other value
+    // as its JSON text (safetensors metadata is a string-to-string map).
+    private static Dictionary<string, string> HeaderMetadata(JsonObject? metadata) =>
         (metadata ?? []).ToDictionary(kv => kv.Key, kv => kv.Value is JsonValue v && v.TryGetValue<string>(out var s) ? s : kv.Value?.ToJsonString() ?? "null", StringComparer.Ordinal);
 
     /// <summary>
     /// Writes tensors (any device, any layout: each is copied to the CPU and made contiguous slice
-    /// by slice) as a safetensors file to <paramref name="destination"/>. The tensors stay the caller's.
+    /// by slice) as a safetensors file to <paramref name="destination"/>. The tensors stay the
+    /// caller's. <paramref name="metadata"/> goes into the header's <c>__metadata__</c>: string
+    /// values as they are, any other value as its JSON text.
     /// </summary>
     public static void Write(Stream destination, IReadOnlyDictionary<string, torch.Tensor> tensors, JsonObject? metadata = null)
     {
