@@ -195,6 +195,46 @@ public sealed class SafeTensorsSdkTests
         Assert.Contains("cannot store", error.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public void Offsets_that_are_not_numbers_are_refused_by_name()
+    {
+        // JsonElement.TryGetInt64 throws InvalidOperationException on a string; the codec says what is wrong instead.
+        var header = Encoding.UTF8.GetBytes("""{"w":{"dtype":"F32","shape":[1],"data_offsets":["0","4"]}}""");
+        byte[] file = [.. BitConverter.GetBytes((ulong)header.Length), .. header, .. new byte[4]];
+        var e = Assert.Throws<SafeTensorsFormatException>(() => SafeTensors.Read(file, "x.safetensors"));
+        Assert.Equal("x.safetensors: tensor 'w': data_offsets must be [begin, end]", e.Message);
+    }
+
+    private static SafeTensorSource Source(string name, long[] shape, int bytes) =>
+        new(name, SafeTensorsDType.F32, shape, s => s.Write(new byte[bytes]));
+
+    [Fact]
+    public void The_codec_refuses_to_write_what_it_could_not_read_back()
+    {
+        using var sink = new MemoryStream();
+        var reserved = Assert.Throws<ArgumentException>(() => SafeTensorsFormat.Write(sink, [Source("__metadata__", [1], 4)]));
+        Assert.Contains("may not be named __metadata__", reserved.Message, StringComparison.Ordinal);
+
+        var twice = Assert.Throws<ArgumentException>(() => SafeTensorsFormat.Write(sink, [Source("w", [1], 4), Source("w", [1], 4)]));
+        Assert.Contains("two tensors are named 'w'", twice.Message, StringComparison.Ordinal);
+
+        var negative = Assert.Throws<ArgumentException>(() => SafeTensorsFormat.Write(sink, [Source("w", [2, -1], 0)]));
+        Assert.Contains("tensor 'w' has a negative dimension", negative.Message, StringComparison.Ordinal);
+
+        var shortData = Assert.Throws<InvalidOperationException>(() => SafeTensorsFormat.Write(sink, [Source("w", [2, 3], 20)]));
+        Assert.Equal("tensor 'w' wrote 20 bytes; its shape and dtype need 24", shortData.Message);
+    }
+
+    [Fact]
+    public void An_atomic_file_write_that_fails_leaves_neither_the_file_nor_its_temporary()
+    {
+        string path = TempFile();
+        var e = Assert.Throws<InvalidOperationException>(() => SafeTensorsFormat.WriteFile(path, [Source("w", [4], 3)]));
+        Assert.Contains("wrote 3 bytes", e.Message, StringComparison.Ordinal);
+        Assert.False(File.Exists(path));
+        Assert.False(File.Exists(path + ".tmp-" + Environment.ProcessId));
+    }
+
     [Theory]
     [InlineData(SafeTensorsDType.F64, ScalarType.Float64)]
     [InlineData(SafeTensorsDType.F32, ScalarType.Float32)]
