@@ -188,7 +188,10 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
     private static async Task SaveAsync(IAnalysisContext context, string name, SparseAutoencoder sae, SaeTrainer trainer, SaeInfo info, CancellationToken ct)
     {
         await context.Artifacts.SaveFilesAsync(name, SaeLensFormat.Write(sae, info), new JsonObject { ["kind"] = "saelens", ["hook"] = info.HookName, ["model"] = info.ModelName, ["steps"] = trainer.Step }, ct);
-        var state = new Dictionary<string, Tensor> { ["step"] = tensor((long)trainer.Step), ["last_fired"] = tensor(trainer.LastFired) };
+        // The step and last-fired tensors are made for the save; the optimizer moments stay the trainer's.
+        using var step = tensor((long)trainer.Step);
+        using var lastFired = tensor(trainer.LastFired);
+        var state = new Dictionary<string, Tensor> { ["step"] = step, ["last_fired"] = lastFired };
         for (int i = 0; i < 4; i++)
         {
             state[$"m.{i}"] = trainer.AdamM[i];
