@@ -3,7 +3,6 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using InterpMesh.Contracts.Artifacts;
 using InterpMesh.Plugins;
-using InterpMesh.Runtime.Loading;
 using TorchSharp;
 
 namespace InterpMesh.Gateway.Artifacts;
@@ -16,7 +15,7 @@ namespace InterpMesh.Gateway.Artifacts;
 /// </summary>
 public sealed class ArtifactStore : IArtifactStore
 {
-    public const string TensorsFile = "tensors.safetensors";
+    public const string TensorsFile = SafeTensors.ArtifactFile;
     private const string ManifestFile = ".artifact.json";
     private const string Suffix = ".artifact";
     private readonly string root;
@@ -55,7 +54,7 @@ public sealed class ArtifactStore : IArtifactStore
 
     internal StoredArtifact Commit(ArtifactWrite write, List<StoredFile> files)
     {
-        var info = new StoredArtifact(write.Name, files, write.Metadata, DateTimeOffset.UtcNow);
+        var info = new StoredArtifact { Name = write.Name, Files = files, Metadata = write.Metadata, Created = DateTimeOffset.UtcNow };
         File.WriteAllText(Path.Combine(write.StagingDirectory, ManifestFile), Serialize(info));
         Directory.CreateDirectory(Path.GetDirectoryName(write.Target)!);
         lock (swap)
@@ -87,8 +86,8 @@ public sealed class ArtifactStore : IArtifactStore
     public async Task<StoredArtifact> SaveTensorsAsync(string name, IReadOnlyDictionary<string, torch.Tensor> tensors, JsonObject? metadata = null, CancellationToken cancellationToken = default)
     {
         using var write = Begin(name, metadata);
-        var header = (metadata ?? []).ToDictionary(kv => kv.Key, kv => kv.Value is JsonValue v && v.TryGetValue<string>(out var s) ? s : kv.Value?.ToJsonString() ?? "null");
-        SafeTensorsFile.Write(write.PathOf(TensorsFile), tensors, header);
+        await using (var stream = write.CreateFile(TensorsFile))
+            SafeTensors.Write(stream, tensors, metadata);
         return await write.CommitAsync(cancellationToken);
     }
 
@@ -99,8 +98,8 @@ public sealed class ArtifactStore : IArtifactStore
             throw new ArgumentException($"artifact '{name}' has no {TensorsFile}; its files are {string.Join(", ", info.Files.Select(f => f.Name))}");
         var path = Path.Combine(DirectoryOf(name), TensorsFile);
         await Verify(name, path, info.Files.First(f => f.Name == TensorsFile), cancellationToken);
-        using var file = SafeTensorsFile.Open(path);
-        return file.Entries.Keys.ToDictionary(k => k, k => file.Read(k));
+        await using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+        return SafeTensors.Read(stream, $"artifact '{name}'/{TensorsFile}");
     }
 
     public async Task<IReadOnlyDictionary<string, byte[]>> LoadFilesAsync(string name, CancellationToken cancellationToken = default)
@@ -192,8 +191,8 @@ public sealed class ArtifactStore : IArtifactStore
     private static StoredArtifact Deserialize(string name, string json)
     {
         var o = JsonNode.Parse(json)!.AsObject();
-        var files = o["files"]!.AsArray().Select(f => new StoredFile(f!["name"]!.GetValue<string>(), f["bytes"]!.GetValue<long>(), f["sha256"]!.GetValue<string>())).ToList();
-        return new StoredArtifact(name, files, o["metadata"]?.DeepClone().AsObject() ?? [], DateTimeOffset.Parse(o["created"]!.GetValue<string>(), System.Globalization.CultureInfo.InvariantCulture));
+        var files = o["files"]!.AsArray().Select(f => new StoredFile { Name = f!["name"]!.GetValue<string>(), Bytes = f["bytes"]!.GetValue<long>(), Sha256 = f["sha256"]!.GetValue<string>() }).ToList();
+        return new StoredArtifact { Name = name, Files = files, Metadata = o["metadata"]?.DeepClone().AsObject() ?? [], Created = DateTimeOffset.Parse(o["created"]!.GetValue<string>(), System.Globalization.CultureInfo.InvariantCulture) };
     }
 
     private static void TryDelete(string dir)
@@ -249,7 +248,7 @@ public sealed class ArtifactWrite : IDisposable
         {
             await using var stream = File.OpenRead(path);
             var hash = await SHA256.HashDataAsync(stream, cancellationToken);
-            files.Add(new StoredFile(Path.GetFileName(path), stream.Length, Convert.ToHexStringLower(hash)));
+            files.Add(new StoredFile { Name = Path.GetFileName(path), Bytes = stream.Length, Sha256 = Convert.ToHexStringLower(hash) });
         }
         var info = store.Commit(this, files);
         committed = true;
