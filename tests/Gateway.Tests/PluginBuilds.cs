@@ -23,8 +23,11 @@ public static class PluginBuilds
         feed = Path.Combine(work, "feed");
         // A version of its own, so a package cached by an earlier run is never used instead.
         version = $"1.0.0-test.{DateTime.UtcNow:yyyyMMddHHmmss}.{Environment.ProcessId}";
+        // --no-build: the test project's own build made these Release outputs, and this process has them
+        // loaded. Building them again under another version rewrites the DLL in place (the build hard-links
+        // obj, bin and this test's copy), and the running tests then read a changed image (BadImageFormatException).
         foreach (var project in new[] { "src/Contracts", "src/Plugins/Abstractions" })
-            await Dotnet("pack", Path.Combine(RepoPaths.Root, project), "-c", "Release", "-o", feed, $"-p:Version={version}", "-p:IsPackable=true", "--nologo");
+            await Dotnet("pack", Path.Combine(RepoPaths.Root, project), "-c", "Release", "--no-build", "-o", feed, $"-p:Version={version}", "-p:IsPackable=true", "--nologo");
         string tokenStats = Path.Combine(work, "token-stats");
         string misbehaving = Path.Combine(work, "misbehaving");
         foreach (var (project, output) in new[] { ("samples/TokenStatsPlugin", tokenStats), ("tests/plugins/Misbehaving", misbehaving) })
