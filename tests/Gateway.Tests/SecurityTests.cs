@@ -131,6 +131,22 @@ public sealed class SecurityTests(SecureMeshFixture mesh) : IClassFixture<Secure
             Assert.Contains($"/{method.Service.FullName}/{method.Name}", servedNames);
     }
 
+    /// <summary>Issue #20: what the gateway serves is what the role table covers; a method it forwards without a declared role has none.</summary>
+    [Fact]
+    public void Every_rpc_the_gateway_serves_needs_the_role_the_table_expects_and_an_undeclared_one_none()
+    {
+        var roles = mesh.GatewayServices.GetRequiredService<Security.RpcRoles>();
+        var guarded = ServedMethods().Where(m => !OpenServices.Contains(m.ServiceName)).ToList();
+        Assert.Equal(AuthorizationTests.Expected.Count + 1, guarded.Count);
+        foreach (var method in guarded)
+        {
+            if (method.Name == "NotYetAnRpc")
+                Assert.Null(roles.For(method.FullName));
+            else
+                Assert.Equal(AuthorizationTests.Expected[method.FullName], roles.For(method.FullName));
+        }
+    }
+
     public static TheoryData<string> KeyCases() => ["none", "wrong", "not-bearer", "empty-bearer"];
 
     [Theory]

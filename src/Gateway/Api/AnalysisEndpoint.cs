@@ -9,7 +9,7 @@ namespace InterpMesh.Gateway.Api;
 /// <summary><c>interpmesh.v1.AnalysisService</c>: plugins and jobs.</summary>
 public sealed class AnalysisEndpoint(IPluginCatalog catalog, JobManager jobs) : AnalysisService.AnalysisServiceBase
 {
-    private static Caller CallerOf(ServerCallContext context) => Caller.Of(context) ?? new Caller(Caller.Anonymous, new HashSet<string>());
+    private static Caller CallerOf(ServerCallContext context) => Caller.Of(context) ?? new Caller(Caller.Anonymous, Role.Unspecified);
 
     private static PluginDescription Describe(PluginEntry e)
     {

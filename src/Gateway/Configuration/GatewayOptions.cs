@@ -1,3 +1,4 @@
+using InterpMesh.Gateway.Security;
 using Microsoft.Extensions.Options;
 
 namespace InterpMesh.Gateway.Configuration;
@@ -51,6 +52,8 @@ public sealed class GatewayOptions
 
     public AuthOptions Auth { get; set; } = new();
 
+    public AuthorizationOptions Authorization { get; set; } = new();
+
     public RateLimitOptions RateLimit { get; set; } = new();
 
     /// <summary>OTLP collector for traces; unset = no trace export (<c>OTEL_EXPORTER_OTLP_ENDPOINT</c> also works).</summary>
@@ -83,6 +86,17 @@ public sealed class AuthOptions
     public string? KeysFile { get; set; }
 }
 
+/// <summary>Which role each RPC needs, beyond what the protos declare.</summary>
+public sealed class AuthorizationOptions
+{
+    /// <summary>
+    /// Role (<c>read</c>, <c>analyze</c>, <c>admin</c>) by method, <c>interpmesh.v1.ModelService/FutureRpc</c>
+    /// (a leading '/' is optional). Overrides the role an RPC declares in its proto, and is the only
+    /// way to open an RPC the gateway was not compiled with: without a role, an RPC is refused.
+    /// </summary>
+    public Dictionary<string, string> Roles { get; set; } = new(StringComparer.Ordinal);
+}
+
 /// <summary>One API key.</summary>
 public sealed class ApiKeyEntry
 {
@@ -112,8 +126,6 @@ public sealed class RateLimitOptions
 /// <summary>Reports every configuration error at once, at start.</summary>
 internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
 {
-    public static readonly string[] KnownRoles = ["read", "analyze", "admin"];
-
     public ValidateOptionsResult Validate(string? name, GatewayOptions o)
     {
         var errors = new List<string>();
@@ -151,6 +163,13 @@ internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
             errors.Add($"Gateway:Auth:KeysFile '{f}' does not exist");
         for (int i = 0; i < o.Auth.Keys.Count; i++)
             errors.AddRange(ApiKeyEntryErrors(o.Auth.Keys[i], $"Gateway:Auth:Keys:{i}"));
+        foreach (var (method, role) in o.Authorization.Roles)
+        {
+            if (!RoleNames.TryParse(role, out _))
+                errors.Add($"Gateway:Authorization:Roles:{method} has unknown role '{role}'; use {RoleNames.Known}");
+            if (!IsMethodPath(method))
+                errors.Add($"Gateway:Authorization:Roles:{method} does not name a method; use package.Service/Method, e.g. interpmesh.v1.ModelService/Run");
+        }
         if (o.RateLimit.RequestsPerSecond < 0 || o.RateLimit.Burst < 1 || o.RateLimit.MaxJobsPerKey < 1)
             errors.Add("Gateway:RateLimit needs RequestsPerSecond >= 0, Burst >= 1 and MaxJobsPerKey >= 1");
         if (!string.IsNullOrEmpty(o.OtlpEndpoint) && (!Uri.TryCreate(o.OtlpEndpoint, UriKind.Absolute, out var otlp) || otlp.Scheme is not ("http" or "https")))
@@ -198,7 +217,15 @@ internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
             yield return $"{where}: Name is required";
         if (k.Sha256.Length != 64 || !k.Sha256.All(char.IsAsciiHexDigitLower))
             yield return $"{where} ({k.Name}): Sha256 must be 64 lower-case hex digits (printf %s KEY | sha256sum), not the key itself";
-        foreach (var r in k.Roles.Where(r => !KnownRoles.Contains(r)))
+        foreach (var r in k.Roles.Where(r => !RoleNames.TryParse(r, out _)))
             yield return $"{where} ({k.Name}): unknown role '{r}'; use read, analyze or admin";
+    }
+
+    /// <summary><c>package.Service/Method</c>, with an optional leading '/'.</summary>
+    private static bool IsMethodPath(string method)
+    {
+        var parts = RpcRoles.FullMethod(method).Split('/');
+        return parts.Length == 3 && parts[1].Contains('.', StringComparison.Ordinal) && parts[1].Length > 0 && parts[2].Length > 0
+            && parts[1].All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_') && parts[2].All(c => char.IsAsciiLetterOrDigit(c) || c == '_');
     }
 }

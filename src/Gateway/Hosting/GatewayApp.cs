@@ -37,6 +37,7 @@ public static class GatewayApp
         services.AddSingleton<GatewayMetrics>();
         services.AddSingleton<ModelRouter>();
         services.AddSingleton<ApiKeys>();
+        services.AddSingleton<RpcRoles>();
         services.AddSingleton<AuthInterceptor>();
         services.AddSingleton<ModelServiceForwarder>();
         services.AddSingleton<PluginCatalog>();
