@@ -54,6 +54,8 @@ public sealed class GatewayOptions
 
     public AuthorizationOptions Authorization { get; set; } = new();
 
+    public LimitsOptions Limits { get; set; } = new();
+
     public RateLimitOptions RateLimit { get; set; } = new();
 
     /// <summary>OTLP collector for traces; unset = no trace export (<c>OTEL_EXPORTER_OTLP_ENDPOINT</c> also works).</summary>
@@ -95,6 +97,29 @@ public sealed class AuthorizationOptions
     /// way to open an RPC the gateway was not compiled with: without a role, an RPC is refused.
     /// </summary>
     public Dictionary<string, string> Roles { get; set; } = new(StringComparer.Ordinal);
+}
+
+/// <summary>
+/// Sizes of what clients send that the gateway stores and later lists (job records, artifact
+/// manifests), checked before anything is stored: a list or get must never exceed what a client
+/// can receive (gRPC's default 4 MiB).
+/// </summary>
+public sealed class LimitsOptions
+{
+    /// <summary>Largest <c>parameters_json</c> of an analysis (UTF-8 bytes).</summary>
+    public int MaxParametersBytes { get; set; } = 256 << 10;
+
+    /// <summary>Largest <c>metadata_json</c> of an artifact (UTF-8 bytes).</summary>
+    public int MaxMetadataBytes { get; set; } = 64 << 10;
+
+    /// <summary>Most files in one artifact (each is listed with its name, size and checksum).</summary>
+    public int MaxArtifactFiles { get; set; } = 256;
+
+    /// <summary>ListArtifacts page size when the request asks for none.</summary>
+    public int DefaultPageSize { get; set; } = 100;
+
+    /// <summary>Largest ListArtifacts page size; a request for more gets this many.</summary>
+    public int MaxPageSize { get; set; } = 1000;
 }
 
 /// <summary>One API key.</summary>
@@ -170,6 +195,19 @@ internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
             if (!IsMethodPath(method))
                 errors.Add($"Gateway:Authorization:Roles:{method} does not name a method; use package.Service/Method, e.g. interpmesh.v1.ModelService/Run");
         }
+        var limits = o.Limits;
+        // The smallest useful sizes: "{}" and a page of one.
+        if (limits.MaxParametersBytes < 2 || limits.MaxMetadataBytes < 2)
+            errors.Add($"Gateway:Limits:MaxParametersBytes ({limits.MaxParametersBytes}) and MaxMetadataBytes ({limits.MaxMetadataBytes}) must be at least 2 (\"{{}}\")");
+        // A listed artifact must fit in a page: its name, metadata and files well under the page budget.
+        if (limits.MaxMetadataBytes > Api.RecordLimits.PageBudgetBytes / 4)
+            errors.Add($"Gateway:Limits:MaxMetadataBytes is {limits.MaxMetadataBytes}; at most {Api.RecordLimits.PageBudgetBytes / 4}, so that an artifact always fits in a list page");
+        if (limits.MaxArtifactFiles < 1 || limits.MaxArtifactFiles > 4096)
+            errors.Add($"Gateway:Limits:MaxArtifactFiles must be between 1 and 4096, got {limits.MaxArtifactFiles}");
+        if (limits.DefaultPageSize < 1 || limits.MaxPageSize < limits.DefaultPageSize)
+            errors.Add($"Gateway:Limits:DefaultPageSize ({limits.DefaultPageSize}) must be at least 1 and at most MaxPageSize ({limits.MaxPageSize})");
+        foreach (var model in o.Models.Keys.Where(m => m.Length > Api.RecordLimits.MaxModelNameLength))
+            errors.Add($"Gateway:Models has a model name of {model.Length} characters ('{model[..40]}…'); the limit is {Api.RecordLimits.MaxModelNameLength}");
         if (o.RateLimit.RequestsPerSecond < 0 || o.RateLimit.Burst < 1 || o.RateLimit.MaxJobsPerKey < 1)
             errors.Add("Gateway:RateLimit needs RequestsPerSecond >= 0, Burst >= 1 and MaxJobsPerKey >= 1");
         if (!string.IsNullOrEmpty(o.OtlpEndpoint) && (!Uri.TryCreate(o.OtlpEndpoint, UriKind.Absolute, out var otlp) || otlp.Scheme is not ("http" or "https")))

@@ -38,6 +38,7 @@ public static class GatewayApp
         services.AddSingleton<ModelRouter>();
         services.AddSingleton<ApiKeys>();
         services.AddSingleton<RpcRoles>();
+        services.AddSingleton<RecordLimits>();
         services.AddSingleton<AuthInterceptor>();
         services.AddSingleton<ModelServiceForwarder>();
         services.AddSingleton<PluginCatalog>();
