@@ -92,6 +92,7 @@ public sealed class AuthorizationTests
         var roles = new RpcRoles(new Dictionary<string, string>());
         foreach (var (method, role) in Expected)
             Assert.Equal(role, roles.For(method));
+        Assert.Empty(roles.Undeclared);
     }
 
     // InlineData, not MemberData: theory data is read at discovery, and loading the contracts assembly then

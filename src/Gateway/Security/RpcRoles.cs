@@ -75,7 +75,11 @@ public sealed class RpcRoles
                 all[FullMethod(method)] = role;
         }
         roles = all.ToFrozenDictionary(StringComparer.Ordinal);
+        Undeclared = [.. Services.SelectMany(s => s.Methods).Select(m => $"/{m.Service.FullName}/{m.Name}").Where(m => !roles.ContainsKey(m))];
     }
+
+    /// <summary>Methods of <see cref="Services"/> with no role from their proto or configuration: refused for every key (the gateway warns at start).</summary>
+    public IReadOnlyList<string> Undeclared { get; }
 
     /// <summary>The role <paramref name="method"/> declares in its proto, or <see cref="Role.Unspecified"/>.</summary>
     public static Role Declared(MethodDescriptor method) =>
