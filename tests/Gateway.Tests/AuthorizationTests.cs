@@ -1,6 +1,5 @@
 using System.Reflection;
 using Grpc.Core;
-using InterpMesh.Contracts;
 using InterpMesh.Contracts.V1;
 using InterpMesh.Gateway.Configuration;
 using InterpMesh.Gateway.Security;
@@ -130,7 +129,6 @@ public sealed class AuthorizationTests
             var denied = Assert.Throws<RpcException>(() => auth.Authorize(method, $"Bearer {key}"));
             Assert.Equal(StatusCode.PermissionDenied, denied.StatusCode);
             Assert.Equal($"{method} declares no role, so this gateway refuses it; an administrator can grant one with Gateway:Authorization:Roles:interpmesh.v1.ModelService/FutureRpc=read|analyze|admin", denied.Status.Detail);
-            Assert.Equal("-1", denied.Trailers.GetValue(RetryPushback.Trailer));
         }
         // Auth off makes every caller an admin; an RPC with no role stays closed all the same.
         var open = WithKeys();

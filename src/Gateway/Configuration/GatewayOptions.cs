@@ -196,7 +196,7 @@ internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
                 errors.Add($"Gateway:Authorization:Roles:{method} does not name a method; use package.Service/Method, e.g. interpmesh.v1.ModelService/Run");
         }
         var limits = o.Limits;
-        // The smallest useful sizes: "{}" and a page of one.
+        // The smallest useful size: "{}".
         if (limits.MaxParametersBytes < 2 || limits.MaxMetadataBytes < 2)
             errors.Add($"Gateway:Limits:MaxParametersBytes ({limits.MaxParametersBytes}) and MaxMetadataBytes ({limits.MaxMetadataBytes}) must be at least 2 (\"{{}}\")");
         // A listed artifact must fit in a page: its name, metadata and files well under the page budget.

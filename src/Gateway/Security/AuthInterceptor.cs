@@ -76,8 +76,7 @@ public sealed class AuthInterceptor : Interceptor, IDisposable
         // Fails closed: an RPC that declares no role is refused for every key, admin included.
         var role = roles.For(fullMethod)
             ?? throw new RpcException(new Status(StatusCode.PermissionDenied,
-                $"{Shortened(fullMethod)} declares no role, so this gateway refuses it; an administrator can grant one with Gateway:Authorization:Roles:{Shortened(fullMethod.TrimStart('/'))}=read|analyze|admin"),
-                RetryPushback.Never());
+                $"{Shortened(fullMethod)} declares no role, so this gateway refuses it; an administrator can grant one with Gateway:Authorization:Roles:{Shortened(fullMethod.TrimStart('/'))}=read|analyze|admin"));
         if (!caller.Has(role))
             throw new RpcException(new Status(StatusCode.PermissionDenied, $"key '{caller.Name}' lacks the '{RoleNames.Of(role)}' role needed for {fullMethod}"));
         if (limiter is not null)
@@ -93,7 +92,7 @@ public sealed class AuthInterceptor : Interceptor, IDisposable
         return caller;
     }
 
-    /// <summary>A method path from the request, cut short for a message (the forwarder passes any path on).</summary>
+    /// <summary>A method path cut short for a message: <see cref="Authorize"/> is public and takes any path.</summary>
     private static string Shortened(string text) => text.Length > 120 ? text[..120] + "…" : text;
 
     public override Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
