@@ -111,12 +111,7 @@ public sealed class SecurityTests(SecureMeshFixture mesh) : IClassFixture<Secure
         }, m.Service.FullName, m.Name, Raw, Raw);
 
     /// <summary>Every service the contracts define, from the generated code.</summary>
-    private static IReadOnlyList<ServiceDescriptor> ContractServices() =>
-        [.. typeof(RunRequest).Assembly.GetTypes()
-            .Select(t => t.GetProperty("Descriptor", BindingFlags.Public | BindingFlags.Static))
-            .Where(p => p?.PropertyType == typeof(ServiceDescriptor))
-            .Select(p => (ServiceDescriptor)p!.GetValue(null)!)
-            .OrderBy(s => s.FullName, StringComparer.Ordinal)];
+    private static IReadOnlyList<ServiceDescriptor> ContractServices() => AuthorizationTests.ContractServices();
 
     [Fact]
     public void The_gateway_serves_every_contract_service_and_only_health_and_reflection_besides()
