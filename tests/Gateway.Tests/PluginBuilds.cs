@@ -51,9 +51,13 @@ public static class PluginBuilds
     private static async Task<string> RunSampleTestsAsync()
     {
         await OutputsAsync();
-        // The testing package and what it brings: the runtime, the engine and the wire mapping.
+        // The testing package and what it brings: the runtime, the engine and the wire mapping. Packed
+        // without building, like the SDK above: this process has the runtime, engine and wire DLLs loaded.
+        // The testing project is not part of this test project's build, so it is built first, as the
+        // repository builds it (its references are up to date: nothing loaded here is written).
+        await Dotnet("build", Path.Combine(RepoPaths.Root, "src/Plugins/Testing"), "-c", "Release", "--nologo");
         foreach (var project in new[] { "src/ModelService/Runtime", "src/ModelService/Engine", "src/ModelService/Wire", "src/Plugins/Testing" })
-            await Dotnet("pack", Path.Combine(RepoPaths.Root, project), "-c", "Release", "-o", feed, $"-p:Version={version}", "-p:IsPackable=true", "--nologo");
+            await Dotnet("pack", Path.Combine(RepoPaths.Root, project), "-c", "Release", "--no-build", "-o", feed, $"-p:Version={version}", "-p:IsPackable=true", "--nologo");
         return await Dotnet(new Dictionary<string, string> { ["TOKENSTATS_MODEL"] = RepoPaths.Models("stories260K/stories260K.bin") },
             "test", Path.Combine(RepoPaths.Root, "samples/TokenStatsPlugin.Tests"), "-o", Path.Combine(Path.GetDirectoryName(feed)!, "token-stats-tests"),
             $"-p:InterpMeshSdkVersion={version}", $"-p:RestoreAdditionalProjectSources={feed}", "--nologo");
