@@ -26,8 +26,9 @@ public static class PluginBuilds
         // --no-build: the test project's own build made these Release outputs, and this process has them
         // loaded. Building them again under another version rewrites the DLL in place (the build hard-links
         // obj, bin and this test's copy), and the running tests then read a changed image (BadImageFormatException).
+        // --no-restore: a restore under the test version would mark them out of date for the next build.
         foreach (var project in new[] { "src/Contracts", "src/Plugins/Abstractions" })
-            await Dotnet("pack", Path.Combine(RepoPaths.Root, project), "-c", "Release", "--no-build", "-o", feed, $"-p:Version={version}", "-p:IsPackable=true", "--nologo");
+            await Dotnet("pack", Path.Combine(RepoPaths.Root, project), "-c", "Release", "--no-build", "--no-restore", "-o", feed, $"-p:Version={version}", "-p:IsPackable=true", "--nologo");
         string tokenStats = Path.Combine(work, "token-stats");
         string misbehaving = Path.Combine(work, "misbehaving");
         foreach (var (project, output) in new[] { ("samples/TokenStatsPlugin", tokenStats), ("tests/plugins/Misbehaving", misbehaving) })
@@ -57,7 +58,7 @@ public static class PluginBuilds
         // repository builds it (its references are up to date: nothing loaded here is written).
         await Dotnet("build", Path.Combine(RepoPaths.Root, "src/Plugins/Testing"), "-c", "Release", "--nologo");
         foreach (var project in new[] { "src/ModelService/Runtime", "src/ModelService/Engine", "src/ModelService/Wire", "src/Plugins/Testing" })
-            await Dotnet("pack", Path.Combine(RepoPaths.Root, project), "-c", "Release", "--no-build", "-o", feed, $"-p:Version={version}", "-p:IsPackable=true", "--nologo");
+            await Dotnet("pack", Path.Combine(RepoPaths.Root, project), "-c", "Release", "--no-build", "--no-restore", "-o", feed, $"-p:Version={version}", "-p:IsPackable=true", "--nologo");
         return await Dotnet(new Dictionary<string, string> { ["TOKENSTATS_MODEL"] = RepoPaths.Models("stories260K/stories260K.bin") },
             "test", Path.Combine(RepoPaths.Root, "samples/TokenStatsPlugin.Tests"), "-o", Path.Combine(Path.GetDirectoryName(feed)!, "token-stats-tests"),
             $"-p:InterpMeshSdkVersion={version}", $"-p:RestoreAdditionalProjectSources={feed}", "--nologo");
