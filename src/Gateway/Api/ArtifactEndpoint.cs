@@ -10,7 +10,7 @@ using InterpMesh.Gateway.Artifacts;
 namespace InterpMesh.Gateway.Api;
 
 /// <summary><c>interpmesh.v1.ArtifactService</c> over the directory store.</summary>
-public sealed class ArtifactEndpoint(ArtifactStore store) : ArtifactService.ArtifactServiceBase
+public sealed class ArtifactEndpoint(ArtifactStore store, RecordLimits limits) : ArtifactService.ArtifactServiceBase
 {
     private const int ChunkBytes = 1 << 20;
 
@@ -21,10 +21,32 @@ public sealed class ArtifactEndpoint(ArtifactStore store) : ArtifactService.Arti
         return p;
     }
 
+    /// <summary>
+    /// One page, in name order: at most the page size (<see cref="RecordLimits.PageSize"/>), and
+    /// never past <see cref="RecordLimits.PageBudgetBytes"/> (a page always holds at least one
+    /// artifact, which the upload limits keep far below it).
+    /// </summary>
     public override Task<ListArtifactsResponse> ListArtifacts(ListArtifactsRequest request, ServerCallContext context) => Errors.Guard(() =>
     {
+        if (request.Prefix.Length > ArtifactNames.MaxLength)
+            throw new ArgumentException($"prefix is {request.Prefix.Length} characters long; no artifact name is longer than {ArtifactNames.MaxLength}");
+        int size = limits.PageSize(request.PageSize);
+        string? after = PageTokens.Read(request.PageToken, request.Prefix);
         var response = new ListArtifactsResponse();
-        response.Artifacts.AddRange(store.List(request.Prefix).Select(ToProto));
+        long bytes = 0;
+        foreach (var artifact in store.List(request.Prefix, after))
+        {
+            var info = ToProto(artifact);
+            // The field's own framing: a tag byte and a length of up to 5 bytes.
+            int n = info.CalculateSize() + 6;
+            if (response.Artifacts.Count == size || (response.Artifacts.Count > 0 && bytes + n > RecordLimits.PageBudgetBytes))
+            {
+                response.NextPageToken = PageTokens.Write(request.Prefix, response.Artifacts[^1].Name);
+                break;
+            }
+            response.Artifacts.Add(info);
+            bytes += n;
+        }
         return Task.FromResult(response);
     });
 
@@ -54,6 +76,7 @@ public sealed class ArtifactEndpoint(ArtifactStore store) : ArtifactService.Arti
         var ct = context.CancellationToken;
         if (!await requestStream.MoveNext(ct) || requestStream.Current.Header is not { } header)
             throw new ArgumentException("PutArtifact must start with a header message (name, metadata_json, files)");
+        limits.Check(header);
         JsonObject metadata;
         try
         {

@@ -141,29 +141,43 @@ public sealed class ArtifactStore : IArtifactStore
         return Task.FromResult(File.Exists(manifest) ? Deserialize(name, File.ReadAllText(manifest)) : null);
     }
 
-    /// <summary>Artifacts whose name starts with <paramref name="prefix"/>, by name.</summary>
-    public IReadOnlyList<StoredArtifact> List(string prefix = "")
+    /// <summary>
+    /// Artifacts whose name starts with <paramref name="prefix"/> and comes after <paramref name="after"/>
+    /// (ordinal), by name. Names are found first; each manifest is read only when the caller takes
+    /// that artifact, so a page of a long listing reads only its own manifests.
+    /// </summary>
+    public IEnumerable<StoredArtifact> List(string prefix = "", string? after = null)
     {
-        var found = new List<StoredArtifact>();
+        var names = new List<(string Name, string Manifest)>();
         foreach (var manifest in Directory.EnumerateFiles(root, ManifestFile, SearchOption.AllDirectories))
         {
             var dir = Path.GetDirectoryName(manifest)!;
             if (dir.StartsWith(staging, StringComparison.Ordinal) || !dir.EndsWith(Suffix, StringComparison.Ordinal))
                 continue;
             var name = Path.GetRelativePath(root, dir)[..^Suffix.Length].Replace(Path.DirectorySeparatorChar, '/');
-            if (name.StartsWith(prefix, StringComparison.Ordinal))
-            {
-                try
-                {
-                    found.Add(Deserialize(name, File.ReadAllText(manifest)));
-                }
-                catch (JsonException)
-                {
-                    // A damaged manifest hides that artifact from listings; reading it reports the damage.
-                }
-            }
+            if (name.StartsWith(prefix, StringComparison.Ordinal) && (after is null || string.CompareOrdinal(name, after) > 0))
+                names.Add((name, manifest));
         }
-        return [.. found.OrderBy(a => a.Name, StringComparer.Ordinal)];
+        names.Sort((a, b) => string.CompareOrdinal(a.Name, b.Name));
+        return Read(names);
+    }
+
+    private static IEnumerable<StoredArtifact> Read(List<(string Name, string Manifest)> names)
+    {
+        foreach (var (name, manifest) in names)
+        {
+            StoredArtifact artifact;
+            try
+            {
+                artifact = Deserialize(name, File.ReadAllText(manifest));
+            }
+            catch (Exception e) when (e is JsonException or IOException)
+            {
+                // A damaged manifest, or an artifact deleted since the names were read, is not listed; reading it reports the damage.
+                continue;
+            }
+            yield return artifact;
+        }
     }
 
     public bool Delete(string name)

@@ -37,6 +37,8 @@ public static class GatewayApp
         services.AddSingleton<GatewayMetrics>();
         services.AddSingleton<ModelRouter>();
         services.AddSingleton<ApiKeys>();
+        services.AddSingleton<RpcRoles>();
+        services.AddSingleton<RecordLimits>();
         services.AddSingleton<AuthInterceptor>();
         services.AddSingleton<ModelServiceForwarder>();
         services.AddSingleton<PluginCatalog>();
@@ -58,6 +60,9 @@ public static class GatewayApp
         app.MapInterpMeshDefaults();
         // Load plugins now, so a broken one is reported at start rather than at the first call.
         app.Services.GetRequiredService<PluginCatalog>();
+        // Read every RPC's role now, and say which ones no key can call.
+        foreach (var method in app.Services.GetRequiredService<RpcRoles>().Undeclared)
+            app.Logger.LogWarning("{Method} declares no role in its proto and none is configured: it is refused for every key (Gateway:Authorization:Roles can grant one)", method);
         if (!app.Services.GetRequiredService<IOptions<GatewayOptions>>().Value.Auth.Enabled)
             app.Logger.LogWarning("Authentication is OFF (Gateway:Auth:Enabled=false): anyone who can reach this gateway can use it. Use this for local work only.");
         app.MapModelServiceForwarding();
