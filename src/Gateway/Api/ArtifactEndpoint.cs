@@ -52,22 +52,37 @@ public sealed class ArtifactEndpoint(ArtifactStore store, RecordLimits limits) :
 
     public override Task GetArtifact(GetArtifactRequest request, IServerStreamWriter<ArtifactChunk> responseStream, ServerCallContext context) => Errors.GuardAsync(async () =>
     {
-        var info = await store.FindAsync(request.Name, context.CancellationToken)
+        // One version, its files opened before anything is sent: a replacement or a delete while the
+        // files stream does not mix versions or cut the stream off.
+        var version = store.Open(request.Name)
             ?? throw new RpcException(new Status(StatusCode.NotFound, $"no artifact '{request.Name}' (ListArtifacts shows what there is)"));
-        foreach (var f in info.Files)
-            await store.Verify(info.Name, store.PathOf(info.Name, f.Name), f, context.CancellationToken);
-        await responseStream.WriteAsync(new ArtifactChunk { Header = ToProto(info) }, context.CancellationToken);
-        var buffer = new byte[ChunkBytes];
-        foreach (var f in info.Files)
+        var streams = new List<FileStream>();
+        try
         {
-            await using var stream = File.OpenRead(store.PathOf(info.Name, f.Name));
-            long offset = 0;
-            int n;
-            while ((n = await stream.ReadAsync(buffer, context.CancellationToken)) > 0)
+            foreach (var f in version.Files)
+                streams.Add(new FileStream(version.PathOf(f.Name), FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16, useAsync: true));
+            for (int i = 0; i < streams.Count; i++)
             {
-                await responseStream.WriteAsync(new ArtifactChunk { Data = new FileData { File = f.Name, Offset = offset, Data = ByteString.CopyFrom(buffer, 0, n) } }, context.CancellationToken);
-                offset += n;
+                await ArtifactStore.Verify(version.Info.Name, streams[i], version.Files[i], context.CancellationToken);
+                streams[i].Position = 0;
             }
+            await responseStream.WriteAsync(new ArtifactChunk { Header = ToProto(version.Info) }, context.CancellationToken);
+            var buffer = new byte[ChunkBytes];
+            for (int i = 0; i < streams.Count; i++)
+            {
+                long offset = 0;
+                int n;
+                while ((n = await streams[i].ReadAsync(buffer, context.CancellationToken)) > 0)
+                {
+                    await responseStream.WriteAsync(new ArtifactChunk { Data = new FileData { File = version.Files[i].Name, Offset = offset, Data = ByteString.CopyFrom(buffer, 0, n) } }, context.CancellationToken);
+                    offset += n;
+                }
+            }
+        }
+        finally
+        {
+            foreach (var stream in streams)
+                await stream.DisposeAsync();
         }
     });
 
@@ -93,6 +108,14 @@ public sealed class ArtifactEndpoint(ArtifactStore store, RecordLimits limits) :
             ArtifactNames.CheckFile(f.Name);
             if (f.Bytes < 0 || !expected.TryAdd(f.Name, f.Bytes))
                 throw new ArgumentException($"header lists file '{f.Name}' twice or with a negative size");
+        }
+        // Refused before a byte is stored when the header already says the artifact is too large.
+        long declared = 0;
+        foreach (long bytes in expected.Values)
+        {
+            if (bytes > store.MaxArtifactBytes - declared)
+                throw new ArtifactTooLargeException(header.Name, store.MaxArtifactBytes);
+            declared += bytes;
         }
         using var write = store.Begin(header.Name, metadata);
         var written = expected.Keys.ToDictionary(k => k, _ => 0L, StringComparer.Ordinal);
@@ -131,6 +154,7 @@ internal static class Errors
     public static RpcException ToRpc(Exception e) => e switch
     {
         RpcException r => r,
+        ArtifactTooLargeException => new RpcException(new Status(StatusCode.ResourceExhausted, e.Message), Contracts.RetryPushback.Never()),
         ArgumentException => new RpcException(new Status(StatusCode.InvalidArgument, e.Message)),
         FileNotFoundException => new RpcException(new Status(StatusCode.NotFound, e.Message)),
         InvalidDataException => new RpcException(new Status(StatusCode.DataLoss, e.Message)),

@@ -115,6 +115,9 @@ public sealed class LimitsOptions
     /// <summary>Most files in one artifact (each is listed with its name, size and checksum).</summary>
     public int MaxArtifactFiles { get; set; } = 256;
 
+    /// <summary>Largest artifact, all its files together, counted while it is written (uploads and plugins alike).</summary>
+    public long MaxArtifactBytes { get; set; } = 16L << 30;
+
     /// <summary>ListArtifacts page size when the request asks for none.</summary>
     public int DefaultPageSize { get; set; } = 100;
 
@@ -202,6 +205,8 @@ internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
         // A listed artifact must fit in a page: its name, metadata and files well under the page budget.
         if (limits.MaxMetadataBytes > Api.RecordLimits.PageBudgetBytes / 4)
             errors.Add($"Gateway:Limits:MaxMetadataBytes is {limits.MaxMetadataBytes}; at most {Api.RecordLimits.PageBudgetBytes / 4}, so that an artifact always fits in a list page");
+        if (limits.MaxArtifactBytes < 1)
+            errors.Add($"Gateway:Limits:MaxArtifactBytes must be at least 1, got {limits.MaxArtifactBytes}");
         if (limits.MaxArtifactFiles < 1 || limits.MaxArtifactFiles > 4096)
             errors.Add($"Gateway:Limits:MaxArtifactFiles must be between 1 and 4096, got {limits.MaxArtifactFiles}");
         if (limits.DefaultPageSize < 1 || limits.MaxPageSize < limits.DefaultPageSize)
