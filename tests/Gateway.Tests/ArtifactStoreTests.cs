@@ -128,3 +128,64 @@ public sealed class ArtifactStoreTests : IDisposable
         Assert.NotNull(new DirectoryInfo(Path.Combine(root, "team", "old.artifact")).LinkTarget);
     }
 }
+
+/// <summary>The artifact size limit at the API edge: a real gateway with a small Gateway:Limits:MaxArtifactBytes.</summary>
+[Collection("gateways")]
+public sealed class ArtifactSizeLimitTests
+{
+    [Fact]
+    public async Task An_upload_whose_header_declares_more_than_the_limit_is_refused_before_any_byte_and_the_gateway_keeps_serving()
+    {
+        string plugins = TempFolders.Create("interpmesh-gw-noplugins-");
+        string data = TempFolders.Create("interpmesh-gw-limit-");
+        var (gateway, address) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, data,
+            new Dictionary<string, string?> { ["Gateway:Limits:MaxArtifactBytes"] = "1000" });
+        try
+        {
+            using var channel = Mesh.Channel(address);
+            var artifacts = new Contracts.V1.ArtifactService.ArtifactServiceClient(channel);
+            async Task<Contracts.V1.ArtifactInfo> Put(string name, params int[] sizes)
+            {
+                using var call = artifacts.PutArtifact(Mesh.As(Mesh.AliceKey));
+                var header = new Contracts.V1.ArtifactInfo { Name = name };
+                header.Files.AddRange(sizes.Select((n, i) => new Contracts.V1.ArtifactFileInfo { Name = $"f{i}.bin", Bytes = n }));
+                try
+                {
+                    await call.RequestStream.WriteAsync(new Contracts.V1.ArtifactChunk { Header = header });
+                    for (int i = 0; i < sizes.Length; i++)
+                        await call.RequestStream.WriteAsync(new Contracts.V1.ArtifactChunk { Data = new Contracts.V1.FileData { File = $"f{i}.bin", Data = Google.Protobuf.ByteString.CopyFrom(new byte[sizes[i]]) } });
+                    await call.RequestStream.CompleteAsync();
+                }
+                catch (Exception e) when (e is Grpc.Core.RpcException or InvalidOperationException)
+                {
+                    // Refused before the stream was all sent: the response says why.
+                }
+                return await call.ResponseAsync;
+            }
+
+            var refused = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => Put("too-big", 600, 401));
+            Assert.Equal(Grpc.Core.StatusCode.ResourceExhausted, refused.StatusCode);
+            Assert.Equal("artifact 'too-big' is larger than the limit of 1000 bytes (Gateway:Limits:MaxArtifactBytes); nothing was stored", refused.Status.Detail);
+            Assert.Equal("-1", refused.Trailers.GetValue(Contracts.RetryPushback.Trailer));
+            var stored = await Put("fits", 600, 400);
+            Assert.Equal(1000, stored.Files.Sum(f => f.Bytes));
+            var listed = await artifacts.ListArtifactsAsync(new Contracts.V1.ListArtifactsRequest(), Mesh.As(Mesh.ReaderKey));
+            Assert.Equal(["fits"], listed.Artifacts.Select(a => a.Name));
+        }
+        finally
+        {
+            await Mesh.StopAsync(gateway);
+            TempFolders.Delete(plugins, data);
+        }
+    }
+
+    [Fact]
+    public void A_size_limit_below_one_byte_stops_the_start()
+    {
+        var options = new Configuration.GatewayOptions { Auth = { Enabled = false } };
+        options.Models["tiny"] = new Configuration.ModelRoute { Endpoints = ["http://127.0.0.1:1"] };
+        options.Limits.MaxArtifactBytes = 0;
+        var result = new Configuration.GatewayOptionsValidator().Validate(null, options);
+        Assert.Equal(["Gateway:Limits:MaxArtifactBytes must be at least 1, got 0"], result.Failures);
+    }
+}

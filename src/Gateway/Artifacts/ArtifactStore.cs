@@ -558,7 +558,7 @@ public sealed record ArtifactVersion(StoredArtifact Info, string Folder)
 
 /// <summary>An artifact grew past the store's size limit while it was written; nothing was stored.</summary>
 public sealed class ArtifactTooLargeException(string name, long limit)
-    : Exception($"artifact '{name}' is larger than the limit of {limit} bytes ({limit / (double)(1 << 20):F1} MiB, Gateway:Limits:MaxArtifactBytes); nothing was stored")
+    : Exception($"artifact '{name}' is larger than the limit of {Api.RecordLimits.Bytes(limit)} (Gateway:Limits:MaxArtifactBytes); nothing was stored")
 {
     public long Limit { get; } = limit;
 }
