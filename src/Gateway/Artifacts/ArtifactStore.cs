@@ -22,9 +22,15 @@ public sealed class ArtifactStore : IArtifactStore
     private readonly string root;
     private readonly string staging;
     private readonly Lock swap = new();
+    private readonly int maxMetadataBytes;
 
-    public ArtifactStore(string root)
+    /// <param name="maxMetadataBytes">
+    /// Largest metadata (as JSON) an artifact may carry, for what plugins save: uploads are checked
+    /// before this, at the API edge (<c>RecordLimits</c>); a manifest over it could not be listed.
+    /// </param>
+    public ArtifactStore(string root, int maxMetadataBytes = int.MaxValue)
     {
+        this.maxMetadataBytes = maxMetadataBytes;
         this.root = Path.GetFullPath(root);
         staging = Path.Combine(this.root, ".staging");
         Directory.CreateDirectory(staging);
@@ -48,6 +54,12 @@ public sealed class ArtifactStore : IArtifactStore
     public ArtifactWrite Begin(string name, JsonObject? metadata)
     {
         var target = DirectoryOf(name);
+        if (metadata is not null && maxMetadataBytes < int.MaxValue)
+        {
+            int bytes = System.Text.Encoding.UTF8.GetByteCount(metadata.ToJsonString());
+            if (bytes > maxMetadataBytes)
+                throw new ArgumentException($"artifact '{name}' has {bytes} bytes of metadata; the limit is {maxMetadataBytes} (Gateway:Limits:MaxMetadataBytes)");
+        }
         var dir = Path.Combine(staging, Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(dir);
         return new ArtifactWrite(this, name, target, dir, metadata ?? []);

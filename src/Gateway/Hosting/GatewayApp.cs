@@ -43,7 +43,11 @@ public static class GatewayApp
         services.AddSingleton<ModelServiceForwarder>();
         services.AddSingleton<PluginCatalog>();
         services.AddSingleton<IPluginCatalog>(sp => sp.GetRequiredService<PluginCatalog>());
-        services.AddSingleton(sp => new ArtifactStore(sp.GetRequiredService<IOptions<GatewayOptions>>().Value.ArtifactsPath));
+        services.AddSingleton(sp =>
+        {
+            var o = sp.GetRequiredService<IOptions<GatewayOptions>>().Value;
+            return new ArtifactStore(o.ArtifactsPath, o.Limits.MaxMetadataBytes);
+        });
         services.AddSingleton<JobManager>();
         services.AddHostedService(sp => sp.GetRequiredService<JobManager>());
 
