@@ -48,6 +48,13 @@ public sealed class ArtifactPagingTests(SmallPagesGateway gateway) : IClassFixtu
     private async Task<string> Store(params string[] names)
     {
         string prefix = $"p{Guid.NewGuid():N}/";
+        await StoreUnder(prefix, names);
+        return prefix;
+    }
+
+    /// <summary>Stores empty artifacts <c>prefix + name</c>, each with metadata naming it.</summary>
+    private async Task StoreUnder(string prefix, params string[] names)
+    {
         foreach (var name in names)
         {
             using var call = Artifacts.PutArtifact(Mesh.As(Mesh.AliceKey));
@@ -55,7 +62,6 @@ public sealed class ArtifactPagingTests(SmallPagesGateway gateway) : IClassFixtu
             await call.RequestStream.CompleteAsync();
             Assert.Equal(prefix + name, (await call.ResponseAsync).Name);
         }
-        return prefix;
     }
 
     private Task<ListArtifactsResponse> Page(string prefix, int size = 0, string token = "") =>
@@ -97,17 +103,6 @@ public sealed class ArtifactPagingTests(SmallPagesGateway gateway) : IClassFixtu
         var third = await Page(prefix, size: 2, token: second.NextPageToken);
         Assert.Equal(["j"], third.Artifacts.Select(a => a.Name[prefix.Length..]));
         Assert.Equal("", third.NextPageToken);
-    }
-
-    private async Task StoreUnder(string prefix, params string[] names)
-    {
-        foreach (var name in names)
-        {
-            using var call = Artifacts.PutArtifact(Mesh.As(Mesh.AliceKey));
-            await call.RequestStream.WriteAsync(new ArtifactChunk { Header = new Contracts.V1.ArtifactInfo { Name = prefix + name } });
-            await call.RequestStream.CompleteAsync();
-            await call.ResponseAsync;
-        }
     }
 
     [Fact]

@@ -194,3 +194,29 @@ public sealed class LimitsOptionsTests
         Assert.True(new Configuration.GatewayOptionsValidator().Validate(null, defaults).Succeeded);
     }
 }
+
+/// <summary>What plugins save goes through the store, not the API edge: the store keeps the metadata limit too.</summary>
+public sealed class StoredMetadataLimitTests
+{
+    [Fact]
+    public async Task An_artifact_a_plugin_saves_with_metadata_over_the_limit_is_refused_and_nothing_is_stored()
+    {
+        string root = TempFolders.Create("interpmesh-gw-meta-");
+        try
+        {
+            var store = new Artifacts.ArtifactStore(root, maxMetadataBytes: 100);
+            var files = new Dictionary<string, byte[]> { ["a.bin"] = [1, 2, 3] };
+            var big = new System.Text.Json.Nodes.JsonObject { ["note"] = new string('x', 200) };
+            var refused = await Assert.ThrowsAsync<ArgumentException>(() => store.SaveFilesAsync("plugin/big", files, big));
+            Assert.Equal("artifact 'plugin/big' has 211 bytes of metadata; the limit is 100 (Gateway:Limits:MaxMetadataBytes)", refused.Message);
+            Assert.Empty(store.List("plugin/"));
+            var small = new System.Text.Json.Nodes.JsonObject { ["note"] = "ok" };
+            Assert.Equal("plugin/small", (await store.SaveFilesAsync("plugin/small", files, small)).Name);
+            Assert.Equal(["plugin/small"], store.List("plugin/").Select(a => a.Name));
+        }
+        finally
+        {
+            TempFolders.Delete(root);
+        }
+    }
+}

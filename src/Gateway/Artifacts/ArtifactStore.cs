@@ -42,12 +42,18 @@ public sealed partial class ArtifactStore : IArtifactStore
     private readonly string staging;
     private readonly string versions;
     private readonly string writer;
+    private readonly int maxMetadataBytes;
     private long lastSweep;
 
     /// <param name="root">The store's folder (shared between processes where they share artifacts).</param>
     /// <param name="maxArtifactBytes">The largest artifact, all files together (Gateway:Limits:MaxArtifactBytes).</param>
-    public ArtifactStore(string root, long maxArtifactBytes = long.MaxValue)
+    /// <param name="maxMetadataBytes">
+    /// Largest metadata (as JSON) an artifact may carry, for what plugins save: uploads are checked
+    /// before this, at the API edge (<c>RecordLimits</c>); a manifest over it could not be listed.
+    /// </param>
+    public ArtifactStore(string root, long maxArtifactBytes = long.MaxValue, int maxMetadataBytes = int.MaxValue)
     {
+        this.maxMetadataBytes = maxMetadataBytes;
         this.root = Path.GetFullPath(root);
         MaxArtifactBytes = maxArtifactBytes;
         staging = Path.Combine(this.root, ".staging");
@@ -92,6 +98,12 @@ public sealed partial class ArtifactStore : IArtifactStore
     public ArtifactWrite Begin(string name, JsonObject? metadata)
     {
         var link = LinkOf(name);
+        if (metadata is not null && maxMetadataBytes < int.MaxValue)
+        {
+            int bytes = System.Text.Encoding.UTF8.GetByteCount(metadata.ToJsonString());
+            if (bytes > maxMetadataBytes)
+                throw new ArgumentException($"artifact '{name}' has {bytes} bytes of metadata; the limit is {maxMetadataBytes} (Gateway:Limits:MaxMetadataBytes)");
+        }
         Directory.CreateDirectory(writer);
         var dir = Path.Combine(writer, Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(dir);

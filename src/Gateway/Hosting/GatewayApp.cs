@@ -46,7 +46,7 @@ public static class GatewayApp
         services.AddSingleton(sp =>
         {
             var o = sp.GetRequiredService<IOptions<GatewayOptions>>().Value;
-            return new ArtifactStore(o.ArtifactsPath, o.Limits.MaxArtifactBytes);
+            return new ArtifactStore(o.ArtifactsPath, o.Limits.MaxArtifactBytes, o.Limits.MaxMetadataBytes);
         });
         services.AddSingleton<JobManager>();
         services.AddHostedService(sp => sp.GetRequiredService<JobManager>());
