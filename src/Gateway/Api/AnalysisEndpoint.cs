@@ -7,9 +7,9 @@ using InterpMesh.Gateway.Security;
 namespace InterpMesh.Gateway.Api;
 
 /// <summary><c>interpmesh.v1.AnalysisService</c>: plugins and jobs.</summary>
-public sealed class AnalysisEndpoint(IPluginCatalog catalog, JobManager jobs) : AnalysisService.AnalysisServiceBase
+public sealed class AnalysisEndpoint(IPluginCatalog catalog, JobManager jobs, RecordLimits limits) : AnalysisService.AnalysisServiceBase
 {
-    private static Caller CallerOf(ServerCallContext context) => Caller.Of(context) ?? new Caller(Caller.Anonymous, new HashSet<string>());
+    private static Caller CallerOf(ServerCallContext context) => Caller.Of(context) ?? new Caller(Caller.Anonymous, Role.Unspecified);
 
     private static PluginDescription Describe(PluginEntry e)
     {
@@ -38,6 +38,7 @@ public sealed class AnalysisEndpoint(IPluginCatalog catalog, JobManager jobs) : 
 
     public override async Task RunAnalysis(AnalysisRequest request, IServerStreamWriter<JobEvent> responseStream, ServerCallContext context)
     {
+        limits.Check(request);
         var record = jobs.Submit(request, CallerOf(context));
         try
         {
@@ -52,8 +53,11 @@ public sealed class AnalysisEndpoint(IPluginCatalog catalog, JobManager jobs) : 
         }
     }
 
-    public override Task<Job> SubmitJob(AnalysisRequest request, ServerCallContext context) =>
-        Task.FromResult(jobs.Submit(request, CallerOf(context)).Snapshot());
+    public override Task<Job> SubmitJob(AnalysisRequest request, ServerCallContext context)
+    {
+        limits.Check(request);
+        return Task.FromResult(jobs.Submit(request, CallerOf(context)).Snapshot());
+    }
 
     public override Task<Job> GetJob(GetJobRequest request, ServerCallContext context) => Task.FromResult(jobs.Get(request.Id).Snapshot());
 

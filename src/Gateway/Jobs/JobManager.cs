@@ -147,7 +147,7 @@ public sealed class JobManager : BackgroundService
     public JobRecord Cancel(string id, Caller caller)
     {
         var record = Get(id);
-        if (record.Owner != caller.Name && !caller.Has("admin"))
+        if (record.Owner != caller.Name && !caller.Has(Role.Admin))
             throw new RpcException(new Status(StatusCode.PermissionDenied, $"job '{id}' belongs to '{record.Owner}'; only its owner or an admin can cancel it"));
         record.CancelledBy ??= caller.Name;
         record.Cancel.Cancel();
