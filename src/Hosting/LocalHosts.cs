@@ -5,6 +5,7 @@ using InterpMesh.ModelService.Hosting;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 
 namespace InterpMesh.Hosting;
 
@@ -34,6 +35,7 @@ public static class LocalHosts
         {
             b.Configuration.Sources.Clear();
             b.Configuration.AddInMemoryCollection(all);
+            LocalShutdown(b);
         });
         await app.StartAsync().ConfigureAwait(false);
         try
@@ -56,6 +58,7 @@ public static class LocalHosts
         {
             b.Configuration.Sources.Clear();
             b.Configuration.AddInMemoryCollection(all);
+            LocalShutdown(b);
             configure?.Invoke(b);
         });
         await app.StartAsync().ConfigureAwait(false);
@@ -111,6 +114,13 @@ public static class LocalHosts
             await app.DisposeAsync().ConfigureAwait(false);
         }
     }
+
+    /// <summary>
+    /// In-process hosts (up, demo, benchmarks, tests) stop within 10 s each: a graceful drain that
+    /// waits on a peer longer than that is cut short (a deployment's hosts keep the 30 s default).
+    /// </summary>
+    private static void LocalShutdown(WebApplicationBuilder builder) =>
+        builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(10));
 
     private static Dictionary<string, string?> Merge(IEnumerable<KeyValuePair<string, string?>> settings)
     {

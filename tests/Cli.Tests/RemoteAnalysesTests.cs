@@ -182,6 +182,8 @@ public sealed class UpProcessTests
                     ready.TrySetResult(line);
             }
         });
+        // stderr is read as it comes: a child whose unread stderr pipe fills up blocks on its next log line.
+        var stderr = process.StandardError.ReadToEndAsync();
         try
         {
             Assert.True(await Task.WhenAny(ready.Task, Task.Delay(90_000)) == ready.Task, $"up did not report ready within 90 s: {string.Join(" | ", lines)}");
@@ -192,9 +194,19 @@ public sealed class UpProcessTests
             using (var kill = System.Diagnostics.Process.Start("kill", ["-INT", process.Id.ToString()])!)
                 await kill.WaitForExitAsync();
             using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
-            await process.WaitForExitAsync(timeout.Token);
+            try
+            {
+                await process.WaitForExitAsync(timeout.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                // Say how far the shutdown got ("stopping" is printed when it starts), and what it logged.
+                process.Kill();
+                Assert.Fail($"up did not exit within 60 s of Ctrl-C; stdout: {string.Join(" | ", lines)}; stderr: {await stderr}");
+            }
             await reader;
             Assert.Equal(0, process.ExitCode);
+            Assert.Contains("stopping", lines);
             Assert.Contains("stopped", lines);
         }
         finally

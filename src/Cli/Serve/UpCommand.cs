@@ -51,6 +51,12 @@ internal static class UpCommand
         stdout.WriteLine($"           grpcurl -plaintext -d '{{}}' {hostPort} interpmesh.v1.AnalysisService/ListPlugins");
         stdout.WriteLine($"  Python:  grpc.insecure_channel(\"{hostPort}\") with stubs from protos/interpmesh/v1 (docs/modelservice.md)");
         stdout.Flush();
+        var lifetime = gateway.Services.GetRequiredService<IHostApplicationLifetime>();
+        using var stopping = lifetime.ApplicationStopping.Register(() =>
+        {
+            stdout.WriteLine("stopping");
+            stdout.Flush();
+        });
         gateway.WaitForShutdownAsync().GetAwaiter().GetResult();
         LocalMesh.Stop(gateway, service);
         stdout.WriteLine("stopped");
