@@ -1,3 +1,4 @@
+using InterpMesh.Runtime.Execution;
 using InterpMesh.Runtime.Hooks;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -266,7 +267,7 @@ public sealed class Transformer : IDisposable
             {
                 var pos = Weights.PosEmbed!.index_select(0, positions.reshape(-1)).view(b, t, Config.DModel);
                 pos = ctx.Run("hook_pos_embed", pos);
-                resid = embed + pos;
+                resid = SafeAdd.Sum(embed, pos);
             }
             else
             {
@@ -399,7 +400,7 @@ public sealed class Transformer : IDisposable
         if (hooked)
             normed = ctx!.Run(normalizedHook!, normed);
         var y = weight * normed;
-        return bias is null ? y : y + bias;
+        return bias is null ? y : SafeAdd.Sum(y, bias);
     }
 
     /// <summary>RMSNorm without hooks (q/k norms), with the model's epsilon.</summary>
@@ -583,7 +584,7 @@ public sealed class Transformer : IDisposable
 
         // Parallel blocks feed the MLP from the block's input; sequential ones from resid + attention.
         bool parallel = c.Residual != ResidualKind.Sequential;
-        var residMid = parallel ? null : ctx.Run(n.ResidMid, resid + attnOut);
+        var residMid = parallel ? null : ctx.Run(n.ResidMid, SafeAdd.Sum(resid, attnOut));
         var mlpIn = ctx.Run(n.MlpIn, parallel ? resid : residMid!);
         Tensor ln2;
         if (!c.PreNorms)
@@ -612,7 +613,7 @@ public sealed class Transformer : IDisposable
         if (c.PostNorms)
             mlpOut = Norm(mlpOut, w.Ln2PostWeight!, null, ctx, n.Ln2PostScale, n.Ln2PostNormalized);
         mlpOut = ctx.Run(n.MlpOut, mlpOut);
-        return ctx.Run(n.ResidPost, parallel ? resid + attnOut + mlpOut : residMid! + mlpOut);
+        return ctx.Run(n.ResidPost, parallel ? SafeAdd.InPlace(SafeAdd.Sum(resid, attnOut), mlpOut) : SafeAdd.Sum(residMid!, mlpOut));
     }
 
     /// <summary>
@@ -624,7 +625,7 @@ public sealed class Transformer : IDisposable
     {
         // One call without a bias: each extra op costs ~2 µs, which a small model's decode step feels.
         var y = x.matmul(w);
-        return bias is null ? y : y.add_(bias);
+        return bias is null ? y : SafeAdd.InPlace(y, bias);
     }
 
     public void Dispose()
