@@ -144,7 +144,7 @@ public abstract class SqlJobStore : IJobStore, IJobQueue, IAsyncDisposable
         {
             long queued = await ScalarLongAsync(write, "SELECT COUNT(*) FROM jobs WHERE state = 'queued'", cancellationToken);
             if (queued >= limits.MaxQueued)
-                throw new JobStoreException(JobStoreError.ResourceExhausted, $"the job queue is full ({queued} waiting, limit {limits.MaxQueued}); retry later");
+                throw new JobStoreException(JobStoreError.ResourceExhausted, $"the job queue is full ({queued} waiting); retry later (limit {limits.MaxQueued} over all keys)") { WorthRetrying = true };
         }
         await ExecuteAsync(write, "UPDATE job_owners SET jobs_submitted = jobs_submitted + 1 WHERE owner = @o", cancellationToken, ("o", job.Owner));
         await ExecuteAsync(write,
@@ -446,6 +446,38 @@ public abstract class SqlJobStore : IJobStore, IJobQueue, IAsyncDisposable
             ("state", JobStates.ToStored(outcome.State)), ("now", now), ("progress", progress), ("message", message), ("error", outcome.Error),
             ("code", outcome.ErrorCode), ("result", outcome.ResultJson), ("id", lease.Job.Id));
         await AppendEventAsync(write, lease.Job.Id, JobEventKind.State, outcome.State, progress, succeeded ? "done" : outcome.Error, now, cancellationToken);
+        await write.CommitAsync(cancellationToken);
+        return true;
+    }
+
+    public async Task<bool> ReleaseAsync(JobLease lease, string reason, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(lease);
+        if (string.IsNullOrWhiteSpace(reason))
+            throw Invalid("releasing a job needs a reason (it is the job's message while it waits again)");
+        long now = Now();
+        await using var write = await BeginWriteAsync(cancellationToken);
+        var job = await ReadJobAsync(write, lease.Job.Id, lockRow: true, cancellationToken);
+        if (job is null || job.State != JobState.Running || await LeaseTokenAsync(write, lease.Job.Id, cancellationToken) != lease.Token)
+            return false;
+        if (job.CancelRequested)
+        {
+            // Nobody wants the job any more: end it rather than queue it again.
+            string error = $"cancelled by {job.CancelledBy}; its worker stopped ({reason})";
+            await ExecuteAsync(write,
+                "UPDATE jobs SET state = 'cancelled', finished_ms = @now, message = 'cancelled', error = @error, error_code = 'CANCELLED', lease_token = NULL, lease_expires_ms = NULL WHERE id = @id",
+                cancellationToken, ("now", now), ("error", error), ("id", job.Id));
+            await AppendEventAsync(write, job.Id, JobEventKind.State, JobState.Cancelled, job.Progress, error, now, cancellationToken);
+        }
+        else
+        {
+            // A hand-back is no failed attempt: the take is forgotten, so MaxAttempts still counts only lost leases and crashes.
+            string message = $"re-queued: {reason}";
+            await ExecuteAsync(write,
+                "UPDATE jobs SET state = 'queued', attempts = attempts - 1, message = @message, lease_token = NULL, lease_expires_ms = NULL WHERE id = @id",
+                cancellationToken, ("message", message), ("id", job.Id));
+            await AppendEventAsync(write, job.Id, JobEventKind.State, JobState.Queued, job.Progress, message, now, cancellationToken);
+        }
         await write.CommitAsync(cancellationToken);
         return true;
     }
