@@ -6,6 +6,7 @@ using InterpMesh.Gateway.Plugins;
 using InterpMesh.Gateway.Routing;
 using InterpMesh.Gateway.Security;
 using InterpMesh.Gateway.Telemetry;
+using InterpMesh.Jobs;
 using InterpMesh.Runtime.Execution;
 using InterpMesh.ServiceDefaults;
 using Microsoft.Extensions.Options;
@@ -42,8 +43,14 @@ public static class GatewayApp
         services.AddSingleton<PluginCatalog>();
         services.AddSingleton<IPluginCatalog>(sp => sp.GetRequiredService<PluginCatalog>());
         services.AddSingleton(sp => new ArtifactStore(sp.GetRequiredService<IOptions<GatewayOptions>>().Value.ArtifactsPath));
-        services.AddSingleton<JobManager>();
-        services.AddHostedService(sp => sp.GetRequiredService<JobManager>());
+        // Jobs live in the shared store (PostgreSQL, or the embedded file); this process serves them
+        // (JobService) and runs them (JobWorker, a worker loop hosted here).
+        services.AddSingleton(sp => OpenJobStore(sp.GetRequiredService<IOptions<GatewayOptions>>().Value, sp.GetRequiredService<ILoggerFactory>().CreateLogger("InterpMesh.Gateway.Jobs")));
+        services.AddSingleton<IJobStore>(sp => sp.GetRequiredService<SqlJobStore>());
+        services.AddSingleton<IJobQueue>(sp => sp.GetRequiredService<SqlJobStore>());
+        services.AddSingleton<LocalRuns>();
+        services.AddSingleton<JobService>();
+        services.AddHostedService<JobWorker>();
 
         builder.AddInterpMeshTelemetry("interpmesh-gateway", GatewayOptions.Section, [GatewayMetrics.MeterName, GatewayMetrics.PluginMeterName], [GatewayTracing.SourceName]);
         int maxRequest = builder.Configuration.GetValue<int?>($"{GatewayOptions.Section}:MaxRequestBytes") ?? new GatewayOptions().MaxRequestBytes;
@@ -56,13 +63,46 @@ public static class GatewayApp
 
         var app = builder.Build();
         app.MapInterpMeshDefaults();
-        // Load plugins now, so a broken one is reported at start rather than at the first call.
+        // Load plugins now, so a broken one is reported at start rather than at the first call;
+        // open the job store now, so a wrong connection string stops the start with its reason.
         app.Services.GetRequiredService<PluginCatalog>();
+        app.Services.GetRequiredService<SqlJobStore>();
         if (!app.Services.GetRequiredService<IOptions<GatewayOptions>>().Value.Auth.Enabled)
             app.Logger.LogWarning("Authentication is OFF (Gateway:Auth:Enabled=false): anyone who can reach this gateway can use it. Use this for local work only.");
         app.MapModelServiceForwarding();
         app.MapGrpcService<AnalysisEndpoint>();
         app.MapGrpcService<ArtifactEndpoint>();
         return app;
+    }
+
+    /// <summary>
+    /// The store <c>Gateway:Jobs:ConnectionString</c> (or <see cref="JobsOptions.ConnectionStringVariable"/>)
+    /// names, else the embedded file <c>jobs.db</c> in <c>Gateway:JobsPath</c>; migrated to the current schema.
+    /// </summary>
+    internal static SqlJobStore OpenJobStore(GatewayOptions options, ILogger logger)
+    {
+        string? connection = options.Jobs.ConnectionString is { Length: > 0 } configured ? configured : Environment.GetEnvironmentVariable(JobsOptions.ConnectionStringVariable);
+        var storeOptions = new JobStoreOptions { MaxAttempts = options.Jobs.MaxAttempts, MaxRunningPerOwner = options.Jobs.MaxRunningPerKey };
+        string embedded = Path.Combine(options.JobsPath, "jobs.db");
+        SqlJobStore store;
+        try
+        {
+            store = JobStores.OpenAsync(connection, embedded, storeOptions).GetAwaiter().GetResult();
+        }
+        catch (Exception e) when (e is JobStoreException or System.Data.Common.DbException or ArgumentException or IOException or UnauthorizedAccessException or System.Net.Sockets.SocketException or TimeoutException)
+        {
+            string where = string.IsNullOrWhiteSpace(connection)
+                ? $"the embedded job store {embedded} (Gateway:JobsPath)"
+                : $"the PostgreSQL job store of Gateway:Jobs:ConnectionString (or {JobsOptions.ConnectionStringVariable})";
+            throw new InvalidOperationException($"cannot open {where}: {e.Message}", e);
+        }
+        string folder = options.JobsPath;
+        int legacy = Directory.Exists(options.JobsPath) ? Directory.EnumerateFiles(options.JobsPath, "job-*.json").Count() : 0;
+        if (legacy > 0)
+            logger.LogWarning("{Count} job records of an older gateway (one JSON file per job) are in {Folder}; they are no longer served. See docs/gateway.md, \"Moving from the per-pod job files\"", legacy, folder);
+        string kept = string.IsNullOrWhiteSpace(connection) ? embedded : "PostgreSQL (Gateway:Jobs:ConnectionString)";
+        if (logger.IsEnabled(LogLevel.Information))
+            logger.LogInformation("Jobs are kept in {Store}", kept);
+        return store;
     }
 }
