@@ -1,6 +1,7 @@
 using Grpc.Core;
 using InterpMesh.Contracts.V1;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace InterpMesh.Gateway.Tests;
 
@@ -173,6 +174,45 @@ public sealed class SharedJobsTests : IAsyncLifetime
         Assert.Contains("page_size must be between 0", badSize.Status.Detail, StringComparison.Ordinal);
         var badLimit = await Assert.ThrowsAsync<RpcException>(() => A.ListJobsAsync(new ListJobsRequest { Limit = -1 }, Mesh.As(Mesh.AliceKey)).ResponseAsync);
         Assert.Contains("limit must be 0", badLimit.Status.Detail, StringComparison.Ordinal);
+    }
+}
+
+/// <summary>A gateway with <c>Gateway:Jobs:RunWorker=false</c> is a front door: it queues jobs that a replica with a worker runs.</summary>
+[Collection("gateways")]
+public sealed class FrontDoorTests
+{
+    [Fact]
+    public async Task A_gateway_without_a_worker_queues_jobs_that_a_replica_with_one_runs()
+    {
+        var plugins = await TestPlugins.PluginsFolderAsync();
+        string data = TempFolders.Create("interpmesh-gw-frontdoor-");
+        WebApplication? front = null, worker = null;
+        try
+        {
+            (front, var frontAddress) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, data, new() { ["Gateway:Jobs:RunWorker"] = "false" });
+            using var channel = Mesh.Channel(frontAddress);
+            var client = new AnalysisService.AnalysisServiceClient(channel);
+            var job = await client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 2}""" }, Mesh.As(Mesh.AliceKey));
+            await Task.Delay(1500);
+            var waiting = await client.GetJobAsync(new GetJobRequest { Id = job.Id }, Mesh.As(Mesh.AliceKey));
+            Assert.Equal((JobState.Queued, 0), (waiting.State, waiting.Attempts));
+
+            (worker, _) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, data);
+            using var call = client.WatchJob(new WatchJobRequest { Id = job.Id }, Mesh.As(Mesh.AliceKey));
+            var events = new List<JobEvent>();
+            await foreach (var e in call.ResponseStream.ReadAllAsync())
+                events.Add(e);
+            var final = events[^1].Finished;
+            Assert.True(final.State == JobState.Succeeded, final.Error);
+            Assert.Equal(1, final.Attempts);
+            string workerId = worker.Services.GetServices<Microsoft.Extensions.Hosting.IHostedService>().OfType<Jobs.JobWorker>().Single().WorkerId;
+            Assert.Contains(events, e => e.Progress is { } p && p.Message.StartsWith($"running on {workerId}", StringComparison.Ordinal));
+        }
+        finally
+        {
+            await Mesh.StopAsync(front, worker);
+            TempFolders.Delete(plugins, data);
+        }
     }
 }
 

@@ -85,6 +85,13 @@ public sealed class JobsOptions
     /// <summary>Jobs one key may run at once on all workers together (fair share; an operator may set one key's own).</summary>
     public int MaxRunningPerKey { get; set; } = 4;
 
+    /// <summary>
+    /// Run jobs in this process (its worker takes <see cref="GatewayOptions.MaxConcurrentJobs"/> at once). False: a
+    /// front door only, which queues, serves and cancels jobs that replicas with a worker run (they
+    /// share the store). Plugins are still loaded, to validate submissions and describe plugins.
+    /// </summary>
+    public bool RunWorker { get; set; } = true;
+
     /// <summary>How often WatchJob reads new events, and an idle worker looks for jobs (milliseconds).</summary>
     public int PollMilliseconds { get; set; } = 250;
 }

@@ -76,9 +76,18 @@ public sealed class JobWorker : BackgroundService
 
     private TimeSpan Poll => TimeSpan.FromMilliseconds(options.Jobs.PollMilliseconds);
 
-    protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
-        Task.WhenAll(Enumerable.Range(0, options.MaxConcurrentJobs).Select(_ => Task.Run(() => TakeLoopAsync(stoppingToken), CancellationToken.None))
-            .Append(Task.Run(() => HousekeepAsync(stoppingToken), CancellationToken.None)));
+    protected override Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        // Counting and retention run on every replica; taking jobs only where a worker is wanted.
+        var housekeeping = Task.Run(() => HousekeepAsync(stoppingToken), CancellationToken.None);
+        if (!options.Jobs.RunWorker)
+        {
+            logger.LogInformation("Gateway:Jobs:RunWorker is false: this gateway queues and serves jobs; replicas with a worker run them");
+            return housekeeping;
+        }
+        return Task.WhenAll(Enumerable.Range(0, options.MaxConcurrentJobs).Select(_ => Task.Run(() => TakeLoopAsync(stoppingToken), CancellationToken.None))
+            .Append(housekeeping));
+    }
 
     private async Task TakeLoopAsync(CancellationToken stopping)
     {
