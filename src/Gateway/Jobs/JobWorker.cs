@@ -50,6 +50,7 @@ public sealed class JobWorker : BackgroundService
     private readonly LocalRuns local;
     private long queued;
     private int running;
+    private IReadOnlyList<KeyUsage> usage = [];
 
     public JobWorker(IOptions<GatewayOptions> options, IPluginCatalog catalog, ModelRouter router, ArtifactStore artifacts, GatewayMetrics metrics,
         ILoggerFactory loggers, IJobQueue queue, IJobStore store, LocalRuns local)
@@ -67,6 +68,8 @@ public sealed class JobWorker : BackgroundService
         WorkerId = $"{Environment.MachineName}/{Environment.ProcessId}/{Guid.NewGuid().ToString("N")[..6]}";
         // Queued: over every worker (the store's count, refreshed every few seconds); running: this process's.
         metrics.ObserveJobs(() => (int)Math.Min(int.MaxValue, Volatile.Read(ref queued)), () => Volatile.Read(ref running));
+        // Per key, over every worker (the store's totals, refreshed with the counts): what #20's accounting exports.
+        metrics.ObserveKeyUsage(() => Volatile.Read(ref usage));
     }
 
     /// <summary>Recorded with each lease: the machine, process and this worker.</summary>
@@ -139,6 +142,7 @@ public sealed class JobWorker : BackgroundService
             try
             {
                 Volatile.Write(ref queued, (await store.CountAsync(stopping)).Queued);
+                usage = await store.UsageAsync(stopping);
                 if (DateTime.UtcNow - lastPrune > PruneEvery)
                 {
                     await PruneAsync(stopping);
@@ -222,7 +226,8 @@ public sealed class JobWorker : BackgroundService
         var log = loggers.CreateLogger($"InterpMesh.Plugins.{job.Plugin}");
         using var scope = log.BeginScope(new Dictionary<string, object> { ["JobId"] = job.Id });
         await using var reporter = new JobReporter(queue, lease, logger);
-        var context = new AnalysisContext(job.Id, new RoutedModelClient(pool, TimeSpan.FromSeconds(options.CallTimeoutSeconds)), artifacts,
+        var model = new MeteredModelClient(new RoutedModelClient(pool, TimeSpan.FromSeconds(options.CallTimeoutSeconds)));
+        var context = new AnalysisContext(job.Id, model, artifacts,
             new JobLogger(log, reporter), metrics.PluginMeter, reporter, linked.Token);
         using var parameters = JsonDocument.Parse(job.ParametersJson);
         var task = Task.Run(() => plugin.RunAsync(parameters.RootElement.Clone(), context), CancellationToken.None);
@@ -231,6 +236,7 @@ public sealed class JobWorker : BackgroundService
         var stopped = Task.Delay(Timeout.Infinite, linked.Token).ContinueWith(_ => Task.Delay(StopGrace), TaskScheduler.Default).Unwrap();
         await Task.WhenAny(task, stopped);
         await reporter.FlushAsync();
+        await RecordUsageAsync(lease, model.Used);
 
         bool cancelled = run.Token.IsCancellationRequested || keeper.Status == LeaseStatus.CancelRequested;
         if (keeper.Status == LeaseStatus.Lost)
@@ -284,6 +290,21 @@ public sealed class JobWorker : BackgroundService
             default:
                 logger.LogWarning(error, "Job {Job} of plugin {Plugin} failed", job.Id, job.Plugin);
                 return await EndAsync(lease, JobOutcome.Failed($"the plugin failed: {error?.GetType().Name}: {error?.Message}", "INTERNAL"));
+        }
+    }
+
+    /// <summary>Adds the run's model use to the job and its key's totals (kept even if the lease was lost: it was spent).</summary>
+    private async Task RecordUsageAsync(JobLease lease, JobUsage used)
+    {
+        if (used.ModelCalls == 0)
+            return;
+        try
+        {
+            await queue.RecordUsageAsync(lease, used, CancellationToken.None);
+        }
+        catch (Exception e) when (e is JobStoreException or System.Data.Common.DbException)
+        {
+            logger.LogWarning("Job {Job}: its usage was not recorded: {Message}", lease.Job.Id, e.Message);
         }
     }
 
