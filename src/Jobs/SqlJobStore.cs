@@ -158,6 +158,37 @@ public abstract class SqlJobStore : IJobStore, IJobQueue, IAsyncDisposable
         return stored;
     }
 
+    /// <summary>
+    /// Stores a job that already ended elsewhere (a record of an older gateway's per-pod files), with
+    /// its times, error and result, and one state event saying where it came from. Not a submission:
+    /// no quota is checked and nothing is queued. False, and nothing written, if a job with its id exists.
+    /// </summary>
+    public async Task<bool> ImportFinishedAsync(JobInfo job, string origin, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        RequireId(job.Id);
+        Validate(new NewJob(job.Owner, job.Plugin, job.Model, job.ParametersJson, job.TimeoutSeconds, job.TraceParent));
+        if (!job.IsFinal)
+            throw Invalid($"only a final job can be imported; '{job.Id}' is {JobStates.ToStored(job.State)}");
+        if (string.IsNullOrWhiteSpace(origin))
+            throw Invalid("an imported job needs its origin (it becomes the job's event)");
+        long finished = (job.Finished ?? job.Created).ToUnixTimeMilliseconds();
+        await using var write = await BeginWriteAsync(cancellationToken);
+        if (await ScalarAsync(write, "SELECT id FROM jobs WHERE id = @id", cancellationToken, ("id", job.Id)) is string)
+            return false;
+        await ExecuteAsync(write, "INSERT INTO job_owners (owner, last_take) VALUES (@o, 0) ON CONFLICT (owner) DO NOTHING", cancellationToken, ("o", job.Owner));
+        await ExecuteAsync(write,
+            "INSERT INTO jobs (id, owner, plugin, model, parameters_json, timeout_seconds, trace_parent, state, created_ms, started_ms, finished_ms, progress, message, error, error_code, result_json, attempts) " +
+            "VALUES (@id, @owner, @plugin, @model, @parameters, @timeout, @trace, @state, @created, @started, @finished, @progress, @message, @error, @code, @result, @attempts)", cancellationToken,
+            ("id", job.Id), ("owner", job.Owner), ("plugin", job.Plugin), ("model", job.Model), ("parameters", job.ParametersJson), ("timeout", job.TimeoutSeconds),
+            ("trace", job.TraceParent ?? ""), ("state", JobStates.ToStored(job.State)), ("created", job.Created.ToUnixTimeMilliseconds()),
+            ("started", job.Started?.ToUnixTimeMilliseconds()), ("finished", finished), ("progress", job.Progress), ("message", job.Message ?? ""),
+            ("error", job.Error ?? ""), ("code", job.ErrorCode ?? ""), ("result", job.ResultJson), ("attempts", job.Attempts));
+        await AppendEventAsync(write, job.Id, JobEventKind.State, job.State, job.Progress, origin, finished, cancellationToken);
+        await write.CommitAsync(cancellationToken);
+        return true;
+    }
+
     public async Task<JobInfo> GetAsync(string id, JobCaller caller, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(caller);

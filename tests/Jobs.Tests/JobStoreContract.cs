@@ -625,6 +625,32 @@ public abstract class JobStoreContract
     }
 
     [Fact]
+    public async Task A_finished_job_from_elsewhere_is_imported_once_with_its_result_and_never_queued()
+    {
+        var clock = new ManualClock();
+        await using var store = await NewStoreAsync(clock);
+        var created = clock.GetUtcNow().AddHours(-2);
+        var old = new JobInfo
+        {
+            Id = "job-0123456789abcdef", Owner = "alice", Plugin = "probing", Model = "tiny", ParametersJson = """{"layer":1}""",
+            State = JobState.Succeeded, Created = created, Started = created.AddSeconds(1), Finished = created.AddSeconds(9),
+            Progress = 1, Message = "done", ResultJson = """{"summaryJson":"{}"}""", Attempts = 1,
+        };
+        Assert.True(await store.ImportFinishedAsync(old, "imported from the gateway's job files"));
+        Assert.False(await store.ImportFinishedAsync(old with { ResultJson = "{}" }, "again"));
+        var stored = await store.GetAsync(old.Id, Alice);
+        Assert.Equal((JobState.Succeeded, """{"summaryJson":"{}"}""", created.AddSeconds(9).ToUnixTimeMilliseconds()),
+            (stored.State, stored.ResultJson, stored.Finished!.Value.ToUnixTimeMilliseconds()));
+        Assert.Equal("imported from the gateway's job files", (await store.ReadEventsAsync(old.Id, Alice, 0)).Single().Message);
+        Assert.Null(await store.TakeAsync("w", Lease));
+        Assert.Equal(old.Id, (await store.ListAsync(new JobListQuery(Alice))).Jobs.Single().Id);
+
+        var e = await Refused(JobStoreError.InvalidArgument, () => store.ImportFinishedAsync(old with { Id = "job-1", State = JobState.Running }, "x"));
+        Assert.Contains("only a final job can be imported", e.Message, StringComparison.Ordinal);
+        await Refused(JobStoreError.InvalidArgument, () => store.ImportFinishedAsync(old with { Id = "job-2", Owner = "" }, "x"));
+    }
+
+    [Fact]
     public async Task A_cancelled_job_whose_worker_vanished_ends_cancelled_not_requeued()
     {
         var clock = new ManualClock();
