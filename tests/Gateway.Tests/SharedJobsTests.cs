@@ -254,3 +254,57 @@ public sealed class JobStoreConfigurationTests
         }
     }
 }
+
+/// <summary>The per-pod job files of gateways before the shared store are imported into it once, at start.</summary>
+[Collection("gateways")]
+public sealed class LegacyJobFilesTests
+{
+    [Fact]
+    public async Task Old_job_files_are_imported_once_with_their_results_and_unfinished_ones_say_to_submit_again()
+    {
+        string data = TempFolders.Create("interpmesh-gw-legacy-");
+        string jobs = Path.Combine(data, "jobs");
+        Directory.CreateDirectory(jobs);
+        var formatter = new Google.Protobuf.JsonFormatter(Google.Protobuf.JsonFormatter.Settings.Default.WithFormatDefaultValues(false));
+        var created = Google.Protobuf.WellKnownTypes.Timestamp.FromDateTime(DateTime.UtcNow.AddDays(-1));
+        var done = new Job
+        {
+            Id = "job-00000000000000d0", Plugin = "slow", Model = "tiny", State = JobState.Succeeded, Owner = "alice", ParametersJson = """{"steps":1}""",
+            Created = created, Started = created, Finished = created, Progress = 1, Message = "done",
+            Result = new AnalysisResult { SummaryJson = """{"steps":1}""", Figures = { new Figure { Name = "f", MediaType = "image/png", Content = Google.Protobuf.ByteString.CopyFrom(1, 2, 3) } } },
+        };
+        var running = new Job { Id = "job-00000000000000e0", Plugin = "slow", Model = "tiny", State = JobState.Running, Owner = "alice", ParametersJson = "{}", Created = created, Started = created };
+        File.WriteAllText(Path.Combine(jobs, done.Id + ".json"), formatter.Format(done));
+        File.WriteAllText(Path.Combine(jobs, running.Id + ".json"), formatter.Format(running));
+        File.WriteAllText(Path.Combine(jobs, "job-broken.json"), "{ not json");
+        WebApplication? gateway = null;
+        try
+        {
+            for (int start = 0; start < 2; start++)
+            {
+                (gateway, var address) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], data, data);
+                using var channel = Mesh.Channel(address);
+                var client = new AnalysisService.AnalysisServiceClient(channel);
+                var imported = await client.GetJobAsync(new GetJobRequest { Id = done.Id }, Mesh.As(Mesh.AliceKey));
+                Assert.Equal((JobState.Succeeded, """{"steps":1}"""), (imported.State, imported.Result.SummaryJson));
+                Assert.Equal([1, 2, 3], imported.Result.Figures.Single().Content.ToByteArray());
+                // The store keeps times to the millisecond.
+                Assert.Equal(created.ToDateTimeOffset().ToUnixTimeMilliseconds(), imported.Finished.ToDateTimeOffset().ToUnixTimeMilliseconds());
+                var unfinished = await client.GetJobAsync(new GetJobRequest { Id = running.Id }, Mesh.As(Mesh.AliceKey));
+                Assert.Equal((JobState.Failed, "UNAVAILABLE"), (unfinished.State, unfinished.ErrorCode));
+                Assert.Contains("submit it again", unfinished.Error, StringComparison.Ordinal);
+                // Once: a second start finds the files moved and the store unchanged; the unreadable file stays.
+                Assert.Equal(2, (await client.ListJobsAsync(new ListJobsRequest(), Mesh.As(Mesh.AdminKey))).Jobs.Count);
+                Assert.Equal(["job-broken.json"], Directory.GetFiles(jobs, "job-*.json").Select(Path.GetFileName));
+                Assert.Equal(2, Directory.GetFiles(Path.Combine(jobs, "imported"), "job-*.json").Length);
+                await Mesh.StopAsync(gateway);
+                gateway = null;
+            }
+        }
+        finally
+        {
+            await Mesh.StopAsync(gateway);
+            TempFolders.Delete(data);
+        }
+    }
+}

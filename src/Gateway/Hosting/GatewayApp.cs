@@ -96,10 +96,11 @@ public static class GatewayApp
                 : $"the PostgreSQL job store of Gateway:Jobs:ConnectionString (or {JobsOptions.ConnectionStringVariable})";
             throw new InvalidOperationException($"cannot open {where}: {e.Message}", e);
         }
+        // Records of gateways before the shared store (one JSON file per job) move into it once.
         string folder = options.JobsPath;
-        int legacy = Directory.Exists(options.JobsPath) ? Directory.EnumerateFiles(options.JobsPath, "job-*.json").Count() : 0;
-        if (legacy > 0)
-            logger.LogWarning("{Count} job records of an older gateway (one JSON file per job) are in {Folder}; they are no longer served. See docs/gateway.md, \"Moving from the per-pod job files\"", legacy, folder);
+        int imported = LegacyJobFiles.ImportAsync(store, folder, logger).GetAwaiter().GetResult();
+        if (imported > 0)
+            logger.LogWarning("Imported {Count} job records of an older gateway from {Folder} into the job store (the files are in {Imported})", imported, folder, LegacyJobFiles.ImportedFolder);
         string kept = string.IsNullOrWhiteSpace(connection) ? embedded : "PostgreSQL (Gateway:Jobs:ConnectionString)";
         if (logger.IsEnabled(LogLevel.Information))
             logger.LogInformation("Jobs are kept in {Store}", kept);
