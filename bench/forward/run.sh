@@ -23,8 +23,8 @@ case "$blas" in
   *openblas-openmp*) ;;
   *) echo "error: PyTorch is using '$blas', not the OpenMP build of OpenBLAS (the pthread build oversubscribes the cores and halves its speed); apt-get install libopenblas0-openmp and apt-get remove libopenblas0-pthread" >&2; exit 1;;
 esac
-dotnet build -c Release src/Cli -v q -nologo >/dev/null
-im="src/Cli/bin/Release/net10.0/linux-x64/interpmesh"
+dotnet build -c Release bench/InterpMesh.Bench -v q -nologo >/dev/null
+im="bench/InterpMesh.Bench/bin/Release/net10.0/linux-x64/interpmesh-bench"
 py=(/usr/bin/python3 bench/forward/pytorch_forward.py)
 
 # Same allocator settings for both sides (see TORCHSHARP.md: fewer page faults on both).
@@ -34,7 +34,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 field() { /usr/bin/python3 -c "import json,sys; print(json.loads(sys.stdin.readline())['$1'])"; }
 
 # One measurement each: tokens/s of InterpMesh (default MKL dispatch, or MKL's vendor choice) or PyTorch.
-im_run() { $im bench forward --preset gpt2-small --threads "$threads" --warmup $warmup --iters $iters $1 --json | field tokens_per_s; }
+im_run() { $im forward --preset gpt2-small --threads "$threads" --warmup $warmup --iters $iters $1 --json | field tokens_per_s; }
 im_vendor_run() { (export INTERPMESH_MKL_CPU_DISPATCH=vendor; im_run "$1"); }
 py_run() { "${py[@]}" --threads "$threads" --warmup $warmup --iters $iters $1 | field tokens_per_s; }
 
@@ -59,7 +59,7 @@ run_self() { row "$1" im_run "$2" im_run "$3"; }
 # MKL's own vendor-based choice (B, INTERPMESH_MKL_CPU_DISPATCH=vendor).
 run_dispatch() { row "$1" im_run "$2" im_vendor_run "$2"; }
 
-echo "MKL CPU dispatch: $($im bench forward --preset gpt2-small --threads 1 --batch 1 --seq 8 --warmup 0 --iters 1 --json | field mkl_cpu_dispatch); CPU: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
+echo "MKL CPU dispatch: $($im forward --preset gpt2-small --threads 1 --batch 1 --seq 8 --warmup 0 --iters 1 --json | field mkl_cpu_dispatch); CPU: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 echo "threads $threads, rounds $rounds × $iters iterations (median), $(nproc) cores, $(date -u +%F)"
 echo
 echo "| configuration (GPT-2 small, float32) | InterpMesh tok/s | PyTorch tok/s | ratio |"

@@ -1,4 +1,4 @@
-"""Reference for `interpmesh bench sae`: the same TopK SAE training step in PyTorch eager.
+"""Reference for `interpmesh-bench sae`: the same TopK SAE training step in PyTorch eager.
 
 Same shapes and algorithm as the SAE plugin's trainer (encoder/decoder, TopK, MSE / Var(x), AuxK
 on dead latents, Adam with the same schedule, decoder rows renormalised every step), on synthetic

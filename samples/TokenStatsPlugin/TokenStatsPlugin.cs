@@ -80,9 +80,9 @@ public sealed class TokenStatsPlugin() : AnalysisPlugin<TokenStatsParameters>(
         return new PluginResult
         {
             Summary = new JsonObject { ["model"] = info.Architecture, ["texts"] = texts.Count, ["tokens"] = tokens, ["largest"] = order[top] },
-            Tables = [new ResultTable("norms", ["hook", "mean_norm"], [.. order.Select((name, k) => (IReadOnlyList<JsonNode?>)[name, means[k]])])],
+            Tables = [new ResultTable { Name = "norms", Columns = ["hook", "mean_norm"], Rows = [.. order.Select((name, k) => (IReadOnlyList<JsonNode?>)[name, means[k]])] }],
             Artifacts = artifacts,
-            Figures = [new ResultFigure("norms", "image/svg+xml", Encoding.UTF8.GetBytes(Figures.Bars("Mean L2 norm per hook", "mean L2 norm", [.. order.Select((name, k) => (name, means[k]))])), "Mean L2 norm per hook")],
+            Figures = [new ResultFigure { Name = "norms", MediaType = "image/svg+xml", Content = Encoding.UTF8.GetBytes(Figures.Bars("Mean L2 norm per hook", "mean L2 norm", [.. order.Select((name, k) => (name, means[k]))])), Caption = "Mean L2 norm per hook" }],
         };
     }
 }

@@ -8,9 +8,34 @@ public sealed partial class MeshClient
 {
     private const int UploadChunkBytes = 1 << 20;
 
-    /// <summary>Artifacts whose names start with <paramref name="prefix"/>.</summary>
-    public async Task<ListArtifactsResponse> ListArtifactsAsync(string? prefix = null, CancellationToken cancellationToken = default) =>
-        await ArtifactService.ListArtifactsAsync(new ListArtifactsRequest { Prefix = prefix ?? "" }, cancellationToken: cancellationToken).ConfigureAwait(false);
+    /// <summary>Every artifact whose name starts with <paramref name="prefix"/>, by name: the gateway's pages, followed to the last.</summary>
+    public async Task<ListArtifactsResponse> ListArtifactsAsync(string? prefix = null, CancellationToken cancellationToken = default)
+    {
+        var all = new ListArtifactsResponse();
+        await foreach (var artifact in EnumerateArtifactsAsync(prefix, cancellationToken).ConfigureAwait(false))
+            all.Artifacts.Add(artifact);
+        return all;
+    }
+
+    /// <summary>
+    /// Artifacts whose name starts with <paramref name="prefix"/>, by name, fetched a page at a time
+    /// (the gateway's default page size) as the caller reads them.
+    /// </summary>
+    public async IAsyncEnumerable<ArtifactInfo> EnumerateArtifactsAsync(string? prefix = null, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        var request = new ListArtifactsRequest { Prefix = prefix ?? "" };
+        do
+        {
+            var page = await ArtifactService.ListArtifactsAsync(request, cancellationToken: cancellationToken).ConfigureAwait(false);
+            foreach (var artifact in page.Artifacts)
+                yield return artifact;
+            // A token that does not move on would loop forever: a broken server, said plainly.
+            if (page.NextPageToken.Length > 0 && (page.NextPageToken == request.PageToken || page.Artifacts.Count == 0))
+                throw new InvalidDataException("the gateway returned a next_page_token that does not advance the artifact listing");
+            request.PageToken = page.NextPageToken;
+        }
+        while (request.PageToken.Length > 0);
+    }
 
     /// <summary>
     /// Downloads an artifact's files into <paramref name="directory"/> (created if needed); returns its

@@ -62,6 +62,36 @@ public static class LocalHosts
         return app;
     }
 
+    /// <summary>
+    /// The settings of a gateway in front of <paramref name="models"/> (name → model-service address;
+    /// the first is the default) with the plugins in <paramref name="pluginsPath"/>, its jobs and
+    /// artifacts under <paramref name="dataDir"/>, no rate limit, and auth only when
+    /// <paramref name="key"/> is given (that key gets the admin role). Callers add or override the rest.
+    /// </summary>
+    public static Dictionary<string, string?> GatewaySettings(IReadOnlyDictionary<string, string> models, string pluginsPath, string dataDir, string? key = null)
+    {
+        ArgumentNullException.ThrowIfNull(models);
+        var settings = new Dictionary<string, string?>
+        {
+            ["Gateway:PluginsPath"] = pluginsPath,
+            ["Gateway:ArtifactsPath"] = Path.Combine(dataDir, "artifacts"),
+            ["Gateway:JobsPath"] = Path.Combine(dataDir, "jobs"),
+            ["Gateway:Auth:Enabled"] = key is null ? "false" : "true",
+            ["Gateway:RateLimit:RequestsPerSecond"] = "0",
+        };
+        foreach (var (name, address) in models)
+            settings[$"Gateway:Models:{name}:Endpoints:0"] = address;
+        if (models.Count > 0)
+            settings["Gateway:DefaultModel"] = models.Keys.First();
+        if (key is not null)
+        {
+            settings["Gateway:Auth:Keys:0:Name"] = "local";
+            settings["Gateway:Auth:Keys:0:Sha256"] = KeyHash(key);
+            settings["Gateway:Auth:Keys:0:Roles:0"] = "admin";
+        }
+        return settings;
+    }
+
     /// <summary>The gRPC address a started host listens on (not its metrics endpoint on <paramref name="metricsPort"/>).</summary>
     public static string GrpcAddress(WebApplication app, int? metricsPort = null) =>
         app.Urls.First(u => metricsPort is null || !u.EndsWith($":{metricsPort}", StringComparison.Ordinal));

@@ -8,17 +8,16 @@ namespace InterpMesh.Cli.Tests;
 /// <summary>Runs <c>interpmesh demo</c> once (its default configuration), as a newcomer would.</summary>
 public sealed class DemoRun : IDisposable
 {
-    public string Folder { get; } = Path.Combine(Path.GetTempPath(), "interpmesh-demo-test-" + Guid.NewGuid().ToString("N"));
+    public string Folder { get; } = TempFolders.Create("interpmesh-demo-test-");
     public string ReportPath => Path.Combine(Folder, "out", "report.html");
     internal CliRunner.Result Result { get; }
 
     public DemoRun()
     {
-        Directory.CreateDirectory(Folder);
         Result = CliRunner.Run("demo", "--report", ReportPath, "--json");
     }
 
-    public void Dispose() => Directory.Delete(Folder, recursive: true);
+    public void Dispose() => TempFolders.Delete(Folder);
 }
 
 /// <summary>

@@ -187,33 +187,6 @@ public sealed class LocalModeTests
         Assert.Equal(loss, double.Parse(lossLine["mean next-token loss: ".Length..], System.Globalization.CultureInfo.InvariantCulture), 4);
     }
 
-    [Fact]
-    public void Bench_forward_reports_throughput_as_json()
-    {
-        var r = CliRunner.Run("bench", "forward", "--preset", "gpt2-tiny", "--batch", "2", "--seq", "16", "--iters", "2", "--warmup", "1", "--capture", "blocks.*.hook_resid_post", "--json");
-        Assert.True(r.ExitCode == 0, r.Stderr);
-        Assert.True(r.Json.GetProperty("tokens_per_s").GetDouble() > 0);
-        Assert.Equal(2L * 2 * 16 * 64 * 4, r.Json.GetProperty("captured_bytes_per_iter").GetInt64());
-    }
-
-    [Fact]
-    public void Bench_serving_runs_every_measure_and_reports_json()
-    {
-        // A smoke run with tiny settings: every measure completes and reports (no timing is asserted).
-        var r = CliRunner.Run("bench", "serving", "--model", StoriesBin, "--iters", "5", "--long-tokens", "24", "--gen-tokens", "4",
-            "--clients", "2", "--rounds", "1", "--stall-capture", "blocks.0.*", "--threads", "1", "--json");
-        Assert.True(r.ExitCode == 0, r.Stderr);
-        var j = r.Json;
-        foreach (var key in new[] { "run_idle_p50_ms", "run_during_generate_ratio", "run_during_stall_ratio", "generate_1_client_tokens_per_s",
-            "generate_2_clients_tokens_per_s", "generate_clients_ratio", "engine_generate_ratio" })
-            Assert.True(j.GetProperty(key).GetDouble() > 0, key);
-        Assert.Equal(2, j.GetProperty("clients").GetInt32());
-
-        var bad = CliRunner.Run("bench", "serving", "--only", "idle,nothing", "--json");
-        Assert.Equal(2, bad.ExitCode);
-        Assert.Contains("--only takes", bad.Stderr);
-    }
-
     [Theory]
     [InlineData("unknown option", 2, "info", "--model", "M", "--jsn")]
     [InlineData("--max-new-tokens is required", 2, "generate", "--model", "M", "--prompt-ids", "1")]
@@ -227,7 +200,6 @@ public sealed class LocalModeTests
     [InlineData("unknown command 'genrate'", 2, "genrate")]
     [InlineData("top-p must be in (0, 1]", 1, "generate", "--model", "M", "--prompt-ids", "1", "--max-new-tokens", "3", "--temperature", "1", "--top-p", "1.5")]
     [InlineData("no tokenizer", 1, "generate", "--model", "HF", "--prompt", "hi", "--max-new-tokens", "3")]
-    [InlineData("unknown preset 'gpt5'", 1, "bench", "forward", "--preset", "gpt5")]
     [InlineData("CUDA is not available", 1, "info", "--model", "M", "--device", "cuda:0")]
     [InlineData("is not valid; use cpu, cuda or cuda:N", 1, "info", "--model", "M", "--device", "tpu")]
     public void Bad_input_fails_with_a_clear_message_and_exit_code(string message, int exitCode, params string[] args)
@@ -243,7 +215,7 @@ public sealed class LocalModeTests
     [Fact]
     public void Train_toy_writes_a_loadable_model_with_its_card()
     {
-        string dir = Path.Combine(Path.GetTempPath(), "interpmesh-cli-toy-" + Guid.NewGuid().ToString("N"));
+        string dir = TempFolders.Create("interpmesh-cli-toy-");
         try
         {
             var r = CliRunner.Run("train-toy", "concepts", "--out", dir, "--steps", "30", "--batch", "8", "--seed", "3", "--json");
@@ -262,8 +234,7 @@ public sealed class LocalModeTests
         }
         finally
         {
-            if (Directory.Exists(dir))
-                Directory.Delete(dir, recursive: true);
+            TempFolders.Delete(dir);
         }
     }
 

@@ -7,18 +7,20 @@ namespace InterpMesh.Cli.Tests;
 public sealed class AnalysisMesh : IAsyncLifetime
 {
     private WebApplication? service, gateway;
+    private readonly string data = TempFolders.Create("interpmesh-cli-");
 
     public string Gateway { get; private set; } = "";
 
     public async Task InitializeAsync()
     {
         (service, var address) = await Mesh.StartModelServiceAsync(RepoPaths.Models("concepts"));
-        (gateway, Gateway) = await Mesh.StartGatewayAsync([address], Path.Combine(RepoPaths.Root, "plugins"), Path.Combine(Path.GetTempPath(), "interpmesh-cli-" + Guid.NewGuid().ToString("N")));
+        (gateway, Gateway) = await Mesh.StartGatewayAsync([address], Path.Combine(RepoPaths.Root, "plugins"), data);
     }
 
     public async Task DisposeAsync()
     {
         await Mesh.StopAsync(gateway, service);
+        TempFolders.Delete(data);
     }
 }
 
@@ -59,7 +61,7 @@ public sealed class RemoteAnalysesTests(AnalysisMesh mesh) : IClassFixture<Analy
 
         var list = CliRunner.Run(Remote("artifacts", "list", "--prefix", "probes/cli/", "--json"));
         Assert.Equal("probes/cli/blocks.1.hook_resid_post", list.Json.GetProperty("artifacts")[0].GetProperty("name").GetString());
-        string dir = Path.Combine(Path.GetTempPath(), "cli-art-" + Guid.NewGuid().ToString("N"));
+        string dir = TempFolders.Create("interpmesh-cli-art-");
         Assert.Equal(0, CliRunner.Run(Remote("artifacts", "get", "probes/cli/blocks.1.hook_resid_post", "--out", dir)).ExitCode);
         Assert.True(File.Exists(Path.Combine(dir, "tensors.safetensors")));
         // Round trip: upload the folder under a new name, then remove it.
@@ -73,7 +75,7 @@ public sealed class RemoteAnalysesTests(AnalysisMesh mesh) : IClassFixture<Analy
     [Fact]
     public void Run_with_report_writes_the_job_as_one_html_file()
     {
-        string path = Path.Combine(Path.GetTempPath(), "cli-report-" + Guid.NewGuid().ToString("N"), "probe.html");
+        string path = Path.Combine(TempFolders.Create("interpmesh-cli-report-"), "probe.html");
         var run = CliRunner.Run(Remote("run", "probing", "--params-json", Rows(), "--report", path));
         Assert.True(run.ExitCode == 0, run.Stderr + run.Stdout);
         Assert.Contains($"report: {path}", run.Stdout, StringComparison.Ordinal);
@@ -86,8 +88,7 @@ public sealed class RemoteAnalysesTests(AnalysisMesh mesh) : IClassFixture<Analy
     [Fact]
     public void Settings_come_from_the_command_line_then_the_environment_then_the_config_file()
     {
-        string dir = Path.Combine(Path.GetTempPath(), "cli-config-" + Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(dir);
+        string dir = TempFolders.Create("interpmesh-cli-config-");
         string config = Path.Combine(dir, "config.json");
         File.WriteAllText(config, JsonSerializer.Serialize(new { server = mesh.Gateway, apiKey = Mesh.AliceKey }));
         var fromFile = CliRunner.RunProcess(new Dictionary<string, string> { ["INTERPMESH_CONFIG"] = config }, "plugins");
@@ -165,7 +166,7 @@ public sealed class UpProcessTests
     public async Task Up_serves_the_gateway_with_the_built_in_plugins_and_stops_cleanly_on_ctrl_c()
     {
         int gatewayPort = Ports.Free(), modelPort = Ports.Free();
-        string data = Path.Combine(Path.GetTempPath(), "interpmesh-up-" + Guid.NewGuid().ToString("N"));
+        string data = TempFolders.Create("interpmesh-up-");
         var psi = new System.Diagnostics.ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, "interpmesh"),
             ["up", "--grpc-port", gatewayPort.ToString(), "--model-port", modelPort.ToString(), "--data", data])
         { RedirectStandardOutput = true, RedirectStandardError = true };
@@ -200,6 +201,7 @@ public sealed class UpProcessTests
         {
             if (!process.HasExited)
                 process.Kill(entireProcessTree: true);
+            TempFolders.Delete(data);
         }
     }
 }

@@ -115,7 +115,12 @@ public sealed class ForwardingTests
     public async Task A_method_the_gateway_has_no_code_for_is_forwarded_by_prefix_with_headers_and_trailers_but_not_the_key()
     {
         await using var replica = await EchoReplica.StartAsync();
-        var (gateway, address) = await Mesh.StartGatewayAsync([replica.Address], TempDir(), TempDir());
+        // Methods the gateway was not compiled with declare no role: configuration grants them one (#20).
+        var (gateway, address) = await Mesh.StartGatewayAsync([replica.Address], TempDir(), TempDir(), new()
+        {
+            ["Gateway:Authorization:Roles:interpmesh.v1.ModelService/FutureRpc"] = "read",
+            ["Gateway:Authorization:Roles:/interpmesh.v1.ModelService/FutureStream"] = "analyze",
+        });
         try
         {
             using var counter = new ByteCounter(gateway);
@@ -150,6 +155,44 @@ public sealed class ForwardingTests
                 Assert.False(h.ContainsKey("authorization"));
                 Assert.Equal("application/grpc", h.ContentType);
             });
+        }
+        finally
+        {
+            await Mesh.StopAsync(gateway);
+        }
+    }
+
+    [Fact]
+    public async Task A_method_the_gateway_has_no_code_for_and_no_configured_role_is_refused_without_reaching_a_replica()
+    {
+        await using var replica = await EchoReplica.StartAsync();
+        var (gateway, address) = await Mesh.StartGatewayAsync([replica.Address], TempDir(), TempDir(), new()
+        {
+            ["Gateway:Authorization:Roles:interpmesh.v1.ModelService/FutureStream"] = "analyze",
+        });
+        try
+        {
+            using var channel = Mesh.Channel(address);
+            var invoker = channel.CreateCallInvoker();
+            var future = new Method<byte[], byte[]>(MethodType.Unary, "interpmesh.v1.ModelService", "FutureRpc", Raw, Raw);
+            foreach (var key in new[] { Mesh.AdminKey, Mesh.AliceKey, Mesh.ReaderKey })
+            {
+                var denied = await Assert.ThrowsAsync<RpcException>(() => invoker.AsyncUnaryCall(future, null, Mesh.As(key), [1, 2, 3, 4]).ResponseAsync);
+                Assert.Equal(StatusCode.PermissionDenied, denied.StatusCode);
+                Assert.Equal("/interpmesh.v1.ModelService/FutureRpc declares no role, so this gateway refuses it; an administrator can grant one with "
+                    + "Gateway:Authorization:Roles:interpmesh.v1.ModelService/FutureRpc=read|analyze|admin", denied.Status.Detail);
+            }
+            // A configured one needs the role configured: a read key may not, an analyze key may.
+            var stream = new Method<byte[], byte[]>(MethodType.Unary, "interpmesh.v1.ModelService", "FutureStream", Raw, Raw);
+            var weak = await Assert.ThrowsAsync<RpcException>(() => invoker.AsyncUnaryCall(stream, null, Mesh.As(Mesh.ReaderKey), [1, 2]).ResponseAsync);
+            Assert.Equal(StatusCode.PermissionDenied, weak.StatusCode);
+            Assert.Contains("lacks the 'analyze' role", weak.Status.Detail, StringComparison.Ordinal);
+            Assert.Empty(replica.Seen);
+            Assert.Equal([2, 1], await invoker.AsyncUnaryCall(stream, null, Mesh.As(Mesh.AliceKey), [1, 2]).ResponseAsync);
+            Assert.Single(replica.Seen);
+            // A declared method is forwarded as before (the echo answers an empty message with an empty one).
+            Assert.Equal(new ModelInfo(), await new Contracts.V1.ModelService.ModelServiceClient(channel).GetModelInfoAsync(new GetModelInfoRequest(), Mesh.As(Mesh.ReaderKey)));
+            Assert.Equal(2, replica.Seen.Count);
         }
         finally
         {
@@ -384,7 +427,12 @@ public sealed class ForwardingTests
     public async Task Bad_request_bodies_and_headers_get_a_grpc_status_saying_why(string path, byte[] body, string? timeout, StatusCode expected, string message)
     {
         var (service, serviceAddress) = await Mesh.StartModelServiceAsync(RepoPaths.Models("stories260K/stories260K.bin"));
-        var (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], TempDir(), TempDir(), new() { ["Gateway:MaxRequestBytes"] = "1024" });
+        // NoSuchRpc is granted a role so that it reaches the replica, whose own answer is the case (#20: without one it is refused here).
+        var (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], TempDir(), TempDir(), new()
+        {
+            ["Gateway:MaxRequestBytes"] = "1024",
+            ["Gateway:Authorization:Roles:interpmesh.v1.ModelService/NoSuchRpc"] = "read",
+        });
         try
         {
             var (http, status, detail, pushback) = await PostAsync(address, path, body, timeout: timeout);

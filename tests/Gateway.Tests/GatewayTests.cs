@@ -48,7 +48,7 @@ public sealed class GatewayTests(MeshFixture mesh) : IClassFixture<MeshFixture>
         var byId = list.Plugins.ToDictionary(p => p.Id);
         foreach (var ok in new[] { "token-stats", "slow", "throws", "hangs" })
             Assert.True(byId[ok].Loaded, $"{ok}: {byId[ok].Error}");
-        Assert.Contains("targets SDK 2.0", byId["future-sdk"].Error, StringComparison.Ordinal);
+        Assert.Contains("targets SDK 3.0", byId["future-sdk"].Error, StringComparison.Ordinal);
         Assert.Contains("missing licence file", byId["throws-on-load"].Error, StringComparison.Ordinal);
         Assert.Contains("BadImageFormat", byId["broken-dll"].Error, StringComparison.Ordinal);
         Assert.Contains("plugin.json is missing", byId["no-manifest"].Error, StringComparison.Ordinal);

@@ -22,9 +22,9 @@ public static class PluginBuilds
         string work = TempFolders.Create("interpmesh-plugins-");
         feed = Path.Combine(work, "feed");
         // A version of its own, so a package cached by an earlier run is never used instead.
-        version = $"1.0.0-test.{DateTime.UtcNow:yyyyMMddHHmmss}.{Environment.ProcessId}";
+        version = $"2.0.0-test.{DateTime.UtcNow:yyyyMMddHHmmss}.{Environment.ProcessId}";
         foreach (var project in new[] { "src/Contracts", "src/Plugins/Abstractions" })
-            await Dotnet("pack", Path.Combine(RepoPaths.Root, project), "-c", "Release", "-o", feed, $"-p:Version={version}", "-p:IsPackable=true", "--nologo");
+            await Pack(project);
         string tokenStats = Path.Combine(work, "token-stats");
         string misbehaving = Path.Combine(work, "misbehaving");
         foreach (var (project, output) in new[] { ("samples/TokenStatsPlugin", tokenStats), ("tests/plugins/Misbehaving", misbehaving) })
@@ -50,11 +50,21 @@ public static class PluginBuilds
         await OutputsAsync();
         // The testing package and what it brings: the runtime, the engine and the wire mapping.
         foreach (var project in new[] { "src/ModelService/Runtime", "src/ModelService/Engine", "src/ModelService/Wire", "src/Plugins/Testing" })
-            await Dotnet("pack", Path.Combine(RepoPaths.Root, project), "-c", "Release", "-o", feed, $"-p:Version={version}", "-p:IsPackable=true", "--nologo");
+            await Pack(project);
         return await Dotnet(new Dictionary<string, string> { ["TOKENSTATS_MODEL"] = RepoPaths.Models("stories260K/stories260K.bin") },
             "test", Path.Combine(RepoPaths.Root, "samples/TokenStatsPlugin.Tests"), "-o", Path.Combine(Path.GetDirectoryName(feed)!, "token-stats-tests"),
             $"-p:InterpMeshSdkVersion={version}", $"-p:RestoreAdditionalProjectSources={feed}", "--nologo");
     }
+
+    /// <summary>
+    /// Packs a project at the test version. It builds in a tree of its own (the artifacts layout
+    /// under the work folder): built in place, the recompiled DLLs would be written through the
+    /// hard links the repository's outputs share (Directory.Build.props), changing assemblies this
+    /// test process has already loaded (seen as BadImageFormatException in a mesh started after).
+    /// </summary>
+    private static Task<string> Pack(string project) =>
+        Dotnet("pack", Path.Combine(RepoPaths.Root, project), "-c", "Release", "-o", feed, $"-p:Version={version}", "-p:IsPackable=true",
+            "-p:UseArtifactsOutput=true", $"-p:ArtifactsPath={Path.Combine(Path.GetDirectoryName(feed)!, "artifacts")}", "--nologo");
 
     private static Task<string> Dotnet(params string[] args) => Dotnet(new Dictionary<string, string>(), args);
 

@@ -111,12 +111,7 @@ public sealed class SecurityTests(SecureMeshFixture mesh) : IClassFixture<Secure
         }, m.Service.FullName, m.Name, Raw, Raw);
 
     /// <summary>Every service the contracts define, from the generated code.</summary>
-    private static IReadOnlyList<ServiceDescriptor> ContractServices() =>
-        [.. typeof(RunRequest).Assembly.GetTypes()
-            .Select(t => t.GetProperty("Descriptor", BindingFlags.Public | BindingFlags.Static))
-            .Where(p => p?.PropertyType == typeof(ServiceDescriptor))
-            .Select(p => (ServiceDescriptor)p!.GetValue(null)!)
-            .OrderBy(s => s.FullName, StringComparer.Ordinal)];
+    private static IReadOnlyList<ServiceDescriptor> ContractServices() => AuthorizationTests.ContractServices();
 
     [Fact]
     public void The_gateway_serves_every_contract_service_and_only_health_and_reflection_besides()
@@ -129,6 +124,22 @@ public sealed class SecurityTests(SecureMeshFixture mesh) : IClassFixture<Secure
         var servedNames = ServedMethods().Select(m => m.FullName).ToHashSet(StringComparer.Ordinal);
         foreach (var method in ContractServices().SelectMany(s => s.Methods))
             Assert.Contains($"/{method.Service.FullName}/{method.Name}", servedNames);
+    }
+
+    /// <summary>Issue #20: what the gateway serves is what the role table covers; a method it forwards without a declared role has none.</summary>
+    [Fact]
+    public void Every_rpc_the_gateway_serves_needs_the_role_the_table_expects_and_an_undeclared_one_none()
+    {
+        var roles = mesh.GatewayServices.GetRequiredService<Security.RpcRoles>();
+        var guarded = ServedMethods().Where(m => !OpenServices.Contains(m.ServiceName)).ToList();
+        Assert.Equal(AuthorizationTests.Expected.Count + 1, guarded.Count);
+        foreach (var method in guarded)
+        {
+            if (method.Name == "NotYetAnRpc")
+                Assert.Null(roles.For(method.FullName));
+            else
+                Assert.Equal(AuthorizationTests.Expected[method.FullName], roles.For(method.FullName));
+        }
     }
 
     public static TheoryData<string> KeyCases() => ["none", "wrong", "not-bearer", "empty-bearer"];

@@ -108,7 +108,7 @@ public sealed partial class PostgresCluster : IAsyncLifetime
         foreach (var dir in Directory.EnumerateDirectories(Path.GetTempPath(), FolderPrefix + "*"))
         {
             var match = Owned().Match(Path.GetFileName(dir));
-            if (match.Success && int.TryParse(match.Groups[1].Value, out int pid) && pid != Environment.ProcessId && !TestFolders.Alive(pid))
+            if (match.Success && int.TryParse(match.Groups[1].Value, out int pid) && pid != Environment.ProcessId && !TempFolders.Alive(pid))
                 StopCluster(bin, dir);
         }
     }

@@ -5,13 +5,13 @@ namespace InterpMesh.Jobs.Tests;
 /// <summary>The folder of the SQLite tests' database files, removed when they end.</summary>
 public sealed class SqliteFolder : IDisposable
 {
-    public string Path { get; } = TestFolders.Create("sqlite-");
+    public string Path { get; } = TempFolders.Create("interpmesh-jobs-sqlite-");
 
     public void Dispose()
     {
         // Pooled connections keep files open; release them all before the folder goes.
         SqliteConnection.ClearAllPools();
-        TestFolders.Delete(Path);
+        TempFolders.Delete(Path);
     }
 }
 

@@ -52,6 +52,6 @@ public sealed class HookNamesTests
     public void The_layer_of_a_hook_name(string? hook, int? layer)
     {
         Assert.Equal(layer, HookNames.Layer(hook));
-        Assert.Equal(layer, new RunOutput(hook, null, null).Layer);
+        Assert.Equal(layer, new RunOutput { Hook = hook }.Layer);
     }
 }

@@ -1,6 +1,6 @@
+using System.CommandLine;
+using System.CommandLine.Invocation;
 using System.Text.Json;
-using InterpMesh.Cli.Bench;
-using InterpMesh.Cli.Local;
 using InterpMesh.Runtime;
 
 namespace InterpMesh.Cli.CommandLine;
@@ -12,7 +12,7 @@ public static class CliApp
         interpmesh — serve and inspect transformer internals
 
         Start here (from a checkout): the local mesh, all four analyses on the toy models, an HTML report:
-          interpmesh demo      [--report interpmesh-report.html] [--quick] [--data DIR] [--threads N] [--json]
+          interpmesh demo      [--report interpmesh-report.html] [--quick] [--data DIR] [--models DIR] [--plugins DIR] [--threads N] [--json]
 
         Local mode (the model is loaded in this process):
           interpmesh info      --model PATH [--tokenizer PATH] [--json]
@@ -29,7 +29,7 @@ public static class CliApp
         and, when it serves several models, --model-name NAME.
 
         The local mesh (a model service + a gateway with the built-in plugins, on loopback, until Ctrl-C):
-          interpmesh up        [--model PATH] [--grpc-port 50050] [--model-port 50051] [--plugins DIR] [--data DIR] [--key KEY] [--bind A]
+          interpmesh up        [--model PATH] [--grpc-port 50050] [--model-port 50051] [--plugins DIR] [--data DIR] [--key KEY] [--bind A] [--threads N]
 
         Analyses through a gateway (--server URL of the gateway; --key KEY or INTERPMESH_API_KEY when auth is on):
           interpmesh plugins   --server URL [--json]
@@ -37,21 +37,10 @@ public static class CliApp
           interpmesh jobs      list [--plugin P] | watch ID | cancel ID | result ID  --server URL [--report FILE.html] [--json]
           interpmesh artifacts list [--prefix P] | get NAME --out DIR | put NAME --from DIR [--metadata-json J] | rm NAME  --server URL [--json]
 
-          interpmesh train-toy induction|retrieval|concepts|functions --out DIR [--seed S] [--steps N] [--batch B] [--lr LR] [--json]
-          interpmesh bench forward --preset gpt2-small --batch B --seq T [--threads N]
-                               [--capture GLOB] [--logits none|last|all] [--warmup W] [--iters I] [--json]
-          interpmesh bench stream  --preset gpt2-small --batch B --seq T [--clients N] [--client-rows R] [--client-seq S]
-                                 [--batch-window-ms W] [--iters I] [--json]
-          interpmesh bench gateway --preset gpt2-small --batch B --seq T [--iters I] [--unary N] [--capture HOOKS] [--threads N] [--json]
-          interpmesh bench probe   [--n N --d D] [--texts T] [--threads N] [--json]
-          interpmesh bench retrieval [--trials N] [--threads N] [--json]
-          interpmesh bench sae     [--d-in D --d-sae S --k K --batch B --steps N] [--threads N] [--json]
-          interpmesh bench load    [--clients N] [--seconds S] [--mix run=6,generate=3,analysis=1] [--max-concurrent R] [--admission-wait-ms W]
-                                 [--max-jobs J] [--max-queued Q] [--retained-jobs K] [--model PATH] [--soak [--sample-seconds T]] [--threads N] [--json]
-          interpmesh bench loading [--dir DIR] [--source-dtype bf16|f32] [--repeats R] [--threads N] [--json]
-          interpmesh bench serving [--model PATH | --preset gpt2-small [--save-model DIR] | --server URL] [--iters I] [--run-seq T] [--long-tokens N]
-                                 [--gen-tokens N] [--prompt-length P] [--clients C] [--rounds R] [--stall-capture GLOB] [--batch-window-ms W]
-                                 [--only idle,during-generate,during-stall,generate,engine] [--threads N] [--json]
+          interpmesh train-toy induction|retrieval|concepts|functions --out DIR [--seed S] [--steps N] [--batch B] [--lr LR] [--threads N] [--json]
+
+        Benchmarks are their own program (docs/benchmarks.md): from a checkout,
+          dotnet run -c Release --project bench/InterpMesh.Bench -- --help
 
         Settings: --server, --key and --model (--model-name for model commands) default to the environment
         variables INTERPMESH_SERVER, INTERPMESH_API_KEY and INTERPMESH_MODEL, then to the config file
@@ -63,7 +52,7 @@ public static class CliApp
 
         PATH is a Hugging Face folder (config.json + model.safetensors) or a llama2.c .bin (tokenizer:
         --tokenizer, or tokenizer.bin / a single tok*.bin beside it). Common options: --threads N,
-        --dtype float32|bfloat16, --device cpu|cuda[:N] (CUDA build only). Output is human-readable unless --json is given.
+        --dtype float32|bfloat16|float16, --device cpu|cuda[:N] (CUDA build only). Output is human-readable unless --json is given.
         """;
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin)
@@ -71,75 +60,19 @@ public static class CliApp
         bool json = args.Contains("--json");
         try
         {
-            // Help and shell completion come from System.CommandLine (CommandTree): `interpmesh`,
-            // `interpmesh help`, `interpmesh COMMAND --help`, and the [suggest] directive.
-            if (args.Length == 0 || args[0] is "help" or "--help" or "-h" or "-?" || args[0].StartsWith('[') || args.Any(a => a is "--help" or "-h" or "-?"))
-            {
-                string[] forParser = args.Length == 0 || args[0] == "help" ? ["--help"] : args;
-                string helpFor = string.Join(' ', forParser.TakeWhile(a => !a.StartsWith('-') && !a.StartsWith('[')).Take(2));
-                int code = CommandTree.Build(helpFor).Parse(forParser).Invoke(new System.CommandLine.InvocationConfiguration { Output = stdout, Error = stderr });
-                return args.Length == 0 ? 2 : code;
-            }
-            string command = args[0];
-            string[] rest = args[1..];
-            if (command == "config")
-            {
-                Parse(rest).RejectUnknown("config");
-                foreach (var (name, value, source) in CliSettings.Describe())
-                    stdout.WriteLine($"  {name,-12} {value,-40} {source}");
-                return 0;
-            }
-            if (command == "bench")
-            {
-                return rest.Length == 0 ? throw new UsageException("bench needs a benchmark name: `interpmesh bench forward|stream|gateway|probe|retrieval|sae|load|loading|serving ...`")
-                    : rest[0] == "forward" ? ForwardBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "stream" ? StreamBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "gateway" ? GatewayBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "probe" ? ProbeBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "retrieval" ? RetrievalBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "sae" ? SaeBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "load" ? LoadBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "loading" ? LoadingBenchmark.Run(Parse(rest[1..]), stdout)
-                    : rest[0] == "serving" ? ServingBenchmark.Run(Parse(rest[1..]), stdout)
-                    : throw new UsageException($"unknown benchmark '{rest[0]}'; benchmarks: forward, stream, gateway, probe, retrieval, sae, load, loading, serving");
-            }
-            if (command == "train-toy")
-            {
-                if (rest.Length == 0 || rest[0].StartsWith("--", StringComparison.Ordinal))
-                    throw new UsageException($"train-toy needs a model name: {string.Join(", ", InterpMesh.ToyModels.ToyCatalog.Names)}");
-                return Toys.TrainToyCommand.Run(rest[0], Parse(rest[1..]), stdout, stderr);
-            }
-            if (command == "serve")
-                return Serve.ServeCommand.Run(Parse(rest), stdout);
-            if (command == "up")
-                return Serve.UpCommand.Run(Parse(rest), stdout);
-            if (command == "demo")
-                return Demo.DemoCommand.Run(Parse(rest), stdout, stderr);
-            if (command == "plugins")
-                return Remote.RemoteAnalyses.Plugins(Parse(rest), stdout);
-            if (command == "run")
-            {
-                if (rest.Length == 0 || rest[0].StartsWith("--", StringComparison.Ordinal))
-                    throw new UsageException("run needs a plugin id: `interpmesh run probing --server URL --params file.json` (`interpmesh plugins` lists them)");
-                return Remote.RemoteAnalyses.Run(rest[0], Parse(rest[1..]), stdout, stderr);
-            }
-            if (command is "jobs" or "artifacts")
-            {
-                if (rest.Length == 0 || rest[0].StartsWith("--", StringComparison.Ordinal))
-                    throw new UsageException(command == "jobs" ? "jobs needs list, watch ID, cancel ID or result ID" : "artifacts needs list, get NAME, put NAME or rm NAME");
-                string? target = rest.Length > 1 && !rest[1].StartsWith("--", StringComparison.Ordinal) ? rest[1] : null;
-                var options = Parse(rest[(target is null ? 1 : 2)..]);
-                return command == "jobs" ? Remote.RemoteAnalyses.Jobs(rest[0], target, options, stdout, stderr) : Remote.RemoteAnalyses.Artifacts(rest[0], target, options, stdout);
-            }
-            var parsed = Parse(rest);
-            return command switch
-            {
-                "info" => InfoCommand.Run(parsed, stdout),
-                "tokenize" => TokenizeCommand.Run(parsed, stdout, stdin),
-                "generate" => GenerateCommand.Run(parsed, stdout),
-                "forward" => ForwardCommand.Run(parsed, stdout),
-                _ => throw new UsageException($"unknown command '{command}'; commands: demo, config, info, tokenize, generate, forward, serve, up, plugins, run, jobs, artifacts, train-toy, bench (see `interpmesh help`)"),
-            };
+            if (args.Length > 0 && args[0] == "bench")
+                throw new UsageException(BenchMoved(args));
+            // Every command is parsed, validated, helped and completed by System.CommandLine
+            // (CommandTree): `interpmesh`, `interpmesh help`, `interpmesh COMMAND --help`, [suggest].
+            string[] forParser = args.Length == 0 || args[0] == "help" ? ["--help"] : args;
+            string helpFor = string.Join(' ', forParser.TakeWhile(a => !a.StartsWith('-') && !a.StartsWith('[')).Take(2));
+            // No response files: a value such as --text "@user hi" is text, not a file to read arguments from.
+            var parsed = CommandTree.Build(new CliConsole(stdout, stderr, stdin), helpFor).Parse(forParser, new ParserConfiguration { ResponseFileTokenReplacer = null });
+            if (parsed.Action is ParseErrorAction)
+                throw new UsageException(UsageErrors.Describe(parsed));
+            // Exceptions reach the handler below; Ctrl-C is left to the commands (`serve` and `up` stop their hosts on it).
+            int code = parsed.Invoke(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false, ProcessTerminationTimeout = null });
+            return args.Length == 0 ? 2 : code;
         }
         catch (Exception e) when (e is UsageException or ModelFormatException or ArgumentException or InvalidOperationException or FileNotFoundException or DirectoryNotFoundException)
         {
@@ -168,5 +101,11 @@ public static class CliApp
         return picked.Count == 0 ? Usage : "usage:\n" + string.Join('\n', picked) + "\n\n(`interpmesh help` lists every command, settings and exit codes)";
     }
 
-    private static CliArgs Parse(string[] rest) => new(rest, new HashSet<string> { "json", "quick", "soak", "loss" });
+    /// <summary>Where `interpmesh bench ...` went: the benchmarks are the interpmesh-bench program now.</summary>
+    private static string BenchMoved(string[] args)
+    {
+        string benchmark = args.Length > 1 && !args[1].StartsWith('-') ? (args[1].Length > 20 ? args[1][..20] + "…" : args[1]) : "BENCHMARK";
+        return $"benchmarks moved to their own program: from a checkout, `dotnet run -c Release --project bench/InterpMesh.Bench -- {benchmark} ...` "
+            + "(built: bench/InterpMesh.Bench/bin/Release/net10.0/linux-x64/interpmesh-bench); docs/benchmarks.md";
+    }
 }

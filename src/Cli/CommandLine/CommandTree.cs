@@ -3,36 +3,22 @@ using System.CommandLine;
 namespace InterpMesh.Cli.CommandLine;
 
 /// <summary>
-/// Every command and option of <c>interpmesh</c> declared for System.CommandLine, which writes the
-/// help (<c>interpmesh --help</c>, <c>interpmesh COMMAND --help</c>) and answers shell completion
-/// (the <c>[suggest]</c> directive that <c>dotnet-suggest</c> calls). Each command's help carries its
-/// usage lines from <see cref="CliApp.Usage"/>. The commands themselves read their options with
-/// <see cref="CliArgs"/>, which refuses unknown ones with the messages the tests pin.
+/// Every command of <c>interpmesh</c>, assembled from the commands' own declarations (each command
+/// class declares its typed options and reads their values from the <see cref="ParseResult"/>).
+/// System.CommandLine parses and validates with it, writes the help (<c>interpmesh --help</c>,
+/// <c>interpmesh COMMAND --help</c>) and answers shell completion (the <c>[suggest]</c> directive
+/// that <c>dotnet-suggest</c> calls). Each command's help carries its usage lines from
+/// <see cref="CliApp.Usage"/>.
 /// </summary>
 internal static class CommandTree
 {
-    private static readonly string[] Groups = ["jobs", "artifacts", "bench"];
+    private static readonly string[] Groups = ["jobs", "artifacts"];
 
     [ThreadStatic]
     private static string? target;
 
-    private static readonly (string Name, string Description)[] Common =
-    [
-        ("--threads", "libtorch intra-op threads"),
-        ("--dtype", "float32 or bfloat16"),
-        ("--device", "cpu, cuda or cuda:N (CUDA build only)"),
-    ];
-
-    private static readonly (string Name, string Description)[] Remote =
-    [
-        ("--server", "a gateway or model service URL (or INTERPMESH_SERVER)"),
-        ("--key", "API key (or INTERPMESH_API_KEY)"),
-    ];
-
-    private static readonly (string Name, string Description)[] ModelRemote = [.. Remote, ("--model-name", "the gateway's model (or INTERPMESH_MODEL)")];
-
-    /// <summary>The command tree; <paramref name="helpFor"/> (e.g. <c>run</c>, <c>bench serving</c>) is the command whose help carries its usage lines.</summary>
-    public static RootCommand Build(string? helpFor = null)
+    /// <summary>The command tree writing to <paramref name="console"/>; <paramref name="helpFor"/> (e.g. <c>run</c>, <c>jobs watch</c>) is the command whose help carries its usage lines.</summary>
+    public static RootCommand Build(CliConsole console, string? helpFor = null)
     {
         target = helpFor;
         var root = new RootCommand("""
@@ -46,92 +32,40 @@ internal static class CommandTree
             """);
         // The name help shows, also when the CLI runs inside a test host.
         root.HelpName = "interpmesh";
-        root.Subcommands.Add(Leaf("demo", "Runs the local mesh and every analysis on the toy models; writes an HTML report.",
-            [("--report", "HTML report path"), ("--quick", "a smaller configuration"), ("--data", "data folder"), ("--threads", "libtorch threads"), ("--json", "JSON output")]));
-        root.Subcommands.Add(Leaf("config", "Shows the effective settings and where each comes from.", []));
-        root.Subcommands.Add(Leaf("info", "Model architecture, dimensions and hooks (local --model or remote --server).",
-            [("--model", "a Hugging Face folder or a llama2.c .bin"), ("--tokenizer", "tokenizer file"), ("--json", "JSON output"), .. ModelRemote, .. Common]));
-        root.Subcommands.Add(Leaf("tokenize", "Token ids of a text (or of JSON strings on stdin).",
-            [("--model", "model path"), ("--tokenizer", "tokenizer file"), ("--text", "the text"), ("--json", "JSON output"), .. ModelRemote, .. Common]));
-        root.Subcommands.Add(Leaf("generate", "Generates from a prompt (greedy or sampled).",
-            [("--model", "model path"), ("--prompt", "prompt text"), ("--prompt-ids", "prompt ids, comma-separated"), ("--max-new-tokens", "tokens to generate"),
-             ("--temperature", "sampling temperature (0: greedy)"), ("--top-k", "sample among the k likeliest"), ("--top-p", "nucleus sampling"), ("--seed", "sampling seed"),
-             ("--stop-ids", "stop ids, or none"), ("--tokenizer", "tokenizer file"), ("--json", "JSON output"), .. ModelRemote, .. Common]));
-        root.Subcommands.Add(Leaf("forward", "One forward: logits, top-k, loss and captured activations.",
-            [("--model", "model path"), ("--ids", "token ids, comma-separated"), ("--logits", "all, last or none"), ("--top-k", "top tokens per position"), ("--loss", "mean next-token loss"),
-             ("--capture", "hook globs, comma-separated"), ("--tokenizer", "tokenizer file"), ("--json", "JSON output"), .. ModelRemote, .. Common]));
-        root.Subcommands.Add(Leaf("serve", "Serves one model over gRPC (a model service).",
-            [("--model", "model path"), ("--tokenizer", "tokenizer file"), ("--grpc-port", "gRPC port"), ("--metrics-port", "Prometheus port"), ("--bind", "address to listen on"), .. Common]));
-        root.Subcommands.Add(Leaf("up", "The local mesh: a model service and a gateway with the built-in plugins, until Ctrl-C.",
-            [("--model", "model path"), ("--grpc-port", "gateway port"), ("--model-port", "model service port"), ("--plugins", "plugins folder"), ("--data", "data folder"),
-             ("--key", "require this API key"), ("--bind", "address to listen on"), ("--threads", "libtorch threads")]));
-        root.Subcommands.Add(Leaf("plugins", "The analyses a gateway hosts.", [.. Remote, ("--json", "JSON output")]));
-        var run = Leaf("run", "Runs an analysis through a gateway and follows it to its result.",
-            [.. Remote, ("--model", "the model to analyse"), ("--params", "parameters file (JSON)"), ("--params-json", "parameters as JSON text"), ("--timeout", "seconds"),
-             ("--report", "HTML report path"), ("--json", "JSON output")]);
-        run.Arguments.Add(new Argument<string>("PLUGIN") { Description = "the plugin id (`interpmesh plugins` lists them)" });
-        root.Subcommands.Add(run);
-        (string, string)[] jobOptions = [.. Remote, ("--json", "JSON output")];
-        root.Subcommands.Add(Group("jobs", "Analysis jobs on a gateway.",
-            Leaf("list", "Jobs this key may see.", [.. jobOptions, ("--plugin", "only this plugin's")], ""),
-            WithArgument(Leaf("watch", "Follows a job to its end.", [.. jobOptions, ("--report", "HTML report path")], ""), "ID", "the job id"),
-            WithArgument(Leaf("cancel", "Asks a job to stop.", jobOptions, ""), "ID", "the job id"),
-            WithArgument(Leaf("result", "A job's record and result.", [.. jobOptions, ("--report", "HTML report path")], ""), "ID", "the job id")));
-        root.Subcommands.Add(Group("artifacts", "Artifacts on a gateway.",
-            Leaf("list", "Artifacts, optionally under a prefix.", [.. jobOptions, ("--prefix", "name prefix")], ""),
-            WithArgument(Leaf("get", "Downloads an artifact's files.", [.. jobOptions, ("--out", "folder to write to")], ""), "NAME", "the artifact"),
-            WithArgument(Leaf("put", "Uploads a folder's files as an artifact.", [.. jobOptions, ("--from", "folder to upload"), ("--metadata-json", "metadata (JSON object)")], ""), "NAME", "the artifact"),
-            WithArgument(Leaf("rm", "Deletes an artifact (admin).", jobOptions, ""), "NAME", "the artifact")));
-        root.Subcommands.Add(WithArgument(Leaf("train-toy", "Trains a toy model (induction, retrieval, concepts, functions).",
-            [("--out", "output folder"), ("--seed", "seed"), ("--steps", "training steps"), ("--batch", "batch size"), ("--lr", "learning rate"), ("--json", "JSON output")]), "NAME", "the toy"));
-        root.Subcommands.Add(Bench());
+        Command[] commands =
+        [
+            Demo.DemoCommand.Create(console),
+            Config(console),
+            Local.InfoCommand.Create(console),
+            Local.TokenizeCommand.Create(console),
+            Local.GenerateCommand.Create(console),
+            Local.ForwardCommand.Create(console),
+            Serve.ServeCommand.Create(console),
+            Serve.UpCommand.Create(console),
+            Remote.RemoteAnalyses.Plugins(console),
+            Remote.RemoteAnalyses.Run(console),
+            Remote.RemoteAnalyses.Jobs(console),
+            Remote.RemoteAnalyses.Artifacts(console),
+            Toys.TrainToyCommand.Create(console),
+        ];
+        foreach (var command in commands)
+        {
+            command.Description += Synopsis(command.Name);
+            UsageErrors.RefuseRepeatedOptions(command);
+            root.Subcommands.Add(command);
+        }
         return root;
     }
 
-    private static Command Bench()
+    private static Command Config(CliConsole console)
     {
-        (string, string)[] shared = [("--threads", "libtorch threads"), ("--json", "JSON output")];
-        return Group("bench", "Benchmarks (docs/benchmarks.md records each result and its command).",
-            Leaf("forward", "Forward throughput.", [("--preset", "model preset"), ("--batch", "rows"), ("--seq", "tokens per row"), ("--capture", "hook glob"), ("--logits", "none, last or all"),
-                ("--warmup", "untimed iterations"), ("--iters", "timed iterations"), ("--model", "model path"), .. shared], "bench forward"),
-            Leaf("stream", "Activation streaming beyond the forward.", [("--preset", "model preset"), ("--batch", "rows"), ("--seq", "tokens per row"), ("--clients", "concurrent clients"),
-                ("--client-rows", "rows per client"), ("--client-seq", "tokens per client row"), ("--batch-window-ms", "batching window"), ("--iters", "iterations"), .. shared], "bench stream"),
-            Leaf("gateway", "The gateway's cost against direct calls.", [("--preset", "model preset"), ("--batch", "rows"), ("--seq", "tokens per row"), ("--iters", "iterations"),
-                ("--unary", "unary calls"), ("--capture", "hook glob"), .. shared], "bench gateway"),
-            Leaf("probe", "Probe fitting.", [("--n", "examples"), ("--d", "dimensions"), ("--texts", "texts"), .. shared], "bench probe"),
-            Leaf("retrieval", "Retrieval-head detection.", [("--trials", "trials"), .. shared], "bench retrieval"),
-            Leaf("sae", "SAE training.", [("--d-in", "input width"), ("--d-sae", "SAE width"), ("--k", "top-k"), ("--batch", "batch"), ("--steps", "steps"), .. shared], "bench sae"),
-            Leaf("load", "Mixed load on a local mesh.", [("--clients", "clients"), ("--seconds", "duration"), ("--mix", "run=6,generate=3,analysis=1"), ("--max-concurrent", "model service admission"),
-                ("--admission-wait-ms", "admission wait"), ("--max-jobs", "running jobs"), ("--max-queued", "queued jobs"), ("--retained-jobs", "retained jobs"), ("--model", "model path"),
-                ("--soak", "memory timeline"), ("--sample-seconds", "sampling period"), .. shared], "bench load"),
-            Leaf("loading", "Checkpoint loading time and memory.", [("--dir", "checkpoint folder"), ("--source-dtype", "bf16 or f32"), ("--repeats", "repeats"), .. shared], "bench loading"),
-            Leaf("serving", "The engine's serving figures.", [("--model", "model path"), ("--preset", "model preset"), ("--save-model", "keep the preset's weights"), ("--server", "a running service"),
-                ("--iters", "Runs per measure"), ("--run-seq", "Run length"), ("--long-tokens", "long Generate tokens"), ("--gen-tokens", "Generate tokens"), ("--prompt-length", "prompt length"),
-                ("--clients", "concurrent clients"), ("--rounds", "rounds"), ("--stall-capture", "hook glob"), ("--batch-window-ms", "batching window"), ("--only", "measures"), .. shared], "bench serving"));
-    }
-
-    private static Command Group(string name, string description, params Command[] children)
-    {
-        var group = new Command(name, description + Synopsis(name));
-        foreach (var child in children)
-            group.Subcommands.Add(child);
-        return group;
-    }
-
-    private static Command WithArgument(Command command, string name, string description)
-    {
-        command.Arguments.Add(new Argument<string>(name) { Description = description });
-        return command;
-    }
-
-    private static Command Leaf(string name, string description, IEnumerable<(string Name, string Description)> options, string? path = null)
-    {
-        var command = new Command(name, description + Synopsis(path ?? name)) { TreatUnmatchedTokensAsErrors = false };
-        foreach (var (option, text) in options.DistinctBy(o => o.Name))
+        var command = new Command("config", "Shows the effective settings and where each comes from.");
+        command.SetAction(_ =>
         {
-            bool flag = option is "--json" or "--quick" or "--soak" or "--loss";
-            command.Options.Add(flag ? new Option<bool>(option) { Description = text } : new Option<string>(option) { Description = text });
-        }
+            foreach (var (name, value, source) in CliSettings.Describe())
+                console.Out.WriteLine($"  {name,-12} {value,-40} {source}");
+            return 0;
+        });
         return command;
     }
 
@@ -139,7 +73,7 @@ internal static class CommandTree
     private static string Synopsis(string name)
     {
         // Only the command asked about: a listing of commands shows their one-line descriptions.
-        bool asked = target is not null && (target == name || (target.StartsWith(name + " ", StringComparison.Ordinal) && !name.Contains(' ') && !Groups.Contains(name)));
+        bool asked = target is not null && (target == name || (target.StartsWith(name + " ", StringComparison.Ordinal) && !Groups.Contains(name)));
         if (name.Length == 0 || !asked)
             return "";
         string usage = CliApp.CommandUsage(name);

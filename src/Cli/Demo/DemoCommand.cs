@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using InterpMesh.Cli.CommandLine;
@@ -14,16 +15,27 @@ namespace InterpMesh.Cli.Demo;
 /// </summary>
 internal static class DemoCommand
 {
-    public static int Run(CliArgs args, TextWriter stdout, TextWriter stderr)
+    public static Command Create(CliConsole console)
     {
-        bool json = args.Flag("json"), quick = args.Flag("quick");
-        string reportPath = Path.GetFullPath(args.Text("report") ?? "interpmesh-report.html");
-        string? dataArg = args.Text("data");
-        int threads = args.Int("threads", min: 1) ?? 0;
+        var report = CliOptions.Text("--report", "HTML report path", "FILE.html");
+        report.DefaultValueFactory = _ => "interpmesh-report.html";
+        var quick = CliOptions.Flag("--quick", "a smaller configuration");
+        var data = CliOptions.Text("--data", "keep the analyses' artifacts in this folder (default: a temporary one, removed)", "DIR");
+        var threads = CliOptions.Int("--threads", "libtorch intra-op threads per model service (default: all cores)", min: 1);
+        var models = CliOptions.Text("--models", "folder holding concepts/, retrieval/ and induction/ (default: the checkout's models/)", "DIR");
+        var plugins = CliOptions.Text("--plugins", "plugins folder (default: the checkout's plugins/)", "DIR");
+        var json = CliOptions.Flag("--json", "JSON output");
+        var command = new Command("demo", "Runs the local mesh and every analysis on the toy models; writes an HTML report.") { report, quick, data, threads, models, plugins, json };
+        command.SetAction(r => Run(Path.GetFullPath(r.GetRequiredValue(report)), r.GetValue(quick), r.GetValue(data), r.GetValue(threads) ?? 0, r.GetValue(models), r.GetValue(plugins),
+            r.GetValue(json), console.Out, console.Error));
+        return command;
+    }
+
+    private static int Run(string reportPath, bool quick, string? dataArg, int threads, string? modelsArg, string? pluginsArg, bool json, TextWriter stdout, TextWriter stderr)
+    {
         string? repo = LocalMesh.RepositoryOrNull();
-        string models = Path.GetFullPath(args.Text("models") ?? (repo is null ? throw new UsageException("--models DIR (holding concepts/, retrieval/ and induction/) is required outside a checkout") : Path.Combine(repo, "models")));
-        string plugins = Path.GetFullPath(args.Text("plugins") ?? (repo is null ? throw new UsageException("--plugins DIR is required outside a checkout") : Path.Combine(repo, "plugins")));
-        args.RejectUnknown("demo");
+        string models = Path.GetFullPath(modelsArg ?? (repo is null ? throw new UsageException("--models DIR (holding concepts/, retrieval/ and induction/) is required outside a checkout") : Path.Combine(repo, "models")));
+        string plugins = Path.GetFullPath(pluginsArg ?? (repo is null ? throw new UsageException("--plugins DIR is required outside a checkout") : Path.Combine(repo, "plugins")));
         string[] names = ["concepts", "retrieval", "induction"];
         foreach (var name in names)
         {

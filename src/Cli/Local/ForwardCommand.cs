@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Runtime.InteropServices;
 using InterpMesh.Cli.CommandLine;
 using InterpMesh.Engine.Outputs;
@@ -13,37 +14,42 @@ namespace InterpMesh.Cli.Local;
 /// </summary>
 internal static class ForwardCommand
 {
-    public static int Run(CliArgs args, TextWriter stdout)
+    public static Command Create(CliConsole console)
     {
-        bool json = args.Flag("json");
-        int[] ids = args.IntList("ids") ?? throw new UsageException("--ids 1,2,3 is required");
-        if (ids.Length == 0)
-            throw new UsageException("--ids is empty; give at least one token id");
-        var mode = args.Text("logits") switch
+        var options = new ModelOptions();
+        var ids = CliOptions.IntList("--ids", "token ids, comma-separated");
+        ids.Required = true;
+        var logits = CliOptions.Choice("--logits", "logits of every position, the last one, or none (default: all)", "all", "last", "none");
+        var topK = CliOptions.Int("--top-k", "the k largest logits per position instead of all", min: 1, helpName: "K");
+        var loss = CliOptions.Flag("--loss", "mean next-token loss");
+        var capture = CliOptions.Text("--capture", "hook globs, comma-separated (stats per hook; with --json, the values)", "GLOB[,GLOB]");
+        var command = options.AddTo(new Command("forward", "One forward: logits, top-k, loss and captured activations.") { ids, logits, topK, loss, capture });
+        command.AddRule(r =>
         {
-            null or "all" => LogitsMode.All,
-            "last" => LogitsMode.Last,
-            "none" => LogitsMode.None,
-            var other => throw new UsageException($"--logits must be all, last or none, got '{other}'"),
-        };
-        string[] capture = (args.Text("capture") ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        bool loss = args.Flag("loss");
-        int topK = args.Int("top-k", min: 1) ?? 0;
-        if (topK > 0 && mode == LogitsMode.None)
-            throw new UsageException("--top-k needs logits; use --logits all or last");
-        if (loss && ids.Length < 2)
-            throw new UsageException("--loss needs at least two ids (it predicts each next id)");
-        if (args.Text("server") is { } server)
+            if (r.GetValue(ids)?.Values is [])
+                r.AddError("--ids is empty; give at least one token id");
+            else if (r.Given(topK) && r.GetValue(logits) == "none")
+                r.AddError("--top-k needs logits; use --logits all or last");
+            else if (r.Given(loss) && r.GetValue(ids)?.Values is [_])
+                r.AddError("--loss needs at least two ids (it predicts each next id)");
+            else if (r.Given(options.Server) && (r.Given(capture) || r.Given(loss) || r.Given(topK) || r.GetValue(logits) == "none"))
+                r.AddError("--capture, --loss, --top-k and --logits none are local-mode options (give --model)");
+        });
+        command.SetAction(r =>
         {
-            if (capture.Length > 0 || loss || topK > 0 || mode == LogitsMode.None)
-                throw new UsageException("--capture, --loss, --top-k and --logits none are local-mode options (give --model)");
-            var target = Remote.RemoteModel.Target(server, args);
-            args.RejectUnknown("forward");
-            var remote = Remote.RemoteModel.Forward(target, ids, mode == LogitsMode.All);
-            return Print(stdout, json, ids, mode, new Result(remote));
-        }
-        using var session = LocalSession.Open(args);
-        args.RejectUnknown("forward");
+            var mode = r.GetValue(logits) switch { "last" => LogitsMode.Last, "none" => LogitsMode.None, _ => LogitsMode.All };
+            string[] hooks = (r.GetValue(capture) ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            return Run(options, r, r.GetRequiredValue(ids)!.Values, mode, hooks, r.GetValue(loss), r.GetValue(topK) ?? 0, console.Out);
+        });
+        return command;
+    }
+
+    private static int Run(ModelOptions options, ParseResult args, int[] ids, LogitsMode mode, string[] capture, bool loss, int topK, TextWriter stdout)
+    {
+        bool json = args.GetValue(options.Json);
+        if (options.Remote(args) is { } target)
+            return Print(stdout, json, ids, mode, new Result(Remote.RemoteModel.Forward(target, ids, mode == LogitsMode.All)));
+        using var session = options.Open(args);
 
         var spec = new RunSpec
         {

@@ -1,3 +1,4 @@
+using System.CommandLine;
 using InterpMesh.Cli.CommandLine;
 using InterpMesh.Engine.Outputs;
 using InterpMesh.Engine.Requests;
@@ -11,27 +12,41 @@ namespace InterpMesh.Cli.Local;
 /// </summary>
 internal static class GenerateCommand
 {
-    public static int Run(CliArgs args, TextWriter stdout)
+    public static Command Create(CliConsole console)
     {
-        bool json = args.Flag("json");
-        string? prompt = args.Text("prompt");
-        int[]? promptIds = args.IntList("prompt-ids");
-        if ((prompt is null) == (promptIds is null))
-            throw new UsageException("give exactly one of --prompt \"text\" or --prompt-ids 1,2,3");
-        int maxNew = args.Int("max-new-tokens", min: 0) ?? throw new UsageException("--max-new-tokens is required");
-        var sampling = new SamplingOptions(
-            Temperature: args.Real("temperature") ?? 0,
-            TopK: args.Int("top-k", min: 0) ?? 0,
-            TopP: args.Real("top-p") ?? 1.0,
-            Seed: args.Int("seed") ?? 0);
-        string? stopText = args.Text("stop-ids");
-        if (args.Text("server") is { } server)
+        var options = new ModelOptions();
+        var prompt = CliOptions.Text("--prompt", "prompt text", "TEXT");
+        var promptIds = CliOptions.IntList("--prompt-ids", "prompt ids, comma-separated");
+        var maxNew = CliOptions.Int("--max-new-tokens", "tokens to generate", min: 0);
+        maxNew.Required = true;
+        var temperature = CliOptions.Real("--temperature", "sampling temperature (0: greedy)", "T");
+        var topK = CliOptions.Int("--top-k", "sample among the k likeliest (0: all)", min: 0, helpName: "K");
+        var topP = CliOptions.Real("--top-p", "nucleus sampling, in (0, 1]", "P");
+        var seed = CliOptions.Int("--seed", "sampling seed", helpName: "S");
+        var stopIds = CliOptions.IntList("--stop-ids", "stop ids, comma-separated, or none (default: the model's EOS ids)", none: true);
+        var command = options.AddTo(new Command("generate", "Generates from a prompt (greedy or sampled).") { prompt, promptIds, maxNew, temperature, topK, topP, seed, stopIds });
+        command.AddRule(r =>
         {
-            var target = Remote.RemoteModel.Target(server, args);
-            args.RejectUnknown("generate");
+            if (r.Given(prompt) == r.Given(promptIds))
+                r.AddError("give exactly one of --prompt \"text\" or --prompt-ids 1,2,3");
+        });
+        command.SetAction(r =>
+        {
+            var sampling = new SamplingOptions(Temperature: r.GetValue(temperature) ?? 0, TopK: r.GetValue(topK) ?? 0, TopP: r.GetValue(topP) ?? 1.0, Seed: r.GetValue(seed) ?? 0);
+            return Run(options, r, r.GetValue(prompt), r.GetValue(promptIds)?.Values, r.GetValue(maxNew)!.Value, sampling, r.GetValue(stopIds)?.Values, console.Out);
+        });
+        return command;
+    }
+
+    /// <summary><paramref name="stopIds"/>: null for the model's default stop ids, empty for none.</summary>
+    private static int Run(ModelOptions options, ParseResult args, string? prompt, int[]? promptIds, int maxNew, SamplingOptions sampling, int[]? stopIds, TextWriter stdout)
+    {
+        bool json = args.GetValue(options.Json);
+        if (options.Remote(args) is { } target)
+        {
             var (usedIds, gen, remoteText) = Remote.RemoteModel.Generate(target, prompt, promptIds, maxNew,
                 new Contracts.V1.SamplingParameters { Temperature = sampling.Temperature, TopK = sampling.TopK, TopP = sampling.TopP, Seed = sampling.Seed },
-                stopText is null or "none" ? null : ParseIds(stopText), noDefaultStop: stopText == "none");
+                stopIds is { Length: > 0 } ? stopIds : null, noDefaultStop: stopIds is []);
             if (json)
                 JsonOutput.Write(stdout, new Dictionary<string, object?> { ["prompt_ids"] = usedIds, ["generated_ids"] = gen, ["text"] = remoteText });
             else
@@ -39,21 +54,12 @@ internal static class GenerateCommand
             return 0;
         }
         sampling.Validate();
-        using var session = LocalSession.Open(args);
-        args.RejectUnknown("generate");
+        using var session = options.Open(args);
         var model = session.Model;
 
         int[] ids = promptIds ?? model.RequireTokenizer().Encode(prompt!);
         if (ids.Length == 0)
             throw new UsageException("the prompt encodes to no tokens; give a non-empty prompt");
-        IReadOnlyList<int>? stopIds = stopText switch
-        {
-            // null: the engine's default, the tokenizer's EOS and every eos_token_id of the config.
-            null => null,
-            "none" => [],
-            _ => ParseIds(stopText),
-        };
-
         var generated = new List<int>();
         if (maxNew > 0)
         {
@@ -79,11 +85,5 @@ internal static class GenerateCommand
             stdout.WriteLine(text is null ? string.Join(' ', generated) : (prompt ?? "") + text);
         }
         return 0;
-    }
-
-    private static int[] ParseIds(string text)
-    {
-        var parts = text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
-        return parts.Select(p => int.TryParse(p, out int v) ? v : throw new UsageException($"--stop-ids must be comma-separated integers or 'none'; '{p}' is not an integer")).ToArray();
     }
 }

@@ -1,3 +1,4 @@
+using System.CommandLine;
 using InterpMesh.Cli.CommandLine;
 
 namespace InterpMesh.Cli.Local;
@@ -5,13 +6,19 @@ namespace InterpMesh.Cli.Local;
 /// <summary><c>interpmesh info</c>: dimensions and the hook catalogue.</summary>
 internal static class InfoCommand
 {
-    public static int Run(CliArgs args, TextWriter stdout)
+    public static Command Create(CliConsole console)
     {
-        bool json = args.Flag("json");
-        if (args.Text("server") is { } server)
+        var options = new ModelOptions();
+        var command = options.AddTo(new Command("info", "Model architecture, dimensions and hooks (local --model or remote --server)."));
+        command.SetAction(r => Run(options, r, console.Out));
+        return command;
+    }
+
+    private static int Run(ModelOptions options, ParseResult args, TextWriter stdout)
+    {
+        bool json = args.GetValue(options.Json);
+        if (options.Remote(args) is { } target)
         {
-            var target = Remote.RemoteModel.Target(server, args);
-            args.RejectUnknown("info");
             var remote = Remote.RemoteModel.Info(target);
             if (json)
                 JsonOutput.Write(stdout, remote);
@@ -20,8 +27,7 @@ internal static class InfoCommand
                     stdout.WriteLine($"  {key,-16}{value}");
             return 0;
         }
-        using var session = LocalSession.Open(args);
-        args.RejectUnknown("info");
+        using var session = options.Open(args);
         var m = session.Model;
         var c = m.Config;
         var hooks = m.Transformer.Hooks.All;

@@ -1,4 +1,3 @@
-using InterpMesh.Cli.CommandLine;
 using InterpMesh.Engine;
 using InterpMesh.Runtime.Execution;
 using InterpMesh.Runtime.Loading;
@@ -26,14 +25,10 @@ internal sealed class LocalSession : IDisposable
     /// <summary>The engine serving <see cref="Model"/> in this process (started on first use; one torch thread).</summary>
     public ModelEngine Engine => engine ??= new ModelEngine(Model, new EngineOptions { MaxConcurrentRequests = 1 });
 
-    /// <summary>Reads --model, --tokenizer, --dtype and --threads, and loads the model.</summary>
-    public static LocalSession Open(CliArgs args)
+    /// <summary>Loads <paramref name="model"/> on a torch worker thread (<paramref name="threads"/>: libtorch's intra-op threads, null for its default).</summary>
+    public static LocalSession Open(string model, string? tokenizer, ScalarType dtype, string device, int? threads)
     {
-        string model = args.RequireText("model", "a Hugging Face folder or a llama2.c .bin");
-        string? tokenizer = args.Text("tokenizer");
-        var dtype = ParseDType(args.Text("dtype"));
-        string device = args.Text("device") ?? "cpu";
-        TorchRuntime.Initialize(args.Int("threads", min: 1));
+        TorchRuntime.Initialize(threads);
         var worker = new TorchWorker();
         try
         {
@@ -46,11 +41,6 @@ internal sealed class LocalSession : IDisposable
             throw;
         }
     }
-
-    public static ScalarType ParseDType(string? text) =>
-        text is null ? ScalarType.Float32
-        : DTypeNames.TryParse(text, out var dtype) ? dtype
-        : throw new UsageException($"--dtype must be {DTypeNames.Accepted}, got '{(text.Length > 40 ? text[..40] + "…" : text)}'");
 
     public void Dispose()
     {

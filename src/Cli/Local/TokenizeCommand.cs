@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Text.Json;
 using InterpMesh.Cli.CommandLine;
 using InterpMesh.Runtime.Tokenization;
@@ -7,30 +8,32 @@ namespace InterpMesh.Cli.Local;
 /// <summary><c>interpmesh tokenize</c>: one text, or a JSON-lines stream of texts.</summary>
 internal static class TokenizeCommand
 {
-    public static int Run(CliArgs args, TextWriter stdout, TextReader stdin)
+    public static Command Create(CliConsole console)
     {
-        bool json = args.Flag("json");
-        string? text = args.Text("text");
+        var options = new ModelOptions();
+        var text = CliOptions.Text("--text", "the text (without it: one JSON string per line on stdin)", "TEXT");
+        var command = options.AddTo(new Command("tokenize", "Token ids of a text (or of JSON strings on stdin).") { text }, tokenizerSuffices: true);
+        command.SetAction(r => Run(options, r.GetValue(text), r, console));
+        return command;
+    }
+
+    private static int Run(ModelOptions options, string? text, ParseResult args, CliConsole console)
+    {
+        var (stdout, stdin) = (console.Out, console.In);
+        bool json = args.GetValue(options.Json);
         Func<string, int[]> encode;
         LocalSession? session = null;
         try
         {
-            if (args.Text("server") is { } server)
+            if (options.Remote(args) is { } target)
+                encode = item => Remote.RemoteModel.Tokenize(target, item);
+            else if (args.Given(options.Model))
             {
-                var target = Remote.RemoteModel.Target(server, args);
-                encode = text => Remote.RemoteModel.Tokenize(target, text);
-            }
-            else if (args.Text("model") is not null)
-            {
-                session = LocalSession.Open(args);
+                session = options.Open(args);
                 encode = session.Model.RequireTokenizer().Encode;
             }
             else
-            {
-                string path = args.Text("tokenizer") ?? throw new UsageException("tokenize needs --model PATH, --tokenizer PATH or --server URL");
-                encode = TokenizerLoader.Load(Path.GetFullPath(path)).Encode;
-            }
-            args.RejectUnknown("tokenize");
+                encode = TokenizerLoader.Load(Path.GetFullPath(args.GetRequiredValue(options.Tokenizer))).Encode;
 
             if (text is not null)
             {

@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Google.Protobuf;
@@ -16,43 +17,77 @@ namespace InterpMesh.Cli.Remote;
 /// </summary>
 internal static class RemoteAnalyses
 {
-    private static MeshClient Connect(CliArgs args, CliSettings? settings = null)
+    /// <summary>The options every gateway command takes: <c>--server</c>, <c>--key</c> (both defaulting to the settings) and <c>--json</c>.</summary>
+    private sealed class GatewayOptions
     {
-        settings ??= CliSettings.Load();
-        string url = args.Text("server") ?? settings.Server
-            ?? throw new UsageException($"--server is required (the gateway's address, e.g. --server http://127.0.0.1:50050), or set INTERPMESH_SERVER or \"server\" in {settings.ConfigPath}");
-        return RemoteModel.Connect(new RemoteModel.RemoteTarget(url, args.Text("key") ?? settings.ApiKey, null));
+        public Option<string> Server { get; } = CliOptions.Text("--server", "the gateway's URL (or INTERPMESH_SERVER)", "URL");
+        public Option<string> Key { get; } = CliOptions.Text("--key", "API key (or INTERPMESH_API_KEY)", "KEY");
+        public Option<bool> Json { get; } = CliOptions.Flag("--json", "JSON output");
+
+        public Command AddTo(Command command)
+        {
+            command.Options.Add(Server);
+            command.Options.Add(Key);
+            command.Options.Add(Json);
+            return command;
+        }
+
+        public MeshClient Connect(ParseResult r, CliSettings? settings = null)
+        {
+            settings ??= CliSettings.Load();
+            string url = r.GetValue(Server) ?? settings.Server
+                ?? throw new UsageException($"--server is required (the gateway's address, e.g. --server http://127.0.0.1:50050), or set INTERPMESH_SERVER or \"server\" in {settings.ConfigPath}");
+            return RemoteModel.Connect(new RemoteModel.RemoteTarget(url, r.GetValue(Key) ?? settings.ApiKey, null));
+        }
     }
 
     private static readonly JsonFormatter Formatter = new(JsonFormatter.Settings.Default.WithFormatDefaultValues(false));
 
-    public static int Plugins(CliArgs args, TextWriter stdout)
+    public static Command Plugins(CliConsole console)
     {
-        bool json = args.Flag("json");
-        using var c = Connect(args);
-        args.RejectUnknown("plugins");
-        var list = RemoteModel.Call(() => c.ListPluginsAsync().GetAwaiter().GetResult());
-        if (json)
+        var gateway = new GatewayOptions();
+        var command = gateway.AddTo(new Command("plugins", "The analyses a gateway hosts."));
+        command.SetAction(r =>
         {
-            stdout.WriteLine(Formatter.Format(list));
+            using var c = gateway.Connect(r);
+            var list = RemoteModel.Call(() => c.ListPluginsAsync().GetAwaiter().GetResult());
+            if (r.GetValue(gateway.Json))
+            {
+                console.Out.WriteLine(Formatter.Format(list));
+                return 0;
+            }
+            Terminal.Table(console.Out, ["plugin", "version", "description"],
+                list.Plugins.Select(p => p.Loaded ? new[] { p.Id, p.Version, p.Description } : [p.Id, "NOT LOADED", p.Error]),
+                row => row[1] == "NOT LOADED" ? $"  {row[0],-18} NOT LOADED: {row[2]}" : $"  {row[0],-18} {row[1],-8} {row[2]}");
             return 0;
-        }
-        Terminal.Table(stdout, ["plugin", "version", "description"],
-            list.Plugins.Select(p => p.Loaded ? new[] { p.Id, p.Version, p.Description } : [p.Id, "NOT LOADED", p.Error]),
-            row => row[1] == "NOT LOADED" ? $"  {row[0],-18} NOT LOADED: {row[2]}" : $"  {row[0],-18} {row[1],-8} {row[2]}");
-        return 0;
+        });
+        return command;
     }
 
-    public static int Run(string plugin, CliArgs args, TextWriter stdout, TextWriter stderr)
+    public static Command Run(CliConsole console)
     {
-        bool json = args.Flag("json");
-        string parameters = args.Text("params") is { } file ? File.ReadAllText(file) : args.Text("params-json") ?? "{}";
-        var settings = CliSettings.Load();
-        var request = new AnalysisRequest { Plugin = plugin, Model = args.Text("model") ?? settings.Model ?? "", ParametersJson = parameters, TimeoutSeconds = args.Int("timeout", min: 0) ?? 0 };
-        string? report = args.Text("report");
-        using var c = Connect(args, settings);
-        args.RejectUnknown("run");
-        return Report(Follow(progress => c.RunAnalysisAsync(request, progress), stderr), json, stdout, stderr, report);
+        var gateway = new GatewayOptions();
+        var plugin = new Argument<string>("PLUGIN") { Description = "a plugin id: `interpmesh run probing --server URL --params file.json` (`interpmesh plugins` lists them)" };
+        var model = CliOptions.Text("--model", "the gateway's model to analyse (or INTERPMESH_MODEL; default: the gateway's default)", "NAME");
+        var parametersFile = CliOptions.ExistingFile("--params", "parameters file (JSON)");
+        var parametersJson = CliOptions.Text("--params-json", "parameters as JSON text", "'{...}'");
+        var timeout = CliOptions.Int("--timeout", "seconds before the gateway stops the job (0: its default)", min: 0, helpName: "S");
+        var report = CliOptions.Text("--report", "also write the job as an HTML report", "FILE.html");
+        var command = gateway.AddTo(new Command("run", "Runs an analysis through a gateway and follows it to its result.") { plugin, model, parametersFile, parametersJson, timeout, report });
+        command.AddRule(r =>
+        {
+            if (r.Given(parametersFile) && r.Given(parametersJson))
+                r.AddError("give --params FILE or --params-json TEXT, not both");
+        });
+        command.SetAction(r =>
+        {
+            string parameters = r.GetValue(parametersFile) is { } file ? File.ReadAllText(file.FullName) : r.GetValue(parametersJson) ?? "{}";
+            var settings = CliSettings.Load();
+            var request = new AnalysisRequest { Plugin = r.GetRequiredValue(plugin), Model = r.GetValue(model) ?? settings.Model ?? "", ParametersJson = parameters, TimeoutSeconds = r.GetValue(timeout) ?? 0 };
+            using var c = gateway.Connect(r, settings);
+            return Report(Follow(progress => c.RunAnalysisAsync(request, progress), console.Error), r.GetValue(gateway.Json), console.Out, console.Error, r.GetValue(report));
+        });
+        return command;
     }
 
     /// <summary>Follows a job to its end: its progress on stderr (<see cref="Terminal.WithProgress"/>), the final record returned.</summary>
@@ -98,72 +133,122 @@ internal static class RemoteAnalyses
         return job.State == JobState.Succeeded ? 0 : 1;
     }
 
-    public static int Jobs(string verb, string? id, CliArgs args, TextWriter stdout, TextWriter stderr)
+    /// <summary><c>jobs list | watch ID | cancel ID | result ID</c>.</summary>
+    public static Command Jobs(CliConsole console)
     {
-        bool json = args.Flag("json");
-        using var c = Connect(args);
-        string plugin = args.Text("plugin") ?? "";
-        string? report = verb is "result" or "watch" ? args.Text("report") : null;
-        args.RejectUnknown($"jobs {verb}");
-        string Need() => id ?? throw new UsageException($"jobs {verb} needs a job id");
-        switch (verb)
+        var jobs = new Command("jobs", "Analysis jobs on a gateway.");
+
+        var gateway = new GatewayOptions();
+        var plugin = CliOptions.Text("--plugin", "only this plugin's jobs", "P");
+        var list = gateway.AddTo(new Command("list", "Jobs this key may see.") { plugin });
+        list.SetAction(r =>
         {
-            case "list":
-                var list = RemoteModel.Call(() => c.ListJobsAsync(plugin).GetAwaiter().GetResult());
-                if (json)
-                    stdout.WriteLine(Formatter.Format(list));
-                else
-                    Terminal.Table(stdout, ["id", "plugin", "state", "progress", "owner", "error"],
-                        list.Jobs.Select(j => new[] { j.Id, j.Plugin, j.State.ToString().ToUpperInvariant(), j.Progress.ToString("P0", System.Globalization.CultureInfo.CurrentCulture), j.Owner, j.Error }),
-                        row => $"  {row[0]}  {row[1],-16} {row[2],-12} {row[3],5}  {row[4]}  {row[5]}");
-                return 0;
-            case "result":
-                return Report(RemoteModel.Call(() => c.GetJobAsync(Need()).GetAwaiter().GetResult()), json, stdout, stderr, report);
-            case "cancel":
-                var cancelled = RemoteModel.Call(() => c.CancelJobAsync(Need()).GetAwaiter().GetResult());
-                stdout.WriteLine(json ? Formatter.Format(cancelled) : $"{cancelled.Id}: {cancelled.State.ToString().ToUpperInvariant()}");
-                return 0;
-            case "watch":
-                return Report(Follow(progress => c.WatchJobAsync(Need(), progress), stderr), json, stdout, stderr, report);
-            default:
-                throw new UsageException($"unknown jobs command '{verb}'; use list, watch ID, cancel ID or result ID");
-        }
+            using var c = gateway.Connect(r);
+            var found = RemoteModel.Call(() => c.ListJobsAsync(r.GetValue(plugin) ?? "").GetAwaiter().GetResult());
+            if (r.GetValue(gateway.Json))
+                console.Out.WriteLine(Formatter.Format(found));
+            else
+                Terminal.Table(console.Out, ["id", "plugin", "state", "progress", "owner", "error"],
+                    found.Jobs.Select(j => new[] { j.Id, j.Plugin, j.State.ToString().ToUpperInvariant(), j.Progress.ToString("P0", System.Globalization.CultureInfo.CurrentCulture), j.Owner, j.Error }),
+                    row => $"  {row[0]}  {row[1],-16} {row[2],-12} {row[3],5}  {row[4]}  {row[5]}");
+            return 0;
+        });
+        jobs.Subcommands.Add(list);
+
+        jobs.Subcommands.Add(JobCommand("watch", "Follows a job to its end.", withReport: true, (c, id, json, report) =>
+            Report(Follow(progress => c.WatchJobAsync(id, progress), console.Error), json, console.Out, console.Error, report)));
+        jobs.Subcommands.Add(JobCommand("cancel", "Asks a job to stop.", withReport: false, (c, id, json, _) =>
+        {
+            var cancelled = RemoteModel.Call(() => c.CancelJobAsync(id).GetAwaiter().GetResult());
+            console.Out.WriteLine(json ? Formatter.Format(cancelled) : $"{cancelled.Id}: {cancelled.State.ToString().ToUpperInvariant()}");
+            return 0;
+        }));
+        jobs.Subcommands.Add(JobCommand("result", "A job's record and result.", withReport: true, (c, id, json, report) =>
+            Report(RemoteModel.Call(() => c.GetJobAsync(id).GetAwaiter().GetResult()), json, console.Out, console.Error, report)));
+        return jobs;
     }
 
-    public static int Artifacts(string verb, string? name, CliArgs args, TextWriter stdout)
+    /// <summary>A <c>jobs</c> command on one job ID: (client, id, --json, --report) → exit code.</summary>
+    private static Command JobCommand(string name, string description, bool withReport, Func<MeshClient, string, bool, string?, int> action)
     {
-        bool json = args.Flag("json");
-        using var c = Connect(args);
-        string prefix = args.Text("prefix") ?? "";
-        string? dir = verb switch { "get" => args.RequireText("out", "a folder to write the files to"), "put" => args.RequireText("from", "a folder whose files to upload"), _ => null };
-        string? metadata = args.Text("metadata-json");
-        args.RejectUnknown($"artifacts {verb}");
-        string Need() => name ?? throw new UsageException($"artifacts {verb} needs an artifact name");
-        switch (verb)
+        var gateway = new GatewayOptions();
+        var id = new Argument<string>("ID") { Description = "a job id (`interpmesh jobs list` shows them)" };
+        var report = CliOptions.Text("--report", "also write the job as an HTML report", "FILE.html");
+        var command = gateway.AddTo(new Command(name, description) { id });
+        if (withReport)
+            command.Options.Add(report);
+        command.SetAction(r =>
         {
-            case "list":
-                var list = RemoteModel.Call(() => c.ListArtifactsAsync(prefix).GetAwaiter().GetResult());
-                if (json)
-                    stdout.WriteLine(Formatter.Format(list));
-                else
-                    Terminal.Table(stdout, ["artifact", "bytes", "files"],
-                        list.Artifacts.Select(a => new[] { a.Name, a.Files.Sum(f => f.Bytes).ToString("N0", System.Globalization.CultureInfo.CurrentCulture), string.Join(", ", a.Files.Select(f => f.Name)) }),
-                        row => $"  {row[0],-40} {row[1],12} B  {row[2]}");
-                return 0;
-            case "get":
-                var header = RemoteModel.Call(() => c.DownloadArtifactAsync(Need(), dir!).GetAwaiter().GetResult());
-                stdout.WriteLine(json ? Formatter.Format(header) : $"{header.Name}: {header.Files.Count} files written to {dir}");
-                return 0;
-            case "put":
-                var stored = RemoteModel.Call(() => c.UploadArtifactAsync(Need(), dir!, metadata).GetAwaiter().GetResult());
-                stdout.WriteLine(json ? Formatter.Format(stored) : $"{stored.Name}: {stored.Files.Count} files stored");
-                return 0;
-            case "rm":
-                bool deleted = RemoteModel.Call(() => c.DeleteArtifactAsync(Need()).GetAwaiter().GetResult());
-                stdout.WriteLine(json ? Formatter.Format(new DeleteArtifactResponse { Deleted = deleted }) : deleted ? $"{Need()} deleted" : $"there was no artifact {Need()}");
-                return 0;
-            default:
-                throw new UsageException($"unknown artifacts command '{verb}'; use list, get NAME --out DIR, put NAME --from DIR or rm NAME");
-        }
+            using var c = gateway.Connect(r);
+            return action(c, r.GetRequiredValue(id), r.GetValue(gateway.Json), r.GetValue(report));
+        });
+        return command;
+    }
+
+    /// <summary><c>artifacts list | get NAME --out DIR | put NAME --from DIR | rm NAME</c>.</summary>
+    public static Command Artifacts(CliConsole console)
+    {
+        var artifacts = new Command("artifacts", "Artifacts on a gateway.");
+
+        var gateway = new GatewayOptions();
+        var prefix = CliOptions.Text("--prefix", "only names starting with this", "P");
+        var list = gateway.AddTo(new Command("list", "Artifacts, optionally under a prefix.") { prefix });
+        list.SetAction(r =>
+        {
+            using var c = gateway.Connect(r);
+            var found = RemoteModel.Call(() => c.ListArtifactsAsync(r.GetValue(prefix) ?? "").GetAwaiter().GetResult());
+            if (r.GetValue(gateway.Json))
+                console.Out.WriteLine(Formatter.Format(found));
+            else
+                Terminal.Table(console.Out, ["artifact", "bytes", "files"],
+                    found.Artifacts.Select(a => new[] { a.Name, a.Files.Sum(f => f.Bytes).ToString("N0", System.Globalization.CultureInfo.CurrentCulture), string.Join(", ", a.Files.Select(f => f.Name)) }),
+                    row => $"  {row[0],-40} {row[1],12} B  {row[2]}");
+            return 0;
+        });
+        artifacts.Subcommands.Add(list);
+
+        var output = CliOptions.Text("--out", "a folder to write the files to", "DIR");
+        output.Required = true;
+        artifacts.Subcommands.Add(ArtifactCommand("get", "Downloads an artifact's files.", [output], (c, name, json, r) =>
+        {
+            string dir = r.GetRequiredValue(output);
+            var header = RemoteModel.Call(() => c.DownloadArtifactAsync(name, dir).GetAwaiter().GetResult());
+            console.Out.WriteLine(json ? Formatter.Format(header) : $"{header.Name}: {header.Files.Count} files written to {dir}");
+            return 0;
+        }));
+
+        var from = CliOptions.ExistingFolder("--from", "a folder whose files to upload");
+        from.Required = true;
+        var metadata = CliOptions.Text("--metadata-json", "metadata (a JSON object)", "'{...}'");
+        artifacts.Subcommands.Add(ArtifactCommand("put", "Uploads a folder's files as an artifact.", [from, metadata], (c, name, json, r) =>
+        {
+            var stored = RemoteModel.Call(() => c.UploadArtifactAsync(name, r.GetRequiredValue(from).FullName, r.GetValue(metadata)).GetAwaiter().GetResult());
+            console.Out.WriteLine(json ? Formatter.Format(stored) : $"{stored.Name}: {stored.Files.Count} files stored");
+            return 0;
+        }));
+
+        artifacts.Subcommands.Add(ArtifactCommand("rm", "Deletes an artifact (admin).", [], (c, name, json, _) =>
+        {
+            bool deleted = RemoteModel.Call(() => c.DeleteArtifactAsync(name).GetAwaiter().GetResult());
+            console.Out.WriteLine(json ? Formatter.Format(new DeleteArtifactResponse { Deleted = deleted }) : deleted ? $"{name} deleted" : $"there was no artifact {name}");
+            return 0;
+        }));
+        return artifacts;
+    }
+
+    /// <summary>An <c>artifacts</c> command on one artifact NAME: (client, name, --json, the parse) → exit code.</summary>
+    private static Command ArtifactCommand(string verb, string description, Option[] options, Func<MeshClient, string, bool, ParseResult, int> action)
+    {
+        var gateway = new GatewayOptions();
+        var name = new Argument<string>("NAME") { Description = "an artifact name (`interpmesh artifacts list` shows them)" };
+        var command = gateway.AddTo(new Command(verb, description) { name });
+        foreach (var option in options)
+            command.Options.Add(option);
+        command.SetAction(r =>
+        {
+            using var c = gateway.Connect(r);
+            return action(c, r.GetRequiredValue(name), r.GetValue(gateway.Json), r);
+        });
+        return command;
     }
 }

@@ -15,13 +15,6 @@ internal static class RemoteModel
     /// <summary>Where remote calls go: a model service, or a gateway (with an API key and a model name when it needs them).</summary>
     public sealed record RemoteTarget(string Url, string? ApiKey, string? Model);
 
-    /// <summary>Reads <c>--key</c> (or INTERPMESH_API_KEY) and <c>--model-name</c> for calls through a gateway.</summary>
-    public static RemoteTarget Target(string url, CliArgs args)
-    {
-        var settings = CliSettings.Load();
-        return new RemoteTarget(url, args.Text("key") ?? settings.ApiKey, args.Text("model-name") ?? settings.Model);
-    }
-
     /// <summary>The client library's connection to <paramref name="target"/>; a malformed URL is a usage error.</summary>
     public static MeshClient Connect(RemoteTarget target)
     {

@@ -7,7 +7,7 @@ namespace InterpMesh.Cli.Serve;
 
 /// <summary>
 /// In-process model services and a gateway on loopback, configured only by what is passed here
-/// (no appsettings files): used by <c>up</c>, <c>demo</c> and the benchmarks.
+/// (no appsettings files): used by <c>up</c> and <c>demo</c> (the benchmarks, bench/InterpMesh.Bench, have their own).
 /// </summary>
 internal static class LocalMesh
 {
@@ -52,26 +52,9 @@ internal static class LocalMesh
     public static WebApplication StartGateway(IReadOnlyDictionary<string, string> models, string pluginsPath, string dataDir,
         string url = "http://127.0.0.1:0", string? key = null, string logLevel = "Error", Dictionary<string, string?>? extra = null)
     {
-        var settings = new Dictionary<string, string?>
-        {
-            ["Gateway:PluginsPath"] = pluginsPath,
-            ["Gateway:ArtifactsPath"] = Path.Combine(dataDir, "artifacts"),
-            ["Gateway:JobsPath"] = Path.Combine(dataDir, "jobs"),
-            ["Gateway:Auth:Enabled"] = key is null ? "false" : "true",
-            ["Gateway:RateLimit:RequestsPerSecond"] = "0",
-            ["Kestrel:Endpoints:Grpc:Url"] = url,
-            ["Logging:LogLevel:Default"] = logLevel,
-        };
-        foreach (var (name, address) in models)
-            settings[$"Gateway:Models:{name}:Endpoints:0"] = address;
-        if (models.Count > 0)
-            settings["Gateway:DefaultModel"] = models.Keys.First();
-        if (key is not null)
-        {
-            settings["Gateway:Auth:Keys:0:Name"] = "local";
-            settings["Gateway:Auth:Keys:0:Sha256"] = LocalHosts.KeyHash(key);
-            settings["Gateway:Auth:Keys:0:Roles:0"] = "admin";
-        }
+        var settings = LocalHosts.GatewaySettings(models, pluginsPath, dataDir, key);
+        settings["Kestrel:Endpoints:Grpc:Url"] = url;
+        settings["Logging:LogLevel:Default"] = logLevel;
         return LocalHosts.StartGatewayAsync(settings.Concat(extra ?? [])).GetAwaiter().GetResult();
     }
 

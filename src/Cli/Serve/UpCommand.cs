@@ -1,3 +1,4 @@
+using System.CommandLine;
 using InterpMesh.Cli.CommandLine;
 using InterpMesh.ModelService.Hosting;
 using Microsoft.Extensions.DependencyInjection;
@@ -11,17 +12,27 @@ namespace InterpMesh.Cli.Serve;
 /// </summary>
 internal static class UpCommand
 {
-    public static int Run(CliArgs args, TextWriter stdout)
+    public static Command Create(CliConsole console)
     {
-        string bind = args.Text("bind") ?? "127.0.0.1";
-        int gatewayPort = args.Int("grpc-port", min: 0) ?? 50050;
-        int modelPort = args.Int("model-port", min: 0) ?? 50051;
-        string? modelArg = args.Text("model");
-        string? pluginsArg = args.Text("plugins");
-        string data = Path.GetFullPath(args.Text("data") ?? "interpmesh-data");
-        string? key = args.Text("key");
-        int threads = args.Int("threads", min: 1) ?? 0;
-        args.RejectUnknown("up");
+        var bindOption = CliOptions.Text("--bind", "address to listen on", "ADDRESS");
+        bindOption.DefaultValueFactory = _ => "127.0.0.1";
+        var gatewayPortOption = CliOptions.Int("--grpc-port", "the gateway's port (0: any free port)", defaultValue: 50050, min: 0, helpName: "P");
+        var modelPortOption = CliOptions.Int("--model-port", "the model service's port (0: any free port)", defaultValue: 50051, min: 0, helpName: "P");
+        var modelOption = CliOptions.Text("--model", "model path (default: the checkout's models/concepts)", "PATH");
+        var pluginsOption = CliOptions.Text("--plugins", "plugins folder (default: the checkout's plugins/)", "DIR");
+        var dataOption = CliOptions.Text("--data", "where jobs and artifacts are kept", "DIR");
+        dataOption.DefaultValueFactory = _ => "interpmesh-data";
+        var keyOption = CliOptions.Text("--key", "require this API key (admin role); auth is off without it", "KEY");
+        var threadsOption = CliOptions.Int("--threads", "libtorch intra-op threads (default: all cores)", min: 1);
+        var command = new Command("up", "The local mesh: a model service and a gateway with the built-in plugins, until Ctrl-C.")
+            { modelOption, gatewayPortOption, modelPortOption, pluginsOption, dataOption, keyOption, bindOption, threadsOption };
+        command.SetAction(r => Run(r.GetRequiredValue(bindOption), r.GetValue(gatewayPortOption), r.GetValue(modelPortOption), r.GetValue(modelOption), r.GetValue(pluginsOption),
+            Path.GetFullPath(r.GetRequiredValue(dataOption)), r.GetValue(keyOption), r.GetValue(threadsOption) ?? 0, console.Out));
+        return command;
+    }
+
+    private static int Run(string bind, int gatewayPort, int modelPort, string? modelArg, string? pluginsArg, string data, string? key, int threads, TextWriter stdout)
+    {
         string? repo = LocalMesh.RepositoryOrNull();
         string model = Path.GetFullPath(modelArg ?? (repo is null ? throw new UsageException("--model PATH is required outside a checkout") : Path.Combine(repo, "models", "concepts")));
         string plugins = Path.GetFullPath(pluginsArg ?? (repo is null ? throw new UsageException("--plugins DIR is required outside a checkout") : Path.Combine(repo, "plugins")));

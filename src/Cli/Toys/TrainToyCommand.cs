@@ -1,8 +1,10 @@
+using System.CommandLine;
 using InterpMesh.Cli.CommandLine;
 using InterpMesh.Cli.Local;
 using InterpMesh.Runtime.Execution;
 using InterpMesh.ToyModels;
 using InterpMesh.ToyModels.Export;
+using InterpMesh.ToyModels.Tasks;
 using InterpMesh.ToyModels.Training;
 using static TorchSharp.torch;
 
@@ -11,19 +13,33 @@ namespace InterpMesh.Cli.Toys;
 /// <summary><c>interpmesh train-toy NAME --out DIR</c>: trains, evaluates, analyses and saves a toy model with its card.</summary>
 internal static class TrainToyCommand
 {
-    public static int Run(string name, CliArgs args, TextWriter stdout, TextWriter stderr)
+    public static Command Create(CliConsole console)
     {
-        bool json = args.Flag("json");
-        var task = ToyCatalog.Get(name);
-        string output = args.RequireText("out", "the folder to write the model to");
-        var d = task.Defaults;
-        var options = new TrainingOptions(
-            args.Int("steps", min: 1) ?? d.Steps,
-            args.Int("batch", min: 1) ?? d.BatchSize,
-            args.Real("lr") ?? d.LearningRate,
-            args.Int("seed") ?? d.Seed);
-        int threads = TorchRuntime.Initialize(args.Int("threads", min: 1));
-        args.RejectUnknown("train-toy");
+        var name = new Argument<string>("NAME") { Description = $"a model name: {string.Join(", ", ToyCatalog.Names)}" };
+        // The names are offered for completion; ToyCatalog.Get refuses others with the list.
+        name.CompletionSources.Add(ToyCatalog.Names.ToArray());
+        var output = CliOptions.Text("--out", "the folder to write the model to", "DIR");
+        output.Required = true;
+        var seed = CliOptions.Int("--seed", "seed (default: the toy's)", helpName: "S");
+        var steps = CliOptions.Int("--steps", "training steps (default: the toy's)", min: 1);
+        var batch = CliOptions.Int("--batch", "batch size (default: the toy's)", min: 1, helpName: "B");
+        var lr = CliOptions.Real("--lr", "learning rate (default: the toy's)", "LR");
+        var threads = CliOptions.Int("--threads", "libtorch intra-op threads (default: all cores)", min: 1);
+        var json = CliOptions.Flag("--json", "JSON output");
+        var command = new Command("train-toy", "Trains a toy model (induction, retrieval, concepts, functions).") { name, output, seed, steps, batch, lr, threads, json };
+        command.SetAction(r =>
+        {
+            var task = ToyCatalog.Get(r.GetRequiredValue(name));
+            var d = task.Defaults;
+            var options = new TrainingOptions(r.GetValue(steps) ?? d.Steps, r.GetValue(batch) ?? d.BatchSize, r.GetValue(lr) ?? d.LearningRate, r.GetValue(seed) ?? d.Seed);
+            return Run(task, options, r.GetRequiredValue(output), r.GetValue(threads), r.GetValue(json), console.Out, console.Error);
+        });
+        return command;
+    }
+
+    private static int Run(ToyTask task, TrainingOptions options, string output, int? threadsArg, bool json, TextWriter stdout, TextWriter stderr)
+    {
+        int threads = TorchRuntime.Initialize(threadsArg);
         options.Validate();
 
         var log = json ? stderr : stdout;

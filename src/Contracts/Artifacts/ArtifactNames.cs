@@ -10,6 +10,9 @@ public static partial class ArtifactNames
 {
     public const int MaxLength = 200;
 
+    /// <summary>Longest file name in an artifact.</summary>
+    public const int MaxFileLength = 100;
+
     // \z, not $: $ also matches before a final newline, which let "name\n" through.
     [GeneratedRegex(@"\A[a-z0-9][a-z0-9._-]*\z")]
     private static partial Regex Segment();
@@ -34,7 +37,9 @@ public static partial class ArtifactNames
     /// <summary>Throws <see cref="ArgumentException"/> unless <paramref name="file"/> is a plain file name.</summary>
     public static void CheckFile(string file)
     {
-        if (string.IsNullOrEmpty(file) || file.Length > 100 || !FileName().IsMatch(file) || file.Contains("..", StringComparison.Ordinal))
+        if (file.Length > MaxFileLength)
+            throw new ArgumentException($"artifact file name is {file.Length} characters long; the limit is {MaxFileLength}");
+        if (string.IsNullOrEmpty(file) || !FileName().IsMatch(file) || file.Contains("..", StringComparison.Ordinal))
             throw new ArgumentException($"artifact file name '{file}' is not allowed: use letters, digits, '-', '_' and '.', starting with a letter or digit, no '/' (e.g. cfg.json)");
     }
 }

@@ -7,9 +7,9 @@ using InterpMesh.Gateway.Security;
 namespace InterpMesh.Gateway.Api;
 
 /// <summary><c>interpmesh.v1.AnalysisService</c>: plugins and jobs.</summary>
-public sealed class AnalysisEndpoint(IPluginCatalog catalog, JobService jobs) : AnalysisService.AnalysisServiceBase
+public sealed class AnalysisEndpoint(IPluginCatalog catalog, JobService jobs, RecordLimits limits) : AnalysisService.AnalysisServiceBase
 {
-    private static Caller CallerOf(ServerCallContext context) => Caller.Of(context) ?? new Caller(Caller.Anonymous, new HashSet<string>());
+    private static Caller CallerOf(ServerCallContext context) => Caller.Of(context) ?? new Caller(Caller.Anonymous, Role.Unspecified);
 
     private static PluginDescription Describe(PluginEntry e)
     {
@@ -38,6 +38,7 @@ public sealed class AnalysisEndpoint(IPluginCatalog catalog, JobService jobs) : 
 
     public override async Task RunAnalysis(AnalysisRequest request, IServerStreamWriter<JobEvent> responseStream, ServerCallContext context)
     {
+        limits.Check(request);
         var caller = CallerOf(context);
         var job = await jobs.SubmitAsync(request, caller, context.CancellationToken);
         try
@@ -52,8 +53,11 @@ public sealed class AnalysisEndpoint(IPluginCatalog catalog, JobService jobs) : 
         }
     }
 
-    public override async Task<Job> SubmitJob(AnalysisRequest request, ServerCallContext context) =>
-        JobMapping.ToWire(await jobs.SubmitAsync(request, CallerOf(context), context.CancellationToken));
+    public override async Task<Job> SubmitJob(AnalysisRequest request, ServerCallContext context)
+    {
+        limits.Check(request);
+        return JobMapping.ToWire(await jobs.SubmitAsync(request, CallerOf(context), context.CancellationToken));
+    }
 
     public override async Task<Job> GetJob(GetJobRequest request, ServerCallContext context) =>
         JobMapping.ToWire(await jobs.GetAsync(request.Id, CallerOf(context), context.CancellationToken));
@@ -66,10 +70,19 @@ public sealed class AnalysisEndpoint(IPluginCatalog catalog, JobService jobs) : 
 
     public override async Task<ListJobsResponse> ListJobs(ListJobsRequest request, ServerCallContext context)
     {
-        var page = await jobs.ListAsync(request, CallerOf(context), context.CancellationToken);
-        var response = new ListJobsResponse { NextPageToken = page.NextPageToken };
-        response.Jobs.AddRange(page.Jobs.Select(j => JobMapping.ToWire(j, withResult: false)));
-        return response;
+        // A page stays within the list budget: each record is bounded at the edge, but 500 of the
+        // largest would not fit the default 4 MiB message, so a smaller page is read until it fits
+        // (its token then continues from the last job sent).
+        while (true)
+        {
+            var page = await jobs.ListAsync(request, CallerOf(context), context.CancellationToken);
+            var response = new ListJobsResponse { NextPageToken = page.NextPageToken };
+            response.Jobs.AddRange(page.Jobs.Select(j => JobMapping.ToWire(j, withResult: false)));
+            if (response.Jobs.Count <= 1 || response.CalculateSize() <= RecordLimits.PageBudgetBytes)
+                return response;
+            request = request.Clone();
+            request.PageSize = response.Jobs.Count / 2;
+        }
     }
 
     private async Task Stream(string id, Caller caller, IServerStreamWriter<JobEvent> responseStream, CancellationToken ct)

@@ -10,7 +10,7 @@ using InterpMesh.Gateway.Artifacts;
 namespace InterpMesh.Gateway.Api;
 
 /// <summary><c>interpmesh.v1.ArtifactService</c> over the directory store.</summary>
-public sealed class ArtifactEndpoint(ArtifactStore store) : ArtifactService.ArtifactServiceBase
+public sealed class ArtifactEndpoint(ArtifactStore store, RecordLimits limits) : ArtifactService.ArtifactServiceBase
 {
     private const int ChunkBytes = 1 << 20;
 
@@ -21,31 +21,68 @@ public sealed class ArtifactEndpoint(ArtifactStore store) : ArtifactService.Arti
         return p;
     }
 
+    /// <summary>
+    /// One page, in name order: at most the page size (<see cref="RecordLimits.PageSize"/>), and
+    /// never past <see cref="RecordLimits.PageBudgetBytes"/> (a page always holds at least one
+    /// artifact, which the upload limits keep far below it).
+    /// </summary>
     public override Task<ListArtifactsResponse> ListArtifacts(ListArtifactsRequest request, ServerCallContext context) => Errors.Guard(() =>
     {
+        if (request.Prefix.Length > ArtifactNames.MaxLength)
+            throw new ArgumentException($"prefix is {request.Prefix.Length} characters long; no artifact name is longer than {ArtifactNames.MaxLength}");
+        int size = limits.PageSize(request.PageSize);
+        string? after = PageTokens.Read(request.PageToken, request.Prefix);
         var response = new ListArtifactsResponse();
-        response.Artifacts.AddRange(store.List(request.Prefix).Select(ToProto));
+        long bytes = 0;
+        foreach (var artifact in store.List(request.Prefix, after))
+        {
+            var info = ToProto(artifact);
+            // The field's own framing: a tag byte and a length of up to 5 bytes.
+            int n = info.CalculateSize() + 6;
+            if (response.Artifacts.Count == size || (response.Artifacts.Count > 0 && bytes + n > RecordLimits.PageBudgetBytes))
+            {
+                response.NextPageToken = PageTokens.Write(request.Prefix, response.Artifacts[^1].Name);
+                break;
+            }
+            response.Artifacts.Add(info);
+            bytes += n;
+        }
         return Task.FromResult(response);
     });
 
     public override Task GetArtifact(GetArtifactRequest request, IServerStreamWriter<ArtifactChunk> responseStream, ServerCallContext context) => Errors.GuardAsync(async () =>
     {
-        var info = await store.FindAsync(request.Name, context.CancellationToken)
+        // One version, its files opened before anything is sent: a replacement or a delete while the
+        // files stream does not mix versions or cut the stream off.
+        var version = store.Open(request.Name)
             ?? throw new RpcException(new Status(StatusCode.NotFound, $"no artifact '{request.Name}' (ListArtifacts shows what there is)"));
-        foreach (var f in info.Files)
-            await store.Verify(info.Name, store.PathOf(info.Name, f.Name), f, context.CancellationToken);
-        await responseStream.WriteAsync(new ArtifactChunk { Header = ToProto(info) }, context.CancellationToken);
-        var buffer = new byte[ChunkBytes];
-        foreach (var f in info.Files)
+        var streams = new List<FileStream>();
+        try
         {
-            await using var stream = File.OpenRead(store.PathOf(info.Name, f.Name));
-            long offset = 0;
-            int n;
-            while ((n = await stream.ReadAsync(buffer, context.CancellationToken)) > 0)
+            foreach (var f in version.Files)
+                streams.Add(new FileStream(version.PathOf(f.Name), FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16, useAsync: true));
+            for (int i = 0; i < streams.Count; i++)
             {
-                await responseStream.WriteAsync(new ArtifactChunk { Data = new FileData { File = f.Name, Offset = offset, Data = ByteString.CopyFrom(buffer, 0, n) } }, context.CancellationToken);
-                offset += n;
+                await ArtifactStore.Verify(version.Info.Name, streams[i], version.Files[i], context.CancellationToken);
+                streams[i].Position = 0;
             }
+            await responseStream.WriteAsync(new ArtifactChunk { Header = ToProto(version.Info) }, context.CancellationToken);
+            var buffer = new byte[ChunkBytes];
+            for (int i = 0; i < streams.Count; i++)
+            {
+                long offset = 0;
+                int n;
+                while ((n = await streams[i].ReadAsync(buffer, context.CancellationToken)) > 0)
+                {
+                    await responseStream.WriteAsync(new ArtifactChunk { Data = new FileData { File = version.Files[i].Name, Offset = offset, Data = ByteString.CopyFrom(buffer, 0, n) } }, context.CancellationToken);
+                    offset += n;
+                }
+            }
+        }
+        finally
+        {
+            foreach (var stream in streams)
+                await stream.DisposeAsync();
         }
     });
 
@@ -54,6 +91,7 @@ public sealed class ArtifactEndpoint(ArtifactStore store) : ArtifactService.Arti
         var ct = context.CancellationToken;
         if (!await requestStream.MoveNext(ct) || requestStream.Current.Header is not { } header)
             throw new ArgumentException("PutArtifact must start with a header message (name, metadata_json, files)");
+        limits.Check(header);
         JsonObject metadata;
         try
         {
@@ -70,6 +108,14 @@ public sealed class ArtifactEndpoint(ArtifactStore store) : ArtifactService.Arti
             ArtifactNames.CheckFile(f.Name);
             if (f.Bytes < 0 || !expected.TryAdd(f.Name, f.Bytes))
                 throw new ArgumentException($"header lists file '{f.Name}' twice or with a negative size");
+        }
+        // Refused before a byte is stored when the header already says the artifact is too large.
+        long declared = 0;
+        foreach (long bytes in expected.Values)
+        {
+            if (bytes > store.MaxArtifactBytes - declared)
+                throw new ArtifactTooLargeException(header.Name, store.MaxArtifactBytes);
+            declared += bytes;
         }
         using var write = store.Begin(header.Name, metadata);
         var written = expected.Keys.ToDictionary(k => k, _ => 0L, StringComparer.Ordinal);
@@ -108,6 +154,7 @@ internal static class Errors
     public static RpcException ToRpc(Exception e) => e switch
     {
         RpcException r => r,
+        ArtifactTooLargeException => new RpcException(new Status(StatusCode.ResourceExhausted, e.Message), Contracts.RetryPushback.Never()),
         ArgumentException => new RpcException(new Status(StatusCode.InvalidArgument, e.Message)),
         FileNotFoundException => new RpcException(new Status(StatusCode.NotFound, e.Message)),
         InvalidDataException => new RpcException(new Status(StatusCode.DataLoss, e.Message)),

@@ -1,3 +1,4 @@
+using InterpMesh.Gateway.Security;
 using Microsoft.Extensions.Options;
 
 namespace InterpMesh.Gateway.Configuration;
@@ -53,6 +54,10 @@ public sealed class GatewayOptions
     public int MaxRequestBytes { get; set; } = 64 << 20;
 
     public AuthOptions Auth { get; set; } = new();
+
+    public AuthorizationOptions Authorization { get; set; } = new();
+
+    public LimitsOptions Limits { get; set; } = new();
 
     public RateLimitOptions RateLimit { get; set; } = new();
 
@@ -119,6 +124,43 @@ public sealed class AuthOptions
     public string? KeysFile { get; set; }
 }
 
+/// <summary>Which role each RPC needs, beyond what the protos declare.</summary>
+public sealed class AuthorizationOptions
+{
+    /// <summary>
+    /// Role (<c>read</c>, <c>analyze</c>, <c>admin</c>) by method, <c>interpmesh.v1.ModelService/FutureRpc</c>
+    /// (a leading '/' is optional). Overrides the role an RPC declares in its proto, and is the only
+    /// way to open an RPC the gateway was not compiled with: without a role, an RPC is refused.
+    /// </summary>
+    public Dictionary<string, string> Roles { get; set; } = new(StringComparer.Ordinal);
+}
+
+/// <summary>
+/// Sizes of what clients send that the gateway stores and later lists (job records, artifact
+/// manifests), checked before anything is stored: a list or get must never exceed what a client
+/// can receive (gRPC's default 4 MiB).
+/// </summary>
+public sealed class LimitsOptions
+{
+    /// <summary>Largest <c>parameters_json</c> of an analysis (UTF-8 bytes).</summary>
+    public int MaxParametersBytes { get; set; } = 256 << 10;
+
+    /// <summary>Largest <c>metadata_json</c> of an artifact (UTF-8 bytes).</summary>
+    public int MaxMetadataBytes { get; set; } = 64 << 10;
+
+    /// <summary>Most files in one artifact (each is listed with its name, size and checksum).</summary>
+    public int MaxArtifactFiles { get; set; } = 256;
+
+    /// <summary>Largest artifact, all its files together, counted while it is written (uploads and plugins alike).</summary>
+    public long MaxArtifactBytes { get; set; } = 16L << 30;
+
+    /// <summary>ListArtifacts page size when the request asks for none.</summary>
+    public int DefaultPageSize { get; set; } = 100;
+
+    /// <summary>Largest ListArtifacts page size; a request for more gets this many.</summary>
+    public int MaxPageSize { get; set; } = 1000;
+}
+
 /// <summary>One API key.</summary>
 public sealed class ApiKeyEntry
 {
@@ -148,8 +190,6 @@ public sealed class RateLimitOptions
 /// <summary>Reports every configuration error at once, at start.</summary>
 internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
 {
-    public static readonly string[] KnownRoles = ["read", "analyze", "admin"];
-
     public ValidateOptionsResult Validate(string? name, GatewayOptions o)
     {
         var errors = new List<string>();
@@ -195,6 +235,28 @@ internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
             errors.Add($"Gateway:Auth:KeysFile '{f}' does not exist");
         for (int i = 0; i < o.Auth.Keys.Count; i++)
             errors.AddRange(ApiKeyEntryErrors(o.Auth.Keys[i], $"Gateway:Auth:Keys:{i}"));
+        foreach (var (method, role) in o.Authorization.Roles)
+        {
+            if (!RoleNames.TryParse(role, out _))
+                errors.Add($"Gateway:Authorization:Roles:{method} has unknown role '{role}'; use {RoleNames.Known}");
+            if (!IsMethodPath(method))
+                errors.Add($"Gateway:Authorization:Roles:{method} does not name a method; use package.Service/Method, e.g. interpmesh.v1.ModelService/Run");
+        }
+        var limits = o.Limits;
+        // The smallest useful size: "{}".
+        if (limits.MaxParametersBytes < 2 || limits.MaxMetadataBytes < 2)
+            errors.Add($"Gateway:Limits:MaxParametersBytes ({limits.MaxParametersBytes}) and MaxMetadataBytes ({limits.MaxMetadataBytes}) must be at least 2 (\"{{}}\")");
+        // A listed artifact must fit in a page: its name, metadata and files well under the page budget.
+        if (limits.MaxMetadataBytes > Api.RecordLimits.PageBudgetBytes / 4)
+            errors.Add($"Gateway:Limits:MaxMetadataBytes is {limits.MaxMetadataBytes}; at most {Api.RecordLimits.PageBudgetBytes / 4}, so that an artifact always fits in a list page");
+        if (limits.MaxArtifactBytes < 1)
+            errors.Add($"Gateway:Limits:MaxArtifactBytes must be at least 1, got {limits.MaxArtifactBytes}");
+        if (limits.MaxArtifactFiles < 1 || limits.MaxArtifactFiles > 4096)
+            errors.Add($"Gateway:Limits:MaxArtifactFiles must be between 1 and 4096, got {limits.MaxArtifactFiles}");
+        if (limits.DefaultPageSize < 1 || limits.MaxPageSize < limits.DefaultPageSize)
+            errors.Add($"Gateway:Limits:DefaultPageSize ({limits.DefaultPageSize}) must be at least 1 and at most MaxPageSize ({limits.MaxPageSize})");
+        foreach (var model in o.Models.Keys.Where(m => m.Length > Api.RecordLimits.MaxModelNameLength))
+            errors.Add($"Gateway:Models has a model name of {model.Length} characters ('{model[..40]}…'); the limit is {Api.RecordLimits.MaxModelNameLength}");
         if (o.RateLimit.RequestsPerSecond < 0 || o.RateLimit.Burst < 1 || o.RateLimit.MaxJobsPerKey < 1)
             errors.Add("Gateway:RateLimit needs RequestsPerSecond >= 0, Burst >= 1 and MaxJobsPerKey >= 1");
         if (!string.IsNullOrEmpty(o.OtlpEndpoint) && (!Uri.TryCreate(o.OtlpEndpoint, UriKind.Absolute, out var otlp) || otlp.Scheme is not ("http" or "https")))
@@ -242,7 +304,15 @@ internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
             yield return $"{where}: Name is required";
         if (k.Sha256.Length != 64 || !k.Sha256.All(char.IsAsciiHexDigitLower))
             yield return $"{where} ({k.Name}): Sha256 must be 64 lower-case hex digits (printf %s KEY | sha256sum), not the key itself";
-        foreach (var r in k.Roles.Where(r => !KnownRoles.Contains(r)))
+        foreach (var r in k.Roles.Where(r => !RoleNames.TryParse(r, out _)))
             yield return $"{where} ({k.Name}): unknown role '{r}'; use read, analyze or admin";
+    }
+
+    /// <summary><c>package.Service/Method</c>, with an optional leading '/'.</summary>
+    private static bool IsMethodPath(string method)
+    {
+        var parts = RpcRoles.FullMethod(method).Split('/');
+        return parts.Length == 3 && parts[1].Contains('.', StringComparison.Ordinal) && parts[1].Length > 0 && parts[2].Length > 0
+            && parts[1].All(c => char.IsAsciiLetterOrDigit(c) || c is '.' or '_') && parts[2].All(c => char.IsAsciiLetterOrDigit(c) || c == '_');
     }
 }

@@ -38,11 +38,17 @@ public static class GatewayApp
         services.AddSingleton<GatewayMetrics>();
         services.AddSingleton<ModelRouter>();
         services.AddSingleton<ApiKeys>();
+        services.AddSingleton<RpcRoles>();
+        services.AddSingleton<RecordLimits>();
         services.AddSingleton<AuthInterceptor>();
         services.AddSingleton<ModelServiceForwarder>();
         services.AddSingleton<PluginCatalog>();
         services.AddSingleton<IPluginCatalog>(sp => sp.GetRequiredService<PluginCatalog>());
-        services.AddSingleton(sp => new ArtifactStore(sp.GetRequiredService<IOptions<GatewayOptions>>().Value.ArtifactsPath));
+        services.AddSingleton(sp =>
+        {
+            var o = sp.GetRequiredService<IOptions<GatewayOptions>>().Value;
+            return new ArtifactStore(o.ArtifactsPath, o.Limits.MaxArtifactBytes, o.Limits.MaxMetadataBytes);
+        });
         // Jobs live in the shared store (PostgreSQL, or the embedded file); this process serves them
         // (JobService) and runs them (JobWorker, a worker loop hosted here).
         services.AddSingleton(sp => OpenJobStore(sp.GetRequiredService<IOptions<GatewayOptions>>().Value, sp.GetRequiredService<ILoggerFactory>().CreateLogger("InterpMesh.Gateway.Jobs")));
@@ -63,10 +69,14 @@ public static class GatewayApp
 
         var app = builder.Build();
         app.MapInterpMeshDefaults();
-        // Load plugins now, so a broken one is reported at start rather than at the first call;
-        // open the job store now, so a wrong connection string stops the start with its reason.
-        app.Services.GetRequiredService<PluginCatalog>();
+        // Open the job store now, so a wrong connection string stops the start with its reason
+        // (before plugins load: nothing else is built yet); load plugins now, so a broken one is
+        // reported at start rather than at the first call.
         app.Services.GetRequiredService<SqlJobStore>();
+        app.Services.GetRequiredService<PluginCatalog>();
+        // Read every RPC's role now, and say which ones no key can call.
+        foreach (var method in app.Services.GetRequiredService<RpcRoles>().Undeclared)
+            app.Logger.LogWarning("{Method} declares no role in its proto and none is configured: it is refused for every key (Gateway:Authorization:Roles can grant one)", method);
         if (!app.Services.GetRequiredService<IOptions<GatewayOptions>>().Value.Auth.Enabled)
             app.Logger.LogWarning("Authentication is OFF (Gateway:Auth:Enabled=false): anyone who can reach this gateway can use it. Use this for local work only.");
         app.MapModelServiceForwarding();

@@ -40,7 +40,7 @@ public sealed class JobService
 
     private TimeSpan Poll => TimeSpan.FromMilliseconds(options.Jobs.PollMilliseconds);
 
-    public static JobCaller ToJobCaller(Caller caller) => new(caller.Name, caller.Has("admin"));
+    public static JobCaller ToJobCaller(Caller caller) => new(caller.Name, caller.Has(Wire.Role.Admin));
 
     /// <summary>Validates and queues a job; errors name what to fix.</summary>
     public Task<JobInfo> SubmitAsync(Wire.AnalysisRequest request, Caller caller, CancellationToken ct)

@@ -136,6 +136,10 @@ public sealed class PluginCatalog : IPluginCatalog, IDisposable
 
     private static IAnalysisPlugin Instantiate(Assembly assembly, PluginFolder spec)
     {
+        // Before any of the plugin's code runs: one built against another major version of the
+        // SDK would fail deep inside with MissingMethodException (2.0 replaced the 1.x records'
+        // constructors), so say which SDK it was built against and what to do.
+        CheckSdkReference(assembly.GetReferencedAssemblies(), spec.Assembly);
         Type[] types;
         try
         {
@@ -157,6 +161,25 @@ public sealed class PluginCatalog : IPluginCatalog, IDisposable
         if (candidates.Count > 1)
             throw new InvalidOperationException($"{spec.Assembly} has several plugin classes ({string.Join(", ", candidates.Select(c => c.FullName))}); name one with \"type\" in plugin.json");
         return (IAnalysisPlugin)Activator.CreateInstance(candidates[0])!;
+    }
+
+    /// <summary>The SDK's assembly name, as a plugin's assembly references it.</summary>
+    internal static readonly string SdkAssemblyName = typeof(IAnalysisPlugin).Assembly.GetName().Name!;
+
+    /// <summary>
+    /// Refuses a plugin whose assembly references another major version of the SDK assembly (its
+    /// assembly version is Major.0.0.0 whatever the package version). A plugin that does not
+    /// reference the SDK is left to the checks that follow (it has no plugin class).
+    /// </summary>
+    internal static void CheckSdkReference(IEnumerable<AssemblyName> references, string assemblyFile)
+    {
+        var sdk = references.FirstOrDefault(r => string.Equals(r.Name, SdkAssemblyName, StringComparison.Ordinal));
+        if (sdk?.Version is not { } built || built.Major == SdkVersion.Major)
+            return;
+        string builtAgainst = $"{built.Major}.{built.Minor}";
+        throw new InvalidOperationException(built.Major < SdkVersion.Major
+            ? $"{assemblyFile} was built against {SdkAssemblyName} {builtAgainst}; rebuild it against {SdkVersion.Current} — see docs/writing-plugins.md, Migrating to {SdkVersion.Major}.0"
+            : $"{assemblyFile} was built against {SdkAssemblyName} {builtAgainst}, newer than this gateway's {SdkVersion.Current}; update the gateway or build the plugin against {SdkAssemblyName} {SdkVersion.Major}.x");
     }
 
     private static void CheckManifest(PluginManifest manifest, string id)

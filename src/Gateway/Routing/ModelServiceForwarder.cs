@@ -11,9 +11,11 @@ namespace InterpMesh.Gateway.Routing;
 
 /// <summary>
 /// The ModelService API at the gateway, forwarded by service prefix: every call to
-/// <c>/interpmesh.v1.ModelService/*</c> is authenticated (<see cref="AuthInterceptor.Authorize"/>),
+/// <c>/interpmesh.v1.ModelService/*</c> is authenticated and authorized (<see cref="AuthInterceptor.Authorize"/>:
+/// the role its proto declares or configuration grants; none is PERMISSION_DENIED),
 /// routed by its <c>interpmesh-model</c> metadata to a replica, and its length-prefixed messages
-/// are copied both ways without being parsed — an RPC added to the model service needs no code here.
+/// are copied both ways without being parsed — an RPC added to the model service needs no code here,
+/// only its role (declared in its proto, or granted by configuration to one newer than this gateway).
 /// <para>
 /// Messages are copied whole (one pooled buffer each way), so a replica failing mid-stream still
 /// ends the client's call at a message boundary with a proper UNAVAILABLE status. A call that fails
@@ -100,9 +102,11 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
     private async Task ForwardCoreAsync(HttpContext context, ForwardedCall call, string name)
     {
         var headers = context.Request.Headers;
-        auth.Authorize(context.Request.Path.Value!, headers.Authorization, caller => call.Key = caller.Name);
+        // A path that cannot name a method is UNIMPLEMENTED for anyone, as grpc-aspnetcore answers for its own services;
+        // a well-formed one is authorized next, and one that declares no role is refused there.
         if (!string.Equals(context.Request.Path.Value, $"/{Service}/{name}", StringComparison.Ordinal) || !IsMethodName(name))
             throw new RpcException(new Status(StatusCode.Unimplemented, $"'{Truncate(context.Request.Path.Value!)}' is not a method of {Service}"));
+        auth.Authorize(context.Request.Path.Value!, headers.Authorization, caller => call.Key = caller.Name);
         var pool = router.Resolve(headers[ModelRouter.ModelHeader].ToString());
         var deadline = DateTime.UtcNow + (GrpcWire.ParseTimeout(headers["grpc-timeout"].ToString()) ?? callTimeout);
         var method = Method(name);

@@ -83,11 +83,11 @@ internal sealed class RoutedModelClient(ReplicaPool pool, TimeSpan callTimeout) 
             var message = call.ResponseStream.Current;
             if (message.Result is { } result)
             {
-                yield return new RunOutput(null, null, result);
+                yield return new RunOutput { Result = result };
                 continue;
             }
             if (assembler.Add(message.Activation) is { } capture)
-                yield return new RunOutput(capture.Hook, capture.Tensor.ToTorch(), null);
+                yield return new RunOutput { Hook = capture.Hook, Activation = capture.Tensor.ToTorch() };
         }
     }
 

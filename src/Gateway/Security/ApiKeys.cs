@@ -1,13 +1,14 @@
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
+using InterpMesh.Contracts.V1;
 using InterpMesh.Gateway.Configuration;
 using Microsoft.Extensions.Options;
 
 namespace InterpMesh.Gateway.Security;
 
-/// <summary>Who a call comes from, once authenticated.</summary>
-public sealed record Caller(string Name, IReadOnlySet<string> Roles)
+/// <summary>Who a call comes from, once authenticated, and the strongest role its key holds (roles nest).</summary>
+public sealed record Caller(string Name, Role Role)
 {
     public const string Anonymous = "anonymous";
     internal const string StateKey = "interpmesh.caller";
@@ -19,7 +20,8 @@ public sealed record Caller(string Name, IReadOnlySet<string> Roles)
     public static Caller? Of(Grpc.Core.ServerCallContext context) =>
         context.UserState.TryGetValue(StateKey, out var c) ? c as Caller : null;
 
-    public bool Has(string role) => Roles.Contains("admin") || Roles.Contains(role) || role == "read" && Roles.Contains("analyze");
+    /// <summary>Whether the caller may do what <paramref name="needed"/> allows: admin includes analyze, which includes read. Nobody holds <see cref="Role.Unspecified"/>.</summary>
+    public bool Has(Role needed) => needed != Role.Unspecified && Role >= needed;
 }
 
 /// <summary>
@@ -86,7 +88,7 @@ public sealed class ApiKeys
                     return;
                 }
             }
-            keys = [.. entries.Select(k => (Convert.FromHexString(k.Sha256), new Caller(k.Name, k.Roles.ToHashSet(StringComparer.Ordinal))))];
+            keys = [.. entries.Select(k => (Convert.FromHexString(k.Sha256), new Caller(k.Name, RoleNames.Strongest(k.Roles))))];
         }
     }
 

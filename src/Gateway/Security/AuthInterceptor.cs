@@ -2,6 +2,7 @@ using System.Threading.RateLimiting;
 using Grpc.Core;
 using Grpc.Core.Interceptors;
 using InterpMesh.Contracts;
+using InterpMesh.Contracts.V1;
 using InterpMesh.Gateway.Configuration;
 using Microsoft.Extensions.Options;
 
@@ -9,19 +10,22 @@ namespace InterpMesh.Gateway.Security;
 
 /// <summary>
 /// Authentication, authorisation and per-key rate limits for every gRPC call except the health
-/// and reflection services. Missing or unknown key: UNAUTHENTICATED; role too weak:
-/// PERMISSION_DENIED; over the key's rate: RESOURCE_EXHAUSTED with the standard
+/// and reflection services. Missing or unknown key: UNAUTHENTICATED; role too weak, or an RPC that
+/// declares no role (<see cref="RpcRoles"/>: it fails closed): PERMISSION_DENIED; over the key's
+/// rate: RESOURCE_EXHAUSTED with the standard
 /// <c>grpc-retry-pushback-ms</c> trailer: when the key's next token comes.
 /// </summary>
 public sealed class AuthInterceptor : Interceptor, IDisposable
 {
-    private static readonly Caller Local = new(Caller.Anonymous, new HashSet<string> { "admin" });
+    private static readonly Caller Local = new(Caller.Anonymous, Role.Admin);
     private readonly ApiKeys keys;
+    private readonly RpcRoles roles;
     private readonly PartitionedRateLimiter<string>? limiter;
 
-    public AuthInterceptor(ApiKeys keys, IOptions<GatewayOptions> options)
+    public AuthInterceptor(ApiKeys keys, RpcRoles roles, IOptions<GatewayOptions> options)
     {
         this.keys = keys;
+        this.roles = roles;
         var rate = options.Value.RateLimit;
         if (rate.RequestsPerSecond > 0)
         {
@@ -35,18 +39,6 @@ public sealed class AuthInterceptor : Interceptor, IDisposable
                 AutoReplenishment = true,
             }));
         }
-    }
-
-    /// <summary>The role a method needs.</summary>
-    public static string RoleFor(string fullMethod)
-    {
-        string method = fullMethod[(fullMethod.LastIndexOf('/') + 1)..];
-        return method switch
-        {
-            "Run" or "Generate" or "RunAnalysis" or "SubmitJob" or "CancelJob" or "PutArtifact" => "analyze",
-            "DeleteArtifact" => "admin",
-            _ => "read",
-        };
     }
 
     private static bool Exempt(string fullMethod) =>
@@ -81,9 +73,12 @@ public sealed class AuthInterceptor : Interceptor, IDisposable
                 ?? throw new RpcException(new Status(StatusCode.Unauthenticated, "the API key is not valid; check it, or ask an administrator for a new one"));
         }
         identified?.Invoke(caller);
-        string role = RoleFor(fullMethod);
+        // Fails closed: an RPC that declares no role is refused for every key, admin included.
+        var role = roles.For(fullMethod)
+            ?? throw new RpcException(new Status(StatusCode.PermissionDenied,
+                $"{Shortened(fullMethod)} declares no role, so this gateway refuses it; an administrator can grant one with Gateway:Authorization:Roles:{Shortened(fullMethod.TrimStart('/'))}=read|analyze|admin"));
         if (!caller.Has(role))
-            throw new RpcException(new Status(StatusCode.PermissionDenied, $"key '{caller.Name}' lacks the '{role}' role needed for {fullMethod}"));
+            throw new RpcException(new Status(StatusCode.PermissionDenied, $"key '{caller.Name}' lacks the '{RoleNames.Of(role)}' role needed for {fullMethod}"));
         if (limiter is not null)
         {
             using var lease = limiter.AttemptAcquire(caller.Name);
@@ -96,6 +91,9 @@ public sealed class AuthInterceptor : Interceptor, IDisposable
         }
         return caller;
     }
+
+    /// <summary>A method path cut short for a message: <see cref="Authorize"/> is public and takes any path.</summary>
+    private static string Shortened(string text) => text.Length > 120 ? text[..120] + "…" : text;
 
     public override Task<TResponse> UnaryServerHandler<TRequest, TResponse>(TRequest request, ServerCallContext context, UnaryServerMethod<TRequest, TResponse> continuation)
     {

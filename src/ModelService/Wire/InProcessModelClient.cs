@@ -47,8 +47,8 @@ public sealed class InProcessModelClient(ModelEngine engine, string name = "loca
     public IAsyncEnumerable<RunOutput> RunAsync(RunRequest request, CancellationToken cancellationToken = default) =>
         Serve<RunOutput>(() => Submit(WireMapping.ToSpec(request), s => engine.Submit(s), s => s.Interventions), output => output switch
         {
-            CaptureOutput capture => [new RunOutput(capture.Hook, capture.Value.ToTensor(), null)],
-            RunOutcome outcome => [new RunOutput(null, null, WireMapping.ToProto(outcome))],
+            CaptureOutput capture => [new RunOutput { Hook = capture.Hook, Activation = capture.Value.ToTensor() }],
+            RunOutcome outcome => [new RunOutput { Result = WireMapping.ToProto(outcome) }],
             _ => [],
         }, cancellationToken);
 

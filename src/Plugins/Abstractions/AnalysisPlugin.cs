@@ -28,7 +28,7 @@ public abstract class AnalysisPlugin<TParameters> : IAnalysisPlugin
     /// <param name="description">One or two sentences shown by <c>interpmesh plugins</c>.</param>
     /// <param name="produces">What results contain, e.g. <c>table:norms</c>, <c>figure:norms</c>.</param>
     protected AnalysisPlugin(string id, string version, string description, IReadOnlyList<string> produces)
-        => Manifest = new PluginManifest(id, version, description, SdkVersion.Current, PluginParameters.SchemaOf<TParameters>(), produces);
+        => Manifest = new PluginManifest { Id = id, Version = version, Description = description, SdkVersion = SdkVersion.Current, ParameterSchema = PluginParameters.SchemaOf<TParameters>(), Produces = produces };
 
     /// <inheritdoc/>
     public PluginManifest Manifest { get; }

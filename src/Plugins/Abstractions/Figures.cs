@@ -7,7 +7,7 @@ namespace InterpMesh.Plugins;
 /// <summary>
 /// Charts as self-contained SVG markup (no scripts, fonts or external resources), so a figure
 /// renders anywhere without a network: the plugins' figures, the CLI's HTML reports and any
-/// third-party plugin's (<c>new ResultFigure(name, "image/svg+xml", Encoding.UTF8.GetBytes(svg))</c>).
+/// third-party plugin's (<c>new ResultFigure { Name = name, MediaType = "image/svg+xml", Content = Encoding.UTF8.GetBytes(svg), Caption = ... }</c>).
 /// </summary>
 public static class Figures
 {

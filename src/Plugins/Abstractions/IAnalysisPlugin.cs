@@ -21,17 +21,27 @@ public interface IAnalysisPlugin
     Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context);
 }
 
-/// <summary>A plugin's description of itself.</summary>
-/// <param name="Id">Unique id, lower case letters, digits and dashes (e.g. <c>probing</c>); must equal the plugin's folder name.</param>
-/// <param name="Version">The plugin's own version (semantic versioning).</param>
-/// <param name="Description">One or two sentences shown by <c>interpmesh plugins</c>.</param>
-/// <param name="SdkVersion">The SDK version it was built against; use <see cref="Plugins.SdkVersion.Current"/>.</param>
-/// <param name="ParameterSchema">JSON Schema (an object schema) of the parameters.</param>
-/// <param name="Produces">What results contain, e.g. <c>table:per_layer</c>, <c>figure:accuracy</c>, <c>artifact:probe</c>.</param>
-public sealed record PluginManifest(
-    string Id,
-    string Version,
-    string Description,
-    string SdkVersion,
-    JsonObject ParameterSchema,
-    IReadOnlyList<string> Produces);
+/// <summary>A plugin's description of itself (SDK 2.0: a class with init properties, so a field added later is not a break).</summary>
+public sealed class PluginManifest
+{
+    /// <summary>Unique id, lower case letters, digits and dashes (e.g. <c>probing</c>); must equal the plugin's folder name.</summary>
+    public required string Id { get; init; }
+
+    /// <summary>The plugin's own version (semantic versioning).</summary>
+    public required string Version { get; init; }
+
+    /// <summary>One or two sentences shown by <c>interpmesh plugins</c>.</summary>
+    public required string Description { get; init; }
+
+    /// <summary>
+    /// The SDK version it was built against: write <see cref="Plugins.SdkVersion.Current"/> (a
+    /// constant, so the value compiled into the plugin is the SDK it was built with).
+    /// </summary>
+    public required string SdkVersion { get; init; }
+
+    /// <summary>JSON Schema (an object schema) of the parameters.</summary>
+    public required JsonObject ParameterSchema { get; init; }
+
+    /// <summary>What results contain, e.g. <c>table:per_layer</c>, <c>figure:accuracy</c>, <c>artifact:probe</c>.</summary>
+    public IReadOnlyList<string> Produces { get; init; } = [];
+}

@@ -27,14 +27,30 @@ public interface IArtifactStore
 }
 
 /// <summary>A stored artifact.</summary>
-/// <param name="Name">Its name.</param>
-/// <param name="Files">Its files.</param>
-/// <param name="Metadata">The metadata it was saved with.</param>
-/// <param name="Created">When it was written.</param>
-public sealed record StoredArtifact(string Name, IReadOnlyList<StoredFile> Files, JsonObject Metadata, DateTimeOffset Created);
+public sealed class StoredArtifact
+{
+    /// <summary>Its name.</summary>
+    public required string Name { get; init; }
+
+    /// <summary>Its files.</summary>
+    public required IReadOnlyList<StoredFile> Files { get; init; }
+
+    /// <summary>The metadata it was saved with.</summary>
+    public required JsonObject Metadata { get; init; }
+
+    /// <summary>When it was written.</summary>
+    public required DateTimeOffset Created { get; init; }
+}
 
 /// <summary>One file of an artifact.</summary>
-/// <param name="Name">File name within the artifact.</param>
-/// <param name="Bytes">Size.</param>
-/// <param name="Sha256">Lower-case hex SHA-256 of the content.</param>
-public sealed record StoredFile(string Name, long Bytes, string Sha256);
+public sealed class StoredFile
+{
+    /// <summary>File name within the artifact.</summary>
+    public required string Name { get; init; }
+
+    /// <summary>Size in bytes.</summary>
+    public required long Bytes { get; init; }
+
+    /// <summary>Lower-case hex SHA-256 of the content.</summary>
+    public required string Sha256 { get; init; }
+}

@@ -41,11 +41,17 @@ public interface IModelClient
 }
 
 /// <summary>One item of a <see cref="IModelClient.RunAsync"/> stream: an activation or the final result.</summary>
-/// <param name="Hook">The captured hook's name, or null for the result.</param>
-/// <param name="Activation">The captured tensor (CPU, in the requested dtype; the caller disposes it), or null for the result.</param>
-/// <param name="Result">The final result, or null for an activation.</param>
-public sealed record RunOutput(string? Hook, torch.Tensor? Activation, RunResult? Result)
+public sealed class RunOutput
 {
+    /// <summary>The captured hook's name, or null for the result.</summary>
+    public string? Hook { get; init; }
+
+    /// <summary>The captured tensor (CPU, in the requested dtype; the caller disposes it), or null for the result.</summary>
+    public torch.Tensor? Activation { get; init; }
+
+    /// <summary>The final result, or null for an activation.</summary>
+    public RunResult? Result { get; init; }
+
     /// <summary>The captured hook's block (<c>blocks.3.hook_resid_post</c> → 3), or null (the result, or a hook outside the blocks).</summary>
     public int? Layer => HookNames.Layer(Hook);
 }

@@ -19,14 +19,30 @@ public sealed class PluginResult
 }
 
 /// <summary>A table: column names and rows of JSON values (numbers, strings, booleans or null).</summary>
-/// <param name="Name">Table name, e.g. <c>per_layer</c>.</param>
-/// <param name="Columns">Column names.</param>
-/// <param name="Rows">Rows, each with one value per column.</param>
-public sealed record ResultTable(string Name, IReadOnlyList<string> Columns, IReadOnlyList<IReadOnlyList<JsonNode?>> Rows);
+public sealed class ResultTable
+{
+    /// <summary>Table name, e.g. <c>per_layer</c>.</summary>
+    public required string Name { get; init; }
+
+    /// <summary>Column names.</summary>
+    public required IReadOnlyList<string> Columns { get; init; }
+
+    /// <summary>Rows, each with one value per column.</summary>
+    public required IReadOnlyList<IReadOnlyList<JsonNode?>> Rows { get; init; }
+}
 
 /// <summary>A rendered figure.</summary>
-/// <param name="Name">Figure name, e.g. <c>accuracy_by_layer</c>.</param>
-/// <param name="MediaType"><c>image/svg+xml</c> or <c>image/png</c>.</param>
-/// <param name="Content">The image bytes.</param>
-/// <param name="Caption">One line saying what it shows.</param>
-public sealed record ResultFigure(string Name, string MediaType, byte[] Content, string Caption);
+public sealed class ResultFigure
+{
+    /// <summary>Figure name, e.g. <c>accuracy_by_layer</c>.</summary>
+    public required string Name { get; init; }
+
+    /// <summary><c>image/svg+xml</c> or <c>image/png</c>.</summary>
+    public required string MediaType { get; init; }
+
+    /// <summary>The image bytes.</summary>
+    public required byte[] Content { get; init; }
+
+    /// <summary>One line saying what it shows.</summary>
+    public required string Caption { get; init; }
+}

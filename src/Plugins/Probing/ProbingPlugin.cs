@@ -166,17 +166,9 @@ public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
             {
                 var (tensors, metadata) = dense[hook].Probe.ToArtifact(context.Model.Name);
                 metadata["accuracy"] = dense[hook].Metrics.Accuracy;
-                try
-                {
-                    string name = $"{prefix}/{hook}";
-                    await context.Artifacts.SaveTensorsAsync(name, tensors, metadata, ct);
-                    artifacts.Add(name);
-                }
-                finally
-                {
-                    foreach (var t in tensors.Values)
-                        t.Dispose();
-                }
+                string name = $"{prefix}/{hook}";
+                await context.Artifacts.SaveTensorsAndDisposeAsync(name, tensors, metadata, ct);
+                artifacts.Add(name);
             }
         }
 
@@ -185,15 +177,25 @@ public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
         var figures = new List<ResultFigure>();
         var kinds = hooks.GroupBy(KindOf).ToList();
         var layers = hooks.Select(LayerOf).Distinct().Order().ToList();
-        figures.Add(new ResultFigure("accuracy_by_layer", "image/svg+xml", Chart("Probe accuracy by layer", [.. layers.Select(l => l < 0 ? "embed" : l.ToString(System.Globalization.CultureInfo.InvariantCulture))],
+        figures.Add(new ResultFigure
+        {
+            Name = "accuracy_by_layer",
+            MediaType = "image/svg+xml",
+            Content = Chart("Probe accuracy by layer", [.. layers.Select(l => l < 0 ? "embed" : l.ToString(System.Globalization.CultureInfo.InvariantCulture))],
             [.. kinds.Select(k => (k.Key, (IReadOnlyList<double?>)[.. layers.Select(l => k.FirstOrDefault(h => LayerOf(h) == l) is { } h ? (double?)dense[h].Metrics.Accuracy : null)]))], "held-out accuracy"),
-            "Held-out accuracy of a dense L2 probe at each layer, one line per kind of hook"));
+            Caption = "Held-out accuracy of a dense L2 probe at each layer, one line per kind of hook",
+        });
         if (f1ByK.Count > 0)
         {
             var kList = ksUsed.ToList();
-            figures.Add(new ResultFigure("f1_by_k", "image/svg+xml", Chart($"F1 by k ({sparseHooks[0]})", [.. kList.Select(k => k.ToString(System.Globalization.CultureInfo.InvariantCulture))],
+            figures.Add(new ResultFigure
+            {
+                Name = "f1_by_k",
+                MediaType = "image/svg+xml",
+                Content = Chart($"F1 by k ({sparseHooks[0]})", [.. kList.Select(k => k.ToString(System.Globalization.CultureInfo.InvariantCulture))],
                 [.. f1ByK.Select(kv => (kv.Key, (IReadOnlyList<double?>)[.. kList.Select(k => kv.Value.TryGetValue(k, out var f) ? (double?)f : null)]))], "held-out F1"),
-                "Held-out F1 of k-sparse probes, one line per neuron ranking"));
+                Caption = "Held-out F1 of k-sparse probes, one line per neuron ranking",
+            });
         }
         context.ReportProgress(1, "done");
         return new PluginResult
@@ -213,9 +215,9 @@ public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
             },
             Tables =
             [
-                new ResultTable("per_hook", ["hook", "layer", "accuracy", "f1", "precision", "recall", "roc_auc", "c", "probe_artifact"], perHook),
-                new ResultTable("per_k", ["hook", "ranking", "k", "accuracy", "f1", "precision", "recall", "roc_auc"], perK),
-                new ResultTable("top_neurons", ["hook", "ranking", "rank", "neuron", "score", "class_means"], topNeurons),
+                new ResultTable { Name = "per_hook", Columns = ["hook", "layer", "accuracy", "f1", "precision", "recall", "roc_auc", "c", "probe_artifact"], Rows = perHook },
+                new ResultTable { Name = "per_k", Columns = ["hook", "ranking", "k", "accuracy", "f1", "precision", "recall", "roc_auc"], Rows = perK },
+                new ResultTable { Name = "top_neurons", Columns = ["hook", "ranking", "rank", "neuron", "score", "class_means"], Rows = topNeurons },
             ],
             Artifacts = artifacts,
             Figures = figures,
@@ -255,7 +257,7 @@ public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
         return new PluginResult
         {
             Summary = summary,
-            Tables = [new ResultTable("predictions", ["row", "text", "predicted", .. probe.Classes.Select(c => $"p_{c}")], table)],
+            Tables = [new ResultTable { Name = "predictions", Columns = ["row", "text", "predicted", .. probe.Classes.Select(c => $"p_{c}")], Rows = table }],
         };
     }
 

@@ -40,8 +40,8 @@ public sealed class RetrievalHeadsPlugin() : AnalysisPlugin<RetrievalHeadsParame
             detector = await DetectAsync(p.Detector ?? new DetectorSettings(), context.Model, info, seed, ct);
             foreach (var (kind, scores) in detector)
                 summary[$"top_{kind}_heads"] = new JsonArray([.. Ranked(scores).Take(4).Select(x => (JsonNode)Label(x.Layer, x.Head))]);
-            figures.Add(new ResultFigure("induction_heatmap", "image/svg+xml", HeadMap("Induction score", detector["induction"]), "Induction score per head (layer × head)"));
-            figures.Add(new ResultFigure("previous_token_heatmap", "image/svg+xml", HeadMap("Previous-token score", detector["previous_token"]), "Previous-token score per head"));
+            figures.Add(new ResultFigure { Name = "induction_heatmap", MediaType = "image/svg+xml", Content = HeadMap("Induction score", detector["induction"]), Caption = "Induction score per head (layer × head)" });
+            figures.Add(new ResultFigure { Name = "previous_token_heatmap", MediaType = "image/svg+xml", Content = HeadMap("Previous-token score", detector["previous_token"]), Caption = "Previous-token score per head" });
             context.ReportProgress(analyses.Contains(RetrievalAnalysis.Retrieval) ? 0.2 : 1, "head detector done");
         }
 
@@ -68,9 +68,13 @@ public sealed class RetrievalHeadsPlugin() : AnalysisPlugin<RetrievalHeadsParame
             summary["score_threshold"] = scoreThreshold;
             summary["retrieval_heads"] = new JsonArray([.. passing.Select(x => (JsonNode)Label(x.Layer, x.Head))]);
             summary["retrieval_head_share"] = passing.Count / (double)(layers * heads);
-            tables.Add(new ResultTable("ranked", ["rank", "head", "layer", "index", "retrieval_score", "retrieval_head"],
-                [.. Ranked(retrieval).Select((x, i) => (IReadOnlyList<JsonNode?>)[i + 1, Label(x.Layer, x.Head), x.Layer, x.Head, x.Score, x.Score > scoreThreshold])]));
-            figures.Insert(0, new ResultFigure("retrieval_heatmap", "image/svg+xml", HeadMap("Retrieval score", retrieval), $"Retrieval score per head over {counted.Count} recalled trials"));
+            tables.Add(new ResultTable
+            {
+                Name = "ranked",
+                Columns = ["rank", "head", "layer", "index", "retrieval_score", "retrieval_head"],
+                Rows = [.. Ranked(retrieval).Select((x, i) => (IReadOnlyList<JsonNode?>)[i + 1, Label(x.Layer, x.Head), x.Layer, x.Head, x.Score, x.Score > scoreThreshold])],
+            });
+            figures.Insert(0, new ResultFigure { Name = "retrieval_heatmap", MediaType = "image/svg+xml", Content = HeadMap("Retrieval score", retrieval), Caption = $"Retrieval score per head over {counted.Count} recalled trials" });
 
             if (analyses.Contains(RetrievalAnalysis.Ablation))
             {
@@ -97,7 +101,7 @@ public sealed class RetrievalHeadsPlugin() : AnalysisPlugin<RetrievalHeadsParame
                 ablation["drop_top"] = ablation["baseline"]!.GetValue<double>() - ablation["top"]!.GetValue<double>();
                 ablation["drop_random"] = ablation["baseline"]!.GetValue<double>() - ablation["random"]!.GetValue<double>();
                 summary["ablation"] = ablation;
-                tables.Add(new ResultTable("ablation", ["ablated", "heads", "recall_accuracy"], rows));
+                tables.Add(new ResultTable { Name = "ablation", Columns = ["ablated", "heads", "recall_accuracy"], Rows = rows });
             }
 
             if (p.SaveTrials)
@@ -132,7 +136,7 @@ public sealed class RetrievalHeadsPlugin() : AnalysisPlugin<RetrievalHeadsParame
                     detector.TryGetValue("induction", out var ind) ? ind[l, h] : null]);
             }
         }
-        tables.Insert(0, new ResultTable("per_head", ["layer", "head", "label", "retrieval", "previous_token", "duplicate_token", "induction"], perHook));
+        tables.Insert(0, new ResultTable { Name = "per_head", Columns = ["layer", "head", "label", "retrieval", "previous_token", "duplicate_token", "induction"], Rows = perHook });
         context.ReportProgress(1, "done");
         return new PluginResult { Summary = summary, Tables = tables, Figures = figures, Artifacts = artifacts };
     }

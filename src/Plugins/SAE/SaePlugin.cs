@@ -180,7 +180,7 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
                 ["steps"] = trainer.Step, ["tokens"] = tokens, ["l0"] = last?.L0, ["explained_variance"] = last?.ExplainedVariance, ["dead_fraction"] = last?.DeadFraction,
                 ["seconds"] = wall, ["seconds_waiting_for_activations"] = source.SecondsWaiting, ["activations_per_second"] = tokens / Math.Max(1e-9, wall),
             },
-            Tables = [new ResultTable("training", ["step", "tokens", "loss", "l0", "explained_variance", "dead_fraction"], training)],
+            Tables = [new ResultTable { Name = "training", Columns = ["step", "tokens", "loss", "l0", "explained_variance", "dead_fraction"], Rows = training }],
             Artifacts = [name],
         };
     }
@@ -188,7 +188,10 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
     private static async Task SaveAsync(IAnalysisContext context, string name, SparseAutoencoder sae, SaeTrainer trainer, SaeInfo info, CancellationToken ct)
     {
         await context.Artifacts.SaveFilesAsync(name, SaeLensFormat.Write(sae, info), new JsonObject { ["kind"] = "saelens", ["hook"] = info.HookName, ["model"] = info.ModelName, ["steps"] = trainer.Step }, ct);
-        var state = new Dictionary<string, Tensor> { ["step"] = tensor((long)trainer.Step), ["last_fired"] = tensor(trainer.LastFired) };
+        // The step and last-fired tensors are made for the save; the optimizer moments stay the trainer's.
+        using var step = tensor((long)trainer.Step);
+        using var lastFired = tensor(trainer.LastFired);
+        var state = new Dictionary<string, Tensor> { ["step"] = step, ["last_fired"] = lastFired };
         for (int i = 0; i < 4; i++)
         {
             state[$"m.{i}"] = trainer.AdamM[i];
@@ -387,7 +390,7 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
             {
                 summary["feature"] = k;
                 summary["density"] = active / (double)Math.Max(1, tokensSeen);
-                tables.Add(new ResultTable("contexts", ["text_index", "text", "tokens_with_activation"], [.. contexts.OrderByDescending(c => c.Max).Take(top).Select(c => c.Row)]));
+                tables.Add(new ResultTable { Name = "contexts", Columns = ["text_index", "text", "tokens_with_activation"], Rows = [.. contexts.OrderByDescending(c => c.Max).Take(top).Select(c => c.Row)] });
                 // The decoder direction through the final norm's gain (and bias) and the unembedding, as TransformerLens'
                 // folded W_U reads it: ln_final.hook_normalized (before the gain) is set to it, then the logits are read.
                 var direction = sae.WDec[k].data<float>().ToArray();
@@ -410,7 +413,7 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
             }
             else
             {
-                tables.Add(new ResultTable("features", ["text_index", "position", "token", "top_features"], perToken));
+                tables.Add(new ResultTable { Name = "features", Columns = ["text_index", "position", "token", "top_features"], Rows = perToken });
             }
             return new PluginResult { Summary = summary, Tables = tables };
         }

@@ -102,16 +102,8 @@ public sealed class SteeringPlugin() : AnalysisPlugin<SteeringParameters>(
             tensors[$"pca.{layer}"] = torch.tensor(pcas[layer]);
         }
         var artifacts = new List<string>();
-        try
-        {
-            await context.Artifacts.SaveTensorsAsync(name, tensors, metadata, ct);
-            artifacts.Add(name);
-        }
-        finally
-        {
-            foreach (var t in tensors.Values)
-                t.Dispose();
-        }
+        await context.Artifacts.SaveTensorsAndDisposeAsync(name, tensors, metadata, ct);
+        artifacts.Add(name);
         if (p.ExportGguf)
         {
             var gguf = GgufControlVector.Write(info.Architecture, info.NLayers, meanDiffs);
@@ -131,7 +123,7 @@ public sealed class SteeringPlugin() : AnalysisPlugin<SteeringParameters>(
                 ["pairs_per_second"] = positive.Count / Math.Max(1e-9, seconds),
                 ["dataset_sha256"] = hash,
             },
-            Tables = [new ResultTable("per_layer", ["layer", "hook", "norm", "projection_gap", "direction_accuracy", "cosine_mean_diff_pca"], rows)],
+            Tables = [new ResultTable { Name = "per_layer", Columns = ["layer", "hook", "norm", "projection_gap", "direction_accuracy", "cosine_mean_diff_pca"], Rows = rows }],
             Artifacts = artifacts,
         };
     }
@@ -221,8 +213,8 @@ public sealed class SteeringPlugin() : AnalysisPlugin<SteeringParameters>(
             Summary = new JsonObject { ["vector"] = name, ["method"] = method, ["layer"] = layer, ["positions"] = positions, ["coefficients"] = new JsonArray([.. coefficients.Select(c => (JsonNode)c)]) },
             Tables =
             [
-                new ResultTable("sweep", ["coefficient", "logit_diff", "p_target", "p_control", "target_share", "classifier_p"], sweep),
-                new ResultTable("samples", ["coefficient", "prompt", "generation"], samples),
+                new ResultTable { Name = "sweep", Columns = ["coefficient", "logit_diff", "p_target", "p_control", "target_share", "classifier_p"], Rows = sweep },
+                new ResultTable { Name = "samples", Columns = ["coefficient", "prompt", "generation"], Rows = samples },
             ],
         };
     }
@@ -279,11 +271,8 @@ public sealed class SteeringPlugin() : AnalysisPlugin<SteeringParameters>(
             [new Contracts.V1.Intervention { Hook = Hook(layer), Op = InterventionOp.Add, Value = ModelCalls.Wire(fv), Positions = { zeroLast } }], ct));
 
         string name = $"steering/{context.JobId}/function-vector";
-        using (var t = torch.tensor(fv))
-        {
-            await context.Artifacts.SaveTensorsAsync(name, new Dictionary<string, torch.Tensor> { [$"function_vector.{layer}"] = t },
-                new JsonObject { ["kind"] = "interpmesh.function_vector", ["model"] = context.Model.Name, ["layer"] = layer, ["heads"] = new JsonArray([.. chosen.Select(c => (JsonNode)$"L{c.Layer}H{c.Head}")]) }, ct);
-        }
+        await context.Artifacts.SaveTensorsAndDisposeAsync(name, new Dictionary<string, torch.Tensor> { [$"function_vector.{layer}"] = torch.tensor(fv) },
+            new JsonObject { ["kind"] = "interpmesh.function_vector", ["model"] = context.Model.Name, ["layer"] = layer, ["heads"] = new JsonArray([.. chosen.Select(c => (JsonNode)$"L{c.Layer}H{c.Head}")]) }, ct);
         context.ReportProgress(1, "done");
         return new PluginResult
         {
@@ -296,7 +285,7 @@ public sealed class SteeringPlugin() : AnalysisPlugin<SteeringParameters>(
                 ["layer"] = layer,
                 ["vector"] = name,
             },
-            Tables = [new ResultTable("heads", ["layer", "head", "indirect_effect"], [.. effects.OrderByDescending(e => e.Effect).Select(e => (IReadOnlyList<JsonNode?>)[e.Layer, e.Head, e.Effect])])],
+            Tables = [new ResultTable { Name = "heads", Columns = ["layer", "head", "indirect_effect"], Rows = [.. effects.OrderByDescending(e => e.Effect).Select(e => (IReadOnlyList<JsonNode?>)[e.Layer, e.Head, e.Effect])] }],
             Artifacts = [name],
         };
     }

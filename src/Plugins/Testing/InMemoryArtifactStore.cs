@@ -2,7 +2,6 @@ using System.Collections.Concurrent;
 using System.Security.Cryptography;
 using System.Text.Json.Nodes;
 using InterpMesh.Contracts.Artifacts;
-using InterpMesh.Runtime.Loading;
 using TorchSharp;
 
 namespace InterpMesh.Plugins.Testing;
@@ -15,7 +14,7 @@ namespace InterpMesh.Plugins.Testing;
 public sealed class InMemoryArtifactStore : IArtifactStore
 {
     /// <summary>The file <see cref="SaveTensorsAsync"/> writes.</summary>
-    public const string TensorsFile = "tensors.safetensors";
+    public const string TensorsFile = SafeTensors.ArtifactFile;
 
     private readonly ConcurrentDictionary<string, (StoredArtifact Info, IReadOnlyDictionary<string, byte[]> Files)> artifacts = new(StringComparer.Ordinal);
 
@@ -26,17 +25,7 @@ public sealed class InMemoryArtifactStore : IArtifactStore
     public Task<StoredArtifact> SaveTensorsAsync(string name, IReadOnlyDictionary<string, torch.Tensor> tensors, JsonObject? metadata = null, CancellationToken cancellationToken = default)
     {
         ArtifactNames.Check(name);
-        var header = (metadata ?? []).ToDictionary(kv => kv.Key, kv => kv.Value is JsonValue v && v.TryGetValue<string>(out var s) ? s : kv.Value?.ToJsonString() ?? "null");
-        string path = TempFile();
-        try
-        {
-            SafeTensorsFile.Write(path, tensors, header);
-            return Task.FromResult(Store(name, new Dictionary<string, byte[]> { [TensorsFile] = File.ReadAllBytes(path) }, metadata));
-        }
-        finally
-        {
-            File.Delete(path);
-        }
+        return Task.FromResult(Store(name, new Dictionary<string, byte[]> { [TensorsFile] = SafeTensors.ToBytes(tensors, metadata) }, metadata));
     }
 
     /// <inheritdoc/>
@@ -56,17 +45,7 @@ public sealed class InMemoryArtifactStore : IArtifactStore
         var files = Files(name);
         if (!files.TryGetValue(TensorsFile, out var bytes))
             throw new ArgumentException($"artifact '{name}' has no {TensorsFile}; its files are {string.Join(", ", files.Keys)}");
-        string path = TempFile();
-        try
-        {
-            File.WriteAllBytes(path, bytes);
-            using var file = SafeTensorsFile.Open(path);
-            return Task.FromResult(file.Entries.Keys.ToDictionary(k => k, k => file.Read(k)));
-        }
-        finally
-        {
-            File.Delete(path);
-        }
+        return Task.FromResult(SafeTensors.Read(bytes, $"artifact '{name}'/{TensorsFile}"));
     }
 
     /// <inheritdoc/>
@@ -80,8 +59,6 @@ public sealed class InMemoryArtifactStore : IArtifactStore
         return Task.FromResult(artifacts.TryGetValue(name, out var stored) ? stored.Info : null);
     }
 
-    private static string TempFile() => Path.Combine(Path.GetTempPath(), $"interpmesh-test-{Guid.NewGuid():N}.safetensors");
-
     private IReadOnlyDictionary<string, byte[]> Files(string name)
     {
         ArtifactNames.Check(name);
@@ -90,9 +67,13 @@ public sealed class InMemoryArtifactStore : IArtifactStore
 
     private StoredArtifact Store(string name, IReadOnlyDictionary<string, byte[]> files, JsonObject? metadata)
     {
-        var info = new StoredArtifact(name,
-            [.. files.OrderBy(f => f.Key, StringComparer.Ordinal).Select(f => new StoredFile(f.Key, f.Value.Length, Convert.ToHexStringLower(SHA256.HashData(f.Value))))],
-            (JsonObject?)metadata?.DeepClone() ?? [], DateTimeOffset.UtcNow);
+        var info = new StoredArtifact
+        {
+            Name = name,
+            Files = [.. files.OrderBy(f => f.Key, StringComparer.Ordinal).Select(f => new StoredFile { Name = f.Key, Bytes = f.Value.Length, Sha256 = Convert.ToHexStringLower(SHA256.HashData(f.Value)) })],
+            Metadata = (JsonObject?)metadata?.DeepClone() ?? [],
+            Created = DateTimeOffset.UtcNow,
+        };
         artifacts[name] = (info, files);
         return info;
     }

@@ -12,8 +12,15 @@ internal static class Schemas
 /// <summary>Takes <c>steps</c> × 100 ms, reporting progress, honouring cancellation.</summary>
 public sealed class Slow : IAnalysisPlugin
 {
-    public PluginManifest Manifest { get; } = new("slow", "1.0.0", "sleeps in steps", SdkVersion.Current,
-        JsonNode.Parse("""{"type":"object","properties":{"steps":{"type":"integer","minimum":1}}}""")!.AsObject(), []);
+    public PluginManifest Manifest { get; } = new PluginManifest
+    {
+        Id = "slow",
+        Version = "1.0.0",
+        Description = "sleeps in steps",
+        SdkVersion = SdkVersion.Current,
+        ParameterSchema = JsonNode.Parse("""{"type":"object","properties":{"steps":{"type":"integer","minimum":1}}}""")!.AsObject(),
+        Produces = [],
+    };
 
     public async Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context)
     {
@@ -30,7 +37,7 @@ public sealed class Slow : IAnalysisPlugin
 /// <summary>Fails every run.</summary>
 public sealed class Throws : IAnalysisPlugin
 {
-    public PluginManifest Manifest { get; } = new("throws", "1.0.0", "fails", SdkVersion.Current, Schemas.Any(), []);
+    public PluginManifest Manifest { get; } = new PluginManifest { Id = "throws", Version = "1.0.0", Description = "fails", SdkVersion = SdkVersion.Current, ParameterSchema = Schemas.Any(), Produces = [] };
 
     public Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context) =>
         throw new InvalidOperationException("the plugin broke on purpose");
@@ -39,7 +46,7 @@ public sealed class Throws : IAnalysisPlugin
 /// <summary>Blocks its thread and ignores cancellation.</summary>
 public sealed class Hangs : IAnalysisPlugin
 {
-    public PluginManifest Manifest { get; } = new("hangs", "1.0.0", "never returns", SdkVersion.Current, Schemas.Any(), []);
+    public PluginManifest Manifest { get; } = new PluginManifest { Id = "hangs", Version = "1.0.0", Description = "never returns", SdkVersion = SdkVersion.Current, ParameterSchema = Schemas.Any(), Produces = [] };
 
     public Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context)
     {
@@ -51,7 +58,7 @@ public sealed class Hangs : IAnalysisPlugin
 /// <summary>Built for an SDK major version the gateway does not host.</summary>
 public sealed class FutureSdk : IAnalysisPlugin
 {
-    public PluginManifest Manifest { get; } = new("future-sdk", "1.0.0", "targets SDK 2", "2.0", Schemas.Any(), []);
+    public PluginManifest Manifest { get; } = new PluginManifest { Id = "future-sdk", Version = "1.0.0", Description = "targets SDK 3", SdkVersion = "3.0", ParameterSchema = Schemas.Any(), Produces = [] };
 
     public Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context) => Task.FromResult(new PluginResult());
 }
@@ -69,8 +76,15 @@ public sealed class ThrowsOnLoad : IAnalysisPlugin
 /// <summary>Calls the model <c>steps</c> times (a short forward each), reporting progress: a job that depends on a model service.</summary>
 public sealed class Chatty : IAnalysisPlugin
 {
-    public PluginManifest Manifest { get; } = new("chatty", "1.0.0", "runs the model in a loop", SdkVersion.Current,
-        JsonNode.Parse("""{"type":"object","properties":{"steps":{"type":"integer","minimum":1}}}""")!.AsObject(), []);
+    public PluginManifest Manifest { get; } = new PluginManifest
+    {
+        Id = "chatty",
+        Version = "1.0.0",
+        Description = "runs the model in a loop",
+        SdkVersion = SdkVersion.Current,
+        ParameterSchema = JsonNode.Parse("""{"type":"object","properties":{"steps":{"type":"integer","minimum":1}}}""")!.AsObject(),
+        Produces = [],
+    };
 
     public async Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context)
     {
@@ -90,7 +104,7 @@ public sealed class Chatty : IAnalysisPlugin
 /// <summary>Allocates (and touches) 16 MiB blocks until the runtime refuses: memory without bound.</summary>
 public sealed class Hoards : IAnalysisPlugin
 {
-    public PluginManifest Manifest { get; } = new("hoards", "1.0.0", "allocates without bound", SdkVersion.Current, Schemas.Any(), []);
+    public PluginManifest Manifest { get; } = new PluginManifest { Id = "hoards", Version = "1.0.0", Description = "allocates without bound", SdkVersion = SdkVersion.Current, ParameterSchema = Schemas.Any(), Produces = [] };
 
     public Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context)
     {
@@ -109,7 +123,7 @@ public sealed class Hoards : IAnalysisPlugin
 /// <summary>Reports its assembly's version as the plugin version: two builds tell hot reload apart.</summary>
 public sealed class Versioned : IAnalysisPlugin
 {
-    public PluginManifest Manifest { get; } = new("versioned", typeof(Versioned).Assembly.GetName().Version!.ToString(3), "says which build is loaded", SdkVersion.Current, Schemas.Any(), []);
+    public PluginManifest Manifest { get; } = new PluginManifest { Id = "versioned", Version = typeof(Versioned).Assembly.GetName().Version!.ToString(3), Description = "says which build is loaded", SdkVersion = SdkVersion.Current, ParameterSchema = Schemas.Any(), Produces = [] };
 
     public Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context) =>
         Task.FromResult(new PluginResult { Summary = new JsonObject { ["version"] = Manifest.Version } });

@@ -72,39 +72,38 @@ internal static class SaeLensFormat
         if (arch is not ("standard" or "topk"))
             throw new InvalidParametersException($"{where}: architecture '{arch}' is not supported yet (standard and topk are)");
 
-        string path = Path.Combine(Path.GetTempPath(), $"sae-{Guid.NewGuid():N}.safetensors");
-        File.WriteAllBytes(path, weights);
+        var tensors = ReadWeights(weights, where);
         try
         {
-            using var file = OpenWeights(path, where);
             Tensor Need(string name, long[] shape)
             {
-                if (!file.Entries.TryGetValue(name, out var entry))
+                if (!tensors.TryGetValue(name, out var t))
                     throw new InvalidParametersException($"{where}/{Weights} lacks {name}");
-                if (!entry.Shape.SequenceEqual(shape))
-                    throw new InvalidParametersException($"{where}/{Weights}: {name} is [{string.Join(", ", entry.Shape)}], expected [{string.Join(", ", shape)}] from d_in = {dIn}, d_sae = {dSae}");
-                return file.Read(name, ScalarType.Float32);
+                if (!t.shape.SequenceEqual(shape))
+                    throw new InvalidParametersException($"{where}/{Weights}: {name} is [{string.Join(", ", t.shape)}], expected [{string.Join(", ", shape)}] from d_in = {dIn}, d_sae = {dSae}");
+                return t.to_type(ScalarType.Float32);
             }
             var sae = new SparseAutoencoder(arch, dIn, dSae, k, Need("W_enc", [dIn, dSae]), Need("b_enc", [dSae]), Need("W_dec", [dSae, dIn]), Need("b_dec", [dIn]), applyBDec);
             return (sae, new SaeInfo(hook, model, arch, dIn, dSae, k, normalize, scale));
         }
         finally
         {
-            File.Delete(path);
+            foreach (var t in tensors.Values)
+                t.Dispose();
         }
     }
 
     private static string Shorten(string s) => s.Length <= 60 ? s : string.Concat(s.AsSpan(0, 57), "...");
 
-    private static InterpMesh.Runtime.Loading.SafeTensorsFile OpenWeights(string path, string where)
+    private static Dictionary<string, Tensor> ReadWeights(byte[] weights, string where)
     {
         try
         {
-            return InterpMesh.Runtime.Loading.SafeTensorsFile.Open(path);
+            return SafeTensors.Read(weights, $"{where}/{Weights}");
         }
-        catch (InterpMesh.Runtime.ModelFormatException e)
+        catch (InterpMesh.Contracts.Tensors.SafeTensorsFormatException e)
         {
-            throw new InvalidParametersException($"{where}/{Weights} is not a valid safetensors file: {e.Message}");
+            throw new InvalidParametersException($"{where}/{Weights} is not a valid safetensors file: {e.Problem}");
         }
     }
 
@@ -131,21 +130,14 @@ internal static class SaeLensFormat
             cfg["k"] = sae.K;
         if (info.NormScale is double s)
             cfg["interpmesh_norm_scale"] = s;
-        string path = Path.Combine(Path.GetTempPath(), $"sae-{Guid.NewGuid():N}.safetensors");
-        try
+        byte[] weights;
+        using (no_grad())
         {
-            using (no_grad())
+            weights = SafeTensors.ToBytes(new Dictionary<string, Tensor>
             {
-                InterpMesh.Runtime.Loading.SafeTensorsFile.Write(path, new Dictionary<string, Tensor>
-                {
-                    ["W_enc"] = sae.WEnc.detach(), ["b_enc"] = sae.BEnc.detach(), ["W_dec"] = sae.WDec.detach(), ["b_dec"] = sae.BDec.detach(),
-                });
-            }
-            return new Dictionary<string, byte[]> { [Config] = Encoding.UTF8.GetBytes(cfg.ToJsonString()), [Weights] = File.ReadAllBytes(path) };
+                ["W_enc"] = sae.WEnc, ["b_enc"] = sae.BEnc, ["W_dec"] = sae.WDec, ["b_dec"] = sae.BDec,
+            });
         }
-        finally
-        {
-            File.Delete(path);
-        }
+        return new Dictionary<string, byte[]> { [Config] = Encoding.UTF8.GetBytes(cfg.ToJsonString()), [Weights] = weights };
     }
 }

@@ -1,29 +1,38 @@
+using System.CommandLine;
 using System.Diagnostics;
+using System.Globalization;
 using System.Text.Json.Nodes;
-using InterpMesh.Cli.CommandLine;
-using InterpMesh.Cli.Local;
+using InterpMesh.Bench.Harness;
 using InterpMesh.Plugins.SAE.Model;
 using InterpMesh.Plugins.SAE.Training;
 using InterpMesh.Runtime.Execution;
 using static TorchSharp.torch;
 
-namespace InterpMesh.Cli.Bench;
+namespace InterpMesh.Bench.Benchmarks;
 
 /// <summary>
-/// <c>interpmesh bench sae</c> (run from a checkout, needs Debian's python3-torch): the SAE
+/// <c>interpmesh-bench sae</c> (run from a checkout, needs Debian's python3-torch): the SAE
 /// plugin's TopK trainer against the same loop in PyTorch eager (bench/sae/pytorch_sae.py), same
 /// shapes and synthetic data distribution, activations per second.
 /// </summary>
-internal static class SaeBenchmark
+internal sealed class SaeBenchmark : Benchmark
 {
-    public static int Run(CliArgs args, TextWriter stdout)
+    private readonly Option<int> dInOption = SharedOptions.Int("--d-in", 768, 2, "input width", "D");
+    private readonly Option<int> dSaeOption = SharedOptions.Int("--d-sae", 3072, 2, "SAE width", "S");
+    private readonly Option<int> kOption = SharedOptions.Int("--k", 32, 1, "active features per example (TopK)", "K");
+    private readonly Option<int> batchOption = SharedOptions.Batch(1024, "activations per training step");
+    private readonly Option<int> stepsOption = SharedOptions.Int("--steps", 200, 10, "training steps");
+
+    public SaeBenchmark()
+        : base("sae", "SAE training (TopK) against the same loop in PyTorch eager (run from a checkout; needs Debian's python3-torch).") =>
+        Takes(dInOption, dSaeOption, kOption, batchOption, stepsOption);
+
+    public override BenchReport Run(BenchContext context)
     {
-        int dIn = args.Int("d-in", min: 2) ?? 768, dSae = args.Int("d-sae", min: 2) ?? 3072, k = args.Int("k", min: 1) ?? 32;
-        int steps = args.Int("steps", min: 10) ?? 200, batch = args.Int("batch", min: 1) ?? 1024;
-        int threads = TorchRuntime.Initialize(args.Int("threads", min: 1));
-        bool json = args.Flag("json");
-        args.RejectUnknown("bench sae");
-        string root = BenchMesh.Repository();
+        int dIn = context.Get(dInOption), dSae = context.Get(dSaeOption), k = context.Get(kOption);
+        int steps = context.Get(stepsOption), batch = context.Get(batchOption);
+        int threads = context.Threads;
+        string root = BenchContext.Repository();
 
         double ours;
         using (var worker = new TorchWorker())
@@ -52,8 +61,8 @@ internal static class SaeBenchmark
                 return steps * batch / sw.Elapsed.TotalSeconds;
             });
         }
-        var psi = new ProcessStartInfo("/usr/bin/python3", [Path.Combine(root, "bench", "sae", "pytorch_sae.py"), .. new[] { dIn, dSae, k, steps, batch, threads }.Select(v => v.ToString())]) { RedirectStandardOutput = true };
-        psi.Environment["OMP_NUM_THREADS"] = threads.ToString();
+        var psi = new ProcessStartInfo("/usr/bin/python3", [Path.Combine(root, "bench", "sae", "pytorch_sae.py"), .. new[] { dIn, dSae, k, steps, batch, threads }.Select(v => v.ToString(CultureInfo.InvariantCulture))]) { RedirectStandardOutput = true };
+        psi.Environment["OMP_NUM_THREADS"] = threads.ToString(CultureInfo.InvariantCulture);
         using var py = Process.Start(psi)!;
         var reference = JsonNode.Parse(py.StandardOutput.ReadToEnd())!;
         py.WaitForExit();
@@ -66,11 +75,6 @@ internal static class SaeBenchmark
             ["pytorch_activations_per_s"] = theirs,
             ["ratio_interpmesh_vs_pytorch"] = ours / theirs,
         };
-        if (json)
-            JsonOutput.Write(stdout, result);
-        else
-            foreach (var (key, v) in result)
-                stdout.WriteLine($"  {key,-34} {v}");
-        return 0;
+        return new BenchReport(result);
     }
 }

@@ -1,124 +1,126 @@
+using System.CommandLine;
 using System.Diagnostics;
+using System.Globalization;
 using Grpc.Core;
-using InterpMesh.Cli.CommandLine;
-using InterpMesh.Cli.Local;
+using InterpMesh.Bench.Harness;
 using InterpMesh.Contracts.V1;
 using InterpMesh.Engine;
 using InterpMesh.Engine.Outputs;
 using InterpMesh.Engine.Requests;
 using InterpMesh.ModelService.Hosting;
-using InterpMesh.Runtime.Architectures;
-using InterpMesh.Runtime.Execution;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 
-namespace InterpMesh.Cli.Bench;
+namespace InterpMesh.Bench.Benchmarks;
 
 /// <summary>
-/// <c>interpmesh bench serving</c>: one model service on loopback (or <c>--server URL</c>), plain gRPC
+/// <c>interpmesh-bench serving</c>: one model service on loopback (or <c>--server URL</c>), plain gRPC
 /// clients, one run. Measures a small Run's p50 latency idle, while another client runs a long
 /// Generate and while another client holds a capture stream open without reading; and Generate
 /// tokens/s with 1 client against N concurrent clients.
 /// </summary>
-internal static class ServingBenchmark
+internal sealed class ServingBenchmark : Benchmark
 {
     private static readonly string[] AllMeasures = ["idle", "during-generate", "during-stall", "generate", "engine"];
 
-    public static int Run(CliArgs args, TextWriter stdout)
-    {
-        bool json = args.Flag("json");
-        string? preset = args.Text("preset");
-        string? modelPath = args.Text("model");
-        string? server = args.Text("server");
-        int iters = args.Int("iters", min: 1) ?? 50;
-        int runSeq = args.Int("run-seq", min: 1) ?? 16;
-        int longTokens = args.Int("long-tokens", min: 1) ?? 400;
-        int genTokens = args.Int("gen-tokens", min: 1) ?? 128;
-        int promptLength = args.Int("prompt-length", min: 1) ?? 8;
-        int clients = args.Int("clients", min: 1) ?? 8;
-        int rounds = args.Int("rounds", min: 1) ?? 5;
-        string stallCapture = args.Text("stall-capture") ?? "*";
-        string? saveModel = args.Text("save-model");
-        int? window = args.Int("batch-window-ms", min: 0);
-        var measures = (args.Text("only") ?? string.Join(',', AllMeasures)).Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        foreach (var m in measures)
-        {
-            if (!AllMeasures.Contains(m))
-                throw new UsageException($"--only takes a comma-separated list of {string.Join(", ", AllMeasures)}; got '{m}'");
-        }
-        if (preset is not null && modelPath is not null)
-            throw new UsageException("give --model PATH or --preset NAME, not both");
-        if (saveModel is not null && preset is null)
-            throw new UsageException("--save-model DIR keeps the random checkpoint of a --preset; give --preset NAME");
-        if (server is not null && (preset is not null || modelPath is not null || window is not null))
-            throw new UsageException("--server measures a running service; it takes no --model, --preset or --batch-window-ms");
-        int threads = TorchRuntime.Initialize(args.Int("threads", min: 1));
-        args.RejectUnknown("bench serving");
+    private readonly Option<string?> modelOption = SharedOptions.Model("the model served (default models/stories260K/stories260K.bin)");
+    private readonly Option<string?> presetOption = SharedOptions.Preset(null);
+    private readonly Option<string?> saveModelOption = new("--save-model") { Description = "keep the --preset's random checkpoint in DIR (reused when there), so another build can serve the same weights", HelpName = "DIR" };
+    private readonly Option<string?> serverOption = new("--server") { Description = "measure a running model service instead of starting one", HelpName = "URL" };
+    private readonly Option<int> itersOption = SharedOptions.Iters(50, "Runs per measure");
+    private readonly Option<int> runSeqOption = SharedOptions.Int("--run-seq", 16, 1, "tokens of the timed Run", "T");
+    private readonly Option<int> longTokensOption = SharedOptions.Int("--long-tokens", 400, 1, "tokens of the long Generate running meanwhile");
+    private readonly Option<int> genTokensOption = SharedOptions.Int("--gen-tokens", 128, 1, "tokens per Generate in the 1 vs N clients measure");
+    private readonly Option<int> promptLengthOption = SharedOptions.Int("--prompt-length", 8, 1, "prompt tokens per Generate", "P");
+    private readonly Option<int> clientsOption = SharedOptions.Clients(8);
+    private readonly Option<int> roundsOption = SharedOptions.Int("--rounds", 5, 1, "rounds of 1 vs N clients (medians)", "R");
+    private readonly Option<string> stallCaptureOption = new("--stall-capture") { Description = "hooks the stalled client asks for", HelpName = "GLOB", DefaultValueFactory = _ => "*" };
+    private readonly Option<int?> windowOption = SharedOptions.BatchWindowMs();
+    private readonly Option<string> onlyOption = new("--only") { Description = $"the measures to take, comma-separated: {string.Join(", ", AllMeasures)}", HelpName = "MEASURES", DefaultValueFactory = _ => string.Join(',', AllMeasures) };
 
-        string? dir = null;
+    public ServingBenchmark()
+        : base("serving", "The engine's serving figures on one model service: Run latency idle, during a long Generate and beside a stalled stream; Generate tokens/s, 1 vs N clients.")
+    {
+        onlyOption.Validators.Add(r =>
+        {
+            foreach (var m in Measures(r.GetValueOrDefault<string>() ?? ""))
+            {
+                if (!AllMeasures.Contains(m))
+                    r.AddError($"--only takes a comma-separated list of {string.Join(", ", AllMeasures)}; got '{SharedOptions.Clip(m)}'");
+            }
+        });
+        Takes(modelOption, presetOption, saveModelOption, serverOption, itersOption, runSeqOption, longTokensOption, genTokensOption, promptLengthOption,
+            clientsOption, roundsOption, stallCaptureOption, windowOption, onlyOption);
+    }
+
+    private static string[] Measures(string text) => text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+
+    public override BenchReport Run(BenchContext context)
+    {
+        string? preset = context.Get(presetOption);
+        string? modelPath = context.Get(modelOption);
+        string? server = context.Get(serverOption);
+        string? saveModel = context.Get(saveModelOption);
+        int? window = context.Get(windowOption);
+        var measures = Measures(context.Get(onlyOption));
+        if (preset is not null && modelPath is not null)
+            throw new BenchUsageException("give --model PATH or --preset NAME, not both");
+        if (saveModel is not null && preset is null)
+            throw new BenchUsageException("--save-model DIR keeps the random checkpoint of a --preset; give --preset NAME");
+        if (server is not null && (preset is not null || modelPath is not null || window is not null))
+            throw new BenchUsageException("--server measures a running service; it takes no --model, --preset or --batch-window-ms");
+        int threads = context.Threads;
+
+        string source;
         WebApplication? app = null;
-        try
+        if (server is null)
         {
-            string source;
-            if (server is null)
+            if (preset is not null)
             {
-                if (preset is not null)
-                {
-                    // --save-model keeps the checkpoint, so another build (`interpmesh serve --model DIR`) can serve the same weights.
-                    modelPath = saveModel ?? (dir = Path.Combine(Path.GetTempPath(), "interpmesh-bench-" + Guid.NewGuid().ToString("N")));
-                    if (!File.Exists(Path.Combine(modelPath, "config.json")))
-                        BenchMesh.SaveRandomModel(Presets.Config(preset), modelPath);
-                    source = $"preset {preset} (random weights)";
-                }
-                else
-                {
-                    modelPath ??= Path.Combine(BenchMesh.Repository(), "models", "stories260K", "stories260K.bin");
-                    source = modelPath;
-                }
-                app = BenchMesh.StartModelService(modelPath, threads, window is null ? null : new() { ["ModelService:BatchWindowMs"] = window.Value.ToString(System.Globalization.CultureInfo.InvariantCulture) });
-                server = app.Urls.First();
+                // --save-model keeps the checkpoint, so another build (`interpmesh serve --model DIR`) can serve the same weights.
+                modelPath = saveModel ?? context.TempFolder();
+                if (!File.Exists(Path.Combine(modelPath, "config.json")))
+                    BenchContext.SaveRandomModel(preset, modelPath);
+                source = $"preset {preset} (random weights)";
             }
             else
             {
-                source = server;
+                modelPath ??= Path.Combine(BenchContext.Repository(), "models", "stories260K", "stories260K.bin");
+                source = modelPath;
             }
-            var settings = new Settings(iters, runSeq, longTokens, genTokens, promptLength, clients, rounds, stallCapture);
-            var result = Measure(server, measures, settings);
-            if (app is not null && measures.Contains("engine"))
-            {
-                var engine = app.Services.GetRequiredService<ModelHost>().Engine!;
-                foreach (var (k, v) in MeasureEngine(engine, settings))
-                    result[k] = v;
-            }
-            var report = new Dictionary<string, object?>
-            {
-                ["model"] = source,
-                ["threads"] = threads,
-                ["in_process_server"] = app is not null,
-                ["batch_window_ms"] = window,
-                ["run_request"] = $"1x{runSeq}, last logits",
-                ["iters"] = iters,
-                ["long_generate_tokens"] = longTokens,
-                ["generate_tokens"] = genTokens,
-                ["prompt_length"] = promptLength,
-                ["clients"] = clients,
-                ["rounds"] = rounds,
-            };
-            foreach (var (k, v) in result)
-                report[k] = v;
-            if (json)
-                JsonOutput.Write(stdout, report);
-            else
-                PrintTable(stdout, report, clients);
-            return 0;
+            app = context.StartModelService(modelPath, window is null ? null : new Dictionary<string, string?> { ["ModelService:BatchWindowMs"] = window.Value.ToString(CultureInfo.InvariantCulture) });
+            server = app.Urls.First();
         }
-        finally
+        else
         {
-            if (app is not null)
-                BenchMesh.Stop(app);
-            if (dir is not null && Directory.Exists(dir))
-                Directory.Delete(dir, recursive: true);
+            source = server;
         }
+        var settings = new Settings(context.Get(itersOption), context.Get(runSeqOption), context.Get(longTokensOption), context.Get(genTokensOption),
+            context.Get(promptLengthOption), context.Get(clientsOption), context.Get(roundsOption), context.Get(stallCaptureOption));
+        var result = Measure(server, measures, settings);
+        if (app is not null && measures.Contains("engine"))
+        {
+            var engine = app.Services.GetRequiredService<ModelHost>().Engine!;
+            foreach (var (k, v) in MeasureEngine(engine, settings))
+                result[k] = v;
+        }
+        var report = new Dictionary<string, object?>
+        {
+            ["model"] = source,
+            ["threads"] = threads,
+            ["in_process_server"] = app is not null,
+            ["batch_window_ms"] = window,
+            ["run_request"] = $"1x{settings.RunSeq}, last logits",
+            ["iters"] = settings.Iters,
+            ["long_generate_tokens"] = settings.LongTokens,
+            ["generate_tokens"] = settings.GenTokens,
+            ["prompt_length"] = settings.PromptLength,
+            ["clients"] = settings.Clients,
+            ["rounds"] = settings.Rounds,
+        };
+        foreach (var (k, v) in result)
+            report[k] = v;
+        return new BenchReport(report, stdout => PrintTable(stdout, report, settings.Clients));
     }
 
     private sealed record Settings(int Iters, int RunSeq, int LongTokens, int GenTokens, int PromptLength, int Clients, int Rounds, string StallCapture);
@@ -141,7 +143,7 @@ internal static class ServingBenchmark
             var rng = new Random(7);
             int[] Ids(int n) => Enumerable.Range(0, n).Select(_ => rng.Next(vocab)).ToArray();
             if (s.PromptLength + s.LongTokens > info.ContextLength)
-                throw new UsageException($"--prompt-length + --long-tokens must fit the model's context of {info.ContextLength}");
+                throw new BenchUsageException($"--prompt-length + --long-tokens must fit the model's context of {info.ContextLength}");
 
             var runRequest = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
             runRequest.Inputs.Add(new Input { Tokens = new TokenIds { Ids = { Ids(s.RunSeq) } } });
@@ -262,31 +264,20 @@ internal static class ServingBenchmark
             {
                 // Alternate 1 client and N concurrent clients (different prompts), medians of the rounds.
                 var clientsList = Enumerable.Range(0, s.Clients).Select(_ => NewClient()).ToList();
-                var one = new List<double>();
-                var many = new List<double>();
                 // One untimed round first: the runtime's tiered JIT recompiles the hot decode path in
                 // the background during the first seconds (18 % of the CPU samples of a 10 s run), which
                 // is start-up, not serving.
-                for (int r = -1; r < s.Rounds; r++)
-                {
-                    if (r == 0)
+                var (single, concurrent) = OneVersusMany(s.Rounds,
+                    () =>
                     {
-                        one.Clear();
-                        many.Clear();
-                    }
-                    var request = Generate(s.GenTokens);
-                    var sw = Stopwatch.StartNew();
-                    int tokens = ReadGenerate(clientsList[0], request, CancellationToken.None);
-                    one.Add(tokens / sw.Elapsed.TotalSeconds);
-
-                    var requests = clientsList.Select(_ => Generate(s.GenTokens)).ToList();
-                    sw.Restart();
-                    var counts = clientsList.Select((c, i) => ReadGenerateAsync(c, requests[i], CancellationToken.None)).ToArray();
-                    Task.WaitAll(counts);
-                    many.Add(counts.Sum(t => t.Result) / sw.Elapsed.TotalSeconds);
-                }
-                double single = Percentile(one, 0.5);
-                double concurrent = Percentile(many, 0.5);
+                        var request = Generate(s.GenTokens);
+                        return () => ReadGenerate(clientsList[0], request, CancellationToken.None);
+                    },
+                    () =>
+                    {
+                        var requests = clientsList.Select(_ => Generate(s.GenTokens)).ToList();
+                        return () => clientsList.Select((c, i) => ReadGenerateAsync(c, requests[i], CancellationToken.None)).ToArray();
+                    });
                 result["generate_1_client_tokens_per_s"] = single;
                 result[$"generate_{s.Clients}_clients_tokens_per_s"] = concurrent;
                 result["generate_clients_ratio"] = concurrent / single;
@@ -324,34 +315,52 @@ internal static class ServingBenchmark
             }
             return tokens;
         }
-        var one = new List<double>();
-        var many = new List<double>();
-        for (int r = -1; r < s.Rounds; r++)
-        {
-            if (r == 0)
+        // The first round warms the JIT up, as in the gRPC measure.
+        var (single, concurrent) = OneVersusMany(s.Rounds,
+            () =>
             {
-                // The first round warmed the JIT up (see the gRPC measure).
-                one.Clear();
-                many.Clear();
-            }
-            var spec = Spec();
-            var sw = Stopwatch.StartNew();
-            int tokens = Generate(engine, spec).GetAwaiter().GetResult();
-            one.Add(tokens / sw.Elapsed.TotalSeconds);
-            var specs = Enumerable.Range(0, s.Clients).Select(_ => Spec()).ToList();
-            sw.Restart();
-            var counts = specs.Select(x => Task.Run(() => Generate(engine, x))).ToArray();
-            Task.WaitAll(counts);
-            many.Add(counts.Sum(t => t.Result) / sw.Elapsed.TotalSeconds);
-        }
-        double single = Percentile(one, 0.5);
-        double concurrent = Percentile(many, 0.5);
+                var spec = Spec();
+                return () => Generate(engine, spec).GetAwaiter().GetResult();
+            },
+            () =>
+            {
+                var specs = Enumerable.Range(0, s.Clients).Select(_ => Spec()).ToList();
+                return () => specs.Select(x => Task.Run(() => Generate(engine, x))).ToArray();
+            });
         return new()
         {
             ["engine_generate_1_tokens_per_s"] = single,
             [$"engine_generate_{s.Clients}_tokens_per_s"] = concurrent,
             ["engine_generate_ratio"] = concurrent / single,
         };
+    }
+
+    /// <summary>
+    /// Generate tokens/s of one generation against N concurrent ones, alternating for <paramref name="rounds"/>
+    /// rounds after one untimed round, medians. Each <c>prepare</c> builds its requests outside the timed part
+    /// and returns what starts them.
+    /// </summary>
+    private static (double One, double Many) OneVersusMany(int rounds, Func<Func<int>> prepareOne, Func<Func<Task<int>[]>> prepareMany)
+    {
+        var one = new List<double>();
+        var many = new List<double>();
+        for (int r = -1; r < rounds; r++)
+        {
+            var runOne = prepareOne();
+            var sw = Stopwatch.StartNew();
+            double oneRate = runOne() / sw.Elapsed.TotalSeconds;
+            var runMany = prepareMany();
+            sw.Restart();
+            var counts = runMany();
+            Task.WaitAll(counts);
+            double manyRate = counts.Sum(t => t.Result) / sw.Elapsed.TotalSeconds;
+            if (r >= 0)
+            {
+                one.Add(oneRate);
+                many.Add(manyRate);
+            }
+        }
+        return (Percentile(one, 0.5), Percentile(many, 0.5));
     }
 
     private static double Percentile(List<double> values, double p)

@@ -1,18 +1,17 @@
 using System.Collections.Concurrent;
+using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Grpc.Core;
-using InterpMesh.Cli.CommandLine;
-using InterpMesh.Cli.Serve;
+using InterpMesh.Bench.Harness;
 using InterpMesh.Contracts.V1;
-using InterpMesh.Runtime.Execution;
 
-namespace InterpMesh.Cli.Bench;
+namespace InterpMesh.Bench.Benchmarks;
 
 /// <summary>
-/// <c>interpmesh bench load</c>: N concurrent clients drive a gateway (and the model service
+/// <c>interpmesh-bench load</c>: N concurrent clients drive a gateway (and the model service
 /// behind it, both in this process on loopback) for a bounded time with a mix of Run, Generate and
 /// short analyses. Reports throughput, p50/p99 latency per kind, errors by status, the concurrency
 /// held, and memory (resident, managed heap, live TorchSharp tensors) at the start and the end;
@@ -20,7 +19,7 @@ namespace InterpMesh.Cli.Bench;
 /// policy, so every refusal is counted) and after a RESOURCE_EXHAUSTED wait what its
 /// <c>grpc-retry-pushback-ms</c> asks before their next call, as a well-behaved client would.
 /// </summary>
-internal static class LoadBenchmark
+internal sealed class LoadBenchmark : Benchmark
 {
     private sealed record Sample(double Seconds, double RssMiB, double HeapMiB, long Tensors, long Requests);
 
@@ -44,78 +43,82 @@ internal static class LoadBenchmark
         }
     }
 
-    public static int Run(CliArgs args, TextWriter stdout)
-    {
-        bool json = args.Flag("json"), soak = args.Flag("soak");
-        int clients = args.Int("clients", min: 1) ?? 16;
-        int seconds = args.Int("seconds", min: 1) ?? (soak ? 300 : 20);
-        int sampleEvery = args.Int("sample-seconds", min: 1) ?? (soak ? 10 : 2);
-        string mixText = args.Text("mix") ?? "run=6,generate=3,analysis=1";
-        int maxConcurrent = args.Int("max-concurrent", min: 1) ?? 32;
-        int admissionWait = args.Int("admission-wait-ms", min: 0) ?? 100;
-        int maxJobs = args.Int("max-jobs", min: 1) ?? 2;
-        int maxQueued = args.Int("max-queued", min: 1) ?? 8;
-        int retainedJobs = args.Int("retained-jobs", min: 1) ?? 10000;
-        string? modelArg = args.Text("model");
-        int threads = TorchRuntime.Initialize(args.Int("threads", min: 1));
-        args.RejectUnknown("bench load");
-        var mix = ParseMix(mixText);
-        string repo = LocalMesh.Repository();
-        string model = Path.GetFullPath(modelArg ?? Path.Combine(repo, "models", "concepts"));
-        string data = Path.Combine(Path.GetTempPath(), "interpmesh-load-" + Guid.NewGuid().ToString("N"));
+    private readonly Option<int> clientsOption = SharedOptions.Clients(16);
+    private readonly Option<int?> secondsOption = SharedOptions.OptionalInt("--seconds", 1, "duration (default 20, 300 with --soak)", "S");
+    private readonly Option<string> mixOption = new("--mix") { Description = "request kinds and their weights", HelpName = "run=6,generate=3,analysis=1", DefaultValueFactory = _ => "run=6,generate=3,analysis=1" };
+    private readonly Option<int> maxConcurrentOption = SharedOptions.Int("--max-concurrent", 32, 1, "requests the model service admits at once", "R");
+    private readonly Option<int> admissionWaitOption = SharedOptions.Int("--admission-wait-ms", 100, 0, "how long the model service lets a request wait for admission", "W");
+    private readonly Option<int> maxJobsOption = SharedOptions.Int("--max-jobs", 2, 1, "jobs the gateway runs at once", "J");
+    private readonly Option<int> maxQueuedOption = SharedOptions.Int("--max-queued", 8, 1, "jobs the gateway queues", "Q");
+    private readonly Option<int> retainedJobsOption = SharedOptions.Int("--retained-jobs", 10000, 1, "finished jobs the gateway keeps", "K");
+    private readonly Option<string?> modelOption = SharedOptions.Model("the model served (default models/concepts)");
+    private readonly Option<bool> soakOption = new("--soak") { Description = "a memory timeline and its trend (longer default duration)" };
+    private readonly Option<int?> sampleOption = SharedOptions.OptionalInt("--sample-seconds", 1, "memory sampling period (default 2, 10 with --soak)", "T");
 
-        var service = LocalMesh.StartModelService(model, threads, extra: new()
+    public LoadBenchmark()
+        : base("load", "Mixed load (Run, Generate, analyses) from N clients on a local gateway and model service: throughput, latency, refusals, memory (--soak: over time).")
+    {
+        mixOption.Validators.Add(r => ParseMix(r.GetValueOrDefault<string>() ?? "", r.AddError));
+        Takes(clientsOption, secondsOption, mixOption, maxConcurrentOption, admissionWaitOption, maxJobsOption, maxQueuedOption, retainedJobsOption, modelOption, soakOption, sampleOption);
+    }
+
+    public override BenchReport Run(BenchContext context)
+    {
+        bool json = context.Json, soak = context.Get(soakOption);
+        int clients = context.Get(clientsOption);
+        int seconds = context.Get(secondsOption) ?? (soak ? 300 : 20);
+        int sampleEvery = context.Get(sampleOption) ?? (soak ? 10 : 2);
+        string mixText = context.Get(mixOption);
+        int maxConcurrent = context.Get(maxConcurrentOption), admissionWait = context.Get(admissionWaitOption);
+        int maxJobs = context.Get(maxJobsOption), maxQueued = context.Get(maxQueuedOption), retainedJobs = context.Get(retainedJobsOption);
+        var mix = ParseMix(mixText, message => throw new BenchUsageException(message));
+        string repo = BenchContext.Repository();
+        string model = Path.GetFullPath(context.Get(modelOption) ?? Path.Combine(repo, "models", "concepts"));
+        var stdout = context.Out;
+
+        var service = context.StartModelService(model, new Dictionary<string, string?>
         {
             ["ModelService:MaxConcurrentRequests"] = maxConcurrent.ToString(CultureInfo.InvariantCulture),
             ["ModelService:AdmissionWaitMs"] = admissionWait.ToString(CultureInfo.InvariantCulture),
         });
-        var gateway = LocalMesh.StartGateway(new Dictionary<string, string> { ["load"] = service.Urls.First() }, Path.Combine(repo, "plugins"), data, extra: new()
+        var gateway = context.StartGateway(service.Urls.First(), Path.Combine(repo, "plugins"), context.TempFolder(), new Dictionary<string, string?>
         {
             ["Gateway:MaxConcurrentJobs"] = maxJobs.ToString(CultureInfo.InvariantCulture),
             ["Gateway:MaxQueuedJobs"] = maxQueued.ToString(CultureInfo.InvariantCulture),
             ["Gateway:MaxRetainedJobs"] = retainedJobs.ToString(CultureInfo.InvariantCulture),
         });
-        try
+        using var channel = InterpMesh.Client.Channels.ForAddress(gateway.Urls.First(), InterpMesh.Client.ChannelRetry.None);
+        var models = new Contracts.V1.ModelService.ModelServiceClient(channel);
+        var analyses = new AnalysisService.AnalysisServiceClient(channel);
+        var stats = new Stats();
+        // Warm-up: one of each, so the start figures are taken with everything loaded.
+        foreach (var kind in mix.Keys)
+            Call(kind, models, analyses, new Random(0), new Stats(), CancellationToken.None).GetAwaiter().GetResult();
+        Settle();
+        var samples = new List<Sample>();
+        var clock = Stopwatch.StartNew();
+        // With --soak every sample's heap figure is after a full collection: live memory, not garbage.
+        Sample Take() => new(clock.Elapsed.TotalSeconds, Process.GetCurrentProcess().WorkingSet64 / 1048576.0, GC.GetTotalMemory(forceFullCollection: soak) / 1048576.0,
+            TorchSharp.torch.Tensor.TotalCount, Interlocked.Read(ref stats.Completed));
+        samples.Add(Take());
+        using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(seconds));
+        var workers = Enumerable.Range(0, clients).Select(c => Task.Run(async () =>
         {
-            using var channel = InterpMesh.Client.Channels.ForAddress(gateway.Urls.First(), InterpMesh.Client.ChannelRetry.None);
-            var models = new Contracts.V1.ModelService.ModelServiceClient(channel);
-            var analyses = new AnalysisService.AnalysisServiceClient(channel);
-            var stats = new Stats();
-            // Warm-up: one of each, so the start figures are taken with everything loaded.
-            foreach (var kind in mix.Keys)
-                Call(kind, models, analyses, new Random(0), new Stats(), CancellationToken.None).GetAwaiter().GetResult();
-            Settle();
-            var samples = new List<Sample>();
-            var clock = Stopwatch.StartNew();
-            // With --soak every sample's heap figure is after a full collection: live memory, not garbage.
-            Sample Take() => new(clock.Elapsed.TotalSeconds, Process.GetCurrentProcess().WorkingSet64 / 1048576.0, GC.GetTotalMemory(forceFullCollection: soak) / 1048576.0,
-                TorchSharp.torch.Tensor.TotalCount, Interlocked.Read(ref stats.Completed));
-            samples.Add(Take());
-            using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(seconds));
-            var workers = Enumerable.Range(0, clients).Select(c => Task.Run(async () =>
-            {
-                var rng = new Random(c + 1);
-                while (!stop.IsCancellationRequested)
-                    await Call(Pick(mix, rng), models, analyses, rng, stats, stop.Token);
-            })).ToArray();
-            while (!Task.WaitAll(workers, TimeSpan.FromSeconds(sampleEvery)))
-            {
-                samples.Add(Take());
-                if (soak && !json)
-                    stdout.WriteLine(Line(samples[^1]));
-            }
-            double elapsed = clock.Elapsed.TotalSeconds;
-            // The end figures after a full collection, like the start ones: what is still alive is held, not garbage.
-            Settle();
-            samples.Add(Take());
-            return Print(stdout, json, soak, clients, seconds, elapsed, mixText, maxConcurrent, stats, samples);
-        }
-        finally
+            var rng = new Random(c + 1);
+            while (!stop.IsCancellationRequested)
+                await Call(Pick(mix, rng), models, analyses, rng, stats, stop.Token);
+        })).ToArray();
+        while (!Task.WaitAll(workers, TimeSpan.FromSeconds(sampleEvery)))
         {
-            LocalMesh.Stop(gateway, service);
-            if (Directory.Exists(data))
-                Directory.Delete(data, recursive: true);
+            samples.Add(Take());
+            if (soak && !json)
+                stdout.WriteLine(Line(samples[^1]));
         }
+        double elapsed = clock.Elapsed.TotalSeconds;
+        // The end figures after a full collection, like the start ones: what is still alive is held, not garbage.
+        Settle();
+        samples.Add(Take());
+        return Report(soak, clients, elapsed, mixText, maxConcurrent, stats, samples);
     }
 
     private static void Settle()
@@ -125,18 +128,22 @@ internal static class LoadBenchmark
         GC.Collect();
     }
 
-    private static Dictionary<string, int> ParseMix(string text)
+    /// <summary>The kind → weight pairs of a <c>--mix</c> value; a bad value goes to <paramref name="error"/> (the parser's, or a throw).</summary>
+    private static Dictionary<string, int> ParseMix(string text, Action<string> error)
     {
         var mix = new Dictionary<string, int>();
         foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {
             var kv = part.Split('=');
             if (kv.Length != 2 || kv[0] is not ("run" or "generate" or "analysis") || !int.TryParse(kv[1], CultureInfo.InvariantCulture, out int w) || w < 0)
-                throw new UsageException($"--mix takes kind=weight pairs over run, generate, analysis (e.g. run=6,generate=3,analysis=1), got '{part}'");
+            {
+                error($"--mix takes kind=weight pairs over run, generate, analysis (e.g. run=6,generate=3,analysis=1), got '{SharedOptions.Clip(part)}'");
+                return [];
+            }
             mix[kv[0]] = w;
         }
         if (mix.Values.Sum() == 0)
-            throw new UsageException("--mix needs at least one positive weight");
+            error("--mix needs at least one positive weight");
         return mix.Where(m => m.Value > 0).ToDictionary();
     }
 
@@ -284,7 +291,7 @@ internal static class LoadBenchmark
         return den == 0 ? 0 : num / den * 60;
     }
 
-    private static int Print(TextWriter stdout, bool json, bool soak, int clients, int seconds, double elapsed, string mix, int maxConcurrent, Stats stats, List<Sample> samples)
+    private static BenchReport Report(bool soak, int clients, double elapsed, string mix, int maxConcurrent, Stats stats, List<Sample> samples)
     {
         var kinds = new JsonObject();
         foreach (var (kind, histogram) in stats.Latencies.OrderBy(k => k.Key, StringComparer.Ordinal))
@@ -319,20 +326,18 @@ internal static class LoadBenchmark
         };
         if (soak)
             result["timeline"] = new JsonArray([.. samples.Select(s => (JsonNode)new JsonObject { ["t"] = Math.Round(s.Seconds), ["requests"] = s.Requests, ["rss_mib"] = Math.Round(s.RssMiB, 1), ["live_tensors"] = s.Tensors })]);
-        if (json)
+        var values = result.ToDictionary(kv => kv.Key, kv => (object?)kv.Value);
+        return new BenchReport(values, stdout =>
         {
-            stdout.WriteLine(result.ToJsonString());
-            return 0;
-        }
-        var c = CultureInfo.InvariantCulture;
-        stdout.WriteLine(string.Create(c, $"load: {clients} clients for {elapsed:0} s (mix {mix}; model service admits {maxConcurrent} at once); concurrency held {stats.MaxInFlight}"));
-        stdout.WriteLine(string.Create(c, $"  {stats.Completed} requests, {ok} ok ({ok / elapsed:0.0}/s)"));
-        foreach (var (kind, node) in kinds)
-            stdout.WriteLine(string.Create(c, $"  {kind,-9} ok {node!["ok"],6}  {node["per_second"],7}/s  p50 {node["p50_ms"],7} ms  p99 {node["p99_ms"],7} ms  max {node["max_ms"],7} ms"));
-        stdout.WriteLine("  outcomes: " + string.Join(", ", outcomes.Select(o => $"{o.Key} {o.Value}")));
-        foreach (var (key, message) in stats.FirstError.OrderBy(o => o.Key, StringComparer.Ordinal))
-            stdout.WriteLine($"  first {key}: {message}");
-        stdout.WriteLine(string.Create(c, $"  memory: RSS {first.RssMiB:0} → {last.RssMiB:0} MiB (max {samples.Max(s => s.RssMiB):0}), heap {first.HeapMiB:0} → {last.HeapMiB:0} MiB, live tensors {first.Tensors} → {last.Tensors}; second-half trend {rssSlope:0.00} MiB/min, {tensorSlope:0.00} tensors/min"));
-        return 0;
+            var c = CultureInfo.InvariantCulture;
+            stdout.WriteLine(string.Create(c, $"load: {clients} clients for {elapsed:0} s (mix {mix}; model service admits {maxConcurrent} at once); concurrency held {stats.MaxInFlight}"));
+            stdout.WriteLine(string.Create(c, $"  {stats.Completed} requests, {ok} ok ({ok / elapsed:0.0}/s)"));
+            foreach (var (kind, node) in kinds)
+                stdout.WriteLine(string.Create(c, $"  {kind,-9} ok {node!["ok"],6}  {node["per_second"],7}/s  p50 {node["p50_ms"],7} ms  p99 {node["p99_ms"],7} ms  max {node["max_ms"],7} ms"));
+            stdout.WriteLine("  outcomes: " + string.Join(", ", outcomes.Select(o => $"{o.Key} {o.Value}")));
+            foreach (var (key, message) in stats.FirstError.OrderBy(o => o.Key, StringComparer.Ordinal))
+                stdout.WriteLine($"  first {key}: {message}");
+            stdout.WriteLine(string.Create(c, $"  memory: RSS {first.RssMiB:0} → {last.RssMiB:0} MiB (max {samples.Max(s => s.RssMiB):0}), heap {first.HeapMiB:0} → {last.HeapMiB:0} MiB, live tensors {first.Tensors} → {last.Tensors}; second-half trend {rssSlope:0.00} MiB/min, {tensorSlope:0.00} tensors/min"));
+        });
     }
 }

@@ -1,6 +1,8 @@
-namespace InterpMesh.Cli.Tests;
+namespace InterpMesh.Bench.Tests;
 
 /// <summary>The load tool's short run: every request is answered, overload is refused with retry info, nothing leaks.</summary>
+// Not beside the in-process benchmark runs: it counts admitted and refused requests in a few seconds.
+[Collection(BenchRunTests.Collection)]
 public sealed class LoadTests
 {
     [Fact]
@@ -8,7 +10,7 @@ public sealed class LoadTests
     {
         // 24 clients against a model service that admits 2 requests at once and refuses the rest at once.
         // Its own process: the live-tensor count is per process, and other tests here use torch.
-        var r = CliRunner.RunProcess(new Dictionary<string, string>(), "bench", "load", "--clients", "24", "--seconds", "4", "--mix", "run=3,generate=1", "--max-concurrent", "2", "--admission-wait-ms", "0", "--json");
+        var r = BenchRunner.RunProcess("load", "--clients", "24", "--seconds", "4", "--mix", "run=3,generate=1", "--max-concurrent", "2", "--admission-wait-ms", "0", "--json");
         Assert.True(r.ExitCode == 0, r.Stderr);
         var result = r.Json;
         Assert.Equal(24, result.GetProperty("concurrency_held").GetInt32());
@@ -21,13 +23,5 @@ public sealed class LoadTests
         Assert.Equal(memory.GetProperty("live_tensors_start").GetInt64(), memory.GetProperty("live_tensors_end").GetInt64());
         // Latency of admitted requests stays bounded (the refused ones wait outside, as told by grpc-retry-pushback-ms).
         Assert.True(result.GetProperty("by_kind").GetProperty("run").GetProperty("p99_ms").GetDouble() < 5000, result.GetProperty("by_kind").ToString());
-    }
-
-    [Fact]
-    public void A_bad_mix_is_a_usage_error()
-    {
-        var r = CliRunner.Run("bench", "load", "--mix", "run=1,train=2");
-        Assert.Equal(2, r.ExitCode);
-        Assert.Contains("--mix takes kind=weight pairs over run, generate, analysis", r.Stderr, StringComparison.Ordinal);
     }
 }

@@ -1,43 +1,57 @@
 using System.Buffers.Binary;
+using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using System.Reflection;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using InterpMesh.Cli.CommandLine;
+using InterpMesh.Bench.Harness;
 using InterpMesh.Runtime.Execution;
 using InterpMesh.Runtime.Loading;
 using static TorchSharp.torch;
 
-namespace InterpMesh.Cli.Bench;
+namespace InterpMesh.Bench.Benchmarks;
 
 /// <summary>
-/// <c>interpmesh bench loading</c>: writes a random ~1.0B-parameter Llama-layout checkpoint in the
+/// <c>interpmesh-bench loading</c>: writes a random ~1.0B-parameter Llama-layout checkpoint in the
 /// Hugging Face sharded layout (streamed to disk, reused when present), then loads it in a child
 /// process per dtype (so the generator's memory is not counted) and reports seconds, peak resident
 /// memory (VmHWM) above the pre-load baseline, the final weight bytes, and their ratio.
 /// </summary>
-internal static class LoadingBenchmark
+internal sealed class LoadingBenchmark : Benchmark
 {
     // Llama layout, 1.003B parameters: d_model 2048, 16 layers, 16 heads of 128, SwiGLU 6144,
     // vocabulary 32000, untied unembedding.
     private const int DModel = 2048, Layers = 16, Heads = 16, KvHeads = 16, DMlp = 6144, Vocab = 32000, Shards = 4;
 
-    public static int Run(CliArgs args, TextWriter stdout)
-    {
-        string? child = args.Text("child");
-        if (child is not null)
-            return RunChild(child, args, stdout);
+    private readonly Option<string?> dirOption = new("--dir") { Description = "checkpoint folder (default $TMPDIR/interpmesh-bench-loading-<source dtype>, kept for the next run)", HelpName = "DIR" };
+    private readonly Option<string> sourceDtypeOption = SharedOptions.Choice("--source-dtype", "bf16", "dtype of the checkpoint on disk", "bf16", "f32");
+    private readonly Option<int> repeatsOption = SharedOptions.Int("--repeats", 1, 1, "loads per dtype", "R");
+    // The child process's options (one load, measured): not for users, so not in the help.
+    private readonly Option<string?> childOption = new("--child") { Hidden = true };
+    private readonly Option<string> dtypeOption = SharedOptions.DType();
 
-        string sourceDtype = args.Text("source-dtype") ?? "bf16";
-        if (sourceDtype is not ("bf16" or "f32"))
-            throw new UsageException($"--source-dtype must be bf16 or f32, got '{Clip(sourceDtype)}'");
-        string dir = Path.GetFullPath(args.Text("dir") ?? Path.Combine(Path.GetTempPath(), $"interpmesh-bench-loading-{sourceDtype}"));
-        int repeats = args.Int("repeats", min: 1) ?? 1;
-        int threads = args.Int("threads", min: 1) ?? 2;
-        bool json = args.Flag("json");
-        args.RejectUnknown("bench loading");
+    public LoadingBenchmark()
+        : base("loading", "Checkpoint loading time and peak memory of a ~1B-parameter Llama-layout checkpoint, in float32 and bfloat16 (Linux).")
+    {
+        dtypeOption.Hidden = true;
+        Takes(dirOption, sourceDtypeOption, repeatsOption, childOption, dtypeOption);
+    }
+
+    public override BenchReport Run(BenchContext context)
+    {
+        string? child = context.Get(childOption);
+        if (child is not null)
+            return RunChild(child, context);
+
+        string sourceDtype = context.Get(sourceDtypeOption);
+        string dir = Path.GetFullPath(context.Get(dirOption) ?? Path.Combine(Path.GetTempPath(), $"interpmesh-bench-loading-{sourceDtype}"));
+        int repeats = context.Get(repeatsOption);
+        // The loads run in child processes: this one needs no libtorch threads of its own.
+        int threads = context.RequestedThreads ?? 2;
+        bool json = context.Json;
+        var stdout = context.Out;
 
         var sw = Stopwatch.StartNew();
         bool reused = Generate(dir, sourceDtype);
@@ -74,16 +88,11 @@ internal static class LoadingBenchmark
             ["reference_transformerlens_ratio"] = 2.0,
             ["target_ratio"] = 1.2,
         };
-        if (json)
-            stdout.WriteLine(report.ToJsonString());
-        else
-            stdout.WriteLine($"ratio = (VmHWM - RSS before loading) / final weight bytes; target <= 1.2 (TransformerLens needs about 2x). Delete {dir} when done.");
-        return 0;
+        return new BenchReport(report.ToDictionary(kv => kv.Key, kv => (object?)kv.Value),
+            stdout => stdout.WriteLine($"ratio = (VmHWM - RSS before loading) / final weight bytes; target <= 1.2 (TransformerLens needs about 2x). Delete {dir} when done."));
     }
 
     private static string LoadAverage() => File.Exists("/proc/loadavg") ? string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : "n/a";
-
-    private static string Clip(string s) => s.Length <= 100 ? s : s[..100] + "…";
 
     private static string Gb(JsonNode n, string key) => (n[key]!.GetValue<long>() / 1e9).ToString("F3", CultureInfo.InvariantCulture);
 
@@ -97,7 +106,7 @@ internal static class LoadingBenchmark
         var psi = new ProcessStartInfo(self) { RedirectStandardOutput = true, RedirectStandardError = true };
         if (Path.GetFileNameWithoutExtension(self) == "dotnet")
             psi.ArgumentList.Add(Assembly.GetEntryAssembly()!.Location);
-        foreach (var a in new[] { "bench", "loading", "--child", dir, "--dtype", dtype, "--threads", threads.ToString(CultureInfo.InvariantCulture) })
+        foreach (var a in new[] { "loading", "--child", dir, "--dtype", dtype, "--threads", threads.ToString(CultureInfo.InvariantCulture), "--json" })
             psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
         var stderrTask = p.StandardError.ReadToEndAsync();
@@ -109,13 +118,11 @@ internal static class LoadingBenchmark
     }
 
     /// <summary>The child: measure the RSS baseline, load, and report the peak.</summary>
-    private static int RunChild(string dir, CliArgs args, TextWriter stdout)
+    private BenchReport RunChild(string dir, BenchContext context)
     {
-        string dtypeName = args.Text("dtype") ?? "float32";
-        var dtype = DTypeNames.TryParse(dtypeName, out var parsed) ? parsed
-            : throw new UsageException($"--dtype must be {DTypeNames.Accepted}, got '{Clip(dtypeName)}'");
-        TorchRuntime.Initialize(args.Int("threads", min: 1));
-        args.RejectUnknown("bench loading");
+        string dtypeName = context.Get(dtypeOption);
+        var dtype = SharedOptions.DTypeOf(dtypeName);
+        _ = context.Threads;
         using (zeros(1)) { } // libtorch fully initialised before the baseline
         GC.Collect();
         GC.WaitForPendingFinalizers();
@@ -140,7 +147,7 @@ internal static class LoadingBenchmark
         long peak = Status("VmHWM");
         long after = Status("VmRSS");
         long weightBytes = model.Transformer.Weights.ByteCount;
-        stdout.WriteLine(new JsonObject
+        return new BenchReport(new Dictionary<string, object?>
         {
             ["dtype"] = dtypeName,
             ["seconds"] = seconds,
@@ -155,8 +162,7 @@ internal static class LoadingBenchmark
             ["peak_above_baseline_bytes"] = peak - baseline,
             ["ratio"] = (double)(peak - baseline) / weightBytes,
             ["hwm_reset"] = reset,
-        }.ToJsonString());
-        return 0;
+        });
     }
 
     /// <summary>A <c>kB</c> field of /proc/self/status, in bytes.</summary>

@@ -2,7 +2,7 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Text.RegularExpressions;
 
-namespace InterpMesh.Gateway.Tests;
+namespace InterpMesh.Tests;
 
 /// <summary>
 /// Temporary folders the tests remove. A plugins folder holds the plugins' native dependencies
@@ -11,7 +11,7 @@ namespace InterpMesh.Gateway.Tests;
 /// can be ended before its exit handlers run — the next test process removes any whose process is
 /// gone.
 /// </summary>
-public static partial class TempFolders
+internal static partial class TempFolders
 {
     private static readonly ConcurrentBag<string> Created = [];
 
@@ -64,7 +64,8 @@ public static partial class TempFolders
         }
     }
 
-    private static bool Alive(int pid)
+    /// <summary>Whether process <paramref name="pid"/> is still running (fixtures with their own folder naming sweep with it).</summary>
+    public static bool Alive(int pid)
     {
         try
         {

@@ -1,0 +1,3 @@
+using InterpMesh.Bench.Harness;
+
+return BenchApp.Run(args, Console.Out, Console.Error);
