@@ -147,6 +147,27 @@ public sealed class SharedJobsTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_ListJobs_page_of_large_records_holds_fewer_jobs_and_stays_under_four_MiB()
+    {
+        // 14 records with parameters at the 256 KiB limit: 3.5 MiB, over the 3 MiB list budget in one page.
+        string parameters = "{\"pad\":\"" + new string('x', (256 << 10) - 10) + "\"}";
+        var ids = new List<string>();
+        for (int i = 0; i < 14; i++)
+        {
+            var job = await A.SubmitJobAsync(new AnalysisRequest { Plugin = "throws", ParametersJson = parameters }, Mesh.As(Mesh.AliceKey));
+            ids.Add(job.Id);
+            await WaitUntil(A, job.Id, j => j.State == JobState.Failed);
+        }
+        var first = await B.ListJobsAsync(new ListJobsRequest { PageSize = 50 }, Mesh.As(Mesh.AliceKey));
+        Assert.InRange(first.Jobs.Count, 1, 13);
+        Assert.True(first.CalculateSize() <= 3 << 20, $"a page of {first.CalculateSize()} bytes");
+        Assert.NotEqual("", first.NextPageToken);
+        var rest = await B.ListJobsAsync(new ListJobsRequest { PageSize = 50, PageToken = first.NextPageToken }, Mesh.As(Mesh.AliceKey));
+        Assert.Equal(Enumerable.Reverse(ids), first.Jobs.Concat(rest.Jobs).Select(j => j.Id));
+        Assert.Equal("", rest.NextPageToken);
+    }
+
+    [Fact]
     public async Task ListJobs_pages_newest_first_and_refuses_a_bad_page_size_or_token()
     {
         var ids = new List<string>();
