@@ -26,6 +26,7 @@ COPY src/Contracts/ src/Contracts/
 COPY src/Client/ src/Client/
 COPY src/ServiceDefaults/ src/ServiceDefaults/
 COPY src/ModelService/Runtime/ src/ModelService/Runtime/
+COPY src/Jobs/ src/Jobs/
 COPY src/Plugins/ src/Plugins/
 COPY src/Gateway/ src/Gateway/
 # Plugins lay themselves out in /src/plugins/<id>/ when built (src/Plugins/Plugin.targets).

@@ -34,6 +34,13 @@ public interface IJobQueue
     /// <summary>Ends the run; false (and nothing written) if the lease was lost, so a run re-queued elsewhere is never completed twice.</summary>
     Task<bool> CompleteAsync(JobLease lease, JobOutcome outcome, CancellationToken cancellationToken = default);
 
+    /// <summary>
+    /// Hands a running job back to the queue (a worker shutting down): it is QUEUED again at once for
+    /// any worker, its take not counted against <see cref="JobStoreOptions.MaxAttempts"/>; a job whose
+    /// cancellation was requested ends CANCELLED instead. False (nothing written) if the lease was lost.
+    /// </summary>
+    Task<bool> ReleaseAsync(JobLease lease, string reason, CancellationToken cancellationToken = default);
+
     /// <summary>Re-queues (or fails, after the last attempt; or cancels, if requested) running jobs whose lease expired; returns how many. <see cref="TakeAsync"/> does this first.</summary>
     Task<int> RequeueExpiredAsync(CancellationToken cancellationToken = default);
 }

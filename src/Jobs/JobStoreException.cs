@@ -17,4 +17,7 @@ public sealed class JobStoreException : Exception
     public JobStoreException(JobStoreError error, string message, Exception? inner = null) : base(message, inner) => Error = error;
 
     public JobStoreError Error { get; }
+
+    /// <summary>For <see cref="JobStoreError.ResourceExhausted"/>: true when the limit frees by itself (the shared queue drains), so a client may retry after a while; false when only the caller can free it (its own jobs).</summary>
+    public bool WorthRetrying { get; init; }
 }

@@ -46,7 +46,7 @@ public sealed record JobInfo
     public string ErrorCode { get; init; } = "";
     /// <summary>The plugin's result as the worker serialised it (opaque to the store), null until success.</summary>
     public string? ResultJson { get; init; }
-    /// <summary>How many times a worker has taken the job (1 on its first run).</summary>
+    /// <summary>How many times a worker has taken the job (1 on its first run); a take handed back by <see cref="IJobQueue.ReleaseAsync"/> is not counted.</summary>
     public int Attempts { get; init; }
     /// <summary>The worker that holds the lease, or last held it (null until first taken).</summary>
     public string? WorkerId { get; init; }

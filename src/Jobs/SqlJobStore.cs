@@ -144,7 +144,7 @@ public abstract class SqlJobStore : IJobStore, IJobQueue, IAsyncDisposable
         {
             long queued = await ScalarLongAsync(write, "SELECT COUNT(*) FROM jobs WHERE state = 'queued'", cancellationToken);
             if (queued >= limits.MaxQueued)
-                throw new JobStoreException(JobStoreError.ResourceExhausted, $"the job queue is full ({queued} waiting, limit {limits.MaxQueued}); retry later");
+                throw new JobStoreException(JobStoreError.ResourceExhausted, $"the job queue is full ({queued} waiting); retry later (limit {limits.MaxQueued} over all keys)") { WorthRetrying = true };
         }
         await ExecuteAsync(write, "UPDATE job_owners SET jobs_submitted = jobs_submitted + 1 WHERE owner = @o", cancellationToken, ("o", job.Owner));
         await ExecuteAsync(write,
@@ -156,6 +156,37 @@ public abstract class SqlJobStore : IJobStore, IJobQueue, IAsyncDisposable
         var stored = (await ReadJobAsync(write, id, lockRow: false, cancellationToken))!;
         await write.CommitAsync(cancellationToken);
         return stored;
+    }
+
+    /// <summary>
+    /// Stores a job that already ended elsewhere (a record of an older gateway's per-pod files), with
+    /// its times, error and result, and one state event saying where it came from. Not a submission:
+    /// no quota is checked and nothing is queued. False, and nothing written, if a job with its id exists.
+    /// </summary>
+    public async Task<bool> ImportFinishedAsync(JobInfo job, string origin, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(job);
+        RequireId(job.Id);
+        Validate(new NewJob(job.Owner, job.Plugin, job.Model, job.ParametersJson, job.TimeoutSeconds, job.TraceParent));
+        if (!job.IsFinal)
+            throw Invalid($"only a final job can be imported; '{job.Id}' is {JobStates.ToStored(job.State)}");
+        if (string.IsNullOrWhiteSpace(origin))
+            throw Invalid("an imported job needs its origin (it becomes the job's event)");
+        long finished = (job.Finished ?? job.Created).ToUnixTimeMilliseconds();
+        await using var write = await BeginWriteAsync(cancellationToken);
+        if (await ScalarAsync(write, "SELECT id FROM jobs WHERE id = @id", cancellationToken, ("id", job.Id)) is string)
+            return false;
+        await ExecuteAsync(write, "INSERT INTO job_owners (owner, last_take) VALUES (@o, 0) ON CONFLICT (owner) DO NOTHING", cancellationToken, ("o", job.Owner));
+        await ExecuteAsync(write,
+            "INSERT INTO jobs (id, owner, plugin, model, parameters_json, timeout_seconds, trace_parent, state, created_ms, started_ms, finished_ms, progress, message, error, error_code, result_json, attempts) " +
+            "VALUES (@id, @owner, @plugin, @model, @parameters, @timeout, @trace, @state, @created, @started, @finished, @progress, @message, @error, @code, @result, @attempts)", cancellationToken,
+            ("id", job.Id), ("owner", job.Owner), ("plugin", job.Plugin), ("model", job.Model), ("parameters", job.ParametersJson), ("timeout", job.TimeoutSeconds),
+            ("trace", job.TraceParent ?? ""), ("state", JobStates.ToStored(job.State)), ("created", job.Created.ToUnixTimeMilliseconds()),
+            ("started", job.Started?.ToUnixTimeMilliseconds()), ("finished", finished), ("progress", job.Progress), ("message", job.Message ?? ""),
+            ("error", job.Error ?? ""), ("code", job.ErrorCode ?? ""), ("result", job.ResultJson), ("attempts", job.Attempts));
+        await AppendEventAsync(write, job.Id, JobEventKind.State, job.State, job.Progress, origin, finished, cancellationToken);
+        await write.CommitAsync(cancellationToken);
+        return true;
     }
 
     public async Task<JobInfo> GetAsync(string id, JobCaller caller, CancellationToken cancellationToken = default)
@@ -446,6 +477,38 @@ public abstract class SqlJobStore : IJobStore, IJobQueue, IAsyncDisposable
             ("state", JobStates.ToStored(outcome.State)), ("now", now), ("progress", progress), ("message", message), ("error", outcome.Error),
             ("code", outcome.ErrorCode), ("result", outcome.ResultJson), ("id", lease.Job.Id));
         await AppendEventAsync(write, lease.Job.Id, JobEventKind.State, outcome.State, progress, succeeded ? "done" : outcome.Error, now, cancellationToken);
+        await write.CommitAsync(cancellationToken);
+        return true;
+    }
+
+    public async Task<bool> ReleaseAsync(JobLease lease, string reason, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(lease);
+        if (string.IsNullOrWhiteSpace(reason))
+            throw Invalid("releasing a job needs a reason (it is the job's message while it waits again)");
+        long now = Now();
+        await using var write = await BeginWriteAsync(cancellationToken);
+        var job = await ReadJobAsync(write, lease.Job.Id, lockRow: true, cancellationToken);
+        if (job is null || job.State != JobState.Running || await LeaseTokenAsync(write, lease.Job.Id, cancellationToken) != lease.Token)
+            return false;
+        if (job.CancelRequested)
+        {
+            // Nobody wants the job any more: end it rather than queue it again.
+            string error = $"cancelled by {job.CancelledBy}; its worker stopped ({reason})";
+            await ExecuteAsync(write,
+                "UPDATE jobs SET state = 'cancelled', finished_ms = @now, message = 'cancelled', error = @error, error_code = 'CANCELLED', lease_token = NULL, lease_expires_ms = NULL WHERE id = @id",
+                cancellationToken, ("now", now), ("error", error), ("id", job.Id));
+            await AppendEventAsync(write, job.Id, JobEventKind.State, JobState.Cancelled, job.Progress, error, now, cancellationToken);
+        }
+        else
+        {
+            // A hand-back is no failed attempt: the take is forgotten, so MaxAttempts still counts only lost leases and crashes.
+            string message = $"re-queued: {reason}";
+            await ExecuteAsync(write,
+                "UPDATE jobs SET state = 'queued', attempts = attempts - 1, message = @message, lease_token = NULL, lease_expires_ms = NULL WHERE id = @id",
+                cancellationToken, ("message", message), ("id", job.Id));
+            await AppendEventAsync(write, job.Id, JobEventKind.State, JobState.Queued, job.Progress, message, now, cancellationToken);
+        }
         await write.CommitAsync(cancellationToken);
         return true;
     }

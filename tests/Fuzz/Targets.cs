@@ -252,7 +252,7 @@ public static class Targets
     {
         var schema = ParsedSchemas[input.Length == 0 ? 0 : input[0] % ParsedSchemas.Length];
         string json = input.Length == 0 ? "" : ByteString.CopyFrom(input, 1, input.Length - 1).ToStringUtf8();
-        // As JobManager.SubmitAsync: parse (refusal: INVALID_ARGUMENT), require an object, validate.
+        // As JobService.SubmitAsync: parse (refusal: INVALID_ARGUMENT), require an object, validate.
         using var doc = JsonDocument.Parse(string.IsNullOrWhiteSpace(json) ? "{}" : json);
         if (doc.RootElement.ValueKind != JsonValueKind.Object)
             throw new RefusedException("parameters_json must be a JSON object");

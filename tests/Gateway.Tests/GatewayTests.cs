@@ -2,6 +2,7 @@ using System.Text.Json;
 using Google.Protobuf;
 using Grpc.Core;
 using Grpc.Health.V1;
+using Microsoft.Extensions.DependencyInjection;
 using InterpMesh.Contracts.V1;
 using InterpMesh.Runtime.Architectures;
 using InterpMesh.Runtime.Execution;
@@ -158,9 +159,10 @@ public sealed class GatewayTests(MeshFixture mesh) : IClassFixture<MeshFixture>
         var client = new AnalysisService.AnalysisServiceClient(second);
         var (_, final) = await Drain(client.WatchJob(new WatchJobRequest { Id = id }, Mesh.As(Mesh.AliceKey)));
         Assert.Equal(JobState.Succeeded, final.State);
-        var fetched = await client.GetJobAsync(new GetJobRequest { Id = id }, Mesh.As(Mesh.ReaderKey));
+        // Its owner fetches it (another key may not: see Jobs_belong_to_their_key_and_only_admins_see_every_key_s).
+        var fetched = await client.GetJobAsync(new GetJobRequest { Id = id }, Mesh.As(Mesh.AliceKey));
         Assert.Equal("{\"steps\":8}", fetched.Result.SummaryJson);
-        var listed = await client.ListJobsAsync(new ListJobsRequest { Plugin = "slow" }, Mesh.As(Mesh.ReaderKey));
+        var listed = await client.ListJobsAsync(new ListJobsRequest { Plugin = "slow" }, Mesh.As(Mesh.AliceKey));
         Assert.Contains(listed.Jobs, j => j.Id == id && j.Result is null);
     }
 
@@ -358,5 +360,33 @@ public sealed class GatewayTests(MeshFixture mesh) : IClassFixture<MeshFixture>
         var failed = text.Split('\n').Where(l => l.StartsWith("interpmesh_gateway_plugins_failed", StringComparison.Ordinal)).ToList();
         Assert.True(failed.Any(l => l.Split(' ')[1] == "4"), $"expected 4 failed plugin folders, got: {string.Join(" | ", text.Split('\n').Where(l => l.StartsWith("interpmesh", StringComparison.Ordinal)))}");
         Assert.DoesNotContain(Mesh.ReaderKey, text, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_job_s_model_calls_count_for_its_key_in_the_store_and_in_the_metrics()
+    {
+        var store = mesh.GatewayServices.GetRequiredService<InterpMesh.Jobs.IJobStore>();
+        var admin = new InterpMesh.Jobs.JobCaller("test", IsAdmin: true);
+        long before = (await store.UsageAsync()).SingleOrDefault(u => u.Owner == "alice")?.Usage.ModelCalls ?? 0;
+        var (_, final) = await Drain(Analyses.RunAnalysis(new AnalysisRequest { Plugin = "chatty", ParametersJson = """{"steps": 3}""" }, Mesh.As(Mesh.AliceKey)));
+        Assert.True(final.State == JobState.Succeeded, final.Error);
+
+        // The worker records usage before it completes the job: the record has it once the job is final.
+        var job = await store.GetAsync(final.Id, admin);
+        Assert.Equal(3, job.Usage.ModelCalls);
+        Assert.True(job.Usage.ModelTime > TimeSpan.Zero, "model time was not recorded");
+        var alice = (await store.UsageAsync()).Single(u => u.Owner == "alice");
+        Assert.True(alice.Usage.ModelCalls >= before + 3, $"alice's total went from {before} to {alice.Usage.ModelCalls}");
+
+        // Exported per key (refreshed every 5 s from the store).
+        using var http = new HttpClient();
+        string line = "";
+        for (var deadline = DateTime.UtcNow.AddSeconds(30); DateTime.UtcNow < deadline && line.Length == 0; await Task.Delay(500))
+        {
+            var text = await http.GetStringAsync($"http://127.0.0.1:{mesh.MetricsPort}/metrics");
+            line = text.Split('\n').FirstOrDefault(l => l.StartsWith("interpmesh_jobs_key_model_calls", StringComparison.Ordinal) && l.Contains("key=\"alice\"", StringComparison.Ordinal)
+                && long.Parse(l.Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture) >= before + 3) ?? "";
+        }
+        Assert.NotEqual("", line);
     }
 }

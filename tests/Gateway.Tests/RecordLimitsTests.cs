@@ -71,7 +71,7 @@ public sealed class RecordLimitsTests(MeshFixture mesh) : IClassFixture<MeshFixt
         var job = await Analyses.SubmitJobAsync(new AnalysisRequest { Plugin = "throws", ParametersJson = atLimit }, Mesh.As(Mesh.AliceKey));
         var listed = (await Analyses.ListJobsAsync(new ListJobsRequest { Limit = 1000 }, Mesh.As(Mesh.AdminKey))).Jobs;
         Assert.Equal([job.Id], listed.Select(j => j.Id).Where(id => !before.Contains(id)));
-        Assert.Equal(atLimit, (await Analyses.GetJobAsync(new GetJobRequest { Id = job.Id }, Mesh.As(Mesh.ReaderKey))).ParametersJson);
+        Assert.Equal(atLimit, (await Analyses.GetJobAsync(new GetJobRequest { Id = job.Id }, Mesh.As(Mesh.AliceKey))).ParametersJson);
         await AssertStillServing();
     }
 

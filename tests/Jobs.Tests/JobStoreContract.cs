@@ -85,11 +85,13 @@ public abstract class JobStoreContract
         await store.SubmitAsync(Job("alice"), perKey);
         var e = await Refused(JobStoreError.ResourceExhausted, () => store.SubmitAsync(Job("alice"), perKey));
         Assert.Contains("limit 2", e.Message, StringComparison.Ordinal);
+        Assert.False(e.WorthRetrying);
         await store.SubmitAsync(Job("bob"), perKey);
 
         var queue = new SubmitLimits(MaxQueued: 3);
         e = await Refused(JobStoreError.ResourceExhausted, () => store.SubmitAsync(Job("carol"), queue));
-        Assert.Contains("queue is full", e.Message, StringComparison.Ordinal);
+        Assert.Contains("queue is full (3 waiting)", e.Message, StringComparison.Ordinal);
+        Assert.True(e.WorthRetrying);
         await Refused(JobStoreError.InvalidArgument, () => store.SubmitAsync(Job("carol"), new SubmitLimits(-1)));
         Assert.Equal(new JobCounts(3, 0), await store.CountAsync());
     }
@@ -593,6 +595,59 @@ public abstract class JobStoreContract
         Assert.Equal((JobState.Cancelled, "CANCELLED"), (done.State, done.ErrorCode));
         var events = await store.ReadEventsAsync(job.Id, Alice, 0);
         Assert.Contains(events, e => e.Kind == JobEventKind.Log && e.Message == "cancellation requested by ops");
+    }
+
+    [Fact]
+    public async Task A_released_job_is_queued_again_at_once_without_using_an_attempt_and_a_cancelled_one_ends()
+    {
+        var clock = new ManualClock();
+        await using var store = await NewStoreAsync(clock, maxAttempts: 1);
+        var job = await store.SubmitAsync(Job("alice"));
+        var first = await store.TakeAsync("w1", Lease);
+        Assert.True(await store.ReleaseAsync(first!, "worker w1 is stopping"));
+        var queued = await store.GetAsync(job.Id, Alice);
+        Assert.Equal((JobState.Queued, 0, "re-queued: worker w1 is stopping"), (queued.State, queued.Attempts, queued.Message));
+        // The lease is gone: the releasing worker can neither beat, complete nor release again.
+        Assert.Equal(LeaseStatus.Lost, await store.HeartbeatAsync(first!));
+        Assert.False(await store.CompleteAsync(first!, JobOutcome.Succeeded("{}")));
+        Assert.False(await store.ReleaseAsync(first!, "again"));
+
+        // With one attempt allowed, the hand-back did not use it: the next take may still lose its lease once.
+        var second = await store.TakeAsync("w2", Lease);
+        Assert.Equal((job.Id, 1), (second!.Job.Id, second.Job.Attempts));
+        await store.CancelAsync(job.Id, Bob with { IsAdmin = true });
+        Assert.True(await store.ReleaseAsync(second, "worker w2 is stopping"));
+        var done = await store.GetAsync(job.Id, Alice);
+        Assert.Equal((JobState.Cancelled, "CANCELLED"), (done.State, done.ErrorCode));
+        Assert.Contains("cancelled by bob", done.Error, StringComparison.Ordinal);
+        Assert.Null(await store.TakeAsync("w3", Lease));
+        await Refused(JobStoreError.InvalidArgument, () => store.ReleaseAsync(second, " "));
+    }
+
+    [Fact]
+    public async Task A_finished_job_from_elsewhere_is_imported_once_with_its_result_and_never_queued()
+    {
+        var clock = new ManualClock();
+        await using var store = await NewStoreAsync(clock);
+        var created = clock.GetUtcNow().AddHours(-2);
+        var old = new JobInfo
+        {
+            Id = "job-0123456789abcdef", Owner = "alice", Plugin = "probing", Model = "tiny", ParametersJson = """{"layer":1}""",
+            State = JobState.Succeeded, Created = created, Started = created.AddSeconds(1), Finished = created.AddSeconds(9),
+            Progress = 1, Message = "done", ResultJson = """{"summaryJson":"{}"}""", Attempts = 1,
+        };
+        Assert.True(await store.ImportFinishedAsync(old, "imported from the gateway's job files"));
+        Assert.False(await store.ImportFinishedAsync(old with { ResultJson = "{}" }, "again"));
+        var stored = await store.GetAsync(old.Id, Alice);
+        Assert.Equal((JobState.Succeeded, """{"summaryJson":"{}"}""", created.AddSeconds(9).ToUnixTimeMilliseconds()),
+            (stored.State, stored.ResultJson, stored.Finished!.Value.ToUnixTimeMilliseconds()));
+        Assert.Equal("imported from the gateway's job files", (await store.ReadEventsAsync(old.Id, Alice, 0)).Single().Message);
+        Assert.Null(await store.TakeAsync("w", Lease));
+        Assert.Equal(old.Id, (await store.ListAsync(new JobListQuery(Alice))).Jobs.Single().Id);
+
+        var e = await Refused(JobStoreError.InvalidArgument, () => store.ImportFinishedAsync(old with { Id = "job-1", State = JobState.Running }, "x"));
+        Assert.Contains("only a final job can be imported", e.Message, StringComparison.Ordinal);
+        await Refused(JobStoreError.InvalidArgument, () => store.ImportFinishedAsync(old with { Id = "job-2", Owner = "" }, "x"));
     }
 
     [Fact]

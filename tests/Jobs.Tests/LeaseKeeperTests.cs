@@ -53,6 +53,7 @@ public sealed class LeaseKeeperTests
         public Task<LeaseStatus> AppendLogAsync(JobLease lease, string message, CancellationToken cancellationToken = default) => throw new InvalidOperationException("the keeper only heartbeats");
         public Task<bool> CompleteAsync(JobLease lease, JobOutcome outcome, CancellationToken cancellationToken = default) => throw new InvalidOperationException("the keeper only heartbeats");
         public Task<int> RequeueExpiredAsync(CancellationToken cancellationToken = default) => throw new InvalidOperationException("the keeper only heartbeats");
+        public Task<bool> ReleaseAsync(JobLease lease, string reason, CancellationToken cancellationToken = default) => throw new InvalidOperationException("the keeper only heartbeats");
         public Task<LeaseStatus> RecordUsageAsync(JobLease lease, JobUsage used, CancellationToken cancellationToken = default) => throw new InvalidOperationException("the keeper only heartbeats");
     }
 }

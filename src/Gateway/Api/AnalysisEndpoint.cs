@@ -7,7 +7,7 @@ using InterpMesh.Gateway.Security;
 namespace InterpMesh.Gateway.Api;
 
 /// <summary><c>interpmesh.v1.AnalysisService</c>: plugins and jobs.</summary>
-public sealed class AnalysisEndpoint(IPluginCatalog catalog, JobManager jobs, RecordLimits limits) : AnalysisService.AnalysisServiceBase
+public sealed class AnalysisEndpoint(IPluginCatalog catalog, JobService jobs, RecordLimits limits) : AnalysisService.AnalysisServiceBase
 {
     private static Caller CallerOf(ServerCallContext context) => Caller.Of(context) ?? new Caller(Caller.Anonymous, Role.Unspecified);
 
@@ -39,52 +39,55 @@ public sealed class AnalysisEndpoint(IPluginCatalog catalog, JobManager jobs, Re
     public override async Task RunAnalysis(AnalysisRequest request, IServerStreamWriter<JobEvent> responseStream, ServerCallContext context)
     {
         limits.Check(request);
-        var record = jobs.Submit(request, CallerOf(context));
+        var caller = CallerOf(context);
+        var job = await jobs.SubmitAsync(request, caller, context.CancellationToken);
         try
         {
-            await Stream(record, responseStream, context.CancellationToken);
+            await Stream(job.Id, caller, responseStream, context.CancellationToken);
         }
         catch (OperationCanceledException) when (context.CancellationToken.IsCancellationRequested)
         {
             // The interactive form ends with its caller.
-            record.CancelledBy ??= $"{CallerOf(context).Name} (RunAnalysis call ended)";
-            record.Cancel.Cancel();
+            await jobs.CancelAsync(job.Id, caller, CancellationToken.None);
             throw;
         }
     }
 
-    public override Task<Job> SubmitJob(AnalysisRequest request, ServerCallContext context)
+    public override async Task<Job> SubmitJob(AnalysisRequest request, ServerCallContext context)
     {
         limits.Check(request);
-        return Task.FromResult(jobs.Submit(request, CallerOf(context)).Snapshot());
+        return JobMapping.ToWire(await jobs.SubmitAsync(request, CallerOf(context), context.CancellationToken));
     }
 
-    public override Task<Job> GetJob(GetJobRequest request, ServerCallContext context) => Task.FromResult(jobs.Get(request.Id).Snapshot());
+    public override async Task<Job> GetJob(GetJobRequest request, ServerCallContext context) =>
+        JobMapping.ToWire(await jobs.GetAsync(request.Id, CallerOf(context), context.CancellationToken));
 
     public override Task WatchJob(WatchJobRequest request, IServerStreamWriter<JobEvent> responseStream, ServerCallContext context) =>
-        Stream(jobs.Get(request.Id), responseStream, context.CancellationToken);
+        Stream(request.Id, CallerOf(context), responseStream, context.CancellationToken);
 
-    public override Task<Job> CancelJob(CancelJobRequest request, ServerCallContext context) =>
-        Task.FromResult(jobs.Cancel(request.Id, CallerOf(context)).Snapshot());
+    public override async Task<Job> CancelJob(CancelJobRequest request, ServerCallContext context) =>
+        JobMapping.ToWire(await jobs.CancelAsync(request.Id, CallerOf(context), context.CancellationToken));
 
-    public override Task<ListJobsResponse> ListJobs(ListJobsRequest request, ServerCallContext context)
+    public override async Task<ListJobsResponse> ListJobs(ListJobsRequest request, ServerCallContext context)
     {
-        var response = new ListJobsResponse();
-        response.Jobs.AddRange(jobs.List(request.Plugin, request.Limit).Select(j => j.Snapshot(withResult: false)));
-        return Task.FromResult(response);
+        // A page stays within the list budget: each record is bounded at the edge, but 500 of the
+        // largest would not fit the default 4 MiB message, so a smaller page is read until it fits
+        // (its token then continues from the last job sent).
+        while (true)
+        {
+            var page = await jobs.ListAsync(request, CallerOf(context), context.CancellationToken);
+            var response = new ListJobsResponse { NextPageToken = page.NextPageToken };
+            response.Jobs.AddRange(page.Jobs.Select(j => JobMapping.ToWire(j, withResult: false)));
+            if (response.Jobs.Count <= 1 || response.CalculateSize() <= RecordLimits.PageBudgetBytes)
+                return response;
+            request = request.Clone();
+            request.PageSize = response.Jobs.Count / 2;
+        }
     }
 
-    private static async Task Stream(JobRecord record, IServerStreamWriter<JobEvent> responseStream, CancellationToken ct)
+    private async Task Stream(string id, Caller caller, IServerStreamWriter<JobEvent> responseStream, CancellationToken ct)
     {
-        var events = record.Watch();
-        try
-        {
-            await foreach (var e in events.ReadAllAsync(ct))
-                await responseStream.WriteAsync(e, ct);
-        }
-        finally
-        {
-            record.Unwatch(events);
-        }
+        await foreach (var e in jobs.WatchAsync(id, caller, ct))
+            await responseStream.WriteAsync(e, ct);
     }
 }

@@ -23,16 +23,19 @@ public sealed class GatewayOptions
     /// <summary>Artifact store directory (a volume in Kubernetes).</summary>
     public string ArtifactsPath { get; set; } = "data/artifacts";
 
-    /// <summary>Where job records are kept, so they survive a restart.</summary>
+    /// <summary>Folder of the embedded job store (<c>jobs.db</c>, SQLite) used when <see cref="JobsOptions.ConnectionString"/> is unset.</summary>
     public string JobsPath { get; set; } = "data/jobs";
 
-    /// <summary>Jobs running at once; more wait in the queue.</summary>
+    /// <summary>The shared job store and this process's worker (section <c>Gateway:Jobs</c>).</summary>
+    public JobsOptions Jobs { get; set; } = new();
+
+    /// <summary>Jobs this process's worker runs at once; more wait in the shared queue.</summary>
     public int MaxConcurrentJobs { get; set; } = 2;
 
-    /// <summary>Jobs waiting at most; beyond it SubmitJob answers RESOURCE_EXHAUSTED.</summary>
+    /// <summary>Jobs waiting at most, over all keys and replicas; beyond it SubmitJob answers RESOURCE_EXHAUSTED.</summary>
     public int MaxQueuedJobs { get; set; } = 64;
 
-    /// <summary>Finished jobs kept (in memory and on disk), newest first; older records are deleted. Their artifacts stay.</summary>
+    /// <summary>Finished jobs kept in the job store, newest first; older records are deleted. Their artifacts stay.</summary>
     public int MaxRetainedJobs { get; set; } = 10000;
 
     /// <summary>Finished jobs older than this are deleted (hours); 0 keeps them until <see cref="MaxRetainedJobs"/> pushes them out.</summary>
@@ -63,6 +66,39 @@ public sealed class GatewayOptions
 
     /// <summary><c>grpc</c> or <c>http/protobuf</c>.</summary>
     public string OtlpProtocol { get; set; } = "grpc";
+}
+
+/// <summary>The job store shared by every gateway replica and worker, and the lease of this process's worker.</summary>
+public sealed class JobsOptions
+{
+    /// <summary>The environment variable read when <see cref="ConnectionString"/> is not configured (besides <c>Gateway__Jobs__ConnectionString</c>).</summary>
+    public const string ConnectionStringVariable = "INTERPMESH_JOBS_CONNECTION_STRING";
+
+    /// <summary>
+    /// An Npgsql connection string (<c>Host=db;Database=interpmesh;Username=interpmesh;Password=…</c>): every
+    /// replica pointed at one database shares jobs, quotas and the queue. Unset: the embedded SQLite
+    /// file <c>jobs.db</c> in <see cref="GatewayOptions.JobsPath"/>, for one process (<c>interpmesh up</c>, the demo, tests).
+    /// </summary>
+    public string? ConnectionString { get; set; }
+
+    /// <summary>How long a worker's hold on a running job lasts without a heartbeat (it beats every third of it); a worker that dies loses its jobs after this long.</summary>
+    public int LeaseSeconds { get; set; } = 15;
+
+    /// <summary>Takes of one job before a lost lease (a dead worker) fails it instead of re-queueing it.</summary>
+    public int MaxAttempts { get; set; } = 3;
+
+    /// <summary>Jobs one key may run at once on all workers together (fair share; an operator may set one key's own).</summary>
+    public int MaxRunningPerKey { get; set; } = 4;
+
+    /// <summary>
+    /// Run jobs in this process (its worker takes <see cref="GatewayOptions.MaxConcurrentJobs"/> at once). False: a
+    /// front door only, which queues, serves and cancels jobs that replicas with a worker run (they
+    /// share the store). Plugins are still loaded, to validate submissions and describe plugins.
+    /// </summary>
+    public bool RunWorker { get; set; } = true;
+
+    /// <summary>How often WatchJob reads new events, and an idle worker looks for jobs (milliseconds).</summary>
+    public int PollMilliseconds { get; set; } = 250;
 }
 
 /// <summary>The replicas serving one model.</summary>
@@ -181,6 +217,14 @@ internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
             errors.Add($"Gateway:JobRetentionHours must be 0 (no age limit) or positive, got {o.JobRetentionHours}");
         if (o.DefaultJobTimeoutSeconds < 1 || o.MaxJobTimeoutSeconds < o.DefaultJobTimeoutSeconds)
             errors.Add($"Gateway:DefaultJobTimeoutSeconds ({o.DefaultJobTimeoutSeconds}) must be at least 1 and at most MaxJobTimeoutSeconds ({o.MaxJobTimeoutSeconds})");
+        if (o.Jobs.LeaseSeconds is < 3 or > 3600)
+            errors.Add($"Gateway:Jobs:LeaseSeconds must be from 3 to 3600, got {o.Jobs.LeaseSeconds}");
+        if (o.Jobs.MaxAttempts < 1)
+            errors.Add($"Gateway:Jobs:MaxAttempts must be at least 1 (one run, no retry), got {o.Jobs.MaxAttempts}");
+        if (o.Jobs.MaxRunningPerKey < 1)
+            errors.Add($"Gateway:Jobs:MaxRunningPerKey must be at least 1, got {o.Jobs.MaxRunningPerKey}");
+        if (o.Jobs.PollMilliseconds is < 10 or > 10000)
+            errors.Add($"Gateway:Jobs:PollMilliseconds must be from 10 to 10000, got {o.Jobs.PollMilliseconds}");
         if (o.CallTimeoutSeconds < 1)
             errors.Add($"Gateway:CallTimeoutSeconds must be at least 1, got {o.CallTimeoutSeconds}");
         if (o.MaxRequestBytes < 1024)

@@ -6,6 +6,7 @@ using InterpMesh.Gateway.Plugins;
 using InterpMesh.Gateway.Routing;
 using InterpMesh.Gateway.Security;
 using InterpMesh.Gateway.Telemetry;
+using InterpMesh.Jobs;
 using InterpMesh.Runtime.Execution;
 using InterpMesh.ServiceDefaults;
 using Microsoft.Extensions.Options;
@@ -48,8 +49,14 @@ public static class GatewayApp
             var o = sp.GetRequiredService<IOptions<GatewayOptions>>().Value;
             return new ArtifactStore(o.ArtifactsPath, o.Limits.MaxArtifactBytes, o.Limits.MaxMetadataBytes);
         });
-        services.AddSingleton<JobManager>();
-        services.AddHostedService(sp => sp.GetRequiredService<JobManager>());
+        // Jobs live in the shared store (PostgreSQL, or the embedded file); this process serves them
+        // (JobService) and runs them (JobWorker, a worker loop hosted here).
+        services.AddSingleton(sp => OpenJobStore(sp.GetRequiredService<IOptions<GatewayOptions>>().Value, sp.GetRequiredService<ILoggerFactory>().CreateLogger("InterpMesh.Gateway.Jobs")));
+        services.AddSingleton<IJobStore>(sp => sp.GetRequiredService<SqlJobStore>());
+        services.AddSingleton<IJobQueue>(sp => sp.GetRequiredService<SqlJobStore>());
+        services.AddSingleton<LocalRuns>();
+        services.AddSingleton<JobService>();
+        services.AddHostedService<JobWorker>();
 
         builder.AddInterpMeshTelemetry("interpmesh-gateway", GatewayOptions.Section, [GatewayMetrics.MeterName, GatewayMetrics.PluginMeterName], [GatewayTracing.SourceName]);
         int maxRequest = builder.Configuration.GetValue<int?>($"{GatewayOptions.Section}:MaxRequestBytes") ?? new GatewayOptions().MaxRequestBytes;
@@ -62,7 +69,10 @@ public static class GatewayApp
 
         var app = builder.Build();
         app.MapInterpMeshDefaults();
-        // Load plugins now, so a broken one is reported at start rather than at the first call.
+        // Open the job store now, so a wrong connection string stops the start with its reason
+        // (before plugins load: nothing else is built yet); load plugins now, so a broken one is
+        // reported at start rather than at the first call.
+        app.Services.GetRequiredService<SqlJobStore>();
         app.Services.GetRequiredService<PluginCatalog>();
         // Read every RPC's role now, and say which ones no key can call.
         foreach (var method in app.Services.GetRequiredService<RpcRoles>().Undeclared)
@@ -73,5 +83,37 @@ public static class GatewayApp
         app.MapGrpcService<AnalysisEndpoint>();
         app.MapGrpcService<ArtifactEndpoint>();
         return app;
+    }
+
+    /// <summary>
+    /// The store <c>Gateway:Jobs:ConnectionString</c> (or <see cref="JobsOptions.ConnectionStringVariable"/>)
+    /// names, else the embedded file <c>jobs.db</c> in <c>Gateway:JobsPath</c>; migrated to the current schema.
+    /// </summary>
+    internal static SqlJobStore OpenJobStore(GatewayOptions options, ILogger logger)
+    {
+        string? connection = options.Jobs.ConnectionString is { Length: > 0 } configured ? configured : Environment.GetEnvironmentVariable(JobsOptions.ConnectionStringVariable);
+        var storeOptions = new JobStoreOptions { MaxAttempts = options.Jobs.MaxAttempts, MaxRunningPerOwner = options.Jobs.MaxRunningPerKey };
+        string embedded = Path.Combine(options.JobsPath, "jobs.db");
+        SqlJobStore store;
+        try
+        {
+            store = JobStores.OpenAsync(connection, embedded, storeOptions).GetAwaiter().GetResult();
+        }
+        catch (Exception e) when (e is JobStoreException or System.Data.Common.DbException or ArgumentException or IOException or UnauthorizedAccessException or System.Net.Sockets.SocketException or TimeoutException)
+        {
+            string where = string.IsNullOrWhiteSpace(connection)
+                ? $"the embedded job store {embedded} (Gateway:JobsPath)"
+                : $"the PostgreSQL job store of Gateway:Jobs:ConnectionString (or {JobsOptions.ConnectionStringVariable})";
+            throw new InvalidOperationException($"cannot open {where}: {e.Message}", e);
+        }
+        // Records of gateways before the shared store (one JSON file per job) move into it once.
+        string folder = options.JobsPath;
+        int imported = LegacyJobFiles.ImportAsync(store, folder, logger).GetAwaiter().GetResult();
+        if (imported > 0)
+            logger.LogWarning("Imported {Count} job records of an older gateway from {Folder} into the job store (the files are in {Imported})", imported, folder, LegacyJobFiles.ImportedFolder);
+        string kept = string.IsNullOrWhiteSpace(connection) ? embedded : "PostgreSQL (Gateway:Jobs:ConnectionString)";
+        if (logger.IsEnabled(LogLevel.Information))
+            logger.LogInformation("Jobs are kept in {Store}", kept);
+        return store;
     }
 }

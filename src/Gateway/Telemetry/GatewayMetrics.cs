@@ -53,6 +53,15 @@ public sealed class GatewayMetrics : ICallMetrics, IDisposable
         meter.CreateObservableGauge("interpmesh.gateway.jobs.running", running, "{job}", "Jobs running");
     }
 
+    /// <summary>Every key's job totals from the job store (over all workers, surviving pruning), as counters tagged with the key's name.</summary>
+    public void ObserveKeyUsage(Func<IReadOnlyList<InterpMesh.Jobs.KeyUsage>> usage)
+    {
+        static KeyValuePair<string, object?> Key(InterpMesh.Jobs.KeyUsage u) => new("key", u.Owner);
+        meter.CreateObservableCounter("interpmesh.jobs.key.submitted", () => usage().Select(u => new Measurement<long>(u.JobsSubmitted, Key(u))), "{job}", "Jobs submitted, by key");
+        meter.CreateObservableCounter("interpmesh.jobs.key.model_calls", () => usage().Select(u => new Measurement<long>(u.Usage.ModelCalls, Key(u))), "{call}", "Model calls made by the key's jobs");
+        meter.CreateObservableCounter("interpmesh.jobs.key.model_time", () => usage().Select(u => new Measurement<double>(u.Usage.ModelTime.TotalSeconds, Key(u))), "s", "Time the key's jobs spent in model calls");
+    }
+
     /// <summary>Calls are also tagged with the caller's key name (never the key).</summary>
     public void AddTags(ref TagList tags, ServerCallContext context) => tags.Add("key", Caller.NameOf(context));
 
