@@ -167,8 +167,12 @@ public sealed class UpProcessTests
     {
         int gatewayPort = Ports.Free(), modelPort = Ports.Free();
         string data = TempFolders.Create("interpmesh-up-");
-        var psi = new System.Diagnostics.ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, "interpmesh"),
-            ["up", "--grpc-port", gatewayPort.ToString(), "--model-port", modelPort.ToString(), "--data", data])
+        // Started through Debian's Python, which restores SIGINT's default before it execs `up` (same
+        // process id): a test host started from a background shell job inherits SIGINT as ignored,
+        // and .NET then installs no Ctrl-C handler in the child — as a user's `nohup` would intend.
+        var psi = new System.Diagnostics.ProcessStartInfo("/usr/bin/python3",
+            ["-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])",
+             Path.Combine(AppContext.BaseDirectory, "interpmesh"), "up", "--grpc-port", gatewayPort.ToString(), "--model-port", modelPort.ToString(), "--data", data])
         { RedirectStandardOutput = true, RedirectStandardError = true };
         using var process = System.Diagnostics.Process.Start(psi)!;
         var lines = new System.Collections.Concurrent.ConcurrentQueue<string>();

@@ -380,13 +380,15 @@ public sealed class GatewayTests(MeshFixture mesh) : IClassFixture<MeshFixture>
 
         // Exported per key (refreshed every 5 s from the store).
         using var http = new HttpClient();
-        string line = "";
+        string line = "", seen = "";
         for (var deadline = DateTime.UtcNow.AddSeconds(30); DateTime.UtcNow < deadline && line.Length == 0; await Task.Delay(500))
         {
             var text = await http.GetStringAsync($"http://127.0.0.1:{mesh.MetricsPort}/metrics");
-            line = text.Split('\n').FirstOrDefault(l => l.StartsWith("interpmesh_jobs_key_model_calls", StringComparison.Ordinal) && l.Contains("key=\"alice\"", StringComparison.Ordinal)
+            var lines = text.Split('\n').Where(l => l.StartsWith("interpmesh_jobs_key_", StringComparison.Ordinal)).ToList();
+            seen = string.Join(" | ", lines);
+            line = lines.FirstOrDefault(l => l.StartsWith("interpmesh_jobs_key_model_calls", StringComparison.Ordinal) && l.Contains("key=\"alice\"", StringComparison.Ordinal)
                 && long.Parse(l.Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture) >= before + 3) ?? "";
         }
-        Assert.NotEqual("", line);
+        Assert.True(line.Length > 0, $"no interpmesh_jobs_key_model_calls line for alice at {before + 3} or more within 30 s; the per-key lines were: {seen}");
     }
 }
