@@ -25,6 +25,11 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
     description: "Train, evaluate and inspect sparse autoencoders (standard ReLU+L1 or TopK with AuxK), saved in the SAELens layout.",
     produces: ["table:training", "table:features", "table:contexts", "artifact:sae"])
 {
+    // Scalars that outlive the calls reading them: TorchSharp 0.107's implicit ones can be freed by
+    // their finalizer during the call (docs/torchsharp-on-debian.md, "Implicit scalars").
+    private static readonly Scalar Zero = 0;
+    private static readonly Scalar Two = 2;
+
     protected override Task<PluginResult> RunAsync(SaeParameters parameters, IAnalysisContext context) => parameters switch
     {
         EvaluateParameters evaluate => EvaluateAsync(evaluate, context),
@@ -154,7 +159,10 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
                     if (normalize == "expected_average_only_in")
                         scale ??= Math.Sqrt(dIn) / x.norm(1).mean().item<float>();
                     if (scale is double s)
-                        x = x * s;
+                    {
+                        using Scalar factor = s;
+                        x = x.mul(factor);
+                    }
                     if (trainer.Step == 0)
                         trainer.InitializeDecoderBias(x);
                     last = trainer.Train(x);
@@ -253,18 +261,18 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
                 // Synchronous tensor work in a scope (TorchSharp's dispose scopes are per thread; no await inside).
                 using (var scope = NewDisposeScope())
                 {
-                    double s = saved.NormScale ?? 1;
-                    var f = sae.Encode(x * s);
-                    var xHat = sae.Decode(f) / s;
+                    using Scalar s = saved.NormScale ?? 1;
+                    var f = sae.Encode(x.mul(s));
+                    var xHat = sae.Decode(f).div(s);
                     var mask = zeros(x.shape[0], x.shape[1], dtype: ScalarType.Bool);
                     for (int i = 0; i < tokens.Length; i++)
                         mask[i, start..tokens[i].Length] = true;
                     var real = x[mask];
-                    se += (xHat[mask] - real).pow(2).sum().item<float>();
-                    total += (real - real.mean([0])).pow(2).sum().item<float>();
-                    l0 += (f[mask] > 0).sum().item<long>();
+                    se += (xHat[mask] - real).pow(Two).sum().item<float>();
+                    total += (real - real.mean([0])).pow(Two).sum().item<float>();
+                    l0 += f[mask].gt(Zero).sum().item<long>();
                     count += real.shape[0];
-                    var batchFires = (f[mask] > 0).sum([0L]).to(ScalarType.Float64).data<double>().ToArray();
+                    var batchFires = f[mask].gt(Zero).sum([0L]).to(ScalarType.Float64).data<double>().ToArray();
                     for (int j = 0; j < fired.Length; j++)
                         fired[j] += batchFires[j];
                     var splice = xHat.where(mask.unsqueeze(-1), x).contiguous();
@@ -356,7 +364,8 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
                 long[] shape;
                 using (var scope = NewDisposeScope())
                 {
-                    var f = sae.Encode(x * (saved.NormScale ?? 1));
+                    using Scalar s = saved.NormScale ?? 1;
+                    var f = sae.Encode(x.mul(s));
                     shape = f.shape;
                     acts = f.contiguous().data<float>().ToArray();
                 }

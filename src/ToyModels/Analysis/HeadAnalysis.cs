@@ -1,4 +1,5 @@
 using InterpMesh.Runtime.Architectures;
+using InterpMesh.Runtime.Execution;
 using InterpMesh.Runtime.Hooks;
 using InterpMesh.ToyModels.Tasks;
 using TorchSharp;
@@ -41,7 +42,7 @@ public static class HeadAnalysis
         model.Forward(tensor(data.Ids, [b, t]), null, plan, (hook, pattern) =>
         {
             int layer = hook.Layer;
-            var perHead = (pattern * targetMask).sum([0, 2, 3]) / counted;
+            var perHead = Scalars.DivValue((pattern * targetMask).sum([0, 2, 3]), counted);
             var values = perHead.data<float>().ToArray();
             for (int h = 0; h < c.NHeads; h++)
                 scores[layer, h] = values[h];

@@ -1,5 +1,6 @@
 using System.Text;
 using InterpMesh.Runtime.Architectures;
+using InterpMesh.Runtime.Execution;
 using InterpMesh.Runtime.Hooks;
 using InterpMesh.Runtime.Tokenization;
 using TorchSharp;
@@ -197,7 +198,7 @@ public sealed class ConceptsTask : ToyTask
             var meanPos = acts[pos].mean([0]);
             var meanNeg = acts[pos.logical_not()].mean([0]);
             var direction = meanPos - meanNeg;
-            var threshold = ((meanPos + meanNeg) / 2 * direction).sum();
+            var threshold = (Scalars.DivValue(Scalars.Add(meanPos, meanNeg), 2) * direction).sum();
             var predicted = (testActs[hook] * direction).sum(1).gt(threshold).data<bool>().ToArray();
             double accuracy = predicted.Zip(testLabels).Count(p => p.First == p.Second.Positive) / (double)testLabels.Length;
             md.AppendLine($"| `{hook}` | {accuracy:P1} |");
@@ -215,7 +216,7 @@ public sealed class ConceptsTask : ToyTask
                      - trainActs[steerHook][tensor(trainLabels.Select(l => !l.Positive).ToArray())].mean([0])).DetachFromDisposeScope();
         var (negatives, _) = Prompts(7, 200, positive: false);
         double cleanPositive = PositiveRate(model, negatives, null);
-        var plan = HookPlan.Build(model.Hooks, null, [new Intervention(steerHook, InterventionOp.Add, steer * 2.0)]);
+        var plan = HookPlan.Build(model.Hooks, null, [new Intervention(steerHook, InterventionOp.Add, Scalars.MulValue(steer, 2.0))]);
         double steeredPositive = PositiveRate(model, negatives, plan);
         steer.Dispose();
         md.AppendLine().AppendLine($"Best layer for the probe: `{bestHook}` ({best:P1}).").AppendLine();

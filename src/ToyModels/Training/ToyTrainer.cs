@@ -45,7 +45,7 @@ public static class ToyTrainer
         var model = new Transformer(c, weights, $"toy:{task.Name}");
         // The tied unembedding is a view of the embedding (a Parameter), which its gradient reaches.
         var parameters = weights.AllTensors().OfType<Parameter>().ToList();
-        using var optimizer = optim.AdamW(parameters, options.LearningRate, 0.9, 0.98, 1e-8, weight_decay: 0.01);
+        using var optimizer = new AdamW(parameters, 0.9, 0.98, 1e-8, weightDecay: 0.01);
         var rng = new Random(unchecked((int)options.Seed));
         var clock = Stopwatch.StartNew();
         int warmup = Math.Max(1, options.Steps / 20);
@@ -59,8 +59,6 @@ public static class ToyTrainer
                 double lr = options.LearningRate * (step <= warmup
                     ? (double)step / warmup
                     : 0.1 + 0.9 * 0.5 * (1 + Math.Cos(Math.PI * (step - warmup) / Math.Max(1, options.Steps - warmup))));
-                foreach (var group in optimizer.ParamGroups)
-                    group.LearningRate = lr;
 
                 using var scope = NewDisposeScope();
                 var batch = task.Sample(rng, options.BatchSize);
@@ -68,10 +66,10 @@ public static class ToyTrainer
                 var targets = tensor(batch.Targets, [batch.Batch, batch.Length]);
                 var logits = model.Forward(ids, null, HookPlan.Empty, null, LogitsMode.All)!;
                 var loss = F.cross_entropy(logits.reshape(-1, c.VocabSize), targets.reshape(-1), ignore_index: -100);
-                optimizer.zero_grad();
+                optimizer.ZeroGrad();
                 loss.backward();
                 nn.utils.clip_grad_norm_(parameters, 1.0);
-                optimizer.step();
+                optimizer.Step(lr);
 
                 double value = loss.item<float>();
                 smoothed = double.IsNaN(smoothed) ? value : 0.95 * smoothed + 0.05 * value;
@@ -88,10 +86,10 @@ public static class ToyTrainer
     internal static TransformerWeights InitialWeights(ModelConfig c, torch.Generator gen)
     {
         double outStd = 0.02 / Math.Sqrt(2.0 * c.NLayers);
-        Parameter N(double std, params long[] shape) => new(randn(shape, generator: gen) * std);
+        Parameter N(double std, params long[] shape) => new(Scalars.MulValue(randn(shape, generator: gen), std));
         // Linear weights are drawn [out, in] (as before the compute layout existed, so a seed gives the
         // same model) and stored [in, out].
-        Parameter L(double std, long outputs, long inputs) => new((randn([outputs, inputs], generator: gen) * std).t().contiguous());
+        Parameter L(double std, long outputs, long inputs) => new(Scalars.MulValue(randn([outputs, inputs], generator: gen), std).t().contiguous());
         Parameter Ones(long n) => new(ones(n));
         Parameter Zeros(long n) => new(zeros(n));
         bool ln = c.Norm == NormKind.LayerNorm;

@@ -219,7 +219,7 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
                     loss = (losses * valid.reshape(-1)).sum().item<float>() / count;
                 if (run.Logits == LogitsMode.Last)
                 {
-                    var last = (mask.to(ScalarType.Int64) * arange(length, dtype: ScalarType.Int64, device: mask.device)).amax([1]);
+                    var last = (mask.to(ScalarType.Int64) * Scalars.Arange(length, ScalarType.Int64, mask.device)).amax([1]);
                     logits = logits.gather(1, last.view(-1, 1, 1).expand(batch, 1, logits.shape[2]));
                 }
             }

@@ -1,3 +1,4 @@
+using InterpMesh.Runtime.Execution;
 using static TorchSharp.torch;
 
 namespace InterpMesh.Runtime.Architectures;
@@ -31,8 +32,8 @@ public static class Presets
     public static Transformer CreateRandom(ModelConfig c, long seed, ScalarType dtype = ScalarType.Float32)
     {
         using var gen = new Generator((ulong)seed);
-        Tensor N(params long[] shape) => (randn(shape, dtype: ScalarType.Float32, generator: gen) * 0.02f).to(dtype).DetachFromDisposeScope();
-        Tensor One(long n) => (1 + randn(n, generator: gen) * 0.05f).to(dtype).DetachFromDisposeScope();
+        Tensor N(params long[] shape) => Scalars.MulValue(randn(shape, dtype: ScalarType.Float32, generator: gen), 0.02f).to(dtype).DetachFromDisposeScope();
+        Tensor One(long n) => Scalars.AddValue(Scalars.MulValue(randn(n, generator: gen), 0.05f), 1).to(dtype).DetachFromDisposeScope();
         bool ln = c.Norm == NormKind.LayerNorm;
         long qkv = (long)(c.NHeads + 2 * c.NKvHeads) * c.DHead;
         long mlpIn = c.Mlp == MlpKind.SwiGlu ? 2L * c.DMlp : c.DMlp;

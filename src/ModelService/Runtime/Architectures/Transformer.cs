@@ -166,7 +166,7 @@ public sealed class Transformer : IDisposable
         // Columns of the cache this forward writes, per row (only needed when rows differ).
         Tensor? columns = uniform ? null : tensor(past.Select(p => (long)p).ToArray(), device: Device).view(b, 1);
         if (columns is not null && t > 1)
-            columns = columns + arange(t, dtype: ScalarType.Int64, device: Device).view(1, t);
+            columns = Scalars.Add(columns, Scalars.Arange(t, ScalarType.Int64, Device).view(1, t));
         Tensor keyMask;
         if (cache is not null)
         {
@@ -174,7 +174,7 @@ public sealed class Transformer : IDisposable
             {
                 var written = cache.Mask.narrow(1, past0, t);
                 if (newMask is null)
-                    written.fill_(true);
+                    written.fill_(Scalars.True);
                 else
                     written.copy_(newMask);
             }
@@ -194,16 +194,24 @@ public sealed class Transformer : IDisposable
         if (decode)
         {
             // The new token's position is the count of real tokens up to and including it, less one.
-            positions = keyMask.sum([1], keepdim: true, type: ScalarType.Int64) - 1;
-            lastReal = pastRows ?? full(b, past0, ScalarType.Int64, device: Device);
+            positions = keyMask.sum([1], keepdim: true, type: ScalarType.Int64).sub(Scalars.One);
+            if (pastRows is not null)
+            {
+                lastReal = pastRows;
+            }
+            else
+            {
+                using Scalar fill = past0;
+                lastReal = full(b, fill, ScalarType.Int64, device: Device);
+            }
         }
         else
         {
-            keyPositions = (keyMask.to(ScalarType.Int64).cumsum(1) - 1).clamp_min(0);
+            keyPositions = keyMask.to(ScalarType.Int64).cumsum(1).sub(Scalars.One).clamp_min(Scalars.Zero);
             positions = columns is null ? keyPositions.narrow(1, past0, t) : keyPositions.gather(1, columns);
             var queryReal = newMask ?? ones(b, t, ScalarType.Bool, Device);
-            lastReal = (queryReal.to(ScalarType.Int64) * arange(t, dtype: ScalarType.Int64, device: Device)).amax([1]);
-            lastReal = pastRows is null ? lastReal + past0 : lastReal + pastRows;
+            lastReal = (queryReal.to(ScalarType.Int64) * Scalars.Arange(t, ScalarType.Int64, Device)).amax([1]);
+            lastReal = pastRows is null ? Scalars.AddValue(lastReal, past0) : Scalars.Add(lastReal, pastRows);
         }
 
         var ctx = new HookContext(Hooks, segments, lastReal, offsets);
@@ -222,7 +230,7 @@ public sealed class Transformer : IDisposable
         {
             // Rows at different cache lengths: causality is per row.
             var qi = columns.unsqueeze(2);
-            var kj = arange(0, end, dtype: ScalarType.Int64, device: Device).view(1, 1, end);
+            var kj = Scalars.Arange(end, ScalarType.Int64, Device).view(1, 1, end);
             allowed = kj.le(qi).logical_and(keyMask.unsqueeze(1).logical_or(kj.eq(qi))).unsqueeze(1);
         }
         else
@@ -231,8 +239,8 @@ public sealed class Transformer : IDisposable
             bool padded = !keyMask.all().item<bool>();
             if (padded || (past0 > 0 && t > 1) || (past0 == 0 && t > 1 && (AnyPatternWanted(ctx) || windowed)))
             {
-                var qi = arange(past0, past0 + t, dtype: ScalarType.Int64, device: Device).view(t, 1);
-                var kj = arange(0, end, dtype: ScalarType.Int64, device: Device).view(1, end);
+                var qi = Scalars.Arange(past0, past0 + t, ScalarType.Int64, Device).view(t, 1);
+                var kj = Scalars.Arange(end, ScalarType.Int64, Device).view(1, end);
                 var causal = kj.le(qi);
                 var diagonal = kj.eq(qi);
                 allowed = causal.unsqueeze(0).logical_and(keyMask.unsqueeze(1).logical_or(diagonal.unsqueeze(0))).unsqueeze(1);
@@ -267,7 +275,7 @@ public sealed class Transformer : IDisposable
             {
                 var pos = Weights.PosEmbed!.index_select(0, positions.reshape(-1)).view(b, t, Config.DModel);
                 pos = ctx.Run("hook_pos_embed", pos);
-                resid = SafeAdd.Sum(embed, pos);
+                resid = Scalars.Add(embed, pos);
             }
             else
             {
@@ -307,7 +315,7 @@ public sealed class Transformer : IDisposable
         {
             bool allPositions = logits == LogitsMode.All || ctx.Wants("ln_final.hook_normalized") || ctx.Wants("ln_final.hook_scale") || ctx.Wants("logits");
             // Each row's last real position within this forward (the only one when t is 1).
-            var local = t == 1 ? null : pastRows is null ? lastReal - past0 : lastReal - pastRows;
+            var local = t == 1 ? null : pastRows is null ? Scalars.SubValue(lastReal, past0) : lastReal - pastRows;
             var x = allPositions || local is null ? resid : GatherPositions(resid, local);
             x = Norm(x, Weights.LnFinalWeight, Weights.LnFinalBias, ctx, "ln_final.hook_scale", "ln_final.hook_normalized");
             output = null;
@@ -317,7 +325,7 @@ public sealed class Transformer : IDisposable
                     x = GatherPositions(x, local);
                 var result = Linear(x, Weights.Unembed, Weights.UnembedBias);
                 if (Config.FinalSoftcap is double cap)
-                    result = (result / cap).tanh_() * cap;
+                    result = Softcap(result, cap);
                 result = ctx.Run("logits", result);
                 if (logits == LogitsMode.Last && result.shape[1] != 1)
                     result = GatherPositions(result, local!);
@@ -350,7 +358,14 @@ public sealed class Transformer : IDisposable
     /// causal/padding mask.
     /// </summary>
     internal static Tensor SlidingWindowMask(Tensor queryPositions, Tensor keyPositions, int window) =>
-        keyPositions.unsqueeze(1).gt(queryPositions.unsqueeze(2) - window).unsqueeze(1);
+        keyPositions.unsqueeze(1).gt(Scalars.SubValue(queryPositions.unsqueeze(2), window)).unsqueeze(1);
+
+    /// <summary><c>tanh(x / cap) · cap</c>.</summary>
+    private static Tensor Softcap(Tensor x, double cap)
+    {
+        using Scalar c = cap;
+        return x.div(c).tanh_().mul(c);
+    }
 
     private static Tensor GatherPositions(Tensor x, Tensor localIndex)
     {
@@ -374,17 +389,17 @@ public sealed class Transformer : IDisposable
         if (Config.Norm == NormKind.LayerNorm)
         {
             var centred = xf - xf.mean([-1], keepdim: true);
-            var scale = (centred.pow(2).mean([-1], keepdim: true) + Config.NormEps).sqrt();
+            var scale = Scalars.AddValue(centred.pow(Scalars.Two).mean([-1], keepdim: true), Config.NormEps).sqrt();
             scale = ctx!.Run(scaleHook!, scale);
             normed = centred / scale;
         }
         else if (!hooked)
         {
-            normed = xf * (xf.pow(2).mean([-1], keepdim: true) + Config.NormEps).rsqrt();
+            normed = xf * Scalars.AddValue(xf.pow(Scalars.Two).mean([-1], keepdim: true), Config.NormEps).rsqrt();
         }
         else
         {
-            var meanSquare = xf.pow(2).mean([-1], keepdim: true) + Config.NormEps;
+            var meanSquare = Scalars.AddValue(xf.pow(Scalars.Two).mean([-1], keepdim: true), Config.NormEps);
             if (ctx!.Wants(scaleHook!))
             {
                 var scale = ctx.Run(scaleHook!, meanSquare.sqrt());
@@ -400,14 +415,14 @@ public sealed class Transformer : IDisposable
         if (hooked)
             normed = ctx!.Run(normalizedHook!, normed);
         var y = weight * normed;
-        return bias is null ? y : SafeAdd.Sum(y, bias);
+        return bias is null ? y : Scalars.Add(y, bias);
     }
 
     /// <summary>RMSNorm without hooks (q/k norms), with the model's epsilon.</summary>
     private Tensor Rms(Tensor x, Tensor weight)
     {
         var xf = x.dtype == ScalarType.Float32 ? x : x.to(ScalarType.Float32);
-        var normed = xf * (xf.pow(2).mean([-1], keepdim: true) + Config.NormEps).rsqrt();
+        var normed = xf * Scalars.AddValue(xf.pow(Scalars.Two).mean([-1], keepdim: true), Config.NormEps).rsqrt();
         return weight * (x.dtype == ScalarType.Float32 ? normed : normed.to(x.dtype));
     }
 
@@ -427,7 +442,7 @@ public sealed class Transformer : IDisposable
             var halves = xr.chunk(2, -1);
             rotated = cat([-halves[1], halves[0]], -1);
         }
-        var y = xr * cos + rotated * sin;
+        var y = Scalars.Add(xr * cos, rotated * sin);
         return rot == Config.DHead ? y : cat([y, x.narrow(-1, rot, Config.DHead - rot)], -1);
     }
 
@@ -457,7 +472,7 @@ public sealed class Transformer : IDisposable
             Tensor PerHead(Tensor input, int i, long heads)
             {
                 var y = einsum("bthm,mhd->bthd", PreNorm(input), parts[i].view(c.DModel, heads, c.DHead));
-                return biases is null ? y : y + biases[i].view(heads, c.DHead);
+                return biases is null ? y : Scalars.Add(y, biases[i].view(heads, c.DHead));
             }
             q = PerHead(qIn, 0, c.NHeads);
             k = PerHead(kIn, 1, c.NKvHeads);
@@ -525,18 +540,18 @@ public sealed class Transformer : IDisposable
                 kh = kh.repeat_interleave(c.GroupSize, 1);
                 vh = vh.repeat_interleave(c.GroupSize, 1);
             }
-            var scores = qh.matmul(kh.transpose(-2, -1)) * scale;
+            var scores = Scalars.MulValue(qh.matmul(kh.transpose(-2, -1)), scale);
             if (c.AttnSoftcap is double cap)
-                scores = (scores / cap).tanh_() * cap;
+                scores = Softcap(scores, cap);
             if (allowed is not null)
-                scores = scores.masked_fill(allowed.logical_not(), double.NegativeInfinity);
+                scores = scores.masked_fill(allowed.logical_not(), Scalars.NegativeInfinity);
             else if (causalFlag)
-                scores = scores.masked_fill(ones(t, t, ScalarType.Bool, scores.device).triu(1), double.NegativeInfinity);
+                scores = scores.masked_fill(ones(t, t, ScalarType.Bool, scores.device).triu(1), Scalars.NegativeInfinity);
             scores = ctx.Run(n.AttnScores, scores);
             var pattern = scores.softmax(-1);
             pattern = pattern.nan_to_num(0.0);
             if (queryMask is not null && ctx.Wants(n.Pattern))
-                pattern = pattern.masked_fill(queryMask.logical_not(), 0.0);
+                pattern = pattern.masked_fill(queryMask.logical_not(), Scalars.ZeroReal);
             pattern = ctx.Run(n.Pattern, pattern);
             z = pattern.matmul(vh);
         }
@@ -545,7 +560,7 @@ public sealed class Transformer : IDisposable
             // The fused kernel scales by 1/√d_head; other scales are folded into q.
             double standard = 1.0 / Math.Sqrt(c.DHead);
             if (scale != standard)
-                qh = qh * (scale / standard);
+                qh = Scalars.MulValue(qh, scale / standard);
             if (c.GroupSize > 1 && t == 1)
             {
                 // One query per row under grouped-query attention: the g query heads of a kv head
@@ -572,7 +587,7 @@ public sealed class Transformer : IDisposable
             result = ctx.Run(n.Result, result);
             attnOut = result.sum(2);
             if (w.OutBias is not null)
-                attnOut = attnOut + w.OutBias;
+                attnOut = Scalars.Add(attnOut, w.OutBias);
         }
         else
         {
@@ -584,7 +599,7 @@ public sealed class Transformer : IDisposable
 
         // Parallel blocks feed the MLP from the block's input; sequential ones from resid + attention.
         bool parallel = c.Residual != ResidualKind.Sequential;
-        var residMid = parallel ? null : ctx.Run(n.ResidMid, SafeAdd.Sum(resid, attnOut));
+        var residMid = parallel ? null : ctx.Run(n.ResidMid, Scalars.Add(resid, attnOut));
         var mlpIn = ctx.Run(n.MlpIn, parallel ? resid : residMid!);
         Tensor ln2;
         if (!c.PreNorms)
@@ -613,7 +628,7 @@ public sealed class Transformer : IDisposable
         if (c.PostNorms)
             mlpOut = Norm(mlpOut, w.Ln2PostWeight!, null, ctx, n.Ln2PostScale, n.Ln2PostNormalized);
         mlpOut = ctx.Run(n.MlpOut, mlpOut);
-        return ctx.Run(n.ResidPost, parallel ? SafeAdd.InPlace(SafeAdd.Sum(resid, attnOut), mlpOut) : SafeAdd.Sum(residMid!, mlpOut));
+        return ctx.Run(n.ResidPost, parallel ? Scalars.AddInPlace(Scalars.Add(resid, attnOut), mlpOut) : Scalars.Add(residMid!, mlpOut));
     }
 
     /// <summary>
@@ -625,7 +640,7 @@ public sealed class Transformer : IDisposable
     {
         // One call without a bias: each extra op costs ~2 µs, which a small model's decode step feels.
         var y = x.matmul(w);
-        return bias is null ? y : SafeAdd.InPlace(y, bias);
+        return bias is null ? y : Scalars.AddInPlace(y, bias);
     }
 
     public void Dispose()
@@ -719,7 +734,7 @@ public sealed class KvCache : IDisposable
     {
         for (int r = start; r < start + count; r++)
             SetRowLength(r, 0);
-        Mask.narrow(0, start, count).fill_(false);
+        Mask.narrow(0, start, count).fill_(Scalars.False);
     }
 
     /// <summary>
@@ -730,7 +745,7 @@ public sealed class KvCache : IDisposable
     {
         using var scope = NewDisposeScope();
         var filled = tensor(Enumerable.Range(0, Batch).Select(r => (long)RowLength(r)).ToArray(), device: Mask.device).view(Batch, 1);
-        Mask.masked_fill_(arange(Capacity, dtype: ScalarType.Int64, device: Mask.device).view(1, Capacity).ge(filled), false);
+        Mask.masked_fill_(Scalars.Arange(Capacity, ScalarType.Int64, Mask.device).view(1, Capacity).ge(filled), Scalars.False);
     }
 
     /// <summary>
@@ -880,7 +895,7 @@ internal sealed class RotaryFrequencies : IDisposable
             {
                 int rows = Math.Max(Math.Max(bound, 64), table.Rows * 2);
                 using var scope = NewDisposeScope();
-                var all = arange(rows, dtype: ScalarType.Int64, device: positions.device);
+                var all = Scalars.Arange(rows, ScalarType.Int64, positions.device);
                 var (cos, sin) = Compute(all, useLong ? longInverse! : inverse, dtype);
                 cos.DetachFromDisposeScope();
                 sin.DetachFromDisposeScope();
@@ -917,8 +932,8 @@ internal sealed class RotaryFrequencies : IDisposable
         var sin = both.sin();
         if (attentionFactor != 1.0)
         {
-            cos = cos * attentionFactor;
-            sin = sin * attentionFactor;
+            cos = Scalars.MulValue(cos, attentionFactor);
+            sin = Scalars.MulValue(sin, attentionFactor);
         }
         return (cos.to(dtype), sin.to(dtype));
     }

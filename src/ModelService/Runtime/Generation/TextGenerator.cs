@@ -116,20 +116,21 @@ public static class TextGenerator
         }
         else
         {
-            x = x / s.Temperature;
+            x = Scalars.DivValue(x, s.Temperature);
             if (s.TopK > 0 && s.TopK < x.shape[^1])
             {
                 var kth = x.topk(s.TopK, -1).values[.., ^1..];
-                x = x.masked_fill(x.lt(kth), double.NegativeInfinity);
+                x = x.masked_fill(x.lt(kth), Scalars.NegativeInfinity);
             }
             if (s.TopP < 1.0)
             {
                 var (sorted, order) = x.sort(-1, descending: true);
                 var probs = sorted.softmax(-1);
                 var before = probs.cumsum(-1) - probs;
-                var dropSorted = before.ge(s.TopP); // keep tokens until the mass before them reaches P
+                using Scalar topP = s.TopP;
+                var dropSorted = before.ge(topP); // keep tokens until the mass before them reaches P
                 var drop = zeros_like(dropSorted).scatter(-1, order, dropSorted);
-                x = x.masked_fill(drop, double.NegativeInfinity);
+                x = x.masked_fill(drop, Scalars.NegativeInfinity);
             }
             chosen = x.softmax(-1).multinomial(1, false, generator).squeeze(-1);
         }

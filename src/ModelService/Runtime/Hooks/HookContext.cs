@@ -1,3 +1,4 @@
+using InterpMesh.Runtime.Execution;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -149,7 +150,7 @@ internal sealed class HookContext
                     indexShape[posDim] = 1;
                     var viewShape = Enumerable.Repeat(1L, shape.Length).ToArray();
                     viewShape[0] = shape[0];
-                    var local = (lastRealIndex - positionOffset).clamp_min(0);
+                    var local = Scalars.SubValue(lastRealIndex, positionOffset).clamp_min(Scalars.Zero);
                     selected = x.gather(posDim, local.view(viewShape).expand(indexShape));
                     break;
                 }

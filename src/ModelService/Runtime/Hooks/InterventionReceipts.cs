@@ -1,3 +1,4 @@
+using InterpMesh.Runtime.Execution;
 using static TorchSharp.torch;
 
 namespace InterpMesh.Runtime.Hooks;
@@ -40,7 +41,7 @@ public sealed class InterventionReceipts
             return;
         using var scope = NewDisposeScope();
         var diff = after.to(ScalarType.Float64) - before.to(ScalarType.Float64);
-        elements[i] += diff.ne(0).sum().item<long>();
+        elements[i] += diff.ne(Scalars.Zero).sum().item<long>();
         stepSquares[i] += diff.square().sum().item<double>();
     }
 

@@ -1,3 +1,4 @@
+using InterpMesh.Runtime.Execution;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -58,10 +59,10 @@ public sealed record Intervention(
 
         Tensor result = Op switch
         {
-            InterventionOp.Add => selection is null ? x + value : x + value * selection,
+            InterventionOp.Add => Scalars.Add(x, selection is null ? value : value * selection),
             InterventionOp.Set or InterventionOp.MeanAblate => selection is null ? value.expand(x.shape).clone() : torch.where(selection, value, x),
-            InterventionOp.Scale => selection is null ? x * Scale : torch.where(selection, x * Scale, x),
-            InterventionOp.ZeroAblate => selection is null ? zeros_like(x) : x.masked_fill(selection.expand(x.shape), 0),
+            InterventionOp.Scale => selection is null ? Scalars.MulValue(x, Scale) : torch.where(selection, Scalars.MulValue(x, Scale), x),
+            InterventionOp.ZeroAblate => selection is null ? zeros_like(x) : x.masked_fill(selection.expand(x.shape), Scalars.Zero),
             _ => throw new InvalidOperationException($"unknown intervention operation {Op}"),
         };
         return result.MoveToOuterDisposeScope();

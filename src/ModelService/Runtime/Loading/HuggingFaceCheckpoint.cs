@@ -1,5 +1,6 @@
 using System.Text.Json;
 using InterpMesh.Runtime.Architectures;
+using InterpMesh.Runtime.Execution;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -847,7 +848,7 @@ public static class HuggingFaceCheckpoint
             if (!c.NormGainOffset)
                 return W(name);
             using var w = files.Read(name, ScalarType.Float32);
-            using var shifted = w + 1.0f;
+            using var shifted = Scalars.AddValue(w, 1.0f);
             return shifted.to(dtype);
         }
         Tensor? OptionalGain(string name) => files.Has(name) ? Gain(name) : null;

@@ -15,6 +15,12 @@ namespace InterpMesh.Plugins.Probing.Fitting;
 /// </summary>
 internal static class LogisticRegression
 {
+    // Scalars that outlive the calls reading them: TorchSharp 0.107's implicit ones can be freed by
+    // their finalizer during the call (docs/torchsharp-on-debian.md, "Implicit scalars").
+    private static readonly Scalar One = 1;
+    private static readonly Scalar Zero = 0;
+    private static readonly Scalar TinyNorm = 1e-30;
+
     public const int MaxIterations = 1000;
 
     /// <summary>Fits w, b. <paramref name="x"/> is [n, d] float64, <paramref name="y"/> is [n] float64 of 0/1.</summary>
@@ -210,11 +216,12 @@ internal static class LogisticRegression
         long n = x.shape[0], d = x.shape[1];
         double alpha = 1.0 / (c * n);
         // Lipschitz constant of the mean log-loss gradient: σ_max(X)²/(4n) (+1/(4) for the bias).
-        var v = ones(d, ScalarType.Float64) / Math.Sqrt(d);
+        using Scalar rootD = Math.Sqrt(d), rows = n;
+        var v = ones(d, ScalarType.Float64).div(rootD);
         for (int i = 0; i < 30; i++)
         {
             var u = x.t().matmul(x.matmul(v));
-            v = u / u.norm().clamp_min(1e-30);
+            v = u / u.norm().clamp_min(TinyNorm);
         }
         double sigma2 = x.matmul(v).dot(x.matmul(v)).item<double>();
         double lipschitz = (sigma2 + n) / (4.0 * n);
@@ -227,20 +234,25 @@ internal static class LogisticRegression
         {
             double tNext = (1 + Math.Sqrt(1 + 4 * t * t)) / 2;
             double mom = (t - 1) / tNext;
-            var wy = w + (w - wPrev) * mom;
             double by = b + (b - bPrev) * mom;
-            var r = ((x.matmul(wy) + by).sigmoid() - y) / n;
+            using Scalar momentum = mom, byScalar = by, stepScalar = step, shrink = step * alpha;
+            var wy = w.add((w - wPrev).mul(momentum), One);
+            var r = (x.matmul(wy).add(byScalar, One).sigmoid() - y).div(rows);
             var gw = x.t().matmul(r);
             double gb = r.sum().item<double>();
             wPrev = w;
             bPrev = b;
-            var moved = wy - gw * step;
-            w = moved.sign() * (moved.abs() - step * alpha).clamp_min(0);
+            var moved = wy - gw.mul(stepScalar);
+            w = moved.sign() * moved.abs().sub(shrink).clamp_min(Zero);
             b = by - step * gb;
             t = tNext;
         }
         return w;
     }
 
-    public static Tensor Probability(Tensor x, Tensor weight, double bias) => (x.matmul(weight) + bias).sigmoid();
+    public static Tensor Probability(Tensor x, Tensor weight, double bias)
+    {
+        using Scalar b = bias;
+        return x.matmul(weight).add(b, One).sigmoid();
+    }
 }

@@ -1,3 +1,4 @@
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace InterpMesh.Plugins.Probing.Fitting;
@@ -13,12 +14,19 @@ internal static class NeuronRanking
 {
     public static readonly string[] Methods = ["mean_diff", "anova_f", "l1", "mutual_info", "random"];
 
+    // Scalars that outlive the calls reading them: TorchSharp 0.107's implicit ones can be freed by
+    // their finalizer during the call (docs/torchsharp-on-debian.md, "Implicit scalars").
+    private static readonly Scalar One = 1;
+    private static readonly Scalar Two = 2;
+    private static readonly Scalar MinStd = 1e-8;
+    private static readonly Scalar Tiny = 1e-12;
+
     /// <summary>Score per neuron (higher = more informative).</summary>
     public static double[] Score(string method, float[][] rows, int[] labels, int classes, int seed)
     {
         using var scope = NewDisposeScope();
         var x = Probe.Matrix(rows, null);
-        var z = (x - x.mean([0])) / x.std([0], unbiased: false).clamp_min(1e-8);
+        var z = (x - x.mean([0])) / x.std([0], unbiased: false).clamp_min(MinStd);
         int d = (int)x.shape[1];
         switch (method)
         {
@@ -43,17 +51,19 @@ internal static class NeuronRanking
                 {
                     var group = z[tensor(labels.Select(l => l == c).ToArray())];
                     var mu = group.mean([0]);
-                    between += (mu - grand).pow(2) * group.shape[0];
-                    within += (group - mu).pow(2).sum([0]);
+                    using Scalar size = group.shape[0];
+                    between = between.add((mu - grand).pow(Two).mul(size), One);
+                    within = within.add((group - mu).pow(Two).sum([0]), One);
                 }
-                var f = between / Math.Max(1, classes - 1) / (within / Math.Max(1, n - classes)).clamp_min(1e-12);
+                using Scalar betweenDof = Math.Max(1, classes - 1), withinDof = Math.Max(1, n - classes);
+                var f = between.div(betweenDof) / within.div(withinDof).clamp_min(Tiny);
                 return f.data<double>().ToArray();
             }
             case "l1":
             {
                 var total = zeros(d, ScalarType.Float64);
                 foreach (int c in classes == 2 ? [1] : Enumerable.Range(0, classes))
-                    total += LogisticRegression.FitL1(z, tensor(labels.Select(l => l == c ? 1.0 : 0.0).ToArray(), ScalarType.Float64), 0.1).abs();
+                    total = total.add(LogisticRegression.FitL1(z, tensor(labels.Select(l => l == c ? 1.0 : 0.0).ToArray(), ScalarType.Float64), 0.1).abs(), One);
                 // Neurons the L1 fit zeroed keep their order by mean difference (tiny tie-breaker).
                 var tie = Score("mean_diff", rows, labels, classes, seed);
                 return [.. total.data<double>().ToArray().Select((v, i) => v + 1e-9 * tie[i])];

@@ -13,6 +13,11 @@ namespace InterpMesh.Plugins.Probing.Fitting;
 /// </summary>
 internal sealed class Probe
 {
+    // Scalars that outlive the calls reading them: TorchSharp 0.107's implicit ones can be freed by
+    // their finalizer during the call (docs/torchsharp-on-debian.md, "Implicit scalars").
+    private static readonly Scalar One = 1;
+    private static readonly Scalar Tiny = 1e-300;
+
     public required string Hook { get; init; }
     public required string Position { get; init; }
     public required string[] Classes { get; init; }
@@ -83,11 +88,11 @@ internal sealed class Probe
         using var scope = NewDisposeScope();
         var z = (Matrix(rows, Neurons) - tensor(Mean, ScalarType.Float64)) / tensor(Std, ScalarType.Float64);
         var w = tensor(Weights.SelectMany(r => r).ToArray(), [Weights.Length, Mean.Length], ScalarType.Float64);
-        var p = (z.matmul(w.t()) + tensor(Bias, ScalarType.Float64)).sigmoid();
+        var p = z.matmul(w.t()).add(tensor(Bias, ScalarType.Float64), One).sigmoid();
         if (Classes.Length == 2)
-            p = cat([1 - p, p], 1);
+            p = cat([p.neg().add(One, One), p], 1); // [1 − p, p]
         else
-            p = p / p.sum(1, keepdim: true).clamp_min(1e-300);
+            p = p / p.sum(1, keepdim: true).clamp_min(Tiny);
         var flat = p.contiguous().data<double>().ToArray();
         int k = Classes.Length;
         return [.. Enumerable.Range(0, rows.Length).Select(i => flat.AsSpan(i * k, k).ToArray())];

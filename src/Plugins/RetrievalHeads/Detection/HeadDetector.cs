@@ -1,3 +1,4 @@
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace InterpMesh.Plugins.RetrievalHeads.Detection;
@@ -12,6 +13,11 @@ namespace InterpMesh.Plugins.RetrievalHeads.Detection;
 /// </summary>
 internal static class HeadDetector
 {
+    // Scalars that outlive the calls reading them: TorchSharp 0.107's implicit ones can be freed by
+    // their finalizer during the call (docs/torchsharp-on-debian.md, "Implicit scalars").
+    private static readonly Scalar One = 1;
+    private static readonly Scalar Tiny = 1e-12;
+
     public static readonly string[] Kinds = ["previous_token", "duplicate_token", "induction"];
 
     public static Tensor Pattern(string kind, long[] tokens)
@@ -53,14 +59,15 @@ internal static class HeadDetector
         if (excludeBos)
             a[.., .., .., 0] = 0;
         if (excludeCurrent)
-            a = a * (1 - eye(t)).unsqueeze(0).unsqueeze(0);
+            a = a * eye(t).logical_not().unsqueeze(0).unsqueeze(0);
         var scores = zeros(a.shape[1]);
         for (int b = 0; b < tokens.Count; b++)
         {
             var d = Pattern(kind, tokens[b]);
             var ab = a[b];
-            scores += (ab * d).sum([1, 2]) / ab.sum([1, 2]).clamp_min(1e-12);
+            scores = scores.add((ab * d).sum([1, 2]) / ab.sum([1, 2]).clamp_min(Tiny), One);
         }
-        return (scores / tokens.Count).data<float>().ToArray().Select(v => (double)v).ToArray();
+        using Scalar prompts = tokens.Count;
+        return scores.div(prompts).data<float>().ToArray().Select(v => (double)v).ToArray();
     }
 }

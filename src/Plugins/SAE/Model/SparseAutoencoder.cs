@@ -11,6 +11,11 @@ namespace InterpMesh.Plugins.SAE.Model;
 /// </summary>
 internal sealed class SparseAutoencoder : IDisposable
 {
+    // Scalars that outlive the calls reading them: TorchSharp 0.107's implicit ones can be freed by
+    // their finalizer during the call (docs/torchsharp-on-debian.md, "Implicit scalars").
+    private static readonly Scalar One = 1;
+    private static readonly Scalar MinNorm = 1e-8;
+
     public SparseAutoencoder(string architecture, int dIn, int dSae, int k, Tensor wEnc, Tensor bEnc, Tensor wDec, Tensor bDec, bool applyBDecToInput = true)
     {
         if (architecture is not ("standard" or "topk"))
@@ -50,7 +55,7 @@ internal sealed class SparseAutoencoder : IDisposable
         return new SparseAutoencoder(architecture, dIn, dSae, k, dec.t().contiguous().clone(), zeros(dSae), dec.clone(), zeros(dIn));
     }
 
-    public Tensor PreActivations(Tensor x) => (ApplyBDecToInput ? x - BDec : x).matmul(WEnc) + BEnc;
+    public Tensor PreActivations(Tensor x) => (ApplyBDecToInput ? x - BDec : x).matmul(WEnc).add(BEnc, One);
 
     public Tensor Encode(Tensor x) => Activate(PreActivations(x));
 
@@ -62,13 +67,13 @@ internal sealed class SparseAutoencoder : IDisposable
         return zeros_like(pre).scatter(-1, indices, nn.functional.relu(values));
     }
 
-    public Tensor Decode(Tensor f) => f.matmul(WDec) + BDec;
+    public Tensor Decode(Tensor f) => f.matmul(WDec).add(BDec, One);
 
     /// <summary>Scales decoder rows to unit norm.</summary>
     public void NormalizeDecoder()
     {
         using var _ = no_grad();
-        WDec.div_(WDec.norm(1, keepdim: true).clamp_min(1e-8));
+        WDec.div_(WDec.norm(1, keepdim: true).clamp_min(MinNorm));
     }
 
     public void Dispose()

@@ -26,6 +26,19 @@ internal sealed record StepMetrics(int Step, double Loss, double L0, double Expl
 /// </summary>
 internal sealed class SaeTrainer(SparseAutoencoder sae, TrainingOptions options)
 {
+    // Scalars that outlive the calls reading them: TorchSharp 0.107's implicit ones can be freed by
+    // their finalizer during the call (docs/torchsharp-on-debian.md, "Implicit scalars").
+    private static readonly Scalar One = 1;
+    private static readonly Scalar Zero = 0;
+    private static readonly Scalar Two = 2;
+    private static readonly Scalar Tiny = 1e-12;
+    private static readonly Scalar NegativeInfinity = float.NegativeInfinity;
+    private static readonly Scalar Beta1 = 0.9;
+    private static readonly Scalar OneMinusBeta1 = 0.1;
+    private static readonly Scalar Beta2 = 0.999;
+    private static readonly Scalar OneMinusBeta2 = 0.001;
+    private static readonly Scalar Epsilon = 1e-8;
+
     private readonly Tensor[] m = [.. sae.Parameters.Select(p => zeros_like(p).DetachFromDisposeScope())];
     private readonly Tensor[] v = [.. sae.Parameters.Select(p => zeros_like(p).DetachFromDisposeScope())];
     private readonly long[] lastFired = new long[sae.DSae];
@@ -70,16 +83,17 @@ internal sealed class SaeTrainer(SparseAutoencoder sae, TrainingOptions options)
         var f = sae.Activate(pre);
         var xHat = sae.Decode(f);
         var error = xHat - x;
-        var mse = error.pow(2).sum(1).mean();
-        var variance = (x - x.mean([0])).pow(2).sum(1).mean().clamp_min(1e-12);
+        var mse = error.pow(Two).sum(1).mean();
+        var variance = (x - x.mean([0])).pow(Two).sum(1).mean().clamp_min(Tiny);
         Tensor loss;
-        var fired = (f > 0).any(0);
+        var fired = f.gt(Zero).any(0);
         var firedIdx = fired.nonzero().reshape(-1).data<long>().ToArray();
         foreach (var j in firedIdx)
             lastFired[j] = Step;
         if (sae.Architecture == "standard")
         {
-            loss = mse + options.L1Coefficient * (f * sae.WDec.norm(1)).sum(1).mean();
+            using Scalar l1 = options.L1Coefficient;
+            loss = mse.add((f * sae.WDec.norm(1)).sum(1).mean().mul(l1), One);
         }
         else
         {
@@ -89,12 +103,13 @@ internal sealed class SaeTrainer(SparseAutoencoder sae, TrainingOptions options)
             if (options.AuxK > 0 && deadCount > 0)
             {
                 int kAux = Math.Min(options.AuxK, deadCount);
-                var masked = pre.masked_fill(dead.logical_not().unsqueeze(0), float.NegativeInfinity);
+                var masked = pre.masked_fill(dead.logical_not().unsqueeze(0), NegativeInfinity);
                 var (vals, idx) = masked.topk(kAux, -1);
                 var aux = zeros_like(pre).scatter(-1, idx, nn.functional.relu(vals));
                 var residual = (x - xHat).detach();
-                var auxMse = (aux.matmul(sae.WDec) - residual).pow(2).sum(1).mean() / (residual - residual.mean([0])).pow(2).sum(1).mean().clamp_min(1e-12);
-                loss = loss + options.AuxCoefficient * auxMse.nan_to_num(0);
+                var auxMse = (aux.matmul(sae.WDec) - residual).pow(Two).sum(1).mean() / (residual - residual.mean([0])).pow(Two).sum(1).mean().clamp_min(Tiny);
+                using Scalar auxCoefficient = options.AuxCoefficient;
+                loss = loss.add(auxMse.nan_to_num(0).mul(auxCoefficient), One);
             }
         }
         loss.backward();
@@ -103,14 +118,15 @@ internal sealed class SaeTrainer(SparseAutoencoder sae, TrainingOptions options)
         {
             int i = 0;
             int t = Step + 1;
+            using Scalar rate = lr, mCorrection = 1 - Math.Pow(0.9, t), vCorrection = 1 - Math.Pow(0.999, t);
             foreach (var p in sae.Parameters)
             {
                 var g = p.grad!;
-                m[i].mul_(0.9).add_(g, alpha: 0.1);
-                v[i].mul_(0.999).add_(g * g, alpha: 0.001);
-                var mHat = m[i] / (1 - Math.Pow(0.9, t));
-                var vHat = v[i] / (1 - Math.Pow(0.999, t));
-                p.sub_(mHat / (vHat.sqrt() + 1e-8) * lr);
+                m[i].mul_(Beta1).add_(g, alpha: OneMinusBeta1);
+                v[i].mul_(Beta2).add_(g * g, alpha: OneMinusBeta2);
+                var mHat = m[i].div(mCorrection);
+                var vHat = v[i].div(vCorrection);
+                p.sub_((mHat / vHat.sqrt().add(Epsilon, One)).mul(rate));
                 p.grad = null;
                 i++;
             }
@@ -120,7 +136,7 @@ internal sealed class SaeTrainer(SparseAutoencoder sae, TrainingOptions options)
         sae.NormalizeDecoder();
         Step++;
         double ev = 1 - mse.item<float>() / variance.item<float>();
-        double l0 = (f > 0).sum(1).to(ScalarType.Float32).mean().item<float>();
+        double l0 = f.gt(Zero).sum(1).to(ScalarType.Float32).mean().item<float>();
         double deadFraction = lastFired.Count(s => Step - 1 - s >= options.DeadAfterSteps) / (double)lastFired.Length;
         return new StepMetrics(Step, loss.item<float>(), l0, ev, deadFraction);
     }

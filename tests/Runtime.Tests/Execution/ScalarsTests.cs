@@ -10,9 +10,9 @@ namespace InterpMesh.Runtime.Tests.Execution;
 /// failed within 10 000–20 000 calls on this machine ("Expected false to be true" from
 /// Scalar::toFloat; measured while writing this test — the failing form is not run here, because a
 /// freed scalar can also corrupt the test host). The forward's additions go through
-/// <see cref="SafeAdd"/>: they must survive many times that many calls, with the right values.
+/// <see cref="Scalars"/>: they must survive many times that many calls, with the right values.
 /// </summary>
-public sealed class SafeAddTests
+public sealed class ScalarsTests
 {
     private const int Calls = 100_000;
 
@@ -76,8 +76,8 @@ public sealed class SafeAddTests
         {
             for (int i = 0; i < Calls; i++)
             {
-                using var sum = SafeAdd.Sum(a, b);
-                SafeAdd.InPlace(sum, b);
+                using var sum = Scalars.Add(a, b);
+                Scalars.AddInPlace(sum, b);
                 if (i == Calls - 1)
                     total = sum.sum().item<float>();
             }
