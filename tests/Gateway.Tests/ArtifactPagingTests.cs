@@ -40,6 +40,7 @@ public sealed class SmallPagesGateway : IAsyncLifetime
 /// negative refused), an opaque page_token that continues after the last name served, in name
 /// order, and a bad token refused saying so. The client library and the CLI follow the pages.
 /// </summary>
+[Collection("gateways")]
 public sealed class ArtifactPagingTests(SmallPagesGateway gateway) : IClassFixture<SmallPagesGateway>
 {
     private ArtifactService.ArtifactServiceClient Artifacts => new(gateway.Channel);

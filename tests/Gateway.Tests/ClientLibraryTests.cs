@@ -12,6 +12,7 @@ namespace InterpMesh.Gateway.Tests;
 /// with their progress, artifacts make the round trip, and its dependency graph holds no server
 /// project and no libtorch.
 /// </summary>
+[Collection("gateways")]
 public sealed class ClientLibraryTests(MeshFixture mesh) : IClassFixture<MeshFixture>
 {
     private MeshClient Alice() => MeshClient.Connect(mesh.GatewayAddress, Mesh.AliceKey, "tiny");

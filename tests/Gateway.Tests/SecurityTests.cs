@@ -79,6 +79,7 @@ public sealed class CapturingLoggerProvider : ILoggerProvider
 /// serves, not by a hand-kept list), wrong keys are refused, and raw keys never reach the logs or
 /// the metrics.
 /// </summary>
+[Collection("gateways")]
 public sealed class SecurityTests(SecureMeshFixture mesh) : IClassFixture<SecureMeshFixture>
 {
     /// <summary>Deliberately open: load balancers probe health, tools list services by reflection.</summary>
