@@ -72,4 +72,22 @@ public sealed class ConfigurationTests
         Assert.NotNull(entries);
         Assert.Empty(entries.SelectMany((k, i) => GatewayOptionsValidator.ApiKeyEntryErrors(k, $"keys.json[{i}]")));
     }
+
+    [Theory]
+    [MemberData(nameof(Rendered.All), MemberType = typeof(Rendered))]
+    public void The_gateway_takes_the_job_store_connection_string_from_the_optional_database_secret(string kustomization)
+    {
+        var manifests = Rendered.Of(kustomization);
+        var container = manifests.Single<V1Deployment>("gateway").Spec.Template.Spec.Containers.Single();
+        var env = Assert.Single(container.Env, e => e.Name == "Gateway__Jobs__ConnectionString");
+        Assert.Null(env.Value);
+        var secret = env.ValueFrom?.SecretKeyRef;
+        Assert.True(secret is not null, "the connection string must come from a Secret, never a literal in the manifests");
+        Assert.Equal("interpmesh-db", secret.Name);
+        Assert.Equal("connection-string", secret.Key);
+        // Optional: without the Secret a pod starts with its own embedded store (docs/deploy.md, "Job store").
+        Assert.True(secret.Optional, "the database Secret is optional (a single-replica trial needs none)");
+        // Without the Secret the rendered configuration still passes the gateway's validation.
+        Assert.NotNull(Services.Gateway(manifests));
+    }
 }
