@@ -60,6 +60,40 @@ public sealed class SharedJobsTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task A_watch_cut_off_by_its_gateway_stopping_continues_through_the_other_and_the_job_ends_unaffected()
+    {
+        var job = await B.SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 8}""" }, Mesh.As(Mesh.AliceKey));
+        using (var watch = A.WatchJob(new WatchJobRequest { Id = job.Id }, Mesh.As(Mesh.AliceKey)))
+        {
+            // Follow it through A until the plugin has made progress, then take A away (a rollout or a
+            // scale-down; whichever replica's worker ran the job hands it back or keeps it).
+            while (await watch.ResponseStream.MoveNext())
+            {
+                if (watch.ResponseStream.Current.Progress?.Message.StartsWith("step ", StringComparison.Ordinal) == true)
+                    break;
+            }
+            var stopping = a!.StopAsync();
+            try
+            {
+                while (await watch.ResponseStream.MoveNext())
+                {
+                }
+            }
+            catch (RpcException)
+            {
+                // The stream ends with the replica; the client moves on to another.
+            }
+            await stopping;
+            await a.DisposeAsync();
+            a = null;
+        }
+        var (_, final) = await Drain(B.WatchJob(new WatchJobRequest { Id = job.Id }, Mesh.As(Mesh.AliceKey)));
+        Assert.True(final.State == JobState.Succeeded, $"{final.State}: {final.Error}");
+        Assert.Equal("{\"steps\":8}", final.Result.SummaryJson);
+        Assert.Equal("", final.Error);
+    }
+
+    [Fact]
     public async Task A_job_submitted_through_one_gateway_is_watched_to_the_end_through_another_and_listed_by_both()
     {
         var job = await A.SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 8}""" }, Mesh.As(Mesh.AliceKey));
