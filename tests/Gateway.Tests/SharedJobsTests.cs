@@ -273,6 +273,62 @@ public sealed class FrontDoorTests
     }
 }
 
+/// <summary>Fair take across keys through real gateways: one key's burst does not starve another's jobs (#20).</summary>
+[Collection("gateways")]
+public sealed class FairTakeTests
+{
+    [Fact]
+    public async Task After_one_key_queues_forty_jobs_another_keys_two_start_before_the_first_keys_tenth()
+    {
+        var plugins = await TestPlugins.PluginsFolderAsync();
+        string data = TempFolders.Create("interpmesh-gw-fair-");
+        WebApplication? front = null, worker = null;
+        // Alice's limits are raised for the burst; the worker runs one job at a time, so start order is take order.
+        var settings = new Dictionary<string, string?> { ["Gateway:RateLimit:MaxJobsPerKey"] = "60", ["Gateway:MaxConcurrentJobs"] = "1" };
+        try
+        {
+            // The jobs are queued through a front door (no worker) first, so the whole burst waits.
+            (front, var frontAddress) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, data,
+                new Dictionary<string, string?>(settings) { ["Gateway:Jobs:RunWorker"] = "false" });
+            using var channel = Mesh.Channel(frontAddress);
+            var client = new AnalysisService.AnalysisServiceClient(channel);
+            var alice = new List<string>();
+            for (int i = 0; i < 40; i++)
+                alice.Add((await client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 1}""" }, Mesh.As(Mesh.AliceKey))).Id);
+            var other = new List<string>();
+            for (int i = 0; i < 2; i++)
+                other.Add((await client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 1}""" }, Mesh.As(Mesh.AdminKey))).Id);
+
+            (worker, _) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, data, settings);
+            async Task<Job> Final(string id, string key)
+            {
+                for (var deadline = DateTime.UtcNow.AddSeconds(120); DateTime.UtcNow < deadline; await Task.Delay(100))
+                {
+                    var job = await client.GetJobAsync(new GetJobRequest { Id = id }, Mesh.As(key));
+                    if (job.State is JobState.Succeeded or JobState.Failed or JobState.Cancelled)
+                        return job;
+                }
+                throw new TimeoutException($"job {id} did not finish within 120 s");
+            }
+            var aliceJobs = new List<Job>();
+            foreach (var id in alice)
+                aliceJobs.Add(await Final(id, Mesh.AliceKey));
+            var otherJobs = new List<Job>();
+            foreach (var id in other)
+                otherJobs.Add(await Final(id, Mesh.AdminKey));
+            Assert.All(aliceJobs.Concat(otherJobs), j => Assert.Equal(JobState.Succeeded, j.State));
+            var aliceTenth = aliceJobs.Select(j => j.Started.ToDateTime()).Order().ElementAt(9);
+            foreach (var j in otherJobs)
+                Assert.True(j.Started.ToDateTime() < aliceTenth, $"the other key's job {j.Id} started at {j.Started}, after alice's tenth ({aliceTenth:O})");
+        }
+        finally
+        {
+            await Mesh.StopAsync(front, worker);
+            TempFolders.Delete(plugins, data);
+        }
+    }
+}
+
 /// <summary>A gateway whose job store cannot be opened, or whose job settings are wrong, does not start, and says why.</summary>
 [Collection("gateways")]
 public sealed class JobStoreConfigurationTests
