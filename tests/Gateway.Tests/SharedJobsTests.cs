@@ -48,11 +48,11 @@ public sealed class SharedJobsTests : IAsyncLifetime
         return (events, events.Last().Finished);
     }
 
-    private static async Task<Job> WaitUntil(AnalysisService.AnalysisServiceClient client, string id, Func<Job, bool> done)
+    internal static async Task<Job> WaitUntil(AnalysisService.AnalysisServiceClient client, string id, Func<Job, bool> done, string key = Mesh.AliceKey, int seconds = 60)
     {
-        for (var deadline = DateTime.UtcNow.AddSeconds(60); DateTime.UtcNow < deadline; await Task.Delay(50))
+        for (var deadline = DateTime.UtcNow.AddSeconds(seconds); DateTime.UtcNow < deadline; await Task.Delay(50))
         {
-            var job = await client.GetJobAsync(new GetJobRequest { Id = id }, Mesh.As(Mesh.AliceKey));
+            var job = await client.GetJobAsync(new GetJobRequest { Id = id }, Mesh.As(key));
             if (done(job))
                 return job;
         }
@@ -300,16 +300,8 @@ public sealed class FairTakeTests
                 other.Add((await client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 1}""" }, Mesh.As(Mesh.AdminKey))).Id);
 
             (worker, _) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, data, settings);
-            async Task<Job> Final(string id, string key)
-            {
-                for (var deadline = DateTime.UtcNow.AddSeconds(120); DateTime.UtcNow < deadline; await Task.Delay(100))
-                {
-                    var job = await client.GetJobAsync(new GetJobRequest { Id = id }, Mesh.As(key));
-                    if (job.State is JobState.Succeeded or JobState.Failed or JobState.Cancelled)
-                        return job;
-                }
-                throw new TimeoutException($"job {id} did not finish within 120 s");
-            }
+            Task<Job> Final(string id, string key) =>
+                SharedJobsTests.WaitUntil(client, id, j => j.State is JobState.Succeeded or JobState.Failed or JobState.Cancelled, key, seconds: 120);
             var aliceJobs = new List<Job>();
             foreach (var id in alice)
                 aliceJobs.Add(await Final(id, Mesh.AliceKey));
