@@ -83,9 +83,14 @@ public sealed partial class MeshClient
         using var call = ArtifactService.PutArtifact(cancellationToken: cancellationToken);
         var header = new ArtifactInfo { Name = name, MetadataJson = metadataJson ?? "{}" };
         header.Files.AddRange(files.Select(f => new ArtifactFileInfo { Name = Path.GetFileName(f), Bytes = new FileInfo(f).Length }));
+        // The gateway may answer (refuse) before the upload is all sent. Writing then can wait on HTTP/2
+        // flow control that never opens again, so the writes stop as soon as the answer is in.
+        using var answered = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var response = call.ResponseAsync;
+        using var watch = response.ContinueWith(_ => answered.Cancel(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         try
         {
-            await call.RequestStream.WriteAsync(new ArtifactChunk { Header = header }, cancellationToken).ConfigureAwait(false);
+            await call.RequestStream.WriteAsync(new ArtifactChunk { Header = header }, answered.Token).ConfigureAwait(false);
             var buffer = new byte[UploadChunkBytes];
             foreach (var file in files)
             {
@@ -95,17 +100,17 @@ public sealed partial class MeshClient
                 while ((n = await stream.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)
                 {
                     var data = new FileData { File = Path.GetFileName(file), Offset = offset, Data = ByteString.CopyFrom(buffer, 0, n) };
-                    await call.RequestStream.WriteAsync(new ArtifactChunk { Data = data }, cancellationToken).ConfigureAwait(false);
+                    await call.RequestStream.WriteAsync(new ArtifactChunk { Data = data }, answered.Token).ConfigureAwait(false);
                     offset += n;
                 }
             }
             await call.RequestStream.CompleteAsync().ConfigureAwait(false);
         }
-        catch (Exception e) when (e is RpcException or InvalidOperationException)
+        catch (Exception e) when (e is RpcException or InvalidOperationException || e is OperationCanceledException && !cancellationToken.IsCancellationRequested)
         {
             // The gateway refused the upload before it was all sent: its answer (what to fix) is the call's status.
         }
-        return await call.ResponseAsync.ConfigureAwait(false);
+        return await response.ConfigureAwait(false);
     }
 
     /// <summary>Deletes an artifact; false when there was none of that name.</summary>

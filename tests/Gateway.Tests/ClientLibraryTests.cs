@@ -110,6 +110,28 @@ public sealed class ClientLibraryTests(MeshFixture mesh) : IClassFixture<MeshFix
     }
 
     [Fact]
+    public async Task A_large_upload_refused_at_its_header_ends_with_the_gateways_answer()
+    {
+        // 48 MiB: far beyond HTTP/2's flow-control windows, so a writer that kept writing after the
+        // gateway answered would wait for window updates that never come.
+        using var client = Alice();
+        string from = TempFolders.Create("interpmesh-client-refused-");
+        var big = new byte[48 << 20];
+        new Random(5).NextBytes(big);
+        await File.WriteAllBytesAsync(Path.Combine(from, "weights.bin"), big);
+        for (int i = 0; i < 3; i++)
+        {
+            var bad = await Assert.ThrowsAsync<RpcException>(() => client.UploadArtifactAsync("bad name/" + i + "/..", from).WaitAsync(TimeSpan.FromSeconds(60)));
+            Assert.Equal(StatusCode.InvalidArgument, bad.StatusCode);
+        }
+        // The refused uploads left nothing behind and the gateway still takes a good one.
+        Assert.DoesNotContain((await client.ListArtifactsAsync("bad name/")).Artifacts, a => true);
+        File.Delete(Path.Combine(from, "weights.bin"));
+        await File.WriteAllTextAsync(Path.Combine(from, "small.json"), "{}");
+        Assert.Single((await client.UploadArtifactAsync("client/after-refusal", from)).Files);
+    }
+
+    [Fact]
     public async Task Keys_and_addresses_fail_with_what_to_fix()
     {
         using (var anonymous = MeshClient.Connect(mesh.GatewayAddress))
