@@ -1,6 +1,5 @@
 using Grpc.Core;
 using InterpMesh.Contracts.V1;
-using InterpMesh.Jobs.Tests;
 using Microsoft.AspNetCore.Builder;
 
 namespace InterpMesh.Gateway.Tests;

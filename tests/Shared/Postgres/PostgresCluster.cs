@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Text.RegularExpressions;
 using Npgsql;
 
-namespace InterpMesh.Jobs.Tests;
+namespace InterpMesh.Tests;
 
 /// <summary>
 /// A throwaway PostgreSQL cluster of Debian's <c>postgresql</c> server for the tests: initdb into a
