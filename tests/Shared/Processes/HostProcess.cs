@@ -6,7 +6,8 @@ namespace InterpMesh.Tests;
 
 /// <summary>
 /// One InterpMesh host (model service, gateway, analysis worker) as its own OS process on loopback,
-/// started from its published assembly next to the tests (<c>dotnet X.dll --Key=Value …</c>), so a
+/// started from its apphost built beside the tests (<c>X --Key=Value …</c>) in an empty working
+/// folder (the appsettings.json files copied beside the tests belong to the apps), so a
 /// test can kill it the way a node failure or an OOM kill does (SIGKILL) or stop it the way
 /// Kubernetes does (SIGTERM). Its output is kept (the last lines) for failure messages; anything
 /// still running is killed at dispose.
@@ -43,23 +44,22 @@ public sealed class HostProcess : IAsyncDisposable
     }
 
     /// <summary>
-    /// Starts <paramref name="assembly"/> (a file name in the test's output folder, e.g.
-    /// <c>InterpMesh.Gateway.dll</c>) with <paramref name="settings"/> as command-line configuration
+    /// Starts <paramref name="app"/> (an apphost in the test's output folder, e.g.
+    /// <c>InterpMesh.Gateway</c>) with <paramref name="settings"/> as command-line configuration
     /// and <paramref name="environment"/> added to this process's environment.
     /// </summary>
-    public static HostProcess Start(string name, string assembly, IEnumerable<KeyValuePair<string, string?>> settings, IReadOnlyDictionary<string, string>? environment = null)
+    public static HostProcess Start(string name, string app, IEnumerable<KeyValuePair<string, string?>> settings, IReadOnlyDictionary<string, string>? environment = null)
     {
-        string path = Path.Combine(AppContext.BaseDirectory, assembly);
+        string path = Path.Combine(AppContext.BaseDirectory, app);
         if (!File.Exists(path))
-            throw new FileNotFoundException($"{assembly} is not in the test output folder {AppContext.BaseDirectory}; the test project must reference its project", path);
-        var psi = new ProcessStartInfo("dotnet")
+            throw new FileNotFoundException($"{app} is not in the test output folder {AppContext.BaseDirectory}; the test project must reference its project", path);
+        var psi = new ProcessStartInfo(path)
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,
-            WorkingDirectory = AppContext.BaseDirectory,
+            WorkingDirectory = TempFolders.Create("interpmesh-proc-"),
         };
-        psi.ArgumentList.Add(path);
         foreach (var (key, value) in settings)
         {
             if (value is not null)
