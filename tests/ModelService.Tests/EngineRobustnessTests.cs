@@ -13,13 +13,13 @@ using Microsoft.Extensions.Logging.Abstractions;
 
 namespace InterpMesh.ModelService.Tests;
 
-/// <summary>A server whose engine gives up on a reader after half a second.</summary>
+/// <summary>A server whose engine gives up on a reader after a second.</summary>
 public sealed class QuickStallFixture : ServerFixture
 {
     protected override Dictionary<string, string?> Overrides => new()
     {
         ["ModelService:OutputBufferBytes"] = (64 * 1024).ToString(),
-        ["ModelService:StallTimeoutSeconds"] = "0.5",
+        ["ModelService:StallTimeoutSeconds"] = "1",
         ["ModelService:BatchWindowMs"] = "0",
     };
 }
@@ -34,7 +34,6 @@ public sealed class StalledWriteTests(QuickStallFixture server) : IClassFixture<
     public async Task A_call_ended_for_a_stalled_reader_waits_for_its_pending_write_before_it_ends()
     {
         var endpoint = new ModelServiceEndpoint(server.Services.GetRequiredService<ModelHost>(), server.Services.GetRequiredService<ServiceMetrics>(), NullLogger<ModelServiceEndpoint>.Instance);
-        var writer = new StallingWriter<GenerateResponse>();
         var request = new GenerateRequest
         {
             Prompts = { new Input { Tokens = new TokenIds { Ids = { 1, 20, 300 } } } },
@@ -42,20 +41,33 @@ public sealed class StalledWriteTests(QuickStallFixture server) : IClassFixture<
             NoDefaultStop = true,
             Captures = { new Capture { Hooks = { "blocks.*" } } },
         };
-        var call = endpoint.Generate(request, writer, new TestCallContext());
+        for (int attempt = 1; ; attempt++)
+        {
+            var writer = new StallingWriter<GenerateResponse>();
+            var call = endpoint.Generate(request, writer, new TestCallContext());
 
-        // The client takes the first message and then reads nothing: the engine gives up on the request
-        // after the stall time and lets go of its admission slot.
-        await Waiting.Until(() => writer.Waiting && server.Engine.Admitted == 0, "the engine to end the stalled request");
-        // Ending the call now would leave the write pending on a response that gRPC completes and Kestrel
-        // recycles for the connection's next stream (the CI hang). Before the fix the call had ended by here.
-        bool endedWithWritePending = await Task.WhenAny(call, Task.Delay(TimeSpan.FromMilliseconds(500))) == call;
+            // The client takes the first message and then reads nothing: the engine gives up on the request
+            // after the stall time and lets go of its admission slot.
+            await Waiting.Until(() => call.IsCompleted || writer.Waiting && server.Engine.Admitted == 0, "the engine to end the stalled request");
+            if (!writer.Waiting)
+            {
+                // The endpoint itself fell a stall time behind the engine before its client stopped reading
+                // (a loaded machine): not the case under test; again.
+                await Assert.ThrowsAsync<RpcException>(() => call);
+                Assert.True(attempt < 5, "the endpoint never got to a write its client did not read");
+                continue;
+            }
+            // Ending the call now would leave the write pending on a response that gRPC completes and Kestrel
+            // recycles for the connection's next stream (the CI hang). Before the fix the call had ended by here.
+            bool endedWithWritePending = await Task.WhenAny(call, Task.Delay(TimeSpan.FromMilliseconds(500))) == call;
 
-        writer.Release();
-        var error = await Assert.ThrowsAsync<RpcException>(() => call.WaitAsync(EngineTests.CallDeadline));
-        Assert.False(endedWithWritePending, "the call ended while a write to its client was still pending");
-        Assert.Equal(StatusCode.ResourceExhausted, error.StatusCode);
-        Assert.Contains("output buffer limit", error.Status.Detail);
+            writer.Release();
+            var error = await Assert.ThrowsAsync<RpcException>(() => call.WaitAsync(EngineTests.CallDeadline));
+            Assert.False(endedWithWritePending, "the call ended while a write to its client was still pending");
+            Assert.Equal(StatusCode.ResourceExhausted, error.StatusCode);
+            Assert.Contains("output buffer limit", error.Status.Detail);
+            return;
+        }
     }
 
     /// <summary>A response stream whose client takes the first message and then stops reading until released.</summary>
@@ -165,6 +177,13 @@ public sealed class EngineRobustnessTests
         // none waits forever on a request enqueued after the torch thread's last look at its queue).
         await Task.WhenAll(clients).WaitAsync(EngineTests.CallDeadline);
         Assert.True(stopped > 0, "no request met the stopped engine");
+        // Before the fix: ObjectDisposedException (the engine had disposed its semaphores).
+        await Assert.ThrowsAsync<EngineStoppedException>(async () =>
+        {
+            await foreach (var _ in engine.RunAsync(spec))
+            {
+            }
+        });
     }
 
     /// <summary>Throws from the observer's report of each decode step (one new token per row) while <see cref="Failing"/>.</summary>

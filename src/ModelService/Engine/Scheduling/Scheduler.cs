@@ -353,12 +353,14 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
                 Leave(g);
             }
         }
-        catch (Exception e)
+        catch (Exception e) when (!g.Finished)
         {
             g.Finish(e);
             if (resident.Contains(g))
                 Leave(g);
         }
+        // Failing after the request was answered (giving its cache rows up) leaves the cache in doubt:
+        // that goes to the torch thread, which ends every request and drops the cache.
         finally
         {
             activity?.Dispose();

@@ -138,16 +138,18 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
 
     /// <summary>
     /// Waits for a response write that the client is not reading before the call may end. The call must
-    /// not end with a write still pending: gRPC then completes the response and Kestrel recycles the
-    /// stream's objects for a later stream of the same connection while the old write is still in flight
-    /// on them, and that later call can hang without ever receiving a response (seen in CI: the call after
-    /// a stalled reader's waited forever for its headers). The write completes when the client reads, or
-    /// when it goes away; a client that reads nothing for one more stall time has its stream reset
-    /// (ENHANCE_YOUR_CALM: RESOURCE_EXHAUSTED for gRPC clients), which ends the write.
+    /// not end with a write still pending on its response: gRPC would go on to complete that response
+    /// underneath the write, and Kestrel pools a finished stream's objects for the connection's next
+    /// streams. In CI the call after a stalled reader's on the same connection then waited forever for
+    /// its headers: the hang dump showed that stream's server side, built from the pooled objects,
+    /// marked aborted (status 499) without a reset ever sent and without the service method having
+    /// answered. The write completes when the client reads again, or when it goes away; a client that
+    /// reads nothing for another stall time (at least 10 s) has its stream reset with ENHANCE_YOUR_CALM
+    /// (gRPC's RESOURCE_EXHAUSTED), which ends the write.
     /// </summary>
     private async Task Settle(Task write, ServerCallContext context)
     {
-        var grace = host.Options.StallTimeoutSeconds is > 0 and var s ? TimeSpan.FromSeconds(Math.Max(s, 10)) : TimeSpan.FromSeconds(10);
+        var grace = TimeSpan.FromSeconds(Math.Max(host.Options.StallTimeoutSeconds, 10));
         try
         {
             await write.WaitAsync(grace, context.CancellationToken);
