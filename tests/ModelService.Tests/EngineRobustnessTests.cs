@@ -151,12 +151,11 @@ public sealed class EngineRobustnessTests
         var engine = new ModelEngine(model, new EngineOptions { BatchWindowMs = 0, MaxConcurrentRequests = 64 });
         var spec = new RunSpec { Inputs = [InputSpec.FromIds([1, 2, 3])], Logits = LogitsMode.Last };
         using var go = new ManualResetEventSlim();
-        int stopped = 0;
-        // Clients go on submitting through the stop and after it.
+        // Clients submit through the stop until the engine tells them it stopped.
         var clients = Enumerable.Range(0, 8).Select(_ => Task.Run(async () =>
         {
             go.Wait();
-            for (int i = 0; i < 40; i++)
+            while (true)
             {
                 try
                 {
@@ -166,17 +165,16 @@ public sealed class EngineRobustnessTests
                 }
                 catch (EngineStoppedException)
                 {
-                    Interlocked.Increment(ref stopped);
+                    return;
                 }
             }
         })).ToArray();
         go.Set();
         await Task.Delay(20);
         engine.Dispose();
-        // Every request completed or was told the engine stopped (not an ObjectDisposedException, and
-        // none waits forever on a request enqueued after the torch thread's last look at its queue).
+        // Every request completed or was told the engine stopped: none failed otherwise, none waits
+        // forever on a request enqueued after the torch thread's last look at its queue.
         await Task.WhenAll(clients).WaitAsync(EngineTests.CallDeadline);
-        Assert.True(stopped > 0, "no request met the stopped engine");
         // Before the fix: ObjectDisposedException (the engine had disposed its semaphores).
         await Assert.ThrowsAsync<EngineStoppedException>(async () =>
         {

@@ -140,10 +140,11 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
     /// Waits for a response write that the client is not reading before the call may end. The call must
     /// not end with a write still pending on its response: gRPC would go on to complete that response
     /// underneath the write, and Kestrel pools a finished stream's objects for the connection's next
-    /// streams. In CI the call after a stalled reader's on the same connection then waited forever for
-    /// its headers: the hang dump showed that stream's server side, built from the pooled objects,
-    /// marked aborted (status 499) without a reset ever sent and without the service method having
-    /// answered. The write completes when the client reads again, or when it goes away; a client that
+    /// streams. In CI the next Generate on the same connection then waited forever for its headers: the
+    /// hang dump showed its server side running on the stalled call's pooled stream and HttpContext,
+    /// failing to read its request with "Http2OutputProducer has completed." before our method ran,
+    /// and Kestrel treating it as aborted (status 499) with no reset sent to the client. The write
+    /// completes when the client reads again, or when it goes away; a client that
     /// reads nothing for another stall time (at least 10 s) has its stream reset with ENHANCE_YOUR_CALM
     /// (gRPC's RESOURCE_EXHAUSTED), which ends the write.
     /// </summary>
