@@ -49,7 +49,7 @@ public sealed class EngineTests(EngineServerFixture server) : IClassFixture<Engi
 
     private async Task<RunResult> RunAsync(RunRequest request, CancellationToken ct = default)
     {
-        using var call = server.Client.Run(request, cancellationToken: ct);
+        using var call = server.Client.Run(request, deadline: DateTime.UtcNow + CallDeadline, cancellationToken: ct);
         RunResult? result = null;
         await foreach (var m in call.ResponseStream.ReadAllAsync(ct))
             result = m.Result ?? result;
@@ -175,26 +175,36 @@ public sealed class EngineTests(EngineServerFixture server) : IClassFixture<Engi
         return r;
     }
 
+    /// <summary>How long one call may take before it fails its test (a hang then fails one test, with this message, not the run).</summary>
+    internal static readonly TimeSpan CallDeadline = TimeSpan.FromMinutes(2);
+
     private async Task<Generated> Collect(GenerateRequest request)
     {
-        using var call = server.Client.Generate(request);
+        using var call = server.Client.Generate(request, deadline: DateTime.UtcNow + CallDeadline);
         var tokens = new List<int>();
         var captures = new List<float[]>();
         var receipts = new List<Contracts.V1.InterventionReceipt>();
         int maxRows = 0;
-        await foreach (var m in call.ResponseStream.ReadAllAsync())
+        try
         {
-            if (m.Activation is { } a)
+            await foreach (var m in call.ResponseStream.ReadAllAsync())
             {
-                Assert.Equal(a.TotalBytes, a.Data.Length);
-                captures.Add(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(a.Data.Span).ToArray());
+                if (m.Activation is { } a)
+                {
+                    Assert.Equal(a.TotalBytes, a.Data.Length);
+                    captures.Add(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(a.Data.Span).ToArray());
+                }
+                else
+                {
+                    tokens.AddRange(m.TokenIds);
+                    maxRows = Math.Max(maxRows, m.ForwardBatchSize);
+                    receipts.AddRange(m.Receipts);
+                }
             }
-            else
-            {
-                tokens.AddRange(m.TokenIds);
-                maxRows = Math.Max(maxRows, m.ForwardBatchSize);
-                receipts.AddRange(m.Receipts);
-            }
+        }
+        catch (RpcException e) when (e.StatusCode == StatusCode.DeadlineExceeded)
+        {
+            Assert.Fail($"the Generate call got no complete answer within {CallDeadline.TotalMinutes} minutes ({tokens.Count} tokens so far): the server hung");
         }
         return new Generated(tokens, captures, maxRows, receipts);
     }

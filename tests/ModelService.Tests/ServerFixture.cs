@@ -20,6 +20,9 @@ public class ServerFixture : IAsyncLifetime
     public LoadedModel Local { get; private set; } = null!;
     public string Address { get; private set; } = "";
 
+    /// <summary>The server's services (tests that drive the endpoint directly take its parts from here).</summary>
+    public IServiceProvider Services => app!.Services;
+
     /// <summary>The server's engine (tests wait on what it has admitted instead of on the clock).</summary>
     public InterpMesh.Engine.ModelEngine Engine => app!.Services.GetRequiredService<ModelHost>().Engine!;
 

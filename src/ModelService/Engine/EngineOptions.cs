@@ -36,6 +36,14 @@ public interface IEngineObserver
 {
     /// <summary>A forward ran: <paramref name="rows"/> sequences, <paramref name="tokens"/> new tokens, <paramref name="seconds"/> of torch time.</summary>
     void Forward(int rows, int tokens, double seconds);
+
+    /// <summary>
+    /// The torch thread caught a failure outside any one request's forward; every request in flight
+    /// was ended with it and the engine serves on. Called on the torch thread.
+    /// </summary>
+    void Failed(Exception error)
+    {
+    }
 }
 
 internal sealed class NoObserver : IEngineObserver

@@ -33,6 +33,9 @@ public sealed class ModelEngine : IDisposable
     private readonly SemaphoreSlim admission;
     private readonly Scheduler scheduler;
     private readonly Thread thread;
+    // Taken to enqueue and to stop, so no request is enqueued after the torch thread's last drain.
+    private readonly Lock entry = new();
+    private readonly IEngineObserver observer;
     private volatile bool stopping;
 
     public ModelEngine(LoadedModel model, EngineOptions options, IEngineObserver? observer = null)
@@ -40,7 +43,8 @@ public sealed class ModelEngine : IDisposable
         Model = model;
         Options = options;
         admission = new SemaphoreSlim(options.MaxConcurrentRequests);
-        scheduler = new Scheduler(model, options, observer ?? NoObserver.Instance);
+        this.observer = observer ?? NoObserver.Instance;
+        scheduler = new Scheduler(model, options, this.observer);
         thread = new Thread(Loop) { IsBackground = true, Name = "torch-engine" };
         thread.Start();
     }
@@ -104,9 +108,16 @@ public sealed class ModelEngine : IDisposable
         var work = create(buffer, cancellationToken);
         try
         {
-            if (stopping)
-                throw new EngineStoppedException();
-            incoming.Enqueue(work);
+            lock (entry)
+            {
+                if (stopping)
+                {
+                    // Never seen by the torch thread: end it here (frees what it owns).
+                    work.Finish(new EngineStoppedException());
+                    throw new EngineStoppedException();
+                }
+                incoming.Enqueue(work);
+            }
             signal.Release();
             await foreach (var output in buffer.ReadAllAsync(cancellationToken).ConfigureAwait(false))
                 yield return output;
@@ -120,46 +131,68 @@ public sealed class ModelEngine : IDisposable
         }
     }
 
+    /// <summary>
+    /// The torch thread. It must outlive every failure: if it ended, every request admitted after
+    /// that would wait forever. A failure outside any one request's forward (a bug, or the device out
+    /// of memory while rearranging the cache) ends every request in flight with it, and serving goes on.
+    /// </summary>
     private void Loop()
     {
         using var mode = TorchSharp.torch.inference_mode();
         while (!stopping)
         {
-            while (incoming.TryDequeue(out var work))
-                scheduler.Add(work);
-            TimeSpan? wait;
             try
             {
-                wait = scheduler.Iterate(() =>
-                {
-                    while (incoming.TryDequeue(out var w))
-                        scheduler.Add(w);
-                }, timeout => signal.Wait(timeout));
+                Drain();
+                var wait = scheduler.Iterate(Drain, timeout => signal.Wait(timeout));
+                if (wait is { } timeout)
+                    signal.Wait(timeout);
             }
             catch (Exception e)
             {
-                // A failure outside any one request's forward (a bug, or the device out of memory while
-                // rearranging the cache): end every request in flight with it and keep serving.
+                Failed(e);
                 scheduler.FailAll(e);
-                wait = null;
             }
-            if (wait is { } timeout)
-                signal.Wait(timeout);
         }
+        try
+        {
+            Drain();
+        }
+        finally
+        {
+            scheduler.Shutdown();
+        }
+    }
+
+    private void Drain()
+    {
         while (incoming.TryDequeue(out var work))
             scheduler.Add(work);
-        scheduler.Shutdown();
+    }
+
+    private void Failed(Exception error)
+    {
+        try
+        {
+            observer.Failed(error);
+        }
+        catch (Exception)
+        {
+            // An observer that fails cannot stop the engine.
+        }
     }
 
     public void Dispose()
     {
-        if (stopping)
-            return;
-        stopping = true;
+        lock (entry)
+        {
+            if (stopping)
+                return;
+            stopping = true;
+        }
         signal.Release();
         thread.Join();
-        admission.Dispose();
-        signal.Dispose();
+        // The semaphores stay undisposed: a request's reader may still be leaving (releasing both).
     }
 }
 

@@ -17,6 +17,7 @@ public sealed class OutputBuffer : IDisposable
     private readonly CancellationTokenSource aborted = new();
     private readonly TimeSpan stallTimeout;
     private Timer? watchdog;
+    private int disposed;
     private long buffered;
     private long lastProgress = Environment.TickCount64;
     private Exception? failure;
@@ -49,9 +50,13 @@ public sealed class OutputBuffer : IDisposable
             return;
         if (watchdog is null)
         {
-            // Started with the first output, so a request that is never run holds no timer.
+            // Started with the first output, so a request that is never run holds no timer. The reader
+            // may have left (and disposed the buffer) meanwhile: then the new timer goes at once.
             var period = TimeSpan.FromMilliseconds(Math.Clamp(stallTimeout.TotalMilliseconds / 4, 10, 1000));
-            watchdog = new Timer(_ => CheckStall(), null, period, period);
+            var timer = new Timer(_ => CheckStall(), null, period, period);
+            Interlocked.Exchange(ref watchdog, timer);
+            if (Volatile.Read(ref disposed) == 1)
+                timer.Dispose();
         }
         if (BufferedBytes == 0)
             Interlocked.Exchange(ref lastProgress, Environment.TickCount64);
@@ -114,6 +119,7 @@ public sealed class OutputBuffer : IDisposable
 
     public void Dispose()
     {
-        watchdog?.Dispose();
+        Interlocked.Exchange(ref disposed, 1);
+        Volatile.Read(ref watchdog)?.Dispose();
     }
 }

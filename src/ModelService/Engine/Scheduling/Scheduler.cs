@@ -79,15 +79,36 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
     /// <summary>Ends every request (the engine is stopping).</summary>
     public void Shutdown() => FailAll(new EngineStoppedException());
 
-    /// <summary>Ends every request in flight with <paramref name="error"/> and frees the decode cache.</summary>
+    /// <summary>
+    /// Ends every request in flight with <paramref name="error"/> and frees the decode cache. Never
+    /// throws: the torch thread calls it when something else already failed.
+    /// </summary>
     public void FailAll(Exception error)
     {
-        foreach (var w in runs.Cast<Work>().Concat(waiting).Concat(resident).ToList())
-            w.Finish(error);
+        var all = runs.Cast<Work>().Concat(waiting).Concat(resident).ToList();
         runs.Clear();
         waiting.Clear();
         resident.Clear();
-        SetCache(null);
+        foreach (var w in all)
+        {
+            try
+            {
+                w.Finish(error);
+            }
+            catch (Exception)
+            {
+                // Its reader was completed first thing in Finish; only freeing what it owns failed.
+            }
+        }
+        try
+        {
+            SetCache(null);
+        }
+        catch (Exception)
+        {
+            cache = null;
+            view = null;
+        }
     }
 
     private void DropGone()
@@ -110,8 +131,8 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
         }
         foreach (var g in resident.Where(g => g.Gone).ToList())
         {
-            Leave(g);
             g.Finish();
+            Leave(g);
         }
     }
 
@@ -152,8 +173,9 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
         }
         catch (Exception e) when (group.Count > 1 && e is not OperationCanceledException)
         {
-            // One member's request broke the shared forward: run each alone so only that one fails.
-            foreach (var run in group)
+            // One member's request broke the shared forward: run each alone so only that one fails
+            // (members already answered before the failure are done).
+            foreach (var run in group.Where(r => !r.Finished))
                 ExecuteRuns([run]);
         }
         catch (Exception e)
@@ -308,9 +330,11 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
             return;
         waiting.Remove(g);
         var started = Stopwatch.GetTimestamp();
-        using var activity = Tracing.StartActivity("interpmesh.prefill", ActivityKind.Internal, g.Trace);
+        Activity? activity = null;
         try
         {
+            // Inside the try: from here on the request is in no list, so whatever fails must finish it.
+            activity = Tracing.StartActivity("interpmesh.prefill", ActivityKind.Internal, g.Trace);
             using var scope = NewDisposeScope();
             int need = g.Generate.PromptLength + g.Generate.MaxNewTokens;
             Reserve(g.Rows, need);
@@ -325,15 +349,21 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
             observer.Forward(g.Rows, g.Generate.Prompts.Sum(p => p.Length), Stopwatch.GetElapsedTime(started).TotalSeconds);
             if (Emit(g, logits.select(1, 0), g.Rows))
             {
-                Leave(g);
                 g.Finish();
+                Leave(g);
             }
         }
-        catch (Exception e)
+        catch (Exception e) when (!g.Finished)
         {
+            g.Finish(e);
             if (resident.Contains(g))
                 Leave(g);
-            g.Finish(e);
+        }
+        // Failing after the request was answered (giving its cache rows up) leaves the cache in doubt:
+        // that goes to the torch thread, which ends every request and drops the cache.
+        finally
+        {
+            activity?.Dispose();
         }
     }
 
@@ -406,21 +436,21 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
             }
             foreach (var g in finished)
             {
-                Leave(g);
                 g.Finish();
+                Leave(g);
             }
         }
-        catch (OperationCanceledException)
+        catch (OperationCanceledException) when (running.All(g => g.Gone))
         {
             // Every running request went away mid-step; DropGone frees them next round.
         }
         catch (Exception e)
         {
+            // Each request is finished (its reader told) before its rows are given up, which can fail too.
             foreach (var g in running)
-            {
-                Leave(g);
                 g.Finish(e);
-            }
+            foreach (var g in running)
+                Leave(g);
         }
     }
 

@@ -39,6 +39,9 @@ internal abstract class Work
 
     private int finished;
 
+    /// <summary>Whether <see cref="Finish"/> ran (the reader has been told how the request ended).</summary>
+    public bool Finished => Volatile.Read(ref finished) == 1;
+
     /// <summary>The caller is done with the request (finished reading, cancelled, or gave up).</summary>
     public void Leave()
     {

@@ -5,6 +5,7 @@ using InterpMesh.Engine.Outputs;
 using InterpMesh.ModelService.Hosting;
 using InterpMesh.ModelService.Wire;
 using InterpMesh.Runtime;
+using Microsoft.AspNetCore.Http.Features;
 
 namespace InterpMesh.ModelService.Grpc;
 
@@ -101,24 +102,98 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
     {
         var ct = context.CancellationToken;
         Task? aborted = null;
-        await foreach (var output in request.ReadAllAsync(ct))
+        Task? stranded = null;
+        await using (var outputs = request.ReadAllAsync(ct).GetAsyncEnumerator(ct))
         {
-            if (output is CaptureOutput capture)
-                metrics.ActivationBytes.Add(capture.Bytes);
-            foreach (var message in map(output))
+            while (stranded is null && await outputs.MoveNextAsync())
             {
-                var write = responseStream.WriteAsync(message, ct);
-                if (!write.IsCompleted)
+                var output = outputs.Current;
+                if (output is CaptureOutput capture)
+                    metrics.ActivationBytes.Add(capture.Bytes);
+                foreach (var message in map(output))
                 {
-                    // A write waiting on a client that stopped reading ends when the engine gives up on
-                    // the request; the call then ends with the engine's error (not a reset stream).
-                    aborted ??= Task.Delay(Timeout.Infinite, request.Aborted);
-                    if (await Task.WhenAny(write, aborted) != write)
-                        throw request.Failure ?? new OperationCanceledException(ct);
+                    var write = responseStream.WriteAsync(message, ct);
+                    if (!write.IsCompleted)
+                    {
+                        // A write waiting on a client that stopped reading ends when the engine gives up on
+                        // the request; the call then ends with the engine's error (not a reset stream).
+                        aborted ??= Task.Delay(Timeout.Infinite, request.Aborted);
+                        if (await Task.WhenAny(write, aborted) != write)
+                        {
+                            stranded = write;
+                            break;
+                        }
+                    }
+                    await write;
                 }
-                await write;
             }
         }
+        // Leaving the engine's enumeration above gave the request's admission slot back.
+        if (stranded is not null)
+        {
+            await Settle(stranded, context);
+            throw request.Failure ?? new OperationCanceledException(ct);
+        }
+    }
+
+    /// <summary>
+    /// Waits for a response write that the client is not reading before the call may end. The call must
+    /// not end with a write still pending on its response: gRPC would go on to complete that response
+    /// underneath the write, and Kestrel pools a finished stream's objects for the connection's next
+    /// streams. In CI the next Generate on the same connection then waited forever for its headers: the
+    /// hang dump showed its server side running on the stalled call's pooled stream and HttpContext,
+    /// failing to read its request with "Http2OutputProducer has completed." before our method ran,
+    /// and Kestrel treating it as aborted (status 499) with no reset sent to the client. The write
+    /// completes when the client reads again, or when it goes away; a client that
+    /// reads nothing for another stall time (at least 10 s) has its stream reset with ENHANCE_YOUR_CALM
+    /// (gRPC's RESOURCE_EXHAUSTED), which ends the write.
+    /// </summary>
+    private async Task Settle(Task write, ServerCallContext context)
+    {
+        var grace = TimeSpan.FromSeconds(Math.Max(host.Options.StallTimeoutSeconds, 10));
+        try
+        {
+            await write.WaitAsync(grace, context.CancellationToken);
+            return;
+        }
+        catch (TimeoutException)
+        {
+            Reset(context);
+        }
+        catch (Exception)
+        {
+            // The write failed or the client went away (which ends the write too): nothing is left pending.
+        }
+        try
+        {
+            await write.WaitAsync(grace);
+        }
+        catch (TimeoutException)
+        {
+            logger.LogWarning("A response write was still pending {Seconds} s after its stream was reset", grace.TotalSeconds);
+        }
+        catch (Exception)
+        {
+            // The write ended with the stream, as it should.
+        }
+    }
+
+    /// <summary>HTTP/2's ENHANCE_YOUR_CALM error code, which gRPC clients read as RESOURCE_EXHAUSTED.</summary>
+    private const int EnhanceYourCalm = 0xB;
+
+    private static void Reset(ServerCallContext context)
+    {
+        Microsoft.AspNetCore.Http.HttpContext http;
+        try
+        {
+            http = context.GetHttpContext();
+        }
+        catch (InvalidOperationException)
+        {
+            // Not a call hosted by ASP.NET Core (a test driving the endpoint): there is no stream to reset.
+            return;
+        }
+        http.Features.Get<IHttpResetFeature>()?.Reset(EnhanceYourCalm);
     }
 
     private T Guard<T>(Func<T> action)

@@ -59,7 +59,7 @@ public sealed class ModelHost : BackgroundService, IHealthCheck
             var c = model.Config;
             if (logger.IsEnabled(LogLevel.Information))
                 logger.LogInformation("Loaded {Architecture} from {Source}: {Layers} layers, d_model {DModel}; {Threads} torch threads, MKL CPU dispatch {MklDispatch}", c.Architecture, model.Source, c.NLayers, c.DModel, get_num_threads(), TorchRuntime.MklCpuDispatch);
-            Volatile.Write(ref engine, new ModelEngine(model, options.ToEngineOptions(), new EngineMetrics(metrics)));
+            Volatile.Write(ref engine, new ModelEngine(model, options.ToEngineOptions(), new EngineMetrics(metrics, logger)));
             loaded.TrySetResult(model);
         }
         catch (Exception e) when (e is not OperationCanceledException)
@@ -93,9 +93,12 @@ public sealed class ModelHost : BackgroundService, IHealthCheck
     }
 }
 
-/// <summary>Forwards the engine's reports to the service's Prometheus instruments.</summary>
-internal sealed class EngineMetrics(ServiceMetrics metrics) : IEngineObserver
+/// <summary>Forwards the engine's reports to the service's Prometheus instruments (and its failures to the log).</summary>
+internal sealed class EngineMetrics(ServiceMetrics metrics, ILogger logger) : IEngineObserver
 {
+    public void Failed(Exception error) =>
+        logger.LogError(error, "The engine ended every request in flight after an unexpected failure, and serves on: {Message}", error.Message);
+
     public void Forward(int rows, int tokens, double seconds)
     {
         metrics.BatchSize.Record(rows);
