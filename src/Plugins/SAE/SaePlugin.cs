@@ -123,7 +123,11 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
         SparseAutoencoder sae;
         SaeTrainer trainer;
         double? scale = null;
-        if (p.ResumeFrom is { } rf)
+        string? resume = p.ResumeFrom;
+        if (resume is null && every > 0 && context.Attempt > 1)
+            resume = await OwnCheckpointAsync(context, name + "-checkpoint", ct);
+        int resumedAt = 0;
+        if (resume is { } rf)
         {
             var files = await context.Artifacts.LoadFilesAsync(rf, ct);
             (sae, var saved) = SaeLensFormat.Read(files, rf);
@@ -133,6 +137,9 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
             trainer = new SaeTrainer(sae, options);
             var state = await context.Artifacts.LoadTensorsAsync(rf + "/trainer", ct);
             trainer.Restore((int)state["step"].item<long>(), [.. Enumerable.Range(0, 4).Select(i => state[$"m.{i}"])], [.. Enumerable.Range(0, 4).Select(i => state[$"v.{i}"])], state["last_fired"].data<long>().ToArray());
+            resumedAt = trainer.Step;
+            if (resume != p.ResumeFrom)
+                context.ReportProgress((double)resumedAt / steps, $"attempt {context.Attempt}: going on from this job's checkpoint at step {resumedAt}/{steps}");
         }
         else
         {
@@ -187,6 +194,7 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
                 ["sae"] = name, ["hook"] = hook, ["architecture"] = arch, ["d_in"] = dIn, ["d_sae"] = dSae, ["k"] = arch == "topk" ? k : null,
                 ["steps"] = trainer.Step, ["tokens"] = tokens, ["l0"] = last?.L0, ["explained_variance"] = last?.ExplainedVariance, ["dead_fraction"] = last?.DeadFraction,
                 ["seconds"] = wall, ["seconds_waiting_for_activations"] = source.SecondsWaiting, ["activations_per_second"] = tokens / Math.Max(1e-9, wall),
+                ["resumed_from_step"] = resume is null ? null : resumedAt, ["attempt"] = context.Attempt,
             },
             Tables = [new ResultTable { Name = "training", Columns = ["step", "tokens", "loss", "l0", "explained_variance", "dead_fraction"], Rows = training }],
             Artifacts = [name],
@@ -195,7 +203,7 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
 
     private static async Task SaveAsync(IAnalysisContext context, string name, SparseAutoencoder sae, SaeTrainer trainer, SaeInfo info, CancellationToken ct)
     {
-        await context.Artifacts.SaveFilesAsync(name, SaeLensFormat.Write(sae, info), new JsonObject { ["kind"] = "saelens", ["hook"] = info.HookName, ["model"] = info.ModelName, ["steps"] = trainer.Step }, ct);
+        await context.Artifacts.SaveFilesAsync(name, SaeLensFormat.Write(sae, info), new JsonObject { ["kind"] = "saelens", ["hook"] = info.HookName, ["model"] = info.ModelName, ["steps"] = trainer.Step, ["job"] = context.JobId }, ct);
         // The step and last-fired tensors are made for the save; the optimizer moments stay the trainer's.
         using var step = tensor((long)trainer.Step);
         using var lastFired = tensor(trainer.LastFired);
@@ -205,7 +213,26 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
             state[$"m.{i}"] = trainer.AdamM[i];
             state[$"v.{i}"] = trainer.AdamV[i];
         }
-        await context.Artifacts.SaveTensorsAsync(name + "/trainer", state, new JsonObject { ["kind"] = "interpmesh.sae_trainer_state" }, ct);
+        await context.Artifacts.SaveTensorsAsync(name + "/trainer", state, new JsonObject { ["kind"] = "interpmesh.sae_trainer_state", ["steps"] = trainer.Step, ["job"] = context.JobId }, ct);
+    }
+
+    /// <summary>
+    /// The checkpoint an earlier take of this job saved, when both of its artifacts (the SAE and the
+    /// trainer state, written one after the other) are this job's and from the same step; else null,
+    /// and training starts over (a take that died between the two writes left them out of step).
+    /// </summary>
+    private static async Task<string?> OwnCheckpointAsync(IAnalysisContext context, string name, CancellationToken ct)
+    {
+        var weights = await context.Artifacts.FindAsync(name, ct);
+        var state = await context.Artifacts.FindAsync(name + "/trainer", ct);
+        static string? Job(StoredArtifact? a) => a?.Metadata["job"]?.GetValue<string>();
+        static int? Steps(StoredArtifact? a) => a?.Metadata["steps"]?.GetValue<int>();
+        if (weights is null || state is null || Job(weights) != context.JobId || Job(state) != context.JobId || Steps(weights) != Steps(state))
+        {
+            context.ReportProgress(0, $"attempt {context.Attempt}: no usable checkpoint of this job; training from the start");
+            return null;
+        }
+        return name;
     }
 
     private static async Task<(SparseAutoencoder Sae, SaeInfo Info)> LoadAsync(string? sae, string? hook, IAnalysisContext context, ModelInfo info)

@@ -31,6 +31,9 @@ public sealed class TestAnalysisContext : IAnalysisContext, IDisposable
     public string JobId { get; init; } = "test-job";
 
     /// <inheritdoc/>
+    public int Attempt { get; init; } = 1;
+
+    /// <inheritdoc/>
     public IModelClient Model { get; }
 
     /// <inheritdoc/>
