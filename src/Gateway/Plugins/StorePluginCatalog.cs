@@ -1,0 +1,116 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using InterpMesh.Gateway.Configuration;
+using InterpMesh.Gateway.Telemetry;
+using InterpMesh.Jobs;
+using Microsoft.Extensions.Options;
+
+namespace InterpMesh.Gateway.Plugins;
+
+/// <summary>
+/// One plugin folder as an analysis worker published it: loaded (with its manifest) or not (with
+/// the reason), and which worker said so.
+/// </summary>
+public sealed record PluginEntry(string Id, string Folder, bool Loaded, string? Error, PublishedManifest? Manifest, string WorkerId);
+
+/// <summary>What a worker published of a loaded plugin's manifest: enough to describe it and validate parameters.</summary>
+public sealed record PublishedManifest(string Version, string Description, string SdkVersion, JsonObject ParameterSchema, IReadOnlyList<string> Produces)
+{
+    /// <summary>Reads the manifest JSON a worker stores (<c>{"version", "description", "sdkVersion", "parameterSchema", "produces"}</c>).</summary>
+    public static PublishedManifest Parse(string json)
+    {
+        var o = JsonNode.Parse(json) as JsonObject ?? throw new JsonException("a published manifest must be a JSON object");
+        string Text(string name) => o[name]?.GetValue<string>() ?? throw new JsonException($"a published manifest has no \"{name}\"");
+        var schema = o["parameterSchema"] as JsonObject ?? throw new JsonException("a published manifest has no \"parameterSchema\" object");
+        var produces = o["produces"] is JsonArray a ? [.. a.Select(p => p?.GetValue<string>() ?? "")] : Array.Empty<string>();
+        return new PublishedManifest(Text("version"), Text("description"), Text("sdkVersion"), (JsonObject)schema.DeepClone(), produces);
+    }
+}
+
+/// <summary>The plugins this gateway offers: those analysis workers published in the job store.</summary>
+public interface IPluginCatalog
+{
+    /// <summary>Every plugin folder a worker seen recently published, by id.</summary>
+    Task<IReadOnlyList<PluginEntry>> AllAsync(CancellationToken cancellationToken = default);
+
+    /// <summary>The plugin <paramref name="id"/>, or null when no worker seen recently has it.</summary>
+    Task<PluginEntry?> FindAsync(string id, CancellationToken cancellationToken = default);
+}
+
+/// <summary>
+/// The plugin catalog read from the job store (<see cref="IPluginRegistry"/>), where analysis
+/// workers publish theirs at start, after a hot reload and every minute; workers not seen for three
+/// minutes drop out. A read is reused for <c>Gateway:Jobs:PluginCacheMilliseconds</c>; a plugin not
+/// found is looked up again at once if the copy is older than a quarter second, so a worker that
+/// just started is seen by the next submission.
+/// </summary>
+public sealed class StorePluginCatalog : IPluginCatalog
+{
+    /// <summary>How recently a worker must have published for its plugins to be offered (three of its one-minute heartbeats).</summary>
+    public static readonly TimeSpan FreshWithin = TimeSpan.FromMinutes(3);
+
+    private static readonly TimeSpan RetryMissAfter = TimeSpan.FromMilliseconds(250);
+
+    private readonly IPluginRegistry registry;
+    private readonly ILogger<StorePluginCatalog> logger;
+    private readonly TimeSpan cacheFor;
+    private readonly SemaphoreSlim reading = new(1, 1);
+    private volatile Snapshot? last;
+
+    private sealed record Snapshot(IReadOnlyList<PluginEntry> Entries, long ReadAt);
+
+    public StorePluginCatalog(IPluginRegistry registry, IOptions<GatewayOptions> options, GatewayMetrics metrics, ILogger<StorePluginCatalog> logger)
+    {
+        this.registry = registry;
+        this.logger = logger;
+        cacheFor = TimeSpan.FromMilliseconds(options.Value.Jobs.PluginCacheMilliseconds);
+        // As the workers published them: what the last read saw.
+        metrics.ObservePlugins(() => last?.Entries.Count(e => e.Loaded) ?? 0, () => last?.Entries.Count(e => !e.Loaded) ?? 0);
+    }
+
+    public async Task<IReadOnlyList<PluginEntry>> AllAsync(CancellationToken cancellationToken = default) =>
+        (await ReadAsync(cacheFor, cancellationToken)).Entries;
+
+    public async Task<PluginEntry?> FindAsync(string id, CancellationToken cancellationToken = default)
+    {
+        var found = (await ReadAsync(cacheFor, cancellationToken)).Entries.FirstOrDefault(e => e.Id == id);
+        if (found is null || !found.Loaded)
+            found = (await ReadAsync(RetryMissAfter, cancellationToken)).Entries.FirstOrDefault(e => e.Id == id) ?? found;
+        return found;
+    }
+
+    private async Task<Snapshot> ReadAsync(TimeSpan maxAge, CancellationToken ct)
+    {
+        if (last is { } cached && Environment.TickCount64 - cached.ReadAt <= maxAge.TotalMilliseconds)
+            return cached;
+        await reading.WaitAsync(ct);
+        try
+        {
+            if (last is { } again && Environment.TickCount64 - again.ReadAt <= maxAge.TotalMilliseconds)
+                return again;
+            var records = await registry.ListPluginsAsync(FreshWithin, ct);
+            var snapshot = new Snapshot([.. records.Select(ToEntry)], Environment.TickCount64);
+            last = snapshot;
+            return snapshot;
+        }
+        finally
+        {
+            reading.Release();
+        }
+    }
+
+    private PluginEntry ToEntry(PluginRecord r)
+    {
+        if (!r.Loaded || r.ManifestJson is null)
+            return new PluginEntry(r.Id, r.Folder, false, r.Error ?? "not loaded", null, r.WorkerId);
+        try
+        {
+            return new PluginEntry(r.Id, r.Folder, true, null, PublishedManifest.Parse(r.ManifestJson), r.WorkerId);
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException)
+        {
+            logger.LogWarning("Worker {Worker} published an unreadable manifest for plugin {Plugin}: {Message}", r.WorkerId, r.Id, e.Message);
+            return new PluginEntry(r.Id, r.Folder, false, $"worker {r.WorkerId} published an unreadable manifest: {e.Message}", null, r.WorkerId);
+        }
+    }
+}
