@@ -8,7 +8,8 @@ namespace InterpMesh.AnalysisWorker.Plugins;
 /// Publishes this worker's plugin catalog to the job store (<see cref="IPluginRegistry"/>) so that
 /// gateways, which load no plugin code, can list plugins and validate submissions: at start, after
 /// a hot reload, and every <see cref="Every"/> as a heartbeat (gateways drop workers not seen for
-/// <see cref="FreshWithin"/>). A stopping worker withdraws its entries.
+/// <see cref="FreshWithin"/>). A stopping worker leaves its entries: during a restart or a rolling
+/// update gateways keep accepting jobs for its plugins, which wait in the queue for the next worker.
 /// </summary>
 public sealed class PluginPublisher(IPluginCatalog catalog, IPluginRegistry registry, WorkerIdentity identity, ILogger<PluginPublisher> logger) : BackgroundService
 {
@@ -62,20 +63,6 @@ public sealed class PluginPublisher(IPluginCatalog catalog, IPluginRegistry regi
         finally
         {
             catalog.Changed -= OnChanged;
-        }
-    }
-
-    public override async Task StopAsync(CancellationToken cancellationToken)
-    {
-        await base.StopAsync(cancellationToken);
-        try
-        {
-            // Gateways stop offering this worker's plugins at once rather than after FreshWithin.
-            await registry.PublishPluginsAsync(identity.Id, [], cancellationToken);
-        }
-        catch (Exception e)
-        {
-            logger.LogWarning("Worker {Worker} could not withdraw its plugins from the job store (they drop out after {Fresh} s): {Message}", identity.Id, FreshWithin.TotalSeconds, e.Message);
         }
     }
 
