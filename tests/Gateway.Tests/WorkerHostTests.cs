@@ -245,4 +245,43 @@ public sealed class WorkerHostTests
             TempFolders.Delete(plugins, data);
         }
     }
+
+    [Fact]
+    public async Task The_worker_exports_its_plugins_runs_and_the_store_s_queue_depth_on_its_metrics_endpoint()
+    {
+        var plugins = await TestPlugins.PluginsFolderAsync();
+        string data = TempFolders.Create("interpmesh-wk-metrics-");
+        int metricsPort = Ports.Free();
+        WebApplication? worker = null, gateway = null;
+        try
+        {
+            var settings = Mesh.WorkerSettings(["http://127.0.0.1:1"], plugins, data);
+            settings["Kestrel:Endpoints:Metrics:Url"] = $"http://127.0.0.1:{metricsPort}";
+            settings["Kestrel:Endpoints:Metrics:Protocols"] = "Http1";
+            worker = await LocalHosts.StartWorkerAsync(settings);
+            (gateway, var address) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, data, startWorker: false);
+            using var channel = Mesh.Channel(address);
+            var client = new AnalysisService.AnalysisServiceClient(channel);
+            var job = await client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 1}""" }, Mesh.As(Mesh.AliceKey));
+            Assert.Equal(JobState.Succeeded, (await SharedJobsTests.WaitUntil(client, job.Id, j => j.State is JobState.Succeeded or JobState.Failed)).State);
+
+            using var http = new HttpClient();
+            string text = await http.GetStringAsync($"http://127.0.0.1:{metricsPort}/metrics");
+            string Line(string name) => text.Split('\n').FirstOrDefault(l => l.StartsWith(name, StringComparison.Ordinal)) ?? "";
+            string all = string.Join(" | ", text.Split('\n').Where(l => l.StartsWith("interpmesh", StringComparison.Ordinal)));
+            // The test plugins folder: six that load (the sample, slow, throws, hangs, chatty, hoards) and four that do not
+            // (future-sdk, throws-on-load, broken-dll, no-manifest).
+            Assert.True(Line("interpmesh_worker_plugins_failed").EndsWith(" 4", StringComparison.Ordinal), all);
+            Assert.True(Line("interpmesh_worker_plugins_loaded").EndsWith(" 6", StringComparison.Ordinal), all);
+            Assert.Contains(text.Split('\n'), l => l.StartsWith("interpmesh_worker_plugin_runs_total", StringComparison.Ordinal)
+                && l.Contains("plugin=\"slow\"", StringComparison.Ordinal) && l.Contains("outcome=\"succeeded\"", StringComparison.Ordinal));
+            Assert.NotEqual("", Line("interpmesh_jobs_queued"));
+            Assert.NotEqual("", Line("interpmesh_worker_jobs_running"));
+        }
+        finally
+        {
+            await Mesh.StopAsync(gateway, worker);
+            TempFolders.Delete(plugins, data);
+        }
+    }
 }
