@@ -11,8 +11,8 @@ public sealed class GatewayOptions
 
     /// <summary>
     /// Keys of gateways that ran jobs themselves, now settings of the analysis worker (section
-    /// <c>Worker</c>, <see href="../../AnalysisWorker/Configuration/WorkerOptions.cs"/>): a gateway
-    /// configured with any of them refuses to start rather than ignore it.
+    /// <c>Worker</c>, src/AnalysisWorker's <c>WorkerOptions</c>): a gateway configured with any of
+    /// them refuses to start rather than ignore it.
     /// </summary>
     public static readonly IReadOnlyDictionary<string, string> MovedToWorker = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase)
     {
