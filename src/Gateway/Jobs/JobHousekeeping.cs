@@ -1,4 +1,5 @@
 using InterpMesh.Gateway.Configuration;
+using InterpMesh.Gateway.Plugins;
 using InterpMesh.Gateway.Telemetry;
 using InterpMesh.Jobs;
 using Microsoft.Extensions.Options;
@@ -8,7 +9,8 @@ namespace InterpMesh.Gateway.Jobs;
 /// <summary>
 /// What a gateway does with the job store besides answering calls: every few seconds it reads the
 /// store's counts and per-key usage for the metrics (<c>interpmesh.jobs.*</c>, over every gateway
-/// and worker), and applies retention: finished jobs beyond <c>Gateway:MaxRetainedJobs</c> (oldest
+/// and worker), reads the plugin catalog (so its gauges are current on a gateway nobody calls), and
+/// applies retention: finished jobs beyond <c>Gateway:MaxRetainedJobs</c> (oldest
 /// first) or older than <c>Gateway:JobRetentionHours</c> are deleted with their events (workers,
 /// which end jobs, do not know the gateway's retention; one indexed delete every few seconds is
 /// what the worker in the gateway used to do after every job). Queued and running jobs are never
@@ -20,14 +22,16 @@ public sealed class JobHousekeeping : BackgroundService
 
     private readonly GatewayOptions options;
     private readonly IJobStore store;
+    private readonly IPluginCatalog catalog;
     private readonly ILogger<JobHousekeeping> logger;
     private JobCounts counts = new(0, 0);
     private IReadOnlyList<KeyUsage> usage = [];
 
-    public JobHousekeeping(IOptions<GatewayOptions> options, IJobStore store, GatewayMetrics metrics, ILogger<JobHousekeeping> logger)
+    public JobHousekeeping(IOptions<GatewayOptions> options, IJobStore store, IPluginCatalog catalog, GatewayMetrics metrics, ILogger<JobHousekeeping> logger)
     {
         this.options = options.Value;
         this.store = store;
+        this.catalog = catalog;
         this.logger = logger;
         metrics.ObserveJobs(() => Volatile.Read(ref counts).Queued, () => Volatile.Read(ref counts).Running);
         metrics.ObserveKeyUsage(() => Volatile.Read(ref usage));
@@ -41,6 +45,7 @@ public sealed class JobHousekeeping : BackgroundService
             {
                 Volatile.Write(ref counts, await store.CountAsync(stoppingToken));
                 Volatile.Write(ref usage, await store.UsageAsync(stoppingToken));
+                await catalog.AllAsync(stoppingToken);
                 var cutoff = options.JobRetentionHours > 0 ? DateTimeOffset.UtcNow.AddHours(-options.JobRetentionHours) : DateTimeOffset.MinValue;
                 await store.PruneAsync(cutoff, options.MaxRetainedJobs, stoppingToken);
             }
@@ -50,7 +55,7 @@ public sealed class JobHousekeeping : BackgroundService
             }
             catch (Exception e)
             {
-                logger.LogWarning("Job counts or retention failed (the job store did not answer): {Message}", e.Message);
+                logger.LogWarning("Job counts, the plugin catalog or retention could not be read (the job store did not answer): {Message}", e.Message);
             }
             try
             {

@@ -41,15 +41,13 @@ public interface IPluginCatalog
 /// The plugin catalog read from the job store (<see cref="IPluginRegistry"/>), where analysis
 /// workers publish theirs at start, after a hot reload and every minute; workers not seen for three
 /// minutes drop out. A read is reused for <c>Gateway:Jobs:PluginCacheMilliseconds</c>; a plugin not
-/// found is looked up again at once if the copy is older than a quarter second, so a worker that
-/// just started is seen by the next submission.
+/// found (or not loaded) is looked up again in a read that starts after the request did (concurrent
+/// misses share one), so a worker that just published is seen by the next submission.
 /// </summary>
 public sealed class StorePluginCatalog : IPluginCatalog
 {
     /// <summary>How recently a worker must have published for its plugins to be offered (three of its one-minute heartbeats).</summary>
     public static readonly TimeSpan FreshWithin = TimeSpan.FromMinutes(3);
-
-    private static readonly TimeSpan RetryMissAfter = TimeSpan.FromMilliseconds(250);
 
     private readonly IPluginRegistry registry;
     private readonly ILogger<StorePluginCatalog> logger;
@@ -57,6 +55,7 @@ public sealed class StorePluginCatalog : IPluginCatalog
     private readonly SemaphoreSlim reading = new(1, 1);
     private volatile Snapshot? last;
 
+    /// <summary>A read of the catalog and when it started (<see cref="Environment.TickCount64"/>).</summary>
     private sealed record Snapshot(IReadOnlyList<PluginEntry> Entries, long ReadAt);
 
     public StorePluginCatalog(IPluginRegistry registry, IOptions<GatewayOptions> options, GatewayMetrics metrics, ILogger<StorePluginCatalog> logger)
@@ -69,27 +68,31 @@ public sealed class StorePluginCatalog : IPluginCatalog
     }
 
     public async Task<IReadOnlyList<PluginEntry>> AllAsync(CancellationToken cancellationToken = default) =>
-        (await ReadAsync(cacheFor, cancellationToken)).Entries;
+        (await ReadAsync(Environment.TickCount64 - (long)cacheFor.TotalMilliseconds, cancellationToken)).Entries;
 
     public async Task<PluginEntry?> FindAsync(string id, CancellationToken cancellationToken = default)
     {
-        var found = (await ReadAsync(cacheFor, cancellationToken)).Entries.FirstOrDefault(e => e.Id == id);
+        long asked = Environment.TickCount64;
+        var found = (await ReadAsync(asked - (long)cacheFor.TotalMilliseconds, cancellationToken)).Entries.FirstOrDefault(e => e.Id == id);
         if (found is null || !found.Loaded)
-            found = (await ReadAsync(RetryMissAfter, cancellationToken)).Entries.FirstOrDefault(e => e.Id == id) ?? found;
+            found = (await ReadAsync(asked, cancellationToken)).Entries.FirstOrDefault(e => e.Id == id) ?? found;
         return found;
     }
 
-    private async Task<Snapshot> ReadAsync(TimeSpan maxAge, CancellationToken ct)
+    /// <summary>The last read if it started after <paramref name="since"/> (ticks, so a read begun in the same millisecond does not count), else a new one.</summary>
+    private async Task<Snapshot> ReadAsync(long since, CancellationToken ct)
     {
-        if (last is { } cached && Environment.TickCount64 - cached.ReadAt <= maxAge.TotalMilliseconds)
+        if (last is { } cached && cached.ReadAt > since)
             return cached;
         await reading.WaitAsync(ct);
         try
         {
-            if (last is { } again && Environment.TickCount64 - again.ReadAt <= maxAge.TotalMilliseconds)
+            // Another caller may have read meanwhile.
+            if (last is { } again && again.ReadAt > since)
                 return again;
+            long started = Environment.TickCount64;
             var records = await registry.ListPluginsAsync(FreshWithin, ct);
-            var snapshot = new Snapshot([.. records.Select(ToEntry)], Environment.TickCount64);
+            var snapshot = new Snapshot([.. records.Select(ToEntry)], started);
             last = snapshot;
             return snapshot;
         }
