@@ -41,8 +41,9 @@ public interface IPluginCatalog
 /// The plugin catalog read from the job store (<see cref="IPluginRegistry"/>), where analysis
 /// workers publish theirs at start, after a hot reload and every minute; workers not seen for three
 /// minutes drop out. A read is reused for <c>Gateway:Jobs:PluginCacheMilliseconds</c>; a plugin not
-/// found (or not loaded) is looked up again in a read that starts after the request did (concurrent
-/// misses share one), so a worker that just published is seen by the next submission.
+/// found (or not loaded), or a catalog with nothing runnable, is looked up again in a read that
+/// starts after the request did (concurrent misses share one), so a worker that just published is
+/// seen by the next call.
 /// </summary>
 public sealed class StorePluginCatalog : IPluginCatalog
 {
@@ -67,8 +68,13 @@ public sealed class StorePluginCatalog : IPluginCatalog
         metrics.ObservePlugins(() => last?.Entries.Count(e => e.Loaded) ?? 0, () => last?.Entries.Count(e => !e.Loaded) ?? 0);
     }
 
-    public async Task<IReadOnlyList<PluginEntry>> AllAsync(CancellationToken cancellationToken = default) =>
-        (await ReadAsync(Environment.TickCount64 - (long)cacheFor.TotalMilliseconds, cancellationToken)).Entries;
+    public async Task<IReadOnlyList<PluginEntry>> AllAsync(CancellationToken cancellationToken = default)
+    {
+        long asked = Environment.TickCount64;
+        var all = (await ReadAsync(asked - (long)cacheFor.TotalMilliseconds, cancellationToken)).Entries;
+        // Nothing runnable is a miss too (a gateway that started before its workers): look again.
+        return all.Any(e => e.Loaded) ? all : (await ReadAsync(asked, cancellationToken)).Entries;
+    }
 
     public async Task<PluginEntry?> FindAsync(string id, CancellationToken cancellationToken = default)
     {
