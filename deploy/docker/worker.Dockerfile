@@ -46,10 +46,11 @@ FROM ${RUNTIME_IMAGE} AS runtime
 WORKDIR /app
 COPY --from=build /app ./
 # Kestrel's endpoints come from appsettings (Kestrel:Endpoints); the base image's default
-# port 8080 would only produce an "overriding addresses" warning. The plugins are in the image.
+# port 8080 would only produce an "overriding addresses" warning. The plugins are in the image, in
+# /app/plugins: Worker:PluginsPath "plugins" of the image's appsettings.json (no environment variable,
+# which would override a mounted appsettings.json that names another folder).
 ENV ASPNETCORE_HTTP_PORTS= \
-    ASPNETCORE_ENVIRONMENT=Production \
-    Worker__PluginsPath=/app/plugins
+    ASPNETCORE_ENVIRONMENT=Production
 EXPOSE 50052 9465
 HEALTHCHECK NONE
 USER 1654

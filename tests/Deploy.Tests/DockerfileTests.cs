@@ -83,7 +83,9 @@ public sealed partial class DockerfileTests
         Assert.Equal(("http://0.0.0.0:9465", "Http1"), (endpoints.GetProperty("Metrics").GetProperty("Url").GetString(), endpoints.GetProperty("Metrics").GetProperty("Protocols").GetString()));
         var lines = Instructions("worker.Dockerfile");
         Assert.Contains(lines, l => l.Op == "RUN" && l.Args.Contains("cp -R plugins /app/plugins", StringComparison.Ordinal));
-        Assert.Contains(lines, l => l.Op == "ENV" && l.Args.Contains("Worker__PluginsPath=/app/plugins", StringComparison.Ordinal));
+        // The image's appsettings.json names them (relative to /app); no environment variable overrides a mounted one.
+        Assert.Equal("plugins", settings.RootElement.GetProperty("Worker").GetProperty("PluginsPath").GetString());
+        Assert.DoesNotContain(lines, l => l.Op == "ENV" && l.Args.Contains("Worker__", StringComparison.Ordinal));
     }
 
     [Fact]
