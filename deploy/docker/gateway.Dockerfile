@@ -1,11 +1,11 @@
 # syntax=docker/dockerfile:1
-# The gateway image: the gateway plus the built-in plugins (probing, retrieval-heads, sae,
-# steering) in /app/plugins. Build from the repository root:
+# The gateway image: the stateless front door only. No plugins and no libtorch: analysis
+# workers run the plugins (deploy/docker/worker.Dockerfile, image interpmesh/worker) and publish
+# them in the job store, where the gateway lists and validates them. Build from the repository root:
 #   docker build -f deploy/docker/gateway.Dockerfile -t interpmesh/gateway:0.1.0 .
 #
-# Both stages are Ubuntu 24.04 "noble": its libstdc++ (GCC 14) exports GLIBCXX_3.4.32, so
-# TorchSharp's libLibTorchSharp.so loads as shipped. build/torchsharp-compat/apply.sh (run by
-# every build and publish) sees that and does nothing; the build fails if it patched anyway.
+# Both stages are Ubuntu 24.04 "noble", like the other images; the build checks that no
+# TorchSharp compatibility shim or libtorch found its way into /app.
 #
 # Runs as the image's non-root user `app` (uid 1654), with a read-only root filesystem in
 # Kubernetes (writable: /tmp and the data volume). Health: no Docker HEALTHCHECK, because the
@@ -15,9 +15,6 @@ ARG SDK_IMAGE=mcr.microsoft.com/dotnet/sdk:10.0-noble
 ARG RUNTIME_IMAGE=mcr.microsoft.com/dotnet/aspnet:10.0-noble
 
 FROM ${SDK_IMAGE} AS build
-# gcc builds libmkl-cpu-dispatch.so (build/torchsharp-compat/mkl-cpu-dispatch.c), which lets
-# libtorch's oneMKL use its AVX2/AVX-512 kernels on AMD processors (docs/torchsharp-on-debian.md).
-RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY global.json nuget.config Directory.Build.props Directory.Build.targets Directory.Packages.props ./
 COPY build/ build/
@@ -25,18 +22,15 @@ COPY protos/ protos/
 COPY src/Contracts/ src/Contracts/
 COPY src/Client/ src/Client/
 COPY src/ServiceDefaults/ src/ServiceDefaults/
-COPY src/ModelService/Runtime/ src/ModelService/Runtime/
 COPY src/Jobs/ src/Jobs/
-COPY src/Plugins/ src/Plugins/
+COPY src/Routing/ src/Routing/
+COPY src/Artifacts/ src/Artifacts/
 COPY src/Gateway/ src/Gateway/
-# Plugins lay themselves out in /src/plugins/<id>/ when built (src/Plugins/Plugin.targets).
 RUN dotnet publish src/Gateway/InterpMesh.Gateway.csproj -c Release -o /app \
- && for p in Probing RetrievalHeads SAE Steering; do \
-      dotnet build "src/Plugins/$p/InterpMesh.Plugins.$p.csproj" -c Release || exit 1; \
-    done \
- && cp -R plugins /app/plugins \
  && test ! -e /app/libglibcxx-shim.so \
- && test -e /app/libmkl-cpu-dispatch.so
+ && test ! -e /app/libtorch.so \
+ && test ! -e /app/TorchSharp.dll \
+ && test ! -e /app/plugins
 
 FROM ${RUNTIME_IMAGE} AS runtime
 WORKDIR /app

@@ -5,7 +5,7 @@ namespace InterpMesh.Client;
 
 public sealed partial class MeshClient
 {
-    /// <summary>The plugins the gateway hosts (and why any failed to load).</summary>
+    /// <summary>The plugins the gateway offers, as its analysis workers published them (and why any failed to load).</summary>
     public async Task<ListPluginsResponse> ListPluginsAsync(CancellationToken cancellationToken = default) =>
         await Analyses.ListPluginsAsync(new ListPluginsRequest(), cancellationToken: cancellationToken).ConfigureAwait(false);
 

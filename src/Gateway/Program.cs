@@ -1,5 +1,5 @@
 using InterpMesh.Gateway.Hosting;
 
-// Settings: appsettings.json, environment (Gateway__PluginsPath=…), or command line. See GatewayOptions.
+// Settings: appsettings.json, environment (Gateway__ArtifactsPath=…), or command line. See GatewayOptions.
 var app = GatewayApp.Build(args);
 app.Run();

@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using System.Text;
+using InterpMesh.AnalysisWorker.Hosting;
 using InterpMesh.Gateway.Hosting;
 using InterpMesh.ModelService.Hosting;
 using Microsoft.AspNetCore.Builder;
@@ -10,9 +11,12 @@ using Microsoft.Extensions.Hosting;
 namespace InterpMesh.Hosting;
 
 /// <summary>
-/// Model services and gateways in this process, configured only by the settings given (the
-/// appsettings files of the apps do not apply): gRPC over HTTP/2 on a free loopback port unless
-/// the settings say otherwise, warnings and errors logged.
+/// Model services, gateways and analysis workers in this process, configured only by the settings
+/// given (the appsettings files of the apps do not apply): gRPC over HTTP/2 on a free loopback port
+/// unless the settings say otherwise, warnings and errors logged. <c>interpmesh up</c> and the demo
+/// start one gateway and one worker that share the data folder's embedded job store
+/// (<c>jobs/jobs.db</c>) and artifact folder, as a deployment's gateways and workers share one
+/// database and one volume.
 /// </summary>
 public static class LocalHosts
 {
@@ -66,17 +70,59 @@ public static class LocalHosts
     }
 
     /// <summary>
-    /// The settings of a gateway in front of <paramref name="models"/> (name → model-service address;
-    /// the first is the default) with the plugins in <paramref name="pluginsPath"/>, its jobs and
-    /// artifacts under <paramref name="dataDir"/>, no rate limit, and auth only when
-    /// <paramref name="key"/> is given (that key gets the admin role). Callers add or override the rest.
+    /// Starts an analysis worker with <paramref name="settings"/> (see <see cref="WorkerSettings"/>);
+    /// its plugins are loaded and published to the job store when this returns.
+    /// <paramref name="configure"/> has the last say over the builder.
     /// </summary>
-    public static Dictionary<string, string?> GatewaySettings(IReadOnlyDictionary<string, string> models, string pluginsPath, string dataDir, string? key = null)
+    public static async Task<WebApplication> StartWorkerAsync(IEnumerable<KeyValuePair<string, string?>> settings, Action<WebApplicationBuilder>? configure = null)
+    {
+        var all = Merge(settings);
+        var app = AnalysisWorkerApp.Build([], b =>
+        {
+            b.Configuration.Sources.Clear();
+            b.Configuration.AddInMemoryCollection(all);
+            LocalShutdown(b);
+            configure?.Invoke(b);
+        });
+        await app.StartAsync().ConfigureAwait(false);
+        return app;
+    }
+
+    /// <summary>
+    /// The settings of an analysis worker beside a gateway from <see cref="GatewaySettings"/>: the
+    /// same <paramref name="models"/> (name → model-service address; the first is the default), the
+    /// plugins in <paramref name="pluginsPath"/>, the job store and artifacts under the same
+    /// <paramref name="dataDir"/>. In-process workers do not recycle their process
+    /// (<c>Worker:RecycleStuckPlugins=false</c>): stopping it would stop everything else in it.
+    /// </summary>
+    public static Dictionary<string, string?> WorkerSettings(IReadOnlyDictionary<string, string> models, string pluginsPath, string dataDir)
     {
         ArgumentNullException.ThrowIfNull(models);
         var settings = new Dictionary<string, string?>
         {
-            ["Gateway:PluginsPath"] = pluginsPath,
+            ["Worker:PluginsPath"] = pluginsPath,
+            ["Worker:ArtifactsPath"] = Path.Combine(dataDir, "artifacts"),
+            ["Worker:JobsPath"] = Path.Combine(dataDir, "jobs"),
+            ["Worker:RecycleStuckPlugins"] = "false",
+        };
+        foreach (var (name, address) in models)
+            settings[$"Worker:Models:{name}:Endpoints:0"] = address;
+        if (models.Count > 0)
+            settings["Worker:DefaultModel"] = models.Keys.First();
+        return settings;
+    }
+
+    /// <summary>
+    /// The settings of a gateway in front of <paramref name="models"/> (name → model-service address;
+    /// the first is the default), its jobs and artifacts under <paramref name="dataDir"/>, no rate
+    /// limit, and auth only when <paramref name="key"/> is given (that key gets the admin role).
+    /// Callers add or override the rest. Plugins are the worker's (<see cref="WorkerSettings"/>).
+    /// </summary>
+    public static Dictionary<string, string?> GatewaySettings(IReadOnlyDictionary<string, string> models, string dataDir, string? key = null)
+    {
+        ArgumentNullException.ThrowIfNull(models);
+        var settings = new Dictionary<string, string?>
+        {
             ["Gateway:ArtifactsPath"] = Path.Combine(dataDir, "artifacts"),
             ["Gateway:JobsPath"] = Path.Combine(dataDir, "jobs"),
             ["Gateway:Auth:Enabled"] = key is null ? "false" : "true",
@@ -102,7 +148,7 @@ public static class LocalHosts
     /// <summary>The SHA-256 a gateway's key list holds for <paramref name="key"/>.</summary>
     public static string KeyHash(string key) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(key)));
 
-    /// <summary>Stops and disposes hosts in the order given (a gateway before the services behind it); nulls are skipped.</summary>
+    /// <summary>Stops and disposes hosts in the order given (a gateway before the workers and services behind it); nulls are skipped.</summary>
     public static async Task StopAsync(params WebApplication?[] apps)
     {
         ArgumentNullException.ThrowIfNull(apps);

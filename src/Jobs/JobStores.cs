@@ -6,6 +6,12 @@ namespace InterpMesh.Jobs;
 /// </summary>
 public static class JobStores
 {
+    /// <summary>The environment variable gateways and workers read the PostgreSQL connection string from when their configuration sets none.</summary>
+    public const string ConnectionStringVariable = "INTERPMESH_JOBS_CONNECTION_STRING";
+
+    /// <summary>The embedded store's file in a host's jobs folder: one data folder serves a gateway and a worker.</summary>
+    public const string EmbeddedFileName = "jobs.db";
+
     /// <param name="connectionString">An Npgsql connection string; null or empty for the embedded store.</param>
     /// <param name="embeddedPath">The SQLite file used when there is no connection string.</param>
     public static async Task<SqlJobStore> OpenAsync(string? connectionString, string embeddedPath, JobStoreOptions? options = null, CancellationToken cancellationToken = default)

@@ -14,7 +14,7 @@ namespace InterpMesh.Jobs;
 /// LOCKED]</c>; SQLite runs one writer at a time (<c>BEGIN IMMEDIATE</c>), so it needs no locking
 /// clauses. Times are Unix milliseconds from <see cref="JobStoreOptions.Clock"/>.
 /// </summary>
-public abstract class SqlJobStore : IJobStore, IJobQueue, IAsyncDisposable
+public abstract class SqlJobStore : IJobStore, IJobQueue, IPluginRegistry, IAsyncDisposable
 {
     private const string Columns =
         "id, owner, plugin, model, parameters_json, timeout_seconds, trace_parent, state, created_ms, started_ms, finished_ms, " +
@@ -330,6 +330,57 @@ public abstract class SqlJobStore : IJobStore, IJobQueue, IAsyncDisposable
                 running = Long(reader, 1);
         }
         return new JobCounts(queued, running);
+    }
+
+    // ---- IPluginRegistry -----------------------------------------------------------------------
+
+    public async Task PublishPluginsAsync(string workerId, IReadOnlyList<PublishedPlugin> plugins, CancellationToken cancellationToken = default)
+    {
+        if (string.IsNullOrWhiteSpace(workerId))
+            throw Invalid("a worker id is required to publish plugins (readers tell workers apart by it)");
+        ArgumentNullException.ThrowIfNull(plugins);
+        foreach (var group in plugins.GroupBy(p => p.Id, StringComparer.Ordinal).Where(g => g.Count() > 1))
+            throw Invalid($"plugin '{group.Key}' is published twice by worker '{workerId}'; a worker publishes each plugin id once");
+        foreach (var p in plugins)
+        {
+            if (string.IsNullOrWhiteSpace(p.Id))
+                throw Invalid($"worker '{workerId}' published a plugin without an id");
+            if (p.Loaded && string.IsNullOrEmpty(p.ManifestJson))
+                throw Invalid($"plugin '{p.Id}' is published as loaded without its manifest");
+        }
+        long now = Now();
+        await using var write = await BeginWriteAsync(cancellationToken);
+        await ExecuteAsync(write, "DELETE FROM plugins WHERE worker_id = @w", cancellationToken, ("w", workerId));
+        foreach (var p in plugins)
+        {
+            await ExecuteAsync(write,
+                "INSERT INTO plugins (worker_id, plugin_id, folder, loaded, error, manifest_json, updated_ms) VALUES (@w, @id, @folder, @loaded, @error, @manifest, @now)",
+                cancellationToken, ("w", workerId), ("id", p.Id), ("folder", p.Folder ?? ""), ("loaded", p.Loaded), ("error", p.Error), ("manifest", p.ManifestJson), ("now", now));
+        }
+        await write.CommitAsync(cancellationToken);
+    }
+
+    public async Task<IReadOnlyList<PluginRecord>> ListPluginsAsync(TimeSpan freshWithin, CancellationToken cancellationToken = default)
+    {
+        if (freshWithin <= TimeSpan.Zero)
+            throw Invalid($"plugins are listed from workers seen within a positive time, not {freshWithin}");
+        long since = Now() - (long)freshWithin.TotalMilliseconds;
+        await using var connection = await OpenConnectionAsync(cancellationToken);
+        await using var command = Command(connection, null,
+            "SELECT plugin_id, folder, loaded, error, manifest_json, worker_id, updated_ms FROM plugins WHERE updated_ms >= @since ORDER BY plugin_id, updated_ms DESC, worker_id",
+            ("since", since));
+        var rows = new List<PluginRecord>();
+        await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
+        {
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                rows.Add(new PluginRecord(reader.GetString(0), reader.GetString(1), Long(reader, 2) != 0,
+                    reader.IsDBNull(3) ? null : reader.GetString(3), reader.IsDBNull(4) ? null : reader.GetString(4),
+                    reader.GetString(5), DateTimeOffset.FromUnixTimeMilliseconds(Long(reader, 6))));
+            }
+        }
+        // Rows come newest first within an id: the first loaded one, else the newest.
+        return [.. rows.GroupBy(r => r.Id, StringComparer.Ordinal).Select(g => g.FirstOrDefault(r => r.Loaded) ?? g.First())];
     }
 
     // ---- IJobQueue ----------------------------------------------------------------------------

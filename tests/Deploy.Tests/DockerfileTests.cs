@@ -8,7 +8,8 @@ namespace InterpMesh.Deploy.Tests;
 /// Static checks of deploy/docker/*.Dockerfile (no container engine runs here): multi-stage,
 /// pinned noble base images (new enough libstdc++ for TorchSharp), a numeric non-root user, the
 /// ports the manifests use, COPY sources that exist, and the CUDA switch wired to the MSBuild
-/// property the runtime project reads.
+/// property the runtime project reads. The analysis worker's image is checked the same way, its
+/// ports against its own appsettings.json until the manifests run it (then it joins <see cref="Images"/>).
 /// </summary>
 public sealed partial class DockerfileTests
 {
@@ -19,9 +20,30 @@ public sealed partial class DockerfileTests
         { "model-service.Dockerfile", "interpmesh/model-service", "src/ModelService/Host/InterpMesh.ModelService.csproj" },
     };
 
+    /// <summary>Every image built here: <see cref="Images"/> and the analysis worker's.</summary>
+    public static readonly TheoryData<string, string, string> BuildImages = new()
+    {
+        { "gateway.Dockerfile", "interpmesh/gateway", "src/Gateway/InterpMesh.Gateway.csproj" },
+        { "model-service.Dockerfile", "interpmesh/model-service", "src/ModelService/Host/InterpMesh.ModelService.csproj" },
+        { "worker.Dockerfile", "interpmesh/worker", "src/AnalysisWorker/InterpMesh.AnalysisWorker.csproj" },
+    };
+
     [Theory]
     [MemberData(nameof(Images))]
     public void The_image_is_multi_stage_non_root_and_pinned_to_a_base_with_a_new_enough_libstdcxx(string dockerfile, string image, string project)
+    {
+        var exposed = CheckImage(dockerfile, project);
+        // The ports it exposes are the ones the pods declare, in every kustomization.
+        foreach (var kustomization in Rendered.Kustomizations)
+        {
+            var containers = Rendered.Of(kustomization).PodTemplates().SelectMany(t => t.Template.Spec.Containers).Where(c => c.Image.StartsWith(image + ":", StringComparison.Ordinal)).ToList();
+            Assert.NotEmpty(containers);
+            Assert.All(containers, c => Assert.Equal(exposed, c.Ports.Select(p => p.ContainerPort).Order().ToList()));
+        }
+    }
+
+    /// <summary>The checks that need no manifest: multi-stage on noble, non-root, no shim, publishes and starts its project; returns the ports it exposes.</summary>
+    private static List<int> CheckImage(string dockerfile, string project)
     {
         var lines = Instructions(dockerfile);
         var args = lines.Where(l => l.Op == "ARG").Select(l => l.Args.Split('=', 2)).Where(a => a.Length == 2).ToDictionary(a => a[0], a => a[1], StringComparer.Ordinal);
@@ -46,18 +68,38 @@ public sealed partial class DockerfileTests
         Assert.Contains(lines, l => l.Op == "RUN" && l.Args.Contains($"dotnet publish {project}", StringComparison.Ordinal));
         string assembly = XDocument.Load(Path.Combine(RepoPaths.Root, project)).Descendants("AssemblyName").Single().Value;
         Assert.Equal($"[\"dotnet\", \"{assembly}.dll\"]", lines.Last(l => l.Op == "ENTRYPOINT").Args);
-        // The ports it exposes are the ones the pods declare, in every kustomization.
-        var exposed = lines.Where(l => l.Op == "EXPOSE").SelectMany(l => l.Args.Split(' ', StringSplitOptions.RemoveEmptyEntries)).Select(int.Parse).Order().ToList();
-        foreach (var kustomization in Rendered.Kustomizations)
-        {
-            var containers = Rendered.Of(kustomization).PodTemplates().SelectMany(t => t.Template.Spec.Containers).Where(c => c.Image.StartsWith(image + ":", StringComparison.Ordinal)).ToList();
-            Assert.NotEmpty(containers);
-            Assert.All(containers, c => Assert.Equal(exposed, c.Ports.Select(p => p.ContainerPort).Order().ToList()));
-        }
+        return lines.Where(l => l.Op == "EXPOSE").SelectMany(l => l.Args.Split(' ', StringSplitOptions.RemoveEmptyEntries)).Select(int.Parse).Order().ToList();
+    }
+
+    [Fact]
+    public void The_worker_image_exposes_the_ports_of_its_appsettings_and_carries_the_built_in_plugins()
+    {
+        var exposed = CheckImage("worker.Dockerfile", "src/AnalysisWorker/InterpMesh.AnalysisWorker.csproj");
+        Assert.Equal([9465, 50052], exposed);
+        // The contract the manifests follow: gRPC health on 50052 (HTTP/2), metrics on 9465 (HTTP/1.1).
+        using var settings = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(RepoPaths.Root, "src/AnalysisWorker/appsettings.json")));
+        var endpoints = settings.RootElement.GetProperty("Kestrel").GetProperty("Endpoints");
+        Assert.Equal(("http://0.0.0.0:50052", "Http2"), (endpoints.GetProperty("Grpc").GetProperty("Url").GetString(), endpoints.GetProperty("Grpc").GetProperty("Protocols").GetString()));
+        Assert.Equal(("http://0.0.0.0:9465", "Http1"), (endpoints.GetProperty("Metrics").GetProperty("Url").GetString(), endpoints.GetProperty("Metrics").GetProperty("Protocols").GetString()));
+        var lines = Instructions("worker.Dockerfile");
+        Assert.Contains(lines, l => l.Op == "RUN" && l.Args.Contains("cp -R plugins /app/plugins", StringComparison.Ordinal));
+        // The image's appsettings.json names them (relative to /app); no environment variable overrides a mounted one.
+        Assert.Equal("plugins", settings.RootElement.GetProperty("Worker").GetProperty("PluginsPath").GetString());
+        Assert.DoesNotContain(lines, l => l.Op == "ENV" && l.Args.Contains("Worker__", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void The_gateway_image_carries_no_plugins_and_no_libtorch()
+    {
+        var lines = Instructions("gateway.Dockerfile");
+        Assert.DoesNotContain(lines, l => l.Op == "COPY" && (l.Args.Contains("src/Plugins", StringComparison.Ordinal) || l.Args.Contains("src/ModelService", StringComparison.Ordinal)));
+        var run = lines.Single(l => l.Op == "RUN" && l.Args.Contains("dotnet publish", StringComparison.Ordinal)).Args;
+        Assert.Contains("test ! -e /app/plugins", run, StringComparison.Ordinal);
+        Assert.Contains("test ! -e /app/TorchSharp.dll", run, StringComparison.Ordinal);
     }
 
     [Theory]
-    [MemberData(nameof(Images))]
+    [MemberData(nameof(BuildImages))]
     public void Every_copied_path_exists_and_is_in_the_build_context(string dockerfile, string image, string project)
     {
         _ = image;

@@ -36,11 +36,12 @@ internal static partial class Services
             ?? throw new InvalidOperationException("no Gateway section");
         // Check against the pod's volumes, laid out in a scratch folder.
         var pod = new PodFiles(manifests, template.Spec, container);
-        o.PluginsPath = pod.Locate(o.PluginsPath, "Gateway:PluginsPath", need: PodFiles.Need.Folder);
         o.ArtifactsPath = pod.Locate(o.ArtifactsPath, "Gateway:ArtifactsPath", need: PodFiles.Need.WritableFolder);
         o.JobsPath = pod.Locate(o.JobsPath, "Gateway:JobsPath", need: PodFiles.Need.WritableFolder);
         if (o.Auth.KeysFile is { Length: > 0 } keys)
             o.Auth.KeysFile = pod.Locate(keys, "Gateway:Auth:KeysFile", need: PodFiles.Need.SecretFile);
+        // Settings that moved to the analysis worker are refused, as the gateway refuses them at start.
+        o.MovedKeysSet.AddRange(GatewayOptionsValidator.MovedKeys(configuration));
         Check(new GatewayOptionsValidator().Validate(null, o), "gateway");
         return Checked(o, configuration, container);
     }

@@ -6,6 +6,7 @@ using Google.Protobuf;
 using Grpc.Core;
 using InterpMesh.Contracts.V1;
 using InterpMesh.Engine.Requests;
+using InterpMesh.AnalysisWorker.Plugins;
 using InterpMesh.Gateway.Plugins;
 using InterpMesh.ModelService.Configuration;
 using InterpMesh.ModelService.Grpc;

@@ -1,6 +1,6 @@
 using System.Text;
 using System.Text.Json.Nodes;
-using InterpMesh.Gateway.Artifacts;
+using InterpMesh.Artifacts;
 
 namespace InterpMesh.Gateway.Tests;
 
@@ -183,7 +183,7 @@ public sealed class ArtifactSizeLimitTests
     public void A_size_limit_below_one_byte_stops_the_start()
     {
         var options = new Configuration.GatewayOptions { Auth = { Enabled = false } };
-        options.Models["tiny"] = new Configuration.ModelRoute { Endpoints = ["http://127.0.0.1:1"] };
+        options.Models["tiny"] = new InterpMesh.Routing.ModelRoute { Endpoints = ["http://127.0.0.1:1"] };
         options.Limits.MaxArtifactBytes = 0;
         var result = new Configuration.GatewayOptionsValidator().Validate(null, options);
         Assert.Equal(["Gateway:Limits:MaxArtifactBytes must be at least 1, got 0"], result.Failures);

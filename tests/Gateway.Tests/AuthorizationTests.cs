@@ -3,6 +3,7 @@ using Grpc.Core;
 using InterpMesh.Contracts.V1;
 using InterpMesh.Gateway.Configuration;
 using InterpMesh.Gateway.Security;
+using InterpMesh.Routing;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 using ServiceDescriptor = Google.Protobuf.Reflection.ServiceDescriptor;

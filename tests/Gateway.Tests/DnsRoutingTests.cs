@@ -4,6 +4,7 @@ using Grpc.Net.Client;
 using InterpMesh.Contracts.V1;
 using InterpMesh.Gateway.Configuration;
 using InterpMesh.Gateway.Routing;
+using InterpMesh.Routing;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 

@@ -182,22 +182,33 @@ public sealed class FaultTests
     }
 
     [Fact]
-    public async Task A_plugin_allocating_without_bound_fails_its_job_as_resource_exhausted_and_the_gateway_keeps_serving()
+    public async Task A_plugin_allocating_without_bound_fails_its_job_as_resource_exhausted_and_the_worker_keeps_serving()
     {
         var plugins = await TestPlugins.PluginsFolderAsync();
-        int port = Ports.Free();
+        int port = Ports.Free(), workerPort = Ports.Free();
         string data = TempDir();
-        // As in a container with a memory limit: the runtime caps the managed heap (here 384 MiB).
-        using var gateway = new ServiceProcess("InterpMesh.Gateway",
+        using var front = new ServiceProcess("InterpMesh.Gateway",
         [
-            "--Gateway:Models:none:Endpoints:0=http://127.0.0.1:1", $"--Gateway:PluginsPath={plugins}",
+            "--Gateway:Models:none:Endpoints:0=http://127.0.0.1:1",
             $"--Gateway:ArtifactsPath={Path.Combine(data, "artifacts")}", $"--Gateway:JobsPath={Path.Combine(data, "jobs")}",
             "--Gateway:Auth:Enabled=true", "--Gateway:Auth:Keys:0:Name=alice", $"--Gateway:Auth:Keys:0:Sha256={Mesh.Hash(Mesh.AliceKey)}", "--Gateway:Auth:Keys:0:Roles:0=analyze",
             $"--Kestrel:Endpoints:Grpc:Url=http://127.0.0.1:{port}", "--Kestrel:Endpoints:Grpc:Protocols=Http2", "--Logging:LogLevel:Default=Warning",
+        ]);
+        // The plugins run in the worker: as in a container with a memory limit, the runtime caps its managed heap (here 384 MiB).
+        using var gateway = new ServiceProcess("InterpMesh.AnalysisWorker",
+        [
+            "--Worker:Models:none:Endpoints:0=http://127.0.0.1:1", $"--Worker:PluginsPath={plugins}",
+            $"--Worker:ArtifactsPath={Path.Combine(data, "artifacts")}", $"--Worker:JobsPath={Path.Combine(data, "jobs")}",
+            $"--Kestrel:Endpoints:Grpc:Url=http://127.0.0.1:{workerPort}", "--Kestrel:Endpoints:Grpc:Protocols=Http2", "--Logging:LogLevel:Default=Warning",
         ], new Dictionary<string, string> { ["DOTNET_GCHeapHardLimit"] = (384L << 20).ToString("X", CultureInfo.InvariantCulture) });
         using var channel = Mesh.Channel($"http://127.0.0.1:{port}");
         var analyses = new AnalysisService.AnalysisServiceClient(channel);
-        await ServiceProcess.WaitUntilAsync(async () => await analyses.ListPluginsAsync(new ListPluginsRequest(), Mesh.As(Mesh.AliceKey)), "the gateway", gateway);
+        await ServiceProcess.WaitUntilAsync(async () =>
+        {
+            var listed = await analyses.ListPluginsAsync(new ListPluginsRequest(), Mesh.As(Mesh.AliceKey));
+            if (!listed.Plugins.Any(p => p.Id == "hoards" && p.Loaded))
+                throw new RpcException(new Status(StatusCode.Unavailable, "the worker has not published its plugins yet"));
+        }, "the gateway and the worker", gateway);
 
         var hoard = await Final(analyses.RunAnalysis(new AnalysisRequest { Plugin = "hoards" }, Mesh.As(Mesh.AliceKey)));
         Assert.Equal(JobState.Failed, hoard.State);

@@ -7,6 +7,7 @@ using Google.Protobuf;
 using Grpc.Core;
 using InterpMesh.Contracts.V1;
 using InterpMesh.Gateway.Routing;
+using InterpMesh.Routing;
 using InterpMesh.Gateway.Telemetry;
 using InterpMesh.ModelService.Hosting;
 using Microsoft.AspNetCore.Builder;

@@ -2,8 +2,11 @@ using System.Text.RegularExpressions;
 using FsCheck;
 using FsCheck.Fluent;
 using InterpMesh.Contracts.Artifacts;
-using InterpMesh.Gateway.Artifacts;
+using InterpMesh.Artifacts;
 using InterpMesh.Gateway.Configuration;
+using InterpMesh.AnalysisWorker.Configuration;
+using InterpMesh.AnalysisWorker.Plugins;
+using InterpMesh.AnalysisWorker.Telemetry;
 using InterpMesh.Gateway.Plugins;
 using InterpMesh.Gateway.Telemetry;
 using Microsoft.Extensions.DependencyInjection;
@@ -104,7 +107,7 @@ public sealed partial class HostileNameTests
     private static PluginCatalog Catalog(string root)
     {
         var meters = new ServiceCollection().AddMetrics().BuildServiceProvider().GetRequiredService<IMeterFactory>();
-        return new PluginCatalog(Options.Create(new GatewayOptions { PluginsPath = root }), NullLogger<PluginCatalog>.Instance, new GatewayMetrics(meters));
+        return new PluginCatalog(Options.Create(new WorkerOptions { PluginsPath = root }), NullLogger<PluginCatalog>.Instance, new WorkerMetrics(meters));
     }
 
     [Fact]

@@ -16,7 +16,7 @@ public sealed class HotReloadTests
         TestPlugins.Copy(v1, folder);
         File.WriteAllText(Path.Combine(folder, "plugin.json"), """{ "id": "versioned", "assembly": "Misbehaving.dll", "type": "Misbehaving.Versioned" }""");
         var (gateway, address) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], root, Path.Combine(root, "..", Path.GetFileName(root) + "-data"),
-            new() { ["Gateway:HotReload"] = "true" });
+            new() { ["Worker:HotReload"] = "true" });
         try
         {
             using var channel = Mesh.Channel(address);

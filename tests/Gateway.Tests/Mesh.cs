@@ -40,7 +40,7 @@ public static class TestPlugins
 
 }
 
-/// <summary>One model service and one gateway in front of it, shared by a test class.</summary>
+/// <summary>One model service, one gateway in front of it and one analysis worker running the test plugins against it, shared by a test class.</summary>
 public sealed class MeshFixture : IAsyncLifetime
 {
     private WebApplication? service;
@@ -53,6 +53,9 @@ public sealed class MeshFixture : IAsyncLifetime
     public int MetricsPort { get; } = Ports.Free();
     public GrpcChannel Channel { get; private set; } = null!;
     public IServiceProvider GatewayServices => gateway!.Services;
+
+    /// <summary>The analysis worker beside the gateway (it loads the plugins and runs the jobs).</summary>
+    public IServiceProvider WorkerServices => Mesh.WorkerOf(gateway!).Services;
 
     public async Task InitializeAsync()
     {

@@ -16,7 +16,7 @@ public sealed class PostgresJobsTests(PostgresCluster cluster) : IClassFixture<P
     {
         var plugins = await TestPlugins.PluginsFolderAsync();
         string dataA = TempFolders.Create("interpmesh-gw-pg-a-"), dataB = TempFolders.Create("interpmesh-gw-pg-b-");
-        var settings = new Dictionary<string, string?> { ["Gateway:Jobs:ConnectionString"] = await cluster.CreateDatabaseAsync(), ["Gateway:Jobs:LeaseSeconds"] = "3" };
+        var settings = new Dictionary<string, string?> { ["Gateway:Jobs:ConnectionString"] = await cluster.CreateDatabaseAsync(), ["Worker:Jobs:LeaseSeconds"] = "3" };
         WebApplication? a = null, b = null;
         try
         {

@@ -170,8 +170,8 @@ public sealed class LimitsOptionsTests
     public void Limits_that_cannot_work_and_model_names_over_their_length_stop_the_start()
     {
         var options = new Configuration.GatewayOptions();
-        options.Models["tiny"] = new Configuration.ModelRoute { Endpoints = ["http://127.0.0.1:1"] };
-        options.Models[new string('m', 129)] = new Configuration.ModelRoute { Endpoints = ["http://127.0.0.1:1"] };
+        options.Models["tiny"] = new InterpMesh.Routing.ModelRoute { Endpoints = ["http://127.0.0.1:1"] };
+        options.Models[new string('m', 129)] = new InterpMesh.Routing.ModelRoute { Endpoints = ["http://127.0.0.1:1"] };
         options.Auth.Enabled = false;
         options.Limits.MaxParametersBytes = 1;
         options.Limits.MaxMetadataBytes = 1 << 20;
@@ -190,7 +190,7 @@ public sealed class LimitsOptionsTests
         ], result.Failures);
         // The defaults pass.
         var defaults = new Configuration.GatewayOptions { Auth = { Enabled = false } };
-        defaults.Models["tiny"] = new Configuration.ModelRoute { Endpoints = ["http://127.0.0.1:1"] };
+        defaults.Models["tiny"] = new InterpMesh.Routing.ModelRoute { Endpoints = ["http://127.0.0.1:1"] };
         Assert.True(new Configuration.GatewayOptionsValidator().Validate(null, defaults).Succeeded);
     }
 }

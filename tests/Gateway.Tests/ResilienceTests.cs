@@ -75,7 +75,7 @@ public sealed class ResilienceTests
         string data = TempFolders.Create("interpmesh-gw-queue-");
         var (gateway, address) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, data, new()
         {
-            ["Gateway:MaxConcurrentJobs"] = "1",
+            ["Worker:MaxConcurrentJobs"] = "1",
             ["Gateway:MaxQueuedJobs"] = "1",
         });
         try

@@ -4,6 +4,9 @@ using System.Reflection.Metadata;
 using System.Reflection.Metadata.Ecma335;
 using System.Reflection.PortableExecutable;
 using InterpMesh.Gateway.Configuration;
+using InterpMesh.AnalysisWorker.Configuration;
+using InterpMesh.AnalysisWorker.Plugins;
+using InterpMesh.AnalysisWorker.Telemetry;
 using InterpMesh.Gateway.Plugins;
 using InterpMesh.Gateway.Telemetry;
 using Microsoft.Extensions.DependencyInjection;
@@ -34,7 +37,7 @@ public sealed class SdkMajorVersionTests
     public void A_plugin_built_against_a_newer_major_is_refused_naming_both_versions()
     {
         var e = Assert.Throws<InvalidOperationException>(() => PluginCatalog.CheckSdkReference([Sdk("3.1.0.0")], "New.dll"));
-        Assert.Contains("built against InterpMesh.Plugins.Abstractions 3.1, newer than this gateway's 2.0", e.Message, StringComparison.Ordinal);
+        Assert.Contains("built against InterpMesh.Plugins.Abstractions 3.1, newer than this worker's 2.0", e.Message, StringComparison.Ordinal);
     }
 
     [Theory]
@@ -57,7 +60,7 @@ public sealed class SdkMajorVersionTests
             File.WriteAllBytes(Path.Combine(folder, "SdkOne.dll"), AssemblyReferencingSdk(new Version(1, 2, 0, 0)));
 
             var meters = new ServiceCollection().AddMetrics().BuildServiceProvider().GetRequiredService<IMeterFactory>();
-            using var catalog = new PluginCatalog(Options.Create(new GatewayOptions { PluginsPath = root }), NullLogger<PluginCatalog>.Instance, new GatewayMetrics(meters));
+            using var catalog = new PluginCatalog(Options.Create(new WorkerOptions { PluginsPath = root }), NullLogger<PluginCatalog>.Instance, new WorkerMetrics(meters));
             var entry = Assert.Single(catalog.All);
             Assert.False(entry.Loaded);
             Assert.Equal("InvalidOperationException: SdkOne.dll " + Rebuild, entry.Error);

@@ -1,5 +1,6 @@
 using Grpc.Core;
 using InterpMesh.Contracts.V1;
+using InterpMesh.Hosting;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.DependencyInjection;
 
@@ -7,8 +8,8 @@ namespace InterpMesh.Gateway.Tests;
 
 /// <summary>
 /// Jobs in the shared job store: two gateway replicas on one store (here the embedded file both are
-/// pointed at; PostgreSQL runs the same code and the same store suite in Jobs.Tests), each hosting a
-/// worker. Any replica serves any job; quotas hold over both; ownership; ListJobs paging.
+/// pointed at; PostgreSQL runs the same code and the same store suite in Jobs.Tests), each with an
+/// analysis worker beside it. Any replica serves any job; quotas hold over both; ownership; ListJobs paging.
 /// </summary>
 [Collection("gateways")]
 public sealed class SharedJobsTests : IAsyncLifetime
@@ -25,7 +26,7 @@ public sealed class SharedJobsTests : IAsyncLifetime
     {
         plugins = await TestPlugins.PluginsFolderAsync();
         // A short lease, so a cancel through the replica whose worker does not run the job arrives within a second.
-        var settings = new Dictionary<string, string?> { ["Gateway:Jobs:LeaseSeconds"] = "3", ["Gateway:RateLimit:MaxJobsPerKey"] = "3" };
+        var settings = new Dictionary<string, string?> { ["Worker:Jobs:LeaseSeconds"] = "3", ["Gateway:RateLimit:MaxJobsPerKey"] = "3" };
         (a, var addressA) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, data, settings);
         (b, var addressB) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, data, settings);
         channelA = Mesh.Channel(addressA, InterpMesh.Client.ChannelRetry.None);
@@ -232,10 +233,22 @@ public sealed class SharedJobsTests : IAsyncLifetime
     }
 }
 
-/// <summary>A gateway with <c>Gateway:Jobs:RunWorker=false</c> is a front door: it queues jobs that a replica with a worker runs.</summary>
+/// <summary>A gateway is a front door: it queues jobs that an analysis worker runs, even one that starts later.</summary>
 [Collection("gateways")]
 public sealed class FrontDoorTests
 {
+    /// <summary>
+    /// Starts a worker on <paramref name="data"/> and stops it: its plugins stay published (for
+    /// three minutes), so a gateway accepts jobs for them while no worker runs (a rolling restart).
+    /// </summary>
+    internal static async Task PublishThenStopAWorkerAsync(string plugins, string data, Dictionary<string, string?>? settings = null)
+    {
+        var worker = Mesh.WorkerSettings(["http://127.0.0.1:1"], plugins, data);
+        foreach (var (key, value) in settings ?? [])
+            worker[key] = value;
+        await Mesh.StopAsync(await LocalHosts.StartWorkerAsync(worker));
+    }
+
     [Fact]
     public async Task A_gateway_without_a_worker_queues_jobs_that_a_replica_with_one_runs()
     {
@@ -244,7 +257,8 @@ public sealed class FrontDoorTests
         WebApplication? front = null, worker = null;
         try
         {
-            (front, var frontAddress) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, data, new() { ["Gateway:Jobs:RunWorker"] = "false" });
+            await PublishThenStopAWorkerAsync(plugins, data);
+            (front, var frontAddress) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, data, startWorker: false);
             using var channel = Mesh.Channel(frontAddress);
             var client = new AnalysisService.AnalysisServiceClient(channel);
             var job = await client.SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 2}""" }, Mesh.As(Mesh.AliceKey));
@@ -261,7 +275,7 @@ public sealed class FrontDoorTests
             Assert.True(final.State == JobState.Succeeded, final.Error);
             Assert.Equal(1, final.Attempts);
             // The lease was the second gateway's worker's (the watch may start after the take, so the record says it).
-            string workerId = worker.Services.GetServices<Microsoft.Extensions.Hosting.IHostedService>().OfType<Jobs.JobWorker>().Single().WorkerId;
+            string workerId = Mesh.WorkerOf(worker).Services.GetServices<Microsoft.Extensions.Hosting.IHostedService>().OfType<InterpMesh.AnalysisWorker.Jobs.JobWorker>().Single().WorkerId;
             var stored = await worker.Services.GetRequiredService<InterpMesh.Jobs.IJobStore>().GetAsync(job.Id, new InterpMesh.Jobs.JobCaller("test", IsAdmin: true));
             Assert.Equal(workerId, stored.WorkerId);
         }
@@ -284,12 +298,12 @@ public sealed class FairTakeTests
         string data = TempFolders.Create("interpmesh-gw-fair-");
         WebApplication? front = null, worker = null;
         // Alice's limits are raised for the burst; the worker runs one job at a time, so start order is take order.
-        var settings = new Dictionary<string, string?> { ["Gateway:RateLimit:MaxJobsPerKey"] = "60", ["Gateway:MaxConcurrentJobs"] = "1" };
+        var settings = new Dictionary<string, string?> { ["Gateway:RateLimit:MaxJobsPerKey"] = "60", ["Worker:MaxConcurrentJobs"] = "1" };
         try
         {
-            // The jobs are queued through a front door (no worker) first, so the whole burst waits.
-            (front, var frontAddress) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, data,
-                new Dictionary<string, string?>(settings) { ["Gateway:Jobs:RunWorker"] = "false" });
+            // The jobs are queued through a front door while no worker runs (one published its plugins), so the whole burst waits.
+            await FrontDoorTests.PublishThenStopAWorkerAsync(plugins, data);
+            (front, var frontAddress) = await Mesh.StartGatewayAsync(["http://127.0.0.1:1"], plugins, data, settings, startWorker: false);
             using var channel = Mesh.Channel(frontAddress);
             var client = new AnalysisService.AnalysisServiceClient(channel);
             var alice = new List<string>();
@@ -347,11 +361,18 @@ public sealed class JobStoreConfigurationTests
         string data = TempFolders.Create("interpmesh-gw-badjobs-");
         try
         {
+            // The gateway's own, and keys that moved to the worker, refused naming where they went.
             var e = await Assert.ThrowsAnyAsync<Exception>(() => Mesh.StartGatewayAsync(["http://127.0.0.1:1"], data, data,
                 new() { ["Gateway:Jobs:LeaseSeconds"] = "1", ["Gateway:Jobs:MaxAttempts"] = "0", ["Gateway:Jobs:PollMilliseconds"] = "0" }));
-            Assert.Contains("Gateway:Jobs:LeaseSeconds must be from 3 to 3600, got 1", e.Message, StringComparison.Ordinal);
-            Assert.Contains("Gateway:Jobs:MaxAttempts must be at least 1", e.Message, StringComparison.Ordinal);
+            Assert.Contains("Gateway:Jobs:LeaseSeconds moved to the analysis worker's settings (Worker:Jobs:LeaseSeconds", e.Message, StringComparison.Ordinal);
+            Assert.Contains("Gateway:Jobs:MaxAttempts moved to the analysis worker's settings (Worker:Jobs:MaxAttempts", e.Message, StringComparison.Ordinal);
             Assert.Contains("Gateway:Jobs:PollMilliseconds must be from 10 to 10000, got 0", e.Message, StringComparison.Ordinal);
+            // The worker's, reported by the worker.
+            e = await Assert.ThrowsAnyAsync<Exception>(() => Mesh.StartGatewayAsync(["http://127.0.0.1:1"], data, data,
+                new() { ["Worker:Jobs:LeaseSeconds"] = "1", ["Worker:Jobs:MaxAttempts"] = "0", ["Worker:Jobs:PollMilliseconds"] = "0" }));
+            Assert.Contains("Worker:Jobs:LeaseSeconds must be from 3 to 3600, got 1", e.Message, StringComparison.Ordinal);
+            Assert.Contains("Worker:Jobs:MaxAttempts must be at least 1", e.Message, StringComparison.Ordinal);
+            Assert.Contains("Worker:Jobs:PollMilliseconds must be from 10 to 10000, got 0", e.Message, StringComparison.Ordinal);
         }
         finally
         {

@@ -9,7 +9,7 @@ namespace InterpMesh.Gateway.Tests;
 public sealed class TracingTests
 {
     [Fact]
-    public async Task One_trace_per_call_and_per_analysis_reaches_the_collector_from_both_services()
+    public async Task One_trace_per_call_and_per_analysis_reaches_the_collector_from_every_service()
     {
         await using var collector = await OtlpCollector.StartAsync();
         var otlp = new Dictionary<string, string?> { ["OtlpEndpoint"] = collector.Endpoint, ["OtlpProtocol"] = "http/protobuf" };
@@ -18,7 +18,7 @@ public sealed class TracingTests
             otlp.ToDictionary(kv => "ModelService:" + kv.Key, kv => kv.Value));
         var plugins = await TestPlugins.PluginsFolderAsync();
         var (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], plugins, Path.Combine(Path.GetTempPath(), "interpmesh-tr-" + Guid.NewGuid().ToString("N")),
-            otlp.ToDictionary(kv => "Gateway:" + kv.Key, kv => kv.Value));
+            otlp.ToDictionary(kv => "Gateway:" + kv.Key, kv => kv.Value).Concat(otlp.Select(kv => KeyValuePair.Create("Worker:" + kv.Key, kv.Value))).ToDictionary());
         string runTrace = Convert.ToHexStringLower(Guid.NewGuid().ToByteArray());
         string jobTrace = Convert.ToHexStringLower(Guid.NewGuid().ToByteArray());
         Metadata Headers(string trace) => new() { { "authorization", $"Bearer {Mesh.AliceKey}" }, { "traceparent", $"00-{trace}-{Convert.ToHexStringLower(Guid.NewGuid().ToByteArray()[..8])}-01" } };
@@ -41,7 +41,8 @@ public sealed class TracingTests
         Assert.False(collector.Bodies.Count == 0, "the collector received nothing");
         Assert.True(collector.Exported("interpmesh-gateway", runTrace, "ModelService/Run"), "the gateway's Run span is not in the client's trace");
         Assert.True(collector.Exported("interpmesh-modelservice", runTrace, "interpmesh.forward"), "the model service's forward is not in the client's trace");
-        Assert.True(collector.Exported("interpmesh-gateway", jobTrace, "interpmesh.job"), "the job span is not in the analysis call's trace");
+        // The job runs on the analysis worker, in the trace of the call that submitted it.
+        Assert.True(collector.Exported("interpmesh-worker", jobTrace, "interpmesh.job"), "the worker's job span is not in the analysis call's trace");
         Assert.True(collector.Exported("interpmesh-modelservice", jobTrace, "interpmesh.forward"), "the plugin's model calls are not in the analysis call's trace");
     }
 }

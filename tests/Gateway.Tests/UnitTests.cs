@@ -2,7 +2,10 @@ using System.Reflection;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using InterpMesh.Gateway.Artifacts;
+using InterpMesh.Artifacts;
+using InterpMesh.AnalysisWorker.Configuration;
+using InterpMesh.AnalysisWorker.Plugins;
+using InterpMesh.AnalysisWorker.Telemetry;
 using InterpMesh.Gateway.Plugins;
 using InterpMesh.Plugins;
 

@@ -775,4 +775,61 @@ public abstract class JobStoreContract
         var lease = await store.TakeAsync("w", Lease);
         Assert.Equal("job-from-v1", lease!.Job.Id);
     }
+
+    // ---- the plugin catalog -----------------------------------------------------------------------
+
+    private static PublishedPlugin Loaded(string id, string version = "1.0.0") =>
+        new(id, id, true, null, $$"""{"version":"{{version}}","description":"d","sdkVersion":"2.0","parameterSchema":{"type":"object"},"produces":[]}""");
+
+    [Fact]
+    public async Task Published_plugins_are_listed_one_per_id_preferring_loaded_then_newest()
+    {
+        var clock = new ManualClock();
+        await using var store = await NewStoreAsync(clock);
+        await store.PublishPluginsAsync("w1", [Loaded("probing", "1.0.0"), new PublishedPlugin("broken", "broken", false, "no plugin.json", null)]);
+        clock.Advance(TimeSpan.FromSeconds(1));
+        await store.PublishPluginsAsync("w2", [Loaded("probing", "1.1.0"), Loaded("sae"), new PublishedPlugin("steering", "steering", false, "bad dll", null)]);
+        clock.Advance(TimeSpan.FromSeconds(1));
+        await store.PublishPluginsAsync("w3", [new PublishedPlugin("sae", "sae", false, "crashed", null)]);
+
+        var listed = await store.ListPluginsAsync(TimeSpan.FromMinutes(3));
+        Assert.Equal(["broken", "probing", "sae", "steering"], listed.Select(p => p.Id));
+        var probing = listed.Single(p => p.Id == "probing");
+        Assert.Equal(("w2", true), (probing.WorkerId, probing.Loaded));
+        Assert.Contains("1.1.0", probing.ManifestJson, StringComparison.Ordinal);
+        Assert.Equal(clock.GetUtcNow() - TimeSpan.FromSeconds(1), probing.Updated);
+        // A worker that has it loaded wins over a newer one that failed: the job can run there.
+        Assert.Equal(("w2", true), listed.Single(p => p.Id == "sae") is var sae ? (sae.WorkerId, sae.Loaded) : default);
+        var broken = listed.Single(p => p.Id == "broken");
+        Assert.Equal((false, "no plugin.json", (string?)null), (broken.Loaded, broken.Error, broken.ManifestJson));
+    }
+
+    [Fact]
+    public async Task A_worker_not_seen_recently_drops_out_and_a_new_publish_replaces_the_old_one()
+    {
+        var clock = new ManualClock();
+        await using var store = await NewStoreAsync(clock);
+        await store.PublishPluginsAsync("old", [Loaded("probing"), Loaded("sae")]);
+        clock.Advance(TimeSpan.FromMinutes(2));
+        await store.PublishPluginsAsync("new", [Loaded("steering")]);
+        Assert.Equal(["steering"], (await store.ListPluginsAsync(TimeSpan.FromMinutes(1))).Select(p => p.Id));
+        Assert.Equal(["probing", "sae", "steering"], (await store.ListPluginsAsync(TimeSpan.FromMinutes(3))).Select(p => p.Id));
+
+        // The heartbeat: the old worker publishes again, without sae now.
+        await store.PublishPluginsAsync("old", [Loaded("probing")]);
+        Assert.Equal(["probing", "steering"], (await store.ListPluginsAsync(TimeSpan.FromMinutes(1))).Select(p => p.Id));
+        // A stopping worker withdraws.
+        await store.PublishPluginsAsync("old", []);
+        Assert.Equal(["steering"], (await store.ListPluginsAsync(TimeSpan.FromMinutes(3))).Select(p => p.Id));
+    }
+
+    [Fact]
+    public async Task Publishing_refuses_what_readers_could_not_use()
+    {
+        await using var store = await NewStoreAsync();
+        Assert.Contains("worker id", (await Refused(JobStoreError.InvalidArgument, () => store.PublishPluginsAsync(" ", [Loaded("probing")]))).Message, StringComparison.Ordinal);
+        Assert.Contains("twice", (await Refused(JobStoreError.InvalidArgument, () => store.PublishPluginsAsync("w", [Loaded("probing"), Loaded("probing")]))).Message, StringComparison.Ordinal);
+        Assert.Contains("manifest", (await Refused(JobStoreError.InvalidArgument, () => store.PublishPluginsAsync("w", [new PublishedPlugin("x", "x", true, null, null)]))).Message, StringComparison.Ordinal);
+        Assert.Empty(await store.ListPluginsAsync(TimeSpan.FromMinutes(1)));
+    }
 }

@@ -4,7 +4,7 @@ using Microsoft.AspNetCore.Builder;
 
 namespace InterpMesh.Plugins.Tests;
 
-/// <summary>A model service for one model and a gateway in front of it that loads the built-in plugins.</summary>
+/// <summary>A model service for one model, a gateway in front of it and an analysis worker that loads the built-in plugins.</summary>
 public abstract class PluginMeshFixture(string modelPath) : IAsyncLifetime
 {
     private WebApplication? service;
@@ -13,6 +13,9 @@ public abstract class PluginMeshFixture(string modelPath) : IAsyncLifetime
     public string DataPath { get; } = Path.Combine(Path.GetTempPath(), "interpmesh-plugin-" + Guid.NewGuid().ToString("N"));
     public Grpc.Net.Client.GrpcChannel Channel { get; private set; } = null!;
     public IServiceProvider GatewayServices => gateway!.Services;
+
+    /// <summary>The analysis worker (it runs the plugins and saves their artifacts).</summary>
+    public IServiceProvider WorkerServices => Mesh.WorkerOf(gateway!).Services;
 
     /// <summary>The model to serve; a derived fixture may create it first.</summary>
     protected virtual Task<string> ModelPathAsync() => Task.FromResult(modelPath);

@@ -2,7 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Grpc.Core;
 using InterpMesh.Contracts.V1;
-using InterpMesh.Gateway.Artifacts;
+using InterpMesh.AnalysisWorker.Jobs;
 using InterpMesh.Runtime.Architectures;
 using InterpMesh.Runtime.Execution;
 using InterpMesh.Runtime.Hooks;
@@ -102,7 +102,7 @@ public sealed class ProbingEndToEndTests(ConceptsMeshFixture mesh) : IClassFixtu
         var applied = await Run(new { mode = "apply", probe = "probes/sentiment/blocks.1.hook_resid_post", rows = fresh.Select(d => new { text = d.Text, label = d.Label }) });
         Assert.True(applied.State == JobState.Succeeded, applied.Error);
         Assert.True(JsonNode.Parse(applied.Result.SummaryJson)!["accuracy"]!.GetValue<double>() >= 0.95);
-        var store = mesh.GatewayServices.GetRequiredService<ArtifactStore>();
+        var store = mesh.WorkerServices.GetRequiredService<PluginArtifacts>();
         var weights = await store.LoadTensorsAsync("probes/sentiment/blocks.1.hook_resid_post");
         using var model = ModelLoader.Load(RepoPaths.Models("concepts"));
         var predictions = Rows(applied, "predictions");

@@ -1,7 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using InterpMesh.Contracts.V1;
-using InterpMesh.Gateway.Artifacts;
+using InterpMesh.AnalysisWorker.Jobs;
 using InterpMesh.Plugins.SAE.Formats;
 using InterpMesh.Plugins.SAE.Model;
 using Microsoft.Extensions.DependencyInjection;
@@ -58,7 +58,7 @@ public sealed class SaeEndToEndTests(SaeMeshFixture mesh) : IClassFixture<SaeMes
         Assert.Equal(3, i["promotes"]!.AsArray().Count);
 
         // The saved folder is a SAELens folder the format reader accepts, and the checkpoint can be resumed.
-        var store = mesh.GatewayServices.GetRequiredService<ArtifactStore>();
+        var store = mesh.WorkerServices.GetRequiredService<PluginArtifacts>();
         var (sae, info) = SaeLensFormat.Read(await store.LoadFilesAsync("saes/concepts-l0"), "saes/concepts-l0");
         using (sae)
             Assert.Equal(("blocks.0.hook_resid_post", 128, 8), (info.HookName, sae.DSae, sae.K));
@@ -103,7 +103,7 @@ public sealed class SaeEndToEndTests(SaeMeshFixture mesh) : IClassFixture<SaeMes
         Assert.Contains("train SAEs on [batch, pos, d] hooks", mismatch.Error, StringComparison.Ordinal);
 
         // A published-style folder for a model 8 wide, uploaded and applied to this 64-wide model.
-        var store = mesh.GatewayServices.GetRequiredService<ArtifactStore>();
+        var store = mesh.WorkerServices.GetRequiredService<PluginArtifacts>();
         using (TorchSharp.torch.NewDisposeScope())
         {
             using var small = SparseAutoencoder.Create("standard", 8, 12, 0, 1);

@@ -3,7 +3,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Grpc.Core;
 using InterpMesh.Contracts.V1;
-using InterpMesh.Gateway.Artifacts;
+using InterpMesh.AnalysisWorker.Jobs;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace InterpMesh.Plugins.Tests;
@@ -48,7 +48,7 @@ public sealed class SteeringTests(SteeringMeshFixture mesh) : IClassFixture<Stee
         Assert.True(JsonNode.Parse(job.Result.SummaryJson)!["pairs_per_second"]!.GetValue<double>() > 0);
 
         // GGUF: read back by an independent reader, compared with the safetensors vectors.
-        var store = mesh.GatewayServices.GetRequiredService<ArtifactStore>();
+        var store = mesh.WorkerServices.GetRequiredService<PluginArtifacts>();
         var files = await store.LoadFilesAsync("vectors/sentiment-gguf");
         string path = Path.Combine(Path.GetTempPath(), $"cv-{Guid.NewGuid():N}.gguf");
         File.WriteAllBytes(path, files["control_vector.gguf"]);

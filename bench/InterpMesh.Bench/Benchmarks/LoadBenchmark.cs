@@ -83,7 +83,7 @@ internal sealed class LoadBenchmark : Benchmark
         });
         var gateway = context.StartGateway(service.Urls.First(), Path.Combine(repo, "plugins"), context.TempFolder(), new Dictionary<string, string?>
         {
-            ["Gateway:MaxConcurrentJobs"] = maxJobs.ToString(CultureInfo.InvariantCulture),
+            ["Worker:MaxConcurrentJobs"] = maxJobs.ToString(CultureInfo.InvariantCulture),
             ["Gateway:MaxQueuedJobs"] = maxQueued.ToString(CultureInfo.InvariantCulture),
             ["Gateway:MaxRetainedJobs"] = retainedJobs.ToString(CultureInfo.InvariantCulture),
         });

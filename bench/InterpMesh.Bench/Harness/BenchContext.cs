@@ -104,15 +104,27 @@ internal sealed partial class BenchContext : IDisposable
     }
 
     /// <summary>
-    /// Starts a gateway in front of one model service, with the plugins in <paramref name="pluginsPath"/>,
-    /// its jobs and artifacts under <paramref name="dataDir"/>, no auth and no rate limit.
+    /// Starts an analysis worker running the plugins in <paramref name="pluginsPath"/> against one
+    /// model service and a gateway in front of it, sharing the job store and artifacts under
+    /// <paramref name="dataDir"/>, no auth and no rate limit. <paramref name="settings"/> under
+    /// <c>Worker:</c> go to the worker, the others to the gateway. Both are stopped when the
+    /// benchmark ends; the gateway is returned.
     /// </summary>
     public WebApplication StartGateway(string modelAddress, string pluginsPath, string dataDir, IReadOnlyDictionary<string, string?>? settings = null)
     {
-        var all = LocalHosts.GatewaySettings(new Dictionary<string, string> { ["bench"] = modelAddress }, pluginsPath, dataDir);
+        var models = new Dictionary<string, string> { ["bench"] = modelAddress };
+        var worker = LocalHosts.WorkerSettings(models, pluginsPath, dataDir);
+        var all = LocalHosts.GatewaySettings(models, dataDir);
+        worker["Logging:LogLevel:Default"] = "Error";
         all["Logging:LogLevel:Default"] = "Error";
         foreach (var (key, value) in settings ?? new Dictionary<string, string?>())
-            all[key] = value;
+        {
+            if (key.StartsWith("Worker:", StringComparison.Ordinal))
+                worker[key] = value;
+            else
+                all[key] = value;
+        }
+        Started(LocalHosts.StartWorkerAsync(worker).GetAwaiter().GetResult());
         return Started(LocalHosts.StartGatewayAsync(all).GetAwaiter().GetResult());
     }
 

@@ -57,10 +57,12 @@ internal static class DemoCommand
                 apps.Add(app);
                 endpoints[name] = app.Urls.First();
             }
-            var gateway = LocalMesh.StartGateway(endpoints, plugins, data);
+            var (gateway, worker) = LocalMesh.StartGateway(endpoints, plugins, data);
+            // Stopped in this order: the gateway, the worker, then the model services.
+            apps.Insert(0, worker);
             apps.Insert(0, gateway);
             string address = gateway.Urls.First();
-            text.WriteLine($"demo: gateway {address} serving {string.Join(", ", names)} with the plugins in {plugins}{(quick ? " (quick configuration)" : "")}");
+            text.WriteLine($"demo: gateway {address} serving {string.Join(", ", names)}, an analysis worker with the plugins in {plugins}{(quick ? " (quick configuration)" : "")}");
             var report = new HtmlReport("InterpMesh demo report");
             using var demo = new DemoAnalyses(address, report, text, stderr, quick);
             demo.Probing();

@@ -6,8 +6,10 @@ using Microsoft.AspNetCore.Builder;
 namespace InterpMesh.Cli.Serve;
 
 /// <summary>
-/// In-process model services and a gateway on loopback, configured only by what is passed here
-/// (no appsettings files): used by <c>up</c> and <c>demo</c> (the benchmarks, bench/InterpMesh.Bench, have their own).
+/// In-process model services, a gateway and an analysis worker on loopback, configured only by what
+/// is passed here (no appsettings files): used by <c>up</c> and <c>demo</c> (the benchmarks,
+/// bench/InterpMesh.Bench, have their own). The gateway and the worker share the data folder: its
+/// embedded job store (<c>jobs/jobs.db</c>) and its artifacts.
 /// </summary>
 internal static class LocalMesh
 {
@@ -45,17 +47,29 @@ internal static class LocalMesh
         }.Concat(extra ?? [])).GetAwaiter().GetResult();
 
     /// <summary>
-    /// A gateway in front of the given models (name → model-service address) with the plugins in
-    /// <paramref name="pluginsPath"/>; auth only when a key is given (it gets the admin role);
-    /// no rate limits.
+    /// A gateway in front of the given models (name → model-service address) and an analysis worker
+    /// running the plugins in <paramref name="pluginsPath"/> against them, both on the data folder;
+    /// auth only when a key is given (it gets the admin role); no rate limits. The worker starts
+    /// first, so the gateway lists its plugins from its first call.
     /// </summary>
-    public static WebApplication StartGateway(IReadOnlyDictionary<string, string> models, string pluginsPath, string dataDir,
+    public static (WebApplication Gateway, WebApplication Worker) StartGateway(IReadOnlyDictionary<string, string> models, string pluginsPath, string dataDir,
         string url = "http://127.0.0.1:0", string? key = null, string logLevel = "Error", Dictionary<string, string?>? extra = null)
     {
-        var settings = LocalHosts.GatewaySettings(models, pluginsPath, dataDir, key);
-        settings["Kestrel:Endpoints:Grpc:Url"] = url;
-        settings["Logging:LogLevel:Default"] = logLevel;
-        return LocalHosts.StartGatewayAsync(settings.Concat(extra ?? [])).GetAwaiter().GetResult();
+        var workerSettings = LocalHosts.WorkerSettings(models, pluginsPath, dataDir);
+        workerSettings["Logging:LogLevel:Default"] = logLevel;
+        var worker = LocalHosts.StartWorkerAsync(workerSettings).GetAwaiter().GetResult();
+        try
+        {
+            var settings = LocalHosts.GatewaySettings(models, dataDir, key);
+            settings["Kestrel:Endpoints:Grpc:Url"] = url;
+            settings["Logging:LogLevel:Default"] = logLevel;
+            return (LocalHosts.StartGatewayAsync(settings.Concat(extra ?? [])).GetAwaiter().GetResult(), worker);
+        }
+        catch
+        {
+            Stop(worker);
+            throw;
+        }
     }
 
     public static void Stop(params WebApplication[] apps) => LocalHosts.StopAsync(apps).GetAwaiter().GetResult();

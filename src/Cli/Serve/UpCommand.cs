@@ -24,7 +24,7 @@ internal static class UpCommand
         dataOption.DefaultValueFactory = _ => "interpmesh-data";
         var keyOption = CliOptions.Text("--key", "require this API key (admin role); auth is off without it", "KEY");
         var threadsOption = CliOptions.Int("--threads", "libtorch intra-op threads (default: all cores)", min: 1);
-        var command = new Command("up", "The local mesh: a model service and a gateway with the built-in plugins, until Ctrl-C.")
+        var command = new Command("up", "The local mesh: a model service, a gateway and an analysis worker with the built-in plugins, until Ctrl-C.")
             { modelOption, gatewayPortOption, modelPortOption, pluginsOption, dataOption, keyOption, bindOption, threadsOption };
         command.SetAction(r => Run(r.GetRequiredValue(bindOption), r.GetValue(gatewayPortOption), r.GetValue(modelPortOption), r.GetValue(modelOption), r.GetValue(pluginsOption),
             Path.GetFullPath(r.GetRequiredValue(dataOption)), r.GetValue(keyOption), r.GetValue(threadsOption) ?? 0, console.Out));
@@ -40,11 +40,11 @@ internal static class UpCommand
         var service = LocalMesh.StartModelService(model, threads, $"http://{bind}:{modelPort}");
         var host = service.Services.GetRequiredService<ModelHost>();
         // Local use: auth off unless a key is given (the gateway logs a warning when it is off).
-        var gateway = LocalMesh.StartGateway(new Dictionary<string, string> { ["local"] = service.Urls.First() }, plugins, data,
+        var (gateway, worker) = LocalMesh.StartGateway(new Dictionary<string, string> { ["local"] = service.Urls.First() }, plugins, data,
             $"http://{bind}:{gatewayPort}", key, logLevel: "Warning");
         string g = gateway.Urls.First(), hostPort = g["http://".Length..];
         string keyOption = key is null ? "" : " --key $KEY";
-        stdout.WriteLine($"up: gateway {g} (model '{host.Model!.Source}' served at {service.Urls.First()}; plugins from {plugins}; data in {data}); Ctrl-C stops");
+        stdout.WriteLine($"up: gateway {g} (model '{host.Model!.Source}' served at {service.Urls.First()}; an analysis worker runs the plugins from {plugins}; data in {data}); Ctrl-C stops");
         stdout.WriteLine($"  CLI:     interpmesh plugins --server {g}{keyOption}");
         stdout.WriteLine($"           interpmesh run probing --server {g}{keyOption} --params probe.json");
         stdout.WriteLine($"  grpcurl: grpcurl -plaintext {hostPort} list");
@@ -58,7 +58,7 @@ internal static class UpCommand
             stdout.Flush();
         });
         gateway.WaitForShutdownAsync().GetAwaiter().GetResult();
-        LocalMesh.Stop(gateway, service);
+        LocalMesh.Stop(gateway, worker, service);
         stdout.WriteLine("stopped");
         return 0;
     }

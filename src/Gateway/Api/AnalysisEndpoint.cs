@@ -25,16 +25,23 @@ public sealed class AnalysisEndpoint(IPluginCatalog catalog, JobService jobs, Re
         return d;
     }
 
-    public override Task<ListPluginsResponse> ListPlugins(ListPluginsRequest request, ServerCallContext context)
+    /// <summary>The plugins analysis workers published (a worker not seen for a few minutes drops out).</summary>
+    public override async Task<ListPluginsResponse> ListPlugins(ListPluginsRequest request, ServerCallContext context)
     {
         var response = new ListPluginsResponse();
-        response.Plugins.AddRange(catalog.All.Select(Describe));
-        return Task.FromResult(response);
+        response.Plugins.AddRange((await JobService.Guard(() => catalog.AllAsync(context.CancellationToken))).Select(Describe));
+        return response;
     }
 
-    public override Task<PluginDescription> DescribePlugin(DescribePluginRequest request, ServerCallContext context) =>
-        Task.FromResult(Describe(catalog.Find(request.Id)
-            ?? throw new RpcException(new Status(StatusCode.NotFound, $"no plugin '{request.Id}'; ListPlugins shows {string.Join(", ", catalog.All.Select(p => p.Id))}"))));
+    public override async Task<PluginDescription> DescribePlugin(DescribePluginRequest request, ServerCallContext context)
+    {
+        var entry = await JobService.Guard(() => catalog.FindAsync(request.Id, context.CancellationToken));
+        if (entry is not null)
+            return Describe(entry);
+        var all = await JobService.Guard(() => catalog.AllAsync(context.CancellationToken));
+        throw new RpcException(new Status(StatusCode.NotFound,
+            $"no plugin '{request.Id}'; ListPlugins shows {(all.Count == 0 ? "none: no analysis worker has published plugins in the last few minutes (start one with plugins in Worker:PluginsPath)" : string.Join(", ", all.Select(p => p.Id)))}"));
+    }
 
     public override async Task RunAnalysis(AnalysisRequest request, IServerStreamWriter<JobEvent> responseStream, ServerCallContext context)
     {

@@ -5,7 +5,7 @@ using Google.Protobuf.WellKnownTypes;
 using Grpc.Core;
 using InterpMesh.Contracts.Artifacts;
 using InterpMesh.Contracts.V1;
-using InterpMesh.Gateway.Artifacts;
+using InterpMesh.Artifacts;
 
 namespace InterpMesh.Gateway.Api;
 
@@ -14,7 +14,7 @@ public sealed class ArtifactEndpoint(ArtifactStore store, RecordLimits limits) :
 {
     private const int ChunkBytes = 1 << 20;
 
-    private static Contracts.V1.ArtifactInfo ToProto(InterpMesh.Plugins.StoredArtifact a)
+    private static Contracts.V1.ArtifactInfo ToProto(SavedArtifact a)
     {
         var p = new Contracts.V1.ArtifactInfo { Name = a.Name, MetadataJson = a.Metadata.ToJsonString(), Created = Timestamp.FromDateTimeOffset(a.Created) };
         p.Files.AddRange(a.Files.Select(f => new ArtifactFileInfo { Name = f.Name, Bytes = f.Bytes, Sha256 = f.Sha256 }));
@@ -114,7 +114,7 @@ public sealed class ArtifactEndpoint(ArtifactStore store, RecordLimits limits) :
         foreach (long bytes in expected.Values)
         {
             if (bytes > store.MaxArtifactBytes - declared)
-                throw new ArtifactTooLargeException(header.Name, store.MaxArtifactBytes);
+                throw new ArtifactTooLargeException(header.Name, store.MaxArtifactBytes, store.LimitSetting);
             declared += bytes;
         }
         using var write = store.Begin(header.Name, metadata);

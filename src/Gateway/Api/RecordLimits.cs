@@ -73,11 +73,5 @@ public sealed class RecordLimits(IOptions<GatewayOptions> options)
     private static RpcException Refused(string message) => new(new Status(StatusCode.ResourceExhausted, message), RetryPushback.Never());
 
     /// <summary>A byte count for people, exact where it matters: 312 bytes, 262145 bytes, 256 KiB, 19.1 MiB.</summary>
-    internal static string Bytes(long n) => n switch
-    {
-        < 1 << 20 when n % 1024 != 0 || n == 0 => string.Create(CultureInfo.InvariantCulture, $"{n} bytes"),
-        < 1 << 20 => string.Create(CultureInfo.InvariantCulture, $"{n / 1024} KiB"),
-        _ when n % (1 << 20) == 0 => string.Create(CultureInfo.InvariantCulture, $"{n >> 20} MiB"),
-        _ => string.Create(CultureInfo.InvariantCulture, $"{n / (double)(1 << 20):0.0} MiB"),
-    };
+    internal static string Bytes(long n) => InterpMesh.Artifacts.ArtifactStore.DescribeBytes(n);
 }

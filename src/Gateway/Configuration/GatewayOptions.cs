@@ -1,12 +1,29 @@
 using InterpMesh.Gateway.Security;
+using InterpMesh.Routing;
 using Microsoft.Extensions.Options;
 
 namespace InterpMesh.Gateway.Configuration;
 
-/// <summary>Settings of the gateway (section <c>Gateway</c>; environment <c>Gateway__PluginsPath</c>, …).</summary>
+/// <summary>Settings of the gateway (section <c>Gateway</c>; environment <c>Gateway__ArtifactsPath</c>, …).</summary>
 public sealed class GatewayOptions
 {
     public const string Section = "Gateway";
+
+    /// <summary>
+    /// Keys of gateways that ran jobs themselves, now settings of the analysis worker (section
+    /// <c>Worker</c>, src/AnalysisWorker's <c>WorkerOptions</c>): a gateway configured with any of
+    /// them refuses to start rather than ignore it.
+    /// </summary>
+    public static readonly IReadOnlyDictionary<string, string> MovedToWorker = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase)
+    {
+        ["Gateway:PluginsPath"] = "Worker:PluginsPath",
+        ["Gateway:HotReload"] = "Worker:HotReload",
+        ["Gateway:MaxConcurrentJobs"] = "Worker:MaxConcurrentJobs",
+        ["Gateway:Jobs:RunWorker"] = "(none: run an analysis worker, or none, beside the gateways)",
+        ["Gateway:Jobs:LeaseSeconds"] = "Worker:Jobs:LeaseSeconds",
+        ["Gateway:Jobs:MaxAttempts"] = "Worker:Jobs:MaxAttempts",
+        ["Gateway:Jobs:MaxRunningPerKey"] = "Worker:Jobs:MaxRunningPerKey",
+    };
 
     /// <summary>Models by name, each with the gRPC addresses of its model-service replicas.</summary>
     public Dictionary<string, ModelRoute> Models { get; set; } = new(StringComparer.Ordinal);
@@ -14,23 +31,14 @@ public sealed class GatewayOptions
     /// <summary>Model used when a request names none; by default the only configured model.</summary>
     public string? DefaultModel { get; set; }
 
-    /// <summary>Folder with one sub-folder per plugin (<c>plugins/&lt;id&gt;/plugin.json</c>).</summary>
-    public string PluginsPath { get; set; } = "plugins";
-
-    /// <summary>Reload a plugin when its files change (development only).</summary>
-    public bool HotReload { get; set; }
-
     /// <summary>Artifact store directory (a volume in Kubernetes).</summary>
     public string ArtifactsPath { get; set; } = "data/artifacts";
 
     /// <summary>Folder of the embedded job store (<c>jobs.db</c>, SQLite) used when <see cref="JobsOptions.ConnectionString"/> is unset.</summary>
     public string JobsPath { get; set; } = "data/jobs";
 
-    /// <summary>The shared job store and this process's worker (section <c>Gateway:Jobs</c>).</summary>
+    /// <summary>The shared job store (section <c>Gateway:Jobs</c>).</summary>
     public JobsOptions Jobs { get; set; } = new();
-
-    /// <summary>Jobs this process's worker runs at once; more wait in the shared queue.</summary>
-    public int MaxConcurrentJobs { get; set; } = 2;
 
     /// <summary>Jobs waiting at most, over all keys and replicas; beyond it SubmitJob answers RESOURCE_EXHAUSTED.</summary>
     public int MaxQueuedJobs { get; set; } = 64;
@@ -41,13 +49,13 @@ public sealed class GatewayOptions
     /// <summary>Finished jobs older than this are deleted (hours); 0 keeps them until <see cref="MaxRetainedJobs"/> pushes them out.</summary>
     public double JobRetentionHours { get; set; } = 24 * 7;
 
-    /// <summary>Time limit of a job that asks for none (seconds).</summary>
+    /// <summary>Time limit of a job that asks for none (seconds), stored with the job at submission.</summary>
     public int DefaultJobTimeoutSeconds { get; set; } = 3600;
 
     /// <summary>Largest time limit a job may ask for (seconds).</summary>
     public int MaxJobTimeoutSeconds { get; set; } = 86400;
 
-    /// <summary>Deadline of a proxied model call when the client sets none (seconds).</summary>
+    /// <summary>Deadline of a proxied model call when the client sets none (seconds). Plugins' calls: <c>Worker:CallTimeoutSeconds</c>.</summary>
     public int CallTimeoutSeconds { get; set; } = 600;
 
     /// <summary>Largest request message accepted (bytes).</summary>
@@ -66,50 +74,30 @@ public sealed class GatewayOptions
 
     /// <summary><c>grpc</c> or <c>http/protobuf</c>.</summary>
     public string OtlpProtocol { get; set; } = "grpc";
+
+    /// <summary>The keys of <see cref="MovedToWorker"/> the configuration sets (filled in at binding; reported by the validator).</summary>
+    internal List<string> MovedKeysSet { get; } = [];
 }
 
-/// <summary>The job store shared by every gateway replica and worker, and the lease of this process's worker.</summary>
+/// <summary>The job store shared by every gateway replica and analysis worker.</summary>
 public sealed class JobsOptions
 {
-    /// <summary>The environment variable read when <see cref="ConnectionString"/> is not configured (besides <c>Gateway__Jobs__ConnectionString</c>).</summary>
-    public const string ConnectionStringVariable = "INTERPMESH_JOBS_CONNECTION_STRING";
+    /// <summary>The environment variable read when <see cref="ConnectionString"/> is not configured (besides <c>Gateway__Jobs__ConnectionString</c>); workers read it too.</summary>
+    public const string ConnectionStringVariable = InterpMesh.Jobs.JobStores.ConnectionStringVariable;
 
     /// <summary>
     /// An Npgsql connection string (<c>Host=db;Database=interpmesh;Username=interpmesh;Password=…</c>): every
-    /// replica pointed at one database shares jobs, quotas and the queue. Unset: the embedded SQLite
-    /// file <c>jobs.db</c> in <see cref="GatewayOptions.JobsPath"/>, for one process (<c>interpmesh up</c>, the demo, tests).
+    /// gateway and worker pointed at one database shares jobs, quotas, the queue and the plugin catalog. Unset: the embedded SQLite
+    /// file <c>jobs.db</c> in <see cref="GatewayOptions.JobsPath"/>, for one machine (<c>interpmesh up</c>, the demo, tests), which a worker
+    /// given the same folder (<c>Worker:JobsPath</c>) shares.
     /// </summary>
     public string? ConnectionString { get; set; }
 
-    /// <summary>How long a worker's hold on a running job lasts without a heartbeat (it beats every third of it); a worker that dies loses its jobs after this long.</summary>
-    public int LeaseSeconds { get; set; } = 15;
-
-    /// <summary>Takes of one job before a lost lease (a dead worker) fails it instead of re-queueing it.</summary>
-    public int MaxAttempts { get; set; } = 3;
-
-    /// <summary>Jobs one key may run at once on all workers together (fair share; an operator may set one key's own).</summary>
-    public int MaxRunningPerKey { get; set; } = 4;
-
-    /// <summary>
-    /// Run jobs in this process (its worker takes <see cref="GatewayOptions.MaxConcurrentJobs"/> at once). False: a
-    /// front door only, which queues, serves and cancels jobs that replicas with a worker run (they
-    /// share the store). Plugins are still loaded, to validate submissions and describe plugins.
-    /// </summary>
-    public bool RunWorker { get; set; } = true;
-
-    /// <summary>How often WatchJob reads new events, and an idle worker looks for jobs (milliseconds).</summary>
+    /// <summary>How often WatchJob reads new events (milliseconds).</summary>
     public int PollMilliseconds { get; set; } = 250;
-}
 
-/// <summary>The replicas serving one model.</summary>
-public sealed class ModelRoute
-{
-    /// <summary>
-    /// gRPC addresses; calls are spread over them. Either one server, <c>http://model-gpt2-0.model-gpt2:50051</c>,
-    /// or <c>dns:///model-gpt2.interpmesh.svc.cluster.local:50051</c>: every address the name resolves to
-    /// (the ready pods of a headless Service), balanced round-robin and re-resolved every 15 s.
-    /// </summary>
-    public List<string> Endpoints { get; set; } = [];
+    /// <summary>How long the plugin catalog read from the store is reused (milliseconds): ListPlugins and submissions see a worker's publication within this.</summary>
+    public int PluginCacheMilliseconds { get; set; } = 3000;
 }
 
 /// <summary>API keys. Keys are stored only as SHA-256 hashes (hex).</summary>
@@ -193,22 +181,9 @@ internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
     public ValidateOptionsResult Validate(string? name, GatewayOptions o)
     {
         var errors = new List<string>();
-        if (o.Models.Count == 0)
-            errors.Add("Gateway:Models is empty: configure at least one model, e.g. Gateway:Models:gpt2:Endpoints:0=http://127.0.0.1:50051");
-        foreach (var (model, route) in o.Models)
-        {
-            if (route.Endpoints.Count == 0)
-                errors.Add($"Gateway:Models:{model}:Endpoints is empty");
-            foreach (var e in route.Endpoints)
-            {
-                if (EndpointError(e) is { } error)
-                    errors.Add($"Gateway:Models:{model}:Endpoints has '{e}': {error}");
-            }
-        }
-        if (o.DefaultModel is { Length: > 0 } d && !o.Models.ContainsKey(d))
-            errors.Add($"Gateway:DefaultModel '{d}' is not one of the configured models ({string.Join(", ", o.Models.Keys)})");
-        if (o.MaxConcurrentJobs < 1)
-            errors.Add($"Gateway:MaxConcurrentJobs must be at least 1, got {o.MaxConcurrentJobs}");
+        foreach (var moved in o.MovedKeysSet)
+            errors.Add(MovedError(moved));
+        errors.AddRange(ModelRoutes.Errors(GatewayOptions.Section, o.Models, o.DefaultModel));
         if (o.MaxQueuedJobs < 1)
             errors.Add($"Gateway:MaxQueuedJobs must be at least 1, got {o.MaxQueuedJobs}");
         if (o.MaxRetainedJobs < 1)
@@ -217,14 +192,10 @@ internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
             errors.Add($"Gateway:JobRetentionHours must be 0 (no age limit) or positive, got {o.JobRetentionHours}");
         if (o.DefaultJobTimeoutSeconds < 1 || o.MaxJobTimeoutSeconds < o.DefaultJobTimeoutSeconds)
             errors.Add($"Gateway:DefaultJobTimeoutSeconds ({o.DefaultJobTimeoutSeconds}) must be at least 1 and at most MaxJobTimeoutSeconds ({o.MaxJobTimeoutSeconds})");
-        if (o.Jobs.LeaseSeconds is < 3 or > 3600)
-            errors.Add($"Gateway:Jobs:LeaseSeconds must be from 3 to 3600, got {o.Jobs.LeaseSeconds}");
-        if (o.Jobs.MaxAttempts < 1)
-            errors.Add($"Gateway:Jobs:MaxAttempts must be at least 1 (one run, no retry), got {o.Jobs.MaxAttempts}");
-        if (o.Jobs.MaxRunningPerKey < 1)
-            errors.Add($"Gateway:Jobs:MaxRunningPerKey must be at least 1, got {o.Jobs.MaxRunningPerKey}");
         if (o.Jobs.PollMilliseconds is < 10 or > 10000)
             errors.Add($"Gateway:Jobs:PollMilliseconds must be from 10 to 10000, got {o.Jobs.PollMilliseconds}");
+        if (o.Jobs.PluginCacheMilliseconds is < 0 or > 60000)
+            errors.Add($"Gateway:Jobs:PluginCacheMilliseconds must be from 0 to 60000, got {o.Jobs.PluginCacheMilliseconds}");
         if (o.CallTimeoutSeconds < 1)
             errors.Add($"Gateway:CallTimeoutSeconds must be at least 1, got {o.CallTimeoutSeconds}");
         if (o.MaxRequestBytes < 1024)
@@ -266,37 +237,16 @@ internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
     }
 
-    /// <summary>What is wrong with a model endpoint, or null: an http(s) URL or <c>dns:///host:port</c>.</summary>
-    public static string? EndpointError(string endpoint)
-    {
-        if (InterpMesh.Client.Channels.IsDns(endpoint))
-            return DnsEndpointError(endpoint);
-        return Uri.TryCreate(endpoint, UriKind.Absolute, out var u) && u.Scheme is "http" or "https" ? null
-            : "not an http(s) URL (http://host:port) nor dns:///host:port";
-    }
+    /// <summary>What is wrong with a model endpoint, or null (shared with the worker: <see cref="ModelRoutes.EndpointError"/>).</summary>
+    public static string? EndpointError(string endpoint) => ModelRoutes.EndpointError(endpoint);
 
-    private static string? DnsEndpointError(string endpoint)
-    {
-        const string Form = "use dns:///host:port, e.g. dns:///model-gpt2.interpmesh.svc.cluster.local:50051";
-        if (!endpoint.StartsWith("dns:///", StringComparison.OrdinalIgnoreCase))
-            return $"a dns endpoint names no DNS server (nothing between 'dns://' and the third '/'); {Form}";
-        string target = endpoint["dns:///".Length..];
-        if (target.Length == 0)
-            return $"no host; {Form}";
-        if (target.IndexOfAny(['/', '?', '#', '@', ' ']) >= 0)
-            return $"'{target}' is not host:port (no path, query or user); {Form}";
-        int colon = target.LastIndexOf(':');
-        if (colon < 0 || (target.StartsWith('[') && colon < target.IndexOf(']', StringComparison.Ordinal)))
-            return $"no port: the gateway cannot guess the model service's gRPC port; {Form}";
-        string host = target[..colon], port = target[(colon + 1)..];
-        if (host.Length == 0)
-            return $"no host; {Form}";
-        if (host.Contains(':', StringComparison.Ordinal) && !(host.StartsWith('[') && host.EndsWith(']')))
-            return $"an IPv6 host goes in brackets, dns:///[::1]:50051; {Form}";
-        if (!int.TryParse(port, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int p) || p is < 1 or > 65535)
-            return $"port '{port}' is not a number from 1 to 65535; {Form}";
-        return Uri.CheckHostName(host.Trim('[', ']')) == UriHostNameType.Unknown ? $"'{host}' is not a host name; {Form}" : null;
-    }
+    /// <summary>The refusal of a key that moved to the worker.</summary>
+    public static string MovedError(string key) =>
+        $"{key} moved to the analysis worker's settings ({GatewayOptions.MovedToWorker[key]}, section Worker:): gateways no longer run jobs or load plugins; remove it from the gateway's configuration and set it on the worker (see docs/deploy.md, Topology)";
+
+    /// <summary>The keys of <see cref="GatewayOptions.MovedToWorker"/> that <paramref name="configuration"/> sets.</summary>
+    public static IEnumerable<string> MovedKeys(Microsoft.Extensions.Configuration.IConfiguration configuration) =>
+        GatewayOptions.MovedToWorker.Keys.Where(k => configuration.GetSection(k).Exists());
 
     public static IEnumerable<string> ApiKeyEntryErrors(ApiKeyEntry k, string where)
     {

@@ -1,5 +1,5 @@
+using InterpMesh.Artifacts;
 using InterpMesh.Gateway.Api;
-using InterpMesh.Gateway.Artifacts;
 using InterpMesh.Gateway.Configuration;
 using InterpMesh.Gateway.Jobs;
 using InterpMesh.Gateway.Plugins;
@@ -7,13 +7,18 @@ using InterpMesh.Gateway.Routing;
 using InterpMesh.Gateway.Security;
 using InterpMesh.Gateway.Telemetry;
 using InterpMesh.Jobs;
-using InterpMesh.Runtime.Execution;
+using InterpMesh.Routing;
 using InterpMesh.ServiceDefaults;
 using Microsoft.Extensions.Options;
 
 namespace InterpMesh.Gateway.Hosting;
 
-/// <summary>Builds the gateway web application (used by Program.cs, the CLI and tests).</summary>
+/// <summary>
+/// Builds the gateway web application (used by Program.cs, the CLI and tests): a stateless front
+/// door over the shared job store. It runs no jobs and loads no plugin code: analysis workers
+/// (<c>InterpMesh.AnalysisWorker</c>) take the jobs it queues and publish the plugins they can run,
+/// which it lists and validates submissions against.
+/// </summary>
 public static class GatewayApp
 {
     public static WebApplication Build(string[] args, Action<WebApplicationBuilder>? configure = null)
@@ -24,41 +29,46 @@ public static class GatewayApp
         services.AddOptions<GatewayOptions>().BindConfiguration(GatewayOptions.Section).ValidateOnStart();
         services.AddSingleton<IValidateOptions<GatewayOptions>, GatewayOptionsValidator>();
         string root = builder.Environment.ContentRootPath;
+        var configuration = builder.Configuration;
         services.PostConfigure<GatewayOptions>(o =>
         {
             string Rooted(string p) => Path.IsPathRooted(p) ? p : Path.GetFullPath(Path.Combine(root, p));
-            o.PluginsPath = Rooted(o.PluginsPath);
+            // Settings of gateways that ran jobs: refused by the validator, naming where they went.
+            o.MovedKeysSet.AddRange(GatewayOptionsValidator.MovedKeys(configuration));
             o.ArtifactsPath = Rooted(o.ArtifactsPath);
             o.JobsPath = Rooted(o.JobsPath);
             if (o.Auth.KeysFile is { Length: > 0 } keys)
                 o.Auth.KeysFile = Rooted(keys);
         });
-        // Plugins use TorchSharp in this process: make libtorch loadable before any plugin loads.
-        TorchRuntime.Initialize();
         services.AddSingleton<GatewayMetrics>();
-        services.AddSingleton<ModelRouter>();
+        services.AddSingleton(sp =>
+        {
+            var o = sp.GetRequiredService<IOptions<GatewayOptions>>().Value;
+            return new ModelRouter(o.Models, o.DefaultModel, "this gateway");
+        });
         services.AddSingleton<ApiKeys>();
         services.AddSingleton<RpcRoles>();
         services.AddSingleton<RecordLimits>();
         services.AddSingleton<AuthInterceptor>();
         services.AddSingleton<ModelServiceForwarder>();
-        services.AddSingleton<PluginCatalog>();
-        services.AddSingleton<IPluginCatalog>(sp => sp.GetRequiredService<PluginCatalog>());
+        // Plugins as analysis workers published them in the job store.
+        services.AddSingleton<StorePluginCatalog>();
+        services.AddSingleton<IPluginCatalog>(sp => sp.GetRequiredService<StorePluginCatalog>());
         services.AddSingleton(sp =>
         {
             var o = sp.GetRequiredService<IOptions<GatewayOptions>>().Value;
             return new ArtifactStore(o.ArtifactsPath, o.Limits.MaxArtifactBytes, o.Limits.MaxMetadataBytes);
         });
-        // Jobs live in the shared store (PostgreSQL, or the embedded file); this process serves them
-        // (JobService) and runs them (JobWorker, a worker loop hosted here).
+        // Jobs live in the shared store (PostgreSQL, or the embedded file); this process queues and
+        // serves them (JobService) and keeps the store's retention and usage metrics (JobHousekeeping);
+        // analysis workers run them.
         services.AddSingleton(sp => OpenJobStore(sp.GetRequiredService<IOptions<GatewayOptions>>().Value, sp.GetRequiredService<ILoggerFactory>().CreateLogger("InterpMesh.Gateway.Jobs")));
         services.AddSingleton<IJobStore>(sp => sp.GetRequiredService<SqlJobStore>());
-        services.AddSingleton<IJobQueue>(sp => sp.GetRequiredService<SqlJobStore>());
-        services.AddSingleton<LocalRuns>();
+        services.AddSingleton<IPluginRegistry>(sp => sp.GetRequiredService<SqlJobStore>());
         services.AddSingleton<JobService>();
-        services.AddHostedService<JobWorker>();
+        services.AddHostedService<JobHousekeeping>();
 
-        builder.AddInterpMeshTelemetry("interpmesh-gateway", GatewayOptions.Section, [GatewayMetrics.MeterName, GatewayMetrics.PluginMeterName], [GatewayTracing.SourceName]);
+        builder.AddInterpMeshTelemetry("interpmesh-gateway", GatewayOptions.Section, [GatewayMetrics.MeterName], [GatewayTracing.SourceName]);
         int maxRequest = builder.Configuration.GetValue<int?>($"{GatewayOptions.Section}:MaxRequestBytes") ?? new GatewayOptions().MaxRequestBytes;
         builder.AddInterpMeshGrpc<GatewayMetrics>(o =>
         {
@@ -69,11 +79,10 @@ public static class GatewayApp
 
         var app = builder.Build();
         app.MapInterpMeshDefaults();
-        // Open the job store now, so a wrong connection string stops the start with its reason
-        // (before plugins load: nothing else is built yet); load plugins now, so a broken one is
-        // reported at start rather than at the first call.
+        // Check the settings (a key that moved to the worker included) and open the job store now,
+        // so that either stops the start with its reason rather than failing the first call.
+        _ = app.Services.GetRequiredService<IOptions<GatewayOptions>>().Value;
         app.Services.GetRequiredService<SqlJobStore>();
-        app.Services.GetRequiredService<PluginCatalog>();
         // Read every RPC's role now, and say which ones no key can call.
         foreach (var method in app.Services.GetRequiredService<RpcRoles>().Undeclared)
             app.Logger.LogWarning("{Method} declares no role in its proto and none is configured: it is refused for every key (Gateway:Authorization:Roles can grant one)", method);
@@ -92,8 +101,9 @@ public static class GatewayApp
     internal static SqlJobStore OpenJobStore(GatewayOptions options, ILogger logger)
     {
         string? connection = options.Jobs.ConnectionString is { Length: > 0 } configured ? configured : Environment.GetEnvironmentVariable(JobsOptions.ConnectionStringVariable);
-        var storeOptions = new JobStoreOptions { MaxAttempts = options.Jobs.MaxAttempts, MaxRunningPerOwner = options.Jobs.MaxRunningPerKey };
-        string embedded = Path.Combine(options.JobsPath, "jobs.db");
+        // Takes, attempts and per-key running limits are the workers' (Worker:Jobs); the gateway only submits, reads and cancels.
+        var storeOptions = new JobStoreOptions();
+        string embedded = Path.Combine(options.JobsPath, JobStores.EmbeddedFileName);
         SqlJobStore store;
         try
         {

@@ -4,9 +4,9 @@ using System.Text.Json;
 using Grpc.Core;
 using InterpMesh.Gateway.Configuration;
 using InterpMesh.Gateway.Plugins;
-using InterpMesh.Gateway.Routing;
 using InterpMesh.Gateway.Security;
 using InterpMesh.Jobs;
+using InterpMesh.Routing;
 using Microsoft.Extensions.Options;
 using Wire = InterpMesh.Contracts.V1;
 
@@ -14,9 +14,9 @@ namespace InterpMesh.Gateway.Jobs;
 
 /// <summary>
 /// The public side of jobs, against the shared job store: submit (validated against the plugin
-/// catalog, quotas checked in the store so they hold across replicas), get, list, watch, cancel,
-/// with ownership (a key sees and cancels its own jobs, an admin all). No job state lives here: any
-/// gateway replica answers for any job.
+/// catalog analysis workers publish, quotas checked in the store so they hold across replicas), get,
+/// list, watch, cancel, with ownership (a key sees and cancels its own jobs, an admin all). No job
+/// state lives here: any gateway replica answers for any job, and workers run them.
 /// </summary>
 public sealed class JobService
 {
@@ -27,15 +27,13 @@ public sealed class JobService
     private readonly IPluginCatalog catalog;
     private readonly ModelRouter router;
     private readonly IJobStore store;
-    private readonly LocalRuns local;
 
-    public JobService(IOptions<GatewayOptions> options, IPluginCatalog catalog, ModelRouter router, IJobStore store, LocalRuns local)
+    public JobService(IOptions<GatewayOptions> options, IPluginCatalog catalog, ModelRouter router, IJobStore store)
     {
         this.options = options.Value;
         this.catalog = catalog;
         this.router = router;
         this.store = store;
-        this.local = local;
     }
 
     private TimeSpan Poll => TimeSpan.FromMilliseconds(options.Jobs.PollMilliseconds);
@@ -43,12 +41,17 @@ public sealed class JobService
     public static JobCaller ToJobCaller(Caller caller) => new(caller.Name, caller.Has(Wire.Role.Admin));
 
     /// <summary>Validates and queues a job; errors name what to fix.</summary>
-    public Task<JobInfo> SubmitAsync(Wire.AnalysisRequest request, Caller caller, CancellationToken ct)
+    public async Task<JobInfo> SubmitAsync(Wire.AnalysisRequest request, Caller caller, CancellationToken ct)
     {
-        var entry = catalog.Find(request.Plugin)
-            ?? throw new RpcException(new Status(StatusCode.NotFound, $"no plugin '{request.Plugin}'; this gateway has {string.Join(", ", catalog.All.Where(p => p.Loaded).Select(p => p.Id))}"));
+        var entry = await Guard(() => catalog.FindAsync(request.Plugin, ct));
+        if (entry is null)
+        {
+            var served = (await Guard(() => catalog.AllAsync(ct))).Where(p => p.Loaded).Select(p => p.Id).ToList();
+            throw new RpcException(new Status(StatusCode.FailedPrecondition,
+                $"no analysis worker serves plugin '{request.Plugin}'; ListPlugins shows {(served.Count == 0 ? "none (no worker has published plugins in the last few minutes)" : string.Join(", ", served))}; start a worker with the plugin in Worker:PluginsPath"));
+        }
         if (!entry.Loaded)
-            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"plugin '{entry.Id}' failed to load: {entry.Error}"));
+            throw new RpcException(new Status(StatusCode.FailedPrecondition, $"plugin '{entry.Id}' failed to load on analysis worker {entry.WorkerId}: {entry.Error}"));
         var pool = router.Resolve(request.Model);
         JsonElement parameters;
         try
@@ -70,14 +73,11 @@ public sealed class JobService
 
         // The run joins the submitting call's trace, wherever it runs.
         string traceParent = System.Diagnostics.Activity.Current is { IdFormat: System.Diagnostics.ActivityIdFormat.W3C } activity ? activity.Id ?? "" : "";
-        var job = new NewJob(caller.Name, entry.Id, pool.Model, parameters.GetRawText(), request.TimeoutSeconds, traceParent);
+        // The time limit is settled here, where Gateway:DefaultJobTimeoutSeconds is known: workers run what the job says.
+        int timeout = request.TimeoutSeconds > 0 ? request.TimeoutSeconds : options.DefaultJobTimeoutSeconds;
+        var job = new NewJob(caller.Name, entry.Id, pool.Model, parameters.GetRawText(), timeout, traceParent);
         var limits = new SubmitLimits(MaxActivePerOwner: options.RateLimit.MaxJobsPerKey, MaxQueued: options.MaxQueuedJobs);
-        return Guard(async () =>
-        {
-            var stored = await store.SubmitAsync(job, limits, ct);
-            local.JobQueued();
-            return stored;
-        });
+        return await Guard(() => store.SubmitAsync(job, limits, ct));
     }
 
     public Task<JobInfo> GetAsync(string id, Caller caller, CancellationToken ct) => Guard(() => store.GetAsync(id, ToJobCaller(caller), ct));
@@ -93,17 +93,11 @@ public sealed class JobService
 
     /// <summary>
     /// Cancels a job (its owner or an admin). A queued job ends at once; a running one is marked in
-    /// the store, and stopped at once if it runs in this process, else at its worker's next heartbeat.
+    /// the store, and its worker stops it at its lease's next heartbeat (every third of <c>Worker:Jobs:LeaseSeconds</c>).
     /// </summary>
     public Task<JobInfo> CancelAsync(string id, Caller caller, CancellationToken ct) => CancelAsync(id, ToJobCaller(caller), ct);
 
-    internal Task<JobInfo> CancelAsync(string id, JobCaller caller, CancellationToken ct) => Guard(async () =>
-    {
-        var job = await store.CancelAsync(id, caller, ct);
-        if (job.State == JobState.Running)
-            local.Cancel(id, job.CancelledBy ?? caller.Name);
-        return job;
-    });
+    internal Task<JobInfo> CancelAsync(string id, JobCaller caller, CancellationToken ct) => Guard(() => store.CancelAsync(id, caller, ct));
 
     /// <summary>
     /// The job's events as the wire's stream: a progress message with its state now, then every
@@ -141,7 +135,7 @@ public sealed class JobService
     }
 
     /// <summary>Store refusals as gRPC statuses; an unreachable database as UNAVAILABLE (worth a retry).</summary>
-    private static async Task<T> Guard<T>(Func<Task<T>> action)
+    internal static async Task<T> Guard<T>(Func<Task<T>> action)
     {
         try
         {

@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using Grpc.Core;
 using InterpMesh.Gateway.Configuration;
+using InterpMesh.Routing;
 using InterpMesh.Gateway.Security;
 using InterpMesh.Gateway.Telemetry;
 using Microsoft.Extensions.Options;

@@ -8,49 +8,40 @@ namespace InterpMesh.Gateway.Telemetry;
 
 /// <summary>
 /// The gateway's instruments (meter <c>InterpMesh.Gateway</c>), exported to Prometheus on the
-/// metrics port. Tags are low-cardinality: method, status, key name (never the key), plugin, outcome.
+/// metrics port. Tags are low-cardinality: method, status, key name (never the key). Plugin runs and
+/// the plugins' own meter are the analysis workers' (<c>InterpMesh.Worker</c>, <c>InterpMesh.Plugins</c>).
 /// </summary>
 public sealed class GatewayMetrics : ICallMetrics, IDisposable
 {
     public const string MeterName = "InterpMesh.Gateway";
 
-    /// <summary>The meter plugins get for their own instruments.</summary>
-    public const string PluginMeterName = "InterpMesh.Plugins";
-
     private readonly Meter meter;
-    private readonly Meter pluginMeter;
 
     /// <param name="meters">The host's meter factory: meters it creates belong to this host, so two gateways in one process (tests) do not mix their series.</param>
     public GatewayMetrics(IMeterFactory meters)
     {
         meter = meters.Create(MeterName);
-        pluginMeter = meters.Create(PluginMeterName);
         Requests = meter.CreateCounter<long>("interpmesh.gateway.requests", "{request}", "Calls handled, by method, status and key name");
         Duration = meter.CreateHistogram("interpmesh.gateway.request.duration", "s", "Call latency, by method, status and key name",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120, 600] });
         ActivationBytes = meter.CreateCounter<long>("interpmesh.gateway.activations.bytes", "By", "Response bytes (gRPC messages with their prefixes) forwarded from model services to clients");
-        PluginRuns = meter.CreateCounter<long>("interpmesh.gateway.plugin.runs", "{run}", "Finished plugin runs, by plugin and outcome");
     }
 
     public Counter<long> Requests { get; }
     public Histogram<double> Duration { get; }
     public Counter<long> ActivationBytes { get; }
-    public Counter<long> PluginRuns { get; }
-
-    /// <summary>The plugin meter handed to runs (exported with the gateway's).</summary>
-    public Meter PluginMeter => pluginMeter;
-
-    /// <summary>Plugin folders loaded and failed, as gauges (plugins load before metrics export starts).</summary>
+    /// <summary>Plugin folders loaded and failed as the analysis workers published them (the gateway's last read of the catalog).</summary>
     public void ObservePlugins(Func<int> loaded, Func<int> failed)
     {
-        meter.CreateObservableGauge("interpmesh.gateway.plugins.loaded", loaded, "{plugin}", "Plugins loaded and runnable");
-        meter.CreateObservableGauge("interpmesh.gateway.plugins.failed", failed, "{plugin}", "Plugin folders that failed to load");
+        meter.CreateObservableGauge("interpmesh.gateway.plugins.loaded", loaded, "{plugin}", "Plugins some analysis worker has loaded and runs");
+        meter.CreateObservableGauge("interpmesh.gateway.plugins.failed", failed, "{plugin}", "Plugin folders analysis workers failed to load (and none loaded)");
     }
 
-    public void ObserveJobs(Func<int> queued, Func<int> running)
+    /// <summary>Jobs queued and running in the job store, over every gateway and worker (workers export the queued count too, as <c>interpmesh.jobs.queued</c>).</summary>
+    public void ObserveJobs(Func<long> queued, Func<long> running)
     {
-        meter.CreateObservableGauge("interpmesh.gateway.jobs.queued", queued, "{job}", "Jobs waiting to run");
-        meter.CreateObservableGauge("interpmesh.gateway.jobs.running", running, "{job}", "Jobs running");
+        meter.CreateObservableGauge("interpmesh.jobs.queued", queued, "{job}", "Jobs waiting in the shared job store");
+        meter.CreateObservableGauge("interpmesh.jobs.running", running, "{job}", "Jobs running on analysis workers");
     }
 
     /// <summary>Every key's job totals from the job store (over all workers, surviving pruning), as counters tagged with the key's name.</summary>
@@ -65,9 +56,5 @@ public sealed class GatewayMetrics : ICallMetrics, IDisposable
     /// <summary>Calls are also tagged with the caller's key name (never the key).</summary>
     public void AddTags(ref TagList tags, ServerCallContext context) => tags.Add("key", Caller.NameOf(context));
 
-    public void Dispose()
-    {
-        meter.Dispose();
-        pluginMeter.Dispose();
-    }
+    public void Dispose() => meter.Dispose();
 }

@@ -63,7 +63,7 @@ public sealed class FutureSdk : IAnalysisPlugin
     public Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context) => Task.FromResult(new PluginResult());
 }
 
-/// <summary>Throws while the gateway loads it.</summary>
+/// <summary>Throws while the worker loads it.</summary>
 public sealed class ThrowsOnLoad : IAnalysisPlugin
 {
     public ThrowsOnLoad() => throw new InvalidOperationException("cannot start: missing licence file (on purpose)");

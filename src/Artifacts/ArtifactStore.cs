@@ -3,10 +3,8 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 using InterpMesh.Contracts.Artifacts;
-using InterpMesh.Plugins;
-using TorchSharp;
 
-namespace InterpMesh.Gateway.Artifacts;
+namespace InterpMesh.Artifacts;
 
 /// <summary>
 /// Artifacts in a directory that several gateway and worker processes, on one machine or many
@@ -28,9 +26,10 @@ namespace InterpMesh.Gateway.Artifacts;
 /// Artifacts written by earlier versions (a real <c>&lt;name&gt;.artifact/</c> folder) are read as they
 /// are and become links when replaced. Checksums are verified on every read.
 /// </summary>
-public sealed partial class ArtifactStore : IArtifactStore
+public sealed partial class ArtifactStore
 {
-    public const string TensorsFile = SafeTensors.ArtifactFile;
+    /// <summary>The file tensors are saved in (the SDK's <c>SafeTensors.ArtifactFile</c>; this library carries no torch code).</summary>
+    public const string TensorsFile = "tensors.safetensors";
     private const string ManifestFile = ".artifact.json";
     private const string Suffix = ".artifact";
     /// <summary>How long a replaced or deleted version stays readable.</summary>
@@ -51,8 +50,10 @@ public sealed partial class ArtifactStore : IArtifactStore
     /// Largest metadata (as JSON) an artifact may carry, for what plugins save: uploads are checked
     /// before this, at the API edge (<c>RecordLimits</c>); a manifest over it could not be listed.
     /// </param>
-    public ArtifactStore(string root, long maxArtifactBytes = long.MaxValue, int maxMetadataBytes = int.MaxValue)
+    /// <param name="limitSetting">The setting that sets <paramref name="maxArtifactBytes"/>, named when an artifact exceeds it.</param>
+    public ArtifactStore(string root, long maxArtifactBytes = long.MaxValue, int maxMetadataBytes = int.MaxValue, string limitSetting = "Gateway:Limits:MaxArtifactBytes")
     {
+        LimitSetting = limitSetting;
         this.maxMetadataBytes = maxMetadataBytes;
         this.root = Path.GetFullPath(root);
         MaxArtifactBytes = maxArtifactBytes;
@@ -67,6 +68,18 @@ public sealed partial class ArtifactStore : IArtifactStore
     }
 
     public string Root => root;
+
+    /// <summary>The setting named when an artifact exceeds <see cref="MaxArtifactBytes"/>.</summary>
+    public string LimitSetting { get; }
+
+    /// <summary>A size as people read it: bytes, KiB or MiB.</summary>
+    public static string DescribeBytes(long n) => n switch
+    {
+        < 1 << 20 when n % 1024 != 0 || n == 0 => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{n} bytes"),
+        < 1 << 20 => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{n / 1024} KiB"),
+        _ when n % (1 << 20) == 0 => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{n >> 20} MiB"),
+        _ => string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{n / (double)(1 << 20):0.0} MiB"),
+    };
 
     /// <summary>The largest artifact this store accepts, in bytes (all its files together).</summary>
     public long MaxArtifactBytes { get; }
@@ -110,9 +123,9 @@ public sealed partial class ArtifactStore : IArtifactStore
         return new ArtifactWrite(this, name, link, dir, metadata ?? []);
     }
 
-    internal StoredArtifact Commit(ArtifactWrite write, List<StoredFile> files)
+    internal SavedArtifact Commit(ArtifactWrite write, List<SavedFile> files)
     {
-        var info = new StoredArtifact { Name = write.Name, Files = files, Metadata = write.Metadata, Created = DateTimeOffset.UtcNow };
+        var info = new SavedArtifact { Name = write.Name, Files = files, Metadata = write.Metadata, Created = DateTimeOffset.UtcNow };
         File.WriteAllText(Path.Combine(write.StagingDirectory, ManifestFile), Serialize(info));
         // Touched first: a sweep elsewhere removes unlinked versions only once they are older than Grace.
         Directory.SetLastWriteTimeUtc(write.StagingDirectory, DateTime.UtcNow);
@@ -161,7 +174,7 @@ public sealed partial class ArtifactStore : IArtifactStore
         }
     }
 
-    public async Task<StoredArtifact> SaveFilesAsync(string name, IReadOnlyDictionary<string, byte[]> files, JsonObject? metadata = null, CancellationToken cancellationToken = default)
+    public async Task<SavedArtifact> SaveFilesAsync(string name, IReadOnlyDictionary<string, byte[]> files, JsonObject? metadata = null, CancellationToken cancellationToken = default)
     {
         using var write = Begin(name, metadata);
         foreach (var (file, bytes) in files)
@@ -172,23 +185,18 @@ public sealed partial class ArtifactStore : IArtifactStore
         return await write.CommitAsync(cancellationToken);
     }
 
-    public async Task<StoredArtifact> SaveTensorsAsync(string name, IReadOnlyDictionary<string, torch.Tensor> tensors, JsonObject? metadata = null, CancellationToken cancellationToken = default)
-    {
-        using var write = Begin(name, metadata);
-        await using (var stream = write.CreateFile(TensorsFile))
-            SafeTensors.Write(stream, tensors, metadata);
-        return await write.CommitAsync(cancellationToken);
-    }
-
-    public async Task<Dictionary<string, torch.Tensor>> LoadTensorsAsync(string name, CancellationToken cancellationToken = default)
+    /// <summary>
+    /// Opens <paramref name="file"/> of artifact <paramref name="name"/> for reading after checking its
+    /// checksum (what loading tensors reads: the plugin host parses the stream).
+    /// </summary>
+    public async Task<Stream> OpenVerifiedFileAsync(string name, string file, CancellationToken cancellationToken = default)
     {
         var info = Open(name) ?? throw new FileNotFoundException($"there is no artifact '{name}'");
-        if (!info.Files.Any(f => f.Name == TensorsFile))
-            throw new ArgumentException($"artifact '{name}' has no {TensorsFile}; its files are {string.Join(", ", info.Files.Select(f => f.Name))}");
-        var path = Path.Combine(info.Folder, TensorsFile);
-        await Verify(name, path, info.Files.First(f => f.Name == TensorsFile), cancellationToken);
-        await using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
-        return SafeTensors.Read(stream, $"artifact '{name}'/{TensorsFile}");
+        if (!info.Files.Any(f => f.Name == file))
+            throw new ArgumentException($"artifact '{name}' has no {file}; its files are {string.Join(", ", info.Files.Select(f => f.Name))}");
+        var path = Path.Combine(info.Folder, file);
+        await Verify(name, path, info.Files.First(f => f.Name == file), cancellationToken);
+        return new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
     }
 
     public async Task<IReadOnlyDictionary<string, byte[]>> LoadFilesAsync(string name, CancellationToken cancellationToken = default)
@@ -206,14 +214,14 @@ public sealed partial class ArtifactStore : IArtifactStore
     }
 
     /// <summary>Checks one file's checksum (streaming, for large files).</summary>
-    public static async Task Verify(string name, string path, StoredFile file, CancellationToken cancellationToken)
+    public static async Task Verify(string name, string path, SavedFile file, CancellationToken cancellationToken)
     {
         await using var stream = File.OpenRead(path);
         await Verify(name, stream, file, cancellationToken);
     }
 
     /// <summary>Checks one open file's checksum from its current position.</summary>
-    public static async Task Verify(string name, Stream stream, StoredFile file, CancellationToken cancellationToken)
+    public static async Task Verify(string name, Stream stream, SavedFile file, CancellationToken cancellationToken)
     {
         var hash = await SHA256.HashDataAsync(stream, cancellationToken);
         if (stream.Length != file.Bytes || Convert.ToHexStringLower(hash) != file.Sha256)
@@ -246,7 +254,7 @@ public sealed partial class ArtifactStore : IArtifactStore
         return new ArtifactVersion(info, folder);
     }
 
-    public Task<StoredArtifact?> FindAsync(string name, CancellationToken cancellationToken = default) =>
+    public Task<SavedArtifact?> FindAsync(string name, CancellationToken cancellationToken = default) =>
         Task.FromResult(Open(name)?.Info);
 
     /// <summary>
@@ -254,7 +262,7 @@ public sealed partial class ArtifactStore : IArtifactStore
     /// (ordinal), by name. Names are found first; each manifest is read only when the caller takes
     /// that artifact, so a page of a long listing reads only its own manifests.
     /// </summary>
-    public IEnumerable<StoredArtifact> List(string prefix = "", string? after = null)
+    public IEnumerable<SavedArtifact> List(string prefix = "", string? after = null)
     {
         var names = new List<(string Name, string Manifest)>();
         Walk(root, names, prefix, after);
@@ -284,11 +292,11 @@ public sealed partial class ArtifactStore : IArtifactStore
         }
     }
 
-    private static IEnumerable<StoredArtifact> Read(List<(string Name, string Manifest)> names)
+    private static IEnumerable<SavedArtifact> Read(List<(string Name, string Manifest)> names)
     {
         foreach (var (name, manifest) in names)
         {
-            StoredArtifact artifact;
+            SavedArtifact artifact;
             try
             {
                 artifact = Deserialize(name, File.ReadAllText(manifest));
@@ -400,7 +408,7 @@ public sealed partial class ArtifactStore : IArtifactStore
         }
     }
 
-    private static string Serialize(StoredArtifact info) => new JsonObject
+    private static string Serialize(SavedArtifact info) => new JsonObject
     {
         ["name"] = info.Name,
         ["created"] = info.Created.ToString("O"),
@@ -408,11 +416,11 @@ public sealed partial class ArtifactStore : IArtifactStore
         ["metadata"] = info.Metadata.DeepClone(),
     }.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
 
-    private static StoredArtifact Deserialize(string name, string json)
+    private static SavedArtifact Deserialize(string name, string json)
     {
         var o = JsonNode.Parse(json)!.AsObject();
-        var files = o["files"]!.AsArray().Select(f => new StoredFile { Name = f!["name"]!.GetValue<string>(), Bytes = f["bytes"]!.GetValue<long>(), Sha256 = f["sha256"]!.GetValue<string>() }).ToList();
-        return new StoredArtifact { Name = name, Files = files, Metadata = o["metadata"]?.DeepClone().AsObject() ?? [], Created = DateTimeOffset.Parse(o["created"]!.GetValue<string>(), System.Globalization.CultureInfo.InvariantCulture) };
+        var files = o["files"]!.AsArray().Select(f => new SavedFile { Name = f!["name"]!.GetValue<string>(), Bytes = f["bytes"]!.GetValue<long>(), Sha256 = f["sha256"]!.GetValue<string>() }).ToList();
+        return new SavedArtifact { Name = name, Files = files, Metadata = o["metadata"]?.DeepClone().AsObject() ?? [], Created = DateTimeOffset.Parse(o["created"]!.GetValue<string>(), System.Globalization.CultureInfo.InvariantCulture) };
     }
 
     private static void TryDelete(string dir)
@@ -473,7 +481,7 @@ public sealed class ArtifactWrite : IDisposable
     private void Count(long bytes)
     {
         if (Interlocked.Add(ref written, bytes) > store.MaxArtifactBytes)
-            throw new ArtifactTooLargeException(Name, store.MaxArtifactBytes);
+            throw new ArtifactTooLargeException(Name, store.MaxArtifactBytes, store.LimitSetting);
     }
 
     /// <summary>A file stream that counts what is written against the artifact's limit before writing it.</summary>
@@ -534,14 +542,14 @@ public sealed class ArtifactWrite : IDisposable
         }
     }
 
-    public async Task<StoredArtifact> CommitAsync(CancellationToken cancellationToken = default)
+    public async Task<SavedArtifact> CommitAsync(CancellationToken cancellationToken = default)
     {
-        var files = new List<StoredFile>();
+        var files = new List<SavedFile>();
         foreach (var path in Directory.EnumerateFiles(StagingDirectory).Order(StringComparer.Ordinal))
         {
             await using var stream = File.OpenRead(path);
             var hash = await SHA256.HashDataAsync(stream, cancellationToken);
-            files.Add(new StoredFile { Name = Path.GetFileName(path), Bytes = stream.Length, Sha256 = Convert.ToHexStringLower(hash) });
+            files.Add(new SavedFile { Name = Path.GetFileName(path), Bytes = stream.Length, Sha256 = Convert.ToHexStringLower(hash) });
         }
         var info = store.Commit(this, files);
         committed = true;
@@ -556,9 +564,9 @@ public sealed class ArtifactWrite : IDisposable
 }
 
 /// <summary>One version of an artifact: its manifest and the folder its files are read from.</summary>
-public sealed record ArtifactVersion(StoredArtifact Info, string Folder)
+public sealed record ArtifactVersion(SavedArtifact Info, string Folder)
 {
-    public IReadOnlyList<StoredFile> Files => Info.Files;
+    public IReadOnlyList<SavedFile> Files => Info.Files;
 
     /// <summary>The path of one of this version's files.</summary>
     public string PathOf(string file)
@@ -569,8 +577,37 @@ public sealed record ArtifactVersion(StoredArtifact Info, string Folder)
 }
 
 /// <summary>An artifact grew past the store's size limit while it was written; nothing was stored.</summary>
-public sealed class ArtifactTooLargeException(string name, long limit)
-    : Exception($"artifact '{name}' is larger than the limit of {Api.RecordLimits.Bytes(limit)} (Gateway:Limits:MaxArtifactBytes); nothing was stored")
+public sealed class ArtifactTooLargeException(string name, long limit, string setting)
+    : Exception($"artifact '{name}' is larger than the limit of {ArtifactStore.DescribeBytes(limit)} ({setting}); nothing was stored")
 {
     public long Limit { get; } = limit;
+}
+
+/// <summary>A stored artifact: its name, files, metadata and creation time (the plugin SDK's <c>StoredArtifact</c> has the same shape).</summary>
+public sealed class SavedArtifact
+{
+    /// <summary>Its name.</summary>
+    public required string Name { get; init; }
+
+    /// <summary>Its files.</summary>
+    public required IReadOnlyList<SavedFile> Files { get; init; }
+
+    /// <summary>The metadata it was saved with.</summary>
+    public required JsonObject Metadata { get; init; }
+
+    /// <summary>When it was written.</summary>
+    public required DateTimeOffset Created { get; init; }
+}
+
+/// <summary>One file of an artifact.</summary>
+public sealed class SavedFile
+{
+    /// <summary>File name within the artifact.</summary>
+    public required string Name { get; init; }
+
+    /// <summary>Size in bytes.</summary>
+    public required long Bytes { get; init; }
+
+    /// <summary>Lower-case hex SHA-256 of the content.</summary>
+    public required string Sha256 { get; init; }
 }

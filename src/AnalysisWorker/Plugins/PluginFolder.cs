@@ -1,7 +1,7 @@
 using System.Text.Json;
 using System.Text.RegularExpressions;
 
-namespace InterpMesh.Gateway.Plugins;
+namespace InterpMesh.AnalysisWorker.Plugins;
 
 /// <summary>
 /// <c>plugin.json</c>: which DLL of the folder holds the plugin.

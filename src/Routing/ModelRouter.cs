@@ -1,9 +1,7 @@
 using Grpc.Core;
 using Grpc.Net.Client;
-using InterpMesh.Gateway.Configuration;
-using Microsoft.Extensions.Options;
 
-namespace InterpMesh.Gateway.Routing;
+namespace InterpMesh.Routing;
 
 /// <summary>
 /// Routes by model name to that model's model-service replicas. Calls are spread round-robin; a
@@ -19,11 +17,17 @@ public sealed class ModelRouter : IDisposable
     private readonly Dictionary<string, ReplicaPool> pools;
     private readonly string? defaultModel;
 
-    public ModelRouter(IOptions<GatewayOptions> options)
+    private readonly string host;
+
+    /// <param name="models">Models by name with their replicas' endpoints (<c>Gateway:Models</c> or <c>Worker:Models</c>).</param>
+    /// <param name="defaultModel">Used when a call names no model; null: the only model, if there is one.</param>
+    /// <param name="host">Who routes, for error messages: "this gateway", "worker w-1".</param>
+    public ModelRouter(IReadOnlyDictionary<string, ModelRoute> models, string? defaultModel, string host)
     {
-        var o = options.Value;
-        pools = o.Models.ToDictionary(kv => kv.Key, kv => new ReplicaPool(kv.Key, kv.Value.Endpoints), StringComparer.Ordinal);
-        defaultModel = o.DefaultModel is { Length: > 0 } d ? d : pools.Count == 1 ? pools.Keys.First() : null;
+        ArgumentNullException.ThrowIfNull(models);
+        this.host = host;
+        pools = models.ToDictionary(kv => kv.Key, kv => new ReplicaPool(kv.Key, kv.Value.Endpoints), StringComparer.Ordinal);
+        this.defaultModel = defaultModel is { Length: > 0 } d ? d : pools.Count == 1 ? pools.Keys.First() : null;
     }
 
     public IReadOnlyCollection<string> Models => pools.Keys;
@@ -35,10 +39,10 @@ public sealed class ModelRouter : IDisposable
         {
             return defaultModel is not null ? pools[defaultModel]
                 : throw new RpcException(new Status(StatusCode.InvalidArgument,
-                    $"name a model (metadata '{ModelHeader}'); this gateway serves {string.Join(", ", pools.Keys)}"));
+                    $"name a model (metadata '{ModelHeader}'); {host} serves {string.Join(", ", pools.Keys)}"));
         }
         return pools.TryGetValue(model, out var pool) ? pool
-            : throw new RpcException(new Status(StatusCode.NotFound, $"unknown model '{model}'; this gateway serves {string.Join(", ", pools.Keys)}"));
+            : throw new RpcException(new Status(StatusCode.NotFound, $"unknown model '{model}'; {host} serves {string.Join(", ", pools.Keys)}"));
     }
 
     public void Dispose()
@@ -118,7 +122,7 @@ public sealed class Replica : IDisposable
     /// The plugins' model calls retry RESOURCE_EXHAUSTED, waiting the service's pushback each time, up
     /// to 100 attempts (at the model service's 200 ms, with its admission wait, well over the 20 s a
     /// busy spell lasts) within the call's deadline. UNAVAILABLE is not retried on the channel:
-    /// <see cref="RoutedModelClient"/> fails a unary call over to another replica, which a channel to
+    /// the worker's routed model client fails a unary call over to another replica, which a channel to
     /// one replica cannot do.
     /// </summary>
     public static readonly InterpMesh.Client.ChannelRetry PluginRetry = new() { MaxAttempts = 100, RetryUnavailable = false };
@@ -156,5 +160,71 @@ public sealed class Replica : IDisposable
         Channel.Dispose();
         if (pluginChannel.IsValueCreated)
             pluginChannel.Value.Dispose();
+    }
+}
+
+/// <summary>The replicas serving one model (<c>Gateway:Models:&lt;name&gt;</c>, <c>Worker:Models:&lt;name&gt;</c>).</summary>
+public sealed class ModelRoute
+{
+    /// <summary>
+    /// gRPC addresses; calls are spread over them. Either one server, <c>http://model-gpt2-0.model-gpt2:50051</c>,
+    /// or <c>dns:///model-gpt2.interpmesh.svc.cluster.local:50051</c>: every address the name resolves to
+    /// (the ready pods of a headless Service), balanced round-robin and re-resolved every 15 s.
+    /// </summary>
+    public List<string> Endpoints { get; set; } = [];
+}
+
+/// <summary>Checks of model routes that every host's options validator shares.</summary>
+public static class ModelRoutes
+{
+    /// <summary>Every problem of <paramref name="models"/> and <paramref name="defaultModel"/>, each naming its key under <paramref name="section"/>.</summary>
+    public static IEnumerable<string> Errors(string section, IReadOnlyDictionary<string, ModelRoute> models, string? defaultModel)
+    {
+        if (models.Count == 0)
+            yield return $"{section}:Models is empty: configure at least one model, e.g. {section}:Models:gpt2:Endpoints:0=http://127.0.0.1:50051";
+        foreach (var (model, route) in models)
+        {
+            if (route.Endpoints.Count == 0)
+                yield return $"{section}:Models:{model}:Endpoints is empty";
+            foreach (var e in route.Endpoints)
+            {
+                if (EndpointError(e) is { } error)
+                    yield return $"{section}:Models:{model}:Endpoints has '{e}': {error}";
+            }
+        }
+        if (defaultModel is { Length: > 0 } d && !models.ContainsKey(d))
+            yield return $"{section}:DefaultModel '{d}' is not one of the configured models ({string.Join(", ", models.Keys)})";
+    }
+
+    /// <summary>What is wrong with a model endpoint, or null: an http(s) URL or <c>dns:///host:port</c>.</summary>
+    public static string? EndpointError(string endpoint)
+    {
+        if (InterpMesh.Client.Channels.IsDns(endpoint))
+            return DnsEndpointError(endpoint);
+        return Uri.TryCreate(endpoint, UriKind.Absolute, out var u) && u.Scheme is "http" or "https" ? null
+            : "not an http(s) URL (http://host:port) nor dns:///host:port";
+    }
+
+    private static string? DnsEndpointError(string endpoint)
+    {
+        const string Form = "use dns:///host:port, e.g. dns:///model-gpt2.interpmesh.svc.cluster.local:50051";
+        if (!endpoint.StartsWith("dns:///", StringComparison.OrdinalIgnoreCase))
+            return $"a dns endpoint names no DNS server (nothing between 'dns://' and the third '/'); {Form}";
+        string target = endpoint["dns:///".Length..];
+        if (target.Length == 0)
+            return $"no host; {Form}";
+        if (target.IndexOfAny(['/', '?', '#', '@', ' ']) >= 0)
+            return $"'{target}' is not host:port (no path, query or user); {Form}";
+        int colon = target.LastIndexOf(':');
+        if (colon < 0 || (target.StartsWith('[') && colon < target.IndexOf(']', StringComparison.Ordinal)))
+            return $"no port: the gateway cannot guess the model service's gRPC port; {Form}";
+        string host = target[..colon], port = target[(colon + 1)..];
+        if (host.Length == 0)
+            return $"no host; {Form}";
+        if (host.Contains(':', StringComparison.Ordinal) && !(host.StartsWith('[') && host.EndsWith(']')))
+            return $"an IPv6 host goes in brackets, dns:///[::1]:50051; {Form}";
+        if (!int.TryParse(port, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int p) || p is < 1 or > 65535)
+            return $"port '{port}' is not a number from 1 to 65535; {Form}";
+        return Uri.CheckHostName(host.Trim('[', ']')) == UriHostNameType.Unknown ? $"'{host}' is not a host name; {Form}" : null;
     }
 }

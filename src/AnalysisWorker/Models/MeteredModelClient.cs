@@ -4,7 +4,7 @@ using InterpMesh.Contracts.V1;
 using InterpMesh.Jobs;
 using InterpMesh.Plugins;
 
-namespace InterpMesh.Gateway.Jobs;
+namespace InterpMesh.AnalysisWorker.Models;
 
 /// <summary>
 /// The plugin's model client, counting what a run asks of the models for the key's usage: calls

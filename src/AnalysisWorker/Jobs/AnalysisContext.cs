@@ -1,7 +1,7 @@
 using System.Diagnostics.Metrics;
 using InterpMesh.Plugins;
 
-namespace InterpMesh.Gateway.Jobs;
+namespace InterpMesh.AnalysisWorker.Jobs;
 
 /// <summary>The SDK context of one run; progress goes to the job store through the run's <see cref="JobReporter"/>.</summary>
 internal sealed class AnalysisContext(string jobId, IModelClient model, IArtifactStore artifacts, ILogger logger, Meter meter, JobReporter reporter, CancellationToken cancellation) : IAnalysisContext

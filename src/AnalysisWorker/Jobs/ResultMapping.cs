@@ -1,11 +1,17 @@
 using System.Text.Json.Nodes;
 using Google.Protobuf;
 
-namespace InterpMesh.Gateway.Jobs;
+namespace InterpMesh.AnalysisWorker.Jobs;
 
 /// <summary>SDK results to the wire.</summary>
 internal static class ResultMapping
 {
+    // The gateways' JobMapping reads results back with the same settings (protobuf JSON, default values left out).
+    private static readonly JsonFormatter Formatter = new(JsonFormatter.Settings.Default.WithFormatDefaultValues(false));
+
+    /// <summary>A run's result as the store keeps it (protobuf JSON, figures base64): opaque to the store, read by every gateway.</summary>
+    public static string ToJson(Contracts.V1.AnalysisResult result) => Formatter.Format(result);
+
     public static Contracts.V1.AnalysisResult ToProto(InterpMesh.Plugins.PluginResult result)
     {
         var proto = new Contracts.V1.AnalysisResult { SummaryJson = (result.Summary ?? []).ToJsonString() };

@@ -1,33 +1,36 @@
 using System.Diagnostics;
 using System.Text.Json;
 using Grpc.Core;
-using InterpMesh.Gateway.Artifacts;
-using InterpMesh.Gateway.Configuration;
-using InterpMesh.Gateway.Plugins;
-using InterpMesh.Gateway.Routing;
-using InterpMesh.Gateway.Telemetry;
+using InterpMesh.AnalysisWorker.Configuration;
+using InterpMesh.AnalysisWorker.Hosting;
+using InterpMesh.AnalysisWorker.Models;
+using InterpMesh.AnalysisWorker.Plugins;
+using InterpMesh.AnalysisWorker.Telemetry;
 using InterpMesh.Jobs;
 using InterpMesh.Plugins;
+using InterpMesh.Routing;
 using Microsoft.Extensions.Options;
 
-namespace InterpMesh.Gateway.Jobs;
+namespace InterpMesh.AnalysisWorker.Jobs;
 
 /// <summary>
-/// The analysis worker: <c>MaxConcurrentJobs</c> loops, each taking the next job from the shared
-/// queue under a lease (fair over keys, see <see cref="IJobQueue.TakeAsync"/>), keeping it with a
+/// The analysis worker: <c>Worker:MaxConcurrentJobs</c> loops, each taking the next job from the
+/// shared queue under a lease (fair over keys, see <see cref="IJobQueue.TakeAsync"/>), keeping it with a
 /// <see cref="LeaseKeeper"/>, running the plugin with its <see cref="AnalysisContext"/> and model
-/// client, publishing progress to the store and completing the job there. Any gateway replica
-/// serves the job's record and events meanwhile.
+/// client, publishing progress to the store and completing the job there. Any gateway serves the
+/// job's record and events meanwhile; an idle loop looks for work every <c>Worker:Jobs:PollMilliseconds</c>.
 /// <para>
-/// Stopping: a cancel request (through any replica; at once when it reaches this process, else at
-/// the next heartbeat), the job's time limit, or a lost lease cancel the plugin's token. A plugin
-/// that ignores it for <see cref="StopGrace"/> is given up on: its job ends (or, when the lease was
-/// lost, is left to the worker that has it now) and its slot serves the next job, but its task keeps
-/// its thread, CPU and memory until it returns by itself — a .NET process cannot kill one task. That
-/// is why workers are meant to become their own process, recycled instead (docs/reliability.md).
+/// Stopping: a cancel request (through any gateway, seen at the lease's next heartbeat, every third
+/// of <c>Worker:Jobs:LeaseSeconds</c>), the job's time limit, or a lost lease cancel the plugin's
+/// token. A plugin that ignores it for <see cref="StopGrace"/> cannot be stopped: a .NET process
+/// cannot kill one task. Its job ends (or, when the lease was lost, is left to the worker that has it
+/// now); then, with <c>Worker:RecycleStuckPlugins</c> (the default), this worker stops taking jobs,
+/// puts its other running jobs back in the queue and stops its process with a non-zero exit code
+/// (<see cref="WorkerRecycler"/>) for its supervisor to start a clean one; without it (in-process
+/// hosting), the task is abandoned and keeps its thread, CPU and memory until it returns by itself.
 /// When the host stops, running jobs go back to the queue (<see cref="IJobQueue.ReleaseAsync"/>) for
-/// another worker, or this one after a restart; a worker that dies instead loses its leases, and
-/// its jobs are re-queued when they expire, up to <c>Gateway:Jobs:MaxAttempts</c> takes.
+/// another worker; a worker that dies instead loses its leases, and its jobs are re-queued when they
+/// expire, up to <c>Worker:Jobs:MaxAttempts</c> takes.
 /// </para>
 /// </summary>
 public sealed class JobWorker : BackgroundService
@@ -35,25 +38,26 @@ public sealed class JobWorker : BackgroundService
     /// <summary>How long a plugin may take to stop after cancellation before it is given up on.</summary>
     public static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(5);
 
-    private static readonly TimeSpan CountEvery = TimeSpan.FromSeconds(5);
-    private static readonly TimeSpan PruneEvery = TimeSpan.FromMinutes(10);
+    /// <summary>The time limit of a job queued without one (by a gateway older than the worker host, which stored 0).</summary>
+    public static readonly TimeSpan DefaultJobTimeout = TimeSpan.FromHours(1);
 
-    private readonly GatewayOptions options;
+    private static readonly TimeSpan CountEvery = TimeSpan.FromSeconds(5);
+
+    private readonly WorkerOptions options;
     private readonly IPluginCatalog catalog;
     private readonly ModelRouter router;
-    private readonly ArtifactStore artifacts;
-    private readonly GatewayMetrics metrics;
+    private readonly PluginArtifacts artifacts;
+    private readonly WorkerMetrics metrics;
     private readonly ILoggerFactory loggers;
     private readonly ILogger<JobWorker> logger;
     private readonly IJobQueue queue;
     private readonly IJobStore store;
-    private readonly LocalRuns local;
+    private readonly WorkerRecycler recycler;
     private long queued;
     private int running;
-    private IReadOnlyList<KeyUsage> usage = [];
 
-    public JobWorker(IOptions<GatewayOptions> options, IPluginCatalog catalog, ModelRouter router, ArtifactStore artifacts, GatewayMetrics metrics,
-        ILoggerFactory loggers, IJobQueue queue, IJobStore store, LocalRuns local)
+    public JobWorker(IOptions<WorkerOptions> options, IPluginCatalog catalog, ModelRouter router, PluginArtifacts artifacts, WorkerMetrics metrics,
+        ILoggerFactory loggers, IJobQueue queue, IJobStore store, WorkerRecycler recycler, WorkerIdentity identity)
     {
         this.options = options.Value;
         this.catalog = catalog;
@@ -63,13 +67,11 @@ public sealed class JobWorker : BackgroundService
         this.loggers = loggers;
         this.queue = queue;
         this.store = store;
-        this.local = local;
+        this.recycler = recycler;
         logger = loggers.CreateLogger<JobWorker>();
-        WorkerId = $"{Environment.MachineName}/{Environment.ProcessId}/{Guid.NewGuid().ToString("N")[..6]}";
-        // Queued: over every worker (the store's count, refreshed every few seconds); running: this process's.
-        metrics.ObserveJobs(() => (int)Math.Min(int.MaxValue, Volatile.Read(ref queued)), () => Volatile.Read(ref running));
-        // Per key, over every worker (the store's totals, refreshed with the counts): what #20's accounting exports.
-        metrics.ObserveKeyUsage(() => Volatile.Read(ref usage));
+        WorkerId = identity.Id;
+        // Queued: over every worker (the store's count, refreshed every few seconds); running: this worker's.
+        metrics.ObserveJobs(() => Volatile.Read(ref queued), () => Volatile.Read(ref running));
     }
 
     /// <summary>Recorded with each lease: the machine, process and this worker.</summary>
@@ -81,40 +83,37 @@ public sealed class JobWorker : BackgroundService
 
     protected override Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        // Counting and retention run on every replica; taking jobs only where a worker is wanted.
-        var housekeeping = Task.Run(() => HousekeepAsync(stoppingToken), CancellationToken.None);
-        if (!options.Jobs.RunWorker)
-        {
-            logger.LogInformation("Gateway:Jobs:RunWorker is false: this gateway queues and serves jobs; replicas with a worker run them");
-            return housekeeping;
-        }
+        var counting = Task.Run(() => CountAsync(stoppingToken), CancellationToken.None);
         return Task.WhenAll(Enumerable.Range(0, options.MaxConcurrentJobs).Select(_ => Task.Run(() => TakeLoopAsync(stoppingToken), CancellationToken.None))
-            .Append(housekeeping));
+            .Append(counting));
     }
 
     private async Task TakeLoopAsync(CancellationToken stopping)
     {
-        while (!stopping.IsCancellationRequested)
+        // A worker being recycled takes nothing more, even before its host stops.
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(stopping, recycler.Recycling);
+        var ct = linked.Token;
+        while (!ct.IsCancellationRequested)
         {
             try
             {
-                var lease = await queue.TakeAsync(WorkerId, Lease, stopping);
+                var lease = await queue.TakeAsync(WorkerId, Lease, ct);
                 if (lease is null)
                 {
-                    await local.WaitForJobAsync(Poll, stopping);
+                    await Task.Delay(Poll, ct);
                     continue;
                 }
                 Interlocked.Increment(ref running);
                 try
                 {
-                    await RunAsync(lease, stopping);
+                    await RunAsync(lease, ct);
                 }
                 finally
                 {
                     Interlocked.Decrement(ref running);
                 }
             }
-            catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+            catch (OperationCanceledException) when (ct.IsCancellationRequested)
             {
                 return;
             }
@@ -124,7 +123,7 @@ public sealed class JobWorker : BackgroundService
                 logger.LogWarning("Worker {Worker} could not take or finish a job: {Message}", WorkerId, e.Message);
                 try
                 {
-                    await Task.Delay(Poll * 4, stopping);
+                    await Task.Delay(Poll * 4, ct);
                 }
                 catch (OperationCanceledException)
                 {
@@ -134,21 +133,14 @@ public sealed class JobWorker : BackgroundService
         }
     }
 
-    private async Task HousekeepAsync(CancellationToken stopping)
+    /// <summary>The store's queued count, for <c>interpmesh.jobs.queued</c> (what an autoscaler of workers reads).</summary>
+    private async Task CountAsync(CancellationToken stopping)
     {
-        var lastPrune = DateTime.MinValue;
         while (!stopping.IsCancellationRequested)
         {
             try
             {
                 Volatile.Write(ref queued, (await store.CountAsync(stopping)).Queued);
-                usage = await store.UsageAsync(stopping);
-                if (DateTime.UtcNow - lastPrune > PruneEvery)
-                {
-                    await PruneAsync(stopping);
-                    lastPrune = DateTime.UtcNow;
-                }
-                await Task.Delay(CountEvery, stopping);
             }
             catch (OperationCanceledException) when (stopping.IsCancellationRequested)
             {
@@ -156,49 +148,29 @@ public sealed class JobWorker : BackgroundService
             }
             catch (Exception e)
             {
-                logger.LogWarning("Worker {Worker}: job counts or retention failed: {Message}", WorkerId, e.Message);
-                try
-                {
-                    await Task.Delay(CountEvery, stopping);
-                }
-                catch (OperationCanceledException)
-                {
-                    return;
-                }
+                logger.LogWarning("Worker {Worker}: the job store's counts could not be read: {Message}", WorkerId, e.Message);
+            }
+            try
+            {
+                await Task.Delay(CountEvery, stopping);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
             }
         }
-    }
-
-    /// <summary>
-    /// Retention: finished jobs beyond <c>MaxRetainedJobs</c> (oldest first) or older than
-    /// <c>JobRetentionHours</c> are deleted with their events. Queued and running jobs are never
-    /// touched; artifacts are kept. Run after every job this worker ends, and every ten minutes.
-    /// </summary>
-    private Task<int> PruneAsync(CancellationToken ct)
-    {
-        var cutoff = options.JobRetentionHours > 0 ? DateTimeOffset.UtcNow.AddHours(-options.JobRetentionHours) : DateTimeOffset.MinValue;
-        return store.PruneAsync(cutoff, options.MaxRetainedJobs, ct);
     }
 
     private async Task RunAsync(JobLease lease, CancellationToken stopping)
     {
         var job = lease.Job;
-        var run = local.Start(job.Id);
-        try
-        {
-            await using var keeper = LeaseKeeper.Start(queue, lease);
-            string outcome = await RunUnderLeaseAsync(lease, keeper, run, stopping);
-            metrics.PluginRuns.Add(1, new KeyValuePair<string, object?>("plugin", job.Plugin), new KeyValuePair<string, object?>("outcome", outcome));
-        }
-        finally
-        {
-            local.End(job.Id, run);
-        }
-        await PruneAsync(CancellationToken.None);
+        await using var keeper = LeaseKeeper.Start(queue, lease);
+        string outcome = await RunUnderLeaseAsync(lease, keeper, stopping);
+        metrics.PluginRuns.Add(1, new KeyValuePair<string, object?>("plugin", job.Plugin), new KeyValuePair<string, object?>("outcome", outcome));
     }
 
     /// <summary>Runs the plugin and ends the job in the store; returns the outcome for the metric.</summary>
-    private async Task<string> RunUnderLeaseAsync(JobLease lease, LeaseKeeper keeper, LocalRuns.Run run, CancellationToken stopping)
+    private async Task<string> RunUnderLeaseAsync(JobLease lease, LeaseKeeper keeper, CancellationToken stopping)
     {
         var job = lease.Job;
         var entry = catalog.Find(job.Plugin);
@@ -211,18 +183,18 @@ public sealed class JobWorker : BackgroundService
         }
         catch (RpcException e)
         {
-            return await EndAsync(lease, JobOutcome.Failed($"model '{job.Model}' is not served here any more: {e.Status.Detail}", "UNAVAILABLE"));
+            return await EndAsync(lease, JobOutcome.Failed($"model '{job.Model}' is not configured on worker {WorkerId} (Worker:Models): {e.Status.Detail}", "UNAVAILABLE"));
         }
 
         // One trace per analysis: the run joins the submitting call's trace (whichever replica took
         // it), and the plugin's model calls, made inside this span, carry it on to the model services.
         ActivityContext.TryParse(job.TraceParent, null, out var parent);
-        using var activity = GatewayTracing.Source.StartActivity("interpmesh.job", ActivityKind.Internal, parent);
+        using var activity = WorkerTracing.Source.StartActivity("interpmesh.job", ActivityKind.Internal, parent);
         activity?.SetTag("interpmesh.plugin", job.Plugin);
         activity?.SetTag("interpmesh.job_id", job.Id);
-        var limit = TimeSpan.FromSeconds(job.TimeoutSeconds > 0 ? job.TimeoutSeconds : options.DefaultJobTimeoutSeconds);
+        var limit = job.TimeoutSeconds > 0 ? TimeSpan.FromSeconds(job.TimeoutSeconds) : DefaultJobTimeout;
         using var timeout = new CancellationTokenSource(limit);
-        using var linked = CancellationTokenSource.CreateLinkedTokenSource(run.Token, keeper.Stopping, timeout.Token, stopping);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(keeper.Stopping, timeout.Token, stopping, recycler.Recycling);
         var log = loggers.CreateLogger($"InterpMesh.Plugins.{job.Plugin}");
         using var scope = log.BeginScope(new Dictionary<string, object> { ["JobId"] = job.Id });
         await using var reporter = new JobReporter(queue, lease, logger);
@@ -238,30 +210,36 @@ public sealed class JobWorker : BackgroundService
         await reporter.FlushAsync();
         await RecordUsageAsync(lease, model.Used);
 
-        bool cancelled = run.Token.IsCancellationRequested || keeper.Status == LeaseStatus.CancelRequested;
+        bool cancelled = keeper.Status == LeaseStatus.CancelRequested;
         if (keeper.Status == LeaseStatus.Lost)
         {
             // Another worker may hold the job now: this one writes nothing more.
             logger.LogWarning("Worker {Worker} lost its lease on job {Job} ({Error}); the run {State}", WorkerId, job.Id,
                 keeper.LastError?.Message ?? "it expired or the job ended", task.IsCompleted ? "was dropped" : "is given up on");
+            if (!task.IsCompleted)
+                recycler.Recycle(job.Plugin, job.Id);
             return "lost";
         }
         if (!task.IsCompleted)
         {
-            logger.LogError("Plugin {Plugin} ignored cancellation of job {Job} for {Grace} s; given up on (its task keeps its CPU until it returns)", job.Plugin, job.Id, StopGrace.TotalSeconds);
             string abandoned = $"the plugin did not stop within {StopGrace.TotalSeconds:0} s of being cancelled and was abandoned";
+            string ended;
             if (cancelled)
-                return await EndAsync(lease, JobOutcome.Cancelled($"{await CancelledByAsync(job.Id, run)}; {abandoned}"));
-            if (timeout.IsCancellationRequested)
-                return await EndAsync(lease, JobOutcome.Failed($"exceeded its time limit of {limit.TotalSeconds:0} s; {abandoned}", "DEADLINE_EXCEEDED"));
-            return await ReleaseAsync(lease);
+                ended = await EndAsync(lease, JobOutcome.Cancelled($"{await CancelledByAsync(job.Id)}; {abandoned}"));
+            else if (timeout.IsCancellationRequested)
+                ended = await EndAsync(lease, JobOutcome.Failed($"exceeded its time limit of {limit.TotalSeconds:0} s; {abandoned}", "DEADLINE_EXCEEDED"));
+            else
+                ended = await ReleaseAsync(lease);
+            if (!recycler.Recycle(job.Plugin, job.Id))
+                logger.LogError("Plugin {Plugin} ignored cancellation of job {Job} for {Grace} s; given up on (its task keeps its CPU until it returns; Worker:RecycleStuckPlugins is false)", job.Plugin, job.Id, StopGrace.TotalSeconds);
+            return ended;
         }
         if (task.IsCompletedSuccessfully && !cancelled)
-            return await EndAsync(lease, JobOutcome.Succeeded(JobMapping.ResultToJson(ResultMapping.ToProto(task.Result))));
+            return await EndAsync(lease, JobOutcome.Succeeded(ResultMapping.ToJson(ResultMapping.ToProto(task.Result))));
         if (linked.IsCancellationRequested)
         {
             if (cancelled)
-                return await EndAsync(lease, JobOutcome.Cancelled(await CancelledByAsync(job.Id, run)));
+                return await EndAsync(lease, JobOutcome.Cancelled(await CancelledByAsync(job.Id)));
             if (timeout.IsCancellationRequested)
                 return await EndAsync(lease, JobOutcome.Failed($"exceeded its time limit of {limit.TotalSeconds:0} s", "DEADLINE_EXCEEDED"));
             return await ReleaseAsync(lease);
@@ -308,10 +286,8 @@ public sealed class JobWorker : BackgroundService
         }
     }
 
-    private async Task<string> CancelledByAsync(string id, LocalRuns.Run run)
+    private async Task<string> CancelledByAsync(string id)
     {
-        if (run.CancelledBy is { } by)
-            return $"cancelled by {by}";
         try
         {
             var job = await store.GetAsync(id, new JobCaller(WorkerId, IsAdmin: true));

@@ -1,12 +1,12 @@
 using System.Reflection;
 using InterpMesh.Contracts.V1;
-using InterpMesh.Gateway.Configuration;
-using InterpMesh.Gateway.Telemetry;
+using InterpMesh.AnalysisWorker.Configuration;
+using InterpMesh.AnalysisWorker.Telemetry;
 using InterpMesh.Plugins;
 using McMaster.NETCore.Plugins;
 using Microsoft.Extensions.Options;
 
-namespace InterpMesh.Gateway.Plugins;
+namespace InterpMesh.AnalysisWorker.Plugins;
 
 /// <summary>One plugin folder: loaded (with its plugin) or not (with the reason).</summary>
 public sealed record PluginEntry(string Id, string Folder, IAnalysisPlugin? Plugin, PluginManifest? Manifest, string? Error)
@@ -20,6 +20,9 @@ public interface IPluginCatalog
     IReadOnlyList<PluginEntry> All { get; }
 
     PluginEntry? Find(string id);
+
+    /// <summary>Raised after a hot reload replaced a plugin (the catalog is published again).</summary>
+    event Action? Changed;
 }
 
 /// <summary>
@@ -44,7 +47,7 @@ public sealed class PluginCatalog : IPluginCatalog, IDisposable
     private volatile List<PluginEntry> entries = [];
     private readonly Lock gate = new();
 
-    public PluginCatalog(IOptions<GatewayOptions> options, ILogger<PluginCatalog> logger, GatewayMetrics metrics)
+    public PluginCatalog(IOptions<WorkerOptions> options, ILogger<PluginCatalog> logger, WorkerMetrics metrics)
     {
         this.logger = logger;
         hotReload = options.Value.HotReload;
@@ -58,6 +61,8 @@ public sealed class PluginCatalog : IPluginCatalog, IDisposable
     public IReadOnlyList<PluginEntry> All => entries;
 
     public PluginEntry? Find(string id) => entries.FirstOrDefault(e => e.Id == id);
+
+    public event Action? Changed;
 
     private void Load()
     {
@@ -179,7 +184,7 @@ public sealed class PluginCatalog : IPluginCatalog, IDisposable
         string builtAgainst = $"{built.Major}.{built.Minor}";
         throw new InvalidOperationException(built.Major < SdkVersion.Major
             ? $"{assemblyFile} was built against {SdkAssemblyName} {builtAgainst}; rebuild it against {SdkVersion.Current} — see docs/writing-plugins.md, Migrating to {SdkVersion.Major}.0"
-            : $"{assemblyFile} was built against {SdkAssemblyName} {builtAgainst}, newer than this gateway's {SdkVersion.Current}; update the gateway or build the plugin against {SdkAssemblyName} {SdkVersion.Major}.x");
+            : $"{assemblyFile} was built against {SdkAssemblyName} {builtAgainst}, newer than this worker's {SdkVersion.Current}; update the worker or build the plugin against {SdkAssemblyName} {SdkVersion.Major}.x");
     }
 
     private static void CheckManifest(PluginManifest manifest, string id)
@@ -190,7 +195,7 @@ public sealed class PluginCatalog : IPluginCatalog, IDisposable
         if (parts.Length < 2 || !int.TryParse(parts[0], out int major) || !int.TryParse(parts[1], out int minor))
             throw new InvalidOperationException($"the plugin's SdkVersion '{manifest.SdkVersion}' is not 'major.minor'");
         if (major != SdkVersion.Major || minor > SdkVersion.Minor)
-            throw new InvalidOperationException($"the plugin targets SDK {manifest.SdkVersion}, but this gateway hosts SDK {SdkVersion.Current} (same major and a minor no newer required); rebuild it against SDK {SdkVersion.Major}.x");
+            throw new InvalidOperationException($"the plugin targets SDK {manifest.SdkVersion}, but this worker hosts SDK {SdkVersion.Current} (same major and a minor no newer required); rebuild it against SDK {SdkVersion.Major}.x");
         if (manifest.ParameterSchema is null)
             throw new InvalidOperationException("the plugin's ParameterSchema is missing");
     }
@@ -212,6 +217,7 @@ public sealed class PluginCatalog : IPluginCatalog, IDisposable
             entries = [.. entries.Select(e => e.Folder == entry.Folder ? entry : e)];
         if (logger.IsEnabled(LogLevel.Information))
             logger.LogInformation("Reloaded plugin folder {Folder}: {State}", relative, entry.Error ?? "loaded");
+        Changed?.Invoke();
     }
 
     public void Dispose()

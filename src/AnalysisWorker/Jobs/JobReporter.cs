@@ -1,7 +1,7 @@
 using System.Threading.Channels;
 using InterpMesh.Jobs;
 
-namespace InterpMesh.Gateway.Jobs;
+namespace InterpMesh.AnalysisWorker.Jobs;
 
 /// <summary>
 /// Publishes one run's progress and log lines to the job store in order, off the plugin's thread

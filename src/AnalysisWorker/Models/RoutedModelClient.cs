@@ -3,9 +3,10 @@ using Grpc.Core;
 using InterpMesh.Contracts.Tensors;
 using InterpMesh.Contracts.V1;
 using InterpMesh.Plugins;
+using InterpMesh.Routing;
 using TorchSharp;
 
-namespace InterpMesh.Gateway.Routing;
+namespace InterpMesh.AnalysisWorker.Models;
 
 /// <summary>
 /// The SDK's model client for plugins: calls go straight to a replica of the job's model. A call the
