@@ -6,8 +6,8 @@ using InterpMesh.Plugins.Testing;
 namespace InterpMesh.Plugins.Tests;
 
 /// <summary>
-/// A job taken again after its worker died (<see cref="IAnalysisContext.Attempt"/> above 1) goes on
-/// from the checkpoint its earlier take saved, and only from one that is its own and whole.
+/// A job taken again after its worker died, stopped or was recycled (the same job id runs again) goes
+/// on from the checkpoint its earlier take saved, and only from one that is its own and whole.
 /// </summary>
 public sealed class SaeResumeTests
 {
@@ -17,9 +17,9 @@ public sealed class SaeResumeTests
         architecture = "topk", d_sae = 32, k = 4, steps, batch_tokens = 16, checkpoint_every = 10, save_as = "saes/retried",
     });
 
-    private static async Task<JsonNode> TrainAsync(TestModel model, InMemoryArtifactStore store, string job, int attempt, int steps)
+    private static async Task<JsonNode> TrainAsync(TestModel model, InMemoryArtifactStore store, string job, int steps)
     {
-        using var context = new TestAnalysisContext(model.Client, store) { JobId = job, Attempt = attempt };
+        using var context = new TestAnalysisContext(model.Client, store) { JobId = job };
         var result = await PluginHarness.RunAsync(new SaePlugin(), Parameters(steps), context);
         return result.Summary!;
     }
@@ -30,24 +30,20 @@ public sealed class SaeResumeTests
         using var model = TestModel.Load(RepoPaths.Models("concepts"));
         var store = new InMemoryArtifactStore();
         // The first take of job-1 checkpoints at steps 10, 20, 30 and finishes at 40.
-        var first = await TrainAsync(model, store, "job-1", attempt: 1, steps: 40);
+        var first = await TrainAsync(model, store, "job-1", steps: 40);
         Assert.Null(first["resumed_from_step"]);
+        Assert.Equal(40 * 16, first["tokens"]!.GetValue<long>());
 
-        // Taken again (attempt 2), it starts at the last checkpoint's step 30, not at 0.
-        var second = await TrainAsync(model, store, "job-1", attempt: 2, steps: 40);
+        // Taken again, it starts at the last checkpoint's step 30, not at 0.
+        var second = await TrainAsync(model, store, "job-1", steps: 40);
         Assert.Equal(30, second["resumed_from_step"]!.GetValue<int>());
         Assert.Equal(40, second["steps"]!.GetValue<int>());
         Assert.Equal(10 * 16, second["tokens"]!.GetValue<long>());
-        Assert.Equal(2, second["attempt"]!.GetValue<int>());
 
-        // Another job's second take that saves under the same name does not take job-1's checkpoint.
-        var other = await TrainAsync(model, store, "job-2", attempt: 2, steps: 20);
+        // Another job that saves under the same name does not take job-1's checkpoint.
+        var other = await TrainAsync(model, store, "job-2", steps: 20);
         Assert.Null(other["resumed_from_step"]);
         Assert.Equal(20 * 16, other["tokens"]!.GetValue<long>());
-
-        // A first take never resumes, even with its own checkpoint present.
-        var again = await TrainAsync(model, store, "job-2", attempt: 1, steps: 20);
-        Assert.Null(again["resumed_from_step"]);
     }
 
     [Fact]
@@ -55,7 +51,7 @@ public sealed class SaeResumeTests
     {
         using var model = TestModel.Load(RepoPaths.Models("concepts"));
         var store = new InMemoryArtifactStore();
-        await TrainAsync(model, store, "job-3", attempt: 1, steps: 40);
+        await TrainAsync(model, store, "job-3", steps: 40);
         // A take that died between writing the SAE (step 30) and its trainer state leaves the older state.
         var state = await store.FindAsync("saes/retried-checkpoint/trainer");
         var tensors = await store.LoadTensorsAsync("saes/retried-checkpoint/trainer");
@@ -64,9 +60,9 @@ public sealed class SaeResumeTests
         await store.SaveTensorsAsync("saes/retried-checkpoint/trainer", tensors, metadata);
         foreach (var t in tensors.Values)
             t.Dispose();
-        using var context = new TestAnalysisContext(model.Client, store) { JobId = "job-3", Attempt = 2 };
+        using var context = new TestAnalysisContext(model.Client, store) { JobId = "job-3" };
         var result = await PluginHarness.RunAsync(new SaePlugin(), Parameters(40), context);
         Assert.Null(result.Summary!["resumed_from_step"]);
-        Assert.Contains(context.Progress, p => p.Message.Contains("no usable checkpoint", StringComparison.Ordinal));
+        Assert.Contains(context.Progress, p => p.Message.Contains("checkpoint is incomplete", StringComparison.Ordinal));
     }
 }

@@ -24,13 +24,6 @@ public interface IAnalysisContext
     /// <summary>A meter for the plugin's own instruments (exported by the gateway with the plugin id as a tag).</summary>
     Meter Meter { get; }
 
-    /// <summary>
-    /// Which take of this job this run is: 1 the first time, more when the worker that ran it died
-    /// or stopped and another took the job again. A plugin that saves checkpoints can go on from its
-    /// last one when this is above 1 (the SAE plugin does).
-    /// </summary>
-    int Attempt => 1;
-
     /// <summary>Reports progress to watching clients.</summary>
     /// <param name="fraction">Done so far, 0 to 1.</param>
     /// <param name="message">What is happening, e.g. <c>probe 3/24: blocks.2.hook_resid_post</c>.</param>

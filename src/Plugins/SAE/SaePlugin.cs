@@ -124,7 +124,8 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
         SaeTrainer trainer;
         double? scale = null;
         string? resume = p.ResumeFrom;
-        if (resume is null && every > 0 && context.Attempt > 1)
+        // A job taken again (its worker died, stopped or was recycled) goes on from its own last checkpoint.
+        if (resume is null && every > 0)
             resume = await OwnCheckpointAsync(context, name + "-checkpoint", ct);
         int resumedAt = 0;
         if (resume is { } rf)
@@ -139,7 +140,7 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
             trainer.Restore((int)state["step"].item<long>(), [.. Enumerable.Range(0, 4).Select(i => state[$"m.{i}"])], [.. Enumerable.Range(0, 4).Select(i => state[$"v.{i}"])], state["last_fired"].data<long>().ToArray());
             resumedAt = trainer.Step;
             if (resume != p.ResumeFrom)
-                context.ReportProgress((double)resumedAt / steps, $"attempt {context.Attempt}: going on from this job's checkpoint at step {resumedAt}/{steps}");
+                context.ReportProgress((double)resumedAt / steps, $"taken again: going on from this job's checkpoint at step {resumedAt}/{steps}");
         }
         else
         {
@@ -194,7 +195,7 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
                 ["sae"] = name, ["hook"] = hook, ["architecture"] = arch, ["d_in"] = dIn, ["d_sae"] = dSae, ["k"] = arch == "topk" ? k : null,
                 ["steps"] = trainer.Step, ["tokens"] = tokens, ["l0"] = last?.L0, ["explained_variance"] = last?.ExplainedVariance, ["dead_fraction"] = last?.DeadFraction,
                 ["seconds"] = wall, ["seconds_waiting_for_activations"] = source.SecondsWaiting, ["activations_per_second"] = tokens / Math.Max(1e-9, wall),
-                ["resumed_from_step"] = resume is null ? null : resumedAt, ["attempt"] = context.Attempt,
+                ["resumed_from_step"] = resume is null ? null : resumedAt,
             },
             Tables = [new ResultTable { Name = "training", Columns = ["step", "tokens", "loss", "l0", "explained_variance", "dead_fraction"], Rows = training }],
             Artifacts = [name],
@@ -217,9 +218,10 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
     }
 
     /// <summary>
-    /// The checkpoint an earlier take of this job saved, when both of its artifacts (the SAE and the
-    /// trainer state, written one after the other) are this job's and from the same step; else null,
-    /// and training starts over (a take that died between the two writes left them out of step).
+    /// The checkpoint an earlier take of this job saved (job ids are unique, so only a take of this
+    /// job can have written one that names it), when both of its artifacts (the SAE and the trainer
+    /// state, written one after the other) are this job's and from the same step; else null, and
+    /// training starts over (a take that died between the two writes left them out of step).
     /// </summary>
     private static async Task<string?> OwnCheckpointAsync(IAnalysisContext context, string name, CancellationToken ct)
     {
@@ -227,9 +229,11 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
         var state = await context.Artifacts.FindAsync(name + "/trainer", ct);
         static string? Job(StoredArtifact? a) => a?.Metadata["job"]?.GetValue<string>();
         static int? Steps(StoredArtifact? a) => a?.Metadata["steps"]?.GetValue<int>();
-        if (weights is null || state is null || Job(weights) != context.JobId || Job(state) != context.JobId || Steps(weights) != Steps(state))
+        if (Job(weights) != context.JobId && Job(state) != context.JobId)
+            return null;
+        if (Job(weights) != context.JobId || Job(state) != context.JobId || Steps(weights) != Steps(state))
         {
-            context.ReportProgress(0, $"attempt {context.Attempt}: no usable checkpoint of this job; training from the start");
+            context.ReportProgress(0, "taken again, but this job's checkpoint is incomplete (its two halves are from different steps); training from the start");
             return null;
         }
         return name;

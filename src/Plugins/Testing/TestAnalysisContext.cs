@@ -31,9 +31,6 @@ public sealed class TestAnalysisContext : IAnalysisContext, IDisposable
     public string JobId { get; init; } = "test-job";
 
     /// <inheritdoc/>
-    public int Attempt { get; init; } = 1;
-
-    /// <inheritdoc/>
     public IModelClient Model { get; }
 
     /// <inheritdoc/>
