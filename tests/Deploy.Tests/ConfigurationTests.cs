@@ -76,19 +76,21 @@ public sealed class ConfigurationTests
 
     [Theory]
     [MemberData(nameof(Rendered.All), MemberType = typeof(Rendered))]
-    public void The_gateway_takes_the_job_store_connection_string_from_the_optional_database_secret(string kustomization)
+    public void Gateways_and_workers_take_the_job_store_connection_string_from_the_database_secret(string kustomization)
     {
         var manifests = Rendered.Of(kustomization);
-        var container = manifests.Single<V1Deployment>("gateway").Spec.Template.Spec.Containers.Single();
-        var env = Assert.Single(container.Env, e => e.Name == "Gateway__Jobs__ConnectionString");
-        Assert.Null(env.Value);
-        var secret = env.ValueFrom?.SecretKeyRef;
-        Assert.True(secret is not null, "the connection string must come from a Secret, never a literal in the manifests");
-        Assert.Equal("interpmesh-db", secret.Name);
-        Assert.Equal("connection-string", secret.Key);
-        // Optional: without the Secret a pod starts with its own embedded store (docs/deploy.md, "Job store").
-        Assert.True(secret.Optional, "the database Secret is optional (a single-replica trial needs none)");
-        // Without the Secret the rendered configuration still passes the gateway's validation.
-        Assert.NotNull(Services.Gateway(manifests));
+        foreach (var (deployment, variable) in new[] { ("gateway", "Gateway__Jobs__ConnectionString"), ("worker", "Worker__Jobs__ConnectionString") })
+        {
+            var container = manifests.Single<V1Deployment>(deployment).Spec.Template.Spec.Containers.Single();
+            var env = Assert.Single(container.Env, e => e.Name == variable);
+            Assert.Null(env.Value);
+            var secret = env.ValueFrom?.SecretKeyRef;
+            Assert.True(secret is not null, $"{deployment}: the connection string must come from a Secret, never a literal in the manifests");
+            Assert.Equal("interpmesh-db", secret.Name);
+            Assert.Equal("connection-string", secret.Key);
+            // Required: gateways and workers in separate pods meet only in the shared store; a pod
+            // without it would keep jobs no other pod sees (docs/deploy.md, "Job store").
+            Assert.True(secret.Optional is null or false, $"{deployment}: the database Secret must be required");
+        }
     }
 }

@@ -11,13 +11,14 @@ public sealed class InvariantTests
     public void Every_container_has_grpc_probes_resources_and_a_locked_down_security_context(string kustomization)
     {
         var manifests = Rendered.Of(kustomization);
+        // Every pod (the dev database too) is locked down; InterpMesh's services also probe over gRPC.
         foreach (var (workload, template) in manifests.PodTemplates())
         {
             var pod = template.Spec;
             Assert.True(pod.SecurityContext?.RunAsNonRoot == true, $"{workload}: pod securityContext.runAsNonRoot");
             Assert.True(pod.SecurityContext?.RunAsUser is > 0, $"{workload}: pod securityContext.runAsUser must be a non-zero uid");
             Assert.Equal("RuntimeDefault", pod.SecurityContext?.SeccompProfile?.Type);
-            Assert.False(pod.AutomountServiceAccountToken ?? true, $"{workload}: neither service talks to the API server; do not mount a token");
+            Assert.False(pod.AutomountServiceAccountToken ?? true, $"{workload}: no pod here talks to the API server; do not mount a token");
             foreach (var c in (pod.InitContainers ?? []).Concat(pod.Containers))
             {
                 string where = $"{workload}/{c.Name}";
@@ -33,6 +34,12 @@ public sealed class InvariantTests
                 Assert.True(c.Resources.Limits?.ContainsKey("memory") == true, $"{where}: needs a memory limit");
                 Assert.DoesNotContain(":latest", c.Image, StringComparison.Ordinal);
                 Assert.Contains(":", c.Image, StringComparison.Ordinal);
+            }
+            if (Manifests.Component(template) is not ("gateway" or "worker" or "model-service"))
+            {
+                // Not one of ours (the dev database): probed some other way, but probed.
+                Assert.All(pod.Containers, c => Assert.True(c.ReadinessProbe is not null && c.LivenessProbe is not null, $"{workload}/{c.Name}: needs readiness and liveness probes"));
+                continue;
             }
             foreach (var c in pod.Containers)
             {
@@ -65,6 +72,8 @@ public sealed class InvariantTests
                 Assert.Equal(port.Name, port.TargetPort?.Value);
                 Assert.Equal(port.Port, Port(container, port.Name));
             }
+            if (Manifests.Component(template) == "database")
+                continue;
             // Prometheus scrapes the pod's metrics port, the one Kestrel serves /metrics on.
             var annotations = template.Metadata.Annotations;
             Assert.Equal("true", annotations["prometheus.io/scrape"]);
@@ -134,13 +143,13 @@ public sealed class InvariantTests
         Assert.Equal(manifests.ModelServices().Select(d => d.Metadata.Name).Order(), reached.Order());
     }
 
-    /// <summary>Only gateway pods reach a model service's gRPC port; only Prometheus its metrics port.</summary>
+    /// <summary>Only gateway and worker pods reach a model service's gRPC port; only Prometheus its metrics port.</summary>
     [Theory]
     [MemberData(nameof(Rendered.All), MemberType = typeof(Rendered))]
-    public void The_network_policy_admits_only_the_gateway_to_model_services(string kustomization)
+    public void The_network_policy_admits_only_gateways_and_workers_to_model_services(string kustomization)
     {
         var manifests = Rendered.Of(kustomization);
-        var gatewayLabels = manifests.Single<V1Deployment>("gateway").Spec.Template.Metadata.Labels;
+        var callers = new[] { "gateway", "worker" }.Select(n => manifests.Single<V1Deployment>(n).Spec.Template.Metadata.Labels).ToList();
         foreach (var set in manifests.ModelServices())
         {
             var labels = set.Spec.Template.Metadata.Labels;
@@ -161,10 +170,10 @@ public sealed class InvariantTests
                         Assert.Null(peer.IpBlock);
                         if (ports.Contains(grpc))
                         {
-                            // The gateway, in this namespace (no namespaceSelector), and nothing else.
+                            // Gateways or workers, in this namespace (no namespaceSelector), and nothing else.
                             Assert.Null(peer.NamespaceSelector);
-                            Assert.True(peer.PodSelector is not null && Selects(peer.PodSelector.MatchLabels, gatewayLabels)
-                                && !Selects(peer.PodSelector.MatchLabels, labels), $"NetworkPolicy/{policy.Metadata.Name}: the gRPC port admits more than the gateway");
+                            Assert.True(peer.PodSelector is not null && callers.Any(c => Selects(peer.PodSelector.MatchLabels, c))
+                                && !Selects(peer.PodSelector.MatchLabels, labels), $"NetworkPolicy/{policy.Metadata.Name}: the gRPC port admits more than gateways and workers");
                         }
                         else
                         {
@@ -174,6 +183,9 @@ public sealed class InvariantTests
                     }
                 }
                 Assert.Contains(policy.Spec.Ingress ?? [], r => r.Ports.Any(p => p.Port.Value == grpc.ToString(System.Globalization.CultureInfo.InvariantCulture)));
+                // Both callers are admitted: workers run plugins that call the model directly.
+                foreach (var caller in callers)
+                    Assert.Contains(policy.Spec.Ingress ?? [], r => r.FromProperty.Any(p => p.PodSelector is not null && Selects(p.PodSelector.MatchLabels, caller)));
             }
         }
     }
@@ -203,8 +215,9 @@ public sealed class InvariantTests
                 Assert.Equal("cpu", Services.ModelService(Rendered.Of(kustomization), set).Options.Device);
             }
         }
-        // The gateway (plugins run on CPU) never asks for a GPU.
+        // Gateways and workers (plugins run on CPU) never ask for a GPU.
         Assert.False(gpu.Single<V1Deployment>("gateway").Spec.Template.Spec.Containers.Single().Resources.Limits.ContainsKey("nvidia.com/gpu"));
+        Assert.False(gpu.Single<V1Deployment>("worker").Spec.Template.Spec.Containers.Single().Resources.Limits.ContainsKey("nvidia.com/gpu"));
     }
 
     [Theory]
@@ -232,7 +245,7 @@ public sealed class InvariantTests
     public void Shutdown_leaves_time_to_drain_streams(string kustomization)
     {
         var manifests = Rendered.Of(kustomization);
-        foreach (var (workload, template) in manifests.PodTemplates())
+        foreach (var (workload, template) in manifests.ServiceTemplates())
         {
             var c = template.Spec.Containers.Single();
             var command = c.Lifecycle.PreStop.Exec.Command;

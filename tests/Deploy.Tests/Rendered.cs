@@ -13,7 +13,7 @@ namespace InterpMesh.Deploy.Tests;
 internal static class Rendered
 {
     /// <summary>Every kustomization a team can apply, relative to deploy/k8s.</summary>
-    public static readonly string[] Kustomizations = ["base", "overlays/cpu", "overlays/gpu"];
+    public static readonly string[] Kustomizations = ["base", "overlays/cpu", "overlays/gpu", "overlays/dev"];
 
     public static readonly TheoryData<string> All = new(Kustomizations);
 
@@ -72,6 +72,17 @@ internal sealed class Manifests(string name, IReadOnlyList<object> objects)
     public IEnumerable<(string Workload, V1PodTemplateSpec Template)> PodTemplates() =>
         Objects.OfType<V1Deployment>().Select(d => ($"Deployment/{d.Metadata.Name}", d.Spec.Template))
             .Concat(Objects.OfType<V1StatefulSet>().Select(s => ($"StatefulSet/{s.Metadata.Name}", s.Spec.Template)));
+
+    /// <summary>
+    /// The pod templates of InterpMesh's own services (gateway, worker, model services): the ones
+    /// that serve gRPC health, read appsettings.json and drain streams. Not the dev database.
+    /// </summary>
+    public IEnumerable<(string Workload, V1PodTemplateSpec Template)> ServiceTemplates() =>
+        PodTemplates().Where(t => Component(t.Template) is "gateway" or "worker" or "model-service");
+
+    /// <summary>The <c>app.kubernetes.io/component</c> label of a pod template.</summary>
+    public static string? Component(V1PodTemplateSpec template) =>
+        template.Metadata.Labels?.TryGetValue("app.kubernetes.io/component", out var c) == true ? c : null;
 
     /// <summary>
     /// The model-service Deployments (pods labelled <c>app.kubernetes.io/component: model-service</c>);
