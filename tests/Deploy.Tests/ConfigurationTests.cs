@@ -26,6 +26,51 @@ public sealed class ConfigurationTests
         }
     }
 
+    [Theory]
+    [MemberData(nameof(Rendered.All), MemberType = typeof(Rendered))]
+    public void The_workers_configuration_binds_to_its_options_and_passes_its_validation(string kustomization)
+    {
+        var manifests = Rendered.Of(kustomization);
+        var worker = Services.Worker(manifests);
+        Assert.False(worker.Options.HotReload, "plugin hot reload is for development");
+        Assert.True(worker.Options.RecycleStuckPlugins, "a worker in a pod recycles itself (restartPolicy Always) rather than keep a stuck plugin");
+        Assert.Equal(50052, worker.GrpcPort);
+        Assert.Equal(9465, worker.MetricsPort);
+        // Workers reach the same models as the gateways, by the same names.
+        var gateway = Services.Gateway(manifests);
+        Assert.Equal(gateway.Options.Models.Keys.Order(), worker.Options.Models.Keys.Order());
+        foreach (var (model, route) in worker.Options.Models)
+            Assert.Equal(gateway.Options.Models[model].Endpoints, route.Endpoints);
+        Assert.Equal(gateway.Options.DefaultModel, worker.Options.DefaultModel);
+        // Artifacts a worker writes are the ones gateways serve: the same path on the same claim.
+        var (gatewayPod, workerPod) = (manifests.Single<V1Deployment>("gateway").Spec.Template.Spec, manifests.Single<V1Deployment>("worker").Spec.Template.Spec);
+        Assert.Equal(Json(gatewayPod, "Gateway", "ArtifactsPath"), Json(workerPod, "Worker", "ArtifactsPath"));
+        Assert.Equal(ClaimOf(gatewayPod, Json(gatewayPod, "Gateway", "ArtifactsPath")), ClaimOf(workerPod, Json(workerPod, "Worker", "ArtifactsPath")));
+
+        string Json(V1PodSpec pod, string section, string key) =>
+            System.Text.Json.Nodes.JsonNode.Parse(Services.AppSettings(manifests, pod, pod.Containers.Single()))![section]![key]!.GetValue<string>();
+        static string ClaimOf(V1PodSpec pod, string path)
+        {
+            var mount = pod.Containers.Single().VolumeMounts.Where(m => path.StartsWith(m.MountPath + "/", StringComparison.Ordinal)).MaxBy(m => m.MountPath.Length)!;
+            return pod.Volumes.Single(v => v.Name == mount.Name).PersistentVolumeClaim.ClaimName;
+        }
+    }
+
+    [Fact]
+    public void A_worker_setting_the_options_lack_or_a_path_off_its_volumes_is_rejected()
+    {
+        var manifests = Rendered.Of("base");
+        var template = manifests.Single<V1Deployment>("worker").Spec.Template;
+        string json = Services.AppSettings(manifests, template.Spec, template.Spec.Containers.Single());
+        Services.Worker(manifests, template, json);
+        var e = Assert.ThrowsAny<InvalidOperationException>(() => Services.Worker(manifests, template, json.Replace("\"MaxConcurrentJobs\"", "\"MaxConcurentJobs\"", StringComparison.Ordinal)));
+        Assert.Contains("MaxConcurentJobs", e.Message, StringComparison.Ordinal);
+        e = Assert.Throws<InvalidOperationException>(() => Services.Worker(manifests, template, json.Replace("/var/lib/interpmesh/data/artifacts", "/var/lib/interpmesh/plugins/artifacts", StringComparison.Ordinal)));
+        Assert.Contains("read-only volume", e.Message, StringComparison.Ordinal);
+        e = Assert.Throws<InvalidOperationException>(() => Services.Worker(manifests, template, json.Replace("\"MaxConcurrentJobs\": 2", "\"MaxConcurrentJobs\": 0", StringComparison.Ordinal)));
+        Assert.Contains("Worker:MaxConcurrentJobs", e.Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void A_key_the_options_do_not_have_is_rejected()
     {
@@ -58,7 +103,7 @@ public sealed class ConfigurationTests
         string json = Services.AppSettings(manifests, template.Spec, template.Spec.Containers.Single());
         var e = Assert.Throws<InvalidOperationException>(() => Services.Gateway(manifests, template, json.Replace("/var/lib/interpmesh/data/artifacts", "/srv/artifacts", StringComparison.Ordinal)));
         Assert.Contains("read-only", e.Message, StringComparison.Ordinal);
-        e = Assert.Throws<InvalidOperationException>(() => Services.Gateway(manifests, template, json.Replace("/var/lib/interpmesh/data/artifacts", "/var/lib/interpmesh/plugins/artifacts", StringComparison.Ordinal)));
+        e = Assert.Throws<InvalidOperationException>(() => Services.Gateway(manifests, template, json.Replace("/var/lib/interpmesh/data/artifacts", "/etc/interpmesh/keys/artifacts", StringComparison.Ordinal)));
         Assert.Contains("read-only volume", e.Message, StringComparison.Ordinal);
         e = Assert.Throws<InvalidOperationException>(() => Services.Gateway(manifests, template, json.Replace("/etc/interpmesh/keys/keys.json", "/etc/interpmesh/keys/other.json", StringComparison.Ordinal)));
         Assert.Contains("KeysFile", e.Message, StringComparison.Ordinal);

@@ -8,21 +8,13 @@ namespace InterpMesh.Deploy.Tests;
 /// Static checks of deploy/docker/*.Dockerfile (no container engine runs here): multi-stage,
 /// pinned noble base images (new enough libstdc++ for TorchSharp), a numeric non-root user, the
 /// ports the manifests use, COPY sources that exist, and the CUDA switch wired to the MSBuild
-/// property the runtime project reads. The analysis worker's image is checked the same way, its
-/// ports against its own appsettings.json until the manifests run it (then it joins <see cref="Images"/>).
+/// property the runtime project reads.
 /// </summary>
 public sealed partial class DockerfileTests
 {
     public static readonly TheoryData<string, string, string> Images = new()
     {
         // Dockerfile, image name in the manifests, project it publishes.
-        { "gateway.Dockerfile", "interpmesh/gateway", "src/Gateway/InterpMesh.Gateway.csproj" },
-        { "model-service.Dockerfile", "interpmesh/model-service", "src/ModelService/Host/InterpMesh.ModelService.csproj" },
-    };
-
-    /// <summary>Every image built here: <see cref="Images"/> and the analysis worker's.</summary>
-    public static readonly TheoryData<string, string, string> BuildImages = new()
-    {
         { "gateway.Dockerfile", "interpmesh/gateway", "src/Gateway/InterpMesh.Gateway.csproj" },
         { "model-service.Dockerfile", "interpmesh/model-service", "src/ModelService/Host/InterpMesh.ModelService.csproj" },
         { "worker.Dockerfile", "interpmesh/worker", "src/AnalysisWorker/InterpMesh.AnalysisWorker.csproj" },
@@ -99,7 +91,7 @@ public sealed partial class DockerfileTests
     }
 
     [Theory]
-    [MemberData(nameof(BuildImages))]
+    [MemberData(nameof(Images))]
     public void Every_copied_path_exists_and_is_in_the_build_context(string dockerfile, string image, string project)
     {
         _ = image;

@@ -25,6 +25,8 @@ public sealed class JobTopologyTests
         var metric = Assert.Single(hpa.Spec.Metrics);
         Assert.Equal("External", metric.Type);
         Assert.Equal(QueueMetric, metric.External.Metric.Name);
+        // The gauge the workers export under that name (OpenTelemetry's Prometheus exporter writes dots as underscores).
+        Assert.Equal(QueueMetric, InterpMesh.AnalysisWorker.Telemetry.WorkerMetrics.QueuedGauge.Replace('.', '_'));
         Assert.Equal("AverageValue", metric.External.Target.Type);
         Assert.True(metric.External.Target.AverageValue.ToDecimal() >= 1);
         // Slow scale-down: a removed worker's jobs resume from their last checkpoint, redoing work.

@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.RegularExpressions;
+using InterpMesh.AnalysisWorker.Configuration;
 using InterpMesh.Gateway.Configuration;
 using InterpMesh.ModelService.Configuration;
 using k8s.Models;
@@ -43,6 +44,21 @@ internal static partial class Services
         // Settings that moved to the analysis worker are refused, as the gateway refuses them at start.
         o.MovedKeysSet.AddRange(GatewayOptionsValidator.MovedKeys(configuration));
         Check(new GatewayOptionsValidator().Validate(null, o), "gateway");
+        return Checked(o, configuration, container);
+    }
+
+    public static Bound<WorkerOptions> Worker(Manifests manifests) =>
+        Worker(manifests, manifests.Single<V1Deployment>("worker").Spec.Template, json: null);
+
+    public static Bound<WorkerOptions> Worker(Manifests manifests, V1PodTemplateSpec template, string? json)
+    {
+        var (configuration, container) = PodConfiguration(manifests, template, WorkerOptions.Section, json);
+        var o = configuration.GetSection(WorkerOptions.Section).Get<WorkerOptions>(b => b.ErrorOnUnknownConfiguration = true)
+            ?? throw new InvalidOperationException("no Worker section");
+        var pod = new PodFiles(manifests, template.Spec, container);
+        o.PluginsPath = pod.Locate(o.PluginsPath, "Worker:PluginsPath", need: PodFiles.Need.Folder);
+        o.ArtifactsPath = pod.Locate(o.ArtifactsPath, "Worker:ArtifactsPath", need: PodFiles.Need.WritableFolder);
+        Check(new WorkerOptionsValidator().Validate(null, o), "worker");
         return Checked(o, configuration, container);
     }
 

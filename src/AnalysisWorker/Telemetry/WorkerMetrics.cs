@@ -10,6 +10,9 @@ namespace InterpMesh.AnalysisWorker.Telemetry;
 /// </summary>
 public sealed class WorkerMetrics : ICallMetrics, IDisposable
 {
+    /// <summary>The store-wide queue depth (Prometheus: <c>interpmesh_jobs_queued</c>), which the worker HPA scales on.</summary>
+    public const string QueuedGauge = "interpmesh.jobs.queued";
+
     public const string MeterName = "InterpMesh.Worker";
 
     /// <summary>The meter plugins get for their own instruments.</summary>
@@ -45,7 +48,7 @@ public sealed class WorkerMetrics : ICallMetrics, IDisposable
     /// <summary>Jobs queued in the store (over every gateway and worker: what an autoscaler of workers reads) and running in this worker.</summary>
     public void ObserveJobs(Func<long> queued, Func<int> running)
     {
-        meter.CreateObservableGauge("interpmesh.jobs.queued", queued, "{job}", "Jobs waiting in the shared job store");
+        meter.CreateObservableGauge(QueuedGauge, queued, "{job}", "Jobs waiting in the shared job store");
         meter.CreateObservableGauge("interpmesh.worker.jobs.running", running, "{job}", "Jobs running in this worker");
     }
 
