@@ -14,7 +14,7 @@ namespace InterpMesh.Jobs;
 /// LOCKED]</c>; SQLite runs one writer at a time (<c>BEGIN IMMEDIATE</c>), so it needs no locking
 /// clauses. Times are Unix milliseconds from <see cref="JobStoreOptions.Clock"/>.
 /// </summary>
-public abstract class SqlJobStore : IJobStore, IJobQueue, IPluginRegistry, IAsyncDisposable
+public abstract class SqlJobStore : IJobStore, IJobQueue, IPluginRegistry, IGatewayRegistry, IAsyncDisposable
 {
     private const string Columns =
         "id, owner, plugin, model, parameters_json, timeout_seconds, trace_parent, state, created_ms, started_ms, finished_ms, " +
@@ -381,6 +381,33 @@ public abstract class SqlJobStore : IJobStore, IJobQueue, IPluginRegistry, IAsyn
         }
         // Rows come newest first within an id: the first loaded one, else the newest.
         return [.. rows.GroupBy(r => r.Id, StringComparer.Ordinal).Select(g => g.FirstOrDefault(r => r.Loaded) ?? g.First())];
+    }
+
+    // ---- IGatewayRegistry ----------------------------------------------------------------------
+
+    public async Task<int> HeartbeatGatewayAsync(string gatewayId, TimeSpan freshWithin, CancellationToken cancellationToken = default)
+    {
+        if (string.IsNullOrWhiteSpace(gatewayId))
+            throw Invalid("a gateway id is required to stamp a gateway (replicas are counted by it)");
+        if (freshWithin <= TimeSpan.Zero)
+            throw Invalid($"gateways are counted over a positive time, not {freshWithin}");
+        long now = Now(), since = now - (long)freshWithin.TotalMilliseconds;
+        await using var write = await BeginWriteAsync(cancellationToken);
+        await ExecuteAsync(write,
+            "INSERT INTO gateways (gateway_id, seen_ms) VALUES (@g, @now) ON CONFLICT (gateway_id) DO UPDATE SET seen_ms = excluded.seen_ms",
+            cancellationToken, ("g", gatewayId), ("now", now));
+        // Rows of gateways long gone only take space.
+        await ExecuteAsync(write, "DELETE FROM gateways WHERE seen_ms < @old", cancellationToken, ("old", now - (long)TimeSpan.FromDays(1).TotalMilliseconds));
+        long count = await ScalarLongAsync(write, "SELECT COUNT(*) FROM gateways WHERE seen_ms >= @since", cancellationToken, ("since", since));
+        await write.CommitAsync(cancellationToken);
+        return (int)Math.Max(1, count);
+    }
+
+    public async Task LeaveGatewayAsync(string gatewayId, CancellationToken cancellationToken = default)
+    {
+        await using var write = await BeginWriteAsync(cancellationToken);
+        await ExecuteAsync(write, "DELETE FROM gateways WHERE gateway_id = @g", cancellationToken, ("g", gatewayId));
+        await write.CommitAsync(cancellationToken);
     }
 
     // ---- IJobQueue ----------------------------------------------------------------------------

@@ -54,7 +54,7 @@ public sealed class AuthorizationTests
     private static AuthInterceptor Interceptor(GatewayOptions options)
     {
         var wrapped = Options.Create(options);
-        return new AuthInterceptor(new ApiKeys(wrapped, NullLogger<ApiKeys>.Instance), new RpcRoles(wrapped), wrapped);
+        return new AuthInterceptor(new ApiKeys(wrapped, NullLogger<ApiKeys>.Instance), new RpcRoles(wrapped), wrapped, new ReplicaShare());
     }
 
     private static GatewayOptions WithKeys(Dictionary<string, string>? roles = null)

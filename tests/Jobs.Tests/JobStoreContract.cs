@@ -782,6 +782,30 @@ public abstract class JobStoreContract
         new(id, id, true, null, $$"""{"version":"{{version}}","description":"d","sdkVersion":"2.0","parameterSchema":{"type":"object"},"produces":[]}""");
 
     [Fact]
+    public async Task Gateways_are_counted_while_their_stamps_are_fresh_and_leave_when_they_stop()
+    {
+        var clock = new ManualClock();
+        await using var store = await NewStoreAsync(clock);
+        var fresh = TimeSpan.FromSeconds(20);
+        Assert.Equal(1, await store.HeartbeatGatewayAsync("gw-a", fresh));
+        Assert.Equal(2, await store.HeartbeatGatewayAsync("gw-b", fresh));
+        // Stamping again counts a gateway once.
+        Assert.Equal(2, await store.HeartbeatGatewayAsync("gw-a", fresh));
+        Assert.Equal(3, await store.HeartbeatGatewayAsync("gw-c", fresh));
+        // gw-b stops cleanly; gw-c dies and its stamp grows old while gw-a keeps stamping.
+        await store.LeaveGatewayAsync("gw-b");
+        clock.Advance(TimeSpan.FromSeconds(15));
+        Assert.Equal(2, await store.HeartbeatGatewayAsync("gw-a", fresh));
+        clock.Advance(TimeSpan.FromSeconds(10));
+        Assert.Equal(1, await store.HeartbeatGatewayAsync("gw-a", fresh));
+        // Leaving twice, or a gateway never seen, is no error.
+        await store.LeaveGatewayAsync("gw-b");
+        await store.LeaveGatewayAsync("never-seen");
+        await Assert.ThrowsAsync<JobStoreException>(() => store.HeartbeatGatewayAsync(" ", fresh));
+        await Assert.ThrowsAsync<JobStoreException>(() => store.HeartbeatGatewayAsync("gw-a", TimeSpan.Zero));
+    }
+
+    [Fact]
     public async Task Published_plugins_are_listed_one_per_id_preferring_loaded_then_newest()
     {
         var clock = new ManualClock();

@@ -65,6 +65,11 @@ public static class GatewayApp
         services.AddSingleton(sp => OpenJobStore(sp.GetRequiredService<IOptions<GatewayOptions>>().Value, sp.GetRequiredService<ILoggerFactory>().CreateLogger("InterpMesh.Gateway.Jobs")));
         services.AddSingleton<IJobStore>(sp => sp.GetRequiredService<SqlJobStore>());
         services.AddSingleton<IPluginRegistry>(sp => sp.GetRequiredService<SqlJobStore>());
+        services.AddSingleton<IGatewayRegistry>(sp => sp.GetRequiredService<SqlJobStore>());
+        // Replicas divide each key's rate limit: the store counts the live ones.
+        services.AddSingleton<ReplicaShare>();
+        services.AddSingleton<GatewayPresence>();
+        services.AddHostedService(sp => sp.GetRequiredService<GatewayPresence>());
         services.AddSingleton<JobService>();
         services.AddHostedService<JobHousekeeping>();
 
@@ -83,6 +88,8 @@ public static class GatewayApp
         // so that either stops the start with its reason rather than failing the first call.
         _ = app.Services.GetRequiredService<IOptions<GatewayOptions>>().Value;
         app.Services.GetRequiredService<SqlJobStore>();
+        // Count the replicas before the first call, so a key's first burst is this replica's share.
+        app.Services.GetRequiredService<GatewayPresence>().StampAsync(CancellationToken.None).GetAwaiter().GetResult();
         // Read every RPC's role now, and say which ones no key can call.
         foreach (var method in app.Services.GetRequiredService<RpcRoles>().Undeclared)
             app.Logger.LogWarning("{Method} declares no role in its proto and none is configured: it is refused for every key (Gateway:Authorization:Roles can grant one)", method);

@@ -13,28 +13,33 @@ namespace InterpMesh.Gateway.Security;
 /// and reflection services. Missing or unknown key: UNAUTHENTICATED; role too weak, or an RPC that
 /// declares no role (<see cref="RpcRoles"/>: it fails closed): PERMISSION_DENIED; over the key's
 /// rate: RESOURCE_EXHAUSTED with the standard
-/// <c>grpc-retry-pushback-ms</c> trailer: when the key's next token comes.
+/// <c>grpc-retry-pushback-ms</c> trailer: when the key's next token comes. The configured rate and
+/// burst are the deployment's: each of the <see cref="ReplicaShare.Replicas"/> gateways sharing the
+/// job store enforces its share, so adding replicas does not multiply a key's allowance.
 /// </summary>
 public sealed class AuthInterceptor : Interceptor, IDisposable
 {
     private static readonly Caller Local = new(Caller.Anonymous, Role.Admin);
     private readonly ApiKeys keys;
     private readonly RpcRoles roles;
-    private readonly PartitionedRateLimiter<string>? limiter;
+    private readonly PartitionedRateLimiter<(string Key, int Replicas)>? limiter;
+    private readonly ReplicaShare share;
 
-    public AuthInterceptor(ApiKeys keys, RpcRoles roles, IOptions<GatewayOptions> options)
+    public AuthInterceptor(ApiKeys keys, RpcRoles roles, IOptions<GatewayOptions> options, ReplicaShare share)
     {
         this.keys = keys;
         this.roles = roles;
+        this.share = share;
         var rate = options.Value.RateLimit;
         if (rate.RequestsPerSecond > 0)
         {
-            var period = TimeSpan.FromSeconds(Math.Max(0.001, 1.0 / rate.RequestsPerSecond));
-            limiter = PartitionedRateLimiter.Create<string, string>(name => RateLimitPartition.GetTokenBucketLimiter(name, _ => new TokenBucketRateLimiterOptions
+            // One bucket per key and replica count: when replicas come or go, a key's next call
+            // starts a bucket of the new share (the old one idles out).
+            limiter = PartitionedRateLimiter.Create<(string Key, int Replicas), (string, int)>(p => RateLimitPartition.GetTokenBucketLimiter(p, _ => new TokenBucketRateLimiterOptions
             {
-                TokenLimit = rate.Burst,
+                TokenLimit = ReplicaShare.BurstOf(rate.Burst, p.Replicas),
                 TokensPerPeriod = 1,
-                ReplenishmentPeriod = period,
+                ReplenishmentPeriod = TimeSpan.FromSeconds(Math.Max(0.001, 1.0 / ReplicaShare.RateOf(rate.RequestsPerSecond, p.Replicas))),
                 QueueLimit = 0,
                 AutoReplenishment = true,
             }));
@@ -81,7 +86,7 @@ public sealed class AuthInterceptor : Interceptor, IDisposable
             throw new RpcException(new Status(StatusCode.PermissionDenied, $"key '{caller.Name}' lacks the '{RoleNames.Of(role)}' role needed for {fullMethod}"));
         if (limiter is not null)
         {
-            using var lease = limiter.AttemptAcquire(caller.Name);
+            using var lease = limiter.AttemptAcquire((caller.Name, share.Replicas));
             if (!lease.IsAcquired)
             {
                 var wait = lease.TryGetMetadata(MetadataName.RetryAfter, out var retry) ? retry : TimeSpan.FromSeconds(1);

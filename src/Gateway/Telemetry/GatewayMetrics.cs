@@ -38,6 +38,10 @@ public sealed class GatewayMetrics : ICallMetrics, IDisposable
     }
 
     /// <summary>Jobs queued and running in the job store, over every gateway and worker (workers export the queued count too, as <c>interpmesh.jobs.queued</c>).</summary>
+    /// <summary>Gateways sharing the job store (and so each key's rate limit), as this one last counted them.</summary>
+    public void ObserveReplicas(Func<int> replicas) =>
+        meter.CreateObservableGauge("interpmesh.gateway.replicas", replicas, "{gateway}", "Gateways sharing the job store and each key's rate limit");
+
     public void ObserveJobs(Func<long> queued, Func<long> running)
     {
         meter.CreateObservableGauge("interpmesh.jobs.queued", queued, "{job}", "Jobs waiting in the shared job store");
