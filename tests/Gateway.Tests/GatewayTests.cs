@@ -375,6 +375,17 @@ public sealed class GatewayTests(MeshFixture mesh) : IClassFixture<MeshFixture>
         var job = await store.GetAsync(final.Id, admin);
         Assert.Equal(3, job.Usage.ModelCalls);
         Assert.True(job.Usage.ModelTime > TimeSpan.Zero, "model time was not recorded");
+        // Tokens: the plugin ran "Once upon a time" three times; one row's length as the model service
+        // itself reports it (the shape of the ids it ran, not the mask the worker counts).
+        long length;
+        using var direct = Mesh.Channel(mesh.ServiceAddress);
+        using (var call = new Contracts.V1.ModelService.ModelServiceClient(direct).Run(new RunRequest { Inputs = { new Input { Text = "Once upon a time" } } }))
+        {
+            var result = (await call.ResponseStream.ReadAllAsync().ToListAsync()).Single(m => m.Result is not null).Result;
+            length = result.Tokens.Shape[1];
+        }
+        Assert.True(length > 1, $"'Once upon a time' ran as {length} tokens");
+        Assert.Equal(3 * length, job.Usage.Tokens);
         var alice = (await store.UsageAsync()).Single(u => u.Owner == "alice");
         Assert.True(alice.Usage.ModelCalls >= before + 3, $"alice's total went from {before} to {alice.Usage.ModelCalls}");
 
@@ -388,7 +399,10 @@ public sealed class GatewayTests(MeshFixture mesh) : IClassFixture<MeshFixture>
             seen = string.Join(" | ", lines);
             line = lines.FirstOrDefault(l => l.StartsWith("interpmesh_jobs_key_model_calls", StringComparison.Ordinal) && l.Contains("key=\"alice\"", StringComparison.Ordinal)
                 && long.Parse(l.Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture) >= before + 3) ?? "";
+            if (line.Length > 0 && !lines.Any(l => l.StartsWith("interpmesh_jobs_key_tokens", StringComparison.Ordinal) && l.Contains("key=\"alice\"", StringComparison.Ordinal)
+                && long.Parse(l.Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture) >= 3 * length))
+                line = "";
         }
-        Assert.True(line.Length > 0, $"no interpmesh_jobs_key_model_calls line for alice at {before + 3} or more within 30 s; the per-key lines were: {seen}");
+        Assert.True(line.Length > 0, $"no interpmesh_jobs_key_model_calls line for alice at {before + 3} or more (with tokens at {3 * length} or more) within 30 s; the per-key lines were: {seen}");
     }
 }

@@ -54,6 +54,7 @@ public sealed class GatewayMetrics : ICallMetrics, IDisposable
         static KeyValuePair<string, object?> Key(InterpMesh.Jobs.KeyUsage u) => new("key", u.Owner);
         meter.CreateObservableCounter("interpmesh.jobs.key.submitted", () => usage().Select(u => new Measurement<long>(u.JobsSubmitted, Key(u))), "{job}", "Jobs submitted, by key");
         meter.CreateObservableCounter("interpmesh.jobs.key.model_calls", () => usage().Select(u => new Measurement<long>(u.Usage.ModelCalls, Key(u))), "{call}", "Model calls made by the key's jobs");
+        meter.CreateObservableCounter("interpmesh.jobs.key.tokens", () => usage().Select(u => new Measurement<long>(u.Usage.Tokens, Key(u))), "{token}", "Tokens the models ran for the key's jobs (prompt and generated)");
         meter.CreateObservableCounter("interpmesh.jobs.key.model_time", () => usage().Select(u => new Measurement<double>(u.Usage.ModelTime.TotalSeconds, Key(u))), "s", "Time the key's jobs spent in model calls");
     }
 
