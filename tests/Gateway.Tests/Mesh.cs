@@ -13,7 +13,7 @@ public static class TestPlugins
         var (tokenStats, misbehaving, _) = await PluginBuilds.OutputsAsync();
         string root = TempFolders.Create("interpmesh-plugin-root-");
         Copy(tokenStats, Path.Combine(root, "token-stats"));
-        foreach (var (id, type) in new[] { ("slow", "Slow"), ("throws", "Throws"), ("hangs", "Hangs"), ("future-sdk", "FutureSdk"), ("throws-on-load", "ThrowsOnLoad"), ("chatty", "Chatty"), ("hoards", "Hoards") })
+        foreach (var (id, type) in new[] { ("slow", "Slow"), ("throws", "Throws"), ("hangs", "Hangs"), ("future-sdk", "FutureSdk"), ("throws-on-load", "ThrowsOnLoad"), ("chatty", "Chatty"), ("hoards", "Hoards"), ("bulky", "Bulky") })
         {
             var dir = Path.Combine(root, id);
             Copy(misbehaving, dir);

@@ -161,6 +161,26 @@ public sealed class RecordLimitsTests(MeshFixture mesh) : IClassFixture<MeshFixt
         Assert.Equal(2, pages);
         Assert.Equal(names, seen);
     }
+    [Fact]
+    public async Task A_result_too_large_for_a_job_record_fails_the_job_with_the_limit_named_and_listings_keep_working()
+    {
+        // 5 MiB of table: more than the 3 MiB a job keeps (Worker:MaxResultBytes), and more than a client receives in one message.
+        var big = await Analyses.SubmitJobAsync(new AnalysisRequest { Plugin = "bulky", ParametersJson = """{"bytes": 5242880}""" }, Mesh.As(Mesh.AliceKey));
+        var failed = await SharedJobsTests.WaitUntil(Analyses, big.Id, j => j.State is JobState.Failed or JobState.Succeeded);
+        Assert.Equal(JobState.Failed, failed.State);
+        Assert.Equal("RESOURCE_EXHAUSTED", failed.ErrorCode);
+        Assert.Contains("plugin 'bulky' returned a result of 5.0", failed.Error, StringComparison.Ordinal);
+        Assert.Contains("table 'payload'", failed.Error, StringComparison.Ordinal);
+        Assert.Contains("Worker:MaxResultBytes", failed.Error, StringComparison.Ordinal);
+        Assert.Contains("artifact", failed.Error, StringComparison.Ordinal);
+
+        // One under the limit is kept and read back whole through GetJob.
+        var fits = await Analyses.SubmitJobAsync(new AnalysisRequest { Plugin = "bulky", ParametersJson = """{"bytes": 2097152}""" }, Mesh.As(Mesh.AliceKey));
+        var done = await SharedJobsTests.WaitUntil(Analyses, fits.Id, j => j.State is JobState.Failed or JobState.Succeeded);
+        Assert.True(done.State == JobState.Succeeded, done.Error);
+        Assert.Equal("[[\"" + new string('x', 2097152) + "\"]]", done.Result.Tables.Single().RowsJson);
+        await AssertStillServing();
+    }
 }
 
 /// <summary>The limits' own settings are checked at start, every error named.</summary>
@@ -219,4 +239,5 @@ public sealed class StoredMetadataLimitTests
             TempFolders.Delete(root);
         }
     }
+
 }

@@ -133,12 +133,14 @@ public sealed class WorkerHostTests
             settings["Worker:Jobs:LeaseSeconds"] = "1";
             settings["Worker:CallTimeoutSeconds"] = "0";
             settings["Worker:DefaultModel"] = "gpt2";
+            settings["Worker:MaxResultBytes"] = "8388608";
             var e = await Assert.ThrowsAnyAsync<Exception>(() => LocalHosts.StartWorkerAsync(settings));
             Assert.Contains("Worker:Models is empty", e.Message, StringComparison.Ordinal);
             Assert.Contains("Worker:MaxConcurrentJobs must be from 1 to 256, got 0", e.Message, StringComparison.Ordinal);
             Assert.Contains("Worker:Jobs:LeaseSeconds must be from 3 to 3600, got 1", e.Message, StringComparison.Ordinal);
             Assert.Contains("Worker:CallTimeoutSeconds must be at least 1, got 0", e.Message, StringComparison.Ordinal);
             Assert.Contains("Worker:DefaultModel 'gpt2' is not one of the configured models", e.Message, StringComparison.Ordinal);
+            Assert.Contains("Worker:MaxResultBytes must be from 1024 to 3670016", e.Message, StringComparison.Ordinal);
 
             settings = Mesh.WorkerSettings(["ftp://127.0.0.1:1"], data, data);
             e = await Assert.ThrowsAnyAsync<Exception>(() => LocalHosts.StartWorkerAsync(settings));
@@ -269,10 +271,10 @@ public sealed class WorkerHostTests
             string text = await http.GetStringAsync($"http://127.0.0.1:{metricsPort}/metrics");
             string Line(string name) => text.Split('\n').FirstOrDefault(l => l.StartsWith(name, StringComparison.Ordinal)) ?? "";
             string all = string.Join(" | ", text.Split('\n').Where(l => l.StartsWith("interpmesh", StringComparison.Ordinal)));
-            // The test plugins folder: six that load (the sample, slow, throws, hangs, chatty, hoards) and four that do not
+            // The test plugins folder: seven that load (the sample, slow, throws, hangs, chatty, hoards, bulky) and four that do not
             // (future-sdk, throws-on-load, broken-dll, no-manifest).
             Assert.True(Line("interpmesh_worker_plugins_failed").EndsWith(" 4", StringComparison.Ordinal), all);
-            Assert.True(Line("interpmesh_worker_plugins_loaded").EndsWith(" 6", StringComparison.Ordinal), all);
+            Assert.True(Line("interpmesh_worker_plugins_loaded").EndsWith(" 7", StringComparison.Ordinal), all);
             Assert.Contains(text.Split('\n'), l => l.StartsWith("interpmesh_worker_plugin_runs_total", StringComparison.Ordinal)
                 && l.Contains("plugin=\"slow\"", StringComparison.Ordinal) && l.Contains("outcome=\"succeeded\"", StringComparison.Ordinal));
             Assert.NotEqual("", Line("interpmesh_jobs_queued"));

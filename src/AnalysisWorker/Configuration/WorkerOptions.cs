@@ -52,6 +52,19 @@ public sealed class WorkerOptions
     /// <summary>Largest artifact a plugin may save, all its files together (the gateways' <c>Gateway:Limits:MaxArtifactBytes</c>).</summary>
     public long MaxArtifactBytes { get; set; } = 16L << 30;
 
+    /// <summary>
+    /// Largest result a job may keep (its summary, tables and figures as sent on the wire). A GetJob
+    /// answer carries it whole, and clients receive at most 4 MiB per message by default; larger
+    /// results belong in an artifact.
+    /// </summary>
+    public int MaxResultBytes { get; set; } = DefaultMaxResultBytes;
+
+    /// <summary>The default <see cref="MaxResultBytes"/>: 3 MiB.</summary>
+    public const int DefaultMaxResultBytes = 3 << 20;
+
+    /// <summary>The most <see cref="MaxResultBytes"/> may be: room left in 4 MiB for the rest of the record (parameters up to 256 KiB, messages).</summary>
+    public const int MaxResultBytesCeiling = (7 << 20) / 2;
+
     /// <summary>Largest metadata (as JSON) of an artifact a plugin saves (the gateways' <c>Gateway:Limits:MaxMetadataBytes</c>, so it can be listed).</summary>
     public int MaxArtifactMetadataBytes { get; set; } = 64 << 10;
 
@@ -109,6 +122,8 @@ internal sealed class WorkerOptionsValidator : IValidateOptions<WorkerOptions>
             errors.Add($"{S}:Jobs:MaxAttempts must be at least 1 (one run, no retry), got {o.Jobs.MaxAttempts}");
         if (o.Jobs.MaxRunningPerKey < 1)
             errors.Add($"{S}:Jobs:MaxRunningPerKey must be at least 1, got {o.Jobs.MaxRunningPerKey}");
+        if (o.MaxResultBytes is < 1024 or > WorkerOptions.MaxResultBytesCeiling)
+            errors.Add($"{S}:MaxResultBytes must be from 1024 to {WorkerOptions.MaxResultBytesCeiling} (3.5 MiB: a job record must fit gRPC's default 4 MiB message), got {o.MaxResultBytes}");
         if (o.MaxArtifactBytes < 1)
             errors.Add($"{S}:MaxArtifactBytes must be at least 1, got {o.MaxArtifactBytes}");
         if (o.MaxArtifactMetadataBytes < 2)

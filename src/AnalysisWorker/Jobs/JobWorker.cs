@@ -235,7 +235,7 @@ public sealed class JobWorker : BackgroundService
             return ended;
         }
         if (task.IsCompletedSuccessfully && !cancelled)
-            return await EndAsync(lease, JobOutcome.Succeeded(ResultMapping.ToJson(ResultMapping.ToProto(task.Result))));
+            return await EndAsync(lease, ResultMapping.Outcome(job.Plugin, task.Result, options.MaxResultBytes));
         if (linked.IsCancellationRequested)
         {
             if (cancelled)

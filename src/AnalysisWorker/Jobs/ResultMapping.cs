@@ -12,6 +12,31 @@ internal static class ResultMapping
     /// <summary>A run's result as the store keeps it (protobuf JSON, figures base64): opaque to the store, read by every gateway.</summary>
     public static string ToJson(Contracts.V1.AnalysisResult result) => Formatter.Format(result);
 
+    /// <summary>
+    /// How a run that returned <paramref name="result"/> ends: succeeded with it, or — when it is
+    /// larger on the wire than <paramref name="maxBytes"/> — failed with RESOURCE_EXHAUSTED saying
+    /// what to do, because every GetJob would otherwise fail for every client.
+    /// </summary>
+    public static InterpMesh.Jobs.JobOutcome Outcome(string plugin, InterpMesh.Plugins.PluginResult result, int maxBytes)
+    {
+        var proto = ToProto(result);
+        int size = proto.CalculateSize();
+        if (size <= maxBytes)
+            return InterpMesh.Jobs.JobOutcome.Succeeded(ToJson(proto));
+        var largest = proto.Tables.Select(t => (What: $"table '{Cut(t.Name)}'", Bytes: t.CalculateSize()))
+            .Concat(proto.Figures.Select(f => (What: $"figure '{Cut(f.Name)}'", Bytes: f.CalculateSize())))
+            .Append((What: "the summary", Bytes: proto.SummaryJson.Length))
+            .MaxBy(p => p.Bytes);
+        return InterpMesh.Jobs.JobOutcome.Failed(
+            $"plugin '{plugin}' returned a result of {Mib(size)} (the largest part: {largest.What}, {Mib(largest.Bytes)}); a job keeps at most {Mib(maxBytes)} " +
+            "(Worker:MaxResultBytes) so that every client can read it — save large tables or figures as an artifact and return its name, or ask for less",
+            "RESOURCE_EXHAUSTED");
+    }
+
+    private static string Mib(long bytes) => $"{bytes / (1024.0 * 1024.0):0.0#} MiB";
+
+    private static string Cut(string name) => name.Length > 40 ? name[..40] + "…" : name;
+
     public static Contracts.V1.AnalysisResult ToProto(InterpMesh.Plugins.PluginResult result)
     {
         var proto = new Contracts.V1.AnalysisResult { SummaryJson = (result.Summary ?? []).ToJsonString() };

@@ -128,3 +128,28 @@ public sealed class Versioned : IAnalysisPlugin
     public Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context) =>
         Task.FromResult(new PluginResult { Summary = new JsonObject { ["version"] = Manifest.Version } });
 }
+
+/// <summary>Returns a table of about <c>bytes</c> bytes (one row of one string): a result too large to keep, when asked.</summary>
+public sealed class Bulky : IAnalysisPlugin
+{
+    public PluginManifest Manifest { get; } = new PluginManifest
+    {
+        Id = "bulky",
+        Version = "1.0.0",
+        Description = "returns as large a result as asked",
+        SdkVersion = SdkVersion.Current,
+        ParameterSchema = JsonNode.Parse("""{"type":"object","properties":{"bytes":{"type":"integer","minimum":0}}}""")!.AsObject(),
+        Produces = [],
+    };
+
+    public Task<PluginResult> RunAsync(JsonElement parameters, IAnalysisContext context)
+    {
+        int bytes = parameters.TryGetProperty("bytes", out var b) ? b.GetInt32() : 1000;
+        var row = new List<JsonNode?> { JsonValue.Create(new string('x', bytes)) };
+        return Task.FromResult(new PluginResult
+        {
+            Summary = new JsonObject { ["bytes"] = bytes },
+            Tables = [new ResultTable { Name = "payload", Columns = ["text"], Rows = [row] }],
+        });
+    }
+}
