@@ -169,6 +169,7 @@ public sealed class RecordLimitsTests(MeshFixture mesh) : IClassFixture<MeshFixt
         var failed = await SharedJobsTests.WaitUntil(Analyses, big.Id, j => j.State is JobState.Failed or JobState.Succeeded);
         Assert.Equal(JobState.Failed, failed.State);
         Assert.Equal("RESOURCE_EXHAUSTED", failed.ErrorCode);
+        Assert.Equal(JobErrorCode.ResourceExhausted, failed.ErrorStatus);
         Assert.Contains("plugin 'bulky' returned a result of 5.0", failed.Error, StringComparison.Ordinal);
         Assert.Contains("table 'payload'", failed.Error, StringComparison.Ordinal);
         Assert.Contains("Worker:MaxResultBytes", failed.Error, StringComparison.Ordinal);
@@ -178,6 +179,7 @@ public sealed class RecordLimitsTests(MeshFixture mesh) : IClassFixture<MeshFixt
         var fits = await Analyses.SubmitJobAsync(new AnalysisRequest { Plugin = "bulky", ParametersJson = """{"bytes": 2097152}""" }, Mesh.As(Mesh.AliceKey));
         var done = await SharedJobsTests.WaitUntil(Analyses, fits.Id, j => j.State is JobState.Failed or JobState.Succeeded);
         Assert.True(done.State == JobState.Succeeded, done.Error);
+        Assert.Equal(JobErrorCode.Unspecified, done.ErrorStatus);
         Assert.Equal("[[\"" + new string('x', 2097152) + "\"]]", done.Result.Tables.Single().RowsJson);
         await AssertStillServing();
     }

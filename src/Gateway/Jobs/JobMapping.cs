@@ -26,6 +26,7 @@ internal static class JobMapping
             Message = job.Message,
             Error = job.Error,
             ErrorCode = job.ErrorCode,
+            ErrorStatus = ErrorStatus(job.ErrorCode),
             Created = Timestamp.FromDateTimeOffset(job.Created),
             Owner = job.Owner,
             ParametersJson = job.ParametersJson,
@@ -38,6 +39,22 @@ internal static class JobMapping
         if (withResult && job.ResultJson is { } result)
             wire.Result = Wire.AnalysisResult.Parser.ParseJson(result);
         return wire;
+    }
+
+    /// <summary>
+    /// The enum of a stored status name (INVALID_ARGUMENT → <see cref="Wire.JobErrorCode.InvalidArgument"/>):
+    /// the same gRPC code. Empty (no error) is unspecified; a name that is no gRPC code (never
+    /// written by a worker, but an imported record may hold anything) is UNKNOWN, as gRPC maps an
+    /// unknown status.
+    /// </summary>
+    public static Wire.JobErrorCode ErrorStatus(string? name)
+    {
+        if (string.IsNullOrEmpty(name))
+            return Wire.JobErrorCode.Unspecified;
+        string pascal = string.Concat(name.Split('_').Select(w => w.Length == 0 ? w : char.ToUpperInvariant(w[0]) + w[1..].ToLowerInvariant()));
+        return System.Enum.TryParse<StatusCode>(pascal, ignoreCase: false, out var code) && code != StatusCode.OK && System.Enum.IsDefined(typeof(Wire.JobErrorCode), (int)code)
+            ? (Wire.JobErrorCode)(int)code
+            : Wire.JobErrorCode.Unknown;
     }
 
     public static Wire.JobState ToWire(JobState state) => state switch
