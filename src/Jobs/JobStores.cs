@@ -22,4 +22,29 @@ public static class JobStores
             throw new JobStoreException(JobStoreError.InvalidArgument, "configure the job store: a PostgreSQL connection string, or a file for the embedded store");
         return await SqliteJobStore.OpenAsync(embeddedPath, options, cancellationToken);
     }
+
+    /// <summary>
+    /// The store a host's configuration section names: <c>{section}:Jobs:ConnectionString</c> (or
+    /// <see cref="ConnectionStringVariable"/>) for PostgreSQL, else the embedded file in
+    /// <paramref name="jobsPath"/> (<c>{section}:JobsPath</c>); migrated to the current schema.
+    /// A store that cannot be opened stops the host with the setting to check named.
+    /// </summary>
+    /// <returns>The store and what it is, for the host's log ("PostgreSQL (…)" or the file).</returns>
+    public static async Task<(SqlJobStore Store, string Description)> OpenConfiguredAsync(string section, string? connectionString, string jobsPath, JobStoreOptions options, CancellationToken cancellationToken = default)
+    {
+        string? connection = !string.IsNullOrWhiteSpace(connectionString) ? connectionString : Environment.GetEnvironmentVariable(ConnectionStringVariable);
+        string embedded = Path.Combine(jobsPath, EmbeddedFileName);
+        try
+        {
+            var store = await OpenAsync(connection, embedded, options, cancellationToken);
+            return (store, string.IsNullOrWhiteSpace(connection) ? embedded : $"PostgreSQL ({section}:Jobs:ConnectionString)");
+        }
+        catch (Exception e) when (e is JobStoreException or System.Data.Common.DbException or ArgumentException or IOException or UnauthorizedAccessException or System.Net.Sockets.SocketException or TimeoutException)
+        {
+            string where = string.IsNullOrWhiteSpace(connection)
+                ? $"the embedded job store {embedded} ({section}:JobsPath)"
+                : $"the PostgreSQL job store of {section}:Jobs:ConnectionString (or {ConnectionStringVariable})";
+            throw new InvalidOperationException($"cannot open {where}: {e.Message}", e);
+        }
+    }
 }

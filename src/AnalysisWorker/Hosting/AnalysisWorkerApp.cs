@@ -85,23 +85,10 @@ public static class AnalysisWorkerApp
     /// </summary>
     internal static SqlJobStore OpenJobStore(WorkerOptions options, ILogger logger)
     {
-        string? connection = options.Jobs.ConnectionString is { Length: > 0 } configured ? configured : Environment.GetEnvironmentVariable(JobStores.ConnectionStringVariable);
         var storeOptions = new JobStoreOptions { MaxAttempts = options.Jobs.MaxAttempts, MaxRunningPerOwner = options.Jobs.MaxRunningPerKey };
-        string embedded = Path.Combine(options.JobsPath, JobStores.EmbeddedFileName);
-        SqlJobStore store;
-        try
-        {
-            store = JobStores.OpenAsync(connection, embedded, storeOptions).GetAwaiter().GetResult();
-        }
-        catch (Exception e) when (e is JobStoreException or System.Data.Common.DbException or ArgumentException or IOException or UnauthorizedAccessException or System.Net.Sockets.SocketException or TimeoutException)
-        {
-            string where = string.IsNullOrWhiteSpace(connection)
-                ? $"the embedded job store {embedded} (Worker:JobsPath)"
-                : $"the PostgreSQL job store of Worker:Jobs:ConnectionString (or {JobStores.ConnectionStringVariable})";
-            throw new InvalidOperationException($"cannot open {where}: {e.Message}", e);
-        }
+        var (store, description) = JobStores.OpenConfiguredAsync(WorkerOptions.Section, options.Jobs.ConnectionString, options.JobsPath, storeOptions).GetAwaiter().GetResult();
         if (logger.IsEnabled(LogLevel.Information))
-            logger.LogInformation("Jobs are taken from {Store}", string.IsNullOrWhiteSpace(connection) ? embedded : "PostgreSQL (Worker:Jobs:ConnectionString)");
+            logger.LogInformation("Jobs are taken from {Store}", description);
         return store;
     }
 }

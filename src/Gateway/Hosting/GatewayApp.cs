@@ -107,28 +107,13 @@ public static class GatewayApp
     /// </summary>
     internal static SqlJobStore OpenJobStore(GatewayOptions options, ILogger logger)
     {
-        string? connection = options.Jobs.ConnectionString is { Length: > 0 } configured ? configured : Environment.GetEnvironmentVariable(JobsOptions.ConnectionStringVariable);
         // Takes, attempts and per-key running limits are the workers' (Worker:Jobs); the gateway only submits, reads and cancels.
-        var storeOptions = new JobStoreOptions();
-        string embedded = Path.Combine(options.JobsPath, JobStores.EmbeddedFileName);
-        SqlJobStore store;
-        try
-        {
-            store = JobStores.OpenAsync(connection, embedded, storeOptions).GetAwaiter().GetResult();
-        }
-        catch (Exception e) when (e is JobStoreException or System.Data.Common.DbException or ArgumentException or IOException or UnauthorizedAccessException or System.Net.Sockets.SocketException or TimeoutException)
-        {
-            string where = string.IsNullOrWhiteSpace(connection)
-                ? $"the embedded job store {embedded} (Gateway:JobsPath)"
-                : $"the PostgreSQL job store of Gateway:Jobs:ConnectionString (or {JobsOptions.ConnectionStringVariable})";
-            throw new InvalidOperationException($"cannot open {where}: {e.Message}", e);
-        }
+        var (store, kept) = JobStores.OpenConfiguredAsync(GatewayOptions.Section, options.Jobs.ConnectionString, options.JobsPath, new JobStoreOptions()).GetAwaiter().GetResult();
         // Records of gateways before the shared store (one JSON file per job) move into it once.
         string folder = options.JobsPath;
         int imported = LegacyJobFiles.ImportAsync(store, folder, logger).GetAwaiter().GetResult();
         if (imported > 0)
             logger.LogWarning("Imported {Count} job records of an older gateway from {Folder} into the job store (the files are in {Imported})", imported, folder, LegacyJobFiles.ImportedFolder);
-        string kept = string.IsNullOrWhiteSpace(connection) ? embedded : "PostgreSQL (Gateway:Jobs:ConnectionString)";
         if (logger.IsEnabled(LogLevel.Information))
             logger.LogInformation("Jobs are kept in {Store}", kept);
         return store;
