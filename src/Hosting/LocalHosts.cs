@@ -55,29 +55,22 @@ public static class LocalHosts
     }
 
     /// <summary>Starts a gateway with <paramref name="settings"/>; <paramref name="configure"/> has the last say over the builder.</summary>
-    public static async Task<WebApplication> StartGatewayAsync(IEnumerable<KeyValuePair<string, string?>> settings, Action<WebApplicationBuilder>? configure = null)
-    {
-        var all = Merge(settings);
-        var app = GatewayApp.Build([], b =>
-        {
-            b.Configuration.Sources.Clear();
-            b.Configuration.AddInMemoryCollection(all);
-            LocalShutdown(b);
-            configure?.Invoke(b);
-        });
-        await app.StartAsync().ConfigureAwait(false);
-        return app;
-    }
+    public static Task<WebApplication> StartGatewayAsync(IEnumerable<KeyValuePair<string, string?>> settings, Action<WebApplicationBuilder>? configure = null)
+        => StartAsync(GatewayApp.Build, settings, configure);
 
     /// <summary>
     /// Starts an analysis worker with <paramref name="settings"/> (see <see cref="WorkerSettings"/>);
     /// its plugins are loaded and published to the job store when this returns.
     /// <paramref name="configure"/> has the last say over the builder.
     /// </summary>
-    public static async Task<WebApplication> StartWorkerAsync(IEnumerable<KeyValuePair<string, string?>> settings, Action<WebApplicationBuilder>? configure = null)
+    public static Task<WebApplication> StartWorkerAsync(IEnumerable<KeyValuePair<string, string?>> settings, Action<WebApplicationBuilder>? configure = null)
+        => StartAsync(AnalysisWorkerApp.Build, settings, configure);
+
+    /// <summary>Builds a host with only <paramref name="settings"/> (over <see cref="Defaults"/>) and the local shutdown, then starts it.</summary>
+    private static async Task<WebApplication> StartAsync(Func<string[], Action<WebApplicationBuilder>?, WebApplication> build, IEnumerable<KeyValuePair<string, string?>> settings, Action<WebApplicationBuilder>? configure)
     {
         var all = Merge(settings);
-        var app = AnalysisWorkerApp.Build([], b =>
+        var app = build([], b =>
         {
             b.Configuration.Sources.Clear();
             b.Configuration.AddInMemoryCollection(all);
