@@ -76,6 +76,16 @@ internal sealed partial class PostgresServer : IDisposable
         return ConnectionString(name);
     }
 
+    /// <summary>The server's main process (the postmaster, whose children are the connections' backends) while it runs; null otherwise.</summary>
+    public int? ProcessId
+    {
+        get
+        {
+            string? pidFile = folder is null ? null : Path.Combine(folder, "data", "postmaster.pid");
+            return pidFile is not null && File.Exists(pidFile) && int.TryParse(File.ReadLines(pidFile).FirstOrDefault(), out int pid) ? pid : null;
+        }
+    }
+
     /// <summary>Stops the cluster and removes its folder (idempotent).</summary>
     public void Stop()
     {
