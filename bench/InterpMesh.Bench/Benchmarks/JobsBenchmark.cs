@@ -78,6 +78,7 @@ internal sealed class JobsBenchmark : Benchmark
             ["slot_bound_jobs_per_second_1x1"] = SlotBound(settings, 1),
             ["process_cpu_1x1"] = one.ProcessCpu,
             ["postgres_cpu_1x1"] = one.PostgresCpu,
+            ["store_transactions_per_job_1x1"] = one.TransactionsPerJob,
             ["machine_cpu_1x1"] = one.MachineCpu,
             ["watch_latency_p50_ms_1x1"] = Percentile(one.Latencies, 0.5),
             ["watch_latency_p99_ms_1x1"] = Percentile(one.Latencies, 0.99),
@@ -86,6 +87,7 @@ internal sealed class JobsBenchmark : Benchmark
             ["slot_bound_jobs_per_second_2x2"] = SlotBound(settings, 2),
             ["process_cpu_2x2"] = two.ProcessCpu,
             ["postgres_cpu_2x2"] = two.PostgresCpu,
+            ["store_transactions_per_job_2x2"] = two.TransactionsPerJob,
             ["machine_cpu_2x2"] = two.MachineCpu,
             ["watch_latency_p50_ms_2x2"] = Percentile(two.Latencies, 0.5),
             ["watch_latency_p99_ms_2x2"] = Percentile(two.Latencies, 0.99),
@@ -99,11 +101,14 @@ internal sealed class JobsBenchmark : Benchmark
 
     private sealed record Settings(int Seconds, int Warmup, int JobMs, int Reports, int Slots, int Depth, int WorkerPollMs, int WatchPollMs);
 
-    private sealed record Measured(long Completed, double JobsPerSecond, double ProcessCpu, double PostgresCpu, double MachineCpu, List<double> Latencies)
+    private sealed record Measured(long Completed, double JobsPerSecond, double ProcessCpu, double PostgresCpu, double MachineCpu, long Transactions, List<double> Latencies)
     {
+        /// <summary>Transactions the database committed or rolled back in the window per job completed (every host's, and the watchers' reads).</summary>
+        public double TransactionsPerJob => Completed > 0 ? (double)Transactions / Completed : 0;
+
         /// <summary>Rounds of equal length together: their jobs summed, rates and CPU averaged, latencies pooled.</summary>
         public static Measured Total(List<Measured> rounds) => new(rounds.Sum(r => r.Completed), rounds.Average(r => r.JobsPerSecond),
-            rounds.Average(r => r.ProcessCpu), rounds.Average(r => r.PostgresCpu), rounds.Average(r => r.MachineCpu), [.. rounds.SelectMany(r => r.Latencies)]);
+            rounds.Average(r => r.ProcessCpu), rounds.Average(r => r.PostgresCpu), rounds.Average(r => r.MachineCpu), rounds.Sum(r => r.Transactions), [.. rounds.SelectMany(r => r.Latencies)]);
     }
 
     /// <summary>The jobs/s the workers' slots allow if nothing but the plugin's wait took time.</summary>
@@ -155,7 +160,7 @@ internal sealed class JobsBenchmark : Benchmark
             }
             if (!context.Json)
                 context.Out.WriteLine($"{replicas} gateway(s) + {replicas} worker(s), {s.Slots} slots each, {inFlight} jobs in flight: {s.Warmup} s warm-up, {s.Seconds} s measured…");
-            return Load(gateways, s, inFlight, postmaster);
+            return Load(gateways, s, inFlight, postmaster, connection);
         }
         finally
         {
@@ -164,7 +169,7 @@ internal sealed class JobsBenchmark : Benchmark
         }
     }
 
-    private static Measured Load(List<WebApplication> gateways, Settings s, int inFlight, int? postmaster)
+    private static Measured Load(List<WebApplication> gateways, Settings s, int inFlight, int? postmaster, string connection)
     {
         var channels = gateways.Select(g => InterpMesh.Client.Channels.ForAddress(LocalHosts.GrpcAddress(g))).ToList();
         try
@@ -182,7 +187,12 @@ internal sealed class JobsBenchmark : Benchmark
             var latencies = new List<double>[inFlight];
             int turn = 0;
             CpuSample? first = null;
-            using var measuring = new Timer(_ => first ??= CpuSample.Now(postmaster), null, start, Timeout.InfiniteTimeSpan);
+            long firstTransactions = 0;
+            using var measuring = new Timer(_ =>
+            {
+                firstTransactions = Transactions(connection);
+                first ??= CpuSample.Now(postmaster);
+            }, null, start, Timeout.InfiniteTimeSpan);
 
             async Task ClientAsync(int slot)
             {
@@ -219,16 +229,26 @@ internal sealed class JobsBenchmark : Benchmark
             // The window closes at `end`; the clients then let their last jobs finish (not counted).
             Task.Delay(end).GetAwaiter().GetResult();
             var last = CpuSample.Now(postmaster);
+            long transactions = Transactions(connection) - firstTransactions;
             Task.WhenAll(tasks).GetAwaiter().GetResult();
             var window = end - start;
             var (processCpu, postgresCpu, machineCpu) = first is { } f ? last.Since(f) : (0, 0, 0);
-            return new Measured(completed, completed / window.TotalSeconds, processCpu, postgresCpu, machineCpu, [.. latencies.SelectMany(l => l)]);
+            return new Measured(completed, completed / window.TotalSeconds, processCpu, postgresCpu, machineCpu, transactions, [.. latencies.SelectMany(l => l)]);
         }
         finally
         {
             foreach (var channel in channels)
                 channel.Dispose();
         }
+    }
+
+    /// <summary>The database's transactions so far (pg_stat_database; its counters lag by up to a second).</summary>
+    private static long Transactions(string connection)
+    {
+        using var stats = new Npgsql.NpgsqlConnection($"{connection};Application Name=bench-stats");
+        stats.Open();
+        using var command = new Npgsql.NpgsqlCommand("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()", stats);
+        return Convert.ToInt64(command.ExecuteScalar(), CultureInfo.InvariantCulture);
     }
 
     private static double Percentile(List<double> values, double q) =>
