@@ -7,7 +7,8 @@ namespace InterpMesh.Jobs;
 /// <summary>
 /// The job store in PostgreSQL, for deployments: any number of gateways and workers share one
 /// database. Writes run under READ COMMITTED; the queue's take locks with <c>FOR UPDATE SKIP
-/// LOCKED</c>, so concurrent takers never wait on, or get, the same job. Migrations run at open
+/// LOCKED</c>, so concurrent takers never wait on, or get, the same job (one waits on a key's row
+/// only when that key, held by another take or a submission, is the only one with work). Migrations run at open
 /// under an advisory lock, so replicas starting together apply them once.
 /// </summary>
 public sealed class PostgresJobStore : SqlJobStore

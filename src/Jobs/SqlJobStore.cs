@@ -436,8 +436,16 @@ public abstract class SqlJobStore : IJobStore, IJobQueue, IPluginRegistry, IGate
                 sql.Append(CultureInfo.InvariantCulture, $" AND o.owner <> @p{i}");
                 args.Add(($"p{i}", passed[i]));
             }
-            sql.Append(" ORDER BY o.last_take, o.owner LIMIT 1").Append(ForUpdateSkipLocked);
-            if (await ScalarAsync(write, sql.ToString(), cancellationToken, [.. args]) is not string owner)
+            sql.Append(" ORDER BY o.last_take, o.owner LIMIT 1");
+            object? found = await ScalarAsync(write, sql + ForUpdateSkipLocked, cancellationToken, [.. args]);
+            // Every key with work skipped because another transaction holds its row (a take or a
+            // submission of that key, held for a few statements): wait for it rather than report an
+            // empty queue, which would idle this taker for a whole poll interval while jobs wait —
+            // with one busy key, most concurrent takes. Only while this take holds no key's row
+            // itself, so two waiting takes can never wait on each other.
+            if (found is null && passed.Count == 0 && ForUpdate != ForUpdateSkipLocked)
+                found = await ScalarAsync(write, sql + ForUpdate, cancellationToken, [.. args]);
+            if (found is not string owner)
             {
                 await write.CommitAsync(cancellationToken);
                 return null;

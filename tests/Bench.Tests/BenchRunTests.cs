@@ -73,6 +73,39 @@ public sealed class BenchRunTests
     }
 
     [Fact]
+    public void Jobs_runs_both_topologies_on_postgresql_and_reports_throughput_ratio_and_latency()
+    {
+        // A few seconds: one slot per worker, short jobs, two progress reports each (no timing is asserted).
+        var r = BenchRunner.Run("jobs", "--seconds", "3", "--warmup-seconds", "1", "--slots", "1", "--in-flight-per-slot", "3",
+            "--job-ms", "40", "--reports", "2", "--json");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var j = r.Json;
+        foreach (var topology in new[] { "1x1", "2x2" })
+        {
+            Assert.True(j.GetProperty($"jobs_completed_{topology}").GetInt64() > 0, topology);
+            Assert.True(j.GetProperty($"jobs_per_second_{topology}").GetDouble() > 0, topology);
+            Assert.True(j.GetProperty($"watch_latency_p50_ms_{topology}").GetDouble() <= j.GetProperty($"watch_latency_p99_ms_{topology}").GetDouble(), topology);
+        }
+        Assert.True(j.GetProperty("ratio_2x2_vs_1x1").GetDouble() > 0);
+        Assert.True(j.GetProperty("latency_events").GetInt32() > 0);
+        double p50 = j.GetProperty("watch_latency_p50_ms").GetDouble(), p99 = j.GetProperty("watch_latency_p99_ms").GetDouble();
+        Assert.InRange(p50, 0, p99);
+        Assert.True(p99 > 0);
+        Assert.Equal(1, j.GetProperty("slots_per_worker").GetInt32());
+        Assert.Equal(250, j.GetProperty("worker_poll_ms").GetInt32());
+        Assert.Empty(OwnTempFolders());
+        // The PostgreSQL cluster is stopped and removed too.
+        Assert.Empty(Directory.EnumerateDirectories(Path.GetTempPath(), $"interpmesh-pgcluster.p{Environment.ProcessId}-*"));
+    }
+
+    [Fact]
+    public void Without_the_postgresql_server_the_jobs_benchmark_says_what_to_install()
+    {
+        var e = Assert.Throws<InvalidOperationException>(() => InterpMesh.Tests.PostgresServer.FindBin("/nonexistent/postgresql", "The `jobs` benchmark needs"));
+        Assert.Contains("The `jobs` benchmark needs Debian's postgresql package (`apt-get install postgresql`", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Serving_runs_every_measure_and_reports_json()
     {
         // A smoke run with tiny settings: every measure completes and reports (no timing is asserted).

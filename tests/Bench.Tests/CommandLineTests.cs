@@ -7,7 +7,7 @@ namespace InterpMesh.Bench.Tests;
 /// </summary>
 public sealed class CommandLineTests
 {
-    private static readonly string[] Benchmarks = ["forward", "stream", "gateway", "probe", "retrieval", "sae", "load", "loading", "serving"];
+    private static readonly string[] Benchmarks = ["forward", "stream", "gateway", "probe", "retrieval", "sae", "load", "loading", "serving", "jobs"];
 
     [Theory]
     [InlineData("--batch must be an integer, got 'x'", "forward", "--batch", "x")]
@@ -26,6 +26,8 @@ public sealed class CommandLineTests
     [InlineData("--mix takes kind=weight pairs over run, generate, analysis (e.g. run=6,generate=3,analysis=1), got 'train=2'", "load", "--mix", "run=1,train=2")]
     [InlineData("--mix needs at least one positive weight", "load", "--mix", "run=0")]
     [InlineData("--unary must be at least 10, got 3", "gateway", "--unary", "3")]
+    [InlineData("--worker-poll-ms must be at least 10, got 5", "jobs", "--worker-poll-ms", "5")]
+    [InlineData("--slots must be an integer, got 'four'", "jobs", "--slots", "four")]
     [InlineData("give --model PATH or --preset NAME, not both", "serving", "--preset", "gpt2-tiny", "--model", "m.bin")]
     [InlineData("--save-model DIR keeps the random checkpoint of a --preset", "serving", "--save-model", "/tmp/x")]
     [InlineData("--server measures a running service; it takes no --model, --preset or --batch-window-ms", "serving", "--server", "http://127.0.0.1:1", "--preset", "gpt2-tiny")]

@@ -48,6 +48,28 @@ public sealed class PostgresJobStoreTests(PostgresCluster cluster) : JobStoreCon
     }
 
     [Fact]
+    public async Task A_take_waits_for_a_key_another_transaction_holds_instead_of_reporting_an_empty_queue()
+    {
+        string database = await cluster.CreateDatabaseAsync();
+        await using var store = await PostgresJobStore.OpenAsync(database);
+        await store.SubmitAsync(new NewJob("key", "probing", "tiny", "{}"));
+        // Another take or a submission of the same key holds the key's row for a moment.
+        await using var connection = new NpgsqlConnection(database);
+        await connection.OpenAsync();
+        await using var transaction = await connection.BeginTransactionAsync();
+        await using (var hold = new NpgsqlCommand("SELECT owner FROM job_owners WHERE owner = 'key' FOR UPDATE", connection, transaction))
+            await hold.ExecuteScalarAsync();
+        var take = store.TakeAsync("w", TimeSpan.FromMinutes(1));
+        await Task.Delay(300);
+        // Not "nothing queued" (the worker's slot would then sleep a poll interval): it waits for the row.
+        Assert.False(take.IsCompleted);
+        await transaction.CommitAsync();
+        var lease = await take;
+        Assert.NotNull(lease);
+        Assert.Equal("key", lease.Job.Owner);
+    }
+
+    [Fact]
     public async Task Takers_with_separate_connection_pools_skip_locked_rows_and_keep_the_running_limit()
     {
         // Four stores (four connection pools, as four workers would have) racing over one queue.
