@@ -457,6 +457,48 @@ public sealed partial class DistributedProcessTests(DistributedMesh mesh, Xunit.
     });
 
     [Fact]
+    public Task A_gateway_stopped_under_a_run_and_a_watch_ends_both_streams_as_unavailable_and_leaves_the_job_running() => Diagnosed(async () =>
+    {
+        // A job longer than the gateway's drain (HostOptions.ShutdownTimeout, 30 s here): its streams do not end by themselves.
+        var (a, b) = (mesh.Gateways[0], mesh.Gateways[1]);
+        using var channelA = Mesh.Channel(a.Address, InterpMesh.Client.ChannelRetry.None);
+        using var run = Client(channelA).RunAnalysis(new AnalysisRequest { Plugin = "slow", ParametersJson = Slow(3000) }, Mesh.As(Mesh.AliceKey, new CancellationTokenSource(JobTimeout).Token));
+        string? id = null;
+        while (id is null)
+        {
+            Assert.True(await run.ResponseStream.MoveNext(), $"the run through {a.Name} ended before it made progress");
+            if (run.ResponseStream.Current.Progress is { } p && p.Message.StartsWith("step ", StringComparison.Ordinal))
+                id = p.JobId;
+        }
+        using var watch = Client(channelA).WatchJob(new WatchJobRequest { Id = id }, Mesh.As(Mesh.AliceKey, new CancellationTokenSource(JobTimeout).Token));
+        Assert.True(await watch.ResponseStream.MoveNext(), $"the watch through {a.Name} sent nothing");
+
+        // SIGTERM (a rollout): the gateway stops, and its streams end saying so; the caller did not go away, so the job runs on.
+        var clock = Stopwatch.StartNew();
+        await mesh.StopAsync(a);
+        output.WriteLine($"{a.Name} stopped {clock.Elapsed.TotalSeconds:0.0} s after SIGTERM");
+        // Not held for the drain by streams that would only end with the job.
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(20), $"{a.Name} took {clock.Elapsed.TotalSeconds:0} s to stop: its job streams held it for the drain");
+        foreach (var (what, call) in new[] { ("run", run), ("watch", watch) })
+        {
+            var error = await Assert.ThrowsAsync<RpcException>(async () =>
+            {
+                while (await call.ResponseStream.MoveNext())
+                    Assert.True(call.ResponseStream.Current.Finished is null, $"the {what} through the stopped {a.Name} delivered the job's end: {call.ResponseStream.Current.Finished}");
+            });
+            Assert.True(error.StatusCode == StatusCode.Unavailable, $"the {what} through the stopping {a.Name} ended with {error.StatusCode}: {error.Status.Detail}");
+        }
+        using var channelB = Mesh.Channel(b.Address);
+        var client = Client(channelB);
+        var seen = await client.GetJobAsync(new GetJobRequest { Id = id }, Mesh.As(Mesh.AliceKey));
+        Assert.True(seen.State == JobState.Running, $"job {id} is {seen.State} ({seen.ErrorCode}: {seen.Error}) after the gateway its run came through stopped");
+        var later = await WaitForAsync(client, id, j => j.State != JobState.Running || j.Progress > seen.Progress, "more progress");
+        Assert.Equal((JobState.Running, 1), (later.State, later.Attempts));
+        await client.CancelJobAsync(new CancelJobRequest { Id = id }, Mesh.As(Mesh.AliceKey));
+        await WaitForAsync(client, id, j => j.State != JobState.Running, "its cancellation");
+    });
+
+    [Fact]
     public Task A_rolling_restart_of_every_gateway_and_worker_with_twenty_jobs_in_flight_loses_none_and_runs_none_twice() => Diagnosed(async () =>
     {
         const int Jobs = 20, Steps = 40;
