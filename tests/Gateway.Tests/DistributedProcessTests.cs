@@ -289,7 +289,8 @@ public sealed class DistributedMesh : IAsyncLifetime
 /// submitted through one gateway and watched through another; a worker killed during a long SAE
 /// training whose job another worker resumes from its checkpoint; a gateway killed under a
 /// WatchJob stream, the client going on through the other; a rolling restart of every gateway and
-/// worker with twenty jobs in flight, none lost and none run twice to completion. A failure
+/// worker with twenty jobs in flight and their clients following them, none lost and none run
+/// twice to completion; a gateway stopped under a job's streams ends them at once. A failure
 /// carries the hosts' last output lines.
 /// </summary>
 [Collection("gateways")]
@@ -510,6 +511,34 @@ public sealed partial class DistributedProcessTests(DistributedMesh mesh, Xunit.
             ids.Add((await Client(channel).SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = Slow(Steps) }, Mesh.As(Mesh.AliceKey))).Id);
         }
 
+        // Each job's client follows it through the gateways, moving to another when its stream ends.
+        int reconnects = 0;
+        using var following = new CancellationTokenSource(TimeSpan.FromSeconds(240));
+        var followers = ids.Select((id, i) => Task.Run(async () =>
+        {
+            for (int take = i; ; take++)
+            {
+                var gateways = mesh.Gateways;
+                var gateway = gateways[take % gateways.Count];
+                try
+                {
+                    using var channel = Mesh.Channel(gateway.Address, InterpMesh.Client.ChannelRetry.None);
+                    using var call = Client(channel).WatchJob(new WatchJobRequest { Id = id }, Mesh.As(Mesh.AliceKey, following.Token));
+                    await foreach (var e in call.ResponseStream.ReadAllAsync(following.Token))
+                    {
+                        if (e.Finished is { } final)
+                            return final;
+                    }
+                    throw new Xunit.Sdk.XunitException($"the watch of job {id} through {gateway.Name} ended without its final record");
+                }
+                catch (RpcException e) when (e.StatusCode == StatusCode.Unavailable && !following.IsCancellationRequested)
+                {
+                    Interlocked.Increment(ref reconnects);
+                    await Task.Delay(100, following.Token);
+                }
+            }
+        })).ToList();
+
         // One host at a time, a replacement serving before the old one gets SIGTERM (maxUnavailable 0, maxSurge 1).
         var clock = Stopwatch.StartNew();
         var old = new[] { mesh.Workers[0], mesh.Gateways[0], mesh.Workers[1], mesh.Gateways[1] };
@@ -528,12 +557,16 @@ public sealed partial class DistributedProcessTests(DistributedMesh mesh, Xunit.
         }
         Assert.True(inFlightAtStops > 0, "every job had finished before the first host was stopped: the restart proves nothing; give the jobs more steps");
 
-        // Every job ends, through the new gateways.
+        // Every job ends, and its client saw the end through the new gateways.
         using var now = Mesh.Channel(mesh.Gateways[0].Address);
         var client = Client(now);
         var finals = new List<Job>();
         foreach (var id in ids)
             finals.Add(await WaitForAsync(client, id, j => j.State is not (JobState.Queued or JobState.Running), "its end", TimeSpan.FromSeconds(180)));
+        var watched = await Task.WhenAll(followers);
+        Assert.Equal(finals.Select(j => (j.Id, j.State)), watched.Select(j => (j.Id, j.State)));
+        output.WriteLine($"{clock.Elapsed.TotalSeconds:0.0} s: every follower saw its job's end, after {reconnects} reconnections");
+        Assert.True(reconnects > 0, "no follower's stream was ended by a gateway stopping: the restart did not meet a watcher");
         var failed = finals.Where(j => j.State != JobState.Succeeded).ToList();
         Assert.True(failed.Count == 0, $"{failed.Count} of {Jobs} jobs did not succeed: {string.Join("; ", failed.Select(j => $"{j.Id} {j.State} {j.ErrorCode}: {j.Error}"))}");
         // A graceful hand-back is not an attempt: every job is on its first.
