@@ -352,18 +352,19 @@ public sealed partial class DistributedProcessTests(DistributedMesh mesh, Xunit.
     [Fact]
     public Task A_job_submitted_through_one_gateway_is_watched_to_the_end_through_the_other_and_listed_by_both() => Diagnosed(async () =>
     {
+        using var deadline = new CancellationTokenSource(JobTimeout);
         var (a, b) = (mesh.Gateways[0], mesh.Gateways[1]);
         using var channelA = Mesh.Channel(a.Address);
         using var channelB = Mesh.Channel(b.Address);
 
         var job = await Client(channelA).SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = Slow(8) }, Mesh.As(Mesh.AliceKey));
-        using var watch = Client(channelB).WatchJob(new WatchJobRequest { Id = job.Id }, Mesh.As(Mesh.AliceKey, new CancellationTokenSource(JobTimeout).Token));
+        using var watch = Client(channelB).WatchJob(new WatchJobRequest { Id = job.Id }, Mesh.As(Mesh.AliceKey, deadline.Token));
         var final = Final(await DrainAsync(watch), job.Id);
         Assert.True(final.State == JobState.Succeeded, $"{final.State} {final.ErrorCode}: {final.Error}");
         Assert.Equal(("{\"steps\":8}", 1), (final.Result.SummaryJson, final.Attempts));
         foreach (var (gateway, channel) in new[] { (a, channelA), (b, channelB) })
         {
-            var listed = await Client(channel).ListJobsAsync(new ListJobsRequest(), Mesh.As(Mesh.AliceKey));
+            var listed = await Client(channel).ListJobsAsync(new ListJobsRequest { PageSize = 500 }, Mesh.As(Mesh.AliceKey));
             Assert.True(listed.Jobs.Any(j => j.Id == job.Id && j.State == JobState.Succeeded),
                 $"{gateway.Name} does not list job {job.Id} as SUCCEEDED: {string.Join(", ", listed.Jobs.Select(j => $"{j.Id} {j.State}"))}");
         }
@@ -372,7 +373,7 @@ public sealed partial class DistributedProcessTests(DistributedMesh mesh, Xunit.
     [Fact]
     public Task A_worker_killed_during_a_long_sae_training_loses_its_lease_and_the_other_worker_resumes_the_job_from_its_checkpoint() => Diagnosed(async () =>
     {
-        const int Steps = 600, CheckpointEvery = 20;
+        const int Steps = 1000, CheckpointEvery = 20;
         var gateway = mesh.Gateways[0];
         using var channel = Mesh.Channel(gateway.Address);
         var client = Client(channel);
@@ -416,10 +417,11 @@ public sealed partial class DistributedProcessTests(DistributedMesh mesh, Xunit.
     [Fact]
     public Task A_gateway_killed_under_a_watch_fails_the_stream_and_the_watch_goes_on_through_the_other_gateway_with_the_job_unaffected() => Diagnosed(async () =>
     {
+        using var deadline = new CancellationTokenSource(JobTimeout);
         var (a, b) = (mesh.Gateways[0], mesh.Gateways[1]);
         using var channelA = Mesh.Channel(a.Address);
         var job = await Client(channelA).SubmitJobAsync(new AnalysisRequest { Plugin = "slow", ParametersJson = Slow(60) }, Mesh.As(Mesh.AliceKey));
-        using (var watch = Client(channelA).WatchJob(new WatchJobRequest { Id = job.Id }, Mesh.As(Mesh.AliceKey, new CancellationTokenSource(JobTimeout).Token)))
+        using (var watch = Client(channelA).WatchJob(new WatchJobRequest { Id = job.Id }, Mesh.As(Mesh.AliceKey, deadline.Token)))
         {
             // Follow it through A until the plugin has made progress, then kill A.
             while (true)
@@ -440,7 +442,7 @@ public sealed partial class DistributedProcessTests(DistributedMesh mesh, Xunit.
 
             // The client reconnects through B: the job ran on, on the same worker, in its one attempt.
             using var channelB = Mesh.Channel(b.Address);
-            using var again = Client(channelB).WatchJob(new WatchJobRequest { Id = job.Id }, Mesh.As(Mesh.AliceKey, new CancellationTokenSource(JobTimeout).Token));
+            using var again = Client(channelB).WatchJob(new WatchJobRequest { Id = job.Id }, Mesh.As(Mesh.AliceKey, deadline.Token));
             var events = await DrainAsync(again);
             var final = Final(events, job.Id);
             Assert.True(final.State == JobState.Succeeded, $"{final.State} {final.ErrorCode}: {final.Error}");
@@ -460,10 +462,11 @@ public sealed partial class DistributedProcessTests(DistributedMesh mesh, Xunit.
     [Fact]
     public Task A_gateway_stopped_under_a_run_and_a_watch_ends_both_streams_as_unavailable_and_leaves_the_job_running() => Diagnosed(async () =>
     {
+        using var deadline = new CancellationTokenSource(JobTimeout);
         // A job longer than the gateway's drain (HostOptions.ShutdownTimeout, 30 s here): its streams do not end by themselves.
         var (a, b) = (mesh.Gateways[0], mesh.Gateways[1]);
         using var channelA = Mesh.Channel(a.Address, InterpMesh.Client.ChannelRetry.None);
-        using var run = Client(channelA).RunAnalysis(new AnalysisRequest { Plugin = "slow", ParametersJson = Slow(3000) }, Mesh.As(Mesh.AliceKey, new CancellationTokenSource(JobTimeout).Token));
+        using var run = Client(channelA).RunAnalysis(new AnalysisRequest { Plugin = "slow", ParametersJson = Slow(3000) }, Mesh.As(Mesh.AliceKey, deadline.Token));
         string? id = null;
         while (id is null)
         {
@@ -471,7 +474,7 @@ public sealed partial class DistributedProcessTests(DistributedMesh mesh, Xunit.
             if (run.ResponseStream.Current.Progress is { } p && p.Message.StartsWith("step ", StringComparison.Ordinal))
                 id = p.JobId;
         }
-        using var watch = Client(channelA).WatchJob(new WatchJobRequest { Id = id }, Mesh.As(Mesh.AliceKey, new CancellationTokenSource(JobTimeout).Token));
+        using var watch = Client(channelA).WatchJob(new WatchJobRequest { Id = id }, Mesh.As(Mesh.AliceKey, deadline.Token));
         Assert.True(await watch.ResponseStream.MoveNext(), $"the watch through {a.Name} sent nothing");
 
         // SIGTERM (a rollout): the gateway stops, and its streams end saying so; the caller did not go away, so the job runs on.
