@@ -8,73 +8,28 @@ using Microsoft.Extensions.DependencyInjection;
 namespace InterpMesh.Gateway.Tests;
 
 /// <summary>
-/// A service as its own OS process (the apphost built beside the tests), so a test can kill it
-/// with SIGKILL as Kubernetes or the OOM killer would, or run it under a memory limit.
+/// Faults: the model service killed under a stream and under a job and then brought back; a plugin
+/// allocating without bound in a worker with a heap limit. The gateway and the worker keep serving
+/// throughout. Model services, gateways and workers that are killed run as their own processes (<see cref="HostProcess"/>).
 /// </summary>
-internal sealed class ServiceProcess : IDisposable
+[Collection("gateways")]
+public sealed class FaultTests
 {
-    private readonly Process process;
-    private readonly List<string> output = [];
+    private static readonly TimeSpan StartTimeout = TimeSpan.FromSeconds(90);
 
-    public string Output
+    private static string TempDir() => TempFolders.Create("interpmesh-gw-");
+
+    /// <summary>A model service of <paramref name="modelPath"/> as its own process on <paramref name="port"/>.</summary>
+    private static HostProcess StartModelService(string modelPath, int port) => HostProcess.Start("model service", "InterpMesh.ModelService", new Dictionary<string, string?>
     {
-        get
-        {
-            lock (output)
-                return string.Join('\n', output);
-        }
-    }
+        ["ModelService:ModelPath"] = modelPath,
+        ["Kestrel:Endpoints:Grpc:Url"] = $"http://127.0.0.1:{port}",
+        ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
+        ["Logging:LogLevel:Default"] = "Warning",
+    });
 
-    public ServiceProcess(string app, IEnumerable<string> args, IDictionary<string, string>? environment = null)
-    {
-        // An empty working directory: the appsettings.json files copied beside the tests belong to the apps.
-        string cwd = Path.Combine(Path.GetTempPath(), "interpmesh-proc-" + Guid.NewGuid().ToString("N"));
-        Directory.CreateDirectory(cwd);
-        var psi = new ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, app), args)
-        {
-            WorkingDirectory = cwd, RedirectStandardOutput = true, RedirectStandardError = true,
-        };
-        foreach (var (k, v) in environment ?? new Dictionary<string, string>())
-            psi.Environment[k] = v;
-        process = Process.Start(psi)!;
-        process.OutputDataReceived += (_, e) => Add(e.Data);
-        process.ErrorDataReceived += (_, e) => Add(e.Data);
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-    }
-
-    private void Add(string? line)
-    {
-        if (line is null)
-            return;
-        lock (output)
-            output.Add(line);
-    }
-
-    public bool HasExited => process.HasExited;
-
-    /// <summary>SIGKILL: no shutdown, no draining — as a node failure or the OOM killer.</summary>
-    public void Kill()
-    {
-        process.Kill(entireProcessTree: true);
-        process.WaitForExit(10_000);
-    }
-
-    public void Dispose()
-    {
-        if (!process.HasExited)
-            Kill();
-        process.Dispose();
-    }
-
-    public static ServiceProcess ModelService(string modelPath, int port) => new("InterpMesh.ModelService",
-    [
-        $"--ModelService:ModelPath={modelPath}", $"--Kestrel:Endpoints:Grpc:Url=http://127.0.0.1:{port}", "--Kestrel:Endpoints:Grpc:Protocols=Http2",
-        "--Logging:LogLevel:Default=Warning",
-    ]);
-
-    /// <summary>Polls until the call succeeds (the process is serving) or the time is up.</summary>
-    public static async Task WaitUntilAsync(Func<Task> call, string what, ServiceProcess? process = null, int seconds = 90)
+    /// <summary>Polls until the call succeeds or the time is up (then fails with <paramref name="process"/>'s output); fails at once if it exits.</summary>
+    private static async Task WaitUntilAsync(Func<Task> call, string what, HostProcess process, int seconds = 90)
     {
         var clock = Stopwatch.StartNew();
         while (true)
@@ -84,26 +39,16 @@ internal sealed class ServiceProcess : IDisposable
                 await call();
                 return;
             }
-            catch (RpcException) when (clock.Elapsed.TotalSeconds < seconds && process?.HasExited != true)
+            catch (RpcException e) when (clock.Elapsed.TotalSeconds >= seconds || process.HasExited)
+            {
+                throw new TimeoutException($"{what} did not come up in {seconds} s ({e.Status.Detail}); {process.Name}'s output:\n{process.Output}");
+            }
+            catch (RpcException)
             {
                 await Task.Delay(200);
             }
-            catch (RpcException e)
-            {
-                throw new TimeoutException($"{what} did not come up in {seconds} s ({e.Status.Detail}); output:\n{process?.Output}");
-            }
         }
     }
-}
-
-/// <summary>
-/// Faults: the model service killed under a stream and under a job and then brought back; a plugin
-/// allocating without bound in a gateway with a heap limit. The gateway keeps serving throughout.
-/// </summary>
-[Collection("gateways")]
-public sealed class FaultTests
-{
-    private static string TempDir() => TempFolders.Create("interpmesh-gw-");
 
     private static async Task<Job> Final(AsyncServerStreamingCall<JobEvent> call)
     {
@@ -119,12 +64,11 @@ public sealed class FaultTests
         var plugins = await TestPlugins.PluginsFolderAsync();
         int port = Ports.Free();
         string model = RepoPaths.Models("stories260K/stories260K.bin");
-        var service = ServiceProcess.ModelService(model, port);
+        var service = StartModelService(model, port);
         WebApplication? gateway = null;
         try
         {
-            using (var direct = Mesh.Channel($"http://127.0.0.1:{port}"))
-                await ServiceProcess.WaitUntilAsync(async () => await new Contracts.V1.ModelService.ModelServiceClient(direct).GetModelInfoAsync(new GetModelInfoRequest()), "the model service", service);
+            await service.WaitHealthyAsync($"http://127.0.0.1:{port}", StartTimeout);
             (gateway, var address) = await Mesh.StartGatewayAsync([$"http://127.0.0.1:{port}"], plugins, TempDir());
             using var channel = Mesh.Channel(address);
             var models = new Contracts.V1.ModelService.ModelServiceClient(channel);
@@ -164,9 +108,9 @@ public sealed class FaultTests
             Assert.Contains($"127.0.0.1:{port}", down.Status.Detail, StringComparison.Ordinal);
 
             // The service comes back (as Kubernetes restarts it): the gateway routes to it again, and jobs succeed.
-            service.Dispose();
-            service = ServiceProcess.ModelService(model, port);
-            await ServiceProcess.WaitUntilAsync(async () => await models.GetModelInfoAsync(new GetModelInfoRequest(), Mesh.As(Mesh.ReaderKey)), "the model service behind the gateway", service);
+            await service.DisposeAsync();
+            service = StartModelService(model, port);
+            await WaitUntilAsync(async () => await models.GetModelInfoAsync(new GetModelInfoRequest(), Mesh.As(Mesh.ReaderKey)), "the model service behind the gateway", service);
             var again = await Final(analyses.RunAnalysis(new AnalysisRequest { Plugin = "chatty", ParametersJson = """{"steps": 3}""" }, Mesh.As(Mesh.AliceKey)));
             Assert.True(again.State == JobState.Succeeded, again.Error);
         }
@@ -177,7 +121,7 @@ public sealed class FaultTests
                 await gateway.StopAsync();
                 await gateway.DisposeAsync();
             }
-            service.Dispose();
+            await service.DisposeAsync();
         }
     }
 
@@ -187,28 +131,39 @@ public sealed class FaultTests
         var plugins = await TestPlugins.PluginsFolderAsync();
         int port = Ports.Free(), workerPort = Ports.Free();
         string data = TempDir();
-        using var front = new ServiceProcess("InterpMesh.Gateway",
-        [
-            "--Gateway:Models:none:Endpoints:0=http://127.0.0.1:1",
-            $"--Gateway:ArtifactsPath={Path.Combine(data, "artifacts")}", $"--Gateway:JobsPath={Path.Combine(data, "jobs")}",
-            "--Gateway:Auth:Enabled=true", "--Gateway:Auth:Keys:0:Name=alice", $"--Gateway:Auth:Keys:0:Sha256={Mesh.Hash(Mesh.AliceKey)}", "--Gateway:Auth:Keys:0:Roles:0=analyze",
-            $"--Kestrel:Endpoints:Grpc:Url=http://127.0.0.1:{port}", "--Kestrel:Endpoints:Grpc:Protocols=Http2", "--Logging:LogLevel:Default=Warning",
-        ]);
+        await using var front = HostProcess.Start("gateway", "InterpMesh.Gateway", new Dictionary<string, string?>
+        {
+            ["Gateway:Models:none:Endpoints:0"] = "http://127.0.0.1:1",
+            ["Gateway:ArtifactsPath"] = Path.Combine(data, "artifacts"),
+            ["Gateway:JobsPath"] = Path.Combine(data, "jobs"),
+            ["Gateway:Auth:Enabled"] = "true",
+            ["Gateway:Auth:Keys:0:Name"] = "alice",
+            ["Gateway:Auth:Keys:0:Sha256"] = Mesh.Hash(Mesh.AliceKey),
+            ["Gateway:Auth:Keys:0:Roles:0"] = "analyze",
+            ["Kestrel:Endpoints:Grpc:Url"] = $"http://127.0.0.1:{port}",
+            ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
+            ["Logging:LogLevel:Default"] = "Warning",
+        });
         // The plugins run in the worker: as in a container with a memory limit, the runtime caps its managed heap (here 384 MiB).
-        using var gateway = new ServiceProcess("InterpMesh.AnalysisWorker",
-        [
-            "--Worker:Models:none:Endpoints:0=http://127.0.0.1:1", $"--Worker:PluginsPath={plugins}",
-            $"--Worker:ArtifactsPath={Path.Combine(data, "artifacts")}", $"--Worker:JobsPath={Path.Combine(data, "jobs")}",
-            $"--Kestrel:Endpoints:Grpc:Url=http://127.0.0.1:{workerPort}", "--Kestrel:Endpoints:Grpc:Protocols=Http2", "--Logging:LogLevel:Default=Warning",
-        ], new Dictionary<string, string> { ["DOTNET_GCHeapHardLimit"] = (384L << 20).ToString("X", CultureInfo.InvariantCulture) });
+        await using var worker = HostProcess.Start("worker", "InterpMesh.AnalysisWorker", new Dictionary<string, string?>
+        {
+            ["Worker:Models:none:Endpoints:0"] = "http://127.0.0.1:1",
+            ["Worker:PluginsPath"] = plugins,
+            ["Worker:ArtifactsPath"] = Path.Combine(data, "artifacts"),
+            ["Worker:JobsPath"] = Path.Combine(data, "jobs"),
+            ["Kestrel:Endpoints:Grpc:Url"] = $"http://127.0.0.1:{workerPort}",
+            ["Kestrel:Endpoints:Grpc:Protocols"] = "Http2",
+            ["Logging:LogLevel:Default"] = "Warning",
+        }, new Dictionary<string, string> { ["DOTNET_GCHeapHardLimit"] = (384L << 20).ToString("X", CultureInfo.InvariantCulture) });
         using var channel = Mesh.Channel($"http://127.0.0.1:{port}");
         var analyses = new AnalysisService.AnalysisServiceClient(channel);
-        await ServiceProcess.WaitUntilAsync(async () =>
+        await front.WaitHealthyAsync($"http://127.0.0.1:{port}", StartTimeout);
+        await WaitUntilAsync(async () =>
         {
             var listed = await analyses.ListPluginsAsync(new ListPluginsRequest(), Mesh.As(Mesh.AliceKey));
             if (!listed.Plugins.Any(p => p.Id == "hoards" && p.Loaded))
                 throw new RpcException(new Status(StatusCode.Unavailable, "the worker has not published its plugins yet"));
-        }, "the gateway and the worker", gateway);
+        }, "the worker's plugins behind the gateway", worker);
 
         var hoard = await Final(analyses.RunAnalysis(new AnalysisRequest { Plugin = "hoards" }, Mesh.As(Mesh.AliceKey)));
         Assert.Equal(JobState.Failed, hoard.State);
@@ -216,12 +171,12 @@ public sealed class FaultTests
         Assert.Contains("ran out of memory", hoard.Error, StringComparison.Ordinal);
 
         // Still serving, with the memory back: another hoarder is contained the same way, and a normal job runs.
-        Assert.False(gateway.HasExited, gateway.Output);
+        Assert.False(worker.HasExited, worker.Output);
         var second = await Final(analyses.RunAnalysis(new AnalysisRequest { Plugin = "hoards" }, Mesh.As(Mesh.AliceKey)));
         Assert.Equal("RESOURCE_EXHAUSTED", second.ErrorCode);
         var slow = await Final(analyses.RunAnalysis(new AnalysisRequest { Plugin = "slow", ParametersJson = """{"steps": 2}""" }, Mesh.As(Mesh.AliceKey)));
         Assert.True(slow.State == JobState.Succeeded, slow.Error);
-        Assert.False(gateway.HasExited, gateway.Output);
+        Assert.False(worker.HasExited, worker.Output);
     }
 
     [Fact]

@@ -6,8 +6,15 @@ using InterpMesh.Gateway.Security;
 
 namespace InterpMesh.Gateway.Api;
 
-/// <summary><c>interpmesh.v1.AnalysisService</c>: plugins and jobs.</summary>
-public sealed class AnalysisEndpoint(IPluginCatalog catalog, JobService jobs, RecordLimits limits) : AnalysisService.AnalysisServiceBase
+/// <summary>
+/// <c>interpmesh.v1.AnalysisService</c>: plugins and jobs. A job's stream (RunAnalysis, WatchJob)
+/// lasts as long as the job, which can be hours: when the gateway stops (SIGTERM in a rollout or a
+/// scale-down) its streams end at once as UNAVAILABLE, rather than holding the stop for the whole
+/// drain (<c>HostOptions.ShutdownTimeout</c>) and being cut off then; the job runs on in its
+/// worker, and the client watches it through another gateway. A run whose gateway stops is not
+/// cancelled: its caller did not go away.
+/// </summary>
+public sealed class AnalysisEndpoint(IPluginCatalog catalog, JobService jobs, RecordLimits limits, IHostApplicationLifetime lifetime) : AnalysisService.AnalysisServiceBase
 {
     private static Caller CallerOf(ServerCallContext context) => Caller.Of(context) ?? new Caller(Caller.Anonymous, Role.Unspecified);
 
@@ -52,7 +59,7 @@ public sealed class AnalysisEndpoint(IPluginCatalog catalog, JobService jobs, Re
         {
             await Stream(job.Id, caller, responseStream, context.CancellationToken);
         }
-        catch (OperationCanceledException) when (context.CancellationToken.IsCancellationRequested)
+        catch (OperationCanceledException) when (context.CancellationToken.IsCancellationRequested && !lifetime.ApplicationStopping.IsCancellationRequested)
         {
             // The interactive form ends with its caller.
             await jobs.CancelAsync(job.Id, caller, CancellationToken.None);
@@ -94,7 +101,16 @@ public sealed class AnalysisEndpoint(IPluginCatalog catalog, JobService jobs, Re
 
     private async Task Stream(string id, Caller caller, IServerStreamWriter<JobEvent> responseStream, CancellationToken ct)
     {
-        await foreach (var e in jobs.WatchAsync(id, caller, ct))
-            await responseStream.WriteAsync(e, ct);
+        var stopping = lifetime.ApplicationStopping;
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct, stopping);
+        try
+        {
+            await foreach (var e in jobs.WatchAsync(id, caller, linked.Token))
+                await responseStream.WriteAsync(e, linked.Token);
+        }
+        catch (OperationCanceledException) when (stopping.IsCancellationRequested && !ct.IsCancellationRequested)
+        {
+            throw new RpcException(new Status(StatusCode.Unavailable, $"this gateway is stopping; job {id} goes on: watch it through another gateway (WatchJob)"));
+        }
     }
 }
