@@ -67,6 +67,32 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
         Serve(() => WireMapping.ToSpec(request), spec => spec.Interventions, (engine, spec) => engine.Submit(spec), responseStream, context, (engine, output) => WireMapping.GenerateMessages(output, engine.Model.Tokenizer, host.Options.MaxChunkBytes));
 
     /// <summary>
+    /// Streams the named weights one after another, each copied off the device and chunked as it is
+    /// reached (<see cref="WireMapping.Chunks(Runtime.Architectures.WeightEntry, TorchSharp.torch.ScalarType, int)"/>).
+    /// Reads the loaded weights in place, beside any forward (they are never written after loading).
+    /// </summary>
+    public override async Task GetWeights(GetWeightsRequest request, IServerStreamWriter<GetWeightsResponse> responseStream, ServerCallContext context)
+    {
+        var engine = Engine;
+        try
+        {
+            var dtype = WireMapping.WeightDType(request.Dtype);
+            var weights = engine.Model.Transformer.Parameters.Resolve(request.Names);
+            foreach (var weight in weights)
+            {
+                foreach (var chunk in WireMapping.Chunks(weight, dtype, host.Options.MaxChunkBytes))
+                {
+                    await responseStream.WriteAsync(new GetWeightsResponse { Chunk = chunk }, context.CancellationToken);
+                }
+            }
+        }
+        catch (Exception e)
+        {
+            throw RpcErrors.ToRpc(e, logger);
+        }
+    }
+
+    /// <summary>
     /// The one path of Run and Generate: map the request to an engine spec (its validation errors
     /// become INVALID_ARGUMENT), submit it, stream its outputs, map any failure to its gRPC status,
     /// and release the intervention tensors the mapping made.
