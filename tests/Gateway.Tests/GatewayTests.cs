@@ -248,6 +248,34 @@ public sealed class GatewayTests(MeshFixture mesh) : IClassFixture<MeshFixture>
     }
 
     [Fact]
+    public async Task A_reader_gets_weights_through_the_gateway_reassembled_with_their_shapes()
+    {
+        var models = new Contracts.V1.ModelService.ModelServiceClient(mesh.Channel);
+        var info = await models.GetModelInfoAsync(new GetModelInfoRequest(), Mesh.As(Mesh.ReaderKey));
+        var assembler = new Contracts.Tensors.ChunkAssembler();
+        var weights = new List<Contracts.Tensors.AssembledActivation>();
+        using (var call = models.GetWeights(new GetWeightsRequest { Names = { "blocks.*.attn.W_O" } }, Mesh.As(Mesh.ReaderKey)))
+        {
+            await foreach (var m in call.ResponseStream.ReadAllAsync())
+            {
+                if (assembler.Add(m.Chunk) is { } done)
+                    weights.Add(done);
+            }
+        }
+        Assert.Equal(Enumerable.Range(0, info.NLayers).Select(l => $"blocks.{l}.attn.W_O"), weights.Select(w => w.Hook));
+        Assert.All(weights, w => Assert.Equal([info.NHeads, info.DHead, info.DModel], w.Tensor.Shape));
+        Assert.All(weights, w => Assert.Contains(w.Tensor.ToFloat32(), v => v != 0));
+
+        var empty = await Assert.ThrowsAsync<RpcException>(async () =>
+        {
+            using var call = models.GetWeights(new GetWeightsRequest(), Mesh.As(Mesh.ReaderKey));
+            await call.ResponseStream.MoveNext();
+        });
+        Assert.Equal(StatusCode.InvalidArgument, empty.StatusCode);
+        Assert.Contains("name the weights", empty.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Keys_and_roles_are_enforced_on_every_service()
     {
         var models = new Contracts.V1.ModelService.ModelServiceClient(mesh.Channel);
