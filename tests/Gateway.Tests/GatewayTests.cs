@@ -252,16 +252,11 @@ public sealed class GatewayTests(MeshFixture mesh) : IClassFixture<MeshFixture>
     {
         var models = new Contracts.V1.ModelService.ModelServiceClient(mesh.Channel);
         var info = await models.GetModelInfoAsync(new GetModelInfoRequest(), Mesh.As(Mesh.ReaderKey));
-        var assembler = new Contracts.Tensors.ChunkAssembler();
+        // Through the client library, as a reader (GetWeights needs the read role only).
+        using var reader = Client.MeshClient.Connect(mesh.GatewayAddress, Mesh.ReaderKey);
         var weights = new List<Contracts.Tensors.AssembledActivation>();
-        using (var call = models.GetWeights(new GetWeightsRequest { Names = { "blocks.*.attn.W_O" } }, Mesh.As(Mesh.ReaderKey)))
-        {
-            await foreach (var m in call.ResponseStream.ReadAllAsync())
-            {
-                if (assembler.Add(m.Chunk) is { } done)
-                    weights.Add(done);
-            }
-        }
+        await foreach (var w in reader.GetWeightsAsync(["blocks.*.attn.W_O"]))
+            weights.Add(w);
         Assert.Equal(Enumerable.Range(0, info.NLayers).Select(l => $"blocks.{l}.attn.W_O"), weights.Select(w => w.Hook));
         Assert.All(weights, w => Assert.Equal([info.NHeads, info.DHead, info.DModel], w.Tensor.Shape));
         Assert.All(weights, w => Assert.Contains(w.Tensor.ToFloat32(), v => v != 0));
