@@ -82,7 +82,7 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
             {
                 foreach (var chunk in WireMapping.Chunks(weight, dtype, host.Options.MaxChunkBytes))
                 {
-                    await responseStream.WriteAsync(new GetWeightsResponse { Chunk = chunk }, context.CancellationToken);
+                    await WriteWithinStallTime(responseStream, new GetWeightsResponse { Chunk = chunk }, context);
                 }
             }
         }
@@ -90,6 +90,30 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
         {
             throw RpcErrors.ToRpc(e, logger);
         }
+    }
+
+    /// <summary>
+    /// Writes one message of a call that has no engine request to give up on it: a client that reads
+    /// nothing for the stall time ends the call with RESOURCE_EXHAUSTED, after its pending write has
+    /// settled (<see cref="Settle"/>), so that a stalled reader does not hold a weight's copy forever.
+    /// </summary>
+    private async Task WriteWithinStallTime<T>(IServerStreamWriter<T> responseStream, T message, ServerCallContext context)
+    {
+        var write = responseStream.WriteAsync(message, context.CancellationToken);
+        if (!write.IsCompleted)
+        {
+            var stall = TimeSpan.FromSeconds(host.Options.StallTimeoutSeconds);
+            try
+            {
+                await write.WaitAsync(stall, context.CancellationToken);
+            }
+            catch (TimeoutException)
+            {
+                await Settle(write, context);
+                throw new RequestLimitException($"the client read nothing for {stall.TotalSeconds:0.##} s (ModelService:StallTimeoutSeconds); read the stream as it arrives");
+            }
+        }
+        await write;
     }
 
     /// <summary>
