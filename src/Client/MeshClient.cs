@@ -139,6 +139,24 @@ public sealed partial class MeshClient : IDisposable
         }
     }
 
+    /// <summary>
+    /// Streams weights by TransformerLens name or glob (e.g. <c>blocks.*.attn.W_O</c>), each whole
+    /// (its chunks assembled and checked) as soon as it has arrived, in model order. Float32 unless
+    /// <paramref name="dtype"/> asks for BFLOAT16 or FLOAT16.
+    /// </summary>
+    public async IAsyncEnumerable<AssembledActivation> GetWeightsAsync(IReadOnlyList<string> names, DType dtype = DType.Unspecified, [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        var request = new GetWeightsRequest { Dtype = dtype };
+        request.Names.AddRange(names);
+        using var call = Models.GetWeights(request, cancellationToken: cancellationToken);
+        var assembler = new ChunkAssembler();
+        await foreach (var message in call.ResponseStream.ReadAllAsync(cancellationToken).ConfigureAwait(false))
+        {
+            if (assembler.Add(message.Chunk) is { } weight)
+                yield return weight;
+        }
+    }
+
     /// <summary>Closes the connection.</summary>
     public void Dispose() => channel.Dispose();
 }

@@ -39,6 +39,7 @@ public sealed class AuthorizationTests
         ["/interpmesh.v1.ModelService/GetModelInfo"] = Role.Read,
         ["/interpmesh.v1.ModelService/Tokenize"] = Role.Read,
         ["/interpmesh.v1.ModelService/Detokenize"] = Role.Read,
+        ["/interpmesh.v1.ModelService/GetWeights"] = Role.Read,
         ["/interpmesh.v1.ModelService/Run"] = Role.Analyze,
         ["/interpmesh.v1.ModelService/Generate"] = Role.Analyze,
     };

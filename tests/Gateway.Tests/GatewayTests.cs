@@ -248,6 +248,29 @@ public sealed class GatewayTests(MeshFixture mesh) : IClassFixture<MeshFixture>
     }
 
     [Fact]
+    public async Task A_reader_gets_weights_through_the_gateway_reassembled_with_their_shapes()
+    {
+        var models = new Contracts.V1.ModelService.ModelServiceClient(mesh.Channel);
+        var info = await models.GetModelInfoAsync(new GetModelInfoRequest(), Mesh.As(Mesh.ReaderKey));
+        // Through the client library, as a reader (GetWeights needs the read role only).
+        using var reader = Client.MeshClient.Connect(mesh.GatewayAddress, Mesh.ReaderKey);
+        var weights = new List<Contracts.Tensors.AssembledActivation>();
+        await foreach (var w in reader.GetWeightsAsync(["blocks.*.attn.W_O"]))
+            weights.Add(w);
+        Assert.Equal(Enumerable.Range(0, info.NLayers).Select(l => $"blocks.{l}.attn.W_O"), weights.Select(w => w.Hook));
+        Assert.All(weights, w => Assert.Equal([info.NHeads, info.DHead, info.DModel], w.Tensor.Shape));
+        Assert.All(weights, w => Assert.Contains(w.Tensor.ToFloat32(), v => v != 0));
+
+        var empty = await Assert.ThrowsAsync<RpcException>(async () =>
+        {
+            using var call = models.GetWeights(new GetWeightsRequest(), Mesh.As(Mesh.ReaderKey));
+            await call.ResponseStream.MoveNext();
+        });
+        Assert.Equal(StatusCode.InvalidArgument, empty.StatusCode);
+        Assert.Contains("name the weights", empty.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Keys_and_roles_are_enforced_on_every_service()
     {
         var models = new Contracts.V1.ModelService.ModelServiceClient(mesh.Channel);

@@ -70,6 +70,22 @@ public sealed class StalledWriteTests(QuickStallFixture server) : IClassFixture<
         }
     }
 
+    [Fact]
+    public async Task GetWeights_for_a_reader_that_stops_ends_after_the_stall_time_once_its_write_settled()
+    {
+        var endpoint = new ModelServiceEndpoint(server.Services.GetRequiredService<ModelHost>(), server.Services.GetRequiredService<ServiceMetrics>(), NullLogger<ModelServiceEndpoint>.Instance);
+        var writer = new StallingWriter<GetWeightsResponse>();
+        var call = endpoint.GetWeights(new GetWeightsRequest { Names = { "blocks.*.attn.W_Q" } }, writer, new TestCallContext());
+        await Waiting.Until(() => writer.Waiting, "the endpoint to wait on its client");
+        // Past the stall time (1 s) the call gives up, but not while its write is pending.
+        await Task.Delay(TimeSpan.FromSeconds(1.5));
+        Assert.False(call.IsCompleted, "the call ended while a write to its client was still pending");
+        writer.Release();
+        var error = await Assert.ThrowsAsync<RpcException>(() => call.WaitAsync(EngineTests.CallDeadline));
+        Assert.Equal(StatusCode.ResourceExhausted, error.StatusCode);
+        Assert.Contains("read nothing", error.Status.Detail);
+    }
+
     /// <summary>A response stream whose client takes the first message and then stops reading until released.</summary>
     private sealed class StallingWriter<T> : IServerStreamWriter<T>
     {

@@ -182,6 +182,47 @@ public static class WireMapping
         }
     }
 
+    /// <summary>GetWeights' dtype: FLOAT32 by default, BFLOAT16 or FLOAT16 on request (as captures).</summary>
+    public static TorchSharp.torch.ScalarType WeightDType(DType dtype) =>
+        dtype == DType.Unspecified ? TorchSharp.torch.ScalarType.Float32
+            : dtype == DType.Int64 || WireTensor.ElementSize(dtype) is null ? throw new InvalidRequestException($"dtype must be FLOAT32, BFLOAT16 or FLOAT16, got {dtype}")
+            : dtype.ToScalarType();
+
+    /// <summary>
+    /// One weight as chunks of at most <paramref name="chunkBytes"/> (whole elements): the weight is
+    /// laid out once in <paramref name="dtype"/> on the CPU and each chunk's bytes copied from it as the
+    /// enumeration reaches it, so a request holds one weight's copy at a time, never the model's.
+    /// Disposes what it made when the enumeration ends (also early).
+    /// </summary>
+    public static IEnumerable<ActivationChunk> Chunks(RuntimeArch.WeightEntry weight, TorchSharp.torch.ScalarType dtype, int chunkBytes)
+    {
+        using var view = weight.Open();
+        using var typed = view.to(dtype, TorchSharp.torch.CPU);
+        using var contiguous = typed.contiguous();
+        using var flat = contiguous.reshape(-1);
+        long elementSize = flat.ElementSize, total = flat.numel() * elementSize;
+        long step = Math.Max(1, chunkBytes / elementSize);
+        for (long start = 0; start == 0 || start < flat.numel(); start += step)
+        {
+            long count = Math.Min(step, flat.numel() - start);
+            byte[] data;
+            using (var piece = flat.narrow(0, start, count))
+                data = piece.bytes.ToArray();
+            var chunk = new ActivationChunk
+            {
+                Hook = weight.Name,
+                Dtype = dtype.ToWireDType(),
+                Offset = start * elementSize,
+                TotalBytes = total,
+                Data = Google.Protobuf.UnsafeByteOperations.UnsafeWrap(data),
+            };
+            chunk.Shape.AddRange(weight.Shape);
+            yield return chunk;
+            if (count == 0)
+                yield break;
+        }
+    }
+
     public static RunResult ToProto(RunOutcome outcome)
     {
         var result = new RunResult

@@ -67,6 +67,56 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
         Serve(() => WireMapping.ToSpec(request), spec => spec.Interventions, (engine, spec) => engine.Submit(spec), responseStream, context, (engine, output) => WireMapping.GenerateMessages(output, engine.Model.Tokenizer, host.Options.MaxChunkBytes));
 
     /// <summary>
+    /// Streams the named weights one after another, each copied off the device and chunked as it is
+    /// reached (<see cref="WireMapping.Chunks(Runtime.Architectures.WeightEntry, TorchSharp.torch.ScalarType, int)"/>).
+    /// Reads the loaded weights in place, beside any forward (they are never written after loading).
+    /// </summary>
+    public override async Task GetWeights(GetWeightsRequest request, IServerStreamWriter<GetWeightsResponse> responseStream, ServerCallContext context)
+    {
+        var engine = Engine;
+        try
+        {
+            var dtype = WireMapping.WeightDType(request.Dtype);
+            var weights = engine.Model.Transformer.Parameters.Resolve(request.Names);
+            foreach (var weight in weights)
+            {
+                foreach (var chunk in WireMapping.Chunks(weight, dtype, host.Options.MaxChunkBytes))
+                {
+                    await WriteWithinStallTime(responseStream, new GetWeightsResponse { Chunk = chunk }, context);
+                }
+            }
+        }
+        catch (Exception e)
+        {
+            throw RpcErrors.ToRpc(e, logger);
+        }
+    }
+
+    /// <summary>
+    /// Writes one message of a call that has no engine request to give up on it: a client that reads
+    /// nothing for the stall time ends the call with RESOURCE_EXHAUSTED, after its pending write has
+    /// settled (<see cref="Settle"/>), so that a stalled reader does not hold a weight's copy forever.
+    /// </summary>
+    private async Task WriteWithinStallTime<T>(IServerStreamWriter<T> responseStream, T message, ServerCallContext context)
+    {
+        var write = responseStream.WriteAsync(message, context.CancellationToken);
+        if (!write.IsCompleted)
+        {
+            var stall = TimeSpan.FromSeconds(host.Options.StallTimeoutSeconds);
+            try
+            {
+                await write.WaitAsync(stall, context.CancellationToken);
+            }
+            catch (TimeoutException)
+            {
+                await Settle(write, context);
+                throw new RequestLimitException($"the client read nothing for {stall.TotalSeconds:0.##} s (ModelService:StallTimeoutSeconds); read the stream as it arrives");
+            }
+        }
+        await write;
+    }
+
+    /// <summary>
     /// The one path of Run and Generate: map the request to an engine spec (its validation errors
     /// become INVALID_ARGUMENT), submit it, stream its outputs, map any failure to its gRPC status,
     /// and release the intervention tensors the mapping made.

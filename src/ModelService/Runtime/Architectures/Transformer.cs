@@ -46,6 +46,7 @@ public sealed class Transformer : IDisposable
         Config = config;
         Weights = weights;
         Hooks = new HookCatalogue(config);
+        Parameters = new WeightCatalogue(config, weights);
         names = Enumerable.Range(0, config.NLayers).Select(l => new LayerHookNames(l)).ToArray();
         if (config.Positional == PositionalKind.Rotary)
         {
@@ -64,6 +65,8 @@ public sealed class Transformer : IDisposable
     public ModelConfig Config { get; }
     public TransformerWeights Weights { get; }
     public HookCatalogue Hooks { get; }
+    /// <summary>The parameters under TransformerLens names and layouts (GetWeights).</summary>
+    public WeightCatalogue Parameters { get; }
     public ScalarType DType => Weights.Embed.dtype;
     public Device Device => Weights.Embed.device;
 
