@@ -124,4 +124,26 @@ public sealed class PostgresJobStoreTests(PostgresCluster cluster) : JobStoreCon
         Assert.Equal(JobStoreError.Unavailable, e.Error);
         Assert.Contains($"127.0.0.1:{port}", e.Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task Pooled_connections_are_not_reset_unless_the_connection_string_says_so()
+    {
+        // The store keeps no session state, so it skips DISCARD ALL on a pooled connection's return
+        // (half its round trips per job); a connection string may still ask for the reset, in either spelling.
+        Assert.False(PostgresJobStore.SaysResetOnClose("Host=db;Database=jobs"));
+        Assert.True(PostgresJobStore.SaysResetOnClose("Host=db;No Reset On Close=false"));
+        Assert.True(PostgresJobStore.SaysResetOnClose("Host=db;noresetonclose=true"));
+        // Either way the store works: a submit, a take and a completion over pooled connections.
+        foreach (string extra in new[] { "", ";No Reset On Close=false" })
+        {
+            await using var store = await PostgresJobStore.OpenAsync(await cluster.CreateDatabaseAsync() + extra);
+            for (int i = 0; i < 3; i++)
+            {
+                var job = await store.SubmitAsync(new NewJob("key", "probing", "tiny", "{}"));
+                var lease = await store.TakeAsync("w", TimeSpan.FromMinutes(1));
+                Assert.Equal(job.Id, lease!.Job.Id);
+                Assert.True(await store.CompleteAsync(lease, JobOutcome.Succeeded("{}")));
+            }
+        }
+    }
 }
