@@ -47,15 +47,15 @@ internal static class JobMapping
     /// written by a worker, but an imported record may hold anything) is UNKNOWN, as gRPC maps an
     /// unknown status.
     /// </summary>
-    public static Wire.JobErrorCode ErrorStatus(string? name)
-    {
-        if (string.IsNullOrEmpty(name))
-            return Wire.JobErrorCode.Unspecified;
-        string pascal = string.Concat(name.Split('_').Select(w => w.Length == 0 ? w : char.ToUpperInvariant(w[0]) + w[1..].ToLowerInvariant()));
-        return System.Enum.TryParse<StatusCode>(pascal, ignoreCase: false, out var code) && code != StatusCode.OK && System.Enum.IsDefined(typeof(Wire.JobErrorCode), (int)code)
-            ? (Wire.JobErrorCode)(int)code
-            : Wire.JobErrorCode.Unknown;
-    }
+    public static Wire.JobErrorCode ErrorStatus(string? name) =>
+        string.IsNullOrEmpty(name) ? Wire.JobErrorCode.Unspecified
+        : ErrorStatuses.TryGetValue(name, out var code) ? code : Wire.JobErrorCode.Unknown;
+
+    /// <summary>Status names (INVALID_ARGUMENT, …) to the enum, read once from the proto's own value names.</summary>
+    private static readonly Dictionary<string, Wire.JobErrorCode> ErrorStatuses =
+        Wire.AnalysisServiceReflection.Descriptor.EnumTypes.Single(e => e.Name == nameof(Wire.JobErrorCode)).Values
+            .Where(v => v.Number != 0)
+            .ToDictionary(v => v.Name["JOB_ERROR_CODE_".Length..], v => (Wire.JobErrorCode)v.Number, StringComparer.Ordinal);
 
     public static Wire.JobState ToWire(JobState state) => state switch
     {
