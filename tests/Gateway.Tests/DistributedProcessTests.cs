@@ -373,14 +373,17 @@ public sealed partial class DistributedProcessTests(DistributedMesh mesh, Xunit.
     [Fact]
     public Task A_worker_killed_during_a_long_sae_training_loses_its_lease_and_the_other_worker_resumes_the_job_from_its_checkpoint() => Diagnosed(async () =>
     {
-        const int Steps = 1000, CheckpointEvery = 20;
+        // Steps of 512 tokens: a checkpoint every 20 steps lies far apart from the next (its two writes take
+        // a few ms), so the kill, which lands wherever the training is by then, almost never falls between
+        // the two halves of one (a take killed there leaves no whole checkpoint and starts over, by design).
+        const int Steps = 400, CheckpointEvery = 20;
         var gateway = mesh.Gateways[0];
         using var channel = Mesh.Channel(gateway.Address);
         var client = Client(channel);
         string parameters = JsonSerializer.Serialize(new
         {
             hook = "blocks.0.hook_resid_post", texts = Sentences(120), architecture = "topk", d_sae = 128, k = 8,
-            steps = Steps, batch_tokens = 64, checkpoint_every = CheckpointEvery, save_as = $"saes/killed-{Guid.NewGuid():N}",
+            steps = Steps, batch_tokens = 512, checkpoint_every = CheckpointEvery, save_as = $"saes/killed-{Guid.NewGuid():N}",
         });
         var job = await client.SubmitJobAsync(new AnalysisRequest { Plugin = "sae", ParametersJson = parameters }, Mesh.As(Mesh.AliceKey));
 
