@@ -188,6 +188,11 @@ public sealed class BadInputTests(ServerFixture server) : IClassFixture<ServerFi
             StatusCode.InvalidArgument, "interventions[0]: position 3 is outside every row's sequence", "padded length is 3");
 
     [Fact]
+    public Task Run_intervention_row_outside_the_batch() =>
+        Fails(With(r => r.Interventions.Add(new Intervention { Hook = "blocks.0.hook_resid_post", Op = InterventionOp.ZeroAblate, Rows = { 1 } })),
+            StatusCode.InvalidArgument, "interventions[0]: row 1 is outside the request's batch of 1 rows");
+
+    [Fact]
     public async Task Generate_intervention_positions_may_target_the_future_but_not_beyond_the_generation()
     {
         // Prompt of 3 + 4 new tokens: position 6 is the last one generation computes.

@@ -173,6 +173,47 @@ public sealed class RunTests(ServerFixture server) : IClassFixture<ServerFixture
     }
 
     [Fact]
+    public async Task Interventions_restricted_to_rows_change_only_those_rows()
+    {
+        // Three copies of one prompt; row 1 is ablated at head 2 of block 3, row 2 steered at
+        // position 2. Each row must equal a forward of that row alone with its own intervention.
+        var steer = new float[64];
+        Array.Fill(steer, 0.5f);
+        var value = new InterpMesh.Contracts.V1.Tensor { Dtype = DType.Float32, Data = ByteString.CopyFrom(steer.SelectMany(BitConverter.GetBytes).ToArray()) };
+        value.Shape.Add(64);
+        var request = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
+        for (int i = 0; i < 3; i++)
+            request.Inputs.Add(Ids(PromptA));
+        request.Interventions.Add(new InterpMesh.Contracts.V1.Intervention { Hook = "blocks.3.attn.hook_z", Op = InterpMesh.Contracts.V1.InterventionOp.ZeroAblate, Heads = { 2 }, Rows = { 1 } });
+        request.Interventions.Add(new InterpMesh.Contracts.V1.Intervention { Hook = "blocks.1.hook_resid_post", Op = InterpMesh.Contracts.V1.InterventionOp.Add, Value = value, Positions = { 2 }, Rows = { 2 } });
+        var (_, result, _) = await Call(server.Client, request);
+        var remote = new float[3 * 512];
+        Buffer.BlockCopy(result.Logits.Data.ToByteArray(), 0, remote, 0, remote.Length * 4);
+        Assert.True(result.Receipts[0].ElementsChanged > 0);
+        Assert.Equal(64, result.Receipts[1].ElementsChanged);
+
+        using var mode = inference_mode();
+        using var scope = NewDisposeScope();
+        var m = server.Local.Transformer;
+        var ids = tensor(PromptA.Select(x => (long)x).ToArray(), [1, 5]);
+        float[] Alone(params InterpMesh.Runtime.Hooks.Intervention[] ivs) =>
+            m.Forward(ids, null, ivs.Length == 0 ? HookPlan.Empty : HookPlan.Build(m.Hooks, null, ivs), null, LogitsMode.Last)!.data<float>().ToArray();
+        var expected = new[]
+        {
+            Alone(),
+            Alone(new InterpMesh.Runtime.Hooks.Intervention("blocks.3.attn.hook_z", InterpMesh.Runtime.Hooks.InterventionOp.ZeroAblate, Heads: [2])),
+            Alone(new InterpMesh.Runtime.Hooks.Intervention("blocks.1.hook_resid_post", InterpMesh.Runtime.Hooks.InterventionOp.Add, full(64, 0.5f), Positions: [2])),
+        };
+        for (int r = 0; r < 3; r++)
+        {
+            var row = remote.AsSpan(r * 512, 512).ToArray();
+            Assert.All(row.Zip(expected[r]), p => Assert.Equal(p.Second, p.First, 1e-4f));
+        }
+        Assert.NotEqual(expected[0], expected[1]);
+        Assert.NotEqual(expected[0], expected[2]);
+    }
+
+    [Fact]
     public async Task Top_k_logits_and_loss()
     {
         var request = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last, TopK = 3 }, Loss = true };

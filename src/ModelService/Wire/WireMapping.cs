@@ -150,7 +150,8 @@ public static class WireMapping
                 };
                 var value = iv.Value is null || iv.Value.Dtype == DType.Unspecified && iv.Value.Data.IsEmpty ? null : TensorWire.FromWire(iv.Value, $"interventions[{i}].value");
                 list.Add(new RuntimeHooks.Intervention(iv.Hook, op, value, iv.Scale,
-                    iv.Heads.Count > 0 ? iv.Heads.ToList() : null, iv.Positions.Count > 0 ? iv.Positions.ToList() : null));
+                    iv.Heads.Count > 0 ? iv.Heads.ToList() : null, iv.Positions.Count > 0 ? iv.Positions.ToList() : null,
+                    iv.Rows.Count > 0 ? iv.Rows.ToList() : null));
             }
             return list;
         }

@@ -225,6 +225,14 @@ internal static class RequestValidator
                             : $"interventions[{i}]: position {p} is outside every row's sequence (the padded length is {length})");
                 }
             }
+            if (iv.Rows is { } rs)
+            {
+                foreach (var r in rs)
+                {
+                    if (r < 0 || r >= batch)
+                        throw new InvalidRequestException($"interventions[{i}]: row {r} is outside the request's batch of {batch} rows (rows index the request's inputs, from 0)");
+                }
+            }
             foreach (var hook in hooks)
             {
                 if (iv.Heads is { } heads)

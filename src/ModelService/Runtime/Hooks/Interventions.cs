@@ -32,13 +32,15 @@ public enum InterventionOp
 /// <param name="Scale">Factor for Scale.</param>
 /// <param name="Heads">Head indices to touch (hooks with a head dimension only); null = all heads.</param>
 /// <param name="Positions">Absolute sequence positions to touch (query positions for attention maps); null = all.</param>
+/// <param name="Rows">Rows of the request's batch to touch; null = all.</param>
 public sealed record Intervention(
     string Hook,
     InterventionOp Op,
     Tensor? Value = null,
     double Scale = 1.0,
     IReadOnlyList<int>? Heads = null,
-    IReadOnlyList<int>? Positions = null)
+    IReadOnlyList<int>? Positions = null,
+    IReadOnlyList<int>? Rows = null)
 {
     internal Tensor Apply(HookInfo hook, Tensor x, int positionOffset)
     {
@@ -90,11 +92,25 @@ public sealed record Intervention(
     /// <summary>A boolean mask broadcastable to x marking the touched elements, or null for all of them.</summary>
     private Tensor? Selection(HookInfo hook, Tensor x, int positionOffset)
     {
-        if (Heads is null && Positions is null)
+        if (Heads is null && Positions is null && Rows is null)
             return null;
         int rank = (int)x.dim();
         var shape = Enumerable.Repeat(1L, rank).ToArray();
         Tensor mask = ones(shape, ScalarType.Bool, x.device);
+        if (Rows is not null)
+        {
+            long n = x.shape[0];
+            foreach (var r in Rows)
+            {
+                if (r < 0 || r >= n)
+                    throw new InvalidRequestException($"row {r} is out of range for '{hook.Name}': the request has {n} rows");
+            }
+            var sel = zeros(n, ScalarType.Bool, x.device);
+            sel.index_put_(tensor(true), tensor(Rows.Select(r => (long)r).ToArray(), device: x.device));
+            var s = (long[])shape.Clone();
+            s[0] = n;
+            mask = mask.logical_and(sel.reshape(s));
+        }
         if (Heads is not null)
         {
             int headDim = hook.Layout == HookLayout.AttentionMap ? 1 : 2;
