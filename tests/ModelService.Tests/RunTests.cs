@@ -80,6 +80,7 @@ public sealed class RunTests(ServerFixture server) : IClassFixture<ServerFixture
     {
         var info = await server.Client.GetModelInfoAsync(new GetModelInfoRequest());
         Assert.Equal("llama2.c", info.Architecture);
+        Assert.Equal("llama", info.ModelType); // what llama.cpp control vectors name as their model hint
         Assert.Equal(5, info.NLayers);
         Assert.Equal(4, info.NKvHeads);
         Assert.Equal(DType.Float32, info.Dtype);

@@ -61,15 +61,123 @@ public sealed class SteeringTests(SteeringMeshFixture mesh) : IClassFixture<Stee
         Assert.Equal(3, gguf["version"]!.GetValue<int>());
         Assert.Equal("controlvector", gguf["metadata"]!["general.architecture"]!.GetValue<string>());
         Assert.Equal(2, gguf["metadata"]!["controlvector.layer_count"]!.GetValue<int>());
+        Assert.Equal("gpt2", gguf["metadata"]!["controlvector.model_hint"]!.GetValue<string>()); // config.json's model_type
+        // llama.cpp adds direction.N to block N's output (blocks.N.hook_resid_post) and refuses N = 0:
+        // layer 1's vector is direction.1, layer 0's is left out and the summary says so.
         var vectors = await store.LoadTensorsAsync("vectors/sentiment");
-        foreach (int layer in new[] { 0, 1 })
+        Assert.Equal(["direction.1"], gguf["tensors"]!.AsObject().Select(kv => kv.Key));
+        var tensor = gguf["tensors"]!["direction.1"]!;
+        Assert.Equal([64], tensor["dims"]!.AsArray().Select(d => d!.GetValue<int>()));
+        Assert.Equal(vectors["mean_diff.1"].data<float>().ToArray(), tensor["values"]!.AsArray().Select(v => v!.GetValue<float>()).ToArray());
+        Assert.Equal([0], JsonNode.Parse(job.Result.SummaryJson)!["gguf_skipped_blocks"]!.AsArray().Select(b => b!.GetValue<int>()));
+        File.Delete(path);
+    }
+
+    private static string Python(params string[] arguments)
+    {
+        var psi = new ProcessStartInfo("/usr/bin/python3", [Path.Combine(AppContext.BaseDirectory, "python", arguments[0]), .. arguments[1..]]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var py = Process.Start(psi)!;
+        string stdout = py.StandardOutput.ReadToEnd(), stderr = py.StandardError.ReadToEnd();
+        py.WaitForExit();
+        Assert.True(py.ExitCode == 0, stderr);
+        return stdout;
+    }
+
+    private Task<Job> ApplyAsync(string vector, int layer) => mesh.RunAsync("steering", JsonSerializer.Serialize(new
+    {
+        mode = "apply",
+        vector,
+        layer,
+        coefficients = new[] { 0.0, 2.0 },
+        prompts = new[] { "the cat is sad . what a", "the ball is bad . what a" },
+        max_new_tokens = 2,
+        target = new[] { "lovely", "great" },
+        control = new[] { "awful", "grim" },
+    }));
+
+    [Fact]
+    public async Task A_gguf_control_vector_steers_exactly_as_the_vector_it_was_written_from()
+    {
+        var (positive, negative) = Pairs();
+        var extract = await mesh.RunAsync("steering", JsonSerializer.Serialize(new { positive, negative, save_as = "vectors/roundtrip", export_gguf = true, gguf_normalize = false }));
+        Assert.True(extract.State == JobState.Succeeded, extract.Error);
+        var fromSafetensors = await ApplyAsync("vectors/roundtrip", 1);
+        var fromGguf = await ApplyAsync("vectors/roundtrip-gguf", 1);
+        Assert.True(fromGguf.State == JobState.Succeeded, fromGguf.Error);
+        var a = Rows(fromSafetensors, "sweep").Select(r => r[1].GetDouble()).ToList();
+        var b = Rows(fromGguf, "sweep").Select(r => r[1].GetDouble()).ToList();
+        Assert.Equal(a, b);
+        Assert.NotEqual(a[0], a[1]); // the vector does something
+        Assert.Equal("gguf_control_vector", JsonNode.Parse(fromGguf.Result.SummaryJson)!["method"]!.GetValue<string>());
+
+        // Block 0 is not in the file: asking for it says what the file has.
+        var zero = await ApplyAsync("vectors/roundtrip-gguf", 0);
+        Assert.Equal("INVALID_ARGUMENT", zero.ErrorCode);
+        Assert.Contains("has no direction.0 (it has direction.1)", zero.Error, StringComparison.Ordinal);
+
+        // With normalisation, each direction has unit length (read by the independent reader).
+        var normalized = await mesh.RunAsync("steering", JsonSerializer.Serialize(new { positive, negative, save_as = "vectors/unit", export_gguf = true, gguf_normalize = true }));
+        Assert.True(normalized.State == JobState.Succeeded, normalized.Error);
+        var files = await mesh.WorkerServices.GetRequiredService<PluginArtifacts>().LoadFilesAsync("vectors/unit-gguf");
+        string path = Path.Combine(Path.GetTempPath(), $"interpmesh-cv-{Guid.NewGuid():N}.gguf");
+        File.WriteAllBytes(path, files["control_vector.gguf"]);
+        var values = JsonNode.Parse(Python("read_gguf.py", path))!["tensors"]!["direction.1"]!["values"]!.AsArray().Select(v => (double)v!.GetValue<float>());
+        File.Delete(path);
+        Assert.Equal(1.0, Math.Sqrt(values.Sum(v => v * v)), 5);
+    }
+
+    [Theory]
+    [InlineData(false, 32)]
+    [InlineData(true, 64)]
+    public async Task Control_vectors_written_by_another_tool_are_read_as_steering_vectors(bool f16, int alignment)
+    {
+        // An independent writer (repeng / cvector-generator layout, extra metadata of several types).
+        string path = Path.Combine(Path.GetTempPath(), $"interpmesh-cv-{Guid.NewGuid():N}.gguf");
+        var args = new List<string> { "write_gguf.py", path, "64", "7", "1", "--alignment", alignment.ToString(System.Globalization.CultureInfo.InvariantCulture) };
+        if (f16)
+            args.Add("--f16");
+        var written = JsonNode.Parse(Python([.. args]))!["1"]!.AsArray().Select(v => (float)v!.GetValue<double>()).ToArray();
+        var store = mesh.WorkerServices.GetRequiredService<PluginArtifacts>();
+        string name = f16 ? "vectors/external-f16" : "vectors/external-f32";
+        await store.SaveFilesAsync(name, new Dictionary<string, byte[]> { ["repeng.gguf"] = File.ReadAllBytes(path) });
+        File.Delete(path);
+        // The same values as an extract artifact: both must steer identically.
+        using (var t = TorchSharp.torch.tensor(written))
+            await store.SaveTensorsAsync($"{name}-st", new Dictionary<string, TorchSharp.torch.Tensor> { ["mean_diff.1"] = t });
+        var fromGguf = await ApplyAsync(name, 1);
+        var reference = await ApplyAsync($"{name}-st", 1);
+        Assert.True(fromGguf.State == JobState.Succeeded, fromGguf.Error);
+        Assert.Equal(Rows(reference, "sweep").Select(r => r[1].GetDouble()), Rows(fromGguf, "sweep").Select(r => r[1].GetDouble()));
+    }
+
+    [Theory]
+    [InlineData("arch", "is a GGUF file of architecture 'llama', not a control vector")]
+    [InlineData("block0", "llama.cpp numbers directions from 1")]
+    [InlineData("truncated", "is truncated")]
+    [InlineData("text", "is not a GGUF file")]
+    public async Task A_bad_gguf_file_fails_the_job_saying_what_is_wrong(string kind, string message)
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"interpmesh-cv-{Guid.NewGuid():N}.gguf");
+        byte[] bytes;
+        if (kind == "text")
         {
-            var tensor = gguf["tensors"]![$"direction.{layer + 1}"]!;
-            Assert.Equal([64], tensor["dims"]!.AsArray().Select(d => d!.GetValue<int>()));
-            var expected = vectors[$"mean_diff.{layer}"].data<float>().ToArray();
-            var actual = tensor["values"]!.AsArray().Select(v => v!.GetValue<float>()).ToArray();
-            Assert.Equal(expected, actual);
+            bytes = System.Text.Encoding.UTF8.GetBytes("these are not the bytes of a GGUF file at all");
         }
+        else
+        {
+            Python(kind == "arch" ? ["write_gguf.py", path, "64", "1", "1", "--arch", "llama"] : ["write_gguf.py", path, "64", "1", kind == "block0" ? "0,1" : "1"]);
+            bytes = File.ReadAllBytes(path);
+            File.Delete(path);
+            if (kind == "truncated")
+                bytes = bytes[..40];
+        }
+        string name = $"vectors/bad-{kind}";
+        await mesh.WorkerServices.GetRequiredService<PluginArtifacts>().SaveFilesAsync(name, new Dictionary<string, byte[]> { ["cv.gguf"] = bytes });
+        var job = await ApplyAsync(name, 1);
+        Assert.Equal(JobState.Failed, job.State);
+        Assert.Equal("INVALID_ARGUMENT", job.ErrorCode);
+        Assert.Contains(message, job.Error, StringComparison.Ordinal);
+        Assert.DoesNotContain("/tmp", job.Error, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -25,6 +25,7 @@ public static class WireMapping
         var info = new ModelInfo
         {
             Architecture = c.Architecture,
+            ModelType = c.ModelType,
             NLayers = c.NLayers,
             DModel = c.DModel,
             NHeads = c.NHeads,

@@ -27,8 +27,11 @@ public sealed class ExtractParameters : SteeringParameters
     [Description("artifact name of the vectors (default: steering/<job id>)")]
     public string? SaveAs { get; init; }
 
-    [Description("also save a llama.cpp GGUF control vector")]
+    [Description("also save a llama.cpp GGUF control vector: direction.L is the vector of blocks.L.hook_resid_post; block 0 is left out (llama.cpp cannot steer it)")]
     public bool ExportGguf { get; init; }
+
+    [Description("scale each GGUF direction to unit length, as llama.cpp's cvector-generator does (default: the mean difference as measured)")]
+    public bool GgufNormalize { get; init; }
 
     [Range(1, 256)]
     public int BatchSize { get; init; } = 32;
@@ -52,10 +55,11 @@ public enum SteeringPositions
 /// <summary>mode "apply": sweep a saved vector's coefficient during generation.</summary>
 public sealed class ApplyParameters : SteeringParameters
 {
-    [Description("the artifact saved by extract")]
+    [Description("the artifact saved by extract, or an artifact holding a llama.cpp / repeng GGUF control vector (direction.L steers blocks.L.hook_resid_post)")]
     public string? Vector { get; init; }
 
-    public SteeringMethod Method { get; init; } = SteeringMethod.MeanDiff;
+    [Description("which direction of an extract artifact (default mean_diff); a GGUF control vector has one direction per block")]
+    public SteeringMethod? Method { get; init; }
 
     public int Layer { get; init; }
 

@@ -102,14 +102,26 @@ public sealed class SteeringPlugin() : AnalysisPlugin<SteeringParameters>(
             tensors[$"pca.{layer}"] = torch.tensor(pcas[layer]);
         }
         var artifacts = new List<string>();
+        IReadOnlyList<int>? ggufSkipped = null;
         await context.Artifacts.SaveTensorsAndDisposeAsync(name, tensors, metadata, ct);
         artifacts.Add(name);
         if (p.ExportGguf)
         {
-            var gguf = GgufControlVector.Write(info.Architecture, info.NLayers, meanDiffs);
-            await context.Artifacts.SaveFilesAsync($"{name}-gguf", new Dictionary<string, byte[]> { ["control_vector.gguf"] = gguf },
-                new JsonObject { ["kind"] = "llama.cpp control vector", ["source"] = name, ["method"] = "mean_diff" }, ct);
+            var gguf = GgufControlVector.Write(string.IsNullOrEmpty(info.ModelType) ? info.Architecture : info.ModelType, info.NLayers, meanDiffs, p.GgufNormalize);
+            if (gguf.SkippedBlocks.Count == layers.Count)
+                throw new InvalidParametersException("export_gguf: llama.cpp cannot steer block 0's output and no other layer was extracted; add layers ≥ 1");
+            await context.Artifacts.SaveFilesAsync($"{name}-gguf", new Dictionary<string, byte[]> { ["control_vector.gguf"] = gguf.File },
+                new JsonObject
+                {
+                    ["kind"] = "llama.cpp control vector",
+                    ["source"] = name,
+                    ["method"] = "mean_diff",
+                    ["normalized"] = p.GgufNormalize,
+                    ["layer_convention"] = "direction.L = blocks.L.hook_resid_post (llama.cpp adds it to block L's output)",
+                    ["skipped_blocks"] = new JsonArray([.. gguf.SkippedBlocks.Select(b => (JsonNode)b)]),
+                }, ct);
             artifacts.Add($"{name}-gguf");
+            ggufSkipped = gguf.SkippedBlocks;
         }
         context.ReportProgress(1, "done");
         return new PluginResult
@@ -122,6 +134,7 @@ public sealed class SteeringPlugin() : AnalysisPlugin<SteeringParameters>(
                 ["vector"] = name,
                 ["pairs_per_second"] = positive.Count / Math.Max(1e-9, seconds),
                 ["dataset_sha256"] = hash,
+                ["gguf_skipped_blocks"] = ggufSkipped is null ? null : new JsonArray([.. ggufSkipped.Select(b => (JsonNode)b)]),
             },
             Tables = [new ResultTable { Name = "per_layer", Columns = ["layer", "hook", "norm", "projection_gap", "direction_accuracy", "cosine_mean_diff_pca"], Rows = rows }],
             Artifacts = artifacts,
@@ -135,12 +148,47 @@ public sealed class SteeringPlugin() : AnalysisPlugin<SteeringParameters>(
             : throw new InvalidParametersException($"{field}[{i}] '{words[i]}' is not a single token"))];
     }
 
+    /// <summary>
+    /// The direction for <paramref name="layer"/>: from an extract artifact (<c>mean_diff.L</c> /
+    /// <c>pca.L</c>), or from a GGUF control vector in the artifact (<c>direction.L</c>).
+    /// </summary>
+    private static async Task<(float[] Vector, string Method)> LoadVectorAsync(IAnalysisContext context, string name, SteeringMethod? method, int layer, int dModel, CancellationToken ct)
+    {
+        var stored = await context.Artifacts.FindAsync(name, ct) ?? throw new InvalidParametersException($"vector: no artifact named '{name}'");
+        var ggufFiles = stored.Files.Where(f => f.Name.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)).ToList();
+        if (ggufFiles.Count > 0)
+        {
+            if (ggufFiles.Count > 1)
+                throw new InvalidParametersException($"vector '{name}' holds {ggufFiles.Count} GGUF files; upload one control vector per artifact");
+            if (method is not null)
+                throw new InvalidParametersException($"vector '{name}' is a GGUF control vector, which has one direction per block; drop method");
+            var files = await context.Artifacts.LoadFilesAsync(name, ct);
+            var cv = GgufControlVector.Read(files[ggufFiles[0].Name], ggufFiles[0].Name);
+            if (!cv.Directions.TryGetValue(layer, out var d))
+                throw new InvalidParametersException($"layer: control vector '{name}' has no direction.{layer} (it has {string.Join(", ", cv.Directions.Keys.Order().Select(k => $"direction.{k}"))}); direction.L steers blocks.L.hook_resid_post");
+            if (d.Length != dModel)
+                throw new InvalidParametersException($"vector: control vector '{name}' has {d.Length} values per direction but this model's d_model is {dModel}");
+            return (d, "gguf_control_vector");
+        }
+        string key = method == SteeringMethod.Pca ? "pca" : "mean_diff";
+        var tensors = await context.Artifacts.LoadTensorsAsync(name, ct);
+        try
+        {
+            return tensors.TryGetValue($"{key}.{layer}", out var v) ? (v.to(torch.ScalarType.Float32).data<float>().ToArray(), key)
+                : throw new InvalidParametersException($"vector '{name}' has no {key} direction for layer {layer} (it has {string.Join(", ", tensors.Keys)})");
+        }
+        finally
+        {
+            foreach (var t in tensors.Values)
+                t.Dispose();
+        }
+    }
+
     private static async Task<PluginResult> ApplyAsync(ApplyParameters p, IAnalysisContext context)
     {
         var ct = context.Cancellation;
         var info = await context.Model.GetInfoAsync(ct);
         string name = p.Vector ?? throw new InvalidParametersException("mode 'apply' needs vector: the artifact saved by extract");
-        string method = p.Method == SteeringMethod.Pca ? "pca" : "mean_diff";
         int layer = Layer(p.Layer, info, "layer");
         var coefficients = p.Coefficients.ToList();
         foreach (var c in coefficients)
@@ -156,18 +204,7 @@ public sealed class SteeringPlugin() : AnalysisPlugin<SteeringParameters>(
         var control = tokens ? await SingleTokens(context.Model, info, Texts(p.Control, "control"), "control", ct) : [];
         var classifier = p.Classifier is { } cl ? await SavedProbe.LoadAsync(context.Artifacts, cl.Probe, cl.Class, ct) : null;
 
-        var tensors = await context.Artifacts.LoadTensorsAsync(name, ct);
-        float[] vector;
-        try
-        {
-            vector = tensors.TryGetValue($"{method}.{layer}", out var v) ? v.to(torch.ScalarType.Float32).data<float>().ToArray()
-                : throw new InvalidParametersException($"vector '{name}' has no {method} direction for layer {layer} (it has {string.Join(", ", tensors.Keys)})");
-        }
-        finally
-        {
-            foreach (var t in tensors.Values)
-                t.Dispose();
-        }
+        var (vector, method) = await LoadVectorAsync(context, name, p.Method, layer, info.DModel, ct);
 
         var sweep = new List<IReadOnlyList<JsonNode?>>();
         var samples = new List<IReadOnlyList<JsonNode?>>();

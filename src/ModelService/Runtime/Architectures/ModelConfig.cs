@@ -80,6 +80,9 @@ public sealed record ModelConfig
 {
     /// <summary>Architecture name as the checkpoint states it (e.g. <c>GPT2LMHeadModel</c>, <c>llama2.c</c>).</summary>
     public required string Architecture { get; init; }
+
+    /// <summary>The Hugging Face <c>model_type</c> (<c>llama</c>, <c>gpt2</c>, …): config.json's own value, <c>llama</c> for llama2.c.</summary>
+    public string ModelType { get; init; } = "";
     public required int NLayers { get; init; }
     public required int DModel { get; init; }
     public required int NHeads { get; init; }

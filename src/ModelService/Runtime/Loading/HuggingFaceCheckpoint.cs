@@ -86,6 +86,8 @@ public static class HuggingFaceCheckpoint
             "GPTNeoXForCausalLM" => GptNeoXConfig(r),
             _ => LlamaFamilyConfig(r),
         };
+        if (root.TryGetProperty("model_type", out var mt) && mt.ValueKind == JsonValueKind.String)
+            config = config with { ModelType = ConfigReader.Quote(mt.GetString()!) };
         config.Validate(path);
         return config;
     }

@@ -59,6 +59,7 @@ public static class Llama2cCheckpoint
         var config = new ModelConfig
         {
             Architecture = "llama2.c",
+            ModelType = "llama",
             NLayers = layers,
             DModel = dim,
             NHeads = heads,
