@@ -195,6 +195,12 @@ public sealed class UpProcessTests
             var plugins = CliRunner.Run("plugins", "--server", $"http://127.0.0.1:{gatewayPort}", "--json");
             Assert.True(plugins.ExitCode == 0, plugins.Stderr);
             Assert.Contains(plugins.Json.GetProperty("plugins").EnumerateArray(), p => p.GetProperty("id").GetString() == "probing" && p.GetProperty("loaded").GetBoolean());
+            // The model is named after its folder (models/concepts), so artifacts carry a real model_name.
+            Assert.Contains("model 'concepts'", await ready.Task, StringComparison.Ordinal);
+            var info = CliRunner.Run("info", "--server", $"http://127.0.0.1:{gatewayPort}", "--model-name", "concepts", "--json");
+            Assert.True(info.ExitCode == 0, info.Stderr);
+            Assert.Equal(2, info.Json.GetProperty("n_layers").GetInt32());
+            Assert.NotEqual(0, CliRunner.Run("info", "--server", $"http://127.0.0.1:{gatewayPort}", "--model-name", "local", "--json").ExitCode);
             using (var kill = System.Diagnostics.Process.Start("kill", ["-INT", process.Id.ToString()])!)
                 await kill.WaitForExitAsync();
             using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));

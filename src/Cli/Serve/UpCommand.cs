@@ -19,32 +19,36 @@ internal static class UpCommand
         var gatewayPortOption = CliOptions.Int("--grpc-port", "the gateway's port (0: any free port)", defaultValue: 50050, min: 0, helpName: "P");
         var modelPortOption = CliOptions.Int("--model-port", "the model service's port (0: any free port)", defaultValue: 50051, min: 0, helpName: "P");
         var modelOption = CliOptions.Text("--model", "model path (default: the checkout's models/concepts)", "PATH");
+        var nameOption = CliOptions.Text("--name", "the model's name at the gateway (default: the model folder's name, or the file's without its extension)", "NAME");
         var pluginsOption = CliOptions.Text("--plugins", "plugins folder (default: the checkout's plugins/)", "DIR");
         var dataOption = CliOptions.Text("--data", "where jobs and artifacts are kept", "DIR");
         dataOption.DefaultValueFactory = _ => "interpmesh-data";
         var keyOption = CliOptions.Text("--key", "require this API key (admin role); auth is off without it", "KEY");
         var threadsOption = CliOptions.Int("--threads", "libtorch intra-op threads (default: all cores)", min: 1);
         var command = new Command("up", "The local mesh: a model service, a gateway and an analysis worker with the built-in plugins, until Ctrl-C.")
-            { modelOption, gatewayPortOption, modelPortOption, pluginsOption, dataOption, keyOption, bindOption, threadsOption };
-        command.SetAction(r => Run(r.GetRequiredValue(bindOption), r.GetValue(gatewayPortOption), r.GetValue(modelPortOption), r.GetValue(modelOption), r.GetValue(pluginsOption),
+            { modelOption, nameOption, gatewayPortOption, modelPortOption, pluginsOption, dataOption, keyOption, bindOption, threadsOption };
+        command.SetAction(r => Run(r.GetRequiredValue(bindOption), r.GetValue(gatewayPortOption), r.GetValue(modelPortOption), r.GetValue(modelOption), r.GetValue(nameOption), r.GetValue(pluginsOption),
             Path.GetFullPath(r.GetRequiredValue(dataOption)), r.GetValue(keyOption), r.GetValue(threadsOption) ?? 0, console.Out));
         return command;
     }
 
-    private static int Run(string bind, int gatewayPort, int modelPort, string? modelArg, string? pluginsArg, string data, string? key, int threads, TextWriter stdout)
+    private static int Run(string bind, int gatewayPort, int modelPort, string? modelArg, string? nameArg, string? pluginsArg, string data, string? key, int threads, TextWriter stdout)
     {
         string? repo = LocalMesh.RepositoryOrNull();
         string model = Path.GetFullPath(modelArg ?? (repo is null ? throw new UsageException("--model PATH is required outside a checkout") : Path.Combine(repo, "models", "concepts")));
         string plugins = Path.GetFullPath(pluginsArg ?? (repo is null ? throw new UsageException("--plugins DIR is required outside a checkout") : Path.Combine(repo, "plugins")));
 
+        string name = nameArg ?? NameOf(model);
+        if (name.Length is 0 or > 64 || !name.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.'))
+            throw new UsageException($"'{(name.Length > 64 ? name[..64] + "…" : name)}' cannot name a model: use letters, digits, '-', '_' and '.' (--name NAME)");
         var service = LocalMesh.StartModelService(model, threads, $"http://{bind}:{modelPort}");
         var host = service.Services.GetRequiredService<ModelHost>();
         // Local use: auth off unless a key is given (the gateway logs a warning when it is off).
-        var (gateway, worker) = LocalMesh.StartGateway(new Dictionary<string, string> { ["local"] = service.Urls.First() }, plugins, data,
+        var (gateway, worker) = LocalMesh.StartGateway(new Dictionary<string, string> { [name] = service.Urls.First() }, plugins, data,
             $"http://{bind}:{gatewayPort}", key, logLevel: "Warning");
         string g = gateway.Urls.First(), hostPort = g["http://".Length..];
         string keyOption = key is null ? "" : " --key $KEY";
-        stdout.WriteLine($"up: gateway {g} (model '{host.Model!.Source}' served at {service.Urls.First()}; an analysis worker runs the plugins from {plugins}; data in {data}); Ctrl-C stops");
+        stdout.WriteLine($"up: gateway {g} (model '{name}' from {host.Model!.Source} served at {service.Urls.First()}; an analysis worker runs the plugins from {plugins}; data in {data}); Ctrl-C stops");
         stdout.WriteLine($"  CLI:     interpmesh plugins --server {g}{keyOption}");
         stdout.WriteLine($"           interpmesh run probing --server {g}{keyOption} --params probe.json");
         stdout.WriteLine($"  grpcurl: grpcurl -plaintext {hostPort} list");
@@ -61,5 +65,12 @@ internal static class UpCommand
         LocalMesh.Stop(gateway, worker, service);
         stdout.WriteLine("stopped");
         return 0;
+    }
+
+    /// <summary>A model's default name: its folder's name, or its file's name without the extension (<c>models/concepts</c> → <c>concepts</c>).</summary>
+    internal static string NameOf(string modelPath)
+    {
+        string trimmed = modelPath.TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar);
+        return Directory.Exists(trimmed) ? Path.GetFileName(trimmed) : Path.GetFileNameWithoutExtension(trimmed);
     }
 }
