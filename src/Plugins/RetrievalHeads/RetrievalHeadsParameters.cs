@@ -45,6 +45,10 @@ public sealed class RetrievalHeadsParameters
     [Range(1, int.MaxValue)]
     public int? AblateK { get; init; }
 
+    [Description("random head sets ablated as the control, each drawn with its own seed from the heads outside the top ones; reported as mean ± sd")]
+    [Range(1, 100)]
+    public int RandomDraws { get; init; } = 5;
+
     [Description("head-detector settings")]
     public DetectorSettings? Detector { get; init; }
 
@@ -72,7 +76,14 @@ public sealed class SyntheticTrials
 /// <summary>Text trials: a needle in a haystack, and a question about it.</summary>
 public sealed class TextTrials
 {
+    [Description("the sentence inserted into the haystack")]
     public required string Needle { get; init; }
+
+    [Description("the part of the needle that answers the question (Wu et al.'s real_needle): the span whose copying is scored and the reference recall is measured against (default: the whole needle)")]
+    public string? Answer { get; init; }
+
+    [Description("ROUGE-1 recall with Porter stemming, as the reference (rouge_score, use_stemmer=True)")]
+    public bool Stem { get; init; } = true;
 
     public required string Question { get; init; }
 
@@ -84,6 +95,13 @@ public sealed class TextTrials
     [Description("tokens to generate (default: the needle's length + 4)")]
     [Range(1, int.MaxValue)]
     public int? MaxNewTokens { get; init; }
+}
+
+/// <summary>TransformerLens' head-detector error measures.</summary>
+public enum DetectorMeasure
+{
+    Mul,
+    Abs,
 }
 
 /// <summary>Head-detector settings.</summary>
@@ -99,6 +117,12 @@ public sealed class DetectorSettings
 
     [Description("single-token words to draw the sequences from (default: any token)")]
     public IReadOnlyList<string>? Tokens { get; init; }
+
+    [Description("your own prompts instead of random repeated sequences (texts, tokenized with BOS as TransformerLens' to_tokens does); scores are the mean over prompts")]
+    public IReadOnlyList<string>? Texts { get; init; }
+
+    [Description("TransformerLens' error measure: mul = Σ(A⊙D)/ΣA; abs = 1 − round(mean|A − D| · n, 3)")]
+    public DetectorMeasure Measure { get; init; } = DetectorMeasure.Mul;
 
     public bool ExcludeBos { get; init; }
 

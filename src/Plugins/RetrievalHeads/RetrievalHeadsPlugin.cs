@@ -37,7 +37,18 @@ public sealed class RetrievalHeadsPlugin() : AnalysisPlugin<RetrievalHeadsParame
 
         if (analyses.Contains(RetrievalAnalysis.Detector))
         {
-            detector = await DetectAsync(p.Detector ?? new DetectorSettings(), context.Model, info, seed, ct);
+            var settings = p.Detector ?? new DetectorSettings();
+            (detector, var prompts) = await DetectAsync(settings, context.Model, info, seed, ct);
+            // Models without a tokenizer take token ids only: their prompts are listed without text.
+            var promptTexts = string.IsNullOrEmpty(info.Tokenizer) ? null
+                : await context.Model.DetokenizeAsync([.. prompts.Select(t => t.Select(x => (int)x).ToArray())], ct);
+            tables.Add(new ResultTable
+            {
+                Name = "detector_prompts",
+                Columns = ["index", "tokens", "text"],
+                Rows = [.. prompts.Select((t, i) => (IReadOnlyList<JsonNode?>)[i, new JsonArray([.. t.Select(x => (JsonNode)x)]), promptTexts?[i]])],
+            });
+            summary["detector_measure"] = settings.Measure.ToString().ToLowerInvariant();
             foreach (var (kind, scores) in detector)
                 summary[$"top_{kind}_heads"] = new JsonArray([.. Ranked(scores).Take(4).Select(x => (JsonNode)Label(x.Layer, x.Head))]);
             figures.Add(new ResultFigure { Name = "induction_heatmap", MediaType = "image/svg+xml", Content = HeadMap("Induction score", detector["induction"]), Caption = "Induction score per head (layer × head)" });
@@ -78,13 +89,24 @@ public sealed class RetrievalHeadsPlugin() : AnalysisPlugin<RetrievalHeadsParame
 
             if (analyses.Contains(RetrievalAnalysis.Ablation))
             {
-                int k = p.AblateK ?? Math.Max(1, passing.Count);
+                // Default: the retrieval heads found, at most half of all heads, so that a random control
+                // of the same size can be drawn from the others.
+                int k = p.AblateK ?? Math.Clamp(passing.Count, 1, Math.Max(1, layers * heads / 2));
                 var top = Ranked(retrieval).Take(k).Select(x => (x.Layer, x.Head)).ToList();
-                var rng = new Random(seed + 1);
-                var random = Enumerable.Range(0, layers * heads).Select(i => (Layer: i / heads, Head: i % heads)).Where(x => !top.Contains(x)).OrderBy(_ => rng.Next()).Take(k).ToList();
-                var rows = new List<IReadOnlyList<JsonNode?>> { (IReadOnlyList<JsonNode?>)["none", "", counted.Count / (double)trials.Count] };
-                var ablation = new JsonObject { ["k"] = k, ["baseline"] = counted.Count / (double)trials.Count };
-                foreach (var (name, set) in new[] { ("top", top), ("random", random) })
+                var others = Enumerable.Range(0, layers * heads).Select(i => (Layer: i / heads, Head: i % heads)).Where(x => !top.Contains(x)).ToList();
+                if (others.Count < k)
+                    throw new InvalidParametersException($"ablate_k {k} leaves {others.Count} heads outside the top ones, too few for a random control of {k} heads; lower ablate_k");
+                // The control: several random sets drawn from the heads outside the top ones, each with its own seed,
+                // so that one unlucky draw (one that catches another circuit's heads) cannot invert the conclusion.
+                var draws = Enumerable.Range(0, p.RandomDraws).Select(d =>
+                {
+                    var rng = new Random(seed + 1 + d);
+                    return others.OrderBy(_ => rng.Next()).Take(k).ToList();
+                }).ToList();
+                double baseline = counted.Count / (double)trials.Count;
+                var rows = new List<IReadOnlyList<JsonNode?>> { (IReadOnlyList<JsonNode?>)["none", "", baseline] };
+                var ablation = new JsonObject { ["k"] = k, ["baseline"] = baseline };
+                async Task<double> AccuracyAsync(List<(int Layer, int Head)> set)
                 {
                     int recalled = 0;
                     for (int i = 0; i < trials.Count; i++)
@@ -92,16 +114,37 @@ public sealed class RetrievalHeadsPlugin() : AnalysisPlugin<RetrievalHeadsParame
                         var r = await RetrievalScorer.RunAsync(context.Model, info, trials[i], Ablation(set), recallThreshold, score: false, ct);
                         recalled += r.Recalled ? 1 : 0;
                     }
-                    double accuracy = recalled / (double)trials.Count;
-                    rows.Add([name, string.Join(" ", set.Select(x => Label(x.Layer, x.Head))), accuracy]);
-                    ablation[name] = accuracy;
-                    ablation[$"{name}_heads"] = new JsonArray([.. set.Select(x => (JsonNode)Label(x.Layer, x.Head))]);
-                    context.ReportProgress(name == "top" ? 0.85 : 0.95, $"ablation of {k} {name} heads done");
+                    return recalled / (double)trials.Count;
                 }
-                ablation["drop_top"] = ablation["baseline"]!.GetValue<double>() - ablation["top"]!.GetValue<double>();
-                ablation["drop_random"] = ablation["baseline"]!.GetValue<double>() - ablation["random"]!.GetValue<double>();
+                double topAccuracy = await AccuracyAsync(top);
+                rows.Add(["top", string.Join(" ", top.Select(x => Label(x.Layer, x.Head))), topAccuracy]);
+                ablation["top"] = topAccuracy;
+                ablation["top_heads"] = new JsonArray([.. top.Select(x => (JsonNode)Label(x.Layer, x.Head))]);
+                context.ReportProgress(0.85, $"ablation of {k} top heads done");
+                var randomAccuracies = new List<double>();
+                for (int d = 0; d < draws.Count; d++)
+                {
+                    double accuracy = await AccuracyAsync(draws[d]);
+                    randomAccuracies.Add(accuracy);
+                    rows.Add([$"random {d + 1}", string.Join(" ", draws[d].Select(x => Label(x.Layer, x.Head))), accuracy]);
+                    context.ReportProgress(0.85 + 0.1 * (d + 1) / draws.Count, $"random draw {d + 1}/{draws.Count} done");
+                }
+                double mean = randomAccuracies.Average();
+                double sd = randomAccuracies.Count > 1 ? Math.Sqrt(randomAccuracies.Sum(a => (a - mean) * (a - mean)) / (randomAccuracies.Count - 1)) : 0;
+                ablation["random"] = mean;
+                ablation["random_sd"] = sd;
+                ablation["random_draws"] = new JsonArray([.. randomAccuracies.Select(a => (JsonNode)a)]);
+                ablation["random_heads"] = new JsonArray([.. draws.Select(set => (JsonNode)new JsonArray([.. set.Select(x => (JsonNode)Label(x.Layer, x.Head))]))]);
+                ablation["drop_top"] = baseline - topAccuracy;
+                ablation["drop_random"] = baseline - mean;
                 summary["ablation"] = ablation;
                 tables.Add(new ResultTable { Name = "ablation", Columns = ["ablated", "heads", "recall_accuracy"], Rows = rows });
+                tables.Add(new ResultTable
+                {
+                    Name = "ablation_summary",
+                    Columns = ["ablated", "recall_accuracy_mean", "recall_accuracy_sd", "sets"],
+                    Rows = [["none", baseline, 0.0, 1], ["top", topAccuracy, 0.0, 1], ["random", mean, sd, draws.Count]],
+                });
             }
 
             if (p.SaveTrials)
@@ -151,54 +194,82 @@ public sealed class RetrievalHeadsPlugin() : AnalysisPlugin<RetrievalHeadsParame
     private static IEnumerable<Contracts.V1.Intervention> Ablation(IEnumerable<(int Layer, int Head)> set) =>
         set.GroupBy(x => x.Layer).Select(g => new Contracts.V1.Intervention { Hook = $"blocks.{g.Key}.attn.hook_z", Op = InterventionOp.ZeroAblate, Heads = { g.Select(x => x.Head) } });
 
-    /// <summary>Head-detector scores on repeated random sequences: bos + r + r (TransformerLens' standard induction probe).</summary>
-    private static async Task<Dictionary<string, double[,]>> DetectAsync(DetectorSettings d, IModelClient model, ModelInfo info, int seed, CancellationToken ct)
+    /// <summary>
+    /// Head-detector scores, the mean over prompts: the caller's texts, or repeated random sequences
+    /// bos + r + r (TransformerLens' standard induction probe). Also returns the prompts used.
+    /// </summary>
+    private static async Task<(Dictionary<string, double[,]> Scores, List<long[]> Prompts)> DetectAsync(DetectorSettings d, IModelClient model, ModelInfo info, int seed, CancellationToken ct)
     {
-        bool Flag(string f) => f == "exclude_bos" ? d.ExcludeBos : d.ExcludeCurrentToken;
-        int prompts = d.Prompts;
-        int bos = info.BosTokenId is null ? 0 : 1;
-        int length = d.Length ?? Math.Min(20, (info.ContextLength - bos) / 2);
-        if (2 * length + bos > info.ContextLength)
-            throw new InvalidParametersException($"detector.length {length} repeated twice is longer than the model's context of {info.ContextLength}");
-        int[] pool;
-        if (d.Tokens is { } tk)
+        var tokens = new List<long[]>();
+        if (d.Texts is { } texts)
         {
-            var words = tk.ToList();
-            var ids = await model.TokenizeAsync(words, ct);
-            pool = [.. ids.Select((t, i) => (info.BosTokenId is int b && t.Length > 0 && t[0] == b ? t[1..] : t) is [var one] ? one
-                : throw new InvalidParametersException($"detector.tokens: '{words[i]}' is not a single token"))];
+            if (texts.Count == 0)
+                throw new InvalidParametersException("detector.texts is empty; give prompts, or leave it out for random repeated sequences");
+            if (d.Tokens is not null || d.Length is not null)
+                throw new InvalidParametersException("detector.texts replaces the random sequences; drop detector.tokens and detector.length");
+            var ids = await model.TokenizeAsync([.. texts], ct);
+            for (int i = 0; i < ids.Count; i++)
+            {
+                // TransformerLens' to_tokens prepends BOS.
+                int[] row = info.BosTokenId is int b && (ids[i].Length == 0 || ids[i][0] != b) ? [b, .. ids[i]] : ids[i];
+                if (row.Length < 2)
+                    throw new InvalidParametersException($"detector.texts[{i}] has {row.Length} token; a pattern needs at least 2");
+                if (row.Length > info.ContextLength)
+                    throw new InvalidParametersException($"detector.texts[{i}] is {row.Length} tokens, longer than the model's context of {info.ContextLength}");
+                tokens.Add([.. row.Select(x => (long)x)]);
+            }
         }
         else
         {
-            pool = [.. Enumerable.Range(0, info.VocabSize).Where(i => i != info.BosTokenId && i != info.EosTokenId)];
-        }
-        var rng = new Random(seed);
-        var tokens = new List<long[]>();
-        var request = new RunRequest { Captures = { new Capture { Hooks = { "blocks.*.attn.hook_pattern" } } } };
-        for (int i = 0; i < prompts; i++)
-        {
-            var r = Enumerable.Range(0, length).Select(_ => pool[rng.Next(pool.Length)]).ToArray();
-            int[] row = [.. (info.BosTokenId is int b ? new[] { b } : []), .. r, .. r];
-            tokens.Add([.. row.Select(x => (long)x)]);
-            request.Inputs.Add(new Input { Tokens = new TokenIds { Ids = { row } } });
+            int bos = info.BosTokenId is null ? 0 : 1;
+            int length = d.Length ?? Math.Min(20, (info.ContextLength - bos) / 2);
+            if (2 * length + bos > info.ContextLength)
+                throw new InvalidParametersException($"detector.length {length} repeated twice is longer than the model's context of {info.ContextLength}");
+            int[] pool;
+            if (d.Tokens is { } tk)
+            {
+                var words = tk.ToList();
+                var ids = await model.TokenizeAsync(words, ct);
+                pool = [.. ids.Select((t, i) => (info.BosTokenId is int b && t.Length > 0 && t[0] == b ? t[1..] : t) is [var one] ? one
+                    : throw new InvalidParametersException($"detector.tokens: '{words[i]}' is not a single token"))];
+            }
+            else
+            {
+                pool = [.. Enumerable.Range(0, info.VocabSize).Where(i => i != info.BosTokenId && i != info.EosTokenId)];
+            }
+            var rng = new Random(seed);
+            for (int i = 0; i < d.Prompts; i++)
+            {
+                var r = Enumerable.Range(0, length).Select(_ => pool[rng.Next(pool.Length)]).ToArray();
+                int[] row = [.. (info.BosTokenId is int b ? new[] { b } : []), .. r, .. r];
+                tokens.Add([.. row.Select(x => (long)x)]);
+            }
         }
         var scores = HeadDetector.Kinds.ToDictionary(k => k, _ => new double[info.NLayers, info.NHeads]);
-        await foreach (var output in model.RunAsync(request, ct))
+        // Prompts of one length share a forward (no padding, so patterns are the prompts' own).
+        int limit = Math.Max(1, info.Limits?.MaxBatch ?? 16);
+        foreach (var group in tokens.GroupBy(t => t.Length).SelectMany(g => g.Chunk(limit)))
         {
-            if (output.Activation is not { } pattern)
-                continue;
-            using (pattern)
+            var request = new RunRequest { Captures = { new Capture { Hooks = { "blocks.*.attn.hook_pattern" } } } };
+            foreach (var row in group)
+                request.Inputs.Add(new Input { Tokens = new TokenIds { Ids = { row.Select(x => (int)x) } } });
+            await foreach (var output in model.RunAsync(request, ct))
             {
-                int layer = output.Layer!.Value;
-                foreach (var kind in HeadDetector.Kinds)
+                if (output.Activation is not { } pattern)
+                    continue;
+                using (pattern)
                 {
-                    var s = HeadDetector.Score(pattern, tokens, kind, Flag("exclude_bos"), Flag("exclude_current_token"));
-                    for (int h = 0; h < s.Length; h++)
-                        scores[kind][layer, h] = s[h];
+                    int layer = output.Layer!.Value;
+                    foreach (var kind in HeadDetector.Kinds)
+                    {
+                        var s = HeadDetector.Sum(pattern, group, kind, d.ExcludeBos, d.ExcludeCurrentToken, d.Measure);
+                        for (int h = 0; h < s.Length; h++)
+                            scores[kind][layer, h] += s[h] / tokens.Count;
+                    }
                 }
             }
         }
-        return scores;
+        return (scores, tokens);
     }
 
     /// <summary>A layer × head score map (white = 0, dark blue = 1) as SVG bytes.</summary>

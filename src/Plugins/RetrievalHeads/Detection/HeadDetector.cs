@@ -50,7 +50,37 @@ internal static class HeadDetector
         return d;
     }
 
-    /// <summary>Scores [head] of one layer's patterns [batch, head, q, k] on the prompts' tokens.</summary>
+    /// <summary>
+    /// Summed scores [head] of one layer's patterns [batch, head, q, k] on the prompts' tokens (the
+    /// caller divides by the number of prompts): TransformerLens' "mul" (Σ(A⊙D)/ΣA, exclusions
+    /// applied to A) or "abs" (1 − round(mean|A − D| · n, 3), exclusions applied to |A − D|).
+    /// </summary>
+    public static double[] Sum(Tensor patterns, IReadOnlyList<long[]> tokens, string kind, bool excludeBos, bool excludeCurrent, DetectorMeasure measure)
+    {
+        if (measure == DetectorMeasure.Mul)
+        {
+            var mean = Score(patterns, tokens, kind, excludeBos, excludeCurrent);
+            return [.. mean.Select(v => v * tokens.Count)];
+        }
+        using var scope = NewDisposeScope();
+        var a = patterns.to(ScalarType.Float64);
+        int heads = (int)a.shape[1], t = (int)a.shape[2];
+        var sums = new double[heads];
+        for (int b = 0; b < tokens.Count; b++)
+        {
+            var diff = (a[b] - Pattern(kind, tokens[b]).to(ScalarType.Float64).unsqueeze(0)).abs();
+            if (excludeBos)
+                diff[.., .., 0] = 0;
+            if (excludeCurrent)
+                diff = diff * eye(t, dtype: ScalarType.Float64).logical_not().unsqueeze(0);
+            var means = diff.mean([1, 2]).data<double>().ToArray();
+            for (int h = 0; h < heads; h++)
+                sums[h] += 1 - Math.Round(means[h] * t, 3, MidpointRounding.ToEven);
+        }
+        return sums;
+    }
+
+    /// <summary>Mean "mul" scores [head] of one layer's patterns [batch, head, q, k] on the prompts' tokens.</summary>
     public static double[] Score(Tensor patterns, IReadOnlyList<long[]> tokens, string kind, bool excludeBos, bool excludeCurrent)
     {
         using var scope = NewDisposeScope();

@@ -70,7 +70,7 @@ internal static class RetrievalScorer
         // Synthetic trials are scored on token ids (and work on models without a tokenizer).
         string text = trial.Reference is null ? (await model.DetokenizeAsync([[.. generated]], ct))[0] : "";
         double recall = trial.Reference is { } reference ? Overlap(reference, [.. generated]) / (double)reference.Length
-            : Overlap(trial.ReferenceWords!, Trials.Words(text)) / (double)Math.Max(1, trial.ReferenceWords!.Length);
+            : Rouge.Recall(trial.ReferenceWords!, Rouge.Tokens(text, trial.Stem));
         return new TrialResult(trial, [.. generated], text, recall, recall > threshold, hits);
     }
 

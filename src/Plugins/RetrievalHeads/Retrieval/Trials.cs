@@ -10,8 +10,9 @@ namespace InterpMesh.Plugins.RetrievalHeads.Retrieval;
 /// <param name="Depth">The grid's needle depth, percent.</param>
 /// <param name="MaxNewTokens">Tokens to decode.</param>
 /// <param name="Reference">What the answer should contain: token ids (synthetic) …</param>
-/// <param name="ReferenceWords">… or words (text trials), for ROUGE-1 recall.</param>
-internal sealed record Trial(int[] Prompt, int NeedleStart, int NeedleEnd, int ContextTokens, double Depth, int MaxNewTokens, int[]? Reference, string[]? ReferenceWords);
+/// <param name="ReferenceWords">… or words (text trials: the answer's ROUGE-1 words).</param>
+/// <param name="Stem">Whether ROUGE-1 stems words (text trials).</param>
+internal sealed record Trial(int[] Prompt, int NeedleStart, int NeedleEnd, int ContextTokens, double Depth, int MaxNewTokens, int[]? Reference, string[]? ReferenceWords, bool Stem = true);
 
 /// <summary>
 /// Builds the grid of trials. <b>Synthetic</b> (models that cannot read English, e.g. the toy
@@ -19,7 +20,10 @@ internal sealed record Trial(int[] Prompt, int NeedleStart, int NeedleEnd, int C
 /// value token vᵢ (the fact; its key is the address the question uses), its depth is the pair's
 /// place among the pairs, the context length is the number of pairs. <b>Text</b>: the caller's
 /// needle inserted into the caller's haystack at a depth (percent of the context, at a word
-/// boundary), truncated to each context length in tokens, followed by the question.
+/// boundary), truncated to each context length in tokens, followed by the question. As Wu et al.,
+/// the scored span is the <c>answer</c> (their <c>real_needle</c>; default the whole needle), found
+/// in the prompt as the first window of its token length whose token set covers more than 90 % of
+/// the answer's, and recall is ROUGE-1 against the answer.
 /// </summary>
 internal static class Trials
 {
@@ -105,13 +109,21 @@ internal static class Trials
     {
         static string Need(string f, string value) => value is { Length: > 0 } ? value : throw new InvalidParametersException($"text.{f} is required");
         string needle = Need("needle", text.Needle), question = Need("question", text.Question), haystack = Need("haystack", text.Haystack);
+        string answer = text.Answer ?? needle;
+        if (answer.Length == 0)
+            throw new InvalidParametersException("text.answer is empty; give the part of the needle that answers the question, or leave it out to score the whole needle");
+        if (!needle.Contains(answer, StringComparison.Ordinal))
+            throw new InvalidParametersException($"text.answer '{Quote(answer)}' is not part of text.needle; the answer is the span of the needle that answers the question");
         var lengths = text.Lengths?.ToList() ?? [info.ContextLength / 2, info.ContextLength];
-        var tokenized = await model.TokenizeAsync([haystack, needle, question], ct);
+        var tokenized = await model.TokenizeAsync([haystack, needle, question, answer, " " + answer], ct);
         var hay = StripBos(tokenized[0], info);
         var needleTokens = StripBos(tokenized[1], info);
         var questionTokens = StripBos(tokenized[2], info);
-        var needleWords = Words(needle);
-        int answerTokens = text.MaxNewTokens ?? needleTokens.Length + 4;
+        int[][] answerForms = [StripBos(tokenized[3], info), StripBos(tokenized[4], info)];
+        var answerWords = Rouge.Tokens(answer, text.Stem);
+        if (answerWords.Length == 0)
+            throw new InvalidParametersException($"text.answer '{Quote(answer)}' has no letters or digits, so ROUGE-1 recall cannot be measured against it");
+        int answerTokens = text.MaxNewTokens ?? answerForms[0].Length + 4;
         var trials = new List<Trial>();
         foreach (int length in lengths)
         {
@@ -144,7 +156,10 @@ internal static class Trials
                     throw new InvalidParametersException($"the needle is not found in the tokenized context (length {length}, depth {depth}%): its tokens merge with the text around it; start and end it with a word boundary or punctuation");
                 if (prompt.Length + answerTokens > info.ContextLength)
                     throw new InvalidParametersException($"the prompt at length {length} is {prompt.Length} tokens; with {answerTokens} answer tokens it exceeds the model's context of {info.ContextLength}");
-                trials.Add(new Trial(prompt, start, start + needleTokens.Length, length, depth, answerTokens, null, needleWords));
+                var (spanStart, spanEnd) = LocateAnswer(prompt, start, start + needleTokens.Length, answerForms);
+                if (spanStart < 0)
+                    throw new InvalidParametersException($"text.answer '{Quote(answer)}' is not found in the tokenized prompt (length {length}, depth {depth}%): no window of its token length shares more than 90 % of its tokens");
+                trials.Add(new Trial(prompt, spanStart, spanEnd, length, depth, answerTokens, null, answerWords, text.Stem));
             }
         }
         return trials;
@@ -160,6 +175,53 @@ internal static class Trials
         return -1;
     }
 
-    public static string[] Words(string text) =>
-        [.. text.ToLowerInvariant().Split((char[])[' ', '\t', '\n', '.', ',', ';', ':', '!', '?', '"', '\''], StringSplitOptions.RemoveEmptyEntries)];
+    /// <summary>
+    /// Where the answer lies: its exact tokens inside the inserted needle [needleStart, needleEnd)
+    /// if they are there, else Wu et al.'s rule (<see cref="FuzzyFind"/>) on windows starting inside
+    /// the needle, else that rule over the whole prompt as the reference applies it. (Inside the needle
+    /// first: with a character-level tokenizer the token-set rule also matches haystack text.)
+    /// </summary>
+    private static (int Start, int End) LocateAnswer(int[] prompt, int needleStart, int needleEnd, int[][] forms)
+    {
+        foreach (var f in forms)
+        {
+            int at = Find(prompt[needleStart..Math.Min(prompt.Length, needleEnd + 1)], f);
+            if (at >= 0)
+                return (needleStart + at, needleStart + at + f.Length);
+        }
+        foreach (var f in forms)
+        {
+            var (s, _) = FuzzyFind(prompt[needleStart..needleEnd], f);
+            if (s >= 0)
+                return (needleStart + s, Math.Min(prompt.Length, needleStart + s + f.Length));
+        }
+        foreach (var f in forms)
+        {
+            var found = FuzzyFind(prompt, f);
+            if (found.Start >= 0)
+                return found;
+        }
+        return (-1, -1);
+    }
+
+    /// <summary>
+    /// Wu et al.'s needle location: the first window of <paramref name="span"/>'s length whose
+    /// distinct tokens include more than 90 % of the span's distinct tokens; (−1, −1) if none.
+    /// </summary>
+    public static (int Start, int End) FuzzyFind(int[] prompt, int[] span)
+    {
+        if (span.Length == 0)
+            return (-1, -1);
+        var wanted = span.ToHashSet();
+        for (int i = 0; i < prompt.Length; i++)
+        {
+            var window = prompt.AsSpan(i, Math.Min(span.Length, prompt.Length - i)).ToArray().ToHashSet();
+            window.IntersectWith(wanted);
+            if (window.Count / (double)wanted.Count > 0.9)
+                return (i, Math.Min(prompt.Length, i + span.Length));
+        }
+        return (-1, -1);
+    }
+
+    private static string Quote(string s) => s.Length <= 40 ? s : s[..40] + "…";
 }
