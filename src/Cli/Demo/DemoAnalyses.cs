@@ -211,7 +211,7 @@ internal sealed class DemoAnalyses(string gateway, HtmlReport report, TextWriter
     public void Retrieval()
     {
         report.Section("retrieval", "Retrieval heads (model: retrieval)",
-            "Needle-in-a-haystack over key–value lists at several depths (Wu et al.'s retrieval score), then recall with the top heads zero-ablated against as many random heads.");
+            "Needle-in-a-haystack over key–value lists at several depths (Wu et al.'s retrieval score), then recall with the top 3 heads zero-ablated against five random draws of 3 other heads.");
         var job = Analyze("retrieval", "retrieval heads", "retrieval-heads", "retrieval", new
         {
             analyses = new[] { "retrieval", "ablation" },
@@ -219,6 +219,7 @@ internal sealed class DemoAnalyses(string gateway, HtmlReport report, TextWriter
             depths = quick ? new[] { 0, 50, 100 } : [0, 25, 50, 75, 100],
             trials_per_cell = quick ? 2 : 3,
             seed = 1,
+            ablate_k = 3,
         });
         if (job is null)
             return;
@@ -226,13 +227,13 @@ internal sealed class DemoAnalyses(string gateway, HtmlReport report, TextWriter
             report.Figure(f);
         var ablation = Rows(job, "ablation");
         report.Chart(Figures.Bars("Recall with heads ablated", "recall accuracy", [.. ablation.Select(r => (r[0]!.GetValue<string>(), D(r[2])))]),
-            "Needle recall with no head ablated, the top retrieval heads ablated, and the same number of random heads ablated.");
+            "Needle recall with no head ablated, the top retrieval heads ablated, and each of five random draws of as many other heads ablated (draws that catch layer 0's key-to-value heads break recall too).");
         var ranked = Rows(job, "ranked").Take(5).ToList();
         var rows = ranked.Select(r => (IReadOnlyList<string>)[HtmlReport.Cell(r[1]), F(D(r[4])), HtmlReport.Cell(r[5])]).ToList();
         report.Table("Top heads by retrieval score", ["head", "retrieval score", "retrieval head"], rows);
         Findings("Retrieval heads (retrieval): top heads", ["head", "retrieval score", "retrieval head (> 0.1)"], rows);
         var s = JsonNode.Parse(job.Result.SummaryJson)!;
-        stdout.WriteLine($"  recall {D(s["recall_accuracy"]):P0}; ablating the top heads drops it by {D(s["ablation"]?["drop_top"]):0.##}, random heads by {D(s["ablation"]?["drop_random"]):0.##}");
+        stdout.WriteLine($"  recall {D(s["recall_accuracy"]):P0}; ablating the top heads drops it by {D(s["ablation"]?["drop_top"]):0.##}, random heads by {D(s["ablation"]?["drop_random"]):0.##} on average (sd {D(s["ablation"]?["random_sd"]):0.##} over {s["ablation"]?["random_draws"]?.AsArray().Count} draws)");
         Succeed("retrieval", new JsonObject
         {
             ["retrieval_heads"] = s["retrieval_heads"]?.DeepClone(),
