@@ -498,6 +498,29 @@ public sealed class GradientTests(ServerFixture server, Xunit.Abstractions.ITest
         }
     }
 
+    [Fact]
+    public async Task A_cancelled_gradient_run_ends_cancelled_and_inference_is_unchanged_after_it()
+    {
+        var plain = Request([PromptA, PromptB], logits: true);
+        var before = await Call(server.Client, plain);
+
+        // 16 rows × 256 tokens: far longer than the 10 ms before the client cancels.
+        var rows = Enumerable.Range(0, 16).Select(r => Enumerable.Range(0, 256).Select(i => 1 + (i * 11 + r) % 500).ToArray()).ToArray();
+        using var cts = new CancellationTokenSource(TimeSpan.FromMilliseconds(10));
+        var error = await Assert.ThrowsAsync<RpcException>(async () =>
+        {
+            using var call = server.Client.Run(Request(rows, new GradientRequest { Loss = true, Hooks = { "blocks.*.hook_resid_post" } }), cancellationToken: cts.Token);
+            await foreach (var _ in call.ResponseStream.ReadAllAsync(cts.Token))
+            {
+            }
+        });
+        Assert.Equal(StatusCode.Cancelled, error.StatusCode);
+
+        await StillServes();
+        var after = await Call(server.Client, plain);
+        Assert.Equal(before.Result.Logits.Data, after.Result.Logits.Data);
+    }
+
     public static TheoryData<string, string> BadRequests => new()
     {
         { "no-metric", "gradient: no metric is set" },
