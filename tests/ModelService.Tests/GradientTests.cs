@@ -521,6 +521,21 @@ public sealed class GradientTests(ServerFixture server, Xunit.Abstractions.ITest
         Assert.Equal(before.Result.Logits.Data, after.Result.Logits.Data);
     }
 
+    [Fact]
+    public async Task A_hook_the_metric_does_not_reach_gets_a_zero_gradient()
+    {
+        // With hook_attn_in materialised, q/k/v come from per-head copies of the residual; ln1's own
+        // hooks see the unsplit residual and no longer reach the output.
+        var request = Request([PromptA], new GradientRequest { Loss = true, Hooks = { "blocks.0.ln1.hook_scale" } });
+        request.Captures.Add(new Capture { Hooks = { "blocks.0.hook_attn_in" } });
+        var served = await Call(server.Client, request);
+        var g = served.Gradients["blocks.0.ln1.hook_scale"];
+        Assert.Equal([1L, PromptA.Length, 1], g.Shape);
+        Assert.All(g.Data, x => Assert.Equal(0f, x));
+        Assert.True(served.Result.Metric > 0);
+        Assert.Single(served.Captures);
+    }
+
     public static TheoryData<string, string> BadRequests => new()
     {
         { "no-metric", "gradient: no metric is set" },

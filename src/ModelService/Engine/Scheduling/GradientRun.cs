@@ -53,7 +53,10 @@ internal static class GradientRun
                 lastReal = (mask.to(ScalarType.Int64) * Scalars.Arange(length, ScalarType.Int64, mask.device)).amax([1]);
                 perRow = Metric(gradient, logits, ids, mask, lastReal);
                 work.Cancellation.ThrowIfCancellationRequested();
-                perRow.sum().backward();
+                var total = perRow.sum();
+                // No requested hook reaches the metric (only ln1's hooks on the split-input path): every gradient is zero.
+                if (total.requires_grad)
+                    total.backward();
             }
             observer.Forward(batch, run.Rows.Sum(r => r.Length), Stopwatch.GetElapsedTime(started).TotalSeconds);
             foreach (var (hook, z) in leaves)
