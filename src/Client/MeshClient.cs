@@ -116,7 +116,7 @@ public sealed partial class MeshClient : IDisposable
             if (message.Result is { } result)
                 yield return new RunItem { Result = result };
             else if (message.Activation is { } chunk && assembler.Add(chunk) is { } activation)
-                yield return new RunItem { Hook = activation.Hook, Activation = activation.Tensor };
+                yield return new RunItem { Hook = activation.Hook, Activation = activation.Tensor, Gradient = activation.Gradient };
         }
     }
 
@@ -169,6 +169,9 @@ public sealed class RunItem
 
     /// <summary>The activation (dtype, shape, bytes), or null for the result.</summary>
     public WireTensor? Activation { get; init; }
+
+    /// <summary>True when <see cref="Activation"/> is the gradient d metric / d activation of <see cref="Hook"/> (RunRequest.gradient).</summary>
+    public bool Gradient { get; init; }
 
     /// <summary>The result, after every activation, or null for an activation.</summary>
     public RunResult? Result { get; init; }

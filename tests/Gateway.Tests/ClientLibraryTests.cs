@@ -38,6 +38,52 @@ public sealed class ClientLibraryTests(MeshFixture mesh) : IClassFixture<MeshFix
         }
     }
 
+    [Fact]
+    public async Task Gradient_requests_through_the_gateway_return_gradient_chunks_and_the_metric()
+    {
+        using var client = Alice();
+        using var direct = MeshClient.Connect(mesh.ServiceAddress);
+        var request = new RunRequest
+        {
+            Inputs = { new Input { Text = "Once upon a time there was a dog" } },
+            // A capture and a gradient of the same hook: they must arrive apart.
+            Captures = { new Capture { Hooks = { "blocks.0.hook_resid_post" } } },
+            Gradient = new GradientRequest { Loss = true, Hooks = { "blocks.0.hook_resid_post", "blocks.1.attn.hook_z" } },
+        };
+        async Task<(List<RunItem> Items, RunResult Result)> Items(MeshClient c)
+        {
+            var items = new List<RunItem>();
+            RunResult? result = null;
+            await foreach (var item in c.RunAsync(request))
+            {
+                if (item.Result is not null)
+                    result = item.Result;
+                else
+                    items.Add(item);
+            }
+            return (items, result!);
+        }
+        var (viaGateway, gatewayResult) = await Items(client);
+        var (viaService, serviceResult) = await Items(direct);
+
+        Assert.Equal([("blocks.0.hook_resid_post", false), ("blocks.0.hook_resid_post", true), ("blocks.1.attn.hook_z", true)],
+            viaGateway.Select(i => (i.Hook!, i.Gradient)).Order().ToList());
+        Assert.Equal(viaService.Select(i => (i.Hook, i.Gradient)), viaGateway.Select(i => (i.Hook, i.Gradient)));
+        for (int i = 0; i < viaService.Count; i++)
+        {
+            Assert.Equal(viaService[i].Activation!.Shape, viaGateway[i].Activation!.Shape);
+            Assert.Equal(viaService[i].Activation!.ToFloat32(), viaGateway[i].Activation!.ToFloat32());
+        }
+        var gradient = viaGateway.Single(i => i.Gradient && i.Hook == "blocks.0.hook_resid_post").Activation!.ToFloat32();
+        var capture = viaGateway.Single(i => !i.Gradient).Activation!.ToFloat32();
+        Assert.NotEqual(capture, gradient);
+        Assert.Contains(gradient, x => x != 0);
+        Assert.NotNull(gatewayResult.Metric);
+        Assert.True(gatewayResult.Metric > 0);
+        Assert.Equal(serviceResult.Metric, gatewayResult.Metric);
+        Assert.Equal(serviceResult.RowMetrics, gatewayResult.RowMetrics);
+    }
+
     private static async Task<Dictionary<string, WireTensor>> Collect(IAsyncEnumerable<RunItem> items)
     {
         var captures = new Dictionary<string, WireTensor>();

@@ -33,11 +33,13 @@ public sealed class TracingAndConfigurationTests
                 ["ModelService:BatchWindowMs"] = "-1",
                 ["ModelService:OtlpEndpoint"] = "collector:4317",
                 ["ModelService:OtlpProtocol"] = "udp",
+                ["ModelService:GradientMemoryBytes"] = "-1",
             });
             await app.StartAsync();
         });
         foreach (var expected in new[] { "ModelPath '/nonexistent/model.bin' does not exist", "Device must be cpu, cuda or cuda:N, got 'tpu'",
-                     "BatchWindowMs must be between 0 and 1000, got -1", "OtlpEndpoint must be an http(s) URL", "OtlpProtocol must be grpc or http/protobuf, got 'udp'" })
+                     "BatchWindowMs must be between 0 and 1000, got -1", "OtlpEndpoint must be an http(s) URL", "OtlpProtocol must be grpc or http/protobuf, got 'udp'",
+                     "GradientMemoryBytes must be 0 (gradients off) or positive, got -1" })
             Assert.Contains(expected, error.Message, StringComparison.Ordinal);
     }
 

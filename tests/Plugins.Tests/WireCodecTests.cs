@@ -121,6 +121,31 @@ public sealed class WireCodecTests : TorchTest
     }
 
     [Fact]
+    public void A_capture_and_a_gradient_of_one_hook_are_assembled_apart()
+    {
+        var activation = WireTensor.FromFloat32([1f, 2f, 3f, 4f]);
+        var gradient = WireTensor.FromFloat32([-1f, -2f, -3f, -4f]);
+        var captureChunks = Split("blocks.0.hook_resid_post", activation, 8);
+        var gradientChunks = Split("blocks.0.hook_resid_post", gradient, 8);
+        foreach (var c in gradientChunks)
+            c.Gradient = true;
+
+        var assembler = new ChunkAssembler();
+        var done = captureChunks.Concat(gradientChunks).Select(assembler.Add).Where(a => a is not null).ToList();
+        Assert.Equal([false, true], done.Select(d => d!.Gradient));
+        Assert.Equal(activation.ToFloat32(), done[0]!.Tensor.ToFloat32());
+        Assert.Equal(gradient.ToFloat32(), done[1]!.Tensor.ToFloat32());
+
+        // The gradient's first chunk cannot continue the capture of the same hook in progress.
+        var interleaved = new ChunkAssembler();
+        interleaved.Add(captureChunks[0]);
+        var second = gradientChunks[1].Clone();
+        second.Offset = 8;
+        Assert.Equal("a chunk of the gradient of 'blocks.0.hook_resid_post' at byte 8 arrived while 'blocks.0.hook_resid_post' had 8 of 16 bytes",
+            Assert.Throws<InvalidDataException>(() => interleaved.Add(second)).Message);
+    }
+
+    [Fact]
     public void A_capture_whose_bytes_do_not_fit_its_shape_is_refused()
     {
         var chunk = new ActivationChunk { Hook = "blocks.0.hook_v", Dtype = DType.Float32, Offset = 0, TotalBytes = 12, Data = ByteString.CopyFrom(new byte[12]) };

@@ -88,7 +88,7 @@ internal sealed class RoutedModelClient(ReplicaPool pool, TimeSpan callTimeout) 
                 continue;
             }
             if (assembler.Add(message.Activation) is { } capture)
-                yield return new RunOutput { Hook = capture.Hook, Activation = capture.Tensor.ToTorch() };
+                yield return new RunOutput { Hook = capture.Hook, Activation = capture.Tensor.ToTorch(), Gradient = capture.Gradient };
         }
     }
 

@@ -3,17 +3,21 @@ using InterpMesh.Contracts.V1;
 namespace InterpMesh.Contracts.Tensors;
 
 /// <summary>A capture put back together: the hook it was taken at and its tensor.</summary>
-public sealed class AssembledActivation(string hook, WireTensor tensor)
+public sealed class AssembledActivation(string hook, WireTensor tensor, bool gradient = false)
 {
     public string Hook { get; } = hook;
 
     public WireTensor Tensor { get; } = tensor;
+
+    /// <summary>True: the tensor is d metric / d activation at <see cref="Hook"/> (a gradient request), not the activation.</summary>
+    public bool Gradient { get; } = gradient;
 }
 
 /// <summary>
 /// Reassembles the <see cref="ActivationChunk"/>s of one Run or Generate stream: the service sends
 /// each capture as consecutive chunks (offsets 0, n, 2n … up to <c>total_bytes</c>), one capture at a
-/// time. <see cref="Add"/> returns the capture its last chunk completes. A chunk that does not
+/// time. A capture and a gradient of the same hook are different tensors (chunks are keyed on hook
+/// and gradient flag). <see cref="Add"/> returns the capture its last chunk completes. A chunk that does not
 /// continue the capture in progress, or a capture whose bytes do not fit its shape, throws
 /// <see cref="InvalidDataException"/> naming the hook.
 /// </summary>
@@ -30,8 +34,8 @@ public sealed class ChunkAssembler
     public AssembledActivation? Add(ActivationChunk chunk)
     {
         ArgumentNullException.ThrowIfNull(chunk);
-        if (head is not null && (chunk.Hook != head.Hook || chunk.Offset != filled))
-            throw new InvalidDataException($"a chunk of '{Quote(chunk.Hook)}' at byte {chunk.Offset} arrived while '{Quote(head.Hook)}' had {filled} of {head.TotalBytes} bytes");
+        if (head is not null && (chunk.Hook != head.Hook || chunk.Gradient != head.Gradient || chunk.Offset != filled))
+            throw new InvalidDataException($"a chunk of {Kind(chunk)}'{Quote(chunk.Hook)}' at byte {chunk.Offset} arrived while {Kind(head)}'{Quote(head.Hook)}' had {filled} of {head.TotalBytes} bytes");
         if (head is null)
         {
             if (chunk.Offset != 0)
@@ -48,12 +52,14 @@ public sealed class ChunkAssembler
         filled += chunk.Data.Length;
         if (filled < head.TotalBytes)
             return null;
-        var done = new AssembledActivation(head.Hook, WireTensor.Create(head.Dtype, head.Shape, buffer, $"capture '{Quote(head.Hook)}'"));
+        var done = new AssembledActivation(head.Hook, WireTensor.Create(head.Dtype, head.Shape, buffer, $"{(head.Gradient ? "gradient" : "capture")} '{Quote(head.Hook)}'"), head.Gradient);
         head = null;
         buffer = null;
         filled = 0;
         return done;
     }
+
+    private static string Kind(ActivationChunk chunk) => chunk.Gradient ? "the gradient of " : "";
 
     private static string Quote(string s) => s.Length <= 100 ? s : s[..100] + "…";
 }

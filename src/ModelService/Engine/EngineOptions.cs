@@ -29,6 +29,12 @@ public sealed class EngineOptions
 
     /// <summary>How long a request waits for an admission slot, in arrival order, before it is refused.</summary>
     public TimeSpan AdmissionWait { get; init; } = TimeSpan.FromMilliseconds(100);
+
+    /// <summary>
+    /// Largest estimated autograd memory (activations saved for the backward pass) one gradient
+    /// request may need, in bytes; 0 disables gradient requests.
+    /// </summary>
+    public long GradientMemoryBytes { get; init; } = 1L << 30;
 }
 
 /// <summary>What the engine reports about its work; hosts forward it to their metrics.</summary>

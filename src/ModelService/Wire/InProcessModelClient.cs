@@ -47,7 +47,7 @@ public sealed class InProcessModelClient(ModelEngine engine, string name = "loca
     public IAsyncEnumerable<RunOutput> RunAsync(RunRequest request, CancellationToken cancellationToken = default) =>
         Serve<RunOutput>(() => Submit(WireMapping.ToSpec(request), s => engine.Submit(s), s => s.Interventions), output => output switch
         {
-            CaptureOutput capture => [new RunOutput { Hook = capture.Hook, Activation = capture.Value.ToTensor() }],
+            CaptureOutput capture => [new RunOutput { Hook = capture.Hook, Activation = capture.Value.ToTensor(), Gradient = capture.Gradient }],
             RunOutcome outcome => [new RunOutput { Result = WireMapping.ToProto(outcome) }],
             _ => [],
         }, cancellationToken);

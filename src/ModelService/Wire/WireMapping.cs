@@ -48,6 +48,7 @@ public static class WireMapping
                 MaxChunkBytes = maxChunkBytes,
                 OutputBufferBytes = engine.Options.OutputBufferBytes,
                 StallTimeoutSeconds = engine.Options.StallTimeout.TotalSeconds,
+                MaxGradientBytes = engine.Options.GradientMemoryBytes,
             },
         };
         if ((m.Tokenizer?.BosId ?? c.BosTokenId) is int bos)
@@ -73,6 +74,45 @@ public static class WireMapping
         TopK = request.Logits?.TopK ?? 0,
         Loss = request.Loss,
         Padding = request.Padding == Contracts.V1.Padding.Right ? PaddingSide.Right : PaddingSide.Left,
+        Gradient = request.Gradient is { } g ? Gradient(g) : null,
+    };
+
+    private static GradientSpec Gradient(GradientRequest g) => new()
+    {
+        Metric = g.MetricCase switch
+        {
+            GradientRequest.MetricOneofCase.Loss when g.Loss => GradientMetric.Loss,
+            GradientRequest.MetricOneofCase.Logit => GradientMetric.Logit,
+            GradientRequest.MetricOneofCase.LogProb => GradientMetric.LogProb,
+            GradientRequest.MetricOneofCase.LogitDifference => GradientMetric.LogitDifference,
+            _ => GradientMetric.Unset,
+        },
+        Tokens = g.MetricCase switch
+        {
+            GradientRequest.MetricOneofCase.Logit => [.. g.Logit.Tokens],
+            GradientRequest.MetricOneofCase.LogProb => [.. g.LogProb.Tokens],
+            _ => [],
+        },
+        Position = g.MetricCase switch
+        {
+            GradientRequest.MetricOneofCase.Logit when g.Logit.HasPosition => g.Logit.Position,
+            GradientRequest.MetricOneofCase.LogProb when g.LogProb.HasPosition => g.LogProb.Position,
+            _ => null,
+        },
+        Correct = g.LogitDifference?.Correct.Select(set => (IReadOnlyList<int>)[.. set.Ids]).ToList() ?? [],
+        Incorrect = g.LogitDifference?.Incorrect.Select(set => (IReadOnlyList<int>)[.. set.Ids]).ToList() ?? [],
+        Hooks = [.. g.Hooks],
+        Positions = Positions(g.Positions),
+        DType = g.Dtype == DType.Unspecified ? TorchSharp.torch.ScalarType.Float32
+            : g.Dtype == DType.Int64 || WireTensor.ElementSize(g.Dtype) is null ? throw new InvalidRequestException($"gradient.dtype must be FLOAT32, BFLOAT16 or FLOAT16, got {g.Dtype}")
+            : g.Dtype.ToScalarType(),
+    };
+
+    private static RuntimeHooks.PositionSelection Positions(Contracts.V1.PositionSelection? positions) => positions?.SelectionCase switch
+    {
+        Contracts.V1.PositionSelection.SelectionOneofCase.Last => RuntimeHooks.PositionSelection.Last,
+        Contracts.V1.PositionSelection.SelectionOneofCase.Indices => RuntimeHooks.PositionSelection.At([.. positions.Indices.Ids]),
+        _ => RuntimeHooks.PositionSelection.All,
     };
 
     /// <summary>Maps a GenerateRequest. Proto3 zeros mean "unset": top_p 0 is no limit; a negative or NaN top_p is refused by the engine.</summary>
@@ -119,12 +159,7 @@ public static class WireMapping
     private static List<CaptureSpec> Captures(IEnumerable<Capture> captures) => captures.Select((c, i) => new CaptureSpec
     {
         Hooks = [.. c.Hooks],
-        Positions = c.Positions?.SelectionCase switch
-        {
-            Contracts.V1.PositionSelection.SelectionOneofCase.Last => RuntimeHooks.PositionSelection.Last,
-            Contracts.V1.PositionSelection.SelectionOneofCase.Indices => RuntimeHooks.PositionSelection.At([.. c.Positions.Indices.Ids]),
-            _ => RuntimeHooks.PositionSelection.All,
-        },
+        Positions = Positions(c.Positions),
         DType = c.Dtype == DType.Unspecified ? TorchSharp.torch.ScalarType.Float32
             : c.Dtype == DType.Int64 ? throw new InvalidRequestException($"captures[{i}]: dtype must be FLOAT32, BFLOAT16 or FLOAT16")
             : WireTensor.ElementSize(c.Dtype) is null ? throw new InvalidRequestException($"captures[{i}]: dtype must be FLOAT32, BFLOAT16 or FLOAT16, got {c.Dtype}")
@@ -172,6 +207,7 @@ public static class WireMapping
             var piece = new ActivationChunk
             {
                 Hook = capture.Hook,
+                Gradient = capture.Gradient,
                 Dtype = capture.Value.DType.ToWireDType(),
                 Offset = offset,
                 TotalBytes = bytes.Length,
@@ -239,6 +275,9 @@ public static class WireMapping
             result.TopK = new TopK { Ids = Wire(ids), Values = Wire(values) };
         if (outcome.Loss is { } loss)
             result.Loss = loss;
+        if (outcome.Metric is { } metric)
+            result.Metric = metric;
+        result.RowMetrics.AddRange(outcome.RowMetrics);
         result.Receipts.AddRange(outcome.Receipts.Select(ToProto));
         return result;
     }

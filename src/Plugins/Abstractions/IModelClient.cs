@@ -52,6 +52,9 @@ public sealed class RunOutput
     /// <summary>The final result, or null for an activation.</summary>
     public RunResult? Result { get; init; }
 
+    /// <summary>True when <see cref="Activation"/> is the gradient d metric / d activation of <see cref="Hook"/> (a request with <c>RunRequest.gradient</c>), not the activation.</summary>
+    public bool Gradient { get; init; }
+
     /// <summary>The captured hook's block (<c>blocks.3.hook_resid_post</c> → 3), or null (the result, or a hook outside the blocks).</summary>
     public int? Layer => HookNames.Layer(Hook);
 }

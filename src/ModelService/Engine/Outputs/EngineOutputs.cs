@@ -43,12 +43,14 @@ public abstract class EngineOutput
     public abstract long Bytes { get; }
 }
 
-/// <summary>A captured activation (whole, not chunked). <see cref="Step"/> is 0 for Run.</summary>
-public sealed class CaptureOutput(string hook, int step, HostTensor value) : EngineOutput
+/// <summary>A captured activation (whole, not chunked), or a gradient. <see cref="Step"/> is 0 for Run.</summary>
+public sealed class CaptureOutput(string hook, int step, HostTensor value, bool gradient = false) : EngineOutput
 {
     public string Hook { get; } = hook;
     public int Step { get; } = step;
     public HostTensor Value { get; } = value;
+    /// <summary>True: d metric / d activation at <see cref="Hook"/> (a gradient request), not the activation.</summary>
+    public bool Gradient { get; } = gradient;
     public override long Bytes => Value.Data.Length;
 }
 
@@ -67,6 +69,10 @@ public sealed class RunOutcome : EngineOutput
     /// <summary>Rows in the forward that served this request (more than its own when batched with others).</summary>
     public int ForwardBatchSize { get; init; }
     public IReadOnlyList<InterventionReceipt> Receipts { get; init; } = [];
+    /// <summary>A gradient request's metric summed over rows (null without one).</summary>
+    public double? Metric { get; init; }
+    /// <summary>A gradient request's metric per row (empty without one).</summary>
+    public IReadOnlyList<double> RowMetrics { get; init; } = [];
     public override long Bytes => Tokens.Data.Length + AttentionMask.Data.Length + (Logits?.Data.Length ?? 0)
         + (TopKIds?.Data.Length ?? 0) + (TopKValues?.Data.Length ?? 0);
 }

@@ -19,9 +19,30 @@ internal sealed class ValidatedRun
     public required bool Loss { get; init; }
     public required PaddingSide Padding { get; init; }
     public required List<Tensor> Owned { get; init; }
+    /// <summary>The gradient to take (null: a plain inference Run).</summary>
+    public ValidatedGradient? Gradient { get; init; }
     public int PaddedLength => Rows.Max(r => r.Length);
-    /// <summary>Runs with equal keys can share a forward without changing what either receives.</summary>
-    public string Key => $"{PaddedLength}:{Padding}:{Logits}:{Loss}";
+    /// <summary>Runs with equal keys can share a forward without changing what either receives (a gradient Run's key is its own).</summary>
+    public string Key => Gradient?.Key ?? $"{PaddedLength}:{Padding}:{Logits}:{Loss}";
+}
+
+/// <summary>A gradient request resolved against the batch: per-row targets and the hooks it differentiates at.</summary>
+internal sealed class ValidatedGradient
+{
+    public required GradientMetric Metric { get; init; }
+    /// <summary>Logit / LogProb: the target token of each row.</summary>
+    public int[] Tokens { get; init; } = [];
+    /// <summary>Logit / LogProb: the absolute position (non-negative), or null for each row's last real token.</summary>
+    public int? Position { get; init; }
+    /// <summary>LogitDifference: each row's sets.</summary>
+    public int[][] Correct { get; init; } = [];
+    public int[][] Incorrect { get; init; } = [];
+    public required PositionSelection Positions { get; init; }
+    public required ScalarType DType { get; init; }
+    /// <summary>The estimated autograd memory (bytes).</summary>
+    public long EstimatedBytes { get; init; }
+    /// <summary>Never shared: a gradient Run runs in a forward of its own.</summary>
+    public string Key { get; } = "gradient:" + Guid.NewGuid().ToString("N");
 }
 
 /// <summary>A Generate that passed validation.</summary>
@@ -50,14 +71,20 @@ internal static class RequestValidator
         if (spec.TopK < 0)
             throw new InvalidRequestException($"logits.top_k must be 0 (full rows) or positive, got {spec.TopK}");
         int length = rows.Max(r => r.Length);
+        ValidatedGradient? gradient = null;
+        IReadOnlyList<HookInfo> gradientHooks = [];
+        long gradientBytes = 0;
+        if (spec.Gradient is { } g)
+            (gradient, gradientHooks, gradientBytes) = Gradient(model, options, g, rows, length);
         var owned = new List<Tensor>();
         try
         {
-            var (plan, reductions) = Plan(model, options, spec.Captures, spec.Interventions, rows.Length, length, length, generate: false, owned);
+            var (plan, reductions) = Plan(model, options, spec.Captures, spec.Interventions, rows.Length, length, length, generate: false, owned,
+                gradientHooks.Select(h => h.Name).ToList(), gradientBytes);
             return new ValidatedRun
             {
                 Rows = rows, Plan = plan, Reductions = reductions, Logits = spec.Logits, TopK = spec.TopK,
-                Loss = spec.Loss, Padding = spec.Padding, Owned = owned,
+                Loss = spec.Loss, Padding = spec.Padding, Owned = owned, Gradient = gradient,
             };
         }
         catch
@@ -171,7 +198,8 @@ internal static class RequestValidator
     /// </summary>
     private static (HookPlan, Dictionary<string, CaptureReduction>) Plan(
         LoadedModel model, EngineOptions options, IReadOnlyList<CaptureSpec> captures, IReadOnlyList<Intervention> interventions,
-        int batch, int length, int positions, bool generate, List<Tensor> owned)
+        int batch, int length, int positions, bool generate, List<Tensor> owned,
+        IReadOnlyList<string>? gradientHooks = null, long gradientBytes = 0)
     {
         var catalogue = model.Transformer.Hooks;
         var config = model.Config;
@@ -200,9 +228,12 @@ internal static class RequestValidator
             }
             requests.Add(new CaptureRequest(c.Hooks, c.Positions, c.DType));
         }
-        if (budget > options.MaxCaptureBytes)
-            throw new RequestLimitException(
-                $"the requested captures need {budget:N0} bytes, over this server's per-request budget of {options.MaxCaptureBytes:N0}; capture fewer hooks, fewer positions (last or indices), a smaller batch, or bfloat16");
+        if (budget + gradientBytes > options.MaxCaptureBytes)
+        {
+            throw new RequestLimitException(gradientBytes == 0
+                ? $"the requested captures need {budget:N0} bytes, over this server's per-request budget of {options.MaxCaptureBytes:N0}; capture fewer hooks, fewer positions (last or indices), a smaller batch, or bfloat16"
+                : $"the requested captures ({budget:N0} bytes) and gradients ({gradientBytes:N0} bytes) need {budget + gradientBytes:N0} bytes, over this server's per-request budget of {options.MaxCaptureBytes:N0}; ask for fewer hooks, fewer positions (last or indices), a smaller batch, or bfloat16");
+        }
 
         var copies = new List<Intervention>();
         for (int i = 0; i < interventions.Count; i++)
@@ -264,8 +295,146 @@ internal static class RequestValidator
             }
             copies.Add(iv with { Value = copy });
         }
-        var plan = HookPlan.Build(catalogue, requests, copies);
+        var plan = HookPlan.Build(catalogue, requests, copies, gradientHooks);
         return (plan, reductions);
+    }
+
+    /// <summary>
+    /// Checks a gradient request against the model, the batch and the server's limits: the metric and
+    /// its tokens and positions, the hooks, the dtype, whether this server can differentiate at all,
+    /// and the estimated autograd memory. Returns the resolved request, its hooks and its output bytes.
+    /// </summary>
+    private static (ValidatedGradient, IReadOnlyList<HookInfo>, long) Gradient(LoadedModel model, EngineOptions options, GradientSpec g, int[][] rows, int length)
+    {
+        var config = model.Config;
+        int batch = rows.Length, vocab = config.VocabSize;
+        if (g.Metric == GradientMetric.Unset)
+            throw new InvalidRequestException("gradient: no metric is set; choose loss, logit, log_prob or logit_difference");
+        if (options.GradientMemoryBytes <= 0)
+            throw new InvalidRequestException("gradient: gradients are disabled on this server (ModelService:GradientMemoryBytes is 0); send the request without gradient, or to a server with a gradient budget");
+        var weightType = model.Transformer.DType;
+        if (weightType is not (ScalarType.Float32 or ScalarType.Float64))
+            throw new InvalidRequestException($"gradient: this server holds the model in {DTypeNames.Name(weightType)}, which it does not differentiate; send gradient requests to a float32 replica (ModelService:DType float32)");
+        if (g.Hooks.Count == 0)
+            throw new InvalidRequestException("gradient.hooks is empty; name at least one hook or glob, e.g. 'blocks.0.hook_resid_post'");
+        IReadOnlyList<HookInfo> hooks;
+        try
+        {
+            hooks = model.Transformer.Hooks.Resolve(g.Hooks);
+        }
+        catch (InvalidRequestException e)
+        {
+            throw new InvalidRequestException($"gradient.hooks: {e.Message}");
+        }
+        if (g.DType is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
+            throw new InvalidRequestException("gradient.dtype must be FLOAT32, BFLOAT16 or FLOAT16");
+        if (g.Positions.Kind == PositionKind.Indices)
+        {
+            foreach (var p in g.Positions.Indices!)
+            {
+                if (p >= length || p < -length)
+                    throw new InvalidRequestException($"gradient.positions: position {p} is outside the sequence of {length} positions (negative indices count from the end)");
+            }
+        }
+
+        int[] tokens = [];
+        int? position = null;
+        int[][] correct = [], incorrect = [];
+        switch (g.Metric)
+        {
+            case GradientMetric.Loss:
+                for (int i = 0; i < batch; i++)
+                {
+                    if (rows[i].Length < 2)
+                        throw new InvalidRequestException($"gradient.loss needs at least two tokens in every row (a next-token target); inputs[{i}] has {rows[i].Length}");
+                }
+                break;
+            case GradientMetric.Logit:
+            case GradientMetric.LogProb:
+                {
+                    string field = g.Metric == GradientMetric.Logit ? "gradient.logit" : "gradient.log_prob";
+                    tokens = PerRow(g.Tokens, batch, vocab, $"{field}.tokens", "tokens");
+                    if (g.Position is int p)
+                    {
+                        if (p >= length)
+                            throw new InvalidRequestException($"{field}.position: position {p} is past the sequence of {length} positions");
+                        if (p < -length)
+                            throw new InvalidRequestException($"{field}.position: position {p} is before the start of the sequence of {length} positions (negative positions count from the end)");
+                        position = p < 0 ? length + p : p;
+                    }
+                    break;
+                }
+            case GradientMetric.LogitDifference:
+                correct = Sets(g.Correct, batch, vocab, "gradient.logit_difference.correct");
+                incorrect = Sets(g.Incorrect, batch, vocab, "gradient.logit_difference.incorrect");
+                break;
+        }
+
+        long selected = g.Positions.Kind switch { PositionKind.Last => 1, PositionKind.Indices => g.Positions.Indices!.Count, _ => length };
+        long outputBytes = hooks.Sum(h => HookCatalogue.ElementCount(h, config, batch, selected, length)) * (g.DType == ScalarType.Float32 ? 4 : 2);
+        long estimate = GradientMemory(config, batch, length, weightType == ScalarType.Float64 ? 8 : 4);
+        if (estimate > options.GradientMemoryBytes)
+        {
+            throw new RequestLimitException(
+                $"the gradient needs an estimated {estimate:N0} bytes of autograd memory ({batch} rows × {length} positions × {config.NLayers} layers, attention maps included), " +
+                $"over this server's gradient budget of {options.GradientMemoryBytes:N0} bytes; send fewer rows or shorter inputs (the estimate grows with rows × positions, and with positions² for attention)");
+        }
+        var validated = new ValidatedGradient
+        {
+            Metric = g.Metric, Tokens = tokens, Position = position, Correct = correct, Incorrect = incorrect,
+            Positions = g.Positions, DType = g.DType, EstimatedBytes = estimate,
+        };
+        return (validated, hooks, outputBytes);
+    }
+
+    /// <summary>One token per row from a list of one (shared) or one per row, each in the vocabulary.</summary>
+    private static int[] PerRow(IReadOnlyList<int> tokens, int batch, int vocab, string field, string what)
+    {
+        if (tokens.Count == 0)
+            throw new InvalidRequestException($"{field} is empty; give one token per row ({batch}) or one for every row");
+        if (tokens.Count != 1 && tokens.Count != batch)
+            throw new InvalidRequestException($"{field} has {tokens.Count} {what} for a batch of {batch} rows; give one per row or one for every row");
+        for (int i = 0; i < tokens.Count; i++)
+        {
+            if (tokens[i] < 0 || tokens[i] >= vocab)
+                throw new InvalidRequestException($"{field}[{i}] = {tokens[i]} is outside the vocabulary (0..{vocab - 1})");
+        }
+        return tokens.Count == batch ? [.. tokens] : Enumerable.Repeat(tokens[0], batch).ToArray();
+    }
+
+    /// <summary>One non-empty token set per row, from one set (shared) or one per row.</summary>
+    private static int[][] Sets(IReadOnlyList<IReadOnlyList<int>> sets, int batch, int vocab, string field)
+    {
+        if (sets.Count == 0)
+            throw new InvalidRequestException($"{field} is empty; give one token set per row ({batch}) or one for every row");
+        if (sets.Count != 1 && sets.Count != batch)
+            throw new InvalidRequestException($"{field} has {sets.Count} sets for a batch of {batch} rows; give one per row or one for every row");
+        for (int i = 0; i < sets.Count; i++)
+        {
+            if (sets[i].Count == 0)
+                throw new InvalidRequestException($"{field}[{i}] has no ids; each set needs at least one token id");
+            foreach (var id in sets[i])
+            {
+                if (id < 0 || id >= vocab)
+                    throw new InvalidRequestException($"{field}[{i}] has id {id}, outside the vocabulary (0..{vocab - 1})");
+            }
+        }
+        return Enumerable.Range(0, batch).Select(r => sets[sets.Count == batch ? r : 0].ToArray()).ToArray();
+    }
+
+    /// <summary>
+    /// The activations a forward keeps for its backward pass, in bytes: per row, position and layer
+    /// the residual-width tensors (norm inputs and outputs, attention and MLP outputs), q/k/v and z,
+    /// the MLP's hidden activations (gated MLPs keep three), the attention scores and pattern
+    /// (heads × positions per query position), then the final norm and the logits with their
+    /// softmax. An estimate within a small factor of what autograd holds, not an exact count.
+    /// </summary>
+    internal static long GradientMemory(ModelConfig c, long batch, long length, long elementSize)
+    {
+        long perLayer = 10L * c.DModel + 2L * c.NHeads * c.DHead + 2L * 2 * c.NKvHeads * c.DHead
+            + (c.GatedMlp ? 4L : 3L) * c.DMlp + 2L * c.NHeads * length;
+        long final = 4L * c.DModel + 3L * c.VocabSize;
+        return batch * length * elementSize * (c.NLayers * perLayer + final);
     }
 
     /// <summary>Refuses a value that does not broadcast to the hook's tensor for this batch.</summary>

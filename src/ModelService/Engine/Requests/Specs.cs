@@ -54,6 +54,43 @@ public sealed class RunSpec
     /// <summary>Also the mean next-token cross-entropy over real tokens.</summary>
     public bool Loss { get; init; }
     public PaddingSide Padding { get; init; } = PaddingSide.Left;
+    /// <summary>Also differentiate a metric of this forward with respect to hook activations (null: no gradients).</summary>
+    public GradientSpec? Gradient { get; init; }
+}
+
+/// <summary>The scalar a gradient request differentiates (computed per row, then summed over rows).</summary>
+public enum GradientMetric
+{
+    /// <summary>None chosen: refused by validation.</summary>
+    Unset,
+    /// <summary>The row's mean next-token cross-entropy over its real tokens.</summary>
+    Loss,
+    /// <summary>The logit of a token at a position.</summary>
+    Logit,
+    /// <summary>The log-probability of a token at a position.</summary>
+    LogProb,
+    /// <summary>Mean logit of the row's correct set minus mean logit of its incorrect set, at its last real token.</summary>
+    LogitDifference,
+}
+
+/// <summary>
+/// A gradient request: d metric / d activation at each hook, selected (positions, dtype) as captures are.
+/// </summary>
+public sealed class GradientSpec
+{
+    public required GradientMetric Metric { get; init; }
+    /// <summary>Logit / LogProb: one token per row, or one for every row.</summary>
+    public IReadOnlyList<int> Tokens { get; init; } = [];
+    /// <summary>Logit / LogProb: absolute position in the padded sequence (negative counts from the end); null = each row's last real token.</summary>
+    public int? Position { get; init; }
+    /// <summary>LogitDifference: one set per row, or one for every row.</summary>
+    public IReadOnlyList<IReadOnlyList<int>> Correct { get; init; } = [];
+    /// <summary>LogitDifference: one set per row, or one for every row.</summary>
+    public IReadOnlyList<IReadOnlyList<int>> Incorrect { get; init; } = [];
+    /// <summary>Hook names or globs.</summary>
+    public IReadOnlyList<string> Hooks { get; init; } = [];
+    public PositionSelection Positions { get; init; } = PositionSelection.All;
+    public ScalarType DType { get; init; } = ScalarType.Float32;
 }
 
 /// <summary>Generation from a batch of prompts (left-padded together), with per-step captures and interventions.</summary>

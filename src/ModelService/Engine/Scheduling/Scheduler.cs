@@ -187,6 +187,11 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
 
     private void ExecuteRunGroup(List<RunWork> group)
     {
+        if (group is [{ Run.Gradient: not null } alone])
+        {
+            GradientRun.Execute(transformer, alone, observer, Sink(alone, alone.Run.Reductions, () => 0));
+            return;
+        }
         var started = Stopwatch.GetTimestamp();
         using var activity = group.Count == 1
             ? Tracing.StartActivity("interpmesh.forward", ActivityKind.Internal, group[0].Trace)
@@ -223,7 +228,7 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
     }
 
     /// <summary>One request's logits, top-k and loss from its rows of the forward.</summary>
-    private static RunOutcome Outcome(RunWork work, Tensor ids, Tensor mask, Tensor? logits, int forwardRows)
+    internal static RunOutcome Outcome(RunWork work, Tensor ids, Tensor mask, Tensor? logits, int forwardRows, double? metric = null, double[]? rowMetrics = null)
     {
         var run = work.Run;
         int batch = (int)ids.shape[0], length = (int)ids.shape[1];
@@ -269,6 +274,8 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
             Loss = loss,
             ForwardBatchSize = forwardRows,
             Receipts = work.Receipts.Snapshot(),
+            Metric = metric,
+            RowMetrics = rowMetrics ?? [],
         };
     }
 

@@ -57,6 +57,12 @@ public sealed class ModelServiceOptions
     /// <summary>A request whose client reads nothing for this long while output waits ends with RESOURCE_EXHAUSTED (seconds).</summary>
     public double StallTimeoutSeconds { get; set; } = 30;
 
+    /// <summary>
+    /// Largest estimated autograd memory (activations kept for the backward pass) one gradient
+    /// request may need (bytes); larger requests get RESOURCE_EXHAUSTED. 0 disables gradients.
+    /// </summary>
+    public long GradientMemoryBytes { get; set; } = 1L << 30;
+
     /// <summary>The engine's view of these settings.</summary>
     public Engine.EngineOptions ToEngineOptions() => new()
     {
@@ -69,6 +75,7 @@ public sealed class ModelServiceOptions
         StallTimeout = TimeSpan.FromSeconds(StallTimeoutSeconds),
         MaxConcurrentRequests = MaxConcurrentRequests,
         AdmissionWait = TimeSpan.FromMilliseconds(AdmissionWaitMs),
+        GradientMemoryBytes = GradientMemoryBytes,
     };
 
     /// <summary>OTLP collector for traces, e.g. <c>http://otel-collector:4317</c>; unset = no trace export (the standard <c>OTEL_EXPORTER_OTLP_ENDPOINT</c> also works).</summary>
@@ -100,6 +107,8 @@ internal sealed class ModelServiceOptionsValidator : IValidateOptions<ModelServi
             errors.Add($"ModelService:MaxChunkBytes must be between 1024 and {3 << 20} (under the 4 MiB message limit), got {o.MaxChunkBytes}");
         if (o.MaxCaptureBytes < 1)
             errors.Add($"ModelService:MaxCaptureBytes must be positive, got {o.MaxCaptureBytes}");
+        if (o.GradientMemoryBytes < 0)
+            errors.Add($"ModelService:GradientMemoryBytes must be 0 (gradients off) or positive, got {o.GradientMemoryBytes}");
         if (o.MaxConcurrentRequests < 1)
             errors.Add($"ModelService:MaxConcurrentRequests must be at least 1, got {o.MaxConcurrentRequests}");
         if (o.AdmissionWaitMs is < 0 or > 60_000)

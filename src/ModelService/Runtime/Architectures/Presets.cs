@@ -31,6 +31,9 @@ public static class Presets
     /// <summary>A model of the given shape with N(0, 0.02²) weights (norm gains 1, biases small).</summary>
     public static Transformer CreateRandom(ModelConfig c, long seed, ScalarType dtype = ScalarType.Float32)
     {
+        // Ordinary tensors even on a torch thread in inference mode, so gradient requests can use them (see ModelLoader.Load).
+        using var normal = inference_mode(false);
+        using var noGrad = no_grad();
         using var gen = new Generator((ulong)seed);
         Tensor N(params long[] shape) => Scalars.MulValue(randn(shape, dtype: ScalarType.Float32, generator: gen), 0.02f).to(dtype).DetachFromDisposeScope();
         Tensor One(long n) => Scalars.AddValue(Scalars.MulValue(randn(n, generator: gen), 0.05f), 1).to(dtype).DetachFromDisposeScope();

@@ -11,17 +11,26 @@ namespace InterpMesh.Runtime.Hooks;
 public delegate void CaptureSink(HookInfo hook, Tensor value);
 
 /// <summary>
+/// Called at each of a plan's <see cref="HookPlan.GradientHooks"/> after the hook's interventions,
+/// with the segment's rows of the activation; returns the activation to continue with (for
+/// gradients: <c>x + z</c> with a zero leaf <c>z</c> that requires grad, so grad(z) = d metric / d x).
+/// </summary>
+public delegate Tensor GradientProbe(HookInfo hook, Tensor value);
+
+/// <summary>
 /// One request's rows of a (possibly shared) forward: rows <c>[Start, Start + Rows)</c> run with
 /// this request's plan, captures go to its sink and intervention effects to its receipts. Rows of
 /// one segment share their KV-cache length, so positions mean the same for all of them.
 /// </summary>
-public sealed class HookSegment(int start, int rows, HookPlan plan, CaptureSink? sink = null, InterventionReceipts? receipts = null)
+public sealed class HookSegment(int start, int rows, HookPlan plan, CaptureSink? sink = null, InterventionReceipts? receipts = null, GradientProbe? probe = null)
 {
     public int Start { get; } = start;
     public int Rows { get; } = rows;
     public HookPlan Plan { get; } = plan;
     public CaptureSink? Sink { get; } = sink;
     public InterventionReceipts? Receipts { get; } = receipts;
+    /// <summary>Applied at the plan's gradient hooks after their interventions (null: none).</summary>
+    public GradientProbe? Probe { get; } = probe;
 }
 
 /// <summary>
@@ -81,7 +90,7 @@ internal sealed class HookContext
             for (int i = 0; i < segments.Count; i++)
             {
                 var s = segments[i];
-                if (!s.Plan.TryGetInterventions(name, out _))
+                if (!s.Plan.TryGetInterventions(name, out _) && !Probes(s, name))
                     continue;
                 var own = x.narrow(0, s.Start, s.Rows);
                 var changed = Intervene(s, hook!, own, offsets[i]);
@@ -110,16 +119,22 @@ internal sealed class HookContext
         return x;
     }
 
+    private static bool Probes(HookSegment s, string name) => s.Probe is not null && s.Plan.GradientHooks.Contains(name);
+
     private static Tensor Intervene(HookSegment s, HookInfo hook, Tensor x, int offset)
     {
-        if (!s.Plan.TryGetInterventions(hook.Name, out var list))
-            return x;
-        foreach (var iv in list)
+        if (s.Plan.TryGetInterventions(hook.Name, out var list))
         {
-            var before = x;
-            x = iv.Apply(hook, x, offset);
-            s.Receipts?.Record(iv, before, x);
+            foreach (var iv in list)
+            {
+                var before = x;
+                x = iv.Apply(hook, x, offset);
+                s.Receipts?.Record(iv, before, x);
+            }
         }
+        // The gradient is taken at the activation the rest of the forward sees: after the interventions.
+        if (Probes(s, hook.Name))
+            x = s.Probe!(hook, x);
         return x;
     }
 
@@ -136,7 +151,12 @@ internal sealed class HookContext
         pending.Clear();
     }
 
-    private static Tensor Select(HookInfo hook, Tensor x, PositionSelection positions, ScalarType dtype, Tensor lastRealIndex, int positionOffset)
+    /// <summary>
+    /// A capture's selection of <paramref name="x"/> (one segment's rows): the requested positions
+    /// (last real token per row, indices, or all) in <paramref name="dtype"/>, never aliasing x.
+    /// Gradients are selected with it too.
+    /// </summary>
+    internal static Tensor Select(HookInfo hook, Tensor x, PositionSelection positions, ScalarType dtype, Tensor lastRealIndex, int positionOffset)
     {
         int posDim = hook.Layout == HookLayout.AttentionMap ? 2 : 1;
         Tensor selected;

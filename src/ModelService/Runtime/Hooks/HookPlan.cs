@@ -30,6 +30,14 @@ public sealed record PositionSelection
 
     public PositionKind Kind { get; }
     public IReadOnlyList<int>? Indices { get; }
+
+    /// <summary>
+    /// This selection of a whole-forward tensor <paramref name="x"/> at <paramref name="hook"/>, in
+    /// <paramref name="dtype"/>, exactly as a capture selects it (<paramref name="lastRealIndex"/>:
+    /// each row's last real position, <c>[batch]</c> int64). A new tensor, never a view of x.
+    /// </summary>
+    public Tensor Apply(HookInfo hook, Tensor x, ScalarType dtype, Tensor lastRealIndex) =>
+        HookContext.Select(hook, x, this, dtype, lastRealIndex, 0);
 }
 
 /// <summary>What to capture: hook names or globs, which positions, in which dtype.</summary>
@@ -50,9 +58,11 @@ public sealed class HookPlan
         Dictionary<string, List<Intervention>> interventions,
         int deepestCaptureOrder,
         IReadOnlySet<string> active,
-        IReadOnlyList<InterventionTarget> targets)
+        IReadOnlyList<InterventionTarget> targets,
+        IReadOnlySet<string> gradients)
     {
         Targets = targets;
+        GradientHooks = gradients;
         this.captures = captures;
         this.interventions = interventions;
         DeepestCaptureOrder = deepestCaptureOrder;
@@ -60,7 +70,7 @@ public sealed class HookPlan
     }
 
     /// <summary>A plan that captures nothing and changes nothing.</summary>
-    public static HookPlan Empty { get; } = new([], [], -1, new HashSet<string>(), []);
+    public static HookPlan Empty { get; } = new([], [], -1, new HashSet<string>(), [], new HashSet<string>());
 
     /// <summary>The plan's interventions in request order, each with the hooks it matched.</summary>
     public IReadOnlyList<InterventionTarget> Targets { get; }
@@ -73,7 +83,15 @@ public sealed class HookPlan
 
     public IEnumerable<string> CapturedHooks => captures.Keys;
 
-    public static HookPlan Build(HookCatalogue catalogue, IEnumerable<CaptureRequest>? captureRequests, IEnumerable<Intervention>? interventionList)
+    /// <summary>Hooks whose activation gets a gradient probe (a request that differentiates a metric), after their interventions.</summary>
+    public IReadOnlySet<string> GradientHooks { get; }
+
+    /// <param name="catalogue">The model's hooks.</param>
+    /// <param name="captureRequests">What to capture.</param>
+    /// <param name="interventionList">What to change.</param>
+    /// <param name="gradientHooks">Hook names or globs to differentiate at (see <see cref="HookSegment.Probe"/>).</param>
+    public static HookPlan Build(HookCatalogue catalogue, IEnumerable<CaptureRequest>? captureRequests, IEnumerable<Intervention>? interventionList,
+        IEnumerable<string>? gradientHooks = null)
     {
         var caps = new Dictionary<string, (PositionSelection, ScalarType)>(StringComparer.Ordinal);
         int deepest = -1;
@@ -104,9 +122,13 @@ public sealed class HookPlan
                 list.Add(iv);
             }
         }
+        var gradients = new HashSet<string>(StringComparer.Ordinal);
+        if (gradientHooks is not null && gradientHooks.Any())
+            gradients.UnionWith(catalogue.Resolve(gradientHooks).Select(h => h.Name));
         var active = new HashSet<string>(caps.Keys, StringComparer.Ordinal);
         active.UnionWith(ivs.Keys);
-        return new HookPlan(caps, ivs, deepest, active, targets);
+        active.UnionWith(gradients);
+        return new HookPlan(caps, ivs, deepest, active, targets, gradients);
     }
 
     internal bool IsActive(string name) => Active.Count != 0 && Active.Contains(name);

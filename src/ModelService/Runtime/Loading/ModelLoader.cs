@@ -34,6 +34,11 @@ public static class ModelLoader
     public static LoadedModel Load(string path, string? tokenizerPath = null, ScalarType dtype = ScalarType.Float32, string device = "cpu")
     {
         var target = ParseDevice(device);
+        // Weights are ordinary tensors even when loaded on a torch thread in inference mode: a
+        // gradient request saves them for its backward pass, which inference tensors refuse. They
+        // never require grad, and inference-mode forwards read them as before.
+        using var normal = inference_mode(false);
+        using var noGrad = no_grad();
         if (dtype is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
             throw new ArgumentException($"model dtype {dtype} is not supported; use float32, bfloat16 or float16");
         string full = Path.GetFullPath(path);
