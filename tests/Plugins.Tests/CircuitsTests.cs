@@ -1,0 +1,270 @@
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Grpc.Core;
+using InterpMesh.AnalysisWorker.Jobs;
+using InterpMesh.Contracts.Tensors;
+using InterpMesh.Contracts.V1;
+using Microsoft.Extensions.DependencyInjection;
+
+namespace InterpMesh.Plugins.Tests;
+
+/// <summary>Model calls the circuits tests make themselves, through the gateway: the independent side of each comparison.</summary>
+internal static class Direct
+{
+    public static async Task<(Dictionary<string, WireTensor> Captures, RunResult Result)> RunAsync(Grpc.Net.Client.GrpcChannel channel, RunRequest request)
+    {
+        var client = new Contracts.V1.ModelService.ModelServiceClient(channel);
+        using var call = client.Run(request, Mesh.As(Mesh.AliceKey));
+        var assembler = new ChunkAssembler();
+        var captures = new Dictionary<string, WireTensor>();
+        RunResult? result = null;
+        await foreach (var m in call.ResponseStream.ReadAllAsync())
+        {
+            if (m.Result is { } r)
+                result = r;
+            else if (assembler.Add(m.Activation) is { } a)
+                captures[a.Hook] = a.Tensor;
+        }
+        return (captures, result!);
+    }
+
+    public static async Task<Dictionary<string, WireTensor>> WeightsAsync(Grpc.Net.Client.GrpcChannel channel, params string[] names)
+    {
+        var client = new Contracts.V1.ModelService.ModelServiceClient(channel);
+        using var call = client.GetWeights(new GetWeightsRequest { Names = { names } }, Mesh.As(Mesh.AliceKey));
+        var assembler = new ChunkAssembler();
+        var result = new Dictionary<string, WireTensor>();
+        await foreach (var m in call.ResponseStream.ReadAllAsync())
+        {
+            if (assembler.Add(m.Chunk) is { } a)
+                result[a.Hook] = a.Tensor;
+        }
+        return result;
+    }
+
+    public static async Task<int[]> TokensAsync(Grpc.Net.Client.GrpcChannel channel, string text)
+    {
+        var client = new Contracts.V1.ModelService.ModelServiceClient(channel);
+        var response = await client.TokenizeAsync(new TokenizeRequest { Texts = { text } }, Mesh.As(Mesh.AliceKey));
+        return [.. response.Tokens[0].Ids];
+    }
+
+    public static Input Tokens(int[] ids) => new() { Tokens = new TokenIds { Ids = { ids } } };
+
+    public static List<JsonElement> Rows(Job job, string table) =>
+        [.. JsonDocument.Parse(job.Result.Tables.Single(t => t.Name == table).RowsJson).RootElement.EnumerateArray()];
+}
+
+/// <summary>
+/// The circuits plugin on the "induction" toy, whose card names the previous-token heads (L0H3, L0H1,
+/// L0H2) and the induction heads (L1H0–3). Prompt pairs: clean = filler + segment + the segment again up
+/// to its fifth token (the answer is the segment's sixth token, which follows the earlier occurrence of
+/// the current token); corrupted = the same with the first occurrence changed.
+/// </summary>
+public sealed class CircuitsInductionTests(InductionMeshFixture mesh) : IClassFixture<InductionMeshFixture>
+{
+    private static string T(int i) => $"t{i:00}";
+
+    /// <summary>
+    /// Pairs of 17 tokens (bos, 3 filler, 8-token segment, its first 5 tokens again). whole: the whole first
+    /// occurrence replaced by other symbols (nothing earlier predicts the answer); otherwise only the token
+    /// before the answer's earlier occurrence (the segment's fifth) is replaced, so the answer still stands
+    /// in the first occurrence but no longer follows the current token there.
+    /// </summary>
+    internal static List<object> Pairs(int n, int seed, bool whole)
+    {
+        var rng = new Random(seed);
+        var pairs = new List<object>();
+        for (int i = 0; i < n; i++)
+        {
+            var symbols = Enumerable.Range(0, 60).OrderBy(_ => rng.Next()).ToArray();
+            var filler = symbols[..3];
+            var segment = symbols[3..11];
+            var other = symbols[11..19];
+            int wrong = symbols[19];
+            var clean = filler.Concat(segment).Concat(segment[..5]);
+            var firstCopy = whole ? other : [.. segment[..4], other[0], .. segment[5..]];
+            var corrupted = filler.Concat(firstCopy).Concat(segment[..5]);
+            pairs.Add(new { clean = string.Join(' ', clean.Select(T)), corrupted = string.Join(' ', corrupted.Select(T)), answer = T(segment[5]), wrong = T(wrong) });
+        }
+        return pairs;
+    }
+
+    private static double Metric(float[] logits, int answer, int wrong) => (double)logits[answer] - logits[wrong];
+
+    [Fact]
+    public async Task Activation_patching_of_heads_singles_out_the_induction_heads_and_matches_an_explicit_patch()
+    {
+        var pairs = Pairs(8, 1, whole: true);
+        var job = await mesh.RunAsync("circuits", JsonSerializer.Serialize(new { mode = "activation_patching", pairs, components = new[] { "heads" } }));
+        Assert.True(job.State == JobState.Succeeded, job.Error);
+        var rows = Direct.Rows(job, "effects");
+        Assert.Equal(8, rows.Count);
+        var effect = rows.ToDictionary(r => $"L{r[2].GetInt32()}H{r[3].GetInt32()}", r => r[7].GetDouble());
+        var induction = Card.Heads("induction", "induction");
+        double weakestInduction = induction.Min(h => effect[h]);
+        double strongestOther = effect.Where(e => !induction.Contains(e.Key)).Max(e => e.Value);
+        // Asserted: every induction head (layer 1) restores more than any layer-0 head, and at least 0.1 of the clean-corrupted gap.
+        Assert.True(weakestInduction > strongestOther && weakestInduction > 0.1, $"normalised effects: {JsonSerializer.Serialize(effect)}");
+        Assert.Contains(job.Result.Figures, f => f.Name == "heads");
+
+        // Independent: the first pair's L1H2 patched by hand (clean z of head 2 SET into the corrupted run).
+        var first = JsonSerializer.SerializeToElement(pairs[0]);
+        int[] clean = await Direct.TokensAsync(mesh.Channel, first.GetProperty("clean").GetString()!);
+        int[] corrupted = await Direct.TokensAsync(mesh.Channel, first.GetProperty("corrupted").GetString()!);
+        int answer = (await Direct.TokensAsync(mesh.Channel, first.GetProperty("answer").GetString()!))[^1];
+        int wrong = (await Direct.TokensAsync(mesh.Channel, first.GetProperty("wrong").GetString()!))[^1];
+        var (caps, _) = await Direct.RunAsync(mesh.Channel, new RunRequest { Inputs = { Direct.Tokens(clean) }, Captures = { new Capture { Hooks = { "blocks.1.attn.hook_z" } } } });
+        var z = caps["blocks.1.attn.hook_z"];
+        var patched = new RunRequest { Inputs = { Direct.Tokens(corrupted) }, Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
+        patched.Interventions.Add(new Contracts.V1.Intervention { Hook = "blocks.1.attn.hook_z", Op = Contracts.V1.InterventionOp.Set, Heads = { 2 }, Value = z.ToProto() });
+        var (_, result) = await Direct.RunAsync(mesh.Channel, patched);
+        double byHand = Metric(WireTensor.FromProto(result.Logits, "logits").ToFloat32(), answer, wrong);
+        // The same patch through a one-pair job.
+        var one = await mesh.RunAsync("circuits", JsonSerializer.Serialize(new { pairs = new[] { pairs[0] }, components = new[] { "heads" }, layers = new[] { 1 } }));
+        Assert.True(one.State == JobState.Succeeded, one.Error);
+        double plugin = Direct.Rows(one, "effects").Single(r => r[3].GetInt32() == 2)[6].GetDouble();
+        Assert.True(Math.Abs(plugin - byHand) < 1e-4, $"plugin {plugin}, by hand {byHand}");
+    }
+
+    [Fact]
+    public async Task Position_sweeps_cover_layer_by_position_and_the_last_layer_s_resid_at_the_last_position_restores_fully()
+    {
+        var job = await mesh.RunAsync("circuits", JsonSerializer.Serialize(new { pairs = Pairs(4, 2, whole: true), components = new[] { "resid_pre", "attn_out", "mlp_out", "heads_by_position", "q", "k", "v", "pattern" } }));
+        Assert.True(job.State == JobState.Succeeded, job.Error);
+        var rows = Direct.Rows(job, "effects");
+        // 17 positions: resid_pre, attn_out, mlp_out 2 × 17 each; heads_by_position 2 × 4 × 17; q, k, v, pattern 2 × 4 each.
+        Assert.Equal(3 * 34 + 136 + 4 * 8, rows.Count);
+        // Patching all of blocks.0.hook_resid_pre at... position 0 is the shared bos: nothing changes; the whole residual at the last position of layer 0 carries no
+        // earlier-copy information, but patching layer 1's residual input at the position after the earlier occurrence does not restore either.
+        double ResidPre(int layer, int position) => rows.Single(r => r[0].GetString() == "resid_pre" && r[2].GetInt32() == layer && r[4].GetInt32() == position)[7].GetDouble();
+        Assert.True(Math.Abs(ResidPre(0, 0)) < 1e-4, $"bos position: {ResidPre(0, 0)}");
+        foreach (var f in new[] { "resid_pre", "attn_out", "mlp_out", "heads_by_position" })
+            Assert.Contains(job.Result.Figures, x => x.Name == f);
+    }
+
+    [Fact]
+    public async Task Path_patching_shows_the_previous_token_heads_reaching_the_induction_heads_through_their_keys()
+    {
+        var job = await mesh.RunAsync("circuits", JsonSerializer.Serialize(new
+        {
+            mode = "path_patching",
+            pairs = Pairs(8, 3, whole: false),
+            receivers = Enumerable.Range(0, 4).Select(h => new { layer = 1, head = h }),
+            receiver_inputs = new[] { "q", "k", "v" },
+        }));
+        Assert.True(job.State == JobState.Succeeded, job.Error);
+        var rows = Direct.Rows(job, "path_effects");
+        Assert.Equal(4 * 3, rows.Count);
+        var previous = Card.Heads("induction", "previous-token");
+        double Total(string input) => rows.Where(r => previous.Contains(r[0].GetString()!) && r[3].GetString() == input).Sum(r => r[5].GetDouble());
+        double k = Total("k"), q = Total("q"), v = Total("v");
+        // Asserted: through k the previous-token heads restore at least 0.3 of the gap, and over 5 times what they restore through q or v.
+        Assert.True(k > 0.3 && k > 5 * Math.Abs(q) && k > 5 * Math.Abs(v), $"previous-token heads → induction heads: k {k}, q {q}, v {v}; rows {job.Result.Tables.Single(t => t.Name == "path_effects").RowsJson}");
+    }
+
+    [Fact]
+    public async Task The_logit_lens_last_layer_equals_the_model_s_logits()
+    {
+        var pairs = Pairs(2, 4, whole: true);
+        var job = await mesh.RunAsync("circuits", JsonSerializer.Serialize(new { mode = "logit_lens", pairs, top_k = 3, save_as = "circuits/lens-test" }));
+        Assert.True(job.State == JobState.Succeeded, job.Error);
+        var rows = Direct.Rows(job, "logit_lens");
+        Assert.Equal(2 * 3 * 17, rows.Count);
+
+        // Independent: the model's own logits for pair 0 (a separate Run), against the saved lens logits of the last layer.
+        var first = JsonSerializer.SerializeToElement(pairs[0]);
+        int[] clean = await Direct.TokensAsync(mesh.Channel, first.GetProperty("clean").GetString()!);
+        int answer = (await Direct.TokensAsync(mesh.Channel, first.GetProperty("answer").GetString()!))[^1];
+        var (_, result) = await Direct.RunAsync(mesh.Channel, new RunRequest { Inputs = { Direct.Tokens(clean) }, Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.All } });
+        var real = WireTensor.FromProto(result.Logits, "logits").ToFloat32();
+        int vocab = real.Length / clean.Length;
+        var store = mesh.WorkerServices.GetRequiredService<PluginArtifacts>();
+        var saved = await store.LoadTensorsAsync("circuits/lens-test");
+        try
+        {
+            var lens = saved["pair0.last_position_logits"].data<float>().ToArray();
+            Assert.Equal(3 * vocab, lens.Length);
+            double maxDiff = Enumerable.Range(0, vocab).Max(i => Math.Abs(lens[2 * vocab + i] - real[(clean.Length - 1) * vocab + i]));
+            Assert.True(maxDiff <= 1e-4, $"last-layer lens vs the model's logits: max |diff| {maxDiff}");
+            // The embeddings' lens differs from the model (else the lens would be trivial).
+            double embedDiff = Enumerable.Range(0, vocab).Max(i => Math.Abs(lens[i] - real[(clean.Length - 1) * vocab + i]));
+            Assert.True(embedDiff > 0.1, $"embeddings' lens vs the logits: {embedDiff}");
+        }
+        finally
+        {
+            foreach (var t in saved.Values)
+                t.Dispose();
+        }
+        // Every position of the last layer: the answer's probability is the softmax of the model's logits.
+        foreach (var r in rows.Where(r => r[0].GetInt32() == 0 && r[1].GetInt32() == 1))
+        {
+            int pos = r[3].GetInt32();
+            var row = real.AsSpan(pos * vocab, vocab).ToArray();
+            double max = row.Max(), p = Math.Exp(row[answer] - max) / row.Sum(x => Math.Exp(x - max));
+            Assert.True(Math.Abs(p - r[9].GetDouble()) < 1e-5, $"position {pos}: lens {r[9]}, model {p}");
+        }
+        var summary = JsonNode.Parse(job.Result.SummaryJson)!;
+        Assert.True(summary["last_layer_max_abs_diff"]!.GetValue<double>() <= 1e-4);
+    }
+
+    [Fact]
+    public async Task Direct_logit_attribution_sums_to_the_logit_difference()
+    {
+        var pairs = Pairs(4, 5, whole: true);
+        var job = await mesh.RunAsync("circuits", JsonSerializer.Serialize(new { mode = "direct_logit_attribution", pairs }));
+        Assert.True(job.State == JobState.Succeeded, job.Error);
+        var parts = Direct.Rows(job, "dla");
+        double sum = parts.Sum(r => r[4].GetDouble());
+
+        // Independent: the real logit difference from a separate Run of the clean prompts.
+        double real = 0;
+        var head = new Dictionary<int, double>();
+        foreach (var pair in pairs.Select(x => JsonSerializer.SerializeToElement(x)))
+        {
+            int[] clean = await Direct.TokensAsync(mesh.Channel, pair.GetProperty("clean").GetString()!);
+            int answer = (await Direct.TokensAsync(mesh.Channel, pair.GetProperty("answer").GetString()!))[^1];
+            int wrong = (await Direct.TokensAsync(mesh.Channel, pair.GetProperty("wrong").GetString()!))[^1];
+            var (_, result) = await Direct.RunAsync(mesh.Channel, new RunRequest { Inputs = { Direct.Tokens(clean) }, Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } });
+            real += Metric(WireTensor.FromProto(result.Logits, "logits").ToFloat32(), answer, wrong) / pairs.Count;
+        }
+        Assert.True(Math.Abs(sum - real) < 1e-4, $"parts + bias {sum}, real logit difference {real}");
+        // The induction heads carry most of the direct effect (the card: they copy the answer).
+        var induction = Card.Heads("induction", "induction");
+        double inductionShare = parts.Where(r => induction.Contains(r[0].GetString()!)).Sum(r => r[4].GetDouble());
+        Assert.True(inductionShare > 0.5 * real, $"induction heads' direct share {inductionShare} of {real}");
+    }
+
+    [Theory]
+    [InlineData("""{"pairs": [{"clean": "t01 t02 t03", "corrupted": "t01 t02", "answer": "t04", "wrong": "t05"}]}""", "pairs[0]: clean has 4 tokens, corrupted 3")]
+    [InlineData("""{"pairs": [{"clean": "t01 t02 t03", "corrupted": "t01 t02 t09", "answer": "t04 t05", "wrong": "t05"}]}""", "pairs[0].answer \"t04 t05\" is 2 tokens")]
+    [InlineData("""{"pairs": [{"clean": "t01 t02 t03", "corrupted": "t01 t02 t09", "answer": "t04", "wrong": "t05"}], "layers": [2]}""", "layers[0]: layer 2 is out of range; this model has layers 0..1")]
+    [InlineData("""{"pairs": [{"clean": "t01 t02 t03", "corrupted": "t01 t02 t09", "answer": "t04", "wrong": "t05"}, {"clean": "t01 t02", "corrupted": "t01 t09", "answer": "t04", "wrong": "t05"}], "components": ["resid_pre"]}""", "pairs[1]: 3 tokens, but pairs[0] has 4")]
+    [InlineData("""{"mode": "path_patching", "pairs": [{"clean": "t01 t02 t03", "corrupted": "t01 t02 t09", "answer": "t04", "wrong": "t05"}], "receivers": [{"layer": 1, "head": 4}]}""", "receivers[0].head: 4 is out of range")]
+    [InlineData("""{"mode": "path_patching", "pairs": [{"clean": "t01 t02 t03", "corrupted": "t01 t02 t09", "answer": "t04", "wrong": "t05"}], "receivers": [{"layer": 1, "head": 0}], "senders": [{"layer": 1, "head": 1}]}""", "senders[0]: L1H1 is not below any receiver")]
+    [InlineData("""{"mode": "logit_lens", "pairs": [{"clean": "t01 t02 t03", "answer": "t04"}], "positions": [9]}""", "positions[0]: 9 is outside pairs[0].clean's 4 tokens")]
+    [InlineData("""{"pairs": [{"clean": "t01 t02 t03", "corrupted": "t01 t02 t09", "answer": "t04"}]}""", "pairs[0].wrong is missing")]
+    [InlineData("""{"pairs_artifact": "circuits/none"}""", "pairs_artifact: there is no artifact 'circuits/none'")]
+    public async Task Bad_input_fails_the_job_as_invalid_argument_naming_the_field(string parameters, string message)
+    {
+        var job = await mesh.RunAsync("circuits", parameters);
+        Assert.Equal(JobState.Failed, job.State);
+        Assert.Equal("INVALID_ARGUMENT", job.ErrorCode);
+        Assert.Contains(message, job.Error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Pairs_can_come_from_a_jsonl_artifact()
+    {
+        var pairs = Pairs(3, 6, whole: true);
+        var store = mesh.WorkerServices.GetRequiredService<PluginArtifacts>();
+        var jsonl = string.Join('\n', pairs.Select(p => JsonSerializer.Serialize(p)));
+        await store.SaveFilesAsync("datasets/induction-pairs", new Dictionary<string, byte[]> { ["pairs.jsonl"] = Encoding.UTF8.GetBytes(jsonl) });
+        var fromArtifact = await mesh.RunAsync("circuits", JsonSerializer.Serialize(new { pairs_artifact = "datasets/induction-pairs", layers = new[] { 1 } }));
+        var inline = await mesh.RunAsync("circuits", JsonSerializer.Serialize(new { pairs, layers = new[] { 1 } }));
+        Assert.True(fromArtifact.State == JobState.Succeeded, fromArtifact.Error);
+        Assert.Equal(Direct.Rows(inline, "effects").Select(r => r[6].GetDouble()), Direct.Rows(fromArtifact, "effects").Select(r => r[6].GetDouble()));
+        Assert.Equal(3, JsonNode.Parse(fromArtifact.Result.SummaryJson)!["pairs"]!.GetValue<int>());
+    }
+}
