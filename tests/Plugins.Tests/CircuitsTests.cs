@@ -134,20 +134,40 @@ public sealed class CircuitsInductionTests(InductionMeshFixture mesh, ITestOutpu
     }
 
     [Fact]
-    public async Task Position_sweeps_cover_layer_by_position_and_the_last_layer_s_resid_at_the_last_position_restores_fully()
+    public async Task Position_sweeps_find_the_answer_s_earlier_occurrence_and_match_explicit_patches()
     {
-        var job = await mesh.RunAsync("circuits", JsonSerializer.Serialize(new { pairs = Pairs(4, 2, whole: true), components = new[] { "resid_pre", "attn_out", "mlp_out", "heads_by_position", "q", "k", "v", "pattern" } }));
+        var pairs = Pairs(4, 2, whole: true);
+        var job = await mesh.RunAsync("circuits", JsonSerializer.Serialize(new { pairs, components = new[] { "resid_pre", "attn_out", "mlp_out", "heads_by_position", "q", "k", "v", "pattern" } }));
         Assert.True(job.State == JobState.Succeeded, job.Error);
         var rows = Direct.Rows(job, "effects");
         output.WriteLine($"sweeps: {job.Result.SummaryJson}");
         // 17 positions: resid_pre, attn_out, mlp_out 2 × 17 each; heads_by_position 2 × 4 × 17; q, k, v, pattern 2 × 4 each.
         Assert.Equal(3 * 34 + 136 + 4 * 8, rows.Count);
-        // Patching all of blocks.0.hook_resid_pre at... position 0 is the shared bos: nothing changes; the whole residual at the last position of layer 0 carries no
-        // earlier-copy information, but patching layer 1's residual input at the position after the earlier occurrence does not restore either.
-        double ResidPre(int layer, int position) => rows.Single(r => r[0].GetString() == "resid_pre" && r[2].GetInt32() == layer && r[4].GetInt32() == position)[7].GetDouble();
-        Assert.True(Math.Abs(ResidPre(0, 0)) < 1e-4, $"bos position: {ResidPre(0, 0)}");
-        foreach (var f in new[] { "resid_pre", "attn_out", "mlp_out", "heads_by_position" })
+        foreach (var f in new[] { "resid_pre", "attn_out", "mlp_out", "heads_by_position", "q", "k", "v", "pattern" })
             Assert.Contains(job.Result.Figures, x => x.Name == f);
+        JsonElement Row(string component, int layer, int position) => rows.Single(r => r[0].GetString() == component && r[2].GetInt32() == layer && r[4].GetInt32() == position);
+        // Layer 1 reads the answer from its earlier occurrence (position 9 = bos + 3 filler + 5): the clean residual
+        // there restores the answer (measured 0.99), more than at any other position; layer 1's attention output at
+        // the last position carries it (measured 0.9997).
+        var layer1 = rows.Where(r => r[0].GetString() == "resid_pre" && r[2].GetInt32() == 1).OrderByDescending(r => r[7].GetDouble()).ToList();
+        Assert.Equal(9, layer1[0][4].GetInt32());
+        Assert.True(layer1[0][7].GetDouble() > 0.9 && Row("attn_out", 1, 16)[7].GetDouble() > 0.9, $"resid_pre L1 @9 {layer1[0][7]}, attn_out L1 @16 {Row("attn_out", 1, 16)[7]}");
+
+        // Independent: blocks.1.hook_resid_pre at position 9 patched by hand for every pair, the metric averaged.
+        double byHand = 0;
+        foreach (var pair in pairs.Select(x => JsonSerializer.SerializeToElement(x)))
+        {
+            int[] clean = await Direct.TokensAsync(mesh.Channel, pair.GetProperty("clean").GetString()!);
+            int[] corrupted = await Direct.TokensAsync(mesh.Channel, pair.GetProperty("corrupted").GetString()!);
+            int answer = (await Direct.TokensAsync(mesh.Channel, pair.GetProperty("answer").GetString()!))[^1];
+            int wrong = (await Direct.TokensAsync(mesh.Channel, pair.GetProperty("wrong").GetString()!))[^1];
+            var (caps, _) = await Direct.RunAsync(mesh.Channel, new RunRequest { Inputs = { Direct.Tokens(clean) }, Captures = { new Capture { Hooks = { "blocks.1.hook_resid_pre" } } } });
+            var patched = new RunRequest { Inputs = { Direct.Tokens(corrupted) }, Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
+            patched.Interventions.Add(new Contracts.V1.Intervention { Hook = "blocks.1.hook_resid_pre", Op = Contracts.V1.InterventionOp.Set, Positions = { 9 }, Value = caps["blocks.1.hook_resid_pre"].ToProto() });
+            var (_, result) = await Direct.RunAsync(mesh.Channel, patched);
+            byHand += Metric(WireTensor.FromProto(result.Logits, "logits").ToFloat32(), answer, wrong) / pairs.Count;
+        }
+        Assert.True(Math.Abs(byHand - Row("resid_pre", 1, 9)[6].GetDouble()) < 1e-4, $"plugin {Row("resid_pre", 1, 9)[6]}, by hand {byHand}");
     }
 
     [Fact]
@@ -345,5 +365,18 @@ public sealed class CircuitsFunctionsTests(FunctionsMeshFixture mesh, ITestOutpu
         Assert.True(topShare > 0.95 && topShare > restShare + 0.3, $"top 2 ({string.Join(", ", ranked.Take(2))}) restore {topShare}, the other 6 {restShare}");
         var summary = JsonNode.Parse(job.Result.SummaryJson)!;
         Assert.True(Math.Abs(summary["clean_metric"]!.GetValue<double>() - clean) < 1e-4 && Math.Abs(summary["corrupted_metric"]!.GetValue<double>() - corrupt) < 1e-4);
+    }
+}
+
+public sealed class CircuitsMathTests
+{
+    [Fact]
+    public void Spearman_uses_average_ranks_for_ties()
+    {
+        Assert.Equal(1, Circuits.AttributionPatching.Spearman([1, 2, 3, 4], [10, 20, 30, 45]), 12);
+        Assert.Equal(-1, Circuits.AttributionPatching.Spearman([1, 2, 3, 4], [4, 3, 2, 1]), 12);
+        // By hand: ranks [0, 1.5, 1.5, 3] and [0, 2, 1, 3] give 4.5 / sqrt(4.5 · 5).
+        Assert.Equal(4.5 / Math.Sqrt(4.5 * 5), Circuits.AttributionPatching.Spearman([1, 2, 2, 3], [1, 3, 2, 4]), 12);
+        Assert.True(double.IsNaN(Circuits.AttributionPatching.Spearman([1], [1])));
     }
 }

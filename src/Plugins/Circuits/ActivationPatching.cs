@@ -14,6 +14,9 @@ internal sealed record PatchUnit(PatchComponent Component, string Hook, int Laye
         Act value;
         switch (Component)
         {
+            case PatchComponent.ResidPre or PatchComponent.AttnOut or PatchComponent.MlpOut when Position is null:
+                value = act; // [pos, d_model]: every position (attribution patching's MLP nodes)
+                break;
             case PatchComponent.ResidPre or PatchComponent.AttnOut or PatchComponent.MlpOut:
                 value = act.Select(0, Position!.Value); // [d_model], at one position
                 iv.Positions.Add(Position.Value);
