@@ -38,6 +38,13 @@ internal sealed class Act(float[] data, long[] shape)
         return new Act(result, [.. shape]);
     }
 
+    /// <summary>The first <paramref name="count"/> entries of dimension 0.</summary>
+    public Act Head(long count)
+    {
+        long inner = Data.Length / Math.Max(1, Shape[0]);
+        return new Act(Data[..(int)(count * inner)], [count, .. Shape[1..]]);
+    }
+
     public Contracts.V1.Tensor ToProto() => WireTensor.FromFloat32(Data, Shape).ToProto();
 
     public static Act operator -(Act a, Act b) => new([.. a.Data.Zip(b.Data, (x, y) => x - y)], a.Shape);

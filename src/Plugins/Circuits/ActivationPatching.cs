@@ -161,7 +161,7 @@ internal static class ActivationPatching
         IAnalysisContext context, double progressFrom, double progressTo)
     {
         var sums = new double[units.Count];
-        int batch = set.MaxBatch, done = 0, total = set.Pairs.Count * units.Count;
+        int batch = Math.Min(set.MaxBatch, Calls.LogitRows(set.Info)), done = 0, total = set.Pairs.Count * units.Count;
         foreach (var pair in set.Pairs)
         {
             var source = direction == PatchDirection.Denoising ? baseline.CleanActs[pair.Index] : baseline.CorruptActs[pair.Index];

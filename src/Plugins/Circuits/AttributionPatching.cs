@@ -40,7 +40,7 @@ internal static class AttributionPatching
         var sums = new double[nodes.Count];
 
         bool denoising = p.Direction == PatchDirection.Denoising;
-        int perRun = Calls.RowsPerRun(info, hooks, length, set.MaxBatch);
+        int perRun = Math.Min(Calls.LogitRows(info), Calls.RowsPerRun(info, hooks, length, set.MaxBatch));
         for (int start = 0; start < set.Pairs.Count; start += perRun)
         {
             var chunk = set.Pairs.Skip(start).Take(perRun).ToList();

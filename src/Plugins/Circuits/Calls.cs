@@ -80,6 +80,13 @@ internal static class Calls
         return n;
     }
 
+    /// <summary>Bytes of logits one Run result may carry: under the 16 MiB gRPC message limit of the SDK's channels.</summary>
+    public const long MaxLogitBytes = 12L << 20;
+
+    /// <summary>Rows per Run whose float32 logits at <paramref name="positions"/> positions fit one result message (at least 1).</summary>
+    public static int LogitRows(ModelInfo info, int positions = 1) =>
+        (int)Math.Clamp(MaxLogitBytes / Math.Max(1L, 4L * info.VocabSize * positions), 1, int.MaxValue);
+
     /// <summary>Rows per Run that keep a capture of <paramref name="hooks"/> within the server's budget and max_batch.</summary>
     public static int RowsPerRun(ModelInfo info, IReadOnlyCollection<string> hooks, int length, int maxBatch)
     {
@@ -123,7 +130,7 @@ internal sealed class Baseline
         foreach (var group in set.Pairs.GroupBy(p => p.Length))
         {
             var pairs = group.ToList();
-            int perRun = Math.Max(1, Calls.RowsPerRun(set.Info, hooks, group.Key, set.MaxBatch) / 2);
+            int perRun = Math.Max(1, Math.Min(Calls.RowsPerRun(set.Info, hooks, group.Key, set.MaxBatch), Calls.LogitRows(set.Info)) / 2);
             for (int start = 0; start < pairs.Count; start += perRun)
             {
                 var chunk = pairs.Skip(start).Take(perRun).ToList();

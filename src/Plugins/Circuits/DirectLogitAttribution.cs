@@ -60,7 +60,7 @@ internal static class DirectLogitAttribution
         foreach (var group in set.Pairs.GroupBy(x => x.Length))
         {
             var pairs = group.ToList();
-            int perRun = Calls.RowsPerRun(info, hooks, 1, set.MaxBatch);
+            int perRun = Math.Min(Calls.LogitRows(info), Calls.RowsPerRun(info, hooks, 1, set.MaxBatch));
             for (int start = 0; start < pairs.Count; start += perRun)
             {
                 var chunk = pairs.Skip(start).Take(perRun).ToList();

@@ -34,50 +34,57 @@ internal static class LogitLens
             var pair = set.Pairs[pi];
             int t = pair.Length;
             var positions = Positions(p.Positions, t, pair.Field);
-            var input = Calls.Tokens(pair.Clean);
-            var capture = new RunRequest { Inputs = { input }, Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.All } };
+            // The lens at a position reads only the tokens up to it (causal attention): the lens Runs stop at the last
+            // position reported, which keeps their logits within one result message.
+            int span = positions.Max() + 1;
+            long rowBytes = 4L * span * info.VocabSize;
+            if (rowBytes > Calls.MaxLogitBytes)
+                throw new InvalidParametersException($"{pair.Field}: the lens logits of one layer over {span} positions are {rowBytes >> 20} MiB, over the {Calls.MaxLogitBytes >> 20} MiB a result may carry; give positions (up to {Calls.MaxLogitBytes / (4L * info.VocabSize) - 1}) or a shorter prompt");
+            var lensInput = Calls.Tokens(pair.Clean[..span]);
+            var capture = new RunRequest { Inputs = { lensInput }, Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
             capture.Captures.Add(new Capture { Hooks = { lens.Select(x => x.Hook).Distinct() }, Positions = new PositionSelection { All = true } });
             var (acts, realResult) = await Calls.RunAsync(context.Model, capture, ct);
             var real = WireTensor.FromProto(realResult.Logits, "logits").ToFloat32();
 
             var lensLogits = new float[lens.Count][];
-            for (int start = 0; start < lens.Count; start += set.MaxBatch)
+            int perRun = Math.Min(set.MaxBatch, Calls.LogitRows(info, span));
+            for (int start = 0; start < lens.Count; start += perRun)
             {
-                int n = Math.Min(set.MaxBatch, lens.Count - start);
+                int n = Math.Min(perRun, lens.Count - start);
                 var request = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.All } };
                 for (int r = 0; r < n; r++)
                 {
-                    request.Inputs.Add(input);
-                    var resid = acts[lens[start + r].Hook].Select(0, 0); // [pos, d_model]
+                    request.Inputs.Add(lensInput);
+                    var resid = acts[lens[start + r].Hook].Select(0, 0).Head(span); // [span, d_model]
                     request.Interventions.Add(new Intervention { Hook = final, Op = InterventionOp.Set, Value = resid.ToProto(), Rows = { r } });
                 }
                 var (_, result) = await Calls.RunAsync(context.Model, request, ct);
                 var all = WireTensor.FromProto(result.Logits, "logits").ToFloat32();
-                int per = t * info.VocabSize;
+                int per = span * info.VocabSize;
                 for (int r = 0; r < n; r++)
                     lensLogits[start + r] = all.AsSpan(r * per, per).ToArray();
             }
             // The last layer's lens is the model's forward: report how far it is from the real logits.
-            var last = lensLogits[^1];
+            var last = lensLogits[^1].AsSpan((span - 1) * info.VocabSize, info.VocabSize);
             for (int i = 0; i < last.Length; i++)
                 maxDiff = Math.Max(maxDiff, Math.Abs(last[i] - real[i]));
 
             var labels = await Check.PositionLabelsAsync(context.Model, pair.Clean, ct);
             var probGrid = new double[lens.Count, positions.Count];
-            var saveProb = new float[lens.Count * t];
-            var saveRank = new float[lens.Count * t];
+            var saveProb = new float[lens.Count * span];
+            var saveRank = new float[lens.Count * span];
             var saveLast = new float[lens.Count * info.VocabSize];
             var topIds = new List<int[]>();
             for (int li = 0; li < lens.Count; li++)
             {
-                for (int pos = 0; pos < t; pos++)
+                for (int pos = 0; pos < span; pos++)
                 {
                     var row = lensLogits[li].AsSpan(pos * info.VocabSize, info.VocabSize).ToArray();
                     double logp = Calls.LogProb(row, pair.Answer);
                     int rank = row.Count(v => v > row[pair.Answer]);
-                    saveProb[li * t + pos] = (float)Math.Exp(logp);
-                    saveRank[li * t + pos] = rank;
-                    if (pos == t - 1)
+                    saveProb[li * span + pos] = (float)Math.Exp(logp);
+                    saveRank[li * span + pos] = rank;
+                    if (pos == span - 1)
                     {
                         Array.Copy(row, 0, saveLast, li * info.VocabSize, info.VocabSize);
                         lastAnswerProb[li] += Math.Exp(logp) / set.Pairs.Count;
@@ -100,9 +107,9 @@ internal static class LogitLens
                 var old = rows[first + r];
                 rows[first + r] = [.. old.Take(5), string.Join(" | ", names), .. old.Skip(6)];
             }
-            report.Tensor($"pair{pi}.answer_prob", saveProb, [lens.Count, t], "the answer's probability [lens layer (first = embeddings when included), position]");
-            report.Tensor($"pair{pi}.answer_rank", saveRank, [lens.Count, t], "the answer's rank (0 = top) [lens layer, position]");
-            report.Tensor($"pair{pi}.last_position_logits", saveLast, [lens.Count, info.VocabSize], "lens logits at the last position [lens layer, vocab]");
+            report.Tensor($"pair{pi}.answer_prob", saveProb, [lens.Count, span], "the answer's probability [lens layer (first = embeddings when included), position up to the last reported]");
+            report.Tensor($"pair{pi}.answer_rank", saveRank, [lens.Count, span], "the answer's rank (0 = top) [lens layer, position]");
+            report.Tensor($"pair{pi}.last_position_logits", saveLast, [lens.Count, info.VocabSize], "lens logits at the last position reported (the prompt's last by default) [lens layer, vocab]");
             if (pi == 0)
             {
                 report.Heatmap("answer_prob", "logit lens: answer probability (pair 0)", [.. lens.Select(x => x.Layer < 0 ? "embed" : $"L{x.Layer}")],

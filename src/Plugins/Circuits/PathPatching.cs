@@ -53,7 +53,7 @@ internal static class PathPatching
         var captureHooks = targets.Values.SelectMany(t => t.Select(x => x.Hook)).Distinct().ToList();
 
         var sums = inputs.ToDictionary(x => x, _ => new double[senders.Count]);
-        int perRun = Math.Min(set.MaxBatch, Calls.RowsPerRun(info, captureHooks, length, set.MaxBatch));
+        int perRun = Math.Min(Calls.LogitRows(info), Calls.RowsPerRun(info, captureHooks, length, set.MaxBatch));
         int steps = set.Pairs.Count * ((senders.Count + perRun - 1) / perRun), done = 0;
         foreach (var pair in set.Pairs)
         {
