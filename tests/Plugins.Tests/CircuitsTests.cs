@@ -235,6 +235,18 @@ public sealed class CircuitsInductionTests(InductionMeshFixture mesh, ITestOutpu
         }
         var summary = JsonNode.Parse(job.Result.SummaryJson)!;
         Assert.True(summary["last_layer_max_abs_diff"]!.GetValue<double>() <= 1e-4);
+
+        // Chosen positions run only the prefix up to the last one (causal): same numbers as the full lens.
+        var some = await mesh.RunAsync("circuits", JsonSerializer.Serialize(new { mode = "logit_lens", pairs = new[] { pairs[0] }, top_k = 3, positions = new[] { 9, -8 } }));
+        Assert.True(some.State == JobState.Succeeded, some.Error);
+        var chosen = Direct.Rows(some, "logit_lens");
+        Assert.Equal(3 * 1, chosen.Count);
+        foreach (var r in chosen)
+        {
+            var full = rows.Single(x => x[0].GetInt32() == 0 && x[1].GetInt32() == r[1].GetInt32() && x[3].GetInt32() == 9);
+            Assert.Equal(full[6].GetString(), r[6].GetString());
+            Assert.True(Math.Abs(full[9].GetDouble() - r[9].GetDouble()) < 1e-5, $"layer {r[1]}: {full[9]} vs {r[9]}");
+        }
     }
 
     [Fact]
