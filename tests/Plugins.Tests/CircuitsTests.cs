@@ -192,6 +192,67 @@ public sealed class CircuitsInductionTests(InductionMeshFixture mesh, ITestOutpu
     }
 
     [Fact]
+    public async Task Noising_and_the_final_residual_receiver_match_explicit_interventions()
+    {
+        var pair = Pairs(1, 7, whole: true)[0];
+        var first = JsonSerializer.SerializeToElement(pair);
+        int[] clean = await Direct.TokensAsync(mesh.Channel, first.GetProperty("clean").GetString()!);
+        int[] corrupted = await Direct.TokensAsync(mesh.Channel, first.GetProperty("corrupted").GetString()!);
+        int answer = (await Direct.TokensAsync(mesh.Channel, first.GetProperty("answer").GetString()!))[^1];
+        int wrong = (await Direct.TokensAsync(mesh.Channel, first.GetProperty("wrong").GetString()!))[^1];
+        var hooks = new[] { "blocks.*.attn.hook_z", "blocks.*.hook_mlp_out" };
+        var (cleanActs, _) = await Direct.RunAsync(mesh.Channel, new RunRequest { Inputs = { Direct.Tokens(clean) }, Captures = { new Capture { Hooks = { hooks } } } });
+        var (corruptActs, _) = await Direct.RunAsync(mesh.Channel, new RunRequest { Inputs = { Direct.Tokens(corrupted) }, Captures = { new Capture { Hooks = { hooks } } } });
+        async Task<double> MetricAsync(int[] tokens, params Contracts.V1.Intervention[] interventions)
+        {
+            var request = new RunRequest { Inputs = { Direct.Tokens(tokens) }, Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
+            request.Interventions.AddRange(interventions);
+            var (_, result) = await Direct.RunAsync(mesh.Channel, request);
+            return Metric(WireTensor.FromProto(result.Logits, "logits").ToFloat32(), answer, wrong);
+        }
+        Contracts.V1.Intervention Set(string hook, WireTensor value, params int[] heads) =>
+            new() { Hook = hook, Op = Contracts.V1.InterventionOp.Set, Value = value.ToProto(), Heads = { heads } };
+
+        // Noising: the corrupted z of L0H3 SET into the clean run.
+        var noising = await mesh.RunAsync("circuits", JsonSerializer.Serialize(new { pairs = new[] { pair }, direction = "noising", layers = new[] { 0 } }));
+        Assert.True(noising.State == JobState.Succeeded, noising.Error);
+        double plugin = Direct.Rows(noising, "effects").Single(r => r[3].GetInt32() == 3)[6].GetDouble();
+        double byHand = await MetricAsync(clean, Set("blocks.0.attn.hook_z", corruptActs["blocks.0.attn.hook_z"], 3));
+        Assert.True(Math.Abs(plugin - byHand) < 1e-4, $"noising L0H3: plugin {plugin}, by hand {byHand}");
+
+        // Path patching to the final residual: L0H1's clean z with every head and MLP frozen at the corrupted run.
+        var path = await mesh.RunAsync("circuits", JsonSerializer.Serialize(new { mode = "path_patching", pairs = new[] { pair }, receiver_inputs = new[] { "resid" }, senders = new[] { new { layer = 0, head = 1 } } }));
+        Assert.True(path.State == JobState.Succeeded, path.Error);
+        double pluginPath = Direct.Rows(path, "path_effects").Single()[4].GetDouble();
+        var frozen = new List<Contracts.V1.Intervention>();
+        for (int l = 0; l < 2; l++)
+        {
+            var z = corruptActs[$"blocks.{l}.attn.hook_z"];
+            frozen.Add(Set($"blocks.{l}.attn.hook_z", l == 0 ? Mixed(z, cleanActs["blocks.0.attn.hook_z"], head: 1) : z));
+            frozen.Add(Set($"blocks.{l}.hook_mlp_out", corruptActs[$"blocks.{l}.hook_mlp_out"]));
+        }
+        double byHandPath = await MetricAsync(corrupted, [.. frozen]);
+        Assert.True(Math.Abs(pluginPath - byHandPath) < 1e-4, $"L0H1 → resid: plugin {pluginPath}, by hand {byHandPath}");
+        // Frozen MLPs and heads make it differ from plain patching of L0H1 (which also reaches layer 1).
+        double plain = await MetricAsync(corrupted, Set("blocks.0.attn.hook_z", cleanActs["blocks.0.attn.hook_z"], 1));
+        output.WriteLine($"noising L0H3 {plugin}; L0H1 → resid {pluginPath}, plain patch {plain}");
+    }
+
+    /// <summary>z [1, pos, head, d_head] of <paramref name="into"/> with one head's values from <paramref name="from"/>.</summary>
+    private static WireTensor Mixed(WireTensor into, WireTensor from, int head)
+    {
+        var a = into.ToFloat32();
+        var b = from.ToFloat32();
+        long heads = into.Shape[2], dHead = into.Shape[3];
+        for (long i = 0; i < a.Length; i++)
+        {
+            if ((i / dHead) % heads == head)
+                a[i] = b[i];
+        }
+        return WireTensor.FromFloat32(a, [.. into.Shape]);
+    }
+
+    [Fact]
     public async Task The_logit_lens_last_layer_equals_the_model_s_logits()
     {
         var pairs = Pairs(2, 4, whole: true);
