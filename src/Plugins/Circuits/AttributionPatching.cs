@@ -47,7 +47,19 @@ internal static class AttributionPatching
             var request = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last }, Gradient = Gradient(p.Metric, chunk, hooks) };
             request.Inputs.AddRange(chunk.Select(x => Calls.Tokens(denoising ? x.Corrupted : x.Clean)));
             // No captures in this request: every tensor it returns is a gradient.
-            var (gradients, result) = await Calls.RunAsync(context.Model, request, ct);
+            Dictionary<string, Act> gradients;
+            RunResult result;
+            try
+            {
+                (gradients, result) = await Calls.RunAsync(context.Model, request, ct);
+            }
+            catch (Grpc.Core.RpcException e) when (e.StatusCode == Grpc.Core.StatusCode.ResourceExhausted && perRun > 1)
+            {
+                // Over the server's autograd memory budget for this many rows: halve the batch and retry.
+                perRun = Math.Max(1, chunk.Count / 2);
+                start -= perRun;
+                continue;
+            }
             if (gradients.Count == 0)
                 throw new InvalidOperationException("the model service returned no gradients; it predates RunRequest.gradient (update it to use attribution_patching)");
             var logits = Calls.LastLogits(result);
