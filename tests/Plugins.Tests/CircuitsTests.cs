@@ -453,3 +453,177 @@ public sealed class CircuitsMathTests
         Assert.True(double.IsNaN(Circuits.AttributionPatching.Spearman([1], [1])));
     }
 }
+
+/// <summary>
+/// A model client that answers RunRequest.gradient with central finite differences of Runs (ADD ±h
+/// at one element, restricted to its row, position and head): the gradient contract without the
+/// gradient engine, so attribution patching's own arithmetic can be checked in process.
+/// </summary>
+internal sealed class FiniteDifferenceGradients(IModelClient inner) : IModelClient
+{
+    private const float H = 1e-2f;
+
+    public string Name => inner.Name;
+
+    public Task<ModelInfo> GetInfoAsync(CancellationToken cancellationToken = default) => inner.GetInfoAsync(cancellationToken);
+
+    public Task<IReadOnlyList<int[]>> TokenizeAsync(IReadOnlyList<string> texts, CancellationToken cancellationToken = default) => inner.TokenizeAsync(texts, cancellationToken);
+
+    public Task<IReadOnlyList<string>> DetokenizeAsync(IReadOnlyList<int[]> tokens, CancellationToken cancellationToken = default) => inner.DetokenizeAsync(tokens, cancellationToken);
+
+    public IAsyncEnumerable<GenerateResponse> GenerateAsync(GenerateRequest request, CancellationToken cancellationToken = default) => inner.GenerateAsync(request, cancellationToken);
+
+    public IAsyncEnumerable<ModelWeight> GetWeightsAsync(IReadOnlyList<string> names, DType dtype = DType.Unspecified, CancellationToken cancellationToken = default) => inner.GetWeightsAsync(names, dtype, cancellationToken);
+
+    public async IAsyncEnumerable<RunOutput> RunAsync(RunRequest request, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        if (request.Gradient is not { } gradient)
+        {
+            await foreach (var o in inner.RunAsync(request, cancellationToken))
+                yield return o;
+            yield break;
+        }
+        var plain = request.Clone();
+        plain.Gradient = null;
+        plain.Captures.Clear();
+        plain.Captures.Add(new Capture { Hooks = { gradient.Hooks } });
+        var shapes = new Dictionary<string, long[]>();
+        RunResult? result = null;
+        await foreach (var o in inner.RunAsync(plain, cancellationToken))
+        {
+            if (o.Activation is { } t)
+            {
+                shapes[o.Hook!] = [.. t.shape];
+                t.Dispose();
+            }
+            result ??= o.Result;
+        }
+        int rows = request.Inputs.Count;
+        foreach (var (hook, shape) in shapes)
+        {
+            long perRow = shape.Skip(1).Aggregate(1L, (a, b) => a * b), last = shape[^1];
+            var grad = new float[rows * perRow];
+            var probes = new List<(int Row, long Element, Contracts.V1.Intervention Plus, Contracts.V1.Intervention Minus)>();
+            for (int r = 0; r < rows; r++)
+            {
+                for (long e = 0; e < perRow; e++)
+                {
+                    long position = e / (perRow / shape[1]);
+                    int? head = shape.Length == 4 ? (int)(e / last % shape[2]) : null;
+                    Contracts.V1.Intervention Add(float sign)
+                    {
+                        var v = new float[last];
+                        v[e % last] = sign * H;
+                        var iv = new Contracts.V1.Intervention { Hook = hook, Op = Contracts.V1.InterventionOp.Add, Value = WireTensor.FromFloat32(v, last).ToProto(), Positions = { (int)position } };
+                        if (head is int h)
+                            iv.Heads.Add(h);
+                        return iv;
+                    }
+                    probes.Add((r, e, Add(1), Add(-1)));
+                }
+            }
+            for (int start = 0; start < probes.Count; start += 32)
+            {
+                var chunk = probes.Skip(start).Take(32).ToList();
+                var run = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
+                run.Interventions.AddRange(request.Interventions);
+                for (int i = 0; i < chunk.Count; i++)
+                {
+                    run.Inputs.Add(request.Inputs[chunk[i].Row]);
+                    run.Inputs.Add(request.Inputs[chunk[i].Row]);
+                    var plus = chunk[i].Plus.Clone();
+                    plus.Rows.Add(2 * i);
+                    var minus = chunk[i].Minus.Clone();
+                    minus.Rows.Add(2 * i + 1);
+                    run.Interventions.Add(plus);
+                    run.Interventions.Add(minus);
+                }
+                RunResult? r2 = null;
+                await foreach (var o in inner.RunAsync(run, cancellationToken))
+                    r2 ??= o.Result;
+                var logits = WireTensor.FromProto(r2!.Logits, "logits").ToFloat32Rows();
+                for (int i = 0; i < chunk.Count; i++)
+                {
+                    double mp = Metric(gradient, logits[2 * i].ToArray(), chunk[i].Row), mm = Metric(gradient, logits[2 * i + 1].ToArray(), chunk[i].Row);
+                    grad[chunk[i].Row * perRow + chunk[i].Element] = (float)((mp - mm) / (2 * H));
+                }
+            }
+            yield return new RunOutput { Hook = hook, Activation = TorchSharp.torch.tensor(grad, shape) };
+        }
+        yield return new RunOutput { Result = result };
+    }
+
+    private static double Metric(GradientRequest g, float[] logits, int row)
+    {
+        if (g.LogitDifference is { } d)
+        {
+            var correct = d.Correct.Count == 1 ? d.Correct[0] : d.Correct[row];
+            var incorrect = d.Incorrect.Count == 1 ? d.Incorrect[0] : d.Incorrect[row];
+            return correct.Ids.Average(i => (double)logits[i]) - incorrect.Ids.Average(i => (double)logits[i]);
+        }
+        int token = g.LogProb.Tokens.Count == 1 ? g.LogProb.Tokens[0] : g.LogProb.Tokens[row];
+        double max = logits.Max();
+        return logits[token] - (max + Math.Log(logits.Sum(x => Math.Exp(x - max))));
+    }
+}
+
+/// <summary>Attribution patching's arithmetic on the induction toy, with finite-difference gradients (the gradient engine's own tests are elsewhere).</summary>
+public sealed class CircuitsAttributionArithmeticTests(ITestOutputHelper output)
+{
+    [Fact]
+    public async Task Estimates_are_activation_differences_times_gradients_and_rank_like_real_patching()
+    {
+        using var model = InterpMesh.Plugins.Testing.TestModel.Load(RepoPaths.Models("induction"));
+        var client = new FiniteDifferenceGradients(model.Client);
+        using var context = new InterpMesh.Plugins.Testing.TestAnalysisContext(client);
+        var pairs = CircuitsInductionTests.Pairs(2, 8, whole: true);
+        var result = await InterpMesh.Plugins.Testing.PluginHarness.RunAsync(new Circuits.CircuitsPlugin(),
+            JsonSerializer.Serialize(new { mode = "attribution_patching", pairs, verify_top = 10 }), context);
+        var rows = result.Tables.Single(t => t.Name == "attributions").Rows;
+        var verification = result.Tables.Single(t => t.Name == "verification").Rows;
+        output.WriteLine($"{result.Summary.ToJsonString()}\n{string.Join("\n", verification.Select(r => string.Join(" ", r.Select(x => x?.ToJsonString()))))}");
+
+        // Independent: the directional derivative of the metric along Δz of head L1H2 (ADD ±ε·Δz, central
+        // difference), averaged over the pairs — the first-order estimate without any gradient.
+        double directional = 0;
+        foreach (var pair in pairs.Select(x => JsonSerializer.SerializeToElement(x)))
+        {
+            var ids = await model.Client.TokenizeAsync([pair.GetProperty("clean").GetString()!, pair.GetProperty("corrupted").GetString()!, pair.GetProperty("answer").GetString()!, pair.GetProperty("wrong").GetString()!]);
+            var z = new Dictionary<int, float[]>();
+            long[] shape = [];
+            for (int i = 0; i < 2; i++)
+            {
+                await foreach (var o in model.Client.RunAsync(new RunRequest { Inputs = { Direct.Tokens(ids[i]) }, Captures = { new Capture { Hooks = { "blocks.1.attn.hook_z" } } } }))
+                {
+                    if (o.Activation is { } t)
+                    {
+                        using (t)
+                        {
+                            z[i] = t.data<float>().ToArray();
+                            shape = [.. t.shape];
+                        }
+                    }
+                }
+            }
+            const float eps = 1e-2f;
+            var delta = z[0].Zip(z[1], (c, r) => c - r).ToArray();
+            var request = new RunRequest { Inputs = { Direct.Tokens(ids[1]), Direct.Tokens(ids[1]) }, Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
+            request.Interventions.Add(new Contracts.V1.Intervention { Hook = "blocks.1.attn.hook_z", Op = Contracts.V1.InterventionOp.Add, Heads = { 2 }, Rows = { 0 }, Value = WireTensor.FromFloat32([.. delta.Select(x => x * eps)], shape).ToProto() });
+            request.Interventions.Add(new Contracts.V1.Intervention { Hook = "blocks.1.attn.hook_z", Op = Contracts.V1.InterventionOp.Add, Heads = { 2 }, Rows = { 1 }, Value = WireTensor.FromFloat32([.. delta.Select(x => -x * eps)], shape).ToProto() });
+            RunResult? r = null;
+            await foreach (var o in model.Client.RunAsync(request))
+                r ??= o.Result;
+            var logits = WireTensor.FromProto(r!.Logits, "logits").ToFloat32Rows();
+            int answer = ids[2][^1], wrong = ids[3][^1];
+            directional += ((logits[0][answer] - logits[0][wrong]) - (logits[1][answer] - logits[1][wrong])) / (2 * eps) / pairs.Count;
+        }
+        double estimate = rows.Single(r => r[0]!.GetValue<string>() == "L1H2")[6]!.GetValue<double>();
+        Assert.True(Math.Abs(estimate - directional) < 0.02 * Math.Max(1, Math.Abs(directional)), $"L1H2: estimate {estimate}, directional derivative {directional}");
+        Assert.Equal(10, verification.Count);
+        // The card's induction heads have the four largest head estimates; estimates rank the 10 heads and MLPs
+        // like real patching does (measured Spearman 0.830 with these finite-difference gradients, 2 pairs).
+        var heads = rows.Where(r => r[1]!.GetValue<string>() == "head").OrderByDescending(r => r[6]!.GetValue<double>()).Take(4).Select(r => r[0]!.GetValue<string>());
+        Assert.Equal(Card.Heads("induction", "induction").Order(), heads.Order());
+        Assert.True(result.Summary["spearman"]!.GetValue<double>() >= 0.8, $"spearman {result.Summary["spearman"]}");
+    }
+}
