@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The analysis worker image: the worker plus the built-in plugins (probing, retrieval-heads, sae,
+# The analysis worker image: the worker plus the built-in plugins (circuits, probing, retrieval-heads, sae,
 # steering) in /app/plugins, with TorchSharp and libtorch. It takes jobs from the job store the
 # gateways queue them in (Worker__Jobs__ConnectionString), calls the model services of
 # Worker:Models and writes artifacts to the volume the gateways serve. Build from the repository root:
@@ -35,7 +35,7 @@ COPY src/Plugins/ src/Plugins/
 COPY src/AnalysisWorker/ src/AnalysisWorker/
 # Plugins lay themselves out in /src/plugins/<id>/ when built (src/Plugins/Plugin.targets).
 RUN dotnet publish src/AnalysisWorker/InterpMesh.AnalysisWorker.csproj -c Release -o /app \
- && for p in Probing RetrievalHeads SAE Steering; do \
+ && for p in Circuits Probing RetrievalHeads SAE Steering; do \
       dotnet build "src/Plugins/$p/InterpMesh.Plugins.$p.csproj" -c Release || exit 1; \
     done \
  && cp -R plugins /app/plugins \

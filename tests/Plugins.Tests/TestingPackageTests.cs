@@ -85,6 +85,45 @@ public sealed class TestingPackageTests
     }
 
     [Fact]
+    public async Task Served_weights_reproduce_the_logits_and_bad_names_are_invalid_argument()
+    {
+        // SDK 2.1's GetWeightsAsync: ln_final.w and unembed.W_U applied to the captured normalised final
+        // residual must give the model's logits (a second computation path).
+        using var model = TestModel.Random("llama-tiny", seed: 1);
+        var weights = new Dictionary<string, TorchSharp.torch.Tensor>();
+        await foreach (var w in model.Client.GetWeightsAsync(["ln_final.w", "unembed.*"]))
+            weights[w.Name] = w.Tensor;
+        Assert.Equal(["ln_final.w", "unembed.W_U"], weights.Keys.Order());
+        var request = new RunRequest
+        {
+            Inputs = { new Input { Tokens = new TokenIds { Ids = { 1, 2, 3, 4 } } } },
+            Captures = { new Capture { Hooks = { "ln_final.hook_normalized" } } },
+            Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.All },
+        };
+        TorchSharp.torch.Tensor? normalized = null;
+        RunResult? result = null;
+        await foreach (var output in model.Client.RunAsync(request))
+        {
+            normalized ??= output.Activation;
+            result ??= output.Result;
+        }
+        using (normalized)
+        using (var expected = (normalized! * weights["ln_final.w"]).matmul(weights["unembed.W_U"]))
+        using (var logits = InterpMesh.Contracts.Tensors.WireTensor.FromProto(result!.Logits, "logits").ToTorch())
+        using (var diff = (expected - logits).abs().max())
+            Assert.True(diff.item<float>() < 1e-4f, $"max |diff| {diff.item<float>()}");
+        foreach (var t in weights.Values)
+            t.Dispose();
+        var error = await Assert.ThrowsAsync<Grpc.Core.RpcException>(async () =>
+        {
+            await foreach (var w in model.Client.GetWeightsAsync(["blocks.0.attn.W_X"]))
+                w.Tensor.Dispose();
+        });
+        Assert.Equal(Grpc.Core.StatusCode.InvalidArgument, error.StatusCode);
+        Assert.Contains("unknown weight", error.Status.Detail, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void An_unknown_preset_names_the_known_ones()
     {
         var error = Assert.Throws<ArgumentException>(() => TestModel.Random("gpt5"));

@@ -8,10 +8,10 @@ namespace InterpMesh.AnalysisWorker.Models;
 
 /// <summary>
 /// The plugin's model client, counting what a run asks of the models for the key's usage: calls
-/// (info, tokenize, detokenize, Run, Generate), their time as the worker sees it (a stream from
+/// (info, tokenize, detokenize, Run, Generate, GetWeights), their time as the worker sees it (a stream from
 /// its start to its end, so a plugin that reads slowly adds its own reading time), and the tokens
 /// the model ran: a Run's real (unpadded) tokens as its result's attention mask counts them, a
-/// Generate's prompt tokens plus every token it produced. Tokenize and detokenize run no model.
+/// Generate's prompt tokens plus every token it produced. Tokenize, detokenize and GetWeights run no model.
 /// </summary>
 internal sealed class MeteredModelClient(IModelClient inner) : IModelClient
 {
@@ -47,6 +47,9 @@ internal sealed class MeteredModelClient(IModelClient inner) : IModelClient
                 n += prompt.Ids.Count;
             Interlocked.Add(ref tokens, n);
         }, cancellationToken);
+
+    public IAsyncEnumerable<ModelWeight> GetWeightsAsync(IReadOnlyList<string> names, DType dtype = DType.Unspecified, CancellationToken cancellationToken = default) =>
+        TimeStream(inner.GetWeightsAsync(names, dtype, cancellationToken), _ => { }, cancellationToken);
 
     /// <summary>The ones of an attention mask (INT64 0/1, [batch, pos]); a mask of another type counts nothing.</summary>
     internal static long RealTokens(Contracts.V1.Tensor mask)

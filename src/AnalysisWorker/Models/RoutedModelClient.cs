@@ -100,6 +100,20 @@ internal sealed class RoutedModelClient(ReplicaPool pool, TimeSpan callTimeout) 
             yield return call.ResponseStream.Current;
     }
 
+    public async IAsyncEnumerable<ModelWeight> GetWeightsAsync(IReadOnlyList<string> names, DType dtype = DType.Unspecified, [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        var request = new GetWeightsRequest { Dtype = dtype };
+        request.Names.AddRange(names);
+        var (call, replica, more) = await StartAsync(c => c.GetWeights(request, Options(cancellationToken)), c => c.ResponseStream, cancellationToken);
+        using var owned = call;
+        var assembler = new ChunkAssembler();
+        for (; more; more = await Next(call.ResponseStream, replica, cancellationToken))
+        {
+            if (assembler.Add(call.ResponseStream.Current.Chunk) is { } weight)
+                yield return new ModelWeight { Name = weight.Hook, Tensor = weight.Tensor.ToTorch() };
+        }
+    }
+
     private async Task<bool> Next<T>(IAsyncStreamReader<T> stream, Replica replica, CancellationToken ct)
     {
         try

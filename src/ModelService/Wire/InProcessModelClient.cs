@@ -56,6 +56,35 @@ public sealed class InProcessModelClient(ModelEngine engine, string name = "loca
     public IAsyncEnumerable<GenerateResponse> GenerateAsync(GenerateRequest request, CancellationToken cancellationToken = default) =>
         Serve<GenerateResponse>(() => Submit(WireMapping.ToSpec(request), s => engine.Submit(s), s => s.Interventions), output => WireMapping.GenerateMessages(output, engine.Model.Tokenizer, maxChunkBytes), cancellationToken);
 
+    /// <summary>
+    /// The named weights (names or globs, as GetWeights resolves them), each a CPU copy in the
+    /// requested dtype the caller disposes, in model order; bad names are INVALID_ARGUMENT.
+    /// </summary>
+    public async IAsyncEnumerable<ModelWeight> GetWeightsAsync(IReadOnlyList<string> names, DType dtype = DType.Unspecified,
+        [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        IReadOnlyList<Runtime.Architectures.WeightEntry> weights;
+        TorchSharp.torch.ScalarType type;
+        try
+        {
+            type = WireMapping.WeightDType(dtype);
+            weights = engine.Model.Transformer.Parameters.Resolve(names);
+        }
+        catch (Exception e)
+        {
+            throw Map(e, cancellationToken);
+        }
+        foreach (var weight in weights)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            TorchSharp.torch.Tensor copy;
+            using (var scope = TorchSharp.torch.NewDisposeScope())
+                copy = weight.Open().to(type, TorchSharp.torch.CPU).contiguous().clone().MoveToOuterDisposeScope();
+            yield return new ModelWeight { Name = weight.Name, Tensor = copy };
+            await Task.Yield();
+        }
+    }
+
     /// <summary>Submits a mapped spec; its intervention value tensors are freed when the request ends (or fails to submit).</summary>
     private static (EngineRequest Request, Action Release) Submit<TSpec>(TSpec spec, Func<TSpec, EngineRequest> submit, Func<TSpec, IEnumerable<Runtime.Hooks.Intervention>> interventions)
     {

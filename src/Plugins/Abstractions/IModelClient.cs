@@ -38,6 +38,30 @@ public interface IModelClient
     /// </summary>
     IAsyncEnumerable<GenerateOutput> GenerateStepsAsync(GenerateRequest request, CancellationToken cancellationToken = default)
         => GenerateOutput.AssembleAsync(GenerateAsync(request, cancellationToken), cancellationToken);
+
+    /// <summary>
+    /// Streams the model's parameters under TransformerLens names and layouts (<c>embed.W_E</c>,
+    /// <c>blocks.0.attn.W_O</c>, <c>ln_final.w</c>, <c>unembed.W_U</c>; globs such as
+    /// <c>blocks.*.attn.W_O</c>; see docs/modelservice.md, "Weights"), each whole as soon as it has
+    /// arrived, in model order: a CPU tensor the caller owns and must dispose. Float32 unless
+    /// <paramref name="dtype"/> asks for BFLOAT16 or FLOAT16. Unknown names are INVALID_ARGUMENT.
+    /// SDK 2.1; a model client written for 2.0 throws <see cref="NotSupportedException"/>.
+    /// </summary>
+    IAsyncEnumerable<ModelWeight> GetWeightsAsync(IReadOnlyList<string> names, DType dtype = DType.Unspecified, CancellationToken cancellationToken = default)
+        => throw new NotSupportedException($"the model client {GetType().Name} does not serve weights (IModelClient.GetWeightsAsync is new in SDK 2.1)");
+}
+
+/// <summary>One item of <see cref="IModelClient.GetWeightsAsync"/>: a parameter, whole.</summary>
+public sealed class ModelWeight
+{
+    /// <summary>The weight's TransformerLens name, e.g. <c>blocks.0.attn.W_O</c>.</summary>
+    public required string Name { get; init; }
+
+    /// <summary>The weight (CPU, in the requested dtype; the caller disposes it).</summary>
+    public required torch.Tensor Tensor { get; init; }
+
+    /// <summary>The weight's block (<c>blocks.3.attn.W_O</c> → 3), or null for weights outside the blocks.</summary>
+    public int? Layer => HookNames.Layer(Name);
 }
 
 /// <summary>One item of a <see cref="IModelClient.RunAsync"/> stream: an activation or the final result.</summary>
