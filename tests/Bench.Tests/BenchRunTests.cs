@@ -33,6 +33,19 @@ public sealed class BenchRunTests
     }
 
     [Fact]
+    public void Circuits_times_attribution_patching_against_a_plain_forward_and_leaves_no_temporary_folder()
+    {
+        var r = BenchRunner.Run("circuits", "--preset", "gpt2-tiny", "--pairs", "2", "--words", "6", "--repeats", "1", "--threads", "1", "--json");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var j = r.Json;
+        Assert.Equal("2 pairs = 4 rows x 7 tokens", j.GetProperty("batch").GetString()); // 6 words and the word-level tokenizer's BOS
+        double plain = j.GetProperty("plain_forward_s").GetDouble(), attribution = j.GetProperty("attribution_patching_s").GetDouble();
+        Assert.True(plain > 0 && attribution > 0);
+        Assert.Equal(attribution / plain, j.GetProperty("attribution_vs_forward").GetDouble(), 9);
+        Assert.Empty(OwnTempFolders());
+    }
+
+    [Fact]
     public void Forward_prints_one_line_of_text_without_json()
     {
         var r = BenchRunner.Run("forward", "--preset", "llama-tiny", "--batch", "1", "--seq", "8", "--iters", "1", "--warmup", "0", "--logits", "none");

@@ -7,7 +7,7 @@ namespace InterpMesh.Bench.Tests;
 /// </summary>
 public sealed class CommandLineTests
 {
-    private static readonly string[] Benchmarks = ["forward", "stream", "gateway", "probe", "retrieval", "sae", "load", "loading", "serving", "jobs"];
+    private static readonly string[] Benchmarks = ["forward", "stream", "gateway", "probe", "retrieval", "sae", "circuits", "load", "loading", "serving", "jobs"];
 
     [Theory]
     [InlineData("--batch must be an integer, got 'x'", "forward", "--batch", "x")]
@@ -55,7 +55,7 @@ public sealed class CommandLineTests
     [InlineData("unknown option '--bogus' for 'forward'; `interpmesh-bench forward --help` lists the options", "forward", "--bogus", "1")]
     [InlineData("unknown option '--stall-capture' for 'forward'", "forward", "--stall-capture", "*")]
     [InlineData("unexpected argument 'extra' for 'serving'", "serving", "extra")]
-    [InlineData("unknown benchmark 'nothing'; benchmarks: forward, stream, gateway, probe, retrieval, sae, load, loading, serving", "nothing")]
+    [InlineData("unknown benchmark 'nothing'; benchmarks: forward, stream, gateway, probe, retrieval, sae, circuits, load, loading, serving", "nothing")]
     public void An_unknown_option_argument_or_benchmark_is_refused(string message, params string[] args)
     {
         var r = BenchRunner.Run(args);

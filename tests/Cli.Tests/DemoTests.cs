@@ -77,6 +77,18 @@ public sealed class DemoTests(DemoRun demo) : IClassFixture<DemoRun>
         Assert.Contains(induction["top_induction_heads"]!.AsArray()[0]!.GetValue<string>(), CardHeads("induction", "induction"));
         Assert.Contains(induction["top_previous_token_heads"]!.AsArray()[0]!.GetValue<string>(), CardHeads("induction", "previous-token"));
         Assert.Null(induction["attention_pattern_error"]);
+
+        // Circuits: patching puts the card's induction heads first; the previous-token heads reach them
+        // through their keys (K-composition) far more than through queries or values; attribution
+        // patching ranks like real patching; DLA's parts add up; the lens's last layer is the model's logits.
+        var circuits = Findings("circuits");
+        Assert.Equal(CardHeads("induction", "induction").Order(), circuits["top_heads"]!.AsArray().Select(h => h!.GetValue<string>()).Order());
+        var byInput = circuits["layer0_to_layer1_by_input"]!;
+        double k = byInput["k"]!.GetValue<double>();
+        Assert.True(k > 0.2 && k > 5 * Math.Abs(byInput["q"]!.GetValue<double>()) && k > 5 * Math.Abs(byInput["v"]!.GetValue<double>()), byInput.ToJsonString());
+        Assert.True(circuits["attribution_spearman"]!.GetValue<double>() >= 0.5, circuits.ToJsonString());
+        Assert.True(circuits["dla_max_abs_error"]!.GetValue<double>() < 1e-4, circuits.ToJsonString());
+        Assert.True(circuits["lens_last_layer_max_abs_diff"]!.GetValue<double>() <= 1e-4, circuits.ToJsonString());
     }
 
     [Fact]
@@ -84,7 +96,7 @@ public sealed class DemoTests(DemoRun demo) : IClassFixture<DemoRun>
     {
         Assert.True(demo.Result.ExitCode == 0, demo.Result.Stderr);
         string html = File.ReadAllText(demo.ReportPath);
-        foreach (var section in new[] { "probing", "sae", "steering", "retrieval", "induction" })
+        foreach (var section in new[] { "probing", "sae", "steering", "retrieval", "induction", "circuits" })
             Assert.Contains($"<section id=\"{section}\">", html, StringComparison.Ordinal);
         // The figures each section promises: plugin figures (data-URI images) and the report's own charts.
         foreach (var figure in new[] { "accuracy_by_layer", "f1_by_k", "retrieval_heatmap", "induction_heatmap", "previous_token_heatmap" })

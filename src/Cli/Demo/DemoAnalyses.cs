@@ -270,6 +270,74 @@ internal sealed class DemoAnalyses(string gateway, HtmlReport report, TextWriter
         AttentionPattern(topHead);
     }
 
+    /// <summary>
+    /// Circuits on the "induction" toy: which heads cause the induction behaviour (activation patching),
+    /// through which input the previous-token heads reach them (path patching), the same ranking from
+    /// gradients (attribution patching), what each layer predicts (logit lens) and what each head writes
+    /// towards the answer (direct logit attribution).
+    /// </summary>
+    public void Circuits()
+    {
+        report.Section("circuits", "Circuits: what causes the induction behaviour (model: induction)",
+            "Prompt pairs: a repeated segment (clean) and the same with its first occurrence replaced (corrupted); metric: the logit difference between the answer (the token that followed the current token earlier) and another token. Patching restores parts of the clean run into the corrupted one.");
+        int n = quick ? 4 : 8;
+        var pairs = DemoData.InductionPairs(n, 1, whole: true);
+        var patching = Analyze("circuits", "circuits: patching", "circuits", "induction", new { mode = "activation_patching", pairs, components = new[] { "heads", "resid_pre" } });
+        if (patching is null)
+            return;
+        foreach (var f in patching.Result.Figures)
+            report.Figure(f);
+        var heads = Rows(patching, "effects").Where(r => r[0]!.GetValue<string>() == "heads").OrderByDescending(r => D(r[7])).ToList();
+        var headRows = heads.Take(4).Select(r => (IReadOnlyList<string>)[$"L{r[2]}H{r[3]}", F(D(r[7]))]).ToList();
+        report.Table("Heads by normalised patching effect (attn.hook_z, all positions)", ["head", "effect"], headRows);
+
+        var paths = Analyze("circuits", "circuits: paths", "circuits", "induction", new
+        {
+            mode = "path_patching",
+            pairs = DemoData.InductionPairs(n, 3, whole: false),
+            receivers = Enumerable.Range(0, 4).Select(h => new { layer = 1, head = h }),
+            receiver_inputs = new[] { "q", "k", "v" },
+        });
+        if (paths is null)
+            return;
+        var pathEffects = Rows(paths, "path_effects");
+        double Through(string input) => pathEffects.Where(r => r[0]!.GetValue<string>().StartsWith("L0", StringComparison.Ordinal) && r[3]!.GetValue<string>() == input).Sum(r => D(r[5]));
+        var composition = new[] { "q", "k", "v" }.Select(i => (i, Through(i))).ToList();
+        report.Chart(Figures.Bars("Layer-0 heads → induction heads, by receiver input", "normalised effect", [.. composition]),
+            "Path patching: the layer-0 heads' clean outputs reach the induction heads only through the chosen input (everything else frozen at the corrupted run). K-composition: the effect goes through the keys.");
+
+        var attribution = Analyze("circuits", "circuits: attribution", "circuits", "induction", new { mode = "attribution_patching", pairs, verify_top = quick ? 6 : 10 });
+        if (attribution is null)
+            return;
+        var attr = Rows(attribution, "attributions").Where(r => r[1]!.GetValue<string>() == "head").OrderByDescending(r => D(r[6])).Take(4)
+            .Select(r => (IReadOnlyList<string>)[r[0]!.GetValue<string>(), F(D(r[6]))]).ToList();
+        double spearman = D(JsonNode.Parse(attribution.Result.SummaryJson)!["spearman"]);
+        report.Table($"Attribution patching (gradient × activation difference; Spearman with real patching on the top nodes {F(spearman)})", ["head", "estimate"], attr);
+
+        var lens = Analyze("circuits", "circuits: logit lens", "circuits", "induction", new { mode = "logit_lens", pairs = pairs.Take(2).ToList() });
+        if (lens is null)
+            return;
+        foreach (var f in lens.Result.Figures)
+            report.Figure(f);
+        var dla = Analyze("circuits", "circuits: DLA", "circuits", "induction", new { mode = "direct_logit_attribution", pairs });
+        if (dla is null)
+            return;
+        var d = JsonNode.Parse(dla.Result.SummaryJson)!;
+        var dlaRows = Rows(dla, "dla").OrderByDescending(r => Math.Abs(D(r[4]))).Take(6).Select(r => (IReadOnlyList<string>)[r[0]!.GetValue<string>(), F(D(r[4]))]).ToList();
+        report.Table($"Direct logit attribution (parts + bias {F(D(d["sum_of_parts"]), "0.####")} vs real logit difference {F(D(d["logit_diff"]), "0.####")})", ["component", "contribution"], dlaRows);
+
+        Findings("Circuits (induction): heads by patching effect", ["head", "normalised effect"], headRows);
+        stdout.WriteLine($"  previous-token heads → induction heads: through k {F(Through("k"))}, q {F(Through("q"))}, v {F(Through("v"))}; attribution vs patching Spearman {F(spearman)}; DLA error {D(d["max_abs_error"]):0.#e0}");
+        Succeed("circuits", new JsonObject
+        {
+            ["top_heads"] = new JsonArray([.. heads.Take(4).Select(r => (JsonNode)$"L{r[2]}H{r[3]}")]),
+            ["layer0_to_layer1_by_input"] = new JsonObject(composition.Select(c => KeyValuePair.Create(c.i, (JsonNode?)c.Item2))),
+            ["attribution_spearman"] = spearman,
+            ["dla_max_abs_error"] = D(d["max_abs_error"]),
+            ["lens_last_layer_max_abs_diff"] = D(JsonNode.Parse(lens.Result.SummaryJson)!["last_layer_max_abs_diff"]),
+        });
+    }
+
     /// <summary>The attention pattern of one head (label "L1H2") on a repeated sequence, captured through the gateway.</summary>
     private void AttentionPattern(string head)
     {

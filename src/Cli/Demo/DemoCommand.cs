@@ -70,6 +70,7 @@ internal static class DemoCommand
             demo.Steering();
             demo.Retrieval();
             demo.Induction();
+            demo.Circuits();
             string saved = report.Save(reportPath);
             double seconds = clock.Elapsed.TotalSeconds;
             bool ok = demo.AllSucceeded;

@@ -74,6 +74,35 @@ internal static class DemoData
     /// <summary>The "induction" toy's vocabulary: t00–t59.</summary>
     public static string[] InductionTokens() => [.. Enumerable.Range(0, 60).Select(i => $"t{i:00}")];
 
+    /// <summary>
+    /// Prompt pairs for the circuits analyses on the "induction" toy: clean = 3 filler tokens, an
+    /// 8-token segment, then its first 5 tokens again (the answer is the segment's 6th token, which
+    /// follows the earlier occurrence of the current token); corrupted = the same with the whole first
+    /// occurrence replaced (<paramref name="whole"/>) or only the token before the answer's earlier
+    /// occurrence (so the answer still stands there but no longer follows the current token).
+    /// </summary>
+    public static List<object> InductionPairs(int n, int seed, bool whole)
+    {
+        var rng = new Random(seed);
+        var words = InductionTokens();
+        var pairs = new List<object>();
+        for (int i = 0; i < n; i++)
+        {
+            var s = Enumerable.Range(0, words.Length).OrderBy(_ => rng.Next()).ToArray();
+            int[] filler = s[..3], segment = s[3..11], other = s[11..19];
+            int[] first = whole ? other : [.. segment[..4], other[0], .. segment[5..]];
+            string Text(IEnumerable<int> ids) => string.Join(' ', ids.Select(x => words[x]));
+            pairs.Add(new
+            {
+                clean = Text([.. filler, .. segment, .. segment[..5]]),
+                corrupted = Text([.. filler, .. first, .. segment[..5]]),
+                answer = words[segment[5]],
+                wrong = words[s[19]],
+            });
+        }
+        return pairs;
+    }
+
     /// <summary>A random sequence of <paramref name="length"/> tokens, then the same sequence again.</summary>
     public static string RepeatedSequence(int length, int seed)
     {
