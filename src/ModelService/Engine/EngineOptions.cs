@@ -29,6 +29,13 @@ public sealed class EngineOptions
 
     /// <summary>How long a request waits for an admission slot, in arrival order, before it is refused.</summary>
     public TimeSpan AdmissionWait { get; init; } = TimeSpan.FromMilliseconds(100);
+
+    /// <summary>
+    /// Patching sweeps (a Run of identical inputs whose rows are patched from some position on) run
+    /// the shared prefix once and each row only from its first patched position, reusing the
+    /// prefix's KV cache; results equal the plain forward's within float rounding.
+    /// </summary>
+    public bool PrefixReuse { get; init; } = true;
 }
 
 /// <summary>What the engine reports about its work; hosts forward it to their metrics.</summary>

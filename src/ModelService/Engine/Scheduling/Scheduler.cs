@@ -148,7 +148,10 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
         }
     }
 
-    /// <summary>The oldest Run and every later one with its key that fits, in arrival order.</summary>
+    /// <summary>
+    /// The oldest Run and every later one with its key that fits, in arrival order. A Run served by
+    /// prefix reuse goes alone (its forwards are its own) and joins no other group.
+    /// </summary>
     private List<RunWork> TakeGroup()
     {
         var group = new List<RunWork>();
@@ -156,14 +159,20 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
         for (int i = 0; i < runs.Count; i++)
         {
             var run = runs[i];
-            if (group.Count > 0 && (run.Run.Key != group[0].Run.Key || rows + run.Run.Rows.Length > options.BatchMaxRows))
+            bool alone = ReuseOf(run) is not null;
+            if (group.Count > 0 && (alone || run.Run.Key != group[0].Run.Key || rows + run.Run.Rows.Length > options.BatchMaxRows))
                 continue;
             group.Add(run);
             rows += run.Run.Rows.Length;
             runs.RemoveAt(i--);
+            if (alone)
+                break;
         }
         return group;
     }
+
+    /// <summary>How prefix reuse would serve <paramref name="run"/>, or null (off, or the plain forward).</summary>
+    private ReuseSplit? ReuseOf(RunWork run) => options.PrefixReuse ? PrefixReuse.Split(run.Run, transformer.Hooks) : null;
 
     private void ExecuteRuns(List<RunWork> group)
     {
@@ -196,19 +205,28 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
         var first = group[0].Run;
         var rows = group.SelectMany(r => r.Run.Rows).Select(r => (IReadOnlyList<int>)r).ToList();
         var (ids, mask) = TokenBatch.Pad(rows, first.Padding, transformer.Device);
-        var segments = new List<HookSegment>();
-        int start = 0;
-        foreach (var run in group)
-        {
-            segments.Add(new HookSegment(start, run.Run.Rows.Length, run.Plan, Sink(run, run.Run.Reductions, () => 0), run.Receipts));
-            start += run.Run.Rows.Length;
-        }
         activity?.SetTag("interpmesh.requests", group.Count);
         activity?.SetTag("interpmesh.batch_size", rows.Count);
         using var gone = AllGone(group);
-        var logits = transformer.Forward(ids, mask, segments, first.Loss ? LogitsMode.All : first.Logits, null, gone.Token);
-        observer.Forward(rows.Count, rows.Sum(r => r.Count), Stopwatch.GetElapsedTime(started).TotalSeconds);
-        start = 0;
+        Tensor? logits;
+        if (group.Count == 1 && ReuseOf(group[0]) is { } split)
+        {
+            activity?.SetTag("interpmesh.prefix_reuse", true);
+            logits = PrefixReuse.Forward(transformer, first, split, group[0].Receipts, observer, gone.Token);
+        }
+        else
+        {
+            var segments = new List<HookSegment>();
+            int offset = 0;
+            foreach (var run in group)
+            {
+                segments.Add(new HookSegment(offset, run.Run.Rows.Length, run.Plan, Sink(run, run.Run.Reductions, () => 0), run.Receipts));
+                offset += run.Run.Rows.Length;
+            }
+            logits = transformer.Forward(ids, mask, segments, first.Loss ? LogitsMode.All : first.Logits, null, gone.Token);
+            observer.Forward(rows.Count, rows.Sum(r => r.Count), Stopwatch.GetElapsedTime(started).TotalSeconds);
+        }
+        int start = 0;
         foreach (var run in group)
         {
             int n = run.Run.Rows.Length;

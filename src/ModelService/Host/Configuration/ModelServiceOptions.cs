@@ -57,6 +57,12 @@ public sealed class ModelServiceOptions
     /// <summary>A request whose client reads nothing for this long while output waits ends with RESOURCE_EXHAUSTED (seconds).</summary>
     public double StallTimeoutSeconds { get; set; } = 30;
 
+    /// <summary>
+    /// Patching sweeps (a Run of identical inputs patched per row from some position on) compute the
+    /// shared prefix once and each row only from its first patched position (false = always the plain forward).
+    /// </summary>
+    public bool PrefixReuse { get; set; } = true;
+
     /// <summary>The engine's view of these settings.</summary>
     public Engine.EngineOptions ToEngineOptions() => new()
     {
@@ -69,6 +75,7 @@ public sealed class ModelServiceOptions
         StallTimeout = TimeSpan.FromSeconds(StallTimeoutSeconds),
         MaxConcurrentRequests = MaxConcurrentRequests,
         AdmissionWait = TimeSpan.FromMilliseconds(AdmissionWaitMs),
+        PrefixReuse = PrefixReuse,
     };
 
     /// <summary>OTLP collector for traces, e.g. <c>http://otel-collector:4317</c>; unset = no trace export (the standard <c>OTEL_EXPORTER_OTLP_ENDPOINT</c> also works).</summary>

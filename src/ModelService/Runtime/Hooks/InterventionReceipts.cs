@@ -34,6 +34,17 @@ public sealed class InterventionReceipts
         norms = new double[targets.Count];
     }
 
+    /// <summary>
+    /// Counts what <paramref name="standIn"/> does as the work of <paramref name="original"/>, an
+    /// intervention of this plan (the engine re-targets an intervention to a subset of rows this way).
+    /// </summary>
+    public void Alias(Intervention standIn, Intervention original)
+    {
+        if (!index.TryGetValue(original, out int i))
+            throw new ArgumentException("the intervention is not part of this plan", nameof(original));
+        index[standIn] = i;
+    }
+
     /// <summary>Records one application: <paramref name="before"/> became <paramref name="after"/>.</summary>
     internal void Record(Intervention iv, Tensor before, Tensor after)
     {
