@@ -51,8 +51,11 @@ public sealed class InterventionReceipts
         if (!index.TryGetValue(iv, out int i))
             return;
         using var scope = NewDisposeScope();
-        var diff = after.to(ScalarType.Float64) - before.to(ScalarType.Float64);
-        elements[i] += diff.ne(Scalars.Zero).sum().item<long>();
+        // Compared, not subtracted: a masked attention score stays −∞ (−∞ − −∞ would be NaN and
+        // count as changed, with a NaN norm).
+        var changed = after.ne(before);
+        var diff = (after.to(ScalarType.Float64) - before.to(ScalarType.Float64)).masked_fill(changed.logical_not(), Scalars.ZeroReal);
+        elements[i] += changed.sum().item<long>();
         stepSquares[i] += diff.square().sum().item<double>();
     }
 
