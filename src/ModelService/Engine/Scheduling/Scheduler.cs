@@ -52,9 +52,10 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
 
         if (runs.Count > 0)
         {
-            // Alone on the thread, the oldest Run waits briefly for compatible company.
+            // Alone on the thread, the oldest Run waits briefly for compatible company (one served by
+            // prefix reuse has none to wait for).
             var window = TimeSpan.FromMilliseconds(options.BatchWindowMs);
-            while (!decoding && waiting.Count == 0 && runs.Count > 0 && runs.Sum(r => r.Run.Rows.Length) < options.BatchMaxRows)
+            while (!decoding && waiting.Count == 0 && runs.Count > 0 && runs.Sum(r => r.Run.Rows.Length) < options.BatchMaxRows && ReuseOf(runs[0]) is null)
             {
                 var left = window - Stopwatch.GetElapsedTime(runs[0].Arrived);
                 if (left <= TimeSpan.Zero)
