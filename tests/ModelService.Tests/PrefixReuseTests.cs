@@ -156,6 +156,28 @@ public sealed class PrefixReuseTests : IDisposable
     }
 
     [Fact]
+    public async Task A_group_whose_cache_would_exceed_the_limit_runs_in_chunks_of_rows()
+    {
+        const int length = 12;
+        var (spec, starts) = ResidSweep(gpt2, length, [2, 7]);
+        var c = gpt2.Config;
+        long perRow = (long)length * c.NLayers * 2 * c.NKvHeads * c.DHead * 4;
+        var saved = InterpMesh.Engine.Scheduling.PrefixReuse.MaxCacheBytes;
+        // Room for one row's cache: each group of 2 rows (the 2 layers of a position) runs row by row.
+        InterpMesh.Engine.Scheduling.PrefixReuse.MaxCacheBytes = perRow;
+        try
+        {
+            var forwards = await SameAnswerAsync(gpt2, spec);
+            AssertReused(forwards, length, starts);
+            Assert.Equal([(1, length), (1, length - 2), (1, length - 2), (1, length - 7), (1, length - 7)], forwards);
+        }
+        finally
+        {
+            InterpMesh.Engine.Scheduling.PrefixReuse.MaxCacheBytes = saved;
+        }
+    }
+
+    [Fact]
     public async Task A_sweep_over_rotary_positions_gives_the_plain_forwards_answer()
     {
         const int length = 10;

@@ -31,6 +31,12 @@ internal sealed record ReuseSplit(int Length, IReadOnlyList<ReuseGroup> Groups)
 internal static class PrefixReuse
 {
     /// <summary>
+    /// Largest KV cache one continuation forward holds (its rows × the whole sequence × every
+    /// layer's keys and values); a group needing more runs in chunks of rows. Settable for tests only.
+    /// </summary>
+    internal static long MaxCacheBytes { get; set; } = 256L << 20;
+
+    /// <summary>
     /// The split of a Run that prefix reuse serves exactly and more cheaply than one forward, or null
     /// (the plain forward). Needs: identical rows, last-position logits (top-k allowed), no loss, no
     /// gradient, no captures, every intervention value free of batch and position dimensions larger
@@ -126,7 +132,10 @@ internal static class PrefixReuse
         observer.Forward(1, length, Stopwatch.GetElapsedTime(started).TotalSeconds);
         var perRow = Enumerable.Repeat(shared, n).ToArray();
         var interventions = run.Plan.Targets.Select(t => t.Intervention).ToList();
-        foreach (var group in split.Groups)
+        var c = transformer.Config;
+        long cacheBytesPerRow = (long)length * c.NLayers * 2 * c.NKvHeads * c.DHead * (transformer.DType == ScalarType.Float32 ? 4 : 2);
+        int chunkRows = (int)Math.Clamp(MaxCacheBytes / cacheBytesPerRow, 1, int.MaxValue);
+        foreach (var group in split.Groups.SelectMany(g => g.Rows.Chunk(chunkRows).Select(rows => g with { Rows = rows })))
         {
             started = Stopwatch.GetTimestamp();
             int rows = group.Rows.Length, p = group.Start;
