@@ -175,6 +175,23 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
     /// <summary>How prefix reuse would serve <paramref name="run"/>, or null (off, or the plain forward).</summary>
     private ReuseSplit? ReuseOf(RunWork run) => options.PrefixReuse ? PrefixReuse.Split(run.Run, transformer.Hooks) : null;
 
+    /// <summary>A Run through prefix reuse (its forwards are its own): answered as a plain forward's would be.</summary>
+    private void ExecuteReused(RunWork run, ReuseSplit split, Tensor ids, Tensor mask, Activity? activity)
+    {
+        int n = run.Run.Rows.Length;
+        activity?.SetTag("interpmesh.requests", 1);
+        activity?.SetTag("interpmesh.batch_size", n);
+        activity?.SetTag("interpmesh.prefix_reuse", true);
+        using var gone = AllGone([run]);
+        var logits = PrefixReuse.Forward(transformer, run.Run, split, run.Receipts, observer, gone.Token);
+        if (!run.Gone)
+        {
+            run.Receipts.EndStep();
+            run.Buffer.Write(Outcome(run, ids, mask, logits, n));
+        }
+        run.Finish();
+    }
+
     private void ExecuteRuns(List<RunWork> group)
     {
         try
@@ -206,28 +223,24 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
         var first = group[0].Run;
         var rows = group.SelectMany(r => r.Run.Rows).Select(r => (IReadOnlyList<int>)r).ToList();
         var (ids, mask) = TokenBatch.Pad(rows, first.Padding, transformer.Device);
+        if (group.Count == 1 && ReuseOf(group[0]) is { } split)
+        {
+            ExecuteReused(group[0], split, ids, mask, activity);
+            return;
+        }
+        var segments = new List<HookSegment>();
+        int start = 0;
+        foreach (var run in group)
+        {
+            segments.Add(new HookSegment(start, run.Run.Rows.Length, run.Plan, Sink(run, run.Run.Reductions, () => 0), run.Receipts));
+            start += run.Run.Rows.Length;
+        }
         activity?.SetTag("interpmesh.requests", group.Count);
         activity?.SetTag("interpmesh.batch_size", rows.Count);
         using var gone = AllGone(group);
-        Tensor? logits;
-        if (group.Count == 1 && ReuseOf(group[0]) is { } split)
-        {
-            activity?.SetTag("interpmesh.prefix_reuse", true);
-            logits = PrefixReuse.Forward(transformer, first, split, group[0].Receipts, observer, gone.Token);
-        }
-        else
-        {
-            var segments = new List<HookSegment>();
-            int offset = 0;
-            foreach (var run in group)
-            {
-                segments.Add(new HookSegment(offset, run.Run.Rows.Length, run.Plan, Sink(run, run.Run.Reductions, () => 0), run.Receipts));
-                offset += run.Run.Rows.Length;
-            }
-            logits = transformer.Forward(ids, mask, segments, first.Loss ? LogitsMode.All : first.Logits, null, gone.Token);
-            observer.Forward(rows.Count, rows.Sum(r => r.Count), Stopwatch.GetElapsedTime(started).TotalSeconds);
-        }
-        int start = 0;
+        var logits = transformer.Forward(ids, mask, segments, first.Loss ? LogitsMode.All : first.Logits, null, gone.Token);
+        observer.Forward(rows.Count, rows.Sum(r => r.Count), Stopwatch.GetElapsedTime(started).TotalSeconds);
+        start = 0;
         foreach (var run in group)
         {
             int n = run.Run.Rows.Length;
