@@ -57,6 +57,24 @@ public sealed class BenchRunTests
     }
 
     [Fact]
+    public void Patching_computes_fewer_tokens_with_prefix_reuse_and_the_same_logits()
+    {
+        var r = BenchRunner.Run("patching", "--preset", "gpt2-tiny", "--seq", "8", "--batch", "8", "--iters", "1", "--warmup", "0", "--threads", "1", "--json");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var j = r.Json;
+        // gpt2-tiny: 2 layers × 8 positions = 16 rows, in 2 requests of 8 (positions 0–3, then 4–7).
+        Assert.Equal(16, j.GetProperty("rows").GetInt32());
+        Assert.Equal(2, j.GetProperty("requests").GetInt32());
+        Assert.Equal(16 * 8, j.GetProperty("tokens_without_reuse").GetInt64());
+        // Each request: its prefix (8 tokens) plus each row from its patched position on.
+        long reused = 8 + 2 * (8 + 7 + 6 + 5) + 8 + 2 * (4 + 3 + 2 + 1);
+        Assert.Equal(reused, j.GetProperty("tokens_with_reuse").GetInt64());
+        Assert.Equal(2, j.GetProperty("forwards_without_reuse").GetInt64());
+        Assert.InRange(j.GetProperty("max_abs_logit_diff").GetDouble(), 0, 1e-4);
+        Assert.True(j.GetProperty("ratio_with_vs_without").GetDouble() > 0);
+    }
+
+    [Fact]
     public void Gateway_streams_what_the_preset_shape_implies_and_leaves_no_temporary_folder()
     {
         var r = BenchRunner.Run("gateway", "--preset", "gpt2-tiny", "--batch", "1", "--seq", "8", "--iters", "1", "--unary", "10", "--threads", "1", "--json");

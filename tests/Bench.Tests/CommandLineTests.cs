@@ -7,7 +7,7 @@ namespace InterpMesh.Bench.Tests;
 /// </summary>
 public sealed class CommandLineTests
 {
-    private static readonly string[] Benchmarks = ["forward", "stream", "gateway", "probe", "retrieval", "sae", "circuits", "load", "loading", "serving", "jobs"];
+    private static readonly string[] Benchmarks = ["forward", "patching", "stream", "gateway", "probe", "retrieval", "sae", "circuits", "load", "loading", "serving", "jobs"];
 
     [Theory]
     [InlineData("--batch must be an integer, got 'x'", "forward", "--batch", "x")]
@@ -32,6 +32,8 @@ public sealed class CommandLineTests
     [InlineData("--save-model DIR keeps the random checkpoint of a --preset", "serving", "--save-model", "/tmp/x")]
     [InlineData("--server measures a running service; it takes no --model, --preset or --batch-window-ms", "serving", "--server", "http://127.0.0.1:1", "--preset", "gpt2-tiny")]
     [InlineData("--seq 4000 exceeds the gpt2-tiny context length of 128", "forward", "--preset", "gpt2-tiny", "--seq", "4000")]
+    [InlineData("--seq 4000 exceeds the gpt2-tiny context length of 128", "patching", "--preset", "gpt2-tiny", "--seq", "4000")]
+    [InlineData("--batch must be at least 1, got 0", "patching", "--batch", "0")]
     public void A_bad_value_is_a_usage_error_that_says_what_to_fix(string message, params string[] args)
     {
         var r = BenchRunner.Run([.. args, "--json"]);
@@ -55,7 +57,7 @@ public sealed class CommandLineTests
     [InlineData("unknown option '--bogus' for 'forward'; `interpmesh-bench forward --help` lists the options", "forward", "--bogus", "1")]
     [InlineData("unknown option '--stall-capture' for 'forward'", "forward", "--stall-capture", "*")]
     [InlineData("unexpected argument 'extra' for 'serving'", "serving", "extra")]
-    [InlineData("unknown benchmark 'nothing'; benchmarks: forward, stream, gateway, probe, retrieval, sae, circuits, load, loading, serving", "nothing")]
+    [InlineData("unknown benchmark 'nothing'; benchmarks: forward, patching, stream, gateway, probe, retrieval, sae, circuits, load, loading, serving", "nothing")]
     public void An_unknown_option_argument_or_benchmark_is_refused(string message, params string[] args)
     {
         var r = BenchRunner.Run(args);

@@ -16,7 +16,7 @@ public static class BenchApp
     /// <summary>Every benchmark, in the order help lists them.</summary>
     private static Benchmark[] All() =>
     [
-        new ForwardBenchmark(), new StreamBenchmark(), new GatewayBenchmark(), new ProbeBenchmark(), new RetrievalBenchmark(),
+        new ForwardBenchmark(), new PatchingBenchmark(), new StreamBenchmark(), new GatewayBenchmark(), new ProbeBenchmark(), new RetrievalBenchmark(),
         new SaeBenchmark(), new CircuitsBenchmark(), new LoadBenchmark(), new LoadingBenchmark(), new ServingBenchmark(), new JobsBenchmark(),
     ];
 

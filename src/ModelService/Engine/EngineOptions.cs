@@ -35,6 +35,13 @@ public sealed class EngineOptions
     /// request may need, in bytes; 0 disables gradient requests.
     /// </summary>
     public long GradientMemoryBytes { get; init; } = 1L << 30;
+
+    /// <summary>
+    /// Patching sweeps (a Run of identical inputs whose rows are patched from some position on) run
+    /// the shared prefix once and each row only from its first patched position, reusing the
+    /// prefix's KV cache; results equal the plain forward's within float rounding.
+    /// </summary>
+    public bool PrefixReuse { get; init; } = true;
 }
 
 /// <summary>What the engine reports about its work; hosts forward it to their metrics.</summary>

@@ -52,9 +52,10 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
 
         if (runs.Count > 0)
         {
-            // Alone on the thread, the oldest Run waits briefly for compatible company.
+            // Alone on the thread, the oldest Run waits briefly for compatible company (one served by
+            // prefix reuse has none to wait for).
             var window = TimeSpan.FromMilliseconds(options.BatchWindowMs);
-            while (!decoding && waiting.Count == 0 && runs.Count > 0 && runs.Sum(r => r.Run.Rows.Length) < options.BatchMaxRows)
+            while (!decoding && waiting.Count == 0 && runs.Count > 0 && runs.Sum(r => r.Run.Rows.Length) < options.BatchMaxRows && ReuseOf(runs[0]) is null)
             {
                 var left = window - Stopwatch.GetElapsedTime(runs[0].Arrived);
                 if (left <= TimeSpan.Zero)
@@ -148,7 +149,10 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
         }
     }
 
-    /// <summary>The oldest Run and every later one with its key that fits, in arrival order.</summary>
+    /// <summary>
+    /// The oldest Run and every later one with its key that fits, in arrival order. A Run served by
+    /// prefix reuse goes alone (its forwards are its own) and joins no other group.
+    /// </summary>
     private List<RunWork> TakeGroup()
     {
         var group = new List<RunWork>();
@@ -156,13 +160,36 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
         for (int i = 0; i < runs.Count; i++)
         {
             var run = runs[i];
-            if (group.Count > 0 && (run.Run.Key != group[0].Run.Key || rows + run.Run.Rows.Length > options.BatchMaxRows))
+            bool alone = ReuseOf(run) is not null;
+            if (group.Count > 0 && (alone || run.Run.Key != group[0].Run.Key || rows + run.Run.Rows.Length > options.BatchMaxRows))
                 continue;
             group.Add(run);
             rows += run.Run.Rows.Length;
             runs.RemoveAt(i--);
+            if (alone)
+                break;
         }
         return group;
+    }
+
+    /// <summary>How prefix reuse would serve <paramref name="run"/>, or null (off, or the plain forward).</summary>
+    private ReuseSplit? ReuseOf(RunWork run) => options.PrefixReuse ? PrefixReuse.Split(run.Run, transformer.Hooks) : null;
+
+    /// <summary>A Run through prefix reuse (its forwards are its own): answered as a plain forward's would be.</summary>
+    private void ExecuteReused(RunWork run, ReuseSplit split, Tensor ids, Tensor mask, Activity? activity)
+    {
+        int n = run.Run.Rows.Length;
+        activity?.SetTag("interpmesh.requests", 1);
+        activity?.SetTag("interpmesh.batch_size", n);
+        activity?.SetTag("interpmesh.prefix_reuse", true);
+        using var gone = AllGone([run]);
+        var logits = PrefixReuse.Forward(transformer, run.Run, split, run.Receipts, observer, gone.Token);
+        if (!run.Gone)
+        {
+            run.Receipts.EndStep();
+            run.Buffer.Write(Outcome(run, ids, mask, logits, n));
+        }
+        run.Finish();
     }
 
     private void ExecuteRuns(List<RunWork> group)
@@ -201,6 +228,11 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
         var first = group[0].Run;
         var rows = group.SelectMany(r => r.Run.Rows).Select(r => (IReadOnlyList<int>)r).ToList();
         var (ids, mask) = TokenBatch.Pad(rows, first.Padding, transformer.Device);
+        if (group.Count == 1 && ReuseOf(group[0]) is { } split)
+        {
+            ExecuteReused(group[0], split, ids, mask, activity);
+            return;
+        }
         var segments = new List<HookSegment>();
         int start = 0;
         foreach (var run in group)

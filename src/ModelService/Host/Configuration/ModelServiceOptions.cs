@@ -63,6 +63,12 @@ public sealed class ModelServiceOptions
     /// </summary>
     public long GradientMemoryBytes { get; set; } = 1L << 30;
 
+    /// <summary>
+    /// Patching sweeps (a Run of identical inputs patched per row from some position on) compute the
+    /// shared prefix once and each row only from its first patched position (false = always the plain forward).
+    /// </summary>
+    public bool PrefixReuse { get; set; } = true;
+
     /// <summary>The engine's view of these settings.</summary>
     public Engine.EngineOptions ToEngineOptions() => new()
     {
@@ -76,6 +82,7 @@ public sealed class ModelServiceOptions
         MaxConcurrentRequests = MaxConcurrentRequests,
         AdmissionWait = TimeSpan.FromMilliseconds(AdmissionWaitMs),
         GradientMemoryBytes = GradientMemoryBytes,
+        PrefixReuse = PrefixReuse,
     };
 
     /// <summary>OTLP collector for traces, e.g. <c>http://otel-collector:4317</c>; unset = no trace export (the standard <c>OTEL_EXPORTER_OTLP_ENDPOINT</c> also works).</summary>

@@ -768,6 +768,31 @@ public sealed class KvCache : IDisposable
             SetRowLength(i, moved[i]);
     }
 
+    /// <summary>
+    /// Fills every row of this cache with the first <paramref name="length"/> positions of row
+    /// <paramref name="sourceRow"/> of <paramref name="source"/> (keys, values, mask) and sets each
+    /// row's length to <paramref name="length"/>: several continuations of one shared prefix.
+    /// </summary>
+    public void CopyPrefix(KvCache source, int sourceRow, int length)
+    {
+        if (sourceRow < 0 || sourceRow >= source.Batch)
+            throw new ArgumentOutOfRangeException(nameof(sourceRow), $"row {sourceRow} is outside a cache of {source.Batch} rows");
+        if (length < 0 || length > source.RowLength(sourceRow) || length > Capacity)
+            throw new ArgumentOutOfRangeException(nameof(length), $"{length} positions: the source row holds {source.RowLength(sourceRow)}, this cache takes {Capacity}");
+        if (Keys.Length != source.Keys.Length)
+            throw new ArgumentException("the caches belong to different models", nameof(source));
+        using var scope = NewDisposeScope();
+        for (int l = 0; l < Keys.Length; l++)
+        {
+            Keys[l].narrow(2, 0, length).copy_(source.Keys[l].narrow(0, sourceRow, 1).narrow(2, 0, length).expand(Batch, -1, -1, -1));
+            Values[l].narrow(2, 0, length).copy_(source.Values[l].narrow(0, sourceRow, 1).narrow(2, 0, length).expand(Batch, -1, -1, -1));
+        }
+        Mask.fill_(Scalars.False);
+        Mask.narrow(1, 0, length).copy_(source.Mask.narrow(0, sourceRow, 1).narrow(1, 0, length).expand(Batch, -1));
+        for (int r = 0; r < Batch; r++)
+            SetRowLength(r, length);
+    }
+
     /// <summary>A larger cache holding this one's rows and contents (rows and capacity only grow).</summary>
     public KvCache Grow(ModelConfig config, int batch, int capacity)
     {

@@ -34,14 +34,28 @@ public sealed class InterventionReceipts
         norms = new double[targets.Count];
     }
 
+    /// <summary>
+    /// Counts what <paramref name="standIn"/> does as the work of <paramref name="original"/>, an
+    /// intervention of this plan (the engine re-targets an intervention to a subset of rows this way).
+    /// </summary>
+    public void Alias(Intervention standIn, Intervention original)
+    {
+        if (!index.TryGetValue(original, out int i))
+            throw new ArgumentException("the intervention is not part of this plan", nameof(original));
+        index[standIn] = i;
+    }
+
     /// <summary>Records one application: <paramref name="before"/> became <paramref name="after"/>.</summary>
     internal void Record(Intervention iv, Tensor before, Tensor after)
     {
         if (!index.TryGetValue(iv, out int i))
             return;
         using var scope = NewDisposeScope();
-        var diff = after.to(ScalarType.Float64) - before.to(ScalarType.Float64);
-        elements[i] += diff.ne(Scalars.Zero).sum().item<long>();
+        // Compared, not subtracted: a masked attention score stays −∞ (−∞ − −∞ would be NaN and
+        // count as changed, with a NaN norm).
+        var changed = after.ne(before);
+        var diff = (after.to(ScalarType.Float64) - before.to(ScalarType.Float64)).masked_fill(changed.logical_not(), Scalars.ZeroReal);
+        elements[i] += changed.sum().item<long>();
         stepSquares[i] += diff.square().sum().item<double>();
     }
 
