@@ -141,7 +141,7 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
             if (sae.Architecture != arch || (saved.NormScale is null) != (p.Normalize == SaeNormalization.None))
             {
                 sae.Dispose();
-                throw new InvalidParametersException($"checkpoint '{rf}' is a {sae.Architecture} SAE with normalize_activations '{saved.NormalizeActivations}'{(saved.FoldedScale is null ? "" : " (scale folded: a final SAE, not a checkpoint)")}; resume it with the same architecture and normalize (a -checkpoint folder keeps the scale unfolded)");
+                throw new InvalidParametersException($"checkpoint '{rf}' is a {sae.Architecture} SAE saved with normalize_activations '{saved.NormalizeActivations}'; resume it with the same architecture and normalize (a final SAE has its scale folded in and says none; its -checkpoint keeps the scale)");
             }
             scale = saved.NormScale;
             trainer = new SaeTrainer(sae, options);

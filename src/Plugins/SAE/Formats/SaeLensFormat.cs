@@ -414,6 +414,7 @@ internal static partial class SaeLensFormat
                     throw new InvalidParametersException($"{file}: {name} is [{string.Join(", ", t.shape)}], expected [{string.Join(", ", shape)}] from d_in = {dIn}, d_sae = {dSae}{(dOut != dIn ? $", d_out = {dOut}" : "")}");
                 return t.to_type(ScalarType.Float32).contiguous().clone();
             }
+            var wEnc = Need("W_enc");
             var wDec = Need("W_dec");
             if (scaling is not null)
             {
@@ -429,7 +430,7 @@ internal static partial class SaeLensFormat
                 RuntimeNormalization = info.NormalizeActivations is "constant_norm_rescale" or "layer_norm" ? info.NormalizeActivations : "none",
                 RescaleActsByDecoderNorm = rescale,
             };
-            var sae = new SparseAutoencoder(arch, dIn, dSae, info.K, Need("W_enc"), Need(arch == "gated" ? "b_gate" : "b_enc"), wDec, Need("b_dec"), applyBDec, extras);
+            var sae = new SparseAutoencoder(arch, dIn, dSae, info.K, wEnc, Need(arch == "gated" ? "b_gate" : "b_enc"), wDec, Need("b_dec"), applyBDec, extras);
             if (info.NormScale is double s && options.FoldScale)
             {
                 sae.FoldInputScale(s);
