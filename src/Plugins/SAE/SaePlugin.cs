@@ -21,8 +21,8 @@ namespace InterpMesh.Plugins.SAE;
 /// </summary>
 public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
     id: "sae",
-    version: "1.1.0",
-    description: "Train, evaluate and inspect sparse autoencoders (standard ReLU+L1 or TopK with AuxK), saved in the SAELens layout.",
+    version: "1.2.0",
+    description: "Train (standard ReLU+L1 or TopK with AuxK), evaluate and inspect sparse autoencoders and transcoders; reads SAELens folders of every architecture and Gemma Scope params.npz, writes the SAELens 6.x (or 5.x) layout.",
     produces: ["table:training", "table:features", "table:contexts", "artifact:sae"])
 {
     // Scalars that outlive the calls reading them: TorchSharp 0.107's implicit ones can be freed by
