@@ -334,7 +334,24 @@ public sealed class SaeLensPluginTests
         var checkpoint = await store.LoadFilesAsync("saes/normalised-checkpoint");
         Assert.Equal("expected_average_only_in", JsonNode.Parse(checkpoint["cfg.json"])!["normalize_activations"]!.GetValue<string>());
         double scale = JsonNode.Parse(checkpoint["activation_scaler.json"])!["scaling_factor"]!.GetValue<double>();
-        Assert.True(scale > 0);
+        Assert.Equal(train["norm_scaling_factor"]!.GetValue<double>(), scale);
+        // √d_in over the mean norm of the first 10 shuffled batches: near √d_in over the mean norm of every training token.
+        var tokens = await model.Client.TokenizeAsync(texts);
+        var capture = new RunRequest { Padding = Padding.Right, Captures = { new Capture { Hooks = { "blocks.0.hook_resid_post" } } } };
+        capture.Inputs.AddRange(tokens.Select(t => new Input { Tokens = new TokenIds { Ids = { t } } }));
+        double meanNorm = 0;
+        await foreach (var o in model.Client.RunAsync(capture))
+        {
+            if (o.Activation is { } a)
+            {
+                using var scope = NewDisposeScope();
+                var norms = a.norm(2).data<float>().ToArray();
+                int width = (int)a.shape[1];
+                var real = tokens.SelectMany((t, i) => Enumerable.Range(1, t.Length - 1).Select(p => norms[i * width + p])).ToList();
+                meanNorm = real.Average();
+            }
+        }
+        Assert.InRange(scale, 0.8 * 8 / meanNorm, 1.25 * 8 / meanNorm);
         var resumed = await RunAsync(model, store, new
         {
             hook = "blocks.0.hook_resid_post", texts, architecture = "topk", d_sae = 64, k = 4, steps = 30, batch_tokens = 32,

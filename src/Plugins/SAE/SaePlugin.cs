@@ -173,38 +173,61 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
             LogSparsity = trainer.CountedTokens > 0 ? trainer.LogFeatureSparsity() : null,
         };
         var layout = p.SaelensVersion == SaeLensConfigVersion.V5 ? SaeLensLayout.V5 : SaeLensLayout.V6;
+        // expected_average_only_in: s = √d_in / the mean over the first batches (up to 10) of their
+        // mean norm (SAELens' ActivationScaler averages 1000 batches); those batches are then trained on.
+        var pending = new Queue<Tensor>();
         using (sae)
         {
-            while (trainer.Step < steps)
+            try
             {
-                if (trainer.Step == sparsityFrom)
-                    trainer.ResetFireCounts();
-                ct.ThrowIfCancellationRequested();
-                // TorchSharp's dispose scopes are per thread: never keep one open across an await.
-                var fetched = await buffer.NextBatchAsync(batch, ct);
-                using (var scope = NewDisposeScope())
+                if (normalize == "expected_average_only_in" && scale is null)
                 {
-                    var x = fetched;
-                    if (normalize == "expected_average_only_in")
-                        scale ??= Math.Sqrt(dIn) / x.norm(1).mean().item<float>();
-                    if (scale is double s)
+                    double sum = 0;
+                    int n = Math.Min(10, steps - trainer.Step);
+                    for (int i = 0; i < n; i++)
                     {
-                        using Scalar factor = s;
-                        x = x.mul(factor);
+                        var b = await buffer.NextBatchAsync(batch, ct);
+                        pending.Enqueue(b);
+                        using var norms = b.norm(1);
+                        using var mean = norms.mean();
+                        sum += mean.item<float>();
                     }
-                    if (trainer.Step == 0)
-                        trainer.InitializeDecoderBias(x);
-                    last = trainer.Train(x);
-                    tokens += x.shape[0];
+                    scale = n > 0 ? Math.Sqrt(dIn) / (sum / n) : 1.0;
                 }
-                fetched.Dispose();
-                if (trainer.Step % 10 == 0 || trainer.Step == steps)
+                while (trainer.Step < steps)
                 {
-                    training.Add([trainer.Step, tokens, last.Loss, last.L0, last.ExplainedVariance, last.DeadFraction]);
-                    context.ReportProgress((double)trainer.Step / steps, $"step {trainer.Step}/{steps}: tokens {tokens}, loss {last.Loss:0.####}, L0 {last.L0:0.#}, EV {last.ExplainedVariance:0.###}, dead {last.DeadFraction:P0}");
+                    if (trainer.Step == sparsityFrom)
+                        trainer.ResetFireCounts();
+                    ct.ThrowIfCancellationRequested();
+                    // TorchSharp's dispose scopes are per thread: never keep one open across an await.
+                    var fetched = pending.Count > 0 ? pending.Dequeue() : await buffer.NextBatchAsync(batch, ct);
+                    using (var scope = NewDisposeScope())
+                    {
+                        var x = fetched;
+                        if (scale is double s)
+                        {
+                            using Scalar factor = s;
+                            x = x.mul(factor);
+                        }
+                        if (trainer.Step == 0)
+                            trainer.InitializeDecoderBias(x);
+                        last = trainer.Train(x);
+                        tokens += x.shape[0];
+                    }
+                    fetched.Dispose();
+                    if (trainer.Step % 10 == 0 || trainer.Step == steps)
+                    {
+                        training.Add([trainer.Step, tokens, last.Loss, last.L0, last.ExplainedVariance, last.DeadFraction]);
+                        context.ReportProgress((double)trainer.Step / steps, $"step {trainer.Step}/{steps}: tokens {tokens}, loss {last.Loss:0.####}, L0 {last.L0:0.#}, EV {last.ExplainedVariance:0.###}, dead {last.DeadFraction:P0}");
+                    }
+                    if (every > 0 && trainer.Step % every == 0 && trainer.Step < steps)
+                        await SaveAsync(context, name + "-checkpoint", SaeLensFormat.Write(sae, Info(), layout, checkpoint: true), trainer, hook, ct);
                 }
-                if (every > 0 && trainer.Step % every == 0 && trainer.Step < steps)
-                    await SaveAsync(context, name + "-checkpoint", SaeLensFormat.Write(sae, Info(), layout, checkpoint: true), trainer, hook, ct);
+            }
+            finally
+            {
+                while (pending.Count > 0)
+                    pending.Dequeue().Dispose();
             }
             await SaveAsync(context, name, SaeLensFormat.Write(sae, Info(), layout), trainer, hook, ct);
         }
@@ -217,6 +240,7 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
                 ["steps"] = trainer.Step, ["tokens"] = tokens, ["l0"] = last?.L0, ["explained_variance"] = last?.ExplainedVariance, ["dead_fraction"] = last?.DeadFraction,
                 ["seconds"] = wall, ["seconds_waiting_for_activations"] = source.SecondsWaiting, ["activations_per_second"] = tokens / Math.Max(1e-9, wall),
                 ["resumed_from_step"] = resume is null ? null : resumedAt,
+                ["norm_scaling_factor"] = scale,
             },
             Tables = [new ResultTable { Name = "training", Columns = ["step", "tokens", "loss", "l0", "explained_variance", "dead_fraction"], Rows = training }],
             Artifacts = [name],
