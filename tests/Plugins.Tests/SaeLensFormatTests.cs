@@ -371,6 +371,11 @@ public sealed class SaeLensFormatTests
         { """{"metadata": {"sae_lens_version": "latest", "hook_name": "h"}}""", "sae_lens_version 'latest' is not a version number" },
         { """{"hook_name": "h", "normalize_activations": "expected_average_only_in"}""", "normalize_activations 'expected_average_only_in' but the folder has no scale" },
         { """{"hook_name": "h", "finetuning_scaling_factor": "yes"}""", "finetuning_scaling_factor must be true or false" },
+        { """{"hook_name": "h", "metadata": ["hook_name"]}""", "metadata must be an object" },
+        { """{"hook_name": "h", "activation_fn": "topk", "activation_fn_kwargs": 3}""", "activation_fn_kwargs must be an object" },
+        { """{"architecture": "transcoder", "d_out": 0, "apply_b_dec_to_input": false, "metadata": {"sae_lens_version": "6.18.0", "hook_name": "h", "hook_name_out": "o"}}""", "d_out (0) must be positive" },
+        { """{"architecture": "skip_transcoder", "d_out": 8, "apply_b_dec_to_input": false, "reshape_activations": "hook_z", "metadata": {"sae_lens_version": "6.18.0", "hook_name": "blocks.0.attn.hook_z", "hook_name_out": "o"}}""", "reshape_activations / hook_head_index are not supported for a skip_transcoder" },
+        { """{"hook_name": "blocks.0.attn.hook_z", "hook_head_index": -1}""", "hook_head_index -1 must be 0 or more" },
     };
 
     [Theory]
@@ -383,6 +388,54 @@ public sealed class SaeLensFormatTests
         cfg["d_sae"] = 12;
         var e = Assert.Throws<InvalidParametersException>(() => SaeLensFormat.Read(Folder(cfg, Weights("standard", 8, 12, 1)), "f"));
         Assert.Contains(message, e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Side_files_and_npz_archives_that_cannot_be_honoured_are_refused_by_name()
+    {
+        using var scope = NewDisposeScope();
+        static void Refused(Action read, string message) => Assert.Contains(message, Assert.Throws<InvalidParametersException>(read).Message, StringComparison.Ordinal);
+        var folder = Folder(Cfg6("standard", 8, 12, "h", normalize: "expected_average_only_in"), Weights("standard", 8, 12, 1));
+        folder["activation_scaler.json"] = Encoding.UTF8.GetBytes("""{"scaling_factor": "big"}""");
+        Refused(() => SaeLensFormat.Read(folder, "f"), "f/activation_scaler.json: scaling_factor must be a finite number");
+        folder["activation_scaler.json"] = Encoding.UTF8.GetBytes("""{"scaling_factor": -2}""");
+        Refused(() => SaeLensFormat.Read(folder, "f"), "the activation scale -2 must be positive");
+        var plain = Folder(Cfg6("standard", 8, 12, "h"), Weights("standard", 8, 12, 1));
+        plain["sparsity.safetensors"] = SafeTensorsBytes(new Dictionary<string, Tensor> { ["sparsity"] = zeros(12), ["other"] = zeros(2) });
+        Refused(() => SaeLensFormat.Read(plain, "f"), "must hold one tensor, 'sparsity' (it has");
+        Refused(() => SaeLensFormat.Read(new Dictionary<string, byte[]> { ["params.npz"] = [1, 2, 3] }, "gs", new SaeReadOptions("blocks.0.hook_resid_post")), "gs/params.npz is not a valid .npz (zip) file");
+        Refused(() => SaeLensFormat.Read(new Dictionary<string, byte[]> { ["weights.bin"] = [1] }, "x"), "x is not an SAELens folder: it needs cfg.json and sae_weights.safetensors, or Gemma Scope's params.npz");
+        Refused(() => Npz.ReadNpy([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], "a.npy"), "a.npy is not an .npy array");
+        using var dir = new TempDir();
+        Python("""
+            import numpy as np, sys, zipfile
+            d = sys.argv[1]
+            np.save(d + '/short.npy', np.ones((2, 3), dtype='<f4'))
+            raw = open(d + '/short.npy', 'rb').read()
+            open(d + '/short.npy', 'wb').write(raw[:-4])
+            with zipfile.ZipFile(d + '/extra.npz', 'w') as z:
+                z.writestr('notes.txt', 'hello')
+            """, dir.Path);
+        Refused(() => Npz.ReadNpy(File.ReadAllBytes(Path.Combine(dir.Path, "short.npy")), "short.npy"), "shape (2, 3) of '<f4' needs 24 bytes of data, the file has 20");
+        Refused(() => Npz.Read(File.ReadAllBytes(Path.Combine(dir.Path, "extra.npz")), "extra.npz"), "extra.npz holds 'notes.txt', which is not an .npy array");
+        var rescaled = SaeLensFormat.Read(Folder(Cfg6("topk", 8, 12, "h", k: 3, rescale: true), Weights("topk", 8, 12, 1)), "r").Sae;
+        using (rescaled)
+            Refused(() => SaeLensFormat.Write(rescaled, new SaeInfo("h", null, "topk", 8, 12, 3, "none", null), SaeLensLayout.V5), "SAELens 5.x has no rescale_acts_by_decoder_norm");
+    }
+
+    /// <summary>Gemma Scope embedding SAEs: SAELens divides W_enc by √d_in and multiplies W_dec by it (pretrained_sae_loaders.py:518-521).</summary>
+    [Fact]
+    public void A_Gemma_Scope_embedding_SAE_gets_SAELens_scale_adjustment()
+    {
+        using var scope = NewDisposeScope();
+        var w = Weights("jumprelu", 16, 8, 4);
+        var (npz, _, _) = GemmaScopeNpz(w, zeros(1, 16));
+        var (sae, _) = SaeLensFormat.Read(new Dictionary<string, byte[]> { ["embedding/width_4k/average_l0_6/params.npz"] = npz }, "gemma-scope-2b-pt-res", new SaeReadOptions("hook_embed"));
+        using (sae)
+        {
+            Close(w["W_enc"].div(S(4)), sae.WEnc, "W_enc / √16");
+            Close(w["W_dec"].mul(S(4)), sae.WDec, "W_dec · √16");
+        }
     }
 
     [Fact]
