@@ -247,6 +247,19 @@ public sealed class SaeLensFormatTests
         var (applied, _) = SaeLensFormat.Read(checkpoint, "checkpoint");
         using (applied)
             Assert.True(Math.Abs(Ev(applied.Forward(x).Output) - evUnfolded) < 1e-5);
+        // InterpMesh ≤ 1.1's layout: unfolded weights, the scale in interpmesh_norm_scale; applied when read.
+        var legacy = new Dictionary<string, byte[]>(checkpoint);
+        legacy.Remove("activation_scaler.json");
+        var legacyCfg = JsonNode.Parse(legacy["cfg.json"])!.AsObject();
+        legacyCfg["interpmesh_norm_scale"] = s;
+        legacyCfg["metadata"]!.AsObject().Remove("sae_lens_version");
+        legacy["cfg.json"] = Encoding.UTF8.GetBytes(legacyCfg.ToJsonString());
+        var (old, oldInfo) = SaeLensFormat.Read(legacy, "legacy");
+        using (old)
+        {
+            Assert.Equal(s, oldInfo.FoldedScale);
+            Assert.True(Math.Abs(Ev(old.Forward(x).Output) - evUnfolded) < 1e-5);
+        }
         // A SAELens folder declaring the normalisation without its scale is refused, not read with scale 1.
         var bare = new Dictionary<string, byte[]>(checkpoint);
         bare.Remove("activation_scaler.json");
@@ -376,6 +389,7 @@ public sealed class SaeLensFormatTests
         { """{"architecture": "transcoder", "d_out": 0, "apply_b_dec_to_input": false, "metadata": {"sae_lens_version": "6.18.0", "hook_name": "h", "hook_name_out": "o"}}""", "d_out (0) must be positive" },
         { """{"architecture": "skip_transcoder", "d_out": 8, "apply_b_dec_to_input": false, "reshape_activations": "hook_z", "metadata": {"sae_lens_version": "6.18.0", "hook_name": "blocks.0.attn.hook_z", "hook_name_out": "o"}}""", "reshape_activations / hook_head_index are not supported for a skip_transcoder" },
         { """{"hook_name": "blocks.0.attn.hook_z", "hook_head_index": -1}""", "hook_head_index -1 must be 0 or more" },
+        { """{"hook_name": "h", "normalize_activations": "layer_norm", "interpmesh_norm_scale": 2.0}""", "interpmesh_norm_scale with normalize_activations 'layer_norm' is contradictory" },
     };
 
     [Theory]

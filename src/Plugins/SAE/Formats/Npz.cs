@@ -15,7 +15,8 @@ namespace InterpMesh.Plugins.SAE.Formats;
 /// </summary>
 internal static partial class Npz
 {
-    private const long MaxArrayBytes = 8L << 30;
+    // An array is read into one byte[] (as the artifact store hands files over), so at most 2 GB.
+    private const long MaxArrayBytes = int.MaxValue - 4096;
 
     /// <summary>The arrays of an .npz file by name (without ".npy") as float32 tensors the caller disposes.</summary>
     public static Dictionary<string, Tensor> Read(byte[] bytes, string where)

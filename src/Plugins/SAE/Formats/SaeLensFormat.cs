@@ -244,6 +244,12 @@ internal static partial class SaeLensFormat
         bool applyBDec = c.Bool(cfg["apply_b_dec_to_input"], "apply_b_dec_to_input") ?? !transcoder;
         bool finetuning = c.Bool(cfg["finetuning_scaling_factor"], "finetuning_scaling_factor") ?? false;
 
+        // InterpMesh ≤ 1.1 kept an unfolded scale in a private key (beside expected_average_only_in); it declares the scale.
+        double? legacyScale = c.Number(cfg["interpmesh_norm_scale"], "interpmesh_norm_scale");
+        if (legacyScale is not null && normalize == "none")
+            normalize = "expected_average_only_in";
+        else if (legacyScale is not null && normalize != "expected_average_only_in")
+            throw new InvalidParametersException($"{c.Where}: interpmesh_norm_scale with normalize_activations '{normalize}' is contradictory (the scale belongs to expected_average_only_in)");
         // An expected_average_only_in scale not folded: the caller's, SAELens' activation_scaler.json, or our pre-1.2 private key.
         double? scale = null;
         if (normalize == "expected_average_only_in")
@@ -254,7 +260,7 @@ internal static partial class SaeLensFormat
                 var scaler = new ConfigReader(ParseObject(scalerBytes, $"{where}/{ActivationScaler}"), $"{where}/{ActivationScaler}");
                 fromScaler = scaler.Number(scaler.Cfg["scaling_factor"], "scaling_factor");
             }
-            scale = options.NormScalingFactor ?? fromScaler ?? c.Number(cfg["interpmesh_norm_scale"], "interpmesh_norm_scale")
+            scale = options.NormScalingFactor ?? fromScaler ?? legacyScale
                 ?? throw new InvalidParametersException($"{c.Where}: normalize_activations 'expected_average_only_in' but the folder has no scale ({ActivationScaler}); give norm_scaling_factor (SAELens' pretrained_saes.yaml lists it per SAE)");
             if (!(scale > 0))
                 throw new InvalidParametersException($"{c.Where}: the activation scale {scale} must be positive");
