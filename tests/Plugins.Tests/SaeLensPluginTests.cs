@@ -211,6 +211,11 @@ public sealed class SaeLensPluginTests(Xunit.Abstractions.ITestOutputHelper outp
         Assert.Equal(loss, e["ce_with_sae"]!.GetValue<double>(), 4);
         // ReLU for gelu_new keeps most of what the MLP does (on this toy, marginally more than all of it).
         Assert.InRange(e["ce_loss_recovered"]!.GetValue<double>(), 0.5, 1.1);
+        // Inspect encodes at the input hook; a latent's decoder row (d_out = d_model) reads through the unembedding.
+        var inspect = await RunAsync(model, store, new { mode = "inspect", sae = "saes/transcoder", texts = Texts, feature = 3, top = 2 });
+        Assert.Equal("blocks.0.hook_mlp_out", inspect["hook_out"]!.GetValue<string>());
+        Assert.InRange(inspect["density"]!.GetValue<double>(), 0.0, 1.0);
+        Assert.Equal(2, inspect["promotes"]!.AsArray().Count);
         foreach (var t in w.Values)
             t.Dispose();
     }
