@@ -370,7 +370,6 @@ public sealed class SaeLensFormatTests
         { """{"hook_name": "h", "normalize_activations": "whiten"}""", "normalize_activations 'whiten' is not supported" },
         { """{"hook_name": "h", "reshape_activations": "hook_q"}""", "reshape_activations 'hook_q' is not supported" },
         { """{"hook_name": "blocks.0.hook_resid_post", "reshape_activations": "hook_z"}""", "reshape_activations 'hook_z' needs a hook_z hook" },
-        { """{"hook_name": "blocks.0.hook_resid_post", "hook_head_index": 1}""", "hook_head_index is supported at attn.hook_z only" },
         { """{"hook_name": "h", "activation_fn_str": "tanh-relu"}""", "activation_fn 'tanh-relu' is not supported" },
         { """{"hook_name": "h", "activation_fn": "topk"}""", "activation_fn 'topk' needs activation_fn_kwargs.k" },
         { """{"hook_name": "h", "activation_fn": "topk", "activation_fn_kwargs": {"k": 2}, "architecture": "jumprelu"}""", "activation_fn 'topk' contradicts architecture 'jumprelu'" },

@@ -261,6 +261,9 @@ public sealed class SaeLensPluginTests(Xunit.Abstractions.ITestOutputHelper outp
     {
         { Cfg6("standard", 16, 32, "blocks.0.attn.hook_z", reshape: "hook_z", headIndex: 7).ToJsonString(), "hook_head_index 7 is out of range; this model has 4 heads" },
         { Cfg6("standard", 48, 32, "blocks.0.attn.hook_z", reshape: "hook_z").ToJsonString(), "flattened (reshape_activations hook_z) is 4 × 16 = 64 wide" },
+        { Cfg6("standard", 16, 32, "blocks.0.hook_resid_post", headIndex: 1).ToJsonString(), "hook 'blocks.0.hook_resid_post' has shape [batch, pos, d_model]; reshape_activations hook_z and hook_head_index need a [batch, pos, head, d_head] hook" },
+        { Cfg6("standard", 8, 32, "blocks.0.attn.hook_q", headIndex: 1).ToJsonString(), "the SAE has d_in = 8 but one head of 'blocks.0.attn.hook_q' is d_head = 16 wide" },
+        { Cfg6("standard", 16, 32, "blocks.0.attn.hook_q", headIndex: 3).ToJsonString(), "" },
         { Cfg6("standard", 64, 32, "blocks.0.hook_resid_post", reshape: "none").ToJsonString(), "" },
         { Cfg6("transcoder", 64, 32, "blocks.0.ln2.hook_normalized", applyBDec: false, dOut: 48, hookOut: "blocks.0.hook_mlp_out").ToJsonString(), "the transcoder has d_out = 48 but 'blocks.0.hook_mlp_out' of this model is 64 wide" },
         { Cfg6("transcoder", 64, 32, "blocks.0.ln2.hook_normalized", applyBDec: false, dOut: 64, hookOut: "blocks.0.attn.hook_pattern").ToJsonString(), "hook_name_out 'blocks.0.attn.hook_pattern' has shape" },

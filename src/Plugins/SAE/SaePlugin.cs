@@ -313,7 +313,7 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
         return (loaded, saved);
     }
 
-    /// <summary>The SAE's input hook: [batch, pos, d], or attn.hook_z ([batch, pos, head, d_head]) flattened (reshape_activations hook_z) or one head of it (hook_head_index).</summary>
+    /// <summary>The SAE's input hook: [batch, pos, d], or a per-head hook ([batch, pos, head, d_head], e.g. attn.hook_z) flattened (reshape_activations hook_z) or one head of it (hook_head_index).</summary>
     private static void CheckInputHook(ModelInfo info, SaeInfo saved)
     {
         if (!saved.ReshapeHookZ && saved.HookHeadIndex is null)
@@ -324,7 +324,7 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
         var h = info.Hooks.FirstOrDefault(x => x.Name == saved.HookName)
             ?? throw new InvalidParametersException($"hook '{saved.HookName}' is not a hook of this model");
         if (h.Dims.Count != 4 || h.Dims[2] != "head" || h.Dims[3] != "d_head")
-            throw new InvalidParametersException($"hook '{saved.HookName}' has shape {h.Shape}; reshape_activations hook_z and hook_head_index need a [batch, pos, head, d_head] hook (attn.hook_z)");
+            throw new InvalidParametersException($"hook '{saved.HookName}' has shape {h.Shape}; reshape_activations hook_z and hook_head_index need a [batch, pos, head, d_head] hook (e.g. attn.hook_z)");
         if (saved.HookHeadIndex is int head)
         {
             if (head >= info.NHeads)

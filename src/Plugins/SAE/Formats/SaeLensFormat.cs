@@ -215,8 +215,6 @@ internal static partial class SaeLensFormat
         int? headIndex = c.Int(c.Find("hook_head_index") ?? cfg["hook_point_head_index"], "hook_head_index");
         if (headIndex < 0)
             throw new InvalidParametersException($"{c.Where}: hook_head_index {headIndex} must be 0 or more");
-        if (headIndex is not null && !hook.EndsWith("_z", StringComparison.Ordinal))
-            throw new InvalidParametersException($"{c.Where}: hook_head_index is supported at attn.hook_z only, not at '{hook}'");
 
         string? hookOut = c.Text(c.Find("hook_name_out"), "metadata.hook_name_out");
         if (c.Int(c.Find("hook_head_index_out"), "metadata.hook_head_index_out") is int headOut)
