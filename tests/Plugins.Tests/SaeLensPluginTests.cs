@@ -308,6 +308,14 @@ public sealed class SaeLensPluginTests(Xunit.Abstractions.ITestOutputHelper outp
         Assert.Equal(0.5, ok["folded_scale"]!.GetValue<double>());
         // The identity is exact at any scale: SAE(x·s)/s = x.
         Assert.True(ok["explained_variance"]!.GetValue<double>() > 1 - 1e-5);
+        // Exported, a decoder row is in the model's (unscaled) space: W_dec[5] / s = e₅ / 0.5.
+        await RunAsync(model, store, new { mode = "export_direction", sae = "saes/unfolded", feature = 5, norm_scaling_factor = 0.5, save_as = "vectors/five" });
+        var vector = await store.LoadTensorsAsync("vectors/five");
+        var expected = new float[64];
+        expected[5] = 2;
+        Assert.Equal(expected, vector["mean_diff.0"].data<float>().ToArray());
+        foreach (var t in vector.Values)
+            t.Dispose();
     }
 
     /// <summary>

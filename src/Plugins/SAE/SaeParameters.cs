@@ -175,6 +175,10 @@ public sealed class ExportDirectionParameters : SaeParameters
     [Description("must be the SAE's hook (default: the SAE's)")]
     public string? Hook { get; init; }
 
+    [Description("the activation scale of an unfolded expected_average_only_in SAE whose folder lacks it (SAELens' norm_scaling_factor)")]
+    [Range(0.0, double.PositiveInfinity)]
+    public double? NormScalingFactor { get; init; }
+
     [Description("the latent whose decoder direction is exported")]
     [Range(0, int.MaxValue)]
     public int? Feature { get; init; }

@@ -484,7 +484,7 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
     {
         var ct = context.Cancellation;
         var info = await context.Model.GetInfoAsync(ct);
-        var (sae, saved) = await LoadAsync(p.Sae, p.Hook, null, context, info);
+        var (sae, saved) = await LoadAsync(p.Sae, p.Hook, p.NormScalingFactor, context, info);
         using (sae)
         {
             int feature = p.Feature ?? throw new InvalidParametersException("feature is required");
