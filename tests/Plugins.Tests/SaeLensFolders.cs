@@ -325,6 +325,7 @@ internal static class SaeLensFolders
     /// <summary>Runs /usr/bin/python3 on a script (numpy is on the machine); returns stdout, fails the test on a non-zero exit.</summary>
     public static string Python(string script, params string[] args)
     {
+        Assert.True(File.Exists("/usr/bin/python3"), "Debian's python3 is missing");
         var psi = new ProcessStartInfo("/usr/bin/python3") { RedirectStandardOutput = true, RedirectStandardError = true };
         psi.ArgumentList.Add("-c");
         psi.ArgumentList.Add(script);
@@ -334,7 +335,7 @@ internal static class SaeLensFolders
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEnd();
         p.WaitForExit();
-        Assert.True(p.ExitCode == 0, $"python failed: {stderr}");
+        Assert.True(p.ExitCode == 0, $"python failed (needs Debian's python3-numpy, which .ci/run installs with python3-sklearn):\n{stderr}");
         return stdout.Result;
     }
 
