@@ -101,7 +101,8 @@ public sealed class SaeTests
     [InlineData("""{"hook_point": "h", "d_in": 9, "d_sae": 12}""", "W_enc is [8, 12], expected [9, 12]")]
     [InlineData("""{"d_in": 8, "d_sae": 12}""", "names no hook")]
     [InlineData("""not json""", "is not a JSON object")]
-    [InlineData("""{"hook_point": "h", "d_in": 8, "d_sae": 12, "architecture": "gated"}""", "architecture 'gated' is not supported")]
+    [InlineData("""{"hook_point": "h", "d_in": 8, "d_sae": 12, "architecture": "gated"}""", "holds b_enc, which a 'gated' SAE does not have")]
+    [InlineData("""{"hook_point": "h", "d_in": 8, "d_sae": 12, "architecture": "crosscoder"}""", "architecture 'crosscoder' is not supported")]
     public void Bad_folders_are_refused_with_what_is_wrong(string cfg, string message)
     {
         using var scope = NewDisposeScope();

@@ -28,6 +28,18 @@ public enum SaeNormalization
     ExpectedAverageOnlyIn,
 }
 
+/// <summary>Which SAELens config the saved folder carries.</summary>
+public enum SaeLensConfigVersion
+{
+    /// <summary>SAELens 6.x: metadata with sae_lens_version, hook_name, model_name, ….</summary>
+    [JsonStringEnumMemberName("6")]
+    V6,
+
+    /// <summary>SAELens 5.x's flat config (hook_name, hook_layer, model_name, … at the top), which 6.x also reads.</summary>
+    [JsonStringEnumMemberName("5")]
+    V5,
+}
+
 /// <summary>mode "train" (the default): train an SAE on activations streamed from the model service.</summary>
 public sealed class TrainParameters : SaeParameters
 {
@@ -72,7 +84,11 @@ public sealed class TrainParameters : SaeParameters
     [Range(1, int.MaxValue)]
     public int? BufferTokens { get; init; }
 
+    [Description("expected_average_only_in: train on activations scaled to mean norm √d_in; the scale is folded into the saved weights")]
     public SaeNormalization Normalize { get; init; } = SaeNormalization.None;
+
+    [Description("the SAELens config written: \"6\" (SAELens 6.x, default) or \"5\" (5.x's flat config, which 6.x also reads)")]
+    public SaeLensConfigVersion SaelensVersion { get; init; } = SaeLensConfigVersion.V6;
 
     [Description("save a checkpoint every this many steps (default: none)")]
     [Range(1, int.MaxValue)]
@@ -108,8 +124,12 @@ public sealed class EvaluateParameters : SaeParameters
     [Description("an SAE artifact (SAELens folder)")]
     public string? Sae { get; init; }
 
-    [Description("must be the SAE's hook (default: the SAE's)")]
+    [Description("must be the SAE's hook (default: the SAE's); required for Gemma Scope folders (params.npz), which name none")]
     public string? Hook { get; init; }
+
+    [Description("the activation scale of an unfolded expected_average_only_in SAE whose folder lacks it (SAELens' norm_scaling_factor)")]
+    [Range(0.0, double.PositiveInfinity)]
+    public double? NormScalingFactor { get; init; }
 
     [Description("evaluation texts, inline")]
     public IReadOnlyList<string>? Texts { get; init; }
@@ -124,8 +144,12 @@ public sealed class InspectParameters : SaeParameters
     [Description("an SAE artifact (SAELens folder)")]
     public string? Sae { get; init; }
 
-    [Description("must be the SAE's hook (default: the SAE's)")]
+    [Description("must be the SAE's hook (default: the SAE's); required for Gemma Scope folders (params.npz), which name none")]
     public string? Hook { get; init; }
+
+    [Description("the activation scale of an unfolded expected_average_only_in SAE whose folder lacks it (SAELens' norm_scaling_factor)")]
+    [Range(0.0, double.PositiveInfinity)]
+    public double? NormScalingFactor { get; init; }
 
     [Description("texts to inspect, inline")]
     public IReadOnlyList<string>? Texts { get; init; }
@@ -150,6 +174,10 @@ public sealed class ExportDirectionParameters : SaeParameters
 
     [Description("must be the SAE's hook (default: the SAE's)")]
     public string? Hook { get; init; }
+
+    [Description("the activation scale of an unfolded expected_average_only_in SAE whose folder lacks it (SAELens' norm_scaling_factor)")]
+    [Range(0.0, double.PositiveInfinity)]
+    public double? NormScalingFactor { get; init; }
 
     [Description("the latent whose decoder direction is exported")]
     [Range(0, int.MaxValue)]

@@ -21,8 +21,8 @@ namespace InterpMesh.Plugins.SAE;
 /// </summary>
 public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
     id: "sae",
-    version: "1.1.0",
-    description: "Train, evaluate and inspect sparse autoencoders (standard ReLU+L1 or TopK with AuxK), saved in the SAELens layout.",
+    version: "1.2.0",
+    description: "Train (standard ReLU+L1 or TopK with AuxK), evaluate and inspect sparse autoencoders and transcoders; reads SAELens folders of every architecture and Gemma Scope params.npz, writes the SAELens 6.x (or 5.x) layout.",
     produces: ["table:training", "table:features", "table:contexts", "artifact:sae"])
 {
     // Scalars that outlive the calls reading them: TorchSharp 0.107's implicit ones can be freed by
@@ -131,9 +131,18 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
         if (resume is { } rf)
         {
             var files = await context.Artifacts.LoadFilesAsync(rf, ct);
-            (sae, var saved) = SaeLensFormat.Read(files, rf);
+            // Unfolded: training goes on in the scaled space the checkpoint was trained in.
+            (sae, var saved) = SaeLensFormat.Read(files, rf, new SaeReadOptions(FoldScale: false));
             if (saved.HookName != hook)
+            {
+                sae.Dispose();
                 throw new InvalidParametersException($"checkpoint '{rf}' was trained at '{saved.HookName}', not '{hook}'");
+            }
+            if (sae.Architecture != arch || (saved.NormScale is null) != (p.Normalize == SaeNormalization.None))
+            {
+                sae.Dispose();
+                throw new InvalidParametersException($"checkpoint '{rf}' is a {sae.Architecture} SAE saved with normalize_activations '{saved.NormalizeActivations}'; resume it with the same architecture and normalize (a final SAE has its scale folded in and says none; its -checkpoint keeps the scale)");
+            }
             scale = saved.NormScale;
             trainer = new SaeTrainer(sae, options);
             var state = await context.Artifacts.LoadTensorsAsync(rf + "/trainer", ct);
@@ -154,38 +163,73 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
         StepMetrics? last = null;
         long tokens = 0;
         string normalize = p.Normalize == SaeNormalization.ExpectedAverageOnlyIn ? "expected_average_only_in" : "none";
+        // Latent firing frequencies (sparsity.safetensors) over the last fifth of training, as SAELens counts them over its last sampling window.
+        int sparsityFrom = steps - Math.Max(1, steps / 5);
+        SaeInfo Info() => new(hook, context.Model.Name, arch, dIn, dSae, k, normalize, scale)
+        {
+            ContextSize = info.ContextLength,
+            DatasetPath = p.Dataset,
+            PrependBos = info.TokenizerAddsBos,
+            LogSparsity = trainer.CountedTokens > 0 ? trainer.LogFeatureSparsity() : null,
+        };
+        var layout = p.SaelensVersion == SaeLensConfigVersion.V5 ? SaeLensLayout.V5 : SaeLensLayout.V6;
+        // expected_average_only_in: s = √d_in / the mean over the first batches (up to 10) of their
+        // mean norm (SAELens' ActivationScaler averages 1000 batches); those batches are then trained on.
+        var pending = new Queue<Tensor>();
         using (sae)
         {
-            while (trainer.Step < steps)
+            try
             {
-                ct.ThrowIfCancellationRequested();
-                // TorchSharp's dispose scopes are per thread: never keep one open across an await.
-                var fetched = await buffer.NextBatchAsync(batch, ct);
-                using (var scope = NewDisposeScope())
+                if (normalize == "expected_average_only_in" && scale is null)
                 {
-                    var x = fetched;
-                    if (normalize == "expected_average_only_in")
-                        scale ??= Math.Sqrt(dIn) / x.norm(1).mean().item<float>();
-                    if (scale is double s)
+                    double sum = 0;
+                    int n = Math.Min(10, steps - trainer.Step);
+                    for (int i = 0; i < n; i++)
                     {
-                        using Scalar factor = s;
-                        x = x.mul(factor);
+                        var b = await buffer.NextBatchAsync(batch, ct);
+                        pending.Enqueue(b);
+                        using var norms = b.norm(1);
+                        using var mean = norms.mean();
+                        sum += mean.item<float>();
                     }
-                    if (trainer.Step == 0)
-                        trainer.InitializeDecoderBias(x);
-                    last = trainer.Train(x);
-                    tokens += x.shape[0];
+                    scale = n > 0 ? Math.Sqrt(dIn) / (sum / n) : 1.0;
                 }
-                fetched.Dispose();
-                if (trainer.Step % 10 == 0 || trainer.Step == steps)
+                while (trainer.Step < steps)
                 {
-                    training.Add([trainer.Step, tokens, last.Loss, last.L0, last.ExplainedVariance, last.DeadFraction]);
-                    context.ReportProgress((double)trainer.Step / steps, $"step {trainer.Step}/{steps}: tokens {tokens}, loss {last.Loss:0.####}, L0 {last.L0:0.#}, EV {last.ExplainedVariance:0.###}, dead {last.DeadFraction:P0}");
+                    if (trainer.Step == sparsityFrom)
+                        trainer.ResetFireCounts();
+                    ct.ThrowIfCancellationRequested();
+                    // TorchSharp's dispose scopes are per thread: never keep one open across an await.
+                    var fetched = pending.Count > 0 ? pending.Dequeue() : await buffer.NextBatchAsync(batch, ct);
+                    using (var scope = NewDisposeScope())
+                    {
+                        var x = fetched;
+                        if (scale is double s)
+                        {
+                            using Scalar factor = s;
+                            x = x.mul(factor);
+                        }
+                        if (trainer.Step == 0)
+                            trainer.InitializeDecoderBias(x);
+                        last = trainer.Train(x);
+                        tokens += x.shape[0];
+                    }
+                    fetched.Dispose();
+                    if (trainer.Step % 10 == 0 || trainer.Step == steps)
+                    {
+                        training.Add([trainer.Step, tokens, last.Loss, last.L0, last.ExplainedVariance, last.DeadFraction]);
+                        context.ReportProgress((double)trainer.Step / steps, $"step {trainer.Step}/{steps}: tokens {tokens}, loss {last.Loss:0.####}, L0 {last.L0:0.#}, EV {last.ExplainedVariance:0.###}, dead {last.DeadFraction:P0}");
+                    }
+                    if (every > 0 && trainer.Step % every == 0 && trainer.Step < steps)
+                        await SaveAsync(context, name + "-checkpoint", SaeLensFormat.Write(sae, Info(), layout, checkpoint: true), trainer, hook, ct);
                 }
-                if (every > 0 && trainer.Step % every == 0 && trainer.Step < steps)
-                    await SaveAsync(context, name + "-checkpoint", sae, trainer, new SaeInfo(hook, context.Model.Name, arch, dIn, dSae, k, normalize, scale), ct);
             }
-            await SaveAsync(context, name, sae, trainer, new SaeInfo(hook, context.Model.Name, arch, dIn, dSae, k, normalize, scale), ct);
+            finally
+            {
+                while (pending.Count > 0)
+                    pending.Dequeue().Dispose();
+            }
+            await SaveAsync(context, name, SaeLensFormat.Write(sae, Info(), layout), trainer, hook, ct);
         }
         double wall = clock.Elapsed.TotalSeconds;
         return new PluginResult
@@ -196,15 +240,16 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
                 ["steps"] = trainer.Step, ["tokens"] = tokens, ["l0"] = last?.L0, ["explained_variance"] = last?.ExplainedVariance, ["dead_fraction"] = last?.DeadFraction,
                 ["seconds"] = wall, ["seconds_waiting_for_activations"] = source.SecondsWaiting, ["activations_per_second"] = tokens / Math.Max(1e-9, wall),
                 ["resumed_from_step"] = resume is null ? null : resumedAt,
+                ["norm_scaling_factor"] = scale,
             },
             Tables = [new ResultTable { Name = "training", Columns = ["step", "tokens", "loss", "l0", "explained_variance", "dead_fraction"], Rows = training }],
             Artifacts = [name],
         };
     }
 
-    private static async Task SaveAsync(IAnalysisContext context, string name, SparseAutoencoder sae, SaeTrainer trainer, SaeInfo info, CancellationToken ct)
+    private static async Task SaveAsync(IAnalysisContext context, string name, Dictionary<string, byte[]> folder, SaeTrainer trainer, string hook, CancellationToken ct)
     {
-        await context.Artifacts.SaveFilesAsync(name, SaeLensFormat.Write(sae, info), new JsonObject { ["kind"] = "saelens", ["hook"] = info.HookName, ["model"] = info.ModelName, ["steps"] = trainer.Step, ["job"] = context.JobId }, ct);
+        await context.Artifacts.SaveFilesAsync(name, folder, new JsonObject { ["kind"] = "saelens", ["hook"] = hook, ["model"] = context.Model.Name, ["steps"] = trainer.Step, ["job"] = context.JobId }, ct);
         // The step and last-fired tensors are made for the save; the optimizer moments stay the trainer's.
         using var step = tensor((long)trainer.Step);
         using var lastFired = tensor(trainer.LastFired);
@@ -239,17 +284,26 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
         return name;
     }
 
-    private static async Task<(SparseAutoencoder Sae, SaeInfo Info)> LoadAsync(string? sae, string? hook, IAnalysisContext context, ModelInfo info)
+    private static async Task<(SparseAutoencoder Sae, SaeInfo Info)> LoadAsync(string? sae, string? hook, double? normScalingFactor, IAnalysisContext context, ModelInfo info)
     {
         string name = sae ?? throw new InvalidParametersException("sae is required: the artifact holding the SAELens folder");
         var files = await context.Artifacts.LoadFilesAsync(name, context.Cancellation);
-        var (loaded, saved) = SaeLensFormat.Read(files, name);
+        var (loaded, saved) = SaeLensFormat.Read(files, name, new SaeReadOptions(hook, normScalingFactor));
         try
         {
             hook ??= saved.HookName;
             if (hook != saved.HookName)
                 throw new InvalidParametersException($"the SAE '{name}' was trained at '{saved.HookName}', not '{hook}'");
-            CheckHook(info, hook, saved.DIn);
+            CheckInputHook(info, saved);
+            if (saved.HookNameOut is { } output)
+            {
+                var h = info.Hooks.FirstOrDefault(x => x.Name == output)
+                    ?? throw new InvalidParametersException($"the transcoder's hook_name_out '{output}' is not a hook of this model");
+                if (h.Dims.Count != 3 || h.Dims[0] != "batch" || h.Dims[1] != "pos")
+                    throw new InvalidParametersException($"the transcoder's hook_name_out '{output}' has shape {h.Shape}; a [batch, pos, d] hook is needed");
+                if (Width(info, h) != loaded.DOut)
+                    throw new InvalidParametersException($"the transcoder has d_out = {loaded.DOut} but '{output}' of this model is {Width(info, h)} wide");
+            }
         }
         catch
         {
@@ -259,46 +313,115 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
         return (loaded, saved);
     }
 
-    /// <summary>Activations [B, T, d] at the hook (right padding) and the lengths of the rows, for a batch of texts.</summary>
-    private static async Task<(Tensor X, int[][] Tokens)> CaptureAsync(IModelClient model, ModelInfo info, IReadOnlyList<string> texts, string hook, CancellationToken ct)
+    /// <summary>The SAE's input hook: [batch, pos, d], or a per-head hook ([batch, pos, head, d_head], e.g. attn.hook_z) flattened (reshape_activations hook_z) or one head of it (hook_head_index).</summary>
+    private static void CheckInputHook(ModelInfo info, SaeInfo saved)
+    {
+        if (!saved.ReshapeHookZ && saved.HookHeadIndex is null)
+        {
+            CheckHook(info, saved.HookName, saved.DIn);
+            return;
+        }
+        var h = info.Hooks.FirstOrDefault(x => x.Name == saved.HookName)
+            ?? throw new InvalidParametersException($"hook '{saved.HookName}' is not a hook of this model");
+        if (h.Dims.Count != 4 || h.Dims[2] != "head" || h.Dims[3] != "d_head")
+            throw new InvalidParametersException($"hook '{saved.HookName}' has shape {h.Shape}; reshape_activations hook_z and hook_head_index need a [batch, pos, head, d_head] hook (e.g. attn.hook_z)");
+        if (saved.HookHeadIndex is int head)
+        {
+            if (head >= info.NHeads)
+                throw new InvalidParametersException($"hook_head_index {head} is out of range; this model has {info.NHeads} heads");
+            if (saved.DIn != info.DHead)
+                throw new InvalidParametersException($"the SAE has d_in = {saved.DIn} but one head of '{saved.HookName}' is d_head = {info.DHead} wide");
+        }
+        else if (saved.DIn != info.NHeads * info.DHead)
+        {
+            throw new InvalidParametersException($"the SAE has d_in = {saved.DIn} but '{saved.HookName}' flattened (reshape_activations hook_z) is {info.NHeads} × {info.DHead} = {info.NHeads * info.DHead} wide");
+        }
+    }
+
+    /// <summary>The SAE's input from the hook's activations: as they are, flattened over heads, or one head.</summary>
+    private static Tensor SaeInput(SaeInfo saved, Tensor activation) =>
+        saved.HookHeadIndex is int head ? activation.select(2, head)
+        : saved.ReshapeHookZ ? activation.flatten(2)
+        : activation;
+
+    /// <summary>The hook's activations with the SAE's output in place of what it reconstructs.</summary>
+    private static Tensor HookValue(SaeInfo saved, Tensor output, Tensor activation)
+    {
+        if (saved.HookHeadIndex is int head)
+        {
+            var full = activation.clone();
+            full.select(2, head).copy_(output);
+            return full;
+        }
+        return saved.ReshapeHookZ ? output.reshape(activation.shape) : output;
+    }
+
+    /// <summary>Activations [B, T, …] at the hooks (right padding) and the tokens of the rows, for a batch of texts.</summary>
+    private static async Task<(Dictionary<string, Tensor> Activations, int[][] Tokens)> CaptureAsync(IModelClient model, ModelInfo info, IReadOnlyList<string> texts, IReadOnlyCollection<string> hooks, CancellationToken ct)
     {
         var tokens = (await model.TokenizeAsync(texts, ct)).Select(t => t.Take(info.ContextLength).ToArray()).ToArray();
-        var request = new RunRequest { Padding = Contracts.V1.Padding.Right, Captures = { new Capture { Hooks = { hook } } } };
+        var request = new RunRequest { Padding = Contracts.V1.Padding.Right, Captures = { new Capture { Hooks = { hooks } } } };
         request.Inputs.AddRange(tokens.Select(t => new Input { Tokens = new TokenIds { Ids = { t } } }));
+        var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         await foreach (var o in model.RunAsync(request, ct))
         {
-            if (o.Activation is { } a)
-                return (a.to(ScalarType.Float32), tokens);
+            if (o.Activation is { } a && o.Hook is { } h)
+            {
+                var converted = a.to(ScalarType.Float32);
+                if (!ReferenceEquals(converted, a))
+                    a.Dispose();
+                result[h] = converted;
+            }
         }
-        throw new InvalidOperationException("no activations came back");
+        var missing = hooks.Where(h => !result.ContainsKey(h)).ToList();
+        if (missing.Count > 0)
+        {
+            foreach (var t in result.Values)
+                t.Dispose();
+            throw new InvalidOperationException($"no activations came back for {string.Join(", ", missing)}");
+        }
+        return (result, tokens);
     }
 
     private static async Task<PluginResult> EvaluateAsync(EvaluateParameters p, IAnalysisContext context)
     {
         var ct = context.Cancellation;
         var info = await context.Model.GetInfoAsync(ct);
-        var (sae, saved) = await LoadAsync(p.Sae, p.Hook, context, info);
-        var texts = await TextsAsync(p.Texts, p.Dataset, context.Artifacts, ct);
+        var (sae, saved) = await LoadAsync(p.Sae, p.Hook, p.NormScalingFactor, context, info);
+        List<string> texts;
+        try
+        {
+            texts = await TextsAsync(p.Texts, p.Dataset, context.Artifacts, ct);
+        }
+        catch
+        {
+            sae.Dispose();
+            throw;
+        }
         double se = 0, total = 0, l0 = 0, count = 0, clean = 0, spliced = 0, ablated = 0;
         int start = info.TokenizerAddsBos ? 1 : 0;
+        string outHook = saved.OutputHook;
+        string[] hooks = outHook == saved.HookName ? [saved.HookName] : [saved.HookName, outHook];
         using (sae)
         {
             var fired = new double[sae.DSae];
             for (int b = 0; b < texts.Count; b += 16)
             {
                 var batch = texts.Skip(b).Take(16).ToList();
-                var (x, tokens) = await CaptureAsync(context.Model, info, batch, saved.HookName, ct);
+                var (acts, tokens) = await CaptureAsync(context.Model, info, batch, hooks, ct);
                 Contracts.V1.Intervention set;
                 // Synchronous tensor work in a scope (TorchSharp's dispose scopes are per thread; no await inside).
                 using (var scope = NewDisposeScope())
                 {
-                    using Scalar s = saved.NormScale ?? 1;
-                    var f = sae.Encode(x.mul(s));
-                    var xHat = sae.Decode(f).div(s);
+                    var activation = acts[saved.HookName];
+                    var x = SaeInput(saved, activation);
+                    // The target: the same hook for SAEs, hook_name_out for transcoders.
+                    var target = outHook == saved.HookName ? x : acts[outHook];
+                    var (f, xHat) = sae.Forward(x);
                     var mask = zeros(x.shape[0], x.shape[1], dtype: ScalarType.Bool);
                     for (int i = 0; i < tokens.Length; i++)
                         mask[i, start..tokens[i].Length] = true;
-                    var real = x[mask];
+                    var real = target[mask];
                     se += (xHat[mask] - real).pow(Two).sum().item<float>();
                     total += (real - real.mean([0])).pow(Two).sum().item<float>();
                     l0 += f[mask].gt(Zero).sum().item<long>();
@@ -306,11 +429,13 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
                     var batchFires = f[mask].gt(Zero).sum([0L]).to(ScalarType.Float64).data<double>().ToArray();
                     for (int j = 0; j < fired.Length; j++)
                         fired[j] += batchFires[j];
-                    var splice = xHat.where(mask.unsqueeze(-1), x).contiguous();
-                    set = new Contracts.V1.Intervention { Hook = saved.HookName, Op = InterventionOp.Set, Value = splice.ToWireTensor().ToProto() };
+                    var outActivation = acts[outHook];
+                    var replaced = HookValue(saved, xHat.where(mask.unsqueeze(-1), target), outActivation).contiguous();
+                    set = new Contracts.V1.Intervention { Hook = outHook, Op = InterventionOp.Set, Value = replaced.ToWireTensor().ToProto() };
                 }
-                x.Dispose();
-                // CE loss: clean, with x̂ spliced in at the hook, and with the hook zero-ablated.
+                foreach (var t in acts.Values)
+                    t.Dispose();
+                // CE loss: clean, with x̂ spliced in at the (output) hook, and with it zero-ablated (the SAE's head only, for hook_head_index).
                 async Task<double> Loss(Contracts.V1.Intervention? iv)
                 {
                     var request = new RunRequest { Padding = Contracts.V1.Padding.Right, Loss = true };
@@ -327,7 +452,10 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
                 double w = batch.Count;
                 clean += w * await Loss(null);
                 spliced += w * await Loss(set);
-                ablated += w * await Loss(new Contracts.V1.Intervention { Hook = saved.HookName, Op = InterventionOp.ZeroAblate });
+                var zero = new Contracts.V1.Intervention { Hook = outHook, Op = InterventionOp.ZeroAblate };
+                if (saved.HookHeadIndex is int head)
+                    zero.Heads.Add(head);
+                ablated += w * await Loss(zero);
                 context.ReportProgress(Math.Min(1, (b + 16.0) / texts.Count), $"evaluated {Math.Min(texts.Count, b + 16)}/{texts.Count} texts");
             }
             clean /= texts.Count;
@@ -340,6 +468,8 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
             {
                 Summary = new JsonObject
                 {
+                    ["architecture"] = sae.Architecture, ["hook"] = saved.HookName, ["hook_out"] = saved.HookNameOut, ["hook_head_index"] = saved.HookHeadIndex,
+                    ["layout"] = saved.Layout, ["folded_scale"] = saved.FoldedScale,
                     ["tokens"] = count, ["l0"] = l0 / count, ["explained_variance"] = ev, ["fvu"] = 1 - ev,
                     ["dead_fraction"] = dead, ["dense_fraction"] = dense,
                     ["ce_clean"] = clean, ["ce_with_sae"] = spliced, ["ce_zero_ablation"] = ablated,
@@ -354,15 +484,15 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
     {
         var ct = context.Cancellation;
         var info = await context.Model.GetInfoAsync(ct);
-        var (sae, saved) = await LoadAsync(p.Sae, p.Hook, context, info);
+        var (sae, saved) = await LoadAsync(p.Sae, p.Hook, p.NormScalingFactor, context, info);
         using (sae)
         {
             int feature = p.Feature ?? throw new InvalidParametersException("feature is required");
             if (feature >= sae.DSae)
                 throw new InvalidParametersException($"feature {feature} is out of range; this SAE has {sae.DSae} latents");
-            int? layer = HookNames.Layer(saved.HookName);
-            if (layer is null || saved.HookName != HookNames.Of("resid_post", layer))
-                throw new InvalidParametersException($"only SAEs on blocks.L.hook_resid_post export as steering vectors (this one reads {saved.HookName})");
+            int? layer = HookNames.Layer(saved.OutputHook);
+            if (layer is null || saved.OutputHook != HookNames.Of("resid_post", layer))
+                throw new InvalidParametersException($"only SAEs writing blocks.L.hook_resid_post export as steering vectors (this one writes {saved.OutputHook})");
             string name = p.SaveAs ?? $"steering/sae-feature-{feature}";
             using var direction = sae.WDec[feature].clone();
             await context.Artifacts.SaveTensorsAsync(name, new Dictionary<string, Tensor> { [$"mean_diff.{layer}"] = direction },
@@ -375,8 +505,17 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
     {
         var ct = context.Cancellation;
         var info = await context.Model.GetInfoAsync(ct);
-        var (sae, saved) = await LoadAsync(p.Sae, p.Hook, context, info);
-        var texts = await TextsAsync(p.Texts, p.Dataset, context.Artifacts, ct);
+        var (sae, saved) = await LoadAsync(p.Sae, p.Hook, p.NormScalingFactor, context, info);
+        List<string> texts;
+        try
+        {
+            texts = await TextsAsync(p.Texts, p.Dataset, context.Artifacts, ct);
+        }
+        catch
+        {
+            sae.Dispose();
+            throw;
+        }
         int top = p.Top;
         int? feature = p.Feature;
         if (feature >= sae.DSae)
@@ -390,17 +529,17 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
             for (int b = 0; b < texts.Count; b += 16)
             {
                 var batch = texts.Skip(b).Take(16).ToList();
-                var (x, tokens) = await CaptureAsync(context.Model, info, batch, saved.HookName, ct);
+                var (captured, tokens) = await CaptureAsync(context.Model, info, batch, [saved.HookName], ct);
                 float[] acts;
                 long[] shape;
                 using (var scope = NewDisposeScope())
                 {
-                    using Scalar s = saved.NormScale ?? 1;
-                    var f = sae.Encode(x.mul(s));
+                    var f = sae.Encode(SaeInput(saved, captured[saved.HookName]));
                     shape = f.shape;
                     acts = f.contiguous().data<float>().ToArray();
                 }
-                x.Dispose();
+                foreach (var t in captured.Values)
+                    t.Dispose();
                 int tLen = (int)shape[1], dSae = (int)shape[2];
                 float Act(int i, int t, int j) => acts[((long)i * tLen + t) * dSae + j];
                 for (int i = 0; i < batch.Count; i++)
@@ -424,32 +563,43 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
                     }
                 }
             }
-            var summary = new JsonObject { ["sae"] = saved.HookName, ["texts"] = texts.Count };
+            var summary = new JsonObject { ["sae"] = saved.HookName, ["architecture"] = sae.Architecture, ["hook_out"] = saved.HookNameOut, ["texts"] = texts.Count };
             var tables = new List<ResultTable>();
             if (feature is int k)
             {
                 summary["feature"] = k;
                 summary["density"] = active / (double)Math.Max(1, tokensSeen);
+                // The training-time frequency the folder's sparsity.safetensors records (log10), if it has one.
+                summary["saved_log10_density"] = saved.LogSparsity is { } sparsity ? sparsity[k] : null;
                 tables.Add(new ResultTable { Name = "contexts", Columns = ["text_index", "text", "tokens_with_activation"], Rows = [.. contexts.OrderByDescending(c => c.Max).Take(top).Select(c => c.Row)] });
-                // The decoder direction through the final norm's gain (and bias) and the unembedding, as TransformerLens'
-                // folded W_U reads it: ln_final.hook_normalized (before the gain) is set to it, then the logits are read.
-                var direction = sae.WDec[k].data<float>().ToArray();
-                var request = new RunRequest { Inputs = { new Input { Tokens = new TokenIds { Ids = { info.BosTokenId ?? 0 } } } }, Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
-                request.Interventions.Add(new Contracts.V1.Intervention
+                // Only a decoder direction in the residual stream's space (d_model wide, not per head) reads through the unembedding.
+                if (sae.DOut != info.DModel || saved.ReshapeHookZ || saved.HookHeadIndex is not null)
                 {
-                    Hook = "ln_final.hook_normalized", Op = InterventionOp.Set,
-                    Value = WireTensor.FromFloat32(direction).ToProto(),
-                });
-                float[]? logits = null;
-                await foreach (var o in context.Model.RunAsync(request, ct))
-                {
-                    if (o.Result is { Logits: { } l })
-                        logits = WireTensor.FromProto(l, "logits").ToFloat32();
+                    summary["promotes"] = null;
+                    summary["suppresses"] = null;
                 }
-                var order = Enumerable.Range(0, logits!.Length).OrderByDescending(i => logits[i]).ToList();
-                var names = await context.Model.DetokenizeAsync([.. order.Take(top).Concat(order.TakeLast(top)).Select(i => new[] { i })], ct);
-                summary["promotes"] = new JsonArray([.. names.Take(top).Select(n => (JsonNode)n)]);
-                summary["suppresses"] = new JsonArray([.. names.Skip(top).Reverse().Select(n => (JsonNode)n)]);
+                else
+                {
+                    // The decoder direction through the final norm's gain (and bias) and the unembedding, as TransformerLens'
+                    // folded W_U reads it: ln_final.hook_normalized (before the gain) is set to it, then the logits are read.
+                    var direction = sae.WDec[k].data<float>().ToArray();
+                    var request = new RunRequest { Inputs = { new Input { Tokens = new TokenIds { Ids = { info.BosTokenId ?? 0 } } } }, Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
+                    request.Interventions.Add(new Contracts.V1.Intervention
+                    {
+                        Hook = "ln_final.hook_normalized", Op = InterventionOp.Set,
+                        Value = WireTensor.FromFloat32(direction).ToProto(),
+                    });
+                    float[]? logits = null;
+                    await foreach (var o in context.Model.RunAsync(request, ct))
+                    {
+                        if (o.Result is { Logits: { } l })
+                            logits = WireTensor.FromProto(l, "logits").ToFloat32();
+                    }
+                    var order = Enumerable.Range(0, logits!.Length).OrderByDescending(i => logits[i]).ToList();
+                    var names = await context.Model.DetokenizeAsync([.. order.Take(top).Concat(order.TakeLast(top)).Select(i => new[] { i })], ct);
+                    summary["promotes"] = new JsonArray([.. names.Take(top).Select(n => (JsonNode)n)]);
+                    summary["suppresses"] = new JsonArray([.. names.Skip(top).Reverse().Select(n => (JsonNode)n)]);
+                }
             }
             else
             {

@@ -42,7 +42,30 @@ internal sealed class SaeTrainer(SparseAutoencoder sae, TrainingOptions options)
     private readonly Tensor[] m = [.. sae.Parameters.Select(p => zeros_like(p).DetachFromDisposeScope())];
     private readonly Tensor[] v = [.. sae.Parameters.Select(p => zeros_like(p).DetachFromDisposeScope())];
     private readonly long[] lastFired = new long[sae.DSae];
+    private readonly Tensor fireCounts = zeros(sae.DSae, dtype: ScalarType.Int64).DetachFromDisposeScope();
     public int Step { get; private set; }
+
+    /// <summary>How many training tokens each latent fired on since <see cref="ResetFireCounts"/> (SAELens' act_freq_scores).</summary>
+    public Tensor FireCounts => fireCounts;
+
+    /// <summary>Tokens counted in <see cref="FireCounts"/>.</summary>
+    public long CountedTokens { get; private set; }
+
+    /// <summary>Starts a new window for <see cref="FireCounts"/>.</summary>
+    public void ResetFireCounts()
+    {
+        fireCounts.zero_();
+        CountedTokens = 0;
+    }
+
+    /// <summary>log10(frequency + 1e-10) of each latent over the window, as SAELens' <c>sparsity.safetensors</c> holds it.</summary>
+    public float[] LogFeatureSparsity()
+    {
+        using var scope = NewDisposeScope();
+        using Scalar eps = 1e-10;
+        using Scalar tokens = Math.Max(1L, CountedTokens);
+        return fireCounts.to_type(ScalarType.Float64).div(tokens).add(eps).log10().to_type(ScalarType.Float32).data<float>().ToArray();
+    }
     public IReadOnlyList<Tensor> AdamM => m;
     public IReadOnlyList<Tensor> AdamV => v;
     public long[] LastFired => lastFired;
@@ -86,7 +109,10 @@ internal sealed class SaeTrainer(SparseAutoencoder sae, TrainingOptions options)
         var mse = error.pow(Two).sum(1).mean();
         var variance = (x - x.mean([0])).pow(Two).sum(1).mean().clamp_min(Tiny);
         Tensor loss;
-        var fired = f.gt(Zero).any(0);
+        var active = f.gt(Zero);
+        fireCounts.add_(active.sum([0L], type: ScalarType.Int64));
+        CountedTokens += x.shape[0];
+        var fired = active.any(0);
         var firedIdx = fired.nonzero().reshape(-1).data<long>().ToArray();
         foreach (var j in firedIdx)
             lastFired[j] = Step;
