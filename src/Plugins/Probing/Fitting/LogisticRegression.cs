@@ -4,12 +4,15 @@ using static TorchSharp.torch;
 namespace InterpMesh.Plugins.Probing.Fitting;
 
 /// <summary>
-/// Binary logistic regression on standardised features, in float64.
-/// <para>L2 (<see cref="FitL2"/>): minimises mean log-loss + ‖w‖²/(2·C·n) — exactly scikit-learn's
-/// <c>LogisticRegression(C)</c> objective (C·Σloss + ½‖w‖², bias unpenalised) divided by C·n — with
-/// L-BFGS (10 pairs, Armijo backtracking). Converged when the largest gradient component is
-/// below 1e-7 or the objective's relative decrease falls below 64 machine epsilons (scipy's
-/// L-BFGS-B test, as scikit-learn uses it), at most 1000 iterations.</para>
+/// Binary logistic regression, in float64 sums over float32 features.
+/// <para>L2 (<see cref="FitL2(float[], int, int, double[], double, double[], double, int, double[])"/>):
+/// minimises (1/n)·Σ sᵢ·logloss(i) + ‖w‖²/(2·C·n) — exactly scikit-learn 1.2's
+/// <c>LogisticRegression(C, class_weight, lbfgs)</c> objective Σ sᵢ·logloss(i) + ½‖w‖²/C (bias
+/// unpenalised, sᵢ the class weights) divided by n — with L-BFGS (10 pairs, Armijo backtracking).
+/// Stops where scikit-learn's <c>scipy.optimize.minimize(L-BFGS-B, gtol=tol)</c> stops: the largest
+/// gradient component of scikit-learn's objective at most <c>tol</c> (default 1e-4, its default), or a
+/// relative decrease (f_k − f_k+1)/max(|f_k|, |f_k+1|, 1) of at most scipy's default ftol
+/// (2.2e-9), or <c>maxIterations</c>.</para>
 /// <para>L1 (<see cref="FitL1"/>): mean log-loss + ‖w‖₁/(C·n) by FISTA with a step from the
 /// Lipschitz bound, 500 iterations; used to rank neurons.</para>
 /// </summary>
@@ -23,37 +26,53 @@ internal static class LogisticRegression
 
     public const int MaxIterations = 1000;
 
+    /// <summary>scikit-learn's default <c>tol</c> for <c>LogisticRegression</c>.</summary>
+    public const double DefaultTolerance = 1e-4;
+
+    /// <summary>scipy's default L-BFGS-B <c>ftol</c> (factr 1e7 × machine epsilon), which scikit-learn 1.2 leaves in place.</summary>
+    public const double ScipyFtol = 1e7 * 2.220446049250313e-16;
+
     /// <summary>Fits w, b. <paramref name="x"/> is [n, d] float64, <paramref name="y"/> is [n] float64 of 0/1.</summary>
-    /// <remarks>One evaluation is one SIMD pass over the rows (logit, loss and gradient share
-    /// the read of each row), split over the cores; the L-BFGS bookkeeping runs on plain arrays.</remarks>
     public static (Tensor Weight, double Bias, int Iterations) FitL2(Tensor x, Tensor y, double c)
     {
         var (w, b, iterations) = FitL2(x.to(ScalarType.Float32).contiguous().data<float>().ToArray(), (int)x.shape[0], (int)x.shape[1], y.data<double>().ToArray(), c);
         return (tensor(w, ScalarType.Float64), b, iterations);
     }
 
-    /// <summary>Fits on a row-major [n, d] matrix of standardised features; no torch involved, so no
-    /// torch thread pool spins beside the solver's own threads.</summary>
-    public static (double[] Weight, double Bias, int Iterations) FitL2(float[] xs, int n, int d, double[] ys, double c)
+    /// <summary>
+    /// Fits on a row-major [n, d] matrix; no torch involved, so no torch thread pool spins beside
+    /// the solver's own threads. <paramref name="sampleWeights"/> are per-row loss weights (null: 1);
+    /// <paramref name="init"/> is a starting point [w; b] (a warm start), or null for the base rate.
+    /// </summary>
+    /// <remarks>One evaluation is one SIMD pass over the rows (logit, loss and gradient share
+    /// the read of each row), split over the cores; the L-BFGS bookkeeping runs on plain arrays.</remarks>
+    public static (double[] Weight, double Bias, int Iterations) FitL2(float[] xs, int n, int d, double[] ys, double c,
+        double[]? sampleWeights = null, double tolerance = DefaultTolerance, int maxIterations = MaxIterations, double[]? init = null)
     {
         double lambda = 1.0 / (c * n);
-        // Activations are float32 to begin with; keeping the standardised matrix in float32 halves
-        // the memory traffic of each pass, while every sum is accumulated in float64.
-        double rate = Math.Clamp(ys.Average(), 1e-6, 1 - 1e-6);
-        // θ = [w; b], starting from the log-odds of the base rate.
+        var sw = sampleWeights;
+        double weightSum = sw?.Sum() ?? n;
+        double rate = Math.Clamp((sw is null ? ys.Sum() : ys.Select((v, i) => v * sw[i]).Sum()) / weightSum, 1e-6, 1 - 1e-6);
+        // θ = [w; b], starting from the log-odds of the (weighted) base rate, or the warm start.
         var theta = new double[d + 1];
-        theta[d] = Math.Log(rate / (1 - rate));
+        if (init is not null)
+            Array.Copy(init, theta, d + 1);
+        else
+            theta[d] = Math.Log(rate / (1 - rate));
         int parts = Math.Clamp(Environment.ProcessorCount, 1, Math.Max(1, n / 256));
+        var partial = new double[parts][];
+        for (int part = 0; part < parts; part++)
+            partial[part] = new double[d + 1];
+        var losses = new double[parts];
 
         // Loss and gradient in one pass over X: each row is read once, for its logit and for its
         // share of the gradient (the pass is memory-bound, so a second pass would double the cost).
         (double F, double[] G) Evaluate(double[] t)
         {
-            var partial = new double[parts][];
-            var losses = new double[parts];
             Parallel.For(0, parts, part =>
             {
-                var g = new double[d + 1];
+                var g = partial[part];
+                Array.Clear(g);
                 double loss = 0;
                 int from = (int)((long)n * part / parts), to = (int)((long)n * (part + 1) / parts);
                 var w = t.AsSpan(0, d);
@@ -61,13 +80,15 @@ internal static class LogisticRegression
                 {
                     var row = xs.AsSpan(i * d, d);
                     double z = Dot(row, w) + t[d];
-                    // softplus(z) - y z, computed stably.
-                    loss += (z > 0 ? z + Math.Log(1 + Math.Exp(-z)) : Math.Log(1 + Math.Exp(z))) - ys[i] * z;
-                    double r = 1 / (1 + Math.Exp(-z)) - ys[i];
+                    double s = sw?[i] ?? 1.0;
+                    // softplus(z) - y z, computed stably; σ(z) from the same exponential.
+                    double e = Math.Exp(-Math.Abs(z));
+                    loss += s * ((z > 0 ? z : 0) + Math.Log(1 + e) - ys[i] * z);
+                    double sigma = z >= 0 ? 1 / (1 + e) : e / (1 + e);
+                    double r = s * (sigma - ys[i]);
                     Axpy(r, row, g.AsSpan(0, d));
                     g[d] += r;
                 }
-                partial[part] = g;
                 losses[part] = loss;
             });
             var total = new double[d + 1];
@@ -128,9 +149,11 @@ internal static class LogisticRegression
         var yHistory = new List<double[]>();
         var rho = new List<double>();
         int iteration = 0;
-        for (; iteration < MaxIterations; iteration++)
+        // scikit-learn's objective is n times this one: its gradient test max|g| ≤ tol is max|g|·n ≤ tol here.
+        double gradientTolerance = tolerance / n;
+        for (; iteration < maxIterations; iteration++)
         {
-            if (gx.Max(Math.Abs) < 1e-7)
+            if (gx.Max(Math.Abs) <= gradientTolerance)
                 break;
             // Two-loop recursion for the direction.
             var q = (double[])gx.Clone();
@@ -198,9 +221,9 @@ internal static class LogisticRegression
                     rho.RemoveAt(0);
                 }
             }
-            // Converged in value (scipy's L-BFGS-B test, as scikit-learn uses it: relative decrease
-            // below 64 machine epsilons), or the line search stalled.
-            bool stalled = fx - fn <= 64 * 2.220446049250313e-16 * Math.Max(1.0, Math.Max(Math.Abs(fx), Math.Abs(fn)));
+            // Converged in value (scipy's L-BFGS-B test with its default ftol, as scikit-learn 1.2
+            // calls it, on scikit-learn's objective, n times this one), or the line search stalled.
+            bool stalled = (fx - fn) * n <= ScipyFtol * Math.Max(1.0, n * Math.Max(Math.Abs(fx), Math.Abs(fn)));
             theta = next;
             fx = fn;
             gx = gn;
@@ -210,8 +233,11 @@ internal static class LogisticRegression
         return (theta.AsSpan(0, d).ToArray(), theta[d], iteration);
     }
 
-    /// <summary>L1-penalised fit by FISTA; returns the weights (for ranking).</summary>
-    public static Tensor FitL1(Tensor x, Tensor y, double c, int iterations = 500)
+    /// <summary>
+    /// L1-penalised fit by FISTA of (1/n)·Σ sᵢ·logloss(i) + ‖w‖₁/(C·n) (<paramref name="weights"/> sᵢ,
+    /// null: 1); returns the weights (for ranking).
+    /// </summary>
+    public static Tensor FitL1(Tensor x, Tensor y, double c, Tensor? weights = null, int iterations = 500)
     {
         long n = x.shape[0], d = x.shape[1];
         double alpha = 1.0 / (c * n);
@@ -224,7 +250,8 @@ internal static class LogisticRegression
             v = u / u.norm().clamp_min(TinyNorm);
         }
         double sigma2 = x.matmul(v).dot(x.matmul(v)).item<double>();
-        double lipschitz = (sigma2 + n) / (4.0 * n);
+        double maxWeight = weights is null ? 1 : weights.max().item<double>();
+        double lipschitz = maxWeight * (sigma2 + n) / (4.0 * n);
         double step = 1.0 / lipschitz;
         var w = zeros(d, ScalarType.Float64);
         double b = 0;
@@ -238,6 +265,8 @@ internal static class LogisticRegression
             using Scalar momentum = mom, byScalar = by, stepScalar = step, shrink = step * alpha;
             var wy = w.add((w - wPrev).mul(momentum), One);
             var r = (x.matmul(wy).add(byScalar, One).sigmoid() - y).div(rows);
+            if (weights is not null)
+                r = r.mul(weights);
             var gw = x.t().matmul(r);
             double gb = r.sum().item<double>();
             wPrev = w;
