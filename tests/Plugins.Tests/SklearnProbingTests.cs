@@ -111,14 +111,22 @@ public sealed class SklearnProbingTests
         var (raw, y) = Imbalanced(400, 48, seed: 21);
         var z = ZScore(raw); // the rankings see z-scored features; scikit-learn gets the same matrix
         var ours = NeuronRanking.Score("svm", raw, y, 2, seed: 0);
-        var reference = Sklearn(new { op = "svc", x = z, y, loss = "hinge" });
-        var refScore = Doubles(reference["coef"]![0]).Select(Math.Abs).ToArray();
         var ourOrder = NeuronRanking.Rank(ours);
-        var refOrder = NeuronRanking.Rank(refScore);
-        // Stated criterion: the top-10 sets are equal and Spearman's rank correlation is at least 0.99.
-        Assert.Equal(refOrder[..10].Order(), ourOrder[..10].Order());
+        // Stated criterion, against LinearSVC(loss='hinge') run to convergence (the same unique optimum):
+        // the top-10 sets are equal and Spearman's rank correlation over all neurons is at least 0.99.
+        var converged = Sklearn(new { op = "svc", x = z, y, loss = "hinge", tol = 1e-9, max_iter = 1000000 });
+        var refScore = Doubles(converged["coef"]![0]).Select(Math.Abs).ToArray();
+        Assert.Equal(NeuronRanking.Rank(refScore)[..10].Order(), ourOrder[..10].Order());
         double rho = Spearman(ours, refScore);
         Assert.True(rho >= 0.99, $"rank correlation {rho}");
+        // Against the reference's own call (LinearSVC(loss='hinge'), defaults: tol 1e-4, at most 1000
+        // passes, liblinear's random order), which stops short of the optimum on this data: the four
+        // strongest planted neurons (2–5) are its top four and ours; its fifth varies between its runs
+        // (observed: neuron 25 or 28).
+        var defaults = Sklearn(new { op = "svc", x = z, y, loss = "hinge" });
+        var defaultOrder = NeuronRanking.Rank([.. Doubles(defaults["coef"]![0]).Select(Math.Abs)]);
+        Assert.Equal([2, 3, 4, 5], defaultOrder[..4].Order());
+        Assert.Equal([2, 3, 4, 5], ourOrder[..4].Order());
 
         // The solver itself, on both losses, against a tightly converged LinearSVC: same weights.
         foreach (var loss in new[] { "hinge", "squared_hinge" })
