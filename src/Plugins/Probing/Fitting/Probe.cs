@@ -64,30 +64,32 @@ internal sealed class Probe
         options ??= ProbeFitOptions.Default;
         // Plain arrays throughout: the solver runs its own threads, and torch's would only compete.
         int n = rows.Length, d = neurons?.Length ?? rows[0].Length;
-        var mean = new double[d];
-        var std = new double[d];
+        // The (selected) features as one dense row-major matrix, standardised in place.
+        var z = new float[n * d];
         for (int i = 0; i < n; i++)
-            for (int j = 0; j < d; j++)
-                mean[j] += rows[i][neurons?[j] ?? j];
-        for (int j = 0; j < d; j++)
-            mean[j] /= n;
-        for (int i = 0; i < n; i++)
-            for (int j = 0; j < d; j++)
+        {
+            var target = z.AsSpan(i * d, d);
+            if (neurons is null)
             {
-                double v = rows[i][neurons?[j] ?? j] - mean[j];
-                std[j] += v * v;
+                rows[i].AsSpan(0, d).CopyTo(target);
             }
-        for (int j = 0; j < d; j++)
-            std[j] = Math.Max(Math.Sqrt(std[j] / n), 1e-8);
+            else
+            {
+                var row = rows[i];
+                for (int j = 0; j < d; j++)
+                    target[j] = row[neurons[j]];
+            }
+        }
+        var (mean, std) = Moments(z, n, d);
         if (!options.Standardize)
         {
             Array.Clear(mean);
             Array.Fill(std, 1.0);
         }
-        var z = new float[n * d];
-        for (int i = 0; i < n; i++)
-            for (int j = 0; j < d; j++)
-                z[i * d + j] = (float)((rows[i][neurons?[j] ?? j] - mean[j]) / std[j]);
+        else
+        {
+            Standardise(z, n, d, mean, std);
+        }
         var weights = new List<double[]>();
         var bias = new List<double>();
         var iterations = new List<int>();
@@ -105,6 +107,75 @@ internal sealed class Probe
             Hook = hook, Position = position, Classes = classes, C = c, Neurons = neurons, Balanced = options.Balanced,
             Mean = mean, Std = std, Weights = [.. weights], Bias = [.. bias], Iterations = [.. iterations],
         };
+    }
+
+    /// <summary>Column means and population standard deviations (at least 1e-8) of a row-major [n, d] matrix, summed in float64.</summary>
+    internal static (double[] Mean, double[] Std) Moments(float[] x, int n, int d)
+    {
+        var mean = new double[d];
+        var std = new double[d];
+        var sum = new double[d];
+        for (int i = 0; i < n; i++)
+            AddWidened(x.AsSpan(i * d, d), sum, null);
+        for (int j = 0; j < d; j++)
+            mean[j] = sum[j] / n;
+        Array.Clear(sum);
+        for (int i = 0; i < n; i++)
+            AddWidened(x.AsSpan(i * d, d), sum, mean);
+        for (int j = 0; j < d; j++)
+            std[j] = Math.Max(Math.Sqrt(sum[j] / n), 1e-8);
+        return (mean, std);
+    }
+
+    /// <summary>sum += row (<paramref name="centre"/> null) or sum += (row − centre)², in float64.</summary>
+    private static void AddWidened(ReadOnlySpan<float> row, double[] sum, double[]? centre)
+    {
+        int width = System.Numerics.Vector<float>.Count, vectors = row.Length / width;
+        var vx = System.Runtime.InteropServices.MemoryMarshal.Cast<float, System.Numerics.Vector<float>>(row);
+        var vs = System.Runtime.InteropServices.MemoryMarshal.Cast<double, System.Numerics.Vector<double>>(sum.AsSpan());
+        var vc = centre is null ? default : System.Runtime.InteropServices.MemoryMarshal.Cast<double, System.Numerics.Vector<double>>(centre.AsSpan());
+        for (int v = 0; v < vectors; v++)
+        {
+            System.Numerics.Vector.Widen(vx[v], out var lo, out var hi);
+            if (centre is null)
+            {
+                vs[2 * v] += lo;
+                vs[2 * v + 1] += hi;
+            }
+            else
+            {
+                lo -= vc[2 * v];
+                hi -= vc[2 * v + 1];
+                vs[2 * v] += lo * lo;
+                vs[2 * v + 1] += hi * hi;
+            }
+        }
+        for (int j = vectors * width; j < row.Length; j++)
+        {
+            double v = row[j] - (centre?[j] ?? 0);
+            sum[j] += centre is null ? v : v * v;
+        }
+    }
+
+    /// <summary>x ← (x − mean) / std in place, computed in float64.</summary>
+    private static void Standardise(float[] x, int n, int d, double[] mean, double[] std)
+    {
+        var inverse = std.Select(v => 1 / v).ToArray();
+        int width = System.Numerics.Vector<float>.Count, vectors = d / width;
+        var vm = System.Runtime.InteropServices.MemoryMarshal.Cast<double, System.Numerics.Vector<double>>(mean.AsSpan());
+        var vi = System.Runtime.InteropServices.MemoryMarshal.Cast<double, System.Numerics.Vector<double>>(inverse.AsSpan());
+        for (int i = 0; i < n; i++)
+        {
+            var row = x.AsSpan(i * d, d);
+            var vx = System.Runtime.InteropServices.MemoryMarshal.Cast<float, System.Numerics.Vector<float>>(row);
+            for (int v = 0; v < vectors; v++)
+            {
+                System.Numerics.Vector.Widen(vx[v], out var lo, out var hi);
+                vx[v] = System.Numerics.Vector.Narrow((lo - vm[2 * v]) * vi[2 * v], (hi - vm[2 * v + 1]) * vi[2 * v + 1]);
+            }
+            for (int j = vectors * width; j < d; j++)
+                row[j] = (float)((row[j] - mean[j]) * inverse[j]);
+        }
     }
 
     internal static Tensor Matrix(float[][] rows, int[]? neurons)
