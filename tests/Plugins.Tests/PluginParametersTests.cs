@@ -287,7 +287,15 @@ public sealed class PluginParametersTests
     [InlineData("""{"texts": ["a"], "colour": 1}""", "parameters.colour is not a known parameter")]
     [InlineData("""{"texts": ["a"], "labels": [{"x": 1}]}""", "parameters.labels[0]: expected string or integer or boolean, got object")]
     [InlineData("""{"texts": ["a"], "sparse": {"ks": [4, 0]}}""", "parameters.sparse.ks[1]: 0 is below the minimum 1")]
-    [InlineData("""{"texts": ["a"], "sparse": {"rankings": ["svm"]}}""", "parameters.sparse.rankings[0]: \"svm\" is not one of [\"mean_diff\",\"anova_f\",\"l1\",\"mutual_info\",\"random\"]")]
+    [InlineData("""{"texts": ["a"], "sparse": {"rankings": ["lasso"]}}""", "parameters.sparse.rankings[0]: \"lasso\" is not one of [\"mean_diff\",\"anova_f\",\"l1\",\"svm\",\"mutual_info\",\"random\"]")]
+    [InlineData("""{"texts": ["a"], "sparse": {"k_grid": "gurnee"}}""", "parameters.sparse.k_grid: \"gurnee\" is not one of [\"powers_of_two\",\"reference\"]")]
+    [InlineData("""{"texts": ["a"], "sparse": {"class_weight": "auto"}}""", "parameters.sparse.class_weight: \"auto\" is not one of [\"none\",\"balanced\"]")]
+    [InlineData("""{"texts": ["a"], "split": "shuffle"}""", "parameters.split: \"shuffle\" is not one of [\"stratified\",\"sklearn\"]")]
+    [InlineData("""{"texts": ["a"], "preset": "cd"}""", "parameters.preset: \"cd\" is not one of")]
+    [InlineData("""{"texts": ["a"], "position": "min"}""", "parameters.position: \"min\" is not one of [\"last\",\"target\",\"mean\",\"max\"]")]
+    [InlineData("""{"texts": ["a"], "tolerance": 0}""", "parameters.tolerance: 0 is below the minimum")]
+    [InlineData("""{"texts": ["a"], "max_iterations": 0}""", "parameters.max_iterations: 0 is below the minimum 1")]
+    [InlineData("""{"texts": ["a"], "seed": -1}""", "parameters.seed: -1 is below the minimum 0")]
     [InlineData("""{"texts": ["a"], "c_grid": [1, 0]}""", "parameters.c_grid[1]: 0 is below the minimum")]
     [InlineData("""{"texts": ["a"], "holdout": 0.95}""", "parameters.holdout: 0.95 is above the maximum 0.9")]
     [InlineData("""{"rows": [{"text": "a", "target_span": [1]}]}""", "parameters.rows[0].target_span: has 1 items, needs at least 2")]
@@ -339,7 +347,17 @@ public sealed class PluginParametersTests
         Assert.Equal(0.25, train["holdout"]!["default"]!.GetValue<double>());
         Assert.Equal("[0.01,0.1,1,10]", train["c_grid"]!["default"]!.ToJsonString());
         Assert.Equal("""["blocks.*.hook_resid_post","blocks.*.mlp.hook_post"]""", train["hooks"]!["default"]!.ToJsonString());
-        Assert.Equal("""["last","target","mean"]""", train["position"]!["enum"]!.ToJsonString());
+        Assert.Equal("""["last","target","mean","max"]""", train["position"]!["enum"]!.ToJsonString());
+        Assert.Equal("stratified", train["split"]!["default"]!.GetValue<string>());
+        Assert.Equal("none", train["class_weight"]!["default"]!.GetValue<string>());
+        Assert.Equal("balanced", train["sparse"]!["properties"]!["class_weight"]!["default"]!.GetValue<string>());
+        Assert.Equal("powers_of_two", train["sparse"]!["properties"]!["k_grid"]!["default"]!.GetValue<string>());
+        Assert.Equal(1e-4, train["tolerance"]!["default"]!.GetValue<double>());
+        Assert.Equal(1000, train["max_iterations"]!["default"]!.GetValue<int>());
+        Assert.True(train["standardize"]!["default"]!.GetValue<bool>());
+        // Every train parameter (and every sparse setting) says what it is.
+        foreach (var (name, node) in train.AsObject().Where(kv => kv.Key != "mode").Concat(train["sparse"]!["properties"]!.AsObject()))
+            Assert.False(string.IsNullOrEmpty(node!["description"]?.GetValue<string>()), $"{name} has no description");
         Assert.Equal("last", train["position"]!["default"]!.GetValue<string>());
         Assert.Equal(10, train["sparse"]!["properties"]!["top_neurons"]!["default"]!.GetValue<int>());
         Assert.Equal(16, forms[1]["batch_size"]!["default"]!.GetValue<int>());

@@ -34,6 +34,7 @@ public abstract class ProbingParameters
     [Description("artifact holding a JSONL file of rows")]
     public string? Dataset { get; init; }
 
+    [Description("rows per forward")]
     [Range(1, 256)]
     public int BatchSize { get; init; } = 16;
 }
@@ -42,6 +43,7 @@ public abstract class ProbingParameters
 [JsonUnmappedMemberHandling(JsonUnmappedMemberHandling.Skip)]
 public sealed class ProbingRowParameters
 {
+    [Description("the example's text")]
     public required string Text { get; init; }
 
     [Description("a string, an integer or a boolean")]
@@ -49,6 +51,7 @@ public sealed class ProbingRowParameters
     [ParameterSchema("""{"type": ["string", "integer", "boolean"]}""")]
     public string? Label { get; init; }
 
+    [Description("token index of the target (position: target; counts the tokenizer's BOS)")]
     [Range(0, int.MaxValue)]
     public int? TargetIndex { get; init; }
 
@@ -63,6 +66,7 @@ public enum ProbePosition
     Last,
     Target,
     Mean,
+    Max,
 }
 
 /// <summary>How neurons are ranked for the k-sparse probes.</summary>
@@ -71,33 +75,97 @@ public enum NeuronRankingMethod
     MeanDiff,
     AnovaF,
     L1,
+    Svm,
     MutualInfo,
     Random,
+}
+
+/// <summary>Class weights in a probe's loss.</summary>
+public enum ClassWeight
+{
+    /// <summary>Every row weighs 1.</summary>
+    None,
+
+    /// <summary>scikit-learn's <c>class_weight='balanced'</c>: per one-vs-rest problem, n / (2 · count of the row's side).</summary>
+    Balanced,
+}
+
+/// <summary>How the held-out part is drawn.</summary>
+public enum SplitKind
+{
+    /// <summary>Per class, in proportion (seeded .NET shuffle).</summary>
+    Stratified,
+
+    /// <summary>scikit-learn's <c>train_test_split(test_size=holdout, random_state=seed)</c>, not stratified, index for index.</summary>
+    Sklearn,
+}
+
+/// <summary>The numbers of neurons tried by the k-sparse probes.</summary>
+public enum KGrid
+{
+    /// <summary>1, 2, 4, 8, … and the width.</summary>
+    PowersOfTwo,
+
+    /// <summary>Gurnee et al.'s <c>make_k_list</c>: 1–8, 10, 12, then 16·2^i below the width, and the width.</summary>
+    Reference,
+}
+
+/// <summary>Settings reproducing a published probing setup.</summary>
+public enum ProbingPreset
+{
+    /// <summary>Luckfort/CD ("Concept Depth"): see <see cref="TrainParameters.Preset"/>.</summary>
+    ConceptDepth,
 }
 
 /// <summary>mode "train" (the default): dense probes per hook, concept depth, k-sparse probes.</summary>
 public sealed class TrainParameters : ProbingParameters
 {
+    /// <summary>The hooks a train run probes unless told otherwise.</summary>
+    public static readonly IReadOnlyList<string> DefaultHooks = ["blocks.*.hook_resid_post", "blocks.*.mlp.hook_post"];
+
+    [Description("concept_depth: Luckfort/CD's setup — hooks blocks.*.ln2.hook_normalized, position last, split sklearn with holdout 0.4 and seed 42, "
+        + "c 1, class_weight none, standardize false, max_iterations 100, sparse off; those parameters must then be left out")]
+    public ProbingPreset? Preset { get; init; }
+
     [Description("hook names or globs")]
     [MinLength(1)]
-    public IReadOnlyList<string> Hooks { get; init; } = ["blocks.*.hook_resid_post", "blocks.*.mlp.hook_post"];
+    public IReadOnlyList<string> Hooks { get; init; } = DefaultHooks;
 
+    [Description("where in a row the features are read: the last token, the target token, or the mean or max over the row's tokens (padding excluded)")]
     public ProbePosition Position { get; init; } = ProbePosition.Last;
 
-    [Description("stratified held-out fraction (used unless folds is given)")]
+    [Description("held-out fraction (used unless folds is given)")]
     [Range(0.05, 0.9)]
     public double Holdout { get; init; } = 0.25;
+
+    [Description("how the held-out part is drawn: stratified per class, or exactly as scikit-learn's train_test_split(test_size=holdout, random_state=seed) (not stratified)")]
+    public SplitKind Split { get; init; } = SplitKind.Stratified;
 
     [Description("stratified k-fold instead of a holdout")]
     [Range(2, 20)]
     public int? Folds { get; init; }
 
     [Description("split seed")]
+    [Range(0, int.MaxValue)]
     public int Seed { get; init; }
 
     [Description("a fixed L2 strength instead of choosing from c_grid")]
     [Range(0.000001, double.PositiveInfinity)]
     public double? C { get; init; }
+
+    [Description("class weights of the dense probes (none, or balanced as scikit-learn's class_weight='balanced')")]
+    public ClassWeight ClassWeight { get; init; } = ClassWeight.None;
+
+    [Description("z-score features with the training mean and std before fitting (false: raw activations, as scikit-learn without a scaler)")]
+    public bool Standardize { get; init; } = true;
+
+    [Description("solver tolerance, as scikit-learn's tol: stop when the largest gradient component of C·Σloss + ½‖w‖² is at most this")]
+    [Range(1e-12, 1.0)]
+    public double Tolerance { get; init; } = 1e-4;
+
+    [Description("L-BFGS iterations at most per probe (scikit-learn's max_iter)")]
+    [Range(1, 100000)]
+    public int MaxIterations { get; init; } = 1000;
 
     [Description("L2 strengths to choose from by 3-fold CV on the training part")]
     [Range(0.000001, double.PositiveInfinity)]
@@ -124,16 +192,25 @@ public sealed class SparseSettings
     [Description("probed hooks to rank neurons at (default: the best hook)")]
     public IReadOnlyList<string>? Hooks { get; init; }
 
+    [Description("neuron rankings, each giving one sweep over k")]
     public IReadOnlyList<NeuronRankingMethod> Rankings { get; init; } =
-        [NeuronRankingMethod.MeanDiff, NeuronRankingMethod.AnovaF, NeuronRankingMethod.L1, NeuronRankingMethod.MutualInfo, NeuronRankingMethod.Random];
+        [NeuronRankingMethod.MeanDiff, NeuronRankingMethod.AnovaF, NeuronRankingMethod.L1, NeuronRankingMethod.Svm, NeuronRankingMethod.MutualInfo, NeuronRankingMethod.Random];
 
-    [Description("numbers of neurons (default: 1, 2, 4, … up to the width)")]
+    [Description("numbers of neurons (default: k_grid)")]
     [Range(1, int.MaxValue)]
     public IReadOnlyList<int>? Ks { get; init; }
 
+    [Description("the ks when ks is not given: powers_of_two (1, 2, 4, … and the width) or reference (Gurnee et al.: 1–8, 10, 12, then 16·2^i, and the width)")]
+    public KGrid KGrid { get; init; } = KGrid.PowersOfTwo;
+
+    [Description("class weights of the k-sparse probes (balanced by default, as Gurnee et al.)")]
+    public ClassWeight ClassWeight { get; init; } = ClassWeight.Balanced;
+
+    [Description("neurons listed per ranking in the top_neurons table")]
     [Range(1, int.MaxValue)]
     public int TopNeurons { get; init; } = 10;
 
+    [Description("run the k-sparse probes")]
     public bool Enabled { get; init; } = true;
 }
 

@@ -14,9 +14,9 @@ namespace InterpMesh.Plugins.Probing;
 /// </summary>
 public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
     id: "probing",
-    version: "1.1.0",
+    version: "1.2.0",
     description: "Layer-wise and k-sparse linear probes: where (concept depth) and in which neurons a labelled concept is linearly readable.",
-    produces: ["table:per_hook", "table:per_k", "table:top_neurons", "table:predictions", "figure:accuracy_by_layer", "figure:f1_by_k", "artifact:probe"])
+    produces: ["table:per_hook", "table:per_k", "table:top_neurons", "table:splits", "table:predictions", "figure:accuracy_by_layer", "figure:f1_by_k", "artifact:probe"])
 {
     protected override Task<PluginResult> RunAsync(ProbingParameters parameters, IAnalysisContext context) => parameters switch
     {
@@ -38,8 +38,45 @@ public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
     private static int LayerOf(string hook) => HookNames.Layer(hook) ?? -1;
     private static string KindOf(string hook) => LayerPattern().Replace(hook, "blocks.*.");
 
-    private static async Task<PluginResult> TrainAsync(TrainParameters p, IAnalysisContext context)
+    /// <summary>
+    /// The settings a train run uses: the parameters, or those a preset fixes. A preset refuses any
+    /// of its fields given with another value than the default, naming the field.
+    /// </summary>
+    internal static TrainParameters Effective(TrainParameters p)
     {
+        if (p.Preset is not ProbingPreset.ConceptDepth)
+            return p;
+        var defaults = new TrainParameters();
+        var conflicts = new List<string>();
+        if (!p.Hooks.SequenceEqual(defaults.Hooks)) conflicts.Add("hooks");
+        if (p.Position != defaults.Position) conflicts.Add("position");
+        if (p.Holdout != defaults.Holdout) conflicts.Add("holdout");
+        if (p.Split != defaults.Split) conflicts.Add("split");
+        if (p.Folds is not null) conflicts.Add("folds");
+        if (p.Seed != defaults.Seed) conflicts.Add("seed");
+        if (p.C is not null) conflicts.Add("c");
+        if (p.ClassWeight != defaults.ClassWeight) conflicts.Add("class_weight");
+        if (p.Standardize != defaults.Standardize) conflicts.Add("standardize");
+        if (p.Tolerance != defaults.Tolerance) conflicts.Add("tolerance");
+        if (p.MaxIterations != defaults.MaxIterations) conflicts.Add("max_iterations");
+        if (p.Sparse is not null) conflicts.Add("sparse");
+        if (conflicts.Count > 0)
+            throw new InvalidParametersException($"parameters.{conflicts[0]}: preset concept_depth sets {string.Join(", ", conflicts)}; leave {(conflicts.Count == 1 ? "it" : "them")} out or drop the preset");
+        // Luckfort/CD main.py: post_attention_layernorm output at the last token,
+        // LogisticRegression(penalty='l2') (C 1, lbfgs, tol 1e-4, max_iter 100) on unscaled features,
+        // train_test_split(test_size=0.4, random_state=42).
+        return new TrainParameters
+        {
+            Preset = p.Preset, Rows = p.Rows, Texts = p.Texts, Labels = p.Labels, TargetIndices = p.TargetIndices, Dataset = p.Dataset, BatchSize = p.BatchSize,
+            Hooks = ["blocks.*.ln2.hook_normalized"], Position = ProbePosition.Last, Holdout = 0.4, Split = SplitKind.Sklearn, Seed = 42, C = 1.0,
+            ClassWeight = ClassWeight.None, Standardize = false, Tolerance = 1e-4, MaxIterations = 100, Sparse = new SparseSettings { Enabled = false },
+            DepthThreshold = p.DepthThreshold, SaveProbes = p.SaveProbes, SavePrefix = p.SavePrefix,
+        };
+    }
+
+    private static async Task<PluginResult> TrainAsync(TrainParameters given, IAnalysisContext context)
+    {
+        var p = Effective(given);
         var ct = context.Cancellation;
         var info = await context.Model.GetInfoAsync(ct);
         var rows = await ProbingDataset.LoadAsync(p, context.Artifacts, labelsRequired: true, ct);
@@ -48,6 +85,8 @@ public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
             throw new InvalidParametersException($"every row has the label '{classes[0]}'; a probe needs at least two classes");
         var labels = rows.Select(r => Array.IndexOf(classes, r.Label)).ToArray();
         int folds = p.Folds ?? 0;
+        if (folds >= 2 && p.Split == SplitKind.Sklearn)
+            throw new InvalidParametersException("parameters.split: sklearn is a single held-out split; leave out folds or use split stratified");
         foreach (var (c, k) in classes.Select((c, k) => (c, k)))
         {
             int count = labels.Count(l => l == k);
@@ -57,8 +96,18 @@ public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
         string position = Name(p.Position);
         int seed = p.Seed;
         int batchSize = p.BatchSize;
-        var splits = folds >= 2 ? Splits.KFold(labels, folds, seed) : [Splits.Holdout(labels, p.Holdout, seed)];
+        List<(int[] Train, int[] Test)> splits = folds >= 2 ? Splits.KFold(labels, folds, seed)
+            : p.Split == SplitKind.Sklearn ? [Splits.Shuffle(labels.Length, p.Holdout, (uint)seed)]
+            : [Splits.Holdout(labels, p.Holdout, seed)];
+        foreach (var (train, test) in splits)
+        {
+            if (train.Select(i => labels[i]).Distinct().Count() < classes.Length)
+                throw new InvalidParametersException($"parameters.split: the training part ({train.Length} rows, seed {seed}) lacks a class; give more rows of each class or use split stratified");
+            if (test.Length == 0)
+                throw new InvalidParametersException($"parameters.holdout: {p.Holdout} of {labels.Length} rows leaves no held-out row; give more rows");
+        }
         double[] grid = p.C is double fixedC ? [fixedC] : [.. p.CGrid];
+        var denseOptions = new ProbeFitOptions(p.ClassWeight == ClassWeight.Balanced, p.Standardize, p.Tolerance, p.MaxIterations);
 
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var (hooks, features) = await ActivationCollector.CollectAsync(context.Model, info, rows, [.. p.Hooks], position, batchSize,
@@ -74,12 +123,12 @@ public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
             var x = features[hooks[h]];
             var results = splits.Select(s =>
             {
-                double c = grid.Length == 1 ? grid[0] : ChooseC(x, labels, classes, s.Train, grid, seed);
-                var probe = Probe.Fit(Pick(x, s.Train), Pick(labels, s.Train), classes, c, hooks[h], position);
+                double c = grid.Length == 1 ? grid[0] : ChooseC(x, labels, classes, s.Train, grid, seed, denseOptions);
+                var probe = Probe.Fit(Pick(x, s.Train), Pick(labels, s.Train), classes, c, hooks[h], position, null, denseOptions);
                 return (Metrics: Evaluate(probe, Pick(x, s.Test), Pick(labels, s.Test), classes.Length), C: c, Probe: probe);
             }).ToList();
             double chosen = results.GroupBy(r => r.C).OrderByDescending(gr => gr.Count()).ThenBy(gr => gr.Key).First().Key;
-            var final = splits.Count == 1 ? results[0].Probe : Probe.Fit(x, labels, classes, chosen, hooks[h], position);
+            var final = splits.Count == 1 ? results[0].Probe : Probe.Fit(x, labels, classes, chosen, hooks[h], position, null, denseOptions);
             dense[hooks[h]] = (Average(results.Select(r => r.Metrics)), chosen, final);
             context.ReportProgress(0.4 + 0.4 * (h + 1) / hooks.Count, $"probe {h + 1}/{hooks.Count}: {hooks[h]}");
         }
@@ -108,6 +157,7 @@ public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
         var rankings = sparse.Rankings.Select(Name).ToList();
         int topCount = sparse.TopNeurons;
         var f1ByK = new Dictionary<string, Dictionary<int, double>>();
+        var sparseOptions = denseOptions with { Balanced = sparse.ClassWeight == ClassWeight.Balanced };
         var ksUsed = new SortedSet<int>();
         if (sparseOn)
         {
@@ -118,7 +168,7 @@ public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
                 int d = x[0].Length;
                 var ks = sparse.Ks is { } kv
                     ? [.. kv.Select(e => Math.Min(e, d)).Distinct().Order()]
-                    : Enumerable.Range(0, 31).Select(i => 1 << i).TakeWhile(k => k < d).Append(d).ToList();
+                    : KList(sparse.KGrid, d);
                 var hookSummary = new JsonObject();
                 foreach (var ranking in rankings)
                 {
@@ -128,7 +178,7 @@ public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
                         ct.ThrowIfCancellationRequested();
                         var m = Average(splits.Select((s, i) =>
                         {
-                            var probe = Probe.Fit(Pick(x, s.Train), Pick(labels, s.Train), classes, dense[hook].C, hook, position, order[i][..k]);
+                            var probe = Probe.Fit(Pick(x, s.Train), Pick(labels, s.Train), classes, dense[hook].C, hook, position, order[i][..k], sparseOptions);
                             return Evaluate(probe, Pick(x, s.Test), Pick(labels, s.Test), classes.Length);
                         }));
                         perK.Add([hook, ranking, k, m.Accuracy, m.F1, m.Precision, m.Recall, m.RocAuc]);
@@ -206,7 +256,14 @@ public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
                 ["examples"] = rows.Count,
                 ["classes"] = new JsonArray([.. classes.Select(c => (JsonNode)c)]),
                 ["position"] = position,
-                ["split"] = folds >= 2 ? new JsonObject { ["folds"] = folds, ["seed"] = seed } : new JsonObject { ["holdout"] = p.Holdout, ["seed"] = seed },
+                ["split"] = folds >= 2 ? new JsonObject { ["kind"] = "stratified_kfold", ["folds"] = folds, ["seed"] = seed }
+                    : new JsonObject { ["kind"] = Name(p.Split), ["holdout"] = p.Holdout, ["seed"] = seed },
+                ["probe"] = new JsonObject
+                {
+                    ["class_weight"] = Name(p.ClassWeight), ["standardize"] = p.Standardize, ["tolerance"] = p.Tolerance, ["max_iterations"] = p.MaxIterations,
+                    ["sparse_class_weight"] = sparseOn ? Name(sparse.ClassWeight) : null,
+                },
+                ["preset"] = p.Preset is { } preset ? Name(preset) : null,
                 ["best_hook"] = best,
                 ["best_accuracy"] = dense[best].Metrics.Accuracy,
                 ["concept_depth"] = depth,
@@ -218,6 +275,12 @@ public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
                 new ResultTable { Name = "per_hook", Columns = ["hook", "layer", "accuracy", "f1", "precision", "recall", "roc_auc", "c", "probe_artifact"], Rows = perHook },
                 new ResultTable { Name = "per_k", Columns = ["hook", "ranking", "k", "accuracy", "f1", "precision", "recall", "roc_auc"], Rows = perK },
                 new ResultTable { Name = "top_neurons", Columns = ["hook", "ranking", "rank", "neuron", "score", "class_means"], Rows = topNeurons },
+                new ResultTable
+                {
+                    Name = "splits",
+                    Columns = ["fold", "train", "test"],
+                    Rows = [.. splits.Select((s, i) => (IReadOnlyList<JsonNode?>)[i, new JsonArray([.. s.Train.Select(r => (JsonNode)r)]), new JsonArray([.. s.Test.Select(r => (JsonNode)r)])])],
+                },
             ],
             Artifacts = artifacts,
             Figures = figures,
@@ -261,8 +324,12 @@ public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
         };
     }
 
-    /// <summary>The C with the best mean accuracy over 3 stratified folds of the training part (ties: the smaller C).</summary>
-    private static double ChooseC(float[][] x, int[] labels, string[] classes, int[] train, double[] grid, int seed)
+    /// <summary>
+    /// The C with the best mean accuracy over 3 stratified folds of the training part (folds seeded
+    /// with seed + 1; ties: the smaller C). Within a fold the grid runs from the smallest C up, each
+    /// fit starting from the previous C's solution (a warm start, as along a regularisation path).
+    /// </summary>
+    private static double ChooseC(float[][] x, int[] labels, string[] classes, int[] train, double[] grid, int seed, ProbeFitOptions options)
     {
         var trainLabels = Pick(labels, train);
         int k = Math.Min(3, classes.Select((_, c) => trainLabels.Count(l => l == c)).Min());
@@ -270,9 +337,31 @@ public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
             return grid.Contains(1.0) ? 1.0 : grid[0];
         var inner = Splits.KFold(trainLabels, k, seed + 1);
         var trainX = Pick(x, train);
-        return grid.Order().Select(c => (c, acc: inner.Average(f => Evaluate(Probe.Fit(Pick(trainX, f.Train), Pick(trainLabels, f.Train), classes, c, "", ""),
-            Pick(trainX, f.Test), Pick(trainLabels, f.Test), classes.Length).Accuracy))).OrderByDescending(t => t.acc).ThenBy(t => t.c).First().c;
+        var ordered = grid.Distinct().Order().ToArray();
+        var accuracy = new double[ordered.Length];
+        foreach (var (foldTrain, foldTest) in inner)
+        {
+            var fx = Pick(trainX, foldTrain);
+            var fy = Pick(trainLabels, foldTrain);
+            Probe? previous = null;
+            for (int i = 0; i < ordered.Length; i++)
+            {
+                previous = Probe.Fit(fx, fy, classes, ordered[i], "", "", null, options, previous);
+                accuracy[i] += Evaluate(previous, Pick(trainX, foldTest), Pick(trainLabels, foldTest), classes.Length).Accuracy / inner.Count;
+            }
+        }
+        return ordered.Select((c, i) => (c, acc: accuracy[i])).OrderByDescending(t => t.acc).ThenBy(t => t.c).First().c;
     }
+
+    /// <summary>The ks of a sweep over a width of <paramref name="d"/> neurons.</summary>
+    internal static List<int> KList(KGrid grid, int d) => grid switch
+    {
+        // Gurnee et al., make_k_list: [1..8, 10, 12] + 16·2^i for i < ⌊log2 d⌋ − 3, then d if not last; those ≤ d.
+        KGrid.Reference => [.. new[] { 1, 2, 3, 4, 5, 6, 7, 8, 10, 12 }
+            .Concat(Enumerable.Range(0, Math.Max(0, (int)Math.Floor(Math.Log2(d)) - 3)).Select(i => 16 << i))
+            .Append(d).Where(k => k <= d).Distinct().Order()],
+        _ => [.. Enumerable.Range(0, 31).Select(i => 1 << i).TakeWhile(k => k < d).Append(d)],
+    };
 
     internal static ProbeMetrics Evaluate(Probe probe, float[][] x, int[] labels, int classes)
     {

@@ -8,11 +8,12 @@ namespace InterpMesh.Plugins.Probing.Data;
 /// One feature vector per example and hook, from the model's activation stream (each forward is
 /// run once for all hooks; nothing is recomputed per probe). Position rules: <c>last</c> (the last
 /// token, selected by the server), <c>target</c> (the row's target token), <c>mean</c> (mean over
-/// the row's tokens, padding excluded). Per-head hooks are flattened to head × d_head features.
+/// the row's tokens, padding excluded), <c>max</c> (per feature, the largest value over the row's
+/// tokens, padding excluded: Gurnee et al.'s <c>max</c> aggregation). Per-head hooks are flattened to head × d_head features.
 /// </summary>
 internal static class ActivationCollector
 {
-    public static readonly string[] Positions = ["last", "target", "mean"];
+    public static readonly string[] Positions = ["last", "target", "mean", "max"];
 
     public static async Task<(List<string> Hooks, Dictionary<string, float[][]> Features)> CollectAsync(
         IModelClient model, ModelInfo info, IReadOnlyList<ProbingRow> rows, IReadOnlyList<string> globs, string position, int batchSize,
@@ -69,6 +70,7 @@ internal static class ActivationCollector
                         {
                             "last" => flat[i, 0],
                             "target" => flat[i, targets[row]],
+                            "max" => flat[i, ..tokens[row].Length].amax([0]),
                             _ => flat[i, ..tokens[row].Length].mean([0]),
                         };
                         features[output.Hook!][row] = v.contiguous().data<float>().ToArray();

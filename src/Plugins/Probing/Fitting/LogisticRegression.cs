@@ -4,12 +4,15 @@ using static TorchSharp.torch;
 namespace InterpMesh.Plugins.Probing.Fitting;
 
 /// <summary>
-/// Binary logistic regression on standardised features, in float64.
-/// <para>L2 (<see cref="FitL2"/>): minimises mean log-loss + ‖w‖²/(2·C·n) — exactly scikit-learn's
-/// <c>LogisticRegression(C)</c> objective (C·Σloss + ½‖w‖², bias unpenalised) divided by C·n — with
-/// L-BFGS (10 pairs, Armijo backtracking). Converged when the largest gradient component is
-/// below 1e-7 or the objective's relative decrease falls below 64 machine epsilons (scipy's
-/// L-BFGS-B test, as scikit-learn uses it), at most 1000 iterations.</para>
+/// Binary logistic regression, in float64 sums over float32 features.
+/// <para>L2 (<see cref="FitL2(float[], int, int, double[], double, double[], double, int, double[])"/>):
+/// minimises (1/n)·Σ sᵢ·logloss(i) + ‖w‖²/(2·C·n) — exactly scikit-learn 1.2's
+/// <c>LogisticRegression(C, class_weight, lbfgs)</c> objective Σ sᵢ·logloss(i) + ½‖w‖²/C (bias
+/// unpenalised, sᵢ the class weights) divided by n — with L-BFGS (10 pairs, Armijo backtracking).
+/// Stops where scikit-learn's <c>scipy.optimize.minimize(L-BFGS-B, gtol=tol)</c> stops: the largest
+/// gradient component of scikit-learn's objective at most <c>tol</c> (default 1e-4, its default), or a
+/// relative decrease (f_k − f_k+1)/max(|f_k|, |f_k+1|, 1) of at most scipy's default ftol
+/// (2.2e-9), or <c>maxIterations</c>.</para>
 /// <para>L1 (<see cref="FitL1"/>): mean log-loss + ‖w‖₁/(C·n) by FISTA with a step from the
 /// Lipschitz bound, 500 iterations; used to rank neurons.</para>
 /// </summary>
@@ -23,53 +26,58 @@ internal static class LogisticRegression
 
     public const int MaxIterations = 1000;
 
+    /// <summary>Matrices with at least this many entries are evaluated on all cores.</summary>
+    public const long ParallelEntries = 1L << 21;
+
+    /// <summary>scikit-learn's default <c>tol</c> for <c>LogisticRegression</c>.</summary>
+    public const double DefaultTolerance = 1e-4;
+
+    /// <summary>scipy's default L-BFGS-B <c>ftol</c> (factr 1e7 × machine epsilon), which scikit-learn 1.2 leaves in place.</summary>
+    public const double ScipyFtol = 1e7 * 2.220446049250313e-16;
+
     /// <summary>Fits w, b. <paramref name="x"/> is [n, d] float64, <paramref name="y"/> is [n] float64 of 0/1.</summary>
-    /// <remarks>One evaluation is one SIMD pass over the rows (logit, loss and gradient share
-    /// the read of each row), split over the cores; the L-BFGS bookkeeping runs on plain arrays.</remarks>
     public static (Tensor Weight, double Bias, int Iterations) FitL2(Tensor x, Tensor y, double c)
     {
         var (w, b, iterations) = FitL2(x.to(ScalarType.Float32).contiguous().data<float>().ToArray(), (int)x.shape[0], (int)x.shape[1], y.data<double>().ToArray(), c);
         return (tensor(w, ScalarType.Float64), b, iterations);
     }
 
-    /// <summary>Fits on a row-major [n, d] matrix of standardised features; no torch involved, so no
-    /// torch thread pool spins beside the solver's own threads.</summary>
-    public static (double[] Weight, double Bias, int Iterations) FitL2(float[] xs, int n, int d, double[] ys, double c)
+    /// <summary>
+    /// Fits on a row-major [n, d] matrix; no torch involved, so no torch thread pool spins beside
+    /// the solver's own threads. <paramref name="sampleWeights"/> are per-row loss weights (null: 1);
+    /// <paramref name="init"/> is a starting point [w; b] (a warm start), or null for the base rate.
+    /// </summary>
+    /// <remarks>One evaluation is one SIMD pass over the rows (logit, loss and gradient share
+    /// the read of each row), split over the cores; the L-BFGS bookkeeping runs on plain arrays.</remarks>
+    public static (double[] Weight, double Bias, int Iterations) FitL2(float[] xs, int n, int d, double[] ys, double c,
+        double[]? sampleWeights = null, double tolerance = DefaultTolerance, int maxIterations = MaxIterations, double[]? init = null)
     {
         double lambda = 1.0 / (c * n);
-        // Activations are float32 to begin with; keeping the standardised matrix in float32 halves
-        // the memory traffic of each pass, while every sum is accumulated in float64.
-        double rate = Math.Clamp(ys.Average(), 1e-6, 1 - 1e-6);
-        // θ = [w; b], starting from the log-odds of the base rate.
+        var sw = sampleWeights;
+        double weightSum = sw?.Sum() ?? n;
+        double rate = Math.Clamp((sw is null ? ys.Sum() : ys.Select((v, i) => v * sw[i]).Sum()) / weightSum, 1e-6, 1 - 1e-6);
+        // θ = [w; b], starting from the log-odds of the (weighted) base rate, or the warm start.
         var theta = new double[d + 1];
-        theta[d] = Math.Log(rate / (1 - rate));
-        int parts = Math.Clamp(Environment.ProcessorCount, 1, Math.Max(1, n / 256));
+        if (init is not null)
+            Array.Copy(init, theta, d + 1);
+        else
+            theta[d] = Math.Log(rate / (1 - rate));
+        // One evaluation of a small matrix takes a fraction of a millisecond: below 2M entries the
+        // fork/join and a descheduled straggler (on a shared machine) cost more than a second core saves.
+        int parts = (long)n * d < ParallelEntries ? 1 : Math.Clamp(Environment.ProcessorCount, 1, Math.Max(1, n / 256));
+        var partial = new double[parts][];
+        for (int part = 0; part < parts; part++)
+            partial[part] = new double[d + 1];
+        var losses = new double[parts];
 
         // Loss and gradient in one pass over X: each row is read once, for its logit and for its
         // share of the gradient (the pass is memory-bound, so a second pass would double the cost).
         (double F, double[] G) Evaluate(double[] t)
         {
-            var partial = new double[parts][];
-            var losses = new double[parts];
-            Parallel.For(0, parts, part =>
-            {
-                var g = new double[d + 1];
-                double loss = 0;
-                int from = (int)((long)n * part / parts), to = (int)((long)n * (part + 1) / parts);
-                var w = t.AsSpan(0, d);
-                for (int i = from; i < to; i++)
-                {
-                    var row = xs.AsSpan(i * d, d);
-                    double z = Dot(row, w) + t[d];
-                    // softplus(z) - y z, computed stably.
-                    loss += (z > 0 ? z + Math.Log(1 + Math.Exp(-z)) : Math.Log(1 + Math.Exp(z))) - ys[i] * z;
-                    double r = 1 / (1 + Math.Exp(-z)) - ys[i];
-                    Axpy(r, row, g.AsSpan(0, d));
-                    g[d] += r;
-                }
-                partial[part] = g;
-                losses[part] = loss;
-            });
+            if (parts == 1)
+                Part(t, 0);
+            else
+                Parallel.For(0, parts, part => Part(t, part));
             var total = new double[d + 1];
             foreach (var g in partial)
                 for (int j = 0; j <= d; j++)
@@ -82,6 +90,122 @@ internal static class LogisticRegression
             }
             total[d] /= n;
             return (losses.Sum() / n + 0.5 * lambda * ww, total);
+        }
+
+        // One part's rows: its loss into losses[part], its gradient into partial[part].
+        void Part(double[] t, int part)
+        {
+            {
+                var g = partial[part];
+                Array.Clear(g);
+                double loss = 0;
+                int from = (int)((long)n * part / parts), to = (int)((long)n * (part + 1) / parts);
+                var w = t.AsSpan(0, d);
+                // Four rows at a time: their logits share the reads of w, their gradient shares
+                // share one read and write of g (the inner loops are otherwise load/store-bound).
+                var r = new double[4];
+                int i = from;
+                for (; i + 4 <= to; i += 4)
+                {
+                    Dot4(xs.AsSpan(i * d, 4 * d), w, d, r);
+                    for (int k = 0; k < 4; k++)
+                    {
+                        loss += Row(t[d] + r[k], i + k, out double rk);
+                        r[k] = rk;
+                    }
+                    Axpy4(r, xs.AsSpan(i * d, 4 * d), g.AsSpan(0, d));
+                    g[d] += r[0] + r[1] + r[2] + r[3];
+                }
+                for (; i < to; i++)
+                {
+                    var row = xs.AsSpan(i * d, d);
+                    loss += Row(Dot(row, w) + t[d], i, out double ri);
+                    Axpy(ri, row, g.AsSpan(0, d));
+                    g[d] += ri;
+                }
+                losses[part] = loss;
+            }
+        }
+
+        // Row i's weighted loss softplus(z) − y·z (stably) and its residual s·(σ(z) − y), from one exponential.
+        double Row(double z, int i, out double residual)
+        {
+            double s = sw?[i] ?? 1.0;
+            double e = Math.Exp(-Math.Abs(z));
+            double sigma = z >= 0 ? 1 / (1 + e) : e / (1 + e);
+            residual = s * (sigma - ys[i]);
+            return s * ((z > 0 ? z : 0) + Math.Log(1 + e) - ys[i] * z);
+        }
+
+        static void Dot4(ReadOnlySpan<float> rows, ReadOnlySpan<double> w, int d, double[] result)
+        {
+            int vectors = d / System.Numerics.Vector<float>.Count;
+            var vw = System.Runtime.InteropServices.MemoryMarshal.Cast<double, System.Numerics.Vector<double>>(w);
+            var a0 = System.Runtime.InteropServices.MemoryMarshal.Cast<float, System.Numerics.Vector<float>>(rows.Slice(0, d));
+            var a1 = System.Runtime.InteropServices.MemoryMarshal.Cast<float, System.Numerics.Vector<float>>(rows.Slice(d, d));
+            var a2 = System.Runtime.InteropServices.MemoryMarshal.Cast<float, System.Numerics.Vector<float>>(rows.Slice(2 * d, d));
+            var a3 = System.Runtime.InteropServices.MemoryMarshal.Cast<float, System.Numerics.Vector<float>>(rows.Slice(3 * d, d));
+            System.Numerics.Vector<double> s0 = default, s1 = default, s2 = default, s3 = default;
+            for (int v = 0; v < vectors; v++)
+            {
+                var wlo = vw[2 * v];
+                var whi = vw[2 * v + 1];
+                System.Numerics.Vector.Widen(a0[v], out var lo, out var hi);
+                s0 = System.Numerics.Vector.FusedMultiplyAdd(hi, whi, System.Numerics.Vector.FusedMultiplyAdd(lo, wlo, s0));
+                System.Numerics.Vector.Widen(a1[v], out lo, out hi);
+                s1 = System.Numerics.Vector.FusedMultiplyAdd(hi, whi, System.Numerics.Vector.FusedMultiplyAdd(lo, wlo, s1));
+                System.Numerics.Vector.Widen(a2[v], out lo, out hi);
+                s2 = System.Numerics.Vector.FusedMultiplyAdd(hi, whi, System.Numerics.Vector.FusedMultiplyAdd(lo, wlo, s2));
+                System.Numerics.Vector.Widen(a3[v], out lo, out hi);
+                s3 = System.Numerics.Vector.FusedMultiplyAdd(hi, whi, System.Numerics.Vector.FusedMultiplyAdd(lo, wlo, s3));
+            }
+            double r0 = System.Numerics.Vector.Sum(s0), r1 = System.Numerics.Vector.Sum(s1), r2 = System.Numerics.Vector.Sum(s2), r3 = System.Numerics.Vector.Sum(s3);
+            for (int j = vectors * System.Numerics.Vector<float>.Count; j < d; j++)
+            {
+                r0 += rows[j] * w[j];
+                r1 += rows[d + j] * w[j];
+                r2 += rows[2 * d + j] * w[j];
+                r3 += rows[3 * d + j] * w[j];
+            }
+            result[0] = r0;
+            result[1] = r1;
+            result[2] = r2;
+            result[3] = r3;
+        }
+
+        static void Axpy4(double[] alpha, ReadOnlySpan<float> rows, Span<double> y)
+        {
+            int d = y.Length, vectors = d / System.Numerics.Vector<float>.Count;
+            var vy = System.Runtime.InteropServices.MemoryMarshal.Cast<double, System.Numerics.Vector<double>>(y);
+            var a0 = System.Runtime.InteropServices.MemoryMarshal.Cast<float, System.Numerics.Vector<float>>(rows.Slice(0, d));
+            var a1 = System.Runtime.InteropServices.MemoryMarshal.Cast<float, System.Numerics.Vector<float>>(rows.Slice(d, d));
+            var a2 = System.Runtime.InteropServices.MemoryMarshal.Cast<float, System.Numerics.Vector<float>>(rows.Slice(2 * d, d));
+            var a3 = System.Runtime.InteropServices.MemoryMarshal.Cast<float, System.Numerics.Vector<float>>(rows.Slice(3 * d, d));
+            var c0 = new System.Numerics.Vector<double>(alpha[0]);
+            var c1 = new System.Numerics.Vector<double>(alpha[1]);
+            var c2 = new System.Numerics.Vector<double>(alpha[2]);
+            var c3 = new System.Numerics.Vector<double>(alpha[3]);
+            for (int v = 0; v < vectors; v++)
+            {
+                var lo = vy[2 * v];
+                var hi = vy[2 * v + 1];
+                System.Numerics.Vector.Widen(a0[v], out var l, out var h);
+                lo = System.Numerics.Vector.FusedMultiplyAdd(c0, l, lo);
+                hi = System.Numerics.Vector.FusedMultiplyAdd(c0, h, hi);
+                System.Numerics.Vector.Widen(a1[v], out l, out h);
+                lo = System.Numerics.Vector.FusedMultiplyAdd(c1, l, lo);
+                hi = System.Numerics.Vector.FusedMultiplyAdd(c1, h, hi);
+                System.Numerics.Vector.Widen(a2[v], out l, out h);
+                lo = System.Numerics.Vector.FusedMultiplyAdd(c2, l, lo);
+                hi = System.Numerics.Vector.FusedMultiplyAdd(c2, h, hi);
+                System.Numerics.Vector.Widen(a3[v], out l, out h);
+                lo = System.Numerics.Vector.FusedMultiplyAdd(c3, l, lo);
+                hi = System.Numerics.Vector.FusedMultiplyAdd(c3, h, hi);
+                vy[2 * v] = lo;
+                vy[2 * v + 1] = hi;
+            }
+            for (int j = vectors * System.Numerics.Vector<float>.Count; j < d; j++)
+                y[j] += alpha[0] * rows[j] + alpha[1] * rows[d + j] + alpha[2] * rows[2 * d + j] + alpha[3] * rows[3 * d + j];
         }
 
         static double Dot(ReadOnlySpan<float> a, ReadOnlySpan<double> b)
@@ -128,9 +252,11 @@ internal static class LogisticRegression
         var yHistory = new List<double[]>();
         var rho = new List<double>();
         int iteration = 0;
-        for (; iteration < MaxIterations; iteration++)
+        // scikit-learn's objective is n times this one: its gradient test max|g| ≤ tol is max|g|·n ≤ tol here.
+        double gradientTolerance = tolerance / n;
+        for (; iteration < maxIterations; iteration++)
         {
-            if (gx.Max(Math.Abs) < 1e-7)
+            if (gx.Max(Math.Abs) <= gradientTolerance)
                 break;
             // Two-loop recursion for the direction.
             var q = (double[])gx.Clone();
@@ -198,9 +324,9 @@ internal static class LogisticRegression
                     rho.RemoveAt(0);
                 }
             }
-            // Converged in value (scipy's L-BFGS-B test, as scikit-learn uses it: relative decrease
-            // below 64 machine epsilons), or the line search stalled.
-            bool stalled = fx - fn <= 64 * 2.220446049250313e-16 * Math.Max(1.0, Math.Max(Math.Abs(fx), Math.Abs(fn)));
+            // Converged in value (scipy's L-BFGS-B test with its default ftol, as scikit-learn 1.2
+            // calls it, on scikit-learn's objective, n times this one), or the line search stalled.
+            bool stalled = (fx - fn) * n <= ScipyFtol * Math.Max(1.0, n * Math.Max(Math.Abs(fx), Math.Abs(fn)));
             theta = next;
             fx = fn;
             gx = gn;
@@ -210,8 +336,11 @@ internal static class LogisticRegression
         return (theta.AsSpan(0, d).ToArray(), theta[d], iteration);
     }
 
-    /// <summary>L1-penalised fit by FISTA; returns the weights (for ranking).</summary>
-    public static Tensor FitL1(Tensor x, Tensor y, double c, int iterations = 500)
+    /// <summary>
+    /// L1-penalised fit by FISTA of (1/n)·Σ sᵢ·logloss(i) + ‖w‖₁/(C·n) (<paramref name="weights"/> sᵢ,
+    /// null: 1); returns the weights (for ranking).
+    /// </summary>
+    public static Tensor FitL1(Tensor x, Tensor y, double c, Tensor? weights = null, int iterations = 500)
     {
         long n = x.shape[0], d = x.shape[1];
         double alpha = 1.0 / (c * n);
@@ -224,7 +353,8 @@ internal static class LogisticRegression
             v = u / u.norm().clamp_min(TinyNorm);
         }
         double sigma2 = x.matmul(v).dot(x.matmul(v)).item<double>();
-        double lipschitz = (sigma2 + n) / (4.0 * n);
+        double maxWeight = weights is null ? 1 : weights.max().item<double>();
+        double lipschitz = maxWeight * (sigma2 + n) / (4.0 * n);
         double step = 1.0 / lipschitz;
         var w = zeros(d, ScalarType.Float64);
         double b = 0;
@@ -238,6 +368,8 @@ internal static class LogisticRegression
             using Scalar momentum = mom, byScalar = by, stepScalar = step, shrink = step * alpha;
             var wy = w.add((w - wPrev).mul(momentum), One);
             var r = (x.matmul(wy).add(byScalar, One).sigmoid() - y).div(rows);
+            if (weights is not null)
+                r = r.mul(weights);
             var gw = x.t().matmul(r);
             double gb = r.sum().item<double>();
             wPrev = w;

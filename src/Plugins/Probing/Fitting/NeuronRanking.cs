@@ -6,13 +6,15 @@ namespace InterpMesh.Plugins.Probing.Fitting;
 /// <summary>
 /// Ranks neurons for k-sparse probes on the training split (standardised activations):
 /// <c>mean_diff</c> |μ₊ − μ₋| (multi-class: the largest |μ_c − μ_rest|), <c>anova_f</c> one-way
-/// ANOVA F, <c>l1</c> |w| of an L1 logistic regression with C = 0.1 (summed over one-vs-rest
-/// classes), <c>mutual_info</c> mutual information between the neuron (10 quantile bins) and the
-/// label, <c>random</c> a seeded shuffle (the baseline).
+/// ANOVA F, <c>l1</c> |w| of an L1 logistic regression with C = 0.1 and balanced class weights
+/// (summed over one-vs-rest classes), <c>svm</c> |w| of a linear SVM (hinge loss, L2, C = 1, bias
+/// penalised: scikit-learn's <c>LinearSVC(loss='hinge')</c> as Gurnee et al. call it; summed over
+/// one-vs-rest classes), <c>mutual_info</c> mutual information between the neuron (10 quantile
+/// bins) and the label, <c>random</c> a seeded shuffle (the baseline).
 /// </summary>
 internal static class NeuronRanking
 {
-    public static readonly string[] Methods = ["mean_diff", "anova_f", "l1", "mutual_info", "random"];
+    public static readonly string[] Methods = ["mean_diff", "anova_f", "l1", "svm", "mutual_info", "random"];
 
     // Scalars that outlive the calls reading them: TorchSharp 0.107's implicit ones can be freed by
     // their finalizer during the call (docs/torchsharp-on-debian.md, "Implicit scalars").
@@ -63,10 +65,27 @@ internal static class NeuronRanking
             {
                 var total = zeros(d, ScalarType.Float64);
                 foreach (int c in classes == 2 ? [1] : Enumerable.Range(0, classes))
-                    total = total.add(LogisticRegression.FitL1(z, tensor(labels.Select(l => l == c ? 1.0 : 0.0).ToArray(), ScalarType.Float64), 0.1).abs(), One);
+                {
+                    var target = labels.Select(l => l == c ? 1.0 : 0.0).ToArray();
+                    var weights = tensor(Probe.BalancedWeights(target), ScalarType.Float64);
+                    total = total.add(LogisticRegression.FitL1(z, tensor(target, ScalarType.Float64), 0.1, weights).abs(), One);
+                }
                 // Neurons the L1 fit zeroed keep their order by mean difference (tiny tie-breaker).
                 var tie = Score("mean_diff", rows, labels, classes, seed);
                 return [.. total.data<double>().ToArray().Select((v, i) => v + 1e-9 * tie[i])];
+            }
+            case "svm":
+            {
+                var flat = z.to(ScalarType.Float32).contiguous().data<float>().ToArray();
+                var zRows = Enumerable.Range(0, labels.Length).Select(i => flat.AsSpan(i * d, d).ToArray()).ToArray();
+                var total = new double[d];
+                foreach (int c in classes == 2 ? [1] : Enumerable.Range(0, classes))
+                {
+                    var (w, _, _) = LinearSvm.Fit(zRows, [.. labels.Select(l => l == c)], 1.0, squaredHinge: false, seed: seed);
+                    for (int j = 0; j < d; j++)
+                        total[j] += Math.Abs(w[j]);
+                }
+                return total;
             }
             case "mutual_info":
                 return [.. Enumerable.Range(0, d).Select(j => MutualInformation([.. rows.Select(r => (double)r[j])], labels, classes))];

@@ -5,7 +5,20 @@ using static TorchSharp.torch;
 namespace InterpMesh.Plugins.Probing.Fitting;
 
 /// <summary>
-/// A trained linear probe: z-score normalisation (training mean and std), then one binary
+/// How a probe is fitted: class weights, feature scaling and the solver's stopping rule.</summary>
+/// <param name="Balanced">scikit-learn's <c>class_weight='balanced'</c>: each row weighs n / (2 · count of its
+/// class) in the loss (per one-vs-rest problem).</param>
+/// <param name="Standardize">z-score the features with the training mean and std (false: fit on the raw activations).</param>
+/// <param name="Tolerance">scikit-learn's <c>tol</c> (largest gradient component of its objective).</param>
+/// <param name="MaxIterations">L-BFGS iterations at most (scikit-learn's <c>max_iter</c>).</param>
+internal sealed record ProbeFitOptions(bool Balanced = false, bool Standardize = true, double Tolerance = LogisticRegression.DefaultTolerance,
+    int MaxIterations = LogisticRegression.MaxIterations)
+{
+    public static readonly ProbeFitOptions Default = new();
+}
+
+/// <summary>
+/// A trained linear probe: z-score normalisation (training mean and std; or none), then one binary
 /// logistic regression (two classes) or one per class, one-vs-rest (more classes; the class with
 /// the highest probability wins). Optionally restricted to some neurons (k-sparse probes).
 /// Saved as an artifact: <c>weight</c> [k, d], <c>bias</c> [k], <c>mean</c> [d], <c>std</c> [d],
@@ -27,44 +40,142 @@ internal sealed class Probe
     public required double[] Bias { get; init; }
     public int[]? Neurons { get; init; }
     public double C { get; init; }
+    public bool Balanced { get; init; }
 
-    /// <summary>Fits on raw activation rows (all neurons, or those in <paramref name="neurons"/>).</summary>
-    public static Probe Fit(float[][] rows, int[] labels, string[] classes, double c, string hook, string position, int[]? neurons = null)
+    /// <summary>Iterations the solver took, per one-vs-rest problem (not saved).</summary>
+    public int[] Iterations { get; init; } = [];
+
+    /// <summary>scikit-learn's balanced sample weights for 0/1 targets: n / (2 · count of the row's class).</summary>
+    public static double[] BalancedWeights(double[] target)
     {
+        int n = target.Length, positives = target.Count(t => t == 1);
+        double wp = positives == 0 ? 0 : n / (2.0 * positives), wn = positives == n ? 0 : n / (2.0 * (n - positives));
+        return [.. target.Select(t => t == 1 ? wp : wn)];
+    }
+
+    /// <summary>
+    /// Fits on raw activation rows (all neurons, or those in <paramref name="neurons"/>).
+    /// <paramref name="warmStart"/>: a probe fitted on the same rows and neurons (another C), whose
+    /// weights start the solver.
+    /// </summary>
+    public static Probe Fit(float[][] rows, int[] labels, string[] classes, double c, string hook, string position, int[]? neurons = null,
+        ProbeFitOptions? options = null, Probe? warmStart = null)
+    {
+        options ??= ProbeFitOptions.Default;
         // Plain arrays throughout: the solver runs its own threads, and torch's would only compete.
         int n = rows.Length, d = neurons?.Length ?? rows[0].Length;
-        var mean = new double[d];
-        var std = new double[d];
-        for (int i = 0; i < n; i++)
-            for (int j = 0; j < d; j++)
-                mean[j] += rows[i][neurons?[j] ?? j];
-        for (int j = 0; j < d; j++)
-            mean[j] /= n;
-        for (int i = 0; i < n; i++)
-            for (int j = 0; j < d; j++)
-            {
-                double v = rows[i][neurons?[j] ?? j] - mean[j];
-                std[j] += v * v;
-            }
-        for (int j = 0; j < d; j++)
-            std[j] = Math.Max(Math.Sqrt(std[j] / n), 1e-8);
+        // The (selected) features as one dense row-major matrix, standardised in place.
         var z = new float[n * d];
         for (int i = 0; i < n; i++)
-            for (int j = 0; j < d; j++)
-                z[i * d + j] = (float)((rows[i][neurons?[j] ?? j] - mean[j]) / std[j]);
+        {
+            var target = z.AsSpan(i * d, d);
+            if (neurons is null)
+            {
+                rows[i].AsSpan(0, d).CopyTo(target);
+            }
+            else
+            {
+                var row = rows[i];
+                for (int j = 0; j < d; j++)
+                    target[j] = row[neurons[j]];
+            }
+        }
+        var (mean, std) = Moments(z, n, d);
+        if (!options.Standardize)
+        {
+            Array.Clear(mean);
+            Array.Fill(std, 1.0);
+        }
+        else
+        {
+            Standardise(z, n, d, mean, std);
+        }
         var weights = new List<double[]>();
         var bias = new List<double>();
-        foreach (int positive in classes.Length == 2 ? [1] : Enumerable.Range(0, classes.Length))
+        var iterations = new List<int>();
+        foreach (var (positive, k) in (classes.Length == 2 ? [1] : Enumerable.Range(0, classes.Length)).Select((p, k) => (p, k)))
         {
-            var (w, b, _) = LogisticRegression.FitL2(z, n, d, [.. labels.Select(l => l == positive ? 1.0 : 0.0)], c);
+            double[] target = [.. labels.Select(l => l == positive ? 1.0 : 0.0)];
+            double[]? init = warmStart is { } ws && ws.Weights.Length > k && ws.Weights[k].Length == d ? [.. ws.Weights[k], ws.Bias[k]] : null;
+            var (w, b, it) = LogisticRegression.FitL2(z, n, d, target, c, options.Balanced ? BalancedWeights(target) : null, options.Tolerance, options.MaxIterations, init);
             weights.Add(w);
             bias.Add(b);
+            iterations.Add(it);
         }
         return new Probe
         {
-            Hook = hook, Position = position, Classes = classes, C = c, Neurons = neurons,
-            Mean = mean, Std = std, Weights = [.. weights], Bias = [.. bias],
+            Hook = hook, Position = position, Classes = classes, C = c, Neurons = neurons, Balanced = options.Balanced,
+            Mean = mean, Std = std, Weights = [.. weights], Bias = [.. bias], Iterations = [.. iterations],
         };
+    }
+
+    /// <summary>Column means and population standard deviations (at least 1e-8) of a row-major [n, d] matrix, summed in float64.</summary>
+    internal static (double[] Mean, double[] Std) Moments(float[] x, int n, int d)
+    {
+        var mean = new double[d];
+        var std = new double[d];
+        var sum = new double[d];
+        for (int i = 0; i < n; i++)
+            AddWidened(x.AsSpan(i * d, d), sum, null);
+        for (int j = 0; j < d; j++)
+            mean[j] = sum[j] / n;
+        Array.Clear(sum);
+        for (int i = 0; i < n; i++)
+            AddWidened(x.AsSpan(i * d, d), sum, mean);
+        for (int j = 0; j < d; j++)
+            std[j] = Math.Max(Math.Sqrt(sum[j] / n), 1e-8);
+        return (mean, std);
+    }
+
+    /// <summary>sum += row (<paramref name="centre"/> null) or sum += (row − centre)², in float64.</summary>
+    private static void AddWidened(ReadOnlySpan<float> row, double[] sum, double[]? centre)
+    {
+        int width = System.Numerics.Vector<float>.Count, vectors = row.Length / width;
+        var vx = System.Runtime.InteropServices.MemoryMarshal.Cast<float, System.Numerics.Vector<float>>(row);
+        var vs = System.Runtime.InteropServices.MemoryMarshal.Cast<double, System.Numerics.Vector<double>>(sum.AsSpan());
+        var vc = centre is null ? default : System.Runtime.InteropServices.MemoryMarshal.Cast<double, System.Numerics.Vector<double>>(centre.AsSpan());
+        for (int v = 0; v < vectors; v++)
+        {
+            System.Numerics.Vector.Widen(vx[v], out var lo, out var hi);
+            if (centre is null)
+            {
+                vs[2 * v] += lo;
+                vs[2 * v + 1] += hi;
+            }
+            else
+            {
+                lo -= vc[2 * v];
+                hi -= vc[2 * v + 1];
+                vs[2 * v] += lo * lo;
+                vs[2 * v + 1] += hi * hi;
+            }
+        }
+        for (int j = vectors * width; j < row.Length; j++)
+        {
+            double v = row[j] - (centre?[j] ?? 0);
+            sum[j] += centre is null ? v : v * v;
+        }
+    }
+
+    /// <summary>x ← (x − mean) / std in place, computed in float64.</summary>
+    private static void Standardise(float[] x, int n, int d, double[] mean, double[] std)
+    {
+        var inverse = std.Select(v => 1 / v).ToArray();
+        int width = System.Numerics.Vector<float>.Count, vectors = d / width;
+        var vm = System.Runtime.InteropServices.MemoryMarshal.Cast<double, System.Numerics.Vector<double>>(mean.AsSpan());
+        var vi = System.Runtime.InteropServices.MemoryMarshal.Cast<double, System.Numerics.Vector<double>>(inverse.AsSpan());
+        for (int i = 0; i < n; i++)
+        {
+            var row = x.AsSpan(i * d, d);
+            var vx = System.Runtime.InteropServices.MemoryMarshal.Cast<float, System.Numerics.Vector<float>>(row);
+            for (int v = 0; v < vectors; v++)
+            {
+                System.Numerics.Vector.Widen(vx[v], out var lo, out var hi);
+                vx[v] = System.Numerics.Vector.Narrow((lo - vm[2 * v]) * vi[2 * v], (hi - vm[2 * v + 1]) * vi[2 * v + 1]);
+            }
+            for (int j = vectors * width; j < d; j++)
+                row[j] = (float)((row[j] - mean[j]) * inverse[j]);
+        }
     }
 
     internal static Tensor Matrix(float[][] rows, int[]? neurons)
@@ -119,6 +230,7 @@ internal sealed class Probe
             ["position"] = Position,
             ["classes"] = new JsonArray([.. Classes.Select(c => (JsonNode)c)]),
             ["c"] = C,
+            ["class_weight"] = Balanced ? "balanced" : "none",
         };
         return (tensors, metadata);
     }
@@ -140,6 +252,7 @@ internal sealed class Probe
             Position = Need("position"),
             Classes = [.. metadata["classes"]!.AsArray().Select(c => c!.GetValue<string>())],
             C = metadata["c"]?.GetValue<double>() ?? 0,
+            Balanced = metadata["class_weight"]?.GetValue<string>() == "balanced",
             Weights = [.. Enumerable.Range(0, (int)w.shape[0]).Select(i => w[i].data<double>().ToArray())],
             Bias = tensors["bias"].to(ScalarType.Float64).data<double>().ToArray(),
             Mean = tensors["mean"].to(ScalarType.Float64).data<double>().ToArray(),
