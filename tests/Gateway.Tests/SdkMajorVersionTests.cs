@@ -22,7 +22,7 @@ namespace InterpMesh.Gateway.Tests;
 /// </summary>
 public sealed class SdkMajorVersionTests
 {
-    private const string Rebuild = "was built against InterpMesh.Plugins.Abstractions 1.2; rebuild it against 2.0 — see docs/writing-plugins.md, Migrating to 2.0";
+    private const string Rebuild = "was built against InterpMesh.Plugins.Abstractions 1.2; rebuild it against 2.1 — see docs/writing-plugins.md, Migrating to 2.0";
 
     private static AssemblyName Sdk(string version) => new($"InterpMesh.Plugins.Abstractions, Version={version}");
 
@@ -37,7 +37,7 @@ public sealed class SdkMajorVersionTests
     public void A_plugin_built_against_a_newer_major_is_refused_naming_both_versions()
     {
         var e = Assert.Throws<InvalidOperationException>(() => PluginCatalog.CheckSdkReference([Sdk("3.1.0.0")], "New.dll"));
-        Assert.Contains("built against InterpMesh.Plugins.Abstractions 3.1, newer than this worker's 2.0", e.Message, StringComparison.Ordinal);
+        Assert.Contains("built against InterpMesh.Plugins.Abstractions 3.1, newer than this worker's 2.1", e.Message, StringComparison.Ordinal);
     }
 
     [Theory]

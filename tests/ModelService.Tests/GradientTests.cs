@@ -174,7 +174,7 @@ public sealed class GradientTests(ServerFixture server, Xunit.Abstractions.ITest
                 case GradientRequest.MetricOneofCase.LogProb:
                     {
                         var target = g.Logit ?? g.LogProb;
-                        int pos = target.HasPosition ? (target.Position < 0 ? t + target.Position : target.Position) : last;
+                        int pos = target.Position is int p ? (p < 0 ? t + p : p) : last;
                         int token = target.Tokens[target.Tokens.Count == 1 ? 0 : r];
                         var row = logits.At(r, pos);
                         metrics[r] = row[token] - (g.MetricCase == GradientRequest.MetricOneofCase.LogProb ? LogSumExp(row) : 0);

@@ -95,8 +95,8 @@ public static class WireMapping
         },
         Position = g.MetricCase switch
         {
-            GradientRequest.MetricOneofCase.Logit when g.Logit.HasPosition => g.Logit.Position,
-            GradientRequest.MetricOneofCase.LogProb when g.LogProb.HasPosition => g.LogProb.Position,
+            GradientRequest.MetricOneofCase.Logit => g.Logit.Position,
+            GradientRequest.MetricOneofCase.LogProb => g.LogProb.Position,
             _ => null,
         },
         Correct = g.LogitDifference?.Correct.Select(set => (IReadOnlyList<int>)[.. set.Ids]).ToList() ?? [],
