@@ -172,7 +172,15 @@ public sealed class ProbingEndToEndTests(ConceptsMeshFixture mesh) : IClassFixtu
         string[] hooks = ["blocks.0.ln2.hook_normalized", "blocks.1.ln2.hook_normalized"];
         var perHook = Rows(job, "per_hook").ToDictionary(r => r[0].GetString()!);
         Assert.Equal(hooks, perHook.Keys);
-        var layers = hooks.Select(h => Features([.. data.Select(d => d.Text)], h, max: false)).ToList();
+        // As Luckfort/CD read them: post_attention_layernorm's output, i.e. TransformerLens' hook_normalized
+        // times the norm's gain plus its bias (GPT-2's ln_2), the weights read through the gateway.
+        var norms = await Direct.WeightsAsync(mesh.Channel, "blocks.0.ln2.w", "blocks.0.ln2.b", "blocks.1.ln2.w", "blocks.1.ln2.b");
+        var layers = hooks.Select((h, l) =>
+        {
+            var gain = norms[$"blocks.{l}.ln2.w"].ToFloat32();
+            var bias = norms[$"blocks.{l}.ln2.b"].ToFloat32();
+            return Features([.. data.Select(d => d.Text)], h, max: false).Select(r => r.Select((v, j) => v * gain[j] + bias[j]).ToArray()).ToList();
+        }).ToList();
         var sk = SklearnProbingTests.Sklearn(new { op = "cd", layers, y = data.Select(d => d.Label == "positive" ? 1 : 0) })["layers"]!.AsArray();
         int nTest = (int)Math.Ceiling(0.4 * data.Count);
         for (int l = 0; l < hooks.Length; l++)

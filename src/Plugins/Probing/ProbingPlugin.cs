@@ -74,6 +74,36 @@ public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
         };
     }
 
+    /// <summary>
+    /// Luckfort/CD read the output of Hugging Face's <c>post_attention_layernorm</c>, which includes the
+    /// norm's gain (and bias, for LayerNorm); TransformerLens' <c>ln2.hook_normalized</c> is taken before
+    /// them. The preset applies <c>blocks.L.ln2.w</c> (and <c>.b</c>) from the model's weights (SDK 2.1).
+    /// </summary>
+    private static async Task ApplyNormGainAsync(IModelClient model, IReadOnlyList<string> hooks, Dictionary<string, float[][]> features, CancellationToken ct)
+    {
+        var weights = new Dictionary<string, float[]>(StringComparer.Ordinal);
+        await foreach (var w in model.GetWeightsAsync(["blocks.*.ln2.?"], Contracts.V1.DType.Float32, ct))
+        {
+            using (w.Tensor)
+                weights[w.Name] = w.Tensor.data<float>().ToArray();
+        }
+        foreach (var hook in hooks)
+        {
+            const string suffix = ".hook_normalized";
+            if (!hook.EndsWith(suffix, StringComparison.Ordinal))
+                continue;
+            string norm = hook[..^suffix.Length];
+            if (!weights.TryGetValue(norm + ".w", out var gain))
+                throw new InvalidOperationException($"the model serves no {norm}.w, so concept_depth cannot apply the norm's gain as Luckfort/CD read it");
+            weights.TryGetValue(norm + ".b", out var bias);
+            foreach (var row in features[hook])
+            {
+                for (int j = 0; j < row.Length; j++)
+                    row[j] = row[j] * gain[j] + (bias?[j] ?? 0);
+            }
+        }
+    }
+
     private static async Task<PluginResult> TrainAsync(TrainParameters given, IAnalysisContext context)
     {
         var p = Effective(given);
@@ -112,6 +142,8 @@ public sealed partial class ProbingPlugin() : AnalysisPlugin<ProbingParameters>(
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var (hooks, features) = await ActivationCollector.CollectAsync(context.Model, info, rows, [.. p.Hooks], position, batchSize,
             done => context.ReportProgress(0.4 * done / rows.Count, $"activations {done}/{rows.Count}"), ct);
+        if (p.Preset is ProbingPreset.ConceptDepth)
+            await ApplyNormGainAsync(context.Model, hooks, features, ct);
         double activationSeconds = clock.Elapsed.TotalSeconds;
         clock.Restart();
 
