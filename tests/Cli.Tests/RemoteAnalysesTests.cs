@@ -41,7 +41,7 @@ public sealed class RemoteAnalysesTests(AnalysisMesh mesh) : IClassFixture<Analy
         var r = CliRunner.Run(Remote("plugins", "--json"));
         Assert.True(r.ExitCode == 0, r.Stderr);
         var ids = r.Json.GetProperty("plugins").EnumerateArray().Where(p => p.GetProperty("loaded").GetBoolean()).Select(p => p.GetProperty("id").GetString()).ToHashSet();
-        Assert.Superset(ids, new HashSet<string?> { "probing", "sae", "steering", "retrieval-heads" });
+        Assert.Superset(new HashSet<string?> { "probing", "sae", "steering", "retrieval-heads", "circuits" }, ids);
     }
 
     [Fact]
