@@ -156,6 +156,27 @@ public sealed class PrefixReuseTests : IDisposable
     }
 
     [Fact]
+    public async Task A_sweep_that_asks_for_a_gradient_runs_as_one_forward_under_autograd()
+    {
+        // The same sweep with a gradient: it needs the whole graph of one forward, so it never takes
+        // the reuse path — one forward of all rows — and its metric equals the engine's without reuse.
+        const int length = 12;
+        var (sweep, _) = ResidSweep(gpt2, length, [3, 6]);
+        var spec = new RunSpec
+        {
+            Inputs = sweep.Inputs,
+            Interventions = sweep.Interventions,
+            Logits = LogitsMode.Last,
+            Gradient = new GradientSpec { Metric = GradientMetric.Logit, Tokens = [5], Hooks = ["blocks.0.hook_resid_post"] },
+        };
+        var (withReuse, forwards) = await RunAsync(gpt2, reuse: true, spec);
+        var (without, _) = await RunAsync(gpt2, reuse: false, spec);
+        Assert.Equal([(sweep.Inputs.Count, sweep.Inputs.Count * length)], forwards);
+        Assert.NotNull(withReuse.Metric);
+        Assert.Equal(without.Metric!.Value, withReuse.Metric!.Value, 6);
+    }
+
+    [Fact]
     public async Task A_group_whose_cache_would_exceed_the_limit_runs_in_chunks_of_rows()
     {
         const int length = 12;
