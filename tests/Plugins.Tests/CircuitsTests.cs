@@ -550,9 +550,10 @@ internal sealed class FiniteDifferenceGradients(IModelClient inner) : IModelClie
                 yield return o;
             yield break;
         }
+        // The forward itself: the request's own captures (passed on as activations) and the gradient hooks' shapes.
+        var captured = request.Captures.SelectMany(c => c.Hooks).ToHashSet(StringComparer.Ordinal);
         var plain = request.Clone();
         plain.Gradient = null;
-        plain.Captures.Clear();
         plain.Captures.Add(new Capture { Hooks = { gradient.Hooks } });
         var shapes = new Dictionary<string, long[]>();
         RunResult? result = null;
@@ -561,7 +562,10 @@ internal sealed class FiniteDifferenceGradients(IModelClient inner) : IModelClie
             if (o.Activation is { } t)
             {
                 shapes[o.Hook!] = [.. t.shape];
-                t.Dispose();
+                if (captured.Contains(o.Hook!))
+                    yield return o;
+                else
+                    t.Dispose();
             }
             result ??= o.Result;
         }
@@ -615,7 +619,7 @@ internal sealed class FiniteDifferenceGradients(IModelClient inner) : IModelClie
                     grad[chunk[i].Row * perRow + chunk[i].Element] = (float)((mp - mm) / (2 * H));
                 }
             }
-            yield return new RunOutput { Hook = hook, Activation = TorchSharp.torch.tensor(grad, shape) };
+            yield return new RunOutput { Hook = hook, Activation = TorchSharp.torch.tensor(grad, shape), Gradient = true };
         }
         yield return new RunOutput { Result = result };
     }

@@ -84,14 +84,43 @@ internal sealed class CircuitsBenchmark : Benchmark
                 throw new InvalidOperationException("attribution patching returned no attributions");
             return seconds;
         }
+        // The model work alone: the two requests the mode makes (the clean prompts with captures of
+        // every hook_z, hook_mlp_out and hook_resid_pre; the corrupted prompts with the same captures
+        // and the gradient of the logit difference at those hooks), without the plugin around them.
+        var info = model.Client.GetInfoAsync().GetAwaiter().GetResult();
+        var hooks = Enumerable.Range(0, info.NLayers).SelectMany(l => new[] { $"blocks.{l}.attn.hook_z", $"blocks.{l}.hook_mlp_out", $"blocks.{l}.hook_resid_pre" }).ToList();
+        var answers = model.Client.TokenizeAsync([gpt2 ? " park" : "park", gpt2 ? " day" : "day"]).GetAwaiter().GetResult().Select(t => t[^1]).ToArray();
+        var source = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last }, Captures = { new Capture { Hooks = { hooks } } } };
+        var withGradient = new RunRequest
+        {
+            Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last },
+            Captures = { new Capture { Hooks = { hooks } } },
+            Gradient = new GradientRequest
+            {
+                LogitDifference = new LogitDifference { Correct = { new TokenSet { Ids = { answers[0] } } }, Incorrect = { new TokenSet { Ids = { answers[1] } } } },
+                Hooks = { hooks },
+            },
+        };
+        for (int i = 0; i < ids.Count; i++)
+            (i % 2 == 0 ? source : withGradient).Inputs.Add(new Input { Tokens = new TokenIds { Ids = { ids[i] } } });
+        double ModelWork()
+        {
+            var sw = Stopwatch.StartNew();
+            Drain(model.Client.RunAsync(source)).GetAwaiter().GetResult();
+            Drain(model.Client.RunAsync(withGradient)).GetAwaiter().GetResult();
+            return sw.Elapsed.TotalSeconds;
+        }
         Plain();
         Attribution();
+        ModelWork();
         var plainTimes = new List<double>();
         var attributionTimes = new List<double>();
+        var modelTimes = new List<double>();
         for (int r = 0; r < repeats; r++)
         {
             plainTimes.Add(Plain());
             attributionTimes.Add(Attribution());
+            modelTimes.Add(ModelWork());
         }
         double p = Median(plainTimes), a = Median(attributionTimes);
         return new BenchReport(new Dictionary<string, object?>
@@ -102,6 +131,8 @@ internal sealed class CircuitsBenchmark : Benchmark
             ["plain_forward_s"] = p,
             ["attribution_patching_s"] = a,
             ["attribution_vs_forward"] = a / p,
+            ["model_work_s"] = Median(modelTimes),
+            ["model_work_vs_forward"] = Median(modelTimes) / p,
             ["target"] = "<= 3",
             ["plain_forward_times_s"] = string.Join(" ", plainTimes.Select(x => x.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture))),
             ["attribution_times_s"] = string.Join(" ", attributionTimes.Select(x => x.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture))),

@@ -7,8 +7,9 @@ namespace InterpMesh.Plugins.Circuits;
 /// Attribution patching (Nanda 2023; AtP, Kramár et al. 2024): the first-order estimate of every
 /// node's patching effect, Δm ≈ (a_source − a_base) · ∂m/∂a at the base run, for each head's
 /// attn.hook_z (summed over positions and d_head), each hook_mlp_out and each hook_resid_pre
-/// position. The activations come from one batched clean + corrupted forward with captures; the
-/// gradients from one forward + backward of the base prompts (RunRequest.gradient). Optionally the
+/// position. Two passes over the pairs: one forward of the source prompts (clean, when denoising)
+/// with captures, and one forward + backward of the base prompts that returns their activations,
+/// metric and gradients together (RunRequest.gradient beside captures). Optionally the
 /// top nodes are patched for real and the rank correlation reported.
 /// </summary>
 internal static class AttributionPatching
@@ -26,8 +27,35 @@ internal static class AttributionPatching
         string Mlp(int l) => $"blocks.{l}.hook_mlp_out";
         string Resid(int l) => $"blocks.{l}.hook_resid_pre";
         var hooks = Enumerable.Range(0, nl).SelectMany(l => new[] { Z(l), Mlp(l), Resid(l) }).ToList();
-        var baseline = await Baseline.RunAsync(set, p.Metric, hooks, context);
-        context.ReportProgress(0.2, $"clean and corrupted runs of {set.Pairs.Count} pairs");
+        bool denoising = p.Direction == PatchDirection.Denoising;
+        int n = set.Pairs.Count;
+        var clean = new double[n];
+        var corrupt = new double[n];
+        var cleanActs = new Dictionary<string, Act>[n];
+        var corruptActs = new Dictionary<string, Act>[n];
+        var sourceMetric = denoising ? clean : corrupt;
+        var baseMetric = denoising ? corrupt : clean;
+        var sourceActs = denoising ? cleanActs : corruptActs;
+        var baseActs = denoising ? corruptActs : cleanActs;
+        // The source prompts (clean when denoising): one forward with captures. The base prompts'
+        // activations and metric come with their gradients below, from one forward + backward: two
+        // passes over the pairs in all, as the method needs.
+        int perSource = Math.Max(1, Math.Min(Calls.RowsPerRun(info, hooks, length, set.MaxBatch), Calls.LogitRows(info)));
+        for (int start = 0; start < n; start += perSource)
+        {
+            var chunk = set.Pairs.Skip(start).Take(perSource).ToList();
+            var request = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
+            request.Inputs.AddRange(chunk.Select(x => Calls.Tokens(denoising ? x.Clean : x.Corrupted)));
+            request.Captures.Add(new Capture { Hooks = { hooks }, Positions = new PositionSelection { All = true } });
+            var (captures, result) = await Calls.RunAsync(context.Model, request, ct);
+            var logits = Calls.LastLogits(result);
+            for (int i = 0; i < chunk.Count; i++)
+            {
+                sourceMetric[chunk[i].Index] = Calls.Metric(logits[i], chunk[i].Answer, chunk[i].Wrong, p.Metric);
+                sourceActs[chunk[i].Index] = captures.ToDictionary(c => c.Key, c => c.Value.Select(0, i), StringComparer.Ordinal);
+            }
+        }
+        context.ReportProgress(0.2, $"{(denoising ? "clean" : "corrupted")} runs of {n} pairs");
 
         var nodes = new List<Node>();
         for (int l = 0; l < nl; l++)
@@ -39,19 +67,19 @@ internal static class AttributionPatching
             nodes.AddRange(Enumerable.Range(0, length).Select(pos => new Node("resid_pre", l, null, pos)));
         var sums = new double[nodes.Count];
 
-        bool denoising = p.Direction == PatchDirection.Denoising;
-        int perRun = Math.Min(Calls.LogitRows(info), Calls.RowsPerRun(info, hooks, length, set.MaxBatch));
+        // Captures and gradients of the same hooks: twice the bytes per row.
+        int perRun = Math.Min(Calls.LogitRows(info), Calls.RowsPerRun(info, [.. hooks, .. hooks], length, set.MaxBatch));
         for (int start = 0; start < set.Pairs.Count; start += perRun)
         {
             var chunk = set.Pairs.Skip(start).Take(perRun).ToList();
             var request = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last }, Gradient = Gradient(p.Metric, chunk, hooks) };
             request.Inputs.AddRange(chunk.Select(x => Calls.Tokens(denoising ? x.Corrupted : x.Clean)));
-            // No captures in this request: every tensor it returns is a gradient.
-            Dictionary<string, Act> gradients;
+            request.Captures.Add(new Capture { Hooks = { hooks }, Positions = new PositionSelection { All = true } });
+            Dictionary<string, Act> gradients, captures;
             RunResult result;
             try
             {
-                (gradients, result) = await Calls.RunAsync(context.Model, request, ct);
+                (captures, gradients, result) = await Calls.RunWithGradientsAsync(context.Model, request, ct);
             }
             catch (Grpc.Core.RpcException e) when (e.StatusCode == Grpc.Core.StatusCode.ResourceExhausted && perRun > 1)
             {
@@ -66,8 +94,9 @@ internal static class AttributionPatching
             for (int i = 0; i < chunk.Count; i++)
             {
                 var pair = chunk[i];
-                var baseActs = denoising ? baseline.CorruptActs[pair.Index] : baseline.CleanActs[pair.Index];
-                var sourceActs = denoising ? baseline.CleanActs[pair.Index] : baseline.CorruptActs[pair.Index];
+                baseMetric[pair.Index] = Calls.Metric(logits[i], pair.Answer, pair.Wrong, p.Metric);
+                var rowActs = baseActs[pair.Index] = captures.ToDictionary(c => c.Key, c => c.Value.Select(0, i), StringComparer.Ordinal);
+                var fromActs = sourceActs[pair.Index];
                 // The server differentiates logit differences and log-probabilities; prob and loss follow by the chain rule.
                 double factor = p.Metric switch
                 {
@@ -79,12 +108,12 @@ internal static class AttributionPatching
                     : throw new InvalidOperationException($"the model service sent no gradient for {hook}");
                 for (int l = 0; l < nl; l++)
                 {
-                    var dz = sourceActs[Z(l)] - baseActs[Z(l)]; // [pos, head, d_head]
+                    var dz = fromActs[Z(l)] - rowActs[Z(l)]; // [pos, head, d_head]
                     var gz = Grad(Z(l));
                     for (int h = 0; h < nh; h++)
                         sums[Index(nodes, "head", l, h, null)] += factor * dz.Select(1, h).Dot(gz.Select(1, h));
-                    sums[Index(nodes, "mlp", l, null, null)] += factor * (sourceActs[Mlp(l)] - baseActs[Mlp(l)]).Dot(Grad(Mlp(l)));
-                    var dr = sourceActs[Resid(l)] - baseActs[Resid(l)];
+                    sums[Index(nodes, "mlp", l, null, null)] += factor * (fromActs[Mlp(l)] - rowActs[Mlp(l)]).Dot(Grad(Mlp(l)));
+                    var dr = fromActs[Resid(l)] - rowActs[Resid(l)];
                     var gr = Grad(Resid(l));
                     for (int pos = 0; pos < length; pos++)
                         sums[Index(nodes, "resid_pre", l, null, pos)] += factor * dr.Select(0, pos).Dot(gr.Select(0, pos));
@@ -92,10 +121,10 @@ internal static class AttributionPatching
             }
             context.ReportProgress(0.2 + 0.4 * Math.Min(set.Pairs.Count, start + perRun) / set.Pairs.Count, $"gradients of {Math.Min(set.Pairs.Count, start + perRun)}/{set.Pairs.Count} pairs");
         }
-        int n = set.Pairs.Count;
-        double clean = baseline.CleanMean, corrupt = baseline.CorruptMean, baseMean = denoising ? corrupt : clean;
+        var baseline = new Baseline { Clean = clean, Corrupt = corrupt, CleanActs = cleanActs, CorruptActs = corruptActs };
+        double cleanMean = baseline.CleanMean, corruptMean = baseline.CorruptMean, baseMean = denoising ? corruptMean : cleanMean;
         var estimate = sums.Select(s => s / n).ToArray();
-        var normalised = estimate.Select(d => Calls.Normalise(baseMean + d, clean, corrupt)).ToArray();
+        var normalised = estimate.Select(d => Calls.Normalise(baseMean + d, cleanMean, corruptMean)).ToArray();
 
         report.Metrics(p.Metric, p.Direction, baseline, n);
         var labels = await Check.PositionLabelsAsync(context.Model, set.Pairs[0].Clean, ct);
@@ -156,7 +185,7 @@ internal static class AttributionPatching
             {
                 Name = "verification",
                 Columns = ["node", "estimate", "actual", "estimate_normalized", "actual_normalized"],
-                Rows = [.. chosen.Select((i, j) => (IReadOnlyList<JsonNode?>)[Label(nodes[i]), est[j], actual[j], ActivationPatching.Json(normalised[i]), ActivationPatching.Json(Calls.Normalise(baseMean + actual[j], clean, corrupt))])],
+                Rows = [.. chosen.Select((i, j) => (IReadOnlyList<JsonNode?>)[Label(nodes[i]), est[j], actual[j], ActivationPatching.Json(normalised[i]), ActivationPatching.Json(Calls.Normalise(baseMean + actual[j], cleanMean, corruptMean))])],
             });
         }
     }

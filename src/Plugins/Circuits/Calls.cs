@@ -28,6 +28,27 @@ internal static class Calls
         return (captures, result ?? throw new InvalidOperationException("the model service sent no result"));
     }
 
+    /// <summary>As <see cref="RunAsync"/> for a Run that also asks for gradients: captures and gradients apart.</summary>
+    public static async Task<(Dictionary<string, Act> Captures, Dictionary<string, Act> Gradients, RunResult Result)> RunWithGradientsAsync(IModelClient model, RunRequest request, CancellationToken ct)
+    {
+        var captures = new Dictionary<string, Act>(StringComparer.Ordinal);
+        var gradients = new Dictionary<string, Act>(StringComparer.Ordinal);
+        RunResult? result = null;
+        await foreach (var output in model.RunAsync(request, ct))
+        {
+            if (output.Activation is { } t)
+            {
+                using (t)
+                    (output.Gradient ? gradients : captures)[output.Hook!] = Act.Of(t);
+            }
+            else if (output.Result is { } r)
+            {
+                result = r;
+            }
+        }
+        return (captures, gradients, result ?? throw new InvalidOperationException("the model service sent no result"));
+    }
+
     /// <summary>Logits [rows][vocab] of a LAST-mode result.</summary>
     public static float[][] LastLogits(RunResult result) =>
         result.Logits is { } logits ? WireTensor.FromProto(logits, "logits").ToFloat32Rows()
