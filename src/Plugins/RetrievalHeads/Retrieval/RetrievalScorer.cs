@@ -69,24 +69,8 @@ internal static class RetrievalScorer
         }
         // Synthetic trials are scored on token ids (and work on models without a tokenizer).
         string text = trial.Reference is null ? (await model.DetokenizeAsync([[.. generated]], ct))[0] : "";
-        double recall = trial.Reference is { } reference ? Overlap(reference, [.. generated]) / (double)reference.Length
+        double recall = trial.Reference is { } reference ? Rouge.Overlap(reference, [.. generated]) / (double)reference.Length
             : Rouge.Recall(trial.ReferenceWords!, Rouge.Tokens(text, trial.Stem));
         return new TrialResult(trial, [.. generated], text, recall, recall > threshold, hits);
-    }
-
-    /// <summary>ROUGE-1 overlap: how many reference items the answer contains (multiset).</summary>
-    private static int Overlap<T>(IEnumerable<T> reference, IEnumerable<T> answer) where T : notnull
-    {
-        var counts = answer.GroupBy(x => x).ToDictionary(g => g.Key, g => g.Count());
-        int overlap = 0;
-        foreach (var r in reference)
-        {
-            if (counts.TryGetValue(r, out int c) && c > 0)
-            {
-                overlap++;
-                counts[r] = c - 1;
-            }
-        }
-        return overlap;
     }
 }

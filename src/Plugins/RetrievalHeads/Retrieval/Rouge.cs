@@ -36,11 +36,13 @@ internal static class Rouge
     }
 
     /// <summary>ROUGE-1 recall of <paramref name="answer"/> against <paramref name="reference"/> (0 when the reference has no words).</summary>
-    public static double Recall(IReadOnlyList<string> reference, IReadOnlyList<string> answer)
+    public static double Recall(IReadOnlyList<string> reference, IReadOnlyList<string> answer) =>
+        reference.Count == 0 ? 0 : Overlap(reference, answer) / (double)reference.Count;
+
+    /// <summary>ROUGE-1 overlap: how many reference items the answer contains, counted as multisets.</summary>
+    public static int Overlap<T>(IEnumerable<T> reference, IEnumerable<T> answer) where T : notnull
     {
-        if (reference.Count == 0)
-            return 0;
-        var counts = answer.GroupBy(x => x, StringComparer.Ordinal).ToDictionary(g => g.Key, g => g.Count(), StringComparer.Ordinal);
+        var counts = answer.GroupBy(x => x).ToDictionary(g => g.Key, g => g.Count());
         int overlap = 0;
         foreach (var r in reference)
         {
@@ -50,7 +52,7 @@ internal static class Rouge
                 counts[r] = c - 1;
             }
         }
-        return overlap / (double)reference.Count;
+        return overlap;
     }
 }
 
