@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using InterpMesh.Contracts.V1;
+using TorchSharp;
 
 namespace InterpMesh.Plugins.Circuits;
 
@@ -29,34 +30,6 @@ internal static class AttributionPatching
         var hooks = Enumerable.Range(0, nl).SelectMany(l => new[] { Z(l), Mlp(l), Resid(l) }).ToList();
         bool denoising = p.Direction == PatchDirection.Denoising;
         int n = set.Pairs.Count;
-        var clean = new double[n];
-        var corrupt = new double[n];
-        var cleanActs = new Dictionary<string, Act>[n];
-        var corruptActs = new Dictionary<string, Act>[n];
-        var sourceMetric = denoising ? clean : corrupt;
-        var baseMetric = denoising ? corrupt : clean;
-        var sourceActs = denoising ? cleanActs : corruptActs;
-        var baseActs = denoising ? corruptActs : cleanActs;
-        // The source prompts (clean when denoising): one forward with captures. The base prompts'
-        // activations and metric come with their gradients below, from one forward + backward: two
-        // passes over the pairs in all, as the method needs.
-        int perSource = Math.Max(1, Math.Min(Calls.RowsPerRun(info, hooks, length, set.MaxBatch), Calls.LogitRows(info)));
-        for (int start = 0; start < n; start += perSource)
-        {
-            var chunk = set.Pairs.Skip(start).Take(perSource).ToList();
-            var request = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
-            request.Inputs.AddRange(chunk.Select(x => Calls.Tokens(denoising ? x.Clean : x.Corrupted)));
-            request.Captures.Add(new Capture { Hooks = { hooks }, Positions = new PositionSelection { All = true } });
-            var (captures, result) = await Calls.RunAsync(context.Model, request, ct);
-            var logits = Calls.LastLogits(result);
-            for (int i = 0; i < chunk.Count; i++)
-            {
-                sourceMetric[chunk[i].Index] = Calls.Metric(logits[i], chunk[i].Answer, chunk[i].Wrong, p.Metric);
-                sourceActs[chunk[i].Index] = captures.ToDictionary(c => c.Key, c => c.Value.Select(0, i), StringComparer.Ordinal);
-            }
-        }
-        context.ReportProgress(0.2, $"{(denoising ? "clean" : "corrupted")} runs of {n} pairs");
-
         var nodes = new List<Node>();
         for (int l = 0; l < nl; l++)
         {
@@ -67,59 +40,158 @@ internal static class AttributionPatching
             nodes.AddRange(Enumerable.Range(0, length).Select(pos => new Node("resid_pre", l, null, pos)));
         var sums = new double[nodes.Count];
 
-        // Captures and gradients of the same hooks: twice the bytes per row.
-        int perRun = Math.Min(Calls.LogitRows(info), Calls.RowsPerRun(info, [.. hooks, .. hooks], length, set.MaxBatch));
-        for (int start = 0; start < set.Pairs.Count; start += perRun)
+        var clean = new double[n];
+        var corrupt = new double[n];
+        var sourceMetric = denoising ? clean : corrupt;
+        var baseMetric = denoising ? corrupt : clean;
+        // Only a verification patches for real, and only it needs every pair's activations kept as arrays.
+        bool verify = p.VerifyTop > 0;
+        var cleanActs = new Dictionary<string, Act>[n];
+        var corruptActs = new Dictionary<string, Act>[n];
+        var sourceActs = denoising ? cleanActs : corruptActs;
+        var baseActs = denoising ? corruptActs : cleanActs;
+        // The source prompts (clean when denoising): one forward with captures, kept as tensors
+        // [pairs, ...] per hook. The base prompts' activations and metric come with their gradients
+        // below, from one forward + backward: two passes over the pairs in all, as the method needs.
+        var source = new Dictionary<string, torch.Tensor>(StringComparer.Ordinal);
+        try
         {
-            var chunk = set.Pairs.Skip(start).Take(perRun).ToList();
-            var request = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last }, Gradient = Gradient(p.Metric, chunk, hooks) };
-            request.Inputs.AddRange(chunk.Select(x => Calls.Tokens(denoising ? x.Corrupted : x.Clean)));
-            request.Captures.Add(new Capture { Hooks = { hooks }, Positions = new PositionSelection { All = true } });
-            Dictionary<string, Act> gradients, captures;
-            RunResult result;
+            int perSource = Math.Max(1, Math.Min(Calls.RowsPerRun(info, hooks, length, set.MaxBatch), Calls.LogitRows(info)));
+            var parts = hooks.ToDictionary(h => h, _ => new List<torch.Tensor>(), StringComparer.Ordinal);
             try
             {
-                (captures, gradients, result) = await Calls.RunWithGradientsAsync(context.Model, request, ct);
-            }
-            catch (Grpc.Core.RpcException e) when (e.StatusCode == Grpc.Core.StatusCode.ResourceExhausted && perRun > 1)
-            {
-                // Over the server's autograd memory budget for this many rows: halve the batch and retry.
-                perRun = Math.Max(1, chunk.Count / 2);
-                start -= perRun;
-                continue;
-            }
-            if (gradients.Count == 0)
-                throw new InvalidOperationException("the model service returned no gradients; it predates RunRequest.gradient (update it to use attribution_patching)");
-            var logits = Calls.LastLogits(result);
-            for (int i = 0; i < chunk.Count; i++)
-            {
-                var pair = chunk[i];
-                baseMetric[pair.Index] = Calls.Metric(logits[i], pair.Answer, pair.Wrong, p.Metric);
-                var rowActs = baseActs[pair.Index] = captures.ToDictionary(c => c.Key, c => c.Value.Select(0, i), StringComparer.Ordinal);
-                var fromActs = sourceActs[pair.Index];
-                // The server differentiates logit differences and log-probabilities; prob and loss follow by the chain rule.
-                double factor = p.Metric switch
+                for (int start = 0; start < n; start += perSource)
                 {
-                    CircuitMetric.Prob => Math.Exp(Calls.LogProb(logits[i], pair.Answer)),
-                    CircuitMetric.Loss => -1,
-                    _ => 1,
-                };
-                Act Grad(string hook) => gradients.TryGetValue(hook, out var g) ? g.Select(0, i)
-                    : throw new InvalidOperationException($"the model service sent no gradient for {hook}");
-                for (int l = 0; l < nl; l++)
+                    var chunk = set.Pairs.Skip(start).Take(perSource).ToList();
+                    var request = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
+                    request.Inputs.AddRange(chunk.Select(x => Calls.Tokens(denoising ? x.Clean : x.Corrupted)));
+                    request.Captures.Add(new Capture { Hooks = { hooks }, Positions = new PositionSelection { All = true } });
+                    var (captures, _, result) = await Calls.RunTensorsAsync(context.Model, request, ct);
+                    foreach (var (hook, t) in captures)
+                    {
+                        if (parts.TryGetValue(hook, out var list))
+                            list.Add(t);
+                        else
+                            t.Dispose();
+                    }
+                    var logits = Calls.LastLogits(result);
+                    for (int i = 0; i < chunk.Count; i++)
+                        sourceMetric[chunk[i].Index] = Calls.Metric(logits[i], chunk[i].Answer, chunk[i].Wrong, p.Metric);
+                }
+                foreach (var (hook, list) in parts)
                 {
-                    var dz = fromActs[Z(l)] - rowActs[Z(l)]; // [pos, head, d_head]
-                    var gz = Grad(Z(l));
-                    for (int h = 0; h < nh; h++)
-                        sums[Index(nodes, "head", l, h, null)] += factor * dz.Select(1, h).Dot(gz.Select(1, h));
-                    sums[Index(nodes, "mlp", l, null, null)] += factor * (fromActs[Mlp(l)] - rowActs[Mlp(l)]).Dot(Grad(Mlp(l)));
-                    var dr = fromActs[Resid(l)] - rowActs[Resid(l)];
-                    var gr = Grad(Resid(l));
-                    for (int pos = 0; pos < length; pos++)
-                        sums[Index(nodes, "resid_pre", l, null, pos)] += factor * dr.Select(0, pos).Dot(gr.Select(0, pos));
+                    if (list.Count == 0)
+                        throw new InvalidOperationException($"the model service sent no capture of {hook}");
+                    source[hook] = list.Count == 1 ? list[0] : torch.cat(list, 0);
+                    if (list.Count == 1)
+                        list.Clear(); // kept in source; not disposed below
                 }
             }
-            context.ReportProgress(0.2 + 0.4 * Math.Min(set.Pairs.Count, start + perRun) / set.Pairs.Count, $"gradients of {Math.Min(set.Pairs.Count, start + perRun)}/{set.Pairs.Count} pairs");
+            finally
+            {
+                foreach (var t in parts.Values.SelectMany(x => x))
+                    t.Dispose();
+            }
+            if (verify)
+            {
+                for (int i = 0; i < n; i++)
+                    sourceActs[set.Pairs[i].Index] = source.ToDictionary(c => c.Key, c => RowAct(c.Value, i), StringComparer.Ordinal);
+            }
+            context.ReportProgress(0.2, $"{(denoising ? "clean" : "corrupted")} runs of {n} pairs");
+
+            // Per node kind, the sum over pairs of factor · (a_source − a_base) · ∂m/∂a.
+            var headSums = new double[nl, nh];
+            var mlpSums = new double[nl];
+            var residSums = new double[nl, length];
+
+            // Captures and gradients of the same hooks: twice the bytes per row.
+            int perRun = Math.Min(Calls.LogitRows(info), Calls.RowsPerRun(info, [.. hooks, .. hooks], length, set.MaxBatch));
+            for (int start = 0; start < n; start += perRun)
+            {
+                var chunk = set.Pairs.Skip(start).Take(perRun).ToList();
+                var request = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last }, Gradient = Gradient(p.Metric, chunk, hooks) };
+                request.Inputs.AddRange(chunk.Select(x => Calls.Tokens(denoising ? x.Corrupted : x.Clean)));
+                request.Captures.Add(new Capture { Hooks = { hooks }, Positions = new PositionSelection { All = true } });
+                Dictionary<string, torch.Tensor> gradients, captures;
+                RunResult result;
+                try
+                {
+                    (captures, gradients, result) = await Calls.RunTensorsAsync(context.Model, request, ct);
+                }
+                catch (Grpc.Core.RpcException e) when (e.StatusCode == Grpc.Core.StatusCode.ResourceExhausted && perRun > 1)
+                {
+                    // Over the server's autograd memory budget for this many rows: halve the batch and retry.
+                    perRun = Math.Max(1, chunk.Count / 2);
+                    start -= perRun;
+                    continue;
+                }
+                try
+                {
+                    if (gradients.Count == 0)
+                        throw new InvalidOperationException("the model service returned no gradients; it predates RunRequest.gradient (update it to use attribution_patching)");
+                    var logits = Calls.LastLogits(result);
+                    // The server differentiates logit differences and log-probabilities; prob and loss follow by the chain rule.
+                    var factors = new double[chunk.Count];
+                    for (int i = 0; i < chunk.Count; i++)
+                    {
+                        var pair = chunk[i];
+                        baseMetric[pair.Index] = Calls.Metric(logits[i], pair.Answer, pair.Wrong, p.Metric);
+                        factors[i] = p.Metric switch
+                        {
+                            CircuitMetric.Prob => Math.Exp(Calls.LogProb(logits[i], pair.Answer)),
+                            CircuitMetric.Loss => -1,
+                            _ => 1,
+                        };
+                        if (verify)
+                            baseActs[pair.Index] = captures.ToDictionary(c => c.Key, c => RowAct(c.Value, i), StringComparer.Ordinal);
+                    }
+                    using var factor = torch.tensor(factors, torch.ScalarType.Float64);
+                    int first = start;
+                    // Σ_rows factor · Σ_(summed dims) (a_source − a_base) ∂m/∂a: one tensor expression per hook.
+                    double[] Attribute(string hook, long[] summed)
+                    {
+                        var b = captures.TryGetValue(hook, out var x) ? x : throw new InvalidOperationException($"the model service sent no capture of {hook}");
+                        var g = gradients.TryGetValue(hook, out var y) ? y : throw new InvalidOperationException($"the model service sent no gradient for {hook}");
+                        using var scope = torch.NewDisposeScope();
+                        var a = source[hook].narrow(0, first, chunk.Count);
+                        var perRow = (a - b).mul_(g).to(torch.ScalarType.Float64).sum(summed); // [rows, rest...]
+                        long[] shape = [chunk.Count, .. Enumerable.Repeat(1L, (int)perRow.dim() - 1)];
+                        var total = perRow.mul_(factor.reshape(shape)).sum(dim: [0L]); // not sum(0): a literal 0 converts to ScalarType.Byte
+                        return total.contiguous().data<double>().ToArray();
+                    }
+                    for (int l = 0; l < nl; l++)
+                    {
+                        var perHead = Attribute(Z(l), [1, 3]); // z [rows, pos, head, d_head] → [head]
+                        for (int h = 0; h < nh; h++)
+                            headSums[l, h] += perHead[h];
+                        mlpSums[l] += Attribute(Mlp(l), [1, 2])[0]; // [rows, pos, d_model] → []
+                        var perPosition = Attribute(Resid(l), [2]); // [rows, pos, d_model] → [pos]
+                        for (int pos = 0; pos < length; pos++)
+                            residSums[l, pos] += perPosition[pos];
+                    }
+                }
+                finally
+                {
+                    foreach (var t in captures.Values.Concat(gradients.Values))
+                        t.Dispose();
+                }
+                context.ReportProgress(0.2 + 0.4 * Math.Min(n, start + perRun) / n, $"gradients of {Math.Min(n, start + perRun)}/{n} pairs");
+            }
+            for (int i = 0; i < nodes.Count; i++)
+            {
+                var x = nodes[i];
+                sums[i] = x.Kind switch
+                {
+                    "head" => headSums[x.Layer, x.Head!.Value],
+                    "mlp" => mlpSums[x.Layer],
+                    _ => residSums[x.Layer, x.Position!.Value],
+                };
+            }
+        }
+        finally
+        {
+            foreach (var t in source.Values)
+                t.Dispose();
         }
         var baseline = new Baseline { Clean = clean, Corrupt = corrupt, CleanActs = cleanActs, CorruptActs = corruptActs };
         double cleanMean = baseline.CleanMean, corruptMean = baseline.CorruptMean, baseMean = denoising ? corruptMean : cleanMean;
@@ -197,8 +269,12 @@ internal static class AttributionPatching
         _ => $"L{x.Layer} resid_pre @{x.Position}",
     };
 
-    private static int Index(List<Node> nodes, string kind, int layer, int? head, int? position) =>
-        nodes.FindIndex(x => x.Kind == kind && x.Layer == layer && x.Head == head && x.Position == position);
+    /// <summary>Row <paramref name="row"/> of a [rows, ...] tensor as an array.</summary>
+    private static Act RowAct(torch.Tensor t, int row)
+    {
+        using var r = t.select(0, row);
+        return Act.Of(r);
+    }
 
     /// <summary>The gradient request: per row, the logit difference or the answer's log-probability at the last real token.</summary>
     private static GradientRequest Gradient(CircuitMetric metric, IReadOnlyList<Pair> pairs, IReadOnlyList<string> hooks)

@@ -28,25 +28,39 @@ internal static class Calls
         return (captures, result ?? throw new InvalidOperationException("the model service sent no result"));
     }
 
-    /// <summary>As <see cref="RunAsync"/> for a Run that also asks for gradients: captures and gradients apart.</summary>
-    public static async Task<(Dictionary<string, Act> Captures, Dictionary<string, Act> Gradients, RunResult Result)> RunWithGradientsAsync(IModelClient model, RunRequest request, CancellationToken ct)
+    /// <summary>
+    /// Runs a request and keeps its outputs as tensors [batch, ...] (the caller disposes them):
+    /// captures and gradients apart, and the result.
+    /// </summary>
+    public static async Task<(Dictionary<string, TorchSharp.torch.Tensor> Captures, Dictionary<string, TorchSharp.torch.Tensor> Gradients, RunResult Result)> RunTensorsAsync(IModelClient model, RunRequest request, CancellationToken ct)
     {
-        var captures = new Dictionary<string, Act>(StringComparer.Ordinal);
-        var gradients = new Dictionary<string, Act>(StringComparer.Ordinal);
+        var captures = new Dictionary<string, TorchSharp.torch.Tensor>(StringComparer.Ordinal);
+        var gradients = new Dictionary<string, TorchSharp.torch.Tensor>(StringComparer.Ordinal);
         RunResult? result = null;
-        await foreach (var output in model.RunAsync(request, ct))
+        try
         {
-            if (output.Activation is { } t)
+            await foreach (var output in model.RunAsync(request, ct))
             {
-                using (t)
-                    (output.Gradient ? gradients : captures)[output.Hook!] = Act.Of(t);
+                if (output.Activation is { } t)
+                {
+                    var into = output.Gradient ? gradients : captures;
+                    if (into.Remove(output.Hook!, out var old))
+                        old.Dispose();
+                    into[output.Hook!] = t;
+                }
+                else if (output.Result is { } r)
+                {
+                    result = r;
+                }
             }
-            else if (output.Result is { } r)
-            {
-                result = r;
-            }
+            return (captures, gradients, result ?? throw new InvalidOperationException("the model service sent no result"));
         }
-        return (captures, gradients, result ?? throw new InvalidOperationException("the model service sent no result"));
+        catch
+        {
+            foreach (var t in captures.Values.Concat(gradients.Values))
+                t.Dispose();
+            throw;
+        }
     }
 
     /// <summary>Logits [rows][vocab] of a LAST-mode result.</summary>
