@@ -15,7 +15,7 @@ public sealed class Frame : IDisposable
 {
     private byte[]? buffer;
 
-    private Frame(byte[] buffer, int length)
+    private Frame(byte[]? buffer, int length)
     {
         this.buffer = buffer;
         Length = length;
@@ -23,9 +23,23 @@ public sealed class Frame : IDisposable
 
     public int Length { get; }
 
-    public ReadOnlySpan<byte> Span => buffer.AsSpan(0, Length);
+    /// <summary>
+    /// Where the current call's response messages go as they are read (set per forwarded call; it
+    /// flows with the call's async context into the channel's read): each message is written
+    /// straight into the client's response, without a copy of its own (<see cref="Marshaller"/>).
+    /// </summary>
+    internal static readonly AsyncLocal<ResponseSink?> Sink = new();
 
-    public ReadOnlyMemory<byte> Memory => buffer.AsMemory(0, Length);
+    /// <summary>The payload; empty for a frame already written to the client (<see cref="Sink"/>).</summary>
+    public ReadOnlySpan<byte> Span => buffer.AsSpan(0, buffer is null ? 0 : Length);
+
+    public ReadOnlyMemory<byte> Memory => buffer.AsMemory(0, buffer is null ? 0 : Length);
+
+    /// <summary>Whether the payload was written to the client's response as it was read, rather than kept here.</summary>
+    public bool Written => buffer is null;
+
+    /// <summary>A frame that records a message of <paramref name="length"/> bytes written elsewhere.</summary>
+    internal static Frame WrittenElsewhere(int length) => new(null, length);
 
     /// <summary>A frame holding a copy of <paramref name="payload"/>.</summary>
     public static Frame Copy(ReadOnlySequence<byte> payload)
@@ -43,8 +57,9 @@ public sealed class Frame : IDisposable
     }
 
     /// <summary>
-    /// Passes message payloads through a gRPC channel as they are: no protobuf parsing, one copy
-    /// out of the channel's receive buffer into a pooled one.
+    /// Passes message payloads through a gRPC channel as they are: no protobuf parsing. A received
+    /// message is copied once, out of the channel's receive buffer: into the client's response when
+    /// the call has a <see cref="Sink"/>, otherwise into a pooled buffer.
     /// </summary>
     public static readonly Marshaller<Frame> Marshaller = new(
         (frame, context) =>
@@ -54,7 +69,35 @@ public sealed class Frame : IDisposable
             writer.Write(frame.Span);
             context.Complete();
         },
-        context => Copy(context.PayloadAsReadOnlySequence()));
+        context => Sink.Value is { } sink ? sink.Write(context.PayloadAsReadOnlySequence()) : Copy(context.PayloadAsReadOnlySequence()));
+}
+
+/// <summary>
+/// The client's response body as the destination of a forwarded call's messages: each is written
+/// whole, length prefix first, when the channel has read all of it (so a replica failing
+/// mid-message leaves nothing of that message in the response). Before the first, <see cref="BeforeFirst"/>
+/// runs (the response headers are set then: nothing may be written before them).
+/// </summary>
+internal sealed class ResponseSink(PipeWriter body, Action beforeFirst)
+{
+    /// <summary>Messages written so far.</summary>
+    public int Messages { get; private set; }
+
+    private Action BeforeFirst { get; } = beforeFirst;
+
+    public Frame Write(ReadOnlySequence<byte> payload)
+    {
+        if (Messages++ == 0)
+            BeforeFirst();
+        int length = checked((int)payload.Length);
+        var prefix = body.GetSpan(GrpcWire.PrefixBytes);
+        prefix[0] = 0;
+        BinaryPrimitives.WriteUInt32BigEndian(prefix[1..], (uint)length);
+        body.Advance(GrpcWire.PrefixBytes);
+        foreach (var segment in payload)
+            body.Write(segment.Span);
+        return Frame.WrittenElsewhere(length);
+    }
 }
 
 /// <summary>The parts of the gRPC-over-HTTP/2 wire format the forwarder reads and writes itself.</summary>

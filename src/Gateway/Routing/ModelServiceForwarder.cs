@@ -121,12 +121,23 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
             var pump = request.PumpAsync(upstream.RequestStream, upstreamCancel);
             try
             {
+                // The replica's messages are written into the response as the channel reads them
+                // (Frame.Sink); the headers go first, set when the first message arrives.
+                var replicaHeaders = await upstream.ResponseHeadersAsync;
+                Frame.Sink.Value = new ResponseSink(context.Response.BodyWriter, () => call.SetHeaders(replicaHeaders, Reserved));
                 while (await upstream.ResponseStream.MoveNext(CancellationToken.None))
                 {
                     using var frame = upstream.ResponseStream.Current;
-                    if (!context.Response.HasStarted)
-                        await call.StartAsync(await upstream.ResponseHeadersAsync, Reserved);
-                    await GrpcWire.WriteAsync(context.Response.BodyWriter, frame, ct);
+                    if (!frame.Written)
+                    {
+                        if (!context.Response.HasStarted)
+                            call.SetHeaders(replicaHeaders, Reserved);
+                        await GrpcWire.WriteAsync(context.Response.BodyWriter, frame, ct);
+                    }
+                    else
+                    {
+                        await context.Response.BodyWriter.FlushAsync(ct);
+                    }
                     call.ResponseBytes += GrpcWire.PrefixBytes + frame.Length;
                 }
                 await pump;
@@ -179,13 +190,13 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
         public Status Status { get; set; } = Status.DefaultSuccess;
         public long ResponseBytes { get; set; }
 
-        public Task StartAsync(Metadata headers, HashSet<string> reserved)
+        /// <summary>The response's headers, from the replica's: set before its first message is written (the write starts the response).</summary>
+        public void SetHeaders(Metadata headers, HashSet<string> reserved)
         {
             var response = context.Response;
             response.StatusCode = StatusCodes.Status200OK;
             response.ContentType = "application/grpc";
             Copy(headers, response.Headers, reserved);
-            return response.StartAsync(context.RequestAborted);
         }
 
         public void Finish(Status status, Metadata? trailers, HashSet<string>? reserved = null)
