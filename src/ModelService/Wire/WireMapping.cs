@@ -26,6 +26,7 @@ public static class WireMapping
         {
             Architecture = c.Architecture,
             ModelType = c.ModelType,
+            FinalLogitSoftcap = c.FinalSoftcap ?? 0,
             NLayers = c.NLayers,
             DModel = c.DModel,
             NHeads = c.NHeads,

@@ -44,6 +44,11 @@ internal static class DirectLogitAttribution
         int d = info.DModel, vocab = (int)wu.Shape[1];
         context.ReportProgress(0.1, "final norm and unembedding weights");
 
+        // A soft-capped model's logits are c·tanh(z/c): the parts add up to z, so the logit
+        // difference attributed is z's, recovered from the real logits.
+        double cap = info.FinalLogitSoftcap;
+        double Uncapped(float logit) => cap > 0 ? cap * Math.Atanh(Math.Clamp(logit / cap, -1 + 1e-7, 1 - 1e-7)) : logit;
+
         var parts = new List<Part> { new("embed", "embed", null, null) };
         if (posEmbed)
             parts.Add(new("pos_embed", "embed", null, null));
@@ -132,7 +137,7 @@ internal static class DirectLogitAttribution
                         for (int j = 0; j < d; j++)
                             bias += normBias[j] * ((double)wu.Data[(long)j * vocab + pair.Answer] - wu.Data[(long)j * vocab + pair.Wrong]);
                     }
-                    double real = (double)logits[i][pair.Answer] - logits[i][pair.Wrong];
+                    double real = Uncapped(logits[i][pair.Answer]) - Uncapped(logits[i][pair.Wrong]);
                     double sum = values.Sum() + bias;
                     double decomposition = 0;
                     for (int j = 0; j < d; j++)
@@ -151,6 +156,8 @@ internal static class DirectLogitAttribution
         var mean = sums.Select(s => s / n).ToArray();
         report.Summary["pairs"] = n;
         report.Summary["metric"] = "logit_diff";
+        if (cap > 0)
+            report.Summary["logits"] = $"before final_logit_softcapping ({cap.ToString(System.Globalization.CultureInfo.InvariantCulture)}): the model's logits are c·tanh(z/c), and the parts add up to z";
         report.Summary["logit_diff"] = realSum / n;
         report.Summary["sum_of_parts"] = mean.Sum() + biasSum / n;
         report.Summary["bias_term"] = biasSum / n;
