@@ -34,6 +34,9 @@ public sealed class RestMeshFixture : IAsyncLifetime
     public int CorsWebPort { get; } = Ports.Free();
     public int PagePort { get; } = Ports.Free();
 
+    /// <summary>The CORS gateway's Gateway:MaxRequestBytes (the default gateway keeps 64 MiB).</summary>
+    public int MaxRequestBytes => 4096;
+
     /// <summary>The default gateway's REST/gRPC-Web address (HTTP/1.1).</summary>
     public string WebUrl => $"http://127.0.0.1:{WebPort}";
 
@@ -57,6 +60,7 @@ public sealed class RestMeshFixture : IAsyncLifetime
         Channel = Mesh.Channel(grpc);
         var cors = Web(CorsWebPort);
         cors["Gateway:Cors:Origins:0"] = PageOrigin;
+        cors["Gateway:MaxRequestBytes"] = MaxRequestBytes.ToString(System.Globalization.CultureInfo.InvariantCulture);
         (corsGateway, _) = await Mesh.StartGatewayAsync([address], PluginsPath, CorsDataPath, settings: cors, startWorker: false);
         pageServer = await StartPageServerAsync(PagePort);
     }
@@ -71,7 +75,7 @@ public sealed class RestMeshFixture : IAsyncLifetime
     private static async Task<WebApplication> StartPageServerAsync(int port)
     {
         var builder = WebApplication.CreateSlimBuilder();
-        builder.WebHost.UseUrls($"http://127.0.0.1:{port}");
+        builder.WebHost.ConfigureKestrel(k => k.Listen(IPAddress.Loopback, port));
         builder.Logging.ClearProviders();
         var app = builder.Build();
         app.MapGet("/", () => Results.Content(RestTests.Page, "text/html"));
@@ -249,7 +253,7 @@ public sealed partial class RestTests(RestMeshFixture mesh) : IClassFixture<Rest
         for (int i = 0; i < expected.Length; i++)
             Assert.True(Math.Abs(expected[i] - logits[i]) <= 1e-5 * Math.Max(1, Math.Abs(expected[i])), $"logit {i}: REST {logits[i]}, gRPC {expected[i]}");
         Assert.Equal(Array.IndexOf(expected, expected.Max()), decoded.GetProperty("argmax").GetInt32());
-        Assert.Equal(result.Loss.Value, decoded.GetProperty("loss").GetDouble(), 1e-9);
+        Assert.Equal(result.Loss ?? double.NaN, decoded.GetProperty("loss").GetDouble(), 1e-9);
     }
 
     [Fact]
@@ -265,11 +269,13 @@ public sealed partial class RestTests(RestMeshFixture mesh) : IClassFixture<Rest
         Assert.Contains("unknown model 'no-such-model'", message, StringComparison.Ordinal);
         Assert.Contains("tiny", message, StringComparison.Ordinal);
 
-        // A body that is not JSON: 400, saying so.
+        // A body that is not JSON: 400, saying where it breaks and what the route takes.
         (status, code, message) = await RunErrorExample("bad-json");
         Assert.Equal(400, status);
         Assert.Equal((int)StatusCode.InvalidArgument, code);
-        Assert.Contains("JSON", message, StringComparison.Ordinal);
+        Assert.StartsWith("the request body is not valid JSON: ", message, StringComparison.Ordinal);
+        Assert.True(message.Contains("Expected depth to be zero", StringComparison.Ordinal) && message.Contains("BytePositionInLine", StringComparison.Ordinal), message);
+        Assert.EndsWith("Send a JSON object with the fields of TokenizeRequest (docs/rest.md).", message, StringComparison.Ordinal);
 
         // A token id the model does not have: the model service's INVALID_ARGUMENT → 400, its message as gRPC has it.
         (status, code, message) = await RunErrorExample("bad-token");
@@ -293,6 +299,32 @@ public sealed partial class RestTests(RestMeshFixture mesh) : IClassFixture<Rest
         Assert.Equal(401, status);
         Assert.Equal((int)StatusCode.Unauthenticated, code);
         Assert.Contains("Bearer", message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_rest_body_over_the_request_limit_is_refused_naming_the_setting()
+    {
+        using var http = new HttpClient();
+        string texts = string.Join(", ", Enumerable.Repeat("\"Once upon a time\"", 300));
+        using var request = new HttpRequestMessage(HttpMethod.Post, $"{mesh.CorsWebUrl}/v1/model/tokenize")
+        {
+            Content = new StringContent($$"""{"texts": [{{texts}}]}""", Encoding.UTF8, "application/json"),
+        };
+        request.Headers.Authorization = new("Bearer", Mesh.ReaderKey);
+        using var response = await http.SendAsync(request);
+        Assert.Equal(HttpStatusCode.TooManyRequests, response.StatusCode);
+        var body = JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement;
+        Assert.Equal((int)StatusCode.ResourceExhausted, body.GetProperty("code").GetInt32());
+        Assert.Equal($"the request body is over {mesh.MaxRequestBytes} bytes, the most this gateway takes (Gateway:MaxRequestBytes); send less, or use gRPC for large requests", body.GetProperty("message").GetString());
+
+        // Under the limit, the same route answers.
+        using var small = new HttpRequestMessage(HttpMethod.Post, $"{mesh.CorsWebUrl}/v1/model/tokenize")
+        {
+            Content = new StringContent("""{"texts": ["Once upon a time"]}""", Encoding.UTF8, "application/json"),
+        };
+        small.Headers.Authorization = new("Bearer", Mesh.ReaderKey);
+        using var ok = await http.SendAsync(small);
+        Assert.Equal(HttpStatusCode.OK, ok.StatusCode);
     }
 
     [Fact]

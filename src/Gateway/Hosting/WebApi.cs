@@ -1,6 +1,10 @@
+using System.Text.Json;
 using Grpc.AspNetCore.Server;
+using Grpc.Core;
 using InterpMesh.Gateway.Configuration;
 using InterpMesh.Gateway.Routing;
+using Microsoft.AspNetCore.Grpc.JsonTranscoding;
+using Microsoft.Extensions.Options;
 
 namespace InterpMesh.Gateway.Hosting;
 
@@ -47,6 +51,60 @@ public static class WebApi
         // Enabled per endpoint (GatewayApp: the gateway's services and the forwarded ModelService), not
         // for everything: health and reflection stay HTTP/2 gRPC.
         app.UseGrpcWeb(new GrpcWebOptions { DefaultEnabled = false });
+        int maxBytes = app.Services.GetRequiredService<IOptions<GatewayOptions>>().Value.MaxRequestBytes;
+        app.Use((context, next) => CheckJsonBodyAsync(context, next, maxBytes));
+    }
+
+    /// <summary>
+    /// Transcoding answers any body that is not JSON with a bare "Request JSON payload is not correctly
+    /// formatted."; this says where and what: the parser's reason with its line and byte, and the
+    /// message the route takes. The same 400 and error body transcoding gives (code INVALID_ARGUMENT).
+    /// </summary>
+    private static async Task CheckJsonBodyAsync(HttpContext context, RequestDelegate next, int maxBytes)
+    {
+        var route = context.GetEndpoint()?.Metadata.GetMetadata<GrpcJsonTranscodingMetadata>();
+        if (route is null || !HttpMethods.IsPost(context.Request.Method) || string.IsNullOrEmpty(route.HttpRule.Body))
+        {
+            await next(context);
+            return;
+        }
+        var body = new MemoryStream();
+        var buffer = new byte[16 << 10];
+        int read;
+        while ((read = await context.Request.Body.ReadAsync(buffer, context.RequestAborted)) > 0)
+        {
+            if (body.Length + read > maxBytes)
+            {
+                await ErrorAsync(context, StatusCode.ResourceExhausted, StatusCodes.Status429TooManyRequests,
+                    $"the request body is over {maxBytes} bytes, the most this gateway takes (Gateway:MaxRequestBytes); send less, or use gRPC for large requests");
+                return;
+            }
+            body.Write(buffer, 0, read);
+        }
+        if (body.Length > 0)
+        {
+            try
+            {
+                using var _ = JsonDocument.Parse(body.GetBuffer().AsMemory(0, (int)body.Length));
+            }
+            catch (JsonException e)
+            {
+                await ErrorAsync(context, StatusCode.InvalidArgument, StatusCodes.Status400BadRequest,
+                    $"the request body is not valid JSON: {e.Message} Send a JSON object with the fields of {route.MethodDescriptor.InputType.Name} (docs/rest.md).");
+                return;
+            }
+        }
+        body.Position = 0;
+        context.Request.Body = body;
+        await next(context);
+    }
+
+    /// <summary>An error in transcoding's form: the HTTP status of the gRPC status, and <c>{"code", "message", "details"}</c>.</summary>
+    private static Task ErrorAsync(HttpContext context, StatusCode code, int httpStatus, string message)
+    {
+        context.Response.StatusCode = httpStatus;
+        context.Response.ContentType = "application/json";
+        return context.Response.WriteAsync(JsonSerializer.Serialize(new { code = (int)code, message, details = Array.Empty<object>() }), context.RequestAborted);
     }
 
     /// <summary>
