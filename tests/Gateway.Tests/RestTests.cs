@@ -222,6 +222,89 @@ public sealed partial class RestTests(RestMeshFixture mesh) : IClassFixture<Rest
         Assert.Equal(JobState.Succeeded, rest.State);
         Assert.Contains("\"JOB_STATE_SUCCEEDED\"", json, StringComparison.Ordinal);
         Assert.Contains("\"tokens\"", rest.Result.SummaryJson, StringComparison.Ordinal);
+
+        // The list (query parameters bound to ListJobsRequest) is the page gRPC lists.
+        var listed = Parser.Parse<ListJobsResponse>(await RunExample(Example("list-jobs"), Mesh.AliceKey));
+        var grpcList = await Analyses.ListJobsAsync(new ListJobsRequest { Plugin = "token-stats", PageSize = 5 }, Mesh.As(Mesh.AliceKey));
+        Assert.Equal(grpcList, listed);
+        Assert.Contains(listed.Jobs, j => j.Id == submitted.Id);
+        Assert.All(listed.Jobs, j => Assert.Equal("token-stats", j.Plugin));
+
+        // Cancelling the finished job answers its record, as gRPC's CancelJob does.
+        var cancel = Example("cancel-job");
+        Assert.Contains("$JOB_ID", cancel, StringComparison.Ordinal);
+        var cancelled = Parser.Parse<Job>(await RunExample($"JOB_ID={submitted.Id}\n{cancel}", Mesh.AliceKey));
+        Assert.Equal(await Analyses.CancelJobAsync(new CancelJobRequest { Id = submitted.Id }, Mesh.As(Mesh.AliceKey)), cancelled);
+        Assert.Equal(JobState.Succeeded, cancelled.State);
+    }
+
+    [Fact]
+    public async Task Plugin_and_job_lookups_over_rest_answer_as_grpc_and_unknown_ids_are_404_naming_what_exists()
+    {
+        using var http = new HttpClient();
+        async Task<(HttpStatusCode Status, string Body)> Get(string path, string key = Mesh.ReaderKey)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Get, mesh.WebUrl + path);
+            request.Headers.Authorization = new("Bearer", key);
+            using var response = await http.SendAsync(request);
+            return (response.StatusCode, await response.Content.ReadAsStringAsync());
+        }
+
+        var (status, body) = await Get("/v1/plugins/token-stats");
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal(await Analyses.DescribePluginAsync(new DescribePluginRequest { Id = "token-stats" }, Mesh.As(Mesh.ReaderKey)), Parser.Parse<PluginDescription>(body));
+
+        (status, body) = await Get("/v1/plugins/no-such-plugin");
+        Assert.Equal(HttpStatusCode.NotFound, status);
+        var grpc = await Assert.ThrowsAsync<RpcException>(() => Analyses.DescribePluginAsync(new DescribePluginRequest { Id = "no-such-plugin" }, Mesh.As(Mesh.ReaderKey)).ResponseAsync);
+        Assert.Equal(grpc.Status.Detail, JsonDocument.Parse(body).RootElement.GetProperty("message").GetString());
+        Assert.Contains("token-stats", grpc.Status.Detail, StringComparison.Ordinal);
+
+        (status, body) = await Get("/v1/jobs/job-0000000000000000");
+        Assert.Equal(HttpStatusCode.NotFound, status);
+        var missing = await Assert.ThrowsAsync<RpcException>(() => Analyses.GetJobAsync(new GetJobRequest { Id = "job-0000000000000000" }, Mesh.As(Mesh.ReaderKey)).ResponseAsync);
+        Assert.Equal(missing.Status.Detail, JsonDocument.Parse(body).RootElement.GetProperty("message").GetString());
+
+        // The model header picks the model as for gRPC: naming the only model is the default.
+        using var named = new HttpRequestMessage(HttpMethod.Get, $"{mesh.WebUrl}/v1/model/info");
+        named.Headers.Authorization = new("Bearer", Mesh.ReaderKey);
+        named.Headers.Add(Contracts.Headers.Model, "tiny");
+        using var answer = await http.SendAsync(named);
+        Assert.Equal(HttpStatusCode.OK, answer.StatusCode);
+        Assert.Equal(await Models.GetModelInfoAsync(new GetModelInfoRequest(), Mesh.As(Mesh.ReaderKey)), Parser.Parse<ModelInfo>(await answer.Content.ReadAsStringAsync()));
+    }
+
+    /// <summary>gRPC-Web's base64 text mode through the forwarder, from a non-browser client (no CORS involved).</summary>
+    [Fact]
+    public async Task Grpc_web_text_reaches_the_forwarded_model_service()
+    {
+        using var http = new HttpClient();
+        using var request = new HttpRequestMessage(HttpMethod.Post, $"{mesh.WebUrl}/interpmesh.v1.ModelService/Tokenize");
+        var message = new TokenizeRequest { Texts = { "Once upon a time" } }.ToByteArray();
+        var framed = new byte[5 + message.Length];
+        BinaryPrimitives.WriteUInt32BigEndian(framed.AsSpan(1), (uint)message.Length);
+        message.CopyTo(framed, 5);
+        request.Content = new StringContent(Convert.ToBase64String(framed));
+        request.Content.Headers.ContentType = new("application/grpc-web-text");
+        request.Headers.Authorization = new("Bearer", Mesh.ReaderKey);
+        request.Headers.Add("x-grpc-web", "1");
+        // As grpc-web's text clients send it: the answer is base64 too only when asked for.
+        request.Headers.Add("Accept", "application/grpc-web-text");
+        using var response = await http.SendAsync(request);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        // The body is base64 of frames, possibly several base64 runs back to back (each padded).
+        string text = await response.Content.ReadAsStringAsync();
+        Assert.Equal("application/grpc-web-text", response.Content.Headers.ContentType?.MediaType);
+        var bytes = new List<byte>();
+        foreach (Match run in Regex.Matches(text, "[A-Za-z0-9+/]+={0,2}"))
+            bytes.AddRange(Convert.FromBase64String(run.Value));
+        var all = bytes.ToArray();
+        int length = (int)BinaryPrimitives.ReadUInt32BigEndian(all.AsSpan(1));
+        Assert.Equal(0, all[0]);
+        var rest = TokenizeResponse.Parser.ParseFrom(all.AsSpan(5, length));
+        Assert.Equal(await Models.TokenizeAsync(new TokenizeRequest { Texts = { "Once upon a time" } }, Mesh.As(Mesh.ReaderKey)), rest);
+        Assert.Equal(0x80, all[5 + length]);
+        Assert.Contains("grpc-status: 0", Encoding.ASCII.GetString(all, 10 + length, all.Length - 10 - length), StringComparison.Ordinal);
     }
 
     [Fact]
