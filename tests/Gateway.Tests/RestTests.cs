@@ -553,3 +553,25 @@ public sealed partial class RestTests(RestMeshFixture mesh) : IClassFixture<Rest
         </script></body></html>
         """;
 }
+
+/// <summary>Gateway:Cors:Origins is checked at start: each entry an exact origin.</summary>
+public sealed class CorsOptionsTests
+{
+    [Fact]
+    public void Cors_origins_must_be_exact_origins_and_the_error_says_how_to_write_one()
+    {
+        var options = new Configuration.GatewayOptions { Auth = { Enabled = false } };
+        options.Models["tiny"] = new InterpMesh.Routing.ModelRoute { Endpoints = ["http://127.0.0.1:1"] };
+        options.Cors.Origins.AddRange(["https://console.example.org", "http://127.0.0.1:8080", "*", "https://console.example.org/app", "ftp://files.example.org", "console.example.org"]);
+        var result = new Configuration.GatewayOptionsValidator().Validate(null, options);
+        Assert.True(result.Failed);
+        var failures = result.Failures!.ToList();
+        foreach (var bad in new[] { "*", "https://console.example.org/app", "ftp://files.example.org", "console.example.org" })
+            Assert.Contains($"Gateway:Cors:Origins has '{bad}', which is not an origin; write scheme://host[:port] with no path, e.g. https://console.example.org (no wildcards)", failures);
+        Assert.Equal(4, failures.Count);
+
+        options.Cors.Origins.RemoveAll(o => Configuration.CorsOptions.OriginError(o) is not null);
+        Assert.Equal(["https://console.example.org", "http://127.0.0.1:8080"], options.Cors.Origins);
+        Assert.True(new Configuration.GatewayOptionsValidator().Validate(null, options).Succeeded);
+    }
+}
