@@ -473,7 +473,8 @@ public sealed partial class RestTests(RestMeshFixture mesh) : IClassFixture<Rest
     /// A page on another loopback origin calls GetModelInfo (forwarded to the model service) and
     /// ListPlugins (the gateway's own) over gRPC-Web with fetch(), in Debian's headless Chromium; the
     /// ModelInfo it gets is the message gRPC returns. Without a key the call fails UNAUTHENTICATED, and
-    /// the page can read that status from the response headers.
+    /// the page can read that status from the response headers. The gateway without configured origins
+    /// is out of the page's reach.
     /// </summary>
     [Fact]
     public async Task A_browser_page_calls_GetModelInfo_over_grpc_web()
@@ -506,6 +507,11 @@ public sealed partial class RestTests(RestMeshFixture mesh) : IClassFixture<Rest
         Assert.Equal(((int)StatusCode.Unauthenticated).ToString(System.Globalization.CultureInfo.InvariantCulture), noKey.GetProperty("grpcStatus").GetString());
         Assert.Contains("API key", Uri.UnescapeDataString(noKey.GetProperty("grpcMessage").GetString()!), StringComparison.Ordinal);
         Assert.Empty(problems);
+
+        // The same call to the gateway without configured origins: the browser refuses it (no CORS answer).
+        var blocked = await page.EvaluateAsync<string>("([url, key]) => grpcWeb(url, key).then(r => 'reached: ' + JSON.stringify(r), e => 'blocked: ' + e.message)",
+            new[] { $"{mesh.WebUrl}/interpmesh.v1.ModelService/GetModelInfo", Mesh.ReaderKey });
+        Assert.StartsWith("blocked: ", blocked, StringComparison.Ordinal);
     }
 
     /// <summary>
