@@ -34,9 +34,11 @@ public sealed class PythonClientTests(ServerFixture server) : IClassFixture<Serv
         try
         {
             string protos = Path.Combine(RepoPaths.Root, "protos");
-            // Every file of the contract, as a client of another language compiles it: model_service.proto imports
-            // authorization.proto (each RPC's required_role option), which imports protobuf's descriptor.proto.
-            var files = Directory.GetFiles(Path.Combine(protos, "interpmesh", "v1"), "*.proto").Order(StringComparer.Ordinal).ToArray();
+            // Every file under protos/, as a client of another language compiles it: model_service.proto imports
+            // authorization.proto (each RPC's required_role option), which imports protobuf's descriptor.proto, and
+            // google/api/annotations.proto (the REST routes, docs/rest.md), shipped in protos/google/api.
+            var files = Directory.GetFiles(protos, "*.proto", SearchOption.AllDirectories).Order(StringComparer.Ordinal).ToArray();
+            Assert.Contains(files, f => f.EndsWith(Path.Combine("google", "api", "annotations.proto"), StringComparison.Ordinal));
             Assert.Contains(files, f => f.EndsWith("authorization.proto", StringComparison.Ordinal));
             var gen = Run(["-m", "grpc_tools.protoc", $"-I{protos}", $"--python_out={stubs}", $"--grpc_python_out={stubs}", .. files]);
             Assert.True(gen.Code == 0, "protoc for Python failed: " + gen.Stderr);

@@ -69,6 +69,9 @@ public sealed class GatewayOptions
 
     public RateLimitOptions RateLimit { get; set; } = new();
 
+    /// <summary>Browser origins allowed to call the gateway cross-origin (REST/JSON and gRPC-Web); none by default (docs/rest.md).</summary>
+    public CorsOptions Cors { get; set; } = new();
+
     /// <summary>OTLP collector for traces; unset = no trace export (<c>OTEL_EXPORTER_OTLP_ENDPOINT</c> also works).</summary>
     public string? OtlpEndpoint { get; set; }
 
@@ -175,6 +178,24 @@ public sealed class RateLimitOptions
     public int MaxJobsPerKey { get; set; } = 8;
 }
 
+/// <summary>Cross-origin access for browsers (web pages served from another origin calling REST/JSON or gRPC-Web).</summary>
+public sealed class CorsOptions
+{
+    /// <summary>
+    /// Exact origins (<c>scheme://host[:port]</c>, e.g. <c>https://console.example.org</c>) whose pages may
+    /// call the gateway. Empty (the default): CORS is off and no response carries CORS headers, so
+    /// browsers refuse cross-origin calls.
+    /// </summary>
+    public List<string> Origins { get; set; } = [];
+
+    /// <summary>What is wrong with <paramref name="origin"/> as a CORS origin, or null.</summary>
+    public static string? OriginError(string origin) =>
+        Uri.TryCreate(origin, UriKind.Absolute, out var uri) && uri.Scheme is "http" or "https" && uri.AbsolutePath == "/" && origin.TrimEnd('/') == uri.GetLeftPart(UriPartial.Authority)
+            && string.IsNullOrEmpty(uri.Query) && string.IsNullOrEmpty(uri.Fragment)
+            ? null
+            : $"Gateway:Cors:Origins has '{(origin.Length > 80 ? origin[..80] + "…" : origin)}', which is not an origin; write scheme://host[:port] with no path, e.g. https://console.example.org (no wildcards)";
+}
+
 /// <summary>Reports every configuration error at once, at start.</summary>
 internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
 {
@@ -232,6 +253,7 @@ internal sealed class GatewayOptionsValidator : IValidateOptions<GatewayOptions>
             errors.Add("Gateway:RateLimit needs RequestsPerSecond >= 0, Burst >= 1 and MaxJobsPerKey >= 1");
         if (!string.IsNullOrEmpty(o.OtlpEndpoint) && (!Uri.TryCreate(o.OtlpEndpoint, UriKind.Absolute, out var otlp) || otlp.Scheme is not ("http" or "https")))
             errors.Add($"Gateway:OtlpEndpoint must be an http(s) URL, got '{o.OtlpEndpoint}'");
+        errors.AddRange(o.Cors.Origins.Select(CorsOptions.OriginError).OfType<string>());
         if (o.OtlpProtocol is not ("grpc" or "http/protobuf"))
             errors.Add($"Gateway:OtlpProtocol must be grpc or http/protobuf, got '{o.OtlpProtocol}'");
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);

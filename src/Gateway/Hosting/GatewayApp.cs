@@ -81,6 +81,8 @@ public static class GatewayApp
             o.MaxSendMessageSize = null;
             o.Interceptors.Add<AuthInterceptor>();
         }).AddCheck("gateway", () => Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckResult.Healthy("serving"));
+        // REST/JSON, gRPC-Web and CORS for browsers and curl (docs/rest.md).
+        builder.AddWebApi();
 
         var app = builder.Build();
         app.MapInterpMeshDefaults();
@@ -95,9 +97,11 @@ public static class GatewayApp
             app.Logger.LogWarning("{Method} declares no role in its proto and none is configured: it is refused for every key (Gateway:Authorization:Roles can grant one)", method);
         if (!app.Services.GetRequiredService<IOptions<GatewayOptions>>().Value.Auth.Enabled)
             app.Logger.LogWarning("Authentication is OFF (Gateway:Auth:Enabled=false): anyone who can reach this gateway can use it. Use this for local work only.");
-        app.MapModelServiceForwarding();
-        app.MapGrpcService<AnalysisEndpoint>();
-        app.MapGrpcService<ArtifactEndpoint>();
+        app.UseWebApi();
+        app.MapModelServiceForwarding().EnableGrpcWeb();
+        app.MapModelServiceHttpRoutes();
+        app.MapGrpcService<AnalysisEndpoint>().EnableGrpcWeb();
+        app.MapGrpcService<ArtifactEndpoint>().EnableGrpcWeb();
         return app;
     }
 

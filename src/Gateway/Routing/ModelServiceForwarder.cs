@@ -330,8 +330,17 @@ public static class ModelServiceForwarding
     /// <summary>Marks the forwarded route: every method of <see cref="ModelServiceForwarder.Service"/> (tests enumerate what the gateway serves by it).</summary>
     public sealed record ForwardedService(string Name);
 
-    public static IEndpointConventionBuilder MapModelServiceForwarding(this IEndpointRouteBuilder app) =>
-        app.MapPost($"/{ModelServiceForwarder.Service}/{{method}}", (HttpContext context, ModelServiceForwarder forwarder) => forwarder.ForwardAsync(context))
+    /// <summary>
+    /// Maps the prefix ahead of any other endpoint under it (<see cref="RouteEndpointBuilder.Order"/> -1):
+    /// the typed ModelService the gateway maps for REST routes only (<see cref="ModelServiceHttpProxy"/>)
+    /// also brings gRPC endpoints for its methods, and gRPC calls must not reach them.
+    /// </summary>
+    public static RouteHandlerBuilder MapModelServiceForwarding(this IEndpointRouteBuilder app)
+    {
+        var route = app.MapPost($"/{ModelServiceForwarder.Service}/{{method}}", (HttpContext context, ModelServiceForwarder forwarder) => forwarder.ForwardAsync(context))
             .WithMetadata(new ForwardedService(ModelServiceForwarder.Service))
             .WithDisplayName($"{ModelServiceForwarder.Service} (forwarded)");
+        route.Add(b => ((RouteEndpointBuilder)b).Order = -1);
+        return route;
+    }
 }
