@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Iterator, List, Optional, TextIO, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple, Union
 from urllib.parse import urlparse
 
 import grpc
@@ -45,7 +45,7 @@ class Mesh:
     """
 
     def __init__(self, url: str, key: Optional[str] = None, *, model: Optional[str] = None, timeout: Optional[float] = None,
-                 retry: bool = True) -> None:
+                 retry: bool = True, channel_options: Sequence[Tuple[str, Any]] = ()) -> None:
         parsed = urlparse(url if "://" in url else "http://" + url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"the server address must be an http:// or https:// URL such as http://127.0.0.1:50050, got {url[:60]!r}")
@@ -59,6 +59,7 @@ class Mesh:
             ("grpc.service_config", _service_config(retry)),
             ("grpc.http2.max_frame_size", 1 << 20),
         ]
+        options += list(channel_options)
         if parsed.scheme == "https":
             self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
         else:
@@ -168,14 +169,14 @@ class Mesh:
 
 
 def connect(url: Optional[str] = None, key: Optional[str] = None, *, model: Optional[str] = None,
-            timeout: Optional[float] = None, retry: bool = True) -> Mesh:
+            timeout: Optional[float] = None, retry: bool = True, channel_options: Sequence[Tuple[str, Any]] = ()) -> Mesh:
     """Connects to a gateway: ``mesh = interpmesh.connect("http://127.0.0.1:50050", key=...)``.
 
     ``url`` and ``key`` default to the environment's ``INTERPMESH_SERVER`` (or ``INTERPMESH_URL``) and
     ``INTERPMESH_API_KEY``, as the CLI's. ``model`` names the default model for :meth:`Mesh.model` and
     jobs. Calls are retried on UNAVAILABLE and RESOURCE_EXHAUSTED the way the .NET client does
-    (``retry=False``: never).
+    (``retry=False``: never). ``channel_options`` are added to grpc's channel arguments.
     """
     url = url or os.environ.get("INTERPMESH_SERVER") or os.environ.get("INTERPMESH_URL") or "http://127.0.0.1:50050"
     key = key if key is not None else os.environ.get("INTERPMESH_API_KEY")
-    return Mesh(url, key, model=model, timeout=timeout, retry=retry)
+    return Mesh(url, key, model=model, timeout=timeout, retry=retry, channel_options=channel_options)

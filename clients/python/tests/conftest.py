@@ -16,9 +16,10 @@ sys.path.insert(0, str(HERE))
 import interpmesh  # noqa: E402
 from meshproc import LocalMesh  # noqa: E402
 
-#: The small mesh's limits: 3 inputs per request, 20 000 bytes of captures, 1 KiB output buffer and a
-#: 1 s stall timeout (a reader that stops for longer than that is cut off by the server).
-TIGHT = {"MaxBatch": 3, "MaxCaptureBytes": 20000, "OutputBufferBytes": 1024, "StallTimeoutSeconds": 1, "MaxChunkBytes": 1024}
+#: The small mesh's limits: 3 inputs per request, 20 000 bytes of captures, 1 KiB chunks.
+TIGHT = {"MaxBatch": 3, "MaxCaptureBytes": 20000, "MaxChunkBytes": 1024}
+#: The impatient mesh: a Generate pauses past 1 KiB of unread output, and a call unread for 1 s is ended.
+STALL = {"OutputBufferBytes": 1024, "StallTimeoutSeconds": 1, "MaxChunkBytes": 1024}
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +32,27 @@ def local_mesh() -> Iterator[LocalMesh]:
 def tight_mesh() -> Iterator[LocalMesh]:
     with LocalMesh("concepts", key="tight-key", settings=TIGHT) as m:
         yield m
+
+
+@pytest.fixture(scope="session")
+def stall_mesh() -> Iterator[LocalMesh]:
+    with LocalMesh("concepts", key="stall-key", settings=STALL) as m:
+        yield m
+
+
+@pytest.fixture(scope="session")
+def stall_model(stall_mesh: LocalMesh) -> Iterator[interpmesh.Model]:
+    with interpmesh.connect(stall_mesh.url, key=stall_mesh.key) as m:
+        yield m.model("concepts")
+
+
+@pytest.fixture(scope="session")
+def stall_model_direct(stall_mesh: LocalMesh) -> Iterator[interpmesh.Model]:
+    """The impatient mesh's model service itself, without the gateway (whose buffers absorb a short stall)."""
+    # A fixed 64 KiB stream window (no BDP growth), so what the client leaves unread backs up to the server.
+    options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65536)]
+    with interpmesh.connect(stall_mesh.model_url, channel_options=options) as m:
+        yield m.model(None)
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,7 @@ class LocalMesh:
         self.threads = threads
         self.startup_timeout = startup_timeout
         self.url = ""
+        self.model_url = ""
         self.data = ""
         self.process: Optional[subprocess.Popen] = None
         self.output: List[str] = []
@@ -60,9 +61,9 @@ class LocalMesh:
             assert self.process is not None and self.process.stdout is not None
             for line in self.process.stdout:
                 self.output.append(line.rstrip("\n"))
-                m = re.match(r"up: gateway (http://\S+)", line)
+                m = re.match(r"up: gateway (http://\S+) .* served at (http://[0-9.:]+)", line)
                 if m and not self.url:
-                    self.url = m.group(1)
+                    self.url, self.model_url = m.group(1), m.group(2)
                     found.set()
             found.set()
 
