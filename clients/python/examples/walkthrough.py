@@ -96,14 +96,18 @@ assert steered.split()[0] in ("lovely", "great", "nice")
 
 # %% [markdown]
 # ## Activation patching
-# Patch the happy sentence's residual stream at the adjective into the sad sentence's forward: the
-# prediction follows the patched-in sentiment.
+# Patch the happy sentence's residual stream at the adjective (position 4) into the sad sentence's
+# forward, before and after layer 0: patched into the block's input, the prediction follows the
+# patched-in sentiment; after layer 0 it no longer does — layer 0's attention has already moved the
+# sentiment on to the later positions.
 
 # %%
-hook = "blocks.0.hook_resid_post"
-_, both = concepts.run_with_cache(["the dog is happy . what a", "the dog is sad . what a"], names_filter=hook)
-patched = concepts.run("the dog is sad . what a", interventions=[interpmesh.patch(hook, both[hook][0, 4], positions=[4])])
-print("patched prediction:", concepts.to_string(patched.logits[0, -1].argmax()))
+_, both = concepts.run_with_cache(["the dog is happy . what a", "the dog is sad . what a"], names_filter="blocks.0.hook_resid_*")
+for hook in ["blocks.0.hook_resid_pre", "blocks.0.hook_resid_post"]:
+    patched = concepts.run("the dog is sad . what a", interventions=[interpmesh.patch(hook, both[hook][0, 4], positions=[4])])
+    print(f"patched {hook} at the adjective:", concepts.to_string(patched.logits[0, -1].argmax()))
+    if hook == "blocks.0.hook_resid_pre":
+        assert concepts.to_string(patched.logits[0, -1].argmax()) in ("lovely", "great", "nice")
 
 # %% [markdown]
 # ## Gradients and weights
