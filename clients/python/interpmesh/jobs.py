@@ -84,6 +84,19 @@ class Figure:
         p.write_bytes(self.content)
         return p
 
+    def show(self) -> None:
+        """Displays the figure in a notebook (IPython); elsewhere saves it to a temporary file and prints its path."""
+        try:
+            from IPython.display import SVG, Image, display  # type: ignore[import-not-found, import-untyped, unused-ignore]
+        except ImportError:
+            import tempfile
+
+            with tempfile.NamedTemporaryFile(prefix="interpmesh-figure-", suffix=self.extension, delete=False) as f:
+                f.write(self.content)
+            print(f"{self.name}: {f.name}")
+            return
+        display(SVG(self.content) if "svg" in self.media_type else Image(self.content))
+
     def _repr_svg_(self) -> Optional[str]:
         return self.content.decode("utf-8") if "svg" in self.media_type else None
 
@@ -242,13 +255,15 @@ class Job:
 
 
 class ProgressBar:
-    """A progress display on stderr: a bar redrawn in place on a terminal, plain lines otherwise
-    (logs, CI, notebooks' stderr) — one per 10% step or new message."""
+    """A progress display on stderr: a bar redrawn in place on a terminal or in a Jupyter notebook,
+    plain lines otherwise (logs, CI) — one per 10% step or new message."""
 
     def __init__(self, label: str, enabled: Union[bool, TextIO] = True) -> None:
         self.label = label
         self.stream: Optional[TextIO] = (sys.stderr if enabled is True else enabled) if enabled else None  # type: ignore[assignment]
-        self.tty = bool(self.stream is not None and hasattr(self.stream, "isatty") and self.stream.isatty())
+        # Jupyter's stderr is no terminal but redraws a line on '\r': a notebook gets the bar too.
+        notebook = enabled is True and "ipykernel" in sys.modules
+        self.tty = notebook or bool(self.stream is not None and hasattr(self.stream, "isatty") and self.stream.isatty())
         self._last: Optional[tuple] = None
         self._drawn = False
 

@@ -105,3 +105,16 @@ def test_bad_arguments_are_refused_before_sending(model: interpmesh.Model) -> No
         model.run_with_cache("the dog", names_filter="blocks.0.hook_resid_post", dtype="int8")
     with pytest.raises(interpmesh.InvalidArgument, match="at least one"):
         model.run([])
+
+
+def test_figure_show_without_ipython_saves_a_file(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "IPython", None)  # as if IPython were not installed
+    monkeypatch.setitem(sys.modules, "IPython.display", None)
+    figure = interpmesh.Figure("accuracy", "image/svg+xml", b"<svg xmlns='http://www.w3.org/2000/svg'/>", "a caption")
+    figure.show()
+    name, path = capsys.readouterr().out.strip().split(": ", 1)
+    try:
+        assert name == "accuracy" and Path(path).read_bytes() == figure.content and path.endswith(".svg")
+    finally:
+        Path(path).unlink()
+    assert figure._repr_svg_() == figure.content.decode() and figure._repr_png_() is None
