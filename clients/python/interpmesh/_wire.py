@@ -1,7 +1,7 @@
 """Wire tensors and activation chunks ↔ numpy, without copies where the layout allows."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -201,3 +201,111 @@ def glob_match(pattern: str, name: str) -> bool:
 def resolve(patterns: Sequence[str], names: Sequence[str]) -> List[str]:
     """Names matching any pattern, in ``names`` order."""
     return [n for n in names if any(glob_match(p, n) for p in patterns)]
+
+
+# ---- Reading activation chunks straight from the received bytes ----
+#
+# protobuf's Python API hands out a `bytes` field as a new bytes object: a copy of every activation
+# byte before it is copied into place. The streams that carry activations are therefore received
+# raw (no deserializer) and their ActivationChunk fields read here from the wire format, so `data` is
+# a memoryview of the received message and its bytes are copied once, into the result array. Other
+# fields (a Run's result, a Generate step's tokens) are parsed by protobuf as usual.
+
+
+class ChunkView:
+    """An ActivationChunk read from the wire: the same fields, ``data`` a view of the received bytes."""
+
+    __slots__ = ("hook", "shape", "dtype", "offset", "total_bytes", "data", "gradient")
+
+    def __init__(self) -> None:
+        self.hook = ""
+        self.shape: List[int] = []
+        self.dtype = 0
+        self.offset = 0
+        self.total_bytes = 0
+        self.data: Any = b""
+        self.gradient = False
+
+
+def _varint(buf: memoryview, pos: int) -> Tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ProtocolError("a malformed varint in a message from the server")
+
+
+def _skip(buf: memoryview, pos: int, wire_type: int) -> int:
+    if wire_type == 0:
+        return _varint(buf, pos)[1]
+    if wire_type == 1:
+        return pos + 8
+    if wire_type == 2:
+        n, pos = _varint(buf, pos)
+        return pos + n
+    if wire_type == 5:
+        return pos + 4
+    raise ProtocolError(f"an unsupported wire type {wire_type} in a message from the server")
+
+
+def fields(buf: memoryview, start: int = 0, end: Optional[int] = None) -> Iterator[Tuple[int, int, int, int]]:
+    """(field number, wire type, value or start, end) of each field in buf[start:end]: for
+    length-delimited fields the value's span, for varints the value (end unused)."""
+    pos, stop = start, len(buf) if end is None else end
+    while pos < stop:
+        key, pos = _varint(buf, pos)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 2:
+            n, pos = _varint(buf, pos)
+            yield number, 2, pos, pos + n
+            pos += n
+        elif wire_type == 0:
+            value, pos = _varint(buf, pos)
+            yield number, 0, value, pos
+        else:
+            nxt = _skip(buf, pos, wire_type)
+            yield number, wire_type, pos, nxt
+            pos = nxt
+    if pos != stop:
+        raise ProtocolError("a truncated message from the server")
+
+
+def chunk_view(buf: memoryview, start: int, end: int) -> ChunkView:
+    """The ActivationChunk encoded in buf[start:end]."""
+    c = ChunkView()
+    for number, wire_type, a, b in fields(buf, start, end):
+        if number == 1 and wire_type == 2:
+            c.hook = bytes(buf[a:b]).decode("utf-8")
+        elif number == 2:
+            if wire_type == 2:  # packed
+                pos = a
+                while pos < b:
+                    v, pos = _varint(buf, pos)
+                    c.shape.append(v)
+            else:
+                c.shape.append(a)
+        elif number == 3 and wire_type == 0:
+            c.dtype = a
+        elif number == 4 and wire_type == 0:
+            c.offset = a
+        elif number == 5 and wire_type == 0:
+            c.total_bytes = a
+        elif number == 6 and wire_type == 2:
+            c.data = buf[a:b]
+        elif number == 7 and wire_type == 0:
+            c.gradient = bool(a)
+    return c
+
+
+def split_message(raw: bytes, chunk_field: int) -> Tuple[Optional[ChunkView], memoryview]:
+    """A raw response whose field ``chunk_field`` is an ActivationChunk: (the chunk or None, the whole message)."""
+    buf = memoryview(raw)
+    for number, wire_type, a, b in fields(buf):
+        if number == chunk_field and wire_type == 2:
+            return chunk_view(buf, a, b), buf
+    return None, buf

@@ -157,6 +157,12 @@ class Model:
             metadata.append(("interpmesh-model", name))
         self._metadata: Tuple[Tuple[str, str], ...] = tuple(metadata)
         self._stub = mesh._model_stub
+        # The streams that carry activations, received raw: chunks are read from the wire bytes so that
+        # activation data is copied once, into place (_wire.split_message).
+        channel = mesh._channel
+        self._run_raw = channel.unary_stream("/interpmesh.v1.ModelService/Run", request_serializer=pb.RunRequest.SerializeToString)
+        self._weights_raw = channel.unary_stream("/interpmesh.v1.ModelService/GetWeights", request_serializer=pb.GetWeightsRequest.SerializeToString)
+        self._generate_raw = channel.unary_stream("/interpmesh.v1.ModelService/Generate", request_serializer=pb.GenerateRequest.SerializeToString)
 
     def __repr__(self) -> str:
         return f"Model({self.name!r} at {self._mesh.url})"
@@ -314,13 +320,16 @@ class Model:
         cache = ActivationCache()
         result: Any = None
         assembler = _wire.Chunks()
-        for message in self._stream(self._stub.Run, request):
-            if message.HasField("activation"):
-                done = assembler.add(message.activation)
+        for received in self._stream(self._run_raw, request):
+            chunk, _ = _wire.split_message(received, 1)
+            if chunk is not None:
+                done = assembler.add(chunk)
                 if done is not None:
                     head, raw = done
                     (grads if head.gradient else cache)[head.hook] = _wire.as_array(head, raw)
-            elif message.HasField("result"):
+                continue
+            message = pb.RunResponse.FromString(received)
+            if message.HasField("result"):
                 result = message.result
         assembler.check_complete()
         if result is None:
@@ -335,8 +344,11 @@ class Model:
         request = pb.GetWeightsRequest(names=[names] if isinstance(names, str) else list(names), dtype=_wire.wire_dtype(dtype))
         out: Dict[str, np.ndarray] = {}
         assembler = _wire.Chunks()
-        for message in self._stream(self._stub.GetWeights, request):
-            done = assembler.add(message.chunk)
+        for received in self._stream(self._weights_raw, request):
+            chunk, _ = _wire.split_message(received, 1)
+            if chunk is None:
+                continue
+            done = assembler.add(chunk)
             if done is not None:
                 out[done[0].hook] = _wire.as_array(*done)
         assembler.check_complete()
@@ -368,18 +380,20 @@ class Model:
         return self._generate(request, buffer)
 
     def _generate(self, request: Any, buffer: bool) -> Iterator[GenerateStep]:
-        call = self._stub.Generate(request, metadata=self._metadata)
+        call = self._generate_raw(request, metadata=self._metadata)
         messages: Iterator[Any] = _background(call) if buffer else _translated(call)
         assembler = _wire.Chunks()
         captures: Dict[str, np.ndarray] = {}
         prompt_tokens: List[List[int]] = []
         try:
-            for m in messages:
-                if m.HasField("activation"):
-                    done = assembler.add(m.activation)
+            for received in messages:
+                chunk, _ = _wire.split_message(received, 5)
+                if chunk is not None:
+                    done = assembler.add(chunk)
                     if done is not None:
                         captures[done[0].hook] = _wire.as_array(*done)
                     continue
+                m = pb.GenerateResponse.FromString(received)
                 if m.prompt_tokens:
                     prompt_tokens = [list(t.ids) for t in m.prompt_tokens]
                 step = GenerateStep(int(m.step), list(m.token_ids), list(m.texts), captures, bool(m.final),
@@ -556,9 +570,10 @@ class Model:
 
                 assembler = _wire.Chunks(target)
                 result: Any = None
-                for message in self._stream(self._stub.Run, request):
-                    if message.HasField("activation"):
-                        done = assembler.add(message.activation)
+                for received in self._stream(self._run_raw, request):
+                    chunk, _ = _wire.split_message(received, 1)
+                    if chunk is not None:
+                        done = assembler.add(chunk)
                         if done is None:
                             continue
                         head, raw = done
@@ -568,7 +583,9 @@ class Model:
                         elif not np.may_share_memory(raw, dest):
                             part = raw.view(storage).reshape(tuple(int(s) for s in head.shape))
                             _place(dest, part, r0, self.hooks[head.hook].dims, offset, all_positions)
-                    elif message.HasField("result"):
+                        continue
+                    message = pb.RunResponse.FromString(received)
+                    if message.HasField("result"):
                         result = message.result
                 assembler.check_complete()
                 if result is None:
