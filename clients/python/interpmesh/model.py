@@ -272,11 +272,13 @@ class Model:
             padding_side, dtype, positions, reduce: as for :meth:`run_with_cache`.
         """
         ids = self._token_lists(inputs)
-        hooks = [] if capture is None else _wire.resolve([capture] if isinstance(capture, str) else list(capture), list(self.hooks))
-        if capture is not None and not hooks:
-            # Let the server name the problem (unknown hook, closest valid names).
-            hooks = [capture] if isinstance(capture, str) else list(capture)
-            return self._execute(ids, hooks, interventions, logits, top_k, loss, padding_side, dtype, positions, reduce, split=False)
+        patterns = [] if capture is None else ([capture] if isinstance(capture, str) else list(capture))
+        names = list(self.hooks)
+        if any(not _wire.resolve([p], names) for p in patterns):
+            # A name or glob that matches no hook: send the request as it is, for the server to name the
+            # problem (unknown hook, the closest valid names).
+            return self._execute(ids, patterns, interventions, logits, top_k, loss, padding_side, dtype, positions, reduce, split=False)
+        hooks = _wire.resolve(patterns, names)
         return self._execute(ids, hooks, interventions, logits, top_k, loss, padding_side, dtype, positions, reduce, split=True)
 
     def gradients(self, inputs: Inputs, hooks: Union[str, Sequence[str]], *, loss: bool = False, logit: Any = None,

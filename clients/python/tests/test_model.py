@@ -197,6 +197,8 @@ def test_bad_hook_is_invalid_argument_with_the_servers_message(model: interpmesh
     assert "unknown hook 'blocks.0.hook_resid_postt'" in str(e.value)
     assert "blocks.0.hook_resid_post" in e.value.message and e.value.code == "INVALID_ARGUMENT"
     assert isinstance(e.value, interpmesh.InterpMeshError) and isinstance(e.value, ValueError)
+    with pytest.raises(interpmesh.InvalidArgument, match="unknown hook 'blocks.1.hook_nope'"):
+        model.run_with_cache(TEXT, names_filter=["blocks.*.hook_resid_post", "blocks.1.hook_nope"])
     with pytest.raises(interpmesh.InvalidArgument, match="token id 99999"):
         model.run([1, 99999])
     with pytest.raises(interpmesh.InvalidArgument, match="gradient"):
