@@ -14,7 +14,7 @@ import numpy as np
 from . import _wire
 from ._proto.interpmesh.v1 import model_service_pb2 as pb
 from ._proto.interpmesh.v1 import tensor_pb2
-from .errors import InvalidArgument, ResourceExhausted, from_rpc_error
+from .errors import InvalidArgument, ProtocolError, ResourceExhausted, from_rpc_error
 from .interventions import Intervention
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -335,7 +335,7 @@ class Model:
                 result = message.result
         assembler.check_complete()
         if result is None:
-            raise from_rpc_error_message("the Run stream ended without its result")
+            raise _protocol_error("the Run stream ended without its result")
         cache.tokens = _wire.tensor_to_numpy(result.tokens) if result.HasField("tokens") else None
         cache.attention_mask = _wire.tensor_to_numpy(result.attention_mask) if result.HasField("attention_mask") else None
         return GradientOutput(grads, float(result.metric.value), list(result.row_metrics), cache,
@@ -505,23 +505,35 @@ class Model:
         max_batch = max(1, int(limits.max_batch) or n)
         budget = int(limits.max_capture_bytes) or (1 << 62)
 
-        # Hooks in groups whose capture for one row fits the budget; rows per request within both limits.
+        # Rows per request and groups of hooks such that each request's captures fit the budget, choosing
+        # the plan with the fewest forwards (groups x requests per group; each group is a forward of its own).
         groups: List[List[str]] = [[]]
         rows_per = max_batch
         if split and hooks:
             per_row = {h: int(np.prod(self._dims(h, 1, selected, length), dtype=np.int64)) * itemsize for h in hooks}
-            groups, used = [[]], 0
-            for h in hooks:
-                if per_row[h] > budget:
-                    raise ResourceExhausted(
-                        f"capturing '{h}' for one input needs {per_row[h]:,} bytes, over the server's per-request budget of "
-                        f"{budget:,}; capture fewer positions (positions='last' or indices), bfloat16, or shorter inputs")
-                if used + per_row[h] > budget and groups[-1]:
-                    groups.append([])
-                    used = 0
-                groups[-1].append(h)
-                used += per_row[h]
-            rows_per = min(max_batch, min(budget // sum(per_row[h] for h in g) for g in groups))
+            largest = max(per_row, key=lambda h: per_row[h])
+            if per_row[largest] > budget:
+                raise ResourceExhausted(
+                    f"capturing '{largest}' for one input needs {per_row[largest]:,} bytes, over the server's per-request budget of "
+                    f"{budget:,}; capture fewer positions (positions='last' or indices), bfloat16, or shorter inputs")
+            best: Optional[Tuple[int, int, List[List[str]]]] = None
+            for rows in range(min(max_batch, n), 0, -1):
+                cap = budget // rows
+                if per_row[largest] > cap:
+                    continue
+                packed: List[List[str]] = [[]]
+                used = 0
+                for h in hooks:
+                    if used + per_row[h] > cap and packed[-1]:
+                        packed.append([])
+                        used = 0
+                    packed[-1].append(h)
+                    used += per_row[h]
+                cost = len(packed) * -(-n // rows)
+                if best is None or cost < best[0]:
+                    best = (cost, rows, packed)
+            assert best is not None
+            _, rows_per, groups = best
         elif not split:
             groups, rows_per = [list(hooks)], n
         batches = [_Batch((r, min(r + rows_per, n)), max(lengths[r:r + rows_per])) for r in range(0, n, rows_per)]
@@ -591,7 +603,7 @@ class Model:
                         result = message.result
                 assembler.check_complete()
                 if result is None:
-                    raise from_rpc_error_message("the Run stream ended without its result")
+                    raise _protocol_error("the Run stream ended without its result")
                 sizes.append(int(result.forward_batch_size))
                 if not first:
                     continue
@@ -701,8 +713,7 @@ def _place(dest: np.ndarray, part: np.ndarray, r0: int, dims: Sequence[str], off
     dest[tuple(index)] = part
 
 
-def from_rpc_error_message(message: str) -> Exception:
-    from .errors import ProtocolError
+def _protocol_error(message: str) -> Exception:
     return ProtocolError(message)
 
 
