@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Times the Python client's run_with_cache for one Run (issue #23's benchmark).
 
-Usually started by `interpmesh-bench python-client`, which serves a random GPT-2-small-shaped model,
-times the .NET client for the same request and alternates the two (docs/benchmarks.md). On its own:
+Usually started by `interpmesh-bench python-client` (with --stdin), which serves a random
+GPT-2-small-shaped model, times the .NET client for the same request and alternates the two call by
+call (docs/benchmarks.md). On its own:
 
     /usr/bin/python3 bench/python/run_with_cache_bench.py --url http://127.0.0.1:50051 \\
         [--ids ids.json | --batch 8 --seq 128] [--capture 'blocks.*.hook_resid_post'] [--iters 5] [--json]
@@ -40,6 +41,9 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--stdin", action="store_true",
+                        help="after the warm-up print 'ready', then time one call per line 'run' read from stdin "
+                             "(printing its seconds and captured bytes), until 'quit': so a driver can alternate calls")
     args = parser.parse_args()
 
     with interpmesh.connect(args.url, key=args.key) as mesh:
@@ -58,6 +62,15 @@ def main() -> int:
 
         for _ in range(args.warmup):
             call()
+        if args.stdin:
+            print("ready", flush=True)
+            for line in sys.stdin:
+                if line.strip() != "run":
+                    break
+                start = time.perf_counter()
+                captured = call()
+                print(json.dumps({"seconds": time.perf_counter() - start, "captured_bytes": captured}), flush=True)
+            return 0
         times, captured = [], 0
         for _ in range(args.iters):
             start = time.perf_counter()

@@ -12,9 +12,10 @@ namespace InterpMesh.Bench.Benchmarks;
 /// <summary>
 /// <c>interpmesh-bench python-client</c>: the Python package's <c>run_with_cache</c> against the .NET
 /// client (<see cref="MeshClient.RunAsync"/>, activations assembled whole) for the same Run on one
-/// model service on loopback serving a random model of a preset shape. Rounds alternate the two
-/// (the Python side runs <c>bench/python/run_with_cache_bench.py</c> as a child process and times
-/// inside it), so machine noise hits both alike; medians over all timed calls are compared.
+/// model service on loopback serving a random model of a preset shape. The Python side is
+/// <c>bench/python/run_with_cache_bench.py --stdin</c>, one child process that times each call inside
+/// itself when asked; the two clients alternate call by call, so machine noise hits both alike, and
+/// the medians over all timed calls are compared.
 /// </summary>
 internal sealed class PythonClientBenchmark : Benchmark
 {
@@ -22,8 +23,7 @@ internal sealed class PythonClientBenchmark : Benchmark
     private readonly Option<int> batchOption = SharedOptions.Batch(8);
     private readonly Option<int> seqOption = SharedOptions.Seq(128);
     private readonly Option<string> captureOption = SharedOptions.Capture("blocks.*.hook_resid_post");
-    private readonly Option<int> itersOption = SharedOptions.Iters(5, "timed calls per client per round");
-    private readonly Option<int> roundsOption = SharedOptions.Int("--rounds", 3, 1, "rounds, each timing the .NET client then the Python one");
+    private readonly Option<int> itersOption = SharedOptions.Iters(15, "timed calls per client, alternating");
     private readonly Option<string> pythonOption = new("--python")
     {
         Description = "the Python interpreter (needs grpcio, protobuf, numpy)",
@@ -33,12 +33,12 @@ internal sealed class PythonClientBenchmark : Benchmark
 
     public PythonClientBenchmark()
         : base("python-client", "The Python client's run_with_cache against the .NET client for the same Run, on a model service on loopback.") =>
-        Takes(presetOption, batchOption, seqOption, captureOption, itersOption, roundsOption, pythonOption);
+        Takes(presetOption, batchOption, seqOption, captureOption, itersOption, pythonOption);
 
     public override BenchReport Run(BenchContext context)
     {
         string preset = context.Get(presetOption)!;
-        int batch = context.Get(batchOption), seq = context.Get(seqOption), iters = context.Get(itersOption), rounds = context.Get(roundsOption);
+        int batch = context.Get(batchOption), seq = context.Get(seqOption), iters = context.Get(itersOption);
         string[] capture = SharedOptions.Globs(context.Get(captureOption));
         string python = context.Get(pythonOption);
         string script = Path.Combine(BenchContext.Repository(), "bench", "python", "run_with_cache_bench.py");
@@ -70,14 +70,16 @@ internal sealed class PythonClientBenchmark : Benchmark
         var dotnetTimes = new List<double>();
         var pythonTimes = new List<double>();
         long pythonCaptured = 0;
-        Dotnet();
-        for (int r = 0; r < rounds; r++)
+        using (var worker = PythonWorker.Start(python, script, url, ids, string.Join(",", capture)))
         {
+            Dotnet();
             for (int i = 0; i < iters; i++)
+            {
                 dotnetTimes.Add(Dotnet());
-            var result = RunPython(python, script, url, ids, string.Join(",", capture), iters);
-            pythonTimes.AddRange(result.GetProperty("times").EnumerateArray().Select(t => t.GetDouble()));
-            pythonCaptured = result.GetProperty("captured_bytes").GetInt64();
+                var (seconds, bytes) = worker.Call();
+                pythonTimes.Add(seconds);
+                pythonCaptured = bytes;
+            }
         }
         if (pythonCaptured != captured)
             throw new InvalidOperationException($"the Python client received {pythonCaptured} activation bytes, the .NET client {captured}");
@@ -101,17 +103,50 @@ internal sealed class PythonClientBenchmark : Benchmark
 
     private static double Median(List<double> times) => times.Order().ElementAt(times.Count / 2);
 
-    private static JsonElement RunPython(string python, string script, string url, string ids, string capture, int iters)
+    /// <summary>The Python side: one <c>run_with_cache_bench.py --stdin</c> process, one timed call per request.</summary>
+    private sealed class PythonWorker : IDisposable
     {
-        var psi = new ProcessStartInfo(python) { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { script, "--url", url, "--ids", ids, "--capture", capture, "--iters", iters.ToString(CultureInfo.InvariantCulture), "--warmup", "1", "--json" })
-            psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {python}");
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        p.WaitForExit();
-        if (p.ExitCode != 0)
-            throw new BenchUsageException($"{Path.GetFileName(script)} failed (exit {p.ExitCode}): {stderr.Result.Trim()}");
-        return JsonDocument.Parse(stdout.Result).RootElement.Clone();
+        private readonly Process process;
+
+        private PythonWorker(Process process) => this.process = process;
+
+        public static PythonWorker Start(string python, string script, string url, string ids, string capture)
+        {
+            var psi = new ProcessStartInfo(python) { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = false };
+            foreach (var a in new[] { script, "--url", url, "--ids", ids, "--capture", capture, "--warmup", "1", "--stdin" })
+                psi.ArgumentList.Add(a);
+            var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {python}");
+            var worker = new PythonWorker(p);
+            if (p.StandardOutput.ReadLine() != "ready")
+            {
+                worker.Dispose();
+                throw new BenchUsageException($"{Path.GetFileName(script)} did not start (its error is above)");
+            }
+            return worker;
+        }
+
+        public (double Seconds, long Bytes) Call()
+        {
+            process.StandardInput.WriteLine("run");
+            process.StandardInput.Flush();
+            string line = process.StandardOutput.ReadLine() ?? throw new BenchUsageException("the Python benchmark process ended (its error is above)");
+            var json = JsonDocument.Parse(line).RootElement;
+            return (json.GetProperty("seconds").GetDouble(), json.GetProperty("captured_bytes").GetInt64());
+        }
+
+        public void Dispose()
+        {
+            try
+            {
+                process.StandardInput.WriteLine("quit");
+                process.StandardInput.Close();
+                if (!process.WaitForExit(10_000))
+                    process.Kill();
+            }
+            catch (IOException)
+            {
+            }
+            process.Dispose();
+        }
     }
 }
