@@ -65,6 +65,28 @@ class ActivationCache(Dict[str, np.ndarray]):
     tokens: Optional[np.ndarray] = None
     attention_mask: Optional[np.ndarray] = None
 
+    def __getitem__(self, key: Union[str, Tuple[str, int]]) -> np.ndarray:  # type: ignore[override]
+        """``cache[name]``, or TransformerLens' shorthand ``cache["resid_post", 3]`` / ``cache["pattern", 0]``."""
+        if isinstance(key, tuple):
+            return super().__getitem__(self.act_name(*key))
+        return super().__getitem__(key)
+
+    def act_name(self, name: str, layer: Optional[int] = None) -> str:
+        """The full hook name of a shorthand (TransformerLens' ``utils.get_act_name``): ``("resid_post", 3)``
+        → ``"blocks.3.hook_resid_post"``, ``("pattern", 0)`` → ``"blocks.0.attn.hook_pattern"``,
+        ``("post", 1)`` → ``"blocks.1.mlp.hook_post"``, ``("embed", None)`` → ``"hook_embed"``."""
+        aliases = {"attn": "pattern", "attn_logits": "attn_scores", "resid": "resid_post"}
+        short = aliases.get(name, name)
+        if layer is None:
+            candidates = [f"hook_{short}", short]
+        else:
+            candidates = [f"blocks.{layer}.hook_{short}", f"blocks.{layer}.attn.hook_{short}", f"blocks.{layer}.mlp.hook_{short}",
+                          f"blocks.{layer}.{short}"]
+        for candidate in candidates:
+            if super().__contains__(candidate):
+                return candidate
+        raise KeyError(f"no captured hook for {name!r}" + (f" in layer {layer}" if layer is not None else "") + f"; tried {candidates}")
+
     def __repr__(self) -> str:
         inner = ", ".join(f"{k!r}: {tuple(v.shape)}" for k, v in self.items())
         return f"ActivationCache({{{inner}}})"
@@ -224,6 +246,12 @@ class Model:
         return list(self.to_string([[i] for i in ids]))  # type: ignore[arg-type, union-attr]
 
     # ---- forward ----
+
+    def __call__(self, inputs: Inputs, *, padding_side: str = "left", interventions: Optional[Sequence[Intervention]] = None) -> np.ndarray:
+        """Logits at every position, ``[batch, pos, vocab]`` — TransformerLens' ``model(tokens)``."""
+        logits = self.run(inputs, logits="all", padding_side=padding_side, interventions=interventions).logits
+        assert logits is not None
+        return logits
 
     def run_with_cache(self, inputs: Inputs, names_filter: Union[None, str, Sequence[str], Callable[[str], bool]] = None, *,
                        padding_side: str = "left", dtype: Any = "float32", logits: str = "all", positions: Any = "all",

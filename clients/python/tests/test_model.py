@@ -247,3 +247,17 @@ def test_safetensors_round_trip_and_bf16(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.asarray(safetensors.loads(raw)["b"], dtype=np.float32), values)
     with pytest.raises(ValueError, match="safetensors"):
         safetensors.loads(b"\x00" * 4)
+
+
+def test_model_call_and_cache_shorthand(model: interpmesh.Model) -> None:
+    logits, cache = model.run_with_cache(TEXTS, names_filter=["hook_embed", "blocks.*.hook_resid_post", "blocks.*.attn.hook_pattern", "blocks.1.mlp.hook_post"])
+    assert logits is not None
+    real = cache.attention_mask.astype(bool)  # type: ignore[union-attr]
+    called = model(TEXTS)
+    assert called.shape == logits.shape  # padding positions' logits are not specified: compare real tokens
+    np.testing.assert_allclose(called[real], logits[real], rtol=1e-5, atol=1e-5)
+    assert cache["resid_post", 1] is cache["blocks.1.hook_resid_post"]
+    assert cache["pattern", 0] is cache["blocks.0.attn.hook_pattern"] and cache["attn", 1] is cache["blocks.1.attn.hook_pattern"]
+    assert cache["post", 1] is cache["blocks.1.mlp.hook_post"] and cache["embed", None] is cache["hook_embed"]  # type: ignore[index]
+    with pytest.raises(KeyError, match="resid_mid"):
+        cache["resid_mid", 0]
