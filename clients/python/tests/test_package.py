@@ -118,3 +118,17 @@ def test_figure_show_without_ipython_saves_a_file(capsys: pytest.CaptureFixture,
     finally:
         Path(path).unlink()
     assert figure._repr_svg_() == figure.content.decode() and figure._repr_png_() is None
+
+
+def test_connect_reads_the_environment_and_the_default_model(local_mesh: LocalMesh, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INTERPMESH_SERVER", local_mesh.url)
+    monkeypatch.setenv("INTERPMESH_API_KEY", local_mesh.key or "")
+    with interpmesh.connect() as mesh:
+        assert mesh.url == local_mesh.url
+        # No model name: the gateway's default model (its only one here).
+        assert mesh.model().info.architecture == "GPT2LMHeadModel"
+        assert mesh.model().to_tokens("the dog") == mesh.model("concepts").to_tokens("the dog")
+    monkeypatch.setenv("INTERPMESH_API_KEY", "wrong")
+    with interpmesh.connect() as mesh:
+        with pytest.raises(interpmesh.Unauthenticated):
+            mesh.plugins()
