@@ -230,6 +230,8 @@ class ChunkView:
 def _varint(buf: memoryview, pos: int) -> Tuple[int, int]:
     result = shift = 0
     while True:
+        if pos >= len(buf):
+            raise ProtocolError("a truncated message from the server")
         b = buf[pos]
         pos += 1
         result |= (b & 0x7F) << shift
@@ -262,6 +264,8 @@ def fields(buf: memoryview, start: int = 0, end: Optional[int] = None) -> Iterat
         number, wire_type = key >> 3, key & 7
         if wire_type == 2:
             n, pos = _varint(buf, pos)
+            if pos + n > stop:
+                raise ProtocolError("a truncated message from the server")
             yield number, 2, pos, pos + n
             pos += n
         elif wire_type == 0:

@@ -132,3 +132,26 @@ def test_connect_reads_the_environment_and_the_default_model(local_mesh: LocalMe
     with interpmesh.connect() as mesh:
         with pytest.raises(interpmesh.Unauthenticated):
             mesh.plugins()
+
+
+def test_wire_reader_agrees_with_protobuf() -> None:
+    """The raw-bytes chunk reader against protobuf's own parse of the same messages (packed and
+    unpacked shapes, the gradient flag, large offsets, an unknown field)."""
+    from interpmesh import _wire
+    from interpmesh._proto.interpmesh.v1 import model_service_pb2 as pb
+
+    chunk = pb.ActivationChunk(hook="blocks.11.attn.hook_pattern", shape=[8, 12, 128, 128], dtype=2, offset=3 << 33,
+                               total_bytes=(3 << 33) + 5, data=bytes(range(256)) * 3, gradient=True)
+    raw = pb.RunResponse(activation=chunk).SerializeToString() + b"\xf8\x07\x2a"  # + unknown varint field 127 = 42
+    view, _ = _wire.split_message(raw, 1)
+    assert view is not None
+    assert (view.hook, view.shape, view.dtype, view.offset, view.total_bytes, bytes(view.data), view.gradient) == \
+        (chunk.hook, list(chunk.shape), chunk.dtype, chunk.offset, chunk.total_bytes, chunk.data, True)
+    # A result message has no chunk; an unpacked shape (as older encoders write it) reads the same.
+    result = pb.RunResponse(result=pb.RunResult(forward_batch_size=3)).SerializeToString()
+    assert _wire.split_message(result, 1)[0] is None
+    unpacked = b"".join([b"\x0a\x01h", b"\x10\x02", b"\x10\x03", b"\x28\x18", b"\x32\x18" + bytes(24)])
+    view2 = _wire.chunk_view(memoryview(unpacked), 0, len(unpacked))
+    assert (view2.hook, view2.shape, view2.total_bytes, len(view2.data)) == ("h", [2, 3], 24, 24)
+    with pytest.raises(interpmesh.ProtocolError):
+        _wire.split_message(raw[:-20], 1)
