@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple,
                     Union)
@@ -168,6 +169,9 @@ class Model:
     server's limits (``info.limits``: ``max_batch`` inputs, ``max_capture_bytes`` of captures) are
     split into several requests and their results put back together, so results look like one call.
     """
+
+    #: Requests of a split call in flight at once (1: one after the other).
+    concurrency: int = 2
 
     def __init__(self, mesh: "Mesh", name: Optional[str]) -> None:
         self._mesh = mesh
@@ -589,96 +593,117 @@ class Model:
         receipts: Dict[int, Receipt] = {}
         sizes: List[int] = []
 
-        for gi, group in enumerate(groups):
-            for batch in batches:
-                r0, r1 = batch.rows
-                offset = length - batch.length if padding_side == "left" else 0
-                local: List[Intervention] = []
-                index_map: List[int] = []
-                for k, iv in enumerate(interventions or ()):
-                    sliced = iv if len(batches) == 1 else self._slice(iv, n, r0, r1, length, batch.length, offset)
-                    if sliced is not None:
-                        local.append(sliced)
-                        index_map.append(k)
-                first = gi == 0
-                request = self._request(ids[r0:r1], group, local, logits if first else "none", top_k if first else 0,
-                                        loss and first, padding_side, dtype, positions, reduce)
+        def fetch(gi: int, batch: _Batch) -> Tuple[Any, List[int]]:
+            """Sends one request of the plan and streams its captures into place; returns its result."""
+            group = groups[gi]
+            r0, r1 = batch.rows
+            offset = length - batch.length if padding_side == "left" else 0
+            local: List[Intervention] = []
+            index_map: List[int] = []
+            for k, iv in enumerate(interventions or ()):
+                sliced = iv if len(batches) == 1 else self._slice(iv, n, r0, r1, length, batch.length, offset)
+                if sliced is not None:
+                    local.append(sliced)
+                    index_map.append(k)
+            first = gi == 0
+            request = self._request(ids[r0:r1], group, local, logits if first else "none", top_k if first else 0,
+                                    loss and first, padding_side, dtype, positions, reduce)
 
-                def target(head: Any, r0: int = r0, r1: int = r1) -> Optional[np.ndarray]:
-                    dest = targets.get(head.hook)
-                    if dest is None or head.gradient or tuple(int(s) for s in head.shape[1:]) != dest.shape[1:] or int(head.shape[0]) != r1 - r0:
-                        return None
-                    return dest[r0:r1].reshape(-1).view(np.uint8)  # a contiguous slab: rows r0..r1
+            def target(head: Any) -> Optional[np.ndarray]:
+                dest = targets.get(head.hook)
+                if dest is None or head.gradient or tuple(int(s) for s in head.shape[1:]) != dest.shape[1:] or int(head.shape[0]) != r1 - r0:
+                    return None
+                return dest[r0:r1].reshape(-1).view(np.uint8)  # a contiguous slab: rows r0..r1
 
-                assembler = _wire.Chunks(target)
-                result: Any = None
-                for received in self._stream(self._run_raw, request):
-                    chunk, _ = _wire.split_message(received, 1)
-                    if chunk is not None:
-                        done = assembler.add(chunk)
-                        if done is None:
-                            continue
-                        head, raw = done
-                        dest = targets.get(head.hook)
-                        if dest is None:
-                            cache[head.hook] = _wire.as_array(head, raw)
-                        elif not np.may_share_memory(raw, dest):
-                            part = raw.view(storage).reshape(tuple(int(s) for s in head.shape))
-                            _place(dest, part, r0, self.hooks[head.hook].dims, offset, all_positions)
+            assembler = _wire.Chunks(target)
+            result: Any = None
+            for received in self._stream(self._run_raw, request):
+                chunk, _ = _wire.split_message(received, 1)
+                if chunk is not None:
+                    done = assembler.add(chunk)
+                    if done is None:
                         continue
-                    message = pb.RunResponse.FromString(received)
-                    if message.HasField("result"):
-                        result = message.result
-                assembler.check_complete()
-                if result is None:
-                    raise _protocol_error("the Run stream ended without its result")
-                sizes.append(int(result.forward_batch_size))
-                if not first:
+                    head, raw = done
+                    dest = targets.get(head.hook)
+                    if dest is None:
+                        cache[head.hook] = _wire.as_array(head, raw)
+                    elif not np.may_share_memory(raw, dest):
+                        part = raw.view(storage).reshape(tuple(int(s) for s in head.shape))
+                        _place(dest, part, r0, self.hooks[head.hook].dims, offset, all_positions)
                     continue
-                if result.HasField("tokens"):
-                    t = _wire.tensor_to_numpy(result.tokens)
-                    tokens[r0:r1, offset:offset + t.shape[1]] = t
-                if result.HasField("attention_mask"):
-                    m = _wire.tensor_to_numpy(result.attention_mask)
-                    mask[r0:r1, offset:offset + m.shape[1]] = m
-                    if result.HasField("loss"):
-                        count = int(np.clip(m.sum(axis=1) - 1, 0, None).sum())
-                        loss_sum += float(result.loss.value) * count
-                        loss_count += count
-                elif result.HasField("loss"):
-                    loss_sum += float(result.loss.value)
-                    loss_count += 1
-                if result.HasField("logits"):
-                    lg = _wire.tensor_to_numpy(result.logits)
-                    if len(batches) == 1:
-                        out_logits = lg
-                    else:
-                        if out_logits is None:
-                            out_logits = np.zeros((n, length if logits == "all" else 1, lg.shape[2]), dtype=lg.dtype)
-                        _place(out_logits, lg, r0, ("batch", "pos" if logits == "all" else "1", "d_vocab"), offset, True)
-                if result.HasField("top_k"):
-                    ti, tv = _wire.tensor_to_numpy(result.top_k.ids), _wire.tensor_to_numpy(result.top_k.values)
-                    if len(batches) == 1:
-                        top_ids, top_values = ti, tv
-                    else:
-                        if top_ids is None or top_values is None:
-                            p = length if logits == "all" else 1
-                            top_ids = np.zeros((n, p, ti.shape[2]), dtype=ti.dtype)
-                            top_values = np.zeros((n, p, tv.shape[2]), dtype=tv.dtype)
-                        dims = ("batch", "pos" if logits == "all" else "1", "k")
-                        _place(top_ids, ti, r0, dims, offset, True)
-                        _place(top_values, tv, r0, dims, offset, True)
-                for r in result.receipts:
-                    k = index_map[int(r.index)] if int(r.index) < len(index_map) else int(r.index)
-                    got = Receipt.from_proto(r)
-                    if k in receipts:
-                        prev = receipts[k]
-                        prev.matched_hooks = list(dict.fromkeys(prev.matched_hooks + got.matched_hooks))
-                        prev.elements_changed += got.elements_changed
-                        prev.l2_norm = float(np.hypot(prev.l2_norm, got.l2_norm))
-                    else:
-                        got.index = k
-                        receipts[k] = got
+                message = pb.RunResponse.FromString(received)
+                if message.HasField("result"):
+                    result = message.result
+            assembler.check_complete()
+            if result is None:
+                raise _protocol_error("the Run stream ended without its result")
+            return result, index_map
+
+        # Requests of a split call go out `concurrency` at a time (each writes its own rows), so the
+        # server computes the next while this client receives the last; results are merged in order.
+        plan = [(gi, b) for gi in range(len(groups)) for b in batches]
+        if len(plan) == 1 or self.concurrency <= 1:
+            outcomes = [fetch(gi, b) for gi, b in plan]
+        else:
+            with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="interpmesh-run") as pool:
+                futures = [pool.submit(fetch, gi, b) for gi, b in plan]
+                try:
+                    outcomes = [f.result() for f in futures]
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+        for (gi, batch), (result, index_map) in zip(plan, outcomes):
+            r0, r1 = batch.rows
+            offset = length - batch.length if padding_side == "left" else 0
+            first = gi == 0
+            sizes.append(int(result.forward_batch_size))
+            if not first:
+                continue
+            if result.HasField("tokens"):
+                t = _wire.tensor_to_numpy(result.tokens)
+                tokens[r0:r1, offset:offset + t.shape[1]] = t
+            if result.HasField("attention_mask"):
+                m = _wire.tensor_to_numpy(result.attention_mask)
+                mask[r0:r1, offset:offset + m.shape[1]] = m
+                if result.HasField("loss"):
+                    count = int(np.clip(m.sum(axis=1) - 1, 0, None).sum())
+                    loss_sum += float(result.loss.value) * count
+                    loss_count += count
+            elif result.HasField("loss"):
+                loss_sum += float(result.loss.value)
+                loss_count += 1
+            if result.HasField("logits"):
+                lg = _wire.tensor_to_numpy(result.logits)
+                if len(batches) == 1:
+                    out_logits = lg
+                else:
+                    if out_logits is None:
+                        out_logits = np.zeros((n, length if logits == "all" else 1, lg.shape[2]), dtype=lg.dtype)
+                    _place(out_logits, lg, r0, ("batch", "pos" if logits == "all" else "1", "d_vocab"), offset, True)
+            if result.HasField("top_k"):
+                ti, tv = _wire.tensor_to_numpy(result.top_k.ids), _wire.tensor_to_numpy(result.top_k.values)
+                if len(batches) == 1:
+                    top_ids, top_values = ti, tv
+                else:
+                    if top_ids is None or top_values is None:
+                        p = length if logits == "all" else 1
+                        top_ids = np.zeros((n, p, ti.shape[2]), dtype=ti.dtype)
+                        top_values = np.zeros((n, p, tv.shape[2]), dtype=tv.dtype)
+                    dims = ("batch", "pos" if logits == "all" else "1", "k")
+                    _place(top_ids, ti, r0, dims, offset, True)
+                    _place(top_values, tv, r0, dims, offset, True)
+            for r in result.receipts:
+                k = index_map[int(r.index)] if int(r.index) < len(index_map) else int(r.index)
+                got = Receipt.from_proto(r)
+                if k in receipts:
+                    prev = receipts[k]
+                    prev.matched_hooks = list(dict.fromkeys(prev.matched_hooks + got.matched_hooks))
+                    prev.elements_changed += got.elements_changed
+                    prev.l2_norm = float(np.hypot(prev.l2_norm, got.l2_norm))
+                else:
+                    got.index = k
+                    receipts[k] = got
 
         for h, dest in targets.items():
             cache[h] = _wire.to_user_dtype(dest, wire)

@@ -100,3 +100,18 @@ def test_server_limit_errors_are_resource_exhausted(tight_model: interpmesh.Mode
     with pytest.raises(interpmesh.ResourceExhausted) as e:
         list(tight_model.generate(["the dog is"] * 4, max_new_tokens=2))
     assert "3" in str(e.value)
+
+
+def test_split_requests_one_at_a_time_give_the_same(tight_model: interpmesh.Model) -> None:
+    concurrent = tight_model.run(TEXTS, capture="blocks.*.hook_resid_post", logits="last", loss=True)
+    tight_model.concurrency = 1
+    try:
+        sequential = tight_model.run(TEXTS, capture="blocks.*.hook_resid_post", logits="last", loss=True)
+    finally:
+        tight_model.concurrency = 2
+    assert len(sequential.forward_batch_sizes) == len(concurrent.forward_batch_sizes) >= 3
+    assert sequential.logits is not None and concurrent.logits is not None
+    np.testing.assert_allclose(sequential.logits, concurrent.logits, rtol=1e-5, atol=1e-5)
+    for hook in sequential.cache:
+        np.testing.assert_allclose(sequential.cache[hook], concurrent.cache[hook], rtol=1e-5, atol=1e-5)
+    assert sequential.loss == pytest.approx(concurrent.loss, rel=1e-6)
