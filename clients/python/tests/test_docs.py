@@ -44,6 +44,19 @@ def test_quick_start_runs_as_written(local_mesh: LocalMesh, tmp_path: Path) -> N
     assert "probing: succeeded" in result.stderr
 
 
+def test_readme_python_block_runs_as_written(local_mesh: LocalMesh, tmp_path: Path) -> None:
+    text = (REPO / "README.md").read_text().split("\n## Python", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 1
+    script = tmp_path / "readme.py"
+    script.write_text(blocks[0])
+    result = subprocess.run([sys.executable, str(script)], env=_env(local_mesh.url, local_mesh.key or ""), capture_output=True, text=True,
+                            cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    word, accuracy, shape = result.stdout.split(" ", 2)
+    assert word in ("lovely", "great", "nice") and 0.5 <= float(accuracy) <= 1.0 and shape.strip() == "(1, 64)"
+
+
 @pytest.fixture(scope="module")
 def induction_mesh() -> Iterator[LocalMesh]:
     with LocalMesh("induction", key="test-key") as m:
