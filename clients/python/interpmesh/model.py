@@ -347,9 +347,107 @@ class Model:
                 return [pb.TokenSet(ids=[int(t) for t in np.atleast_1d(np.asarray(s))]) for s in a]
 
             g.logit_difference.CopyFrom(pb.LogitDifference(correct=sets(correct), incorrect=sets(incorrect)))
-        request = self._request(ids, [] if capture is None else ([capture] if isinstance(capture, str) else list(capture)),
-                                interventions, "none", 0, False, padding_side, dtype, positions, None)
-        request.gradient.CopyFrom(g)
+        captures = [] if capture is None else ([capture] if isinstance(capture, str) else list(capture))
+        plan = self._gradient_plan(ids, list(g.hooks), captures, positions, dtype)
+        if plan is None:
+            request = self._request(ids, captures, interventions, "none", 0, False, padding_side, dtype, positions, None)
+            request.gradient.CopyFrom(g)
+            out, tokens, mask = self._gradient_call(request)
+            out.cache.tokens, out.cache.attention_mask = tokens, mask
+            return out
+        # Over the server's limits: rows in several requests, per-row targets sliced, results put together.
+        rows_per, hook_dims, selected = plan
+        n, length = len(ids), max(len(s) for s in ids)
+        lengths = [len(s) for s in ids]
+        storage = _wire.storage_dtype(_wire.wire_dtype(dtype))
+        all_positions = positions is None or (isinstance(positions, str) and positions == "all")
+        grads: Dict[str, np.ndarray] = {}
+        cache = ActivationCache()
+        tokens = np.zeros((n, length), dtype=np.int64)
+        mask = np.zeros((n, length), dtype=np.int64)
+        metric, row_metrics = 0.0, []
+        receipts: Dict[int, Receipt] = {}
+        for r0 in range(0, n, rows_per):
+            r1 = min(r0 + rows_per, n)
+            batch_length = max(lengths[r0:r1])
+            offset = length - batch_length if padding_side == "left" else 0
+            local, index_map = [], []
+            for k, iv in enumerate(interventions or ()):
+                sliced = self._slice(iv, n, r0, r1, length, batch_length, offset)
+                if sliced is not None:
+                    local.append(sliced)
+                    index_map.append(k)
+            part = pb.GradientRequest()
+            part.CopyFrom(g)
+            for target in (part.logit, part.log_prob):
+                if len(target.tokens) == n and n > 1:
+                    del target.tokens[:]
+                    target.tokens.extend(g.logit.tokens[r0:r1] if target is part.logit else g.log_prob.tokens[r0:r1])
+                if target.HasField("position") and target.position.value >= 0 and offset:
+                    shifted = target.position.value - offset
+                    if shifted < 0:
+                        raise InvalidArgument(f"gradients: position {target.position.value} is padding for inputs {r0}..{r1 - 1}, which are "
+                                              f"sent as a request of their own over the server's limits; use a negative position or padding_side='right'")
+                    target.position.value = shifted
+            if part.HasField("logit_difference"):
+                for field_name in ("correct", "incorrect"):
+                    given = getattr(g.logit_difference, field_name)
+                    if len(given) == n and n > 1:
+                        dest_sets = getattr(part.logit_difference, field_name)
+                        del dest_sets[:]
+                        dest_sets.extend(given[r0:r1])
+            request = self._request(ids[r0:r1], captures, local, "none", 0, False, padding_side, dtype, positions, None)
+            request.gradient.CopyFrom(part)
+            out, t, m = self._gradient_call(request)
+            for source, dest_map in ((out.gradients, grads), (out.cache, cache)):
+                for hook, value in source.items():
+                    dims = hook_dims[hook]
+                    if hook not in dest_map:
+                        dest_map[hook] = np.zeros(self._dims(hook, n, selected, length), dtype=storage)
+                    _place(dest_map[hook], value, r0, dims, offset, all_positions)
+            if t is not None:
+                tokens[r0:r1, offset:offset + t.shape[1]] = t
+            if m is not None:
+                mask[r0:r1, offset:offset + m.shape[1]] = m
+            metric += out.metric
+            row_metrics.extend(out.row_metrics)
+            for got in out.receipts:
+                _merge_receipt(receipts, index_map[got.index] if got.index < len(index_map) else got.index, got)
+        for k, iv in enumerate(interventions or ()):
+            receipts.setdefault(k, Receipt(k, iv.hook, [], 0, 0.0))
+        wire = _wire.wire_dtype(dtype)
+        cache = ActivationCache({h: _wire.to_user_dtype(v, wire) for h, v in cache.items()})
+        cache.tokens, cache.attention_mask = tokens, mask
+        return GradientOutput({h: _wire.to_user_dtype(v, wire) for h, v in grads.items()}, metric, row_metrics, cache,
+                              [receipts[k] for k in sorted(receipts)])
+
+    def _gradient_plan(self, ids: List[List[int]], hooks: List[str], captures: List[str], positions: Any,
+                       dtype: Any) -> Optional[Tuple[int, Dict[str, Tuple[str, ...]], int]]:
+        """Rows per request when a gradient request must be split over max_batch or the capture budget
+        (which gradients count against), with each hook's dims; None when one request will do (or when a
+        name matches no hook: then the server names it)."""
+        names = list(self.hooks)
+        patterns = hooks + captures
+        if any(not _wire.resolve([p], names) for p in patterns):
+            return None
+        n, length = len(ids), max(len(s) for s in ids)
+        if isinstance(positions, str) and positions == "last":
+            selected = 1
+        elif positions is None or (isinstance(positions, str) and positions == "all"):
+            selected = length
+        else:
+            selected = len(np.atleast_1d(positions))
+        itemsize = 4 if _wire.wire_dtype(dtype) == tensor_pb2.DTYPE_FLOAT32 else 2
+        resolved = _wire.resolve(hooks, names) + _wire.resolve(captures, names)
+        per_row = sum(int(np.prod(self._dims(h, 1, selected, length), dtype=np.int64)) * itemsize for h in resolved)
+        max_batch = max(1, int(self.limits.max_batch) or n)
+        budget = int(self.limits.max_capture_bytes) or (1 << 62)
+        rows = max(1, min(max_batch, budget // per_row if per_row else max_batch))
+        if rows >= n:
+            return None
+        return rows, {h: self.hooks[h].dims for h in resolved}, selected
+
+    def _gradient_call(self, request: Any) -> Tuple[GradientOutput, Optional[np.ndarray], Optional[np.ndarray]]:
         grads: Dict[str, np.ndarray] = {}
         cache = ActivationCache()
         result: Any = None
@@ -368,10 +466,10 @@ class Model:
         assembler.check_complete()
         if result is None:
             raise _protocol_error("the Run stream ended without its result")
-        cache.tokens = _wire.tensor_to_numpy(result.tokens) if result.HasField("tokens") else None
-        cache.attention_mask = _wire.tensor_to_numpy(result.attention_mask) if result.HasField("attention_mask") else None
-        return GradientOutput(grads, float(result.metric.value), list(result.row_metrics), cache,
-                              [Receipt.from_proto(r) for r in result.receipts])
+        tokens = _wire.tensor_to_numpy(result.tokens) if result.HasField("tokens") else None
+        mask = _wire.tensor_to_numpy(result.attention_mask) if result.HasField("attention_mask") else None
+        return (GradientOutput(grads, float(result.metric.value), list(result.row_metrics), cache,
+                               [Receipt.from_proto(r) for r in result.receipts]), tokens, mask)
 
     def weights(self, names: Union[str, Sequence[str]], dtype: Any = "float32") -> Dict[str, np.ndarray]:
         """Parameters by TransformerLens name or glob (``"blocks.*.attn.W_O"``), unprocessed, as numpy arrays in model order."""
@@ -695,15 +793,7 @@ class Model:
                     _place(top_values, tv, r0, dims, offset, True)
             for r in result.receipts:
                 k = index_map[int(r.index)] if int(r.index) < len(index_map) else int(r.index)
-                got = Receipt.from_proto(r)
-                if k in receipts:
-                    prev = receipts[k]
-                    prev.matched_hooks = list(dict.fromkeys(prev.matched_hooks + got.matched_hooks))
-                    prev.elements_changed += got.elements_changed
-                    prev.l2_norm = float(np.hypot(prev.l2_norm, got.l2_norm))
-                else:
-                    got.index = k
-                    receipts[k] = got
+                _merge_receipt(receipts, k, Receipt.from_proto(r))
 
         for h, dest in targets.items():
             cache[h] = _wire.to_user_dtype(dest, wire)
@@ -747,6 +837,18 @@ class Model:
                 v = v[tuple(index)]
             value = v
         return iv.with_(rows=tuple(rows), positions=tuple(positions), value=value)
+
+
+def _merge_receipt(receipts: Dict[int, Receipt], k: int, got: Receipt) -> None:
+    """Adds one request's receipt of intervention k to the call's: elements summed, L2 norms as the root of summed squares."""
+    if k in receipts:
+        prev = receipts[k]
+        prev.matched_hooks = list(dict.fromkeys(prev.matched_hooks + got.matched_hooks))
+        prev.elements_changed += got.elements_changed
+        prev.l2_norm = float(np.hypot(prev.l2_norm, got.l2_norm))
+    else:
+        got.index = k
+        receipts[k] = got
 
 
 def _per_row_value(iv: Intervention, n: int) -> bool:

@@ -115,3 +115,39 @@ def test_split_requests_one_at_a_time_give_the_same(tight_model: interpmesh.Mode
     for hook in sequential.cache:
         np.testing.assert_allclose(sequential.cache[hook], concurrent.cache[hook], rtol=1e-5, atol=1e-5)
     assert sequential.loss == pytest.approx(concurrent.loss, rel=1e-6)
+
+
+def test_gradients_split_over_max_batch(model: interpmesh.Model, tight_model: interpmesh.Model) -> None:
+    """7 rows on a server taking 3: per-row tokens and sets go with their rows; metric, row metrics,
+    gradients and captures equal one request's on the default mesh."""
+    ids = model.to_tokens(TEXTS)
+    lovely, awful = model.to_tokens("lovely")[1], model.to_tokens("awful")[1]
+    per_row = [[lovely] if i % 2 == 0 else [awful] for i in range(7)]
+    other = [[awful] if i % 2 == 0 else [lovely] for i in range(7)]
+    hooks = ["blocks.*.hook_resid_pre", "blocks.1.attn.hook_z"]
+    kwargs = dict(logit_diff=(per_row, other), capture="blocks.0.hook_resid_post",
+                  interventions=[interpmesh.scale("blocks.0.hook_mlp_out", 0.5, rows=[1, 5])])
+    got = tight_model.gradients(ids, hooks, **kwargs)  # type: ignore[arg-type]
+    want = model.gradients(ids, hooks, **kwargs)  # type: ignore[arg-type]
+    assert len(got.row_metrics) == 7
+    np.testing.assert_allclose(got.row_metrics, want.row_metrics, rtol=1e-4, atol=1e-4)
+    assert got.metric == pytest.approx(want.metric, rel=1e-4, abs=1e-4)
+    mask = want.cache.attention_mask
+    assert mask is not None and got.cache.attention_mask is not None
+    np.testing.assert_array_equal(got.cache.attention_mask, mask)
+    assert got.gradients.keys() == want.gradients.keys() == {"blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre", "blocks.1.attn.hook_z"}
+    for source_got, source_want in ((got.gradients, want.gradients), (got.cache, want.cache)):
+        for hook, expected in source_want.items():
+            assert source_got[hook].shape == expected.shape
+            for row in range(7):
+                n = int(mask[row].sum())
+                np.testing.assert_allclose(source_got[hook][row, -n:], expected[row, -n:], rtol=1e-4, atol=1e-5, err_msg=f"{hook} row {row}")
+    # The row-restricted intervention reached both of its rows' requests (elements also count each request's padding).
+    assert len(got.receipts) == 1 and got.receipts[0].matched_hooks == want.receipts[0].matched_hooks == ["blocks.0.hook_mlp_out"]
+    assert got.receipts[0].elements_changed > 0 and want.receipts[0].elements_changed > 0
+    # The same gradient request unsplit is the server's RESOURCE_EXHAUSTED (7 rows over max_batch 3).
+    request = tight_model._request(ids, [], None, "none", 0, False, "left", "float32", "all", None)
+    request.gradient.loss = True
+    request.gradient.hooks.append("blocks.0.hook_resid_pre")
+    with pytest.raises(interpmesh.ResourceExhausted):
+        tight_model._gradient_call(request)
