@@ -104,6 +104,20 @@ public sealed class BenchRunTests
     }
 
     [Fact]
+    public void Python_client_receives_what_the_dotnet_client_receives_and_reports_the_ratio()
+    {
+        // Runs bench/python/run_with_cache_bench.py under Debian's Python (python3-grpcio); the benchmark
+        // fails unless both clients received the same activation bytes.
+        var r = BenchRunner.Run("python-client", "--preset", "gpt2-tiny", "--batch", "2", "--seq", "16", "--iters", "2", "--threads", "1", "--json");
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var j = r.Json;
+        Assert.Equal(2 * 2 * 16 * 64 * 4 / 1e6, j.GetProperty("captured_mb").GetDouble(), 9);
+        Assert.Equal(2, j.GetProperty("calls_per_client").GetInt32());
+        Assert.Equal(j.GetProperty("python_seconds").GetDouble() / j.GetProperty("dotnet_seconds").GetDouble(), j.GetProperty("python_vs_dotnet_ratio").GetDouble(), 6);
+        Assert.Empty(OwnTempFolders());
+    }
+
+    [Fact]
     public void Jobs_runs_both_topologies_on_postgresql_and_reports_throughput_ratio_and_latency()
     {
         // A few seconds: one slot per worker, short jobs, two progress reports each (no timing is asserted).

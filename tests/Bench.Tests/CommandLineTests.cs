@@ -7,7 +7,7 @@ namespace InterpMesh.Bench.Tests;
 /// </summary>
 public sealed class CommandLineTests
 {
-    private static readonly string[] Benchmarks = ["forward", "patching", "stream", "gateway", "probe", "retrieval", "sae", "circuits", "load", "loading", "serving", "jobs"];
+    private static readonly string[] Benchmarks = ["forward", "patching", "stream", "gateway", "probe", "retrieval", "sae", "circuits", "load", "loading", "serving", "jobs", "python-client"];
 
     [Theory]
     [InlineData("--batch must be an integer, got 'x'", "forward", "--batch", "x")]

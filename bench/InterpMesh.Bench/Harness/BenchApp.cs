@@ -17,7 +17,7 @@ public static class BenchApp
     private static Benchmark[] All() =>
     [
         new ForwardBenchmark(), new PatchingBenchmark(), new StreamBenchmark(), new GatewayBenchmark(), new ProbeBenchmark(), new RetrievalBenchmark(),
-        new SaeBenchmark(), new CircuitsBenchmark(), new LoadBenchmark(), new LoadingBenchmark(), new ServingBenchmark(), new JobsBenchmark(),
+        new SaeBenchmark(), new CircuitsBenchmark(), new LoadBenchmark(), new LoadingBenchmark(), new ServingBenchmark(), new JobsBenchmark(), new PythonClientBenchmark(),
     ];
 
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)

@@ -29,7 +29,7 @@ public static class CliApp
         and, when it serves several models, --model-name NAME.
 
         The local mesh (a model service + a gateway with the built-in plugins, on loopback, until Ctrl-C):
-          interpmesh up        [--model PATH] [--grpc-port 50050] [--model-port 50051] [--plugins DIR] [--data DIR] [--key KEY] [--bind A] [--threads N]
+          interpmesh up        [--model PATH] [--grpc-port 50050] [--model-port 50051] [--plugins DIR] [--data DIR] [--key KEY] [--bind A] [--threads N] [--model-settings NAME=VALUE,…]
 
         Analyses through a gateway (--server URL of the gateway; --key KEY or INTERPMESH_API_KEY when auth is on):
           interpmesh plugins   --server URL [--json]

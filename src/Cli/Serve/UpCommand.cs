@@ -25,14 +25,42 @@ internal static class UpCommand
         dataOption.DefaultValueFactory = _ => "interpmesh-data";
         var keyOption = CliOptions.Text("--key", "require this API key (admin role); auth is off without it", "KEY");
         var threadsOption = CliOptions.Int("--threads", "libtorch intra-op threads (default: all cores)", min: 1);
+        // The model service's own settings (docs/modelservice.md), e.g. a small MaxBatch or MaxCaptureBytes
+        // for a client's tests of request splitting.
+        var settingOption = new Option<Dictionary<string, string?>>("--model-settings")
+        {
+            Description = "ModelService settings for the model service, comma-separated, e.g. MaxBatch=4,MaxCaptureBytes=1000000 (docs/modelservice.md)",
+            HelpName = "NAME=VALUE[,NAME=VALUE]",
+            DefaultValueFactory = _ => [],
+            CustomParser = ParseSettings,
+        };
         var command = new Command("up", "The local mesh: a model service, a gateway and an analysis worker with the built-in plugins, until Ctrl-C.")
-            { modelOption, nameOption, gatewayPortOption, modelPortOption, pluginsOption, dataOption, keyOption, bindOption, threadsOption };
+            { modelOption, nameOption, gatewayPortOption, modelPortOption, pluginsOption, dataOption, keyOption, bindOption, threadsOption, settingOption };
         command.SetAction(r => Run(r.GetRequiredValue(bindOption), r.GetValue(gatewayPortOption), r.GetValue(modelPortOption), r.GetValue(modelOption), r.GetValue(nameOption), r.GetValue(pluginsOption),
-            Path.GetFullPath(r.GetRequiredValue(dataOption)), r.GetValue(keyOption), r.GetValue(threadsOption) ?? 0, console.Out));
+            Path.GetFullPath(r.GetRequiredValue(dataOption)), r.GetValue(keyOption), r.GetValue(threadsOption) ?? 0, r.GetValue(settingOption) ?? [], console.Out));
         return command;
     }
 
-    private static int Run(string bind, int gatewayPort, int modelPort, string? modelArg, string? nameArg, string? pluginsArg, string data, string? key, int threads, TextWriter stdout)
+    /// <summary><c>--model-settings NAME=VALUE,…</c> as <c>ModelService:NAME</c> settings; an item without a name or '=' is refused.</summary>
+    private static Dictionary<string, string?> ParseSettings(System.CommandLine.Parsing.ArgumentResult r)
+    {
+        var settings = new Dictionary<string, string?>(StringComparer.OrdinalIgnoreCase);
+        foreach (var item in r.Tokens[0].Value.Split(',', StringSplitOptions.TrimEntries))
+        {
+            int eq = item.IndexOf('=', StringComparison.Ordinal);
+            string name = eq < 0 ? "" : item[..eq].Trim();
+            if (name.Length == 0 || !name.All(c => char.IsAsciiLetterOrDigit(c) || c == ':'))
+            {
+                r.AddError($"--model-settings must be NAME=VALUE items, comma-separated, with ModelService setting names such as MaxBatch=4; '{CliOptions.Quote(item)}' is not one");
+                return settings;
+            }
+            settings["ModelService:" + name] = item[(eq + 1)..];
+        }
+        return settings;
+    }
+
+    private static int Run(string bind, int gatewayPort, int modelPort, string? modelArg, string? nameArg, string? pluginsArg, string data, string? key, int threads,
+        Dictionary<string, string?> modelSettings, TextWriter stdout)
     {
         string? repo = LocalMesh.RepositoryOrNull();
         string model = Path.GetFullPath(modelArg ?? (repo is null ? throw new UsageException("--model PATH is required outside a checkout") : Path.Combine(repo, "models", "concepts")));
@@ -41,7 +69,7 @@ internal static class UpCommand
         string name = nameArg ?? NameOf(model);
         if (name.Length is 0 or > 64 || !name.All(c => char.IsAsciiLetterOrDigit(c) || c is '-' or '_' or '.'))
             throw new UsageException($"'{(name.Length > 64 ? name[..64] + "…" : name)}' cannot name a model: use letters, digits, '-', '_' and '.' (--name NAME)");
-        var service = LocalMesh.StartModelService(model, threads, $"http://{bind}:{modelPort}");
+        var service = LocalMesh.StartModelService(model, threads, $"http://{bind}:{modelPort}", modelSettings);
         var host = service.Services.GetRequiredService<ModelHost>();
         // Local use: auth off unless a key is given (the gateway logs a warning when it is off).
         var (gateway, worker) = LocalMesh.StartGateway(new Dictionary<string, string> { [name] = service.Urls.First() }, plugins, data,
