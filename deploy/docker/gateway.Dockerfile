@@ -39,7 +39,7 @@ COPY --from=build /app ./
 # port 8080 would only produce an "overriding addresses" warning.
 ENV ASPNETCORE_HTTP_PORTS= \
     ASPNETCORE_ENVIRONMENT=Production
-EXPOSE 50050 9465
+EXPOSE 50050 50080 9465
 HEALTHCHECK NONE
 USER 1654
 ENTRYPOINT ["dotnet", "InterpMesh.Gateway.dll"]

@@ -165,14 +165,14 @@ public sealed class UpProcessTests
     [Fact]
     public async Task Up_serves_the_gateway_with_the_built_in_plugins_and_stops_cleanly_on_ctrl_c()
     {
-        int gatewayPort = Ports.Free(), modelPort = Ports.Free();
+        int gatewayPort = Ports.Free(), modelPort = Ports.Free(), webPort = Ports.Free();
         string data = TempFolders.Create("interpmesh-up-");
         // Started through Debian's Python, which restores SIGINT's default before it execs `up` (same
         // process id): a test host started from a background shell job inherits SIGINT as ignored,
         // and .NET then installs no Ctrl-C handler in the child — as a user's `nohup` would intend.
         var psi = new System.Diagnostics.ProcessStartInfo("/usr/bin/python3",
             ["-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])",
-             Path.Combine(AppContext.BaseDirectory, "interpmesh"), "up", "--grpc-port", gatewayPort.ToString(), "--model-port", modelPort.ToString(), "--data", data])
+             Path.Combine(AppContext.BaseDirectory, "interpmesh"), "up", "--grpc-port", gatewayPort.ToString(), "--web-port", webPort.ToString(), "--model-port", modelPort.ToString(), "--data", data])
         { RedirectStandardOutput = true, RedirectStandardError = true };
         using var process = System.Diagnostics.Process.Start(psi)!;
         var lines = new System.Collections.Concurrent.ConcurrentQueue<string>();
@@ -201,6 +201,16 @@ public sealed class UpProcessTests
             Assert.True(info.ExitCode == 0, info.Stderr);
             Assert.Equal(2, info.Json.GetProperty("n_layers").GetInt32());
             Assert.NotEqual(0, CliRunner.Run("info", "--server", $"http://127.0.0.1:{gatewayPort}", "--model-name", "local", "--json").ExitCode);
+            // The REST line up prints, run as printed by curl: the same model over REST/JSON on the web port.
+            string rest = lines.Single(l => l.TrimStart().StartsWith("REST:", StringComparison.Ordinal));
+            Assert.Contains($"http://127.0.0.1:{webPort}/v1/model/info", rest, StringComparison.Ordinal);
+            string command = rest.TrimStart()["REST:".Length..].Split(" (docs/", 2)[0].Trim();
+            var curl = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("/bin/bash", ["-c", command]) { RedirectStandardOutput = true, RedirectStandardError = true })!;
+            string restOut = await curl.StandardOutput.ReadToEndAsync();
+            await curl.WaitForExitAsync();
+            Assert.True(curl.ExitCode == 0, $"{command}: {await curl.StandardError.ReadToEndAsync()}");
+            using (var restInfo = System.Text.Json.JsonDocument.Parse(restOut))
+                Assert.Equal(2, restInfo.RootElement.GetProperty("nLayers").GetInt32());
             using (var kill = System.Diagnostics.Process.Start("kill", ["-INT", process.Id.ToString()])!)
                 await kill.WaitForExitAsync();
             using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));

@@ -18,6 +18,7 @@ public sealed class ConfigurationTests
         Assert.Empty(GatewayOptionsValidator.MovedKeys(gateway.Configuration));
         Assert.Equal(50050, gateway.GrpcPort);
         Assert.Equal(9465, gateway.MetricsPort);
+        Assert.Equal(50080, gateway.WebPort);
         foreach (var deployment in manifests.ModelServices())
         {
             var model = Services.ModelService(manifests, deployment);

@@ -25,7 +25,8 @@ internal static partial class Services
 
     private static readonly string[] TopLevelKeys = ["Kestrel", "Logging", "shutdownTimeoutSeconds"];
 
-    public sealed record Bound<T>(T Options, IConfiguration Configuration, int GrpcPort, int MetricsPort);
+    /// <param name="WebPort">The gateway's HTTP/1.1 endpoint for REST/JSON and gRPC-Web (docs/rest.md); null for the other services.</param>
+    public sealed record Bound<T>(T Options, IConfiguration Configuration, int GrpcPort, int MetricsPort, int? WebPort = null);
 
     public static Bound<GatewayOptions> Gateway(Manifests manifests) =>
         Gateway(manifests, manifests.Single<V1Deployment>("gateway").Spec.Template, json: null);
@@ -44,7 +45,7 @@ internal static partial class Services
         // Settings that moved to the analysis worker are refused, as the gateway refuses them at start.
         o.MovedKeysSet.AddRange(GatewayOptionsValidator.MovedKeys(configuration));
         Check(new GatewayOptionsValidator().Validate(null, o), "gateway");
-        return Checked(o, configuration, container);
+        return Checked(o, configuration, container, web: true);
     }
 
     public static Bound<WorkerOptions> Worker(Manifests manifests) =>
@@ -148,22 +149,30 @@ internal static partial class Services
         return values.ToDictionary(kv => kv.Key.Replace("__", ":", StringComparison.Ordinal), kv => (string?)kv.Value, StringComparer.OrdinalIgnoreCase);
     }
 
-    private static Bound<T> Checked<T>(T options, IConfiguration configuration, V1Container container)
+    private static Bound<T> Checked<T>(T options, IConfiguration configuration, V1Container container, bool web = false)
     {
-        int grpc = KestrelPort(configuration, "Grpc", "Http2");
-        int metrics = KestrelPort(configuration, "Metrics", "Http1");
+        string[] expected = web ? ["Grpc", "Metrics", "Web"] : ["Grpc", "Metrics"];
+        int grpc = KestrelPort(configuration, "Grpc", "Http2", expected);
+        int metrics = KestrelPort(configuration, "Metrics", "Http1", expected);
         if (grpc != InvariantTests.Port(container, "grpc") || metrics != InvariantTests.Port(container, "metrics"))
             throw new InvalidOperationException($"{container.Name}: Kestrel listens on gRPC {grpc} and metrics {metrics}, the container declares {InvariantTests.Port(container, "grpc")} and {InvariantTests.Port(container, "metrics")}");
-        return new Bound<T>(options, configuration, grpc, metrics);
+        int? webPort = null;
+        if (web)
+        {
+            webPort = KestrelPort(configuration, "Web", "Http1", expected);
+            if (webPort != InvariantTests.Port(container, "web"))
+                throw new InvalidOperationException($"{container.Name}: Kestrel listens for REST/gRPC-Web on {webPort}, the container declares {InvariantTests.Port(container, "web")}");
+        }
+        return new Bound<T>(options, configuration, grpc, metrics, webPort);
     }
 
     /// <summary>The port of Kestrel endpoint <paramref name="name"/>, which must listen on every interface with the given protocol.</summary>
-    private static int KestrelPort(IConfiguration configuration, string name, string protocols)
+    private static int KestrelPort(IConfiguration configuration, string name, string protocols, string[] expected)
     {
         var endpoints = configuration.GetSection("Kestrel:Endpoints");
         var names = endpoints.GetChildren().Select(c => c.Key).Order(StringComparer.Ordinal).ToList();
-        if (!names.SequenceEqual(["Grpc", "Metrics"]))
-            throw new InvalidOperationException($"Kestrel:Endpoints must be Grpc and Metrics, got {string.Join(", ", names)}");
+        if (!names.SequenceEqual(expected))
+            throw new InvalidOperationException($"Kestrel:Endpoints must be {string.Join(", ", expected)}, got {string.Join(", ", names)}");
         var endpoint = endpoints.GetSection(name);
         var keys = endpoint.GetChildren().Select(c => c.Key).Where(k => k is not ("Url" or "Protocols")).ToList();
         if (keys.Count > 0)

@@ -47,7 +47,7 @@ class LocalMesh:
 
     def start(self) -> "LocalMesh":
         self.data = tempfile.mkdtemp(prefix="interpmesh-pytest-")
-        args = cli() + ["up", "--grpc-port", "0", "--model-port", "0", "--data", self.data, "--model", self.model_path]
+        args = cli() + ["up", "--grpc-port", "0", "--web-port", "0", "--model-port", "0", "--data", self.data, "--model", self.model_path]
         if self.key:
             args += ["--key", self.key]
         if self.threads:

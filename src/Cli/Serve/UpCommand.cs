@@ -17,6 +17,7 @@ internal static class UpCommand
         var bindOption = CliOptions.Text("--bind", "address to listen on", "ADDRESS");
         bindOption.DefaultValueFactory = _ => "127.0.0.1";
         var gatewayPortOption = CliOptions.Int("--grpc-port", "the gateway's port (0: any free port)", defaultValue: 50050, min: 0, helpName: "P");
+        var webPortOption = CliOptions.Int("--web-port", "the gateway's HTTP/1.1 port for REST/JSON and gRPC-Web (docs/rest.md; 0: any free port)", defaultValue: 50080, min: 0, helpName: "P");
         var modelPortOption = CliOptions.Int("--model-port", "the model service's port (0: any free port)", defaultValue: 50051, min: 0, helpName: "P");
         var modelOption = CliOptions.Text("--model", "model path (default: the checkout's models/concepts)", "PATH");
         var nameOption = CliOptions.Text("--name", "the model's name at the gateway (default: the model folder's name, or the file's without its extension)", "NAME");
@@ -35,8 +36,8 @@ internal static class UpCommand
             CustomParser = ParseSettings,
         };
         var command = new Command("up", "The local mesh: a model service, a gateway and an analysis worker with the built-in plugins, until Ctrl-C.")
-            { modelOption, nameOption, gatewayPortOption, modelPortOption, pluginsOption, dataOption, keyOption, bindOption, threadsOption, settingOption };
-        command.SetAction(r => Run(r.GetRequiredValue(bindOption), r.GetValue(gatewayPortOption), r.GetValue(modelPortOption), r.GetValue(modelOption), r.GetValue(nameOption), r.GetValue(pluginsOption),
+            { modelOption, nameOption, gatewayPortOption, webPortOption, modelPortOption, pluginsOption, dataOption, keyOption, bindOption, threadsOption, settingOption };
+        command.SetAction(r => Run(r.GetRequiredValue(bindOption), r.GetValue(gatewayPortOption), r.GetValue(webPortOption), r.GetValue(modelPortOption), r.GetValue(modelOption), r.GetValue(nameOption), r.GetValue(pluginsOption),
             Path.GetFullPath(r.GetRequiredValue(dataOption)), r.GetValue(keyOption), r.GetValue(threadsOption) ?? 0, r.GetValue(settingOption) ?? [], console.Out));
         return command;
     }
@@ -59,7 +60,7 @@ internal static class UpCommand
         return settings;
     }
 
-    private static int Run(string bind, int gatewayPort, int modelPort, string? modelArg, string? nameArg, string? pluginsArg, string data, string? key, int threads,
+    private static int Run(string bind, int gatewayPort, int webPort, int modelPort, string? modelArg, string? nameArg, string? pluginsArg, string data, string? key, int threads,
         Dictionary<string, string?> modelSettings, TextWriter stdout)
     {
         string? repo = LocalMesh.RepositoryOrNull();
@@ -72,16 +73,23 @@ internal static class UpCommand
         var service = LocalMesh.StartModelService(model, threads, $"http://{bind}:{modelPort}", modelSettings);
         var host = service.Services.GetRequiredService<ModelHost>();
         // Local use: auth off unless a key is given (the gateway logs a warning when it is off).
+        // REST/JSON and gRPC-Web on an HTTP/1.1 endpoint of their own (the gRPC one is HTTP/2 only).
+        if (webPort == 0)
+            webPort = FreePort(bind);
+        string web = $"http://{bind}:{webPort}";
         var (gateway, worker) = LocalMesh.StartGateway(new Dictionary<string, string> { [name] = service.Urls.First() }, plugins, data,
-            $"http://{bind}:{gatewayPort}", key, logLevel: "Warning");
-        string g = gateway.Urls.First(), hostPort = g["http://".Length..];
+            $"http://{bind}:{gatewayPort}", key, logLevel: "Warning",
+            extra: new() { ["Kestrel:Endpoints:Web:Url"] = web, ["Kestrel:Endpoints:Web:Protocols"] = "Http1" });
+        string g = gateway.Urls.First(u => !u.EndsWith($":{webPort}", StringComparison.Ordinal)), hostPort = g["http://".Length..];
+        string bearer = key is null ? "" : " -H \"authorization: Bearer $KEY\"";
         string keyOption = key is null ? "" : " --key $KEY";
         stdout.WriteLine($"up: gateway {g} (model '{name}' from {host.Model!.Source} served at {service.Urls.First()}; an analysis worker runs the plugins from {plugins}; data in {data}); Ctrl-C stops");
         stdout.WriteLine($"  CLI:     interpmesh plugins --server {g}{keyOption}");
         stdout.WriteLine($"           interpmesh run probing --server {g}{keyOption} --params probe.json");
         stdout.WriteLine($"  grpcurl: grpcurl -plaintext {hostPort} list");
         stdout.WriteLine($"           grpcurl -plaintext -d '{{}}' {hostPort} interpmesh.v1.AnalysisService/ListPlugins");
-        stdout.WriteLine($"  Python:  grpc.insecure_channel(\"{hostPort}\") with stubs from protos/interpmesh/v1 (docs/modelservice.md)");
+        stdout.WriteLine($"  Python:  mesh = interpmesh.connect(\"{g}\"{(key is null ? "" : ", key=KEY")}) (pip install ./clients/python; docs/python.md)");
+        stdout.WriteLine($"  REST:    curl{bearer} -H 'interpmesh-model: {name}' {web}/v1/model/info (docs/rest.md)");
         stdout.Flush();
         var lifetime = gateway.Services.GetRequiredService<IHostApplicationLifetime>();
         using var stopping = lifetime.ApplicationStopping.Register(() =>
@@ -93,6 +101,14 @@ internal static class UpCommand
         LocalMesh.Stop(gateway, worker, service);
         stdout.WriteLine("stopped");
         return 0;
+    }
+
+    /// <summary>A port free on <paramref name="bind"/> now (the OS picks it).</summary>
+    private static int FreePort(string bind)
+    {
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.TryParse(bind, out var ip) ? ip : System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
     }
 
     /// <summary>A model's default name: its folder's name, or its file's name without the extension (<c>models/concepts</c> → <c>concepts</c>).</summary>
