@@ -3,6 +3,7 @@ dicts, figures saved, failures as status-named exceptions; artifacts put/get/lis
 from __future__ import annotations
 
 import io
+import sys
 import json
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def test_plugins(mesh: interpmesh.Mesh) -> None:
         mesh.plugin("no-such-plugin")
 
 
-def test_run_probing_with_progress_tables_figures_and_artifacts(mesh: interpmesh.Mesh, model: interpmesh.Model, tmp_path: Path) -> None:
+def test_run_probing_with_progress_tables_figures_and_artifacts(mesh: interpmesh.Mesh, model: interpmesh.Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     progress = io.StringIO()
     job = mesh.run("probing", {"rows": sentiment_rows(64), **PROBE}, model="concepts", progress=progress)
     assert job.state == "SUCCEEDED" and job.done and job.plugin == "probing"
@@ -40,8 +41,15 @@ def test_run_probing_with_progress_tables_figures_and_artifacts(mesh: interpmesh
     assert [row["hook"] for row in per_hook] == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
     assert all(0.5 <= row["accuracy"] <= 1.0 for row in per_hook)
     assert per_hook.column("accuracy") == [row["accuracy"] for row in per_hook]
+    # pandas (Debian's python3-pandas, which .ci/run installs): the same rows as a DataFrame ...
+    frame = per_hook.to_pandas()
+    assert list(frame.columns) == per_hook.columns and len(frame) == len(list(per_hook))
+    assert frame["accuracy"].tolist() == per_hook.column("accuracy")
+    # ... and without it, an ImportError that says what to install.
+    monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ImportError, match="pandas"):
         per_hook.to_pandas()
+    monkeypatch.delitem(sys.modules, "pandas")
     figure = next(iter(result.figures.values()))
     saved = figure.save(tmp_path)
     assert saved.exists() and saved.read_bytes() == figure.content and saved.suffix in (".svg", ".png")
