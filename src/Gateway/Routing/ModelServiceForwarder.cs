@@ -18,7 +18,8 @@ namespace InterpMesh.Gateway.Routing;
 /// are copied both ways without being parsed — an RPC added to the model service needs no code here,
 /// only its role (declared in its proto, or granted by configuration to one newer than this gateway).
 /// <para>
-/// Messages are copied whole (one pooled buffer each way), so a replica failing mid-stream still
+/// Messages are passed whole (a request message through a pooled buffer; a response message written
+/// straight into the client's response once the channel has all of it), so a replica failing mid-stream still
 /// ends the client's call at a message boundary with a proper UNAVAILABLE status. A call that fails
 /// UNAVAILABLE before any response message is retried once on another replica (or, for a
 /// <c>dns:///</c> endpoint, on the channel's next address): nothing has reached the client yet.
