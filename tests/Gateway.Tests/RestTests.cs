@@ -33,6 +33,7 @@ public sealed class RestMeshFixture : IAsyncLifetime
     public int WebPort { get; } = Ports.Free();
     public int CorsWebPort { get; } = Ports.Free();
     public int PagePort { get; } = Ports.Free();
+    public int MetricsPort { get; } = Ports.Free();
 
     /// <summary>The CORS gateway's Gateway:MaxRequestBytes (the default gateway keeps 64 MiB).</summary>
     public int MaxRequestBytes => 4096;
@@ -56,7 +57,10 @@ public sealed class RestMeshFixture : IAsyncLifetime
         string address;
         (service, address) = await Mesh.StartModelServiceAsync(RepoPaths.Models("stories260K/stories260K.bin"));
         string grpc;
-        (gateway, grpc) = await Mesh.StartGatewayAsync([address], PluginsPath, DataPath, settings: Web(WebPort));
+        var settings = Web(WebPort);
+        settings["Kestrel:Endpoints:Metrics:Url"] = $"http://127.0.0.1:{MetricsPort}";
+        settings["Kestrel:Endpoints:Metrics:Protocols"] = "Http1";
+        (gateway, grpc) = await Mesh.StartGatewayAsync([address], PluginsPath, DataPath, settings: settings);
         Channel = Mesh.Channel(grpc);
         var cors = Web(CorsWebPort);
         cors["Gateway:Cors:Origins:0"] = PageOrigin;
@@ -236,6 +240,27 @@ public sealed partial class RestTests(RestMeshFixture mesh) : IClassFixture<Rest
         var cancelled = Parser.Parse<Job>(await RunExample($"JOB_ID={submitted.Id}\n{cancel}", Mesh.AliceKey));
         Assert.Equal(await Analyses.CancelJobAsync(new CancelJobRequest { Id = submitted.Id }, Mesh.As(Mesh.AliceKey)), cancelled);
         Assert.Equal(JobState.Succeeded, cancelled.State);
+    }
+
+    [Fact]
+    public async Task The_metrics_endpoint_serves_metrics_only_not_rest_or_grpc_web()
+    {
+        using var http = new HttpClient();
+        using (var metrics = await http.GetAsync($"http://127.0.0.1:{mesh.MetricsPort}/metrics"))
+        {
+            Assert.Equal(HttpStatusCode.OK, metrics.StatusCode);
+            Assert.Contains("# TYPE", await metrics.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        }
+        using var request = new HttpRequestMessage(HttpMethod.Get, $"http://127.0.0.1:{mesh.MetricsPort}/v1/model/info");
+        request.Headers.Authorization = new("Bearer", Mesh.ReaderKey);
+        using var response = await http.SendAsync(request);
+        Assert.Equal(HttpStatusCode.NotFound, response.StatusCode);
+        Assert.Contains("serves /metrics only", JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement.GetProperty("message").GetString(), StringComparison.Ordinal);
+        // The same call on the Web endpoint answers.
+        using var web = new HttpRequestMessage(HttpMethod.Get, $"{mesh.WebUrl}/v1/model/info");
+        web.Headers.Authorization = new("Bearer", Mesh.ReaderKey);
+        using var answer = await http.SendAsync(web);
+        Assert.Equal(HttpStatusCode.OK, answer.StatusCode);
     }
 
     [Fact]

@@ -46,6 +46,14 @@ public static class WebApi
     public static void UseWebApi(this WebApplication app)
     {
         ArgumentNullException.ThrowIfNull(app);
+        // The metrics endpoint (HTTP/1.1 too, reachable from the monitoring namespace) serves /metrics
+        // only: REST/JSON and gRPC-Web answer on the gateway's other HTTP/1.1 endpoints.
+        if (MetricsPort(app.Configuration) is int metricsPort)
+        {
+            app.Use((context, next) => context.Connection.LocalPort != metricsPort || context.Request.Path == "/metrics" ? next(context)
+                : ErrorAsync(context, StatusCode.NotFound, StatusCodes.Status404NotFound,
+                    $"port {metricsPort} is the gateway's metrics endpoint (Kestrel:Endpoints:Metrics): it serves /metrics only; REST/JSON and gRPC-Web are on its Web endpoint (docs/rest.md)"));
+        }
         if (CorsOrigins(app.Configuration).Length > 0)
             app.UseCors();
         // Enabled per endpoint (GatewayApp: the gateway's services and the forwarded ModelService), not
@@ -114,6 +122,12 @@ public static class WebApi
     /// </summary>
     public static GrpcServiceEndpointConventionBuilder MapModelServiceHttpRoutes(this WebApplication app) =>
         app.MapGrpcService<ModelServiceHttpProxy>();
+
+    /// <summary>The port of <c>Kestrel:Endpoints:Metrics:Url</c>, when one is configured with a fixed port.</summary>
+    private static int? MetricsPort(IConfiguration configuration) =>
+        configuration["Kestrel:Endpoints:Metrics:Url"] is { } url
+            && Uri.TryCreate(url.Replace("://+:", "://0.0.0.0:", StringComparison.Ordinal).Replace("://*:", "://0.0.0.0:", StringComparison.Ordinal), UriKind.Absolute, out var uri)
+            && uri.Port > 0 ? uri.Port : null;
 
     private static string[] CorsOrigins(IConfiguration configuration) =>
         configuration.GetSection($"{GatewayOptions.Section}:Cors:Origins").Get<string[]>() ?? [];
