@@ -6,7 +6,7 @@ using Microsoft.Playwright;
 
 namespace InterpMesh.Gateway.Tests;
 
-/// <summary>The <c>induction</c> toy behind a gateway with its HTTP/1.1 Web endpoint, where the console is served.</summary>
+/// <summary>The <c>induction</c> toy behind a gateway (with its HTTP/1.1 Web endpoint, where the console is served) and a worker with the token-stats plugin.</summary>
 public sealed class ConsoleMeshFixture : IAsyncLifetime
 {
     private WebApplication? service;
@@ -20,6 +20,8 @@ public sealed class ConsoleMeshFixture : IAsyncLifetime
 
     public async Task InitializeAsync()
     {
+        var (tokenStats, _, _) = await PluginBuilds.OutputsAsync();
+        TestPlugins.Copy(tokenStats, Path.Combine(PluginsPath, "token-stats"));
         string address;
         (service, address) = await Mesh.StartModelServiceAsync(RepoPaths.Models("induction"));
         string grpc;
@@ -27,7 +29,7 @@ public sealed class ConsoleMeshFixture : IAsyncLifetime
         {
             ["Kestrel:Endpoints:Web:Url"] = WebUrl,
             ["Kestrel:Endpoints:Web:Protocols"] = "Http1",
-        }, startWorker: false);
+        });
         Channel = Mesh.Channel(grpc);
     }
 
@@ -98,7 +100,8 @@ public sealed class ConsoleTests(ConsoleMeshFixture mesh) : IClassFixture<Consol
         await page.FillAsync("#api-key", Mesh.AliceKey);
         await page.PressAsync("#api-key", "Enter");
         await page.WaitForSelectorAsync("table#jobs");
-        await page.WaitForSelectorAsync("#jobs-note:has-text('No jobs match')");
+        // The first refresh of the list: rows, or the note that none match (the order of the tests decides which).
+        await page.WaitForFunctionAsync("() => document.querySelector('#jobs tbody tr') !== null || document.querySelector('#jobs-note').textContent.includes('No jobs match')");
         Assert.DoesNotContain(Mesh.AliceKey, page.Url, StringComparison.Ordinal);
         await page.ScreenshotAsync(new() { Path = Path.Combine(Shots, "jobs.png") });
         await page.GotoAsync(mesh.WebUrl + "/#/run");
@@ -164,6 +167,61 @@ public sealed class ConsoleTests(ConsoleMeshFixture mesh) : IClassFixture<Consol
         var readout = await page.InnerTextAsync($"table.grid[data-head='{head}'] + .readout");
         Assert.Contains("attends most to", readout, StringComparison.Ordinal);
         await page.ScreenshotAsync(new() { Path = Path.Combine(Shots, "model.png"), FullPage = true });
+        Assert.Empty(problems);
+    }
+
+    [Fact]
+    public async Task A_job_submitted_from_the_generated_form_completes_and_its_table_and_figure_render()
+    {
+        var (playwright, browser) = await BrowserAsync();
+        using var _ = playwright;
+        await using var __ = browser;
+        var page = await browser.NewPageAsync();
+        await page.GotoAsync(mesh.WebUrl + "/");
+        await page.EvaluateAsync("k => sessionStorage.setItem('interpmesh.apiKey', k)", Mesh.AliceKey);
+        await page.GotoAsync(mesh.WebUrl + "/#/run?plugin=token-stats");
+        await page.WaitForSelectorAsync("#param-texts");
+        // The schema's default and description are in the form.
+        Assert.Equal("blocks.*.hook_resid_post", await page.InputValueAsync("#param-hooks"));
+        Assert.Contains("texts to run through the model", await page.InnerTextAsync("[data-field='texts']"), StringComparison.Ordinal);
+
+        // A server validation message lands at the field it names.
+        // (texts is required and left empty: the gateway validates the parameters against the schema at submit.)
+        await page.ClickAsync("#submit-job");
+        var fieldError = await page.WaitForSelectorAsync("[data-error-for='texts']:not(:empty), #form-error .error");
+        Assert.True(await fieldError!.GetAttributeAsync("data-error-for") == "texts", "the server's message was not placed at the field: " + await fieldError.InnerTextAsync());
+        Assert.Contains("texts", await fieldError.InnerTextAsync(), StringComparison.Ordinal);
+
+        var problems = Watch(page);
+        await page.FillAsync("#param-hooks", "blocks.*.hook_resid_post");
+        await page.FillAsync("#param-texts", "t01 t02 t03\nt04 t05 t01 t02");
+        await page.ClickAsync("#submit-job");
+        await page.WaitForSelectorAsync("[data-state='JOB_STATE_SUCCEEDED']", new() { Timeout = 60_000 });
+        await page.WaitForSelectorAsync("table[data-table='norms'] tbody tr");
+        string id = page.Url[(page.Url.IndexOf("#/jobs/", StringComparison.Ordinal) + 7)..];
+        var job = await new AnalysisService.AnalysisServiceClient(mesh.Channel).GetJobAsync(new GetJobRequest { Id = id }, Mesh.As(Mesh.AliceKey));
+        Assert.Equal(JobState.Succeeded, job.State);
+        var rows = System.Text.Json.JsonDocument.Parse(job.Result.Tables.Single(t => t.Name == "norms").RowsJson).RootElement;
+        var cells = await page.EvalOnSelectorAllAsync<string[][]>("table[data-table='norms'] tbody tr", "trs => trs.map(tr => [...tr.cells].map(c => c.textContent))");
+        Assert.Equal(rows.GetArrayLength(), cells.Length);
+        for (int r = 0; r < cells.Length; r++)
+        {
+            Assert.Equal(rows[r][0].GetString(), cells[r][0]);
+            Assert.True(Math.Abs(rows[r][1].GetDouble() - double.Parse(cells[r][1], CultureInfo.InvariantCulture)) <= 1e-4, $"row {r}: {cells[r][1]} vs {rows[r][1]}");
+        }
+        // The SVG figure decoded and drawn as an image.
+        Assert.True(await page.EvalOnSelectorAsync<int>("figure[data-figure='norms'] img", "img => img.complete ? img.naturalWidth : 0") > 0);
+        Assert.Contains("\"t01 t02 t03\"", await page.InnerTextAsync("#job-parameters"), StringComparison.Ordinal);
+        await page.ScreenshotAsync(new() { Path = Path.Combine(Shots, "job.png"), FullPage = true });
+
+        // Listed on the jobs page, filtered by plugin and owner.
+        await page.GotoAsync(mesh.WebUrl + "/#/jobs");
+        await page.WaitForSelectorAsync($"tr[data-job='{id}']");
+        await page.SelectOptionAsync("#filter-plugin", "token-stats");
+        await page.FillAsync("#filter-owner", "nobody");
+        await page.WaitForSelectorAsync("#jobs-note:has-text('No jobs match')");
+        await page.FillAsync("#filter-owner", "alice");
+        await page.WaitForSelectorAsync($"tr[data-job='{id}'] [data-state='JOB_STATE_SUCCEEDED']");
         Assert.Empty(problems);
     }
 }
