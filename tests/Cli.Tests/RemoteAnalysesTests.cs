@@ -211,6 +211,16 @@ public sealed class UpProcessTests
             Assert.True(curl.ExitCode == 0, $"{command}: {await curl.StandardError.ReadToEndAsync()}");
             using (var restInfo = System.Text.Json.JsonDocument.Parse(restOut))
                 Assert.Equal(2, restInfo.RootElement.GetProperty("nLayers").GetInt32());
+            // The console line: the web console's page at the web port's root, with its strict policy.
+            string console = lines.Single(l => l.TrimStart().StartsWith("Console:", StringComparison.Ordinal));
+            Assert.Contains($"http://127.0.0.1:{webPort}/ ", console, StringComparison.Ordinal);
+            using (var http = new HttpClient())
+            using (var page = await http.GetAsync($"http://127.0.0.1:{webPort}/"))
+            {
+                Assert.Equal(System.Net.HttpStatusCode.OK, page.StatusCode);
+                Assert.Contains("default-src 'self'", string.Join(";", page.Headers.GetValues("Content-Security-Policy")), StringComparison.Ordinal);
+                Assert.Contains("/console/app.js", await page.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+            }
             using (var kill = System.Diagnostics.Process.Start("kill", ["-INT", process.Id.ToString()])!)
                 await kill.WaitForExitAsync();
             using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));

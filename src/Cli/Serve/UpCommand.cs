@@ -90,6 +90,7 @@ internal static class UpCommand
         stdout.WriteLine($"           grpcurl -plaintext -d '{{}}' {hostPort} interpmesh.v1.AnalysisService/ListPlugins");
         stdout.WriteLine($"  Python:  mesh = interpmesh.connect(\"{g}\"{(key is null ? "" : ", key=KEY")}) (pip install ./clients/python; docs/python.md)");
         stdout.WriteLine($"  REST:    curl{bearer} -H 'interpmesh-model: {name}' {web}/v1/model/info (docs/rest.md)");
+        stdout.WriteLine($"  Console: {web}/ (web console in a browser; enter your API key there; docs/console.md)");
         stdout.Flush();
         var lifetime = gateway.Services.GetRequiredService<IHostApplicationLifetime>();
         using var stopping = lifetime.ApplicationStopping.Register(() =>

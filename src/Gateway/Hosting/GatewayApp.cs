@@ -102,6 +102,8 @@ public static class GatewayApp
         app.MapModelServiceHttpRoutes();
         app.MapGrpcService<AnalysisEndpoint>().EnableGrpcWeb();
         app.MapGrpcService<ArtifactEndpoint>().EnableGrpcWeb();
+        // The web console at / (docs/console.md).
+        app.MapConsole();
         return app;
     }
 
