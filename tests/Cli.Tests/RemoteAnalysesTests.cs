@@ -247,3 +247,56 @@ public sealed class UpProcessTests
         }
     }
 }
+
+/// <summary>`interpmesh demo --keep`: after the analyses the mesh and its web console stay up until Ctrl-C.</summary>
+public sealed class DemoKeepTests
+{
+    [Fact]
+    public async Task Demo_keep_prints_the_console_url_and_serves_it_until_ctrl_c()
+    {
+        string folder = TempFolders.Create("interpmesh-demo-keep-");
+        // Through Debian's Python, which restores SIGINT's default before exec (see UpProcessTests).
+        var psi = new System.Diagnostics.ProcessStartInfo("/usr/bin/python3",
+            ["-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])",
+             Path.Combine(AppContext.BaseDirectory, "interpmesh"), "demo", "--quick", "--keep", "--report", Path.Combine(folder, "report.html")])
+        { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var process = System.Diagnostics.Process.Start(psi)!;
+        var lines = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var kept = new TaskCompletionSource();
+        var reader = Task.Run(async () =>
+        {
+            while (await process.StandardOutput.ReadLineAsync() is { } line)
+            {
+                lines.Enqueue(line);
+                if (line.StartsWith("keeping the mesh running", StringComparison.Ordinal))
+                    kept.TrySetResult();
+            }
+        });
+        var stderr = process.StandardError.ReadToEndAsync();
+        try
+        {
+            Assert.True(await Task.WhenAny(kept.Task, Task.Delay(300_000)) == kept.Task, $"demo --keep did not reach its keep line: {string.Join(" | ", lines)}");
+            string console = lines.Single(l => l.StartsWith("console: ", StringComparison.Ordinal))["console: ".Length..].Split(' ')[0];
+            Assert.StartsWith("http://127.0.0.1:", console, StringComparison.Ordinal);
+            Assert.Contains("all analyses succeeded", string.Join("\n", lines), StringComparison.Ordinal);
+            // After the analyses, the console still answers: the page with its security policy.
+            using var http = new HttpClient();
+            using var page = await http.GetAsync(console);
+            Assert.Equal(System.Net.HttpStatusCode.OK, page.StatusCode);
+            Assert.Contains("default-src 'self'", string.Join(";", page.Headers.GetValues("Content-Security-Policy")), StringComparison.Ordinal);
+            using (var kill = System.Diagnostics.Process.Start("kill", ["-INT", process.Id.ToString()])!)
+                await kill.WaitForExitAsync();
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            await process.WaitForExitAsync(timeout.Token);
+            await reader;
+            Assert.Contains("stopped", lines);
+            Assert.Equal(0, process.ExitCode);
+        }
+        finally
+        {
+            if (!process.HasExited)
+                process.Kill(entireProcessTree: true);
+            TempFolders.Delete(folder);
+        }
+    }
+}

@@ -5,6 +5,7 @@ using InterpMesh.Cli.CommandLine;
 using InterpMesh.Cli.Report;
 using InterpMesh.Cli.Serve;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Hosting;
 
 namespace InterpMesh.Cli.Demo;
 
@@ -25,13 +26,14 @@ internal static class DemoCommand
         var models = CliOptions.Text("--models", "folder holding concepts/, retrieval/ and induction/ (default: the checkout's models/)", "DIR");
         var plugins = CliOptions.Text("--plugins", "plugins folder (default: the checkout's plugins/)", "DIR");
         var json = CliOptions.Flag("--json", "JSON output");
-        var command = new Command("demo", "Runs the local mesh and every analysis on the toy models; writes an HTML report.") { report, quick, data, threads, models, plugins, json };
+        var keep = CliOptions.Flag("--keep", "keep the mesh and its web console running after the analyses, until Ctrl-C");
+        var command = new Command("demo", "Runs the local mesh and every analysis on the toy models; writes an HTML report.") { report, quick, data, threads, models, plugins, json, keep };
         command.SetAction(r => Run(Path.GetFullPath(r.GetRequiredValue(report)), r.GetValue(quick), r.GetValue(data), r.GetValue(threads) ?? 0, r.GetValue(models), r.GetValue(plugins),
-            r.GetValue(json), console.Out, console.Error));
+            r.GetValue(json), r.GetValue(keep), console.Out, console.Error));
         return command;
     }
 
-    private static int Run(string reportPath, bool quick, string? dataArg, int threads, string? modelsArg, string? pluginsArg, bool json, TextWriter stdout, TextWriter stderr)
+    private static int Run(string reportPath, bool quick, string? dataArg, int threads, string? modelsArg, string? pluginsArg, bool json, bool keep, TextWriter stdout, TextWriter stderr)
     {
         string? repo = LocalMesh.RepositoryOrNull();
         string models = Path.GetFullPath(modelsArg ?? (repo is null ? throw new UsageException("--models DIR (holding concepts/, retrieval/ and induction/) is required outside a checkout") : Path.Combine(repo, "models")));
@@ -57,12 +59,16 @@ internal static class DemoCommand
                 apps.Add(app);
                 endpoints[name] = app.Urls.First();
             }
-            var (gateway, worker) = LocalMesh.StartGateway(endpoints, plugins, data);
+            // The web console (and REST/JSON) on an HTTP/1.1 endpoint of its own, on a free loopback port.
+            string web = $"http://127.0.0.1:{LocalMesh.FreePort("127.0.0.1")}";
+            var (gateway, worker) = LocalMesh.StartGateway(endpoints, plugins, data,
+                extra: new() { ["Kestrel:Endpoints:Web:Url"] = web, ["Kestrel:Endpoints:Web:Protocols"] = "Http1" });
             // Stopped in this order: the gateway, the worker, then the model services.
             apps.Insert(0, worker);
             apps.Insert(0, gateway);
-            string address = gateway.Urls.First();
+            string address = gateway.Urls.First(u => u != web);
             text.WriteLine($"demo: gateway {address} serving {string.Join(", ", names)}, an analysis worker with the plugins in {plugins}{(quick ? " (quick configuration)" : "")}");
+            text.WriteLine($"console: {web}/ (the web console; docs/console.md){(keep ? "" : " — until the demo ends; --keep keeps it running")}");
             var report = new HtmlReport("InterpMesh demo report");
             using var demo = new DemoAnalyses(address, report, text, stderr, quick);
             demo.Probing();
@@ -85,6 +91,13 @@ internal static class DemoCommand
             }
             if (!ok)
                 stderr.WriteLine("error: at least one analysis failed; the report says which and why");
+            if (keep)
+            {
+                text.WriteLine($"keeping the mesh running: the console at {web}/, the gateway at {address}; Ctrl-C stops");
+                text.Flush();
+                gateway.WaitForShutdownAsync().GetAwaiter().GetResult();
+                text.WriteLine("stopped");
+            }
             return ok ? 0 : 1;
         }
         finally

@@ -72,5 +72,13 @@ internal static class LocalMesh
         }
     }
 
+    /// <summary>A port free on <paramref name="bind"/> now (the OS picks it).</summary>
+    public static int FreePort(string bind)
+    {
+        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.TryParse(bind, out var ip) ? ip : System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+    }
+
     public static void Stop(params WebApplication[] apps) => LocalHosts.StopAsync(apps).GetAwaiter().GetResult();
 }

@@ -75,7 +75,7 @@ internal static class UpCommand
         // Local use: auth off unless a key is given (the gateway logs a warning when it is off).
         // REST/JSON and gRPC-Web on an HTTP/1.1 endpoint of their own (the gRPC one is HTTP/2 only).
         if (webPort == 0)
-            webPort = FreePort(bind);
+            webPort = LocalMesh.FreePort(bind);
         string web = $"http://{bind}:{webPort}";
         var (gateway, worker) = LocalMesh.StartGateway(new Dictionary<string, string> { [name] = service.Urls.First() }, plugins, data,
             $"http://{bind}:{gatewayPort}", key, logLevel: "Warning",
@@ -102,14 +102,6 @@ internal static class UpCommand
         LocalMesh.Stop(gateway, worker, service);
         stdout.WriteLine("stopped");
         return 0;
-    }
-
-    /// <summary>A port free on <paramref name="bind"/> now (the OS picks it).</summary>
-    private static int FreePort(string bind)
-    {
-        using var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.TryParse(bind, out var ip) ? ip : System.Net.IPAddress.Loopback, 0);
-        listener.Start();
-        return ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
     }
 
     /// <summary>A model's default name: its folder's name, or its file's name without the extension (<c>models/concepts</c> → <c>concepts</c>).</summary>
