@@ -11,21 +11,16 @@ internal static class Calls
     /// <summary>Runs a request: the captures (one row each: [batch, ...] as arrays) and the result.</summary>
     public static async Task<(Dictionary<string, Act> Captures, RunResult Result)> RunAsync(IModelClient model, RunRequest request, CancellationToken ct)
     {
-        var captures = new Dictionary<string, Act>(StringComparer.Ordinal);
-        RunResult? result = null;
-        await foreach (var output in model.RunAsync(request, ct))
+        var (tensors, gradients, result) = await RunTensorsAsync(model, request, ct);
+        try
         {
-            if (output.Activation is { } t)
-            {
-                using (t)
-                    captures[output.Hook!] = Act.Of(t);
-            }
-            else if (output.Result is { } r)
-            {
-                result = r;
-            }
+            return (tensors.ToDictionary(c => c.Key, c => Act.Of(c.Value), StringComparer.Ordinal), result);
         }
-        return (captures, result ?? throw new InvalidOperationException("the model service sent no result"));
+        finally
+        {
+            foreach (var t in tensors.Values.Concat(gradients.Values))
+                t.Dispose();
+        }
     }
 
     /// <summary>
