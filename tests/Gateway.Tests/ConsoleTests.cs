@@ -45,26 +45,6 @@ public sealed class ConsoleMeshFixture : IAsyncLifetime
 [Collection("gateways")]
 public sealed class ConsoleTests(ConsoleMeshFixture mesh) : IClassFixture<ConsoleMeshFixture>
 {
-    private static string Shots => Directory.CreateDirectory(Path.Combine(AppContext.BaseDirectory, "console-screenshots")).FullName;
-
-    private static async Task<(IPlaywright, IBrowser)> BrowserAsync()
-    {
-        const string chromium = "/usr/bin/chromium";
-        Assert.True(File.Exists(chromium), "Debian's chromium is missing: `apt-get install chromium` (.ci/run installs it)");
-        var playwright = await Playwright.CreateAsync();
-        var browser = await playwright.Chromium.LaunchAsync(new() { ExecutablePath = chromium, Headless = true, Args = ["--no-sandbox", "--disable-gpu"] });
-        return (playwright, browser);
-    }
-
-    private static List<string> Watch(IPage page)
-    {
-        var problems = new List<string>();
-        page.PageError += (_, e) => problems.Add($"page error: {e}");
-        page.Console += (_, m) => { if (m.Type == "error") problems.Add($"console error: {m.Text}"); };
-        page.RequestFailed += (_, r) => problems.Add($"failed request: {r.Url} {r.Failure}");
-        return problems;
-    }
-
     [Fact]
     public async Task The_console_is_served_with_a_strict_csp_a_wrong_key_gets_a_clear_message_and_a_good_key_opens_the_jobs_page()
     {
@@ -77,14 +57,14 @@ public sealed class ConsoleTests(ConsoleMeshFixture mesh) : IClassFixture<Consol
         Assert.DoesNotContain("unsafe-inline", csp, StringComparison.Ordinal);
         Assert.DoesNotContain("<script>", await index.Content.ReadAsStringAsync(), StringComparison.Ordinal);
 
-        var (playwright, browser) = await BrowserAsync();
+        var (playwright, browser) = await Chromium.LaunchAsync();
         using var _ = playwright;
         await using var __ = browser;
         var page = await browser.NewPageAsync();
-        var problems = Watch(page);
+        var problems = Chromium.Watch(page);
         await page.GotoAsync(mesh.WebUrl + "/");
         await page.WaitForSelectorAsync("#api-key");
-        await page.ScreenshotAsync(new() { Path = Path.Combine(Shots, "key.png") });
+        await page.ScreenshotAsync(new() { Path = Path.Combine(Chromium.Screenshots, "key.png") });
         Assert.Empty(problems);
 
         await page.FillAsync("#api-key", "not-a-key");
@@ -93,7 +73,7 @@ public sealed class ConsoleTests(ConsoleMeshFixture mesh) : IClassFixture<Consol
         string text = await message!.InnerTextAsync();
         Assert.Contains("did not accept your API key (401", text, StringComparison.Ordinal);
         Assert.Null(await page.EvaluateAsync<string?>("() => sessionStorage.getItem('interpmesh.apiKey')"));
-        await page.ScreenshotAsync(new() { Path = Path.Combine(Shots, "wrong-key.png") });
+        await page.ScreenshotAsync(new() { Path = Path.Combine(Chromium.Screenshots, "wrong-key.png") });
         Assert.DoesNotContain("not-a-key", page.Url, StringComparison.Ordinal);
 
         problems.Clear();
@@ -103,10 +83,10 @@ public sealed class ConsoleTests(ConsoleMeshFixture mesh) : IClassFixture<Consol
         // The first refresh of the list: rows, or the note that none match (the order of the tests decides which).
         await page.WaitForFunctionAsync("() => document.querySelector('#jobs tbody tr') !== null || document.querySelector('#jobs-note').textContent.includes('No jobs match')");
         Assert.DoesNotContain(Mesh.AliceKey, page.Url, StringComparison.Ordinal);
-        await page.ScreenshotAsync(new() { Path = Path.Combine(Shots, "jobs.png") });
+        await page.ScreenshotAsync(new() { Path = Path.Combine(Chromium.Screenshots, "jobs.png") });
         await page.GotoAsync(mesh.WebUrl + "/#/run");
         await page.WaitForSelectorAsync("#run-form");
-        await page.ScreenshotAsync(new() { Path = Path.Combine(Shots, "run.png") });
+        await page.ScreenshotAsync(new() { Path = Path.Combine(Chromium.Screenshots, "run.png") });
         Assert.Empty(problems);
     }
 
@@ -135,11 +115,11 @@ public sealed class ConsoleTests(ConsoleMeshFixture mesh) : IClassFixture<Consol
         int nq = shape[2], nk = shape[3];
         float At(int q, int k) => BitConverter.ToSingle(data, (((head * nq) + q) * nk + k) * 4);
 
-        var (playwright, browser) = await BrowserAsync();
+        var (playwright, browser) = await Chromium.LaunchAsync();
         using var _ = playwright;
         await using var __ = browser;
         var page = await browser.NewPageAsync();
-        var problems = Watch(page);
+        var problems = Chromium.Watch(page);
         await page.GotoAsync(mesh.WebUrl + "/");
         await page.EvaluateAsync("k => sessionStorage.setItem('interpmesh.apiKey', k)", Mesh.AliceKey);
         await page.GotoAsync(mesh.WebUrl + "/#/model?layer=1&prompt=" + Uri.EscapeDataString(prompt));
@@ -166,14 +146,14 @@ public sealed class ConsoleTests(ConsoleMeshFixture mesh) : IClassFixture<Consol
         await page.HoverAsync($"table.grid[data-head='{head}'] th[data-q='9']");
         var readout = await page.InnerTextAsync($"table.grid[data-head='{head}'] + .readout");
         Assert.Contains("attends most to", readout, StringComparison.Ordinal);
-        await page.ScreenshotAsync(new() { Path = Path.Combine(Shots, "model.png"), FullPage = true });
+        await page.ScreenshotAsync(new() { Path = Path.Combine(Chromium.Screenshots, "model.png"), FullPage = true });
         Assert.Empty(problems);
     }
 
     [Fact]
     public async Task A_job_submitted_from_the_generated_form_completes_and_its_table_and_figure_render()
     {
-        var (playwright, browser) = await BrowserAsync();
+        var (playwright, browser) = await Chromium.LaunchAsync();
         using var _ = playwright;
         await using var __ = browser;
         var page = await browser.NewPageAsync();
@@ -192,7 +172,7 @@ public sealed class ConsoleTests(ConsoleMeshFixture mesh) : IClassFixture<Consol
         Assert.True(await fieldError!.GetAttributeAsync("data-error-for") == "texts", "the server's message was not placed at the field: " + await fieldError.InnerTextAsync());
         Assert.Contains("texts", await fieldError.InnerTextAsync(), StringComparison.Ordinal);
 
-        var problems = Watch(page);
+        var problems = Chromium.Watch(page);
         await page.FillAsync("#param-hooks", "blocks.*.hook_resid_post");
         await page.FillAsync("#param-texts", "t01 t02 t03\nt04 t05 t01 t02");
         await page.ClickAsync("#submit-job");
@@ -212,7 +192,7 @@ public sealed class ConsoleTests(ConsoleMeshFixture mesh) : IClassFixture<Consol
         // The SVG figure decoded and drawn as an image.
         Assert.True(await page.EvalOnSelectorAsync<int>("figure[data-figure='norms'] img", "img => img.complete ? img.naturalWidth : 0") > 0);
         Assert.Contains("\"t01 t02 t03\"", await page.InnerTextAsync("#job-parameters"), StringComparison.Ordinal);
-        await page.ScreenshotAsync(new() { Path = Path.Combine(Shots, "job.png"), FullPage = true });
+        await page.ScreenshotAsync(new() { Path = Path.Combine(Chromium.Screenshots, "job.png"), FullPage = true });
 
         // Listed on the jobs page, filtered by plugin and owner.
         await page.GotoAsync(mesh.WebUrl + "/#/jobs");

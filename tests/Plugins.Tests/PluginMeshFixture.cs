@@ -12,6 +12,9 @@ public abstract class PluginMeshFixture(string modelPath) : IAsyncLifetime
 
     public string DataPath { get; } = Path.Combine(Path.GetTempPath(), "interpmesh-plugin-" + Guid.NewGuid().ToString("N"));
     public Grpc.Net.Client.GrpcChannel Channel { get; private set; } = null!;
+
+    /// <summary>The gateway's HTTP/1.1 Web endpoint (REST routes, gRPC-Web and the web console at <c>/</c>).</summary>
+    public string WebUrl { get; } = $"http://127.0.0.1:{Ports.Free()}";
     public IServiceProvider GatewayServices => gateway!.Services;
 
     /// <summary>The analysis worker (it runs the plugins and saves their artifacts).</summary>
@@ -25,7 +28,11 @@ public abstract class PluginMeshFixture(string modelPath) : IAsyncLifetime
         string address;
         (service, address) = await Mesh.StartModelServiceAsync(await ModelPathAsync());
         // The built-in plugins lay themselves out in <repo>/plugins/ when they build.
-        (gateway, var gatewayAddress) = await Mesh.StartGatewayAsync([address], Path.Combine(RepoPaths.Root, "plugins"), DataPath);
+        (gateway, var gatewayAddress) = await Mesh.StartGatewayAsync([address], Path.Combine(RepoPaths.Root, "plugins"), DataPath, settings: new()
+        {
+            ["Kestrel:Endpoints:Web:Url"] = WebUrl,
+            ["Kestrel:Endpoints:Web:Protocols"] = "Http1",
+        });
         Channel = Mesh.Channel(gatewayAddress);
     }
 

@@ -1,0 +1,104 @@
+// @ts-check
+// InterpMesh web console (docs/console.md): plain ES modules, no dependencies, no build step.
+// It talks to the gateway's REST routes (docs/rest.md) on this origin with the API key the user
+// typed, kept in sessionStorage and sent only in the Authorization header (never in URLs or logs).
+// core.js: the REST call, element creation, errors and tensor decoding every page uses.
+
+export const KEY = 'interpmesh.apiKey';
+export const TERMINAL = new Set(['JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED', 'JOB_STATE_INTERRUPTED']);
+export const POLL_MS = 1000;
+
+/** An error answer of the gateway: the HTTP status and the server's message. */
+export class ApiError extends Error {
+  /** @param {number} status @param {string} message */
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+/**
+ * Calls a REST route; answers the body text, or throws ApiError with the server's message.
+ * @param {string} method @param {string} path @param {unknown} [body] @param {string} [model]
+ */
+export async function api(method, path, body, model) {
+  /** @type {Record<string, string>} */
+  const headers = {};
+  const key = sessionStorage.getItem(KEY);
+  if (key) headers.authorization = 'Bearer ' + key;
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  if (model) headers['interpmesh-model'] = model;
+  const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store' });
+  const text = await r.text();
+  if (!r.ok) {
+    let message = text;
+    try { message = JSON.parse(text).message ?? text; } catch { /* not JSON */ }
+    throw new ApiError(r.status, message || r.statusText);
+  }
+  return text;
+}
+
+/** @param {string} method @param {string} path @param {unknown} [body] @param {string} [model] */
+export async function json(method, path, body, model) { return JSON.parse(await api(method, path, body, model)); }
+
+/**
+ * Creates an element: h('td', {class: 'x', 'data-v': 1}, 'text', child).
+ * Text is always set as text (never parsed as HTML).
+ * @param {string} tag @param {Record<string, unknown>} [attrs] @param {...(Node|string|number|null|undefined)} children
+ * @returns {HTMLElement}
+ */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), /** @type {EventListener} */ (v));
+    else el.setAttribute(k, v === true ? '' : String(v));
+  }
+  for (const c of children) {
+    if (c === null || c === undefined) continue;
+    el.append(typeof c === 'object' ? c : String(c));
+  }
+  return el;
+}
+
+export const main = /** @type {HTMLElement} */ (document.getElementById('main'));
+export const statusLine = /** @type {HTMLElement} */ (document.getElementById('status'));
+/** Bumped on every navigation: a page's polling stops when nav.generation moves on. */
+export const nav = { generation: 0 };
+
+/** @param {...Node} nodes */
+export function show(...nodes) { main.replaceChildren(...nodes); }
+
+/** A clear message for an error, saying what to do for the usual ones. @param {unknown} e */
+export function describe(e) {
+  if (e instanceof ApiError) {
+    if (e.status === 401) return `The gateway did not accept your API key (401 Unauthenticated): ${e.message}. Enter a valid key on the API key page.`;
+    if (e.status === 403) return `Your API key may not do this (403 Permission denied): ${e.message}`;
+    return `${e.message} (HTTP ${e.status})`;
+  }
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** @param {unknown} e */
+export function errorBox(e) {
+  const box = h('p', { class: 'error', role: 'alert' }, describe(e));
+  if (e instanceof ApiError && e.status === 401) box.append(' ', h('a', { href: '#/key' }, 'Enter a key'));
+  return box;
+}
+
+/** @param {string} base64 */
+export function bytes(base64) {
+  const s = atob(base64);
+  const b = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) b[i] = s.charCodeAt(i);
+  return b;
+}
+
+/** Decodes a Tensor or the concatenated chunks of a capture into numbers. @param {Uint8Array} b @param {string} dtype */
+export function decode(b, dtype) {
+  const view = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  /** @type {number[]} */
+  const out = [];
+  if (dtype === 'DTYPE_INT64') for (let i = 0; i + 8 <= b.length; i += 8) out.push(Number(view.getBigInt64(i, true)));
+  else if (dtype === 'DTYPE_INT32') for (let i = 0; i + 4 <= b.length; i += 4) out.push(view.getInt32(i, true));
+  else if (dtype === 'DTYPE_FLOAT32' || !dtype) for (let i = 0; i + 4 <= b.length; i += 4) out.push(view.getFloat32(i, true));
+  else throw new Error(`dtype ${dtype} is not decoded by the console; capture as DTYPE_FLOAT32`);
+  return out;
+}
