@@ -59,6 +59,7 @@ class ArtifactServiceServicer(object):
     """Streams an artifact: first a header with its description, then each file in chunks (of at
     most 1 MiB) in file order. Checksums are verified before anything is sent. NOT_FOUND when
     there is no artifact of that name.
+    REST: the chunks as newline-delimited JSON, file bytes in base64 (docs/rest.md).
     """
     context.set_code(grpc.StatusCode.UNIMPLEMENTED)
     context.set_details('Method not implemented!')
