@@ -109,3 +109,79 @@ public sealed class ProbeFittingTests
         Assert.All(folds, f => Assert.Equal(2, f.Test.Count(i => new[] { 0, 0, 0, 1, 1, 1, 0, 1 }[i] == 1)));
     }
 }
+
+/// <summary>The second thread of a probe fit (<see cref="PassPartner"/>) and the fit that uses it.</summary>
+public sealed class PassPartnerTests
+{
+    [Fact]
+    public void Every_chunk_of_every_pass_runs_exactly_once_and_sums_do_not_depend_on_timing()
+    {
+        const int chunks = 8, passes = 2000;
+        using var partner = new PassPartner(chunks);
+        var counts = new int[chunks];
+        var values = new double[chunks];
+        for (int p = 0; p < passes; p++)
+        {
+            // Every few passes a pause longer than the partner's spin, so it blocks and must be woken.
+            if (p % 500 == 499)
+                Thread.Sleep(5);
+            int pass = p;
+            partner.Run(k =>
+            {
+                Interlocked.Increment(ref counts[k]);
+                values[k] = Math.Sqrt(pass + k);
+            });
+            // Each chunk wrote its value before Run returned.
+            for (int k = 0; k < chunks; k++)
+                Assert.Equal(Math.Sqrt(pass + k), values[k]);
+        }
+        Assert.All(counts, c => Assert.Equal(passes, c));
+    }
+
+    [Fact]
+    public void A_failing_chunk_fails_the_pass_and_the_partner_keeps_working()
+    {
+        using var partner = new PassPartner(4);
+        var e = Assert.Throws<InvalidOperationException>(() => partner.Run(k => { if (k == 2) throw new ArithmeticException("chunk 2"); }));
+        Assert.IsType<ArithmeticException>(e.InnerException);
+        int ran = 0;
+        partner.Run(_ => Interlocked.Increment(ref ran));
+        Assert.Equal(4, ran);
+    }
+
+    [Fact]
+    public void A_fit_shared_with_the_partner_reaches_the_optimum_a_second_computation_checks()
+    {
+        // 4096 × 128 = 512 Ki entries: above LogisticRegression.ParallelEntries, so the partner runs.
+        const int n = 4096, d = 128;
+        Assert.True((long)n * d >= LogisticRegression.ParallelEntries);
+        var rng = new Random(3);
+        var xs = new float[n * d];
+        var ys = new double[n];
+        for (int i = 0; i < n; i++)
+        {
+            ys[i] = i % 2;
+            for (int j = 0; j < d; j++)
+                xs[i * d + j] = (float)(rng.NextDouble() * 2 - 1 + (j < 4 ? (ys[i] - 0.5) * 0.6 : 0));
+        }
+        const double c = 0.5;
+        var (w, b, _) = LogisticRegression.FitL2(xs, n, d, ys, c, tolerance: 1e-8);
+        // The gradient of mean log-loss + ‖w‖²/(2Cn), computed here row by row in one thread: zero at the optimum.
+        var grad = new double[d + 1];
+        for (int i = 0; i < n; i++)
+        {
+            double z = b;
+            for (int j = 0; j < d; j++)
+                z += w[j] * xs[i * d + j];
+            double r = 1 / (1 + Math.Exp(-z)) - ys[i];
+            for (int j = 0; j < d; j++)
+                grad[j] += r * xs[i * d + j] / n;
+            grad[d] += r / n;
+        }
+        for (int j = 0; j < d; j++)
+            grad[j] += w[j] / (c * n);
+        double worst = grad.Max(Math.Abs);
+        Assert.True(worst < 1e-5, $"the gradient at the fitted weights is {worst}, not ~0");
+        Assert.True(w.Take(4).All(v => v > 0.1), "the four informative neurons should carry positive weights");
+    }
+}

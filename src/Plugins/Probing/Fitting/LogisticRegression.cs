@@ -27,7 +27,10 @@ internal static class LogisticRegression
     public const int MaxIterations = 1000;
 
     /// <summary>Matrices with at least this many entries are evaluated on all cores.</summary>
-    public const long ParallelEntries = 1L << 21;
+    public const long ParallelEntries = 1L << 18;
+
+    /// <summary>The chunks a shared pass is cut into (both threads claim them one at a time).</summary>
+    public const int PartnerChunks = 8;
 
     /// <summary>scikit-learn's default <c>tol</c> for <c>LogisticRegression</c>.</summary>
     public const double DefaultTolerance = 1e-4;
@@ -62,9 +65,11 @@ internal static class LogisticRegression
             Array.Copy(init, theta, d + 1);
         else
             theta[d] = Math.Log(rate / (1 - rate));
-        // One evaluation of a small matrix takes a fraction of a millisecond: below 2M entries the
-        // fork/join and a descheduled straggler (on a shared machine) cost more than a second core saves.
-        int parts = (long)n * d < ParallelEntries ? 1 : Math.Clamp(Environment.ProcessorCount, 1, Math.Max(1, n / 256));
+        // A pass over a small matrix takes a fraction of a millisecond: from 256 Ki entries it is cut
+        // into chunks that this thread and a partner that stays awake between passes share
+        // (PassPartner); below, a second thread costs more than it saves.
+        int parts = (long)n * d < ParallelEntries || Environment.ProcessorCount < 2 || n < 64 ? 1 : PartnerChunks;
+        using var partner = parts > 1 ? new PassPartner(parts) : null;
         var partial = new double[parts][];
         for (int part = 0; part < parts; part++)
             partial[part] = new double[d + 1];
@@ -74,10 +79,10 @@ internal static class LogisticRegression
         // share of the gradient (the pass is memory-bound, so a second pass would double the cost).
         (double F, double[] G) Evaluate(double[] t)
         {
-            if (parts == 1)
+            if (partner is null)
                 Part(t, 0);
             else
-                Parallel.For(0, parts, part => Part(t, part));
+                partner.Run(part => Part(t, part));
             var total = new double[d + 1];
             foreach (var g in partial)
                 for (int j = 0; j <= d; j++)
