@@ -102,3 +102,32 @@ export function decode(b, dtype) {
   else throw new Error(`dtype ${dtype} is not decoded by the console; capture as DTYPE_FLOAT32`);
   return out;
 }
+
+/**
+ * Reads an artifact (GET /v1/artifacts/{name}: a header, then each file's chunks as
+ * newline-delimited JSON, data in base64); answers its description and each file's bytes.
+ * @param {string} name
+ * @returns {Promise<{info: any, files: Map<string, Uint8Array>}>}
+ */
+export async function artifact(name) {
+  const text = await api('GET', '/v1/artifacts/' + name.split('/').map(encodeURIComponent).join('/'));
+  let info = null;
+  /** @type {Map<string, Uint8Array>} */
+  const files = new Map();
+  for (const line of text.split('\n')) {
+    if (!line.trim()) continue;
+    const m = JSON.parse(line);
+    if (m.header) {
+      info = m.header;
+      for (const f of info.files ?? []) files.set(f.name, new Uint8Array(Number(f.bytes ?? 0)));
+    } else if (m.data) {
+      const target = files.get(m.data.file);
+      if (!target) throw new Error(`artifact ${name}: data for ${m.data.file}, which its header does not list`);
+      target.set(bytes(m.data.data ?? ''), Number(m.data.offset ?? 0));
+    } else if (m.message) {
+      throw new ApiError(500, m.message);
+    }
+  }
+  if (!info) throw new Error(`artifact ${name}: the gateway sent no header`);
+  return { info, files };
+}

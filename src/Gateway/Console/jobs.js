@@ -1,5 +1,5 @@
 // @ts-check
-import { TERMINAL, POLL_MS, api, json, h, show, errorBox, statusLine, nav } from './core.js';
+import { TERMINAL, POLL_MS, api, json, h, show, errorBox, statusLine, nav, artifact } from './core.js';
 
 // ---------------------------------------------------------------- jobs list
 
@@ -121,13 +121,39 @@ export async function jobPage(id) {
           h('h2', {}, 'Tables'), ...(r.tables?.length ? r.tables.map(resultTable) : [h('p', {}, 'None.')]),
           h('h2', {}, 'Figures'), ...(r.figures?.length ? r.figures.map(resultFigure) : [h('p', {}, 'None.')]),
           h('h2', {}, 'Artifacts'), r.artifacts?.length
-            ? h('ul', { id: 'job-artifacts' }, ...r.artifacts.map((/** @type {string} */ a) => h('li', {}, h('code', {}, a))))
-            : h('p', {}, 'None.'),
-          r.artifacts?.length ? h('p', {}, 'Fetch artifacts with the CLI (interpmesh artifacts) or the ArtifactService; the console does not download them yet.') : '');
+            ? h('ul', { id: 'job-artifacts' }, ...r.artifacts.map(artifactItem))
+            : h('p', {}, 'None.'));
       }
       return;
     }
     window.setTimeout(loop, POLL_MS);
   };
   loop();
+}
+
+/**
+ * An artifact of a job: its name and a button that fetches it and offers each of its files for
+ * download (the key goes in the Authorization header, so a plain link cannot fetch it).
+ * @param {string} name
+ */
+function artifactItem(name) {
+  const files = h('ul', { class: 'artifact-files', 'data-files-of': name });
+  const button = /** @type {HTMLButtonElement} */ (h('button', { type: 'button', 'data-artifact': name }, 'Show files'));
+  button.addEventListener('click', async () => {
+    button.disabled = true;
+    files.replaceChildren(h('li', {}, 'Loading…'));
+    try {
+      const a = await artifact(name);
+      files.replaceChildren(...[...a.files].map(([file, data]) => {
+        const base = file.split('/').pop() ?? file;
+        const link = h('a', { href: URL.createObjectURL(new Blob([data.slice().buffer])), download: base, 'data-file': file }, `Download ${file}`);
+        return h('li', {}, link, ` (${data.length.toLocaleString()} bytes)`);
+      }));
+      if (!a.files.size) files.replaceChildren(h('li', {}, 'No files.'));
+    } catch (e) {
+      files.replaceChildren(h('li', {}, errorBox(e)));
+      button.disabled = false;
+    }
+  });
+  return h('li', {}, h('code', {}, name), ' ', button, files);
 }

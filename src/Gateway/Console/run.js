@@ -76,6 +76,30 @@ class FieldError extends Error {
   constructor(field, message) { super(message); this.field = field; }
 }
 
+/** The fields of an object schema (without the discriminator). @param {any} schema @param {string} [skip] */
+function fieldsOf(schema, skip) {
+  const required = new Set(schema.required ?? []);
+  return Object.entries(schema.properties ?? {}).filter(([name]) => name !== skip).map(([name, s]) => field(s, name, required.has(name)));
+}
+
+/**
+ * The modes of a polymorphic schema: its anyOf/oneOf branches when every branch fixes one and the
+ * same property with `const` (as the SDK's `[JsonPolymorphic]` parameters are exported); else null.
+ * @param {any} schema
+ * @returns {{property: string, description?: string, fallback?: string, forms: {value: string, schema: any}[]} | null}
+ */
+function modesOf(schema) {
+  const branches = schema.oneOf ?? schema.anyOf;
+  if (!Array.isArray(branches) || branches.length === 0) return null;
+  const first = branches[0]?.properties ?? {};
+  const property = Object.keys(first).find(k => first[k] && 'const' in first[k]
+    && branches.every((/** @type {any} */ b) => b?.properties?.[k] && 'const' in b.properties[k]));
+  if (!property) return null;
+  const forms = branches.map((/** @type {any} */ b) => ({ value: String(b.properties[property].const), schema: b }));
+  const fallback = forms.find(f => f.schema.properties[property].default !== undefined)?.value ?? schema.properties?.[property]?.default;
+  return { property, description: schema.properties?.[property]?.description, fallback, forms };
+}
+
 export async function runPage() {
   const gen = nav.generation;
   const pluginSelect = /** @type {HTMLSelectElement} */ (h('select', { id: 'run-plugin', required: true }));
@@ -102,8 +126,31 @@ export async function runPage() {
     if (!p) { fields.replaceChildren(); return; }
     about.textContent = `${p.description} (version ${p.version})`;
     try { schema = JSON.parse(p.parameterSchemaJson || '{}'); } catch { schema = {}; }
-    const required = new Set(schema.required ?? []);
-    fields.replaceChildren(...Object.entries(schema.properties ?? {}).map(([name, s]) => field(s, name, required.has(name))));
+    const modes = modesOf(schema);
+    if (!modes) {
+      form.dataset.mode = '';
+      fields.replaceChildren(...fieldsOf(schema));
+      return;
+    }
+    // One form per mode (anyOf/oneOf whose branches fix a discriminator with `const`): a selector
+    // for the mode, then the chosen branch's own fields.
+    const id = `param-${modes.property}`;
+    const select = /** @type {HTMLSelectElement} */ (h('select', { id, name: modes.property, 'data-mode-selector': 'true', 'aria-describedby': `${id}-help ${id}-error` },
+      ...modes.forms.map(f => h('option', { value: f.value, selected: f.value === modes.fallback }, f.value === modes.fallback ? `${f.value} (default)` : f.value))));
+    const branch = h('div', { id: 'mode-fields' });
+    const pick = () => {
+      const f = modes.forms.find(x => x.value === select.value) ?? modes.forms[0];
+      form.dataset.mode = f.value;
+      branch.replaceChildren(...fieldsOf(f.schema, modes.property));
+    };
+    select.addEventListener('change', pick);
+    fields.replaceChildren(h('div', { class: 'field', 'data-field': modes.property },
+      h('label', { for: id }, modes.property), select,
+      h('small', { id: `${id}-help` }, modes.description ?? `Which analysis; each ${modes.property} has its own parameters.`),
+      h('p', { class: 'field-error', id: `${id}-error`, role: 'alert', 'data-error-for': modes.property })), branch);
+    const wantedMode = new URLSearchParams(location.hash.split('?')[1] ?? '').get(modes.property);
+    if (wantedMode && modes.forms.some(f => f.value === wantedMode)) select.value = wantedMode;
+    pick();
   };
   pluginSelect.addEventListener('change', build);
   build();
@@ -115,6 +162,7 @@ export async function runPage() {
     const parameters = {};
     try {
       for (const c of /** @type {NodeListOf<HTMLInputElement>} */ (fields.querySelectorAll('input, select, textarea'))) {
+        if (c.dataset.modeSelector) { parameters[c.name] = c.value; continue; }
         const v = valueOf(c);
         if (v !== undefined) parameters[c.name] = v;
       }
@@ -127,7 +175,7 @@ export async function runPage() {
       location.hash = `#/jobs/${encodeURIComponent(job.id)}`;
     } catch (e) {
       // The server's validation message, at the field it names when it names one.
-      const names = Object.keys(schema.properties ?? {}).sort((a, b) => b.length - a.length);
+      const names = [...fields.querySelectorAll('[data-field]')].map(f => /** @type {HTMLElement} */ (f).dataset.field ?? '').sort((a, b) => b.length - a.length);
       const msg = e instanceof Error ? e.message : String(e);
       const named = e instanceof ApiError && e.status === 400 ? names.find(n => new RegExp(`(^|[^A-Za-z0-9_])${n}([^A-Za-z0-9_]|$)`).test(msg)) : undefined;
       if (named) showFieldError(named, msg);
