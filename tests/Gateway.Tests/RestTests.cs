@@ -243,6 +243,69 @@ public sealed partial class RestTests(RestMeshFixture mesh) : IClassFixture<Rest
     }
 
     [Fact]
+    public async Task Artifacts_listed_and_read_over_curl_are_what_grpc_stored()
+    {
+        // Stored over gRPC (the independent path): a file over two of GetArtifact's 1 MiB chunks and a small one.
+        var rng = new Random(11);
+        var weights = new byte[2_500_000];
+        rng.NextBytes(weights);
+        var info = Encoding.UTF8.GetBytes("{\"hook\": \"blocks.0.hook_resid_post\"}");
+        var artifacts = new ArtifactService.ArtifactServiceClient(mesh.Channel);
+        using (var put = artifacts.PutArtifact(Mesh.As(Mesh.AliceKey)))
+        {
+            await put.RequestStream.WriteAsync(new ArtifactChunk { Header = new ArtifactInfo
+            {
+                Name = "probes/rest-example",
+                MetadataJson = "{\"kind\": \"probe\"}",
+                Files = { new ArtifactFileInfo { Name = "tensors.safetensors", Bytes = weights.Length }, new ArtifactFileInfo { Name = "info.json", Bytes = info.Length } },
+            } });
+            for (int offset = 0; offset < weights.Length; offset += 1 << 20)
+                await put.RequestStream.WriteAsync(new ArtifactChunk { Data = new FileData { File = "tensors.safetensors", Offset = offset, Data = ByteString.CopyFrom(weights, offset, Math.Min(1 << 20, weights.Length - offset)) } });
+            await put.RequestStream.WriteAsync(new ArtifactChunk { Data = new FileData { File = "info.json", Data = ByteString.CopyFrom(info) } });
+            await put.RequestStream.CompleteAsync();
+            await put.ResponseAsync;
+        }
+
+        var listed = Parser.Parse<ListArtifactsResponse>(await RunExample(Example("list-artifacts"), Mesh.ReaderKey));
+        var grpcList = await artifacts.ListArtifactsAsync(new ListArtifactsRequest { Prefix = "probes/", PageSize = 10 }, Mesh.As(Mesh.ReaderKey));
+        Assert.Equal(grpcList, listed);
+        var listedInfo = Assert.Single(listed.Artifacts, a => a.Name == "probes/rest-example");
+        Assert.Equal(weights.Length, listedInfo.Files.Single(f => f.Name == "tensors.safetensors").Bytes);
+
+        // Read as the docs say, the files written by their one-liner into a fresh folder.
+        var get = Example("get-artifact");
+        Assert.Matches(@"(?m)^ARTIFACT=\.\.\.", get);
+        string folder = Directory.CreateTempSubdirectory("interpmesh-rest-artifact-").FullName;
+        try
+        {
+            var script = $"cd '{folder}'\n" + Regex.Replace(get, @"(?m)^ARTIFACT=\.\.\.", "ARTIFACT=probes/rest-example");
+            var printed = await RunExample(script, Mesh.ReaderKey);
+            Assert.Contains($"tensors.safetensors {weights.Length}", printed, StringComparison.Ordinal);
+            Assert.Equal(weights, await File.ReadAllBytesAsync(Path.Combine(folder, "tensors.safetensors")));
+            Assert.Equal(info, await File.ReadAllBytesAsync(Path.Combine(folder, "info.json")));
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+
+        // The lines themselves are the messages gRPC streams, in the same order.
+        var lines = (await RunExample($"curl -s -H \"Authorization: Bearer $INTERPMESH_API_KEY\" \"$INTERPMESH_URL/v1/artifacts/probes/rest-example\"", Mesh.ReaderKey))
+            .Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => Parser.Parse<ArtifactChunk>(l)).ToList();
+        var grpcChunks = new List<ArtifactChunk>();
+        using (var call = artifacts.GetArtifact(new GetArtifactRequest { Name = "probes/rest-example" }, Mesh.As(Mesh.ReaderKey)))
+            await foreach (var chunk in call.ResponseStream.ReadAllAsync())
+                grpcChunks.Add(chunk);
+        Assert.Equal(grpcChunks, lines);
+        Assert.True(lines.Count >= 4, $"expected a header and at least three data chunks, got {lines.Count} lines");
+
+        // An unknown name: 404 with the server's message.
+        var missing = await RunExample("curl -s -w '\\nHTTP %{http_code}\\n' -H \"Authorization: Bearer $INTERPMESH_API_KEY\" \"$INTERPMESH_URL/v1/artifacts/probes/no-such\"", Mesh.ReaderKey);
+        Assert.EndsWith("HTTP 404", missing.TrimEnd(), StringComparison.Ordinal);
+        Assert.Contains("probes/no-such", missing, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task The_metrics_endpoint_serves_metrics_only_not_rest_or_grpc_web()
     {
         using var http = new HttpClient();
