@@ -234,6 +234,11 @@ public sealed partial class RestTests(RestMeshFixture mesh) : IClassFixture<Rest
         Assert.Contains(listed.Jobs, j => j.Id == submitted.Id);
         Assert.All(listed.Jobs, j => Assert.Equal("token-stats", j.Plugin));
 
+        // Watching the finished job answers one line: its final record.
+        var watchLines = (await RunExample($"JOB_ID={submitted.Id}\n{Example("watch-job")}", Mesh.AliceKey)).Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        var finishedEvent = Parser.Parse<JobEvent>(Assert.Single(watchLines));
+        Assert.Equal(grpc, finishedEvent.Finished);
+
         // Cancelling the finished job answers its record, as gRPC's CancelJob does.
         var cancel = Example("cancel-job");
         Assert.Contains("$JOB_ID", cancel, StringComparison.Ordinal);

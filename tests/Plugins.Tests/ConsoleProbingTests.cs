@@ -123,12 +123,18 @@ public sealed class ConsoleProbingTests(ConceptsMeshFixture mesh) : IClassFixtur
         using var _ = playwright;
         await using var __ = browser;
         var problems = Chromium.Watch(page);
+        var requests = new List<string>();
+        page.Request += (_, r) => requests.Add(r.Url);
         await page.GotoAsync($"{mesh.WebUrl}/#/jobs/{job.Id}");
         await page.WaitForSelectorAsync("#job-state [data-state='JOB_STATE_RUNNING']", new() { Timeout = 60_000 });
+        // Training progress arrives over the watch stream (every 10 steps), not by polling the record.
+        await page.WaitForFunctionAsync("() => document.querySelectorAll('#job-log li').length >= 3", null, new() { Timeout = 60_000 });
         Assert.True(await page.IsVisibleAsync("#cancel-job"));
         await page.ClickAsync("#cancel-job");
         await page.WaitForSelectorAsync("#job-state [data-state='JOB_STATE_CANCELLED']", new() { Timeout = 60_000 });
         Assert.False(await page.IsVisibleAsync("#cancel-job"), "a finished job still offers Cancel");
+        Assert.Equal(1, requests.Count(u => u.EndsWith($"/v1/jobs/{job.Id}", StringComparison.Ordinal)));
+        Assert.Equal(1, requests.Count(u => u.EndsWith($"/v1/jobs/{job.Id}:watch", StringComparison.Ordinal)));
         var final = await analysis.GetJobAsync(new GetJobRequest { Id = job.Id }, Mesh.As(Mesh.AliceKey));
         Assert.Equal(JobState.Cancelled, final.State);
         // The progress log recorded the states the page saw.

@@ -131,3 +131,37 @@ export async function artifact(name) {
   if (!info) throw new Error(`artifact ${name}: the gateway sent no header`);
   return { info, files };
 }
+
+/**
+ * Calls a streamed REST route (newline-delimited JSON) and hands each message to onMessage as it
+ * arrives; onMessage answers false to stop reading. Throws ApiError for an error answer.
+ * @param {string} method @param {string} path @param {(m: any) => boolean | void} onMessage
+ */
+export async function stream(method, path, onMessage) {
+  /** @type {Record<string, string>} */
+  const headers = {};
+  const key = sessionStorage.getItem(KEY);
+  if (key) headers.authorization = 'Bearer ' + key;
+  const r = await fetch(path, { method, headers, cache: 'no-store' });
+  if (!r.ok || !r.body) {
+    const text = await r.text();
+    let message = text;
+    try { message = JSON.parse(text).message ?? text; } catch { /* not JSON */ }
+    throw new ApiError(r.status, message || r.statusText);
+  }
+  const reader = r.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = '';
+  for (;;) {
+    const { done, value } = await reader.read();
+    buffer += done ? decoder.decode() : decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf('\n')) >= 0) {
+      const line = buffer.slice(0, end);
+      buffer = buffer.slice(end + 1);
+      if (line.trim() && onMessage(JSON.parse(line)) === false) { await reader.cancel(); return; }
+    }
+    if (done) break;
+  }
+  if (buffer.trim()) onMessage(JSON.parse(buffer));
+}

@@ -1,5 +1,5 @@
 // @ts-check
-import { TERMINAL, POLL_MS, api, json, h, show, errorBox, statusLine, nav, artifact } from './core.js';
+import { TERMINAL, POLL_MS, ApiError, api, json, h, show, errorBox, statusLine, nav, artifact, stream } from './core.js';
 
 // ---------------------------------------------------------------- jobs list
 
@@ -94,11 +94,8 @@ export async function jobPage(id) {
     try { await api('POST', `/v1/jobs/${encodeURIComponent(id)}:cancel`); statusLine.textContent = `Cancel requested for ${id}.`; }
     catch (e) { note.replaceChildren(errorBox(e)); }
   });
-  const loop = async () => {
-    if (gen !== nav.generation) return;
-    let job;
-    try { job = await json('GET', `/v1/jobs/${encodeURIComponent(id)}`); } catch (e) { note.replaceChildren(errorBox(e)); return; }
-    if (gen !== nav.generation) return;
+  /** Shows a job record; answers whether it has finished. @param {any} job */
+  const render = (job) => {
     head.replaceChildren(h('dl', { class: 'info' },
       h('dt', {}, 'Plugin'), h('dd', {}, job.plugin), h('dt', {}, 'Model'), h('dd', {}, job.model || '(default)'),
       h('dt', {}, 'Owner'), h('dd', {}, job.owner), h('dt', {}, 'State'), h('dd', { id: 'job-state' }, stateCell(job)),
@@ -124,11 +121,45 @@ export async function jobPage(id) {
             ? h('ul', { id: 'job-artifacts' }, ...r.artifacts.map(artifactItem))
             : h('p', {}, 'None.'));
       }
-      return;
     }
-    window.setTimeout(loop, POLL_MS);
+    return done;
   };
-  loop();
+  /** @returns {Promise<any>} */
+  const fetchJob = () => json('GET', `/v1/jobs/${encodeURIComponent(id)}`);
+  // The record, then its events as they happen (GET /v1/jobs/{id}:watch, streamed); should the
+  // stream break off before the end (a gateway restarting), polling takes over.
+  const follow = async () => {
+    let job;
+    try { job = await fetchJob(); } catch (e) { note.replaceChildren(errorBox(e)); return; }
+    if (gen !== nav.generation || render(job)) return;
+    let finished = false;
+    try {
+      await stream('GET', `/v1/jobs/${encodeURIComponent(id)}:watch`, (m) => {
+        if (gen !== nav.generation) return false;
+        if (m.progress) {
+          job = { ...job, state: m.progress.state ?? job.state, progress: m.progress.fraction ?? 0, message: m.progress.message ?? '' };
+          render(job);
+        } else if (m.finished) {
+          finished = true;
+          render(m.finished);
+        } else if (m.message) {
+          throw new ApiError(m.code === 5 ? 404 : 500, m.message);
+        }
+        return true;
+      });
+    } catch (e) {
+      if (e instanceof ApiError && e.status !== 500) { note.replaceChildren(errorBox(e)); return; }
+    }
+    if (!finished) window.setTimeout(poll, POLL_MS);
+  };
+  const poll = async () => {
+    if (gen !== nav.generation) return;
+    let job;
+    try { job = await fetchJob(); } catch (e) { note.replaceChildren(errorBox(e)); return; }
+    if (gen !== nav.generation || render(job)) return;
+    window.setTimeout(poll, POLL_MS);
+  };
+  follow();
 }
 
 /**

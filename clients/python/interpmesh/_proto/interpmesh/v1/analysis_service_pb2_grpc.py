@@ -106,6 +106,7 @@ class AnalysisServiceServicer(object):
   def WatchJob(self, request, context):
     """Streams a job's progress from now on, then its final record. Ends at once, with the final
     record, for a job that has already finished.
+    REST: the events as newline-delimited JSON, each line sent as it happens (docs/rest.md).
     """
     context.set_code(grpc.StatusCode.UNIMPLEMENTED)
     context.set_details('Method not implemented!')
