@@ -12,7 +12,17 @@ using Microsoft.Playwright;
 namespace InterpMesh.Plugins.Tests;
 
 /// <summary>The "concepts" toy behind a gateway (console on its Web endpoint) and a worker with the built-in plugins.</summary>
-public sealed class ConsoleSaeSteerFixture() : PluginMeshFixture(RepoPaths.Models("concepts"));
+public sealed class ConsoleSaeSteerFixture() : PluginMeshFixture(RepoPaths.Models("concepts"))
+{
+    private Task<Job>? trained;
+
+    /// <summary>The small SAE both tests browse, trained once (a TopK SAE on blocks.0.hook_resid_post, 40 steps).</summary>
+    public Task<Job> TrainedSae => trained ??= RunAsync("sae", JsonSerializer.Serialize(new
+    {
+        hook = "blocks.0.hook_resid_post", texts = ConsoleSaeSteerTests.Sentences(80, 1), architecture = "topk", d_sae = 64, k = 4,
+        steps = 40, batch_tokens = 64, save_as = ConsoleSaeSteerTests.Sae,
+    }));
+}
 
 /// <summary>
 /// The console's SAE feature browser and steering playground (docs/console.md) in Debian's headless
@@ -20,10 +30,10 @@ public sealed class ConsoleSaeSteerFixture() : PluginMeshFixture(RepoPaths.Model
 /// </summary>
 public sealed class ConsoleSaeSteerTests(ConsoleSaeSteerFixture mesh) : IClassFixture<ConsoleSaeSteerFixture>
 {
-    private const string Sae = "saes/console";
+    internal const string Sae = "saes/console";
 
     /// <summary>Sentences of the concepts toy's grammar.</summary>
-    private static List<string> Sentences(int n, int seed)
+    internal static List<string> Sentences(int n, int seed)
     {
         string[] nouns = ["dog", "cat", "bird", "horse", "apple", "cake", "pie", "soup", "ball", "game", "team", "race"];
         string[] pos = ["happy", "good", "bright", "warm", "kind"], neg = ["sad", "bad", "dark", "cold", "cruel"];
@@ -60,24 +70,62 @@ public sealed class ConsoleSaeSteerTests(ConsoleSaeSteerFixture mesh) : IClassFi
         return (text.ToString(), receipts);
     }
 
+    /// <summary>An ADD of coefficient × a saved vector's tensor, as float32 (the vector read by the worker's artifact store, not the page).</summary>
+    private async Task<Intervention> AddAsync(string artifact, string tensor, double coefficient, int layer)
+    {
+        float[] direction;
+        var loaded = await mesh.WorkerServices.GetRequiredService<PluginArtifacts>().LoadTensorsAsync(artifact);
+        try
+        {
+            direction = loaded[tensor].data<float>().ToArray();
+        }
+        finally
+        {
+            foreach (var t in loaded.Values)
+                t.Dispose();
+        }
+        var scaled = direction.Select(v => (float)(coefficient * v)).ToArray();
+        var bytes = new byte[scaled.Length * 4];
+        Buffer.BlockCopy(scaled, 0, bytes, 0, bytes.Length);
+        return new Intervention
+        {
+            Hook = $"blocks.{layer}.hook_resid_post", Op = InterventionOp.Add,
+            Value = new Tensor { Shape = { scaled.Length }, Dtype = DType.Float32, Data = ByteString.CopyFrom(bytes) },
+        };
+    }
+
+    /// <summary>The steered generation's receipt on the page equals the gRPC one, which changed something.</summary>
+    private static async Task AssertReceiptAsync(IPage page, InterventionReceipt receipt)
+    {
+        Assert.True(receipt.ElementsChanged > 0);
+        Assert.True(receipt.L2Norm > 0);
+        Assert.Equal(receipt.ElementsChanged.ToString(CultureInfo.InvariantCulture), await page.GetAttributeAsync("#receipt", "data-elements"));
+        double shownNorm = double.Parse((await page.GetAttributeAsync("#receipt", "data-norm"))!, CultureInfo.InvariantCulture);
+        Assert.True(Math.Abs(shownNorm - receipt.L2Norm) <= 1e-4 * Math.Max(1, receipt.L2Norm), $"receipt norm: page {shownNorm}, gRPC {receipt.L2Norm}");
+        Assert.Equal(receipt.ElementsChanged.ToString(CultureInfo.InvariantCulture), await page.InnerTextAsync("#receipt-elements"));
+    }
+
+    /// <summary>A page with the API key in the tab's session storage, failing the test on console errors and failed requests.</summary>
+    private async Task<(IPage Page, List<string> Problems)> OpenAsync(IBrowser browser)
+    {
+        var page = await browser.NewPageAsync();
+        var problems = Chromium.Watch(page);
+        await page.GotoAsync(mesh.WebUrl + "/");
+        await page.EvaluateAsync("k => sessionStorage.setItem('interpmesh.apiKey', k)", Mesh.AliceKey);
+        return (page, problems);
+    }
+
     [Fact]
     public async Task A_feature_browsed_in_the_console_shows_what_inspect_returns_and_steers_a_generation_as_grpc_does()
     {
-        var train = await mesh.RunAsync("sae", JsonSerializer.Serialize(new
-        {
-            hook = "blocks.0.hook_resid_post", texts = Sentences(80, 1), architecture = "topk", d_sae = 64, k = 4,
-            steps = 40, batch_tokens = 64, save_as = Sae,
-        }));
+        var train = await mesh.TrainedSae;
         Assert.True(train.State == JobState.Succeeded, train.Error);
         var texts = Sentences(12, 7);
 
         var (playwright, browser) = await Chromium.LaunchAsync();
         using var _ = playwright;
         await using var __ = browser;
-        var page = await browser.NewPageAsync();
-        var problems = Chromium.Watch(page);
-        await page.GotoAsync(mesh.WebUrl + "/");
-        await page.EvaluateAsync("k => sessionStorage.setItem('interpmesh.apiKey', k)", Mesh.AliceKey);
+        var (page, problems) = await OpenAsync(browser);
 
         // The browser: features ranked by density on the texts.
         await page.GotoAsync(mesh.WebUrl + "/#/sae");
@@ -156,35 +204,61 @@ public sealed class ConsoleSaeSteerTests(ConsoleSaeSteerFixture mesh) : IClassFi
         string vector = (await page.GetAttributeAsync("#vector-ready", "data-vector"))!;
         string tensor = (await page.GetAttributeAsync("#vector-ready", "data-tensor"))!;
         Assert.Equal("mean_diff.0", tensor);
-        float[] direction;
-        var loaded = await mesh.WorkerServices.GetRequiredService<PluginArtifacts>().LoadTensorsAsync(vector);
-        try
-        {
-            direction = loaded[tensor].data<float>().ToArray();
-        }
-        finally
-        {
-            foreach (var t in loaded.Values)
-                t.Dispose();
-        }
-        var scaled = direction.Select(v => (float)(coefficient * v)).ToArray();
-        var bytes = new byte[scaled.Length * 4];
-        Buffer.BlockCopy(scaled, 0, bytes, 0, bytes.Length);
-        var add = new Intervention
-        {
-            Hook = "blocks.0.hook_resid_post", Op = InterventionOp.Add,
-            Value = new Tensor { Shape = { scaled.Length }, Dtype = DType.Float32, Data = ByteString.CopyFrom(bytes) },
-        };
-        var (grpcSteered, receipts) = await GenerateAsync(prompt, tokens, add);
+        var (grpcSteered, receipts) = await GenerateAsync(prompt, tokens, await AddAsync(vector, tensor, coefficient, 0));
         Assert.Equal(grpcSteered, await page.EvalOnSelectorAsync<string>("#steered .generated", "e => e.textContent"));
-        var receipt = Assert.Single(receipts);
-        Assert.True(receipt.ElementsChanged > 0);
-        Assert.True(receipt.L2Norm > 0);
-        Assert.Equal(receipt.ElementsChanged.ToString(CultureInfo.InvariantCulture), await page.GetAttributeAsync("#receipt", "data-elements"));
-        double shownNorm = double.Parse((await page.GetAttributeAsync("#receipt", "data-norm"))!, CultureInfo.InvariantCulture);
-        Assert.True(Math.Abs(shownNorm - receipt.L2Norm) <= 1e-4 * Math.Max(1, receipt.L2Norm), $"receipt norm: page {shownNorm}, gRPC {receipt.L2Norm}");
-        Assert.Equal(receipt.ElementsChanged.ToString(CultureInfo.InvariantCulture), await page.InnerTextAsync("#receipt-elements"));
+        await AssertReceiptAsync(page, Assert.Single(receipts));
         await page.ScreenshotAsync(new() { Path = Path.Combine(Chromium.Screenshots, "steer.png"), FullPage = true });
+        Assert.Empty(problems);
+    }
+
+    [Fact]
+    public async Task A_steering_vector_artifact_steers_in_the_playground_and_a_feature_out_of_range_is_announced()
+    {
+        string[] good = ["happy", "good", "bright", "warm", "kind"], bad = ["sad", "bad", "dark", "cold", "cruel"];
+        var extract = await mesh.RunAsync("steering", JsonSerializer.Serialize(new
+        {
+            positive = good.Select(w => $"the dog is {w} . what a").ToArray(), negative = bad.Select(w => $"the dog is {w} . what a").ToArray(),
+            layers = new[] { 1 }, save_as = "steering/console-sentiment",
+        }));
+        Assert.True(extract.State == JobState.Succeeded, extract.Error);
+
+        var (playwright, browser) = await Chromium.LaunchAsync();
+        using var _ = playwright;
+        await using var __ = browser;
+        var (page, problems) = await OpenAsync(browser);
+        await page.GotoAsync(mesh.WebUrl + "/#/steer?vector=steering/console-sentiment");
+        await page.WaitForSelectorAsync("#steer-tensor option[value='pca.1']", new() { State = WaitForSelectorState.Attached });
+        Assert.Equal("artifact", await page.InputValueAsync("#vector-source"));
+        Assert.True(await page.IsHiddenAsync("#sae-source"));
+        await page.SelectOptionAsync("#steer-tensor", "pca.1");
+        Assert.Equal("1", await page.InputValueAsync("#steer-layer"));
+        const string prompt = "the cat is sad . what a";
+        const int tokens = 6;
+        await page.FillAsync("#steer-prompt", prompt);
+        await page.FillAsync("#steer-coefficient-value", "-3.5");
+        await page.FillAsync("#steer-max-tokens", tokens.ToString(CultureInfo.InvariantCulture));
+        // Keyboard: Enter in a field submits the form.
+        await page.PressAsync("#steer-max-tokens", "Enter");
+        await page.WaitForSelectorAsync("#steer-done", new() { Timeout = 30_000 });
+        Assert.Equal((await GenerateAsync(prompt, tokens)).Text, await page.EvalOnSelectorAsync<string>("#unsteered .generated", "e => e.textContent"));
+        var (steered, receipts) = await GenerateAsync(prompt, tokens, await AddAsync("steering/console-sentiment", "pca.1", -3.5, 1));
+        Assert.Equal(steered, await page.EvalOnSelectorAsync<string>("#steered .generated", "e => e.textContent"));
+        await AssertReceiptAsync(page, Assert.Single(receipts));
+
+        // A feature the SAE does not have: the job's error, announced.
+        var train = await mesh.TrainedSae;
+        Assert.True(train.State == JobState.Succeeded, train.Error);
+        await page.GotoAsync(mesh.WebUrl + "/#/sae?sae=" + Uri.EscapeDataString(Sae) + "&feature=640");
+        var alert = await page.WaitForSelectorAsync("#sae-note [role='alert']", new() { Timeout = 30_000 });
+        string text = await alert!.InnerTextAsync();
+        Assert.Contains("failed", text, StringComparison.Ordinal);
+        Assert.Contains("feature 640 is out of range; this SAE has 64 latents", text, StringComparison.Ordinal);
+        // Narrow window: the page wraps instead of scrolling sideways.
+        await page.SetViewportSizeAsync(420, 900);
+        await page.GotoAsync(mesh.WebUrl + "/#/steer?vector=steering/console-sentiment");
+        await page.WaitForSelectorAsync("#steer-tensor option[value='pca.1']", new() { State = WaitForSelectorState.Attached });
+        Assert.True(await page.EvaluateAsync<bool>("() => document.documentElement.scrollWidth <= window.innerWidth + 1"), "the playground scrolls sideways at 420 px");
+        await page.ScreenshotAsync(new() { Path = Path.Combine(Chromium.Screenshots, "steer-narrow.png"), FullPage = true });
         Assert.Empty(problems);
     }
 }

@@ -95,7 +95,7 @@ async function browserPage(sae0, model0) {
       const job = await inspect(model, { mode: 'inspect', sae, texts: lines }, note, 'Inspecting');
       if (!job || gen !== nav.generation) return;
       results.replaceChildren(...featureList(job, sae, model));
-      note.append(' ', h('span', { id: 'features-done' }, 'Done.'));
+      note.append('. ', h('span', { id: 'features-done' }, 'The features are listed below.'));
     } catch (e) { note.replaceChildren(errorBox(e)); }
   });
   if (sae0) form.requestSubmit();
@@ -155,7 +155,7 @@ function featureList(job, sae, model) {
     h('h2', {}, 'Features by density'),
     h('p', {}, `${s.texts ?? '?'} texts, ${perToken.length} tokens (BOS left out); ${density.length} features fired on at least one token${density.length > LIST_LIMIT ? `, the ${LIST_LIMIT} densest listed` : ''}. Density: the share of tokens on which the feature's activation is above zero.`),
     h('table', { id: 'feature-list' },
-      h('thead', {}, h('tr', {}, ...['Rank', 'Feature', 'Density', 'Tokens', 'Strongest on (among its top-3 tokens)'].map(c => h('th', { scope: 'col' }, c)))),
+      h('thead', {}, h('tr', {}, ...['Rank', 'Feature', 'Density', 'Tokens', 'Strongest on (tokens where it is among the top 3)'].map(c => h('th', { scope: 'col' }, c)))),
       h('tbody', {}, ...rows)),
     h('h2', {}, 'Search by token'),
     h('label', { for: 'token-search' }, 'Token'), search,

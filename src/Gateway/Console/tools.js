@@ -38,7 +38,7 @@ export function jobLine(job, what) {
   const pct = Math.round((job.progress ?? 0) * 100);
   return h('span', { 'data-job-state': job.state },
     `${what}: job `, h('a', { href: `#/jobs/${encodeURIComponent(job.id)}` }, job.id),
-    ` is ${stateWord(job)} (${pct}%)${job.message ? ' — ' + job.message : ''}`);
+    ` — ${stateWord(job)} (${pct}%)${job.message ? ': ' + job.message : ''}`);
 }
 
 /** The JSON of a result table's rows. @param {any} job @param {string} name @returns {any[]} */
