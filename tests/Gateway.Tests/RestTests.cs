@@ -433,6 +433,65 @@ public sealed partial class RestTests(RestMeshFixture mesh) : IClassFixture<Rest
     }
 
     [Fact]
+    public async Task A_generate_over_curl_streams_the_tokens_grpc_generate_returns_and_a_bad_one_is_a_clear_400()
+    {
+        var printed = JsonDocument.Parse(await RunExample(Example("generate"), Mesh.AliceKey)).RootElement;
+        // The same request over gRPC (greedy: the default sampling).
+        var request = new GenerateRequest { MaxNewTokens = 8 };
+        request.Prompts.Add(new Input { Text = "Once upon a time" });
+        var ids = new List<int>();
+        var text = new StringBuilder();
+        bool final = false;
+        using (var call = Models.Generate(request, Mesh.As(Mesh.AliceKey)))
+        {
+            await foreach (var m in call.ResponseStream.ReadAllAsync())
+            {
+                if (m.TokenIds.Count == 0)
+                    continue;
+                ids.Add(m.TokenIds[0]);
+                text.Append(m.Texts.Count > 0 ? m.Texts[0] : "");
+                final = m.Final;
+            }
+        }
+        Assert.True(final);
+        Assert.NotEmpty(ids);
+        Assert.Equal(ids, printed.GetProperty("ids").EnumerateArray().Select(v => v.GetInt32()));
+        Assert.Equal(text.ToString(), printed.GetProperty("text").GetString());
+        Assert.True(printed.GetProperty("final").GetBoolean());
+
+        // Streamed as produced: one JSON line per step, the first carrying the prompt's ids.
+        using var http = new HttpClient();
+        using var post = new HttpRequestMessage(HttpMethod.Post, $"{mesh.WebUrl}/v1/model/generate")
+        {
+            Content = new StringContent("""{"prompts": [{"text": "Once upon a time"}], "maxNewTokens": 8}""", Encoding.UTF8, "application/json"),
+        };
+        post.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", Mesh.AliceKey);
+        using var answer = await http.SendAsync(post, HttpCompletionOption.ResponseHeadersRead);
+        Assert.Equal(HttpStatusCode.OK, answer.StatusCode);
+        var lines = (await answer.Content.ReadAsStringAsync()).Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => Parser.Parse<GenerateResponse>(l)).ToList();
+        Assert.Equal(ids.Count, lines.Count);
+        Assert.Equal(Enumerable.Range(0, lines.Count), lines.Select(l => l.Step));
+        Assert.NotEmpty(lines[0].PromptTokens.Single().Ids);
+
+        // A request the model refuses: 400 with the model service's message, the one gRPC gives.
+        var (status, code, message) = await RunErrorExample("bad-generate");
+        Assert.Equal(400, status);
+        Assert.Equal((int)StatusCode.InvalidArgument, code);
+        var bad = new GenerateRequest { MaxNewTokens = 0 };
+        bad.Prompts.Add(new Input { Text = "Once upon a time" });
+        var refused = await Assert.ThrowsAsync<RpcException>(async () =>
+        {
+            using var call = Models.Generate(bad, Mesh.As(Mesh.AliceKey));
+            await foreach (var _ in call.ResponseStream.ReadAllAsync())
+            {
+            }
+        });
+        Assert.Equal(StatusCode.InvalidArgument, refused.StatusCode);
+        Assert.Equal(refused.Status.Detail, message);
+        Assert.Contains("max_new_tokens must be at least 1", message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Bad_input_over_curl_gets_the_http_status_of_its_grpc_status_and_the_servers_message()
     {
         // Unknown model: NOT_FOUND → 404, naming the models the gateway serves; the same message as gRPC.

@@ -8,6 +8,8 @@ import { keyPage } from './key.js';
 import { jobsPage, jobPage } from './jobs.js';
 import { runPage } from './run.js';
 import { modelPage } from './explorer.js';
+import { saePage } from './sae.js';
+import { steerPage } from './steer.js';
 
 // ---------------------------------------------------------------- router
 
@@ -27,6 +29,8 @@ async function route() {
     else if (page === 'jobs' && parts[1]) await jobPage(decodeURIComponent(parts[1]));
     else if (page === 'run') await runPage();
     else if (page === 'model') await modelPage();
+    else if (page === 'sae') await saePage();
+    else if (page === 'steer') await steerPage();
     else await jobsPage();
   } catch (e) { show(errorBox(e)); }
 }

@@ -8,7 +8,7 @@ namespace InterpMesh.Gateway.Routing;
 
 /// <summary>
 /// The ModelService RPCs that have a REST/JSON route (<c>google.api.http</c> in model_service.proto:
-/// GetModelInfo, Tokenize, Detokenize, Run), as typed calls to the routed replica, for gRPC JSON
+/// GetModelInfo, Tokenize, Detokenize, Run, Generate), as typed calls to the routed replica, for gRPC JSON
 /// transcoding only. gRPC clients never reach this class: their calls keep going through
 /// <see cref="ModelServiceForwarder"/> (its endpoint is ordered ahead of this service's gRPC endpoints,
 /// <see cref="ModelServiceForwarding.MapModelServiceForwarding"/>), which passes messages on unparsed.
@@ -36,7 +36,19 @@ public sealed class ModelServiceHttpProxy(ModelRouter router, IOptions<GatewayOp
         UnaryAsync(context, (client, call) => client.DetokenizeAsync(request, call).ResponseAsync);
 
     /// <summary>Streams the replica's messages as they come (transcoding writes each as one JSON line).</summary>
-    public override async Task Run(RunRequest request, IServerStreamWriter<RunResponse> responseStream, ServerCallContext context)
+    public override Task Run(RunRequest request, IServerStreamWriter<RunResponse> responseStream, ServerCallContext context) =>
+        StreamAsync(context, responseStream, (client, call) => client.Run(request, call));
+
+    /// <summary>Streams each generation step as the replica produces it (one JSON line per message).</summary>
+    public override Task Generate(GenerateRequest request, IServerStreamWriter<GenerateResponse> responseStream, ServerCallContext context) =>
+        StreamAsync(context, responseStream, (client, call) => client.Generate(request, call));
+
+    /// <summary>
+    /// Passes a server stream on message by message; a call that fails UNAVAILABLE before its first
+    /// message goes once more to another replica (after one, the client has part of an answer, so it is not repeated).
+    /// </summary>
+    private async Task StreamAsync<T>(ServerCallContext context, IServerStreamWriter<T> responseStream,
+        Func<Contracts.V1.ModelService.ModelServiceClient, CallOptions, AsyncServerStreamingCall<T>> send)
     {
         var pool = router.Resolve(context.RequestHeaders.GetValue(ModelRouter.ModelHeader));
         for (int attempt = 1; ; attempt++)
@@ -45,7 +57,7 @@ public sealed class ModelServiceHttpProxy(ModelRouter router, IOptions<GatewayOp
             bool wrote = false;
             try
             {
-                using var call = Client(replica).Run(request, Options(context));
+                using var call = send(Client(replica), Options(context));
                 while (await call.ResponseStream.MoveNext(context.CancellationToken))
                 {
                     await responseStream.WriteAsync(call.ResponseStream.Current);

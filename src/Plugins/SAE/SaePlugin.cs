@@ -523,6 +523,8 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
         var perToken = new List<IReadOnlyList<JsonNode?>>();
         var contexts = new List<(double Max, IReadOnlyList<JsonNode?> Row)>();
         long active = 0, tokensSeen = 0;
+        // Without a feature: how many of the real tokens each latent fires on (activation > 0).
+        var firing = new long[feature is null ? sae.DSae : 0];
         int start = info.TokenizerAddsBos ? 1 : 0;
         using (sae)
         {
@@ -552,6 +554,11 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
                         {
                             active += Act(i, t, j) > 0 ? 1 : 0;
                             continue;
+                        }
+                        for (int q = 0; q < dSae; q++)
+                        {
+                            if (Act(i, t, q) > 0)
+                                firing[q]++;
                         }
                         var best = Enumerable.Range(0, dSae).Select(q => (Feature: q, Value: Act(i, t, q))).OrderByDescending(z => z.Value).Take(3).Where(z => z.Value > 0);
                         perToken.Add([b + i, t, words[t], new JsonArray([.. best.Select(z => (JsonNode)new JsonObject { ["feature"] = z.Feature, ["activation"] = z.Value })])]);
@@ -604,6 +611,13 @@ public sealed class SaePlugin() : AnalysisPlugin<SaeParameters>(
             else
             {
                 tables.Add(new ResultTable { Name = "features", Columns = ["text_index", "position", "token", "top_features"], Rows = perToken });
+                // Every latent that fired, densest first (ties by index): the share of the texts' real tokens it fires on.
+                tables.Add(new ResultTable
+                {
+                    Name = "density", Columns = ["feature", "density", "tokens"],
+                    Rows = [.. Enumerable.Range(0, firing.Length).Where(q => firing[q] > 0).OrderByDescending(q => firing[q]).ThenBy(q => q)
+                        .Select(q => (IReadOnlyList<JsonNode?>)[q, firing[q] / (double)Math.Max(1, tokensSeen), firing[q]])],
+                });
             }
             return new PluginResult { Summary = summary, Tables = tables };
         }
