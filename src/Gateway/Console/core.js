@@ -133,35 +133,45 @@ export async function artifact(name) {
 }
 
 /**
- * Calls a streamed REST route (newline-delimited JSON) and hands each message to onMessage as it
- * arrives; onMessage answers false to stop reading. Throws ApiError for an error answer.
- * @param {string} method @param {string} path @param {(m: any) => boolean | void} onMessage
+ * Calls a streamed REST route (newline-delimited JSON: Run, Generate, WatchJob) and hands each
+ * message to onMessage as it arrives; onMessage answers false to stop reading. An HTTP error throws
+ * ApiError; so does an error object on a line (a stream that failed after it began).
+ * @param {string} method @param {string} path @param {unknown} body @param {string} model
+ * @param {(m: any) => boolean | void} onMessage
  */
-export async function stream(method, path, onMessage) {
+export async function stream(method, path, body, model, onMessage) {
   /** @type {Record<string, string>} */
   const headers = {};
   const key = sessionStorage.getItem(KEY);
   if (key) headers.authorization = 'Bearer ' + key;
-  const r = await fetch(path, { method, headers, cache: 'no-store' });
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  if (model) headers['interpmesh-model'] = model;
+  const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store' });
   if (!r.ok || !r.body) {
     const text = await r.text();
     let message = text;
     try { message = JSON.parse(text).message ?? text; } catch { /* not JSON */ }
     throw new ApiError(r.status, message || r.statusText);
   }
-  const reader = r.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = '';
+  const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+  let rest = '';
+  /** @param {string} line @returns {boolean} whether to go on */
+  const take = (line) => {
+    if (!line.trim()) return true;
+    const m = JSON.parse(line);
+    if (m.code !== undefined && typeof m.message === 'string') throw new ApiError(500, `the stream failed: ${m.message}`);
+    return onMessage(m) !== false;
+  };
   for (;;) {
-    const { done, value } = await reader.read();
-    buffer += done ? decoder.decode() : decoder.decode(value, { stream: true });
-    let end;
-    while ((end = buffer.indexOf('\n')) >= 0) {
-      const line = buffer.slice(0, end);
-      buffer = buffer.slice(end + 1);
-      if (line.trim() && onMessage(JSON.parse(line)) === false) { await reader.cancel(); return; }
-    }
+    const { value, done } = await reader.read();
     if (done) break;
+    rest += value;
+    let end;
+    while ((end = rest.indexOf('\n')) >= 0) {
+      const line = rest.slice(0, end);
+      rest = rest.slice(end + 1);
+      if (!take(line)) { await reader.cancel(); return; }
+    }
   }
-  if (buffer.trim()) onMessage(JSON.parse(buffer));
+  take(rest);
 }

@@ -134,7 +134,7 @@ export async function jobPage(id) {
     if (gen !== nav.generation || render(job)) return;
     let finished = false;
     try {
-      await stream('GET', `/v1/jobs/${encodeURIComponent(id)}:watch`, (m) => {
+      await stream('GET', `/v1/jobs/${encodeURIComponent(id)}:watch`, undefined, '', (m) => {
         if (gen !== nav.generation) return false;
         if (m.progress) {
           job = { ...job, state: m.progress.state ?? job.state, progress: m.progress.fraction ?? 0, message: m.progress.message ?? '' };
@@ -142,8 +142,6 @@ export async function jobPage(id) {
         } else if (m.finished) {
           finished = true;
           render(m.finished);
-        } else if (m.message) {
-          throw new ApiError(m.code === 5 ? 404 : 500, m.message);
         }
         return true;
       });

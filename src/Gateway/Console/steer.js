@@ -4,8 +4,8 @@
 // plugin's export_direction job saves it as a steering vector) — is added, times a coefficient, to
 // blocks.L.hook_resid_post at every position; two greedy generations of the same prompt, without and
 // with it, stream side by side from POST /v1/model/generate, with the steered one's receipt.
-import { h, show, errorBox, nav, json } from './core.js';
-import { runJob, jobLine, summary, listArtifacts, isSae, metadataOf, readArtifact, safetensors, float32Base64, streamLines } from './tools.js';
+import { h, show, errorBox, nav, json, artifact, stream } from './core.js';
+import { runJob, jobLine, summary, listArtifacts, isSae, metadataOf, safetensors, float32Base64 } from './tools.js';
 
 const VECTOR_KINDS = new Set(['interpmesh.steering_vector', 'interpmesh.function_vector']);
 
@@ -24,7 +24,7 @@ function layerOf(name) { const m = /\.(\d+)$/.exec(name); return m ? Number(m[1]
 async function tensorsOf(name) {
   let t = vectors.get(name);
   if (!t) {
-    const { files } = await readArtifact(name);
+    const { files } = await artifact(name);
     const file = files.get('tensors.safetensors');
     if (!file) throw new Error(`artifact ${name} has no tensors.safetensors; pick a steering or function vector`);
     t = safetensors(file);
@@ -196,8 +196,8 @@ export async function steerPage() {
     /** @type {any[]} */
     let receipts = [];
     await Promise.all([
-      streamLines('/v1/model/generate', base, model, m => a.take(m)).catch(e => a.fail(e)),
-      streamLines('/v1/model/generate', steer, model, m => { b.take(m); if (m.final) receipts = m.receipts ?? []; }).catch(e => b.fail(e)),
+      stream('POST', '/v1/model/generate', base, model, m => a.take(m)).catch(e => a.fail(e)),
+      stream('POST', '/v1/model/generate', steer, model, m => { b.take(m); if (m.final) receipts = m.receipts ?? []; }).catch(e => b.fail(e)),
     ]);
     if (gen !== nav.generation) return;
     const r = receipts[0];

@@ -1,8 +1,8 @@
 // @ts-check
 // tools.js: what the SAE browser and the steering playground share — following a job to its end,
-// listing and reading artifacts (GET /v1/artifacts, GET /v1/artifacts/{name}), safetensors, and
-// streaming newline-delimited JSON answers (POST /v1/model/generate) line by line.
-import { KEY, TERMINAL, ApiError, api, json, h, bytes, nav } from './core.js';
+// listing artifacts (GET /v1/artifacts), safetensors. (Reading an artifact and streamed answers are
+// in core.js, which the jobs page uses too.)
+import { TERMINAL, json, h, nav } from './core.js';
 
 /** Polling interval while following a job the page submitted (shorter than the jobs list's). */
 const FOLLOW_MS = 300;
@@ -72,32 +72,6 @@ export function isSae(a) { return (a.files ?? []).some((/** @type {any} */ f) =>
 export function metadataOf(a) { try { return JSON.parse(a.metadataJson || '{}') ?? {}; } catch { return {}; } }
 
 /** The artifact route of a name (its segments escaped, the slashes kept). @param {string} name */
-function artifactPath(name) { return '/v1/artifacts/' + name.split('/').map(encodeURIComponent).join('/'); }
-
-/**
- * Reads an artifact's files (GET /v1/artifacts/{name}: a header line, then base64 chunks).
- * @param {string} name @returns {Promise<{info: any, files: Map<string, Uint8Array>}>}
- */
-export async function readArtifact(name) {
-  const text = await api('GET', artifactPath(name));
-  let info = null;
-  /** @type {Map<string, Uint8Array>} */
-  const files = new Map();
-  for (const line of text.split('\n')) {
-    if (!line.trim()) continue;
-    const m = JSON.parse(line);
-    if (m.header) {
-      info = m.header;
-      for (const f of info.files ?? []) files.set(f.name, new Uint8Array(Number(f.bytes ?? 0)));
-    } else if (m.data) {
-      const target = files.get(m.data.file);
-      if (!target) throw new Error(`artifact ${name} sent data for an unlisted file`);
-      target.set(bytes(m.data.data ?? ''), Number(m.data.offset ?? 0));
-    } else if (typeof m.message === 'string') throw new Error(`reading artifact ${name} failed: ${m.message}`);
-  }
-  if (!info) throw new Error(`artifact ${name} answered no header`);
-  return { info, files };
-}
 
 /** float16 bits to a number. @param {number} b */
 function half(b) {
@@ -146,38 +120,3 @@ export function float32Base64(values) {
   return btoa(s);
 }
 
-/**
- * POSTs to a streamed route and calls onMessage with each JSON line as it arrives. A line holding an
- * error object (a stream that failed after it began) throws it; an HTTP error throws ApiError.
- * @param {string} path @param {unknown} body @param {string} model @param {(m: any) => void} onMessage
- */
-export async function streamLines(path, body, model, onMessage) {
-  /** @type {Record<string, string>} */
-  const headers = { 'content-type': 'application/json' };
-  const key = sessionStorage.getItem(KEY);
-  if (key) headers.authorization = 'Bearer ' + key;
-  if (model) headers['interpmesh-model'] = model;
-  const r = await fetch(path, { method: 'POST', headers, body: JSON.stringify(body), cache: 'no-store' });
-  if (!r.ok || !r.body) {
-    const text = await r.text();
-    let message = text;
-    try { message = JSON.parse(text).message ?? text; } catch { /* not JSON */ }
-    throw new ApiError(r.status, message || r.statusText);
-  }
-  const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
-  let rest = '';
-  const take = (/** @type {string} */ line) => {
-    if (!line.trim()) return;
-    const m = JSON.parse(line);
-    if (m.code !== undefined && typeof m.message === 'string') throw new Error(`the stream failed: ${m.message}`);
-    onMessage(m);
-  };
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    rest += value;
-    let i;
-    while ((i = rest.indexOf('\n')) >= 0) { take(rest.slice(0, i)); rest = rest.slice(i + 1); }
-  }
-  take(rest);
-}
