@@ -103,6 +103,7 @@ internal sealed class ProbeBenchmark : Benchmark
             result[$"{name}_interpmesh_fit_s_median_min_cpu"] = $"{fit.Median:F4} / {fit.Min:F4} / {fit.MinCpu:F4}";
             result[$"{name}_sklearn_fit_s_median_min_cpu"] = $"{sk["seconds"]!.GetValue<double>():F4} / {sk["min_seconds"]!.GetValue<double>():F4} / {sk["min_cpu_seconds"]!.GetValue<double>():F4}";
             result[$"{name}_ratio_min_wall"] = fit.Min / sk["min_seconds"]!.GetValue<double>();
+            result[$"{name}_ratio_median_wall"] = fit.Median / sk["seconds"]!.GetValue<double>();
             result[$"{name}_ratio_min_cpu"] = fit.MinCpu / sk["min_cpu_seconds"]!.GetValue<double>();
             result[$"{name}_iterations_interpmesh_vs_sklearn"] = $"{fit.Probe.Iterations[0]} vs {sk["iterations"]!.GetValue<int>()}";
             result[$"{name}_accuracy_interpmesh_vs_sklearn"] = $"{ProbeMetrics.Of(Ys(test), Probe.Predict(scores), scores, 2).Accuracy:F4} vs {sk["accuracy"]!.GetValue<double>():F4}";

@@ -70,23 +70,38 @@ internal static class LogisticRegression
         // (PassPartner); below, a second thread costs more than it saves.
         int parts = (long)n * d < ParallelEntries || Environment.ProcessorCount < 2 || n < 64 ? 1 : PartnerChunks;
         using var partner = parts > 1 ? new PassPartner(parts) : null;
-        var partial = new double[parts][];
-        for (int part = 0; part < parts; part++)
-            partial[part] = new double[d + 1];
-        var losses = new double[parts];
+        // Per worker (this thread, the partner) and chunk: its gradient share and its loss.
+        int workers = partner is null ? 1 : 2;
+        var partial = new double[workers][][];
+        var losses = new double[workers][];
+        for (int w = 0; w < workers; w++)
+        {
+            partial[w] = new double[parts][];
+            for (int part = 0; part < parts; part++)
+                partial[w][part] = new double[d + 1];
+            losses[w] = new double[parts];
+        }
+        var single = new int[parts];
 
         // Loss and gradient in one pass over X: each row is read once, for its logit and for its
         // share of the gradient (the pass is memory-bound, so a second pass would double the cost).
         (double F, double[] G) Evaluate(double[] t)
         {
+            int[] winners = single;
             if (partner is null)
-                Part(t, 0);
+                Part(t, 0, 0);
             else
-                partner.Run(part => Part(t, part));
+                winners = partner.Run((part, worker) => Part(t, part, worker));
+            // Summed in chunk order whichever worker computed each chunk: the same sums every time.
             var total = new double[d + 1];
-            foreach (var g in partial)
+            double lossSum = 0;
+            for (int part = 0; part < parts; part++)
+            {
+                var g = partial[winners[part]][part];
                 for (int j = 0; j <= d; j++)
                     total[j] += g[j];
+                lossSum += losses[winners[part]][part];
+            }
             double ww = 0;
             for (int j = 0; j < d; j++)
             {
@@ -94,14 +109,14 @@ internal static class LogisticRegression
                 total[j] = total[j] / n + lambda * t[j];
             }
             total[d] /= n;
-            return (losses.Sum() / n + 0.5 * lambda * ww, total);
+            return (lossSum / n + 0.5 * lambda * ww, total);
         }
 
-        // One part's rows: its loss into losses[part], its gradient into partial[part].
-        void Part(double[] t, int part)
+        // One part's rows, computed by one worker: its loss into losses[worker][part], its gradient into partial[worker][part].
+        void Part(double[] t, int part, int worker)
         {
             {
-                var g = partial[part];
+                var g = partial[worker][part];
                 Array.Clear(g);
                 double loss = 0;
                 int from = (int)((long)n * part / parts), to = (int)((long)n * (part + 1) / parts);
@@ -128,7 +143,7 @@ internal static class LogisticRegression
                     Axpy(ri, row, g.AsSpan(0, d));
                     g[d] += ri;
                 }
-                losses[part] = loss;
+                losses[worker][part] = loss;
             }
         }
 

@@ -9,10 +9,13 @@ namespace InterpMesh.Plugins.Probing.Fitting;
 /// passes of its fit instead: it spins (for at most <see cref="SpinMilliseconds"/> between passes,
 /// then it blocks) and picks up work within microseconds.
 /// <para>
-/// A pass is cut into <see cref="Chunks"/> chunks that both threads claim one at a time, so a
-/// partner that the operating system deschedules costs nothing but its own chunk: the caller
-/// claims the rest. Each chunk writes only its own partial result, so the sums are the same
-/// whichever thread ran which chunk (results do not depend on timing).
+/// A pass is cut into <see cref="Chunks"/> chunks that both threads claim one at a time. The caller
+/// never waits for the partner: once no chunk is left to claim, it computes any chunk the partner
+/// holds but has not finished itself (a partner the operating system descheduled mid-chunk would
+/// otherwise hold the pass for a scheduler tick, milliseconds). Each worker writes its own buffer
+/// per chunk and the first to finish a chunk is the one whose buffer counts
+/// (<see cref="Run"/> answers which); both compute the same values, so the sums do not depend on
+/// timing.
 /// </para>
 /// </summary>
 internal sealed class PassPartner : IDisposable
@@ -38,51 +41,60 @@ internal sealed class PassPartner : IDisposable
     /// <summary>The chunks each pass is cut into.</summary>
     public int Chunks { get; }
 
-    /// <summary>Runs <paramref name="chunk"/>(0 … <see cref="Chunks"/>−1), each once, on this thread and the partner; returns when all are done.</summary>
-    public void Run(Action<int> chunk)
+    /// <summary>
+    /// Runs <paramref name="chunk"/>(k, worker) for every k in 0 … <see cref="Chunks"/>−1 on this
+    /// thread (worker 0) and the partner (worker 1), each chunk into that worker's own buffer;
+    /// returns, for each chunk, the worker whose result counts. A chunk may be computed by both.
+    /// </summary>
+    public int[] Run(Action<int, int> chunk)
     {
-        // A new object per pass: a partner still leaving the previous pass claims from that one.
+        // A new object per pass: a partner still leaving the previous pass finishes into that one.
         var pass = new Pass(chunk, Chunks);
         Volatile.Write(ref current, pass);
         Interlocked.Increment(ref posted);
         if (Volatile.Read(ref sleeping) == 1)
             wake.Set();
-        pass.Claim();
-        int waits = 0;
-        while (Volatile.Read(ref pass.Finished) < pass.Chunks)
+        pass.Claim(worker: 0);
+        // Chunks the partner claimed and has not finished: compute them here too, first one wins.
+        for (int k = 0; k < pass.Chunks; k++)
         {
-            // The partner holds the last chunks (it claimed them, so it is running): wait for it.
-            if (waits++ < 1000)
-                Thread.SpinWait(20);
-            else
-                Thread.Yield();
+            if (Volatile.Read(ref pass.Winner[k]) == 0)
+                pass.Compute(k, worker: 0);
         }
         if (pass.Failure is { } e)
             throw new InvalidOperationException("a pass of the probe fit failed", e);
+        var winners = new int[pass.Chunks];
+        for (int k = 0; k < pass.Chunks; k++)
+            winners[k] = pass.Winner[k] - 1;
+        return winners;
     }
 
-    private sealed class Pass(Action<int> work, int chunks)
+    private sealed class Pass(Action<int, int> work, int chunks)
     {
         public readonly int Chunks = chunks;
+        /// <summary>Per chunk: 0 while unfinished, else 1 + the worker whose result counts.</summary>
+        public readonly int[] Winner = new int[chunks];
         public int Next;
-        public int Finished;
         public Exception? Failure;
 
-        public void Claim()
+        public void Claim(int worker)
         {
             int k;
             while ((k = Interlocked.Increment(ref Next) - 1) < Chunks)
+                Compute(k, worker);
+        }
+
+        public void Compute(int k, int worker)
+        {
+            try
             {
-                try
-                {
-                    work(k);
-                }
-                catch (Exception e)
-                {
-                    Interlocked.CompareExchange(ref Failure, e, null);
-                }
-                Interlocked.Increment(ref Finished);
+                work(k, worker);
             }
+            catch (Exception e)
+            {
+                Interlocked.CompareExchange(ref Failure, e, null);
+            }
+            Interlocked.CompareExchange(ref Winner[k], worker + 1, 0);
         }
     }
 
@@ -111,7 +123,7 @@ internal sealed class PassPartner : IDisposable
             if (stopping)
                 return;
             seen = Volatile.Read(ref posted);
-            Volatile.Read(ref current)?.Claim();
+            Volatile.Read(ref current)?.Claim(worker: 1);
         }
     }
 
