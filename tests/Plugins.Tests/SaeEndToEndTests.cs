@@ -13,20 +13,7 @@ public sealed class SaeMeshFixture() : PluginMeshFixture(RepoPaths.Models("conce
 /// <summary>The SAE plugin end to end on the "concepts" toy model's residual stream.</summary>
 public sealed class SaeEndToEndTests(SaeMeshFixture mesh) : IClassFixture<SaeMeshFixture>
 {
-    private static List<string> Sentences(int n, int seed)
-    {
-        string[] nouns = ["dog", "cat", "bird", "horse", "apple", "cake", "pie", "soup", "ball", "game", "team", "race"];
-        string[] pos = ["happy", "good", "bright", "warm", "kind"], neg = ["sad", "bad", "dark", "cold", "cruel"];
-        string[] pex = ["lovely", "great", "nice"], nex = ["awful", "grim", "poor"], topic = ["walk", "meal", "match"];
-        var rng = new Random(seed);
-        return [.. Enumerable.Range(0, n).Select(_ =>
-        {
-            int t = rng.Next(3);
-            bool good = rng.Next(2) == 0, plural = rng.Next(2) == 0;
-            string noun = nouns[t * 4 + rng.Next(4)] + (plural ? "s" : "");
-            return $"the {noun} {(plural ? "are" : "is")} {(good ? pos : neg)[rng.Next(5)]} . what a {(good ? pex : nex)[rng.Next(3)]} {topic[t]} .";
-        })];
-    }
+    private static List<string> Sentences(int n, int seed) => ConsoleSaeSteerTests.Sentences(n, seed);
 
     [Fact]
     public async Task A_topk_sae_trained_on_the_residual_stream_reconstructs_it_and_recovers_the_loss()

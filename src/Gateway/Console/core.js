@@ -15,24 +15,35 @@ export class ApiError extends Error {
 }
 
 /**
- * Calls a REST route; answers the body text, or throws ApiError with the server's message.
- * @param {string} method @param {string} path @param {unknown} [body] @param {string} [model]
+ * Sends a REST request with the key (Authorization header only), a JSON body and the model header.
+ * @param {string} method @param {string} path @param {unknown} body @param {string} [model]
  */
-export async function api(method, path, body, model) {
+function send(method, path, body, model) {
   /** @type {Record<string, string>} */
   const headers = {};
   const key = sessionStorage.getItem(KEY);
   if (key) headers.authorization = 'Bearer ' + key;
   if (body !== undefined) headers['content-type'] = 'application/json';
   if (model) headers['interpmesh-model'] = model;
-  const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store' });
+  return fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store' });
+}
+
+/** The server's message of an error answer. @param {Response} r */
+async function failure(r) {
   const text = await r.text();
-  if (!r.ok) {
-    let message = text;
-    try { message = JSON.parse(text).message ?? text; } catch { /* not JSON */ }
-    throw new ApiError(r.status, message || r.statusText);
-  }
-  return text;
+  let message = text;
+  try { message = JSON.parse(text).message ?? text; } catch { /* not JSON */ }
+  return new ApiError(r.status, message || r.statusText);
+}
+
+/**
+ * Calls a REST route; answers the body text, or throws ApiError with the server's message.
+ * @param {string} method @param {string} path @param {unknown} [body] @param {string} [model]
+ */
+export async function api(method, path, body, model) {
+  const r = await send(method, path, body, model);
+  if (!r.ok) throw await failure(r);
+  return r.text();
 }
 
 /** @param {string} method @param {string} path @param {unknown} [body] @param {string} [model] */
@@ -140,19 +151,8 @@ export async function artifact(name) {
  * @param {(m: any) => boolean | void} onMessage
  */
 export async function stream(method, path, body, model, onMessage) {
-  /** @type {Record<string, string>} */
-  const headers = {};
-  const key = sessionStorage.getItem(KEY);
-  if (key) headers.authorization = 'Bearer ' + key;
-  if (body !== undefined) headers['content-type'] = 'application/json';
-  if (model) headers['interpmesh-model'] = model;
-  const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store' });
-  if (!r.ok || !r.body) {
-    const text = await r.text();
-    let message = text;
-    try { message = JSON.parse(text).message ?? text; } catch { /* not JSON */ }
-    throw new ApiError(r.status, message || r.statusText);
-  }
+  const r = await send(method, path, body, model);
+  if (!r.ok || !r.body) throw await failure(r);
   const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
   let rest = '';
   /** @param {string} line @returns {boolean} whether to go on */
