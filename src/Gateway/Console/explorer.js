@@ -1,5 +1,6 @@
 // @ts-check
 import { ApiError, api, json, h, show, errorBox, bytes, decode, nav } from './core.js';
+import { runJob, jobLine, tableRows } from './tools.js';
 
 // ---------------------------------------------------------------- model explorer
 
@@ -88,9 +89,31 @@ export async function modelPage() {
     h('label', { for: 'layer' }, 'Layer'), layer, h('div', {}, go));
   const m0 = new URLSearchParams(location.hash.split('?')[1] ?? '').get('model');
   if (m0) modelInput.value = m0;
+  const answer = /** @type {HTMLInputElement} */ (h('input', { id: 'lens-answer', type: 'text', 'aria-describedby': 'lens-answer-help' }));
+  answer.value = new URLSearchParams(location.hash.split('?')[1] ?? '').get('answer') ?? '';
+  const lensNote = h('div', { 'aria-live': 'polite' });
+  const lens = h('div', { id: 'lens' });
+  const lensForm = h('form', { id: 'lens-form' },
+    h('label', { for: 'lens-answer' }, 'Answer token'), answer,
+    h('small', { id: 'lens-answer-help' }, 'One token the prompt should predict next (as the tokenizer writes it, e.g. " Paris" with its space for GPT-2); each cell shows its probability.'),
+    h('div', {}, h('button', { type: 'submit', id: 'show-lens' }, 'Logit lens')));
   show(h('h1', {}, 'Model explorer'),
     h('label', { for: 'model-name' }, 'Model'), modelInput, ' ', load,
-    info, h('h2', {}, 'Tokens and attention'), form, note, tokens, heads);
+    info, h('h2', {}, 'Tokens and attention'), form, note, tokens, heads,
+    h('h2', {}, 'Logit lens'),
+    h('p', {}, 'The residual stream after each layer read through the model’s own final norm and unembedding (the circuits plugin’s logit_lens job on the prompt above): per layer and position, the top token and the answer’s probability.'),
+    lensForm, lensNote, lens);
+  lensForm.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    lens.replaceChildren();
+    try {
+      const job = await runJob('circuits', modelInput.value.trim(), { mode: 'logit_lens', pairs: [{ clean: prompt.value, answer: answer.value }], top_k: 3 },
+        j => lensNote.replaceChildren(jobLine(j, 'Logit lens')));
+      if (!job || gen !== nav.generation) return;
+      lens.replaceChildren(lensGrid(tableRows(job, 'logit_lens')));
+      lensNote.append(' ', h('span', { id: 'lens-done' }, 'Rows: layers (embed = before the first block); columns: positions.'));
+    } catch (e) { lensNote.replaceChildren(errorBox(e)); }
+  });
   const loadInfo = async () => {
     try {
       const mi = await json('GET', '/v1/model/info', undefined, modelInput.value.trim());
@@ -121,4 +144,35 @@ export async function modelPage() {
     } catch (e) { note.replaceChildren(errorBox(e)); }
   });
   await loadInfo();
+}
+
+/**
+ * The logit lens table (rows [pair, layer, hook, position, token, top_tokens, top_ids, top_logit,
+ * answer_logit, answer_prob, answer_rank]) as a layer × position grid: each cell the top token and
+ * the answer's probability, as text and as a shade.
+ * @param {any[][]} rows
+ */
+function lensGrid(rows) {
+  const layers = [...new Set(rows.map(r => Number(r[1])))].sort((a, b) => a - b);
+  const positions = [...new Set(rows.map(r => Number(r[3])))].sort((a, b) => a - b);
+  /** @type {Map<string, any[]>} */
+  const at = new Map(rows.map(r => [`${r[1]}:${r[3]}`, r]));
+  const label = (/** @type {number} */ l) => l < 0 ? 'embed' : `L${l}`;
+  return h('table', { class: 'grid lens' },
+    h('caption', {}, 'Logit lens: top token and P(answer) per layer and position'),
+    h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'layer'),
+      ...positions.map(p => h('th', { scope: 'col' }, String(at.get(`${layers[0]}:${p}`)?.[4] ?? p))))),
+    h('tbody', {}, ...layers.map(l => h('tr', {}, h('th', { scope: 'row' }, label(l)),
+      ...positions.map(p => {
+        const r = at.get(`${l}:${p}`);
+        if (!r) return h('td', {}, '');
+        const prob = Number(r[9]);
+        const top = String(r[5] ?? '').split(' | ')[0];
+        const td = h('td', { 'data-layer': l, 'data-position': p, 'data-prob': prob, 'data-top': top, 'data-rank': r[10],
+          title: `${label(l)}, position ${p}: top ${r[5]}; P(answer) ${prob}, rank ${r[10]}` },
+          h('span', { class: 'lens-top' }, JSON.stringify(top)), h('br'), prob.toFixed(3));
+        td.style.backgroundColor = `rgba(5, 80, 174, ${Math.min(1, Math.max(0, prob)) * 0.85})`;
+        if (prob > 0.5) td.style.color = '#fff';
+        return td;
+      })))));
 }
