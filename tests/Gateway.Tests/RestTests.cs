@@ -166,6 +166,16 @@ public sealed partial class RestTests(RestMeshFixture mesh) : IClassFixture<Rest
         return (int.Parse(status[5..], System.Globalization.CultureInfo.InvariantCulture), body.GetProperty("code").GetInt32(), message);
     }
 
+    /// <summary>The error a streamed gRPC call ends with (the test fails if it ends without one).</summary>
+    private static Task<RpcException> StreamFailure<T>(Func<AsyncServerStreamingCall<T>> start) =>
+        Assert.ThrowsAsync<RpcException>(async () =>
+        {
+            using var call = start();
+            await foreach (var _ in call.ResponseStream.ReadAllAsync())
+            {
+            }
+        });
+
     [Fact]
     public async Task Model_info_over_curl_is_the_message_grpc_returns()
     {
@@ -479,13 +489,7 @@ public sealed partial class RestTests(RestMeshFixture mesh) : IClassFixture<Rest
         Assert.Equal((int)StatusCode.InvalidArgument, code);
         var bad = new GenerateRequest { MaxNewTokens = 0 };
         bad.Prompts.Add(new Input { Text = "Once upon a time" });
-        var refused = await Assert.ThrowsAsync<RpcException>(async () =>
-        {
-            using var call = Models.Generate(bad, Mesh.As(Mesh.AliceKey));
-            await foreach (var _ in call.ResponseStream.ReadAllAsync())
-            {
-            }
-        });
+        var refused = await StreamFailure(() => Models.Generate(bad, Mesh.As(Mesh.AliceKey)));
         Assert.Equal(StatusCode.InvalidArgument, refused.StatusCode);
         Assert.Equal(refused.Status.Detail, message);
         Assert.Contains("max_new_tokens must be at least 1", message, StringComparison.Ordinal);
@@ -520,13 +524,7 @@ public sealed partial class RestTests(RestMeshFixture mesh) : IClassFixture<Rest
         Assert.Equal((int)StatusCode.InvalidArgument, code);
         var run = new RunRequest { Logits = new LogitsRequest { Mode = LogitsRequest.Types.Mode.Last } };
         run.Inputs.Add(new Input { Tokens = new TokenIds { Ids = { 1, 99999 } } });
-        var refused = await Assert.ThrowsAsync<RpcException>(async () =>
-        {
-            using var call = Models.Run(run, Mesh.As(Mesh.AdminKey));
-            await foreach (var _ in call.ResponseStream.ReadAllAsync())
-            {
-            }
-        });
+        var refused = await StreamFailure(() => Models.Run(run, Mesh.As(Mesh.AdminKey)));
         Assert.Equal(StatusCode.InvalidArgument, refused.StatusCode);
         Assert.Equal(refused.Status.Detail, message);
         Assert.Contains("99999", message, StringComparison.Ordinal);

@@ -8,6 +8,11 @@ export const KEY = 'interpmesh.apiKey';
 export const TERMINAL = new Set(['JOB_STATE_SUCCEEDED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED', 'JOB_STATE_INTERRUPTED']);
 export const POLL_MS = 1000;
 
+/** A job's state as a word ("running"), so a state never reads by colour alone. @param {any} job */
+export function stateWord(job) {
+  return String(job?.state ?? '').replace('JOB_STATE_', '').toLowerCase() || 'unknown';
+}
+
 /** An error answer of the gateway: the HTTP status and the server's message. */
 export class ApiError extends Error {
   /** @param {number} status @param {string} message */
@@ -174,4 +179,44 @@ export async function stream(method, path, body, model, onMessage) {
     }
   }
   take(rest);
+}
+
+/**
+ * Follows a job from its record to its end: its events as they happen over the streamed
+ * GET /v1/jobs/{id}:watch, and should that stream break off before the end (a gateway restarting),
+ * its record polled every POLL_MS. Calls onUpdate with each record; answers the final one, or null
+ * once the user has navigated away.
+ * @param {any} job @param {(job: any) => void} onUpdate @returns {Promise<any>}
+ */
+export async function followJob(job, onUpdate) {
+  const gen = nav.generation;
+  const path = `/v1/jobs/${encodeURIComponent(job.id)}`;
+  onUpdate(job);
+  let final = TERMINAL.has(job.state) ? job : null;
+  if (!final) {
+    try {
+      await stream('GET', path + ':watch', undefined, '', (m) => {
+        if (gen !== nav.generation) return false;
+        if (m.progress) {
+          job = { ...job, state: m.progress.state ?? job.state, progress: m.progress.fraction ?? 0, message: m.progress.message ?? '' };
+          onUpdate(job);
+        } else if (m.finished) {
+          final = m.finished;
+          onUpdate(final);
+        }
+        return true;
+      });
+    } catch (e) {
+      // A refusal (unknown job, key) is the answer; a broken stream is not.
+      if (e instanceof ApiError && e.status !== 500) throw e;
+    }
+  }
+  while (!final) {
+    await new Promise(r => setTimeout(r, POLL_MS));
+    if (gen !== nav.generation) return null;
+    job = await json('GET', path);
+    onUpdate(job);
+    if (TERMINAL.has(job.state)) final = job;
+  }
+  return gen === nav.generation ? final : null;
 }

@@ -1,12 +1,11 @@
 // @ts-check
-import { TERMINAL, POLL_MS, ApiError, api, json, h, show, errorBox, statusLine, nav, artifact, stream } from './core.js';
+import { TERMINAL, POLL_MS, api, json, h, show, errorBox, statusLine, nav, artifact, stateWord, followJob } from './core.js';
 
 // ---------------------------------------------------------------- jobs list
 
 /** @param {any} job */
 export function stateCell(job) {
-  const name = String(job.state ?? '').replace('JOB_STATE_', '').toLowerCase();
-  return h('span', { class: `state-${job.state}`, 'data-state': job.state }, name);
+  return h('span', { class: `state-${job.state}`, 'data-state': job.state }, stateWord(job));
 }
 
 /** @param {any} job */
@@ -104,7 +103,7 @@ export async function jobPage(id) {
     let p = job.parametersJson ?? '';
     try { p = JSON.stringify(JSON.parse(p), null, 2); } catch { /* as sent */ }
     params.textContent = p;
-    const line = `${job.state.replace('JOB_STATE_', '').toLowerCase()} ${Math.round((job.progress ?? 0) * 100)}%${job.message ? ': ' + job.message : ''}`;
+    const line = `${stateWord(job)} ${Math.round((job.progress ?? 0) * 100)}%${job.message ? ': ' + job.message : ''}`;
     if (line !== last) { log.append(h('li', {}, `${new Date().toLocaleTimeString()} ${line}`)); last = line; }
     const done = TERMINAL.has(job.state);
     cancel.hidden = done;
@@ -124,40 +123,14 @@ export async function jobPage(id) {
     }
     return done;
   };
-  /** @returns {Promise<any>} */
-  const fetchJob = () => json('GET', `/v1/jobs/${encodeURIComponent(id)}`);
-  // The record, then its events as they happen (GET /v1/jobs/{id}:watch, streamed); should the
-  // stream break off before the end (a gateway restarting), polling takes over.
-  const follow = async () => {
-    let job;
-    try { job = await fetchJob(); } catch (e) { note.replaceChildren(errorBox(e)); return; }
-    if (gen !== nav.generation || render(job)) return;
-    let finished = false;
-    try {
-      await stream('GET', `/v1/jobs/${encodeURIComponent(id)}:watch`, undefined, '', (m) => {
-        if (gen !== nav.generation) return false;
-        if (m.progress) {
-          job = { ...job, state: m.progress.state ?? job.state, progress: m.progress.fraction ?? 0, message: m.progress.message ?? '' };
-          render(job);
-        } else if (m.finished) {
-          finished = true;
-          render(m.finished);
-        }
-        return true;
-      });
-    } catch (e) {
-      if (e instanceof ApiError && e.status !== 500) { note.replaceChildren(errorBox(e)); return; }
-    }
-    if (!finished) window.setTimeout(poll, POLL_MS);
-  };
-  const poll = async () => {
+  // The record, then the job followed live to its end (followJob: the watch stream, else polling).
+  try {
+    const job = await json('GET', `/v1/jobs/${encodeURIComponent(id)}`);
     if (gen !== nav.generation) return;
-    let job;
-    try { job = await fetchJob(); } catch (e) { note.replaceChildren(errorBox(e)); return; }
-    if (gen !== nav.generation || render(job)) return;
-    window.setTimeout(poll, POLL_MS);
-  };
-  follow();
+    await followJob(job, (j) => { if (gen === nav.generation) render(j); });
+  } catch (e) {
+    if (gen === nav.generation) note.replaceChildren(errorBox(e));
+  }
 }
 
 /**

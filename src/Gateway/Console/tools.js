@@ -1,34 +1,19 @@
 // @ts-check
-// tools.js: what the SAE browser and the steering playground share — following a job to its end,
+// tools.js: what the SAE browser and the steering playground share — running a job to its end,
 // listing artifacts (GET /v1/artifacts), safetensors. (Reading an artifact and streamed answers are
 // in core.js, which the jobs page uses too.)
-import { TERMINAL, json, h, nav } from './core.js';
-
-/** Polling interval while following a job the page submitted (shorter than the jobs list's). */
-const FOLLOW_MS = 300;
-
-/** A job's state as a word. @param {any} job */
-export function stateWord(job) {
-  return String(job?.state ?? '').replace('JOB_STATE_', '').toLowerCase() || 'unknown';
-}
+import { json, h, stateWord, followJob } from './core.js';
 
 /**
- * Submits a job and follows it to its end, calling onUpdate with each record seen. Answers the final
- * record, or null when the user navigated away meanwhile. Throws when the job did not succeed,
- * with its error.
+ * Submits a job and follows it to its end (followJob), calling onUpdate with each record seen.
+ * Answers the final record, or null when the user navigated away meanwhile. Throws when the job did
+ * not succeed, with its error.
  * @param {string} plugin @param {string} model @param {unknown} parameters @param {(job: any) => void} onUpdate
  */
 export async function runJob(plugin, model, parameters, onUpdate) {
-  const gen = nav.generation;
-  let job = await json('POST', '/v1/jobs', { plugin, model, parametersJson: JSON.stringify(parameters) });
-  onUpdate(job);
-  while (!TERMINAL.has(job.state)) {
-    await new Promise(r => setTimeout(r, FOLLOW_MS));
-    if (gen !== nav.generation) return null;
-    job = await json('GET', `/v1/jobs/${encodeURIComponent(job.id)}`);
-    onUpdate(job);
-  }
-  if (job.state !== 'JOB_STATE_SUCCEEDED')
+  const submitted = await json('POST', '/v1/jobs', { plugin, model, parametersJson: JSON.stringify(parameters) });
+  const job = await followJob(submitted, onUpdate);
+  if (job && job.state !== 'JOB_STATE_SUCCEEDED')
     throw new Error(`job ${job.id} ended ${stateWord(job)}${job.errorCode ? ' (' + job.errorCode + ')' : ''}: ${job.error || 'no error given'}`);
   return job;
 }
