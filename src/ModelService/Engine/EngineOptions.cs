@@ -18,6 +18,12 @@ public sealed class EngineOptions
     /// <summary>Largest total capture one request may ask for (bytes); also bounds what one forward writes to its buffer.</summary>
     public long MaxCaptureBytes { get; init; } = 1L << 30;
 
+    /// <summary>
+    /// Bytes of capture buffers kept for reuse once sent (<see cref="Outputs.HostBufferPool"/>): a fresh
+    /// buffer costs its page mapping, which dominated streaming captures on the VMs measured. 0 keeps none.
+    /// </summary>
+    public long CapturePoolBytes { get; init; } = 512L << 20;
+
     /// <summary>A Generate whose unread output exceeds this pauses (leaves the decode batch) until its reader catches up.</summary>
     public long OutputBufferBytes { get; init; } = 64L << 20;
 

@@ -44,13 +44,17 @@ public sealed class ModelEngine : IDisposable
         Options = options;
         admission = new SemaphoreSlim(options.MaxConcurrentRequests);
         this.observer = observer ?? NoObserver.Instance;
-        scheduler = new Scheduler(model, options, this.observer);
+        CapturePool = new HostBufferPool(options.CapturePoolBytes);
+        scheduler = new Scheduler(model, options, this.observer, CapturePool);
         thread = new Thread(Loop) { IsBackground = true, Name = "torch-engine" };
         thread.Start();
     }
 
     public LoadedModel Model { get; }
     public EngineOptions Options { get; }
+
+    /// <summary>Where captures' buffers come from; a reader gives one back with <see cref="CaptureOutput.Release"/> once it has sent the bytes.</summary>
+    public HostBufferPool CapturePool { get; }
 
     /// <summary>Requests admitted and not yet finished.</summary>
     public int Admitted => Options.MaxConcurrentRequests - admission.CurrentCount;
@@ -192,6 +196,7 @@ public sealed class ModelEngine : IDisposable
         }
         signal.Release();
         thread.Join();
+        CapturePool.Dispose();
         // The semaphores stay undisposed: a request's reader may still be leaving (releasing both).
     }
 }

@@ -7,24 +7,50 @@ namespace InterpMesh.Engine.Outputs;
 /// <summary>A tensor copied off the device into managed memory: dtype, shape and raw little-endian bytes.</summary>
 public sealed class HostTensor
 {
+    private byte[]? data;
+    private readonly HostBufferPool? pool;
+
     public HostTensor(ScalarType dtype, long[] shape, byte[] data)
+        : this(dtype, shape, data, null)
+    {
+    }
+
+    private HostTensor(ScalarType dtype, long[] shape, byte[] data, HostBufferPool? pool)
     {
         DType = dtype;
         Shape = shape;
-        Data = data;
+        this.data = data;
+        this.pool = pool;
+        Length = data.Length;
     }
 
     public ScalarType DType { get; }
     public long[] Shape { get; }
-    public byte[] Data { get; }
 
-    /// <summary>Copies a tensor (any device, any layout) to managed memory.</summary>
-    public static HostTensor From(Tensor t)
+    /// <summary>Bytes of data (still known after <see cref="Release"/>).</summary>
+    public int Length { get; }
+
+    /// <summary>The bytes; gone once <see cref="Release"/> has given them back to their pool.</summary>
+    public byte[] Data => data ?? throw new ObjectDisposedException(nameof(HostTensor), "this tensor's buffer was given back to its pool after it was sent");
+
+    /// <summary>Copies a tensor (any device, any layout) to managed memory, into a buffer from <paramref name="pool"/> when one is given.</summary>
+    public static HostTensor From(Tensor t, HostBufferPool? pool = null)
     {
         using var c = t.detach().cpu().contiguous();
-        var bytes = GC.AllocateUninitializedArray<byte>(checked((int)(c.numel() * c.ElementSize)));
+        int length = checked((int)(c.numel() * c.ElementSize));
+        var bytes = pool is null ? GC.AllocateUninitializedArray<byte>(length) : pool.Rent(length);
         c.bytes.CopyTo(bytes);
-        return new HostTensor(c.dtype, c.shape, bytes);
+        return new HostTensor(c.dtype, c.shape, bytes, pool);
+    }
+
+    /// <summary>
+    /// Gives the buffer back to the pool it came from (nothing for a tensor without one). Only the
+    /// one consumer of the tensor may call it, once it has finished with the bytes (sent them).
+    /// </summary>
+    public void Release()
+    {
+        if (Interlocked.Exchange(ref data, null) is { } bytes)
+            pool?.Return(bytes);
     }
 
     /// <summary>A CPU tensor with these values; the caller owns it.</summary>
@@ -51,7 +77,10 @@ public sealed class CaptureOutput(string hook, int step, HostTensor value, bool 
     public HostTensor Value { get; } = value;
     /// <summary>True: d metric / d activation at <see cref="Hook"/> (a gradient request), not the activation.</summary>
     public bool Gradient { get; } = gradient;
-    public override long Bytes => Value.Data.Length;
+    public override long Bytes => Value.Length;
+
+    /// <summary>Gives the capture's buffer back for reuse: its reader calls this once the bytes were sent, and reads nothing of it after.</summary>
+    public void Release() => Value.Release();
 }
 
 /// <summary>The end of a Run: the padded tokens actually run, logits or top-k, loss, receipts.</summary>

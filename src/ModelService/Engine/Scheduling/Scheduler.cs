@@ -20,7 +20,7 @@ namespace InterpMesh.Engine.Scheduling;
 /// after them; rows are reordered only when a request joins, pauses, resumes or leaves.
 /// Torch-thread only.
 /// </summary>
-internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngineObserver observer)
+internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngineObserver observer, HostBufferPool capturePool)
 {
     public static readonly ActivitySource Tracing = new("InterpMesh.Engine");
 
@@ -318,7 +318,7 @@ internal sealed class Scheduler(LoadedModel model, EngineOptions options, IEngin
             return;
         if (reductions.TryGetValue(hook.Name, out var r) && r == CaptureReduction.Mean)
             value = value.to(ScalarType.Float32).mean([hook.Layout == HookLayout.AttentionMap ? 2L : 1L], keepdim: true).to(value.dtype);
-        var host = HostTensor.From(value);
+        var host = HostTensor.From(value, capturePool);
         work.Buffer.Write(new CaptureOutput(hook.Name, step(), host));
     };
 

@@ -29,6 +29,9 @@ public sealed class ModelServiceOptions
     /// <summary>Largest total capture one Run may request (bytes); larger requests get RESOURCE_EXHAUSTED.</summary>
     public long MaxCaptureBytes { get; set; } = 1L << 30;
 
+    /// <summary>Bytes of capture buffers kept for reuse after they were sent (a fresh buffer costs its page mapping); 0 keeps none.</summary>
+    public long CapturePoolBytes { get; set; } = 512L << 20;
+
     /// <summary>Requests running or queued at once; beyond it requests get RESOURCE_EXHAUSTED with retry info.</summary>
     public int MaxConcurrentRequests { get; set; } = 32;
 
@@ -77,6 +80,7 @@ public sealed class ModelServiceOptions
         BatchWindowMs = BatchWindowMs,
         MaxDecodeRows = MaxDecodeRows,
         MaxCaptureBytes = MaxCaptureBytes,
+        CapturePoolBytes = CapturePoolBytes,
         OutputBufferBytes = Math.Min(OutputBufferBytes, MaxCaptureBytes),
         StallTimeout = TimeSpan.FromSeconds(StallTimeoutSeconds),
         MaxConcurrentRequests = MaxConcurrentRequests,
@@ -112,6 +116,8 @@ internal sealed class ModelServiceOptionsValidator : IValidateOptions<ModelServi
             errors.Add($"ModelService:Threads must be 0 (default) or positive, got {o.Threads}");
         if (o.MaxChunkBytes < 1024 || o.MaxChunkBytes > 3 << 20)
             errors.Add($"ModelService:MaxChunkBytes must be between 1024 and {3 << 20} (under the 4 MiB message limit), got {o.MaxChunkBytes}");
+        if (o.CapturePoolBytes < 0)
+            errors.Add($"ModelService:CapturePoolBytes must be 0 (keep no buffers) or positive, got {o.CapturePoolBytes}");
         if (o.MaxCaptureBytes < 1)
             errors.Add($"ModelService:MaxCaptureBytes must be positive, got {o.MaxCaptureBytes}");
         if (o.GradientMemoryBytes < 0)

@@ -176,6 +176,9 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
                     }
                     await write;
                 }
+                // Every message of it was written (serialized into the response): its buffer can serve the next capture.
+                if (stranded is null && output is CaptureOutput sent)
+                    sent.Release();
             }
         }
         // Leaving the engine's enumeration above gave the request's admission slot back.
