@@ -454,6 +454,41 @@ public sealed class ForwardingTests
         }
     }
 
+    /// <summary>
+    /// A method of one request message goes to the replica as a call carrying that message; a body of
+    /// another count is passed through as it came, so the client gets the replica's own answer to it.
+    /// </summary>
+    [Fact]
+    public async Task Single_message_methods_with_no_or_two_messages_get_the_replicas_own_answer()
+    {
+        var (service, serviceAddress) = await Mesh.StartModelServiceAsync(RepoPaths.Models("stories260K/stories260K.bin"));
+        var (gateway, address) = await Mesh.StartGatewayAsync([serviceAddress], TempDir(), TempDir());
+        try
+        {
+            var tokenize = new TokenizeRequest { Texts = { "Once upon a time" } }.ToByteArray();
+            foreach (var (path, body) in new (string, byte[])[]
+            {
+                ("/interpmesh.v1.ModelService/GetModelInfo", []),
+                ("/interpmesh.v1.ModelService/GetModelInfo", [.. Framed([]), .. Framed([])]),
+                ("/interpmesh.v1.ModelService/Tokenize", [.. Framed(tokenize), .. Framed(tokenize)]),
+                ("/interpmesh.v1.ModelService/Run", [.. Framed([]), .. Framed([])]),
+            })
+            {
+                var direct = await PostAsync(serviceAddress, path, body);
+                var forwarded = await PostAsync(address, path, body);
+                Assert.NotEqual("0", direct.Status);
+                Assert.Equal((direct.Http, direct.Status, direct.Message), (forwarded.Http, forwarded.Status, forwarded.Message));
+            }
+            // One message: answered as a direct call is.
+            var once = await PostAsync(address, "/interpmesh.v1.ModelService/Tokenize", Framed(tokenize));
+            Assert.Equal("0", once.Status);
+        }
+        finally
+        {
+            await Mesh.StopAsync(gateway, service);
+        }
+    }
+
     [Fact]
     public async Task A_request_that_is_not_grpc_is_refused_as_unsupported_media()
     {

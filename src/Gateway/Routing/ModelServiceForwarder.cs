@@ -47,6 +47,15 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
     private readonly ConcurrentDictionary<string, Method<Frame, Frame>> methods = new(
         Contracts.V1.ModelService.Descriptor.Methods.ToDictionary(m => m.Name, m => Duplex(m.Name), StringComparer.Ordinal), StringComparer.Ordinal);
 
+    /// <summary>
+    /// The methods this gateway knows to take one request message (unary and server-streaming ones), as
+    /// server-streaming calls: the request goes with the call's headers in one write, where a duplex call
+    /// hands it over through the request stream (a round of task switches a small call notices).
+    /// </summary>
+    private static readonly Dictionary<string, Method<Frame, Frame>> SingleRequest =
+        Contracts.V1.ModelService.Descriptor.Methods.Where(m => !m.IsClientStreaming)
+            .ToDictionary(m => m.Name, m => new Method<Frame, Frame>(MethodType.ServerStreaming, Service, m.Name, Frame.Marshaller, Frame.Marshaller), StringComparer.Ordinal);
+
     private readonly TimeSpan callTimeout = TimeSpan.FromSeconds(options.Value.CallTimeoutSeconds);
     private readonly int maxRequestBytes = options.Value.MaxRequestBytes;
 
@@ -114,21 +123,28 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
         var method = Method(name);
         var ct = context.RequestAborted;
         using var request = new RequestFrames(context.Request.BodyReader, maxRequestBytes);
+        // A method known to take one message whose body is exactly one goes as a call carrying it;
+        // anything else (a streaming request, a method newer than this gateway, a body of some other
+        // count) is passed through as a duplex call, message by message, for the replica to judge.
+        var single = SingleRequest.TryGetValue(name, out var singleMethod) ? await request.ReadOnlyMessageAsync(ct) : null;
         for (int attempt = 1; ; attempt++)
         {
             var replica = pool.Pick();
             using var upstreamCancel = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            using var upstream = replica.Invoker.AsyncDuplexStreamingCall(method, null, new CallOptions(deadline: deadline, cancellationToken: upstreamCancel.Token));
-            var pump = request.PumpAsync(upstream.RequestStream, upstreamCancel);
+            var options = new CallOptions(deadline: deadline, cancellationToken: upstreamCancel.Token);
+            using var upstream = single is not null
+                ? Upstream.Of(replica.Invoker.AsyncServerStreamingCall(singleMethod!, null, options, single))
+                : Upstream.Of(replica.Invoker.AsyncDuplexStreamingCall(method, null, options));
+            var pump = upstream.Requests is { } requestStream ? request.PumpAsync(requestStream, upstreamCancel) : Task.CompletedTask;
             try
             {
                 // The replica's messages are written into the response as the channel reads them
                 // (Frame.Sink); the headers go first, set when the first message arrives.
-                var replicaHeaders = await upstream.ResponseHeadersAsync;
+                var replicaHeaders = await upstream.Headers;
                 Frame.Sink.Value = new ResponseSink(context.Response.BodyWriter, () => call.SetHeaders(replicaHeaders, Reserved));
-                while (await upstream.ResponseStream.MoveNext(CancellationToken.None))
+                while (await upstream.Responses.MoveNext(CancellationToken.None))
                 {
-                    using var frame = upstream.ResponseStream.Current;
+                    using var frame = upstream.Responses.Current;
                     if (!frame.Written)
                     {
                         if (!context.Response.HasStarted)
@@ -144,7 +160,7 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
                 await pump;
                 if (request.Refusal is { } refusedLate)
                     throw refusedLate;
-                call.Finish(upstream.GetStatus(), upstream.GetTrailers(), Reserved);
+                call.Finish(upstream.Status(), upstream.Trailers(), Reserved);
                 return;
             }
             catch (RpcException e) when (!ct.IsCancellationRequested)
@@ -242,6 +258,23 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
         }
     }
 
+    /// <summary>One call to a replica, whichever kind: its request stream (duplex only), responses, headers and how it ended.</summary>
+    private sealed class Upstream(IDisposable call, IClientStreamWriter<Frame>? requests, IAsyncStreamReader<Frame> responses,
+        Task<Metadata> headers, Func<Status> status, Func<Metadata> trailers) : IDisposable
+    {
+        public IClientStreamWriter<Frame>? Requests { get; } = requests;
+        public IAsyncStreamReader<Frame> Responses { get; } = responses;
+        public Task<Metadata> Headers { get; } = headers;
+        public Func<Status> Status { get; } = status;
+        public Func<Metadata> Trailers { get; } = trailers;
+
+        public static Upstream Of(AsyncServerStreamingCall<Frame> c) => new(c, null, c.ResponseStream, c.ResponseHeadersAsync, c.GetStatus, c.GetTrailers);
+
+        public static Upstream Of(AsyncDuplexStreamingCall<Frame, Frame> c) => new(c, c.RequestStream, c.ResponseStream, c.ResponseHeadersAsync, c.GetStatus, c.GetTrailers);
+
+        public void Dispose() => call.Dispose();
+    }
+
     /// <summary>
     /// The client's request messages, read from its body as the replica takes them and kept (up to
     /// 1 MiB in all) so that a call refused before any response can be sent again.
@@ -253,12 +286,51 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
         private long keptBytes;
         private bool ended;
         private bool overflowed;
+        // A message read ahead but too large to keep: sent (once) by the first PumpAsync.
+        private Frame? pending;
 
         /// <summary>All of the body was read and kept: another attempt can send it again.</summary>
         public bool Replayable => ended && !overflowed;
 
         /// <summary>Why the gateway refused the request body (cut short, compressed, too large), if it did.</summary>
         public RpcException? Refusal { get; private set; }
+
+        /// <summary>
+        /// Reads the body as far as its first message and the end after it: that message when the body
+        /// is exactly one, else null — what was read is kept (and the end noted), so <see cref="PumpAsync"/>
+        /// passes the body on as it came. A refused body is kept in <see cref="Refusal"/> and thrown.
+        /// </summary>
+        public async Task<Frame?> ReadOnlyMessageAsync(CancellationToken ct)
+        {
+            for (int read = 0; read < 2 && !ended; read++)
+            {
+                Frame? frame;
+                try
+                {
+                    frame = await GrpcWire.ReadAsync(body, maxBytes, ct);
+                }
+                catch (RpcException e)
+                {
+                    Refusal = e;
+                    throw;
+                }
+                if (frame is null)
+                {
+                    ended = true;
+                    break;
+                }
+                if (keptBytes + frame.Length > KeepBytes)
+                {
+                    // Too large to keep for another attempt, so it goes by the duplex path, which does not keep it.
+                    pending = frame;
+                    overflowed = true;
+                    return null;
+                }
+                kept.Add(frame);
+                keptBytes += frame.Length;
+            }
+            return ended && kept.Count == 1 ? kept[0] : null;
+        }
 
         /// <summary>
         /// Sends the kept messages, then the rest of the body, then the end of the request. Never
@@ -271,6 +343,11 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
             {
                 foreach (var frame in kept)
                     await upstream.WriteAsync(frame, cancel.Token);
+                if (Interlocked.Exchange(ref pending, null) is { } unkept)
+                {
+                    using (unkept)
+                        await upstream.WriteAsync(unkept, cancel.Token);
+                }
                 while (!ended)
                 {
                     Frame? frame;
@@ -321,6 +398,7 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
         {
             foreach (var frame in kept)
                 frame.Dispose();
+            pending?.Dispose();
         }
     }
 }
