@@ -12,8 +12,10 @@ public static class Channels
     public static readonly TimeSpan DnsRefreshInterval = TimeSpan.FromSeconds(15);
 
     /// <summary>
-    /// A channel tuned for activation streams: an 8 MiB initial HTTP/2 stream window (the 64 KiB
-    /// default costs a quarter of the loopback throughput on large captures), messages up to 16 MiB.
+    /// A channel tuned for activation streams: a 1 MiB initial HTTP/2 stream window (the 64 KiB
+    /// default costs a quarter of the loopback throughput on large captures; 8 MiB buffered more than
+    /// the pools keep and streamed 0.9× as fast as 1 MiB — docs/benchmarks.md; .NET grows the window
+    /// on links with a longer round trip), messages up to 16 MiB.
     /// <para>
     /// <paramref name="address"/> is an <c>http(s)://host:port</c> URL (one server) or
     /// <c>dns:///host:port</c>: every address the name resolves to (in Kubernetes, the ready pods
@@ -35,7 +37,7 @@ public static class Channels
             MaxReceiveMessageSize = 16 << 20,
             HttpHandler = new SocketsHttpHandler
             {
-                InitialHttp2StreamWindowSize = 8 << 20,
+                InitialHttp2StreamWindowSize = 1 << 20,
                 EnableMultipleHttp2Connections = true,
                 PooledConnectionIdleTimeout = TimeSpan.FromMinutes(5),
             },
