@@ -20,8 +20,14 @@ public sealed class ModelServiceEndpoint(ModelHost host, Telemetry.ServiceMetric
             ? "the model is still loading; retry shortly"
             : "the model failed to load, so this service cannot answer; its log says why"));
 
+    /// <summary>
+    /// Each engine's info, built once: nothing in it changes while that engine serves, and building it
+    /// (the hook catalogue) took most of a call's time. The endpoint is made per call, so the cache is static.
+    /// </summary>
+    private static readonly System.Runtime.CompilerServices.ConditionalWeakTable<ModelEngine, ModelInfo> Infos = [];
+
     public override Task<ModelInfo> GetModelInfo(GetModelInfoRequest request, ServerCallContext context) =>
-        Task.FromResult(WireMapping.Info(Engine, host.Options.MaxChunkBytes));
+        Task.FromResult(Infos.GetValue(Engine, engine => WireMapping.Info(engine, host.Options.MaxChunkBytes)));
 
     public override Task<TokenizeResponse> Tokenize(TokenizeRequest request, ServerCallContext context) => Guard(() =>
     {
