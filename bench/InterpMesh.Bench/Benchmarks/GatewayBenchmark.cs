@@ -11,6 +11,9 @@ namespace InterpMesh.Bench.Benchmarks;
 /// <c>interpmesh-bench gateway</c>: a model service and a gateway in front of it on loopback; the
 /// same client calls alternate between the two: activation streaming throughput (a Run capturing
 /// every <c>hook_resid_post</c>) and unary latency (GetModelInfo), through the gateway vs. direct.
+/// The client runs in the servers' process by default (so figures compare with earlier runs);
+/// <c>--client process</c> runs it in a process of its own (this program again, told the two
+/// addresses), as a user's client runs: its garbage collections and threads are not the servers'.
 /// </summary>
 internal sealed class GatewayBenchmark : Benchmark
 {
@@ -20,28 +23,90 @@ internal sealed class GatewayBenchmark : Benchmark
     private readonly Option<string> captureOption = SharedOptions.Capture("blocks.*.hook_resid_post");
     private readonly Option<int> itersOption = SharedOptions.Iters(5);
     private readonly Option<int> unaryOption = SharedOptions.Int("--unary", 400, 10, "unary GetModelInfo calls each way (p50 and p99 reported)");
+    private readonly Option<string> clientOption = SharedOptions.Choice("--client", "in-process",
+        "where the timing client runs: in the servers' process (as every recorded run before 2026-12-02), or in a process of its own, as a user's client does", "in-process", "process");
+    private readonly Option<string?> directOption = new("--direct-url") { Description = "measure only, against this model service (the client process's part)", HelpName = "URL", Hidden = true };
+    private readonly Option<string?> gatewayOption = new("--gateway-url") { Description = "measure only, through this gateway (the client process's part)", HelpName = "URL", Hidden = true };
 
     public GatewayBenchmark()
         : base("gateway", "The gateway's cost against direct calls: activation streaming throughput and unary latency, on loopback.") =>
-        Takes(presetOption, batchOption, seqOption, captureOption, itersOption, unaryOption);
+        Takes(presetOption, batchOption, seqOption, captureOption, itersOption, unaryOption, clientOption, directOption, gatewayOption);
 
     public override BenchReport Run(BenchContext context)
     {
         string preset = context.Get(presetOption)!;
         int batch = context.Get(batchOption), seq = context.Get(seqOption), iters = context.Get(itersOption), unary = context.Get(unaryOption);
-        string[] capture = SharedOptions.Globs(context.Get(captureOption));
+        string capture = context.Get(captureOption);
+        if (context.Get(directOption) is { } directUrl)
+        {
+            // The client process: time the calls and report the raw times to the parent.
+            string gatewayUrl = context.Get(gatewayOption) ?? throw new BenchUsageException("--direct-url needs --gateway-url");
+            return new BenchReport(Measure(directUrl, gatewayUrl, Presets.Config(preset).VocabSize, batch, seq, iters, unary, SharedOptions.Globs(capture)));
+        }
         int threads = context.Threads;
-
-        var config = Presets.Config(preset);
         string model = context.RandomModel(preset);
         var service = context.StartModelService(model, new Dictionary<string, string?> { ["ModelService:MaxCaptureBytes"] = (4L << 30).ToString(CultureInfo.InvariantCulture) });
         string direct = service.Urls.First();
         var gateway = context.StartGateway(direct, Path.Combine(model, "no-plugins"), context.TempFolder());
+        bool inProcess = context.Get(clientOption) == "in-process";
+        var measured = inProcess
+            ? Measure(direct, gateway.Urls.First(), Presets.Config(preset).VocabSize, batch, seq, iters, unary, SharedOptions.Globs(capture))
+            : MeasureInChild(direct, gateway.Urls.First(), preset, batch, seq, iters, unary, capture);
+        var result = new Dictionary<string, object?>
+        {
+            ["preset"] = preset,
+            ["batch"] = batch,
+            ["seq"] = seq,
+            ["threads"] = threads,
+            ["client"] = inProcess ? "in-process" : "process",
+            ["capture"] = capture,
+        };
+        foreach (var (key, value) in measured)
+            result[key] = value;
+        return new BenchReport(result);
+    }
+
+    /// <summary>Runs this benchmark's client part in a process of its own and reads its report.</summary>
+    private static Dictionary<string, object?> MeasureInChild(string direct, string gateway, string preset, int batch, int seq, int iters, int unary, string capture)
+    {
+        // This program's own executable (also when the benchmark runs inside another host, such as a test).
+        string program = Path.Combine(AppContext.BaseDirectory, OperatingSystem.IsWindows() ? "interpmesh-bench.exe" : "interpmesh-bench");
+        if (!File.Exists(program))
+            throw new InvalidOperationException($"{program} is missing: build bench/InterpMesh.Bench, or time from this process with --client in-process");
+        var start = new ProcessStartInfo(program)
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        };
+        foreach (var arg in new[]
+        {
+            "gateway", "--direct-url", direct, "--gateway-url", gateway, "--preset", preset, "--batch", Text(batch), "--seq", Text(seq),
+            "--iters", Text(iters), "--unary", Text(unary), "--capture", capture, "--json",
+        })
+        {
+            start.ArgumentList.Add(arg);
+        }
+        using var child = Process.Start(start) ?? throw new InvalidOperationException("could not start the client process");
+        var errors = child.StandardError.ReadToEndAsync();
+        string output = child.StandardOutput.ReadToEnd();
+        child.WaitForExit();
+        string line = output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).LastOrDefault() ?? "";
+        if (child.ExitCode != 0)
+            throw new InvalidOperationException($"the client process failed ({child.ExitCode}): {line} {errors.Result}");
+        using var doc = System.Text.Json.JsonDocument.Parse(line);
+        return doc.RootElement.EnumerateObject().ToDictionary(p => p.Name, p => (object?)p.Value.GetDouble());
+    }
+
+    private static string Text(int value) => value.ToString(CultureInfo.InvariantCulture);
+
+    /// <summary>The timing: the same client calls alternate between direct and gateway (streaming, then unary).</summary>
+    private static Dictionary<string, object?> Measure(string direct, string gateway, int vocab, int batch, int seq, int iters, int unary, string[] capture)
+    {
         using var directChannel = InterpMesh.Client.Channels.ForAddress(direct);
-        using var gatewayChannel = InterpMesh.Client.Channels.ForAddress(gateway.Urls.First());
+        using var gatewayChannel = InterpMesh.Client.Channels.ForAddress(gateway);
         var clients = new[] { new Contracts.V1.ModelService.ModelServiceClient(directChannel), new Contracts.V1.ModelService.ModelServiceClient(gatewayChannel) };
 
-        var plain = RunCalls.Random(batch, seq, config.VocabSize, new Random(7));
+        var plain = RunCalls.Random(batch, seq, vocab, new Random(7));
         var request = RunCalls.Capturing(plain, capture);
         static long Call(Contracts.V1.ModelService.ModelServiceClient c, RunRequest r) => RunCalls.Read(c, r);
         // Streaming: alternate direct and gateway, with and without captures; medians.
@@ -85,15 +150,9 @@ internal sealed class GatewayBenchmark : Benchmark
         }
         double P(List<double> t, double q) => t.Order().ElementAt((int)(q * (t.Count - 1)));
 
-
         double mb = captured / 1e6;
-        var result = new Dictionary<string, object?>
+        return new Dictionary<string, object?>
         {
-            ["preset"] = preset,
-            ["batch"] = batch,
-            ["seq"] = seq,
-            ["threads"] = threads,
-            ["capture"] = string.Join(",", capture),
             ["captured_mb"] = mb,
             ["direct_run_with_capture_s"] = directCapture,
             ["gateway_run_with_capture_s"] = gatewayCapture,
@@ -108,6 +167,5 @@ internal sealed class GatewayBenchmark : Benchmark
             ["unary_p99_ms_direct"] = P(latencies[0], 0.99),
             ["unary_p99_ms_gateway"] = P(latencies[1], 0.99),
         };
-        return new BenchReport(result);
     }
 }
