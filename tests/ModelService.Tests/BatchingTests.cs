@@ -46,9 +46,9 @@ public sealed class BatchingTests(BatchingServerFixture server) : IClassFixture<
         return r;
     }
 
-    private sealed record Reply(Dictionary<string, float[]> Captures, RunResult Result);
+    internal sealed record Reply(Dictionary<string, float[]> Captures, RunResult Result);
 
-    private static async Task<Reply> Call(Contracts.V1.ModelService.ModelServiceClient client, RunRequest request, CancellationToken ct = default)
+    internal static async Task<Reply> Call(Contracts.V1.ModelService.ModelServiceClient client, RunRequest request, CancellationToken ct = default)
     {
         var parts = new Dictionary<string, MemoryStream>();
         RunResult? result = null;
@@ -85,7 +85,8 @@ public sealed class BatchingTests(BatchingServerFixture server) : IClassFixture<
         return (captures, logits[.., ^1..].contiguous().data<float>().ToArray(), loss);
     }
 
-    private static void Close(float[] expected, float[] actual, string what)
+    /// <summary>Equal within <see cref="Tolerance"/> (other test classes compare served captures with it too).</summary>
+    internal static void Close(float[] expected, float[] actual, string what)
     {
         Assert.True(expected.Length == actual.Length, $"{what}: {actual.Length} values, expected {expected.Length}");
         float worst = 0;

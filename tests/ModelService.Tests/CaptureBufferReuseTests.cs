@@ -77,8 +77,7 @@ public sealed class HostBufferPoolTests
 /// </summary>
 public sealed class CaptureBufferReuseTests(ServerFixture server) : IClassFixture<ServerFixture>
 {
-    // Concurrent Runs may share a forward (float32 sums in another order): ≤ 1e-4, as the batching tests.
-    private const float Tolerance = 1e-4f;
+    // Concurrent Runs may share a forward (float32 sums in another order): compared as the batching tests compare (≤ 1e-4).
     private const string Hook = "blocks.*.attn.hook_pattern";
 
     // 8 heads × 48² positions × 4 bytes = 73,728 bytes a row: above the pool's smallest size.
@@ -92,21 +91,7 @@ public sealed class CaptureBufferReuseTests(ServerFixture server) : IClassFixtur
         return r;
     }
 
-    private async Task<Dictionary<string, float[]>> Remote(int[] row)
-    {
-        var parts = new Dictionary<string, MemoryStream>();
-        using var call = server.Client.Run(Request(row));
-        await foreach (var m in call.ResponseStream.ReadAllAsync())
-        {
-            if (m.Activation is { } a)
-            {
-                if (!parts.TryGetValue(a.Hook, out var p))
-                    parts[a.Hook] = p = new MemoryStream();
-                a.Data.WriteTo(p);
-            }
-        }
-        return parts.ToDictionary(kv => kv.Key, kv => System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(kv.Value.ToArray()).ToArray());
-    }
+    private async Task<Dictionary<string, float[]>> Remote(int[] row) => (await BatchingTests.Call(server.Client, Request(row))).Captures;
 
     private Dictionary<string, float[]> Local(int[] row)
     {
@@ -124,14 +109,7 @@ public sealed class CaptureBufferReuseTests(ServerFixture server) : IClassFixtur
     {
         Assert.Equal(expected.Keys.Order(), actual.Keys.Order());
         foreach (var (hook, e) in expected)
-        {
-            var a = actual[hook];
-            Assert.True(e.Length == a.Length, $"{what} {hook}: {a.Length} values, expected {e.Length}");
-            float worst = 0;
-            for (int i = 0; i < e.Length; i++)
-                worst = Math.Max(worst, Math.Abs(e[i] - a[i]));
-            Assert.True(worst <= Tolerance, $"{what} {hook}: max |diff| {worst} > {Tolerance}");
-        }
+            BatchingTests.Close(e, actual[hook], $"{what} {hook}");
     }
 
     [Fact]
