@@ -22,6 +22,7 @@ public sealed class HostBufferPool : IDisposable
     private readonly Dictionary<int, Stack<byte[]>> free = [];
     private readonly Timer? trim;
     private long held;
+    private long reused;
     private bool rented;
 
     /// <param name="capacity">Most bytes kept for reuse; 0 keeps nothing.</param>
@@ -35,6 +36,9 @@ public sealed class HostBufferPool : IDisposable
 
     /// <summary>Most bytes kept for reuse.</summary>
     public long Capacity { get; }
+
+    /// <summary>Rents served with a kept buffer since the pool was made.</summary>
+    public long Reused => Interlocked.Read(ref reused);
 
     /// <summary>Bytes kept for reuse right now.</summary>
     public long HeldBytes
@@ -57,6 +61,7 @@ public sealed class HostBufferPool : IDisposable
                 if (free.TryGetValue(length, out var stack) && stack.TryPop(out var kept))
                 {
                     held -= length;
+                    reused++;
                     return kept;
                 }
             }
