@@ -69,32 +69,9 @@ internal sealed class GatewayBenchmark : Benchmark
     /// <summary>Runs this benchmark's client part in a process of its own and reads its report.</summary>
     private static Dictionary<string, object?> MeasureInChild(string direct, string gateway, string preset, int batch, int seq, int iters, int unary, string capture)
     {
-        // This program's own executable (also when the benchmark runs inside another host, such as a test).
-        string program = Path.Combine(AppContext.BaseDirectory, OperatingSystem.IsWindows() ? "interpmesh-bench.exe" : "interpmesh-bench");
-        if (!File.Exists(program))
-            throw new InvalidOperationException($"{program} is missing: build bench/InterpMesh.Bench, or time from this process with --client in-process");
-        var start = new ProcessStartInfo(program)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-        };
-        foreach (var arg in new[]
-        {
-            "gateway", "--direct-url", direct, "--gateway-url", gateway, "--preset", preset, "--batch", Text(batch), "--seq", Text(seq),
-            "--iters", Text(iters), "--unary", Text(unary), "--capture", capture, "--json",
-        })
-        {
-            start.ArgumentList.Add(arg);
-        }
-        using var child = Process.Start(start) ?? throw new InvalidOperationException("could not start the client process");
-        var errors = child.StandardError.ReadToEndAsync();
-        string output = child.StandardOutput.ReadToEnd();
-        child.WaitForExit();
-        string line = output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).LastOrDefault() ?? "";
-        if (child.ExitCode != 0)
-            throw new InvalidOperationException($"the client process failed ({child.ExitCode}): {line} {errors.Result}");
-        using var doc = System.Text.Json.JsonDocument.Parse(line);
-        return doc.RootElement.EnumerateObject().ToDictionary(p => p.Name, p => (object?)p.Value.GetDouble());
+        var report = SelfProcess.Run("gateway client", "gateway", "--direct-url", direct, "--gateway-url", gateway, "--preset", preset, "--batch", Text(batch), "--seq", Text(seq),
+            "--iters", Text(iters), "--unary", Text(unary), "--capture", capture).AsObject();
+        return report.ToDictionary(p => p.Key, p => (object?)p.Value!.GetValue<double>());
     }
 
     private static string Text(int value) => value.ToString(CultureInfo.InvariantCulture);

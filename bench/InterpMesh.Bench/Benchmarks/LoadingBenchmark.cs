@@ -2,7 +2,6 @@ using System.Buffers.Binary;
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
-using System.Reflection;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -100,22 +99,8 @@ internal sealed class LoadingBenchmark : Benchmark
         2L * Vocab * DModel + DModel + Layers * (2L * DModel + (long)(Heads + 2 * KvHeads) * 128 * DModel + (long)Heads * 128 * DModel + 3L * DModel * DMlp);
 
     /// <summary>Runs one load in a fresh process and returns what it measured.</summary>
-    private static JsonNode Child(string dir, string dtype, int threads)
-    {
-        string self = Environment.ProcessPath ?? throw new InvalidOperationException("cannot find this program's path to start the child process");
-        var psi = new ProcessStartInfo(self) { RedirectStandardOutput = true, RedirectStandardError = true };
-        if (Path.GetFileNameWithoutExtension(self) == "dotnet")
-            psi.ArgumentList.Add(Assembly.GetEntryAssembly()!.Location);
-        foreach (var a in new[] { "loading", "--child", dir, "--dtype", dtype, "--threads", threads.ToString(CultureInfo.InvariantCulture), "--json" })
-            psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var stderrTask = p.StandardError.ReadToEndAsync();
-        string output = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        if (p.ExitCode != 0)
-            throw new InvalidOperationException($"the loading child process failed (exit {p.ExitCode}): {stderrTask.Result.Trim()}");
-        return JsonNode.Parse(output.Trim().Split('\n')[^1])!;
-    }
+    private static JsonNode Child(string dir, string dtype, int threads) =>
+        SelfProcess.Run("loading", "loading", "--child", dir, "--dtype", dtype, "--threads", threads.ToString(CultureInfo.InvariantCulture));
 
     /// <summary>The child: measure the RSS baseline, load, and report the peak.</summary>
     private BenchReport RunChild(string dir, BenchContext context)
