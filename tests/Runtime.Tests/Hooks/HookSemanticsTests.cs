@@ -179,4 +179,31 @@ public sealed class HookSemanticsTests(FamilyModels models) : TorchTest, IClassF
             Assert.True(MaxAbsDiff(captured.masked_fill(allowed.logical_not(), 0), scores.masked_fill(allowed.logical_not(), 0)) < Tolerance, $"{family} layer {l}: scores differ from scaled q·k");
         }
     }
+
+    /// <summary>
+    /// A capture of all positions shares storage with the forward's activation (copied to the host
+    /// only when its stage ends); a capture of explicit positions is a copy made at the hook. Both
+    /// must hold the same values at every hook of every family: a later in-place write to a hooked
+    /// activation would show here.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Families))]
+    public void A_capture_holds_the_value_at_its_hook_though_it_shares_the_activations_storage(string family)
+    {
+        var m = models[family];
+        int n = 9;
+        var ids = Ids(Tokens(m.Config.VocabSize, n));
+        var names = m.Hooks.All.Select(h => h.Name).ToArray();
+        Dictionary<string, Tensor> Run(PositionSelection positions)
+        {
+            var result = new Dictionary<string, Tensor>();
+            m.Forward(ids, null, HookPlan.Build(m.Hooks, [new CaptureRequest(names, positions)], null), (h, v) => result[h.Name] = v, LogitsMode.Last);
+            return result;
+        }
+        var shared = Run(PositionSelection.All);
+        var copied = Run(PositionSelection.At([.. Enumerable.Range(0, n)]));
+        Assert.Equal(names.Length, shared.Count);
+        foreach (var name in names)
+            Assert.True(shared[name].shape.SequenceEqual(copied[name].shape) && shared[name].eq(copied[name]).all().item<bool>(), $"{family}: {name} captured whole differs from the copy taken at the hook");
+    }
 }

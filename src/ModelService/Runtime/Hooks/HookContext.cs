@@ -7,7 +7,10 @@ namespace InterpMesh.Runtime.Hooks;
 /// <summary>Receives each captured activation as soon as its stage of the forward (embeddings, a block, the final norm) has finished.</summary>
 /// <param name="hook">The hook point.</param>
 /// <param name="value">The selected positions in the requested dtype, in the forward caller's dispose
-/// scope (as is anything the sink creates): copy it, keep it within that scope, or move it out.</param>
+/// scope (as is anything the sink creates): copy it, keep it within that scope, or move it out. All
+/// positions in the activation's own dtype come as a view of the activation itself (no copy); the
+/// forward never writes to an activation in place after its hook point, so the values stay those
+/// at the hook.</param>
 public delegate void CaptureSink(HookInfo hook, Tensor value);
 
 /// <summary>
@@ -112,7 +115,7 @@ internal sealed class HookContext
             // the stage's scope has closed, so whatever the sink creates also lives in the caller's scope.
             var own = single ? x : x.narrow(0, s.Start, s.Rows);
             var last = single ? lastRealIndex : lastRealIndex.narrow(0, s.Start, s.Rows);
-            var captured = Select(hook!, own, spec.Positions, spec.DType, last, offsets[i]);
+            var captured = Select(hook!, own, spec.Positions, spec.DType, last, offsets[i], aliasWhole: true);
             captured.MoveToOuterDisposeScope();
             pending.Add((s, hook!, captured));
         }
@@ -153,10 +156,14 @@ internal sealed class HookContext
 
     /// <summary>
     /// A capture's selection of <paramref name="x"/> (one segment's rows): the requested positions
-    /// (last real token per row, indices, or all) in <paramref name="dtype"/>, never aliasing x.
-    /// Gradients are selected with it too.
+    /// (last real token per row, indices, or all) in <paramref name="dtype"/>, never aliasing x
+    /// unless <paramref name="aliasWhole"/>. Gradients are selected with it too.
     /// </summary>
-    internal static Tensor Select(HookInfo hook, Tensor x, PositionSelection positions, ScalarType dtype, Tensor lastRealIndex, int positionOffset)
+    /// <param name="aliasWhole">All positions in x's own dtype: return a new handle on x's storage
+    /// instead of a copy. Only for captures handed to a sink when their stage ends (which copies
+    /// them to the host then): no stage writes in place to an activation after its hook point, so
+    /// the values are those at the hook, and the activation is copied once instead of twice.</param>
+    internal static Tensor Select(HookInfo hook, Tensor x, PositionSelection positions, ScalarType dtype, Tensor lastRealIndex, int positionOffset, bool aliasWhole = false)
     {
         int posDim = hook.Layout == HookLayout.AttentionMap ? 2 : 1;
         Tensor selected;
@@ -190,9 +197,9 @@ internal sealed class HookContext
                 selected = x;
                 break;
         }
-        // A capture must not alias the live activation: later in-place work would change it.
+        // A kept selection must not alias the live activation: later in-place work would change it.
         return ReferenceEquals(selected, x)
-            ? (x.dtype == dtype ? x.clone() : x.to(dtype))
+            ? (x.dtype != dtype ? x.to(dtype) : aliasWhole ? x.alias() : x.clone())
             : (selected.dtype == dtype ? selected : selected.to(dtype));
     }
 }
