@@ -79,12 +79,15 @@ public sealed class BenchRunTests
     [InlineData("process")] // the figures come back from a child process (this program again), read from its JSON
     public void Gateway_streams_what_the_preset_shape_implies_and_leaves_no_temporary_folder(string client)
     {
-        var r = BenchRunner.Run("gateway", "--client", client, "--preset", "gpt2-tiny", "--batch", "1", "--seq", "8", "--iters", "1", "--unary", "10", "--threads", "1", "--json");
+        var r = BenchRunner.Run("gateway", "--client", client, "--preset", "gpt2-tiny", "--batch", "1", "--seq", "8", "--iters", "1", "--warmup", "1", "--unary", "10", "--threads", "1", "--json");
         Assert.True(r.ExitCode == 0, r.Stderr);
         var j = r.Json;
-        // Every hook_resid_post of gpt2-tiny: 2 layers x 1 row x 8 tokens x 64 float32.
+        // Every hook_resid_post of gpt2-tiny: 2 layers x 1 row x 8 tokens x 64 float32; the same-forward
+        // baseline captures the last position only (1 of the 8).
         Assert.Equal(2 * 8 * 64 * 4 / 1e6, j.GetProperty("captured_mb").GetDouble(), 9);
-        foreach (var key in new[] { "direct_run_with_capture_s", "gateway_run_with_capture_s", "streaming_throughput_ratio_gateway_vs_direct", "unary_p50_ms_direct", "unary_p99_ms_gateway" })
+        Assert.Equal(2 * 1 * 64 * 4 / 1e6, j.GetProperty("captured_last_position_mb").GetDouble(), 9);
+        foreach (var key in new[] { "direct_run_with_capture_s", "gateway_run_with_capture_s", "streaming_throughput_ratio_gateway_vs_direct", "unary_p50_ms_direct", "unary_p99_ms_gateway",
+                     "direct_run_capture_last_position_s", "gateway_run_capture_last_position_s", "streaming_throughput_ratio_gateway_vs_direct_paired", "cpu_s_direct_run_with_capture" })
             Assert.True(j.GetProperty(key).GetDouble() > 0, key);
         Assert.Equal("blocks.*.hook_resid_post", j.GetProperty("capture").GetString());
         Assert.Equal(client, j.GetProperty("client").GetString());

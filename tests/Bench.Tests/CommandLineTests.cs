@@ -27,6 +27,7 @@ public sealed class CommandLineTests
     [InlineData("--mix needs at least one positive weight", "load", "--mix", "run=0")]
     [InlineData("--unary must be at least 10, got 3", "gateway", "--unary", "3")]
     [InlineData("--client must be in-process or process, got 'thread'", "gateway", "--client", "thread")]
+    [InlineData("--warmup must be at least 0, got -1", "gateway", "--warmup", "-1")]
     [InlineData("--worker-poll-ms must be at least 10, got 5", "jobs", "--worker-poll-ms", "5")]
     [InlineData("--slots must be an integer, got 'four'", "jobs", "--slots", "four")]
     [InlineData("give --model PATH or --preset NAME, not both", "serving", "--preset", "gpt2-tiny", "--model", "m.bin")]

@@ -52,7 +52,8 @@ internal sealed class ForwardBenchmark : Benchmark
         long capturedBytes = 0;
         CaptureSink sink = (_, t) =>
         {
-            var bytes = t.bytes;
+            using var c = t.contiguous();
+            var bytes = c.bytes;
             if (buffer.Length < bytes.Length)
                 buffer = new byte[bytes.Length];
             bytes.CopyTo(buffer);

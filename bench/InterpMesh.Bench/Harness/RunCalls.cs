@@ -14,11 +14,11 @@ internal static class RunCalls
         return request;
     }
 
-    /// <summary>The same request capturing <paramref name="hooks"/>.</summary>
-    public static RunRequest Capturing(RunRequest request, string[] hooks)
+    /// <summary>The same request capturing <paramref name="hooks"/> (at every position unless <paramref name="positions"/> says otherwise).</summary>
+    public static RunRequest Capturing(RunRequest request, string[] hooks, PositionSelection? positions = null)
     {
         var capturing = request.Clone();
-        capturing.Captures.Add(new Capture { Hooks = { hooks } });
+        capturing.Captures.Add(new Capture { Hooks = { hooks }, Positions = positions });
         return capturing;
     }
 
