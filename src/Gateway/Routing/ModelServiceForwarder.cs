@@ -58,8 +58,8 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
 
     /// <summary>
     /// The methods this gateway knows to answer with one message (unary ones): that message is not
-    /// flushed on its own but leaves with the trailers when the call ends, in one write to the
-    /// client instead of two (a unary call's latency notices each).
+    /// flushed on its own but leaves with the trailers when the call ends, so Kestrel can send both
+    /// in one write (a unary call's latency notices each write).
     /// </summary>
     private static readonly HashSet<string> SingleResponse =
         Contracts.V1.ModelService.Descriptor.Methods.Where(m => !m.IsServerStreaming && !m.IsClientStreaming).Select(m => m.Name).ToHashSet(StringComparer.Ordinal);
