@@ -135,11 +135,7 @@ internal sealed class GatewayBenchmark : Benchmark
                 faults[k].Add(MinorFaults() - faultsBefore);
             }
         }
-        static double Median(IEnumerable<double> t)
-        {
-            var sorted = t.Order().ToArray();
-            return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
-        }
+        static double Median(IEnumerable<double> t) => t.Order().ElementAt(t.Count() / 2);
         // Paired within a round (the calls compared ran seconds apart), then the median over rounds:
         // a machine whose speed drifts between rounds moves both members of a pair.
         double PairedDifference(int a, int b) => Median(times[a].Zip(times[b], (x, y) => x - y));
