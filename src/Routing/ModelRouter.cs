@@ -106,9 +106,10 @@ public sealed class ReplicaPool : IDisposable
 }
 
 /// <summary>
-/// One model-service replica (or, for <c>dns:///</c>, every replica behind one name) and its channels:
+/// One model-service replica (or, for <c>dns:///</c>, every replica behind one name) and its connections:
 /// <list type="bullet">
-/// <item><see cref="Channel"/> (no retry policy) carries the calls the forwarder passes through: a
+/// <item><see cref="Transport"/> carries the calls the gateway's forwarder passes through as HTTP/2
+/// bodies, and <see cref="Channel"/> (no retry policy) those the gateway makes itself (REST): a
 /// refusal goes back to the client with its <c>grpc-retry-pushback-ms</c> for the client's own policy
 /// to honour, and the forwarder's one retry on UNAVAILABLE picks another replica — a retry here as
 /// well would multiply the attempts and hold the client's call at the gateway.</item>
@@ -137,6 +138,7 @@ public sealed class Replica : IDisposable
         Balanced = InterpMesh.Client.Channels.IsDns(address);
         Channel = InterpMesh.Client.Channels.ForAddress(address, InterpMesh.Client.ChannelRetry.None);
         Invoker = Channel.CreateCallInvoker();
+        Transport = new ReplicaTransport(address);
         pluginChannel = new(() => InterpMesh.Client.Channels.ForAddress(address, PluginRetry));
         client = new(() => new Contracts.V1.ModelService.ModelServiceClient(pluginChannel.Value));
     }
@@ -146,18 +148,22 @@ public sealed class Replica : IDisposable
     /// <summary>A <c>dns:///</c> endpoint: the channel resolves the name and balances over its addresses.</summary>
     public bool Balanced { get; }
 
-    /// <summary>The forwarder's channel (no retry policy).</summary>
+    /// <summary>The HTTP/2 connections the forwarder passes calls through on, unparsed.</summary>
+    public ReplicaTransport Transport { get; }
+
+    /// <summary>The gateway's own channel to the replica (no retry policy).</summary>
     public GrpcChannel Channel { get; }
 
     /// <summary>The plugins' model client, on a channel with <see cref="PluginRetry"/>.</summary>
     public Contracts.V1.ModelService.ModelServiceClient Client => client.Value;
 
-    /// <summary>The forwarder channel's invoker, for calls the forwarder passes through unparsed.</summary>
+    /// <summary><see cref="Channel"/>'s invoker.</summary>
     public CallInvoker Invoker { get; }
 
     public void Dispose()
     {
         Channel.Dispose();
+        Transport.Dispose();
         if (pluginChannel.IsValueCreated)
             pluginChannel.Value.Dispose();
     }

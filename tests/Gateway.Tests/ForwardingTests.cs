@@ -523,12 +523,39 @@ public sealed class ForwardingTests
     public void Grpc_messages_are_percent_encoded(string message, string encoded) =>
         Assert.Equal(encoded, GrpcWire.EncodeMessage(message));
 
+    [Theory]
+    [InlineData("plain text")]
+    [InlineData("100% é\n")]
+    [InlineData("")]
+    public void Grpc_messages_decode_to_what_was_encoded(string message) =>
+        Assert.Equal(message, GrpcWire.DecodeMessage(GrpcWire.EncodeMessage(message)));
+
+    [Theory]
+    [InlineData(0.2)]
+    [InlineData(250)]
+    [InlineData(30_000)]
+    [InlineData(400_000_000)]
+    public void Grpc_timeouts_written_for_a_replica_parse_back_to_at_least_the_time_left(double milliseconds)
+    {
+        var left = TimeSpan.FromMilliseconds(milliseconds);
+        var parsed = GrpcWire.ParseTimeout(GrpcWire.FormatTimeout(left))!.Value;
+        Assert.InRange(parsed, left, left + TimeSpan.FromSeconds(Math.Max(0.001, milliseconds / 1e8 * 3600)));
+    }
+
     [Fact]
-    public void Forwarded_messages_round_trip_through_the_marshaller_unchanged()
+    public async Task Forwarded_messages_round_trip_through_the_wire_format_unchanged()
     {
         var bytes = Enumerable.Range(0, 70_000).Select(i => (byte)i).ToArray();
         using var frame = Frame.Copy(new System.Buffers.ReadOnlySequence<byte>(bytes));
         Assert.Equal(bytes, frame.Span.ToArray());
-        Assert.Equal(ByteString.CopyFrom(bytes), ByteString.CopyFrom(frame.Span));
+        using var wire = new MemoryStream();
+        await GrpcWire.WriteAsync(wire, frame, CancellationToken.None);
+        Assert.Equal(GrpcWire.PrefixBytes + bytes.Length, wire.Length);
+        wire.Position = 0;
+        var reader = System.IO.Pipelines.PipeReader.Create(wire);
+        using var read = await GrpcWire.ReadAsync(reader, 1 << 20, CancellationToken.None);
+        Assert.NotNull(read);
+        Assert.Equal(ByteString.CopyFrom(bytes), ByteString.CopyFrom(read.Span));
+        Assert.Null(await GrpcWire.ReadAsync(reader, 1 << 20, CancellationToken.None));
     }
 }

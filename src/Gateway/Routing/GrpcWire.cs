@@ -8,8 +8,8 @@ using Grpc.Core;
 namespace InterpMesh.Gateway.Routing;
 
 /// <summary>
-/// One gRPC message as it crosses the wire, unparsed: the payload bytes of a length-prefixed
-/// message, in a buffer rented from the shared pool (returned by <see cref="Dispose"/>).
+/// One gRPC request message as it crosses the gateway, unparsed: the payload bytes of a
+/// length-prefixed message, in a buffer rented from the shared pool (returned by <see cref="Dispose"/>).
 /// </summary>
 public sealed class Frame : IDisposable
 {
@@ -23,23 +23,8 @@ public sealed class Frame : IDisposable
 
     public int Length { get; }
 
-    /// <summary>
-    /// Where the current call's response messages go as they are read (set per forwarded call; it
-    /// flows with the call's async context into the channel's read): each message is written
-    /// straight into the client's response, without a copy of its own (<see cref="Marshaller"/>).
-    /// </summary>
-    internal static readonly AsyncLocal<ResponseSink?> Sink = new();
-
-    /// <summary>The payload; empty for a frame already written to the client (<see cref="Sink"/>).</summary>
+    /// <summary>The payload.</summary>
     public ReadOnlySpan<byte> Span => buffer.AsSpan(0, buffer is null ? 0 : Length);
-
-    public ReadOnlyMemory<byte> Memory => buffer.AsMemory(0, buffer is null ? 0 : Length);
-
-    /// <summary>Whether the payload was written to the client's response as it was read, rather than kept here.</summary>
-    public bool Written => buffer is null;
-
-    /// <summary>A frame that records a message of <paramref name="length"/> bytes written elsewhere.</summary>
-    internal static Frame WrittenElsewhere(int length) => new(null, length);
 
     /// <summary>A frame holding a copy of <paramref name="payload"/>.</summary>
     public static Frame Copy(ReadOnlySequence<byte> payload)
@@ -54,49 +39,6 @@ public sealed class Frame : IDisposable
     {
         if (Interlocked.Exchange(ref buffer, null) is { } b)
             ArrayPool<byte>.Shared.Return(b);
-    }
-
-    /// <summary>
-    /// Passes message payloads through a gRPC channel as they are: no protobuf parsing. A received
-    /// message is copied once, out of the channel's receive buffer: into the client's response when
-    /// the call has a <see cref="Sink"/>, otherwise into a pooled buffer.
-    /// </summary>
-    public static readonly Marshaller<Frame> Marshaller = new(
-        (frame, context) =>
-        {
-            context.SetPayloadLength(frame.Length);
-            var writer = context.GetBufferWriter();
-            writer.Write(frame.Span);
-            context.Complete();
-        },
-        context => Sink.Value is { } sink ? sink.Write(context.PayloadAsReadOnlySequence()) : Copy(context.PayloadAsReadOnlySequence()));
-}
-
-/// <summary>
-/// The client's response body as the destination of a forwarded call's messages: each is written
-/// whole, length prefix first, when the channel has read all of it (so a replica failing
-/// mid-message leaves nothing of that message in the response). Before the first, <see cref="BeforeFirst"/>
-/// runs (the response headers are set then: nothing may be written before them).
-/// </summary>
-internal sealed class ResponseSink(PipeWriter body, Action beforeFirst)
-{
-    /// <summary>Messages written so far.</summary>
-    public int Messages { get; private set; }
-
-    private Action BeforeFirst { get; } = beforeFirst;
-
-    public Frame Write(ReadOnlySequence<byte> payload)
-    {
-        if (Messages++ == 0)
-            BeforeFirst();
-        int length = checked((int)payload.Length);
-        var prefix = body.GetSpan(GrpcWire.PrefixBytes);
-        prefix[0] = 0;
-        BinaryPrimitives.WriteUInt32BigEndian(prefix[1..], (uint)length);
-        body.Advance(GrpcWire.PrefixBytes);
-        foreach (var segment in payload)
-            body.Write(segment.Span);
-        return Frame.WrittenElsewhere(length);
     }
 }
 
@@ -157,17 +99,97 @@ public static class GrpcWire
     {
         Span<byte> prefix = stackalloc byte[PrefixBytes];
         buffer.Slice(0, PrefixBytes).CopyTo(prefix);
-        return (prefix[0] != 0, BinaryPrimitives.ReadUInt32BigEndian(prefix[1..]));
+        return Prefix(prefix);
     }
 
-    /// <summary>Writes <paramref name="frame"/> as an uncompressed length-prefixed message and flushes it.</summary>
-    public static ValueTask<FlushResult> WriteAsync(PipeWriter body, Frame frame, CancellationToken ct)
+    /// <summary>A message prefix read: whether the message is compressed, and its length.</summary>
+    public static (bool Compressed, uint Length) Prefix(ReadOnlySpan<byte> prefix) => (prefix[0] != 0, BinaryPrimitives.ReadUInt32BigEndian(prefix[1..PrefixBytes]));
+
+    /// <summary>Writes <paramref name="frame"/> as an uncompressed length-prefixed message, in one write.</summary>
+    public static async Task WriteAsync(Stream body, Frame frame, CancellationToken ct)
     {
-        var prefix = body.GetSpan(PrefixBytes);
-        prefix[0] = 0;
-        BinaryPrimitives.WriteUInt32BigEndian(prefix[1..], (uint)frame.Length);
-        body.Advance(PrefixBytes);
-        return body.WriteAsync(frame.Memory, ct);
+        int total = PrefixBytes + frame.Length;
+        var buffer = ArrayPool<byte>.Shared.Rent(total);
+        try
+        {
+            buffer[0] = 0;
+            BinaryPrimitives.WriteUInt32BigEndian(buffer.AsSpan(1), (uint)frame.Length);
+            frame.Span.CopyTo(buffer.AsSpan(PrefixBytes));
+            await body.WriteAsync(buffer.AsMemory(0, total), ct);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+    }
+
+    /// <summary>
+    /// A <c>grpc-timeout</c> value for <paramref name="timeout"/>: whole milliseconds (at least one),
+    /// or seconds, minutes or hours when milliseconds need more than the 8 digits the spec allows.
+    /// </summary>
+    public static string FormatTimeout(TimeSpan timeout)
+    {
+        long ms = Math.Max(1, (long)Math.Ceiling(timeout.TotalMilliseconds));
+        if (ms < 100_000_000)
+            return ms.ToString(CultureInfo.InvariantCulture) + "m";
+        long seconds = (long)Math.Ceiling(timeout.TotalSeconds);
+        if (seconds < 100_000_000)
+            return seconds.ToString(CultureInfo.InvariantCulture) + "S";
+        return Math.Min(99_999_999, (long)Math.Ceiling(timeout.TotalHours)).ToString(CultureInfo.InvariantCulture) + "H";
+    }
+
+    /// <summary>
+    /// The status and metadata of a gRPC response from its trailers (or, trailers-only, its headers):
+    /// <c>grpc-status</c>, <c>grpc-message</c> percent-decoded, the other entries as metadata
+    /// (<c>-bin</c> ones base64-decoded, as gRPC sends them).
+    /// </summary>
+    public static (Status Status, Metadata Trailers) StatusOf(System.Net.Http.Headers.HttpHeaders headers)
+    {
+        var metadata = new Metadata();
+        var code = StatusCode.Unknown;
+        string detail = "";
+        foreach (var (key, values) in headers.NonValidated)
+        {
+            foreach (string value in values)
+            {
+                if (key.Equals("grpc-status", StringComparison.OrdinalIgnoreCase))
+                {
+                    code = int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out int c) ? (StatusCode)c : StatusCode.Unknown;
+                }
+                else if (key.Equals("grpc-message", StringComparison.OrdinalIgnoreCase))
+                {
+                    detail = DecodeMessage(value);
+                }
+                else if (key.EndsWith(Metadata.BinaryHeaderSuffix, StringComparison.OrdinalIgnoreCase))
+                {
+                    if (TryBase64(value) is { } bytes)
+                        metadata.Add(key.ToLowerInvariant(), bytes);
+                }
+                else if (!key.StartsWith(':'))
+                {
+                    metadata.Add(key.ToLowerInvariant(), value);
+                }
+            }
+        }
+        return (new Status(code, detail), metadata);
+    }
+
+    /// <summary>The status of a response that is not HTTP 200, as the gRPC spec maps HTTP statuses.</summary>
+    public static Status StatusOfHttp(int httpStatus) => new(httpStatus switch
+    {
+        400 => StatusCode.Internal,
+        401 => StatusCode.Unauthenticated,
+        403 => StatusCode.PermissionDenied,
+        404 => StatusCode.Unimplemented,
+        429 or 502 or 503 or 504 => StatusCode.Unavailable,
+        _ => StatusCode.Unknown,
+    }, $"the model service answered HTTP {httpStatus}, not a gRPC response");
+
+    private static byte[]? TryBase64(string value)
+    {
+        string padded = value.Trim().PadRight((value.Trim().Length + 3) / 4 * 4, '=');
+        var bytes = new byte[padded.Length];
+        return Convert.TryFromBase64String(padded, bytes, out int written) ? bytes[..written] : null;
     }
 
     /// <summary>
@@ -197,6 +219,28 @@ public static class GrpcWire
 
     private static RpcException BadTimeout(string value) =>
         new(new Status(StatusCode.InvalidArgument, $"grpc-timeout '{(value.Length > 16 ? value[..16] + "…" : value)}' is not a gRPC timeout (1 to 8 digits and a unit: H, M, S, m, u or n)"));
+
+    /// <summary>A <c>grpc-message</c> value read: percent-encoded bytes decoded, the whole as UTF-8.</summary>
+    public static string DecodeMessage(string value)
+    {
+        if (!value.Contains('%', StringComparison.Ordinal))
+            return value;
+        var bytes = new List<byte>(value.Length);
+        for (int i = 0; i < value.Length; i++)
+        {
+            if (value[i] == '%' && i + 2 < value.Length
+                && byte.TryParse(value.AsSpan(i + 1, 2), NumberStyles.AllowHexSpecifier, CultureInfo.InvariantCulture, out byte b))
+            {
+                bytes.Add(b);
+                i += 2;
+            }
+            else
+            {
+                bytes.AddRange(Encoding.UTF8.GetBytes(value[i].ToString()));
+            }
+        }
+        return Encoding.UTF8.GetString([.. bytes]);
+    }
 
     /// <summary>A <c>grpc-message</c> value: UTF-8, with bytes outside printable ASCII and '%' percent-encoded (gRPC over HTTP/2).</summary>
     public static string EncodeMessage(string message)

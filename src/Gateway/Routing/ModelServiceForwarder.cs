@@ -1,6 +1,6 @@
-using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Globalization;
+using System.Net;
 using Grpc.Core;
 using InterpMesh.Gateway.Configuration;
 using InterpMesh.Routing;
@@ -44,17 +44,12 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
         "grpc-status", "grpc-message", "grpc-status-details-bin", "content-type", "content-length", "grpc-encoding", "grpc-accept-encoding", "te", "date", "server",
     };
 
-    private readonly ConcurrentDictionary<string, Method<Frame, Frame>> methods = new(
-        Contracts.V1.ModelService.Descriptor.Methods.ToDictionary(m => m.Name, m => Duplex(m.Name), StringComparer.Ordinal), StringComparer.Ordinal);
-
     /// <summary>
-    /// The methods this gateway knows to take one request message (unary and server-streaming ones), as
-    /// server-streaming calls: the request goes with the call's headers in one write, where a duplex call
-    /// hands it over through the request stream (a round of task switches a small call notices).
+    /// The methods this gateway knows to take one request message (unary and server-streaming ones):
+    /// their body is read ahead, so that a body of exactly one message goes with the request headers.
     /// </summary>
-    private static readonly Dictionary<string, Method<Frame, Frame>> SingleRequest =
-        Contracts.V1.ModelService.Descriptor.Methods.Where(m => !m.IsClientStreaming)
-            .ToDictionary(m => m.Name, m => new Method<Frame, Frame>(MethodType.ServerStreaming, Service, m.Name, Frame.Marshaller, Frame.Marshaller), StringComparer.Ordinal);
+    private static readonly HashSet<string> SingleRequest =
+        Contracts.V1.ModelService.Descriptor.Methods.Where(m => !m.IsClientStreaming).Select(m => m.Name).ToHashSet(StringComparer.Ordinal);
 
     /// <summary>
     /// The methods this gateway knows to answer with one message (unary ones): that message is not
@@ -64,14 +59,11 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
     private static readonly HashSet<string> SingleResponse =
         Contracts.V1.ModelService.Descriptor.Methods.Where(m => !m.IsServerStreaming && !m.IsClientStreaming).Select(m => m.Name).ToHashSet(StringComparer.Ordinal);
 
+    /// <summary>The largest response message passed on (the replicas' chunks are at most 3 MiB).</summary>
+    private const int MaxResponseMessageBytes = 16 << 20;
+
     private readonly TimeSpan callTimeout = TimeSpan.FromSeconds(options.Value.CallTimeoutSeconds);
     private readonly int maxRequestBytes = options.Value.MaxRequestBytes;
-
-    /// <summary>
-    /// Every call type looks the same on the wire (request messages, then response messages and
-    /// trailers), so one duplex method per name carries unary and streaming calls alike.
-    /// </summary>
-    private static Method<Frame, Frame> Duplex(string name) => new(MethodType.DuplexStreaming, Service, name, Frame.Marshaller, Frame.Marshaller);
 
     /// <summary>Handles one call; never throws (every failure becomes the call's gRPC status).</summary>
     public async Task ForwardAsync(HttpContext context)
@@ -121,60 +113,78 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
     private async Task ForwardCoreAsync(HttpContext context, ForwardedCall call, string name)
     {
         var headers = context.Request.Headers;
+        string path = context.Request.Path.Value!;
         // A path that cannot name a method is UNIMPLEMENTED for anyone, as grpc-aspnetcore answers for its own services;
         // a well-formed one is authorized next, and one that declares no role is refused there.
-        if (!string.Equals(context.Request.Path.Value, $"/{Service}/{name}", StringComparison.Ordinal) || !IsMethodName(name))
-            throw new RpcException(new Status(StatusCode.Unimplemented, $"'{Truncate(context.Request.Path.Value!)}' is not a method of {Service}"));
-        auth.Authorize(context.Request.Path.Value!, headers.Authorization, caller => call.Key = caller.Name);
+        if (!string.Equals(path, $"/{Service}/{name}", StringComparison.Ordinal) || !IsMethodName(name))
+            throw new RpcException(new Status(StatusCode.Unimplemented, $"'{Truncate(path)}' is not a method of {Service}"));
+        auth.Authorize(path, headers.Authorization, caller => call.Key = caller.Name);
         var pool = router.Resolve(headers[ModelRouter.ModelHeader].ToString());
         var deadline = DateTime.UtcNow + (GrpcWire.ParseTimeout(headers["grpc-timeout"].ToString()) ?? callTimeout);
-        var method = Method(name);
         var ct = context.RequestAborted;
         using var request = new RequestFrames(context.Request.BodyReader, maxRequestBytes);
-        // A method known to take one message whose body is exactly one goes as a call carrying it;
-        // anything else (a streaming request, a method newer than this gateway, a body of some other
-        // count) is passed through as a duplex call, message by message, for the replica to judge.
-        var single = SingleRequest.TryGetValue(name, out var singleMethod) ? await request.ReadOnlyMessageAsync(ct) : null;
+        // A method known to take one message has its body read ahead (to its end, when that is one
+        // message), so the request goes whole with its headers and can be sent again; anything else
+        // (a streaming request, a method newer than this gateway) is passed on as it comes.
+        if (SingleRequest.Contains(name))
+            await request.ReadAheadAsync(ct);
         for (int attempt = 1; ; attempt++)
         {
             var replica = pool.Pick();
+            var remaining = deadline - DateTime.UtcNow;
+            if (remaining <= TimeSpan.Zero)
+                throw new RpcException(new Status(StatusCode.DeadlineExceeded, "the call's deadline passed before the model service answered"));
             using var upstreamCancel = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            var options = new CallOptions(deadline: deadline, cancellationToken: upstreamCancel.Token);
-            using var upstream = single is not null
-                ? Upstream.Of(replica.Invoker.AsyncServerStreamingCall(singleMethod!, null, options, single))
-                : Upstream.Of(replica.Invoker.AsyncDuplexStreamingCall(method, null, options));
-            var pump = upstream.Requests is { } requestStream ? request.PumpAsync(requestStream, upstreamCancel) : Task.CompletedTask;
+            upstreamCancel.CancelAfter(remaining);
+            Uri? target = null;
             try
             {
-                // The replica's messages are written into the response as the channel reads them
-                // (Frame.Sink); the headers go first, set when the first message arrives.
-                var replicaHeaders = await upstream.Headers;
-                Frame.Sink.Value = new ResponseSink(context.Response.BodyWriter, () => call.SetHeaders(replicaHeaders, Reserved));
-                while (await upstream.Responses.MoveNext(CancellationToken.None))
+            try
+            {
+                target = await replica.Transport.NextAsync(upstreamCancel.Token);
+                using var message = new HttpRequestMessage(HttpMethod.Post, new Uri(target, path))
                 {
-                    using var frame = upstream.Responses.Current;
-                    if (!frame.Written)
-                    {
-                        if (!call.HasBody)
-                            call.SetHeaders(replicaHeaders, Reserved);
-                        await GrpcWire.WriteAsync(context.Response.BodyWriter, frame, ct);
-                    }
-                    else if (!SingleResponse.Contains(name))
-                    {
-                        await context.Response.BodyWriter.FlushAsync(ct);
-                    }
-                    call.ResponseBytes += GrpcWire.PrefixBytes + frame.Length;
+                    Version = HttpVersion.Version20,
+                    VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+                    Content = new RequestContent(request, upstreamCancel),
+                };
+                message.Headers.TryAddWithoutValidation("te", "trailers");
+                message.Headers.TryAddWithoutValidation("grpc-timeout", GrpcWire.FormatTimeout(remaining));
+                HttpResponseMessage response;
+                try
+                {
+                    response = await replica.Transport.Invoker.SendAsync(message, upstreamCancel.Token);
                 }
-                await pump;
-                if (request.Refusal is { } refusedLate)
-                    throw refusedLate;
-                call.Finish(upstream.Status(), upstream.Trailers(), Reserved);
-                return;
+                catch (HttpRequestException e)
+                {
+                    replica.Transport.Failed(target);
+                    throw Unavailable(e);
+                }
+                using (response)
+                {
+                    var (status, trailers) = await RelayAsync(context, call, response, name, upstreamCancel.Token);
+                    if (request.Refusal is { } refusedLate)
+                        throw refusedLate;
+                    if (status.StatusCode == StatusCode.Unavailable)
+                        throw new RpcException(status, trailers ?? []);
+                    call.Finish(status, trailers, Reserved);
+                    return;
+                }
+            }
+            catch (Exception e) when (!ct.IsCancellationRequested && e is not RpcException && (e is OperationCanceledException || IsBrokenTransport(e)))
+            {
+                // A refused request body cancels the replica's call: the refusal is the call's status.
+                if (request.Refusal is { } refused)
+                    throw refused;
+                if (e is OperationCanceledException)
+                    throw new RpcException(new Status(StatusCode.DeadlineExceeded, "the call's deadline passed before the model service answered"));
+                if (target is not null)
+                    replica.Transport.Failed(target);
+                throw new RpcException(new Status(StatusCode.Unavailable, $"the model service broke off the call: {Describe(e)}"));
+            }
             }
             catch (RpcException e) when (!ct.IsCancellationRequested)
             {
-                // The request body was refused: that is the call's status, whatever the replica said after.
-                await pump;
                 if (request.Refusal is { } refused)
                     throw refused;
                 if (e.StatusCode != StatusCode.Unavailable)
@@ -183,7 +193,7 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
                     return;
                 }
                 ReplicaPool.MarkDown(replica);
-                logger.LogWarning("The model service for '{Model}' at {Address} is unavailable: {Detail}", pool.Model, replica.Address, e.Status.Detail);
+                logger.LogWarning("The model service for '{Model}' at {Address} is unavailable: {Detail}", pool.Model, target?.ToString() ?? replica.Address, e.Status.Detail);
                 // A message already written (a unary one may still wait in the response, unflushed) rules out another replica.
                 if (call.HasBody || attempt >= pool.Attempts || !request.Replayable)
                 {
@@ -195,19 +205,71 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
         }
     }
 
+    /// <summary>
+    /// Passes the replica's response on: its headers with the first message, each message whole
+    /// (read straight into the client's response, committed only once all of it has arrived, so a
+    /// replica failing mid-message leaves nothing of that message behind), and its status and trailers,
+    /// returned for the caller to finish the call with. A response that broke off is UNAVAILABLE.
+    /// </summary>
+    private static async Task<(Status Status, Metadata? Trailers)> RelayAsync(HttpContext context, ForwardedCall call, HttpResponseMessage response, string name, CancellationToken token)
+    {
+        if (response.StatusCode != HttpStatusCode.OK)
+            return (GrpcWire.StatusOfHttp((int)response.StatusCode), null);
+        // Trailers-only: the status is in the headers, and there is no body.
+        if (response.Headers.Contains("grpc-status"))
+            return GrpcWire.StatusOf(response.Headers);
+        if (response.Content.Headers.ContentType?.MediaType is not { } type || !type.StartsWith("application/grpc", StringComparison.OrdinalIgnoreCase))
+            return (new Status(StatusCode.Internal, $"the model service answered with content type '{response.Content.Headers.ContentType}', not gRPC"), null);
+        var body = await response.Content.ReadAsStreamAsync(token);
+        var writer = context.Response.BodyWriter;
+        var prefix = new byte[GrpcWire.PrefixBytes];
+        bool flushEach = !SingleResponse.Contains(name);
+        while (true)
+        {
+            int read = await body.ReadAtLeastAsync(prefix, GrpcWire.PrefixBytes, throwOnEndOfStream: false, token);
+            if (read == 0)
+                break;
+            if (read < GrpcWire.PrefixBytes)
+                throw new RpcException(new Status(StatusCode.Unavailable, "the model service's response ended inside a message"));
+            var (compressed, length) = GrpcWire.Prefix(prefix);
+            if (compressed)
+                return (new Status(StatusCode.Internal, "the model service sent a compressed message, which the gateway did not ask for"), null);
+            if (length > MaxResponseMessageBytes)
+                return (new Status(StatusCode.ResourceExhausted, $"the model service sent a {length}-byte message; the gateway passes on at most {MaxResponseMessageBytes}"), null);
+            if (!call.HasBody)
+                call.SetHeaders(response);
+            int total = GrpcWire.PrefixBytes + (int)length;
+            var memory = writer.GetMemory(total);
+            prefix.CopyTo(memory);
+            await body.ReadExactlyAsync(memory[GrpcWire.PrefixBytes..total], token);
+            writer.Advance(total);
+            call.ResponseBytes += total;
+            if (flushEach)
+                await writer.FlushAsync(token);
+        }
+        return response.TrailingHeaders.Contains("grpc-status")
+            ? GrpcWire.StatusOf(response.TrailingHeaders)
+            : (new Status(StatusCode.Internal, "the model service's response ended without a gRPC status"), null);
+    }
+
+    /// <summary>A failure of the connection to the replica rather than of the gateway.</summary>
+    private static bool IsBrokenTransport(Exception e) => e is IOException or HttpRequestException or ObjectDisposedException;
+
+    private static RpcException Unavailable(HttpRequestException e) => new(new Status(StatusCode.Unavailable, Describe(e)));
+
+    /// <summary>What went wrong with the connection, in a line: the message of each exception in the chain, no stack or paths.</summary>
+    private static string Describe(Exception e)
+    {
+        var parts = new List<string>();
+        for (var x = e; x is not null && parts.Count < 3; x = x.InnerException)
+            parts.Add(x.Message.TrimEnd('.'));
+        return Truncate(string.Join(": ", parts.Distinct()), 240);
+    }
+
     private static bool IsMethodName(string name) =>
         name.Length is > 0 and <= 128 && (char.IsAsciiLetter(name[0]) || name[0] == '_') && name.All(c => char.IsAsciiLetterOrDigit(c) || c == '_');
 
-    private static string Truncate(string s) => s.Length > 80 ? s[..80] + "…" : s;
-
-    private Method<Frame, Frame> Method(string name)
-    {
-        if (methods.TryGetValue(name, out var known))
-            return known;
-        if (methods.Count >= MaxMethods)
-            throw new RpcException(new Status(StatusCode.Unimplemented, $"'{name}' is not a method of {Service} this gateway has seen, and it forwards at most {MaxMethods} distinct ones"));
-        return methods.GetOrAdd(name, Duplex);
-    }
+    private static string Truncate(string s, int max = 80) => s.Length > max ? s[..max] + "…" : s;
 
     /// <summary>The client's side of one forwarded call: its key, status, bytes and how its response ends.</summary>
     private sealed class ForwardedCall(HttpContext context)
@@ -220,13 +282,19 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
         public bool HasBody { get; private set; }
 
         /// <summary>The response's headers, from the replica's: set before its first message is written (the write starts the response).</summary>
-        public void SetHeaders(Metadata headers, HashSet<string> reserved)
+        public void SetHeaders(HttpResponseMessage replica)
         {
             HasBody = true;
             var response = context.Response;
             response.StatusCode = StatusCodes.Status200OK;
             response.ContentType = "application/grpc";
-            Copy(headers, response.Headers, reserved);
+            foreach (var (key, values) in replica.Headers.NonValidated.Concat(replica.Content.Headers.NonValidated))
+            {
+                if (key.StartsWith(':') || Reserved.Contains(key))
+                    continue;
+                foreach (string value in values)
+                    response.Headers.Append(key, value);
+            }
         }
 
         public void Finish(Status status, Metadata? trailers, HashSet<string>? reserved = null)
@@ -271,23 +339,6 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
         }
     }
 
-    /// <summary>One call to a replica, whichever kind: its request stream (duplex only), responses, headers and how it ended.</summary>
-    private sealed class Upstream(IDisposable call, IClientStreamWriter<Frame>? requests, IAsyncStreamReader<Frame> responses,
-        Task<Metadata> headers, Func<Status> status, Func<Metadata> trailers) : IDisposable
-    {
-        public IClientStreamWriter<Frame>? Requests { get; } = requests;
-        public IAsyncStreamReader<Frame> Responses { get; } = responses;
-        public Task<Metadata> Headers { get; } = headers;
-        public Func<Status> Status { get; } = status;
-        public Func<Metadata> Trailers { get; } = trailers;
-
-        public static Upstream Of(AsyncServerStreamingCall<Frame> c) => new(c, null, c.ResponseStream, c.ResponseHeadersAsync, c.GetStatus, c.GetTrailers);
-
-        public static Upstream Of(AsyncDuplexStreamingCall<Frame, Frame> c) => new(c, c.RequestStream, c.ResponseStream, c.ResponseHeadersAsync, c.GetStatus, c.GetTrailers);
-
-        public void Dispose() => call.Dispose();
-    }
-
     /// <summary>
     /// The client's request messages, read from its body as the replica takes them and kept (up to
     /// 1 MiB in all) so that a call refused before any response can be sent again.
@@ -309,11 +360,12 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
         public RpcException? Refusal { get; private set; }
 
         /// <summary>
-        /// Reads the body as far as its first message and the end after it: that message when the body
-        /// is exactly one, else null — what was read is kept (and the end noted), so <see cref="PumpAsync"/>
-        /// passes the body on as it came. A refused body is kept in <see cref="Refusal"/> and thrown.
+        /// Reads the body as far as its first message and the end after it, keeping what it read (and
+        /// noting the end), so that a body of one message goes whole and can be sent again;
+        /// <see cref="PumpAsync"/> passes the body on as it came. A refused body is kept in
+        /// <see cref="Refusal"/> and thrown.
         /// </summary>
-        public async Task<Frame?> ReadOnlyMessageAsync(CancellationToken ct)
+        public async Task ReadAheadAsync(CancellationToken ct)
         {
             for (int read = 0; read < 2 && !ended; read++)
             {
@@ -334,32 +386,32 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
                 }
                 if (keptBytes + frame.Length > KeepBytes)
                 {
-                    // Too large to keep for another attempt, so it goes by the duplex path, which does not keep it.
+                    // Too large to keep for another attempt: sent once, by the first PumpAsync.
                     pending = frame;
                     overflowed = true;
-                    return null;
+                    return;
                 }
                 kept.Add(frame);
                 keptBytes += frame.Length;
             }
-            return ended && kept.Count == 1 ? kept[0] : null;
         }
 
         /// <summary>
-        /// Sends the kept messages, then the rest of the body, then the end of the request. Never
-        /// throws: a refused body cancels the replica's call and is kept in <see cref="Refusal"/>; a
-        /// failed write means the replica's call ended, and its status says why.
+        /// Writes the kept messages to the replica's request body, then the rest of the client's body
+        /// as it arrives; returning ends the request. Never throws: a refused body (or a client gone)
+        /// cancels the replica's call — the refusal is kept in <see cref="Refusal"/>; a failed write
+        /// means the replica's call ended, and its status says why.
         /// </summary>
-        public async Task PumpAsync(IClientStreamWriter<Frame> upstream, CancellationTokenSource cancel)
+        public async Task PumpAsync(Stream upstream, CancellationTokenSource cancel)
         {
             try
             {
                 foreach (var frame in kept)
-                    await upstream.WriteAsync(frame, cancel.Token);
+                    await GrpcWire.WriteAsync(upstream, frame, cancel.Token);
                 if (Interlocked.Exchange(ref pending, null) is { } unkept)
                 {
                     using (unkept)
-                        await upstream.WriteAsync(unkept, cancel.Token);
+                        await GrpcWire.WriteAsync(upstream, unkept, cancel.Token);
                 }
                 while (!ended)
                 {
@@ -368,9 +420,10 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
                     {
                         frame = await GrpcWire.ReadAsync(body, maxBytes, cancel.Token);
                     }
-                    catch (RpcException e)
+                    catch (Exception e) when (e is RpcException or OperationCanceledException or IOException or InvalidOperationException)
                     {
-                        Refusal = e;
+                        // The request cannot be completed: the replica's call is cancelled, not ended as if it were whole.
+                        Refusal = e as RpcException;
                         await cancel.CancelAsync();
                         return;
                     }
@@ -391,7 +444,7 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
                     }
                     try
                     {
-                        await upstream.WriteAsync(frame, cancel.Token);
+                        await GrpcWire.WriteAsync(upstream, frame, cancel.Token);
                     }
                     finally
                     {
@@ -399,9 +452,8 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
                             frame.Dispose();
                     }
                 }
-                await upstream.CompleteAsync();
             }
-            catch (Exception e) when (e is RpcException or OperationCanceledException or IOException or InvalidOperationException)
+            catch (Exception e) when (e is OperationCanceledException or IOException or HttpRequestException or ObjectDisposedException or InvalidOperationException)
             {
                 // The replica's call ended (or the client went away): the response side reports it.
             }
@@ -412,6 +464,30 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
             foreach (var frame in kept)
                 frame.Dispose();
             pending?.Dispose();
+        }
+    }
+
+    /// <summary>The replica's request body: the client's messages as <see cref="RequestFrames.PumpAsync"/> passes them on (HTTP/2 sends it while the response arrives).</summary>
+    private sealed class RequestContent : HttpContent
+    {
+        private readonly RequestFrames frames;
+        private readonly CancellationTokenSource cancel;
+
+        public RequestContent(RequestFrames frames, CancellationTokenSource cancel)
+        {
+            this.frames = frames;
+            this.cancel = cancel;
+            Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/grpc");
+        }
+
+        protected override Task SerializeToStreamAsync(Stream stream, System.Net.TransportContext? context) => frames.PumpAsync(stream, cancel);
+
+        protected override Task SerializeToStreamAsync(Stream stream, System.Net.TransportContext? context, CancellationToken cancellationToken) => frames.PumpAsync(stream, cancel);
+
+        protected override bool TryComputeLength(out long length)
+        {
+            length = 0;
+            return false;
         }
     }
 }
