@@ -12,7 +12,7 @@ namespace InterpMesh.Gateway.Tests;
 
 /// <summary>
 /// <c>dns:///host:port</c> model endpoints (a headless Service in Kubernetes): validated at start,
-/// one replica whose channel resolves the name and balances over its addresses.
+/// one replica whose transport resolves the name and balances over its addresses.
 /// </summary>
 [Collection("gateways")]
 public sealed class DnsRoutingTests
@@ -112,6 +112,50 @@ public sealed class DnsRoutingTests
             }
             await service.StopAsync();
             await service.DisposeAsync();
+        }
+    }
+
+    [Fact]
+    public async Task A_dns_transport_takes_its_addresses_in_turn_and_skips_one_that_failed()
+    {
+        using var transport = new ReplicaTransport("dns:///localhost:50051");
+        var first = await transport.NextAsync(CancellationToken.None);
+        var all = transport.Resolved;
+        Assert.NotEmpty(all);
+        Assert.All(all, u => Assert.Equal(50051, u.Port));
+        Assert.Contains(first, all);
+        var turn = new List<Uri> { first };
+        for (int i = 1; i < all.Count; i++)
+            turn.Add(await transport.NextAsync(CancellationToken.None));
+        Assert.Equal(all.OrderBy(u => u.ToString()), turn.OrderBy(u => u.ToString()));
+
+        transport.Failed(first);
+        for (int i = 0; i < 2 * all.Count; i++)
+        {
+            var next = await transport.NextAsync(CancellationToken.None);
+            // Another address while there is one; the only one otherwise.
+            Assert.True(all.Count == 1 || next != first, $"{next} was marked failed");
+        }
+    }
+
+    [Fact]
+    public async Task A_dns_endpoint_whose_name_does_not_resolve_answers_unavailable_saying_so()
+    {
+        const string Endpoint = "dns:///no-such-model-service.invalid:50051";
+        var (gateway, address) = await Mesh.StartGatewayAsync([Endpoint], TempDir(), TempDir());
+        try
+        {
+            using var channel = Mesh.Channel(address, InterpMesh.Client.ChannelRetry.None);
+            var models = new Contracts.V1.ModelService.ModelServiceClient(channel);
+            var e = await Assert.ThrowsAsync<RpcException>(() => models.GetModelInfoAsync(new GetModelInfoRequest(), Mesh.As(Mesh.ReaderKey)).ResponseAsync);
+            Assert.Equal(StatusCode.Unavailable, e.StatusCode);
+            Assert.Contains($"the model service for 'tiny' at {Endpoint} is unavailable", e.Status.Detail, StringComparison.Ordinal);
+            Assert.Contains("'no-such-model-service.invalid' does not resolve", e.Status.Detail, StringComparison.Ordinal);
+            Assert.DoesNotContain("   at ", e.Status.Detail, StringComparison.Ordinal);
+        }
+        finally
+        {
+            await Mesh.StopAsync(gateway);
         }
     }
 

@@ -15,16 +15,17 @@ namespace InterpMesh.Gateway.Routing;
 /// <c>/interpmesh.v1.ModelService/*</c> is authenticated and authorized (<see cref="AuthInterceptor.Authorize"/>:
 /// the role its proto declares or configuration grants; none is PERMISSION_DENIED),
 /// routed by its <c>interpmesh-model</c> metadata to a replica, and its length-prefixed messages
-/// are copied both ways without being parsed — an RPC added to the model service needs no code here,
-/// only its role (declared in its proto, or granted by configuration to one newer than this gateway).
+/// are copied both ways without being parsed, over HTTP/2 connections of the gateway's own
+/// (<see cref="Replica.Transport"/>; no gRPC client in between) — an RPC added to the model service
+/// needs no code here, only its role (declared in its proto, or granted by configuration to one newer
+/// than this gateway).
 /// <para>
-/// Messages are passed whole (a request message through a pooled buffer; a response message written
-/// straight into the client's response once the channel has all of it), so a replica failing mid-stream still
-/// ends the client's call at a message boundary with a proper UNAVAILABLE status. A call that fails
-/// UNAVAILABLE before any response message is retried once on another replica (or, for a
-/// <c>dns:///</c> endpoint, on the channel's next address): nothing has reached the client yet.
-/// That is the gateway's only retry: the replica channel (<see cref="Replica.Channel"/>) has no gRPC
-/// retry policy, so a refusal (RESOURCE_EXHAUSTED with its <c>grpc-retry-pushback-ms</c>) goes to
+/// Messages are passed whole (a request message through a pooled buffer; a response message read
+/// straight into the client's response and committed once all of it has arrived), so a replica failing
+/// mid-stream still ends the client's call at a message boundary with a proper UNAVAILABLE status. A
+/// call that fails UNAVAILABLE before any response message is retried once on another replica (or, for
+/// a <c>dns:///</c> endpoint, on its next address): nothing has reached the client yet. That is the
+/// gateway's only retry: a refusal (RESOURCE_EXHAUSTED with its <c>grpc-retry-pushback-ms</c>) goes to
 /// the client once and the client's own policy decides.
 /// The client's deadline (or <see cref="GatewayOptions.CallTimeoutSeconds"/>) and cancellation
 /// carry over to the replica. Request metadata is not forwarded (the API key stays here); response
@@ -34,9 +35,6 @@ namespace InterpMesh.Gateway.Routing;
 public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor auth, IOptions<GatewayOptions> options, GatewayMetrics metrics, ILogger<ModelServiceForwarder> logger)
 {
     public const string Service = "interpmesh.v1.ModelService";
-
-    /// <summary>Distinct method names kept (each is a method object the channels cache); beyond them, unknown names are refused here.</summary>
-    private const int MaxMethods = 256;
 
     /// <summary>Response headers and trailers the forwarder writes itself (or HTTP owns), not copied from the replica.</summary>
     private static readonly HashSet<string> Reserved = new(StringComparer.OrdinalIgnoreCase)
