@@ -27,6 +27,7 @@ public sealed class ReplicaTransport : IDisposable
         AutomaticDecompression = DecompressionMethods.None,
     };
 
+    private readonly Func<string, CancellationToken, Task<IPAddress[]>> resolve;
     private readonly Uri? fixedTarget;
     private readonly string? host;
     private readonly int port;
@@ -35,8 +36,11 @@ public sealed class ReplicaTransport : IDisposable
     private long resolvedAt = long.MinValue;
     private int next = -1;
 
-    public ReplicaTransport(string address)
+    /// <param name="address">An <c>http(s)://</c> URL or <c>dns:///host:port</c>, as <see cref="ModelRoutes.EndpointError"/> accepts.</param>
+    /// <param name="resolve">Looks a host name up (DNS when null).</param>
+    public ReplicaTransport(string address, Func<string, CancellationToken, Task<IPAddress[]>>? resolve = null)
     {
+        this.resolve = resolve ?? Dns.GetHostAddressesAsync;
         Invoker = new HttpMessageInvoker(handler, disposeHandler: false);
         if (!InterpMesh.Client.Channels.IsDns(address))
         {
@@ -66,7 +70,7 @@ public sealed class ReplicaTransport : IDisposable
         if (fixedTarget is not null)
             return fixedTarget;
         var all = Volatile.Read(ref targets);
-        if (all.Length == 0 || Environment.TickCount64 - Volatile.Read(ref resolvedAt) > (long)InterpMesh.Client.Channels.DnsRefreshInterval.TotalMilliseconds)
+        if (all.Length == 0 || Stale())
             all = await ResolveAsync(ct);
         long now = Environment.TickCount64;
         for (int i = 0; i < all.Length; i++)
@@ -93,18 +97,25 @@ public sealed class ReplicaTransport : IDisposable
             Volatile.Write(ref resolvedAt, long.MinValue);
     }
 
+    /// <summary>Whether the name is due to be looked up again: never looked up, looked up too long ago, or an address failed since.</summary>
+    private bool Stale()
+    {
+        long at = Volatile.Read(ref resolvedAt);
+        return at == long.MinValue || Environment.TickCount64 - at > (long)InterpMesh.Client.Channels.DnsRefreshInterval.TotalMilliseconds;
+    }
+
     private async Task<Target[]> ResolveAsync(CancellationToken ct)
     {
         await resolving.WaitAsync(ct);
         try
         {
             var current = Volatile.Read(ref targets);
-            if (current.Length > 0 && Environment.TickCount64 - Volatile.Read(ref resolvedAt) <= (long)InterpMesh.Client.Channels.DnsRefreshInterval.TotalMilliseconds)
+            if (current.Length > 0 && !Stale())
                 return current;
             IPAddress[] addresses;
             try
             {
-                addresses = await Dns.GetHostAddressesAsync(host!, ct);
+                addresses = await resolve(host!, ct);
             }
             catch (SocketException e)
             {

@@ -118,24 +118,28 @@ public sealed class DnsRoutingTests
     [Fact]
     public async Task A_dns_transport_takes_its_addresses_in_turn_and_skips_one_that_failed()
     {
-        using var transport = new ReplicaTransport("dns:///localhost:50051");
-        var first = await transport.NextAsync(CancellationToken.None);
-        var all = transport.Resolved;
-        Assert.NotEmpty(all);
-        Assert.All(all, u => Assert.Equal(50051, u.Port));
-        Assert.Contains(first, all);
-        var turn = new List<Uri> { first };
-        for (int i = 1; i < all.Count; i++)
-            turn.Add(await transport.NextAsync(CancellationToken.None));
-        Assert.Equal(all.OrderBy(u => u.ToString()), turn.OrderBy(u => u.ToString()));
-
-        transport.Failed(first);
-        for (int i = 0; i < 2 * all.Count; i++)
+        int lookups = 0;
+        using var transport = new ReplicaTransport("dns:///model-gpt2.interpmesh.svc.cluster.local:50051", (host, _) =>
         {
-            var next = await transport.NextAsync(CancellationToken.None);
-            // Another address while there is one; the only one otherwise.
-            Assert.True(all.Count == 1 || next != first, $"{next} was marked failed");
-        }
+            Assert.Equal("model-gpt2.interpmesh.svc.cluster.local", host);
+            lookups++;
+            return Task.FromResult(new[] { System.Net.IPAddress.Parse("10.0.0.7"), System.Net.IPAddress.Parse("10.0.0.8"), System.Net.IPAddress.Parse("fd00::9") });
+        });
+        var turn = new List<string>();
+        for (int i = 0; i < 6; i++)
+            turn.Add((await transport.NextAsync(CancellationToken.None)).ToString());
+        Assert.Equal(1, lookups);
+        string[] all = ["http://10.0.0.7:50051/", "http://10.0.0.8:50051/", "http://[fd00::9]:50051/"];
+        Assert.Equal(all, transport.Resolved.Select(u => u.ToString()));
+        // Round robin: each address once in every three calls.
+        Assert.Equal(all.Order(StringComparer.Ordinal), turn.Take(3).Order(StringComparer.Ordinal));
+        Assert.Equal(turn.Take(3), turn.Skip(3));
+
+        transport.Failed(new Uri(all[1]));
+        for (int i = 0; i < 6; i++)
+            Assert.NotEqual(all[1], (await transport.NextAsync(CancellationToken.None)).ToString());
+        // A failure also makes the next call look the name up again (the pod may have gone).
+        Assert.Equal(2, lookups);
     }
 
     [Fact]
