@@ -134,52 +134,15 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
                 throw new RpcException(new Status(StatusCode.DeadlineExceeded, "the call's deadline passed before the model service answered"));
             using var upstreamCancel = CancellationTokenSource.CreateLinkedTokenSource(ct);
             upstreamCancel.CancelAfter(remaining);
-            Uri? target = null;
             try
             {
-            try
-            {
-                target = await replica.Transport.NextAsync(upstreamCancel.Token);
-                using var message = new HttpRequestMessage(HttpMethod.Post, new Uri(target, path))
+                var (status, trailers) = await CallReplicaAsync(context, call, request, replica.Transport, name, remaining, upstreamCancel);
+                if (status.StatusCode != StatusCode.Unavailable)
                 {
-                    Version = HttpVersion.Version20,
-                    VersionPolicy = HttpVersionPolicy.RequestVersionExact,
-                    Content = new RequestContent(request, upstreamCancel),
-                };
-                message.Headers.TryAddWithoutValidation("te", "trailers");
-                message.Headers.TryAddWithoutValidation("grpc-timeout", GrpcWire.FormatTimeout(remaining));
-                HttpResponseMessage response;
-                try
-                {
-                    response = await replica.Transport.Invoker.SendAsync(message, upstreamCancel.Token);
-                }
-                catch (HttpRequestException e)
-                {
-                    replica.Transport.Failed(target);
-                    throw Unavailable(e);
-                }
-                using (response)
-                {
-                    var (status, trailers) = await RelayAsync(context, call, response, name, upstreamCancel.Token);
-                    if (request.Refusal is { } refusedLate)
-                        throw refusedLate;
-                    if (status.StatusCode == StatusCode.Unavailable)
-                        throw new RpcException(status, trailers ?? []);
                     call.Finish(status, trailers, Reserved);
                     return;
                 }
-            }
-            catch (Exception e) when (!ct.IsCancellationRequested && e is not RpcException && (e is OperationCanceledException || IsBrokenTransport(e)))
-            {
-                // A refused request body cancels the replica's call: the refusal is the call's status.
-                if (request.Refusal is { } refused)
-                    throw refused;
-                if (e is OperationCanceledException)
-                    throw new RpcException(new Status(StatusCode.DeadlineExceeded, "the call's deadline passed before the model service answered"));
-                if (target is not null)
-                    replica.Transport.Failed(target);
-                throw new RpcException(new Status(StatusCode.Unavailable, $"the model service broke off the call: {Describe(e)}"));
-            }
+                throw new RpcException(status, trailers ?? []);
             }
             catch (RpcException e) when (!ct.IsCancellationRequested)
             {
@@ -191,7 +154,7 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
                     return;
                 }
                 ReplicaPool.MarkDown(replica);
-                logger.LogWarning("The model service for '{Model}' at {Address} is unavailable: {Detail}", pool.Model, target?.ToString() ?? replica.Address, e.Status.Detail);
+                logger.LogWarning("The model service for '{Model}' at {Address} is unavailable: {Detail}", pool.Model, replica.Address, e.Status.Detail);
                 // A message already written (a unary one may still wait in the response, unflushed) rules out another replica.
                 if (call.HasBody || attempt >= pool.Attempts || !request.Replayable)
                 {
@@ -200,6 +163,50 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
                     return;
                 }
             }
+        }
+    }
+
+    /// <summary>
+    /// One attempt at the call on <paramref name="transport"/>'s next address: the request (its body
+    /// as <see cref="RequestFrames.PumpAsync"/> passes it on, with the time left as <c>grpc-timeout</c>),
+    /// then the response relayed (<see cref="RelayAsync"/>); its status and trailers are returned.
+    /// A failure of the connection is UNAVAILABLE (and the address is skipped for a while), the time
+    /// running out DEADLINE_EXCEEDED, a refused request body its refusal — each thrown as an <see cref="RpcException"/>.
+    /// </summary>
+    private static async Task<(Status Status, Metadata? Trailers)> CallReplicaAsync(HttpContext context, ForwardedCall call, RequestFrames request,
+        ReplicaTransport transport, string name, TimeSpan remaining, CancellationTokenSource upstreamCancel)
+    {
+        Uri? target = null;
+        bool answered = false;
+        try
+        {
+            target = await transport.NextAsync(upstreamCancel.Token);
+            using var message = new HttpRequestMessage(HttpMethod.Post, new Uri(target, context.Request.Path.Value))
+            {
+                Version = HttpVersion.Version20,
+                VersionPolicy = HttpVersionPolicy.RequestVersionExact,
+                Content = new RequestContent(request, upstreamCancel),
+            };
+            message.Headers.TryAddWithoutValidation("te", "trailers");
+            message.Headers.TryAddWithoutValidation("grpc-timeout", GrpcWire.FormatTimeout(remaining));
+            using var response = await transport.Invoker.SendAsync(message, upstreamCancel.Token);
+            answered = true;
+            var outcome = await RelayAsync(context, call, response, name, upstreamCancel.Token);
+            // The request body was refused: that is the call's status, whatever the replica said after.
+            if (request.Refusal is { } refusedLate)
+                throw refusedLate;
+            return outcome;
+        }
+        catch (Exception e) when (!context.RequestAborted.IsCancellationRequested && e is not RpcException && (e is OperationCanceledException || IsBrokenTransport(e)))
+        {
+            // A refused request body cancels the replica's call: the refusal is the call's status.
+            if (request.Refusal is { } refused)
+                throw refused;
+            if (e is OperationCanceledException)
+                throw new RpcException(new Status(StatusCode.DeadlineExceeded, "the call's deadline passed before the model service answered"));
+            if (target is not null)
+                transport.Failed(target);
+            throw new RpcException(new Status(StatusCode.Unavailable, answered ? $"the model service broke off the call: {Describe(e)}" : Describe(e)));
         }
     }
 
@@ -252,8 +259,6 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
 
     /// <summary>A failure of the connection to the replica rather than of the gateway.</summary>
     private static bool IsBrokenTransport(Exception e) => e is IOException or HttpRequestException or ObjectDisposedException;
-
-    private static RpcException Unavailable(HttpRequestException e) => new(new Status(StatusCode.Unavailable, Describe(e)));
 
     /// <summary>What went wrong with the connection, in a line: the message of each exception in the chain, no stack or paths.</summary>
     private static string Describe(Exception e)
