@@ -136,7 +136,7 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
             upstreamCancel.CancelAfter(remaining);
             try
             {
-                var (status, trailers) = await CallReplicaAsync(context, call, request, replica.Transport, name, remaining, upstreamCancel);
+                var (status, trailers) = await CallReplicaAsync(context, call, request, replica.Transport, name, deadline, upstreamCancel);
                 if (status.StatusCode != StatusCode.Unavailable)
                 {
                     call.Finish(status, trailers, Reserved);
@@ -171,10 +171,11 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
     /// as <see cref="RequestFrames.PumpAsync"/> passes it on, with the time left as <c>grpc-timeout</c>),
     /// then the response relayed (<see cref="RelayAsync"/>); its status and trailers are returned.
     /// A failure of the connection is UNAVAILABLE (and the address is skipped for a while), the time
-    /// running out DEADLINE_EXCEEDED, a refused request body its refusal — each thrown as an <see cref="RpcException"/>.
+    /// running out DEADLINE_EXCEEDED (also when the replica, keeping the same deadline, broke off first),
+    /// a refused request body its refusal — each thrown as an <see cref="RpcException"/>.
     /// </summary>
     private static async Task<(Status Status, Metadata? Trailers)> CallReplicaAsync(HttpContext context, ForwardedCall call, RequestFrames request,
-        ReplicaTransport transport, string name, TimeSpan remaining, CancellationTokenSource upstreamCancel)
+        ReplicaTransport transport, string name, DateTime deadline, CancellationTokenSource upstreamCancel)
     {
         Uri? target = null;
         bool answered = false;
@@ -188,10 +189,10 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
                 Content = new RequestContent(request, upstreamCancel),
             };
             message.Headers.TryAddWithoutValidation("te", "trailers");
-            message.Headers.TryAddWithoutValidation("grpc-timeout", GrpcWire.FormatTimeout(remaining));
+            message.Headers.TryAddWithoutValidation("grpc-timeout", GrpcWire.FormatTimeout(deadline - DateTime.UtcNow));
             using var response = await transport.Invoker.SendAsync(message, upstreamCancel.Token);
             answered = true;
-            var outcome = await RelayAsync(context, call, response, name, upstreamCancel.Token);
+            var outcome = await RelayAsync(context, call, response, name, deadline, upstreamCancel.Token);
             // The request body was refused: that is the call's status, whatever the replica said after.
             if (request.Refusal is { } refusedLate)
                 throw refusedLate;
@@ -202,7 +203,7 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
             // A refused request body cancels the replica's call: the refusal is the call's status.
             if (request.Refusal is { } refused)
                 throw refused;
-            if (e is OperationCanceledException)
+            if (e is OperationCanceledException || DateTime.UtcNow >= deadline)
                 throw new RpcException(new Status(StatusCode.DeadlineExceeded, "the call's deadline passed before the model service answered"));
             if (target is not null)
                 transport.Failed(target);
@@ -216,7 +217,7 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
     /// replica failing mid-message leaves nothing of that message behind), and its status and trailers,
     /// returned for the caller to finish the call with. A response that broke off is UNAVAILABLE.
     /// </summary>
-    private static async Task<(Status Status, Metadata? Trailers)> RelayAsync(HttpContext context, ForwardedCall call, HttpResponseMessage response, string name, CancellationToken token)
+    private static async Task<(Status Status, Metadata? Trailers)> RelayAsync(HttpContext context, ForwardedCall call, HttpResponseMessage response, string name, DateTime deadline, CancellationToken token)
     {
         if (response.StatusCode != HttpStatusCode.OK)
             return (GrpcWire.StatusOfHttp((int)response.StatusCode), null);
@@ -249,12 +250,17 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
             await body.ReadExactlyAsync(memory[GrpcWire.PrefixBytes..total], token);
             writer.Advance(total);
             call.ResponseBytes += total;
+            // Not with the call's token: Kestrel aborts a response whose flush is cancelled (RST_STREAM
+            // INTERNAL_ERROR), where a call past its deadline must end with DEADLINE_EXCEEDED; the next
+            // read from the replica notices the deadline.
             if (flushEach)
-                await writer.FlushAsync(token);
+                await writer.FlushAsync(context.RequestAborted);
         }
-        return response.TrailingHeaders.Contains("grpc-status")
-            ? GrpcWire.StatusOf(response.TrailingHeaders)
-            : (new Status(StatusCode.Internal, "the model service's response ended without a gRPC status"), null);
+        if (response.TrailingHeaders.Contains("grpc-status"))
+            return GrpcWire.StatusOf(response.TrailingHeaders);
+        return (DateTime.UtcNow >= deadline
+            ? new Status(StatusCode.DeadlineExceeded, "the call's deadline passed before the model service answered")
+            : new Status(StatusCode.Internal, "the model service's response ended without a gRPC status"), null);
     }
 
     /// <summary>A failure of the connection to the replica rather than of the gateway.</summary>
