@@ -76,17 +76,7 @@ public sealed class ReplicaPool : IDisposable
     public int Attempts => replicas.Length > 1 || replicas.Any(r => r.Balanced) ? 2 : 1;
 
     /// <summary>The next replica in turn that is not marked down (or the next one, if all are).</summary>
-    public Replica Pick()
-    {
-        long now = Environment.TickCount64;
-        for (int i = 0; i < replicas.Length; i++)
-        {
-            var r = replicas[(int)((uint)Interlocked.Increment(ref next) % (uint)replicas.Length)];
-            if (Volatile.Read(ref r.DownUntil) <= now)
-                return r;
-        }
-        return replicas[(int)((uint)Interlocked.Increment(ref next) % (uint)replicas.Length)];
-    }
+    public Replica Pick() => RoundRobin.Next(replicas, ref next, static r => Volatile.Read(ref r.DownUntil));
 
     /// <summary>
     /// Skips <paramref name="replica"/> for a while. Not a balanced one: its channel already stops

@@ -72,14 +72,7 @@ public sealed class ReplicaTransport : IDisposable
         var all = Volatile.Read(ref targets);
         if (all.Length == 0 || Stale())
             all = await ResolveAsync(ct);
-        long now = Environment.TickCount64;
-        for (int i = 0; i < all.Length; i++)
-        {
-            var t = all[(int)((uint)Interlocked.Increment(ref next) % (uint)all.Length)];
-            if (Volatile.Read(ref t.FailedUntil) <= now)
-                return t.Uri;
-        }
-        return all[(int)((uint)Interlocked.Increment(ref next) % (uint)all.Length)].Uri;
+        return RoundRobin.Next(all, ref next, static t => Volatile.Read(ref t.FailedUntil)).Uri;
     }
 
     /// <summary>
