@@ -60,6 +60,9 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
     /// <summary>The largest response message passed on (the replicas' chunks are at most 3 MiB).</summary>
     private const int MaxResponseMessageBytes = 16 << 20;
 
+    /// <summary>The status of a call whose deadline passed, wherever the forwarder notices it.</summary>
+    private static readonly Status DeadlinePassed = new(StatusCode.DeadlineExceeded, "the call's deadline passed before the model service answered");
+
     private readonly TimeSpan callTimeout = TimeSpan.FromSeconds(options.Value.CallTimeoutSeconds);
     private readonly int maxRequestBytes = options.Value.MaxRequestBytes;
 
@@ -131,7 +134,7 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
             var replica = pool.Pick();
             var remaining = deadline - DateTime.UtcNow;
             if (remaining <= TimeSpan.Zero)
-                throw new RpcException(new Status(StatusCode.DeadlineExceeded, "the call's deadline passed before the model service answered"));
+                throw new RpcException(DeadlinePassed);
             using var upstreamCancel = CancellationTokenSource.CreateLinkedTokenSource(ct);
             upstreamCancel.CancelAfter(remaining);
             try
@@ -204,7 +207,7 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
             if (request.Refusal is { } refused)
                 throw refused;
             if (e is OperationCanceledException || DateTime.UtcNow >= deadline)
-                throw new RpcException(new Status(StatusCode.DeadlineExceeded, "the call's deadline passed before the model service answered"));
+                throw new RpcException(DeadlinePassed);
             if (target is not null)
                 transport.Failed(target);
             throw new RpcException(new Status(StatusCode.Unavailable, answered ? $"the model service broke off the call: {Describe(e)}" : Describe(e)));
@@ -259,7 +262,7 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
         if (response.TrailingHeaders.Contains("grpc-status"))
             return GrpcWire.StatusOf(response.TrailingHeaders);
         return (DateTime.UtcNow >= deadline
-            ? new Status(StatusCode.DeadlineExceeded, "the call's deadline passed before the model service answered")
+            ? DeadlinePassed
             : new Status(StatusCode.Internal, "the model service's response ended without a gRPC status"), null);
     }
 
