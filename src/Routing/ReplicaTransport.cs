@@ -1,12 +1,15 @@
+using System.Collections.Concurrent;
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
+using InterpMesh.Routing.Http2;
 
 namespace InterpMesh.Routing;
 
 /// <summary>
 /// The HTTP/2 connections a forwarder reaches one replica over, where it reads and writes gRPC
-/// bodies itself (no gRPC client in between: one copy fewer per byte, fewer hand-offs per call).
+/// bodies itself (no gRPC client or HttpClient in between: a response's bytes go from the socket
+/// into the forwarder's memory, one call per connection at a time; see <see cref="Http2Exchange"/>).
 /// An <c>http(s)://</c> endpoint is one target. A <c>dns:///host:port</c> endpoint is every address
 /// the name resolves to, looked up again every <see cref="InterpMesh.Client.Channels.DnsRefreshInterval"/>
 /// (and soon after an address fails), calls spread round-robin over the addresses not marked failed —
@@ -15,18 +18,8 @@ namespace InterpMesh.Routing;
 public sealed class ReplicaTransport : IDisposable
 {
     private static readonly TimeSpan FailedFor = TimeSpan.FromSeconds(5);
-    private readonly SocketsHttpHandler handler = new()
-    {
-        // As the gRPC channels (InterpMesh.Client.Channels): a 1 MiB stream window for activation streams.
-        InitialHttp2StreamWindowSize = 1 << 20,
-        EnableMultipleHttp2Connections = true,
-        PooledConnectionIdleTimeout = TimeSpan.FromMinutes(5),
-        UseProxy = false,
-        AllowAutoRedirect = false,
-        UseCookies = false,
-        AutomaticDecompression = DecompressionMethods.None,
-    };
-
+    private readonly ConcurrentDictionary<Uri, Http2ConnectionPool> pools = new();
+    private readonly Timer closeIdle;
     private readonly Func<string, CancellationToken, Task<IPAddress[]>> resolve;
     private readonly Uri? fixedTarget;
     private readonly string? host;
@@ -41,7 +34,7 @@ public sealed class ReplicaTransport : IDisposable
     public ReplicaTransport(string address, Func<string, CancellationToken, Task<IPAddress[]>>? resolve = null)
     {
         this.resolve = resolve ?? Dns.GetHostAddressesAsync;
-        Invoker = new HttpMessageInvoker(handler, disposeHandler: false);
+        closeIdle = new Timer(_ => CloseIdle(), null, Http2ConnectionPool.MaxIdle / 3, Http2ConnectionPool.MaxIdle / 3);
         if (!InterpMesh.Client.Channels.IsDns(address))
         {
             fixedTarget = new Uri(address.EndsWith('/') ? address : address + "/");
@@ -54,8 +47,19 @@ public sealed class ReplicaTransport : IDisposable
         port = int.Parse(target[(colon + 1)..], NumberStyles.None, CultureInfo.InvariantCulture);
     }
 
-    /// <summary>Sends requests over pooled HTTP/2 connections, one pool per target.</summary>
-    public HttpMessageInvoker Invoker { get; }
+    /// <summary>
+    /// Starts a gRPC call (a POST of <paramref name="path"/> with <paramref name="headers"/>) on
+    /// <paramref name="target"/> (from <see cref="NextAsync"/>), over a pooled HTTP/2 connection of
+    /// its own. A target that cannot be reached is an <see cref="HttpRequestException"/>.
+    /// </summary>
+    public Task<Http2Exchange> StartAsync(Uri target, string path, IReadOnlyList<(string Name, string Value)> headers, CancellationToken ct) =>
+        pools.GetOrAdd(target, static t => new Http2ConnectionPool(t)).StartAsync(path, headers, ct);
+
+    private void CloseIdle()
+    {
+        foreach (var pool in pools.Values)
+            pool.CloseIdle();
+    }
 
     /// <summary>The addresses the name resolved to at the last look-up (empty for an http(s) endpoint or before the first call).</summary>
     public IReadOnlyList<Uri> Resolved => [.. Volatile.Read(ref targets).Select(t => t.Uri)];
@@ -137,8 +141,9 @@ public sealed class ReplicaTransport : IDisposable
 
     public void Dispose()
     {
-        Invoker.Dispose();
-        handler.Dispose();
+        closeIdle.Dispose();
+        foreach (var pool in pools.Values)
+            pool.DisposeAsync().AsTask().GetAwaiter().GetResult();
         resolving.Dispose();
     }
 

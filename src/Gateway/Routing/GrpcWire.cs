@@ -105,22 +105,38 @@ public static class GrpcWire
     /// <summary>A message prefix read: whether the message is compressed, and its length.</summary>
     public static (bool Compressed, uint Length) Prefix(ReadOnlySpan<byte> prefix) => (prefix[0] != 0, BinaryPrimitives.ReadUInt32BigEndian(prefix[1..PrefixBytes]));
 
-    /// <summary>Writes <paramref name="frame"/> as an uncompressed length-prefixed message, in one write.</summary>
-    public static async Task WriteAsync(Stream body, Frame frame, CancellationToken ct)
+    /// <summary>Writes <paramref name="frame"/> as an uncompressed length-prefixed message into <paramref name="destination"/>; returns the bytes written.</summary>
+    public static int Encode(Frame frame, Span<byte> destination)
     {
-        int total = PrefixBytes + frame.Length;
-        var buffer = ArrayPool<byte>.Shared.Rent(total);
+        destination[0] = 0;
+        BinaryPrimitives.WriteUInt32BigEndian(destination[1..], (uint)frame.Length);
+        frame.Span.CopyTo(destination[PrefixBytes..]);
+        return PrefixBytes + frame.Length;
+    }
+
+    /// <summary>Writes <paramref name="frame"/> to the replica as an uncompressed length-prefixed message, in one write (ending the request when <paramref name="last"/>).</summary>
+    public static async Task WriteAsync(InterpMesh.Routing.Http2.Http2Exchange upstream, Frame frame, bool last, CancellationToken ct)
+    {
+        var buffer = ArrayPool<byte>.Shared.Rent(PrefixBytes + frame.Length);
         try
         {
-            buffer[0] = 0;
-            BinaryPrimitives.WriteUInt32BigEndian(buffer.AsSpan(1), (uint)frame.Length);
-            frame.Span.CopyTo(buffer.AsSpan(PrefixBytes));
-            await body.WriteAsync(buffer.AsMemory(0, total), ct);
+            await upstream.WriteAsync(buffer.AsMemory(0, Encode(frame, buffer)), last, ct);
         }
         finally
         {
             ArrayPool<byte>.Shared.Return(buffer);
         }
+    }
+
+    /// <summary>The first value of the header <paramref name="name"/> (lower case, as HTTP/2 sends names), or null.</summary>
+    public static string? Find(IReadOnlyList<(string Name, string Value)> headers, string name)
+    {
+        foreach (var (key, value) in headers)
+        {
+            if (key == name)
+                return value;
+        }
+        return null;
     }
 
     /// <summary>
@@ -143,32 +159,29 @@ public static class GrpcWire
     /// <c>grpc-status</c>, <c>grpc-message</c> percent-decoded, the other entries as metadata
     /// (<c>-bin</c> ones base64-decoded, as gRPC sends them).
     /// </summary>
-    public static (Status Status, Metadata Trailers) StatusOf(System.Net.Http.Headers.HttpHeaders headers)
+    public static (Status Status, Metadata Trailers) StatusOf(IReadOnlyList<(string Name, string Value)> headers)
     {
         var metadata = new Metadata();
         var code = StatusCode.Unknown;
         string detail = "";
-        foreach (var (key, values) in headers.NonValidated)
+        foreach (var (key, value) in headers)
         {
-            foreach (string value in values)
+            if (key.Equals("grpc-status", StringComparison.OrdinalIgnoreCase))
             {
-                if (key.Equals("grpc-status", StringComparison.OrdinalIgnoreCase))
-                {
-                    code = int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out int c) ? (StatusCode)c : StatusCode.Unknown;
-                }
-                else if (key.Equals("grpc-message", StringComparison.OrdinalIgnoreCase))
-                {
-                    detail = DecodeMessage(value);
-                }
-                else if (key.EndsWith(Metadata.BinaryHeaderSuffix, StringComparison.OrdinalIgnoreCase))
-                {
-                    if (TryBase64(value) is { } bytes)
-                        metadata.Add(key.ToLowerInvariant(), bytes);
-                }
-                else if (!key.StartsWith(':'))
-                {
-                    metadata.Add(key.ToLowerInvariant(), value);
-                }
+                code = int.TryParse(value, NumberStyles.None, CultureInfo.InvariantCulture, out int c) ? (StatusCode)c : StatusCode.Unknown;
+            }
+            else if (key.Equals("grpc-message", StringComparison.OrdinalIgnoreCase))
+            {
+                detail = DecodeMessage(value);
+            }
+            else if (key.EndsWith(Metadata.BinaryHeaderSuffix, StringComparison.OrdinalIgnoreCase))
+            {
+                if (TryBase64(value) is { } bytes)
+                    metadata.Add(key.ToLowerInvariant(), bytes);
+            }
+            else if (!key.StartsWith(':'))
+            {
+                metadata.Add(key.ToLowerInvariant(), value);
             }
         }
         return (new Status(code, detail), metadata);

@@ -4,6 +4,7 @@ using System.Net;
 using Grpc.Core;
 using InterpMesh.Gateway.Configuration;
 using InterpMesh.Routing;
+using InterpMesh.Routing.Http2;
 using InterpMesh.Gateway.Security;
 using InterpMesh.Gateway.Telemetry;
 using Microsoft.Extensions.Options;
@@ -185,17 +186,13 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
         try
         {
             target = await transport.NextAsync(upstreamCancel.Token);
-            using var message = new HttpRequestMessage(HttpMethod.Post, new Uri(target, context.Request.Path.Value))
-            {
-                Version = HttpVersion.Version20,
-                VersionPolicy = HttpVersionPolicy.RequestVersionExact,
-                Content = new RequestContent(request, upstreamCancel),
-            };
-            message.Headers.TryAddWithoutValidation("te", "trailers");
-            message.Headers.TryAddWithoutValidation("grpc-timeout", GrpcWire.FormatTimeout(deadline - DateTime.UtcNow));
-            using var response = await transport.Invoker.SendAsync(message, upstreamCancel.Token);
+            (string, string)[] headers = [("content-type", "application/grpc"), ("te", "trailers"), ("grpc-timeout", GrpcWire.FormatTimeout(deadline - DateTime.UtcNow))];
+            await using var exchange = await transport.StartAsync(target, context.Request.Path.Value!, headers, upstreamCancel.Token);
+            // The request goes while the response is read (a streaming request may wait on both sides).
+            _ = request.PumpAsync(exchange, upstreamCancel);
+            await exchange.ReadHeadersAsync(upstreamCancel.Token);
             answered = true;
-            var outcome = await RelayAsync(context, call, response, name, deadline, upstreamCancel.Token);
+            var outcome = await RelayAsync(context, call, exchange, name, deadline, upstreamCancel.Token);
             // The request body was refused: that is the call's status, whatever the replica said after.
             if (request.Refusal is { } refusedLate)
                 throw refusedLate;
@@ -220,16 +217,17 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
     /// replica failing mid-message leaves nothing of that message behind), and its status and trailers,
     /// returned for the caller to finish the call with. A response that broke off is UNAVAILABLE.
     /// </summary>
-    private static async Task<(Status Status, Metadata? Trailers)> RelayAsync(HttpContext context, ForwardedCall call, HttpResponseMessage response, string name, DateTime deadline, CancellationToken token)
+    private static async Task<(Status Status, Metadata? Trailers)> RelayAsync(HttpContext context, ForwardedCall call, Http2Exchange response, string name, DateTime deadline, CancellationToken token)
     {
-        if (response.StatusCode != HttpStatusCode.OK)
-            return (GrpcWire.StatusOfHttp((int)response.StatusCode), null);
+        if (response.StatusCode != StatusCodes.Status200OK)
+            return (GrpcWire.StatusOfHttp(response.StatusCode), null);
         // Trailers-only: the status is in the headers, and there is no body.
-        if (response.Headers.Contains("grpc-status"))
+        if (GrpcWire.Find(response.Headers, "grpc-status") is not null)
             return GrpcWire.StatusOf(response.Headers);
-        if (response.Content.Headers.ContentType?.MediaType is not { } type || !type.StartsWith("application/grpc", StringComparison.OrdinalIgnoreCase))
-            return (new Status(StatusCode.Internal, $"the model service answered with content type '{response.Content.Headers.ContentType}', not gRPC"), null);
-        var body = await response.Content.ReadAsStreamAsync(token);
+        string? type = GrpcWire.Find(response.Headers, "content-type");
+        if (type is null || !type.StartsWith("application/grpc", StringComparison.OrdinalIgnoreCase))
+            return (new Status(StatusCode.Internal, $"the model service answered with content type '{Truncate(type ?? "")}', not gRPC"), null);
+        var body = response.Body;
         var writer = context.Response.BodyWriter;
         var prefix = new byte[GrpcWire.PrefixBytes];
         bool flushEach = !SingleResponse.Contains(name);
@@ -259,8 +257,8 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
             if (flushEach)
                 await writer.FlushAsync(context.RequestAborted);
         }
-        if (response.TrailingHeaders.Contains("grpc-status"))
-            return GrpcWire.StatusOf(response.TrailingHeaders);
+        if (response.Trailers is { } trailers && GrpcWire.Find(trailers, "grpc-status") is not null)
+            return GrpcWire.StatusOf(trailers);
         return (DateTime.UtcNow >= deadline
             ? DeadlinePassed
             : new Status(StatusCode.Internal, "the model service's response ended without a gRPC status"), null);
@@ -294,17 +292,15 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
         public bool HasBody { get; private set; }
 
         /// <summary>The response's headers, from the replica's: set before its first message is written (the write starts the response).</summary>
-        public void SetHeaders(HttpResponseMessage replica)
+        public void SetHeaders(Http2Exchange replica)
         {
             HasBody = true;
             var response = context.Response;
             response.StatusCode = StatusCodes.Status200OK;
             response.ContentType = "application/grpc";
-            foreach (var (key, values) in replica.Headers.NonValidated.Concat(replica.Content.Headers.NonValidated))
+            foreach (var (key, value) in replica.Headers)
             {
-                if (key.StartsWith(':') || Reserved.Contains(key))
-                    continue;
-                foreach (string value in values)
+                if (!Reserved.Contains(key))
                     response.Headers.Append(key, value);
             }
         }
@@ -414,19 +410,25 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
         /// cancels the replica's call — the refusal is kept in <see cref="Refusal"/>; a failed write
         /// means the replica's call ended, and its status says why.
         /// </summary>
-        public async Task PumpAsync(Stream upstream, CancellationTokenSource cancel)
+        public async Task PumpAsync(Http2Exchange upstream, CancellationTokenSource cancel)
         {
             try
             {
-                foreach (var frame in kept)
-                    await GrpcWire.WriteAsync(upstream, frame, cancel.Token);
-                if (Interlocked.Exchange(ref pending, null) is { } unkept)
+                var unkept = Interlocked.Exchange(ref pending, null);
+                // A body read to its end leaves whole: headers, messages and the end in one write.
+                for (int i = 0; i < kept.Count; i++)
+                    await GrpcWire.WriteAsync(upstream, kept[i], ended && unkept is null && i == kept.Count - 1, cancel.Token);
+                if (unkept is not null)
                 {
                     using (unkept)
-                        await GrpcWire.WriteAsync(upstream, unkept, cancel.Token);
+                        await GrpcWire.WriteAsync(upstream, unkept, false, cancel.Token);
                 }
+                if (ended && (kept.Count == 0 || unkept is not null))
+                    await upstream.WriteAsync(default, endStream: true, cancel.Token);
                 while (!ended)
                 {
+                    // The replica sees the call (its headers, the messages so far) before the client's next message.
+                    await upstream.FlushAsync(cancel.Token);
                     Frame? frame;
                     try
                     {
@@ -442,6 +444,7 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
                     if (frame is null)
                     {
                         ended = true;
+                        await upstream.WriteAsync(default, endStream: true, cancel.Token);
                         break;
                     }
                     bool keep = !overflowed && keptBytes + frame.Length <= KeepBytes;
@@ -456,7 +459,7 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
                     }
                     try
                     {
-                        await GrpcWire.WriteAsync(upstream, frame, cancel.Token);
+                        await GrpcWire.WriteAsync(upstream, frame, false, cancel.Token);
                     }
                     finally
                     {
@@ -476,30 +479,6 @@ public sealed class ModelServiceForwarder(ModelRouter router, AuthInterceptor au
             foreach (var frame in kept)
                 frame.Dispose();
             pending?.Dispose();
-        }
-    }
-
-    /// <summary>The replica's request body: the client's messages as <see cref="RequestFrames.PumpAsync"/> passes them on (HTTP/2 sends it while the response arrives).</summary>
-    private sealed class RequestContent : HttpContent
-    {
-        private readonly RequestFrames frames;
-        private readonly CancellationTokenSource cancel;
-
-        public RequestContent(RequestFrames frames, CancellationTokenSource cancel)
-        {
-            this.frames = frames;
-            this.cancel = cancel;
-            Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/grpc");
-        }
-
-        protected override Task SerializeToStreamAsync(Stream stream, System.Net.TransportContext? context) => frames.PumpAsync(stream, cancel);
-
-        protected override Task SerializeToStreamAsync(Stream stream, System.Net.TransportContext? context, CancellationToken cancellationToken) => frames.PumpAsync(stream, cancel);
-
-        protected override bool TryComputeLength(out long length)
-        {
-            length = 0;
-            return false;
         }
     }
 }
