@@ -84,7 +84,8 @@ internal sealed class Http2Connection : IAsyncDisposable
         {
             try
             {
-                await socket.ConnectAsync(target.IdnHost, target.Port, ct);
+                // An IPv6 literal without its brackets (dns:/// endpoints resolve to such addresses).
+                await socket.ConnectAsync(target.IdnHost.Trim('[', ']'), target.Port, ct);
             }
             catch (SocketException e)
             {

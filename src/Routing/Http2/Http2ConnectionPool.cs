@@ -27,7 +27,17 @@ internal sealed class Http2ConnectionPool(Uri target) : IAsyncDisposable
             var connection = TakeIdle() ?? await Http2Connection.ConnectAsync(Target, ct);
             int streamId = connection.NextStreamId();
             if (streamId > 0)
-                return Http2Exchange.Start(connection, this, streamId, path, headers);
+            {
+                try
+                {
+                    return Http2Exchange.Start(connection, this, streamId, path, headers);
+                }
+                catch
+                {
+                    await connection.DisposeAsync();
+                    throw;
+                }
+            }
             await connection.DisposeAsync();
         }
     }
