@@ -48,7 +48,7 @@ public sealed class Http2ClientTests
                 await peer.ExpectAsync(4, flags: 0x1);
             }
         });
-        using var transport = new ReplicaTransport(server.Address);
+        var transport = new ReplicaTransport(server.Address);
         for (int call = 0; call < 2; call++)
         {
             await using var exchange = await transport.StartAsync(await transport.NextAsync(default), "/x.Y/Z", GrpcHeaders, default);
@@ -61,6 +61,7 @@ public sealed class Http2ClientTests
             Assert.Equal("abcdefghij", Encoding.ASCII.GetString(body.ToArray()));
             Assert.Equal([("grpc-status", "0"), ("grpc-message", "fine")], exchange.Trailers!);
         }
+        transport.Dispose();
         await serve;
         Assert.Equal(1, server.Connections);
     }
@@ -90,14 +91,16 @@ public sealed class Http2ClientTests
             }
             await peer.WriteAsync(1, 0x5, headers.StreamId, OkTrailers);
         });
-        using var transport = new ReplicaTransport(server.Address);
-        await using var exchange = await transport.StartAsync(await transport.NextAsync(default), "/x.Y/Z", GrpcHeaders, default);
+        var transport = new ReplicaTransport(server.Address);
+        var exchange = await transport.StartAsync(await transport.NextAsync(default), "/x.Y/Z", GrpcHeaders, default);
         await exchange.WriteAsync("hello"u8.ToArray(), endStream: true, default);
         await exchange.ReadHeadersAsync(default);
         var received = new byte[size];
         await exchange.Body.ReadExactlyAsync(received);
         Assert.Equal(0, await exchange.Body.ReadAsync(new byte[1]));
         Assert.True(payload.AsSpan().SequenceEqual(received));
+        await exchange.DisposeAsync();
+        transport.Dispose();
         await serve;
     }
 
@@ -114,13 +117,15 @@ public sealed class Http2ClientTests
             Assert.All(peer.DataFrameLengths, n => Assert.True(n <= 16_384, $"a {n}-byte DATA frame"));
             await peer.WriteAsync(1, 0x5, headers.StreamId, [0x88, .. OkTrailers]);
         });
-        using var transport = new ReplicaTransport(server.Address);
-        await using var exchange = await transport.StartAsync(await transport.NextAsync(default), "/x.Y/Z", GrpcHeaders, default);
+        var transport = new ReplicaTransport(server.Address);
+        var exchange = await transport.StartAsync(await transport.NextAsync(default), "/x.Y/Z", GrpcHeaders, default);
         var write = exchange.WriteAsync(request, endStream: true, default).AsTask();
         await exchange.ReadHeadersAsync(default);
         await write;
         Assert.True(exchange.ResponseEnded);
         Assert.Contains(("grpc-status", "0"), exchange.Headers);
+        await exchange.DisposeAsync();
+        transport.Dispose();
         await serve;
     }
 
@@ -146,8 +151,8 @@ public sealed class Http2ClientTests
                 await peer.WriteAsync(3, 0, id, [0, 0, 0, 8]);
             else
                 peer.Close();
-        }, drain: true);
-        using var transport = new ReplicaTransport(server.Address);
+        });
+        var transport = new ReplicaTransport(server.Address);
         var exchange = await transport.StartAsync(await transport.NextAsync(default), "/x.Y/Z", GrpcHeaders, default);
         await exchange.WriteAsync("hello"u8.ToArray(), endStream: true, default);
         var e = await Assert.ThrowsAsync<IOException>(async () =>
@@ -157,7 +162,35 @@ public sealed class Http2ClientTests
         });
         Assert.Contains(expected, e.Message, StringComparison.Ordinal);
         await exchange.DisposeAsync();
+        transport.Dispose();
         await serve;
+    }
+
+    [Fact]
+    public async Task A_server_answering_in_http1_is_an_IOException_that_says_to_enable_http2()
+    {
+        var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        var serve = Task.Run(async () =>
+        {
+            using var socket = await listener.AcceptSocketAsync();
+            await using var stream = new NetworkStream(socket, ownsSocket: false);
+            await stream.WriteAsync("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"u8.ToArray());
+            socket.Shutdown(SocketShutdown.Send);
+            var sink = new byte[4096];
+            while (await stream.ReadAsync(sink) > 0)
+            {
+            }
+        });
+        using var transport = new ReplicaTransport($"http://127.0.0.1:{((IPEndPoint)listener.LocalEndpoint).Port}");
+        var exchange = await transport.StartAsync(await transport.NextAsync(default), "/x.Y/Z", GrpcHeaders, default);
+        await exchange.WriteAsync("hello"u8.ToArray(), endStream: true, default);
+        var e = await Assert.ThrowsAsync<IOException>(async () => await exchange.ReadHeadersAsync(default));
+        Assert.Contains("answered in HTTP/1.x", e.Message, StringComparison.Ordinal);
+        Assert.Contains("HTTP/2", e.Message, StringComparison.Ordinal);
+        await exchange.DisposeAsync();
+        await serve;
+        listener.Stop();
     }
 
     [Fact]
@@ -196,8 +229,11 @@ public sealed class Http2ClientTests
             return l;
         }
 
-        /// <summary>Accepts one connection and runs <paramref name="script"/> on it; when <paramref name="drain"/>, then reads until the client closes.</summary>
-        public async Task RunAsync(Func<Peer, Task> script, bool drain = false)
+        /// <summary>
+        /// Accepts one connection and runs <paramref name="script"/> on it, then reads until the client
+        /// closes (closing with unread bytes would reset the connection under frames the client has yet to read).
+        /// </summary>
+        public async Task RunAsync(Func<Peer, Task> script)
         {
             using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
             using var socket = await listener.AcceptSocketAsync(timeout.Token);
@@ -208,12 +244,9 @@ public sealed class Http2ClientTests
             Assert.Equal("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Encoding.ASCII.GetString(preface));
             await peer.WriteAsync(4, 0, 0, [.. Setting(0x4, (uint)initialWindow), .. Setting(0x5, (uint)maxFrame)]);
             await script(peer);
-            if (drain)
+            var sink = new byte[4096];
+            while (await peer.Stream.ReadAsync(sink, timeout.Token) > 0)
             {
-                var sink = new byte[4096];
-                while (await peer.Stream.ReadAsync(sink, timeout.Token) > 0)
-                {
-                }
             }
         }
 

@@ -47,6 +47,7 @@ internal sealed class Http2Connection : IAsyncDisposable
     private TaskCompletionSource windowOpened = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private long connectionUnacked;
     private int nextStreamId = 1;
+    private bool prefaceSeen;
     private int disposed;
 
     private Http2Connection(Socket socket, Stream stream, string scheme, string authority)
@@ -295,6 +296,28 @@ internal sealed class Http2Connection : IAsyncDisposable
             int read = await ReadSocketAsync(buffer.AsMemory(end, limit - end), ct);
             end += read;
         }
+    }
+
+    /// <summary>
+    /// Takes the buffered frame header (at least <see cref="FrameHeader.Size"/> bytes must be buffered).
+    /// The replica's first frame must be its SETTINGS: an HTTP/1.x answer instead says what to fix.
+    /// </summary>
+    public FrameHeader TakeFrameHeader()
+    {
+        var bytes = BufferedSpan[..FrameHeader.Size];
+        if (!prefaceSeen)
+        {
+            if (bytes.StartsWith("HTTP/1."u8))
+            {
+                Spent = true;
+                throw new IOException($"{Authority} answered in HTTP/1.x: the model service's endpoint must accept HTTP/2 without TLS (Kestrel: Protocols Http2)");
+            }
+            if ((FrameType)bytes[3] != FrameType.Settings)
+                throw Protocol("the connection did not start with the server's SETTINGS");
+            prefaceSeen = true;
+        }
+        start += FrameHeader.Size;
+        return FrameHeader.Read(bytes);
     }
 
     /// <summary>Reads straight from the connection into <paramref name="destination"/> (nothing must be buffered).</summary>

@@ -281,8 +281,7 @@ public sealed class Http2Exchange : IAsyncDisposable
         while (true)
         {
             await connection.FillAsync(FrameHeader.Size, most, ct);
-            var frame = FrameHeader.Read(connection.BufferedSpan);
-            connection.Consume(FrameHeader.Size);
+            var frame = connection.TakeFrameHeader();
             if (frame.StreamId == id)
             {
                 switch (frame.Type)
@@ -341,8 +340,7 @@ public sealed class Http2Exchange : IAsyncDisposable
         while (true)
         {
             await connection.FillAsync(FrameHeader.Size, FrameHeader.Size, ct);
-            var next = FrameHeader.Read(connection.BufferedSpan);
-            connection.Consume(FrameHeader.Size);
+            var next = connection.TakeFrameHeader();
             if (next.Type != FrameType.Continuation || next.StreamId != id)
                 throw Http2Connection.Protocol("a header block not continued by CONTINUATION frames");
             if (block.Count + next.Length > 64 << 10)
