@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Net;
 using Grpc.Core;
 using InterpMesh.Gateway.Configuration;
 using InterpMesh.Routing;

@@ -29,7 +29,7 @@ internal sealed class Http2Connection : IAsyncDisposable
     public const int MaxFrameSize = 256 << 10;
 
     /// <summary>The largest header block taken (HEADERS and CONTINUATION frames together).</summary>
-    private const int MaxHeaderBlock = 64 << 10;
+    public const int MaxHeaderBlock = 64 << 10;
 
     private const int DefaultWindow = 65_535;
     private static readonly byte[] Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"u8.ToArray();
@@ -63,9 +63,6 @@ internal sealed class Http2Connection : IAsyncDisposable
     public string Authority { get; }
 
     public HpackDecoder Decoder { get; } = new();
-
-    /// <summary>The replica's largest frame (its SETTINGS_MAX_FRAME_SIZE).</summary>
-    public int PeerMaxFrame => Volatile.Read(ref peerMaxFrame);
 
     /// <summary>Set when the connection must not carry another call (a GOAWAY, a fault, a call that did not end cleanly).</summary>
     public bool Spent { get; set; }
@@ -241,7 +238,7 @@ internal sealed class Http2Connection : IAsyncDisposable
         }
     }
 
-    /// <summary>Sends a connection WINDOW_UPDATE when enough of the connection window was used (with the stream's update when there is one).</summary>
+    /// <summary>Counts bytes taken from the connection's window: the increment to send back once enough were (a sixteenth of the window), otherwise 0.</summary>
     public int ConnectionBytesConsumed(int bytes)
     {
         connectionUnacked += bytes;

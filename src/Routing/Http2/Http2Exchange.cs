@@ -343,8 +343,8 @@ public sealed class Http2Exchange : IAsyncDisposable
             var next = connection.TakeFrameHeader();
             if (next.Type != FrameType.Continuation || next.StreamId != id)
                 throw Http2Connection.Protocol("a header block not continued by CONTINUATION frames");
-            if (block.Count + next.Length > 64 << 10)
-                throw Http2Connection.Protocol("a header block over 64 KiB");
+            if (block.Count + next.Length > Http2Connection.MaxHeaderBlock)
+                throw Http2Connection.Protocol($"a header block over {Http2Connection.MaxHeaderBlock} bytes");
             await connection.FillAsync(next.Length, next.Length, ct);
             block.AddRange(connection.BufferedSpan[..next.Length]);
             connection.Consume(next.Length);
